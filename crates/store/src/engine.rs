@@ -1,0 +1,342 @@
+//! The in-memory revisioned key space shared by the memory and embedded backends.
+//!
+//! Writers are serialised by the backend (one writer at a time); they first `plan` a batch of
+//! transactions against the current state without changing it, may persist the plan, then
+//! `apply` it. Readers never observe a plan that was not applied, so an embedded store never
+//! shows data that is not yet durable.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    Compare, Event, KeyValue, Op, RangeResult, StoreError, Txn, TxnResult, WatchBatch, WatchStream,
+};
+
+/// How many batches a watch stream buffers before its task waits for the reader.
+const WATCH_CHANNEL_DEPTH: usize = 256;
+
+/// A key's stored state.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub value: bytes::Bytes,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    map: BTreeMap<String, Entry>,
+    revision: u64,
+    /// Every revision <= this one has left the history.
+    compact_revision: u64,
+    /// Contiguous batches `compact_revision + 1 ..= revision`.
+    history: VecDeque<Arc<WatchBatch>>,
+}
+
+/// A batch of transactions evaluated against the state, not yet applied.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// One result per planned transaction, in order.
+    pub results: Vec<TxnResult>,
+    /// One batch per successful transaction that wrote something.
+    pub batches: Vec<Arc<WatchBatch>>,
+}
+
+impl Plan {
+    /// The store revision once the plan is applied, if it writes anything.
+    pub fn final_revision(&self) -> Option<u64> {
+        self.batches.last().map(|b| b.revision)
+    }
+}
+
+/// The shared in-memory engine.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    state: RwLock<State>,
+    revision_tx: watch::Sender<u64>,
+    history_limit: usize,
+}
+
+impl Engine {
+    /// An engine holding `entries` at `revision`, keeping at most `history_limit` revisions of
+    /// watch history.
+    pub fn new(entries: BTreeMap<String, Entry>, revision: u64, history_limit: usize) -> Self {
+        let (revision_tx, _) = watch::channel(revision);
+        Engine {
+            state: RwLock::new(State {
+                map: entries,
+                revision,
+                compact_revision: revision,
+                history: VecDeque::new(),
+            }),
+            revision_tx,
+            history_limit: history_limit.max(1),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave the map half-written (apply is
+        // infallible), so a poisoned lock is still consistent.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, key: &str) -> Option<KeyValue> {
+        self.read().map.get(key).map(|e| to_kv(key, e))
+    }
+
+    pub fn range(&self, prefix: &str) -> RangeResult {
+        let state = self.read();
+        let kvs = state
+            .map
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| to_kv(k, e))
+            .collect();
+        RangeResult {
+            kvs,
+            revision: state.revision,
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    /// Evaluates `txns` in order against the state as it would be after each earlier one.
+    /// Must only be called by the single writer, which then applies (or drops) the plan.
+    pub fn plan<'a>(&self, txns: impl IntoIterator<Item = &'a Txn>) -> Plan {
+        let state = self.read();
+        // Keys written by earlier transactions of this plan: Some = present, None = deleted.
+        let mut overlay: HashMap<String, Option<Entry>> = HashMap::new();
+        let mut revision = state.revision;
+        let mut plan = Plan::default();
+        for txn in txns {
+            let holds = txn
+                .compares
+                .iter()
+                .all(|c| compare_holds(&state.map, &overlay, c));
+            if !holds {
+                plan.results.push(TxnResult {
+                    succeeded: false,
+                    revision,
+                });
+                continue;
+            }
+            let next = revision + 1;
+            let mut events = Vec::with_capacity(txn.ops.len());
+            for op in &txn.ops {
+                let current = lookup(&state.map, &overlay, op_key(op)).cloned();
+                match op {
+                    Op::Put { key, value } => {
+                        let entry = Entry {
+                            value: value.clone(),
+                            create_revision: current.map_or(next, |e| e.create_revision),
+                            mod_revision: next,
+                        };
+                        events.push(Event::Put(to_kv(key, &entry)));
+                        overlay.insert(key.clone(), Some(entry));
+                    }
+                    Op::Delete { key } => {
+                        if current.is_some() {
+                            events.push(Event::Delete {
+                                key: key.clone(),
+                                mod_revision: next,
+                            });
+                            overlay.insert(key.clone(), None);
+                        }
+                    }
+                }
+            }
+            if !events.is_empty() {
+                revision = next;
+                plan.batches.push(Arc::new(WatchBatch {
+                    revision: next,
+                    events,
+                }));
+            }
+            plan.results.push(TxnResult {
+                succeeded: true,
+                revision,
+            });
+        }
+        plan
+    }
+
+    /// Applies a plan produced by `plan` (with no write in between) and wakes watchers.
+    pub fn apply(&self, plan: &Plan) {
+        let Some(final_revision) = plan.final_revision() else {
+            return;
+        };
+        {
+            let mut state = self.write();
+            for batch in &plan.batches {
+                for event in &batch.events {
+                    match event {
+                        Event::Put(kv) => {
+                            state.map.insert(
+                                kv.key.clone(),
+                                Entry {
+                                    value: kv.value.clone(),
+                                    create_revision: kv.create_revision,
+                                    mod_revision: kv.mod_revision,
+                                },
+                            );
+                        }
+                        Event::Delete { key, .. } => {
+                            state.map.remove(key);
+                        }
+                    }
+                }
+                state.history.push_back(batch.clone());
+            }
+            state.revision = final_revision;
+            while state.history.len() > self.history_limit {
+                if let Some(old) = state.history.pop_front() {
+                    state.compact_revision = old.revision;
+                }
+            }
+        }
+        self.revision_tx.send_replace(final_revision);
+    }
+
+    /// Drops history up to `revision` (bounded by the current revision).
+    pub fn compact(&self, revision: u64) {
+        let mut state = self.write();
+        let revision = revision.min(state.revision);
+        while state
+            .history
+            .front()
+            .is_some_and(|b| b.revision <= revision)
+        {
+            state.history.pop_front();
+        }
+        state.compact_revision = state.compact_revision.max(revision);
+    }
+
+    /// Starts a watch task delivering every batch after `after_revision` under `prefix`.
+    pub fn watch(self: &Arc<Self>, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
+        {
+            let state = self.read();
+            if after_revision < state.compact_revision {
+                return Err(StoreError::Compacted {
+                    requested: after_revision,
+                    compact_revision: state.compact_revision,
+                });
+            }
+        }
+        let (tx, rx) = mpsc::channel(WATCH_CHANNEL_DEPTH);
+        let engine = Arc::clone(self);
+        let prefix = prefix.to_owned();
+        let mut revisions = self.revision_tx.subscribe();
+        tokio::spawn(async move {
+            let mut next = after_revision;
+            loop {
+                revisions.borrow_and_update();
+                let pending = engine.batches_after(next);
+                match pending {
+                    Err(compacted) => {
+                        let _ = tx.send(Err(compacted)).await;
+                        return;
+                    }
+                    Ok(batches) => {
+                        for batch in batches {
+                            next = batch.revision;
+                            let events: Vec<Event> = batch
+                                .events
+                                .iter()
+                                .filter(|e| e.key().starts_with(&prefix))
+                                .cloned()
+                                .collect();
+                            if events.is_empty() {
+                                continue;
+                            }
+                            let out = WatchBatch {
+                                revision: batch.revision,
+                                events,
+                            };
+                            if tx.send(Ok(out)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    changed = revisions.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// History batches after `after`, or the compaction error if some of them are gone.
+    fn batches_after(&self, after: u64) -> Result<Vec<Arc<WatchBatch>>, StoreError> {
+        let state = self.read();
+        if after < state.compact_revision {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compact_revision: state.compact_revision,
+            });
+        }
+        let first = state.compact_revision + 1;
+        let skip = (after + 1).saturating_sub(first) as usize;
+        // Bound the copy so one lagging watcher never holds the lock for long.
+        Ok(state.history.iter().skip(skip).take(1024).cloned().collect())
+    }
+}
+
+fn op_key(op: &Op) -> &str {
+    match op {
+        Op::Put { key, .. } | Op::Delete { key } => key,
+    }
+}
+
+fn lookup<'a>(
+    map: &'a BTreeMap<String, Entry>,
+    overlay: &'a HashMap<String, Option<Entry>>,
+    key: &str,
+) -> Option<&'a Entry> {
+    match overlay.get(key) {
+        Some(pending) => pending.as_ref(),
+        None => map.get(key),
+    }
+}
+
+fn compare_holds(
+    map: &BTreeMap<String, Entry>,
+    overlay: &HashMap<String, Option<Entry>>,
+    compare: &Compare,
+) -> bool {
+    match compare {
+        Compare::ModRevision { key, revision } => {
+            lookup(map, overlay, key).map_or(0, |e| e.mod_revision) == *revision
+        }
+        Compare::PrefixEmpty { prefix } => {
+            let pending_put = overlay
+                .iter()
+                .any(|(k, v)| v.is_some() && k.starts_with(prefix.as_str()));
+            if pending_put {
+                return false;
+            }
+            map.range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                .all(|(k, _)| matches!(overlay.get(k), Some(None)))
+        }
+    }
+}
+
+pub(crate) fn to_kv(key: &str, entry: &Entry) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: entry.value.clone(),
+        create_revision: entry.create_revision,
+        mod_revision: entry.mod_revision,
+    }
+}

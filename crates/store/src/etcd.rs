@@ -1,0 +1,231 @@
+//! The etcd v3 backend, for several controllers sharing one store.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, Txn as EtcdTxn, TxnOp,
+    WatchOptions,
+};
+use tokio::sync::mpsc;
+
+use crate::{
+    prefix_end, Compare, Event, KeyValue, Op, RangeResult, Store, StoreError, Txn, TxnResult,
+    WatchBatch, WatchStream,
+};
+
+/// A store on an etcd v3 cluster. Every key is kept under `root` so several stores (tests,
+/// deployments) can share one cluster.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    root: String,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore").field("root", &self.root).finish()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> u64 {
+    header.map_or(0, |h| h.revision().max(0) as u64)
+}
+
+impl EtcdStore {
+    /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`); every key is stored under `root`
+    /// (use "" for none).
+    pub async fn connect(endpoints: &[String], root: &str) -> Result<Self, StoreError> {
+        let client = Client::connect(endpoints, None).await.map_err(backend)?;
+        let store = EtcdStore {
+            client,
+            root: root.to_owned(),
+        };
+        // Fail at start-up, not on the first request, when nothing answers.
+        store.revision().await?;
+        Ok(store)
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{}", self.root, key)
+    }
+
+    fn local(&self, key: &[u8]) -> Result<String, StoreError> {
+        let key = std::str::from_utf8(key).map_err(backend)?;
+        Ok(key.strip_prefix(&self.root).unwrap_or(key).to_owned())
+    }
+
+    fn to_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+        Ok(KeyValue {
+            key: self.local(kv.key())?,
+            value: Bytes::copy_from_slice(kv.value()),
+            create_revision: kv.create_revision().max(0) as u64,
+            mod_revision: kv.mod_revision().max(0) as u64,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let mut client = self.client.kv_client();
+        let response = client.get(self.full(key), None).await.map_err(backend)?;
+        response.kvs().first().map(|kv| self.to_kv(kv)).transpose()
+    }
+
+    async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
+        let mut client = self.client.kv_client();
+        let full = self.full(prefix);
+        let end = prefix_end(&full);
+        let response = client
+            .get(full, Some(GetOptions::new().with_range(end)))
+            .await
+            .map_err(backend)?;
+        let kvs = response
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<_, _>>()?;
+        Ok(RangeResult {
+            kvs,
+            revision: revision_of(response.header()),
+        })
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        let compares: Vec<EtcdCompare> = txn
+            .compares
+            .iter()
+            .map(|c| match c {
+                Compare::ModRevision { key, revision } => {
+                    EtcdCompare::mod_revision(self.full(key), CompareOp::Equal, *revision as i64)
+                }
+                // Over a range, etcd compares every key, or a zero record when there is none:
+                // "create_revision < 1 for all keys" holds exactly when the range is empty.
+                Compare::PrefixEmpty { prefix } => {
+                    let full = self.full(prefix);
+                    let end = prefix_end(&full);
+                    EtcdCompare::create_revision(full, CompareOp::Less, 1).with_range(end)
+                }
+            })
+            .collect();
+        let ops: Vec<TxnOp> = txn
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value } => TxnOp::put(self.full(key), value.to_vec(), None),
+                Op::Delete { key } => TxnOp::delete(self.full(key), None),
+            })
+            .collect();
+        let mut client = self.client.kv_client();
+        let response = client
+            .txn(EtcdTxn::new().when(compares).and_then(ops))
+            .await
+            .map_err(backend)?;
+        Ok(TxnResult {
+            succeeded: response.succeeded(),
+            revision: revision_of(response.header()),
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
+        let mut client = self.client.watch_client();
+        let full = self.full(prefix);
+        let end = prefix_end(&full);
+        let options = WatchOptions::new()
+            .with_range(end)
+            .with_start_revision(after_revision as i64 + 1);
+        let mut stream = client.watch(full, Some(options)).await.map_err(backend)?;
+        let (tx, rx) = mpsc::channel(256);
+        let store = self.clone();
+        tokio::spawn(async move {
+            // The sender half of the etcd watch must stay alive or etcd cancels the watch.
+            loop {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    _ = tx.closed() => return,
+                };
+                let response = match message {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        let _ = tx.send(Err(StoreError::Closed)).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(backend(e))).await;
+                        return;
+                    }
+                };
+                if response.compact_revision() > 0 {
+                    let _ = tx
+                        .send(Err(StoreError::Compacted {
+                            requested: after_revision,
+                            compact_revision: response.compact_revision() as u64,
+                        }))
+                        .await;
+                    return;
+                }
+                if response.canceled() {
+                    let reason = response.cancel_reason().to_owned();
+                    let _ = tx.send(Err(StoreError::Backend(reason))).await;
+                    return;
+                }
+                // One response may carry several revisions; split them into batches.
+                let mut batches: Vec<WatchBatch> = Vec::new();
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let converted = match event.event_type() {
+                        EventType::Put => store.to_kv(kv).map(Event::Put),
+                        EventType::Delete => store.local(kv.key()).map(|key| Event::Delete {
+                            key,
+                            mod_revision: kv.mod_revision().max(0) as u64,
+                        }),
+                    };
+                    let converted = match converted {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    let revision = converted.revision();
+                    match batches.last_mut() {
+                        Some(b) if b.revision == revision => b.events.push(converted),
+                        _ => batches.push(WatchBatch {
+                            revision,
+                            events: vec![converted],
+                        }),
+                    }
+                }
+                for batch in batches {
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        let mut client = self.client.kv_client();
+        client
+            .compact(revision as i64, None)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        let mut client = self.client.kv_client();
+        // A range over a key that never exists returns the current revision cheaply.
+        let response = client
+            .get("\0isthmus-revision-probe", None)
+            .await
+            .map_err(backend)?;
+        Ok(revision_of(response.header()))
+    }
+}

@@ -1,0 +1,86 @@
+//! Starts a real etcd server (Debian's `etcd-server`) on free loopback ports in a temp dir, for
+//! tests. The server is killed and its directory removed on drop.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running etcd server.
+pub struct EtcdServer {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// Client URL, e.g. `http://127.0.0.1:40123`.
+    pub endpoint: String,
+}
+
+/// Why an etcd server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdServerError {
+    /// The `etcd` binary is not installed.
+    #[error("etcd binary not found (install Debian's etcd-server)")]
+    NotInstalled,
+    /// It started but did not answer in time, or failed otherwise.
+    #[error("etcd did not start: {0}")]
+    Failed(String),
+}
+
+fn free_port() -> Result<u16, EtcdServerError> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| EtcdServerError::Failed(e.to_string()))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| EtcdServerError::Failed(e.to_string()))
+}
+
+fn etcd_binary() -> Option<String> {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(str::to_owned)
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until its client port accepts connections.
+    pub fn start() -> Result<Self, EtcdServerError> {
+        let binary = etcd_binary().ok_or(EtcdServerError::NotInstalled)?;
+        let dir = tempfile::tempdir().map_err(|e| EtcdServerError::Failed(e.to_string()))?;
+        let client_port = free_port()?;
+        let peer_port = free_port()?;
+        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new(binary)
+            .arg("--name=isthmus-test")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={endpoint}"))
+            .arg(format!("--advertise-client-urls={endpoint}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=isthmus-test={peer}"))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| EtcdServerError::Failed(e.to_string()))?;
+        let server = EtcdServer {
+            child,
+            _dir: dir,
+            endpoint,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", client_port)).is_ok() {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(EtcdServerError::Failed("no answer within 20 s".into()))
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
