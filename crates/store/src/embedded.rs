@@ -53,7 +53,9 @@ impl Drop for EmbeddedStore {
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore").field("path", &self.path).finish()
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 

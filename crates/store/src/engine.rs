@@ -221,7 +221,11 @@ impl Engine {
     }
 
     /// Starts a watch task delivering every batch after `after_revision` under `prefix`.
-    pub fn watch(self: &Arc<Self>, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
+    pub fn watch(
+        self: &Arc<Self>,
+        prefix: &str,
+        after_revision: u64,
+    ) -> Result<WatchStream, StoreError> {
         {
             let state = self.read();
             if after_revision < state.compact_revision {
@@ -288,7 +292,13 @@ impl Engine {
         let first = state.compact_revision + 1;
         let skip = (after + 1).saturating_sub(first) as usize;
         // Bound the copy so one lagging watcher never holds the lock for long.
-        Ok(state.history.iter().skip(skip).take(1024).cloned().collect())
+        Ok(state
+            .history
+            .iter()
+            .skip(skip)
+            .take(1024)
+            .cloned()
+            .collect())
     }
 }
 

@@ -23,7 +23,9 @@ pub struct EtcdStore {
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdStore").field("root", &self.root).finish()
+        f.debug_struct("EtcdStore")
+            .field("root", &self.root)
+            .finish()
     }
 }
 

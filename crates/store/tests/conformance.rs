@@ -22,7 +22,11 @@ async fn basic_get_put_range(store: Arc<dyn Store>) {
     let r0 = store.revision().await.unwrap();
     assert!(store.get("/t/a").await.unwrap().is_none());
     let put = store
-        .txn(Txn::new().when(Compare::absent("/t/a")).then(Op::put("/t/a", "1")))
+        .txn(
+            Txn::new()
+                .when(Compare::absent("/t/a"))
+                .then(Op::put("/t/a", "1")),
+        )
         .await
         .unwrap();
     assert!(put.succeeded);
@@ -34,7 +38,11 @@ async fn basic_get_put_range(store: Arc<dyn Store>) {
 
     // A second create of the same key must fail and not change the revision.
     let again = store
-        .txn(Txn::new().when(Compare::absent("/t/a")).then(Op::put("/t/a", "2")))
+        .txn(
+            Txn::new()
+                .when(Compare::absent("/t/a"))
+                .then(Op::put("/t/a", "2")),
+        )
         .await
         .unwrap();
     assert!(!again.succeeded);
@@ -53,7 +61,11 @@ async fn basic_get_put_range(store: Arc<dyn Store>) {
         .unwrap();
     assert!(cas.succeeded);
     let a = store.get("/t/a").await.unwrap().unwrap();
-    assert_eq!(a.create_revision, r0 + 1, "create_revision survives updates");
+    assert_eq!(
+        a.create_revision,
+        r0 + 1,
+        "create_revision survives updates"
+    );
     assert_eq!(a.mod_revision, cas.revision);
     let stale = store
         .txn(
@@ -77,7 +89,11 @@ async fn basic_get_put_range(store: Arc<dyn Store>) {
 
     // Prefix-empty compare.
     let not_empty = store
-        .txn(Txn::new().when(Compare::prefix_empty("/t/")).then(Op::put("/x", "1")))
+        .txn(
+            Txn::new()
+                .when(Compare::prefix_empty("/t/"))
+                .then(Op::put("/x", "1")),
+        )
         .await
         .unwrap();
     assert!(!not_empty.succeeded);
@@ -111,7 +127,11 @@ async fn basic_get_put_range(store: Arc<dyn Store>) {
     assert_eq!(store.range("/t/").await.unwrap().kvs.len(), 1);
     // The key is gone: "absent" holds again.
     let recreate = store
-        .txn(Txn::new().when(Compare::absent("/t/a")).then(Op::put("/t/a", "new")))
+        .txn(
+            Txn::new()
+                .when(Compare::absent("/t/a"))
+                .then(Op::put("/t/a", "new")),
+        )
         .await
         .unwrap();
     assert!(recreate.succeeded);
@@ -123,11 +143,21 @@ async fn watch_delivers_every_event_in_order(store: Arc<dyn Store>) {
     let start = store.revision().await.unwrap();
     let mut watch = store.watch("/w/", start).await.unwrap();
     let first = store
-        .txn(Txn::new().then(Op::put("/w/1", "a")).then(Op::put("/w/2", "b")))
+        .txn(
+            Txn::new()
+                .then(Op::put("/w/1", "a"))
+                .then(Op::put("/w/2", "b")),
+        )
         .await
         .unwrap();
-    store.txn(Txn::new().then(Op::put("/elsewhere", "x"))).await.unwrap();
-    let del = store.txn(Txn::new().then(Op::delete("/w/1"))).await.unwrap();
+    store
+        .txn(Txn::new().then(Op::put("/elsewhere", "x")))
+        .await
+        .unwrap();
+    let del = store
+        .txn(Txn::new().then(Op::delete("/w/1")))
+        .await
+        .unwrap();
 
     let b1 = expect_batch(&mut watch).await;
     assert_eq!(b1.revision, first.revision);
@@ -135,7 +165,10 @@ async fn watch_delivers_every_event_in_order(store: Arc<dyn Store>) {
     assert!(matches!(&b1.events[0], Event::Put(kv) if kv.key == "/w/1" && kv.value == "a"));
     assert!(matches!(&b1.events[1], Event::Put(kv) if kv.key == "/w/2"));
     let b2 = expect_batch(&mut watch).await;
-    assert_eq!(b2.revision, del.revision, "events outside the prefix are not delivered");
+    assert_eq!(
+        b2.revision, del.revision,
+        "events outside the prefix are not delivered"
+    );
     assert_eq!(
         b2.events,
         vec![Event::Delete {
@@ -235,7 +268,11 @@ async fn concurrent_cas_never_double_allocates(store: Arc<dyn Store>) {
         .iter()
         .map(|kv| kv.mod_revision)
         .collect();
-    assert_eq!(revisions.len(), 8, "every successful write has its own revision");
+    assert_eq!(
+        revisions.len(),
+        8,
+        "every successful write has its own revision"
+    );
 }
 
 async fn run_suite(make: impl Fn() -> Arc<dyn Store>) {
@@ -273,7 +310,10 @@ async fn embedded_backend_survives_reopen() {
                 .await
                 .unwrap();
         }
-        store.txn(Txn::new().then(Op::delete("/k/3"))).await.unwrap();
+        store
+            .txn(Txn::new().then(Op::delete("/k/3")))
+            .await
+            .unwrap();
         (
             store.revision().await.unwrap(),
             store.get("/k/5").await.unwrap().unwrap(),
@@ -289,8 +329,15 @@ async fn embedded_backend_survives_reopen() {
         store.watch("/k/", 1).await,
         Err(StoreError::Compacted { .. })
     ));
-    let next = store.txn(Txn::new().then(Op::put("/k/new", "x"))).await.unwrap();
-    assert_eq!(next.revision, revision + 1, "revisions continue after reopen");
+    let next = store
+        .txn(Txn::new().then(Op::put("/k/new", "x")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.revision,
+        revision + 1,
+        "revisions continue after reopen"
+    );
 }
 
 /// Starts etcd, or explains why not; under CI a missing etcd is a failure, not a skip.

@@ -1,0 +1,23 @@
+//! The Isthmus resource model: Neutron v2.0 wire types, their validation, IPAM and list
+//! queries. Pure: no I/O, no clock, no randomness (ids, times and random bytes come in as
+//! arguments).
+
+pub mod addr;
+pub mod error;
+pub mod input;
+pub mod ipam;
+pub mod mac;
+pub mod meta;
+pub mod network;
+pub mod port;
+pub mod query;
+pub mod security_group;
+pub mod subnet;
+pub mod time;
+
+pub use error::{Error, Result};
+pub use meta::{Caller, Meta};
+pub use network::{Network, NetworkLimits, NetworkType};
+pub use port::{Port, PortRequest};
+pub use security_group::{SecurityGroup, SecurityGroupRule};
+pub use subnet::Subnet;

@@ -1,0 +1,164 @@
+//! What every Neutron resource shares: id, project, name, description, tags, revision and
+//! timestamps; and who is asking.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::input::Input;
+
+/// The caller of an API request (from noauth headers or a validated token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's project.
+    pub project_id: String,
+    /// Whether the caller has the admin role.
+    pub is_admin: bool,
+}
+
+impl Caller {
+    /// Whether the caller may see and use a resource of `project_id`.
+    pub fn owns(&self, project_id: &str) -> bool {
+        self.is_admin || self.project_id == project_id
+    }
+
+    /// Refuses a non-admin setting an admin-only attribute, as Neutron's policy does.
+    pub fn require_admin(&self, action: &str) -> Result<()> {
+        if self.is_admin {
+            Ok(())
+        } else {
+            Err(Error::PolicyNotAuthorized(format!("rule:{action}")))
+        }
+    }
+}
+
+/// Standard attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// UUID.
+    pub id: String,
+    /// Owning project.
+    pub project_id: String,
+    /// Name (may be empty).
+    pub name: String,
+    /// Description (may be empty).
+    pub description: String,
+    /// Tags, kept sorted and unique.
+    pub tags: Vec<String>,
+    /// Bumped on every change.
+    pub revision_number: u64,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 time of the last change.
+    pub updated_at: String,
+}
+
+/// Largest name length Neutron accepts.
+pub const NAME_MAX: usize = 255;
+/// Largest description length Neutron accepts.
+pub const DESCRIPTION_MAX: usize = 255;
+/// Largest tag length.
+pub const TAG_MAX: usize = 255;
+
+impl Meta {
+    /// Fresh standard attributes at revision 1.
+    pub fn new(id: String, project_id: String, now: &str) -> Meta {
+        Meta {
+            id,
+            project_id,
+            name: String::new(),
+            description: String::new(),
+            tags: Vec::new(),
+            revision_number: 1,
+            created_at: now.to_owned(),
+            updated_at: now.to_owned(),
+        }
+    }
+
+    /// Records a change: next revision, new `updated_at`.
+    pub fn touch(&mut self, now: &str) {
+        self.revision_number += 1;
+        self.updated_at = now.to_owned();
+    }
+
+    /// Takes `name`, `description` and `tags` from a body.
+    pub fn read_common(&mut self, input: &mut Input) -> Result<()> {
+        if let Some(name) = input.string("name", NAME_MAX)? {
+            self.name = name;
+        }
+        if let Some(description) = input.string("description", DESCRIPTION_MAX)? {
+            self.description = description;
+        }
+        if let Some(tags) = input.string_list("tags", TAG_MAX)? {
+            self.tags = normalize_tags(tags)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the standard attributes into a wire object; `named` is false for resources
+    /// without name and tags (security group rules).
+    pub fn render(&self, out: &mut Map<String, Value>, named: bool) {
+        out.insert("id".into(), json!(self.id));
+        out.insert("project_id".into(), json!(self.project_id));
+        out.insert("tenant_id".into(), json!(self.project_id));
+        out.insert("description".into(), json!(self.description));
+        out.insert("revision_number".into(), json!(self.revision_number));
+        out.insert("created_at".into(), json!(self.created_at));
+        out.insert("updated_at".into(), json!(self.updated_at));
+        if named {
+            out.insert("name".into(), json!(self.name));
+            out.insert("tags".into(), json!(self.tags));
+        }
+    }
+}
+
+/// Validates tags and returns them sorted and de-duplicated.
+pub fn normalize_tags(tags: Vec<String>) -> Result<Vec<String>> {
+    for tag in &tags {
+        validate_tag(tag)?;
+    }
+    let mut tags = tags;
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
+}
+
+/// A tag is a non-empty string of at most 255 characters without commas (commas separate tags
+/// in filters).
+pub fn validate_tag(tag: &str) -> Result<()> {
+    if tag.is_empty() || tag.chars().count() > TAG_MAX || tag.contains(',') {
+        return Err(Error::invalid_attr(
+            "tags",
+            format!("'{tag}' is not a valid tag: 1 to {TAG_MAX} characters without commas"),
+        ));
+    }
+    Ok(())
+}
+
+/// The project a new resource belongs to: the caller's, or (admin only) the one named by
+/// `project_id`/`tenant_id` in the body.
+pub fn owner_project(input: &mut Input, caller: &Caller) -> Result<String> {
+    let project = input.string("project_id", 255)?;
+    let tenant = input.string("tenant_id", 255)?;
+    let requested = match (project, tenant) {
+        (Some(p), Some(t)) if p != t => {
+            return Err(Error::BadRequest(
+                "'project_id' and 'tenant_id' do not match".to_owned(),
+            ))
+        }
+        (Some(p), _) | (None, Some(p)) => Some(p),
+        (None, None) => None,
+    };
+    match requested {
+        None => Ok(caller.project_id.clone()),
+        Some(p) if p == caller.project_id || caller.is_admin => {
+            if p.is_empty() {
+                return Err(Error::invalid_attr("project_id", "'' is not a valid project"));
+            }
+            Ok(p)
+        }
+        Some(_) => Err(Error::BadRequest(
+            "Specifying 'project_id' or 'tenant_id' other than the authenticated project in request requires admin privileges".to_owned(),
+        )),
+    }
+}

@@ -1,0 +1,628 @@
+//! Ports: a VM's or pod's attachment to a network, with addresses, MAC, security groups,
+//! allowed address pairs, DNS name and binding.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::addr::Cidr;
+use crate::error::{Error, Result};
+use crate::input::{as_ip, as_string, as_uuid, show, Input, Method};
+use crate::mac;
+use crate::meta::{owner_project, Caller, Meta};
+use crate::network::bridge_name;
+
+/// Attributes a port has.
+pub const ATTRIBUTES: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "project_id",
+    "tenant_id",
+    "network_id",
+    "admin_state_up",
+    "mac_address",
+    "fixed_ips",
+    "device_id",
+    "device_owner",
+    "security_groups",
+    "port_security_enabled",
+    "allowed_address_pairs",
+    "dns_name",
+    "dns_assignment",
+    "binding:host_id",
+    "binding:profile",
+    "binding:vnic_type",
+    "binding:vif_type",
+    "binding:vif_details",
+    "status",
+    "tags",
+    "revision_number",
+    "created_at",
+    "updated_at",
+    "extra_dhcp_opts",
+    "ip_allocation",
+];
+const CREATE: &[&str] = &[
+    "name",
+    "description",
+    "project_id",
+    "tenant_id",
+    "network_id",
+    "admin_state_up",
+    "mac_address",
+    "fixed_ips",
+    "device_id",
+    "device_owner",
+    "security_groups",
+    "port_security_enabled",
+    "allowed_address_pairs",
+    "dns_name",
+    "binding:host_id",
+    "binding:profile",
+    "binding:vnic_type",
+    "tags",
+];
+const UPDATE: &[&str] = &[
+    "name",
+    "description",
+    "admin_state_up",
+    "mac_address",
+    "fixed_ips",
+    "device_id",
+    "device_owner",
+    "security_groups",
+    "port_security_enabled",
+    "allowed_address_pairs",
+    "dns_name",
+    "binding:host_id",
+    "binding:profile",
+    "binding:vnic_type",
+];
+/// Neutron's default `max_allowed_address_pair`.
+pub const MAX_ADDRESS_PAIRS: usize = 10;
+/// `device_owner` of pods.
+pub const DEVICE_OWNER_POD: &str = "compute:kubernetes";
+
+/// One address of a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixedIp {
+    /// Subnet the address belongs to.
+    pub subnet_id: String,
+    /// The address.
+    pub ip_address: IpAddr,
+}
+
+/// An extra address (or prefix) and MAC the port may send from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressPair {
+    /// Address or prefix, as given (normalised).
+    pub ip_address: String,
+    /// MAC; the port's own when not given.
+    pub mac_address: String,
+}
+
+/// One entry of `dns_assignment`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsAssignment {
+    /// Host name.
+    pub hostname: String,
+    /// The address.
+    pub ip_address: IpAddr,
+    /// `hostname.domain.`
+    pub fqdn: String,
+}
+
+/// Where the port is bound (`binding:*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Binding {
+    /// Node name; empty when unbound.
+    pub host_id: String,
+    /// Free-form profile.
+    pub profile: Map<String, Value>,
+    /// Always `normal` (a tap or veth on a bridge).
+    pub vnic_type: String,
+}
+
+/// A requested fixed IP: by subnet, by address, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedIpRequest {
+    /// Subnet to allocate from.
+    pub subnet_id: Option<String>,
+    /// Exact address.
+    pub ip_address: Option<IpAddr>,
+}
+
+/// A requested address pair (MAC resolved once the port's MAC is known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressPairRequest {
+    /// Address or prefix.
+    pub ip_address: String,
+    /// MAC, if given.
+    pub mac_address: Option<String>,
+}
+
+/// A stored port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    /// Standard attributes.
+    pub meta: Meta,
+    /// Its network.
+    pub network_id: String,
+    /// Administrative state.
+    pub admin_state_up: bool,
+    /// MAC address, lower case.
+    pub mac_address: String,
+    /// Addresses.
+    pub fixed_ips: Vec<FixedIp>,
+    /// Owner device (VM uuid, pod uid, router id).
+    pub device_id: String,
+    /// Owner kind (`compute:nova`, `compute:kubernetes`, `network:...`).
+    pub device_owner: String,
+    /// Security group ids.
+    pub security_groups: Vec<String>,
+    /// Anti-spoofing and security groups on or off.
+    pub port_security_enabled: bool,
+    /// Extra addresses the port may use.
+    pub allowed_address_pairs: Vec<AddressPair>,
+    /// DNS host name (may be empty).
+    pub dns_name: String,
+    /// Names of each address.
+    pub dns_assignment: Vec<DnsAssignment>,
+    /// Binding.
+    pub binding: Binding,
+    /// `DOWN` until the node's agent reports it `ACTIVE`.
+    pub status: String,
+}
+
+/// Everything a create or update body may ask for, validated but not yet resolved against the
+/// network, subnets, groups and allocations (the service's job).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortRequest {
+    /// Owner project (create only).
+    pub project_id: Option<String>,
+    /// Network (create only).
+    pub network_id: Option<String>,
+    /// `name`.
+    pub name: Option<String>,
+    /// `description`.
+    pub description: Option<String>,
+    /// `tags` (create only).
+    pub tags: Option<Vec<String>>,
+    /// `admin_state_up`.
+    pub admin_state_up: Option<bool>,
+    /// `mac_address`.
+    pub mac_address: Option<String>,
+    /// `fixed_ips`.
+    pub fixed_ips: Option<Vec<FixedIpRequest>>,
+    /// `device_id`.
+    pub device_id: Option<String>,
+    /// `device_owner`.
+    pub device_owner: Option<String>,
+    /// `security_groups`.
+    pub security_groups: Option<Vec<String>>,
+    /// `port_security_enabled`.
+    pub port_security_enabled: Option<bool>,
+    /// `allowed_address_pairs`.
+    pub allowed_address_pairs: Option<Vec<AddressPairRequest>>,
+    /// `dns_name`.
+    pub dns_name: Option<String>,
+    /// `binding:host_id`.
+    pub host_id: Option<String>,
+    /// `binding:profile`.
+    pub profile: Option<Map<String, Value>>,
+    /// `binding:vnic_type`.
+    pub vnic_type: Option<String>,
+}
+
+fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> Result<Vec<FixedIpRequest>> {
+    let mut out: Vec<FixedIpRequest> = Vec::new();
+    for item in items {
+        if let Some(k) = item
+            .keys()
+            .find(|k| !["subnet_id", "ip_address"].contains(&k.as_str()))
+        {
+            return Err(Error::invalid_attr(
+                "fixed_ips",
+                format!("'{k}' is not a valid fixed_ips key"),
+            ));
+        }
+        let subnet_id = item
+            .get("subnet_id")
+            .map(|v| as_uuid("fixed_ips", v))
+            .transpose()?;
+        let ip_address = item
+            .get("ip_address")
+            .map(|v| as_ip("fixed_ips", v))
+            .transpose()?;
+        if subnet_id.is_none() && ip_address.is_none() {
+            return Err(Error::invalid_attr(
+                "fixed_ips",
+                "each entry needs a subnet_id or an ip_address",
+            ));
+        }
+        if let Some(ip) = ip_address {
+            if out.iter().any(|o| o.ip_address == Some(ip)) {
+                return Err(Error::invalid_attr(
+                    "fixed_ips",
+                    format!("Duplicate IP address '{ip}'"),
+                ));
+            }
+        }
+        out.push(FixedIpRequest {
+            subnet_id,
+            ip_address,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_pairs(items: Vec<Map<String, Value>>) -> Result<Vec<AddressPairRequest>> {
+    if items.len() > MAX_ADDRESS_PAIRS {
+        return Err(Error::BadRequest(format!(
+            "Number of address pairs exceeds the maximum of {MAX_ADDRESS_PAIRS}"
+        )));
+    }
+    let mut out: Vec<AddressPairRequest> = Vec::new();
+    for item in items {
+        if let Some(k) = item
+            .keys()
+            .find(|k| !["ip_address", "mac_address"].contains(&k.as_str()))
+        {
+            return Err(Error::invalid_attr(
+                "allowed_address_pairs",
+                format!("Unrecognized attribute(s) '{k}'"),
+            ));
+        }
+        let raw = as_string(
+            "allowed_address_pairs",
+            item.get("ip_address").ok_or_else(|| {
+                Error::invalid_attr(
+                    "allowed_address_pairs",
+                    "AllowedAddressPair must contain ip_address",
+                )
+            })?,
+            64,
+        )?;
+        let ip_address = if raw.contains('/') {
+            Cidr::parse(&raw)
+                .map_err(|_| {
+                    Error::invalid_attr(
+                        "allowed_address_pairs",
+                        format!("'{raw}' is not a valid IP address or subnet"),
+                    )
+                })?
+                .to_string()
+        } else {
+            raw.parse::<IpAddr>()
+                .map_err(|_| {
+                    Error::invalid_attr(
+                        "allowed_address_pairs",
+                        format!("'{raw}' is not a valid IP address"),
+                    )
+                })?
+                .to_string()
+        };
+        let mac_address = item
+            .get("mac_address")
+            .map(|v| {
+                let s = as_string("allowed_address_pairs", v, 17)?;
+                mac::parse_unicast("allowed_address_pairs", &s).map(mac::format)
+            })
+            .transpose()?;
+        let pair = AddressPairRequest {
+            ip_address,
+            mac_address,
+        };
+        if out.contains(&pair) {
+            return Err(Error::BadRequest(
+                "Request contains duplicate address pair".to_owned(),
+            ));
+        }
+        out.push(pair);
+    }
+    Ok(out)
+}
+
+/// Validates a DNS host name as Neutron's `dns_name` does (labels of letters, digits and
+/// hyphens; no leading or trailing hyphen).
+fn check_dns_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    let ok = trimmed.len() <= 253
+        && trimmed.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_attr(
+            "dns_name",
+            format!("'{name}' not a valid PQDN or FQDN"),
+        ))
+    }
+}
+
+impl PortRequest {
+    /// Parses a create (`Method::Create`) or update body.
+    pub fn parse(body: Value, method: Method, caller: &Caller) -> Result<PortRequest> {
+        let allowed = match method {
+            Method::Create => CREATE,
+            Method::Update => UPDATE,
+        };
+        let mut input = Input::from_envelope(body, "port", method, ATTRIBUTES, allowed)?;
+        for admin_only in ["binding:host_id", "binding:profile"] {
+            if input.has(admin_only) {
+                let verb = if method == Method::Create {
+                    "create"
+                } else {
+                    "update"
+                };
+                caller.require_admin(&format!("{verb}_port:{admin_only}"))?;
+            }
+        }
+        let mut req = PortRequest::default();
+        if method == Method::Create {
+            req.project_id = Some(owner_project(&mut input, caller)?);
+            req.network_id = Some(as_uuid(
+                "network_id",
+                &Input::required("network_id", input.take("network_id"))?,
+            )?);
+            req.tags = input
+                .string_list("tags", crate::meta::TAG_MAX)?
+                .map(crate::meta::normalize_tags)
+                .transpose()?;
+        }
+        req.name = input.string("name", crate::meta::NAME_MAX)?;
+        req.description = input.string("description", crate::meta::DESCRIPTION_MAX)?;
+        req.admin_state_up = input.boolean("admin_state_up")?;
+        req.mac_address = input
+            .string("mac_address", 32)?
+            .map(|m| mac::parse_unicast("mac_address", &m).map(mac::format))
+            .transpose()?;
+        req.fixed_ips = input
+            .object_list("fixed_ips")?
+            .map(parse_fixed_ips)
+            .transpose()?;
+        req.device_id = input.string("device_id", 255)?;
+        req.device_owner = input.string("device_owner", 255)?;
+        req.security_groups = match input.take("security_groups") {
+            None => None,
+            Some(Value::Null) => Some(Vec::new()),
+            Some(Value::Array(items)) => {
+                let mut ids: Vec<String> = Vec::new();
+                for item in &items {
+                    let id = as_uuid("security_groups", item)?;
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                Some(ids)
+            }
+            Some(other) => {
+                return Err(Error::invalid_attr(
+                    "security_groups",
+                    format!("'{}' is not a list", show(&other)),
+                ))
+            }
+        };
+        req.port_security_enabled = input.boolean("port_security_enabled")?;
+        req.allowed_address_pairs = input
+            .object_list("allowed_address_pairs")?
+            .map(parse_pairs)
+            .transpose()?;
+        req.dns_name = input.string("dns_name", 255)?;
+        if let Some(name) = &req.dns_name {
+            check_dns_name(name)?;
+        }
+        req.host_id = input.string("binding:host_id", 255)?;
+        req.profile = match input.take("binding:profile") {
+            None => None,
+            Some(Value::Null) => Some(Map::new()),
+            Some(Value::Object(m)) => Some(m),
+            Some(other) => {
+                return Err(Error::invalid_attr(
+                    "binding:profile",
+                    format!("'{}' is not a dictionary", show(&other)),
+                ))
+            }
+        };
+        req.vnic_type = input.string("binding:vnic_type", 64)?;
+        if let Some(v) = &req.vnic_type {
+            if v != "normal" {
+                return Err(Error::InvalidInput(format!(
+                    "binding:vnic_type '{v}' is not supported: Isthmus plugs 'normal' ports (tap or veth on a bridge)"
+                )));
+            }
+        }
+        Ok(req)
+    }
+}
+
+impl Port {
+    /// The kernel name of the port's host-side device: `tap` + first 11 characters of its id.
+    pub fn tap_name(&self) -> String {
+        format!("tap{}", self.meta.id.get(..11).unwrap_or(&self.meta.id))
+    }
+
+    /// `binding:vif_type`: `bridge` once bound to a node, else `unbound`.
+    pub fn vif_type(&self) -> &'static str {
+        if self.binding.host_id.is_empty() {
+            "unbound"
+        } else {
+            "bridge"
+        }
+    }
+
+    /// Recomputes `dns_assignment` for the current addresses; `domain` ends with a dot.
+    pub fn assign_dns(&mut self, domain: &str) {
+        self.dns_assignment = self
+            .fixed_ips
+            .iter()
+            .map(|f| {
+                let hostname = if self.dns_name.is_empty() {
+                    format!("host-{}", f.ip_address.to_string().replace(['.', ':'], "-"))
+                } else {
+                    self.dns_name.trim_end_matches('.').to_owned()
+                };
+                let fqdn = if self.dns_name.ends_with('.') {
+                    self.dns_name.clone()
+                } else {
+                    format!("{hostname}.{domain}")
+                };
+                DnsAssignment {
+                    hostname,
+                    ip_address: f.ip_address,
+                    fqdn,
+                }
+            })
+            .collect();
+    }
+
+    /// The Neutron wire object as `caller` may see it (`binding:*` for admins only).
+    pub fn render(&self, caller: &Caller) -> Map<String, Value> {
+        let mut out = Map::new();
+        self.meta.render(&mut out, true);
+        out.insert("network_id".into(), json!(self.network_id));
+        out.insert("admin_state_up".into(), json!(self.admin_state_up));
+        out.insert("mac_address".into(), json!(self.mac_address));
+        out.insert("fixed_ips".into(), json!(self.fixed_ips));
+        out.insert("device_id".into(), json!(self.device_id));
+        out.insert("device_owner".into(), json!(self.device_owner));
+        out.insert("security_groups".into(), json!(self.security_groups));
+        out.insert(
+            "port_security_enabled".into(),
+            json!(self.port_security_enabled),
+        );
+        out.insert(
+            "allowed_address_pairs".into(),
+            json!(self.allowed_address_pairs),
+        );
+        out.insert("dns_name".into(), json!(self.dns_name));
+        out.insert("dns_assignment".into(), json!(self.dns_assignment));
+        out.insert("status".into(), json!(self.status));
+        out.insert("extra_dhcp_opts".into(), json!([]));
+        out.insert("ip_allocation".into(), json!("immediate"));
+        if caller.is_admin {
+            out.insert("binding:host_id".into(), json!(self.binding.host_id));
+            out.insert(
+                "binding:profile".into(),
+                Value::Object(self.binding.profile.clone()),
+            );
+            out.insert("binding:vnic_type".into(), json!(self.binding.vnic_type));
+            out.insert("binding:vif_type".into(), json!(self.vif_type()));
+            let details = if self.binding.host_id.is_empty() {
+                json!({})
+            } else {
+                json!({
+                    "bridge_name": bridge_name(&self.network_id),
+                    "port_filter": self.port_security_enabled,
+                    "connectivity": "l2",
+                })
+            };
+            out.insert("binding:vif_details".into(), details);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &str = "11111111-2222-3333-4444-555555555555";
+    const SUB: &str = "aaaaaaaa-2222-3333-4444-555555555555";
+
+    fn user() -> Caller {
+        Caller {
+            project_id: "p".into(),
+            is_admin: false,
+        }
+    }
+
+    #[test]
+    fn parses_a_full_create() {
+        let req = PortRequest::parse(
+            json!({"port": {
+                "network_id": NET, "name": "vm1", "dns_name": "hello",
+                "fixed_ips": [{"subnet_id": SUB}, {"ip_address": "10.0.0.7"}],
+                "allowed_address_pairs": [{"ip_address": "10.0.0.0/24"}, {"ip_address": "10.0.0.99", "mac_address": "FA:16:3E:00:00:01"}],
+                "mac_address": "fa:16:3e:aa:bb:cc",
+            }}),
+            Method::Create,
+            &user(),
+        )
+        .unwrap();
+        assert_eq!(req.project_id.as_deref(), Some("p"));
+        assert_eq!(req.fixed_ips.as_ref().unwrap().len(), 2);
+        let pairs = req.allowed_address_pairs.unwrap();
+        assert_eq!(pairs[1].mac_address.as_deref(), Some("fa:16:3e:00:00:01"));
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let bad =
+            |port: Value| PortRequest::parse(json!({ "port": port }), Method::Create, &user());
+        assert!(bad(json!({})).is_err(), "network_id is required");
+        assert_eq!(
+            bad(json!({"network_id": NET, "binding:host_id": "n1"}))
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert!(bad(json!({"network_id": NET, "mac_address": "01:00:5e:00:00:01"})).is_err());
+        assert!(bad(json!({"network_id": NET, "fixed_ips": [{"ip_address": "x"}]})).is_err());
+        assert!(bad(json!({"network_id": NET, "fixed_ips": [{"ip_address": "10.0.0.1"}, {"ip_address": "10.0.0.1"}]})).is_err());
+        assert!(bad(json!({"network_id": NET, "dns_name": "-bad"})).is_err());
+        assert!(bad(json!({"network_id": NET, "security_groups": ["nope"]})).is_err());
+        assert!(bad(json!({"network_id": NET, "status": "ACTIVE"})).is_err());
+        assert!(bad(json!({"network_id": NET, "allowed_address_pairs": [{"ip_address": "10.0.0.1"}, {"ip_address": "10.0.0.1"}]})).is_err());
+    }
+
+    #[test]
+    fn dns_assignment_and_binding() {
+        let mut port = Port {
+            meta: Meta::new("0123456789abcdef".into(), "p".into(), "t"),
+            network_id: NET.into(),
+            admin_state_up: true,
+            mac_address: "fa:16:3e:00:00:01".into(),
+            fixed_ips: vec![FixedIp {
+                subnet_id: SUB.into(),
+                ip_address: "10.0.0.3".parse().unwrap(),
+            }],
+            device_id: String::new(),
+            device_owner: String::new(),
+            security_groups: vec![],
+            port_security_enabled: true,
+            allowed_address_pairs: vec![],
+            dns_name: "hello".into(),
+            dns_assignment: vec![],
+            binding: Binding::default(),
+            status: "DOWN".into(),
+        };
+        port.assign_dns("openstack.local.");
+        assert_eq!(port.dns_assignment[0].fqdn, "hello.openstack.local.");
+        port.dns_name.clear();
+        port.assign_dns("openstack.local.");
+        assert_eq!(port.dns_assignment[0].hostname, "host-10-0-0-3");
+        assert_eq!(port.tap_name(), "tap0123456789a");
+        let admin = Caller {
+            project_id: "x".into(),
+            is_admin: true,
+        };
+        assert_eq!(port.render(&admin)["binding:vif_type"], "unbound");
+        port.binding.host_id = "node1".into();
+        assert_eq!(
+            port.render(&admin)["binding:vif_details"]["bridge_name"],
+            "brq11111111-22"
+        );
+        assert!(!port.render(&user()).contains_key("binding:host_id"));
+    }
+}

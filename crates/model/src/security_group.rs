@@ -1,0 +1,626 @@
+//! Security groups and their rules, with Neutron's defaults and validation.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::addr::{Cidr, IpVersion};
+use crate::error::{Error, Result};
+use crate::input::{as_string, as_uuid, Input, Method};
+use crate::meta::{owner_project, Caller, Meta};
+
+/// Attributes a security group has.
+pub const GROUP_ATTRIBUTES: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "project_id",
+    "tenant_id",
+    "security_group_rules",
+    "stateful",
+    "shared",
+    "tags",
+    "revision_number",
+    "created_at",
+    "updated_at",
+];
+const GROUP_CREATE: &[&str] = &[
+    "name",
+    "description",
+    "project_id",
+    "tenant_id",
+    "stateful",
+    "tags",
+];
+const GROUP_UPDATE: &[&str] = &["name", "description", "stateful"];
+
+/// Attributes a rule has.
+pub const RULE_ATTRIBUTES: &[&str] = &[
+    "id",
+    "description",
+    "project_id",
+    "tenant_id",
+    "security_group_id",
+    "direction",
+    "ethertype",
+    "protocol",
+    "port_range_min",
+    "port_range_max",
+    "remote_ip_prefix",
+    "remote_group_id",
+    "remote_address_group_id",
+    "normalized_cidr",
+    "belongs_to_default_sg",
+    "revision_number",
+    "created_at",
+    "updated_at",
+];
+const RULE_CREATE: &[&str] = &[
+    "description",
+    "project_id",
+    "tenant_id",
+    "security_group_id",
+    "direction",
+    "ethertype",
+    "protocol",
+    "port_range_min",
+    "port_range_max",
+    "remote_ip_prefix",
+    "remote_group_id",
+    "remote_address_group_id",
+];
+
+/// Name of each project's default group.
+pub const DEFAULT_GROUP_NAME: &str = "default";
+
+/// A stored security group (its rules are stored separately).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroup {
+    /// Standard attributes.
+    pub meta: Meta,
+    /// Connection tracking on (always true here; stateless groups are refused).
+    pub stateful: bool,
+    /// Whether this is the project's default group.
+    pub is_default: bool,
+}
+
+/// Traffic direction relative to the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Into the port.
+    Ingress,
+    /// Out of the port.
+    Egress,
+}
+
+impl Direction {
+    /// Neutron's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// A stored rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroupRule {
+    /// Standard attributes (name and tags unused).
+    pub meta: Meta,
+    /// The group it belongs to.
+    pub security_group_id: String,
+    /// Direction.
+    pub direction: Direction,
+    /// Address family.
+    pub ethertype: IpVersion,
+    /// Protocol as given (name or number), `None` = any.
+    pub protocol: Option<String>,
+    /// Low port, or ICMP type.
+    pub port_range_min: Option<u32>,
+    /// High port, or ICMP code.
+    pub port_range_max: Option<u32>,
+    /// Remote prefix, as given.
+    pub remote_ip_prefix: Option<String>,
+    /// Remote group.
+    pub remote_group_id: Option<String>,
+}
+
+/// Protocol names Neutron accepts, with their numbers.
+const PROTOCOLS: &[(&str, u8)] = &[
+    ("ah", 51),
+    ("dccp", 33),
+    ("egp", 8),
+    ("esp", 50),
+    ("gre", 47),
+    ("hopopt", 0),
+    ("icmp", 1),
+    ("igmp", 2),
+    ("ipip", 4),
+    ("ipv6-encap", 41),
+    ("ipv6-frag", 44),
+    ("ipv6-icmp", 58),
+    ("icmpv6", 58),
+    ("ipv6-nonxt", 59),
+    ("ipv6-opts", 60),
+    ("ipv6-route", 43),
+    ("ospf", 89),
+    ("pgm", 113),
+    ("rsvp", 46),
+    ("sctp", 132),
+    ("tcp", 6),
+    ("udp", 17),
+    ("udplite", 136),
+    ("vrrp", 112),
+];
+
+/// The IP protocol number of a rule's protocol string.
+pub fn protocol_number(protocol: &str) -> Option<u8> {
+    PROTOCOLS
+        .iter()
+        .find(|(n, _)| *n == protocol)
+        .map(|(_, v)| *v)
+        .or_else(|| protocol.parse().ok())
+}
+
+impl SecurityGroup {
+    /// Parses a create body. Every new group gets Neutron's two default egress rules (the
+    /// service creates them).
+    pub fn parse_create(
+        body: Value,
+        caller: &Caller,
+        id: String,
+        now: &str,
+    ) -> Result<SecurityGroup> {
+        let mut input = Input::from_envelope(
+            body,
+            "security_group",
+            Method::Create,
+            GROUP_ATTRIBUTES,
+            GROUP_CREATE,
+        )?;
+        let project_id = owner_project(&mut input, caller)?;
+        let mut meta = Meta::new(id, project_id, now);
+        meta.read_common(&mut input)?;
+        if meta.name == DEFAULT_GROUP_NAME {
+            return Err(Error::Conflict(
+                "Default security group already exists.".to_owned(),
+            ));
+        }
+        if input.boolean("stateful")? == Some(false) {
+            return Err(Error::InvalidInput(
+                "Stateless security groups are not supported".to_owned(),
+            ));
+        }
+        Ok(SecurityGroup {
+            meta,
+            stateful: true,
+            is_default: false,
+        })
+    }
+
+    /// The default group of `project_id`.
+    pub fn default_for(project_id: &str, id: String, now: &str) -> SecurityGroup {
+        let mut meta = Meta::new(id, project_id.to_owned(), now);
+        meta.name = DEFAULT_GROUP_NAME.to_owned();
+        meta.description = "Default security group".to_owned();
+        SecurityGroup {
+            meta,
+            stateful: true,
+            is_default: true,
+        }
+    }
+
+    /// Applies an update body and records a new revision.
+    pub fn apply_update(&mut self, body: Value, now: &str) -> Result<()> {
+        let mut input = Input::from_envelope(
+            body,
+            "security_group",
+            Method::Update,
+            GROUP_ATTRIBUTES,
+            GROUP_UPDATE,
+        )?;
+        let old_name = self.meta.name.clone();
+        self.meta.read_common(&mut input)?;
+        if self.is_default && self.meta.name != old_name {
+            return Err(Error::Conflict(
+                "Updating default security group not allowed.".to_owned(),
+            ));
+        }
+        if input.boolean("stateful")? == Some(false) {
+            return Err(Error::InvalidInput(
+                "Stateless security groups are not supported".to_owned(),
+            ));
+        }
+        self.meta.touch(now);
+        Ok(())
+    }
+
+    /// The Neutron wire object with its rules.
+    pub fn render(&self, rules: &[&SecurityGroupRule]) -> Map<String, Value> {
+        let mut out = Map::new();
+        self.meta.render(&mut out, true);
+        out.insert("stateful".into(), json!(self.stateful));
+        out.insert("shared".into(), json!(false));
+        out.insert(
+            "security_group_rules".into(),
+            Value::Array(
+                rules
+                    .iter()
+                    .map(|r| Value::Object(r.render(self.is_default)))
+                    .collect(),
+            ),
+        );
+        out
+    }
+}
+
+/// Rules every new group starts with: egress to anywhere, both families.
+pub fn default_egress_rules(
+    group: &SecurityGroup,
+    ids: [String; 2],
+    now: &str,
+) -> Vec<SecurityGroupRule> {
+    let [v4, v6] = ids;
+    [(v4, IpVersion::V4), (v6, IpVersion::V6)]
+        .into_iter()
+        .map(|(id, ethertype)| {
+            SecurityGroupRule::new(group, id, now, Direction::Egress, ethertype, None)
+        })
+        .collect()
+}
+
+/// The default group's extra rules: ingress from members of the same group, both families.
+pub fn default_ingress_rules(
+    group: &SecurityGroup,
+    ids: [String; 2],
+    now: &str,
+) -> Vec<SecurityGroupRule> {
+    let [v4, v6] = ids;
+    [(v4, IpVersion::V4), (v6, IpVersion::V6)]
+        .into_iter()
+        .map(|(id, ethertype)| {
+            SecurityGroupRule::new(
+                group,
+                id,
+                now,
+                Direction::Ingress,
+                ethertype,
+                Some(group.meta.id.clone()),
+            )
+        })
+        .collect()
+}
+
+impl SecurityGroupRule {
+    fn new(
+        group: &SecurityGroup,
+        id: String,
+        now: &str,
+        direction: Direction,
+        ethertype: IpVersion,
+        remote_group_id: Option<String>,
+    ) -> SecurityGroupRule {
+        SecurityGroupRule {
+            meta: Meta::new(id, group.meta.project_id.clone(), now),
+            security_group_id: group.meta.id.clone(),
+            direction,
+            ethertype,
+            protocol: None,
+            port_range_min: None,
+            port_range_max: None,
+            remote_ip_prefix: None,
+            remote_group_id,
+        }
+    }
+
+    /// Parses and validates a create body (the group's existence is the service's check).
+    pub fn parse_create(
+        body: Value,
+        caller: &Caller,
+        id: String,
+        now: &str,
+    ) -> Result<SecurityGroupRule> {
+        let mut input = Input::from_envelope(
+            body,
+            "security_group_rule",
+            Method::Create,
+            RULE_ATTRIBUTES,
+            RULE_CREATE,
+        )?;
+        let project_id = owner_project(&mut input, caller)?;
+        let mut meta = Meta::new(id, project_id, now);
+        meta.read_common(&mut input)?;
+        let security_group_id = as_uuid(
+            "security_group_id",
+            &Input::required("security_group_id", input.take("security_group_id"))?,
+        )?;
+        let direction = match input.string("direction", 16)?.as_deref() {
+            Some("ingress") => Direction::Ingress,
+            Some("egress") => Direction::Egress,
+            Some(other) => {
+                return Err(Error::invalid_attr(
+                    "direction",
+                    format!("'{other}' is not in ['ingress', 'egress']"),
+                ))
+            }
+            None => {
+                return Err(Error::BadRequest(
+                    "Failed to parse request. Required attribute 'direction' not specified"
+                        .to_owned(),
+                ))
+            }
+        };
+        let ethertype = match input.nullable_string("ethertype", 8)?.flatten() {
+            None => IpVersion::V4,
+            Some(e) if e.eq_ignore_ascii_case("ipv4") => IpVersion::V4,
+            Some(e) if e.eq_ignore_ascii_case("ipv6") => IpVersion::V6,
+            Some(e) => {
+                return Err(Error::invalid_attr(
+                    "ethertype",
+                    format!("'{e}' is not in ['IPv4', 'IPv6']"),
+                ))
+            }
+        };
+        let protocol = match input.take("protocol") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let p = match &v {
+                    Value::Number(n) => n.to_string(),
+                    other => as_string("protocol", other, 32)?.to_ascii_lowercase(),
+                };
+                match p.as_str() {
+                    "" | "any" => None,
+                    _ if protocol_number(&p).is_some() => Some(p),
+                    _ => {
+                        return Err(Error::BadRequest(format!(
+                            "Security group rule protocol {p} not supported. Only protocol values [None, {}] and integer representations [0 to 255] are supported.",
+                            PROTOCOLS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        )))
+                    }
+                }
+            }
+        };
+        let port = |input: &mut Input, key: &str| -> Result<Option<u32>> {
+            match input.nullable_integer(key)?.flatten() {
+                None => Ok(None),
+                Some(n) if (0..=65535).contains(&n) => Ok(Some(n as u32)),
+                Some(n) => Err(Error::BadRequest(format!("Invalid value for port {n}"))),
+            }
+        };
+        let port_range_min = port(&mut input, "port_range_min")?;
+        let port_range_max = port(&mut input, "port_range_max")?;
+        let remote_ip_prefix = input.nullable_string("remote_ip_prefix", 64)?.flatten();
+        let remote_group_id = input
+            .take("remote_group_id")
+            .filter(|v| !v.is_null())
+            .map(|v| as_uuid("remote_group_id", &v))
+            .transpose()?;
+        if input
+            .take("remote_address_group_id")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(Error::BadRequest(
+                "Address groups are not supported".to_owned(),
+            ));
+        }
+        if remote_ip_prefix.is_some() && remote_group_id.is_some() {
+            return Err(Error::BadRequest(
+                "Only remote_ip_prefix or remote_group_id may be provided.".to_owned(),
+            ));
+        }
+        if let Some(prefix) = &remote_ip_prefix {
+            let cidr = Cidr::parse_lenient(prefix).ok_or_else(|| {
+                Error::invalid_attr(
+                    "remote_ip_prefix",
+                    format!("'{prefix}' is not a valid IP subnet"),
+                )
+            })?;
+            if cidr.version() != ethertype {
+                return Err(Error::BadRequest(format!(
+                    "Conflicting value ethertype {} for CIDR {prefix}",
+                    ethertype.ethertype()
+                )));
+            }
+        }
+        let rule = SecurityGroupRule {
+            meta,
+            security_group_id,
+            direction,
+            ethertype,
+            protocol,
+            port_range_min,
+            port_range_max,
+            remote_ip_prefix,
+            remote_group_id,
+        };
+        rule.check_ports()?;
+        Ok(rule)
+    }
+
+    fn check_ports(&self) -> Result<()> {
+        let (min, max) = (self.port_range_min, self.port_range_max);
+        if min.is_none() && max.is_none() {
+            return Ok(());
+        }
+        let Some(protocol) = self.protocol.as_deref() else {
+            return Err(Error::BadRequest(
+                "Must also specify protocol if port range is given.".to_owned(),
+            ));
+        };
+        match protocol_number(protocol) {
+            Some(6) | Some(17) | Some(33) | Some(132) | Some(136) => {
+                let (Some(min), Some(max)) = (min, max) else {
+                    // Neutron fills a missing bound with the other one.
+                    let one = min.or(max).unwrap_or(0);
+                    if one == 0 {
+                        return Err(Error::BadRequest(format!("Invalid value for port {one}")));
+                    }
+                    return Ok(());
+                };
+                if min == 0 || max == 0 {
+                    return Err(Error::BadRequest("Invalid value for port 0".to_owned()));
+                }
+                if min > max {
+                    return Err(Error::BadRequest(
+                        "For TCP/UDP protocols, port_range_min must be <= port_range_max".to_owned(),
+                    ));
+                }
+                Ok(())
+            }
+            Some(1) | Some(58) => {
+                if min.is_some_and(|t| t > 255) {
+                    return Err(Error::BadRequest(format!(
+                        "Invalid value for ICMP field (port_range_min) type: {}",
+                        min.unwrap_or_default()
+                    )));
+                }
+                if max.is_some_and(|c| c > 255) {
+                    return Err(Error::BadRequest(format!(
+                        "Invalid value for ICMP field (port_range_max) code: {}",
+                        max.unwrap_or_default()
+                    )));
+                }
+                if min.is_none() && max.is_some() {
+                    return Err(Error::BadRequest(
+                        "ICMP code (port-range-max) is provided but ICMP type (port-range-min) is missing.".to_owned(),
+                    ));
+                }
+                Ok(())
+            }
+            _ => Err(Error::BadRequest(format!(
+                "Invalid protocol {protocol} for port range: only TCP, UDP, UDP-Lite, SCTP, DCCP and ICMP rules take ports"
+            ))),
+        }
+    }
+
+    /// Whether two rules are the same rule (what Neutron calls a duplicate).
+    pub fn same_rule(&self, other: &SecurityGroupRule) -> bool {
+        let norm_proto = |p: &Option<String>| p.as_deref().and_then(protocol_number);
+        let norm_prefix = |p: &Option<String>| {
+            p.as_deref()
+                .and_then(Cidr::parse_lenient)
+                // 0.0.0.0/0 and ::/0 mean "any", the same as no prefix.
+                .filter(|c| c.prefix != 0)
+        };
+        let ports = |r: &SecurityGroupRule| match (r.port_range_min, r.port_range_max) {
+            (Some(a), None) | (None, Some(a)) => (Some(a), Some(a)),
+            other => other,
+        };
+        self.security_group_id == other.security_group_id
+            && self.direction == other.direction
+            && self.ethertype == other.ethertype
+            && norm_proto(&self.protocol) == norm_proto(&other.protocol)
+            && ports(self) == ports(other)
+            && norm_prefix(&self.remote_ip_prefix) == norm_prefix(&other.remote_ip_prefix)
+            && self.remote_group_id == other.remote_group_id
+    }
+
+    /// The Neutron wire object.
+    pub fn render(&self, in_default_group: bool) -> Map<String, Value> {
+        let mut out = Map::new();
+        self.meta.render(&mut out, false);
+        out.insert("security_group_id".into(), json!(self.security_group_id));
+        out.insert("direction".into(), json!(self.direction.as_str()));
+        out.insert("ethertype".into(), json!(self.ethertype.ethertype()));
+        out.insert("protocol".into(), json!(self.protocol));
+        out.insert("port_range_min".into(), json!(self.port_range_min));
+        out.insert("port_range_max".into(), json!(self.port_range_max));
+        out.insert("remote_ip_prefix".into(), json!(self.remote_ip_prefix));
+        out.insert("remote_group_id".into(), json!(self.remote_group_id));
+        out.insert("remote_address_group_id".into(), Value::Null);
+        out.insert(
+            "normalized_cidr".into(),
+            json!(self
+                .remote_ip_prefix
+                .as_deref()
+                .and_then(Cidr::parse_lenient)
+                .map(|c| c.to_string())),
+        );
+        out.insert("belongs_to_default_sg".into(), json!(in_default_group));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SG: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn user() -> Caller {
+        Caller {
+            project_id: "p".into(),
+            is_admin: false,
+        }
+    }
+    fn rule(extra: Value) -> Result<SecurityGroupRule> {
+        let mut body = json!({"security_group_id": SG, "direction": "ingress"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        SecurityGroupRule::parse_create(
+            json!({"security_group_rule": body}),
+            &user(),
+            "r".into(),
+            "t",
+        )
+    }
+
+    #[test]
+    fn defaults() {
+        let g = SecurityGroup::default_for("p", "g".into(), "t");
+        let egress = default_egress_rules(&g, ["a".into(), "b".into()], "t");
+        let ingress = default_ingress_rules(&g, ["c".into(), "d".into()], "t");
+        assert_eq!(egress.len() + ingress.len(), 4);
+        assert_eq!(ingress[1].remote_group_id.as_deref(), Some("g"));
+        assert_eq!(ingress[1].ethertype, IpVersion::V6);
+        let all: Vec<&SecurityGroupRule> = egress.iter().chain(&ingress).collect();
+        let wire = g.render(&all);
+        assert_eq!(wire["security_group_rules"].as_array().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn validation() {
+        assert!(
+            rule(json!({"protocol": "tcp", "port_range_min": 22, "port_range_max": 22})).is_ok()
+        );
+        assert!(
+            rule(json!({"protocol": "tcp", "port_range_min": 23, "port_range_max": 22})).is_err()
+        );
+        assert!(
+            rule(json!({"port_range_min": 22})).is_err(),
+            "ports need a protocol"
+        );
+        assert!(
+            rule(json!({"protocol": "icmp", "port_range_min": 8, "port_range_max": 0})).is_ok()
+        );
+        assert!(rule(json!({"protocol": "icmp", "port_range_min": 300})).is_err());
+        assert!(
+            rule(json!({"protocol": "gre", "port_range_min": 1, "port_range_max": 2})).is_err()
+        );
+        assert!(rule(json!({"protocol": "bogus"})).is_err());
+        assert!(rule(json!({"protocol": 6})).is_ok());
+        assert!(
+            rule(json!({"remote_ip_prefix": "2001:db8::/64"})).is_err(),
+            "ethertype mismatch"
+        );
+        assert!(rule(json!({"remote_ip_prefix": "2001:db8::/64", "ethertype": "IPv6"})).is_ok());
+        assert!(rule(json!({"remote_ip_prefix": "10.0.0.0/8", "remote_group_id": SG})).is_err());
+        assert!(rule(json!({"direction": "sideways"})).is_err());
+    }
+
+    #[test]
+    fn duplicates() {
+        let a =
+            rule(json!({"protocol": "tcp", "port_range_min": 80, "port_range_max": 80})).unwrap();
+        let b = rule(json!({"protocol": "6", "port_range_min": 80, "port_range_max": 80, "description": "x"})).unwrap();
+        assert!(a.same_rule(&b));
+        let c =
+            rule(json!({"protocol": "tcp", "port_range_min": 81, "port_range_max": 81})).unwrap();
+        assert!(!a.same_rule(&c));
+        let any = rule(json!({})).unwrap();
+        let zero = rule(json!({"remote_ip_prefix": "0.0.0.0/0"})).unwrap();
+        assert!(any.same_rule(&zero));
+    }
+}

@@ -1,0 +1,488 @@
+//! Subnets: IPv4 and IPv6 prefixes of a network, with gateway, allocation pools, DNS servers
+//! and host routes.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::addr::{Cidr, IpRange, IpVersion};
+use crate::error::{Error, Result};
+use crate::input::{as_cidr, as_ip, as_string, as_uuid, Input, Method};
+use crate::ipam;
+use crate::meta::{owner_project, Caller, Meta};
+
+/// Attributes a subnet has.
+pub const ATTRIBUTES: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "project_id",
+    "tenant_id",
+    "network_id",
+    "ip_version",
+    "cidr",
+    "gateway_ip",
+    "allocation_pools",
+    "enable_dhcp",
+    "dns_nameservers",
+    "host_routes",
+    "ipv6_ra_mode",
+    "ipv6_address_mode",
+    "subnetpool_id",
+    "segment_id",
+    "service_types",
+    "tags",
+    "revision_number",
+    "created_at",
+    "updated_at",
+    "use_default_subnetpool",
+    "prefixlen",
+];
+const CREATE: &[&str] = &[
+    "name",
+    "description",
+    "project_id",
+    "tenant_id",
+    "network_id",
+    "ip_version",
+    "cidr",
+    "gateway_ip",
+    "allocation_pools",
+    "enable_dhcp",
+    "dns_nameservers",
+    "host_routes",
+    "ipv6_ra_mode",
+    "ipv6_address_mode",
+    "subnetpool_id",
+    "segment_id",
+    "service_types",
+    "tags",
+    "use_default_subnetpool",
+];
+const UPDATE: &[&str] = &[
+    "name",
+    "description",
+    "gateway_ip",
+    "allocation_pools",
+    "enable_dhcp",
+    "dns_nameservers",
+    "host_routes",
+];
+const IPV6_MODES: &[&str] = &["slaac", "dhcpv6-stateful", "dhcpv6-stateless"];
+
+/// A static route handed to instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRoute {
+    /// Destination prefix.
+    pub destination: Cidr,
+    /// Next hop.
+    pub nexthop: IpAddr,
+}
+
+/// A stored subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet {
+    /// Standard attributes.
+    pub meta: Meta,
+    /// Its network.
+    pub network_id: String,
+    /// The prefix.
+    pub cidr: Cidr,
+    /// Gateway address, if any.
+    pub gateway_ip: Option<IpAddr>,
+    /// Where automatic addresses come from.
+    pub allocation_pools: Vec<IpRange>,
+    /// Whether instances get addresses by DHCP.
+    pub enable_dhcp: bool,
+    /// DNS servers for instances.
+    pub dns_nameservers: Vec<IpAddr>,
+    /// Extra routes for instances.
+    pub host_routes: Vec<HostRoute>,
+    /// IPv6 router advertisement mode.
+    pub ipv6_ra_mode: Option<String>,
+    /// IPv6 address mode; `slaac` and `dhcpv6-stateless` derive addresses from the MAC.
+    pub ipv6_address_mode: Option<String>,
+}
+
+fn parse_nameservers(v: Value, version: IpVersion) -> Result<Vec<IpAddr>> {
+    let Value::Array(items) = v else {
+        return Err(Error::invalid_attr("dns_nameservers", "not a list"));
+    };
+    let mut out: Vec<IpAddr> = Vec::new();
+    for item in &items {
+        let ip = as_ip("dns_nameservers", item)?;
+        if IpVersion::of(ip) != version {
+            return Err(Error::InvalidInput(format!(
+                "Nameserver {ip} is not of the subnet's IP version"
+            )));
+        }
+        if out.contains(&ip) {
+            return Err(Error::invalid_attr(
+                "dns_nameservers",
+                format!("Duplicate nameserver '{ip}'"),
+            ));
+        }
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+fn parse_routes(v: Value, version: IpVersion) -> Result<Vec<HostRoute>> {
+    let Value::Array(items) = v else {
+        return Err(Error::invalid_attr("host_routes", "not a list"));
+    };
+    let mut out: Vec<HostRoute> = Vec::new();
+    for item in &items {
+        let (Some(d), Some(n)) = (item.get("destination"), item.get("nexthop")) else {
+            return Err(Error::invalid_attr(
+                "host_routes",
+                format!("'{item}' must have 'destination' and 'nexthop'"),
+            ));
+        };
+        let route = HostRoute {
+            destination: as_cidr("host_routes", d)?,
+            nexthop: as_ip("host_routes", n)?,
+        };
+        if route.destination.version() != version || IpVersion::of(route.nexthop) != version {
+            return Err(Error::InvalidInput(format!(
+                "Host route {} via {} is not of the subnet's IP version",
+                route.destination, route.nexthop
+            )));
+        }
+        if out.contains(&route) {
+            return Err(Error::invalid_attr("host_routes", "Duplicate hostroute"));
+        }
+        out.push(route);
+    }
+    Ok(out)
+}
+
+fn parse_pools(v: Value, cidr: &Cidr) -> Result<Vec<IpRange>> {
+    let Value::Array(items) = v else {
+        return Err(Error::invalid_attr("allocation_pools", "not a list"));
+    };
+    items
+        .iter()
+        .map(|item| {
+            let (Some(s), Some(e)) = (item.get("start"), item.get("end")) else {
+                return Err(Error::invalid_attr(
+                    "allocation_pools",
+                    format!("'{item}' must have 'start' and 'end'"),
+                ));
+            };
+            let range = IpRange {
+                start: as_ip("allocation_pools", s)?,
+                end: as_ip("allocation_pools", e)?,
+            };
+            if IpVersion::of(range.start) != cidr.version() {
+                return Err(Error::InvalidInput(format!(
+                    "Allocation pool {range} is not of the subnet's IP version"
+                )));
+            }
+            Ok(range)
+        })
+        .collect()
+}
+
+fn check_gateway(cidr: &Cidr, gateway: IpAddr) -> Result<()> {
+    if IpVersion::of(gateway) != cidr.version() {
+        return Err(Error::InvalidInput(format!(
+            "Gateway {gateway} is not of the subnet's IP version"
+        )));
+    }
+    let n = crate::addr::to_u128(gateway);
+    let is_network = n == cidr.first() && cidr.first() != cidr.last();
+    let is_broadcast = cidr.version() == IpVersion::V4 && cidr.prefix < 31 && n == cidr.last();
+    if is_network || is_broadcast {
+        return Err(Error::InvalidInput(format!(
+            "Gateway is not valid on subnet: {gateway} is the {} address of {cidr}",
+            if is_network { "network" } else { "broadcast" }
+        )));
+    }
+    Ok(())
+}
+
+impl Subnet {
+    /// Parses and validates a create body (checks needing other subnets are the service's).
+    pub fn parse_create(body: Value, caller: &Caller, id: String, now: &str) -> Result<Subnet> {
+        let mut input = Input::from_envelope(body, "subnet", Method::Create, ATTRIBUTES, CREATE)?;
+        let project_id = owner_project(&mut input, caller)?;
+        let mut meta = Meta::new(id, project_id, now);
+        meta.read_common(&mut input)?;
+        let network_id = as_uuid(
+            "network_id",
+            &Input::required("network_id", input.take("network_id"))?,
+        )?;
+        if input.take("subnetpool_id").is_some_and(|v| !v.is_null())
+            || input
+                .take("use_default_subnetpool")
+                .is_some_and(|v| v == json!(true))
+        {
+            return Err(Error::BadRequest(
+                "Subnet pools are not supported: give an explicit cidr".to_owned(),
+            ));
+        }
+        if input.take("segment_id").is_some_and(|v| !v.is_null()) {
+            return Err(Error::BadRequest(
+                "Routed segments are not supported".to_owned(),
+            ));
+        }
+        if input
+            .take("service_types")
+            .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()))
+        {
+            return Err(Error::BadRequest(
+                "Subnet service types are not supported".to_owned(),
+            ));
+        }
+        let version = match input.nullable_integer("ip_version")?.flatten() {
+            Some(4) => IpVersion::V4,
+            Some(6) => IpVersion::V6,
+            Some(v) => {
+                return Err(Error::invalid_attr(
+                    "ip_version",
+                    format!("'{v}' is not in [4, 6]"),
+                ))
+            }
+            None => {
+                return Err(Error::BadRequest(
+                    "Failed to parse request. Required attribute 'ip_version' not specified"
+                        .to_owned(),
+                ))
+            }
+        };
+        let cidr = as_cidr("cidr", &Input::required("cidr", input.take("cidr"))?)?;
+        if cidr.version() != version {
+            return Err(Error::InvalidInput(format!(
+                "Cidr {cidr} does not match ip_version {}",
+                version.number()
+            )));
+        }
+        let gateway_ip = match input.take("gateway_ip") {
+            None => Some(crate::addr::from_u128(version, cidr.first_host())),
+            Some(Value::Null) => None,
+            Some(v) => {
+                let gw = as_ip("gateway_ip", &v)?;
+                check_gateway(&cidr, gw)?;
+                Some(gw)
+            }
+        };
+        let allocation_pools = match input.take("allocation_pools") {
+            None | Some(Value::Null) => ipam::default_pools(&cidr, gateway_ip),
+            Some(v) => {
+                let pools = parse_pools(v, &cidr)?;
+                ipam::validate_pools(&cidr, &pools, gateway_ip)?;
+                pools
+            }
+        };
+        let dns_nameservers = match input.take("dns_nameservers") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => parse_nameservers(v, version)?,
+        };
+        let host_routes = match input.take("host_routes") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => parse_routes(v, version)?,
+        };
+        let mut mode = |key: &str| -> Result<Option<String>> {
+            match input.take(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => {
+                    let m = as_string(key, &v, 32)?;
+                    if !IPV6_MODES.contains(&m.as_str()) {
+                        return Err(Error::invalid_attr(
+                            key,
+                            format!("'{m}' is not in {IPV6_MODES:?}"),
+                        ));
+                    }
+                    Ok(Some(m))
+                }
+            }
+        };
+        let ipv6_ra_mode = mode("ipv6_ra_mode")?;
+        let ipv6_address_mode = mode("ipv6_address_mode")?;
+        if version == IpVersion::V4 && (ipv6_ra_mode.is_some() || ipv6_address_mode.is_some()) {
+            return Err(Error::InvalidInput(
+                "ipv6_ra_mode or ipv6_address_mode cannot be set when enable_dhcp is set to False or ip_version is 4"
+                    .to_owned(),
+            ));
+        }
+        if let (Some(ra), Some(addr)) = (&ipv6_ra_mode, &ipv6_address_mode) {
+            if ra != addr {
+                return Err(Error::InvalidInput(format!(
+                    "ipv6_ra_mode set to '{ra}' with ipv6_address_mode set to '{addr}' is not valid. If both attributes are set, they must be the same value"
+                )));
+            }
+        }
+        let subnet = Subnet {
+            meta,
+            network_id,
+            cidr,
+            gateway_ip,
+            allocation_pools,
+            enable_dhcp: input.boolean("enable_dhcp")?.unwrap_or(true),
+            dns_nameservers,
+            host_routes,
+            ipv6_ra_mode,
+            ipv6_address_mode,
+        };
+        if subnet.is_auto_address() && cidr.prefix != 64 {
+            return Err(Error::InvalidInput(format!(
+                "Invalid CIDR {cidr} for IPv6 address mode. OpenStack uses the EUI-64 address format, which requires the prefix to be /64"
+            )));
+        }
+        Ok(subnet)
+    }
+
+    /// Applies an update body and records a new revision.
+    pub fn apply_update(&mut self, body: Value, now: &str) -> Result<()> {
+        let mut input = Input::from_envelope(body, "subnet", Method::Update, ATTRIBUTES, UPDATE)?;
+        self.meta.read_common(&mut input)?;
+        let version = self.cidr.version();
+        if let Some(v) = input.take("gateway_ip") {
+            self.gateway_ip = match v {
+                Value::Null => None,
+                v => {
+                    let gw = as_ip("gateway_ip", &v)?;
+                    check_gateway(&self.cidr, gw)?;
+                    Some(gw)
+                }
+            };
+        }
+        if let Some(v) = input.take("allocation_pools") {
+            self.allocation_pools = match v {
+                Value::Null => ipam::default_pools(&self.cidr, self.gateway_ip),
+                v => parse_pools(v, &self.cidr)?,
+            };
+        }
+        ipam::validate_pools(&self.cidr, &self.allocation_pools, self.gateway_ip)?;
+        if let Some(v) = input.take("dns_nameservers") {
+            self.dns_nameservers = match v {
+                Value::Null => Vec::new(),
+                v => parse_nameservers(v, version)?,
+            };
+        }
+        if let Some(v) = input.take("host_routes") {
+            self.host_routes = match v {
+                Value::Null => Vec::new(),
+                v => parse_routes(v, version)?,
+            };
+        }
+        if let Some(v) = input.boolean("enable_dhcp")? {
+            self.enable_dhcp = v;
+        }
+        self.meta.touch(now);
+        Ok(())
+    }
+
+    /// IPv6 subnets whose addresses are derived from the MAC (SLAAC, DHCPv6-stateless).
+    pub fn is_auto_address(&self) -> bool {
+        matches!(
+            self.ipv6_address_mode.as_deref(),
+            Some("slaac") | Some("dhcpv6-stateless")
+        )
+    }
+
+    /// The address family.
+    pub fn version(&self) -> IpVersion {
+        self.cidr.version()
+    }
+
+    /// The Neutron wire object.
+    pub fn render(&self) -> Map<String, Value> {
+        let mut out = Map::new();
+        self.meta.render(&mut out, true);
+        out.insert("network_id".into(), json!(self.network_id));
+        out.insert("ip_version".into(), json!(self.version().number()));
+        out.insert("cidr".into(), json!(self.cidr.to_string()));
+        out.insert("gateway_ip".into(), json!(self.gateway_ip));
+        out.insert("allocation_pools".into(), json!(self.allocation_pools));
+        out.insert("enable_dhcp".into(), json!(self.enable_dhcp));
+        out.insert("dns_nameservers".into(), json!(self.dns_nameservers));
+        out.insert("host_routes".into(), json!(self.host_routes));
+        out.insert("ipv6_ra_mode".into(), json!(self.ipv6_ra_mode));
+        out.insert("ipv6_address_mode".into(), json!(self.ipv6_address_mode));
+        out.insert("subnetpool_id".into(), Value::Null);
+        out.insert("segment_id".into(), Value::Null);
+        out.insert("service_types".into(), json!([]));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn caller() -> Caller {
+        Caller {
+            project_id: "p".into(),
+            is_admin: false,
+        }
+    }
+    fn create(extra: Value) -> Result<Subnet> {
+        let mut body = json!({"network_id": NET, "ip_version": 4, "cidr": "10.0.0.0/24"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        Subnet::parse_create(json!({"subnet": body}), &caller(), "id".into(), "t")
+    }
+
+    #[test]
+    fn defaults_and_wire() {
+        let s = create(json!({})).unwrap();
+        assert_eq!(s.gateway_ip, Some("10.0.0.1".parse().unwrap()));
+        let wire = s.render();
+        assert_eq!(
+            wire["allocation_pools"],
+            json!([{"start": "10.0.0.2", "end": "10.0.0.254"}])
+        );
+        assert_eq!(wire["ip_version"], 4);
+        assert_eq!(wire["cidr"], "10.0.0.0/24");
+        let no_gw = create(json!({"gateway_ip": null})).unwrap();
+        assert_eq!(no_gw.render()["gateway_ip"], Value::Null);
+        assert_eq!(
+            no_gw.allocation_pools[0].start,
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn v6_and_modes() {
+        let s = create(json!({"ip_version": 6, "cidr": "2001:db8::/64", "ipv6_address_mode": "slaac", "ipv6_ra_mode": "slaac"})).unwrap();
+        assert!(s.is_auto_address());
+        assert!(create(
+            json!({"ip_version": 6, "cidr": "2001:db8::/80", "ipv6_address_mode": "slaac"})
+        )
+        .is_err());
+        assert!(create(json!({"ipv6_address_mode": "slaac"})).is_err());
+        assert!(
+            create(json!({"ip_version": 6})).is_err(),
+            "cidr family must match"
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(create(json!({"cidr": "10.0.0.1/24"})).is_err());
+        assert!(create(json!({"gateway_ip": "10.0.0.0"})).is_err());
+        assert!(create(json!({"gateway_ip": "10.0.0.255"})).is_err());
+        assert!(create(json!({"dns_nameservers": ["8.8.8.8", "8.8.8.8"]})).is_err());
+        assert!(
+            create(json!({"allocation_pools": [{"start": "10.0.0.1", "end": "10.0.0.9"}]}))
+                .is_err()
+        );
+        assert!(create(
+            json!({"host_routes": [{"destination": "10.1.0.0/16", "nexthop": "10.0.0.5"}]})
+        )
+        .is_ok());
+        assert!(create(json!({"subnetpool_id": "x"})).is_err());
+        let mut s = create(json!({})).unwrap();
+        s.apply_update(json!({"subnet": {"gateway_ip": null, "allocation_pools": [{"start": "10.0.0.1", "end": "10.0.0.20"}]}}), "t").unwrap();
+        assert_eq!(s.meta.revision_number, 2);
+        assert!(s
+            .apply_update(json!({"subnet": {"cidr": "10.9.0.0/24"}}), "t")
+            .is_err());
+    }
+}
