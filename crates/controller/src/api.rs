@@ -1,0 +1,485 @@
+//! The Neutron v2.0 HTTP API. Handlers only translate between HTTP and the service layer:
+//! parse, call, render.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use isthmus_model::input::parse_json;
+use isthmus_model::query::ListQuery;
+use isthmus_model::{Caller, Error};
+use serde_json::{json, Value};
+
+use crate::auth::noauth_caller;
+use crate::metrics::Metrics;
+use crate::service::{Kind, Service, TagOp};
+
+/// What the handlers share.
+pub struct AppState {
+    /// The service layer.
+    pub service: Arc<Service>,
+    /// Request metrics.
+    pub metrics: Metrics,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// A Neutron fault as an HTTP response.
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({"NeutronError": {
+            "type": self.0.type_name(),
+            "message": self.0.to_string(),
+            "detail": "",
+        }});
+        (status, Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Extensions that work end to end (and only those).
+const EXTENSIONS: &[(&str, &str, &str)] = &[
+    ("security-group", "security-group", "The security groups extension."),
+    ("port-security", "Port Security", "Provides port security"),
+    ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
+    ("dns-integration", "DNS Integration", "Provides integration with DNS."),
+    ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
+    ("provider", "Provider Network", "Expose mapping of virtual networks to physical networks"),
+    ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
+    ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
+    ("net-mtu-writable", "Network MTU (writable)", "Provides a writable MTU attribute for a network resource."),
+    ("standard-attr-tag", "Tag support for resources with standard attribute: subnet, port, network, security_group", "Enables to set tag on resources with standard attribute."),
+    ("standard-attr-revisions", "Resource revision numbers", "This extension will display the revision number of neutron resources."),
+    ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),
+    ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
+    ("revision-if-match", "If-Match constraints based on revision_number", "Extension indicating that If-Match based on revision_number is supported."),
+    ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
+    ("filter-validation", "Filter parameters validation", "Provides validation on filtering parameters."),
+    ("ip-substring-filtering", "IP address substring filtering", "Provides IP address substring filtering when listing ports"),
+    ("pagination", "Pagination support", "Extension that indicates that pagination is enabled."),
+    ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
+];
+
+/// The API router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(versions))
+        .route("/v2.0", get(resources))
+        .route("/v2.0/", get(resources))
+        .route("/v2.0/extensions", get(list_extensions))
+        .route("/v2.0/extensions/{alias}", get(show_extension))
+        .route("/v2.0/{collection}", get(list).post(create))
+        .route(
+            "/v2.0/{collection}/{id}",
+            get(show).put(update).delete(remove),
+        )
+        .route(
+            "/v2.0/{collection}/{id}/tags",
+            get(show_tags).put(replace_tags).delete(clear_tags),
+        )
+        .route(
+            "/v2.0/{collection}/{id}/tags/{tag}",
+            get(check_tag).put(add_tag).delete(remove_tag),
+        )
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError(Error::PathNotFound) })
+        .method_not_allowed_fallback(|| async { ApiError(Error::MethodNotAllowed) })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn observe(State(state): Shared, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe(
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost:9696");
+    format!("http://{host}")
+}
+
+fn kind(collection: &str) -> Result<Kind, ApiError> {
+    Kind::from_collection(collection).ok_or(ApiError(Error::PathNotFound))
+}
+
+/// Decodes `a=b&c=d` with percent-encoding and `+` for space.
+pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                    match u8::from_str_radix(hex, 16) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    raw.unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// Parses `If-Match: revision_number=N`.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = headers.get("if-match").and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    for part in raw.split(',') {
+        if let Some(n) = part.trim().strip_prefix("revision_number=") {
+            return n.parse().map(Some).map_err(|_| {
+                ApiError(Error::BadRequest(format!("Invalid If-Match value '{raw}'")))
+            });
+        }
+    }
+    Ok(None)
+}
+
+async fn versions(headers: HeaderMap) -> Json<Value> {
+    let base = base_url(&headers);
+    Json(json!({"versions": [{
+        "id": "v2.0",
+        "status": "CURRENT",
+        "links": [{"href": format!("{base}/v2.0/"), "rel": "self"}],
+    }]}))
+}
+
+async fn resources(headers: HeaderMap) -> Json<Value> {
+    let base = base_url(&headers);
+    let list: Vec<Value> = Kind::ALL
+        .iter()
+        .map(|k| {
+            json!({
+                "name": k.singular(),
+                "collection": k.plural(),
+                "links": [{"href": format!("{base}/v2.0/{}", k.collection()), "rel": "self"}],
+            })
+        })
+        .collect();
+    Json(json!({ "resources": list }))
+}
+
+fn extension(alias: &str, name: &str, description: &str) -> Value {
+    json!({"alias": alias, "name": name, "description": description,
+           "updated": "2026-11-23T00:00:00-00:00", "links": []})
+}
+
+async fn list_extensions() -> Json<Value> {
+    let list: Vec<Value> = EXTENSIONS
+        .iter()
+        .map(|(a, n, d)| extension(a, n, d))
+        .collect();
+    Json(json!({ "extensions": list }))
+}
+
+async fn show_extension(Path(alias): Path<String>) -> ApiResult {
+    EXTENSIONS
+        .iter()
+        .find(|(a, _, _)| *a == alias)
+        .map(|(a, n, d)| Json(json!({ "extension": extension(a, n, d) })).into_response())
+        .ok_or_else(|| {
+            ApiError(Error::NotFound {
+                kind: "Extension",
+                id: alias,
+            })
+        })
+}
+
+async fn healthz(State(state): Shared) -> Response {
+    match state.service.store().revision().await {
+        Ok(rev) => (StatusCode::OK, format!("ok revision={rev}\n")).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    let revision = state.service.store().revision().await.unwrap_or(0);
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(revision),
+    )
+        .into_response()
+}
+
+async fn list(
+    State(state): Shared,
+    Path(collection): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult {
+    let kind = kind(&collection)?;
+    let caller = noauth_caller(&headers);
+    let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.attributes())?;
+    let items = state.service.list(kind, &caller).await?;
+    let base = format!("{}/v2.0/{}", base_url(&headers), kind.collection());
+    let page = query.apply(items, &base)?;
+    let mut body = serde_json::Map::new();
+    body.insert(kind.plural().to_owned(), Value::Array(page.items));
+    if !page.links.is_empty() {
+        body.insert(format!("{}_links", kind.plural()), Value::Array(page.links));
+    }
+    Ok(Json(Value::Object(body)).into_response())
+}
+
+async fn show(
+    State(state): Shared,
+    Path((collection, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult {
+    let kind = kind(&collection)?;
+    let caller = noauth_caller(&headers);
+    let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.attributes())?;
+    let object = state.service.show(kind, &caller, &id).await?;
+    Ok(Json(json!({ kind.singular(): query.project_one(object) })).into_response())
+}
+
+async fn create(
+    State(state): Shared,
+    Path(collection): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind(&collection)?;
+    let caller = noauth_caller(&headers);
+    let mut value = parse_json(&body)?;
+    // Bulk create: `{"ports": [...]}`, all or nothing.
+    if let Some(items) = value.get_mut(kind.plural()).map(Value::take) {
+        let Value::Array(items) = items else {
+            return Err(ApiError(Error::BadRequest(format!(
+                "'{}' must be a list",
+                kind.plural()
+            ))));
+        };
+        let created = bulk_create(&state.service, kind, &caller, items).await?;
+        return Ok((StatusCode::CREATED, Json(json!({ kind.plural(): created }))).into_response());
+    }
+    let object = state.service.create(kind, &caller, value).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ kind.singular(): object })),
+    )
+        .into_response())
+}
+
+async fn bulk_create(
+    service: &Service,
+    kind: Kind,
+    caller: &Caller,
+    items: Vec<Value>,
+) -> Result<Vec<Value>, ApiError> {
+    let mut created: Vec<Value> = Vec::with_capacity(items.len());
+    for item in items {
+        match service
+            .create(kind, caller, json!({ kind.singular(): item }))
+            .await
+        {
+            Ok(object) => created.push(Value::Object(object)),
+            Err(e) => {
+                // Undo what this request created so a failed bulk leaves nothing behind.
+                for done in created.iter().rev() {
+                    if let Some(id) = done.get("id").and_then(Value::as_str) {
+                        let admin = Caller {
+                            project_id: caller.project_id.clone(),
+                            is_admin: true,
+                        };
+                        let _ = service.delete(kind, &admin, id, None).await;
+                    }
+                }
+                return Err(ApiError(e));
+            }
+        }
+    }
+    Ok(created)
+}
+
+async fn update(
+    State(state): Shared,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind(&collection)?;
+    let caller = noauth_caller(&headers);
+    let value = parse_json(&body)?;
+    let object = state
+        .service
+        .update(kind, &caller, &id, value, if_match(&headers)?)
+        .await?;
+    Ok(Json(json!({ kind.singular(): object })).into_response())
+}
+
+async fn remove(
+    State(state): Shared,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let kind = kind(&collection)?;
+    let caller = noauth_caller(&headers);
+    state
+        .service
+        .delete(kind, &caller, &id, if_match(&headers)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn show_tags(
+    State(state): Shared,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let tags = state
+        .service
+        .tags(kind(&collection)?, &noauth_caller(&headers), &id)
+        .await?;
+    Ok(Json(json!({ "tags": tags })).into_response())
+}
+
+async fn replace_tags(
+    State(state): Shared,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let value = parse_json(&body)?;
+    let tags = match value.get("tags") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|t| isthmus_model::input::as_string("tags", t, isthmus_model::meta::TAG_MAX))
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => {
+            return Err(ApiError(Error::BadRequest(
+                "Invalid tags body: expected {\"tags\": [...]}".to_owned(),
+            )))
+        }
+    };
+    let tags = state
+        .service
+        .update_tags(
+            kind(&collection)?,
+            &noauth_caller(&headers),
+            &id,
+            TagOp::Replace(tags),
+        )
+        .await?;
+    Ok(Json(json!({ "tags": tags })).into_response())
+}
+
+async fn clear_tags(
+    State(state): Shared,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    state
+        .service
+        .update_tags(
+            kind(&collection)?,
+            &noauth_caller(&headers),
+            &id,
+            TagOp::Clear,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn check_tag(
+    State(state): Shared,
+    Path((collection, id, tag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let tags = state
+        .service
+        .tags(kind(&collection)?, &noauth_caller(&headers), &id)
+        .await?;
+    if tags.contains(&tag) {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError(Error::NotFound {
+            kind: "Tag",
+            id: format!("{tag} on {id}"),
+        }))
+    }
+}
+
+async fn add_tag(
+    State(state): Shared,
+    Path((collection, id, tag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    state
+        .service
+        .update_tags(
+            kind(&collection)?,
+            &noauth_caller(&headers),
+            &id,
+            TagOp::Add(tag),
+        )
+        .await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+async fn remove_tag(
+    State(state): Shared,
+    Path((collection, id, tag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    state
+        .service
+        .update_tags(
+            kind(&collection)?,
+            &noauth_caller(&headers),
+            &id,
+            TagOp::Remove(tag),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

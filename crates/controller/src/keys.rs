@@ -1,0 +1,108 @@
+//! The store's key layout. Objects live at `/isthmus/<kind>/<id>`; the other keys exist so
+//! that every uniqueness rule and every "in use" check is a compare inside one transaction.
+
+use std::net::IpAddr;
+
+use isthmus_model::addr::sortable_key;
+
+/// Prefix of every network.
+pub const NETWORKS: &str = "/isthmus/networks/";
+/// Prefix of every subnet.
+pub const SUBNETS: &str = "/isthmus/subnets/";
+/// Prefix of every port.
+pub const PORTS: &str = "/isthmus/ports/";
+/// Prefix of every security group.
+pub const SECURITY_GROUPS: &str = "/isthmus/security-groups/";
+/// Prefix of every security group rule.
+pub const SECURITY_GROUP_RULES: &str = "/isthmus/security-group-rules/";
+/// Prefix of every registered node.
+pub const NODES: &str = "/isthmus/nodes/";
+/// Prefix of VNI claims.
+pub const VNIS: &str = "/isthmus/vni/";
+
+/// A network.
+pub fn network(id: &str) -> String {
+    format!("{NETWORKS}{id}")
+}
+/// A subnet.
+pub fn subnet(id: &str) -> String {
+    format!("{SUBNETS}{id}")
+}
+/// A port.
+pub fn port(id: &str) -> String {
+    format!("{PORTS}{id}")
+}
+/// A security group.
+pub fn security_group(id: &str) -> String {
+    format!("{SECURITY_GROUPS}{id}")
+}
+/// A security group rule.
+pub fn security_group_rule(id: &str) -> String {
+    format!("{SECURITY_GROUP_RULES}{id}")
+}
+/// A node.
+pub fn node(name: &str) -> String {
+    format!("{NODES}{name}")
+}
+
+/// Claims of addresses in a subnet; sorted by address.
+pub fn ipam_prefix(subnet_id: &str) -> String {
+    format!("/isthmus/ipam/{subnet_id}/")
+}
+/// Claim of one address (value: port id).
+pub fn ipam(subnet_id: &str, ip: IpAddr) -> String {
+    format!("{}{}", ipam_prefix(subnet_id), sortable_key(ip))
+}
+/// Claim of a MAC within a network (value: port id).
+pub fn mac(network_id: &str, mac: &str) -> String {
+    format!("/isthmus/mac/{network_id}/{mac}")
+}
+/// Claim of a VNI (value: network id); zero-padded so claims sort numerically.
+pub fn vni(vni: u32) -> String {
+    format!("{VNIS}{vni:08}")
+}
+/// Claim of a physical network by a flat network (value: network id).
+pub fn flat(physnet: &str) -> String {
+    format!("/isthmus/flat/{physnet}")
+}
+/// A project's default security group (value: group id).
+pub fn default_security_group(project_id: &str) -> String {
+    format!("/isthmus/default-security-group/{project_id}")
+}
+/// Ports of a network.
+pub fn network_ports_prefix(network_id: &str) -> String {
+    format!("/isthmus/index/network-ports/{network_id}/")
+}
+/// One port of a network.
+pub fn network_port(network_id: &str, port_id: &str) -> String {
+    format!("{}{port_id}", network_ports_prefix(network_id))
+}
+/// Ports using a security group.
+pub fn group_ports_prefix(group_id: &str) -> String {
+    format!("/isthmus/index/group-ports/{group_id}/")
+}
+/// One port using a security group.
+pub fn group_port(group_id: &str, port_id: &str) -> String {
+    format!("{}{port_id}", group_ports_prefix(group_id))
+}
+/// Rules of a security group.
+pub fn group_rules_prefix(group_id: &str) -> String {
+    format!("/isthmus/index/group-rules/{group_id}/")
+}
+/// One rule of a security group.
+pub fn group_rule(group_id: &str, rule_id: &str) -> String {
+    format!("{}{rule_id}", group_rules_prefix(group_id))
+}
+/// Rules (of any group) whose remote group is `group_id`.
+pub fn remote_rules_prefix(group_id: &str) -> String {
+    format!("/isthmus/index/remote-group-rules/{group_id}/")
+}
+/// One rule whose remote group is `group_id`.
+pub fn remote_rule(group_id: &str, rule_id: &str) -> String {
+    format!("{}{rule_id}", remote_rules_prefix(group_id))
+}
+
+/// The last path segment of a key.
+pub fn last_segment(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}

@@ -1,0 +1,52 @@
+//! The Isthmus controller: the Neutron v2.0 API over the service layer, on any store.
+
+pub mod api;
+pub mod auth;
+pub mod keys;
+pub mod metrics;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use isthmus_store::SharedStore;
+
+pub use service::{Config, Kind, Service};
+
+/// Errors starting or running the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Builds the API router for a store.
+pub fn app(store: SharedStore, config: Config) -> axum::Router {
+    let state = Arc::new(api::AppState {
+        service: Service::new(store, config).shared(),
+        metrics: metrics::Metrics::default(),
+    });
+    api::router(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: SharedStore,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    axum::serve(listener, app(store, config))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ControllerError::Serve)
+}

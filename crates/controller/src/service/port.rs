@@ -1,0 +1,582 @@
+//! Port operations: address allocation (lowest free, compare-and-swap on one claim key per
+//! address), MAC claims, security group references, DNS assignment and binding.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use isthmus_model::addr::{from_u128, to_u128, IpVersion};
+use isthmus_model::input::Method;
+use isthmus_model::port::{AddressPair, AddressPairRequest, Binding, FixedIp, FixedIpRequest};
+use isthmus_model::{ipam, mac, Caller, Error, Network, Port, PortRequest, Result, Subnet};
+use isthmus_store::{Compare, Op, Txn};
+use serde_json::Value;
+
+use super::{
+    check_revision, encode, new_id, now, store_error, Attempt, IpReservation, Object, Service,
+};
+use crate::keys;
+
+/// Why an address plan could not be made.
+enum Shortage {
+    /// Exhausted for good.
+    Exhausted,
+    /// Only addresses held by in-flight requests of this controller are left: wait for them.
+    Busy,
+}
+
+/// The outcome of planning a port's addresses.
+struct IpPlan {
+    fixed_ips: Vec<FixedIp>,
+    /// New claims: (subnet, address, asked for explicitly).
+    claims: Vec<(String, IpAddr, bool)>,
+}
+
+fn is_reserved_address(subnet: &Subnet, ip: IpAddr) -> bool {
+    let n = to_u128(ip);
+    let cidr = subnet.cidr;
+    (n == cidr.first() && cidr.first() != cidr.last())
+        || (cidr.version() == IpVersion::V4 && cidr.prefix < 31 && n == cidr.last())
+}
+
+fn resolve_pairs(requested: Vec<AddressPairRequest>, own_mac: &str) -> Vec<AddressPair> {
+    requested
+        .into_iter()
+        .map(|p| AddressPair {
+            ip_address: p.ip_address,
+            mac_address: p.mac_address.unwrap_or_else(|| own_mac.to_owned()),
+        })
+        .collect()
+}
+
+fn random_mac() -> String {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    mac::format(mac::generate([bytes[0], bytes[1], bytes[2]]))
+}
+
+impl Service {
+    /// A port the caller owns (admins: any), or 404.
+    async fn owned_port(&self, caller: &Caller, id: &str) -> Result<(Port, u64)> {
+        match self.load::<Port>(id).await? {
+            Some((p, rev)) if caller.owns(&p.meta.project_id) => Ok((p, rev)),
+            _ => Err(Error::not_found("Port", id)),
+        }
+    }
+
+    /// Addresses claimed in a subnet.
+    async fn claimed(&self, subnet_id: &str) -> Result<BTreeSet<u128>> {
+        let range = self
+            .store
+            .range(&keys::ipam_prefix(subnet_id))
+            .await
+            .map_err(store_error)?;
+        Ok(range
+            .kvs
+            .iter()
+            .filter_map(|kv| isthmus_model::addr::from_sortable_key(keys::last_segment(&kv.key)))
+            .map(to_u128)
+            .collect())
+    }
+
+    /// Picks the lowest free pool address of `subnet`, holding it in-process.
+    async fn allocate(
+        &self,
+        subnet: &Subnet,
+        reservation: &mut IpReservation<'_>,
+        taken_here: &[FixedIp],
+    ) -> Result<std::result::Result<IpAddr, Shortage>> {
+        let mut claimed = self.claimed(&subnet.meta.id).await?;
+        claimed.extend(taken_here.iter().map(|f| to_u128(f.ip_address)));
+        let version = subnet.version();
+        let chosen = self.reserve_ip(reservation, &subnet.meta.id, |held| {
+            let mut used = claimed;
+            used.extend(held.iter().copied());
+            ipam::lowest_free(&subnet.allocation_pools, &used).map(to_u128)
+        });
+        Ok(match chosen {
+            Some(n) => Ok(from_u128(version, n)),
+            None if self.has_reservations(&subnet.meta.id) => Err(Shortage::Busy),
+            None => Err(Shortage::Exhausted),
+        })
+    }
+
+    /// Plans a port's addresses from a request (or Neutron's defaults), keeping `existing`
+    /// addresses the request still names.
+    async fn plan_ips(
+        &self,
+        network: &Network,
+        subnets: &[(Subnet, u64)],
+        port_mac: &str,
+        request: Option<&[FixedIpRequest]>,
+        existing: &[FixedIp],
+        reservation: &mut IpReservation<'_>,
+    ) -> Result<std::result::Result<IpPlan, Shortage>> {
+        let mac_bytes = mac::parse_unicast("mac_address", port_mac)?;
+        let mut plan = IpPlan {
+            fixed_ips: Vec::new(),
+            claims: Vec::new(),
+        };
+        let Some(request) = request else {
+            // Neutron's default: one address from the first IPv4 subnet with room, one from
+            // the first stateful IPv6 subnet with room, and the SLAAC address of every
+            // automatic IPv6 subnet.
+            let mut wanted_v4 = false;
+            let mut wanted_v6 = false;
+            let (mut got_v4, mut got_v6) = (false, false);
+            for (subnet, _) in subnets {
+                if subnet.is_auto_address() {
+                    let ip = ipam::eui64(&subnet.cidr, mac_bytes);
+                    plan.claims.push((subnet.meta.id.clone(), ip, false));
+                    plan.fixed_ips.push(FixedIp {
+                        subnet_id: subnet.meta.id.clone(),
+                        ip_address: ip,
+                    });
+                    continue;
+                }
+                let (wanted, got) = match subnet.version() {
+                    IpVersion::V4 => (&mut wanted_v4, &mut got_v4),
+                    IpVersion::V6 => (&mut wanted_v6, &mut got_v6),
+                };
+                *wanted = true;
+                if *got {
+                    continue;
+                }
+                match self.allocate(subnet, reservation, &plan.fixed_ips).await? {
+                    Ok(ip) => {
+                        *got = true;
+                        plan.claims.push((subnet.meta.id.clone(), ip, false));
+                        plan.fixed_ips.push(FixedIp {
+                            subnet_id: subnet.meta.id.clone(),
+                            ip_address: ip,
+                        });
+                    }
+                    Err(Shortage::Busy) => return Ok(Err(Shortage::Busy)),
+                    Err(Shortage::Exhausted) => {}
+                }
+            }
+            if (wanted_v4 && !got_v4) || (wanted_v6 && !got_v6) {
+                return Err(Error::IpAddressGenerationFailure(network.meta.id.clone()));
+            }
+            return Ok(Ok(plan));
+        };
+        for entry in request {
+            let subnet = match (&entry.subnet_id, entry.ip_address) {
+                (Some(sid), _) => subnets
+                    .iter()
+                    .map(|(s, _)| s)
+                    .find(|s| &s.meta.id == sid)
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "Failed to create port on network {}, because fixed_ips included invalid subnet {sid}",
+                            network.meta.id
+                        ))
+                    })?,
+                (None, Some(ip)) => subnets
+                    .iter()
+                    .map(|(s, _)| s)
+                    .find(|s| s.cidr.contains(ip))
+                    .ok_or_else(|| Error::InvalidIpForNetwork(ip.to_string()))?,
+                (None, None) => unreachable_request()?,
+            };
+            let ip = match entry.ip_address {
+                Some(ip) => {
+                    if !subnet.cidr.contains(ip) || is_reserved_address(subnet, ip) {
+                        return Err(Error::InvalidIpForSubnet(ip.to_string()));
+                    }
+                    if subnet.is_auto_address() && ip != ipam::eui64(&subnet.cidr, mac_bytes) {
+                        return Err(Error::InvalidInput(format!(
+                            "IPv6 address {ip} can not be directly assigned to a port on subnet {} since the subnet is configured for automatic addresses",
+                            subnet.meta.id
+                        )));
+                    }
+                    ip
+                }
+                None if subnet.is_auto_address() => ipam::eui64(&subnet.cidr, mac_bytes),
+                None => match self.allocate(subnet, reservation, &plan.fixed_ips).await? {
+                    Ok(ip) => ip,
+                    Err(Shortage::Busy) => return Ok(Err(Shortage::Busy)),
+                    Err(Shortage::Exhausted) => {
+                        return Err(Error::IpAddressGenerationFailure(network.meta.id.clone()))
+                    }
+                },
+            };
+            if plan.fixed_ips.iter().any(|f| f.ip_address == ip) {
+                return Err(Error::invalid_attr(
+                    "fixed_ips",
+                    format!("Duplicate IP address '{ip}'"),
+                ));
+            }
+            let fixed = FixedIp {
+                subnet_id: subnet.meta.id.clone(),
+                ip_address: ip,
+            };
+            if !existing.contains(&fixed) {
+                plan.claims
+                    .push((subnet.meta.id.clone(), ip, entry.ip_address.is_some()));
+            }
+            plan.fixed_ips.push(fixed);
+        }
+        Ok(Ok(plan))
+    }
+
+    /// Loads a network's subnets.
+    async fn subnets_of(&self, network: &Network) -> Result<Vec<(Subnet, u64)>> {
+        let mut out = Vec::with_capacity(network.subnets.len());
+        for id in &network.subnets {
+            if let Some(s) = self.load::<Subnet>(id).await? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// After a failed commit: a precise 409 when an explicitly requested address or MAC is
+    /// taken, else `None` (retry).
+    async fn explain_conflict(
+        &self,
+        network_id: &str,
+        claims: &[(String, IpAddr, bool)],
+        explicit_mac: Option<&str>,
+        port_id: &str,
+    ) -> Result<Option<Error>> {
+        for (subnet_id, ip, explicit) in claims {
+            if !explicit {
+                continue;
+            }
+            if let Some(kv) = self
+                .store
+                .get(&keys::ipam(subnet_id, *ip))
+                .await
+                .map_err(store_error)?
+            {
+                if kv.value != port_id.as_bytes() {
+                    return Ok(Some(Error::IpAddressAlreadyAllocated {
+                        ip: ip.to_string(),
+                        subnet_id: subnet_id.clone(),
+                    }));
+                }
+            }
+        }
+        if let Some(m) = explicit_mac {
+            if let Some(kv) = self
+                .store
+                .get(&keys::mac(network_id, m))
+                .await
+                .map_err(store_error)?
+            {
+                if kv.value != port_id.as_bytes() {
+                    return Ok(Some(Error::MacAddressInUse {
+                        net_id: network_id.to_owned(),
+                        mac: m.to_owned(),
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn dns_domain_of<'a>(&'a self, network: &'a Network) -> &'a str {
+        if network.dns_domain.is_empty() {
+            &self.config.dns_domain
+        } else {
+            &network.dns_domain
+        }
+    }
+
+    pub(crate) async fn create_port(&self, caller: &Caller, body: Value) -> Result<Object> {
+        let req = PortRequest::parse(body, Method::Create, caller)?;
+        let id = new_id();
+        let created_at = now();
+        let project = req
+            .project_id
+            .clone()
+            .unwrap_or_else(|| caller.project_id.clone());
+        let network_id = req.network_id.clone().unwrap_or_default();
+        self.retry(|| async {
+            let (network, net_rev) = self.visible_network(caller, &network_id).await?;
+            if !network.usable_by(caller) {
+                return Err(Error::PolicyNotAuthorized("rule:create_port".to_owned()));
+            }
+            let subnets = self.subnets_of(&network).await?;
+            let port_security = req.port_security_enabled.unwrap_or(network.port_security_enabled);
+            let group_ids = match (&req.security_groups, port_security) {
+                (Some(ids), false) if !ids.is_empty() => {
+                    return Err(Error::BadRequest(
+                        "Port security must be enabled and port must have an IP address in order to use security groups.".to_owned(),
+                    ))
+                }
+                (_, false) => Vec::new(),
+                (Some(ids), true) => ids.clone(),
+                (None, true) => vec![self.ensure_default_group(&project).await?],
+            };
+            let groups = self.groups_for_port(caller, &project, &group_ids).await?;
+            if !port_security && req.allowed_address_pairs.as_ref().is_some_and(|p| !p.is_empty()) {
+                return Err(Error::AddressPairAndPortSecurityRequired);
+            }
+            let mac_address = req.mac_address.clone().unwrap_or_else(random_mac);
+            let mut reservation = self.reservation();
+            let plan = match self
+                .plan_ips(&network, &subnets, &mac_address, req.fixed_ips.as_deref(), &[], &mut reservation)
+                .await?
+            {
+                Ok(plan) => plan,
+                Err(_) => return Ok(Attempt::Retry),
+            };
+            let mut meta = isthmus_model::Meta::new(id.clone(), project.clone(), &created_at);
+            meta.name = req.name.clone().unwrap_or_default();
+            meta.description = req.description.clone().unwrap_or_default();
+            meta.tags = req.tags.clone().unwrap_or_default();
+            let mut port = Port {
+                meta,
+                network_id: network.meta.id.clone(),
+                admin_state_up: req.admin_state_up.unwrap_or(true),
+                allowed_address_pairs: resolve_pairs(
+                    req.allowed_address_pairs.clone().unwrap_or_default(),
+                    &mac_address,
+                ),
+                mac_address,
+                fixed_ips: plan.fixed_ips,
+                device_id: req.device_id.clone().unwrap_or_default(),
+                device_owner: req.device_owner.clone().unwrap_or_default(),
+                security_groups: group_ids.clone(),
+                port_security_enabled: port_security,
+                dns_name: req.dns_name.clone().unwrap_or_default(),
+                dns_assignment: Vec::new(),
+                binding: Binding {
+                    host_id: req.host_id.clone().unwrap_or_default(),
+                    profile: req.profile.clone().unwrap_or_default(),
+                    vnic_type: "normal".to_owned(),
+                },
+                status: "DOWN".to_owned(),
+            };
+            port.assign_dns(self.dns_domain_of(&network));
+
+            let mut txn = Txn::new()
+                .when(Compare::mod_revision(keys::network(&network.meta.id), net_rev))
+                .when(Compare::absent(keys::port(&id)))
+                .when(Compare::absent(keys::mac(&network.meta.id, &port.mac_address)))
+                .then(Op::put(keys::port(&id), encode(&port)?))
+                .then(Op::put(keys::mac(&network.meta.id, &port.mac_address), id.clone()))
+                .then(Op::put(keys::network_port(&network.meta.id, &id), ""));
+            for (subnet, rev) in &subnets {
+                if plan.claims.iter().any(|(s, _, _)| s == &subnet.meta.id) {
+                    txn = txn.when(Compare::mod_revision(keys::subnet(&subnet.meta.id), *rev));
+                }
+            }
+            for (subnet_id, ip, _) in &plan.claims {
+                let claim = keys::ipam(subnet_id, *ip);
+                txn = txn.when(Compare::absent(&claim)).then(Op::put(claim, id.clone()));
+            }
+            for (group_id, rev) in &groups {
+                txn = txn
+                    .when(Compare::mod_revision(keys::security_group(group_id), *rev))
+                    .then(Op::put(keys::group_port(group_id, &id), ""));
+            }
+            if self.commit(txn).await? {
+                return Ok(Attempt::Done(port.render(caller)));
+            }
+            drop(reservation);
+            match self
+                .explain_conflict(&network.meta.id, &plan.claims, req.mac_address.as_deref(), &id)
+                .await?
+            {
+                Some(e) => Err(e),
+                None => Ok(Attempt::Retry),
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn show_port(&self, caller: &Caller, id: &str) -> Result<Object> {
+        Ok(self.owned_port(caller, id).await?.0.render(caller))
+    }
+
+    pub(crate) async fn list_ports(&self, caller: &Caller) -> Result<Vec<Object>> {
+        Ok(self
+            .load_all::<Port>(keys::PORTS)
+            .await?
+            .into_iter()
+            .filter(|(p, _)| caller.owns(&p.meta.project_id))
+            .map(|(p, _)| p.render(caller))
+            .collect())
+    }
+
+    pub(crate) async fn update_port(
+        &self,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+        if_match: Option<u64>,
+    ) -> Result<Object> {
+        let req = PortRequest::parse(body, Method::Update, caller)?;
+        self.retry(|| async {
+            let (old, rev) = self.owned_port(caller, id).await?;
+            check_revision(&old.meta, if_match)?;
+            let (network, _) = self.must_load::<Network>(&old.network_id).await?;
+            let mut port = old.clone();
+            let mut txn = Txn::new().when(Compare::mod_revision(keys::port(id), rev));
+
+            if let Some(v) = &req.name {
+                port.meta.name = v.clone();
+            }
+            if let Some(v) = &req.description {
+                port.meta.description = v.clone();
+            }
+            if let Some(v) = req.admin_state_up {
+                port.admin_state_up = v;
+            }
+            if let Some(v) = &req.device_id {
+                port.device_id = v.clone();
+            }
+            if let Some(v) = &req.device_owner {
+                port.device_owner = v.clone();
+            }
+            if let Some(v) = &req.dns_name {
+                port.dns_name = v.clone();
+            }
+            if let Some(v) = &req.profile {
+                port.binding.profile = v.clone();
+            }
+            if let Some(host) = &req.host_id {
+                if *host != port.binding.host_id {
+                    port.binding.host_id = host.clone();
+                    // A new node has to plug it before it is ACTIVE again.
+                    port.status = "DOWN".to_owned();
+                }
+            }
+            if let Some(new_mac) = &req.mac_address {
+                if *new_mac != port.mac_address {
+                    if !port.binding.host_id.is_empty() {
+                        return Err(Error::Conflict(format!(
+                            "Port {id} is bound to {}; unbind it before changing its MAC address",
+                            port.binding.host_id
+                        )));
+                    }
+                    let new_claim = keys::mac(&network.meta.id, new_mac);
+                    txn = txn
+                        .when(Compare::absent(&new_claim))
+                        .then(Op::delete(keys::mac(&network.meta.id, &port.mac_address)))
+                        .then(Op::put(new_claim, id.to_owned()));
+                    port.mac_address = new_mac.clone();
+                }
+            }
+            port.port_security_enabled = req.port_security_enabled.unwrap_or(port.port_security_enabled);
+            if let Some(ids) = &req.security_groups {
+                port.security_groups = ids.clone();
+            }
+            if !port.port_security_enabled && !port.security_groups.is_empty() {
+                return Err(Error::PortSecurityPortHasSecurityGroup);
+            }
+            if let Some(pairs) = &req.allowed_address_pairs {
+                port.allowed_address_pairs = resolve_pairs(pairs.clone(), &port.mac_address);
+            }
+            if !port.port_security_enabled && !port.allowed_address_pairs.is_empty() {
+                return Err(Error::AddressPairAndPortSecurityRequired);
+            }
+
+            // Security group references: new ones must exist (and stay until we commit).
+            let added: Vec<String> = port
+                .security_groups
+                .iter()
+                .filter(|g| !old.security_groups.contains(g))
+                .cloned()
+                .collect();
+            for (group_id, group_rev) in self.groups_for_port(caller, &port.meta.project_id, &added).await? {
+                txn = txn
+                    .when(Compare::mod_revision(keys::security_group(&group_id), group_rev))
+                    .then(Op::put(keys::group_port(&group_id, id), ""));
+            }
+            for group_id in old.security_groups.iter().filter(|g| !port.security_groups.contains(g)) {
+                txn = txn.then(Op::delete(keys::group_port(group_id, id)));
+            }
+
+            // Addresses: plan the new list, claim what is new, release what is gone.
+            let mut reservation = self.reservation();
+            let mut claims = Vec::new();
+            let mac_changed = port.mac_address != old.mac_address;
+            if req.fixed_ips.is_some() || mac_changed {
+                let subnets = self.subnets_of(&network).await?;
+                if mac_changed
+                    && req.fixed_ips.is_none()
+                    && subnets.iter().any(|(s, _)| s.is_auto_address())
+                {
+                    return Err(Error::Conflict(
+                        "Changing the MAC address of a port with SLAAC addresses needs new fixed_ips too".to_owned(),
+                    ));
+                }
+                if let Some(requested) = req.fixed_ips.as_deref() {
+                    let plan = match self
+                        .plan_ips(&network, &subnets, &port.mac_address, Some(requested), &old.fixed_ips, &mut reservation)
+                        .await?
+                    {
+                        Ok(plan) => plan,
+                        Err(_) => return Ok(Attempt::Retry),
+                    };
+                    for old_ip in old.fixed_ips.iter().filter(|f| !plan.fixed_ips.contains(f)) {
+                        txn = txn.then(Op::delete(keys::ipam(&old_ip.subnet_id, old_ip.ip_address)));
+                    }
+                    for (subnet_id, ip, _) in &plan.claims {
+                        let claim = keys::ipam(subnet_id, *ip);
+                        txn = txn.when(Compare::absent(&claim)).then(Op::put(claim, id.to_owned()));
+                    }
+                    for (subnet, subnet_rev) in &subnets {
+                        if plan.claims.iter().any(|(s, _, _)| s == &subnet.meta.id) {
+                            txn = txn.when(Compare::mod_revision(keys::subnet(&subnet.meta.id), *subnet_rev));
+                        }
+                    }
+                    port.fixed_ips = plan.fixed_ips;
+                    claims = plan.claims;
+                }
+            }
+            port.assign_dns(self.dns_domain_of(&network));
+            port.meta.touch(&now());
+            txn = txn.then(Op::put(keys::port(id), encode(&port)?));
+            if self.commit(txn).await? {
+                return Ok(Attempt::Done(port.render(caller)));
+            }
+            drop(reservation);
+            let explicit_mac = req.mac_address.as_deref().filter(|m| *m != old.mac_address);
+            match self.explain_conflict(&network.meta.id, &claims, explicit_mac, id).await? {
+                Some(e) => Err(e),
+                None => Ok(Attempt::Retry),
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_port(
+        &self,
+        caller: &Caller,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<()> {
+        self.retry(|| async move {
+            let (port, rev) = self.owned_port(caller, id).await?;
+            check_revision(&port.meta, if_match)?;
+            let mut txn = Txn::new()
+                .when(Compare::mod_revision(keys::port(id), rev))
+                .then(Op::delete(keys::port(id)))
+                .then(Op::delete(keys::mac(&port.network_id, &port.mac_address)))
+                .then(Op::delete(keys::network_port(&port.network_id, id)));
+            for f in &port.fixed_ips {
+                txn = txn.then(Op::delete(keys::ipam(&f.subnet_id, f.ip_address)));
+            }
+            for g in &port.security_groups {
+                txn = txn.then(Op::delete(keys::group_port(g, id)));
+            }
+            Ok(if self.commit(txn).await? {
+                Attempt::Done(())
+            } else {
+                Attempt::Retry
+            })
+        })
+        .await
+    }
+}
+
+/// `PortRequest::parse` refuses entries with neither subnet nor address.
+fn unreachable_request<T>() -> Result<T> {
+    Err(Error::invalid_attr(
+        "fixed_ips",
+        "each entry needs a subnet_id or an ip_address",
+    ))
+}

@@ -1,0 +1,110 @@
+//! The `standard-attr-tag` sub-resource: `/v2.0/{collection}/{id}/tags[/{tag}]`.
+
+use isthmus_model::meta::{normalize_tags, validate_tag};
+use isthmus_model::{Caller, Error, Network, Port, Result, SecurityGroup, Subnet};
+use isthmus_store::{Compare, Op, Txn};
+
+use super::{encode, now, Attempt, Kind, Service, Stored};
+
+/// A change to a resource's tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagOp {
+    /// Replace all tags.
+    Replace(Vec<String>),
+    /// Add one tag.
+    Add(String),
+    /// Remove one tag (404 `TagNotFound` if absent).
+    Remove(String),
+    /// Remove every tag.
+    Clear,
+}
+
+impl Service {
+    async fn tags_of<T: Stored>(&self, caller: &Caller, id: &str) -> Result<(T, u64)> {
+        match self.load::<T>(id).await? {
+            Some((obj, rev)) if caller.owns(&obj.meta().project_id) => Ok((obj, rev)),
+            _ => Err(Error::not_found(T::KIND.fault_name(), id)),
+        }
+    }
+
+    async fn change_tags<T: Stored>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        op: &TagOp,
+    ) -> Result<Vec<String>> {
+        if let TagOp::Add(tag) | TagOp::Remove(tag) = op {
+            validate_tag(tag)?;
+        }
+        let replacement = match op {
+            TagOp::Replace(tags) => Some(normalize_tags(tags.clone())?),
+            _ => None,
+        };
+        self.retry(|| {
+            let replacement = replacement.clone();
+            async move {
+                let (mut obj, rev) = self.tags_of::<T>(caller, id).await?;
+                let tags = &mut obj.meta_mut().tags;
+                match op {
+                    TagOp::Replace(_) => *tags = replacement.unwrap_or_default(),
+                    TagOp::Add(tag) => {
+                        if !tags.contains(tag) {
+                            tags.push(tag.clone());
+                            tags.sort();
+                        }
+                    }
+                    TagOp::Remove(tag) => {
+                        let before = tags.len();
+                        tags.retain(|t| t != tag);
+                        if tags.len() == before {
+                            return Err(Error::NotFound {
+                                kind: "Tag",
+                                id: format!("{tag} on {id}"),
+                            });
+                        }
+                    }
+                    TagOp::Clear => tags.clear(),
+                }
+                let result = obj.meta().tags.clone();
+                obj.meta_mut().touch(&now());
+                let txn = Txn::new()
+                    .when(Compare::mod_revision(T::key(id), rev))
+                    .then(Op::put(T::key(id), encode(&obj)?));
+                Ok(if self.commit(txn).await? {
+                    Attempt::Done(result)
+                } else {
+                    Attempt::Retry
+                })
+            }
+        })
+        .await
+    }
+
+    /// Applies a tag change and returns the resulting tags.
+    pub async fn update_tags(
+        &self,
+        kind: Kind,
+        caller: &Caller,
+        id: &str,
+        op: TagOp,
+    ) -> Result<Vec<String>> {
+        match kind {
+            Kind::Network => self.change_tags::<Network>(caller, id, &op).await,
+            Kind::Subnet => self.change_tags::<Subnet>(caller, id, &op).await,
+            Kind::Port => self.change_tags::<Port>(caller, id, &op).await,
+            Kind::SecurityGroup => self.change_tags::<SecurityGroup>(caller, id, &op).await,
+            Kind::SecurityGroupRule => Err(Error::PathNotFound),
+        }
+    }
+
+    /// The tags of a resource.
+    pub async fn tags(&self, kind: Kind, caller: &Caller, id: &str) -> Result<Vec<String>> {
+        Ok(match kind {
+            Kind::Network => self.tags_of::<Network>(caller, id).await?.0.meta.tags,
+            Kind::Subnet => self.tags_of::<Subnet>(caller, id).await?.0.meta.tags,
+            Kind::Port => self.tags_of::<Port>(caller, id).await?.0.meta.tags,
+            Kind::SecurityGroup => self.tags_of::<SecurityGroup>(caller, id).await?.0.meta.tags,
+            Kind::SecurityGroupRule => return Err(Error::PathNotFound),
+        })
+    }
+}

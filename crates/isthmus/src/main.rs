@@ -1,0 +1,130 @@
+//! `isthmus`: the controller (and, as they land, the agent, lab and inspect tools).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use isthmus_controller::Config;
+use isthmus_store::{EmbeddedStore, EtcdStore, SharedStore};
+
+#[derive(Parser)]
+#[command(
+    name = "isthmus",
+    version,
+    about = "One network plane for VMs and containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StoreKind {
+    /// A durable single file under --data-dir (one controller).
+    Embedded,
+    /// An etcd v3 cluster (several controllers).
+    Etcd,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Neutron v2.0 API.
+    Controller {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9696")]
+        listen: SocketAddr,
+        /// Store backend.
+        #[arg(long, value_enum, default_value = "embedded")]
+        store: StoreKind,
+        /// Directory of the embedded store.
+        #[arg(long, default_value = "./isthmus-data")]
+        data_dir: PathBuf,
+        /// etcd endpoints, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+        etcd_endpoints: Vec<String>,
+        /// Key prefix in etcd (several deployments can share a cluster).
+        #[arg(long, default_value = "")]
+        etcd_prefix: String,
+        /// MTU of the underlay; VXLAN networks get 50 bytes less.
+        #[arg(long, default_value_t = 1500)]
+        underlay_mtu: u32,
+        /// DNS domain of ports whose network has none.
+        #[arg(long, default_value = "openstack.local.")]
+        dns_domain: String,
+    },
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Controller {
+            listen,
+            store,
+            data_dir,
+            etcd_endpoints,
+            etcd_prefix,
+            underlay_mtu,
+            dns_domain,
+        } => {
+            if underlay_mtu < 68 + 50 {
+                bail!("--underlay-mtu {underlay_mtu} is too small for VXLAN (needs at least 118)");
+            }
+            let store: SharedStore =
+                match store {
+                    StoreKind::Embedded => {
+                        let path = data_dir.join("isthmus.redb");
+                        Arc::new(EmbeddedStore::open(&path).with_context(|| {
+                            format!("opening embedded store {}", path.display())
+                        })?)
+                    }
+                    StoreKind::Etcd => Arc::new(
+                        EtcdStore::connect(&etcd_endpoints, &etcd_prefix)
+                            .await
+                            .with_context(|| {
+                                format!("connecting to etcd at {}", etcd_endpoints.join(","))
+                            })?,
+                    ),
+                };
+            let dns_domain = if dns_domain.ends_with('.') {
+                dns_domain
+            } else {
+                format!("{dns_domain}.")
+            };
+            let config = Config {
+                underlay_mtu,
+                dns_domain,
+                ..Config::default()
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!("isthmus controller: Neutron v2.0 API on http://{listen}/v2.0");
+            isthmus_controller::serve(listener, store, config, shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}
