@@ -222,12 +222,10 @@ async fn show_extension(Path(alias): Path<String>) -> ApiResult {
         .iter()
         .find(|(a, _, _)| *a == alias)
         .map(|(a, n, d)| Json(json!({ "extension": extension(a, n, d) })).into_response())
-        .ok_or_else(|| {
-            ApiError(Error::NotFound {
-                kind: "Extension",
-                id: alias,
-            })
-        })
+        .ok_or(ApiError(Error::NotFound {
+            kind: "Extension",
+            id: alias,
+        }))
 }
 
 async fn healthz(State(state): Shared) -> Response {

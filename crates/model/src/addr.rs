@@ -230,6 +230,44 @@ pub fn from_sortable_key(key: &str) -> Option<IpAddr> {
     }
 }
 
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr::parse_lenient(&s).ok_or_else(|| serde::de::Error::custom(format!("bad cidr {s}")))
+    }
+}
+
+impl serde::Serialize for IpRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("IpRange", 2)?;
+        st.serialize_field("start", &self.start.to_string())?;
+        st.serialize_field("end", &self.end.to_string())?;
+        st.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IpRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            start: IpAddr,
+            end: IpAddr,
+        }
+        let raw = Raw::deserialize(d)?;
+        Ok(IpRange {
+            start: raw.start,
+            end: raw.end,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,43 +306,5 @@ mod tests {
         assert_eq!(from_sortable_key(&sortable_key(b)), Some(b));
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(from_sortable_key(&sortable_key(v6)), Some(v6));
-    }
-}
-
-impl serde::Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Cidr::parse_lenient(&s).ok_or_else(|| serde::de::Error::custom(format!("bad cidr {s}")))
-    }
-}
-
-impl serde::Serialize for IpRange {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("IpRange", 2)?;
-        st.serialize_field("start", &self.start.to_string())?;
-        st.serialize_field("end", &self.end.to_string())?;
-        st.end()
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for IpRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Raw {
-            start: IpAddr,
-            end: IpAddr,
-        }
-        let raw = Raw::deserialize(d)?;
-        Ok(IpRange {
-            start: raw.start,
-            end: raw.end,
-        })
     }
 }

@@ -9,6 +9,8 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 use crate::input::as_bool;
 
+type Object = Map<String, Value>;
+
 /// A parsed list query.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
@@ -125,7 +127,7 @@ impl ListQuery {
     pub fn matches(&self, item: &Map<String, Value>) -> bool {
         self.filters
             .iter()
-            .all(|(attr, wanted)| attribute_matches(attr, item.get(attr), wanted))
+            .all(|(attr, wanted)| attribute_matches(item.get(attr), wanted))
             && self.tags_match(item)
     }
 
@@ -171,7 +173,7 @@ impl ListQuery {
         &self,
         mut items: Vec<Map<String, Value>>,
         base: &str,
-    ) -> Result<(Vec<Map<String, Value>>, Vec<Value>)> {
+    ) -> Result<(Vec<Object>, Vec<Value>)> {
         let position = |items: &[Map<String, Value>], id: &str| {
             items
                 .iter()
@@ -275,7 +277,7 @@ fn scalar_matches(value: &Value, wanted: &str) -> bool {
     }
 }
 
-fn attribute_matches(attr: &str, value: Option<&Value>, wanted: &[String]) -> bool {
+fn attribute_matches(value: Option<&Value>, wanted: &[String]) -> bool {
     let Some(value) = value else { return false };
     match value {
         Value::Array(elements) if elements.iter().all(Value::is_object) && !elements.is_empty() => {
@@ -301,8 +303,8 @@ fn attribute_matches(attr: &str, value: Option<&Value>, wanted: &[String]) -> bo
             .iter()
             .any(|w| elements.iter().any(|e| scalar_matches(e, w))),
         Value::Object(_) => {
-            let _ = attr;
-            wanted.iter().any(|w| value.to_string() == *w)
+            let rendered = value.to_string();
+            wanted.contains(&rendered)
         }
         scalar => wanted.iter().any(|w| scalar_matches(scalar, w)),
     }

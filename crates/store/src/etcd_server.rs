@@ -84,3 +84,18 @@ impl Drop for EtcdServer {
         let _ = self.child.wait();
     }
 }
+
+impl EtcdServer {
+    /// Starts etcd for a test. When etcd is not installed the test is skipped with a printed
+    /// reason, except under CI (`CI` set), where a missing etcd fails the test.
+    pub fn start_or_skip() -> Option<EtcdServer> {
+        match EtcdServer::start() {
+            Ok(server) => Some(server),
+            Err(EtcdServerError::NotInstalled) if std::env::var_os("CI").is_none() => {
+                eprintln!("SKIP: etcd is not installed (apt-get install etcd-server)");
+                None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

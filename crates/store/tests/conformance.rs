@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_store::etcd_server::{EtcdServer, EtcdServerError};
+use isthmus_store::etcd_server::EtcdServer;
 use isthmus_store::{
     Compare, EmbeddedStore, EtcdStore, Event, MemoryStore, Op, Store, StoreError, Txn,
 };
@@ -340,21 +340,11 @@ async fn embedded_backend_survives_reopen() {
     );
 }
 
-/// Starts etcd, or explains why not; under CI a missing etcd is a failure, not a skip.
-pub fn etcd_or_skip() -> Option<EtcdServer> {
-    match EtcdServer::start() {
-        Ok(server) => Some(server),
-        Err(EtcdServerError::NotInstalled) if std::env::var("CI").is_err() => {
-            eprintln!("SKIP: etcd is not installed (apt-get install etcd-server)");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_backend_conforms() {
-    let Some(server) = etcd_or_skip() else { return };
+    let Some(server) = EtcdServer::start_or_skip() else {
+        return;
+    };
     let endpoints = vec![server.endpoint.clone()];
     let mut stores = Vec::new();
     for i in 0..4 {

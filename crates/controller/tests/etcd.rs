@@ -1,0 +1,88 @@
+//! Two controllers on one real etcd never hand out one address twice.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use common::{Api, As};
+use isthmus_store::etcd_server::EtcdServer;
+use isthmus_store::EtcdStore;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_controllers_one_etcd_no_duplicate_addresses() {
+    let Some(etcd) = EtcdServer::start_or_skip() else {
+        return;
+    };
+    let endpoints = vec![etcd.endpoint.clone()];
+    let first = Api::on(Arc::new(
+        EtcdStore::connect(&endpoints, "/dup").await.unwrap(),
+    ));
+    let second = Api::on(Arc::new(
+        EtcdStore::connect(&endpoints, "/dup").await.unwrap(),
+    ));
+    let (net, _) = first
+        .network_with_subnet(As::Anonymous, "10.50.0.0/20")
+        .await;
+
+    // 1000 creates, split across both controllers, 16 in flight on each.
+    let mut tasks = Vec::new();
+    for worker in 0..32 {
+        let api = if worker % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        let net = net.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..(1000 / 32 + usize::from(worker < 1000 % 32)) {
+                let (status, v) = api
+                    .call(
+                        As::Anonymous,
+                        "POST",
+                        "/v2.0/ports",
+                        Some(json!({"port": {"network_id": net}})),
+                    )
+                    .await;
+                assert_eq!(status, 201, "{v}");
+                got.push((
+                    v["port"]["fixed_ips"][0]["ip_address"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                    v["port"]["mac_address"].as_str().unwrap().to_owned(),
+                ));
+            }
+            got
+        }));
+    }
+    let mut ips = HashSet::new();
+    let mut macs = HashSet::new();
+    let mut total = 0;
+    for t in tasks {
+        for (ip, mac) in t.await.unwrap() {
+            total += 1;
+            assert!(ips.insert(ip.clone()), "address {ip} handed out twice");
+            assert!(macs.insert(mac.clone()), "MAC {mac} handed out twice");
+        }
+    }
+    assert_eq!(total, 1000);
+    // Both controllers see the same 1000 ports.
+    let (_, listed) = second
+        .call(
+            As::Anonymous,
+            "GET",
+            &format!("/v2.0/ports?network_id={net}&fields=fixed_ips"),
+            None,
+        )
+        .await;
+    let listed: HashSet<String> = listed["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, ips);
+}

@@ -1,0 +1,185 @@
+//! The real `openstack` CLI (python-openstackclient from PyPI) against the controller.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use support::{free_port, Controller};
+
+/// The `openstack` executable: `$ISTHMUS_OPENSTACK`, the repository's `.venv`, or `PATH`.
+fn openstack() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ISTHMUS_OPENSTACK") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/openstack");
+    if venv.exists() {
+        return Some(venv);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("openstack"))
+            .find(|p| p.exists())
+    })
+}
+
+struct Cli {
+    bin: PathBuf,
+    endpoint: String,
+}
+
+impl Cli {
+    /// Runs a command; returns (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.bin)
+            .args(["--os-auth-type", "none", "--os-endpoint", &self.endpoint])
+            .args(args)
+            .output()
+            .expect("run openstack");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "openstack {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-f", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("CLI printed JSON")
+    }
+}
+
+#[test]
+fn openstack_cli_end_to_end() {
+    let Some(bin) = openstack() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have python-openstackclient (./test.sh installs it into .venv)"
+        );
+        eprintln!("SKIP: no openstack CLI (run ./test.sh, which installs it into .venv)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _controller = Controller::start(port, &["--data-dir", dir.path().to_str().unwrap()]);
+    let cli = Cli {
+        bin,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+
+    let net = cli.json(&["network", "create", "demo"]);
+    assert_eq!(net["name"], "demo");
+    assert_eq!(net["mtu"], 1450);
+    assert_eq!(cli.json(&["network", "show", "demo"])["id"], net["id"]);
+    assert!(cli.ok(&["network", "list"]).contains("demo"));
+
+    let v4 = cli.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "demo",
+        "--subnet-range",
+        "192.168.100.0/24",
+        "demo-v4",
+    ]);
+    assert_eq!(v4["gateway_ip"], "192.168.100.1");
+    let v6 = cli.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "demo",
+        "--ip-version",
+        "6",
+        "--subnet-range",
+        "2001:db8:100::/64",
+        "demo-v6",
+    ]);
+    assert_eq!(v6["ip_version"], 6);
+
+    let port_a = cli.json(&[
+        "port",
+        "create",
+        "--network",
+        "demo",
+        "--dns-name",
+        "hello",
+        "--fixed-ip",
+        "subnet=demo-v4",
+        "hello",
+    ]);
+    let fqdn = port_a["dns_assignment"][0]["fqdn"].as_str().unwrap();
+    assert_eq!(fqdn, "hello.openstack.local.");
+    assert_eq!(port_a["fixed_ips"][0]["ip_address"], "192.168.100.2");
+
+    cli.ok(&[
+        "port",
+        "set",
+        "--allowed-address",
+        "ip-address=192.168.100.50",
+        "hello",
+    ]);
+    let shown = cli.json(&["port", "show", "hello"]);
+    assert_eq!(
+        shown["allowed_address_pairs"][0]["ip_address"],
+        "192.168.100.50"
+    );
+    assert_eq!(
+        shown["allowed_address_pairs"][0]["mac_address"],
+        shown["mac_address"]
+    );
+
+    let web = cli.json(&["security", "group", "create", "web"]);
+    let rule = cli.json(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--ingress",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "80",
+        "--remote-group",
+        "default",
+        "web",
+    ]);
+    assert_eq!(rule["security_group_id"], web["id"]);
+    assert_eq!(rule["port_range_min"], 80);
+    assert!(rule["remote_group_id"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty()));
+
+    // An error the CLI prints cleanly: a fixed IP outside the subnet.
+    let (ok, _, err) = cli.run(&[
+        "port",
+        "create",
+        "--network",
+        "demo",
+        "--fixed-ip",
+        "subnet=demo-v4,ip-address=10.9.9.9",
+        "bad",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("BadRequestException: 400"), "{err}");
+    assert!(
+        err.contains("IP address 10.9.9.9 is not a valid IP for the specified subnet."),
+        "{err}"
+    );
+    assert!(!err.contains("Traceback"), "{err}");
+
+    // Deleting a network with ports is refused, then works once the port is gone.
+    let (ok, _, err) = cli.run(&["network", "delete", "demo"]);
+    assert!(!ok && err.contains("409"), "{err}");
+    cli.ok(&["port", "delete", "hello"]);
+    cli.ok(&["security", "group", "delete", "web"]);
+    cli.ok(&["network", "delete", "demo"]);
+    assert!(!cli.ok(&["network", "list"]).contains("demo"));
+}

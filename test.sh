@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the whole Isthmus test suite. On a fresh Debian machine it first installs what the tests
+# need (as root): etcd (store conformance, two controllers on one etcd), protoc (the etcd
+# client's build), python3-venv + python-openstackclient (the real Neutron client).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+packages=(etcd-server protobuf-compiler python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    else
+        echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x .venv/bin/openstack ]; then
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check python-openstackclient
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace
