@@ -13,12 +13,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use isthmus_model::input::parse_json;
 use isthmus_model::query::ListQuery;
+use isthmus_model::wire::WireSer;
 use isthmus_model::{Caller, Error};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{json, Value};
 
 use crate::auth::noauth_caller;
 use crate::metrics::Metrics;
-use crate::service::{Kind, Service, TagOp};
+use crate::service::{Kind, Listed, Service, TagOp};
 
 /// What the handlers share.
 pub struct AppState {
@@ -260,12 +262,47 @@ async fn list(
     let items = state.service.list(kind, &caller).await?;
     let base = format!("{}/v2.0/{}", base_url(&headers), kind.collection());
     let page = query.apply(items, &base)?;
-    let mut body = serde_json::Map::new();
-    body.insert(kind.plural().to_owned(), Value::Array(page.items));
-    if !page.links.is_empty() {
-        body.insert(format!("{}_links", kind.plural()), Value::Array(page.links));
+    let body = ListBody {
+        kind,
+        items: &page.items,
+        fields: &query.fields,
+        links: &page.links,
+    };
+    let bytes = serde_json::to_vec(&body)
+        .map_err(|e| ApiError(Error::Internal(format!("encoding failed: {e}"))))?;
+    Ok(([("content-type", "application/json")], bytes).into_response())
+}
+
+/// A list response, serialised straight from the items (no intermediate JSON values).
+struct ListBody<'a> {
+    kind: Kind,
+    items: &'a [Listed],
+    fields: &'a [String],
+    links: &'a [Value],
+}
+
+impl Serialize for ListBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Items<'a>(&'a [Listed], &'a [String]);
+        impl Serialize for Items<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+                for item in self.0 {
+                    seq.serialize_element(&WireSer {
+                        item: &**item,
+                        fields: self.1,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry(self.kind.plural(), &Items(self.items, self.fields))?;
+        if !self.links.is_empty() {
+            map.serialize_entry(&format!("{}_links", self.kind.plural()), self.links)?;
+        }
+        map.end()
     }
-    Ok(Json(Value::Object(body)).into_response())
 }
 
 async fn show(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use isthmus_store::SharedStore;
 
-pub use service::{Config, Kind, Service};
+pub use service::{Config, Kind, Listed, Service};
 
 /// Errors starting or running the controller.
 #[derive(Debug, thiserror::Error)]

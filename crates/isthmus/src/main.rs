@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use isthmus_controller::Config;
 use isthmus_store::{EmbeddedStore, EtcdStore, SharedStore};
 
+// The controller's hot paths (JSON decode, render, encode of thousands of objects per list)
+// are allocation-bound; mimalloc halves their cost against glibc malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "isthmus",

@@ -14,6 +14,7 @@ pub mod query;
 pub mod security_group;
 pub mod subnet;
 pub mod time;
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use meta::{Caller, Meta};

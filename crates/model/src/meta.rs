@@ -2,7 +2,7 @@
 //! timestamps; and who is asking.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::input::Input;
@@ -95,20 +95,20 @@ impl Meta {
         Ok(())
     }
 
-    /// Writes the standard attributes into a wire object; `named` is false for resources
-    /// without name and tags (security group rules).
-    pub fn render(&self, out: &mut Map<String, Value>, named: bool) {
-        out.insert("id".into(), json!(self.id));
-        out.insert("project_id".into(), json!(self.project_id));
-        out.insert("tenant_id".into(), json!(self.project_id));
-        out.insert("description".into(), json!(self.description));
-        out.insert("revision_number".into(), json!(self.revision_number));
-        out.insert("created_at".into(), json!(self.created_at));
-        out.insert("updated_at".into(), json!(self.updated_at));
-        if named {
-            out.insert("name".into(), json!(self.name));
-            out.insert("tags".into(), json!(self.tags));
-        }
+    /// One standard attribute; `named` is false for resources without name and tags (security
+    /// group rules).
+    pub fn attr(&self, name: &str, named: bool) -> Option<Value> {
+        Some(match name {
+            "id" => json!(self.id),
+            "project_id" | "tenant_id" => json!(self.project_id),
+            "description" => json!(self.description),
+            "revision_number" => json!(self.revision_number),
+            "created_at" => json!(self.created_at),
+            "updated_at" => json!(self.updated_at),
+            "name" if named => json!(self.name),
+            "tags" if named => json!(self.tags),
+            _ => return None,
+        })
     }
 }
 

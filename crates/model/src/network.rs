@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 use crate::input::{Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
+use crate::wire::{to_map, Wire};
 
 /// Largest VXLAN network identifier.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
@@ -335,42 +336,51 @@ impl Network {
 
     /// The Neutron wire object as `caller` may see it.
     pub fn render(&self, caller: &Caller) -> Map<String, Value> {
-        let mut out = Map::new();
-        self.meta.render(&mut out, true);
-        out.insert("admin_state_up".into(), json!(self.admin_state_up));
-        out.insert("shared".into(), json!(self.shared));
-        out.insert("router:external".into(), json!(self.external));
-        out.insert("mtu".into(), json!(self.mtu));
-        out.insert("status".into(), json!("ACTIVE"));
-        out.insert("subnets".into(), json!(self.subnets));
-        out.insert(
-            "port_security_enabled".into(),
-            json!(self.port_security_enabled),
-        );
-        out.insert("dns_domain".into(), json!(self.dns_domain));
-        out.insert(
-            "availability_zone_hints".into(),
-            json!(self.availability_zone_hints),
-        );
-        out.insert("availability_zones".into(), json!(["nova"]));
-        out.insert("ipv4_address_scope".into(), Value::Null);
-        out.insert("ipv6_address_scope".into(), Value::Null);
-        out.insert("l2_adjacency".into(), json!(true));
-        if caller.is_admin {
-            out.insert(
-                "provider:network_type".into(),
-                json!(self.network_type.as_str()),
-            );
-            out.insert(
-                "provider:physical_network".into(),
-                json!(self.physical_network),
-            );
-            out.insert(
-                "provider:segmentation_id".into(),
-                json!(self.segmentation_id),
-            );
-        }
-        out
+        to_map(&NetworkView {
+            obj: self,
+            admin: caller.is_admin,
+        })
+    }
+}
+
+/// A network as one viewer sees it (admins also see admin-only attributes).
+#[derive(Debug, Clone)]
+pub struct NetworkView<B> {
+    /// The network, owned or borrowed.
+    pub obj: B,
+    /// Whether the viewer is an admin.
+    pub admin: bool,
+}
+
+impl<B: std::borrow::Borrow<Network>> Wire for NetworkView<B> {
+    fn names(&self) -> &'static [&'static str] {
+        ATTRIBUTES
+    }
+
+    fn attr(&self, name: &str) -> Option<Value> {
+        let n = self.obj.borrow();
+        Some(match name {
+            "admin_state_up" => json!(n.admin_state_up),
+            "shared" => json!(n.shared),
+            "router:external" => json!(n.external),
+            "mtu" => json!(n.mtu),
+            "status" => json!("ACTIVE"),
+            "subnets" => json!(n.subnets),
+            "port_security_enabled" => json!(n.port_security_enabled),
+            "dns_domain" => json!(n.dns_domain),
+            "availability_zone_hints" => json!(n.availability_zone_hints),
+            "availability_zones" => json!(["nova"]),
+            "ipv4_address_scope" | "ipv6_address_scope" => Value::Null,
+            "l2_adjacency" => json!(true),
+            "provider:network_type" if self.admin => json!(n.network_type.as_str()),
+            "provider:physical_network" if self.admin => json!(n.physical_network),
+            "provider:segmentation_id" if self.admin => json!(n.segmentation_id),
+            other => return n.meta.attr(other, true),
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.obj.borrow().meta.id
     }
 }
 

@@ -12,6 +12,7 @@ use crate::input::{as_ip, as_string, as_uuid, show, Input, Method};
 use crate::mac;
 use crate::meta::{owner_project, Caller, Meta};
 use crate::network::bridge_name;
+use crate::wire::{to_map, Wire};
 
 /// Attributes a port has.
 pub const ATTRIBUTES: &[&str] = &[
@@ -488,48 +489,65 @@ impl Port {
 
     /// The Neutron wire object as `caller` may see it (`binding:*` for admins only).
     pub fn render(&self, caller: &Caller) -> Map<String, Value> {
-        let mut out = Map::new();
-        self.meta.render(&mut out, true);
-        out.insert("network_id".into(), json!(self.network_id));
-        out.insert("admin_state_up".into(), json!(self.admin_state_up));
-        out.insert("mac_address".into(), json!(self.mac_address));
-        out.insert("fixed_ips".into(), json!(self.fixed_ips));
-        out.insert("device_id".into(), json!(self.device_id));
-        out.insert("device_owner".into(), json!(self.device_owner));
-        out.insert("security_groups".into(), json!(self.security_groups));
-        out.insert(
-            "port_security_enabled".into(),
-            json!(self.port_security_enabled),
-        );
-        out.insert(
-            "allowed_address_pairs".into(),
-            json!(self.allowed_address_pairs),
-        );
-        out.insert("dns_name".into(), json!(self.dns_name));
-        out.insert("dns_assignment".into(), json!(self.dns_assignment));
-        out.insert("status".into(), json!(self.status));
-        out.insert("extra_dhcp_opts".into(), json!([]));
-        out.insert("ip_allocation".into(), json!("immediate"));
-        if caller.is_admin {
-            out.insert("binding:host_id".into(), json!(self.binding.host_id));
-            out.insert(
-                "binding:profile".into(),
-                Value::Object(self.binding.profile.clone()),
-            );
-            out.insert("binding:vnic_type".into(), json!(self.binding.vnic_type));
-            out.insert("binding:vif_type".into(), json!(self.vif_type()));
-            let details = if self.binding.host_id.is_empty() {
-                json!({})
-            } else {
-                json!({
-                    "bridge_name": bridge_name(&self.network_id),
-                    "port_filter": self.port_security_enabled,
-                    "connectivity": "l2",
-                })
-            };
-            out.insert("binding:vif_details".into(), details);
-        }
-        out
+        to_map(&PortView {
+            obj: self,
+            admin: caller.is_admin,
+        })
+    }
+}
+
+/// A port as one viewer sees it (admins also see admin-only attributes).
+#[derive(Debug, Clone)]
+pub struct PortView<B> {
+    /// The port, owned or borrowed.
+    pub obj: B,
+    /// Whether the viewer is an admin.
+    pub admin: bool,
+}
+
+impl<B: std::borrow::Borrow<Port>> Wire for PortView<B> {
+    fn names(&self) -> &'static [&'static str] {
+        ATTRIBUTES
+    }
+
+    fn attr(&self, name: &str) -> Option<Value> {
+        let p = self.obj.borrow();
+        Some(match name {
+            "network_id" => json!(p.network_id),
+            "admin_state_up" => json!(p.admin_state_up),
+            "mac_address" => json!(p.mac_address),
+            "fixed_ips" => json!(p.fixed_ips),
+            "device_id" => json!(p.device_id),
+            "device_owner" => json!(p.device_owner),
+            "security_groups" => json!(p.security_groups),
+            "port_security_enabled" => json!(p.port_security_enabled),
+            "allowed_address_pairs" => json!(p.allowed_address_pairs),
+            "dns_name" => json!(p.dns_name),
+            "dns_assignment" => json!(p.dns_assignment),
+            "status" => json!(p.status),
+            "extra_dhcp_opts" => json!([]),
+            "ip_allocation" => json!("immediate"),
+            "binding:host_id" if self.admin => json!(p.binding.host_id),
+            "binding:profile" if self.admin => Value::Object(p.binding.profile.clone()),
+            "binding:vnic_type" if self.admin => json!(p.binding.vnic_type),
+            "binding:vif_type" if self.admin => json!(p.vif_type()),
+            "binding:vif_details" if self.admin => {
+                if p.binding.host_id.is_empty() {
+                    json!({})
+                } else {
+                    json!({
+                        "bridge_name": bridge_name(&p.network_id),
+                        "port_filter": p.port_security_enabled,
+                        "connectivity": "l2",
+                    })
+                }
+            }
+            other => return p.meta.attr(other, true),
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.obj.borrow().meta.id
     }
 }
 

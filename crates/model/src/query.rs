@@ -8,8 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::input::as_bool;
-
-type Object = Map<String, Value>;
+use crate::wire::Wire;
 
 /// A parsed list query.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,9 +39,9 @@ pub struct ListQuery {
 
 /// A page of results and the links to its neighbours.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Page {
-    /// The items, projected to the requested fields.
-    pub items: Vec<Value>,
+pub struct Page<W> {
+    /// The items of the page, in order.
+    pub items: Vec<W>,
     /// `[{"rel": "next"|"previous", "href": ...}]`, empty when not paginating.
     pub links: Vec<Value>,
 }
@@ -123,17 +122,25 @@ impl ListQuery {
         Ok(q)
     }
 
-    /// Whether a rendered item passes every filter.
-    pub fn matches(&self, item: &Map<String, Value>) -> bool {
+    /// Whether an item passes every filter.
+    pub fn matches<W: Wire + ?Sized>(&self, item: &W) -> bool {
         self.filters
             .iter()
-            .all(|(attr, wanted)| attribute_matches(item.get(attr), wanted))
+            .all(|(attr, wanted)| attribute_matches(item.attr(attr).as_ref(), wanted))
             && self.tags_match(item)
     }
 
-    fn tags_match(&self, item: &Map<String, Value>) -> bool {
+    fn tags_match<W: Wire + ?Sized>(&self, item: &W) -> bool {
+        if self.tags_all.is_empty()
+            && self.tags_any.is_empty()
+            && self.not_tags_all.is_empty()
+            && self.not_tags_any.is_empty()
+        {
+            return true;
+        }
+        let tags = item.attr("tags");
         let has = |t: &String| {
-            item.get("tags")
+            tags.as_ref()
                 .and_then(Value::as_array)
                 .is_some_and(|tags| tags.iter().any(|x| x.as_str() == Some(t)))
         };
@@ -143,57 +150,65 @@ impl ListQuery {
             && !self.not_tags_any.iter().any(has)
     }
 
-    /// Filters, sorts, pages and projects `items`. `base` is the collection URL used in links.
-    pub fn apply(&self, items: Vec<Map<String, Value>>, base: &str) -> Result<Page> {
-        let mut items: Vec<Map<String, Value>> =
-            items.into_iter().filter(|i| self.matches(i)).collect();
-        let mut sort = self.sort.clone();
-        if self.limit.is_some() || self.marker.is_some() || sort.is_empty() {
-            // Pagination needs a total order; the id breaks ties.
+    /// Filters, sorts and pages `items`; `base` is the collection URL used in links. The
+    /// requested `fields` are applied when the page is serialised ([`crate::wire::WireSer`]).
+    pub fn apply<W: Wire>(&self, items: Vec<W>, base: &str) -> Result<Page<W>> {
+        let mut items: Vec<W> = items.into_iter().filter(|i| self.matches(i)).collect();
+        let by_id_only = self.sort.iter().all(|(k, _)| k == "id");
+        if by_id_only {
+            // Pagination needs a total order; the id is one, and needs no attribute rendering.
+            let ascending = self.sort.first().is_none_or(|s| s.1);
+            items.sort_by(|a, b| {
+                let ord = a.id().cmp(b.id());
+                if ascending {
+                    ord
+                } else {
+                    ord.reverse()
+                }
+            });
+        } else {
+            let mut sort = self.sort.clone();
             if !sort.iter().any(|(k, _)| k == "id") {
                 sort.push(("id".to_owned(), sort.first().is_none_or(|s| s.1)));
             }
-        }
-        items.sort_by(|a, b| {
-            for (key, ascending) in &sort {
-                let ord = compare_values(a.get(key), b.get(key));
-                let ord = if *ascending { ord } else { ord.reverse() };
-                if ord != Ordering::Equal {
-                    return ord;
+            let mut keyed: Vec<(Vec<Option<Value>>, W)> = items
+                .into_iter()
+                .map(|i| (sort.iter().map(|(k, _)| i.attr(k)).collect(), i))
+                .collect();
+            keyed.sort_by(|(a, _), (b, _)| {
+                for ((x, y), (_, ascending)) in a.iter().zip(b).zip(&sort) {
+                    let ord = compare_values(x.as_ref(), y.as_ref());
+                    let ord = if *ascending { ord } else { ord.reverse() };
+                    if ord != Ordering::Equal {
+                        return ord;
+                    }
                 }
-            }
-            Ordering::Equal
-        });
-        let (page, links) = self.paginate(items, base)?;
-        let items = page.into_iter().map(|i| self.project(i)).collect();
-        Ok(Page { items, links })
+                Ordering::Equal
+            });
+            items = keyed.into_iter().map(|(_, i)| i).collect();
+        }
+        self.paginate(items, base)
     }
 
-    fn paginate(
-        &self,
-        mut items: Vec<Map<String, Value>>,
-        base: &str,
-    ) -> Result<(Vec<Object>, Vec<Value>)> {
-        let position = |items: &[Map<String, Value>], id: &str| {
-            items
-                .iter()
-                .position(|i| i.get("id").and_then(Value::as_str) == Some(id))
-        };
+    fn paginate<W: Wire>(&self, mut items: Vec<W>, base: &str) -> Result<Page<W>> {
+        let position = |items: &[W], id: &str| items.iter().position(|i| i.id() == id);
         let (start, end) = match (&self.marker, self.page_reverse) {
             (None, _) => (0, items.len()),
-            (Some(m), false) => {
+            (Some(m), reverse) => {
                 let at = position(&items, m)
                     .ok_or_else(|| Error::BadRequest(format!("Marker {m} could not be found")))?;
-                (at + 1, items.len())
-            }
-            (Some(m), true) => {
-                let at = position(&items, m)
-                    .ok_or_else(|| Error::BadRequest(format!("Marker {m} could not be found")))?;
-                (0, at)
+                if reverse {
+                    (0, at)
+                } else {
+                    (at + 1, items.len())
+                }
             }
         };
         let Some(limit) = self.limit else {
-            return Ok((items.drain(start..end).collect(), Vec::new()));
+            return Ok(Page {
+                items: items.drain(start..end).collect(),
+                links: Vec::new(),
+            });
         };
         let (from, to) = if self.page_reverse && self.marker.is_some() {
             (end.saturating_sub(limit).max(start), end)
@@ -202,24 +217,19 @@ impl ListQuery {
         };
         let more_after = to < items.len();
         let more_before = from > 0;
-        let page: Vec<Map<String, Value>> = items.drain(from..to).collect();
+        let page: Vec<W> = items.drain(from..to).collect();
         let mut links = Vec::new();
-        let id_of = |i: Option<&Map<String, Value>>| {
-            i.and_then(|i| i.get("id"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
         if more_after {
-            if let Some(last) = id_of(page.last()) {
-                links.push(json!({"rel": "next", "href": self.link(base, &last, false)}));
+            if let Some(last) = page.last() {
+                links.push(json!({"rel": "next", "href": self.link(base, last.id(), false)}));
             }
         }
         if more_before && self.marker.is_some() {
-            if let Some(first) = id_of(page.first()) {
-                links.push(json!({"rel": "previous", "href": self.link(base, &first, true)}));
+            if let Some(first) = page.first() {
+                links.push(json!({"rel": "previous", "href": self.link(base, first.id(), true)}));
             }
         }
-        Ok((page, links))
+        Ok(Page { items: page, links })
     }
 
     fn link(&self, base: &str, marker: &str, reverse: bool) -> String {
@@ -236,7 +246,8 @@ impl ListQuery {
         format!("{base}?{}", query.join("&"))
     }
 
-    fn project(&self, item: Map<String, Value>) -> Value {
+    /// Projects one rendered object to the requested fields (GET of one resource).
+    pub fn project_one(&self, item: Map<String, Value>) -> Value {
         if self.fields.is_empty() {
             return Value::Object(item);
         }
@@ -245,11 +256,6 @@ impl ListQuery {
                 .filter(|(k, _)| self.fields.iter().any(|f| f == k))
                 .collect(),
         )
-    }
-
-    /// Projects one item (for GET of a single resource with `fields=`).
-    pub fn project_one(&self, item: Map<String, Value>) -> Value {
-        self.project(item)
     }
 }
 
@@ -335,18 +341,42 @@ fn compare_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
 mod tests {
     use super::*;
 
+    #[derive(Debug, Clone, PartialEq)]
+    struct Item(Map<String, Value>);
+
+    impl Wire for Item {
+        fn names(&self) -> &'static [&'static str] {
+            ATTRS
+        }
+        fn attr(&self, name: &str) -> Option<Value> {
+            self.0.get(name).cloned()
+        }
+        fn id(&self) -> &str {
+            self.0["id"].as_str().unwrap()
+        }
+    }
+
+    fn ser(items: &[Item], fields: &[String]) -> Vec<Value> {
+        items
+            .iter()
+            .map(|i| serde_json::to_value(crate::wire::WireSer { item: i, fields }).unwrap())
+            .collect()
+    }
+
     fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
         q.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
 
-    fn item(id: &str, name: &str, up: bool, tags: &[&str]) -> Map<String, Value> {
-        json!({"id": id, "name": name, "admin_state_up": up, "tags": tags,
+    fn item(id: &str, name: &str, up: bool, tags: &[&str]) -> Item {
+        Item(
+            json!({"id": id, "name": name, "admin_state_up": up, "tags": tags,
                "fixed_ips": [{"subnet_id": "s1", "ip_address": format!("10.0.0.{}", id.len())}]})
-        .as_object()
-        .unwrap()
-        .clone()
+            .as_object()
+            .unwrap()
+            .clone(),
+        )
     }
 
     const ATTRS: &[&str] = &["id", "name", "admin_state_up", "tags", "fixed_ips"];
@@ -362,13 +392,13 @@ mod tests {
         let page = q.apply(items.clone(), "/v2.0/networks").unwrap();
         assert_eq!(page.items.len(), 2);
         let q = ListQuery::parse(&pairs(&[("admin_state_up", "False")]), ATTRS).unwrap();
-        assert_eq!(q.apply(items.clone(), "/").unwrap().items[0]["id"], "bb");
+        assert_eq!(q.apply(items.clone(), "/").unwrap().items[0].id(), "bb");
         let q = ListQuery::parse(&pairs(&[("tags", "t1,t2")]), ATTRS).unwrap();
         assert_eq!(q.apply(items.clone(), "/").unwrap().items.len(), 1);
         let q = ListQuery::parse(&pairs(&[("not-tags-any", "t1")]), ATTRS).unwrap();
         assert_eq!(q.apply(items.clone(), "/").unwrap().items.len(), 1);
         let q = ListQuery::parse(&pairs(&[("fixed_ips", "ip_address=10.0.0.2")]), ATTRS).unwrap();
-        assert_eq!(q.apply(items.clone(), "/").unwrap().items[0]["id"], "bb");
+        assert_eq!(q.apply(items.clone(), "/").unwrap().items[0].id(), "bb");
         assert!(ListQuery::parse(&pairs(&[("bogus", "1")]), ATTRS).is_err());
     }
 
@@ -387,7 +417,7 @@ mod tests {
         )
         .unwrap();
         let page = q.apply(items.clone(), "/").unwrap();
-        assert_eq!(page.items[0], json!({"name": "n0"}));
+        assert_eq!(ser(&page.items, &q.fields)[0], json!({"name": "n0"}));
         let q = ListQuery::parse(&pairs(&[("limit", "2")]), ATTRS).unwrap();
         let page = q.apply(items.clone(), "http://h/v2.0/ports").unwrap();
         assert_eq!(page.items.len(), 2);
@@ -408,8 +438,8 @@ mod tests {
             .unwrap()
             .items
             .iter()
-            .map(|i| i["id"].clone())
+            .map(|i| i.id().to_owned())
             .collect();
-        assert_eq!(ids, vec![json!("id1"), json!("id2")]);
+        assert_eq!(ids, vec!["id1", "id2"]);
     }
 }

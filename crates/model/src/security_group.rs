@@ -7,6 +7,7 @@ use crate::addr::{Cidr, IpVersion};
 use crate::error::{Error, Result};
 use crate::input::{as_string, as_uuid, Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
+use crate::wire::{to_map, Wire};
 
 /// Attributes a security group has.
 pub const GROUP_ATTRIBUTES: &[&str] = &[
@@ -238,20 +239,10 @@ impl SecurityGroup {
 
     /// The Neutron wire object with its rules.
     pub fn render(&self, rules: &[&SecurityGroupRule]) -> Map<String, Value> {
-        let mut out = Map::new();
-        self.meta.render(&mut out, true);
-        out.insert("stateful".into(), json!(self.stateful));
-        out.insert("shared".into(), json!(false));
-        out.insert(
-            "security_group_rules".into(),
-            Value::Array(
-                rules
-                    .iter()
-                    .map(|r| Value::Object(r.render(self.is_default)))
-                    .collect(),
-            ),
-        );
-        out
+        to_map(&GroupView {
+            group: self,
+            rules: rules.iter().map(|r| (*r).clone()).collect(),
+        })
     }
 }
 
@@ -518,27 +509,85 @@ impl SecurityGroupRule {
 
     /// The Neutron wire object.
     pub fn render(&self, in_default_group: bool) -> Map<String, Value> {
-        let mut out = Map::new();
-        self.meta.render(&mut out, false);
-        out.insert("security_group_id".into(), json!(self.security_group_id));
-        out.insert("direction".into(), json!(self.direction.as_str()));
-        out.insert("ethertype".into(), json!(self.ethertype.ethertype()));
-        out.insert("protocol".into(), json!(self.protocol));
-        out.insert("port_range_min".into(), json!(self.port_range_min));
-        out.insert("port_range_max".into(), json!(self.port_range_max));
-        out.insert("remote_ip_prefix".into(), json!(self.remote_ip_prefix));
-        out.insert("remote_group_id".into(), json!(self.remote_group_id));
-        out.insert("remote_address_group_id".into(), Value::Null);
-        out.insert(
-            "normalized_cidr".into(),
-            json!(self
+        to_map(&RuleView {
+            rule: self,
+            in_default_group,
+        })
+    }
+}
+
+/// A group with its rules, as the API shows it.
+#[derive(Debug, Clone)]
+pub struct GroupView<B> {
+    /// The group.
+    pub group: B,
+    /// Its rules.
+    pub rules: Vec<SecurityGroupRule>,
+}
+
+impl<B: std::borrow::Borrow<SecurityGroup>> Wire for GroupView<B> {
+    fn names(&self) -> &'static [&'static str] {
+        GROUP_ATTRIBUTES
+    }
+
+    fn attr(&self, name: &str) -> Option<Value> {
+        let g = self.group.borrow();
+        Some(match name {
+            "stateful" => json!(g.stateful),
+            "shared" => json!(false),
+            "security_group_rules" => Value::Array(
+                self.rules
+                    .iter()
+                    .map(|r| Value::Object(r.render(g.is_default)))
+                    .collect(),
+            ),
+            other => return g.meta.attr(other, true),
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.group.borrow().meta.id
+    }
+}
+
+/// A rule as the API shows it.
+#[derive(Debug, Clone)]
+pub struct RuleView<B> {
+    /// The rule.
+    pub rule: B,
+    /// Whether its group is a default group (`belongs_to_default_sg`).
+    pub in_default_group: bool,
+}
+
+impl<B: std::borrow::Borrow<SecurityGroupRule>> Wire for RuleView<B> {
+    fn names(&self) -> &'static [&'static str] {
+        RULE_ATTRIBUTES
+    }
+
+    fn attr(&self, name: &str) -> Option<Value> {
+        let r = self.rule.borrow();
+        Some(match name {
+            "security_group_id" => json!(r.security_group_id),
+            "direction" => json!(r.direction.as_str()),
+            "ethertype" => json!(r.ethertype.ethertype()),
+            "protocol" => json!(r.protocol),
+            "port_range_min" => json!(r.port_range_min),
+            "port_range_max" => json!(r.port_range_max),
+            "remote_ip_prefix" => json!(r.remote_ip_prefix),
+            "remote_group_id" => json!(r.remote_group_id),
+            "remote_address_group_id" => Value::Null,
+            "normalized_cidr" => json!(r
                 .remote_ip_prefix
                 .as_deref()
                 .and_then(Cidr::parse_lenient)
                 .map(|c| c.to_string())),
-        );
-        out.insert("belongs_to_default_sg".into(), json!(in_default_group));
-        out
+            "belongs_to_default_sg" => json!(self.in_default_group),
+            other => return r.meta.attr(other, false),
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.rule.borrow().meta.id
     }
 }
 

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::input::{as_cidr, as_ip, as_string, as_uuid, Input, Method};
 use crate::ipam;
 use crate::meta::{owner_project, Caller, Meta};
+use crate::wire::{to_map, Wire};
 
 /// Attributes a subnet has.
 pub const ATTRIBUTES: &[&str] = &[
@@ -390,22 +391,35 @@ impl Subnet {
 
     /// The Neutron wire object.
     pub fn render(&self) -> Map<String, Value> {
-        let mut out = Map::new();
-        self.meta.render(&mut out, true);
-        out.insert("network_id".into(), json!(self.network_id));
-        out.insert("ip_version".into(), json!(self.version().number()));
-        out.insert("cidr".into(), json!(self.cidr.to_string()));
-        out.insert("gateway_ip".into(), json!(self.gateway_ip));
-        out.insert("allocation_pools".into(), json!(self.allocation_pools));
-        out.insert("enable_dhcp".into(), json!(self.enable_dhcp));
-        out.insert("dns_nameservers".into(), json!(self.dns_nameservers));
-        out.insert("host_routes".into(), json!(self.host_routes));
-        out.insert("ipv6_ra_mode".into(), json!(self.ipv6_ra_mode));
-        out.insert("ipv6_address_mode".into(), json!(self.ipv6_address_mode));
-        out.insert("subnetpool_id".into(), Value::Null);
-        out.insert("segment_id".into(), Value::Null);
-        out.insert("service_types".into(), json!([]));
-        out
+        to_map(self)
+    }
+}
+
+impl Wire for Subnet {
+    fn names(&self) -> &'static [&'static str] {
+        ATTRIBUTES
+    }
+
+    fn attr(&self, name: &str) -> Option<Value> {
+        Some(match name {
+            "network_id" => json!(self.network_id),
+            "ip_version" => json!(self.version().number()),
+            "cidr" => json!(self.cidr.to_string()),
+            "gateway_ip" => json!(self.gateway_ip),
+            "allocation_pools" => json!(self.allocation_pools),
+            "enable_dhcp" => json!(self.enable_dhcp),
+            "dns_nameservers" => json!(self.dns_nameservers),
+            "host_routes" => json!(self.host_routes),
+            "ipv6_ra_mode" => json!(self.ipv6_ra_mode),
+            "ipv6_address_mode" => json!(self.ipv6_address_mode),
+            "subnetpool_id" | "segment_id" => Value::Null,
+            "service_types" => json!([]),
+            other => return self.meta.attr(other, true),
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.meta.id
     }
 }
 

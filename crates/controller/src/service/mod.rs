@@ -134,6 +134,9 @@ impl Kind {
 /// A rendered Neutron object.
 pub type Object = Map<String, Value>;
 
+/// One item of a list, rendered on demand for its viewer.
+pub type Listed = Box<dyn isthmus_model::wire::Wire + Send>;
+
 /// The service: store access plus in-process reservations that keep concurrent requests of
 /// this controller from racing for the same address or VNI (the store's compare-and-swap
 /// still arbitrates between controllers).
@@ -422,7 +425,7 @@ impl Service {
     }
 
     /// Lists every resource of a kind the caller may see (the API applies the query).
-    pub async fn list(&self, kind: Kind, caller: &Caller) -> Result<Vec<Object>> {
+    pub async fn list(&self, kind: Kind, caller: &Caller) -> Result<Vec<Listed>> {
         match kind {
             Kind::Network => self.list_networks(caller).await,
             Kind::Subnet => self.list_subnets(caller).await,

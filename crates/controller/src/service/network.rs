@@ -2,12 +2,12 @@
 
 use std::collections::BTreeSet;
 
-use isthmus_model::network::NetworkType;
+use isthmus_model::network::{NetworkType, NetworkView};
 use isthmus_model::{Caller, Error, Network, Result, Subnet};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
-use super::{check_revision, encode, new_id, now, store_error, Attempt, Object, Service};
+use super::{check_revision, encode, new_id, now, store_error, Attempt, Listed, Object, Service};
 use crate::keys;
 
 impl Service {
@@ -131,13 +131,18 @@ impl Service {
         Ok(self.visible_network(caller, id).await?.0.render(caller))
     }
 
-    pub(crate) async fn list_networks(&self, caller: &Caller) -> Result<Vec<Object>> {
+    pub(crate) async fn list_networks(&self, caller: &Caller) -> Result<Vec<Listed>> {
         Ok(self
             .load_all::<Network>(keys::NETWORKS)
             .await?
             .into_iter()
             .filter(|(n, _)| n.visible_to(caller))
-            .map(|(n, _)| n.render(caller))
+            .map(|(obj, _)| {
+                Box::new(NetworkView {
+                    obj,
+                    admin: caller.is_admin,
+                }) as Listed
+            })
             .collect())
     }
 

@@ -6,13 +6,16 @@ use std::net::IpAddr;
 
 use isthmus_model::addr::{from_u128, to_u128, IpVersion};
 use isthmus_model::input::Method;
-use isthmus_model::port::{AddressPair, AddressPairRequest, Binding, FixedIp, FixedIpRequest};
+use isthmus_model::port::{
+    AddressPair, AddressPairRequest, Binding, FixedIp, FixedIpRequest, PortView,
+};
 use isthmus_model::{ipam, mac, Caller, Error, Network, Port, PortRequest, Result, Subnet};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
 use super::{
-    check_revision, encode, new_id, now, store_error, Attempt, IpReservation, Object, Service,
+    check_revision, encode, new_id, now, store_error, Attempt, IpReservation, Listed, Object,
+    Service,
 };
 use crate::keys;
 
@@ -390,13 +393,18 @@ impl Service {
         Ok(self.owned_port(caller, id).await?.0.render(caller))
     }
 
-    pub(crate) async fn list_ports(&self, caller: &Caller) -> Result<Vec<Object>> {
+    pub(crate) async fn list_ports(&self, caller: &Caller) -> Result<Vec<Listed>> {
         Ok(self
             .load_all::<Port>(keys::PORTS)
             .await?
             .into_iter()
             .filter(|(p, _)| caller.owns(&p.meta.project_id))
-            .map(|(p, _)| p.render(caller))
+            .map(|(obj, _)| {
+                Box::new(PortView {
+                    obj,
+                    admin: caller.is_admin,
+                }) as Listed
+            })
             .collect())
     }
 

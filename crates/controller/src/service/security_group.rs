@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 
-use isthmus_model::security_group::{default_egress_rules, default_ingress_rules};
+use isthmus_model::security_group::{
+    default_egress_rules, default_ingress_rules, GroupView, RuleView,
+};
 use isthmus_model::{Caller, Error, Result, SecurityGroup, SecurityGroupRule};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
-use super::{check_revision, encode, new_id, now, store_error, Attempt, Object, Service};
+use super::{check_revision, encode, new_id, now, store_error, Attempt, Listed, Object, Service};
 use crate::keys;
 
 impl Service {
@@ -143,7 +145,7 @@ impl Service {
         self.render_group(&group).await
     }
 
-    pub(crate) async fn list_security_groups(&self, caller: &Caller) -> Result<Vec<Object>> {
+    pub(crate) async fn list_security_groups(&self, caller: &Caller) -> Result<Vec<Listed>> {
         // Neutron creates the caller's default group when it first lists groups.
         self.ensure_default_group(&caller.project_id).await?;
         let groups = self
@@ -162,12 +164,9 @@ impl Service {
         Ok(groups
             .into_iter()
             .filter(|(g, _)| caller.owns(&g.meta.project_id))
-            .map(|(g, _)| {
-                let own: Vec<&SecurityGroupRule> = rules
-                    .get(&g.meta.id)
-                    .map(|r| r.iter().collect())
-                    .unwrap_or_default();
-                g.render(&own)
+            .map(|(group, _)| {
+                let rules = rules.remove(&group.meta.id).unwrap_or_default();
+                Box::new(GroupView { group, rules }) as Listed
             })
             .collect())
     }
@@ -313,7 +312,7 @@ impl Service {
         Ok(rule.render(in_default))
     }
 
-    pub(crate) async fn list_security_group_rules(&self, caller: &Caller) -> Result<Vec<Object>> {
+    pub(crate) async fn list_security_group_rules(&self, caller: &Caller) -> Result<Vec<Listed>> {
         self.ensure_default_group(&caller.project_id).await?;
         let defaults: std::collections::HashSet<String> = self
             .load_all::<SecurityGroup>(keys::SECURITY_GROUPS)
@@ -327,7 +326,13 @@ impl Service {
             .await?
             .into_iter()
             .filter(|(r, _)| caller.owns(&r.meta.project_id))
-            .map(|(r, _)| r.render(defaults.contains(&r.security_group_id)))
+            .map(|(rule, _)| {
+                let in_default_group = defaults.contains(&rule.security_group_id);
+                Box::new(RuleView {
+                    rule,
+                    in_default_group,
+                }) as Listed
+            })
             .collect())
     }
 

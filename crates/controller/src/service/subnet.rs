@@ -4,7 +4,7 @@ use isthmus_model::{Caller, Error, Network, Result, Subnet};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
-use super::{check_revision, encode, new_id, now, Attempt, Object, Service};
+use super::{check_revision, encode, new_id, now, Attempt, Listed, Object, Service};
 use crate::keys;
 
 impl Service {
@@ -69,10 +69,13 @@ impl Service {
         Ok(self.visible_subnet(caller, id).await?.0.render())
     }
 
-    pub(crate) async fn list_subnets(&self, caller: &Caller) -> Result<Vec<Object>> {
+    pub(crate) async fn list_subnets(&self, caller: &Caller) -> Result<Vec<Listed>> {
         let subnets = self.load_all::<Subnet>(keys::SUBNETS).await?;
         if caller.is_admin {
-            return Ok(subnets.into_iter().map(|(s, _)| s.render()).collect());
+            return Ok(subnets
+                .into_iter()
+                .map(|(s, _)| Box::new(s) as Listed)
+                .collect());
         }
         let visible_networks: std::collections::HashSet<String> = self
             .load_all::<Network>(keys::NETWORKS)
@@ -86,7 +89,7 @@ impl Service {
             .filter(|(s, _)| {
                 caller.owns(&s.meta.project_id) || visible_networks.contains(&s.network_id)
             })
-            .map(|(s, _)| s.render())
+            .map(|(s, _)| Box::new(s) as Listed)
             .collect())
     }
 
