@@ -198,6 +198,15 @@ impl Store for EmbeddedStore {
         Ok(self.engine.range(prefix))
     }
 
+    async fn range_from(
+        &self,
+        prefix: &str,
+        from_key: &str,
+        limit: usize,
+    ) -> Result<RangeResult, StoreError> {
+        Ok(self.engine.range_from(prefix, from_key, limit))
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests

@@ -105,6 +105,22 @@ impl Engine {
         }
     }
 
+    pub fn range_from(&self, prefix: &str, from_key: &str, limit: usize) -> RangeResult {
+        let state = self.read();
+        let start = if from_key > prefix { from_key } else { prefix };
+        let kvs = state
+            .map
+            .range::<str, _>((Bound::Included(start), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, e)| to_kv(k, e))
+            .collect();
+        RangeResult {
+            kvs,
+            revision: state.revision,
+        }
+    }
+
     pub fn revision(&self) -> u64 {
         self.read().revision
     }

@@ -97,6 +97,33 @@ impl Store for EtcdStore {
         })
     }
 
+    async fn range_from(
+        &self,
+        prefix: &str,
+        from_key: &str,
+        limit: usize,
+    ) -> Result<RangeResult, StoreError> {
+        let mut client = self.client.kv_client();
+        let start = self.full(if from_key > prefix { from_key } else { prefix });
+        let end = prefix_end(&self.full(prefix));
+        let response = client
+            .get(
+                start,
+                Some(GetOptions::new().with_range(end).with_limit(limit as i64)),
+            )
+            .await
+            .map_err(backend)?;
+        let kvs = response
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<_, _>>()?;
+        Ok(RangeResult {
+            kvs,
+            revision: revision_of(response.header()),
+        })
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
         let compares: Vec<EtcdCompare> = txn
             .compares

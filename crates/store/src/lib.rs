@@ -215,6 +215,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
     /// Reads every key under `prefix`, in key order, with the revision of the read.
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError>;
+    /// Reads at most `limit` keys under `prefix` that are >= `from_key`, in key order (a page
+    /// of a large range).
+    async fn range_from(
+        &self,
+        prefix: &str,
+        from_key: &str,
+        limit: usize,
+    ) -> Result<RangeResult, StoreError>;
     /// Applies a compare-and-swap transaction.
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError>;
     /// Streams every event under `prefix` with revision > `after_revision`.

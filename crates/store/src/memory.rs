@@ -9,7 +9,7 @@ use crate::engine::Engine;
 use crate::{KeyValue, RangeResult, Store, StoreError, Txn, TxnResult, WatchStream};
 
 /// Default number of revisions kept for watchers.
-pub(crate) const DEFAULT_HISTORY: usize = 50_000;
+pub(crate) const DEFAULT_HISTORY: usize = 10_000;
 
 /// A volatile store with the same semantics as the durable ones.
 #[derive(Debug)]
@@ -47,6 +47,15 @@ impl Store for MemoryStore {
 
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
         Ok(self.engine.range(prefix))
+    }
+
+    async fn range_from(
+        &self,
+        prefix: &str,
+        from_key: &str,
+        limit: usize,
+    ) -> Result<RangeResult, StoreError> {
+        Ok(self.engine.range_from(prefix, from_key, limit))
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {

@@ -87,6 +87,26 @@ async fn basic_get_put_range(store: Arc<dyn Store>) {
     assert_eq!(keys, ["/t/a", "/t/b", "/t/c"]);
     assert_eq!(range.revision, store.revision().await.unwrap());
 
+    // Pages of a range.
+    let page = store.range_from("/t/", "/t/b", 1).await.unwrap();
+    assert_eq!(
+        page.kvs
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect::<Vec<_>>(),
+        ["/t/b"]
+    );
+    let page = store.range_from("/t/", "/t/bb", 10).await.unwrap();
+    assert_eq!(
+        page.kvs
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect::<Vec<_>>(),
+        ["/t/c"]
+    );
+    let page = store.range_from("/t/", "", 2).await.unwrap();
+    assert_eq!(page.kvs.len(), 2);
+
     // Prefix-empty compare.
     let not_empty = store
         .txn(

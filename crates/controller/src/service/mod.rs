@@ -145,6 +145,10 @@ pub struct Service {
     config: Config,
     reserved_ips: Mutex<HashMap<String, BTreeSet<u128>>>,
     reserved_vnis: Mutex<BTreeSet<u32>>,
+    /// Per subnet: every address below this one is claimed in the store (as far as this
+    /// controller knows; releases by another controller are not seen, which can only make
+    /// allocation skip a freed low address, never hand out a taken one).
+    low_water: Mutex<HashMap<String, u128>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -276,6 +280,7 @@ impl Service {
             config,
             reserved_ips: Mutex::new(HashMap::new()),
             reserved_vnis: Mutex::new(BTreeSet::new()),
+            low_water: Mutex::new(HashMap::new()),
         }
     }
 
@@ -379,6 +384,32 @@ impl Service {
             reserved.remove(subnet_id);
         }
         chosen
+    }
+
+    pub(crate) fn low_water(&self, subnet_id: &str) -> u128 {
+        let marks = self.low_water.lock().unwrap_or_else(|e| e.into_inner());
+        marks.get(subnet_id).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn raise_low_water(&self, subnet_id: &str, to: u128) {
+        let mut marks = self.low_water.lock().unwrap_or_else(|e| e.into_inner());
+        let mark = marks.entry(subnet_id.to_owned()).or_insert(0);
+        *mark = (*mark).max(to);
+    }
+
+    pub(crate) fn lower_low_water(&self, subnet_id: &str, to: u128) {
+        let mut marks = self.low_water.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mark) = marks.get_mut(subnet_id) {
+            *mark = (*mark).min(to);
+        }
+    }
+
+    /// Forgets a subnet's low-water mark (its pools changed or it is gone).
+    pub(crate) fn reset_low_water(&self, subnet_id: &str) {
+        self.low_water
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(subnet_id);
     }
 
     pub(crate) fn reservation(&self) -> IpReservation<'_> {

@@ -65,40 +65,77 @@ impl Service {
         }
     }
 
-    /// Addresses claimed in a subnet.
-    async fn claimed(&self, subnet_id: &str) -> Result<BTreeSet<u128>> {
-        let range = self
-            .store
-            .range(&keys::ipam_prefix(subnet_id))
-            .await
-            .map_err(store_error)?;
-        Ok(range
-            .kvs
-            .iter()
-            .filter_map(|kv| isthmus_model::addr::from_sortable_key(keys::last_segment(&kv.key)))
-            .map(to_u128)
-            .collect())
-    }
-
-    /// Picks the lowest free pool address of `subnet`, holding it in-process.
+    /// The lowest address of `subnet`'s pools that is neither claimed in the store nor held by
+    /// another in-flight request of this controller, held in-process on return.
+    ///
+    /// Claims are read page by page from the subnet's low-water mark (every address below it
+    /// is claimed), so an allocation reads a few keys however full the subnet is.
     async fn allocate(
         &self,
         subnet: &Subnet,
         reservation: &mut IpReservation<'_>,
         taken_here: &[FixedIp],
     ) -> Result<std::result::Result<IpAddr, Shortage>> {
-        let mut claimed = self.claimed(&subnet.meta.id).await?;
-        claimed.extend(taken_here.iter().map(|f| to_u128(f.ip_address)));
+        const PAGE: usize = 256;
+        let id = &subnet.meta.id;
         let version = subnet.version();
-        let chosen = self.reserve_ip(reservation, &subnet.meta.id, |held| {
-            let mut used = claimed;
-            used.extend(held.iter().copied());
-            ipam::lowest_free(&subnet.allocation_pools, &used).map(to_u128)
-        });
-        Ok(match chosen {
-            Some(n) => Ok(from_u128(version, n)),
-            None if self.has_reservations(&subnet.meta.id) => Err(Shortage::Busy),
-            None => Err(Shortage::Exhausted),
+        let prefix = keys::ipam_prefix(id);
+        let mut pools = subnet.allocation_pools.clone();
+        pools.sort_by_key(|p| p.first());
+        let mut low_water = self.low_water(id);
+        for pool in &pools {
+            let mut candidate = pool.first().max(low_water);
+            while candidate <= pool.last() {
+                let from = keys::ipam(id, from_u128(version, candidate));
+                let page = self
+                    .store
+                    .range_from(&prefix, &from, PAGE)
+                    .await
+                    .map_err(store_error)?;
+                let mut claimed: BTreeSet<u128> = page
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| {
+                        isthmus_model::addr::from_sortable_key(keys::last_segment(&kv.key))
+                    })
+                    .map(to_u128)
+                    .collect();
+                let page_end = if page.kvs.len() < PAGE {
+                    pool.last()
+                } else {
+                    claimed
+                        .last()
+                        .copied()
+                        .unwrap_or(pool.last())
+                        .min(pool.last())
+                };
+                // Everything up to the first address the store has not claimed is taken for
+                // good (until a release lowers the mark again).
+                let mut first_unclaimed = candidate;
+                while first_unclaimed <= page_end && claimed.contains(&first_unclaimed) {
+                    first_unclaimed += 1;
+                }
+                if candidate == low_water.max(pool.first()) {
+                    low_water = first_unclaimed;
+                    self.raise_low_water(id, first_unclaimed);
+                }
+                claimed.extend(taken_here.iter().map(|f| to_u128(f.ip_address)));
+                let chosen = self.reserve_ip(reservation, id, |held| {
+                    (first_unclaimed..=page_end).find(|c| !claimed.contains(c) && !held.contains(c))
+                });
+                if let Some(n) = chosen {
+                    return Ok(Ok(from_u128(version, n)));
+                }
+                if page_end == u128::MAX {
+                    break;
+                }
+                candidate = page_end + 1;
+            }
+        }
+        Ok(if self.has_reservations(id) {
+            Err(Shortage::Busy)
+        } else {
+            Err(Shortage::Exhausted)
         })
     }
 
@@ -539,6 +576,9 @@ impl Service {
             port.meta.touch(&now());
             txn = txn.then(Op::put(keys::port(id), encode(&port)?));
             if self.commit(txn).await? {
+                for released in old.fixed_ips.iter().filter(|f| !port.fixed_ips.contains(f)) {
+                    self.lower_low_water(&released.subnet_id, to_u128(released.ip_address));
+                }
                 return Ok(Attempt::Done(port.render(caller)));
             }
             drop(reservation);
@@ -571,11 +611,13 @@ impl Service {
             for g in &port.security_groups {
                 txn = txn.then(Op::delete(keys::group_port(g, id)));
             }
-            Ok(if self.commit(txn).await? {
-                Attempt::Done(())
-            } else {
-                Attempt::Retry
-            })
+            if !self.commit(txn).await? {
+                return Ok(Attempt::Retry);
+            }
+            for released in &port.fixed_ips {
+                self.lower_low_water(&released.subnet_id, to_u128(released.ip_address));
+            }
+            Ok(Attempt::Done(()))
         })
         .await
     }

@@ -126,6 +126,7 @@ impl Service {
                 }
                 txn = txn.then(Op::put(keys::subnet(id), encode(&subnet)?));
                 Ok(if self.commit(txn).await? {
+                    self.reset_low_water(id);
                     Attempt::Done(subnet.render())
                 } else {
                     Attempt::Retry
@@ -158,6 +159,7 @@ impl Service {
                 .then(Op::delete(keys::subnet(id)))
                 .then(Op::put(keys::network(&network.meta.id), encode(&network)?));
             if self.commit(txn).await? {
+                self.reset_low_water(id);
                 return Ok(Attempt::Done(()));
             }
             if !self.index(&claims).await?.is_empty() {
