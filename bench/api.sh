@@ -33,10 +33,12 @@ list_ms() {  # median of 9 full GETs of the network's ports, in ms
     done | sort -n | sed -n 5p | awk '{printf "%.1f", $1 * 1000}'
 }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status"; }
+peak_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status"; }
 
 net=$(python3 bench/mkports.py --endpoint "$ep" --ports 10000)
 echo "list 10,000 ports (one GET, median of 9): $(list_ms "$net") ms   [Neutron 29: 1334-1707 ms for 2,000]"
 echo "controller RSS at 10,000 ports: $(rss_mb) MB"
 python3 bench/mkports.py --endpoint "$ep" --ports 90000 --network "$net" >/dev/null
+echo "controller RSS at 100,000 ports (steady, after creation): $(rss_mb) MB   [Neutron 29: 460 MB at 2,000; target < 300 MB]"
 echo "list 100,000 ports (one GET, median of 9): $(list_ms "$net") ms"
-echo "controller RSS at 100,000 ports: $(rss_mb) MB   [Neutron 29: 460 MB at 2,000; target < 300 MB]"
+echo "controller RSS after listing 100,000 ports: $(rss_mb) MB (peak $(peak_mb) MB)"

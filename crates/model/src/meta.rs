@@ -40,10 +40,13 @@ pub struct Meta {
     /// Owning project.
     pub project_id: String,
     /// Name (may be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// Description (may be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// Tags, kept sorted and unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// Bumped on every change.
     pub revision_number: u64,

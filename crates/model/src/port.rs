@@ -119,8 +119,10 @@ pub struct DnsAssignment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Binding {
     /// Node name; empty when unbound.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host_id: String,
     /// Free-form profile.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub profile: Map<String, Value>,
     /// Always `normal` (a tap or veth on a bridge).
     pub vnic_type: String,
@@ -158,19 +160,24 @@ pub struct Port {
     /// Addresses.
     pub fixed_ips: Vec<FixedIp>,
     /// Owner device (VM uuid, pod uid, router id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub device_id: String,
     /// Owner kind (`compute:nova`, `compute:kubernetes`, `network:...`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub device_owner: String,
     /// Security group ids.
     pub security_groups: Vec<String>,
     /// Anti-spoofing and security groups on or off.
     pub port_security_enabled: bool,
     /// Extra addresses the port may use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_address_pairs: Vec<AddressPair>,
     /// DNS host name (may be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dns_name: String,
-    /// Names of each address.
-    pub dns_assignment: Vec<DnsAssignment>,
+    /// DNS domain the port's names are in (fixed when the port was last written, as Neutron
+    /// does); `dns_assignment` derives from it.
+    pub dns_domain: String,
     /// Binding.
     pub binding: Binding,
     /// `DOWN` until the node's agent reports it `ACTIVE`.
@@ -462,10 +469,9 @@ impl Port {
         }
     }
 
-    /// Recomputes `dns_assignment` for the current addresses; `domain` ends with a dot.
-    pub fn assign_dns(&mut self, domain: &str) {
-        self.dns_assignment = self
-            .fixed_ips
+    /// `dns_assignment`: a name for each address, in the port's DNS domain.
+    pub fn dns_assignment(&self) -> Vec<DnsAssignment> {
+        self.fixed_ips
             .iter()
             .map(|f| {
                 let hostname = if self.dns_name.is_empty() {
@@ -476,7 +482,7 @@ impl Port {
                 let fqdn = if self.dns_name.ends_with('.') {
                     self.dns_name.clone()
                 } else {
-                    format!("{hostname}.{domain}")
+                    format!("{hostname}.{}", self.dns_domain)
                 };
                 DnsAssignment {
                     hostname,
@@ -484,7 +490,7 @@ impl Port {
                     fqdn,
                 }
             })
-            .collect();
+            .collect()
     }
 
     /// The Neutron wire object as `caller` may see it (`binding:*` for admins only).
@@ -523,7 +529,7 @@ impl<B: std::borrow::Borrow<Port>> Wire for PortView<B> {
             "port_security_enabled" => json!(p.port_security_enabled),
             "allowed_address_pairs" => json!(p.allowed_address_pairs),
             "dns_name" => json!(p.dns_name),
-            "dns_assignment" => json!(p.dns_assignment),
+            "dns_assignment" => json!(p.dns_assignment()),
             "status" => json!(p.status),
             "extra_dhcp_opts" => json!([]),
             "ip_allocation" => json!("immediate"),
@@ -621,15 +627,13 @@ mod tests {
             port_security_enabled: true,
             allowed_address_pairs: vec![],
             dns_name: "hello".into(),
-            dns_assignment: vec![],
+            dns_domain: "openstack.local.".into(),
             binding: Binding::default(),
             status: "DOWN".into(),
         };
-        port.assign_dns("openstack.local.");
-        assert_eq!(port.dns_assignment[0].fqdn, "hello.openstack.local.");
+        assert_eq!(port.dns_assignment()[0].fqdn, "hello.openstack.local.");
         port.dns_name.clear();
-        port.assign_dns("openstack.local.");
-        assert_eq!(port.dns_assignment[0].hostname, "host-10-0-0-3");
+        assert_eq!(port.dns_assignment()[0].hostname, "host-10-0-0-3");
         assert_eq!(port.tap_name(), "tap0123456789a");
         let admin = Caller {
             project_id: "x".into(),

@@ -365,7 +365,7 @@ impl Service {
             meta.name = req.name.clone().unwrap_or_default();
             meta.description = req.description.clone().unwrap_or_default();
             meta.tags = req.tags.clone().unwrap_or_default();
-            let mut port = Port {
+            let port = Port {
                 meta,
                 network_id: network.meta.id.clone(),
                 admin_state_up: req.admin_state_up.unwrap_or(true),
@@ -380,7 +380,7 @@ impl Service {
                 security_groups: group_ids.clone(),
                 port_security_enabled: port_security,
                 dns_name: req.dns_name.clone().unwrap_or_default(),
-                dns_assignment: Vec::new(),
+                dns_domain: self.dns_domain_of(&network).to_owned(),
                 binding: Binding {
                     host_id: req.host_id.clone().unwrap_or_default(),
                     profile: req.profile.clone().unwrap_or_default(),
@@ -388,7 +388,6 @@ impl Service {
                 },
                 status: "DOWN".to_owned(),
             };
-            port.assign_dns(self.dns_domain_of(&network));
 
             let mut txn = Txn::new()
                 .when(Compare::mod_revision(keys::network(&network.meta.id), net_rev))
@@ -572,7 +571,7 @@ impl Service {
                     claims = plan.claims;
                 }
             }
-            port.assign_dns(self.dns_domain_of(&network));
+            port.dns_domain = self.dns_domain_of(&network).to_owned();
             port.meta.touch(&now());
             txn = txn.then(Op::put(keys::port(id), encode(&port)?));
             if self.commit(txn).await? {
