@@ -9,7 +9,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use isthmus_model::input::parse_json;
 use isthmus_model::query::ListQuery;
@@ -72,6 +72,7 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),
     ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
     ("revision-if-match", "If-Match constraints based on revision_number", "Extension indicating that If-Match based on revision_number is supported."),
+    ("agent", "agent", "The agent management extension."),
     ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
     ("filter-validation", "Filter parameters validation", "Provides validation on filtering parameters."),
     ("ip-substring-filtering", "IP address substring filtering", "Provides IP address substring filtering when listing ports"),
@@ -100,6 +101,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v2.0/{collection}/{id}/tags/{tag}",
             get(check_tag).put(add_tag).delete(remove_tag),
         )
+        .route("/v2.0/agents", get(list_agents))
+        .route("/v2.0/agents/{id}", get(show_agent))
+        .route("/isthmus/v1/nodes", get(list_nodes).post(register_node))
+        .route(
+            "/isthmus/v1/nodes/{name}",
+            get(show_node).delete(delete_node),
+        )
+        .route("/isthmus/v1/nodes/{name}/heartbeat", put(heartbeat))
+        .route("/isthmus/v1/ports/{id}/status", put(port_status))
+        .route("/isthmus/v1/watch", get(watch))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(Error::PathNotFound) })
@@ -517,4 +528,131 @@ async fn remove_tag(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_agents(State(state): Shared, headers: HeaderMap) -> ApiResult {
+    let agents = state
+        .service
+        .list_nodes(&noauth_caller(&headers), true)
+        .await?;
+    Ok(Json(json!({ "agents": agents })).into_response())
+}
+
+async fn show_agent(State(state): Shared, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    let agent = state
+        .service
+        .show_agent(&noauth_caller(&headers), &id)
+        .await?;
+    Ok(Json(json!({ "agent": agent })).into_response())
+}
+
+async fn list_nodes(State(state): Shared, headers: HeaderMap) -> ApiResult {
+    let nodes = state
+        .service
+        .list_nodes(&noauth_caller(&headers), false)
+        .await?;
+    Ok(Json(json!({ "nodes": nodes })).into_response())
+}
+
+async fn register_node(State(state): Shared, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let (created, node) = state
+        .service
+        .register_node(&noauth_caller(&headers), parse_json(&body)?)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "node": node }))).into_response())
+}
+
+async fn show_node(
+    State(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let node = state
+        .service
+        .show_node(&noauth_caller(&headers), &name)
+        .await?;
+    Ok(Json(json!({ "node": node })).into_response())
+}
+
+async fn delete_node(
+    State(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    state
+        .service
+        .delete_node(&noauth_caller(&headers), &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn heartbeat(
+    State(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    state
+        .service
+        .heartbeat(&noauth_caller(&headers), &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn port_status(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let port = state
+        .service
+        .set_port_status(&noauth_caller(&headers), &id, parse_json(&body)?)
+        .await?;
+    Ok(Json(json!({ "port": port })).into_response())
+}
+
+async fn watch(State(state): Shared, RawQuery(raw): RawQuery, headers: HeaderMap) -> ApiResult {
+    let caller = noauth_caller(&headers);
+    caller.require_admin("watch")?;
+    let pairs = query_pairs(raw.as_deref());
+    let param = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let node = param("node")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError(Error::BadRequest(
+                "the 'node' query parameter is required".into(),
+            ))
+        })?
+        .to_owned();
+    let from = param("from")
+        .map(|f| {
+            f.parse::<u64>().map_err(|_| {
+                ApiError(Error::BadRequest(format!(
+                    "'from' must be a revision, not '{f}'"
+                )))
+            })
+        })
+        .transpose()?;
+    let lines = crate::watch::start(state.service.clone(), node, from).await?;
+    let stream = futures_util::stream::unfold(lines, |mut lines| async move {
+        lines
+            .recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), lines))
+    });
+    Ok((
+        [("content-type", "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }

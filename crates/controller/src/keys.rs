@@ -106,3 +106,9 @@ pub fn remote_rule(group_id: &str, rule_id: &str) -> String {
 pub fn last_segment(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
+
+/// Last heartbeat of a node (value: unix seconds), kept apart from the node so heartbeats do
+/// not wake every watcher.
+pub fn heartbeat(name: &str) -> String {
+    format!("/isthmus/heartbeats/{name}")
+}

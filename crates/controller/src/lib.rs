@@ -5,6 +5,7 @@ pub mod auth;
 pub mod keys;
 pub mod metrics;
 pub mod service;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,11 +9,13 @@ pub mod ipam;
 pub mod mac;
 pub mod meta;
 pub mod network;
+pub mod node;
 pub mod port;
 pub mod query;
 pub mod security_group;
 pub mod subnet;
 pub mod time;
+pub mod view;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -3,6 +3,7 @@
 //! retrying from a fresh read when another writer got there first.
 
 mod network;
+mod node;
 mod port;
 mod security_group;
 mod subnet;

@@ -1,0 +1,204 @@
+//! Nodes: agent registration, heartbeats, their Neutron `agents` view, and port status
+//! reports from agents.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use isthmus_model::node::{Node, Registration, AGENT_DOWN_SECONDS};
+use isthmus_model::{Caller, Error, Port, Result};
+use isthmus_store::{Compare, Op, Txn};
+use serde_json::Value;
+
+use super::{encode, new_id, now, store_error, Attempt, Object, Service};
+use crate::keys;
+
+/// Port states an agent may report.
+const PORT_STATES: &[&str] = &["ACTIVE", "DOWN", "ERROR", "BUILD"];
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Service {
+    async fn load_node(&self, name: &str) -> Result<Option<(Node, u64)>> {
+        let key = keys::node(name);
+        match self.store.get(&key).await.map_err(store_error)? {
+            None => Ok(None),
+            Some(kv) => serde_json::from_slice(&kv.value)
+                .map(|n| Some((n, kv.mod_revision)))
+                .map_err(|e| Error::Internal(format!("corrupt record {key}: {e}"))),
+        }
+    }
+
+    /// A registered node, or 404 `NodeNotFound`.
+    pub async fn must_load_node(&self, name: &str) -> Result<Node> {
+        self.load_node(name)
+            .await?
+            .map(|(n, _)| n)
+            .ok_or_else(|| Error::not_found("Node", name))
+    }
+
+    /// When the node last sent a heartbeat (unix seconds).
+    async fn heartbeat_of(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self
+            .store
+            .get(&keys::heartbeat(name))
+            .await
+            .map_err(store_error)?
+            .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok()))
+    }
+
+    async fn liveness(&self, name: &str) -> Result<(bool, Option<String>)> {
+        let beat = self.heartbeat_of(name).await?;
+        let alive = beat.is_some_and(|b| unix_now().saturating_sub(b) <= AGENT_DOWN_SECONDS);
+        Ok((alive, beat.map(isthmus_model::time::rfc3339)))
+    }
+
+    /// Registers (or re-registers, on agent restart) a node; returns whether it is new.
+    pub async fn register_node(&self, caller: &Caller, body: Value) -> Result<(bool, Object)> {
+        caller.require_admin("create_node")?;
+        let reg = Registration::parse(body)?;
+        let (created, node) = self
+            .retry(|| async {
+                let stamp = now();
+                let existing = self.load_node(&reg.name).await?;
+                let (node, compare, created) = match existing {
+                    Some((old, rev)) => (
+                        Node {
+                            tunnel_ip: reg.tunnel_ip,
+                            roles: reg.roles.clone(),
+                            physnets: reg.physnets.clone(),
+                            started_at: stamp,
+                            ..old
+                        },
+                        Compare::mod_revision(keys::node(&reg.name), rev),
+                        false,
+                    ),
+                    None => (
+                        Node {
+                            id: new_id(),
+                            name: reg.name.clone(),
+                            tunnel_ip: reg.tunnel_ip,
+                            roles: reg.roles.clone(),
+                            physnets: reg.physnets.clone(),
+                            created_at: stamp.clone(),
+                            started_at: stamp,
+                        },
+                        Compare::absent(keys::node(&reg.name)),
+                        true,
+                    ),
+                };
+                let txn = Txn::new()
+                    .when(compare)
+                    .then(Op::put(keys::node(&node.name), encode(&node)?))
+                    .then(Op::put(keys::heartbeat(&node.name), unix_now().to_string()));
+                Ok(if self.commit(txn).await? {
+                    Attempt::Done((created, node))
+                } else {
+                    Attempt::Retry
+                })
+            })
+            .await?;
+        let (alive, beat) = self.liveness(&node.name).await?;
+        Ok((created, node.render(alive, beat.as_deref())))
+    }
+
+    /// Records a heartbeat of a registered node.
+    pub async fn heartbeat(&self, caller: &Caller, name: &str) -> Result<()> {
+        caller.require_admin("update_node")?;
+        self.must_load_node(name).await?;
+        let txn = Txn::new().then(Op::put(keys::heartbeat(name), unix_now().to_string()));
+        self.commit(txn).await?;
+        Ok(())
+    }
+
+    /// Every node with its liveness.
+    pub async fn list_nodes(&self, caller: &Caller, as_agents: bool) -> Result<Vec<Object>> {
+        caller.require_admin(if as_agents { "get_agent" } else { "get_node" })?;
+        let range = self.store.range(keys::NODES).await.map_err(store_error)?;
+        let mut out = Vec::with_capacity(range.kvs.len());
+        for kv in &range.kvs {
+            let node: Node = serde_json::from_slice(&kv.value)
+                .map_err(|e| Error::Internal(format!("corrupt record {}: {e}", kv.key)))?;
+            let (alive, beat) = self.liveness(&node.name).await?;
+            out.push(if as_agents {
+                node.render_agent(alive, beat.as_deref())
+            } else {
+                node.render(alive, beat.as_deref())
+            });
+        }
+        Ok(out)
+    }
+
+    /// One node by name.
+    pub async fn show_node(&self, caller: &Caller, name: &str) -> Result<Object> {
+        caller.require_admin("get_node")?;
+        let node = self.must_load_node(name).await?;
+        let (alive, beat) = self.liveness(name).await?;
+        Ok(node.render(alive, beat.as_deref()))
+    }
+
+    /// One node as a Neutron agent, by agent id.
+    pub async fn show_agent(&self, caller: &Caller, id: &str) -> Result<Object> {
+        self.list_nodes(caller, true)
+            .await?
+            .into_iter()
+            .find(|a| a.get("id").and_then(Value::as_str) == Some(id))
+            .ok_or_else(|| Error::not_found("Agent", id))
+    }
+
+    /// Forgets a node (its ports stay bound to the name).
+    pub async fn delete_node(&self, caller: &Caller, name: &str) -> Result<()> {
+        caller.require_admin("delete_node")?;
+        self.must_load_node(name).await?;
+        let txn = Txn::new()
+            .then(Op::delete(keys::node(name)))
+            .then(Op::delete(keys::heartbeat(name)));
+        self.commit(txn).await?;
+        Ok(())
+    }
+
+    /// An agent reports a port's status: `{"status": "ACTIVE", "node": "<name>"}`. Only the
+    /// node the port is bound to may report.
+    pub async fn set_port_status(&self, caller: &Caller, id: &str, body: Value) -> Result<Object> {
+        caller.require_admin("update_port:status")?;
+        let status = body
+            .get("status")
+            .and_then(Value::as_str)
+            .filter(|s| PORT_STATES.contains(s))
+            .ok_or_else(|| {
+                Error::invalid_attr("status", format!("must be one of {PORT_STATES:?}"))
+            })?
+            .to_owned();
+        let node = body
+            .get("node")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid_attr("node", "the reporting node is required"))?
+            .to_owned();
+        self.retry(|| async {
+            let (mut port, rev) = self.must_load::<Port>(id).await?;
+            if port.binding.host_id != node {
+                return Err(Error::Conflict(format!(
+                    "Port {id} is bound to '{}', not to '{node}'",
+                    port.binding.host_id
+                )));
+            }
+            if port.status == status {
+                return Ok(Attempt::Done(port.render(caller)));
+            }
+            port.status = status.clone();
+            port.meta.touch(&now());
+            let txn = Txn::new()
+                .when(Compare::mod_revision(keys::port(id), rev))
+                .then(Op::put(keys::port(id), encode(&port)?));
+            Ok(if self.commit(txn).await? {
+                Attempt::Done(port.render(caller))
+            } else {
+                Attempt::Retry
+            })
+        })
+        .await
+    }
+}

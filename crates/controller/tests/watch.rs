@@ -1,0 +1,352 @@
+//! Nodes, agents, port status and the node watch stream.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use common::{fault, Api, As};
+use futures_util::StreamExt;
+use isthmus_store::MemoryStore;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// An open watch stream, read line by line.
+struct Watch {
+    body: axum::body::BodyDataStream,
+    buffer: Vec<u8>,
+}
+
+impl Watch {
+    async fn open(api: &Api, query: &str) -> Watch {
+        let req = Request::builder()
+            .uri(format!("/isthmus/v1/watch?{query}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = api.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+        Watch {
+            body: response.into_body().into_data_stream(),
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Value {
+        loop {
+            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+                return serde_json::from_slice(&line).unwrap();
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.body.next())
+                .await
+                .expect("no watch line within 10 s")
+                .expect("watch ended")
+                .unwrap();
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Lines until the next one of `kind`/`type` matches, skipping bookmarks.
+    async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let line = self.next().await;
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Every non-bookmark line until a synced bookmark.
+    async fn snapshot(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let line = self.next().await;
+            if line["type"] == "BOOKMARK" && line["synced"] == true {
+                return out;
+            }
+            out.push(line);
+        }
+    }
+}
+
+fn kinds(lines: &[Value], ty: &str) -> Vec<String> {
+    let mut k: Vec<String> = lines
+        .iter()
+        .filter(|l| l["type"] == ty)
+        .map(|l| l["kind"].as_str().unwrap().to_owned())
+        .collect();
+    k.sort();
+    k
+}
+
+async fn register(api: &Api, name: &str, ip: &str) -> (u16, Value) {
+    api.call(
+        As::Anonymous,
+        "POST",
+        "/isthmus/v1/nodes",
+        Some(json!({"node": {"name": name, "tunnel_ip": ip, "roles": ["compute"], "physnets": {"public": "eth1"}}})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn nodes_register_and_appear_as_agents() {
+    let api = Api::memory();
+    let (s, v) = register(&api, "node1", "10.0.0.11").await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["node"]["alive"], true);
+    let (s, again) = register(&api, "node1", "10.0.0.12").await;
+    assert_eq!(s, 200, "re-registration updates");
+    assert_eq!(
+        again["node"]["id"], v["node"]["id"],
+        "the agent id is stable"
+    );
+    assert_eq!(again["node"]["tunnel_ip"], "10.0.0.12");
+    let (s, _) = api
+        .call(
+            As::Anonymous,
+            "PUT",
+            "/isthmus/v1/nodes/node1/heartbeat",
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, v) = api
+        .call(
+            As::Anonymous,
+            "PUT",
+            "/isthmus/v1/nodes/ghost/heartbeat",
+            None,
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (404, "NodeNotFound"));
+    let (_, agents) = api.call(As::Anonymous, "GET", "/v2.0/agents", None).await;
+    let agent = &agents["agents"][0];
+    assert_eq!(agent["host"], "node1");
+    assert_eq!(agent["alive"], true);
+    assert_eq!(agent["configurations"]["tunneling_ip"], "10.0.0.12");
+    let (s, _) = api
+        .call(
+            As::Anonymous,
+            "GET",
+            &format!("/v2.0/agents/{}", agent["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = api.call(As::Member("p"), "GET", "/v2.0/agents", None).await;
+    assert_eq!((s, fault(&v)), (403, "PolicyNotAuthorized"));
+    let (s, _) = api
+        .call(
+            As::Anonymous,
+            "POST",
+            "/isthmus/v1/nodes",
+            Some(json!({"node": {"name": "bad name", "tunnel_ip": "10.0.0.1"}})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = api
+        .call(As::Anonymous, "DELETE", "/isthmus/v1/nodes/node1", None)
+        .await;
+    assert_eq!(s, 204);
+    let (_, agents) = api.call(As::Anonymous, "GET", "/v2.0/agents", None).await;
+    assert_eq!(agents["agents"], json!([]));
+}
+
+#[tokio::test]
+async fn watch_streams_exactly_the_nodes_view() {
+    let api = Api::memory();
+    register(&api, "node1", "10.0.0.11").await;
+    register(&api, "node2", "10.0.0.12").await;
+    let (s, v) = api
+        .call(As::Anonymous, "GET", "/isthmus/v1/watch", None)
+        .await;
+    assert_eq!((s, fault(&v)), (400, "HTTPBadRequest"));
+    let (s, v) = api
+        .call(As::Anonymous, "GET", "/isthmus/v1/watch?node=ghost", None)
+        .await;
+    assert_eq!((s, fault(&v)), (404, "NodeNotFound"));
+
+    let mut w = Watch::open(&api, "node=node1").await;
+    let snapshot = w.snapshot().await;
+    assert_eq!(
+        kinds(&snapshot, "ADDED"),
+        ["node", "node"],
+        "a fresh node sees only the nodes"
+    );
+
+    let (net_a, _) = api.network_with_subnet(As::Anonymous, "10.10.0.0/24").await;
+    let (net_b, _) = api.network_with_subnet(As::Anonymous, "10.20.0.0/24").await;
+    // A port on net-b bound to node2, in no security group, is none of node1's business.
+    // (Members of a group node1's rules name as remote would be: their addresses fill sets.)
+    api.create(
+        As::Anonymous,
+        "ports",
+        "port",
+        json!({"network_id": net_b, "binding:host_id": "node2", "port_security_enabled": false}),
+    )
+    .await;
+    // The first local port brings its network, subnet, group and itself.
+    let local = api
+        .create(
+            As::Anonymous,
+            "ports",
+            "port",
+            json!({"network_id": net_a, "binding:host_id": "node1"}),
+        )
+        .await;
+    let local_id = local["id"].as_str().unwrap();
+    let mut added = Vec::new();
+    while added.len() < 4 {
+        let line = w.next().await;
+        if line["type"] == "BOOKMARK" {
+            continue;
+        }
+        assert_eq!(line["type"], "ADDED", "{line}");
+        assert_ne!(
+            line["object"]["network_id"],
+            json!(net_b),
+            "a net-b object leaked: {line}"
+        );
+        added.push(line);
+    }
+    assert_eq!(
+        kinds(&added, "ADDED"),
+        ["network", "port", "security_group", "subnet"]
+    );
+    let group = added
+        .iter()
+        .find(|l| l["kind"] == "security_group")
+        .unwrap();
+    assert_eq!(
+        group["object"]["security_group_rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let port = added.iter().find(|l| l["kind"] == "port").unwrap();
+    assert_eq!(port["object"]["binding:host_id"], "node1");
+
+    // A remote port on the same network is needed for forwarding entries.
+    let remote = api
+        .create(
+            As::Anonymous,
+            "ports",
+            "port",
+            json!({"network_id": net_a, "binding:host_id": "node2"}),
+        )
+        .await;
+    let line = w.until(|l| l["type"] != "BOOKMARK").await;
+    assert_eq!(
+        (line["type"].as_str(), line["kind"].as_str()),
+        (Some("ADDED"), Some("port"))
+    );
+    assert_eq!(line["object"]["id"], remote["id"]);
+
+    // Status reports come back as modifications; only the bound node may report.
+    let (s, v) = api
+        .call(
+            As::Anonymous,
+            "PUT",
+            &format!("/isthmus/v1/ports/{local_id}/status"),
+            Some(json!({"status": "ACTIVE", "node": "node2"})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "Conflict"));
+    let (s, v) = api
+        .call(
+            As::Anonymous,
+            "PUT",
+            &format!("/isthmus/v1/ports/{local_id}/status"),
+            Some(json!({"status": "ACTIVE", "node": "node1"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["port"]["status"], "ACTIVE");
+    let line = w.until(|l| l["type"] != "BOOKMARK").await;
+    assert_eq!(line["type"], "MODIFIED");
+    assert_eq!(line["object"]["status"], "ACTIVE");
+
+    // A rule change reaches the node inside its group.
+    let group_id = group["object"]["id"].as_str().unwrap();
+    api.create(
+        As::Anonymous,
+        "security-group-rules",
+        "security_group_rule",
+        json!({"security_group_id": group_id, "direction": "ingress", "protocol": "icmp"}),
+    )
+    .await;
+    let line = w.until(|l| l["type"] != "BOOKMARK").await;
+    assert_eq!(
+        (line["type"].as_str(), line["kind"].as_str()),
+        (Some("MODIFIED"), Some("security_group"))
+    );
+    assert_eq!(
+        line["object"]["security_group_rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // The last local port leaves: everything but the nodes goes.
+    api.call(
+        As::Anonymous,
+        "DELETE",
+        &format!("/v2.0/ports/{local_id}"),
+        None,
+    )
+    .await;
+    let mut deleted = Vec::new();
+    while deleted.len() < 5 {
+        let line = w.until(|l| l["type"] != "BOOKMARK").await;
+        assert_eq!(line["type"], "DELETED", "{line}");
+        deleted.push(line);
+    }
+    assert_eq!(
+        kinds(&deleted, "DELETED"),
+        ["network", "port", "port", "security_group", "subnet"]
+    );
+
+    // A reconnect gets a consistent snapshot of the current view.
+    let mut again = Watch::open(&api, "node=node2").await;
+    let snap = again.snapshot().await;
+    assert_eq!(
+        kinds(&snap, "ADDED"),
+        [
+            "network",
+            "network",
+            "node",
+            "node",
+            "port",
+            "port",
+            "security_group",
+            "subnet",
+            "subnet"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn watch_tells_a_client_behind_compaction_to_relist() {
+    let api = Api::on(Arc::new(MemoryStore::with_history(4)));
+    register(&api, "node1", "10.0.0.11").await;
+    for i in 0..10 {
+        api.create(
+            As::Anonymous,
+            "networks",
+            "network",
+            json!({"name": format!("n{i}")}),
+        )
+        .await;
+    }
+    let mut w = Watch::open(&api, "node=node1&from=1").await;
+    let line = w.next().await;
+    assert_eq!(line["type"], "RELIST", "{line}");
+    let mut fresh = Watch::open(&api, "node=node1").await;
+    assert_eq!(kinds(&fresh.snapshot().await, "ADDED"), ["node"]);
+}

@@ -1,0 +1,434 @@
+//! What a node needs to know, computed from a mirror of the desired state.
+//!
+//! A node's view holds: every network with a port bound to the node, all ports and subnets of
+//! those networks (for forwarding entries), the security groups its ports use with the groups
+//! their rules name as remote and the member ports of those remote groups (for address sets),
+//! and every node (for tunnel endpoints).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::{Map, Value};
+
+use crate::network::NetworkView;
+use crate::node::Node;
+use crate::port::PortView;
+use crate::security_group::GroupView;
+use crate::wire::to_map;
+use crate::{Network, Port, SecurityGroup, SecurityGroupRule, Subnet};
+
+/// A desired-state object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    /// A network.
+    Network(Network),
+    /// A subnet.
+    Subnet(Subnet),
+    /// A port.
+    Port(Port),
+    /// A security group (its rules are separate objects).
+    SecurityGroup(SecurityGroup),
+    /// A security group rule.
+    SecurityGroupRule(SecurityGroupRule),
+    /// A node.
+    Node(Node),
+}
+
+/// Kinds of objects, as named on the watch stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    /// `network`.
+    Network,
+    /// `subnet`.
+    Subnet,
+    /// `port`.
+    Port,
+    /// `security_group` (with its rules).
+    SecurityGroup,
+    /// `security_group_rule` (sent inside their group).
+    SecurityGroupRule,
+    /// `node`.
+    Node,
+}
+
+impl ObjectKind {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Network => "network",
+            ObjectKind::Subnet => "subnet",
+            ObjectKind::Port => "port",
+            ObjectKind::SecurityGroup => "security_group",
+            ObjectKind::SecurityGroupRule => "security_group_rule",
+            ObjectKind::Node => "node",
+        }
+    }
+}
+
+/// (kind, id) of an object; nodes are keyed by name.
+pub type ObjectKey = (ObjectKind, String);
+
+impl Object {
+    /// Its key.
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::Network(n) => (ObjectKind::Network, n.meta.id.clone()),
+            Object::Subnet(s) => (ObjectKind::Subnet, s.meta.id.clone()),
+            Object::Port(p) => (ObjectKind::Port, p.meta.id.clone()),
+            Object::SecurityGroup(g) => (ObjectKind::SecurityGroup, g.meta.id.clone()),
+            Object::SecurityGroupRule(r) => (ObjectKind::SecurityGroupRule, r.meta.id.clone()),
+            Object::Node(n) => (ObjectKind::Node, n.name.clone()),
+        }
+    }
+}
+
+fn index_add(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    index
+        .entry(key.to_owned())
+        .or_default()
+        .insert(id.to_owned());
+}
+
+fn index_remove(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// All objects with their revisions, indexed for view computation.
+#[derive(Debug, Default)]
+pub struct Mirror {
+    objects: HashMap<ObjectKey, (Object, u64)>,
+    ports_by_host: HashMap<String, BTreeSet<String>>,
+    ports_by_network: HashMap<String, BTreeSet<String>>,
+    ports_by_group: HashMap<String, BTreeSet<String>>,
+    subnets_by_network: HashMap<String, BTreeSet<String>>,
+    rules_by_group: HashMap<String, BTreeSet<String>>,
+}
+
+impl Mirror {
+    /// An empty mirror.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The revision of the mirrored object, if any.
+    pub fn revision(&self, key: &ObjectKey) -> Option<u64> {
+        self.objects.get(key).map(|(_, r)| *r)
+    }
+
+    /// The mirrored object.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        self.objects.get(key).map(|(o, _)| o)
+    }
+
+    fn unindex(&mut self, object: &Object) {
+        match object {
+            Object::Port(p) => {
+                index_remove(&mut self.ports_by_host, &p.binding.host_id, &p.meta.id);
+                index_remove(&mut self.ports_by_network, &p.network_id, &p.meta.id);
+                for g in &p.security_groups {
+                    index_remove(&mut self.ports_by_group, g, &p.meta.id);
+                }
+            }
+            Object::Subnet(s) => {
+                index_remove(&mut self.subnets_by_network, &s.network_id, &s.meta.id)
+            }
+            Object::SecurityGroupRule(r) => {
+                index_remove(&mut self.rules_by_group, &r.security_group_id, &r.meta.id)
+            }
+            _ => {}
+        }
+    }
+
+    fn index(&mut self, object: &Object) {
+        match object {
+            Object::Port(p) => {
+                if !p.binding.host_id.is_empty() {
+                    index_add(&mut self.ports_by_host, &p.binding.host_id, &p.meta.id);
+                }
+                index_add(&mut self.ports_by_network, &p.network_id, &p.meta.id);
+                for g in &p.security_groups {
+                    index_add(&mut self.ports_by_group, g, &p.meta.id);
+                }
+            }
+            Object::Subnet(s) => index_add(&mut self.subnets_by_network, &s.network_id, &s.meta.id),
+            Object::SecurityGroupRule(r) => {
+                index_add(&mut self.rules_by_group, &r.security_group_id, &r.meta.id)
+            }
+            _ => {}
+        }
+    }
+
+    /// Stores an object written at `revision`, unless the mirror already has a newer one
+    /// (events replayed after a snapshot are ignored). Returns whether it was applied.
+    pub fn put(&mut self, object: Object, revision: u64) -> bool {
+        let key = object.key();
+        if self.revision(&key).is_some_and(|r| r >= revision) {
+            return false;
+        }
+        if let Some((old, _)) = self.objects.remove(&key) {
+            self.unindex(&old);
+        }
+        self.index(&object);
+        self.objects.insert(key, (object, revision));
+        true
+    }
+
+    /// Removes an object deleted at `revision`, unless the mirror holds a newer version.
+    pub fn delete(&mut self, key: &ObjectKey, revision: u64) -> bool {
+        if self.revision(key).is_none_or(|r| r > revision) {
+            return false;
+        }
+        if let Some((old, _)) = self.objects.remove(key) {
+            self.unindex(&old);
+        }
+        true
+    }
+
+    fn ids<'a>(
+        index: &'a HashMap<String, BTreeSet<String>>,
+        key: &str,
+    ) -> impl Iterator<Item = &'a String> {
+        index.get(key).into_iter().flatten()
+    }
+
+    /// The objects `node` needs, with their revisions. Rules travel inside their group, so a
+    /// group's revision is the highest of its own and its rules'.
+    pub fn node_view(&self, node: &str) -> BTreeMap<ObjectKey, u64> {
+        let mut view = BTreeMap::new();
+        let mut networks = BTreeSet::new();
+        let mut groups = BTreeSet::new();
+        for port_id in Self::ids(&self.ports_by_host, node) {
+            if let Some((Object::Port(p), _)) =
+                self.objects.get(&(ObjectKind::Port, port_id.clone()))
+            {
+                networks.insert(p.network_id.clone());
+                if p.port_security_enabled {
+                    groups.extend(p.security_groups.iter().cloned());
+                }
+            }
+        }
+        let add = |view: &mut BTreeMap<ObjectKey, u64>, kind: ObjectKind, id: &str| {
+            let key = (kind, id.to_owned());
+            if let Some(rev) = self.revision(&key) {
+                view.insert(key, rev);
+            }
+        };
+        for net in &networks {
+            add(&mut view, ObjectKind::Network, net);
+            for s in Self::ids(&self.subnets_by_network, net) {
+                add(&mut view, ObjectKind::Subnet, s);
+            }
+            for p in Self::ids(&self.ports_by_network, net) {
+                add(&mut view, ObjectKind::Port, p);
+            }
+        }
+        let mut remote = BTreeSet::new();
+        for g in &groups {
+            for r in Self::ids(&self.rules_by_group, g) {
+                if let Some((Object::SecurityGroupRule(rule), _)) = self
+                    .objects
+                    .get(&(ObjectKind::SecurityGroupRule, r.clone()))
+                {
+                    if let Some(rg) = &rule.remote_group_id {
+                        remote.insert(rg.clone());
+                    }
+                }
+            }
+        }
+        for g in groups.iter().chain(&remote) {
+            let key = (ObjectKind::SecurityGroup, g.clone());
+            if let Some(own) = self.revision(&key) {
+                let rules = Self::ids(&self.rules_by_group, g)
+                    .filter_map(|r| self.revision(&(ObjectKind::SecurityGroupRule, r.clone())))
+                    .max()
+                    .unwrap_or(0);
+                view.insert(key, own.max(rules));
+            }
+        }
+        for g in &remote {
+            for p in Self::ids(&self.ports_by_group, g) {
+                add(&mut view, ObjectKind::Port, p);
+            }
+        }
+        for ((kind, id), (_, rev)) in &self.objects {
+            if *kind == ObjectKind::Node {
+                view.insert((ObjectKind::Node, id.clone()), *rev);
+            }
+        }
+        view
+    }
+
+    /// The wire form of an object as sent to agents (Neutron's admin view; groups carry their
+    /// rules).
+    pub fn render(&self, key: &ObjectKey) -> Option<Map<String, Value>> {
+        Some(match self.get(key)? {
+            Object::Network(n) => to_map(&NetworkView {
+                obj: n,
+                admin: true,
+            }),
+            Object::Subnet(s) => s.render(),
+            Object::Port(p) => to_map(&PortView {
+                obj: p,
+                admin: true,
+            }),
+            Object::SecurityGroup(g) => {
+                let rules = Self::ids(&self.rules_by_group, &g.meta.id)
+                    .filter_map(
+                        |r| match self.get(&(ObjectKind::SecurityGroupRule, r.clone())) {
+                            Some(Object::SecurityGroupRule(rule)) => Some(rule.clone()),
+                            _ => None,
+                        },
+                    )
+                    .collect();
+                to_map(&GroupView { group: g, rules })
+            }
+            Object::SecurityGroupRule(r) => r.render(false),
+            Object::Node(n) => n.render(true, None),
+        })
+    }
+}
+
+/// A change to send to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Entered the view.
+    Added(ObjectKey),
+    /// Changed while in the view.
+    Modified(ObjectKey),
+    /// Left the view (or was deleted).
+    Deleted(ObjectKey),
+}
+
+/// The changes that turn what a node was sent (`sent`) into `view`.
+pub fn diff(sent: &BTreeMap<ObjectKey, u64>, view: &BTreeMap<ObjectKey, u64>) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (key, rev) in view {
+        match sent.get(key) {
+            None => changes.push(Change::Added(key.clone())),
+            Some(old) if old != rev => changes.push(Change::Modified(key.clone())),
+            Some(_) => {}
+        }
+    }
+    for key in sent.keys() {
+        if !view.contains_key(key) {
+            changes.push(Change::Deleted(key.clone()));
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::Meta;
+    use crate::port::{Binding, FixedIp};
+    use crate::security_group::{default_egress_rules, default_ingress_rules};
+
+    fn port(id: &str, net: &str, host: &str, groups: &[&str]) -> Object {
+        Object::Port(Port {
+            meta: Meta::new(id.into(), "p".into(), "t"),
+            network_id: net.into(),
+            admin_state_up: true,
+            mac_address: "fa:16:3e:00:00:01".into(),
+            fixed_ips: vec![FixedIp {
+                subnet_id: "s".into(),
+                ip_address: "10.0.0.2".parse().unwrap(),
+            }],
+            device_id: String::new(),
+            device_owner: String::new(),
+            security_groups: groups.iter().map(|g| g.to_string()).collect(),
+            port_security_enabled: true,
+            allowed_address_pairs: vec![],
+            dns_name: String::new(),
+            dns_domain: "openstack.local.".into(),
+            binding: Binding {
+                host_id: host.into(),
+                ..Binding::default()
+            },
+            status: "DOWN".into(),
+        })
+    }
+
+    fn network(id: &str) -> Object {
+        let body = serde_json::json!({"network": {}});
+        let caller = crate::Caller {
+            project_id: "p".into(),
+            is_admin: true,
+        };
+        let limits = crate::NetworkLimits { underlay_mtu: 1500 };
+        Object::Network(
+            Network::parse_create(body, &caller, limits, id.into(), "t")
+                .unwrap()
+                .network,
+        )
+    }
+
+    fn keys(view: &BTreeMap<ObjectKey, u64>, kind: ObjectKind) -> Vec<String> {
+        view.keys()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn view_follows_local_ports() {
+        let mut m = Mirror::new();
+        let mut rev = 0;
+        let mut put = |m: &mut Mirror, o: Object| {
+            rev += 1;
+            assert!(m.put(o, rev));
+        };
+        put(&mut m, network("net-a"));
+        put(&mut m, network("net-b"));
+        let web = SecurityGroup::default_for("p", "web".into(), "t");
+        let db = SecurityGroup::default_for("p", "db".into(), "t");
+        put(&mut m, Object::SecurityGroup(web.clone()));
+        put(&mut m, Object::SecurityGroup(db.clone()));
+        for r in default_ingress_rules(&web, ["r1".into(), "r2".into()], "t") {
+            put(&mut m, Object::SecurityGroupRule(r));
+        }
+        // web's ingress rules name web itself as remote; db allows ingress from web.
+        let mut from_web = default_egress_rules(&db, ["r3".into(), "r4".into()], "t");
+        from_web[0].remote_group_id = Some("web".into());
+        for r in from_web {
+            put(&mut m, Object::SecurityGroupRule(r));
+        }
+        put(&mut m, port("p1", "net-a", "node1", &["db"]));
+        put(&mut m, port("p2", "net-a", "node2", &["web"]));
+        put(&mut m, port("p3", "net-b", "node2", &["web"]));
+        put(&mut m, port("p4", "net-b", "node3", &["other"]));
+
+        let v1 = m.node_view("node1");
+        assert_eq!(keys(&v1, ObjectKind::Network), ["net-a"]);
+        // p2 is on net-a; p3 is a member of web, the remote group of db's rule.
+        assert_eq!(keys(&v1, ObjectKind::Port), ["p1", "p2", "p3"]);
+        assert_eq!(keys(&v1, ObjectKind::SecurityGroup), ["db", "web"]);
+        assert!(keys(&m.node_view("node9"), ObjectKind::Port).is_empty());
+
+        // Moving p1 away empties node1's networks; deleting is idempotent against replays.
+        let before = m.node_view("node1");
+        put(&mut m, port("p1", "net-b", "node3", &[]));
+        let after = m.node_view("node1");
+        let changes = diff(&before, &after);
+        assert!(changes.contains(&Change::Deleted((ObjectKind::Network, "net-a".into()))));
+        assert!(keys(&after, ObjectKind::Port).is_empty());
+        assert!(
+            !m.put(port("p1", "net-a", "node1", &["db"]), 1),
+            "stale replay ignored"
+        );
+        assert!(m.delete(&(ObjectKind::Port, "p1".into()), 100));
+        assert!(!m.delete(&(ObjectKind::Port, "p1".into()), 101));
+        // A group's revision follows its rules.
+        let rendered = m
+            .render(&(ObjectKind::SecurityGroup, "web".into()))
+            .unwrap();
+        assert_eq!(
+            rendered["security_group_rules"].as_array().unwrap().len(),
+            2
+        );
+    }
+}
