@@ -279,7 +279,9 @@ async fn list(
         fields: &query.fields,
         links: &page.links,
     };
-    let bytes = serde_json::to_vec(&body)
+    // Sized for ~1 KiB per object so a large page is written without regrowing the buffer.
+    let mut bytes = Vec::with_capacity(1024 + page.items.len() * 1024);
+    serde_json::to_writer(&mut bytes, &body)
         .map_err(|e| ApiError(Error::Internal(format!("encoding failed: {e}"))))?;
     Ok(([("content-type", "application/json")], bytes).into_response())
 }

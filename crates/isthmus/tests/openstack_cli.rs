@@ -69,7 +69,7 @@ fn openstack_cli_end_to_end() {
     };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _controller = Controller::start(port, &["--data-dir", dir.path().to_str().unwrap()]);
+    let controller = Controller::start(port, &["--data-dir", dir.path().to_str().unwrap()]);
     let cli = Cli {
         bin,
         endpoint: format!("http://127.0.0.1:{port}"),
@@ -174,6 +174,19 @@ fn openstack_cli_end_to_end() {
         "{err}"
     );
     assert!(!err.contains("Traceback"), "{err}");
+
+    // A registered node is a Neutron agent.
+    let (status, _) = controller.http(
+        "POST",
+        "/isthmus/v1/nodes",
+        Some(&serde_json::json!({"node": {"name": "compute-1", "tunnel_ip": "10.0.0.11", "roles": ["compute"]}})),
+    );
+    assert_eq!(status, 201);
+    let agents = cli.json(&["network", "agent", "list"]);
+    let agent = &agents[0];
+    assert_eq!(agent["Host"], "compute-1");
+    assert_eq!(agent["Alive"], true);
+    assert_eq!(agent["Binary"], "isthmus-agent");
 
     // Deleting a network with ports is refused, then works once the port is gone.
     let (ok, _, err) = cli.run(&["network", "delete", "demo"]);
