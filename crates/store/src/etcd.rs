@@ -60,6 +60,18 @@ impl EtcdStore {
         Ok(key.strip_prefix(&self.root).unwrap_or(key).to_owned())
     }
 
+    fn to_range(&self, response: &etcd_client::GetResponse) -> Result<RangeResult, StoreError> {
+        let kvs = response
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<_, _>>()?;
+        Ok(RangeResult {
+            kvs,
+            revision: revision_of(response.header()),
+        })
+    }
+
     fn to_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
         Ok(KeyValue {
             key: self.local(kv.key())?,
@@ -86,15 +98,7 @@ impl Store for EtcdStore {
             .get(full, Some(GetOptions::new().with_range(end)))
             .await
             .map_err(backend)?;
-        let kvs = response
-            .kvs()
-            .iter()
-            .map(|kv| self.to_kv(kv))
-            .collect::<Result<_, _>>()?;
-        Ok(RangeResult {
-            kvs,
-            revision: revision_of(response.header()),
-        })
+        self.to_range(&response)
     }
 
     async fn range_from(
@@ -113,15 +117,7 @@ impl Store for EtcdStore {
             )
             .await
             .map_err(backend)?;
-        let kvs = response
-            .kvs()
-            .iter()
-            .map(|kv| self.to_kv(kv))
-            .collect::<Result<_, _>>()?;
-        Ok(RangeResult {
-            kvs,
-            revision: revision_of(response.header()),
-        })
+        self.to_range(&response)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {

@@ -317,6 +317,19 @@ impl Service {
             .ok_or_else(|| Error::not_found(T::KIND.fault_name(), id))
     }
 
+    /// Reads an object the caller owns (admins: any); anything else is 404, so other
+    /// projects' resources are indistinguishable from missing ones.
+    pub(crate) async fn load_owned<T: Stored>(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(T, u64)> {
+        match self.load::<T>(id).await? {
+            Some((obj, rev)) if caller.owns(&obj.meta().project_id) => Ok((obj, rev)),
+            _ => Err(Error::not_found(T::KIND.fault_name(), id)),
+        }
+    }
+
     /// Reads every object of a kind.
     pub(crate) async fn load_all<T: Stored>(&self, prefix: &str) -> Result<Vec<(T, u64)>> {
         let range = self.store.range(prefix).await.map_err(store_error)?;

@@ -57,14 +57,6 @@ fn random_mac() -> String {
 }
 
 impl Service {
-    /// A port the caller owns (admins: any), or 404.
-    async fn owned_port(&self, caller: &Caller, id: &str) -> Result<(Port, u64)> {
-        match self.load::<Port>(id).await? {
-            Some((p, rev)) if caller.owns(&p.meta.project_id) => Ok((p, rev)),
-            _ => Err(Error::not_found("Port", id)),
-        }
-    }
-
     /// The lowest address of `subnet`'s pools that is neither claimed in the store nor held by
     /// another in-flight request of this controller, held in-process on return.
     ///
@@ -426,7 +418,7 @@ impl Service {
     }
 
     pub(crate) async fn show_port(&self, caller: &Caller, id: &str) -> Result<Object> {
-        Ok(self.owned_port(caller, id).await?.0.render(caller))
+        Ok(self.load_owned::<Port>(caller, id).await?.0.render(caller))
     }
 
     pub(crate) async fn list_ports(&self, caller: &Caller) -> Result<Vec<Listed>> {
@@ -453,7 +445,7 @@ impl Service {
     ) -> Result<Object> {
         let req = PortRequest::parse(body, Method::Update, caller)?;
         self.retry(|| async {
-            let (old, rev) = self.owned_port(caller, id).await?;
+            let (old, rev) = self.load_owned::<Port>(caller, id).await?;
             check_revision(&old.meta, if_match)?;
             let (network, _) = self.must_load::<Network>(&old.network_id).await?;
             let mut port = old.clone();
@@ -597,7 +589,7 @@ impl Service {
         if_match: Option<u64>,
     ) -> Result<()> {
         self.retry(|| async move {
-            let (port, rev) = self.owned_port(caller, id).await?;
+            let (port, rev) = self.load_owned::<Port>(caller, id).await?;
             check_revision(&port.meta, if_match)?;
             let mut txn = Txn::new()
                 .when(Compare::mod_revision(keys::port(id), rev))

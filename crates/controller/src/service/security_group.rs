@@ -94,13 +94,6 @@ impl Service {
         Ok(out)
     }
 
-    async fn owned_group(&self, caller: &Caller, id: &str) -> Result<(SecurityGroup, u64)> {
-        match self.load::<SecurityGroup>(id).await? {
-            Some((g, rev)) if caller.owns(&g.meta.project_id) => Ok((g, rev)),
-            _ => Err(Error::not_found("SecurityGroup", id)),
-        }
-    }
-
     async fn rules_of(&self, group_id: &str) -> Result<Vec<SecurityGroupRule>> {
         let mut rules = Vec::new();
         for rule_id in self.index(&keys::group_rules_prefix(group_id)).await? {
@@ -141,7 +134,7 @@ impl Service {
     }
 
     pub(crate) async fn show_security_group(&self, caller: &Caller, id: &str) -> Result<Object> {
-        let (group, _) = self.owned_group(caller, id).await?;
+        let (group, _) = self.load_owned::<SecurityGroup>(caller, id).await?;
         self.render_group(&group).await
     }
 
@@ -182,7 +175,7 @@ impl Service {
             .retry(|| {
                 let body = body.clone();
                 async move {
-                    let (mut group, rev) = self.owned_group(caller, id).await?;
+                    let (mut group, rev) = self.load_owned::<SecurityGroup>(caller, id).await?;
                     check_revision(&group.meta, if_match)?;
                     group.apply_update(body, &now())?;
                     let txn = Txn::new()
@@ -206,7 +199,7 @@ impl Service {
         if_match: Option<u64>,
     ) -> Result<()> {
         self.retry(|| async move {
-            let (group, rev) = self.owned_group(caller, id).await?;
+            let (group, rev) = self.load_owned::<SecurityGroup>(caller, id).await?;
             check_revision(&group.meta, if_match)?;
             if group.is_default && !caller.is_admin {
                 return Err(Error::SecurityGroupCannotRemoveDefault);
@@ -253,14 +246,16 @@ impl Service {
         self.retry(|| {
             let mut rule = parsed.clone();
             async move {
-                let (mut group, rev) = self.owned_group(caller, &rule.security_group_id).await?;
+                let (mut group, rev) = self
+                    .load_owned::<SecurityGroup>(caller, &rule.security_group_id)
+                    .await?;
                 rule.meta.project_id = group.meta.project_id.clone();
                 let mut txn = Txn::new().when(Compare::mod_revision(
                     keys::security_group(&group.meta.id),
                     rev,
                 ));
                 if let Some(remote) = &rule.remote_group_id {
-                    let (_, remote_rev) = self.owned_group(caller, remote).await?;
+                    let (_, remote_rev) = self.load_owned::<SecurityGroup>(caller, remote).await?;
                     txn = txn.when(Compare::mod_revision(
                         keys::security_group(remote),
                         remote_rev,
@@ -292,19 +287,12 @@ impl Service {
         .await
     }
 
-    async fn owned_rule(&self, caller: &Caller, id: &str) -> Result<(SecurityGroupRule, u64)> {
-        match self.load::<SecurityGroupRule>(id).await? {
-            Some((r, rev)) if caller.owns(&r.meta.project_id) => Ok((r, rev)),
-            _ => Err(Error::not_found("SecurityGroupRule", id)),
-        }
-    }
-
     pub(crate) async fn show_security_group_rule(
         &self,
         caller: &Caller,
         id: &str,
     ) -> Result<Object> {
-        let (rule, _) = self.owned_rule(caller, id).await?;
+        let (rule, _) = self.load_owned::<SecurityGroupRule>(caller, id).await?;
         let in_default = self
             .load::<SecurityGroup>(&rule.security_group_id)
             .await?
@@ -338,7 +326,7 @@ impl Service {
 
     pub(crate) async fn delete_security_group_rule(&self, caller: &Caller, id: &str) -> Result<()> {
         self.retry(|| async move {
-            let (rule, rule_rev) = self.owned_rule(caller, id).await?;
+            let (rule, rule_rev) = self.load_owned::<SecurityGroupRule>(caller, id).await?;
             let (mut group, rev) = self
                 .must_load::<SecurityGroup>(&rule.security_group_id)
                 .await?;

@@ -20,13 +20,6 @@ pub enum TagOp {
 }
 
 impl Service {
-    async fn tags_of<T: Stored>(&self, caller: &Caller, id: &str) -> Result<(T, u64)> {
-        match self.load::<T>(id).await? {
-            Some((obj, rev)) if caller.owns(&obj.meta().project_id) => Ok((obj, rev)),
-            _ => Err(Error::not_found(T::KIND.fault_name(), id)),
-        }
-    }
-
     async fn change_tags<T: Stored>(
         &self,
         caller: &Caller,
@@ -43,7 +36,7 @@ impl Service {
         self.retry(|| {
             let replacement = replacement.clone();
             async move {
-                let (mut obj, rev) = self.tags_of::<T>(caller, id).await?;
+                let (mut obj, rev) = self.load_owned::<T>(caller, id).await?;
                 let tags = &mut obj.meta_mut().tags;
                 match op {
                     TagOp::Replace(_) => *tags = replacement.unwrap_or_default(),
@@ -100,10 +93,16 @@ impl Service {
     /// The tags of a resource.
     pub async fn tags(&self, kind: Kind, caller: &Caller, id: &str) -> Result<Vec<String>> {
         Ok(match kind {
-            Kind::Network => self.tags_of::<Network>(caller, id).await?.0.meta.tags,
-            Kind::Subnet => self.tags_of::<Subnet>(caller, id).await?.0.meta.tags,
-            Kind::Port => self.tags_of::<Port>(caller, id).await?.0.meta.tags,
-            Kind::SecurityGroup => self.tags_of::<SecurityGroup>(caller, id).await?.0.meta.tags,
+            Kind::Network => self.load_owned::<Network>(caller, id).await?.0.meta.tags,
+            Kind::Subnet => self.load_owned::<Subnet>(caller, id).await?.0.meta.tags,
+            Kind::Port => self.load_owned::<Port>(caller, id).await?.0.meta.tags,
+            Kind::SecurityGroup => {
+                self.load_owned::<SecurityGroup>(caller, id)
+                    .await?
+                    .0
+                    .meta
+                    .tags
+            }
             Kind::SecurityGroupRule => return Err(Error::PathNotFound),
         })
     }
