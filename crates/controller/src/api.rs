@@ -28,6 +28,8 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// Request metrics.
     pub metrics: Metrics,
+    /// The shared mirror node watches read.
+    pub informer: Arc<crate::informer::Informer>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -645,7 +647,8 @@ async fn watch(State(state): Shared, RawQuery(raw): RawQuery, headers: HeaderMap
             })
         })
         .transpose()?;
-    let lines = crate::watch::start(state.service.clone(), node, from).await?;
+    let lines =
+        crate::watch::start(state.service.clone(), state.informer.clone(), node, from).await?;
     let stream = futures_util::stream::unfold(lines, |mut lines| async move {
         lines
             .recv()

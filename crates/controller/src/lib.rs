@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod informer;
 pub mod keys;
 pub mod metrics;
 pub mod service;
@@ -33,6 +34,7 @@ pub enum ControllerError {
 /// Builds the API router for a store.
 pub fn app(store: SharedStore, config: Config) -> axum::Router {
     let state = Arc::new(api::AppState {
+        informer: informer::Informer::new(store.clone()),
         service: Service::new(store, config).shared(),
         metrics: metrics::Metrics::default(),
     });

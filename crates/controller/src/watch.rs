@@ -9,58 +9,31 @@
 //! - `{"type":"RELIST","revision":R,"reason":"..."}` when the stream cannot continue from
 //!   where the client is (history compacted): drop the cache and watch again without `from`.
 //!
-//! Every stream starts with a consistent snapshot of the node's view. With `from=REV` the
-//! controller first checks that history since REV still exists and answers RELIST when it does
-//! not; otherwise the snapshot follows (the agent reconciles it by diff, so its kernel state is
-//! untouched by a reconnect).
+//! Every stream starts with a consistent snapshot of the node's view, taken from the
+//! controller's shared [`Informer`]. With `from=REV` the controller first checks that history
+//! since REV still exists and answers RELIST when it does not; otherwise the snapshot follows
+//! (the agent reconciles it by diff, so its kernel state is untouched by a reconnect). After
+//! that, each change of the mirror makes the stream recompute the node's view and send the
+//! difference from what it sent before, so a slow client never needs a relist: it gets the
+//! net change when it catches up.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use isthmus_model::view::{diff, Change, Mirror, Object, ObjectKey, ObjectKind};
+use std::collections::BTreeMap;
+
+use isthmus_model::view::{diff, Change, Mirror, ObjectKey};
 use isthmus_model::Error;
-use isthmus_store::{Event, StoreError};
+use isthmus_store::StoreError;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::keys;
+use crate::informer::Informer;
 use crate::service::Service;
 
 /// Idle time after which a bookmark is sent (keeps proxies and clients informed).
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
-/// Prefixes holding objects a node view is made of.
-const SOURCES: &[(&str, ObjectKind)] = &[
-    (keys::NETWORKS, ObjectKind::Network),
-    (keys::SUBNETS, ObjectKind::Subnet),
-    (keys::PORTS, ObjectKind::Port),
-    (keys::SECURITY_GROUPS, ObjectKind::SecurityGroup),
-    (keys::SECURITY_GROUP_RULES, ObjectKind::SecurityGroupRule),
-    (keys::NODES, ObjectKind::Node),
-];
-
-fn source_of(key: &str) -> Option<(ObjectKind, &str)> {
-    SOURCES
-        .iter()
-        .find_map(|(prefix, kind)| key.strip_prefix(prefix).map(|id| (*kind, id)))
-}
-
-fn decode(kind: ObjectKind, key: &str, raw: &[u8]) -> Result<Object, Error> {
-    let bad = |e: serde_json::Error| Error::Internal(format!("corrupt record {key}: {e}"));
-    Ok(match kind {
-        ObjectKind::Network => Object::Network(serde_json::from_slice(raw).map_err(bad)?),
-        ObjectKind::Subnet => Object::Subnet(serde_json::from_slice(raw).map_err(bad)?),
-        ObjectKind::Port => Object::Port(serde_json::from_slice(raw).map_err(bad)?),
-        ObjectKind::SecurityGroup => {
-            Object::SecurityGroup(serde_json::from_slice(raw).map_err(bad)?)
-        }
-        ObjectKind::SecurityGroupRule => {
-            Object::SecurityGroupRule(serde_json::from_slice(raw).map_err(bad)?)
-        }
-        ObjectKind::Node => Object::Node(serde_json::from_slice(raw).map_err(bad)?),
-    })
-}
-
 fn line(value: Value) -> Bytes {
     let mut out = value.to_string().into_bytes();
     out.push(b'\n');
@@ -91,13 +64,14 @@ fn relist(revision: u64, reason: &str) -> Bytes {
 /// or the stream must be re-listed.
 pub async fn start(
     service: Arc<Service>,
+    informer: Arc<Informer>,
     node: String,
     from: Option<u64>,
 ) -> Result<mpsc::Receiver<Bytes>, Error> {
     service.must_load_node(&node).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(1024);
     tokio::spawn(async move {
-        if let Err(e) = stream(&service, &node, from, &tx).await {
+        if let Err(e) = stream(&service, &informer, &node, from, &tx).await {
             let _ = tx
                 .send(line(json!({"type": "ERROR", "message": e.to_string()})))
                 .await;
@@ -108,12 +82,12 @@ pub async fn start(
 
 async fn stream(
     service: &Service,
+    informer: &Arc<Informer>,
     node: &str,
     from: Option<u64>,
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<(), Error> {
     let store = service.store();
-    let internal = |e: StoreError| Error::Internal(e.to_string());
     if let Some(from) = from.filter(|f| *f > 0) {
         // Backends report a compacted start either at once (memory, embedded) or as the
         // stream's first message (etcd).
@@ -121,7 +95,7 @@ async fn stream(
             Err(StoreError::Compacted {
                 compact_revision, ..
             }) => Some(compact_revision),
-            Err(e) => return Err(internal(e)),
+            Err(e) => return Err(Error::Internal(e.to_string())),
             Ok(mut probe) => {
                 match tokio::time::timeout(Duration::from_millis(200), probe.recv()).await {
                     Ok(Some(Err(StoreError::Compacted {
@@ -141,105 +115,54 @@ async fn stream(
             return Ok(());
         }
     }
-    // Watch from before the snapshot so nothing falls between them; replays of what the
-    // snapshot already holds are ignored by revision.
-    let start = store.revision().await.map_err(internal)?;
-    let mut events = match store.watch("/isthmus/", start).await {
-        Ok(w) => w,
-        Err(StoreError::Compacted {
-            compact_revision, ..
-        }) => {
-            let _ = tx
-                .send(relist(compact_revision, "history compacted during start"))
-                .await;
-            return Ok(());
-        }
-        Err(e) => return Err(internal(e)),
-    };
-    let mut mirror = Mirror::new();
-    let mut revision = start;
-    for (prefix, kind) in SOURCES {
-        let range = store.range(prefix).await.map_err(internal)?;
-        revision = revision.max(range.revision);
-        for kv in &range.kvs {
-            mirror.put(decode(*kind, &kv.key, &kv.value)?, kv.mod_revision);
-        }
-    }
-    let mut sent = mirror.node_view(node);
-    for (key, rev) in &sent {
-        if tx
-            .send(change_line(&mirror, &Change::Added(key.clone()), *rev))
-            .await
-            .is_err()
-        {
-            return Ok(());
-        }
-    }
-    if tx
-        .send(line(
-            json!({"type": "BOOKMARK", "revision": revision, "synced": true}),
-        ))
-        .await
-        .is_err()
-    {
-        return Ok(());
-    }
+    informer.ready().await?;
+    let mut changes = informer.subscribe();
+    let mut sent = BTreeMap::new();
+    let mut synced = false;
     loop {
-        let batch = tokio::select! {
-            b = events.recv() => b,
-            _ = tokio::time::sleep(BOOKMARK_INTERVAL) => {
-                if tx.send(line(json!({"type": "BOOKMARK", "revision": revision}))).await.is_err() {
-                    return Ok(());
-                }
-                continue;
-            }
-            _ = tx.closed() => return Ok(()),
+        let revision = *changes.borrow_and_update();
+        let lines: Vec<Bytes> = {
+            let mirror = informer.mirror();
+            let view = mirror.node_view(node);
+            let lines = diff(&sent, &view)
+                .iter()
+                .map(|change| {
+                    let rev = match change {
+                        Change::Added(k) if !synced => view.get(k).copied().unwrap_or(revision),
+                        _ => revision,
+                    };
+                    change_line(&mirror, change, rev)
+                })
+                .collect();
+            sent = view;
+            lines
         };
-        let batch = match batch {
-            None => return Err(Error::Internal("store watch ended".into())),
-            Some(Err(StoreError::Compacted {
-                compact_revision, ..
-            })) => {
-                let _ = tx
-                    .send(relist(
-                        compact_revision,
-                        "this watch fell behind compaction",
-                    ))
-                    .await;
+        for l in lines {
+            if tx.send(l).await.is_err() {
                 return Ok(());
             }
-            Some(Err(e)) => return Err(internal(e)),
-            Some(Ok(batch)) => batch,
-        };
-        revision = revision.max(batch.revision);
-        let mut relevant = false;
-        for event in &batch.events {
-            let Some((kind, id)) = source_of(event.key()) else {
-                continue;
-            };
-            relevant = true;
-            match event {
-                Event::Put(kv) => {
-                    mirror.put(decode(kind, &kv.key, &kv.value)?, kv.mod_revision);
-                }
-                Event::Delete { mod_revision, .. } => {
-                    mirror.delete(&(kind, id.to_owned()), *mod_revision);
-                }
-            }
         }
-        if !relevant {
-            continue;
-        }
-        let view = mirror.node_view(node);
-        for change in diff(&sent, &view) {
+        if !synced {
+            synced = true;
             if tx
-                .send(change_line(&mirror, &change, batch.revision))
+                .send(line(
+                    json!({"type": "BOOKMARK", "revision": revision, "synced": true}),
+                ))
                 .await
                 .is_err()
             {
                 return Ok(());
             }
         }
-        sent = view;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return Ok(()) },
+            _ = tokio::time::sleep(BOOKMARK_INTERVAL) => {
+                let revision = *changes.borrow();
+                if tx.send(line(json!({"type": "BOOKMARK", "revision": revision}))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tx.closed() => return Ok(()),
+        }
     }
 }

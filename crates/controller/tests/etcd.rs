@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use common::{Api, As};
+use common::{Api, As, Watch};
 use isthmus_store::etcd_server::EtcdServer;
 use isthmus_store::EtcdStore;
 use serde_json::json;
@@ -85,4 +85,44 @@ async fn two_controllers_one_etcd_no_duplicate_addresses() {
         .map(|p| p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(listed, ips);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_watch_over_etcd() {
+    let Some(etcd) = EtcdServer::start_or_skip() else {
+        return;
+    };
+    let endpoints = vec![etcd.endpoint.clone()];
+    let api = Api::on(Arc::new(
+        EtcdStore::connect(&endpoints, "/watch").await.unwrap(),
+    ));
+    let (s, _) = api
+        .call(
+            As::Anonymous,
+            "POST",
+            "/isthmus/v1/nodes",
+            Some(json!({"node": {"name": "n1", "tunnel_ip": "10.0.0.1"}})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let mut w = Watch::open(&api, "node=n1").await;
+    let snapshot = w.snapshot().await;
+    assert_eq!(snapshot.len(), 1, "only the node itself: {snapshot:?}");
+    let (net, _) = api.network_with_subnet(As::Anonymous, "10.60.0.0/24").await;
+    let port = api
+        .create(
+            As::Anonymous,
+            "ports",
+            "port",
+            json!({"network_id": net, "binding:host_id": "n1"}),
+        )
+        .await;
+    let line = w.until(|l| l["kind"] == "port").await;
+    assert_eq!(line["type"], "ADDED");
+    assert_eq!(line["object"]["id"], port["id"]);
+    // A compacted resume point is answered with RELIST (etcd reports it on the stream).
+    let revision = line["revision"].as_u64().unwrap();
+    api.store.compact(revision).await.unwrap();
+    let mut stale = Watch::open(&api, "node=n1&from=1").await;
+    assert_eq!(stale.next().await["type"], "RELIST");
 }

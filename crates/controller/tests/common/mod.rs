@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
+use futures_util::StreamExt;
 use isthmus_controller::{app, Config};
 use isthmus_store::{MemoryStore, SharedStore};
 use serde_json::Value;
@@ -149,4 +152,63 @@ pub fn fault(value: &Value) -> &str {
     value["NeutronError"]["type"]
         .as_str()
         .unwrap_or("<no NeutronError>")
+}
+
+/// An open watch stream, read line by line.
+pub struct Watch {
+    body: axum::body::BodyDataStream,
+    buffer: Vec<u8>,
+}
+
+impl Watch {
+    pub async fn open(api: &Api, query: &str) -> Watch {
+        let req = Request::builder()
+            .uri(format!("/isthmus/v1/watch?{query}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = api.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+        Watch {
+            body: response.into_body().into_data_stream(),
+            buffer: Vec::new(),
+        }
+    }
+
+    pub async fn next(&mut self) -> Value {
+        loop {
+            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+                return serde_json::from_slice(&line).unwrap();
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.body.next())
+                .await
+                .expect("no watch line within 10 s")
+                .expect("watch ended")
+                .unwrap();
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Lines until the next one of `kind`/`type` matches, skipping bookmarks.
+    pub async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let line = self.next().await;
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Every non-bookmark line until a synced bookmark.
+    pub async fn snapshot(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let line = self.next().await;
+            if line["type"] == "BOOKMARK" && line["synced"] == true {
+                return out;
+            }
+            out.push(line);
+        }
+    }
 }

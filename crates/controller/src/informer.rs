@@ -1,0 +1,172 @@
+//! One mirror of the desired state per controller, fed by one store watch, shared by every
+//! node watch. A node watch recomputes its view from the mirror after each change and sends
+//! the difference, so a watcher that falls behind simply catches up on its next turn.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use isthmus_model::view::{Mirror, Object, ObjectKind};
+use isthmus_model::Error;
+use isthmus_store::{Event, SharedStore, StoreError};
+use tokio::sync::{watch, OnceCell};
+
+use crate::keys;
+
+/// Prefixes holding objects a node view is made of.
+const SOURCES: &[(&str, ObjectKind)] = &[
+    (keys::NETWORKS, ObjectKind::Network),
+    (keys::SUBNETS, ObjectKind::Subnet),
+    (keys::PORTS, ObjectKind::Port),
+    (keys::SECURITY_GROUPS, ObjectKind::SecurityGroup),
+    (keys::SECURITY_GROUP_RULES, ObjectKind::SecurityGroupRule),
+    (keys::NODES, ObjectKind::Node),
+];
+
+fn source_of(key: &str) -> Option<(ObjectKind, &str)> {
+    SOURCES
+        .iter()
+        .find_map(|(prefix, kind)| key.strip_prefix(prefix).map(|id| (*kind, id)))
+}
+
+fn decode(kind: ObjectKind, key: &str, raw: &[u8]) -> Result<Object, Error> {
+    let bad = |e: serde_json::Error| Error::Internal(format!("corrupt record {key}: {e}"));
+    Ok(match kind {
+        ObjectKind::Network => Object::Network(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::Subnet => Object::Subnet(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::Port => Object::Port(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::SecurityGroup => {
+            Object::SecurityGroup(serde_json::from_slice(raw).map_err(bad)?)
+        }
+        ObjectKind::SecurityGroupRule => {
+            Object::SecurityGroupRule(serde_json::from_slice(raw).map_err(bad)?)
+        }
+        ObjectKind::Node => Object::Node(serde_json::from_slice(raw).map_err(bad)?),
+    })
+}
+
+/// The shared mirror and the revision it reflects.
+pub struct Informer {
+    store: SharedStore,
+    mirror: RwLock<Mirror>,
+    /// Revision the mirror reflects, bumped after every applied change (0 until synced).
+    revision: watch::Sender<u64>,
+    started: OnceCell<()>,
+}
+
+impl Informer {
+    /// An informer over `store`; it starts on first use.
+    pub fn new(store: SharedStore) -> Arc<Self> {
+        Arc::new(Informer {
+            store,
+            mirror: RwLock::new(Mirror::new()),
+            revision: watch::channel(0).0,
+            started: OnceCell::new(),
+        })
+    }
+
+    /// Starts the feed (once) and waits for the first complete snapshot.
+    pub async fn ready(self: &Arc<Self>) -> Result<(), Error> {
+        self.started
+            .get_or_try_init(|| async {
+                let start = self.resync().await?;
+                let me = Arc::clone(self);
+                tokio::spawn(async move { me.follow(start).await });
+                Ok::<(), Error>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the mirror.
+    pub fn mirror(&self) -> RwLockReadGuard<'_, Mirror> {
+        self.mirror.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notifications of the revision the mirror reflects.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// Rebuilds the mirror from a snapshot; returns the revision to watch from. The snapshot is
+    /// read after that revision, and replays of what it holds are ignored by revision.
+    async fn resync(&self) -> Result<u64, Error> {
+        let internal = |e: StoreError| Error::Internal(e.to_string());
+        let start = self.store.revision().await.map_err(internal)?;
+        let mut mirror = Mirror::new();
+        let mut revision = start;
+        for (prefix, kind) in SOURCES {
+            let range = self.store.range(prefix).await.map_err(internal)?;
+            revision = revision.max(range.revision);
+            for kv in &range.kvs {
+                mirror.put(decode(*kind, &kv.key, &kv.value)?, kv.mod_revision);
+            }
+        }
+        *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
+        self.revision.send_replace(revision.max(1));
+        Ok(start)
+    }
+
+    /// Applies every change after `from`, re-syncing when the store says history is gone or
+    /// the watch breaks.
+    async fn follow(&self, mut from: u64) {
+        loop {
+            let mut events = match self.store.watch("/isthmus/", from).await {
+                Ok(events) => events,
+                Err(_) => {
+                    from = self.resync_until_ok().await;
+                    continue;
+                }
+            };
+            let compacted = loop {
+                let batch = match events.recv().await {
+                    Some(Ok(batch)) => batch,
+                    Some(Err(StoreError::Compacted { .. })) => break true,
+                    // The watch broke (backend restart, network): resume where we are.
+                    Some(Err(_)) | None => break false,
+                };
+                let mut relevant = false;
+                {
+                    let mut mirror = self.mirror.write().unwrap_or_else(|e| e.into_inner());
+                    for event in &batch.events {
+                        let Some((kind, id)) = source_of(event.key()) else {
+                            continue;
+                        };
+                        relevant = true;
+                        match event {
+                            Event::Put(kv) => match decode(kind, &kv.key, &kv.value) {
+                                Ok(object) => {
+                                    mirror.put(object, kv.mod_revision);
+                                }
+                                Err(e) => eprintln!("informer: skipping {e}"),
+                            },
+                            Event::Delete { mod_revision, .. } => {
+                                mirror.delete(&(kind, id.to_owned()), *mod_revision);
+                            }
+                        }
+                    }
+                }
+                from = batch.revision;
+                if relevant {
+                    self.revision.send_replace(batch.revision);
+                }
+            };
+            if compacted {
+                // History we have not seen is gone: rebuild from a fresh snapshot.
+                from = self.resync_until_ok().await;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    async fn resync_until_ok(&self) -> u64 {
+        loop {
+            match self.resync().await {
+                Ok(from) => return from,
+                Err(e) => {
+                    eprintln!("informer: resync failed, retrying: {e}");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
