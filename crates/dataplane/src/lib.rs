@@ -1,0 +1,7 @@
+//! The data plane logic of an Isthmus node, pure: the node's view of the desired state (as
+//! the controller's watch streams it), the kernel state it implies, and the plan that turns
+//! what the kernel has into that. Agents read the kernel and apply plans; nothing here does
+//! I/O.
+
+pub mod l2;
+pub mod view;

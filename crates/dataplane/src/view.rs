@@ -1,0 +1,206 @@
+//! A node's view, built from the lines of `GET /isthmus/v1/watch` (Neutron wire objects).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Why a watch line could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// Not JSON, or an object without the attributes the data plane needs.
+    #[error("bad watch line: {0}")]
+    BadLine(String),
+}
+
+/// A network as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Network {
+    /// Id.
+    pub id: String,
+    /// MTU of the network's devices.
+    pub mtu: u32,
+    /// `vxlan` or `flat`.
+    #[serde(rename = "provider:network_type")]
+    pub network_type: String,
+    /// VNI of a VXLAN network.
+    #[serde(rename = "provider:segmentation_id")]
+    pub segmentation_id: Option<u32>,
+    /// Physical network of a flat network.
+    #[serde(rename = "provider:physical_network")]
+    pub physical_network: Option<String>,
+}
+
+/// One address of a port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct FixedIp {
+    /// Its subnet.
+    pub subnet_id: String,
+    /// The address.
+    pub ip_address: IpAddr,
+}
+
+/// An allowed address pair.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AddressPair {
+    /// Address or prefix.
+    pub ip_address: String,
+    /// MAC.
+    pub mac_address: String,
+}
+
+/// A port as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Port {
+    /// Id.
+    pub id: String,
+    /// Its network.
+    pub network_id: String,
+    /// MAC address.
+    pub mac_address: String,
+    /// Addresses.
+    pub fixed_ips: Vec<FixedIp>,
+    /// Node it is bound to ("" = unbound).
+    #[serde(rename = "binding:host_id", default)]
+    pub host_id: String,
+    /// Security groups.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Port security on or off.
+    pub port_security_enabled: bool,
+    /// Extra addresses and MACs it may use.
+    #[serde(default)]
+    pub allowed_address_pairs: Vec<AddressPair>,
+    /// Status the controller has.
+    pub status: String,
+}
+
+/// A node (tunnel endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Node {
+    /// Host name.
+    pub name: String,
+    /// Underlay address.
+    pub tunnel_ip: IpAddr,
+}
+
+/// Everything the node was sent, by kind and id. Objects of kinds the data plane does not
+/// model yet (subnets, security groups) are kept raw.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeView {
+    /// Networks with a local port.
+    pub networks: BTreeMap<String, Network>,
+    /// Ports of those networks, and members of remote groups.
+    pub ports: BTreeMap<String, Port>,
+    /// Every node by name.
+    pub nodes: BTreeMap<String, Node>,
+    /// Other objects (subnets, security groups), raw.
+    pub others: BTreeMap<(String, String), Value>,
+    /// Revision of the last line applied.
+    pub revision: u64,
+    /// Whether the initial view is complete (a synced bookmark was seen).
+    pub synced: bool,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(object: &Value) -> Result<T, ViewError> {
+    serde_json::from_value(object.clone()).map_err(|e| ViewError::BadLine(e.to_string()))
+}
+
+impl NodeView {
+    /// Applies one watch line. Returns `Ok(true)` when the view changed. A `RELIST` line
+    /// clears the view (the caller reconnects and receives a fresh snapshot).
+    pub fn apply(&mut self, line: &Value) -> Result<bool, ViewError> {
+        let field = |name: &str| line.get(name).and_then(Value::as_str).unwrap_or_default();
+        if let Some(rev) = line.get("revision").and_then(Value::as_u64) {
+            self.revision = self.revision.max(rev);
+        }
+        match field("type") {
+            "BOOKMARK" => {
+                if line.get("synced").and_then(Value::as_bool) == Some(true) {
+                    self.synced = true;
+                }
+                Ok(false)
+            }
+            "RELIST" => {
+                *self = NodeView::default();
+                Ok(true)
+            }
+            "ADDED" | "MODIFIED" => {
+                let object = line
+                    .get("object")
+                    .ok_or_else(|| ViewError::BadLine("no object".into()))?;
+                match field("kind") {
+                    "network" => {
+                        let n: Network = parse(object)?;
+                        self.networks.insert(n.id.clone(), n);
+                    }
+                    "port" => {
+                        let p: Port = parse(object)?;
+                        self.ports.insert(p.id.clone(), p);
+                    }
+                    "node" => {
+                        let n: Node = parse(object)?;
+                        self.nodes.insert(n.name.clone(), n);
+                    }
+                    kind => {
+                        let id = object.get("id").and_then(Value::as_str).unwrap_or_default();
+                        self.others
+                            .insert((kind.to_owned(), id.to_owned()), object.clone());
+                    }
+                }
+                Ok(true)
+            }
+            "DELETED" => {
+                let id = field("id").to_owned();
+                let removed = match field("kind") {
+                    "network" => self.networks.remove(&id).is_some(),
+                    "port" => self.ports.remove(&id).is_some(),
+                    "node" => self.nodes.remove(&id).is_some(),
+                    kind => self.others.remove(&(kind.to_owned(), id)).is_some(),
+                };
+                Ok(removed)
+            }
+            "ERROR" => Err(ViewError::BadLine(format!(
+                "controller error: {}",
+                field("message")
+            ))),
+            other => Err(ViewError::BadLine(format!("unknown line type '{other}'"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn applies_watch_lines() {
+        let mut view = NodeView::default();
+        let net = json!({"type": "ADDED", "kind": "network", "revision": 3, "object": {
+            "id": "n1", "mtu": 1450, "provider:network_type": "vxlan", "provider:segmentation_id": 7,
+            "provider:physical_network": null, "name": "x"}});
+        assert!(view.apply(&net).unwrap());
+        assert_eq!(view.networks["n1"].segmentation_id, Some(7));
+        let port = json!({"type": "ADDED", "kind": "port", "revision": 4, "object": {
+            "id": "p1", "network_id": "n1", "mac_address": "fa:16:3e:00:00:01",
+            "fixed_ips": [{"subnet_id": "s", "ip_address": "10.0.0.2"}], "binding:host_id": "a",
+            "security_groups": [], "port_security_enabled": true, "allowed_address_pairs": [], "status": "DOWN"}});
+        view.apply(&port).unwrap();
+        view.apply(&json!({"type": "BOOKMARK", "revision": 4, "synced": true}))
+            .unwrap();
+        assert!(view.synced);
+        assert_eq!(view.revision, 4);
+        assert!(view
+            .apply(&json!({"type": "DELETED", "kind": "port", "id": "p1", "revision": 5}))
+            .unwrap());
+        assert!(view.ports.is_empty());
+        assert!(view
+            .apply(&json!({"type": "ADDED", "kind": "port", "object": {"id": "x"}}))
+            .is_err());
+        view.apply(&json!({"type": "RELIST", "revision": 9}))
+            .unwrap();
+        assert!(view.networks.is_empty() && !view.synced);
+    }
+}
