@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole Isthmus test suite. On a fresh Debian machine it first installs what the tests
 # need (as root): etcd (store conformance, two controllers on one etcd), protoc (the etcd
-# client's build), python3-venv + python-openstackclient (the real Neutron client).
+# client's build), python3-venv + python-openstackclient (the real Neutron client), iproute2 and
+# iputils-ping (kernel tests in network namespaces, which need root).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(etcd-server protobuf-compiler python3-venv)
+packages=(etcd-server protobuf-compiler python3-venv iproute2 iputils-ping)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

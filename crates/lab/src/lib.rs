@@ -1,0 +1,257 @@
+//! A multi-node cloud on one machine, in network namespaces: a fabric namespace holding the
+//! underlay bridge, one namespace per node connected to it by a veth, and VMs as namespaces
+//! whose veth peer sits in their node as `tap<port_id[0:11]>`, exactly where a hypervisor
+//! would put it. Every namespace has a unique name and is removed (with its processes) when
+//! dropped, also when a test panics. All addresses live inside these namespaces.
+//!
+//! The harness drives iproute2 (`ip`), as an operator would; the agent itself programs the
+//! kernel over netlink.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The underlay prefix of a lab (fabric bridge .254, node N at .N).
+pub const UNDERLAY_PREFIX: &str = "10.251.0";
+/// Underlay MTU.
+pub const UNDERLAY_MTU: u32 = 1500;
+
+/// Why a lab operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A command could not be started (iproute2 missing?).
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+}
+
+/// Result of lab operations.
+pub type Result<T> = std::result::Result<T, LabError>;
+
+/// Runs a command, returning its stdout or an error carrying its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| LabError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(LabError::Failed {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace removed on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `isth-<pid>-<n>-<role>` with loopback up.
+    pub fn create(role: &str) -> Result<Netns> {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("isth-{}-{n}-{role}", std::process::id());
+        run("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Runs a program inside the namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// A command that runs `program` inside the namespace (for long-lived processes).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes left in the namespace would keep its devices alive.
+        if let Ok(pids) = run("ip", &["netns", "pids", &self.name]) {
+            for pid in pids.split_whitespace() {
+                let _ = run("kill", &["-9", pid]);
+            }
+        }
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A node of the lab.
+#[derive(Debug)]
+pub struct Node {
+    /// Its namespace.
+    pub ns: Netns,
+    /// Its name (what ports bind to).
+    pub name: String,
+    /// Its underlay (tunnel) address, on `eth0`.
+    pub underlay_ip: Ipv4Addr,
+}
+
+/// A VM: a namespace with `eth0`, whose peer is the port's tap in its node.
+#[derive(Debug)]
+pub struct Vm {
+    /// Its namespace.
+    pub ns: Netns,
+    /// The tap name in the node.
+    pub tap: String,
+}
+
+/// A fabric with nodes.
+#[derive(Debug)]
+pub struct Lab {
+    /// Nodes, in order (`node1`, `node2`, ...); dropped before the fabric.
+    pub nodes: Vec<Node>,
+    /// The fabric namespace (underlay bridge `br-underlay`, address .254).
+    pub fabric: Netns,
+}
+
+/// The tap name of a port (`tap` + first 11 characters of its id).
+pub fn tap_name(port_id: &str) -> String {
+    format!("tap{}", port_id.get(..11).unwrap_or(port_id))
+}
+
+impl Lab {
+    /// A fabric and `nodes` nodes on its underlay.
+    pub fn new(nodes: usize) -> Result<Lab> {
+        let fabric = Netns::create("fabric")?;
+        fabric.ip(&["link", "add", "br-underlay", "type", "bridge"])?;
+        fabric.ip(&[
+            "addr",
+            "add",
+            &format!("{UNDERLAY_PREFIX}.254/24"),
+            "dev",
+            "br-underlay",
+        ])?;
+        fabric.ip(&["link", "set", "br-underlay", "up"])?;
+        let mut lab = Lab {
+            nodes: Vec::new(),
+            fabric,
+        };
+        for i in 1..=nodes {
+            let ns = Netns::create(&format!("node{i}"))?;
+            let uplink = format!("u-node{i}");
+            lab.fabric.ip(&[
+                "link",
+                "add",
+                &uplink,
+                "mtu",
+                &UNDERLAY_MTU.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
+            lab.fabric
+                .ip(&["link", "set", &uplink, "master", "br-underlay", "up"])?;
+            let underlay_ip = Ipv4Addr::new(10, 251, 0, i as u8);
+            ns.ip(&["addr", "add", &format!("{underlay_ip}/24"), "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            lab.nodes.push(Node {
+                ns,
+                name: format!("node{i}"),
+                underlay_ip,
+            });
+        }
+        Ok(lab)
+    }
+
+    /// A VM on node `node` (0-based) for `port_id`: `eth0` with the port's MAC, address
+    /// (`a.b.c.d/len`), MTU and default route via `gateway`; the peer is left down in the node
+    /// as the tap, for the agent (or a test) to plug.
+    pub fn add_vm(
+        &self,
+        node: usize,
+        port_id: &str,
+        mac: &str,
+        address: &str,
+        gateway: Option<&str>,
+        mtu: u32,
+    ) -> Result<Vm> {
+        let node = &self.nodes[node];
+        let ns = Netns::create("vm")?;
+        let tap = tap_name(port_id);
+        ns.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &tap,
+            "netns",
+            node.ns.name(),
+        ])?;
+        ns.ip(&[
+            "link",
+            "set",
+            "eth0",
+            "address",
+            mac,
+            "mtu",
+            &mtu.to_string(),
+        ])?;
+        ns.ip(&["addr", "add", address, "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        if let Some(gw) = gateway {
+            ns.ip(&["route", "add", "default", "via", gw])?;
+        }
+        Ok(Vm { ns, tap })
+    }
+}
+
+/// Whether this process can build labs (root, with iproute2); otherwise why not.
+pub fn unavailable() -> Option<String> {
+    match run("id", &["-u"]) {
+        Ok(uid) if uid.trim() == "0" => {}
+        Ok(_) => return Some("lab tests need root (network namespaces)".into()),
+        Err(e) => return Some(e.to_string()),
+    }
+    run("ip", &["-V"])
+        .err()
+        .map(|e| format!("iproute2 missing: {e}"))
+}
