@@ -1,4 +1,4 @@
-//! `isthmus`: the controller (and, as they land, the agent, lab and inspect tools).
+//! `isthmus`: the controller and the node agent (and, as they land, the lab and inspect tools).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +58,24 @@ enum Command {
         /// DNS domain of ports whose network has none.
         #[arg(long, default_value = "openstack.local.")]
         dns_domain: String,
+    },
+    /// Run a node agent: register the node and keep its kernel in line with the controller.
+    Agent {
+        /// Node name (what ports bind to with binding:host_id).
+        #[arg(long)]
+        node: String,
+        /// Underlay address VXLAN tunnels use.
+        #[arg(long)]
+        tunnel_ip: std::net::IpAddr,
+        /// Controller URL.
+        #[arg(long, default_value = "http://127.0.0.1:9696")]
+        controller: String,
+        /// Physical network mapping NAME:IFACE (repeatable).
+        #[arg(long = "physnet")]
+        physnets: Vec<String>,
+        /// Seconds between heartbeats.
+        #[arg(long, default_value_t = 10)]
+        heartbeat_seconds: u64,
     },
 }
 
@@ -129,6 +147,30 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {listen}"))?;
             eprintln!("isthmus controller: Neutron v2.0 API on http://{listen}/v2.0");
             isthmus_controller::serve(listener, store, config, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Agent {
+            node,
+            tunnel_ip,
+            controller,
+            physnets,
+            heartbeat_seconds,
+        } => {
+            let physnets = physnets
+                .iter()
+                .map(|p| isthmus_agent::parse_physnet(p))
+                .collect::<Result<_, _>>()?;
+            let config = isthmus_agent::Config {
+                node,
+                tunnel_ip,
+                controller: isthmus_agent::Endpoint::parse(&controller)?,
+                physnets,
+                heartbeat: std::time::Duration::from_secs(heartbeat_seconds.max(1)),
+            };
+            tokio::select! {
+                result = isthmus_agent::run(config) => result?,
+                _ = shutdown_signal() => {}
+            }
             Ok(())
         }
     }

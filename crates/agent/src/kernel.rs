@@ -1,0 +1,238 @@
+//! The node's kernel: reads back the L2 state the agent manages and applies plans.
+//!
+//! Reading and writing go through iproute2 in batch mode: one `ip -j`/`bridge -j` read per
+//! reconcile and one `ip -batch`/`bridge -batch` process per group of changes (never one
+//! process per device or entry). Only devices named like the agent's (`brq*`, `vxlan-*`) and
+//! the devices attached to them are considered, so nothing else on the node is touched.
+
+use std::net::IpAddr;
+use std::process::Stdio;
+
+use isthmus_dataplane::l2::{Bridge, Fdb, Observed, Op, Vxlan};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::AgentError;
+
+async fn output(program: &str, args: &[&str]) -> Result<String, AgentError> {
+    let out = Command::new(program).args(args).output().await?;
+    if !out.status.success() {
+        return Err(AgentError::Kernel(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn json(program: &str, args: &[&str]) -> Result<Vec<Value>, AgentError> {
+    let text = output(program, args).await?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(&text).map_err(|e| AgentError::Kernel(format!("{program} output: {e}")))
+}
+
+/// One link as read back: name, MTU, bridge it is attached to, and whether it is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Bridge it is attached to.
+    pub master: Option<String>,
+    /// Administratively up.
+    pub up: bool,
+}
+
+/// Reads the managed L2 state and every other link.
+pub async fn observe() -> Result<(Observed, Vec<Link>), AgentError> {
+    let mut observed = Observed::default();
+    let mut links = Vec::new();
+    for link in json("ip", &["-j", "-d", "link", "show"]).await? {
+        let name = link["ifname"].as_str().unwrap_or_default().to_owned();
+        let mtu = link["mtu"].as_u64().unwrap_or(0) as u32;
+        let master = link["master"].as_str().map(str::to_owned);
+        let up = link["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "UP"));
+        let kind = link["linkinfo"]["info_kind"].as_str().unwrap_or_default();
+        match kind {
+            "bridge" if name.starts_with("brq") => {
+                observed.bridges.insert(
+                    name.clone(),
+                    Bridge {
+                        network_id: String::new(),
+                        mtu,
+                    },
+                );
+            }
+            "vxlan" if name.starts_with("vxlan-") => {
+                let data = &link["linkinfo"]["info_data"];
+                let local = data["local"]
+                    .as_str()
+                    .and_then(|l| l.parse::<IpAddr>().ok());
+                if let (Some(vni), Some(local)) = (data["id"].as_u64(), local) {
+                    observed.vxlans.insert(
+                        name.clone(),
+                        Vxlan {
+                            vni: vni as u32,
+                            local,
+                            mtu,
+                            bridge: master.clone().unwrap_or_default(),
+                        },
+                    );
+                }
+            }
+            _ => {
+                observed.devices.insert(name.clone(), (master.clone(), mtu));
+            }
+        }
+        links.push(Link {
+            name,
+            mtu,
+            master,
+            up,
+        });
+    }
+    if !observed.vxlans.is_empty() {
+        for entry in json("bridge", &["-j", "fdb", "show"]).await? {
+            let device = entry["ifname"].as_str().unwrap_or_default();
+            let dst = entry["dst"].as_str().and_then(|d| d.parse::<IpAddr>().ok());
+            if let (true, Some(dst), Some(mac)) = (
+                observed.vxlans.contains_key(device),
+                dst,
+                entry["mac"].as_str(),
+            ) {
+                observed.fdb.insert(Fdb {
+                    device: device.to_owned(),
+                    mac: mac.to_owned(),
+                    dst,
+                });
+            }
+        }
+    }
+    Ok((observed, links))
+}
+
+enum Tool {
+    Ip,
+    Bridge,
+}
+
+fn lines(op: &Op) -> (Tool, Vec<String>) {
+    match op {
+        Op::AddBridge { name, mtu } => (
+            Tool::Ip,
+            vec![
+                format!("link add {name} type bridge"),
+                format!("link set {name} mtu {mtu} up"),
+            ],
+        ),
+        Op::SetMtu { name, mtu } => (Tool::Ip, vec![format!("link set {name} mtu {mtu}")]),
+        Op::AddVxlan { name, vxlan } => (
+            Tool::Ip,
+            vec![
+                format!(
+                    "link add {name} type vxlan id {} local {} dstport {} nolearning",
+                    vxlan.vni,
+                    vxlan.local,
+                    isthmus_dataplane::l2::VXLAN_PORT
+                ),
+                format!(
+                    "link set {name} mtu {} master {} up",
+                    vxlan.mtu, vxlan.bridge
+                ),
+            ],
+        ),
+        Op::Attach {
+            device,
+            bridge,
+            mtu,
+        } => (
+            Tool::Ip,
+            vec![format!("link set {device} mtu {mtu} master {bridge} up")],
+        ),
+        Op::Detach { device } => (Tool::Ip, vec![format!("link set {device} nomaster")]),
+        Op::DelVxlan { name } | Op::DelBridge { name } => {
+            (Tool::Ip, vec![format!("link del {name}")])
+        }
+        Op::AddFdb(f) => (
+            Tool::Bridge,
+            vec![format!(
+                "fdb append {} dev {} dst {} self permanent",
+                f.mac, f.device, f.dst
+            )],
+        ),
+        Op::DelFdb(f) => (
+            Tool::Bridge,
+            vec![format!(
+                "fdb del {} dev {} dst {} self",
+                f.mac, f.device, f.dst
+            )],
+        ),
+    }
+}
+
+async fn batch(program: &str, script: &str) -> Result<(), AgentError> {
+    let mut child = Command::new(program)
+        .args(["-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        return Err(AgentError::Kernel(format!(
+            "{program} -batch: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Applies ops in order, one batch process per run of ops of the same tool.
+pub async fn apply(ops: &[Op]) -> Result<(), AgentError> {
+    let mut pending: Option<(Tool, String)> = None;
+    let mut first_error = None;
+    for op in ops {
+        let (tool, cmds) = lines(op);
+        let same = matches!(
+            (&pending, &tool),
+            (Some((Tool::Ip, _)), Tool::Ip) | (Some((Tool::Bridge, _)), Tool::Bridge)
+        );
+        if !same {
+            if let Some((t, script)) = pending.take() {
+                if let Err(e) = run_batch(&t, &script).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            pending = Some((tool, String::new()));
+        }
+        if let Some((_, script)) = pending.as_mut() {
+            for c in cmds {
+                script.push_str(&c);
+                script.push('\n');
+            }
+        }
+    }
+    if let Some((t, script)) = pending {
+        if let Err(e) = run_batch(&t, &script).await {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn run_batch(tool: &Tool, script: &str) -> Result<(), AgentError> {
+    match tool {
+        Tool::Ip => batch("ip", script).await,
+        Tool::Bridge => batch("bridge", script).await,
+    }
+}

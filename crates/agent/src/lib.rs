@@ -1,0 +1,276 @@
+//! The Isthmus node agent: registers its node, follows the controller's watch of the node's
+//! view, and reconciles the kernel by diff — read what the kernel has, plan the difference
+//! from what the view implies, apply only that — whenever the view or the node's links change.
+//! It never flushes: a restart re-reads the kernel and changes nothing that is already right.
+
+pub mod http;
+pub mod kernel;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use isthmus_dataplane::l2::{self, bridge_name, tap_name, NodeConfig};
+use isthmus_dataplane::view::NodeView;
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::Notify;
+
+pub use http::Endpoint;
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad command-line configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Talking to the controller failed.
+    #[error("controller: {0}")]
+    Controller(String),
+    /// A kernel read or change failed.
+    #[error("kernel: {0}")]
+    Kernel(String),
+    /// I/O.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node name (ports bind to it).
+    pub node: String,
+    /// Underlay address for VXLAN.
+    pub tunnel_ip: IpAddr,
+    /// The controller.
+    pub controller: Endpoint,
+    /// Physical network → interface.
+    pub physnets: BTreeMap<String, String>,
+    /// How often to send heartbeats.
+    pub heartbeat: Duration,
+}
+
+/// Parses `NAME:IFACE`.
+pub fn parse_physnet(s: &str) -> Result<(String, String), AgentError> {
+    match s.split_once(':') {
+        Some((name, iface)) if !name.is_empty() && !iface.is_empty() => {
+            Ok((name.to_owned(), iface.to_owned()))
+        }
+        _ => Err(AgentError::Config(format!(
+            "--physnet takes NAME:IFACE, not '{s}'"
+        ))),
+    }
+}
+
+struct Shared {
+    config: Config,
+    view: Mutex<NodeView>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn view(&self) -> std::sync::MutexGuard<'_, NodeView> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+async fn register(config: &Config) -> Result<(), AgentError> {
+    let body = json!({"node": {
+        "name": config.node,
+        "tunnel_ip": config.tunnel_ip,
+        "roles": ["compute"],
+        "physnets": config.physnets,
+    }});
+    let (status, answer) = config
+        .controller
+        .request("POST", "/isthmus/v1/nodes", Some(&body))
+        .await?;
+    if status == 200 || status == 201 {
+        Ok(())
+    } else {
+        Err(AgentError::Controller(format!(
+            "registration answered {status}: {answer}"
+        )))
+    }
+}
+
+/// Runs the agent until the process ends.
+pub async fn run(config: Config) -> Result<(), AgentError> {
+    // A wrong configuration fails at once; an unreachable controller is waited for.
+    loop {
+        match register(&config).await {
+            Ok(()) => break,
+            Err(AgentError::Controller(e)) => return Err(AgentError::Controller(e)),
+            Err(e) => {
+                eprintln!("isthmus agent: controller not reachable yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    eprintln!("isthmus agent: node {} registered", config.node);
+    let shared = Arc::new(Shared {
+        config,
+        view: Mutex::new(NodeView::default()),
+        changed: Notify::new(),
+    });
+    tokio::spawn(heartbeats(shared.clone()));
+    tokio::spawn(link_events(shared.clone()));
+    tokio::spawn(reconciler(shared.clone()));
+    follow(shared).await
+}
+
+async fn heartbeats(shared: Arc<Shared>) {
+    let path = format!("/isthmus/v1/nodes/{}/heartbeat", shared.config.node);
+    loop {
+        tokio::time::sleep(shared.config.heartbeat).await;
+        match shared.config.controller.request("PUT", &path, None).await {
+            Ok((404, _)) => {
+                let _ = register(&shared.config).await;
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("isthmus agent: heartbeat failed: {e}"),
+        }
+    }
+}
+
+/// Wakes the reconciler on every link change (a hypervisor creating a tap, a device going
+/// away), so plugging needs no polling.
+async fn link_events(shared: Arc<Shared>) {
+    loop {
+        let child = tokio::process::Command::new("ip")
+            .args(["-o", "monitor", "link"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("isthmus agent: cannot monitor links: {e}");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        if let Some(stdout) = child.stdout.take() {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(_)) = lines.next_line().await {
+                shared.changed.notify_one();
+            }
+        }
+        let _ = child.wait().await;
+    }
+}
+
+/// Follows the watch, reconnecting; each connection starts from a fresh snapshot, and the
+/// kernel is not touched until that snapshot is complete.
+async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
+    let mut from: Option<u64> = None;
+    loop {
+        let path = match from {
+            Some(rev) => format!("/isthmus/v1/watch?node={}&from={rev}", shared.config.node),
+            None => format!("/isthmus/v1/watch?node={}", shared.config.node),
+        };
+        match shared.config.controller.stream(&path).await {
+            Ok(mut lines) => {
+                *shared.view() = NodeView::default();
+                loop {
+                    match lines.next().await {
+                        Ok(Some(line)) => {
+                            let relist = line["type"] == "RELIST";
+                            let applied = shared.view().apply(&line);
+                            match applied {
+                                Ok(_) if relist => {
+                                    from = None;
+                                    break;
+                                }
+                                Ok(changed) => {
+                                    let synced = shared.view().synced;
+                                    if synced {
+                                        from = Some(shared.view().revision);
+                                        if changed || line["synced"] == true {
+                                            shared.changed.notify_one();
+                                        }
+                                    }
+                                }
+                                Err(e) => eprintln!("isthmus agent: {e}"),
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            eprintln!("isthmus agent: watch broke: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => eprintln!("isthmus agent: cannot watch: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn reconciler(shared: Arc<Shared>) {
+    let node = NodeConfig {
+        name: shared.config.node.clone(),
+        tunnel_ip: shared.config.tunnel_ip,
+        physnets: shared.config.physnets.clone(),
+    };
+    loop {
+        // Changes arrive in bursts; a safety pass every 30 s repairs anything changed behind
+        // the agent's back.
+        let _ = tokio::time::timeout(Duration::from_secs(30), shared.changed.notified()).await;
+        let view = {
+            let v = shared.view();
+            if !v.synced {
+                continue;
+            }
+            v.clone()
+        };
+        if let Err(e) = reconcile(&shared, &view, &node).await {
+            eprintln!("isthmus agent: reconcile: {e}");
+        }
+    }
+}
+
+async fn reconcile(shared: &Shared, view: &NodeView, node: &NodeConfig) -> Result<(), AgentError> {
+    let want = l2::desired(view, node);
+    let (observed, _) = kernel::observe().await?;
+    let ops = l2::plan(&want, &observed);
+    if !ops.is_empty() {
+        kernel::apply(&ops).await?;
+    }
+    report_status(shared, view).await
+}
+
+/// Tells the controller which local ports are plugged (tap attached to its bridge and up).
+async fn report_status(shared: &Shared, view: &NodeView) -> Result<(), AgentError> {
+    let (_, links) = kernel::observe().await?;
+    for port in view
+        .ports
+        .values()
+        .filter(|p| p.host_id == shared.config.node)
+    {
+        let tap = tap_name(&port.id);
+        let bridge = bridge_name(&port.network_id);
+        let plugged = links
+            .iter()
+            .any(|l| l.name == tap && l.up && l.master.as_deref() == Some(bridge.as_str()));
+        let status = if plugged { "ACTIVE" } else { "DOWN" };
+        if port.status != status {
+            let body = json!({"status": status, "node": shared.config.node});
+            let path = format!("/isthmus/v1/ports/{}/status", port.id);
+            let (code, answer) = shared
+                .config
+                .controller
+                .request("PUT", &path, Some(&body))
+                .await?;
+            if code != 200 {
+                eprintln!(
+                    "isthmus agent: status of {} answered {code}: {answer}",
+                    port.id
+                );
+            }
+        }
+    }
+    Ok(())
+}

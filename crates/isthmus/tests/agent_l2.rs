@@ -1,0 +1,217 @@
+//! Kernel end to end: a controller in the lab's fabric, one agent per node namespace; ports
+//! created through the API and bound to nodes; VMs plugged as a hypervisor would (a tap
+//! appears in the node). The agents build the overlay, VMs ping across nodes, ports turn
+//! ACTIVE, and deleting the ports removes every bridge and VXLAN device.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use isthmus_lab::{unavailable, Lab, Netns};
+use serde_json::{json, Value};
+
+const CONTROLLER: &str = "10.251.0.254:9696";
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An API call made from inside the fabric (where the controller listens).
+fn api(fabric: &Netns, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("http://{CONTROLLER}{path}");
+    let mut args = vec![
+        "-s",
+        "-X",
+        method,
+        "-H",
+        "Content-Type: application/json",
+        "-w",
+        "\n%{http_code}",
+    ];
+    let payload = body.map(|b| b.to_string());
+    if let Some(p) = &payload {
+        args.extend(["-d", p.as_str()]);
+    }
+    args.push(&url);
+    let out = fabric.exec("curl", &args).unwrap_or_default();
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+    (
+        code.parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn agents_build_the_overlay_from_the_api() {
+    if let Some(why) = unavailable() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run kernel tests: {why}"
+        );
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let lab = Lab::new(3).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_isthmus");
+    let _controller = Process(
+        lab.fabric
+            .command(bin)
+            .args([
+                "controller",
+                "--listen",
+                CONTROLLER,
+                "--data-dir",
+                data.path().to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the controller", Duration::from_secs(20), || {
+        api(&lab.fabric, "GET", "/healthz", None).0 == 200
+    });
+    let _agents: Vec<Process> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            Process(
+                n.ns.command(bin)
+                    .args([
+                        "agent",
+                        "--node",
+                        &n.name,
+                        "--tunnel-ip",
+                        &n.underlay_ip.to_string(),
+                    ])
+                    .args(["--controller", &format!("http://{CONTROLLER}")])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    wait_for("3 registered agents", Duration::from_secs(20), || {
+        api(&lab.fabric, "GET", "/v2.0/agents", None).1["agents"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3)
+    });
+
+    let (s, net) = api(
+        &lab.fabric,
+        "POST",
+        "/v2.0/networks",
+        Some(json!({"network": {"name": "seamless"}})),
+    );
+    assert_eq!(s, 201);
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    let (s, _) = api(
+        &lab.fabric,
+        "POST",
+        "/v2.0/subnets",
+        Some(
+            json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.100.0/24"}}),
+        ),
+    );
+    assert_eq!(s, 201);
+    let mut ports = Vec::new();
+    let mut vms = Vec::new();
+    for (node, host) in [(0, "node1"), (1, "node2")] {
+        let (s, p) = api(
+            &lab.fabric,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({"port": {
+            "network_id": net_id, "binding:host_id": host, "port_security_enabled": false,
+            "device_owner": "compute:nova"}})),
+        );
+        assert_eq!(s, 201, "{p}");
+        let p = p["port"].clone();
+        let ip = format!("{}/24", p["fixed_ips"][0]["ip_address"].as_str().unwrap());
+        vms.push(
+            lab.add_vm(
+                node,
+                p["id"].as_str().unwrap(),
+                p["mac_address"].as_str().unwrap(),
+                &ip,
+                None,
+                1450,
+            )
+            .unwrap(),
+        );
+        ports.push(p);
+    }
+    assert_eq!(ports[0]["fixed_ips"][0]["ip_address"], "192.168.100.2");
+    assert_eq!(ports[1]["fixed_ips"][0]["ip_address"], "192.168.100.3");
+
+    wait_for(
+        "VM1 to ping VM2 across nodes",
+        Duration::from_secs(20),
+        || {
+            vms[0]
+                .ns
+                .exec("ping", &["-c", "1", "-W", "1", "192.168.100.3"])
+                .is_ok()
+        },
+    );
+    for p in &ports {
+        let path = format!("/v2.0/ports/{}", p["id"].as_str().unwrap());
+        wait_for("ACTIVE status", Duration::from_secs(20), || {
+            api(&lab.fabric, "GET", &path, None).1["port"]["status"] == "ACTIVE"
+        });
+    }
+    // node3 hosts nothing: no bridge, no VXLAN device, and node1 has exact forwarding entries.
+    let node3 = lab.nodes[2].ns.ip(&["-br", "link"]).unwrap();
+    assert!(
+        !node3.contains("brq") && !node3.contains("vxlan-"),
+        "{node3}"
+    );
+    let vni = net["network"]["provider:segmentation_id"].as_u64().unwrap();
+    let fdb = lab.nodes[0]
+        .ns
+        .exec("bridge", &["fdb", "show", "dev", &format!("vxlan-{vni}")])
+        .unwrap();
+    assert!(
+        fdb.contains(&format!(
+            "{} dst 10.251.0.2",
+            ports[1]["mac_address"].as_str().unwrap()
+        )),
+        "{fdb}"
+    );
+    assert!(
+        !fdb.contains("10.251.0.3"),
+        "no entries towards a node without ports: {fdb}"
+    );
+
+    // Deleting the ports through the API removes every bridge and VXLAN device.
+    for p in &ports {
+        let (s, _) = api(
+            &lab.fabric,
+            "DELETE",
+            &format!("/v2.0/ports/{}", p["id"].as_str().unwrap()),
+            None,
+        );
+        assert_eq!(s, 204);
+    }
+    for node in &lab.nodes[..2] {
+        wait_for("the overlay to be removed", Duration::from_secs(20), || {
+            let links = node.ns.ip(&["-br", "link"]).unwrap();
+            !links.contains("brq") && !links.contains("vxlan-")
+        });
+    }
+}
