@@ -1,0 +1,204 @@
+//! Convergence: time from the API's 201 for a new port to its forwarding entry being in place
+//! on every other node hosting the network, with a controller and 10 agents in a lab.
+//! Run as root: `cargo bench -p isthmus --bench convergence [-- SAMPLES]`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use isthmus_lab::{unavailable, Lab, Netns};
+use serde_json::{json, Value};
+
+const CONTROLLER: &str = "10.251.0.254:9696";
+const NODES: usize = 10;
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn api(fabric: &Netns, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("http://{CONTROLLER}{path}");
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut args = vec![
+        "-s",
+        "-X",
+        method,
+        "-H",
+        "Content-Type: application/json",
+        "-w",
+        "\n%{http_code}",
+    ];
+    if !payload.is_empty() {
+        args.extend(["-d", payload.as_str()]);
+    }
+    args.push(&url);
+    let out = fabric.exec("curl", &args).unwrap_or_default();
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+    (
+        code.parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    if let Some(why) = unavailable() {
+        eprintln!("convergence benchmark needs root and iproute2: {why}");
+        std::process::exit(1);
+    }
+    let samples: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100);
+    let lab = Lab::new(NODES).expect("lab");
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_isthmus");
+    let _controller = Process(
+        lab.fabric
+            .command(bin)
+            .args([
+                "controller",
+                "--listen",
+                CONTROLLER,
+                "--data-dir",
+                data.path().to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    while api(&lab.fabric, "GET", "/healthz", None).0 != 200 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _agents: Vec<Process> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            Process(
+                n.ns.command(bin)
+                    .args([
+                        "agent",
+                        "--node",
+                        &n.name,
+                        "--tunnel-ip",
+                        &n.underlay_ip.to_string(),
+                    ])
+                    .args(["--controller", &format!("http://{CONTROLLER}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let (_, net) = api(
+        &lab.fabric,
+        "POST",
+        "/v2.0/networks",
+        Some(json!({"network": {"name": "bench"}})),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    api(
+        &lab.fabric,
+        "POST",
+        "/v2.0/subnets",
+        Some(json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.90.0.0/16"}})),
+    );
+
+    // When each node saw each MAC appear in its FDB.
+    let seen: Arc<Mutex<HashMap<(usize, String), Instant>>> = Arc::default();
+    let mut monitors = Vec::new();
+    for (i, node) in lab.nodes.iter().enumerate() {
+        let mut child = node
+            .ns
+            .command("bridge")
+            .args(["monitor", "fdb"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("Deleted") {
+                    continue;
+                }
+                if let Some(mac) = line.split_whitespace().next() {
+                    seen.lock()
+                        .unwrap()
+                        .entry((i, mac.to_owned()))
+                        .or_insert_with(Instant::now);
+                }
+            }
+        });
+        monitors.push(Process(child));
+    }
+    // Every node hosts the network (one anchor port each), so every node needs every entry.
+    for node in &lab.nodes {
+        api(
+            &lab.fabric,
+            "POST",
+            "/v2.0/ports",
+            Some(
+                json!({"port": {"network_id": net_id, "binding:host_id": node.name, "port_security_enabled": false}}),
+            ),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    let mut converge = Vec::new();
+    for i in 0..samples {
+        let host = i % NODES;
+        let (status, port) = api(
+            &lab.fabric,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({"port": {
+            "network_id": net_id, "binding:host_id": lab.nodes[host].name, "port_security_enabled": false}})),
+        );
+        let acked = Instant::now();
+        assert_eq!(status, 201, "{port}");
+        let mac = port["port"]["mac_address"].as_str().unwrap().to_owned();
+        let deadline = acked + Duration::from_secs(10);
+        loop {
+            let done = {
+                let seen = seen.lock().unwrap();
+                let times: Vec<Instant> = (0..NODES)
+                    .filter(|n| *n != host)
+                    .filter_map(|n| seen.get(&(n, mac.clone())).copied())
+                    .collect();
+                (times.len() == NODES - 1).then(|| times.into_iter().max().unwrap())
+            };
+            if let Some(last) = done {
+                converge.push(last.saturating_duration_since(acked).as_secs_f64() * 1000.0);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {i} did not converge within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    converge.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "convergence, API 201 -> FDB entry on all {} other nodes ({} agents, {} samples): p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        NODES - 1,
+        NODES,
+        converge.len(),
+        percentile(&converge, 0.5),
+        percentile(&converge, 0.9),
+        percentile(&converge, 0.99),
+        converge.last().unwrap()
+    );
+}
