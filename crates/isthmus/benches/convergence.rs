@@ -4,48 +4,14 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use isthmus_lab::{unavailable, Lab, Netns};
-use serde_json::{json, Value};
+use isthmus_lab::{unavailable, Daemon, Lab};
+use serde_json::json;
 
-const CONTROLLER: &str = "10.251.0.254:9696";
 const NODES: usize = 10;
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn api(fabric: &Netns, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("http://{CONTROLLER}{path}");
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut args = vec![
-        "-s",
-        "-X",
-        method,
-        "-H",
-        "Content-Type: application/json",
-        "-w",
-        "\n%{http_code}",
-    ];
-    if !payload.is_empty() {
-        args.extend(["-d", payload.as_str()]);
-    }
-    args.push(&url);
-    let out = fabric.exec("curl", &args).unwrap_or_default();
-    let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
-    (
-        code.parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -63,56 +29,20 @@ fn main() {
     let lab = Lab::new(NODES).expect("lab");
     let data = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_isthmus");
-    let _controller = Process(
-        lab.fabric
-            .command(bin)
-            .args([
-                "controller",
-                "--listen",
-                CONTROLLER,
-                "--data-dir",
-                data.path().to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    while api(&lab.fabric, "GET", "/healthz", None).0 != 200 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _agents: Vec<Process> = lab
-        .nodes
-        .iter()
-        .map(|n| {
-            Process(
-                n.ns.command(bin)
-                    .args([
-                        "agent",
-                        "--node",
-                        &n.name,
-                        "--tunnel-ip",
-                        &n.underlay_ip.to_string(),
-                    ])
-                    .args(["--controller", &format!("http://{CONTROLLER}")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
+    let _controller = lab.start_controller(bin, data.path()).expect("controller");
+    let _agents: Vec<Daemon> = (0..NODES)
+        .map(|i| lab.start_agent(bin, i).expect("agent"))
         .collect();
-    let (_, net) = api(
-        &lab.fabric,
+    let (_, net) = lab.api(
         "POST",
         "/v2.0/networks",
-        Some(json!({"network": {"name": "bench"}})),
+        Some(&json!({"network": {"name": "bench"}})),
     );
     let net_id = net["network"]["id"].as_str().unwrap().to_owned();
-    api(
-        &lab.fabric,
+    lab.api(
         "POST",
         "/v2.0/subnets",
-        Some(json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.90.0.0/16"}})),
+        Some(&json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.90.0.0/16"}})),
     );
 
     // When each node saw each MAC appear in its FDB.
@@ -141,16 +71,14 @@ fn main() {
                 }
             }
         });
-        monitors.push(Process(child));
+        monitors.push(Daemon(child));
     }
     // Every node hosts the network (one anchor port each), so every node needs every entry.
     for node in &lab.nodes {
-        api(
-            &lab.fabric,
+        lab.api(
             "POST",
             "/v2.0/ports",
-            Some(
-                json!({"port": {"network_id": net_id, "binding:host_id": node.name, "port_security_enabled": false}}),
+            Some(&json!({"port": {"network_id": net_id, "binding:host_id": node.name, "port_security_enabled": false}}),
             ),
         );
     }
@@ -159,11 +87,10 @@ fn main() {
     let mut converge = Vec::new();
     for i in 0..samples {
         let host = i % NODES;
-        let (status, port) = api(
-            &lab.fabric,
+        let (status, port) = lab.api(
             "POST",
             "/v2.0/ports",
-            Some(json!({"port": {
+            Some(&json!({"port": {
             "network_id": net_id, "binding:host_id": lab.nodes[host].name, "port_security_enabled": false}})),
         );
         let acked = Instant::now();

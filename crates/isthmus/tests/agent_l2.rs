@@ -3,47 +3,11 @@
 //! appears in the node). The agents build the overlay, VMs ping across nodes, ports turn
 //! ACTIVE, and deleting the ports removes every bridge and VXLAN device.
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use isthmus_lab::{unavailable, Lab, Netns};
-use serde_json::{json, Value};
-
-const CONTROLLER: &str = "10.251.0.254:9696";
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// An API call made from inside the fabric (where the controller listens).
-fn api(fabric: &Netns, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("http://{CONTROLLER}{path}");
-    let mut args = vec![
-        "-s",
-        "-X",
-        method,
-        "-H",
-        "Content-Type: application/json",
-        "-w",
-        "\n%{http_code}",
-    ];
-    let payload = body.map(|b| b.to_string());
-    if let Some(p) = &payload {
-        args.extend(["-d", p.as_str()]);
-    }
-    args.push(&url);
-    let out = fabric.exec("curl", &args).unwrap_or_default();
-    let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
-    (
-        code.parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
+use isthmus_lab::{unavailable, Daemon, Lab};
+use serde_json::json;
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -69,71 +33,38 @@ fn agents_build_the_overlay_from_the_api() {
     let lab = Lab::new(3).unwrap();
     let data = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_isthmus");
-    let _controller = Process(
-        lab.fabric
-            .command(bin)
-            .args([
-                "controller",
-                "--listen",
-                CONTROLLER,
-                "--data-dir",
-                data.path().to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the controller", Duration::from_secs(20), || {
-        api(&lab.fabric, "GET", "/healthz", None).0 == 200
-    });
-    let start_agent = |n: &isthmus_lab::Node| {
-        Process(
-            n.ns.command(bin)
-                .args([
-                    "agent",
-                    "--node",
-                    &n.name,
-                    "--tunnel-ip",
-                    &n.underlay_ip.to_string(),
-                ])
-                .args(["--controller", &format!("http://{CONTROLLER}")])
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let mut agents: Vec<Process> = lab.nodes.iter().map(start_agent).collect();
+    let _controller = lab.start_controller(bin, data.path()).unwrap();
+    let mut agents: Vec<Daemon> = (0..lab.nodes.len())
+        .map(|i| lab.start_agent(bin, i).unwrap())
+        .collect();
     wait_for("3 registered agents", Duration::from_secs(20), || {
-        api(&lab.fabric, "GET", "/v2.0/agents", None).1["agents"]
+        lab.api("GET", "/v2.0/agents", None).1["agents"]
             .as_array()
             .is_some_and(|a| a.len() == 3)
     });
 
-    let (s, net) = api(
-        &lab.fabric,
+    let (s, net) = lab.api(
         "POST",
         "/v2.0/networks",
-        Some(json!({"network": {"name": "seamless"}})),
+        Some(&json!({"network": {"name": "seamless"}})),
     );
     assert_eq!(s, 201);
     let net_id = net["network"]["id"].as_str().unwrap().to_owned();
-    let (s, _) = api(
-        &lab.fabric,
+    let (s, _) = lab.api(
         "POST",
         "/v2.0/subnets",
         Some(
-            json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.100.0/24"}}),
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.100.0/24"}}),
         ),
     );
     assert_eq!(s, 201);
     let mut ports = Vec::new();
     let mut vms = Vec::new();
     for (node, host) in [(0, "node1"), (1, "node2")] {
-        let (s, p) = api(
-            &lab.fabric,
+        let (s, p) = lab.api(
             "POST",
             "/v2.0/ports",
-            Some(json!({"port": {
+            Some(&json!({"port": {
             "network_id": net_id, "binding:host_id": host, "port_security_enabled": false,
             "device_owner": "compute:nova"}})),
         );
@@ -169,7 +100,7 @@ fn agents_build_the_overlay_from_the_api() {
     for p in &ports {
         let path = format!("/v2.0/ports/{}", p["id"].as_str().unwrap());
         wait_for("ACTIVE status", Duration::from_secs(20), || {
-            api(&lab.fabric, "GET", &path, None).1["port"]["status"] == "ACTIVE"
+            lab.api("GET", &path, None).1["port"]["status"] == "ACTIVE"
         });
     }
     // node3 hosts nothing: no bridge, no VXLAN device, and node1 has exact forwarding entries.
@@ -207,7 +138,7 @@ fn agents_build_the_overlay_from_the_api() {
     std::thread::sleep(Duration::from_millis(500));
     drop(std::mem::replace(
         &mut agents[0],
-        start_agent(&lab.nodes[0]),
+        lab.start_agent(bin, 0).unwrap(),
     ));
     std::thread::sleep(Duration::from_millis(1500));
     let summary = String::from_utf8_lossy(&pinger.wait_with_output().unwrap().stdout).into_owned();
@@ -235,8 +166,7 @@ fn agents_build_the_overlay_from_the_api() {
 
     // Deleting the ports through the API removes every bridge and VXLAN device.
     for p in &ports {
-        let (s, _) = api(
-            &lab.fabric,
+        let (s, _) = lab.api(
             "DELETE",
             &format!("/v2.0/ports/{}", p["id"].as_str().unwrap()),
             None,

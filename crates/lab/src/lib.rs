@@ -8,7 +8,7 @@
 //! kernel over netlink.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The underlay prefix of a lab (fabric bridge .254, node N at .N).
@@ -241,6 +241,102 @@ impl Lab {
             ns.ip(&["route", "add", "default", "via", gw])?;
         }
         Ok(Vm { ns, tap })
+    }
+}
+
+/// Where a lab's controller listens: the fabric's underlay address, reachable from every node.
+pub const CONTROLLER_ADDR: &str = "10.251.0.254:9696";
+
+/// A process started for a lab (controller, agent, monitor), killed on drop.
+#[derive(Debug)]
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Lab {
+    /// Calls the lab controller's API from inside the fabric (curl), as admin; returns the
+    /// status (0 when nothing answered) and the JSON body (null when there is none).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("http://{CONTROLLER_ADDR}{path}");
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut args = vec![
+            "-s",
+            "-X",
+            method,
+            "-H",
+            "Content-Type: application/json",
+            "-w",
+            "\n%{http_code}",
+        ];
+        if !payload.is_empty() {
+            args.extend(["-d", payload.as_str()]);
+        }
+        args.push(&url);
+        let out = self.fabric.exec("curl", &args).unwrap_or_default();
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+        (
+            code.parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Starts `isthmus controller` (the binary at `bin`) in the fabric with its store in
+    /// `data_dir`, and waits until it answers.
+    pub fn start_controller(&self, bin: &str, data_dir: &std::path::Path) -> Result<Daemon> {
+        let child = self
+            .fabric
+            .command(bin)
+            .args(["controller", "--listen", CONTROLLER_ADDR, "--data-dir"])
+            .arg(data_dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|source| LabError::Spawn {
+                command: format!("{bin} controller"),
+                source,
+            })?;
+        let daemon = Daemon(child);
+        for _ in 0..400 {
+            if self.api("GET", "/healthz", None).0 == 200 {
+                return Ok(daemon);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(LabError::Failed {
+            command: format!("{bin} controller"),
+            stderr: "no answer within 20 s".into(),
+        })
+    }
+
+    /// Starts `isthmus agent` for node `index` (0-based) against the lab controller.
+    pub fn start_agent(&self, bin: &str, index: usize) -> Result<Daemon> {
+        let node = &self.nodes[index];
+        node.ns
+            .command(bin)
+            .args([
+                "agent",
+                "--node",
+                &node.name,
+                "--tunnel-ip",
+                &node.underlay_ip.to_string(),
+            ])
+            .args(["--controller", &format!("http://{CONTROLLER_ADDR}")])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map(Daemon)
+            .map_err(|source| LabError::Spawn {
+                command: format!("{bin} agent"),
+                source,
+            })
     }
 }
 

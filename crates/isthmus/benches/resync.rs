@@ -1,0 +1,89 @@
+//! Full resync: an agent starts on a node whose network has 10,000 ports on another node;
+//! time from process start to every forwarding entry being in the kernel. Repeated from an
+//! empty kernel each round. Run as root: `cargo bench -p isthmus --bench resync [-- PORTS ROUNDS]`.
+
+use std::time::{Duration, Instant};
+
+use isthmus_lab::{unavailable, Lab};
+use serde_json::json;
+
+fn main() {
+    if let Some(why) = unavailable() {
+        eprintln!("resync benchmark needs root and iproute2: {why}");
+        std::process::exit(1);
+    }
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
+    let ports: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let lab = Lab::new(2).expect("lab");
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_isthmus");
+    let _controller = lab.start_controller(bin, data.path()).expect("controller");
+    let remote = &lab.nodes[1];
+    let (s, _) = lab.api(
+        "POST",
+        "/isthmus/v1/nodes",
+        Some(&json!({"node": {"name": remote.name, "tunnel_ip": remote.underlay_ip.to_string()}})),
+    );
+    assert_eq!(s, 201);
+    let (_, net) = lab.api(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "resync"}})),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    let vni = net["network"]["provider:segmentation_id"].as_u64().unwrap();
+    lab.api(
+        "POST",
+        "/v2.0/subnets",
+        Some(&json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.64.0.0/16"}})),
+    );
+    lab.api("POST", "/v2.0/ports", Some(&json!({"port": {
+        "network_id": net_id, "binding:host_id": lab.nodes[0].name, "port_security_enabled": false}})));
+    for _ in 0..ports.div_ceil(100) {
+        let batch: Vec<_> = (0..100)
+            .map(|_| json!({"network_id": net_id, "binding:host_id": remote.name, "port_security_enabled": false}))
+            .collect();
+        let (s, v) = lab.api("POST", "/v2.0/ports", Some(&json!({ "ports": batch })));
+        assert_eq!(s, 201, "{v}");
+    }
+    let want = ports.div_ceil(100) * 100 + 1; // every remote MAC plus the flood entry
+    let device = format!("vxlan-{vni}");
+    let node = &lab.nodes[0];
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        // Start from an empty kernel.
+        let _ = node.ns.ip(&["link", "del", &device]);
+        let _ = node
+            .ns
+            .ip(&["link", "del", &format!("brq{}", &net_id[..11])]);
+        let started = Instant::now();
+        let agent = lab.start_agent(bin, 0).expect("agent");
+        loop {
+            let entries = node
+                .ns
+                .exec("bridge", &["fdb", "show", "dev", &device])
+                .map(|out| out.lines().filter(|l| l.contains(" dst ")).count())
+                .unwrap_or(0);
+            if entries >= want {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "round {round}: {entries}/{want} entries after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = started.elapsed().as_secs_f64() * 1000.0;
+        println!("round {round}: agent start -> {want} FDB entries in the kernel: {took:.0} ms");
+        times.push(took);
+        drop(agent);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "full resync, {} ports in the node's network: median {:.0} ms over {} rounds",
+        ports,
+        times[times.len() / 2],
+        rounds
+    );
+}
