@@ -236,3 +236,48 @@ async fn run_batch(tool: &Tool, script: &str) -> Result<(), AgentError> {
         Tool::Bridge => batch("bridge", script).await,
     }
 }
+
+/// Reads the anti-spoofing table (absent = empty).
+pub async fn observe_antispoof() -> Result<isthmus_dataplane::antispoof::Observed, AgentError> {
+    let out = Command::new("nft")
+        .args([
+            "-j",
+            "list",
+            "table",
+            "bridge",
+            isthmus_dataplane::antispoof::TABLE,
+        ])
+        .output()
+        .await?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(isthmus_dataplane::antispoof::Observed::default());
+        }
+        return Err(AgentError::Kernel(format!("nft list: {}", err.trim())));
+    }
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| AgentError::Kernel(format!("nft -j output: {e}")))?;
+    Ok(isthmus_dataplane::antispoof::parse_observed(&json))
+}
+
+/// Applies an nft script as one transaction.
+pub async fn nft(script: &str) -> Result<(), AgentError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        return Err(AgentError::Kernel(format!(
+            "nft -f: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use isthmus_dataplane::antispoof;
 use isthmus_dataplane::l2::{self, bridge_name, tap_name, NodeConfig};
 use isthmus_dataplane::view::NodeView;
 use serde_json::json;
@@ -233,6 +234,11 @@ async fn reconciler(shared: Arc<Shared>) {
 }
 
 async fn reconcile(shared: &Shared, view: &NodeView, node: &NodeConfig) -> Result<(), AgentError> {
+    // Guards first, so a tap is never attached without its anti-spoofing chain.
+    let guards = antispoof::desired(view, node);
+    if let Some(script) = antispoof::plan(&guards, &kernel::observe_antispoof().await?) {
+        kernel::nft(&script).await?;
+    }
     let want = l2::desired(view, node);
     let (observed, _) = kernel::observe().await?;
     let ops = l2::plan(&want, &observed);

@@ -3,5 +3,6 @@
 //! what the kernel has into that. Agents read the kernel and apply plans; nothing here does
 //! I/O.
 
+pub mod antispoof;
 pub mod l2;
 pub mod view;

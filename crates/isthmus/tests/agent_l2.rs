@@ -180,3 +180,118 @@ fn agents_build_the_overlay_from_the_api() {
         });
     }
 }
+
+/// A VM that changes its source IP or MAC is dropped; an allowed-address-pair address is let
+/// through; a port with port security disabled passes everything.
+#[test]
+fn ports_cannot_spoof() {
+    if let Some(why) = unavailable() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run kernel tests: {why}"
+        );
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let lab = Lab::new(2).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_isthmus");
+    let _controller = lab.start_controller(bin, data.path()).unwrap();
+    let _agents: Vec<Daemon> = (0..2).map(|i| lab.start_agent(bin, i).unwrap()).collect();
+    let (_, net) = lab.api(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "guarded"}})),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    lab.api(
+        "POST",
+        "/v2.0/subnets",
+        Some(
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.90.0/24"}}),
+        ),
+    );
+    let mut vms = Vec::new();
+    // a: guarded, with an allowed address pair; b: guarded; c: port security off.
+    let specs = [
+        (
+            0,
+            json!({"binding:host_id": "node1", "allowed_address_pairs": [{"ip_address": "192.168.90.50"}]}),
+        ),
+        (1, json!({"binding:host_id": "node2"})),
+        (
+            1,
+            json!({"binding:host_id": "node2", "port_security_enabled": false, "security_groups": []}),
+        ),
+    ];
+    for (node, extra) in specs {
+        let mut body = extra.clone();
+        body["network_id"] = json!(net_id);
+        let (s, p) = lab.api("POST", "/v2.0/ports", Some(&json!({ "port": body })));
+        assert_eq!(s, 201, "{p}");
+        let p = &p["port"];
+        let ip = format!("{}/24", p["fixed_ips"][0]["ip_address"].as_str().unwrap());
+        vms.push(
+            lab.add_vm(
+                node,
+                p["id"].as_str().unwrap(),
+                p["mac_address"].as_str().unwrap(),
+                &ip,
+                None,
+                1450,
+            )
+            .unwrap(),
+        );
+    }
+    let (a, b, c) = (&vms[0], &vms[1], &vms[2]);
+    let ping_from = |vm: &isthmus_lab::Vm, src: &str| {
+        vm.ns
+            .exec("ping", &["-c", "1", "-W", "1", "-I", src, "192.168.90.3"])
+            .is_ok()
+    };
+    wait_for("a to reach b", Duration::from_secs(20), || {
+        ping_from(a, "192.168.90.2")
+    });
+    wait_for("a's guard", Duration::from_secs(20), || {
+        lab.nodes[0]
+            .ns
+            .exec("nft", &["list", "map", "bridge", "isthmus", "port_in"])
+            .unwrap_or_default()
+            .contains(&a.tap)
+    });
+
+    // Another source address is dropped; the allowed pair's address passes.
+    a.ns.ip(&["addr", "add", "192.168.90.77/24", "dev", "eth0"])
+        .unwrap();
+    assert!(
+        !ping_from(a, "192.168.90.77"),
+        "a spoofed source address must be dropped"
+    );
+    a.ns.ip(&["addr", "add", "192.168.90.50/24", "dev", "eth0"])
+        .unwrap();
+    wait_for(
+        "the allowed address pair to pass",
+        Duration::from_secs(5),
+        || ping_from(a, "192.168.90.50"),
+    );
+
+    // Another MAC is dropped, the port's own passes again.
+    a.ns.ip(&["link", "set", "eth0", "address", "fa:16:3e:99:99:99"])
+        .unwrap();
+    b.ns.ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
+    assert!(
+        !ping_from(a, "192.168.90.2"),
+        "a spoofed MAC must be dropped"
+    );
+
+    // Port security off: anything goes.
+    c.ns.ip(&["addr", "add", "192.168.90.88/24", "dev", "eth0"])
+        .unwrap();
+    c.ns.ip(&["link", "set", "eth0", "address", "fa:16:3e:88:88:88"])
+        .unwrap();
+    wait_for(
+        "the unguarded port to pass anything",
+        Duration::from_secs(5),
+        || ping_from(c, "192.168.90.88"),
+    );
+}
