@@ -2,11 +2,11 @@
 # Runs the whole Isthmus test suite. On a fresh Debian machine it first installs what the tests
 # need (as root): etcd (store conformance, two controllers on one etcd), protoc (the etcd
 # client's build), python3-venv + python-openstackclient (the real Neutron client), iproute2 and
-# iputils-ping (kernel tests in network namespaces, which need root).
+# iputils-ping, nftables and curl (kernel tests in network namespaces, which need root).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(etcd-server protobuf-compiler python3-venv iproute2 iputils-ping)
+packages=(etcd-server protobuf-compiler python3-venv iproute2 iputils-ping nftables curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
