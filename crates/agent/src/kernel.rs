@@ -281,3 +281,20 @@ pub async fn nft(script: &str) -> Result<(), AgentError> {
     }
     Ok(())
 }
+
+/// `nft list table FAMILY NAME` as text (with counters), or `None` when it does not exist.
+pub async fn list_nft_table(family: &str, name: &str) -> Result<Option<String>, AgentError> {
+    let out = Command::new("nft")
+        .args(["list", "table", family, name])
+        .output()
+        .await?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No such file or directory") {
+        Ok(None)
+    } else {
+        Err(AgentError::Kernel(format!("nft list: {}", err.trim())))
+    }
+}

@@ -4,6 +4,7 @@
 //! It never flushes: a restart re-reads the kernel and changes nothing that is already right.
 
 pub mod http;
+pub mod inspect;
 pub mod kernel;
 
 use std::collections::BTreeMap;

@@ -56,16 +56,16 @@ fn set(items: &BTreeSet<String>) -> String {
 
 /// The rules of a port's chain from its MACs and addresses (addresses or prefixes).
 pub fn rules(macs: &BTreeSet<String>, v4: &BTreeSet<String>, v6: &BTreeSet<String>) -> Vec<String> {
-    let mut rules = vec![format!("ether saddr != {} drop", set(macs))];
+    let mut rules = vec![format!("ether saddr != {} counter drop", set(macs))];
     rules.push(format!(
-        "ether type arp arp saddr ether != {} drop",
+        "ether type arp arp saddr ether != {} counter drop",
         set(macs)
     ));
     // ARP probes (duplicate address detection) use sender 0.0.0.0.
     let mut arp_ips = v4.clone();
     arp_ips.insert("0.0.0.0".to_owned());
     rules.push(format!(
-        "ether type arp arp saddr ip != {} drop",
+        "ether type arp arp saddr ip != {} counter drop",
         set(&arp_ips)
     ));
     rules.push(
@@ -73,15 +73,21 @@ pub fn rules(macs: &BTreeSet<String>, v4: &BTreeSet<String>, v6: &BTreeSet<Strin
             .to_owned(),
     );
     if v4.is_empty() {
-        rules.push("ether type ip drop".to_owned());
+        rules.push("ether type ip counter drop".to_owned());
     } else {
-        rules.push(format!("ether type ip ip saddr != {} drop", set(v4)));
+        rules.push(format!(
+            "ether type ip ip saddr != {} counter drop",
+            set(v4)
+        ));
     }
     // Link-local (neighbour discovery) and the unspecified address (DAD) are always allowed.
     let mut v6 = v6.clone();
     v6.insert("fe80::/10".to_owned());
     v6.insert("::".to_owned());
-    rules.push(format!("ether type ip6 ip6 saddr != {} drop", set(&v6)));
+    rules.push(format!(
+        "ether type ip6 ip6 saddr != {} counter drop",
+        set(&v6)
+    ));
     rules
 }
 
@@ -278,12 +284,12 @@ mod tests {
         let g = &d["tapguarded-por"];
         assert_eq!(
             g.rules[0],
-            "ether saddr != { fa:16:3e:00:00:01, fa:16:3e:00:00:09 } drop"
+            "ether saddr != { fa:16:3e:00:00:01, fa:16:3e:00:00:09 } counter drop"
         );
         assert!(g
             .rules
             .iter()
-            .any(|r| r == "ether type ip ip saddr != { 10.0.0.2, 10.0.0.50 } drop"));
+            .any(|r| r == "ether type ip ip saddr != { 10.0.0.2, 10.0.0.50 } counter drop"));
     }
 
     #[test]

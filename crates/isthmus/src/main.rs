@@ -1,4 +1,4 @@
-//! `isthmus`: the controller and the node agent (and, as they land, the lab and inspect tools).
+//! `isthmus`: the controller, the node agent and `inspect` (and, as it lands, the lab).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,6 +76,15 @@ enum Command {
         /// Seconds between heartbeats.
         #[arg(long, default_value_t = 10)]
         heartbeat_seconds: u64,
+    },
+    /// Show what this node's kernel holds (run on the node, e.g. inside its namespace).
+    Inspect {
+        /// Also list the ports the controller binds to this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Controller URL (with --node).
+        #[arg(long, default_value = "http://127.0.0.1:9696")]
+        controller: String,
     },
 }
 
@@ -171,6 +180,14 @@ async fn main() -> anyhow::Result<()> {
                 result = isthmus_agent::run(config) => result?,
                 _ = shutdown_signal() => {}
             }
+            Ok(())
+        }
+        Command::Inspect { node, controller } => {
+            let endpoint = isthmus_agent::Endpoint::parse(&controller)?;
+            let report =
+                isthmus_agent::inspect::report(node.as_deref(), node.as_ref().map(|_| &endpoint))
+                    .await?;
+            print!("{report}");
             Ok(())
         }
     }

@@ -103,6 +103,40 @@ fn agents_build_the_overlay_from_the_api() {
             lab.api("GET", &path, None).1["port"]["status"] == "ACTIVE"
         });
     }
+    // `isthmus inspect` on node1 shows the bridge, the entry towards node2 and the ports.
+    let report = lab.nodes[0]
+        .ns
+        .exec(
+            bin,
+            &[
+                "inspect",
+                "--node",
+                "node1",
+                "--controller",
+                &format!("http://{}", isthmus_lab::CONTROLLER_ADDR),
+            ],
+        )
+        .unwrap();
+    assert!(
+        report.contains(&format!("brq{}", &net_id[..11])),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "{}  -> 10.251.0.2  (port)",
+            ports[1]["mac_address"].as_str().unwrap()
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "{}  192.168.100.2",
+            ports[0]["id"].as_str().unwrap()
+        )),
+        "{report}"
+    );
+    assert!(report.contains("ACTIVE"), "{report}");
+
     // node3 hosts nothing: no bridge, no VXLAN device, and node1 has exact forwarding entries.
     let node3 = lab.nodes[2].ns.ip(&["-br", "link"]).unwrap();
     assert!(

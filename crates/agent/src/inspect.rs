@@ -1,0 +1,106 @@
+//! `isthmus inspect`: what the node's kernel holds, for an operator — bridges with their
+//! networks and VXLAN devices, attached devices, forwarding entries with the remote tunnel
+//! they point to, anti-spoofing chains with packet counters, and (with a controller) the
+//! node's ports with address, MAC, tap and status.
+
+use std::fmt::Write;
+
+use isthmus_dataplane::l2::tap_name;
+
+use crate::http::Endpoint;
+use crate::{kernel, AgentError};
+
+/// The report for this node (`node` and `controller` add the controller's view of its ports).
+pub async fn report(
+    node: Option<&str>,
+    controller: Option<&Endpoint>,
+) -> Result<String, AgentError> {
+    let (observed, links) = kernel::observe().await?;
+    let mut out = String::new();
+    let _ = writeln!(out, "bridges");
+    if observed.bridges.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for (name, bridge) in &observed.bridges {
+        let _ = writeln!(out, "  {name}  mtu {}", bridge.mtu);
+        for (vx, v) in observed.vxlans.iter().filter(|(_, v)| &v.bridge == name) {
+            let _ = writeln!(
+                out,
+                "    {vx}  vni {}  local {}  mtu {}",
+                v.vni, v.local, v.mtu
+            );
+        }
+        for link in links
+            .iter()
+            .filter(|l| l.master.as_deref() == Some(name.as_str()) && !l.name.starts_with("vxlan-"))
+        {
+            let state = if link.up { "up" } else { "down" };
+            let _ = writeln!(out, "    {}  {state}  mtu {}", link.name, link.mtu);
+        }
+    }
+    let _ = writeln!(out, "forwarding entries (static, per VXLAN device)");
+    if observed.fdb.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for entry in &observed.fdb {
+        let what = if entry.mac == isthmus_dataplane::l2::FLOOD_MAC {
+            "flood"
+        } else {
+            "port"
+        };
+        let _ = writeln!(
+            out,
+            "  {}  {}  -> {}  ({what})",
+            entry.device, entry.mac, entry.dst
+        );
+    }
+    if let (Some(node), Some(controller)) = (node, controller) {
+        let path = format!("/v2.0/ports?binding:host_id={node}");
+        let (status, body) = controller.request("GET", &path, None).await?;
+        if status != 200 {
+            return Err(AgentError::Controller(format!(
+                "listing ports answered {status}: {body}"
+            )));
+        }
+        let _ = writeln!(out, "ports bound to {node}");
+        for port in body["ports"].as_array().into_iter().flatten() {
+            let id = port["id"].as_str().unwrap_or_default();
+            let ips: Vec<&str> = port["fixed_ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f["ip_address"].as_str())
+                .collect();
+            let tap = tap_name(id);
+            let present = if links.iter().any(|l| l.name == tap) {
+                ""
+            } else {
+                " (no device yet)"
+            };
+            let _ = writeln!(
+                out,
+                "  {id}  {}  {}  {tap}{present}  {}  port security {}",
+                ips.join(","),
+                port["mac_address"].as_str().unwrap_or_default(),
+                port["status"].as_str().unwrap_or_default(),
+                if port["port_security_enabled"] == true {
+                    "on"
+                } else {
+                    "off"
+                },
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "anti-spoofing (table bridge {})",
+        isthmus_dataplane::antispoof::TABLE
+    );
+    match kernel::list_nft_table("bridge", isthmus_dataplane::antispoof::TABLE).await? {
+        Some(text) => out.push_str(&text),
+        None => {
+            let _ = writeln!(out, "  (none)");
+        }
+    }
+    Ok(out)
+}
