@@ -1,6 +1,6 @@
 //! `isthmus inspect`: what the node's kernel holds, for an operator — bridges with their
 //! networks and VXLAN devices, attached devices, forwarding entries with the remote tunnel
-//! they point to, anti-spoofing chains with packet counters, and (with a controller) the
+//! they point to, anti-spoofing and security-group chains with packet counters, and (with a controller) the
 //! node's ports with address, MAC, tap and status.
 
 use std::fmt::Write;
@@ -91,15 +91,20 @@ pub async fn report(
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "anti-spoofing (table bridge {})",
-        isthmus_dataplane::antispoof::TABLE
-    );
-    match kernel::list_nft_table("bridge", isthmus_dataplane::antispoof::TABLE).await? {
-        Some(text) => out.push_str(&text),
-        None => {
-            let _ = writeln!(out, "  (none)");
+    for (family, what) in [
+        ("bridge", "anti-spoofing and port marks"),
+        ("inet", "security groups"),
+    ] {
+        let _ = writeln!(
+            out,
+            "{what} (table {family} {})",
+            isthmus_dataplane::filter::TABLE
+        );
+        match kernel::list_nft_table(family, isthmus_dataplane::filter::TABLE).await? {
+            Some(text) => out.push_str(&text),
+            None => {
+                let _ = writeln!(out, "  (none)");
+            }
         }
     }
     Ok(out)

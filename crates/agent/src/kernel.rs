@@ -237,28 +237,39 @@ async fn run_batch(tool: &Tool, script: &str) -> Result<(), AgentError> {
     }
 }
 
-/// Reads the anti-spoofing table (absent = empty).
-pub async fn observe_antispoof() -> Result<isthmus_dataplane::antispoof::Observed, AgentError> {
+/// Reads one nft table (absent = empty, `exists` false).
+pub async fn observe_nft_table(
+    family: &str,
+    name: &str,
+) -> Result<isthmus_dataplane::nft::Observed, AgentError> {
     let out = Command::new("nft")
-        .args([
-            "-j",
-            "list",
-            "table",
-            "bridge",
-            isthmus_dataplane::antispoof::TABLE,
-        ])
+        .args(["-j", "list", "table", family, name])
         .output()
         .await?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("No such file or directory") {
-            return Ok(isthmus_dataplane::antispoof::Observed::default());
+            return Ok(isthmus_dataplane::nft::Observed::default());
         }
         return Err(AgentError::Kernel(format!("nft list: {}", err.trim())));
     }
     let json: Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| AgentError::Kernel(format!("nft -j output: {e}")))?;
-    Ok(isthmus_dataplane::antispoof::parse_observed(&json))
+    Ok(isthmus_dataplane::nft::parse_observed(&json))
+}
+
+/// Hands bridged IPv4/IPv6 to the inet hooks (with conntrack) in this namespace, which
+/// stateful security groups need; the setting is per network namespace.
+pub fn enable_br_netfilter() -> Result<(), AgentError> {
+    for family in ["iptables", "ip6tables"] {
+        let path = format!("/proc/sys/net/bridge/bridge-nf-call-{family}");
+        std::fs::write(&path, "1").map_err(|e| {
+            AgentError::Kernel(format!(
+                "{path}: {e} (is the br_netfilter module loaded? modprobe br_netfilter)"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Applies an nft script as one transaction.

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use isthmus_dataplane::antispoof;
+use isthmus_dataplane::filter;
 use isthmus_dataplane::l2::{self, bridge_name, tap_name, NodeConfig};
 use isthmus_dataplane::view::NodeView;
 use serde_json::json;
@@ -99,6 +99,7 @@ async fn register(config: &Config) -> Result<(), AgentError> {
 
 /// Runs the agent until the process ends.
 pub async fn run(config: Config) -> Result<(), AgentError> {
+    kernel::enable_br_netfilter()?;
     // A wrong configuration fails at once; an unreachable controller is waited for.
     loop {
         match register(&config).await {
@@ -235,9 +236,20 @@ async fn reconciler(shared: Arc<Shared>) {
 }
 
 async fn reconcile(shared: &Shared, view: &NodeView, node: &NodeConfig) -> Result<(), AgentError> {
-    // Guards first, so a tap is never attached without its anti-spoofing chain.
-    let guards = antispoof::desired(view, node);
-    if let Some(script) = antispoof::plan(&guards, &kernel::observe_antispoof().await?) {
+    // Filters first, so a tap is never attached without its chains; both tables change in
+    // one transaction.
+    let bridge = kernel::observe_nft_table("bridge", filter::TABLE).await?;
+    let inet = kernel::observe_nft_table("inet", filter::TABLE).await?;
+    let taps = filter::guarded_ports(view, node).into_keys().collect();
+    let wanted = filter::desired(view, node, &filter::port_ids(&taps, &inet));
+    let script: String = [
+        wanted.bridge.plan(&bridge, filter::BRIDGE_BASE),
+        wanted.inet.plan(&inet, filter::INET_BASE),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !script.is_empty() {
         kernel::nft(&script).await?;
     }
     let want = l2::desired(view, node);

@@ -278,6 +278,20 @@ fn ports_cannot_spoof() {
         );
     }
     let (a, b, c) = (&vms[0], &vms[1], &vms[2]);
+    // This test is about spoofing only: let ICMP into the default group from anywhere (so the
+    // port without groups may reach b too).
+    let (_, groups) = lab.api(
+        "GET",
+        "/v2.0/security-groups?name=default&project_id=fake_project_id",
+        None,
+    );
+    let default = groups["security_groups"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = lab.api("POST", "/v2.0/security-group-rules", Some(&json!({"security_group_rule": {
+        "security_group_id": default, "direction": "ingress", "protocol": "icmp", "remote_ip_prefix": "0.0.0.0/0"}})));
+    assert_eq!(s, 201);
     let ping_from = |vm: &isthmus_lab::Vm, src: &str| {
         vm.ns
             .exec("ping", &["-c", "1", "-W", "1", "-I", src, "192.168.90.3"])
@@ -328,4 +342,133 @@ fn ports_cannot_spoof() {
         Duration::from_secs(5),
         || ping_from(c, "192.168.90.88"),
     );
+}
+
+/// Security groups, Neutron semantics: two projects' VMs on a shared network, each in its
+/// project's default group, cannot talk; an ingress rule naming the other project's group
+/// opens exactly that (ICMP, one direction); a remote_ip_prefix rule likewise; removing the
+/// rule closes it again for new connections.
+#[test]
+fn security_groups_between_projects() {
+    if let Some(why) = unavailable() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run kernel tests: {why}"
+        );
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let lab = Lab::new(2).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_isthmus");
+    let _controller = lab.start_controller(bin, data.path()).unwrap();
+    let _agents: Vec<Daemon> = (0..2).map(|i| lab.start_agent(bin, i).unwrap()).collect();
+    let (_, net) = lab.api(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "shared", "shared": true}})),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    lab.api(
+        "POST",
+        "/v2.0/subnets",
+        Some(
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.80.0/24"}}),
+        ),
+    );
+    let mut vms = Vec::new();
+    for (node, project) in [(0, "project-a"), (1, "project-b")] {
+        let (s, p) = lab.api("POST", "/v2.0/ports", Some(&json!({"port": {
+            "network_id": net_id, "project_id": project, "binding:host_id": format!("node{}", node + 1)}})));
+        assert_eq!(s, 201, "{p}");
+        let p = &p["port"];
+        let ip = format!("{}/24", p["fixed_ips"][0]["ip_address"].as_str().unwrap());
+        vms.push(
+            lab.add_vm(
+                node,
+                p["id"].as_str().unwrap(),
+                p["mac_address"].as_str().unwrap(),
+                &ip,
+                None,
+                1450,
+            )
+            .unwrap(),
+        );
+    }
+    let (a, b) = (&vms[0], &vms[1]);
+    let ping =
+        |vm: &isthmus_lab::Vm, to: &str| vm.ns.exec("ping", &["-c", "1", "-W", "1", to]).is_ok();
+    let group_of = |project: &str| {
+        let (_, g) = lab.api(
+            "GET",
+            &format!("/v2.0/security-groups?name=default&project_id={project}"),
+            None,
+        );
+        g["security_groups"][0]["id"].as_str().unwrap().to_owned()
+    };
+    let (group_a, group_b) = (group_of("project-a"), group_of("project-b"));
+    for (node, vm) in lab.nodes.iter().zip([a, b]) {
+        wait_for(
+            "the port's security-group chains",
+            Duration::from_secs(20),
+            || {
+                node.ns
+                    .exec("nft", &["list", "map", "inet", "isthmus", "ingress"])
+                    .unwrap_or_default()
+                    .contains(&format!("ingress_{}", vm.tap))
+            },
+        );
+    }
+    assert!(
+        !ping(a, "192.168.80.3"),
+        "default groups of different projects must not talk (a -> b)"
+    );
+    assert!(
+        !ping(b, "192.168.80.2"),
+        "default groups of different projects must not talk (b -> a)"
+    );
+
+    // b lets ICMP in from members of a's group: a reaches b, b still cannot reach a.
+    let (s, rule) = lab.api("POST", "/v2.0/security-group-rules", Some(&json!({"security_group_rule": {
+        "security_group_id": group_b, "direction": "ingress", "ethertype": "IPv4", "protocol": "icmp",
+        "remote_group_id": group_a}})));
+    assert_eq!(s, 201, "{rule}");
+    wait_for(
+        "a to reach b through the remote-group rule",
+        Duration::from_secs(10),
+        || ping(a, "192.168.80.3"),
+    );
+    assert!(
+        !ping(b, "192.168.80.2"),
+        "the rule opens one direction only"
+    );
+    // Only ICMP: TCP to b stays closed (nothing answers, not even a reset).
+    assert!(a
+        .ns
+        .exec("timeout", &["2", "bash", "-c", "exec 3<>/dev/tcp/192.168.80.3/22"])
+        .is_err());
+
+    // a lets ICMP in from b's address by prefix.
+    let (s, _) = lab.api("POST", "/v2.0/security-group-rules", Some(&json!({"security_group_rule": {
+        "security_group_id": group_a, "direction": "ingress", "ethertype": "IPv4", "protocol": "icmp",
+        "remote_ip_prefix": "192.168.80.3/32"}})));
+    assert_eq!(s, 201);
+    wait_for(
+        "b to reach a through the prefix rule",
+        Duration::from_secs(10),
+        || ping(b, "192.168.80.2"),
+    );
+
+    // Removing the remote-group rule closes a -> b again for new connections.
+    let rule_id = rule["security_group_rule"]["id"].as_str().unwrap();
+    let (s, _) = lab.api(
+        "DELETE",
+        &format!("/v2.0/security-group-rules/{rule_id}"),
+        None,
+    );
+    assert_eq!(s, 204);
+    wait_for("a -> b to close again", Duration::from_secs(10), || {
+        !ping(a, "192.168.80.3")
+    });
+    assert!(ping(b, "192.168.80.2"), "the other rule is untouched");
 }

@@ -1,0 +1,429 @@
+//! Port security on a node, per DESIGN §5 (the two-table design verified on these machines):
+//!
+//! - `table bridge isthmus` sees the port: a frame from a port's tap goes to `from_<tap>`
+//!   (anti-spoofing: source MAC, ARP sender, IPv4/IPv6 source must be the port's own or an
+//!   allowed address pair; DHCP client allowed) which ORs the port's id into the low 16 bits
+//!   of the packet mark; a frame to a port's tap ORs the id into the high 16 bits (`to_<tap>`).
+//! - `table inet isthmus` sees bridged IP traffic through br_netfilter with conntrack; its
+//!   forward chain dispatches on the mark halves to the ports' stateful `egress_<tap>` and
+//!   `ingress_<tap>` chains: invalid dropped, established accepted, then the rules of the
+//!   port's security groups, then drop. Remote groups are named sets of member addresses.
+//!
+//! Ports with port security off get no chains and pass everything. Both tables are diffed
+//! (see [`crate::nft`]): unchanged chains, elements and set members are left alone, so
+//! established connections survive rule changes and agent restarts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use isthmus_model::security_group::protocol_number;
+use serde_json::Value;
+
+use crate::l2::{tap_name, NodeConfig};
+use crate::nft::{Observed, Table};
+use crate::view::{NodeView, Port};
+
+/// Both tables' name.
+pub const TABLE: &str = "isthmus";
+/// Base chains of the bridge table.
+pub const BRIDGE_BASE: &[&str] = &["prerouting", "forward"];
+/// Base chains of the inet table.
+pub const INET_BASE: &[&str] = &["forward"];
+
+const BRIDGE_SKELETON: &str = "  map port_in {\n    type ifname : verdict\n  }\n  map port_out {\n    type ifname : verdict\n  }\n  chain prerouting {\n    type filter hook prerouting priority -200; policy accept;\n    iifname vmap @port_in\n  }\n  chain forward {\n    type filter hook forward priority -100; policy accept;\n    oifname vmap @port_out\n  }\n";
+const INET_SKELETON: &str = "  map egress {\n    type mark : verdict\n  }\n  map ingress {\n    type mark : verdict\n  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n    meta mark and 0x0000ffff vmap @egress\n    meta mark and 0xffff0000 vmap @ingress\n  }\n";
+
+/// Neighbour discovery must pass whatever the groups say (as in Neutron).
+const ND_TYPES: &str = "{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query, mld-listener-report, mld2-listener-report }";
+
+/// The two tables a node should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// `table bridge isthmus`.
+    pub bridge: Table,
+    /// `table inet isthmus`.
+    pub inet: Table,
+}
+
+fn set(items: &BTreeSet<String>) -> String {
+    format!(
+        "{{ {} }}",
+        items.iter().cloned().collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// Anti-spoofing rules from the port's MACs and addresses (addresses or prefixes).
+pub fn spoof_rules(
+    macs: &BTreeSet<String>,
+    v4: &BTreeSet<String>,
+    v6: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut rules = vec![format!("ether saddr != {} counter drop", set(macs))];
+    rules.push(format!(
+        "ether type arp arp saddr ether != {} counter drop",
+        set(macs)
+    ));
+    // ARP probes (duplicate address detection) use sender 0.0.0.0.
+    let mut arp_ips = v4.clone();
+    arp_ips.insert("0.0.0.0".to_owned());
+    rules.push(format!(
+        "ether type arp arp saddr ip != {} counter drop",
+        set(&arp_ips)
+    ));
+    rules.push(
+        "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept"
+            .to_owned(),
+    );
+    if v4.is_empty() {
+        rules.push("ether type ip counter drop".to_owned());
+    } else {
+        rules.push(format!(
+            "ether type ip ip saddr != {} counter drop",
+            set(v4)
+        ));
+    }
+    // Link-local (neighbour discovery) and the unspecified address (DAD) are always allowed.
+    let mut v6 = v6.clone();
+    v6.insert("fe80::/10".to_owned());
+    v6.insert("::".to_owned());
+    rules.push(format!(
+        "ether type ip6 ip6 saddr != {} counter drop",
+        set(&v6)
+    ));
+    rules
+}
+
+/// A port's addresses, v4 and v6, fixed and allowed pairs.
+fn addresses(port: &Port) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
+    for ip in &port.fixed_ips {
+        match ip.ip_address {
+            IpAddr::V4(a) => v4.insert(a.to_string()),
+            IpAddr::V6(a) => v6.insert(a.to_string()),
+        };
+    }
+    for pair in &port.allowed_address_pairs {
+        if pair.ip_address.contains(':') {
+            v6.insert(pair.ip_address.clone());
+        } else {
+            v4.insert(pair.ip_address.clone());
+        }
+    }
+    (v4, v6)
+}
+
+/// Name of a remote group's address set.
+pub fn group_set(group_id: &str, v6: bool) -> String {
+    format!("rg{}_{}", if v6 { 6 } else { 4 }, group_id.replace('-', ""))
+}
+
+/// One group rule as nft match expressions, or `None` for a rule nft cannot express here.
+fn rule_match(rule: &Value) -> Option<(bool, String)> {
+    let ingress = rule["direction"] == "ingress";
+    let v6 = rule["ethertype"] == "IPv6";
+    let mut parts = vec![format!("meta nfproto {}", if v6 { "ipv6" } else { "ipv4" })];
+    let (min, max) = (
+        rule["port_range_min"].as_u64(),
+        rule["port_range_max"].as_u64(),
+    );
+    if let Some(proto) = rule["protocol"].as_str() {
+        let number = protocol_number(proto)?;
+        match number {
+            1 | 58 => {
+                let (l4, field) = if v6 || number == 58 {
+                    ("ipv6-icmp", "icmpv6")
+                } else {
+                    ("icmp", "icmp")
+                };
+                parts.push(format!("meta l4proto {l4}"));
+                if let Some(t) = min {
+                    parts.push(format!("{field} type {t}"));
+                    if let Some(c) = max {
+                        parts.push(format!("{field} code {c}"));
+                    }
+                }
+            }
+            n => {
+                parts.push(format!("meta l4proto {n}"));
+                match (min, max) {
+                    (Some(a), Some(b)) if a == b => parts.push(format!("th dport {a}")),
+                    (Some(a), Some(b)) => parts.push(format!("th dport {a}-{b}")),
+                    (Some(a), None) | (None, Some(a)) => parts.push(format!("th dport {a}")),
+                    (None, None) => {}
+                }
+            }
+        }
+    }
+    let (family, side) = (
+        if v6 { "ip6" } else { "ip" },
+        if ingress { "saddr" } else { "daddr" },
+    );
+    if let Some(prefix) = rule["remote_ip_prefix"].as_str() {
+        parts.push(format!("{family} {side} {prefix}"));
+    }
+    if let Some(group) = rule["remote_group_id"].as_str() {
+        parts.push(format!("{family} {side} @{}", group_set(group, v6)));
+    }
+    Some((ingress, parts.join(" ")))
+}
+
+/// Keeps the ids the kernel already uses (read from the inet `egress` map) and gives new ports
+/// the lowest free ones, so a port's mark never changes while it exists.
+pub fn port_ids(taps: &BTreeSet<String>, observed_inet: &Observed) -> BTreeMap<String, u16> {
+    let mut ids = BTreeMap::new();
+    for (key, chain) in observed_inet.maps.get("egress").into_iter().flatten() {
+        let tap = chain.strip_prefix("egress_").unwrap_or_default();
+        let id = u32::from_str_radix(key.trim_start_matches("0x"), 16).ok();
+        if let (true, Some(id)) = (taps.contains(tap), id) {
+            ids.insert(tap.to_owned(), id as u16);
+        }
+    }
+    let mut used: BTreeSet<u16> = ids.values().copied().collect();
+    for tap in taps {
+        if !ids.contains_key(tap) {
+            if let Some(free) = (1..=u16::MAX).find(|i| !used.contains(i)) {
+                used.insert(free);
+                ids.insert(tap.clone(), free);
+            }
+        }
+    }
+    ids
+}
+
+/// The local ports with port security, by tap.
+pub fn guarded_ports<'a>(view: &'a NodeView, node: &NodeConfig) -> BTreeMap<String, &'a Port> {
+    view.ports
+        .values()
+        .filter(|p| p.host_id == node.name && p.port_security_enabled)
+        .map(|p| (tap_name(&p.id), p))
+        .collect()
+}
+
+/// Both tables for `view`, with port ids from [`port_ids`].
+pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) -> Filter {
+    let mut bridge = Table {
+        family: "bridge",
+        name: TABLE,
+        skeleton: BRIDGE_SKELETON.to_owned(),
+        ..Table::default()
+    };
+    let mut inet = Table {
+        family: "inet",
+        name: TABLE,
+        skeleton: INET_SKELETON.to_owned(),
+        ..Table::default()
+    };
+    let mut remote_groups = BTreeSet::new();
+    for (tap, port) in guarded_ports(view, node) {
+        let Some(&id) = ids.get(&tap) else { continue };
+        let mut macs = BTreeSet::from([port.mac_address.to_ascii_lowercase()]);
+        macs.extend(
+            port.allowed_address_pairs
+                .iter()
+                .map(|p| p.mac_address.to_ascii_lowercase()),
+        );
+        let (v4, v6) = addresses(port);
+        let (from, to) = (format!("from_{tap}"), format!("to_{tap}"));
+        let mut from_rules = spoof_rules(&macs, &v4, &v6);
+        from_rules.push(format!("meta mark set meta mark or 0x{id:08x}"));
+        bridge.chains.insert(from.clone(), from_rules);
+        bridge.chains.insert(
+            to.clone(),
+            vec![format!(
+                "meta mark set meta mark or 0x{:08x}",
+                u32::from(id) << 16
+            )],
+        );
+        bridge
+            .maps
+            .entry("port_in".into())
+            .or_default()
+            .insert(format!("\"{tap}\""), from);
+        bridge
+            .maps
+            .entry("port_out".into())
+            .or_default()
+            .insert(format!("\"{tap}\""), to);
+
+        let mut egress = vec![
+            "ct state invalid counter drop".to_owned(),
+            "ct state established,related return".to_owned(),
+            format!("meta l4proto ipv6-icmp icmpv6 type {ND_TYPES} return"),
+        ];
+        let mut ingress = vec![
+            "ct state invalid counter drop".to_owned(),
+            "ct state established,related accept".to_owned(),
+            format!("meta l4proto ipv6-icmp icmpv6 type {ND_TYPES} accept"),
+        ];
+        for group_id in &port.security_groups {
+            let Some(group) = view
+                .others
+                .get(&("security_group".to_owned(), group_id.clone()))
+            else {
+                continue;
+            };
+            for rule in group["security_group_rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if let Some(remote) = rule["remote_group_id"].as_str() {
+                    remote_groups.insert(remote.to_owned());
+                }
+                match rule_match(rule) {
+                    Some((true, m)) => ingress.push(format!("{m} accept")),
+                    Some((false, m)) => egress.push(format!("{m} return")),
+                    None => {}
+                }
+            }
+        }
+        egress.push("counter drop".to_owned());
+        ingress.push("counter drop".to_owned());
+        let (eg, ing) = (format!("egress_{tap}"), format!("ingress_{tap}"));
+        inet.chains.insert(eg.clone(), egress);
+        inet.chains.insert(ing.clone(), ingress);
+        inet.maps
+            .entry("egress".into())
+            .or_default()
+            .insert(format!("0x{id:08x}"), eg);
+        inet.maps
+            .entry("ingress".into())
+            .or_default()
+            .insert(format!("0x{:08x}", u32::from(id) << 16), ing);
+    }
+    for group in remote_groups {
+        let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
+        for port in view
+            .ports
+            .values()
+            .filter(|p| p.security_groups.contains(&group))
+        {
+            let (a4, a6) = addresses(port);
+            v4.extend(a4);
+            v6.extend(a6);
+        }
+        inet.sets.insert(
+            group_set(&group, false),
+            ("type ipv4_addr; flags interval;".into(), v4),
+        );
+        inet.sets.insert(
+            group_set(&group, true),
+            ("type ipv6_addr; flags interval;".into(), v6),
+        );
+    }
+    Filter { bridge, inet }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{AddressPair, FixedIp};
+    use serde_json::json;
+
+    fn port(id: &str, host: &str, ip: &str, groups: &[&str], security: bool) -> Port {
+        Port {
+            id: id.into(),
+            network_id: "n".into(),
+            mac_address: "fa:16:3e:00:00:01".into(),
+            fixed_ips: vec![FixedIp {
+                subnet_id: "s".into(),
+                ip_address: ip.parse().unwrap(),
+            }],
+            host_id: host.into(),
+            security_groups: groups.iter().map(|g| g.to_string()).collect(),
+            port_security_enabled: security,
+            allowed_address_pairs: vec![AddressPair {
+                ip_address: "10.0.0.50".into(),
+                mac_address: "fa:16:3e:00:00:09".into(),
+            }],
+            status: "DOWN".into(),
+        }
+    }
+
+    fn view() -> NodeView {
+        let mut v = NodeView::default();
+        v.ports.insert(
+            "local-port-1".into(),
+            port("local-port-1", "a", "10.0.0.2", &["web"], true),
+        );
+        v.ports.insert(
+            "open-port-02".into(),
+            port("open-port-02", "a", "10.0.0.3", &[], false),
+        );
+        v.ports.insert(
+            "remote-port3".into(),
+            port("remote-port3", "b", "10.0.0.4", &["db"], true),
+        );
+        v.others.insert(("security_group".into(), "web".into()), json!({"id": "web", "security_group_rules": [
+            {"direction": "egress", "ethertype": "IPv4", "protocol": null, "port_range_min": null, "port_range_max": null, "remote_ip_prefix": null, "remote_group_id": null},
+            {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 80, "port_range_max": 80, "remote_ip_prefix": null, "remote_group_id": "db"},
+            {"direction": "ingress", "ethertype": "IPv4", "protocol": "icmp", "port_range_min": null, "port_range_max": null, "remote_ip_prefix": "192.168.0.0/16", "remote_group_id": null},
+        ]}));
+        v
+    }
+
+    fn node() -> NodeConfig {
+        NodeConfig {
+            name: "a".into(),
+            tunnel_ip: "10.9.0.1".parse().unwrap(),
+            physnets: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn renders_both_tables() {
+        let v = view();
+        let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
+        assert_eq!(taps.iter().collect::<Vec<_>>(), ["taplocal-port-"]);
+        let ids = port_ids(&taps, &Observed::default());
+        assert_eq!(ids["taplocal-port-"], 1);
+        let f = desired(&v, &node(), &ids);
+        assert_eq!(
+            f.bridge.chains["from_taplocal-port-"].last().unwrap(),
+            "meta mark set meta mark or 0x00000001"
+        );
+        assert_eq!(
+            f.bridge.chains["to_taplocal-port-"],
+            ["meta mark set meta mark or 0x00010000"]
+        );
+        let ingress = &f.inet.chains["ingress_taplocal-port-"];
+        assert!(
+            ingress.contains(
+                &"meta nfproto ipv4 meta l4proto 6 th dport 80 ip saddr @rg4_db accept".to_owned()
+            ),
+            "{ingress:?}"
+        );
+        assert!(ingress.contains(
+            &"meta nfproto ipv4 meta l4proto icmp ip saddr 192.168.0.0/16 accept".to_owned()
+        ));
+        assert_eq!(ingress.last().unwrap(), "counter drop");
+        assert!(
+            f.inet.chains["egress_taplocal-port-"].contains(&"meta nfproto ipv4 return".to_owned())
+        );
+        // The remote group's members fill its set (addresses and allowed pairs).
+        assert_eq!(
+            f.inet.sets["rg4_db"].1,
+            BTreeSet::from(["10.0.0.4".to_owned(), "10.0.0.50".to_owned()])
+        );
+        assert_eq!(
+            f.inet.maps["ingress"]["0x00010000"],
+            "ingress_taplocal-port-"
+        );
+        // Applied as planned, a second pass plans nothing for either table.
+        let first = f.inet.plan(&Observed::default(), INET_BASE).unwrap();
+        assert!(first.contains("add set inet isthmus rg4_db"));
+    }
+
+    #[test]
+    fn ids_are_stable() {
+        let mut observed = Observed::default();
+        observed.maps.insert(
+            "egress".into(),
+            BTreeMap::from([("0x00000007".to_owned(), "egress_tapb".to_owned())]),
+        );
+        let taps = BTreeSet::from(["tapa".to_owned(), "tapb".to_owned()]);
+        let ids = port_ids(&taps, &observed);
+        assert_eq!(ids["tapb"], 7, "an existing port keeps its mark");
+        assert_eq!(ids["tapa"], 1);
+    }
+}

@@ -1,0 +1,293 @@
+//! A desired nftables table and the one-transaction script that turns the kernel's table into
+//! it, touching only what differs: chains whose content changed are flushed and refilled
+//! atomically (their first rule carries a content hash, so unchanged chains are recognised
+//! after an agent restart), and map and set elements are added and removed one by one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Prefix of the rule comment carrying a chain's content hash.
+const VERSION_TAG: &str = "isthmus:";
+
+/// FNV-1a, 64 bits: stable across processes and versions, which `DefaultHasher` is not.
+pub fn fnv64(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// A table as it should be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    /// `bridge` or `inet`.
+    pub family: &'static str,
+    /// Table name.
+    pub name: &'static str,
+    /// Declarations created with the table and never changed (base chains, maps), nft syntax
+    /// for the inside of `table { ... }`.
+    pub skeleton: String,
+    /// Regular chains by name, with their rules.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Map elements: map → key → chain to jump to.
+    pub maps: BTreeMap<String, BTreeMap<String, String>>,
+    /// Named sets: name → (declaration inside `set NAME { ... }`, elements).
+    pub sets: BTreeMap<String, (String, BTreeSet<String>)>,
+}
+
+/// A table as read back from the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Whether the table exists.
+    pub exists: bool,
+    /// Regular chains and the content hash their first rule carries.
+    pub chains: BTreeMap<String, Option<String>>,
+    /// Map elements.
+    pub maps: BTreeMap<String, BTreeMap<String, String>>,
+    /// Set elements.
+    pub sets: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Table {
+    fn version(rules: &[String]) -> String {
+        fnv64(&rules.join("\n"))
+    }
+
+    /// The script (one transaction) turning `observed` into this table; `None` if equal.
+    /// `base_chains` are the skeleton's chain names, never treated as regular chains.
+    pub fn plan(&self, observed: &Observed, base_chains: &[&str]) -> Option<String> {
+        let (family, table) = (self.family, self.name);
+        let mut s = String::new();
+        if !observed.exists {
+            s.push_str(&format!("table {family} {table} {{\n{}}}\n", self.skeleton));
+        }
+        for (name, (decl, _)) in &self.sets {
+            if !observed.sets.contains_key(name) {
+                s.push_str(&format!("add set {family} {table} {name} {{ {decl} }}\n"));
+            }
+        }
+        for (name, (_, elements)) in &self.sets {
+            let have = observed.sets.get(name).cloned().unwrap_or_default();
+            let add: Vec<&String> = elements.difference(&have).collect();
+            let del: Vec<&String> = have.difference(elements).collect();
+            if !add.is_empty() {
+                s.push_str(&format!(
+                    "add element {family} {table} {name} {{ {} }}\n",
+                    join(&add)
+                ));
+            }
+            if !del.is_empty() {
+                s.push_str(&format!(
+                    "delete element {family} {table} {name} {{ {} }}\n",
+                    join(&del)
+                ));
+            }
+        }
+        for (name, rules) in &self.chains {
+            let version = Self::version(rules);
+            let have = observed.chains.get(name);
+            if have.is_none() {
+                s.push_str(&format!("add chain {family} {table} {name}\n"));
+            }
+            if have.and_then(|v| v.as_deref()) != Some(version.as_str()) {
+                if have.is_some() {
+                    s.push_str(&format!("flush chain {family} {table} {name}\n"));
+                }
+                for (i, rule) in rules.iter().enumerate() {
+                    let comment = if i == 0 {
+                        format!(" comment \"{VERSION_TAG}{version}\"")
+                    } else {
+                        String::new()
+                    };
+                    s.push_str(&format!(
+                        "add rule {family} {table} {name} {rule}{comment}\n"
+                    ));
+                }
+            }
+        }
+        for (map, elements) in &self.maps {
+            let have = observed.maps.get(map).cloned().unwrap_or_default();
+            for (key, target) in elements {
+                if have.get(key) != Some(target) {
+                    if have.contains_key(key) {
+                        s.push_str(&format!(
+                            "delete element {family} {table} {map} {{ {key} }}\n"
+                        ));
+                    }
+                    s.push_str(&format!(
+                        "add element {family} {table} {map} {{ {key} : jump {target} }}\n"
+                    ));
+                }
+            }
+        }
+        for (map, have) in &observed.maps {
+            let want = self.maps.get(map);
+            for key in have.keys() {
+                if want.is_none_or(|w| !w.contains_key(key)) {
+                    s.push_str(&format!(
+                        "delete element {family} {table} {map} {{ {key} }}\n"
+                    ));
+                }
+            }
+        }
+        for name in observed.chains.keys() {
+            if !self.chains.contains_key(name) && !base_chains.contains(&name.as_str()) {
+                s.push_str(&format!("delete chain {family} {table} {name}\n"));
+            }
+        }
+        for name in observed.sets.keys() {
+            if !self.sets.contains_key(name) {
+                s.push_str(&format!("delete set {family} {table} {name}\n"));
+            }
+        }
+        (!s.is_empty()).then_some(s)
+    }
+}
+
+fn join(items: &[&String]) -> String {
+    items
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A map key as nft prints it back: names quoted, marks in hex.
+fn key_of(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(format!("\"{s}\"")),
+        serde_json::Value::Number(n) => n.as_u64().map(|n| format!("0x{n:08x}")),
+        _ => None,
+    }
+}
+
+fn element_of(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => {
+            if let Some(p) = o.get("prefix") {
+                Some(format!("{}/{}", p["addr"].as_str()?, p["len"].as_u64()?))
+            } else {
+                o.get("elem").and_then(|e| element_of(&e["val"]))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Reads a table from `nft -j list table FAMILY NAME` output.
+pub fn parse_observed(json: &serde_json::Value) -> Observed {
+    let mut observed = Observed {
+        exists: true,
+        ..Observed::default()
+    };
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        if let Some(chain) = item.get("chain") {
+            if chain.get("hook").is_none() {
+                if let Some(name) = chain["name"].as_str() {
+                    observed.chains.entry(name.to_owned()).or_insert(None);
+                }
+            }
+        }
+        if let Some(rule) = item.get("rule") {
+            let chain = rule["chain"].as_str().unwrap_or_default();
+            if let Some(v) = rule["comment"]
+                .as_str()
+                .and_then(|c| c.strip_prefix(VERSION_TAG))
+            {
+                observed.chains.insert(chain.to_owned(), Some(v.to_owned()));
+            }
+        }
+        if let Some(map) = item.get("map") {
+            let entry = observed
+                .maps
+                .entry(map["name"].as_str().unwrap_or_default().to_owned())
+                .or_default();
+            for elem in map["elem"].as_array().into_iter().flatten() {
+                if let (Some(key), Some(target)) =
+                    (key_of(&elem[0]), elem[1]["jump"]["target"].as_str())
+                {
+                    entry.insert(key, target.to_owned());
+                }
+            }
+        }
+        if let Some(set) = item.get("set") {
+            let entry = observed
+                .sets
+                .entry(set["name"].as_str().unwrap_or_default().to_owned())
+                .or_default();
+            for elem in set["elem"].as_array().into_iter().flatten() {
+                if let Some(e) = element_of(elem) {
+                    entry.insert(e);
+                }
+            }
+        }
+    }
+    observed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table {
+            family: "inet",
+            name: "t",
+            skeleton: "  map m {\n    type mark : verdict\n  }\n".into(),
+            chains: BTreeMap::from([("c1".to_owned(), vec!["accept".to_owned()])]),
+            maps: BTreeMap::from([(
+                "m".to_owned(),
+                BTreeMap::from([("0x00000001".to_owned(), "c1".to_owned())]),
+            )]),
+            sets: BTreeMap::from([(
+                "s".to_owned(),
+                (
+                    "type ipv4_addr; flags interval;".to_owned(),
+                    BTreeSet::from(["10.0.0.1".to_owned()]),
+                ),
+            )]),
+        }
+    }
+
+    #[test]
+    fn plans_only_differences() {
+        let t = table();
+        let first = t.plan(&Observed::default(), &[]).unwrap();
+        assert!(first.starts_with("table inet t {"));
+        let applied = Observed {
+            exists: true,
+            chains: BTreeMap::from([("c1".to_owned(), Some(Table::version(&t.chains["c1"])))]),
+            maps: t.maps.clone(),
+            sets: BTreeMap::from([("s".to_owned(), t.sets["s"].1.clone())]),
+        };
+        assert_eq!(t.plan(&applied, &[]), None);
+        let mut changed = t.clone();
+        changed.sets.get_mut("s").unwrap().1 = BTreeSet::from(["10.0.0.2".to_owned()]);
+        assert_eq!(
+            changed.plan(&applied, &[]).unwrap(),
+            "add element inet t s { 10.0.0.2 }\ndelete element inet t s { 10.0.0.1 }\n"
+        );
+    }
+
+    #[test]
+    fn parses_nft_json() {
+        let json = serde_json::json!({"nftables": [
+            {"table": {}},
+            {"set": {"name": "s", "elem": ["10.0.0.1", {"prefix": {"addr": "10.1.0.0", "len": 16}}]}},
+            {"map": {"name": "m", "elem": [[1, {"jump": {"target": "c1"}}], ["tapx", {"jump": {"target": "c2"}}]]}},
+            {"chain": {"name": "forward", "hook": "forward"}},
+            {"chain": {"name": "c1"}},
+            {"rule": {"chain": "c1", "comment": "isthmus:abc"}},
+        ]});
+        let o = parse_observed(&json);
+        assert_eq!(
+            o.sets["s"],
+            BTreeSet::from(["10.0.0.1".to_owned(), "10.1.0.0/16".to_owned()])
+        );
+        assert_eq!(o.maps["m"]["0x00000001"], "c1");
+        assert_eq!(o.maps["m"]["\"tapx\""], "c2");
+        assert_eq!(o.chains.keys().collect::<Vec<_>>(), ["c1"]);
+    }
+}
