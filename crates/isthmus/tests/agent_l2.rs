@@ -445,7 +445,10 @@ fn security_groups_between_projects() {
     // Only ICMP: TCP to b stays closed (nothing answers, not even a reset).
     assert!(a
         .ns
-        .exec("timeout", &["2", "bash", "-c", "exec 3<>/dev/tcp/192.168.80.3/22"])
+        .exec(
+            "timeout",
+            &["2", "bash", "-c", "exec 3<>/dev/tcp/192.168.80.3/22"]
+        )
         .is_err());
 
     // a lets ICMP in from b's address by prefix.
@@ -471,4 +474,145 @@ fn security_groups_between_projects() {
         !ping(a, "192.168.80.3")
     });
     assert!(ping(b, "192.168.80.2"), "the other rule is untouched");
+}
+
+/// An established TCP connection keeps flowing (no stall over 1 s) while unrelated rules are
+/// added and removed and while both agents are restarted; afterwards, removing the rule that
+/// admitted it stops new connections.
+#[test]
+fn established_flows_survive_rule_changes_and_restarts() {
+    if let Some(why) = unavailable() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run kernel tests: {why}"
+        );
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let lab = Lab::new(2).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_isthmus");
+    let _controller = lab.start_controller(bin, data.path()).unwrap();
+    let mut agents: Vec<Daemon> = (0..2).map(|i| lab.start_agent(bin, i).unwrap()).collect();
+    let (_, net) = lab.api(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "flows", "shared": true}})),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    lab.api(
+        "POST",
+        "/v2.0/subnets",
+        Some(
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.70.0/24"}}),
+        ),
+    );
+    let mut vms = Vec::new();
+    for (node, project) in [(0, "project-a"), (1, "project-b")] {
+        let (_, p) = lab.api("POST", "/v2.0/ports", Some(&json!({"port": {
+            "network_id": net_id, "project_id": project, "binding:host_id": format!("node{}", node + 1)}})));
+        let p = &p["port"];
+        let ip = format!("{}/24", p["fixed_ips"][0]["ip_address"].as_str().unwrap());
+        vms.push(
+            lab.add_vm(
+                node,
+                p["id"].as_str().unwrap(),
+                p["mac_address"].as_str().unwrap(),
+                &ip,
+                None,
+                1450,
+            )
+            .unwrap(),
+        );
+    }
+    let (a, b) = (&vms[0], &vms[1]);
+    let group_of = |project: &str| {
+        let (_, g) = lab.api(
+            "GET",
+            &format!("/v2.0/security-groups?name=default&project_id={project}"),
+            None,
+        );
+        g["security_groups"][0]["id"].as_str().unwrap().to_owned()
+    };
+    let (group_a, group_b) = (group_of("project-a"), group_of("project-b"));
+    let (_, tcp_rule) = lab.api("POST", "/v2.0/security-group-rules", Some(&json!({"security_group_rule": {
+        "security_group_id": group_b, "direction": "ingress", "protocol": "tcp", "port_range_min": 7000,
+        "port_range_max": 7000, "remote_group_id": group_a}})));
+    let tcp_rule = tcp_rule["security_group_rule"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let server = "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 7000)); s.listen(8)\nwhile True:\n    c, _ = s.accept()\n    while True:\n        d = c.recv(4096)\n        if not d: break\n        c.sendall(d)\n";
+    let _server = Daemon(
+        b.ns.command("python3")
+            .args(["-c", server])
+            .spawn()
+            .unwrap(),
+    );
+    let connect = "import socket, sys\ntry:\n    socket.create_connection(('192.168.70.3', 7000), timeout=1).close()\nexcept OSError:\n    sys.exit(1)\n";
+    wait_for("a to connect to b:7000", Duration::from_secs(20), || {
+        a.ns.exec("python3", &["-c", connect]).is_ok()
+    });
+
+    // Echo 100 bytes every 10 ms for 6 s; any stall over 1 s fails the client.
+    let client = "import socket, sys, time\nc = socket.create_connection(('192.168.70.3', 7000), timeout=2); c.settimeout(1)\nn = 0; end = time.time() + 6\nwhile time.time() < end:\n    c.sendall(b'x' * 100); got = b''\n    while len(got) < 100:\n        d = c.recv(100 - len(got))\n        if not d: sys.exit(2)\n        got += d\n    n += 1; time.sleep(0.01)\nprint(n)\n";
+    let flow =
+        a.ns.command("python3")
+            .args(["-c", client])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Unrelated rule changes on both groups...
+    let (_, extra) = lab.api("POST", "/v2.0/security-group-rules", Some(&json!({"security_group_rule": {
+        "security_group_id": group_b, "direction": "ingress", "protocol": "udp", "port_range_min": 9999,
+        "port_range_max": 9999, "remote_ip_prefix": "10.0.0.0/8"}})));
+    lab.api(
+        "POST",
+        "/v2.0/security-group-rules",
+        Some(&json!({"security_group_rule": {
+        "security_group_id": group_a, "direction": "ingress", "protocol": "icmp"}})),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    lab.api(
+        "DELETE",
+        &format!(
+            "/v2.0/security-group-rules/{}",
+            extra["security_group_rule"]["id"].as_str().unwrap()
+        ),
+        None,
+    );
+    // ...and both agents restart.
+    for i in 0..2 {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(std::mem::replace(
+            &mut agents[i],
+            lab.start_agent(bin, i).unwrap(),
+        ));
+    }
+    let out = flow.wait_with_output().unwrap();
+    let exchanged: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        out.status.success(),
+        "the established flow broke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(exchanged > 200, "only {exchanged} exchanges in 6 s");
+    eprintln!("established TCP flow: {exchanged} request/response exchanges in 6 s across rule changes and two agent restarts");
+
+    // Removing the admitting rule stops new connections.
+    lab.api(
+        "DELETE",
+        &format!("/v2.0/security-group-rules/{tcp_rule}"),
+        None,
+    );
+    wait_for(
+        "new connections to b:7000 to be refused",
+        Duration::from_secs(10),
+        || a.ns.exec("python3", &["-c", connect]).is_err(),
+    );
 }
