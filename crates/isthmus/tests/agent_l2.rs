@@ -584,12 +584,9 @@ fn established_flows_survive_rule_changes_and_restarts() {
         None,
     );
     // ...and both agents restart.
-    for i in 0..2 {
+    for (i, agent) in agents.iter_mut().enumerate() {
         std::thread::sleep(Duration::from_millis(500));
-        drop(std::mem::replace(
-            &mut agents[i],
-            lab.start_agent(bin, i).unwrap(),
-        ));
+        drop(std::mem::replace(agent, lab.start_agent(bin, i).unwrap()));
     }
     let out = flow.wait_with_output().unwrap();
     let exchanged: u64 = String::from_utf8_lossy(&out.stdout)
