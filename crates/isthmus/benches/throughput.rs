@@ -1,0 +1,145 @@
+//! VM <-> VM TCP throughput across two nodes over VXLAN: ports with Isthmus security groups
+//! (anti-spoofing + stateful chains, default group) against ports with port security off (the
+//! same overlay, no filtering), interleaved A B B A over rounds. Needs root and iperf3.
+//! `cargo bench -p isthmus --bench throughput [-- ROUNDS SECONDS]`
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use isthmus_lab::{unavailable, Daemon, Lab, Vm};
+use serde_json::{json, Value};
+
+fn iperf(client: &Vm, server_ip: &str, seconds: u32) -> f64 {
+    let out = client
+        .ns
+        .exec(
+            "iperf3",
+            &["-c", server_ip, "-t", &seconds.to_string(), "-J"],
+        )
+        .expect("iperf3 client");
+    let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    if let Some(why) = unavailable() {
+        eprintln!("throughput benchmark needs root and iproute2: {why}");
+        std::process::exit(1);
+    }
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(4);
+    let seconds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+    let lab = Lab::new(2).expect("lab");
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_isthmus");
+    let _controller = lab.start_controller(bin, data.path()).expect("controller");
+    let _agents: Vec<Daemon> = (0..2)
+        .map(|i| lab.start_agent(bin, i).expect("agent"))
+        .collect();
+    let (_, net) = lab.api(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "perf"}})),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    lab.api(
+        "POST",
+        "/v2.0/subnets",
+        Some(
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.60.0/24"}}),
+        ),
+    );
+    let mut vms = Vec::new();
+    let mut ips = Vec::new();
+    // guarded pair (default group: members talk freely, statefully), then an open pair.
+    for (node, security) in [(0, true), (1, true), (0, false), (1, false)] {
+        let mut port =
+            json!({"network_id": net_id, "binding:host_id": format!("node{}", node + 1)});
+        if !security {
+            port["port_security_enabled"] = json!(false);
+            port["security_groups"] = json!([]);
+        }
+        let (s, p) = lab.api("POST", "/v2.0/ports", Some(&json!({ "port": port })));
+        assert_eq!(s, 201, "{p}");
+        let p = &p["port"];
+        let ip = p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned();
+        vms.push(
+            lab.add_vm(
+                node,
+                p["id"].as_str().unwrap(),
+                p["mac_address"].as_str().unwrap(),
+                &format!("{ip}/24"),
+                None,
+                1450,
+            )
+            .unwrap(),
+        );
+        ips.push(ip);
+    }
+    for (from, to) in [(0, 1), (2, 3)] {
+        let mut ok = false;
+        for _ in 0..200 {
+            if vms[from]
+                .ns
+                .exec("ping", &["-c", "1", "-W", "1", &ips[to]])
+                .is_ok()
+            {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(ok, "no connectivity {from} -> {to}");
+    }
+    let guarded_chains = lab.nodes[1]
+        .ns
+        .exec("nft", &["list", "map", "inet", "isthmus", "ingress"])
+        .unwrap();
+    assert!(
+        guarded_chains.contains(&vms[1].tap),
+        "the guarded server port has no security-group chain"
+    );
+    let _servers: Vec<Daemon> = [1, 3]
+        .iter()
+        .map(|i| {
+            Daemon(
+                vms[*i]
+                    .ns
+                    .command("iperf3")
+                    .args(["-s"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut sg, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (a, b) = if round % 2 == 0 {
+            let a = iperf(&vms[0], &ips[1], seconds);
+            (a, iperf(&vms[2], &ips[3], seconds))
+        } else {
+            let b = iperf(&vms[2], &ips[3], seconds);
+            (iperf(&vms[0], &ips[1], seconds), b)
+        };
+        println!("round {round}: with security groups {a:.2} Gbps, port security off {b:.2} Gbps, ratio {:.3}", a / b);
+        sg.push(a);
+        raw.push(b);
+        ratios.push(a / b);
+    }
+    println!(
+        "VM<->VM across nodes over VXLAN, 1 stream, {seconds} s x {rounds} rounds (ABBA): security groups {:.2} Gbps, port security off {:.2} Gbps, median ratio {:.3}",
+        median(sg),
+        median(raw),
+        median(ratios)
+    );
+}
