@@ -28,10 +28,10 @@ pub const TABLE: &str = "isthmus";
 /// Base chains of the bridge table.
 pub const BRIDGE_BASE: &[&str] = &["prerouting", "forward"];
 /// Base chains of the inet table.
-pub const INET_BASE: &[&str] = &["forward"];
+pub const INET_BASE: &[&str] = &["prerouting", "forward"];
 
 const BRIDGE_SKELETON: &str = "  map port_in {\n    type ifname : verdict\n  }\n  map port_out {\n    type ifname : verdict\n  }\n  chain prerouting {\n    type filter hook prerouting priority -200; policy accept;\n    iifname vmap @port_in\n  }\n  chain forward {\n    type filter hook forward priority -100; policy accept;\n    oifname vmap @port_out\n  }\n";
-const INET_SKELETON: &str = "  map egress {\n    type mark : verdict\n  }\n  map ingress {\n    type mark : verdict\n  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n    meta mark and 0x0000ffff vmap @egress\n    meta mark and 0xffff0000 vmap @ingress\n  }\n";
+const INET_SKELETON: &str = "  map egress {\n    type mark : verdict\n  }\n  map ingress {\n    type mark : verdict\n  }\n  chain zones {\n  }\n  chain prerouting {\n    type filter hook prerouting priority raw; policy accept;\n    jump zones\n  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n    meta mark and 0x0000ffff vmap @egress\n    meta mark and 0xffff0000 vmap @ingress\n  }\n";
 
 /// Neighbour discovery must pass whatever the groups say (as in Neutron).
 const ND_TYPES: &str = "{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query, mld-listener-report, mld2-listener-report }";
@@ -199,6 +199,18 @@ pub fn guarded_ports<'a>(view: &'a NodeView, node: &NodeConfig) -> BTreeMap<Stri
         .collect()
 }
 
+/// The conntrack zone of a network on every node: from its VNI, or a hash of its id for flat
+/// networks. Zones keep overlapping tenant addresses of different networks apart in conntrack;
+/// two networks whose VNIs are congruent modulo 65535 share one (they are merely not kept
+/// apart from each other, as without zones).
+pub fn zone(network: &crate::view::Network) -> u16 {
+    let n = match network.segmentation_id {
+        Some(vni) => u64::from(vni),
+        None => u64::from_str_radix(&crate::nft::fnv64(&network.id)[..8], 16).unwrap_or(0),
+    };
+    ((n.saturating_sub(1)) % 65535 + 1) as u16
+}
+
 /// Both tables for `view`, with port ids from [`port_ids`].
 pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) -> Filter {
     let mut bridge = Table {
@@ -291,6 +303,25 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
             .or_default()
             .insert(format!("0x{:08x}", u32::from(id) << 16), ing);
     }
+    // A conntrack zone per local network, set before conntrack sees the packet (bridged
+    // traffic reaches the inet hooks with the bridge as its input device).
+    let mut zones: Vec<String> = view
+        .ports
+        .values()
+        .filter(|p| p.host_id == node.name)
+        .filter_map(|p| view.networks.get(&p.network_id))
+        .map(|n| {
+            format!(
+                "iifname \"{}\" ct zone set {}",
+                crate::l2::bridge_name(&n.id),
+                zone(n)
+            )
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    zones.push("return".to_owned());
+    inet.chains.insert("zones".to_owned(), zones);
     for group in remote_groups {
         let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
         for port in view
@@ -409,9 +440,31 @@ mod tests {
             f.inet.maps["ingress"]["0x00010000"],
             "ingress_taplocal-port-"
         );
-        // Applied as planned, a second pass plans nothing for either table.
         let first = f.inet.plan(&Observed::default(), INET_BASE).unwrap();
         assert!(first.contains("add set inet isthmus rg4_db"));
+        // No network in the view: only the terminal return in the zones chain.
+        assert_eq!(f.inet.chains["zones"], ["return"]);
+    }
+
+    #[test]
+    fn zones_per_local_network() {
+        let mut v = view();
+        v.networks.insert(
+            "n".into(),
+            crate::view::Network {
+                id: "n".into(),
+                mtu: 1450,
+                network_type: "vxlan".into(),
+                segmentation_id: Some(70000),
+                physical_network: None,
+            },
+        );
+        let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
+        let f = desired(&v, &node(), &port_ids(&taps, &Observed::default()));
+        assert_eq!(
+            f.inet.chains["zones"],
+            ["iifname \"brqn\" ct zone set 4465", "return"]
+        );
     }
 
     #[test]

@@ -419,6 +419,18 @@ fn security_groups_between_projects() {
             },
         );
     }
+    let zones = lab.nodes[0]
+        .ns
+        .exec("nft", &["list", "chain", "inet", "isthmus", "zones"])
+        .unwrap();
+    let vni = net["network"]["provider:segmentation_id"].as_u64().unwrap();
+    assert!(
+        zones.contains(&format!(
+            "iifname \"brq{}\" ct zone set {vni}",
+            &net_id[..11]
+        )),
+        "{zones}"
+    );
     assert!(
         !ping(a, "192.168.80.3"),
         "default groups of different projects must not talk (a -> b)"
@@ -474,6 +486,40 @@ fn security_groups_between_projects() {
         !ping(a, "192.168.80.3")
     });
     assert!(ping(b, "192.168.80.2"), "the other rule is untouched");
+
+    // Deleting the ports through the API leaves no chain, map element or set behind.
+    let (_, ports) = lab.api("GET", &format!("/v2.0/ports?network_id={net_id}"), None);
+    for p in ports["ports"].as_array().unwrap() {
+        lab.api(
+            "DELETE",
+            &format!("/v2.0/ports/{}", p["id"].as_str().unwrap()),
+            None,
+        );
+    }
+    for node in &lab.nodes {
+        wait_for(
+            "every per-port chain, element and set to go",
+            Duration::from_secs(10),
+            || {
+                let tables = node
+                    .ns
+                    .exec("nft", &["list", "ruleset"])
+                    .unwrap_or_default();
+                ![
+                    "from_",
+                    "to_",
+                    "egress_",
+                    "ingress_",
+                    "rg4_",
+                    "rg6_",
+                    "jump",
+                    "ct zone set",
+                ]
+                .iter()
+                .any(|needle| tables.replace("jump zones", "").contains(needle))
+            },
+        );
+    }
 }
 
 /// An established TCP connection keeps flowing (no stall over 1 s) while unrelated rules are
