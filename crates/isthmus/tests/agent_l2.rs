@@ -97,6 +97,59 @@ fn agents_build_the_overlay_from_the_api() {
                 .is_ok()
         },
     );
+    // Another network with the same CIDR (tenants may overlap): a VM there, on node2, is not
+    // reachable from VM1, which still reaches VM2 on its own network.
+    let (_, other) = lab.api(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "other"}})),
+    );
+    let other_id = other["network"]["id"].as_str().unwrap().to_owned();
+    let (_, other_subnet) = lab.api(
+        "POST",
+        "/v2.0/subnets",
+        Some(&json!({"subnet": {
+        "network_id": other_id, "ip_version": 4, "cidr": "192.168.100.0/24"}})),
+    );
+    let other_subnet = other_subnet["subnet"]["id"].as_str().unwrap().to_owned();
+    let (s, p3) = lab.api(
+        "POST",
+        "/v2.0/ports",
+        Some(&json!({"port": {
+        "network_id": other_id, "binding:host_id": "node2", "port_security_enabled": false,
+        "fixed_ips": [{"subnet_id": other_subnet, "ip_address": "192.168.100.9"}]}})),
+    );
+    assert_eq!(s, 201, "{p3}");
+    let p3 = &p3["port"];
+    let vm3 = lab
+        .add_vm(
+            1,
+            p3["id"].as_str().unwrap(),
+            p3["mac_address"].as_str().unwrap(),
+            "192.168.100.9/24",
+            None,
+            1450,
+        )
+        .unwrap();
+    let p3_path = format!("/v2.0/ports/{}", p3["id"].as_str().unwrap());
+    wait_for(
+        "the other network's port to be plugged",
+        Duration::from_secs(20),
+        || lab.api("GET", &p3_path, None).1["port"]["status"] == "ACTIVE",
+    );
+    assert!(
+        vms[0]
+            .ns
+            .exec("ping", &["-c", "2", "-W", "1", "192.168.100.9"])
+            .is_err(),
+        "networks must be isolated"
+    );
+    assert!(vms[0]
+        .ns
+        .exec("ping", &["-c", "1", "-W", "1", "192.168.100.3"])
+        .is_ok());
+    lab.api("DELETE", &p3_path, None);
+    drop(vm3);
     for p in &ports {
         let path = format!("/v2.0/ports/{}", p["id"].as_str().unwrap());
         wait_for("ACTIVE status", Duration::from_secs(20), || {
