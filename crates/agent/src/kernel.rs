@@ -177,9 +177,10 @@ fn lines(op: &Op) -> (Tool, Vec<String>) {
     }
 }
 
-async fn batch(program: &str, script: &str) -> Result<(), AgentError> {
+/// Runs `program args` with `script` on its standard input.
+async fn feed(program: &str, args: &[&str], script: &str) -> Result<(), AgentError> {
     let mut child = Command::new(program)
-        .args(["-force", "-batch", "-"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -190,7 +191,8 @@ async fn batch(program: &str, script: &str) -> Result<(), AgentError> {
     let out = child.wait_with_output().await?;
     if !out.status.success() {
         return Err(AgentError::Kernel(format!(
-            "{program} -batch: {}",
+            "{program} {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -232,8 +234,8 @@ pub async fn apply(ops: &[Op]) -> Result<(), AgentError> {
 
 async fn run_batch(tool: &Tool, script: &str) -> Result<(), AgentError> {
     match tool {
-        Tool::Ip => batch("ip", script).await,
-        Tool::Bridge => batch("bridge", script).await,
+        Tool::Ip => feed("ip", &["-force", "-batch", "-"], script).await,
+        Tool::Bridge => feed("bridge", &["-force", "-batch", "-"], script).await,
     }
 }
 
@@ -242,18 +244,10 @@ pub async fn observe_nft_table(
     family: &str,
     name: &str,
 ) -> Result<isthmus_dataplane::nft::Observed, AgentError> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "table", family, name])
-        .output()
-        .await?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") {
-            return Ok(isthmus_dataplane::nft::Observed::default());
-        }
-        return Err(AgentError::Kernel(format!("nft list: {}", err.trim())));
-    }
-    let json: Value = serde_json::from_slice(&out.stdout)
+    let Some(text) = nft_list(&["-j"], family, name).await? else {
+        return Ok(isthmus_dataplane::nft::Observed::default());
+    };
+    let json: Value = serde_json::from_str(&text)
         .map_err(|e| AgentError::Kernel(format!("nft -j output: {e}")))?;
     Ok(isthmus_dataplane::nft::parse_observed(&json))
 }
@@ -274,28 +268,17 @@ pub fn enable_br_netfilter() -> Result<(), AgentError> {
 
 /// Applies an nft script as one transaction.
 pub async fn nft(script: &str) -> Result<(), AgentError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await?;
-    }
-    let out = child.wait_with_output().await?;
-    if !out.status.success() {
-        return Err(AgentError::Kernel(format!(
-            "nft -f: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    feed("nft", &["-f", "-"], script).await
 }
 
 /// `nft list table FAMILY NAME` as text (with counters), or `None` when it does not exist.
 pub async fn list_nft_table(family: &str, name: &str) -> Result<Option<String>, AgentError> {
+    nft_list(&[], family, name).await
+}
+
+async fn nft_list(flags: &[&str], family: &str, name: &str) -> Result<Option<String>, AgentError> {
     let out = Command::new("nft")
+        .args(flags)
         .args(["list", "table", family, name])
         .output()
         .await?;

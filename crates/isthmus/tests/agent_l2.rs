@@ -9,6 +9,42 @@ use std::time::{Duration, Instant};
 use isthmus_lab::{unavailable, Daemon, Lab};
 use serde_json::json;
 
+const BIN: &str = env!("CARGO_BIN_EXE_isthmus");
+
+/// A lab with a controller in the fabric and an agent per node (fields drop in order:
+/// processes first, then the namespaces).
+struct Cloud {
+    agents: Vec<Daemon>,
+    _controller: Daemon,
+    _data: tempfile::TempDir,
+    lab: Lab,
+}
+
+/// A cloud of `nodes` nodes, or `None` (skipped, with the reason) where labs cannot run; under
+/// CI that is a failure.
+fn cloud(nodes: usize) -> Option<Cloud> {
+    if let Some(why) = unavailable() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run kernel tests: {why}"
+        );
+        eprintln!("SKIP: {why}");
+        return None;
+    }
+    let lab = Lab::new(nodes).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let controller = lab.start_controller(BIN, data.path()).unwrap();
+    let agents = (0..nodes)
+        .map(|i| lab.start_agent(BIN, i).unwrap())
+        .collect();
+    Some(Cloud {
+        agents,
+        _controller: controller,
+        _data: data,
+        lab,
+    })
+}
+
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -22,21 +58,9 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 
 #[test]
 fn agents_build_the_overlay_from_the_api() {
-    if let Some(why) = unavailable() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run kernel tests: {why}"
-        );
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    let lab = Lab::new(3).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_isthmus");
-    let _controller = lab.start_controller(bin, data.path()).unwrap();
-    let mut agents: Vec<Daemon> = (0..lab.nodes.len())
-        .map(|i| lab.start_agent(bin, i).unwrap())
-        .collect();
+    let Some(mut cloud) = cloud(3) else { return };
+    let lab = &cloud.lab;
+    let agents = &mut cloud.agents;
     wait_for("3 registered agents", Duration::from_secs(20), || {
         lab.api("GET", "/v2.0/agents", None).1["agents"]
             .as_array()
@@ -160,7 +184,7 @@ fn agents_build_the_overlay_from_the_api() {
     let report = lab.nodes[0]
         .ns
         .exec(
-            bin,
+            BIN,
             &[
                 "inspect",
                 "--node",
@@ -225,7 +249,7 @@ fn agents_build_the_overlay_from_the_api() {
     std::thread::sleep(Duration::from_millis(500));
     drop(std::mem::replace(
         &mut agents[0],
-        lab.start_agent(bin, 0).unwrap(),
+        lab.start_agent(BIN, 0).unwrap(),
     ));
     std::thread::sleep(Duration::from_millis(1500));
     let summary = String::from_utf8_lossy(&pinger.wait_with_output().unwrap().stdout).into_owned();
@@ -272,19 +296,8 @@ fn agents_build_the_overlay_from_the_api() {
 /// through; a port with port security disabled passes everything.
 #[test]
 fn ports_cannot_spoof() {
-    if let Some(why) = unavailable() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run kernel tests: {why}"
-        );
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    let lab = Lab::new(2).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_isthmus");
-    let _controller = lab.start_controller(bin, data.path()).unwrap();
-    let _agents: Vec<Daemon> = (0..2).map(|i| lab.start_agent(bin, i).unwrap()).collect();
+    let Some(cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
     let (_, net) = lab.api(
         "POST",
         "/v2.0/networks",
@@ -403,19 +416,8 @@ fn ports_cannot_spoof() {
 /// rule closes it again for new connections.
 #[test]
 fn security_groups_between_projects() {
-    if let Some(why) = unavailable() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run kernel tests: {why}"
-        );
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    let lab = Lab::new(2).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_isthmus");
-    let _controller = lab.start_controller(bin, data.path()).unwrap();
-    let _agents: Vec<Daemon> = (0..2).map(|i| lab.start_agent(bin, i).unwrap()).collect();
+    let Some(cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
     let (_, net) = lab.api(
         "POST",
         "/v2.0/networks",
@@ -580,19 +582,9 @@ fn security_groups_between_projects() {
 /// admitted it stops new connections.
 #[test]
 fn established_flows_survive_rule_changes_and_restarts() {
-    if let Some(why) = unavailable() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run kernel tests: {why}"
-        );
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    let lab = Lab::new(2).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_isthmus");
-    let _controller = lab.start_controller(bin, data.path()).unwrap();
-    let mut agents: Vec<Daemon> = (0..2).map(|i| lab.start_agent(bin, i).unwrap()).collect();
+    let Some(mut cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
+    let agents = &mut cloud.agents;
     let (_, net) = lab.api(
         "POST",
         "/v2.0/networks",
@@ -685,7 +677,7 @@ fn established_flows_survive_rule_changes_and_restarts() {
     // ...and both agents restart.
     for (i, agent) in agents.iter_mut().enumerate() {
         std::thread::sleep(Duration::from_millis(500));
-        drop(std::mem::replace(agent, lab.start_agent(bin, i).unwrap()));
+        drop(std::mem::replace(agent, lab.start_agent(BIN, i).unwrap()));
     }
     let out = flow.wait_with_output().unwrap();
     let exchanged: u64 = String::from_utf8_lossy(&out.stdout)
@@ -718,19 +710,8 @@ fn established_flows_survive_rule_changes_and_restarts() {
 /// source is dropped.
 #[test]
 fn ipv6_through_security_groups() {
-    if let Some(why) = unavailable() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run kernel tests: {why}"
-        );
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    let lab = Lab::new(2).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_isthmus");
-    let _controller = lab.start_controller(bin, data.path()).unwrap();
-    let _agents: Vec<Daemon> = (0..2).map(|i| lab.start_agent(bin, i).unwrap()).collect();
+    let Some(cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
     let (_, net) = lab.api(
         "POST",
         "/v2.0/networks",
