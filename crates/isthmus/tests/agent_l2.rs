@@ -410,27 +410,33 @@ fn ports_cannot_spoof() {
     );
 }
 
-/// Security groups, Neutron semantics: two projects' VMs on a shared network, each in its
-/// project's default group, cannot talk; an ingress rule naming the other project's group
-/// opens exactly that (ICMP, one direction); a remote_ip_prefix rule likewise; removing the
-/// rule closes it again for new connections.
-#[test]
-fn security_groups_between_projects() {
-    let Some(cloud) = cloud(2) else { return };
-    let lab = &cloud.lab;
-    let (_, net) = lab.api(
+/// Two projects' VMs on one shared network: `project-a`'s on node1 and `project-b`'s on node2,
+/// each port in its project's default group.
+struct TwoProjects {
+    /// The API's answer to the network create (`{"network": {...}}`).
+    net: serde_json::Value,
+    /// VM a (project-a, node1), VM b (project-b, node2).
+    vms: Vec<isthmus_lab::Vm>,
+    /// Default group of project-a.
+    group_a: String,
+    /// Default group of project-b.
+    group_b: String,
+}
+
+fn two_projects(lab: &Lab, name: &str, cidr: &str) -> TwoProjects {
+    let (s, net) = lab.api(
         "POST",
         "/v2.0/networks",
-        Some(&json!({"network": {"name": "shared", "shared": true}})),
+        Some(&json!({"network": {"name": name, "shared": true}})),
     );
+    assert_eq!(s, 201, "{net}");
     let net_id = net["network"]["id"].as_str().unwrap().to_owned();
-    lab.api(
+    let (s, sub) = lab.api(
         "POST",
         "/v2.0/subnets",
-        Some(
-            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.80.0/24"}}),
-        ),
+        Some(&json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": cidr}})),
     );
+    assert_eq!(s, 201, "{sub}");
     let mut vms = Vec::new();
     for (node, project) in [(0, "project-a"), (1, "project-b")] {
         let (s, p) = lab.api("POST", "/v2.0/ports", Some(&json!({"port": {
@@ -450,9 +456,6 @@ fn security_groups_between_projects() {
             .unwrap(),
         );
     }
-    let (a, b) = (&vms[0], &vms[1]);
-    let ping =
-        |vm: &isthmus_lab::Vm, to: &str| vm.ns.exec("ping", &["-c", "1", "-W", "1", to]).is_ok();
     let group_of = |project: &str| {
         let (_, g) = lab.api(
             "GET",
@@ -461,7 +464,29 @@ fn security_groups_between_projects() {
         );
         g["security_groups"][0]["id"].as_str().unwrap().to_owned()
     };
-    let (group_a, group_b) = (group_of("project-a"), group_of("project-b"));
+    TwoProjects {
+        net,
+        vms,
+        group_a: group_of("project-a"),
+        group_b: group_of("project-b"),
+    }
+}
+
+/// Security groups, Neutron semantics: two projects' VMs on a shared network, each in its
+/// project's default group, cannot talk; an ingress rule naming the other project's group
+/// opens exactly that (ICMP, one direction); a remote_ip_prefix rule likewise; removing the
+/// rule closes it again for new connections.
+#[test]
+fn security_groups_between_projects() {
+    let Some(cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
+    let two = two_projects(lab, "shared", "192.168.80.0/24");
+    let net = &two.net;
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    let (a, b) = (&two.vms[0], &two.vms[1]);
+    let (group_a, group_b) = (two.group_a.clone(), two.group_b.clone());
+    let ping =
+        |vm: &isthmus_lab::Vm, to: &str| vm.ns.exec("ping", &["-c", "1", "-W", "1", to]).is_ok();
     for (node, vm) in lab.nodes.iter().zip([a, b]) {
         wait_for(
             "the port's security-group chains",
@@ -585,47 +610,9 @@ fn established_flows_survive_rule_changes_and_restarts() {
     let Some(mut cloud) = cloud(2) else { return };
     let lab = &cloud.lab;
     let agents = &mut cloud.agents;
-    let (_, net) = lab.api(
-        "POST",
-        "/v2.0/networks",
-        Some(&json!({"network": {"name": "flows", "shared": true}})),
-    );
-    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
-    lab.api(
-        "POST",
-        "/v2.0/subnets",
-        Some(
-            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.70.0/24"}}),
-        ),
-    );
-    let mut vms = Vec::new();
-    for (node, project) in [(0, "project-a"), (1, "project-b")] {
-        let (_, p) = lab.api("POST", "/v2.0/ports", Some(&json!({"port": {
-            "network_id": net_id, "project_id": project, "binding:host_id": format!("node{}", node + 1)}})));
-        let p = &p["port"];
-        let ip = format!("{}/24", p["fixed_ips"][0]["ip_address"].as_str().unwrap());
-        vms.push(
-            lab.add_vm(
-                node,
-                p["id"].as_str().unwrap(),
-                p["mac_address"].as_str().unwrap(),
-                &ip,
-                None,
-                1450,
-            )
-            .unwrap(),
-        );
-    }
-    let (a, b) = (&vms[0], &vms[1]);
-    let group_of = |project: &str| {
-        let (_, g) = lab.api(
-            "GET",
-            &format!("/v2.0/security-groups?name=default&project_id={project}"),
-            None,
-        );
-        g["security_groups"][0]["id"].as_str().unwrap().to_owned()
-    };
-    let (group_a, group_b) = (group_of("project-a"), group_of("project-b"));
+    let two = two_projects(lab, "flows", "192.168.70.0/24");
+    let (a, b) = (&two.vms[0], &two.vms[1]);
+    let (group_a, group_b) = (two.group_a.clone(), two.group_b.clone());
     let (_, tcp_rule) = lab.api("POST", "/v2.0/security-group-rules", Some(&json!({"security_group_rule": {
         "security_group_id": group_b, "direction": "ingress", "protocol": "tcp", "port_range_min": 7000,
         "port_range_max": 7000, "remote_group_id": group_a}})));
