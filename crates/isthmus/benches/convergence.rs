@@ -1,5 +1,7 @@
-//! Convergence: time from the API's 201 for a new port to its forwarding entry being in place
-//! on every other node hosting the network, with a controller and 10 agents in a lab.
+//! Convergence: time from the API's 201 for a new port to its forwarding entry and its address
+//! in the security-group set (the default group admits its own members, so every node with a
+//! port in it holds the set) being in place on every other node, with a controller and 10
+//! agents in a lab.
 //! Run as root: `cargo bench -p isthmus --bench convergence [-- SAMPLES]`.
 
 use std::collections::HashMap;
@@ -57,14 +59,15 @@ fn main() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let seen = seen.clone();
+        let fdb_seen = seen.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line.starts_with("Deleted") {
                     continue;
                 }
                 if let Some(mac) = line.split_whitespace().next() {
-                    seen.lock()
+                    fdb_seen
+                        .lock()
                         .unwrap()
                         .entry((i, mac.to_owned()))
                         .or_insert_with(Instant::now);
@@ -72,42 +75,84 @@ fn main() {
             }
         });
         monitors.push(Daemon(child));
+        // Set elements, keyed by address: "add element inet isthmus rg4_... { 10.90.0.5 }".
+        let mut child = node
+            .ns
+            .command("nft")
+            .args(["monitor"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let set_seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !line.starts_with("add element inet isthmus rg4_") {
+                    continue;
+                }
+                let address = line
+                    .rsplit('{')
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches('}')
+                    .trim();
+                set_seen
+                    .lock()
+                    .unwrap()
+                    .entry((i, format!("set:{address}")))
+                    .or_insert_with(Instant::now);
+            }
+        });
+        monitors.push(Daemon(child));
     }
-    // Every node hosts the network (one anchor port each), so every node needs every entry.
+    // Every node hosts the network with a port in the default group (one anchor port each), so
+    // every node needs every forwarding entry and every member address.
     for node in &lab.nodes {
         lab.api(
             "POST",
             "/v2.0/ports",
-            Some(&json!({"port": {"network_id": net_id, "binding:host_id": node.name, "port_security_enabled": false}}),
-            ),
+            Some(&json!({"port": {"network_id": net_id, "binding:host_id": node.name}})),
         );
     }
     std::thread::sleep(Duration::from_secs(2));
 
     let mut converge = Vec::new();
+    let mut fdb_only = Vec::new();
     for i in 0..samples {
         let host = i % NODES;
         let (status, port) = lab.api(
             "POST",
             "/v2.0/ports",
-            Some(&json!({"port": {
-            "network_id": net_id, "binding:host_id": lab.nodes[host].name, "port_security_enabled": false}})),
+            Some(&json!({"port": {"network_id": net_id, "binding:host_id": lab.nodes[host].name}})),
         );
         let acked = Instant::now();
         assert_eq!(status, 201, "{port}");
         let mac = port["port"]["mac_address"].as_str().unwrap().to_owned();
+        let member = format!(
+            "set:{}",
+            port["port"]["fixed_ips"][0]["ip_address"].as_str().unwrap()
+        );
         let deadline = acked + Duration::from_secs(10);
         loop {
             let done = {
                 let seen = seen.lock().unwrap();
                 let times: Vec<Instant> = (0..NODES)
                     .filter(|n| *n != host)
-                    .filter_map(|n| seen.get(&(n, mac.clone())).copied())
+                    .flat_map(|n| [seen.get(&(n, mac.clone())), seen.get(&(n, member.clone()))])
+                    .flatten()
+                    .copied()
                     .collect();
-                (times.len() == NODES - 1).then(|| times.into_iter().max().unwrap())
+                (times.len() == 2 * (NODES - 1)).then(|| times.into_iter().max().unwrap())
             };
             if let Some(last) = done {
                 converge.push(last.saturating_duration_since(acked).as_secs_f64() * 1000.0);
+                let seen = seen.lock().unwrap();
+                let fdb_last = (0..NODES)
+                    .filter(|n| *n != host)
+                    .filter_map(|n| seen.get(&(n, mac.clone())).copied())
+                    .max()
+                    .unwrap();
+                fdb_only.push(fdb_last.saturating_duration_since(acked).as_secs_f64() * 1000.0);
                 break;
             }
             assert!(
@@ -118,8 +163,14 @@ fn main() {
         }
     }
     converge.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    fdb_only.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
-        "convergence, API 201 -> FDB entry on all {} other nodes ({} agents, {} samples): p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        "  of which FDB entry alone: p50 {:.1} ms  p99 {:.1} ms",
+        percentile(&fdb_only, 0.5),
+        percentile(&fdb_only, 0.99)
+    );
+    println!(
+        "convergence, API 201 -> FDB entry and security-group set element on all {} other nodes ({} agents, {} samples): p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
         NODES - 1,
         NODES,
         converge.len(),
