@@ -12,9 +12,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use isthmus_dataplane::filter;
 use isthmus_dataplane::l2::{self, bridge_name, tap_name, NodeConfig};
 use isthmus_dataplane::view::NodeView;
+use isthmus_dataplane::{filter, nft};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
@@ -212,16 +212,25 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
     }
 }
 
+/// The filter tables as last applied by this agent.
+type KnownTables = Option<(nft::Observed, nft::Observed)>;
+
 async fn reconciler(shared: Arc<Shared>) {
     let node = NodeConfig {
         name: shared.config.node.clone(),
         tunnel_ip: shared.config.tunnel_ip,
         physnets: shared.config.physnets.clone(),
     };
+    // What this agent last wrote to its filter tables; the kernel is read again at start,
+    // after any failure, and on the periodic safety pass.
+    let mut known: KnownTables = None;
     loop {
-        // Changes arrive in bursts; a safety pass every 30 s repairs anything changed behind
-        // the agent's back.
-        let _ = tokio::time::timeout(Duration::from_secs(30), shared.changed.notified()).await;
+        // Changes arrive in bursts; a safety pass every 30 s re-reads everything and repairs
+        // anything changed behind the agent's back.
+        let woken = tokio::time::timeout(Duration::from_secs(30), shared.changed.notified()).await;
+        if woken.is_err() {
+            known = None;
+        }
         let view = {
             let v = shared.view();
             if !v.synced {
@@ -229,17 +238,28 @@ async fn reconciler(shared: Arc<Shared>) {
             }
             v.clone()
         };
-        if let Err(e) = reconcile(&shared, &view, &node).await {
+        if let Err(e) = reconcile(&shared, &view, &node, &mut known).await {
+            known = None;
             eprintln!("isthmus agent: reconcile: {e}");
         }
     }
 }
 
-async fn reconcile(shared: &Shared, view: &NodeView, node: &NodeConfig) -> Result<(), AgentError> {
+async fn reconcile(
+    shared: &Shared,
+    view: &NodeView,
+    node: &NodeConfig,
+    known: &mut KnownTables,
+) -> Result<(), AgentError> {
     // Filters first, so a tap is never attached without its chains; both tables change in
     // one transaction.
-    let bridge = kernel::observe_nft_table("bridge", filter::TABLE).await?;
-    let inet = kernel::observe_nft_table("inet", filter::TABLE).await?;
+    let (bridge, inet) = match known.take() {
+        Some(tables) => tables,
+        None => (
+            kernel::observe_nft_table("bridge", filter::TABLE).await?,
+            kernel::observe_nft_table("inet", filter::TABLE).await?,
+        ),
+    };
     let taps = filter::guarded_ports(view, node).into_keys().collect();
     let wanted = filter::desired(view, node, &filter::port_ids(&taps, &inet));
     let script: String = [
@@ -252,18 +272,45 @@ async fn reconcile(shared: &Shared, view: &NodeView, node: &NodeConfig) -> Resul
     if !script.is_empty() {
         kernel::nft(&script).await?;
     }
+    *known = Some((wanted.bridge.as_observed(), wanted.inet.as_observed()));
+
     let want = l2::desired(view, node);
-    let (observed, _) = kernel::observe().await?;
+    let (observed, mut links) = kernel::observe().await?;
     let ops = l2::plan(&want, &observed);
     if !ops.is_empty() {
         kernel::apply(&ops).await?;
+        // Reflect what was just applied instead of reading the links back.
+        for op in &ops {
+            match op {
+                l2::Op::Attach {
+                    device,
+                    bridge,
+                    mtu,
+                } => {
+                    if let Some(link) = links.iter_mut().find(|l| &l.name == device) {
+                        link.master = Some(bridge.clone());
+                        link.mtu = *mtu;
+                        link.up = true;
+                    }
+                }
+                l2::Op::Detach { device } => {
+                    if let Some(link) = links.iter_mut().find(|l| &l.name == device) {
+                        link.master = None;
+                    }
+                }
+                _ => {}
+            }
+        }
     }
-    report_status(shared, view).await
+    report_status(shared, view, &links).await
 }
 
 /// Tells the controller which local ports are plugged (tap attached to its bridge and up).
-async fn report_status(shared: &Shared, view: &NodeView) -> Result<(), AgentError> {
-    let (_, links) = kernel::observe().await?;
+async fn report_status(
+    shared: &Shared,
+    view: &NodeView,
+    links: &[kernel::Link],
+) -> Result<(), AgentError> {
     for port in view
         .ports
         .values()

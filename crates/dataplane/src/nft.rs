@@ -54,6 +54,30 @@ impl Table {
         fnv64(&rules.join("\n"))
     }
 
+    /// What the kernel holds once this table's plan is applied (an agent keeps it instead of
+    /// reading the table back after each of its own transactions).
+    pub fn as_observed(&self) -> Observed {
+        Observed {
+            exists: true,
+            chains: self
+                .chains
+                .iter()
+                .map(|(name, rules)| {
+                    (
+                        name.clone(),
+                        (!rules.is_empty()).then(|| Self::version(rules)),
+                    )
+                })
+                .collect(),
+            maps: self.maps.clone(),
+            sets: self
+                .sets
+                .iter()
+                .map(|(name, (_, elements))| (name.clone(), elements.clone()))
+                .collect(),
+        }
+    }
+
     /// The script (one transaction) turning `observed` into this table; `None` if equal.
     /// `base_chains` are the skeleton's chain names, never treated as regular chains.
     pub fn plan(&self, observed: &Observed, base_chains: &[&str]) -> Option<String> {
@@ -263,6 +287,7 @@ mod tests {
             sets: BTreeMap::from([("s".to_owned(), t.sets["s"].1.clone())]),
         };
         assert_eq!(t.plan(&applied, &[]), None);
+        assert_eq!(t.as_observed(), applied, "what an applied plan leaves");
         let mut changed = t.clone();
         changed.sets.get_mut("s").unwrap().1 = BTreeSet::from(["10.0.0.2".to_owned()]);
         assert_eq!(
