@@ -16,15 +16,8 @@ pub const VXLAN_PORT: u16 = 4789;
 /// Destination MAC of the flood (broadcast, unknown unicast, multicast) entries.
 pub const FLOOD_MAC: &str = "00:00:00:00:00:00";
 
-/// The bridge of a network.
-pub fn bridge_name(network_id: &str) -> String {
-    format!("brq{}", network_id.get(..11).unwrap_or(network_id))
-}
-
-/// The host-side device of a port.
-pub fn tap_name(port_id: &str) -> String {
-    format!("tap{}", port_id.get(..11).unwrap_or(port_id))
-}
+pub use isthmus_model::network::bridge_name;
+pub use isthmus_model::port::tap_name;
 
 /// The VXLAN device of a VNI.
 pub fn vxlan_name(vni: u32) -> String {

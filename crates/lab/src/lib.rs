@@ -146,10 +146,7 @@ pub struct Lab {
     pub fabric: Netns,
 }
 
-/// The tap name of a port (`tap` + first 11 characters of its id).
-pub fn tap_name(port_id: &str) -> String {
-    format!("tap{}", port_id.get(..11).unwrap_or(port_id))
-}
+pub use isthmus_model::port::tap_name;
 
 impl Lab {
     /// A fabric and `nodes` nodes on its underlay.

@@ -83,8 +83,6 @@ const UPDATE: &[&str] = &[
 ];
 /// Neutron's default `max_allowed_address_pair`.
 pub const MAX_ADDRESS_PAIRS: usize = 10;
-/// `device_owner` of pods.
-pub const DEVICE_OWNER_POD: &str = "compute:kubernetes";
 
 /// One address of a port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +142,12 @@ pub struct AddressPairRequest {
     pub ip_address: String,
     /// MAC, if given.
     pub mac_address: Option<String>,
+}
+
+/// The kernel name of a port's host-side device: `tap` + first 11 characters of its id, as
+/// Neutron's linuxbridge agent and Nova's os-vif name it.
+pub fn tap_name(port_id: &str) -> String {
+    format!("tap{}", port_id.get(..11).unwrap_or(port_id))
 }
 
 /// A stored port.
@@ -455,9 +459,9 @@ impl PortRequest {
 }
 
 impl Port {
-    /// The kernel name of the port's host-side device: `tap` + first 11 characters of its id.
+    /// The kernel name of the port's host-side device.
     pub fn tap_name(&self) -> String {
-        format!("tap{}", self.meta.id.get(..11).unwrap_or(&self.meta.id))
+        tap_name(&self.meta.id)
     }
 
     /// `binding:vif_type`: `bridge` once bound to a node, else `unbound`.
