@@ -112,6 +112,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/isthmus/v1/nodes/{name}/heartbeat", put(heartbeat))
         .route("/isthmus/v1/ports/{id}/status", put(port_status))
+        .route(
+            "/isthmus/v1/namespace-bindings",
+            get(list_namespace_bindings),
+        )
+        .route(
+            "/isthmus/v1/namespace-bindings/{namespace}",
+            get(show_namespace_binding)
+                .put(put_namespace_binding)
+                .delete(delete_namespace_binding),
+        )
         .route("/isthmus/v1/watch", get(watch))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -618,6 +628,56 @@ async fn port_status(
         .set_port_status(&noauth_caller(&headers), &id, parse_json(&body)?)
         .await?;
     Ok(Json(json!({ "port": port })).into_response())
+}
+
+async fn list_namespace_bindings(State(state): Shared, headers: HeaderMap) -> ApiResult {
+    let bindings = state
+        .service
+        .list_namespace_bindings(&noauth_caller(&headers))
+        .await?;
+    Ok(Json(json!({ "namespace_bindings": bindings })).into_response())
+}
+
+async fn show_namespace_binding(
+    State(state): Shared,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let binding = state
+        .service
+        .show_namespace_binding(&noauth_caller(&headers), &namespace)
+        .await?;
+    Ok(Json(json!({ "namespace_binding": binding })).into_response())
+}
+
+async fn put_namespace_binding(
+    State(state): Shared,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let (created, binding) = state
+        .service
+        .put_namespace_binding(&noauth_caller(&headers), &namespace, parse_json(&body)?)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "namespace_binding": binding }))).into_response())
+}
+
+async fn delete_namespace_binding(
+    State(state): Shared,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    state
+        .service
+        .delete_namespace_binding(&noauth_caller(&headers), &namespace)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn watch(State(state): Shared, RawQuery(raw): RawQuery, headers: HeaderMap) -> ApiResult {

@@ -17,6 +17,8 @@ pub const SECURITY_GROUPS: &str = "/isthmus/security-groups/";
 pub const SECURITY_GROUP_RULES: &str = "/isthmus/security-group-rules/";
 /// Prefix of every registered node.
 pub const NODES: &str = "/isthmus/nodes/";
+/// Prefix of every namespace binding.
+pub const NAMESPACE_BINDINGS: &str = "/isthmus/namespace-bindings/";
 /// Prefix of VNI claims.
 pub const VNIS: &str = "/isthmus/vni/";
 
@@ -43,6 +45,11 @@ pub fn security_group_rule(id: &str) -> String {
 /// A node.
 pub fn node(name: &str) -> String {
     format!("{NODES}{name}")
+}
+
+/// The binding of a Kubernetes namespace.
+pub fn namespace_binding(namespace: &str) -> String {
+    format!("{NAMESPACE_BINDINGS}{namespace}")
 }
 
 /// Claims of addresses in a subnet; sorted by address.

@@ -945,3 +945,70 @@ async fn bulk_create_is_all_or_nothing() {
     );
     let _ = Value::Null;
 }
+
+#[tokio::test]
+async fn namespace_bindings_pick_a_network_per_namespace() {
+    let api = Api::memory();
+    let (s, net) = api
+        .call(
+            As::Anonymous,
+            "POST",
+            "/v2.0/networks",
+            Some(json!({"network": {"name": "pods", "project_id": "team"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{net}");
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    let path = "/isthmus/v1/namespace-bindings/web";
+    let body = json!({"namespace_binding": {"network_id": net_id}});
+    let (s, v) = api
+        .call(As::Anonymous, "PUT", path, Some(body.clone()))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["namespace_binding"]["project_id"], "team");
+    let (s, _) = api
+        .call(As::Anonymous, "PUT", path, Some(body.clone()))
+        .await;
+    assert_eq!(s, 200, "a second PUT replaces");
+    let (s, v) = api.call(As::Anonymous, "GET", path, None).await;
+    assert_eq!(
+        (s, v["namespace_binding"]["network_id"].as_str()),
+        (200, Some(net_id.as_str()))
+    );
+    let (_, v) = api
+        .call(As::Anonymous, "GET", "/isthmus/v1/namespace-bindings", None)
+        .await;
+    assert_eq!(v["namespace_bindings"].as_array().unwrap().len(), 1);
+    // Bad input, unknown networks and non-admins get Neutron errors.
+    for (ns, body, status, fault_type) in [
+        ("Bad_Name", body.clone(), 400, "HTTPBadRequest"),
+        (
+            "web",
+            json!({"namespace_binding": {}}),
+            400,
+            "HTTPBadRequest",
+        ),
+        (
+            "web",
+            json!({"namespace_binding": {"network_id": "nope"}}),
+            404,
+            "NetworkNotFound",
+        ),
+        (
+            "web",
+            json!({"namespace_binding": {"network_id": net_id, "x": 1}}),
+            400,
+            "HTTPBadRequest",
+        ),
+    ] {
+        let p = format!("/isthmus/v1/namespace-bindings/{ns}");
+        let (s, v) = api.call(As::Anonymous, "PUT", &p, Some(body)).await;
+        assert_eq!((s, fault(&v)), (status, fault_type), "{v}");
+    }
+    let (s, _) = api.call(As::Member("team"), "PUT", path, Some(body)).await;
+    assert_eq!(s, 403);
+    let (s, _) = api.call(As::Anonymous, "DELETE", path, None).await;
+    assert_eq!(s, 204);
+    let (s, v) = api.call(As::Anonymous, "GET", path, None).await;
+    assert_eq!((s, fault(&v)), (404, "NamespaceBindingNotFound"));
+}

@@ -6,4 +6,5 @@
 pub mod filter;
 pub mod l2;
 pub mod nft;
+pub mod pod;
 pub mod view;
