@@ -3,12 +3,15 @@
 //! from what the view implies, apply only that — whenever the view or the node's links change.
 //! It never flushes: a restart re-reads the kernel and changes nothing that is already right.
 
+mod cni;
 pub mod http;
 pub mod inspect;
 pub mod kernel;
+pub mod netlink;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,9 +20,11 @@ use isthmus_dataplane::view::NodeView;
 use isthmus_dataplane::{filter, nft};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
+pub use cni::POD_DEVICE_OWNER;
 pub use http::Endpoint;
+pub use isthmus_cni::DEFAULT_SOCKET as DEFAULT_CNI_SOCKET;
 
 /// Errors of the agent.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +56,12 @@ pub struct Config {
     pub physnets: BTreeMap<String, String>,
     /// How often to send heartbeats.
     pub heartbeat: Duration,
+    /// Where the agent keeps what must survive a restart (CNI attachment records).
+    pub state_dir: PathBuf,
+    /// The unix socket `isthmus-cni` forwards to.
+    pub cni_socket: PathBuf,
+    /// The network (id or name) of pods whose configuration and namespace name none.
+    pub default_pod_network: Option<String>,
 }
 
 /// Parses `NAME:IFACE`.
@@ -68,7 +79,12 @@ pub fn parse_physnet(s: &str) -> Result<(String, String), AgentError> {
 struct Shared {
     config: Config,
     view: Mutex<NodeView>,
+    /// Wakes the reconciler.
     changed: Notify,
+    /// The view's revision, for whoever waits for an object to arrive (CNI ADD).
+    revisions: watch::Sender<u64>,
+    /// Local ports whose tap is attached to its bridge and up.
+    plugged: watch::Sender<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -116,6 +132,15 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         config,
         view: Mutex::new(NodeView::default()),
         changed: Notify::new(),
+        revisions: watch::Sender::new(0),
+        plugged: watch::Sender::new(BTreeSet::new()),
+    });
+    let netlink = netlink::Netlink::connect()?;
+    let server = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = cni::serve(server, netlink).await {
+            eprintln!("isthmus agent: the CNI server stopped: {e}");
+        }
     });
     tokio::spawn(heartbeats(shared.clone()));
     tokio::spawn(link_events(shared.clone()));
@@ -189,7 +214,9 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
                                 Ok(changed) => {
                                     let synced = shared.view().synced;
                                     if synced {
-                                        from = Some(shared.view().revision);
+                                        let revision = shared.view().revision;
+                                        from = Some(revision);
+                                        shared.revisions.send_replace(revision);
                                         if changed || line["synced"] == true {
                                             shared.changed.notify_one();
                                         }
@@ -311,17 +338,36 @@ async fn report_status(
     view: &NodeView,
     links: &[kernel::Link],
 ) -> Result<(), AgentError> {
+    let plugged: BTreeSet<String> = view
+        .ports
+        .values()
+        .filter(|p| p.host_id == shared.config.node)
+        .filter(|p| {
+            let tap = tap_name(&p.id);
+            let bridge = bridge_name(&p.network_id);
+            links
+                .iter()
+                .any(|l| l.name == tap && l.up && l.master.as_deref() == Some(bridge.as_str()))
+        })
+        .map(|p| p.id.clone())
+        .collect();
+    shared.plugged.send_if_modified(|old| {
+        let changed = *old != plugged;
+        if changed {
+            old.clone_from(&plugged);
+        }
+        changed
+    });
     for port in view
         .ports
         .values()
         .filter(|p| p.host_id == shared.config.node)
     {
-        let tap = tap_name(&port.id);
-        let bridge = bridge_name(&port.network_id);
-        let plugged = links
-            .iter()
-            .any(|l| l.name == tap && l.up && l.master.as_deref() == Some(bridge.as_str()));
-        let status = if plugged { "ACTIVE" } else { "DOWN" };
+        let status = if plugged.contains(&port.id) {
+            "ACTIVE"
+        } else {
+            "DOWN"
+        };
         if port.status != status {
             let body = json!({"status": status, "node": shared.config.node});
             let path = format!("/isthmus/v1/ports/{}/status", port.id);
@@ -330,7 +376,8 @@ async fn report_status(
                 .controller
                 .request("PUT", &path, Some(&body))
                 .await?;
-            if code != 200 {
+            // 404: the port was deleted since this view was taken.
+            if code != 200 && code != 404 {
                 eprintln!(
                     "isthmus agent: status of {} answered {code}: {answer}",
                     port.id

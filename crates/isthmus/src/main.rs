@@ -76,6 +76,15 @@ enum Command {
         /// Seconds between heartbeats.
         #[arg(long, default_value_t = 10)]
         heartbeat_seconds: u64,
+        /// Where attachment records live (one directory per agent on a shared machine).
+        #[arg(long, default_value = "/var/lib/isthmus")]
+        state_dir: PathBuf,
+        /// The unix socket the isthmus-cni plugin forwards to.
+        #[arg(long, default_value = isthmus_agent::DEFAULT_CNI_SOCKET)]
+        cni_socket: PathBuf,
+        /// Network (id or name) for pods whose CNI configuration and namespace name none.
+        #[arg(long)]
+        default_pod_network: Option<String>,
     },
     /// Show what this node's kernel holds (run on the node, e.g. inside its namespace).
     Inspect {
@@ -164,6 +173,9 @@ async fn main() -> anyhow::Result<()> {
             controller,
             physnets,
             heartbeat_seconds,
+            state_dir,
+            cni_socket,
+            default_pod_network,
         } => {
             let physnets = physnets
                 .iter()
@@ -175,6 +187,9 @@ async fn main() -> anyhow::Result<()> {
                 controller: isthmus_agent::Endpoint::parse(&controller)?,
                 physnets,
                 heartbeat: std::time::Duration::from_secs(heartbeat_seconds.max(1)),
+                state_dir,
+                cni_socket,
+                default_pod_network,
             };
             tokio::select! {
                 result = isthmus_agent::run(config) => result?,

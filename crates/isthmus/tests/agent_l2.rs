@@ -4,57 +4,15 @@
 //! ACTIVE, and deleting the ports removes every bridge and VXLAN device.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use isthmus_lab::{unavailable, Daemon, Lab};
+mod cloud;
+
+use cloud::{cloud, wait_for};
+use isthmus_lab::{Daemon, Lab};
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_isthmus");
-
-/// A lab with a controller in the fabric and an agent per node (fields drop in order:
-/// processes first, then the namespaces).
-struct Cloud {
-    agents: Vec<Daemon>,
-    _controller: Daemon,
-    _data: tempfile::TempDir,
-    lab: Lab,
-}
-
-/// A cloud of `nodes` nodes, or `None` (skipped, with the reason) where labs cannot run; under
-/// CI that is a failure.
-fn cloud(nodes: usize) -> Option<Cloud> {
-    if let Some(why) = unavailable() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run kernel tests: {why}"
-        );
-        eprintln!("SKIP: {why}");
-        return None;
-    }
-    let lab = Lab::new(nodes).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let controller = lab.start_controller(BIN, data.path()).unwrap();
-    let agents = (0..nodes)
-        .map(|i| lab.start_agent(BIN, i).unwrap())
-        .collect();
-    Some(Cloud {
-        agents,
-        _controller: controller,
-        _data: data,
-        lab,
-    })
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
+use cloud::BIN;
 
 #[test]
 fn agents_build_the_overlay_from_the_api() {

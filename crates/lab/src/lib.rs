@@ -8,7 +8,8 @@
 //! kernel over netlink.
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The underlay prefix of a lab (fabric bridge .254, node N at .N).
@@ -126,6 +127,60 @@ pub struct Node {
     pub name: String,
     /// Its underlay (tunnel) address, on `eth0`.
     pub underlay_ip: Ipv4Addr,
+    /// Its agent's `--state-dir`.
+    pub state_dir: PathBuf,
+    /// Its agent's `--cni-socket`.
+    pub cni_socket: PathBuf,
+}
+
+/// A pod sandbox: a network namespace, as a runtime creates it before calling CNI.
+#[derive(Debug)]
+pub struct Pod {
+    /// Its namespace.
+    pub ns: Netns,
+}
+
+impl Pod {
+    /// `CNI_NETNS` of this pod.
+    pub fn netns_path(&self) -> String {
+        format!("/run/netns/{}", self.ns.name())
+    }
+}
+
+/// A directory removed on drop.
+#[derive(Debug)]
+pub struct ScratchDir(pub PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One CNI invocation of the plugin, as a runtime makes it.
+#[derive(Debug, Clone, Default)]
+pub struct CniCall<'a> {
+    /// `CNI_COMMAND`.
+    pub command: &'a str,
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_NETNS`.
+    pub netns: &'a str,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
+    /// `CNI_ARGS`.
+    pub args: &'a str,
+}
+
+/// What the plugin did: whether it exited 0, and what it printed on stdout (JSON, or null).
+#[derive(Debug, Clone)]
+pub struct CniOutcome {
+    /// Exit status 0.
+    pub success: bool,
+    /// Parsed stdout (null when empty).
+    pub stdout: serde_json::Value,
+    /// stderr, for failure messages.
+    pub stderr: String,
 }
 
 /// A VM: a namespace with `eth0`, whose peer is the port's tap in its node.
@@ -144,6 +199,8 @@ pub struct Lab {
     pub nodes: Vec<Node>,
     /// The fabric namespace (underlay bridge `br-underlay`, address .254).
     pub fabric: Netns,
+    /// State directories and sockets of the nodes' agents.
+    pub dir: ScratchDir,
 }
 
 pub use isthmus_model::port::tap_name;
@@ -161,9 +218,15 @@ impl Lab {
             "br-underlay",
         ])?;
         fabric.ip(&["link", "set", "br-underlay", "up"])?;
+        let dir = std::env::temp_dir().join(fabric.name().replace("-fabric", ""));
+        std::fs::create_dir_all(&dir).map_err(|source| LabError::Spawn {
+            command: format!("mkdir {}", dir.display()),
+            source,
+        })?;
         let mut lab = Lab {
             nodes: Vec::new(),
             fabric,
+            dir: ScratchDir(dir),
         };
         for i in 1..=nodes {
             let ns = Netns::create(&format!("node{i}"))?;
@@ -187,9 +250,12 @@ impl Lab {
             let underlay_ip = Ipv4Addr::new(10, 251, 0, i as u8);
             ns.ip(&["addr", "add", &format!("{underlay_ip}/24"), "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
+            let name = format!("node{i}");
             lab.nodes.push(Node {
                 ns,
-                name: format!("node{i}"),
+                state_dir: lab.dir.0.join(&name),
+                cni_socket: lab.dir.0.join(format!("{name}.cni.sock")),
+                name,
                 underlay_ip,
             });
         }
@@ -238,6 +304,58 @@ impl Lab {
             ns.ip(&["route", "add", "default", "via", gw])?;
         }
         Ok(Vm { ns, tap })
+    }
+
+    /// A pod sandbox (an empty network namespace, as a runtime makes one).
+    pub fn add_pod(&self) -> Result<Pod> {
+        Ok(Pod {
+            ns: Netns::create("pod")?,
+        })
+    }
+
+    /// Executes the CNI plugin at `plugin` inside node `node` (0-based) exactly as a runtime
+    /// does: a clean environment with the CNI variables, the network configuration on stdin.
+    pub fn cni(&self, plugin: &Path, node: usize, call: &CniCall<'_>, config: &str) -> CniOutcome {
+        use std::io::Write;
+        let mut command = self.nodes[node].ns.command("env");
+        command.arg("-i");
+        for (k, v) in [
+            ("CNI_COMMAND", call.command),
+            ("CNI_CONTAINERID", call.container_id),
+            ("CNI_NETNS", call.netns),
+            ("CNI_IFNAME", call.ifname),
+            ("CNI_ARGS", call.args),
+        ] {
+            if !v.is_empty() {
+                command.arg(format!("{k}={v}"));
+            }
+        }
+        let plugin_dir = plugin.parent().map(Path::display).map(|d| d.to_string());
+        command
+            .arg(format!("CNI_PATH={}", plugin_dir.unwrap_or_default()))
+            .arg("PATH=/usr/sbin:/usr/bin:/sbin:/bin")
+            .arg(plugin)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let outcome = command.spawn().and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(config.as_bytes())?;
+            }
+            child.wait_with_output()
+        });
+        match outcome {
+            Ok(out) => CniOutcome {
+                success: out.status.success(),
+                stdout: serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            },
+            Err(e) => CniOutcome {
+                success: false,
+                stdout: serde_json::Value::Null,
+                stderr: format!("cannot run {}: {e}", plugin.display()),
+            },
+        }
     }
 }
 
@@ -327,6 +445,10 @@ impl Lab {
                 &node.underlay_ip.to_string(),
             ])
             .args(["--controller", &format!("http://{CONTROLLER_ADDR}")])
+            .arg("--state-dir")
+            .arg(&node.state_dir)
+            .arg("--cni-socket")
+            .arg(&node.cni_socket)
             .stdout(std::process::Stdio::null())
             .spawn()
             .map(Daemon)

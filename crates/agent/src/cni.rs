@@ -1,0 +1,555 @@
+//! The agent's CNI server: `isthmus-cni` forwards each invocation here over a unix socket.
+//! ADD creates (or takes from the pool) a Neutron port bound to this node, wires a veth whose
+//! host side is the port's tap and whose pod side is `CNI_IFNAME` in the pod's namespace, and
+//! answers once the reconciler has attached the tap under the port's security groups. Each
+//! attachment is recorded in the state directory before the kernel is touched, so DEL, GC and
+//! a failed ADD can always undo it, also across agent restarts.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_cni::{code, CniError, Command, Request};
+use isthmus_dataplane::l2::tap_name;
+use isthmus_dataplane::pod::{self, PodInterface};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::netlink::{self, Netlink};
+use crate::{AgentError, Shared};
+
+/// How long an ADD waits for the port to reach this node's view and for its tap to be
+/// attached; past that the runtime is told to try again (and nothing is left behind).
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Plugin-specific error: the controller refused the port (bad network, no free address...).
+const PORT_REFUSED: u32 = 100;
+/// Plugin-specific error: CHECK found the attachment broken.
+const ATTACHMENT_BROKEN: u32 = 101;
+
+/// `device_owner` of pod ports.
+pub const POD_DEVICE_OWNER: &str = "compute:kubernetes";
+
+fn try_again(msg: impl Into<String>, details: impl std::fmt::Display) -> CniError {
+    CniError::new(code::TRY_AGAIN_LATER, msg, details.to_string())
+}
+
+fn io_failure(msg: impl Into<String>, details: impl std::fmt::Display) -> CniError {
+    CniError::new(code::IO_FAILURE, msg, details.to_string())
+}
+
+/// The CNI server of one agent.
+pub(crate) struct Server {
+    shared: Arc<Shared>,
+    netlink: Netlink,
+    records: PathBuf,
+}
+
+/// Binds the socket (replacing a stale one) and serves until the process ends.
+pub(crate) async fn serve(shared: Arc<Shared>, netlink: Netlink) -> Result<(), AgentError> {
+    let socket = shared.config.cni_socket.clone();
+    let records = shared.config.state_dir.join("cni");
+    std::fs::create_dir_all(&records)?;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(&socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| AgentError::Config(format!("cannot listen on {}: {e}", socket.display())))?;
+    // Only root (the runtime) may attach containers.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    eprintln!("isthmus agent: CNI socket {}", socket.display());
+    let server = Arc::new(Server {
+        shared,
+        netlink,
+        records,
+    });
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let server = server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server.connection(stream).await {
+                eprintln!("isthmus agent: CNI connection: {e}");
+            }
+        });
+    }
+}
+
+/// An attachment as recorded in the state directory.
+struct Record {
+    path: PathBuf,
+    value: Value,
+}
+
+impl Record {
+    fn port_id(&self) -> &str {
+        self.value["port_id"].as_str().unwrap_or_default()
+    }
+}
+
+impl Server {
+    async fn connection(&self, stream: UnixStream) -> Result<(), AgentError> {
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        BufReader::new(read).read_line(&mut line).await?;
+        let outcome = match serde_json::from_str::<Value>(&line) {
+            Ok(v) => match Request::from_json(&v) {
+                Ok(request) => self.dispatch(&request).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(CniError::new(
+                code::DECODE_FAILURE,
+                "unreadable request",
+                e.to_string(),
+            )),
+        };
+        if let Err(e) = &outcome {
+            eprintln!("isthmus agent: CNI: {e}");
+        }
+        let mut answer = isthmus_cni::answer(outcome).to_string();
+        answer.push('\n');
+        write.write_all(answer.as_bytes()).await?;
+        write.shutdown().await?;
+        Ok(())
+    }
+
+    async fn dispatch(&self, request: &Request) -> Result<Value, CniError> {
+        match request.command {
+            Command::Add => self.add(request).await,
+            Command::Del => self.del(request).await.map(|()| Value::Null),
+            Command::Check => self.check(request).await.map(|()| Value::Null),
+            Command::Status => self.status().map(|()| Value::Null),
+            Command::Gc => self.gc(request).await.map(|()| Value::Null),
+            Command::Version => Ok(isthmus_cni::version_answer(&request.version())),
+        }
+    }
+
+    fn status(&self) -> Result<(), CniError> {
+        if self.shared.view().synced {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                code::NOT_AVAILABLE,
+                "the isthmus agent has not synced with the controller yet",
+                "",
+            ))
+        }
+    }
+
+    fn record_path(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.records.join(format!("{container_id}@{ifname}.json"))
+    }
+
+    fn load(&self, path: &Path) -> Result<Option<Record>, CniError> {
+        match std::fs::read(path) {
+            Ok(raw) => serde_json::from_slice(&raw)
+                .map(|value| {
+                    Some(Record {
+                        path: path.to_owned(),
+                        value,
+                    })
+                })
+                .map_err(|e| io_failure(format!("corrupt record {}", path.display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_failure("cannot read the attachment record", e)),
+        }
+    }
+
+    /// Writes a record atomically (a crash leaves the old one or the new one).
+    fn save(&self, path: &Path, value: &Value) -> Result<(), CniError> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, value.to_string())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| io_failure("cannot write the attachment record", e))
+    }
+
+    async fn add(&self, request: &Request) -> Result<Value, CniError> {
+        let path = self.record_path(&request.container_id, &request.ifname);
+        // A repeated ADD (the runtime retrying after a timeout) answers what the first did.
+        if let Some(record) = self.load(&path)? {
+            if !record.value["result"].is_null() {
+                return Ok(record.value["result"].clone());
+            }
+            self.undo(&record).await?;
+        }
+        let netns = File::open(&request.netns).map_err(|e| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                "the network namespace does not exist",
+                format!("{}: {e}", request.netns),
+            )
+        })?;
+        self.status()
+            .map_err(|e| try_again(e.msg, "the agent is starting"))?;
+        let (network_id, project_id) = self.select_network(request).await?;
+        let port = self.create_port(request, &network_id, &project_id).await?;
+        let port_id = port["id"].as_str().unwrap_or_default().to_owned();
+        let mut record = json!({
+            "container_id": request.container_id,
+            "ifname": request.ifname,
+            "netns": request.netns,
+            "network": request.config.get("name"),
+            "port_id": port_id,
+            "result": null,
+        });
+        let saved = self.save(&path, &record);
+        let wired = match saved {
+            Ok(()) => self.wire(request, &port_id, netns).await,
+            Err(e) => Err(e),
+        };
+        match wired {
+            Ok(result) => {
+                record["result"] = result.clone();
+                self.save(&path, &record)?;
+                Ok(result)
+            }
+            Err(e) => {
+                let record = Record {
+                    path,
+                    value: record,
+                };
+                if let Err(undo) = self.undo(&record).await {
+                    eprintln!("isthmus agent: CNI: undoing a failed ADD: {undo}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Plugs port `port_id` into the pod and waits for the data plane.
+    async fn wire(&self, request: &Request, port_id: &str, netns: File) -> Result<Value, CniError> {
+        let iface = self.wait_interface(port_id).await?;
+        let tap = tap_name(port_id);
+        self.netlink
+            .add_pod_veth(&tap, &request.ifname, &iface.mac, iface.mtu, &netns)
+            .await
+            .map_err(|e| io_failure("cannot create the pod's veth", e))?;
+        netlink::configure_pod(netns, request.ifname.clone(), iface.clone())
+            .await
+            .map_err(|e| io_failure("cannot configure the pod's interface", e))?;
+        self.wait_plugged(port_id).await?;
+        Ok(pod::cni_result(
+            &iface,
+            &tap,
+            &request.ifname,
+            &request.netns,
+        ))
+    }
+
+    /// Waits until the port, its network and subnets are in this node's view.
+    async fn wait_interface(&self, port_id: &str) -> Result<PodInterface, CniError> {
+        let mut revisions = self.shared.revisions.subscribe();
+        let wait = async {
+            loop {
+                let derived = pod::pod_interface(&self.shared.view(), port_id);
+                if let Ok(iface) = derived {
+                    return Ok(iface);
+                }
+                if revisions.changed().await.is_err() {
+                    return Err(try_again("the agent is stopping", ""));
+                }
+            }
+        };
+        tokio::time::timeout(READY_TIMEOUT, wait)
+            .await
+            .map_err(|_| {
+                let why = pod::pod_interface(&self.shared.view(), port_id)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                try_again("the port did not reach this node's view in time", why)
+            })?
+    }
+
+    /// Waits until the reconciler reports the port's tap attached (filters in place).
+    async fn wait_plugged(&self, port_id: &str) -> Result<(), CniError> {
+        let mut plugged = self.shared.plugged.subscribe();
+        tokio::time::timeout(READY_TIMEOUT, plugged.wait_for(|p| p.contains(port_id)))
+            .await
+            .map_err(|_| try_again("the port's tap was not attached in time", port_id))?
+            .map_err(|_| try_again("the agent is stopping", ""))?;
+        Ok(())
+    }
+
+    /// The network (and project) for this pod: the configuration's `network`, else the
+    /// binding of the pod's namespace, else the agent's default pod network.
+    async fn select_network(&self, request: &Request) -> Result<(String, String), CniError> {
+        let text = |k: &str| request.config.get(k).and_then(Value::as_str);
+        let project = text("project").map(str::to_owned);
+        if let Some(network) = text("network") {
+            return self.resolve_network(network, project).await;
+        }
+        if let Some(namespace) = request.args.get("K8S_POD_NAMESPACE") {
+            let path = format!("/isthmus/v1/namespace-bindings/{namespace}");
+            let (status, body) = self.controller("GET", &path, None).await?;
+            if status == 200 {
+                let binding = &body["namespace_binding"];
+                let network = binding["network_id"].as_str().unwrap_or_default();
+                let project = project.or_else(|| binding["project_id"].as_str().map(str::to_owned));
+                return self.resolve_network(network, project).await;
+            }
+        }
+        match &self.shared.config.default_pod_network {
+            Some(network) => self.resolve_network(network, project).await,
+            None => Err(CniError::new(
+                code::INVALID_CONFIG,
+                "no network for this pod",
+                "the configuration names no \"network\", the pod's namespace has no binding and the agent has no --default-pod-network",
+            )),
+        }
+    }
+
+    /// A network by id or name (a name must be unambiguous, preferring the project's own).
+    async fn resolve_network(
+        &self,
+        network: &str,
+        project: Option<String>,
+    ) -> Result<(String, String), CniError> {
+        let (_, by_id) = self
+            .controller(
+                "GET",
+                &format!("/v2.0/networks?id={}", query_escape(network)),
+                None,
+            )
+            .await?;
+        let mut found = by_id["networks"].as_array().cloned().unwrap_or_default();
+        if found.is_empty() {
+            let (_, by_name) = self
+                .controller(
+                    "GET",
+                    &format!("/v2.0/networks?name={}", query_escape(network)),
+                    None,
+                )
+                .await?;
+            found = by_name["networks"].as_array().cloned().unwrap_or_default();
+        }
+        if found.len() > 1 {
+            if let Some(p) = &project {
+                found.retain(|n| n["project_id"].as_str() == Some(p.as_str()));
+            }
+        }
+        match found.as_slice() {
+            [net] => {
+                let id = net["id"].as_str().unwrap_or_default().to_owned();
+                let owner = net["project_id"].as_str().unwrap_or_default().to_owned();
+                Ok((id, project.unwrap_or(owner)))
+            }
+            [] => Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("unknown network '{network}'"),
+                "no network has that id or name",
+            )),
+            _ => Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("ambiguous network name '{network}'"),
+                "several networks have that name; use its id or set \"project\"",
+            )),
+        }
+    }
+
+    async fn create_port(
+        &self,
+        request: &Request,
+        network_id: &str,
+        project_id: &str,
+    ) -> Result<Value, CniError> {
+        let arg = |k: &str| request.args.get(k).filter(|v| !v.is_empty());
+        let name = match (arg("K8S_POD_NAMESPACE"), arg("K8S_POD_NAME")) {
+            (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
+            _ => request.container_id.clone(),
+        };
+        let device_id = arg("K8S_POD_UID").unwrap_or(&request.container_id);
+        let body = json!({"port": {
+            "network_id": network_id,
+            "project_id": project_id,
+            "name": name,
+            "device_owner": POD_DEVICE_OWNER,
+            "device_id": device_id,
+            "binding:host_id": self.shared.config.node,
+            "binding:profile": {"cni_container_id": request.container_id, "cni_ifname": request.ifname},
+        }});
+        let (status, answer) = self.controller("POST", "/v2.0/ports", Some(&body)).await?;
+        match status {
+            201 => Ok(answer["port"].clone()),
+            s if s >= 500 => Err(try_again(
+                "the controller failed to create the port",
+                answer,
+            )),
+            _ => Err(CniError::new(
+                PORT_REFUSED,
+                "the controller refused the port",
+                answer["NeutronError"]["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| answer.to_string()),
+            )),
+        }
+    }
+
+    async fn controller(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), CniError> {
+        self.shared
+            .config
+            .controller
+            .request(method, path, body)
+            .await
+            .map_err(|e| try_again("the controller is not reachable", e))
+    }
+
+    /// Removes what an attachment holds: the veth, the port, then the record. Anything
+    /// already gone is fine; a controller that cannot be reached keeps the record so the
+    /// runtime's retry finishes the job.
+    async fn undo(&self, record: &Record) -> Result<(), CniError> {
+        let port_id = record.port_id();
+        if !port_id.is_empty() {
+            self.netlink
+                .delete_link(&tap_name(port_id))
+                .await
+                .map_err(|e| io_failure("cannot delete the pod's veth", e))?;
+            let (status, answer) = self
+                .controller("DELETE", &format!("/v2.0/ports/{port_id}"), None)
+                .await?;
+            if status != 204 && status != 404 {
+                return Err(try_again("the controller did not delete the port", answer));
+            }
+        }
+        match std::fs::remove_file(&record.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_failure("cannot remove the attachment record", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn del(&self, request: &Request) -> Result<(), CniError> {
+        let path = self.record_path(&request.container_id, &request.ifname);
+        match self.load(&path)? {
+            Some(record) => self.undo(&record).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn check(&self, request: &Request) -> Result<(), CniError> {
+        let broken = |what: String| CniError::new(ATTACHMENT_BROKEN, what, "");
+        let path = self.record_path(&request.container_id, &request.ifname);
+        let record = self
+            .load(&path)?
+            .filter(|r| !r.value["result"].is_null())
+            .ok_or_else(|| {
+                broken(format!(
+                    "no attachment {}/{}",
+                    request.container_id, request.ifname
+                ))
+            })?;
+        let port_id = record.port_id();
+        let iface =
+            pod::pod_interface(&self.shared.view(), port_id).map_err(|e| broken(e.to_string()))?;
+        if !self.shared.plugged.borrow().contains(port_id) {
+            return Err(broken(format!("the tap of port {port_id} is not attached")));
+        }
+        let netns = File::open(&request.netns).map_err(|e| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                "the network namespace does not exist",
+                e.to_string(),
+            )
+        })?;
+        let link = netlink::read_pod_link(netns, request.ifname.clone())
+            .await
+            .map_err(|e| io_failure("cannot read the pod's interface", e))?
+            .ok_or_else(|| broken(format!("{} is missing in the pod", request.ifname)))?;
+        if !link.up || !link.mac.eq_ignore_ascii_case(&iface.mac) {
+            return Err(broken(format!(
+                "{} is {} with MAC {}, expected up with {}",
+                request.ifname,
+                if link.up { "up" } else { "down" },
+                link.mac,
+                iface.mac
+            )));
+        }
+        for a in &iface.addresses {
+            if !link.addresses.contains(&a.ip) {
+                return Err(broken(format!("{} lacks {}", request.ifname, a.ip)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes this network's attachments that the runtime no longer lists as valid.
+    async fn gc(&self, request: &Request) -> Result<(), CniError> {
+        let valid: BTreeSet<(String, String)> = request
+            .config
+            .get("cni.dev/valid-attachments")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let text = |k: &str| a[k].as_str().unwrap_or_default().to_owned();
+                (text("containerID"), text("ifname"))
+            })
+            .collect();
+        let network = request.config.get("name").cloned().unwrap_or(Value::Null);
+        let entries = std::fs::read_dir(&self.records)
+            .map_err(|e| io_failure("cannot list attachment records", e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let Some(record) = self.load(&path)? else {
+                continue;
+            };
+            let key = (
+                record.value["container_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                record.value["ifname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            if record.value["network"] == network && !valid.contains(&key) {
+                self.undo(&record).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Percent-encodes a query value.
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_escape;
+
+    #[test]
+    fn escapes_query_values() {
+        assert_eq!(query_escape("seamless"), "seamless");
+        assert_eq!(query_escape("a b/c&d"), "a%20b%2Fc%26d");
+    }
+}

@@ -1,0 +1,282 @@
+//! The agent's netlink adapter (rtnetlink): pod veths created straight into the pod's network
+//! namespace, and the pod side configured from inside it. Each call is one netlink request
+//! per object, with no process spawned.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use futures_util::TryStreamExt;
+use isthmus_dataplane::pod::PodInterface;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::AgentError;
+
+fn kernel(what: &str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Kernel(format!("{what}: {e}"))
+}
+
+/// Whether a netlink error is "no such device" (the thing is already gone).
+fn is_absent(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.is_some_and(|c| c.get() == -libc::ENODEV))
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(mac: &str) -> Result<Vec<u8>, AgentError> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| AgentError::Kernel(format!("bad MAC address '{mac}'")))?;
+    if bytes.len() == 6 {
+        Ok(bytes)
+    } else {
+        Err(AgentError::Kernel(format!("bad MAC address '{mac}'")))
+    }
+}
+
+fn format_mac(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A netlink connection in the agent's own namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens the connection (its reader runs on the current tokio runtime).
+    pub fn connect() -> Result<Netlink, AgentError> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    /// Creates a veth whose host side is `host` (left down: the reconciler attaches it once
+    /// its filters are in place) and whose other side is created directly inside `netns` as
+    /// `ifname` with `mac` and `mtu`.
+    pub async fn add_pod_veth(
+        &self,
+        host: &str,
+        ifname: &str,
+        mac: &str,
+        mtu: u32,
+        netns: &File,
+    ) -> Result<(), AgentError> {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(ifname.to_owned())
+            .address(parse_mac(mac)?)
+            .mtu(mtu)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_owned())
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.handle
+            .link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(|e| kernel(&format!("creating veth {host} / {ifname}"), e))
+    }
+
+    /// Deletes a link by name; `Ok(false)` when there was none. Deleting one side of a veth
+    /// removes the other, wherever it is.
+    pub async fn delete_link(&self, name: &str) -> Result<bool, AgentError> {
+        let Some(index) = link_index(&self.handle, name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_absent(&e) => Ok(false),
+            Err(e) => Err(kernel(&format!("deleting {name}"), e)),
+        }
+    }
+
+    /// Whether a link exists.
+    pub async fn has_link(&self, name: &str) -> Result<bool, AgentError> {
+        Ok(link_index(&self.handle, name).await?.is_some())
+    }
+}
+
+async fn link_message(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, AgentError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link),
+        Err(e) if is_absent(&e) => Ok(None),
+        Err(e) => Err(kernel(&format!("reading link {name}"), e)),
+    }
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, AgentError> {
+    Ok(link_message(handle, name).await?.map(|l| l.header.index))
+}
+
+/// Runs `f` with a netlink connection opened inside `netns`, on a thread of its own (a
+/// namespace switch is per thread, so the agent's runtime never leaves its namespace).
+async fn in_netns<T, F, Fut>(netns: File, f: F) -> Result<T, AgentError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, AgentError>>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("isthmus-netns".into())
+        .spawn(move || {
+            let outcome = (|| {
+                // SAFETY: setns(2) on an open namespace file; it changes only this thread,
+                // which ends when the closure returns.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(kernel(
+                        "entering the pod's network namespace",
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()?;
+                runtime.block_on(async {
+                    let (connection, handle, _) = rtnetlink::new_connection()?;
+                    tokio::spawn(connection);
+                    f(handle).await
+                })
+            })();
+            let _ = tx.send(outcome);
+        })?;
+    rx.await
+        .map_err(|_| AgentError::Kernel("the namespace thread died".into()))?
+}
+
+/// Brings `ifname` up inside `netns` with the pod's addresses and routes. IPv6 addresses
+/// skip duplicate address detection: IPAM already made them unique.
+pub async fn configure_pod(
+    netns: File,
+    ifname: String,
+    iface: PodInterface,
+) -> Result<(), AgentError> {
+    in_netns(netns, move |handle| async move {
+        let index = link_index(&handle, &ifname)
+            .await?
+            .ok_or_else(|| AgentError::Kernel(format!("{ifname} did not arrive in the pod")))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| kernel(&format!("setting {ifname} up"), e))?;
+        for a in &iface.addresses {
+            let mut request = handle.address().add(index, a.ip, a.prefix);
+            if a.ip.is_ipv6() {
+                let message = request.message_mut();
+                message.header.flags |= AddressHeaderFlags::Nodad;
+                message
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            request
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| kernel(&format!("adding {}/{} to {ifname}", a.ip, a.prefix), e))?;
+        }
+        for r in &iface.routes {
+            let route = RouteMessageBuilder::<IpAddr>::new()
+                .destination_prefix(r.destination.network, r.destination.prefix)
+                .and_then(|b| b.gateway(r.gateway))
+                .map_err(|e| kernel("building a route", e))?
+                .output_interface(index)
+                .build();
+            handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| {
+                    kernel(
+                        &format!(
+                            "adding route {}/{} via {}",
+                            r.destination.network, r.destination.prefix, r.gateway
+                        ),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// What a pod's interface looks like from inside its namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLink {
+    /// Its MAC.
+    pub mac: String,
+    /// Whether it is up.
+    pub up: bool,
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Reads `ifname` inside `netns`; `None` when it is not there.
+pub async fn read_pod_link(netns: File, ifname: String) -> Result<Option<PodLink>, AgentError> {
+    in_netns(netns, move |handle| async move {
+        let Some(link) = link_message(&handle, &ifname).await? else {
+            return Ok(None);
+        };
+        let mut mac = String::new();
+        for attr in &link.attributes {
+            if let LinkAttribute::Address(bytes) = attr {
+                mac = format_mac(bytes);
+            }
+        }
+        let up = link
+            .header
+            .flags
+            .contains(rtnetlink::packet_route::link::LinkFlags::Up);
+        let mut addresses = Vec::new();
+        let mut stream = handle
+            .address()
+            .get()
+            .set_link_index_filter(link.header.index)
+            .execute();
+        while let Some(message) = stream
+            .try_next()
+            .await
+            .map_err(|e| kernel("reading addresses", e))?
+        {
+            for attr in &message.attributes {
+                if let AddressAttribute::Address(ip) = attr {
+                    addresses.push(*ip);
+                }
+            }
+        }
+        Ok(Some(PodLink { mac, up, addresses }))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_round_trip() {
+        let bytes = parse_mac("fa:16:3e:0a:0b:0c").unwrap();
+        assert_eq!(format_mac(&bytes), "fa:16:3e:0a:0b:0c");
+        assert!(parse_mac("fa:16:3e").is_err());
+        assert!(parse_mac("zz:16:3e:0a:0b:0c").is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! A lab cloud for kernel tests: a controller in the fabric, an agent per node, and the real
+//! clients (the `isthmus-cni` plugin, the `openstack` CLI) run where an operator would.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use isthmus_lab::{unavailable, Daemon, Lab};
+
+/// The `isthmus` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_isthmus");
+
+/// A lab with a controller in the fabric and an agent per node (fields drop in order:
+/// processes first, then the namespaces).
+pub struct Cloud {
+    pub agents: Vec<Daemon>,
+    pub controller: Daemon,
+    pub data: tempfile::TempDir,
+    pub lab: Lab,
+}
+
+/// A cloud of `nodes` nodes, or `None` (skipped, with the reason) where labs cannot run; under
+/// CI that is a failure.
+pub fn cloud(nodes: usize) -> Option<Cloud> {
+    if let Some(why) = unavailable() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run kernel tests: {why}"
+        );
+        eprintln!("SKIP: {why}");
+        return None;
+    }
+    let lab = Lab::new(nodes).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let controller = lab.start_controller(BIN, data.path()).unwrap();
+    let agents = (0..nodes)
+        .map(|i| lab.start_agent(BIN, i).unwrap())
+        .collect();
+    Some(Cloud {
+        agents,
+        controller,
+        data,
+        lab,
+    })
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The `isthmus-cni` plugin, built next to `isthmus` by `cargo test --workspace` (or
+/// `cargo build`).
+pub fn cni_plugin() -> PathBuf {
+    let path = PathBuf::from(BIN).with_file_name("isthmus-cni");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p isthmus-cni` (./test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The `openstack` executable: `$ISTHMUS_OPENSTACK`, the repository's `.venv`, or `PATH`.
+pub fn openstack() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ISTHMUS_OPENSTACK") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/openstack");
+    if venv.exists() {
+        return Some(venv);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("openstack"))
+            .find(|p| p.exists())
+    })
+}
+
+impl Cloud {
+    /// Runs the real `openstack` CLI in the fabric against the lab controller; `None` when
+    /// the CLI is not installed (a failure under CI).
+    pub fn openstack(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let Some(bin) = openstack() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have python-openstackclient (./test.sh installs it in .venv)"
+            );
+            eprintln!("SKIP: no openstack CLI");
+            return None;
+        };
+        let endpoint = format!("http://{}", isthmus_lab::CONTROLLER_ADDR);
+        let bin = bin.to_string_lossy().into_owned();
+        let mut all = vec![
+            bin.as_str(),
+            "--os-auth-type",
+            "none",
+            "--os-endpoint",
+            endpoint.as_str(),
+        ];
+        all.extend_from_slice(args);
+        all.extend(["-f", "json"]);
+        let out = self
+            .lab
+            .fabric
+            .exec(all[0], &all[1..])
+            .unwrap_or_else(|e| panic!("openstack {args:?}: {e}"));
+        Some(
+            serde_json::from_str(&out)
+                .unwrap_or_else(|e| panic!("openstack {args:?} printed {out}: {e}")),
+        )
+    }
+}
