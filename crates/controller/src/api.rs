@@ -75,6 +75,7 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
     ("revision-if-match", "If-Match constraints based on revision_number", "Extension indicating that If-Match based on revision_number is supported."),
     ("agent", "agent", "The agent management extension."),
+    ("network-ip-availability", "Network IP Availability", "Provides IP availability data for each network and subnet."),
     ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
     ("filter-validation", "Filter parameters validation", "Provides validation on filtering parameters."),
     ("ip-substring-filtering", "IP address substring filtering", "Provides IP address substring filtering when listing ports"),
@@ -102,6 +103,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v2.0/{collection}/{id}/tags/{tag}",
             get(check_tag).put(add_tag).delete(remove_tag),
+        )
+        .route(
+            "/v2.0/network-ip-availabilities",
+            get(list_ip_availabilities),
+        )
+        .route(
+            "/v2.0/network-ip-availabilities/{id}",
+            get(show_ip_availability),
         )
         .route("/v2.0/agents", get(list_agents))
         .route("/v2.0/agents/{id}", get(show_agent))
@@ -542,6 +551,26 @@ async fn remove_tag(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_ip_availabilities(State(state): Shared, headers: HeaderMap) -> ApiResult {
+    let all = state
+        .service
+        .list_ip_availabilities(&noauth_caller(&headers))
+        .await?;
+    Ok(Json(json!({ "network_ip_availabilities": all })).into_response())
+}
+
+async fn show_ip_availability(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let one = state
+        .service
+        .show_ip_availability(&noauth_caller(&headers), &id)
+        .await?;
+    Ok(Json(json!({ "network_ip_availability": one })).into_response())
 }
 
 async fn list_agents(State(state): Shared, headers: HeaderMap) -> ApiResult {

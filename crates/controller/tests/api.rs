@@ -1012,3 +1012,77 @@ async fn namespace_bindings_pick_a_network_per_namespace() {
     let (s, v) = api.call(As::Anonymous, "GET", path, None).await;
     assert_eq!((s, fault(&v)), (404, "NamespaceBindingNotFound"));
 }
+
+#[tokio::test]
+async fn ip_availability_counts_the_ipam_claims() {
+    let api = Api::memory();
+    let (_, net) = api
+        .call(
+            As::Anonymous,
+            "POST",
+            "/v2.0/networks",
+            Some(json!({"network": {"name": "n"}})),
+        )
+        .await;
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    let (s, _) = api
+        .call(
+            As::Anonymous,
+            "POST",
+            "/v2.0/subnets",
+            Some(json!({"subnet": {
+            "network_id": net_id, "ip_version": 4, "cidr": "10.0.0.0/29"}})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let (_, p) = api
+            .call(
+                As::Anonymous,
+                "POST",
+                "/v2.0/ports",
+                Some(json!({"port": {"network_id": net_id}})),
+            )
+            .await;
+        ports.push(p["port"]["id"].as_str().unwrap().to_owned());
+    }
+    let path = format!("/v2.0/network-ip-availabilities/{net_id}");
+    let (s, v) = api.call(As::Anonymous, "GET", &path, None).await;
+    assert_eq!(s, 200, "{v}");
+    let a = &v["network_ip_availability"];
+    assert_eq!(
+        (a["total_ips"].as_u64(), a["used_ips"].as_u64()),
+        (Some(5), Some(2))
+    );
+    assert_eq!(a["subnet_ip_availability"][0]["cidr"], "10.0.0.0/29");
+    api.call(
+        As::Anonymous,
+        "DELETE",
+        &format!("/v2.0/ports/{}", ports[0]),
+        None,
+    )
+    .await;
+    let (_, v) = api.call(As::Anonymous, "GET", &path, None).await;
+    assert_eq!(v["network_ip_availability"]["used_ips"], 1);
+    let (_, v) = api
+        .call(
+            As::Anonymous,
+            "GET",
+            "/v2.0/network-ip-availabilities",
+            None,
+        )
+        .await;
+    assert_eq!(v["network_ip_availabilities"].as_array().unwrap().len(), 1);
+    let (s, _) = api.call(As::Member("p"), "GET", &path, None).await;
+    assert_eq!(s, 403);
+    let (s, v) = api
+        .call(
+            As::Anonymous,
+            "GET",
+            "/v2.0/network-ip-availabilities/nope",
+            None,
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (404, "NetworkNotFound"));
+}

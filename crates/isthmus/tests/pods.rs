@@ -277,3 +277,363 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
     assert!(veths(lab, 1).is_empty(), "{:?}", veths(lab, 1));
     assert!(pod.ns.ip(&["link", "show", "eth0"]).is_err());
 }
+
+/// Attachment records an agent holds.
+fn records(cloud: &Cloud, node: usize) -> usize {
+    std::fs::read_dir(cloud.lab.nodes[node].state_dir.join("cni"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn cni_errors_follow_the_spec_and_leave_nothing_behind() {
+    let Some(cloud) = cloud(1) else { return };
+    let lab = &cloud.lab;
+    wait_agents(lab, 1);
+    let (net_id, _) = shared_network(lab, "pods", "10.20.0.0/24");
+    let pod = lab.add_pod().unwrap();
+    let netns = pod.netns_path();
+    let good = conf(&cloud, 0, json!({"network": "pods"}));
+    let add_call = CniCall {
+        command: "ADD",
+        container_id: "bad0",
+        netns: &netns,
+        ifname: "eth0",
+        args: "K8S_POD_NAMESPACE=x;K8S_POD_NAME=y",
+    };
+    let bogus_socket = conf(
+        &cloud,
+        0,
+        json!({"network": "pods", "socket": "/nonexistent/cni.sock"}),
+    );
+    let cases: Vec<(&str, CniCall<'_>, String, u64)> = vec![
+        (
+            "malformed stdin",
+            add_call.clone(),
+            "{\"cniVersion\":".into(),
+            6,
+        ),
+        ("stdin not an object", add_call.clone(), "[]".into(), 6),
+        (
+            "unsupported cniVersion",
+            add_call.clone(),
+            good.replace("1.1.0", "0.3.1"),
+            1,
+        ),
+        (
+            "no CNI_NETNS",
+            CniCall {
+                netns: "",
+                ..add_call.clone()
+            },
+            good.clone(),
+            4,
+        ),
+        (
+            "no CNI_CONTAINERID",
+            CniCall {
+                container_id: "",
+                ..add_call.clone()
+            },
+            good.clone(),
+            4,
+        ),
+        (
+            "no CNI_COMMAND",
+            CniCall {
+                command: "",
+                ..add_call.clone()
+            },
+            good.clone(),
+            4,
+        ),
+        (
+            "bad CNI_IFNAME",
+            CniCall {
+                ifname: "eth0/x",
+                ..add_call.clone()
+            },
+            good.clone(),
+            4,
+        ),
+        (
+            "bad CNI_ARGS",
+            CniCall {
+                args: "garbage",
+                ..add_call.clone()
+            },
+            good.clone(),
+            4,
+        ),
+        (
+            "unknown network",
+            add_call.clone(),
+            conf(&cloud, 0, json!({"network": "nope"})),
+            7,
+        ),
+        (
+            "no network at all",
+            add_call.clone(),
+            conf(&cloud, 0, json!({})),
+            7,
+        ),
+        (
+            "netns that does not exist",
+            CniCall {
+                netns: "/run/netns/isthmus-no-such-ns",
+                ..add_call.clone()
+            },
+            good.clone(),
+            3,
+        ),
+        ("agent not reachable", add_call.clone(), bogus_socket, 11),
+    ];
+    for (what, call, config, code) in cases {
+        let out = cni(&cloud, 0, call, &config);
+        assert!(!out.success, "{what}: exited 0");
+        assert_eq!(out.stdout["code"], code, "{what}: {}", out.stdout);
+        assert!(out.stdout["msg"].is_string(), "{what}: {}", out.stdout);
+        assert!(
+            out.stdout["cniVersion"].is_string(),
+            "{what}: {}",
+            out.stdout
+        );
+        assert_eq!(port_count(lab, &net_id), 0, "{what}: a port was left");
+        assert!(veths(lab, 0).is_empty(), "{what}: {:?}", veths(lab, 0));
+        assert_eq!(records(&cloud, 0), 0, "{what}: a record was left");
+        assert!(pod.ns.ip(&["link", "show", "eth0"]).is_err(), "{what}");
+    }
+
+    // A subnet with no free address: the controller's refusal comes back, nothing is left.
+    let (s, tiny) = lab.api(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "tiny"}})),
+    );
+    assert_eq!(s, 201);
+    let tiny_id = tiny["network"]["id"].as_str().unwrap();
+    let (s, _) = lab.api(
+        "POST",
+        "/v2.0/subnets",
+        Some(&json!({"subnet": {
+        "network_id": tiny_id, "ip_version": 4, "cidr": "10.30.0.0/30"}})),
+    );
+    assert_eq!(s, 201);
+    let filler = lab.add_pod().unwrap();
+    let tiny_conf = conf(&cloud, 0, json!({"network": tiny_id}));
+    add(&cloud, 0, &filler, "filler", "", &tiny_conf);
+    let out = cni(&cloud, 0, add_call.clone(), &tiny_conf);
+    assert!(!out.success);
+    assert_eq!(out.stdout["code"], 100, "{}", out.stdout);
+    assert!(
+        out.stdout["details"]
+            .as_str()
+            .unwrap()
+            .contains("No more IP addresses"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(port_count(lab, tiny_id), 1);
+    assert_eq!(veths(lab, 0).len(), 1);
+    del(&cloud, 0, &filler, "filler", &tiny_conf);
+
+    // VERSION, STATUS; DEL of something never added succeeds.
+    let out = cni(
+        &cloud,
+        0,
+        CniCall {
+            command: "VERSION",
+            ..Default::default()
+        },
+        &good,
+    );
+    assert!(out.success);
+    assert_eq!(out.stdout["supportedVersions"], json!(["1.0.0", "1.1.0"]));
+    let out = cni(
+        &cloud,
+        0,
+        CniCall {
+            command: "STATUS",
+            ..Default::default()
+        },
+        &good,
+    );
+    assert!(out.success && out.stdout.is_null(), "{}", out.stdout);
+    let out = cni(
+        &cloud,
+        0,
+        CniCall {
+            command: "STATUS",
+            ..Default::default()
+        },
+        &conf(&cloud, 0, json!({"socket": "/nonexistent/cni.sock"})),
+    );
+    assert_eq!(out.stdout["code"], 50, "{}", out.stdout);
+    del(&cloud, 0, &pod, "never-added", &good);
+
+    // CHECK notices a broken attachment.
+    add(&cloud, 0, &pod, "chk", "", &good);
+    let check = CniCall {
+        command: "CHECK",
+        container_id: "chk",
+        ..add_call.clone()
+    };
+    assert!(cni(&cloud, 0, check.clone(), &good).success);
+    pod.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    let out = cni(&cloud, 0, check, &good);
+    assert!(!out.success);
+    assert_eq!(out.stdout["code"], 101, "{}", out.stdout);
+
+    // GC keeps what the runtime lists and removes the rest.
+    let other = lab.add_pod().unwrap();
+    add(&cloud, 0, &other, "keep", "", &good);
+    assert_eq!(port_count(lab, &net_id), 2);
+    let mut gc_conf: Value = serde_json::from_str(&good).unwrap();
+    gc_conf["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let out = cni(
+        &cloud,
+        0,
+        CniCall {
+            command: "GC",
+            ..Default::default()
+        },
+        &gc_conf.to_string(),
+    );
+    assert!(out.success, "GC: {} {}", out.stdout, out.stderr);
+    assert_eq!(
+        port_count(lab, &net_id),
+        1,
+        "GC removed the unlisted attachment's port"
+    );
+    assert_eq!(veths(lab, 0).len(), 1);
+    assert!(pod.ns.ip(&["link", "show", "eth0"]).is_err());
+    del(&cloud, 0, &other, "keep", &good);
+    assert_eq!(port_count(lab, &net_id), 0);
+    assert!(veths(lab, 0).is_empty());
+    assert_eq!(records(&cloud, 0), 0);
+}
+
+fn used_ips(lab: &Lab, net_id: &str) -> u64 {
+    let path = format!("/v2.0/network-ip-availabilities/{net_id}");
+    lab.api("GET", &path, None).1["network_ip_availability"]["used_ips"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Unicast FDB entries on a node's VXLAN device: remote MACs it forwards to.
+fn remote_macs(lab: &Lab, node: usize, vni: u64) -> std::collections::BTreeSet<String> {
+    let dev = format!("vxlan-{vni}");
+    let out = lab.nodes[node]
+        .ns
+        .exec("bridge", &["-j", "fdb", "show", "dev", &dev])
+        .unwrap_or_default();
+    let entries: Value = serde_json::from_str(&out).unwrap_or(json!([]));
+    entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["dst"].is_string())
+        .filter_map(|e| e["mac"].as_str())
+        .filter(|m| *m != "00:00:00:00:00:00")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn pods_churn_without_leaking_addresses_or_forwarding_entries() {
+    let Some(cloud) = cloud(3) else { return };
+    let lab = &cloud.lab;
+    wait_agents(lab, 3);
+    let (net_id, _) = shared_network(lab, "churn", "10.40.0.0/24");
+    let (_, net) = lab.api("GET", &format!("/v2.0/networks/{net_id}"), None);
+    let vni = net["network"]["provider:segmentation_id"].as_u64().unwrap();
+    let (s, p) = lab.api(
+        "POST",
+        "/v2.0/ports",
+        Some(&json!({"port": {
+        "network_id": net_id, "binding:host_id": "node1", "device_owner": "compute:nova"}})),
+    );
+    assert_eq!(s, 201);
+    let vm_port = p["port"].clone();
+    let vm = lab
+        .add_vm(
+            0,
+            vm_port["id"].as_str().unwrap(),
+            vm_port["mac_address"].as_str().unwrap(),
+            &format!(
+                "{}/24",
+                vm_port["fixed_ips"][0]["ip_address"].as_str().unwrap()
+            ),
+            None,
+            1450,
+        )
+        .unwrap();
+    let start = used_ips(lab, &net_id);
+    let pods = [lab.add_pod().unwrap(), lab.add_pod().unwrap()];
+    let configs = [1, 2].map(|node| conf(&cloud, node, json!({"network": net_id})));
+    const ROUNDS: usize = 100;
+    for round in 0..ROUNDS {
+        for (i, pod) in pods.iter().enumerate() {
+            let id = format!("churn{i}");
+            add(&cloud, i + 1, pod, &id, "", &configs[i]);
+            if round + 1 < ROUNDS {
+                del(&cloud, i + 1, pod, &id, &configs[i]);
+            }
+        }
+    }
+    // The last round's pods are up: the VM (same default group) reaches both.
+    for i in 0..2 {
+        let ip = pods[i]
+            .ns
+            .ip(&["-4", "-o", "addr", "show", "eth0"])
+            .unwrap();
+        let ip = ip
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        wait_for(
+            "the VM to reach a churned pod",
+            Duration::from_secs(10),
+            || pings(&vm.ns, &ip),
+        );
+    }
+    assert_eq!(used_ips(lab, &net_id), start + 2);
+    // Every node forwards exactly to the ports that exist on the other nodes.
+    let (_, ports) = lab.api("GET", &format!("/v2.0/ports?network_id={net_id}"), None);
+    let ports = ports["ports"].as_array().unwrap().clone();
+    assert_eq!(ports.len(), 3);
+    for node in 0..3 {
+        let host = format!("node{}", node + 1);
+        let expected: std::collections::BTreeSet<String> = ports
+            .iter()
+            .filter(|p| p["binding:host_id"] != host.as_str())
+            .map(|p| p["mac_address"].as_str().unwrap().to_owned())
+            .collect();
+        wait_for(
+            "FDB entries of existing ports only",
+            Duration::from_secs(10),
+            || remote_macs(lab, node, vni) == expected,
+        );
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        del(&cloud, i + 1, pod, &format!("churn{i}"), &configs[i]);
+    }
+    assert_eq!(used_ips(lab, &net_id), start, "an address leaked");
+    let only_vm: std::collections::BTreeSet<String> =
+        [vm_port["mac_address"].as_str().unwrap().to_owned()].into();
+    for node in 1..3 {
+        assert!(veths(lab, node).is_empty(), "{:?}", veths(lab, node));
+        wait_for("pod FDB entries gone", Duration::from_secs(10), || {
+            // Once a node has no port on the network the whole device goes.
+            let macs = remote_macs(lab, node, vni);
+            macs.is_empty() || macs == only_vm
+        });
+    }
+    wait_for("node1 forgets the pods", Duration::from_secs(10), || {
+        remote_macs(lab, 0, vni).is_empty()
+    });
+}

@@ -2,6 +2,7 @@
 //! pure model, allocates (IPAM, MAC, VNI) and commits in one compare-and-swap transaction,
 //! retrying from a fresh read when another writer got there first.
 
+mod ip_availability;
 mod namespace_binding;
 mod network;
 mod node;

@@ -251,7 +251,7 @@ impl Service {
     }
 
     /// Loads a network's subnets.
-    async fn subnets_of(&self, network: &Network) -> Result<Vec<(Subnet, u64)>> {
+    pub(super) async fn subnets_of(&self, network: &Network) -> Result<Vec<(Subnet, u64)>> {
         let mut out = Vec::with_capacity(network.subnets.len());
         for id in &network.subnets {
             if let Some(s) = self.load::<Subnet>(id).await? {
