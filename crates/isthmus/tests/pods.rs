@@ -582,11 +582,8 @@ fn pods_churn_without_leaking_addresses_or_forwarding_entries() {
         }
     }
     // The last round's pods are up: the VM (same default group) reaches both.
-    for i in 0..2 {
-        let ip = pods[i]
-            .ns
-            .ip(&["-4", "-o", "addr", "show", "eth0"])
-            .unwrap();
+    for pod in &pods {
+        let ip = pod.ns.ip(&["-4", "-o", "addr", "show", "eth0"]).unwrap();
         let ip = ip
             .split_whitespace()
             .nth(3)
