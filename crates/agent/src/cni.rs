@@ -49,7 +49,8 @@ pub(crate) struct Server {
 }
 
 /// Binds the socket (replacing a stale one) and serves until the process ends.
-pub(crate) async fn serve(shared: Arc<Shared>, netlink: Netlink) -> Result<(), AgentError> {
+pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(), AgentError> {
+    let netlink = shared.netlink.clone();
     let socket = shared.config.cni_socket.clone();
     let records = shared.config.state_dir.join("cni");
     std::fs::create_dir_all(&records)?;

@@ -15,7 +15,7 @@ pub async fn report(
     node: Option<&str>,
     controller: Option<&Endpoint>,
 ) -> Result<String, AgentError> {
-    let (observed, links) = kernel::observe().await?;
+    let (observed, links) = kernel::observe(&crate::netlink::Netlink::connect()?).await?;
     let mut out = String::new();
     let _ = writeln!(out, "bridges");
     if observed.bridges.is_empty() {

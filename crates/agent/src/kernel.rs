@@ -1,18 +1,21 @@
 //! The node's kernel: reads back the L2 state the agent manages and applies plans.
 //!
-//! Reading and writing go through iproute2 in batch mode: one `ip -j`/`bridge -j` read per
-//! reconcile and one `ip -batch`/`bridge -batch` process per group of changes (never one
-//! process per device or entry). Only devices named like the agent's (`brq*`, `vxlan-*`) and
-//! the devices attached to them are considered, so nothing else on the node is touched.
+//! Links are read in one netlink dump and existing links are changed (attached, detached)
+//! over netlink; device creation and forwarding entries go through iproute2 in batch mode,
+//! one `ip -batch`/`bridge -batch` process per group of changes (never one per device or
+//! entry). Only devices named like the agent's (`brq*`, `vxlan-*`) and the devices attached
+//! to them are considered, so nothing else on the node is touched.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::process::Stdio;
 
-use isthmus_dataplane::l2::{Bridge, Fdb, Observed, Op, Vxlan};
+use isthmus_dataplane::l2::{Fdb, Observed, Op, Vxlan};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use crate::netlink::Netlink;
 use crate::AgentError;
 
 async fn output(program: &str, args: &[&str]) -> Result<String, AgentError> {
@@ -48,73 +51,33 @@ pub struct Link {
     pub up: bool,
 }
 
-/// Reads the managed L2 state and every other link.
-pub async fn observe() -> Result<(Observed, Vec<Link>), AgentError> {
-    let mut observed = Observed::default();
-    let mut links = Vec::new();
-    for link in json("ip", &["-j", "-d", "link", "show"]).await? {
-        let name = link["ifname"].as_str().unwrap_or_default().to_owned();
-        let mtu = link["mtu"].as_u64().unwrap_or(0) as u32;
-        let master = link["master"].as_str().map(str::to_owned);
-        let up = link["flags"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|x| x == "UP"));
-        let kind = link["linkinfo"]["info_kind"].as_str().unwrap_or_default();
-        match kind {
-            "bridge" if name.starts_with("brq") => {
-                observed.bridges.insert(
-                    name.clone(),
-                    Bridge {
-                        network_id: String::new(),
-                        mtu,
-                    },
-                );
-            }
-            "vxlan" if name.starts_with("vxlan-") => {
-                let data = &link["linkinfo"]["info_data"];
-                let local = data["local"]
-                    .as_str()
-                    .and_then(|l| l.parse::<IpAddr>().ok());
-                if let (Some(vni), Some(local)) = (data["id"].as_u64(), local) {
-                    observed.vxlans.insert(
-                        name.clone(),
-                        Vxlan {
-                            vni: vni as u32,
-                            local,
-                            mtu,
-                            bridge: master.clone().unwrap_or_default(),
-                        },
-                    );
-                }
-            }
-            _ => {
-                observed.devices.insert(name.clone(), (master.clone(), mtu));
-            }
-        }
-        links.push(Link {
-            name,
-            mtu,
-            master,
-            up,
-        });
+/// Reads the static forwarding entries on the given (managed) VXLAN devices.
+pub async fn observe_fdb(vxlans: &BTreeMap<String, Vxlan>) -> Result<BTreeSet<Fdb>, AgentError> {
+    let mut fdb = BTreeSet::new();
+    if vxlans.is_empty() {
+        return Ok(fdb);
     }
-    if !observed.vxlans.is_empty() {
-        for entry in json("bridge", &["-j", "fdb", "show"]).await? {
-            let device = entry["ifname"].as_str().unwrap_or_default();
-            let dst = entry["dst"].as_str().and_then(|d| d.parse::<IpAddr>().ok());
-            if let (true, Some(dst), Some(mac)) = (
-                observed.vxlans.contains_key(device),
+    for entry in json("bridge", &["-j", "fdb", "show"]).await? {
+        let device = entry["ifname"].as_str().unwrap_or_default();
+        let dst = entry["dst"].as_str().and_then(|d| d.parse::<IpAddr>().ok());
+        if let (true, Some(dst), Some(mac)) =
+            (vxlans.contains_key(device), dst, entry["mac"].as_str())
+        {
+            fdb.insert(Fdb {
+                device: device.to_owned(),
+                mac: mac.to_owned(),
                 dst,
-                entry["mac"].as_str(),
-            ) {
-                observed.fdb.insert(Fdb {
-                    device: device.to_owned(),
-                    mac: mac.to_owned(),
-                    dst,
-                });
-            }
+            });
         }
     }
+    Ok(fdb)
+}
+
+/// Reads the managed L2 state (links over netlink, forwarding entries from `bridge`) and
+/// every link.
+pub async fn observe(netlink: &Netlink) -> Result<(Observed, Vec<Link>), AgentError> {
+    let (mut observed, links) = netlink.links().await?;
+    observed.fdb = observe_fdb(&observed.vxlans).await?;
     Ok((observed, links))
 }
 
@@ -199,11 +162,33 @@ async fn feed(program: &str, args: &[&str], script: &str) -> Result<(), AgentErr
     Ok(())
 }
 
-/// Applies ops in order, one batch process per run of ops of the same tool.
-pub async fn apply(ops: &[Op]) -> Result<(), AgentError> {
+/// Applies ops in order: changes to existing links (attach, detach, MTU) over netlink, the
+/// rest in one batch process per run of ops of the same tool.
+pub async fn apply(netlink: &Netlink, ops: &[Op]) -> Result<(), AgentError> {
     let mut pending: Option<(Tool, String)> = None;
     let mut first_error = None;
     for op in ops {
+        let direct = match op {
+            Op::Attach {
+                device,
+                bridge,
+                mtu,
+            } => Some((device, Some(bridge.as_str()), Some(*mtu))),
+            Op::Detach { device } => Some((device, None, None)),
+            _ => None,
+        };
+        if let Some((device, bridge, mtu)) = direct {
+            // What came before (a new bridge) must exist first.
+            if let Some((t, script)) = pending.take() {
+                if let Err(e) = run_batch(&t, &script).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if let Err(e) = netlink.set_link(device, bridge, mtu).await {
+                first_error.get_or_insert(e);
+            }
+            continue;
+        }
         let (tool, cmds) = lines(op);
         let same = matches!(
             (&pending, &tool),

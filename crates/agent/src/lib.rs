@@ -85,6 +85,8 @@ struct Shared {
     revisions: watch::Sender<u64>,
     /// Local ports whose tap is attached to its bridge and up.
     plugged: watch::Sender<BTreeSet<String>>,
+    /// The node's netlink connection.
+    netlink: netlink::Netlink,
 }
 
 impl Shared {
@@ -134,11 +136,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         changed: Notify::new(),
         revisions: watch::Sender::new(0),
         plugged: watch::Sender::new(BTreeSet::new()),
+        netlink: netlink::Netlink::connect()?,
     });
-    let netlink = netlink::Netlink::connect()?;
     let server = shared.clone();
     tokio::spawn(async move {
-        if let Err(e) = cni::serve(server, netlink).await {
+        if let Err(e) = cni::serve(server).await {
             eprintln!("isthmus agent: the CNI server stopped: {e}");
         }
     });
@@ -239,8 +241,13 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
     }
 }
 
-/// The filter tables as last applied by this agent.
-type KnownTables = Option<(nft::Observed, nft::Observed)>;
+/// What this agent last wrote: its filter tables and the forwarding entries on its VXLAN
+/// devices. `None` parts are read from the kernel on the next pass.
+#[derive(Default)]
+struct Known {
+    tables: Option<(nft::Observed, nft::Observed)>,
+    fdb: Option<BTreeSet<l2::Fdb>>,
+}
 
 async fn reconciler(shared: Arc<Shared>) {
     let node = NodeConfig {
@@ -248,15 +255,15 @@ async fn reconciler(shared: Arc<Shared>) {
         tunnel_ip: shared.config.tunnel_ip,
         physnets: shared.config.physnets.clone(),
     };
-    // What this agent last wrote to its filter tables; the kernel is read again at start,
+    // What this agent last wrote (filter tables, forwarding entries); the kernel is read again at start,
     // after any failure, and on the periodic safety pass.
-    let mut known: KnownTables = None;
+    let mut known = Known::default();
     loop {
         // Changes arrive in bursts; a safety pass every 30 s re-reads everything and repairs
         // anything changed behind the agent's back.
         let woken = tokio::time::timeout(Duration::from_secs(30), shared.changed.notified()).await;
         if woken.is_err() {
-            known = None;
+            known = Known::default();
         }
         let view = {
             let v = shared.view();
@@ -266,7 +273,7 @@ async fn reconciler(shared: Arc<Shared>) {
             v.clone()
         };
         if let Err(e) = reconcile(&shared, &view, &node, &mut known).await {
-            known = None;
+            known = Known::default();
             eprintln!("isthmus agent: reconcile: {e}");
         }
     }
@@ -276,11 +283,11 @@ async fn reconcile(
     shared: &Shared,
     view: &NodeView,
     node: &NodeConfig,
-    known: &mut KnownTables,
+    known: &mut Known,
 ) -> Result<(), AgentError> {
     // Filters first, so a tap is never attached without its chains; both tables change in
     // one transaction.
-    let (bridge, inet) = match known.take() {
+    let (bridge, inet) = match known.tables.take() {
         Some(tables) => tables,
         None => (
             kernel::observe_nft_table("bridge", filter::TABLE).await?,
@@ -299,13 +306,21 @@ async fn reconcile(
     if !script.is_empty() {
         kernel::nft(&script).await?;
     }
-    *known = Some((wanted.bridge.as_observed(), wanted.inet.as_observed()));
+    known.tables = Some((wanted.bridge.as_observed(), wanted.inet.as_observed()));
 
     let want = l2::desired(view, node);
-    let (observed, mut links) = kernel::observe().await?;
+    let (mut observed, mut links) = shared.netlink.links().await?;
+    observed.fdb = match known.fdb.take() {
+        // Entries live on devices: keep only those whose device is still there.
+        Some(fdb) => fdb
+            .into_iter()
+            .filter(|f| observed.vxlans.contains_key(&f.device))
+            .collect(),
+        None => kernel::observe_fdb(&observed.vxlans).await?,
+    };
     let ops = l2::plan(&want, &observed);
     if !ops.is_empty() {
-        kernel::apply(&ops).await?;
+        kernel::apply(&shared.netlink, &ops).await?;
         // Reflect what was just applied instead of reading the links back.
         for op in &ops {
             match op {
@@ -329,6 +344,7 @@ async fn reconcile(
             }
         }
     }
+    known.fdb = Some(want.fdb.clone());
     report_status(shared, view, &links).await
 }
 

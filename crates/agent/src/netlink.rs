@@ -8,11 +8,15 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use futures_util::TryStreamExt;
+use isthmus_dataplane::l2::{Bridge, Observed, Vxlan};
 use isthmus_dataplane::pod::PodInterface;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use crate::kernel::Link;
 use crate::AgentError;
 
 fn kernel(what: &str, e: impl std::fmt::Display) -> AgentError {
@@ -104,10 +108,130 @@ impl Netlink {
         }
     }
 
-    /// Whether a link exists.
-    pub async fn has_link(&self, name: &str) -> Result<bool, AgentError> {
-        Ok(link_index(&self.handle, name).await?.is_some())
+    /// Reads every link in one dump: the bridges and VXLAN devices the agent manages, the
+    /// other devices with their bridge and MTU, and all links (for port status). Forwarding
+    /// entries are not read here.
+    pub async fn links(&self) -> Result<(Observed, Vec<Link>), AgentError> {
+        let mut messages = Vec::new();
+        let mut dump = self.handle.link().get().execute();
+        while let Some(m) = dump
+            .try_next()
+            .await
+            .map_err(|e| kernel("reading links", e))?
+        {
+            messages.push(m);
+        }
+        let names: std::collections::HashMap<u32, String> = messages
+            .iter()
+            .filter_map(|m| link_name(m).map(|n| (m.header.index, n.to_owned())))
+            .collect();
+        let mut observed = Observed::default();
+        let mut links = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let Some(name) = link_name(m).map(str::to_owned) else {
+                continue;
+            };
+            let (mut mtu, mut master, mut kind, mut vxlan) = (0, None, None, (None, None));
+            for attr in &m.attributes {
+                match attr {
+                    LinkAttribute::Mtu(v) => mtu = *v,
+                    LinkAttribute::Controller(i) => master = names.get(i).cloned(),
+                    LinkAttribute::LinkInfo(infos) => {
+                        for info in infos {
+                            match info {
+                                LinkInfo::Kind(k) => kind = Some(k.clone()),
+                                LinkInfo::Data(InfoData::Vxlan(data)) => {
+                                    for d in data {
+                                        match d {
+                                            InfoVxlan::Id(id) => vxlan.0 = Some(*id),
+                                            InfoVxlan::Local(ip) => vxlan.1 = Some(IpAddr::V4(*ip)),
+                                            InfoVxlan::Local6(ip) => {
+                                                vxlan.1 = Some(IpAddr::V6(*ip))
+                                            }
+                                            _ => {}
+                                        }
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            match (kind, vxlan) {
+                (Some(InfoKind::Bridge), _) if name.starts_with("brq") => {
+                    observed.bridges.insert(
+                        name.clone(),
+                        Bridge {
+                            network_id: String::new(),
+                            mtu,
+                        },
+                    );
+                }
+                (Some(InfoKind::Vxlan), (Some(vni), Some(local))) if name.starts_with("vxlan-") => {
+                    observed.vxlans.insert(
+                        name.clone(),
+                        Vxlan {
+                            vni,
+                            local,
+                            mtu,
+                            bridge: master.clone().unwrap_or_default(),
+                        },
+                    );
+                }
+                _ => {
+                    observed.devices.insert(name.clone(), (master.clone(), mtu));
+                }
+            }
+            links.push(Link {
+                name,
+                mtu,
+                master,
+                up: m.header.flags.contains(LinkFlags::Up),
+            });
+        }
+        Ok((observed, links))
     }
+
+    /// Sets a device's bridge (`Some`) or detaches it (`None`), with an MTU, and brings it up
+    /// when attaching.
+    pub async fn set_link(
+        &self,
+        device: &str,
+        bridge: Option<&str>,
+        mtu: Option<u32>,
+    ) -> Result<(), AgentError> {
+        let index = link_index(&self.handle, device)
+            .await?
+            .ok_or_else(|| AgentError::Kernel(format!("{device} is gone")))?;
+        let mut message = LinkUnspec::new_with_index(index);
+        if let Some(mtu) = mtu {
+            message = message.mtu(mtu);
+        }
+        message = match bridge {
+            Some(bridge) => {
+                let master = link_index(&self.handle, bridge)
+                    .await?
+                    .ok_or_else(|| AgentError::Kernel(format!("bridge {bridge} is missing")))?;
+                message.controller(master).up()
+            }
+            None => message.nocontroller(),
+        };
+        self.handle
+            .link()
+            .set(message.build())
+            .execute()
+            .await
+            .map_err(|e| kernel(&format!("setting {device}"), e))
+    }
+}
+
+fn link_name(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
 }
 
 async fn link_message(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, AgentError> {
@@ -242,10 +366,7 @@ pub async fn read_pod_link(netns: File, ifname: String) -> Result<Option<PodLink
                 mac = format_mac(bytes);
             }
         }
-        let up = link
-            .header
-            .flags
-            .contains(rtnetlink::packet_route::link::LinkFlags::Up);
+        let up = link.header.flags.contains(LinkFlags::Up);
         let mut addresses = Vec::new();
         let mut stream = handle
             .address()
