@@ -5,15 +5,17 @@
 # namespace per pod; here the host namespace also runs an Isthmus controller and agent, so
 # ADD goes plugin -> agent socket -> controller (port, IPAM) -> kernel, as on a real node.
 #
-# Usage (root): bench/cni.sh [-n PODS] [-w WORKERS] [-r ROUNDS]
+# Usage (root): bench/cni.sh [-n PODS] [-w WORKERS] [-r ROUNDS] [-p POOL_SIZE]
+#   POOL_SIZE: the agent's --pool-size (ports kept ready per network; 0 = every ADD creates
+#   its port through the controller).
 # Needs: containernetworking-plugins (Debian), a release build (cargo build --release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HARNESS=${HARNESS:-../shared/bench/cni}
-PODS=200 WORKERS=4 ROUNDS=3
-while getopts n:w:r: o; do
+PODS=200 WORKERS=4 ROUNDS=3 POOL=2
+while getopts n:w:r:p: o; do
 	case $o in
-	n) PODS=$OPTARG ;; w) WORKERS=$OPTARG ;; r) ROUNDS=$OPTARG ;;
+	n) PODS=$OPTARG ;; w) WORKERS=$OPTARG ;; r) ROUNDS=$OPTARG ;; p) POOL=$OPTARG ;;
 	*) exit 2 ;;
 	esac
 done
@@ -53,7 +55,7 @@ net=$(api POST /v2.0/networks '{"network": {"name": "bench"}}' |
 	python3 -c 'import json,sys; print(json.load(sys.stdin)["network"]["id"])')
 api POST /v2.0/subnets "{\"subnet\": {\"network_id\": \"$net\", \"ip_version\": 4, \"cidr\": \"10.250.0.0/16\"}}" >/dev/null
 ip netns exec $HOST "$BIN/isthmus" agent --node bench --tunnel-ip 10.252.0.1 \
-	--controller http://127.0.0.1:9696 --state-dir "$WORK/agent" --cni-socket "$WORK/cni.sock" \
+	--controller http://127.0.0.1:9696 --state-dir "$WORK/agent" --cni-socket "$WORK/cni.sock" --pool-size "$POOL" \
 	>"$WORK/agent.log" 2>&1 &
 for _ in $(seq 100); do [ -S "$WORK/cni.sock" ] && break; sleep 0.1; done
 
@@ -66,5 +68,5 @@ CONF
 python3 "$HARNESS/bench.py" --host-netns $HOST --pod-prefix $PFX --pods "$PODS" \
 	--workers "$WORKERS" --rounds "$ROUNDS" --out "$OUT" \
 	--case "ref=/usr/lib/cni:$HARNESS/conf/bridge.conf" \
-	--case "isthmus=$WORK:$WORK/isthmus.conf"
+	--case "isthmus-pool$POOL=$WORK:$WORK/isthmus.conf"
 python3 "$HARNESS/summarize.py" "$OUT" | tee "${OUT%.jsonl}.summary.md"

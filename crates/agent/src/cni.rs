@@ -5,20 +5,22 @@
 //! attachment is recorded in the state directory before the kernel is touched, so DEL, GC and
 //! a failed ADD can always undo it, also across agent restarts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use isthmus_cni::{code, CniError, Command, Request};
-use isthmus_dataplane::l2::tap_name;
+use isthmus_dataplane::l2::{bridge_name, tap_name};
 use isthmus_dataplane::pod::{self, PodInterface};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
 
-use crate::netlink::{self, Netlink};
+use crate::netlink::{self, Netlink, Reaper};
+use crate::pool::{self, PoolKey};
 use crate::{AgentError, Shared};
 
 /// How long an ADD waits for the port to reach this node's view and for its tap to be
@@ -45,7 +47,12 @@ fn io_failure(msg: impl Into<String>, details: impl std::fmt::Display) -> CniErr
 pub(crate) struct Server {
     shared: Arc<Shared>,
     netlink: Netlink,
+    reaper: Arc<Reaper>,
     records: PathBuf,
+    /// Renamings of pooled ports to their pods, still under way.
+    naming: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Teardowns after DEL, still under way, by record path.
+    teardowns: Mutex<HashMap<PathBuf, JoinHandle<()>>>,
 }
 
 /// Binds the socket (replacing a stale one) and serves until the process ends.
@@ -68,12 +75,35 @@ pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(), AgentError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     }
+    let in_use: BTreeSet<String> = std::fs::read_dir(&records)?
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|raw| serde_json::from_slice::<Value>(&raw).ok())
+        .filter_map(|r| r["port_id"].as_str().map(str::to_owned))
+        .collect();
+    pool::adopt(&shared, &in_use).await;
     eprintln!("isthmus agent: CNI socket {}", socket.display());
     let server = Arc::new(Server {
         shared,
+        reaper: Reaper::start(netlink.clone()),
         netlink,
         records,
+        naming: Mutex::default(),
+        teardowns: Mutex::default(),
     });
+    // Teardowns a previous run accepted but did not finish.
+    let pending: Vec<PathBuf> = std::fs::read_dir(&server.records)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))
+        .collect();
+    for path in pending {
+        if let Ok(Some(record)) = server.load(&path) {
+            if record.value["deleting"] == true {
+                server.clone().tear_down(record);
+            }
+        }
+    }
     loop {
         let (stream, _) = listener.accept().await?;
         let server = server.clone();
@@ -95,10 +125,50 @@ impl Record {
     fn port_id(&self) -> &str {
         self.value["port_id"].as_str().unwrap_or_default()
     }
+
+    fn pool_key(&self) -> PoolKey {
+        let text = |k: &str| self.value[k].as_str().unwrap_or_default().to_owned();
+        (text("network_id"), text("project_id"))
+    }
 }
 
 impl Server {
-    async fn connection(&self, stream: UnixStream) -> Result<(), AgentError> {
+    fn naming(&self) -> MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        self.naming.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn teardowns(&self) -> MutexGuard<'_, HashMap<PathBuf, JoinHandle<()>>> {
+        self.teardowns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Undoes an attachment in the background (deleting a veth waits out an RCU grace
+    /// period in the kernel, tens of milliseconds, which the runtime need not wait for).
+    /// The record, marked `deleting`, stays until it is done, so an agent restart finishes
+    /// the job; an ADD of the same attachment waits for it.
+    fn tear_down(self: Arc<Self>, record: Record) {
+        let path = record.path.clone();
+        let server = self.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.undo(&record).await {
+                eprintln!(
+                    "isthmus agent: CNI: tearing down {}: {e} (retried at the next DEL, GC or agent start)",
+                    record.path.display()
+                );
+            }
+            server.teardowns().remove(&record.path);
+        });
+        self.teardowns().insert(path, task);
+    }
+
+    /// Waits for a teardown of `path` still under way.
+    async fn settle(&self, path: &Path) {
+        let task = self.teardowns().remove(path);
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    async fn connection(self: &Arc<Self>, stream: UnixStream) -> Result<(), AgentError> {
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
         BufReader::new(read).read_line(&mut line).await?;
@@ -123,7 +193,7 @@ impl Server {
         Ok(())
     }
 
-    async fn dispatch(&self, request: &Request) -> Result<Value, CniError> {
+    async fn dispatch(self: &Arc<Self>, request: &Request) -> Result<Value, CniError> {
         match request.command {
             Command::Add => self.add(request).await,
             Command::Del => self.del(request).await.map(|()| Value::Null),
@@ -175,9 +245,10 @@ impl Server {
 
     async fn add(&self, request: &Request) -> Result<Value, CniError> {
         let path = self.record_path(&request.container_id, &request.ifname);
+        self.settle(&path).await;
         // A repeated ADD (the runtime retrying after a timeout) answers what the first did.
         if let Some(record) = self.load(&path)? {
-            if !record.value["result"].is_null() {
+            if !record.value["result"].is_null() && record.value["deleting"] != true {
                 return Ok(record.value["result"].clone());
             }
             self.undo(&record).await?;
@@ -191,14 +262,28 @@ impl Server {
         })?;
         self.status()
             .map_err(|e| try_again(e.msg, "the agent is starting"))?;
-        let (network_id, project_id) = self.select_network(request).await?;
-        let port = self.create_port(request, &network_id, &project_id).await?;
-        let port_id = port["id"].as_str().unwrap_or_default().to_owned();
+        let key = self.select_network(request).await?;
+        let pooled = {
+            let filtered = self.shared.filtered.borrow();
+            self.shared.pools.take(&key, &filtered)
+        };
+        let port_id = match &pooled {
+            Some(id) => id.clone(),
+            None => {
+                let port = self.create_port(request, &key.0, &key.1).await?;
+                port["id"].as_str().unwrap_or_default().to_owned()
+            }
+        };
+        // After this pod's own port, so a pod that found the pool empty still gets the
+        // lowest free address.
+        pool::refill(&self.shared, &key);
         let mut record = json!({
             "container_id": request.container_id,
             "ifname": request.ifname,
             "netns": request.netns,
             "network": request.config.get("name"),
+            "network_id": key.0,
+            "project_id": key.1,
             "port_id": port_id,
             "result": null,
         });
@@ -211,6 +296,23 @@ impl Server {
             Ok(result) => {
                 record["result"] = result.clone();
                 self.save(&path, &record)?;
+                if pooled.is_some() {
+                    // The port becomes the pod's in the API after the pod has its network.
+                    let body = json!({"port": self.identity(request)});
+                    let shared = self.shared.clone();
+                    let id = port_id.clone();
+                    let naming = tokio::spawn(async move {
+                        let path = format!("/v2.0/ports/{port_id}");
+                        match shared.config.controller.request("PUT", &path, Some(&body)).await {
+                            Ok((200, _)) => {}
+                            Ok((status, answer)) => eprintln!(
+                                "isthmus agent: naming pod port {port_id} answered {status}: {answer}"
+                            ),
+                            Err(e) => eprintln!("isthmus agent: naming pod port {port_id}: {e}"),
+                        }
+                    });
+                    self.naming().insert(id, naming);
+                }
                 Ok(result)
             }
             Err(e) => {
@@ -237,7 +339,26 @@ impl Server {
         netlink::configure_pod(netns, request.ifname.clone(), iface.clone())
             .await
             .map_err(|e| io_failure("cannot configure the pod's interface", e))?;
-        self.wait_plugged(port_id).await?;
+        // A port whose filters are already in place (a pool port) is attached right here;
+        // any other waits for the reconciler, which installs its filters first.
+        let network = self
+            .shared
+            .view()
+            .ports
+            .get(port_id)
+            .map(|p| p.network_id.clone());
+        let filtered = self.shared.filtered.borrow().contains(port_id);
+        let attached = match network {
+            Some(network) if filtered => self
+                .netlink
+                .set_link(&tap, Some(&bridge_name(&network)), Some(iface.mtu))
+                .await
+                .is_ok(),
+            _ => false,
+        };
+        if !attached {
+            self.wait_plugged(port_id).await?;
+        }
         Ok(pod::cni_result(
             &iface,
             &tap,
@@ -309,12 +430,29 @@ impl Server {
         }
     }
 
-    /// A network by id or name (a name must be unambiguous, preferring the project's own).
+    /// A network by id or name (a name must be unambiguous, preferring the project's own):
+    /// from this node's view when the network is there, else from the controller.
     async fn resolve_network(
         &self,
         network: &str,
         project: Option<String>,
     ) -> Result<(String, String), CniError> {
+        let local: Vec<(String, String)> = self
+            .shared
+            .view()
+            .networks
+            .values()
+            .filter(|n| n.id == network || n.name == network)
+            .filter(|n| {
+                project
+                    .as_ref()
+                    .is_none_or(|p| n.id == network || &n.project_id == p)
+            })
+            .map(|n| (n.id.clone(), n.project_id.clone()))
+            .collect();
+        if let [(id, owner)] = local.as_slice() {
+            return Ok((id.clone(), project.unwrap_or_else(|| owner.clone())));
+        }
         let (_, by_id) = self
             .controller(
                 "GET",
@@ -357,27 +495,34 @@ impl Server {
         }
     }
 
-    async fn create_port(
-        &self,
-        request: &Request,
-        network_id: &str,
-        project_id: &str,
-    ) -> Result<Value, CniError> {
+    /// The attributes that make a port this pod's: `<namespace>/<pod>`, the pod UID (or the
+    /// container id), and the attachment in `binding:profile`.
+    fn identity(&self, request: &Request) -> Value {
         let arg = |k: &str| request.args.get(k).filter(|v| !v.is_empty());
         let name = match (arg("K8S_POD_NAMESPACE"), arg("K8S_POD_NAME")) {
             (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
             _ => request.container_id.clone(),
         };
         let device_id = arg("K8S_POD_UID").unwrap_or(&request.container_id);
-        let body = json!({"port": {
-            "network_id": network_id,
-            "project_id": project_id,
+        json!({
             "name": name,
-            "device_owner": POD_DEVICE_OWNER,
             "device_id": device_id,
-            "binding:host_id": self.shared.config.node,
             "binding:profile": {"cni_container_id": request.container_id, "cni_ifname": request.ifname},
-        }});
+        })
+    }
+
+    async fn create_port(
+        &self,
+        request: &Request,
+        network_id: &str,
+        project_id: &str,
+    ) -> Result<Value, CniError> {
+        let mut port = self.identity(request);
+        port["network_id"] = json!(network_id);
+        port["project_id"] = json!(project_id);
+        port["device_owner"] = json!(POD_DEVICE_OWNER);
+        port["binding:host_id"] = json!(self.shared.config.node);
+        let body = json!({ "port": port });
         let (status, answer) = self.controller("POST", "/v2.0/ports", Some(&body)).await?;
         match status {
             201 => Ok(answer["port"].clone()),
@@ -415,16 +560,23 @@ impl Server {
     /// runtime's retry finishes the job.
     async fn undo(&self, record: &Record) -> Result<(), CniError> {
         let port_id = record.port_id();
+        // A pooled port's renaming must land before the port is cleaned or deleted.
+        let naming = self.naming().remove(port_id);
+        if let Some(naming) = naming {
+            let _ = naming.await;
+        }
         if !port_id.is_empty() {
-            self.netlink
-                .delete_link(&tap_name(port_id))
+            self.reaper
+                .delete(&tap_name(port_id))
                 .await
                 .map_err(|e| io_failure("cannot delete the pod's veth", e))?;
-            let (status, answer) = self
-                .controller("DELETE", &format!("/v2.0/ports/{port_id}"), None)
-                .await?;
-            if status != 204 && status != 404 {
-                return Err(try_again("the controller did not delete the port", answer));
+            if !self.return_to_pool(record).await? {
+                let (status, answer) = self
+                    .controller("DELETE", &format!("/v2.0/ports/{port_id}"), None)
+                    .await?;
+                if status != 204 && status != 404 {
+                    return Err(try_again("the controller did not delete the port", answer));
+                }
             }
         }
         match std::fs::remove_file(&record.path) {
@@ -435,12 +587,35 @@ impl Server {
         }
     }
 
-    async fn del(&self, request: &Request) -> Result<(), CniError> {
-        let path = self.record_path(&request.container_id, &request.ifname);
-        match self.load(&path)? {
-            Some(record) => self.undo(&record).await,
-            None => Ok(()),
+    /// Cleans a port (pool name, marker, no attachment) and puts it back in its pool when
+    /// that pool has room; `false` when it should be deleted instead.
+    async fn return_to_pool(&self, record: &Record) -> Result<bool, CniError> {
+        let key = record.pool_key();
+        let room = self.shared.pools.sizes().get(&key).copied().unwrap_or(0)
+            < self.shared.config.pool_size;
+        if key.0.is_empty() || !room {
+            return Ok(false);
         }
+        let port_id = record.port_id().to_owned();
+        let body = json!({"port": pool::pool_attributes(&self.shared)});
+        let (status, _) = self
+            .controller("PUT", &format!("/v2.0/ports/{port_id}"), Some(&body))
+            .await?;
+        Ok(status == 200 && self.shared.pools.give_back(&key, port_id))
+    }
+
+    async fn del(self: &Arc<Self>, request: &Request) -> Result<(), CniError> {
+        let path = self.record_path(&request.container_id, &request.ifname);
+        if self.teardowns().contains_key(&path) {
+            return Ok(());
+        }
+        let Some(mut record) = self.load(&path)? else {
+            return Ok(());
+        };
+        record.value["deleting"] = Value::Bool(true);
+        self.save(&path, &record.value)?;
+        self.clone().tear_down(record);
+        Ok(())
     }
 
     async fn check(&self, request: &Request) -> Result<(), CniError> {
@@ -448,7 +623,7 @@ impl Server {
         let path = self.record_path(&request.container_id, &request.ifname);
         let record = self
             .load(&path)?
-            .filter(|r| !r.value["result"].is_null())
+            .filter(|r| !r.value["result"].is_null() && r.value["deleting"] != true)
             .ok_or_else(|| {
                 broken(format!(
                     "no attachment {}/{}",
@@ -510,6 +685,7 @@ impl Server {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
+            self.settle(&path).await;
             let Some(record) = self.load(&path)? else {
                 continue;
             };

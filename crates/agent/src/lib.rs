@@ -8,6 +8,7 @@ pub mod http;
 pub mod inspect;
 pub mod kernel;
 pub mod netlink;
+mod pool;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -62,6 +63,8 @@ pub struct Config {
     pub cni_socket: PathBuf,
     /// The network (id or name) of pods whose configuration and namespace name none.
     pub default_pod_network: Option<String>,
+    /// Pod ports kept ready per (network, project) in use on this node.
+    pub pool_size: usize,
 }
 
 /// Parses `NAME:IFACE`.
@@ -87,6 +90,10 @@ struct Shared {
     plugged: watch::Sender<BTreeSet<String>>,
     /// The node's netlink connection.
     netlink: netlink::Netlink,
+    /// Local ports whose filters are in place (attaching their tap is safe).
+    filtered: watch::Sender<BTreeSet<String>>,
+    /// Pod ports kept ready.
+    pools: pool::Pools,
 }
 
 impl Shared {
@@ -131,12 +138,14 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     }
     eprintln!("isthmus agent: node {} registered", config.node);
     let shared = Arc::new(Shared {
-        config,
         view: Mutex::new(NodeView::default()),
         changed: Notify::new(),
         revisions: watch::Sender::new(0),
         plugged: watch::Sender::new(BTreeSet::new()),
         netlink: netlink::Netlink::connect()?,
+        filtered: watch::Sender::new(BTreeSet::new()),
+        pools: pool::Pools::new(config.pool_size),
+        config,
     });
     let server = shared.clone();
     tokio::spawn(async move {
@@ -307,6 +316,19 @@ async fn reconcile(
         kernel::nft(&script).await?;
     }
     known.tables = Some((wanted.bridge.as_observed(), wanted.inet.as_observed()));
+    let local: BTreeSet<String> = view
+        .ports
+        .values()
+        .filter(|p| p.host_id == node.name)
+        .map(|p| p.id.clone())
+        .collect();
+    shared.filtered.send_if_modified(|old| {
+        let changed = *old != local;
+        if changed {
+            *old = local;
+        }
+        changed
+    });
 
     let want = l2::desired(view, node);
     let (mut observed, mut links) = shared.netlink.links().await?;

@@ -95,17 +95,9 @@ impl Netlink {
             .map_err(|e| kernel(&format!("creating veth {host} / {ifname}"), e))
     }
 
-    /// Deletes a link by name; `Ok(false)` when there was none. Deleting one side of a veth
-    /// removes the other, wherever it is.
-    pub async fn delete_link(&self, name: &str) -> Result<bool, AgentError> {
-        let Some(index) = link_index(&self.handle, name).await? else {
-            return Ok(false);
-        };
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) if is_absent(&e) => Ok(false),
-            Err(e) => Err(kernel(&format!("deleting {name}"), e)),
-        }
+    /// Whether a link exists.
+    pub async fn has_link(&self, name: &str) -> Result<bool, AgentError> {
+        Ok(link_index(&self.handle, name).await?.is_some())
     }
 
     /// Reads every link in one dump: the bridges and VXLAN devices the agent manages, the
@@ -132,6 +124,10 @@ impl Netlink {
                 continue;
             };
             let (mut mtu, mut master, mut kind, mut vxlan) = (0, None, None, (None, None));
+            // A device waiting for the reaper is as good as gone.
+            if m.attributes.contains(&LinkAttribute::Group(DOOMED_GROUP)) {
+                continue;
+            }
             for attr in &m.attributes {
                 match attr {
                     LinkAttribute::Mtu(v) => mtu = *v,
@@ -195,16 +191,16 @@ impl Netlink {
     }
 
     /// Sets a device's bridge (`Some`) or detaches it (`None`), with an MTU, and brings it up
-    /// when attaching.
+    /// when attaching. A device that went away meanwhile needs nothing.
     pub async fn set_link(
         &self,
         device: &str,
         bridge: Option<&str>,
         mtu: Option<u32>,
     ) -> Result<(), AgentError> {
-        let index = link_index(&self.handle, device)
-            .await?
-            .ok_or_else(|| AgentError::Kernel(format!("{device} is gone")))?;
+        let Some(index) = link_index(&self.handle, device).await? else {
+            return Ok(());
+        };
         let mut message = LinkUnspec::new_with_index(index);
         if let Some(mtu) = mtu {
             message = message.mtu(mtu);
@@ -218,12 +214,87 @@ impl Netlink {
             }
             None => message.nocontroller(),
         };
-        self.handle
-            .link()
-            .set(message.build())
-            .execute()
-            .await
-            .map_err(|e| kernel(&format!("setting {device}"), e))
+        match self.handle.link().set(message.build()).execute().await {
+            Err(e) if !is_absent(&e) => Err(kernel(&format!("setting {device}"), e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The link group of devices waiting to be deleted ("ISTH").
+const DOOMED_GROUP: u32 = 0x4953_5448;
+
+/// Deletes devices in batches. The kernel waits out an RCU grace period (~20 ms here) per
+/// deletion request; a request for a link group deletes every device in it for one wait, so
+/// devices are moved to a group (detached and down at once: no traffic) and the group is
+/// deleted in one request per batch.
+pub struct Reaper {
+    netlink: Netlink,
+    wake: tokio::sync::Notify,
+    rounds: tokio::sync::watch::Sender<u64>,
+}
+
+impl Reaper {
+    /// A reaper; its loop runs on the current runtime until the process ends.
+    pub fn start(netlink: Netlink) -> std::sync::Arc<Reaper> {
+        let reaper = std::sync::Arc::new(Reaper {
+            netlink,
+            wake: tokio::sync::Notify::new(),
+            rounds: tokio::sync::watch::Sender::new(0),
+        });
+        let runner = reaper.clone();
+        tokio::spawn(async move {
+            loop {
+                runner.wake.notified().await;
+                // Let concurrent deletions join this batch.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                let mut message = LinkMessageBuilder::<LinkUnspec>::new().build();
+                message.attributes.push(LinkAttribute::Group(DOOMED_GROUP));
+                match runner
+                    .netlink
+                    .handle
+                    .link()
+                    .del_with_message(message)
+                    .execute()
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if is_absent(&e) => {}
+                    Err(e) => eprintln!("isthmus agent: deleting doomed devices: {e}"),
+                }
+                runner.rounds.send_modify(|r| *r += 1);
+            }
+        });
+        reaper
+    }
+
+    /// Deletes `name` (and its veth peer, wherever it is); returns when it is gone.
+    pub async fn delete(&self, name: &str) -> Result<(), AgentError> {
+        let Some(index) = link_index(&self.netlink.handle, name).await? else {
+            return Ok(());
+        };
+        let mut doom = LinkUnspec::new_with_index(index)
+            .nocontroller()
+            .down()
+            .build();
+        doom.attributes.push(LinkAttribute::Group(DOOMED_GROUP));
+        match self.netlink.handle.link().set(doom).execute().await {
+            Ok(()) => {}
+            Err(e) if is_absent(&e) => return Ok(()),
+            Err(e) => return Err(kernel(&format!("marking {name} for deletion"), e)),
+        }
+        loop {
+            let mut rounds = self.rounds.subscribe();
+            let seen = *rounds.borrow_and_update();
+            self.wake.notify_one();
+            rounds
+                .wait_for(|r| *r > seen)
+                .await
+                .map_err(|_| AgentError::Kernel("the device reaper stopped".into()))?;
+            if !self.netlink.has_link(name).await? {
+                return Ok(());
+            }
+        }
     }
 }
 

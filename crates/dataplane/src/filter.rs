@@ -368,6 +368,7 @@ mod tests {
                 mac_address: "fa:16:3e:00:00:09".into(),
             }],
             status: "DOWN".into(),
+            ..Default::default()
         }
     }
 
@@ -457,6 +458,7 @@ mod tests {
                 network_type: "vxlan".into(),
                 segmentation_id: Some(70000),
                 physical_network: None,
+                ..Default::default()
             },
         );
         let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();

@@ -424,6 +424,7 @@ mod tests {
             port_security_enabled: true,
             allowed_address_pairs: vec![],
             status: "DOWN".into(),
+            ..Default::default()
         }
     }
 
@@ -437,6 +438,7 @@ mod tests {
                 network_type: "vxlan".into(),
                 segmentation_id: Some(42),
                 physical_network: None,
+                ..Default::default()
             },
         );
         for (n, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")] {

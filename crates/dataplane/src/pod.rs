@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+pub use isthmus_model::port::POOL_DEVICE_ID;
+
 use isthmus_model::addr::Cidr;
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -15,10 +15,16 @@ pub enum ViewError {
 }
 
 /// A network as the data plane needs it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Network {
     /// Id.
     pub id: String,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Owner.
+    #[serde(default)]
+    pub project_id: String,
     /// MTU of the network's devices.
     pub mtu: u32,
     /// `vxlan` or `flat`.
@@ -51,7 +57,7 @@ pub struct AddressPair {
 }
 
 /// A port as the data plane needs it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Port {
     /// Id.
     pub id: String,
@@ -74,6 +80,12 @@ pub struct Port {
     pub allowed_address_pairs: Vec<AddressPair>,
     /// Status the controller has.
     pub status: String,
+    /// `device_id`: the pod UID, the VM, or the pool marker of an unused pod port.
+    #[serde(default)]
+    pub device_id: String,
+    /// Owner.
+    #[serde(default)]
+    pub project_id: String,
 }
 
 /// A node (tunnel endpoint).

@@ -85,6 +85,9 @@ enum Command {
         /// Network (id or name) for pods whose CNI configuration and namespace name none.
         #[arg(long)]
         default_pod_network: Option<String>,
+        /// Pod ports kept ready per (network, project) used on this node (0: no pool).
+        #[arg(long, default_value_t = 2)]
+        pool_size: usize,
     },
     /// Show what this node's kernel holds (run on the node, e.g. inside its namespace).
     Inspect {
@@ -176,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             state_dir,
             cni_socket,
             default_pod_network,
+            pool_size,
         } => {
             let physnets = physnets
                 .iter()
@@ -190,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
                 state_dir,
                 cni_socket,
                 default_pod_network,
+                pool_size,
             };
             tokio::select! {
                 result = isthmus_agent::run(config) => result?,

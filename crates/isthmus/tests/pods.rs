@@ -88,6 +88,13 @@ fn del(cloud: &Cloud, node: usize, pod: &Pod, id: &str, config: &str) {
     );
     assert!(out.success, "DEL failed: {} {}", out.stdout, out.stderr);
     assert!(out.stdout.is_null(), "DEL prints nothing: {}", out.stdout);
+    // The agent finishes the teardown after answering; its record goes last.
+    let record = cloud.lab.nodes[node]
+        .state_dir
+        .join(format!("cni/{id}@eth0.json"));
+    wait_for("the teardown to finish", Duration::from_secs(10), || {
+        !record.exists()
+    });
 }
 
 fn pings(from: &isthmus_lab::Netns, to: &str) -> bool {
@@ -106,12 +113,28 @@ fn default_group(lab: &Lab, project: &str) -> String {
         .to_owned()
 }
 
-fn port_count(lab: &Lab, net_id: &str) -> usize {
-    lab.api("GET", &format!("/v2.0/ports?network_id={net_id}"), None)
-        .1["ports"]
+/// Ports of a network, by whether they wait in a pool.
+fn ports_of(lab: &Lab, net_id: &str) -> (Vec<Value>, Vec<Value>) {
+    let (_, v) = lab.api("GET", &format!("/v2.0/ports?network_id={net_id}"), None);
+    v["ports"]
         .as_array()
-        .map_or(0, Vec::len)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|p| p["device_id"] != POOL)
 }
+
+/// Ports given to VMs and pods (not waiting in a pool).
+fn port_count(lab: &Lab, net_id: &str) -> usize {
+    ports_of(lab, net_id).0.len()
+}
+
+/// Ports waiting in pools.
+fn pooled(lab: &Lab, net_id: &str) -> usize {
+    ports_of(lab, net_id).1.len()
+}
+
+const POOL: &str = "isthmus-pool";
 
 /// Veth devices in node `node` (taps of VMs and pods).
 fn veths(lab: &Lab, node: usize) -> Vec<String> {
@@ -187,12 +210,11 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
     assert!(pod.ns.ip(&["link", "show", "eth0"]).unwrap().contains(mac));
 
     // An ordinary Neutron port, listed next to the VM by the real client.
-    let (_, ports) = lab.api(
-        "GET",
-        &format!("/v2.0/ports?network_id={net_id}&device_owner=compute:kubernetes"),
-        None,
-    );
-    let pod_port = ports["ports"][0].clone();
+    let pod_port = ports_of(lab, &net_id)
+        .0
+        .into_iter()
+        .find(|p| p["device_owner"] == "compute:kubernetes")
+        .unwrap();
     assert_eq!(pod_port["name"], "team-b/web");
     assert_eq!(pod_port["device_id"], "uid-web");
     assert_eq!(pod_port["project_id"], "project-b");
@@ -598,11 +620,14 @@ fn pods_churn_without_leaking_addresses_or_forwarding_entries() {
             || pings(&vm.ns, &ip),
         );
     }
-    assert_eq!(used_ips(lab, &net_id), start + 2);
+    assert_eq!(
+        used_ips(lab, &net_id),
+        start + 2 + pooled(lab, &net_id) as u64
+    );
     // Every node forwards exactly to the ports that exist on the other nodes.
     let (_, ports) = lab.api("GET", &format!("/v2.0/ports?network_id={net_id}"), None);
     let ports = ports["ports"].as_array().unwrap().clone();
-    assert_eq!(ports.len(), 3);
+    assert_eq!(ports.len(), 3 + pooled(lab, &net_id));
     for node in 0..3 {
         let host = format!("node{}", node + 1);
         let expected: std::collections::BTreeSet<String> = ports
@@ -619,18 +644,134 @@ fn pods_churn_without_leaking_addresses_or_forwarding_entries() {
     for (i, pod) in pods.iter().enumerate() {
         del(&cloud, i + 1, pod, &format!("churn{i}"), &configs[i]);
     }
-    assert_eq!(used_ips(lab, &net_id), start, "an address leaked");
-    let only_vm: std::collections::BTreeSet<String> =
-        [vm_port["mac_address"].as_str().unwrap().to_owned()].into();
-    for node in 1..3 {
-        assert!(veths(lab, node).is_empty(), "{:?}", veths(lab, node));
-        wait_for("pod FDB entries gone", Duration::from_secs(10), || {
-            // Once a node has no port on the network the whole device goes.
-            let macs = remote_macs(lab, node, vni);
-            macs.is_empty() || macs == only_vm
-        });
+    let (given, waiting) = ports_of(lab, &net_id);
+    assert_eq!(given.len(), 1, "only the VM's port is given");
+    assert_eq!(
+        used_ips(lab, &net_id),
+        start + waiting.len() as u64,
+        "an address leaked"
+    );
+    for node in 0..3 {
+        assert!(
+            node == 0 || veths(lab, node).is_empty(),
+            "{:?}",
+            veths(lab, node)
+        );
+        let host = format!("node{}", node + 1);
+        let expected: std::collections::BTreeSet<String> = given
+            .iter()
+            .chain(&waiting)
+            .filter(|p| p["binding:host_id"] != host.as_str())
+            .map(|p| p["mac_address"].as_str().unwrap().to_owned())
+            .collect();
+        wait_for(
+            "FDB entries of the pods gone",
+            Duration::from_secs(10),
+            || remote_macs(lab, node, vni) == expected,
+        );
     }
-    wait_for("node1 forgets the pods", Duration::from_secs(10), || {
-        remote_macs(lab, 0, vni).is_empty()
+}
+
+#[test]
+fn pools_serve_adds_survive_agent_restarts_and_go_with_their_node() {
+    let Some(mut cloud) = cloud(1) else { return };
+    wait_agents(&cloud.lab, 1);
+    let (net_id, _) = shared_network(&cloud.lab, "pooled", "10.50.0.0/24");
+    let config = conf(&cloud, 0, json!({"network": "pooled"}));
+    let pods: Vec<Pod> = (0..3).map(|_| cloud.lab.add_pod().unwrap()).collect();
+
+    // The first ADD creates its port and starts the pool (2 ports by default).
+    add(
+        &cloud,
+        0,
+        &pods[0],
+        "p0",
+        "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p0",
+        &config,
+    );
+    wait_for("a full pool", Duration::from_secs(10), || {
+        pooled(&cloud.lab, &net_id) == 2
     });
+    let waiting: Vec<String> = ports_of(&cloud.lab, &net_id)
+        .1
+        .iter()
+        .map(|p| p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned())
+        .collect();
+
+    // The next takes a pooled port (already filtered) and names it after the pod.
+    let result = add(
+        &cloud,
+        0,
+        &pods[1],
+        "p1",
+        "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p1;K8S_POD_UID=uid-p1",
+        &config,
+    );
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(waiting.contains(&ip), "{ip} not from the pool {waiting:?}");
+    wait_for(
+        "the pooled port named after its pod",
+        Duration::from_secs(10),
+        || {
+            ports_of(&cloud.lab, &net_id)
+                .0
+                .iter()
+                .any(|p| p["name"] == "ns/p1" && p["device_id"] == "uid-p1")
+        },
+    );
+    wait_for("p1 reaches p0", Duration::from_secs(10), || {
+        pings(&pods[1].ns, "10.50.0.2")
+    });
+    wait_for("the pool refilled", Duration::from_secs(10), || {
+        pooled(&cloud.lab, &net_id) == 2
+    });
+
+    // A restarted agent adopts its pool instead of creating another.
+    cloud.agents.clear();
+    cloud
+        .agents
+        .push(cloud.lab.start_agent(cloud::BIN, 0).unwrap());
+    wait_for("the CNI socket back", Duration::from_secs(20), || {
+        cni(
+            &cloud,
+            0,
+            CniCall {
+                command: "STATUS",
+                ..Default::default()
+            },
+            &config,
+        )
+        .success
+    });
+    add(&cloud, 0, &pods[2], "p2", "", &config);
+    wait_for(
+        "the pool refilled after the restart",
+        Duration::from_secs(10),
+        || pooled(&cloud.lab, &net_id) == 2,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        (port_count(&cloud.lab, &net_id), pooled(&cloud.lab, &net_id)),
+        (3, 2)
+    );
+
+    // DEL with a full pool deletes; the node's deletion reclaims the pool.
+    for (i, pod) in pods.iter().enumerate() {
+        del(&cloud, 0, pod, &format!("p{i}"), &config);
+    }
+    assert_eq!(
+        (port_count(&cloud.lab, &net_id), pooled(&cloud.lab, &net_id)),
+        (0, 2)
+    );
+    cloud.agents.clear();
+    let (s, _) = cloud.lab.api("DELETE", "/isthmus/v1/nodes/node1", None);
+    assert_eq!(s, 204);
+    assert_eq!(pooled(&cloud.lab, &net_id), 0);
+    assert_eq!(used_ips(&cloud.lab, &net_id), 0);
 }

@@ -128,6 +128,7 @@ fn network(id: &str, vni: u32) -> Network {
         network_type: "vxlan".into(),
         segmentation_id: Some(vni),
         physical_network: None,
+        ..Default::default()
     }
 }
 
@@ -142,6 +143,7 @@ fn port(id: &str, net: &str, host: &str, mac: &str) -> Port {
         port_security_enabled: false,
         allowed_address_pairs: vec![],
         status: "DOWN".into(),
+        ..Default::default()
     }
 }
 

@@ -144,6 +144,10 @@ pub struct AddressPairRequest {
     pub mac_address: Option<String>,
 }
 
+/// `device_id` of a pod port an agent holds ready in its pool (bound to the agent's node,
+/// not yet given to a pod). The controller deletes them with their node.
+pub const POOL_DEVICE_ID: &str = "isthmus-pool";
+
 /// The kernel name of a port's host-side device: `tap` + first 11 characters of its id, as
 /// Neutron's linuxbridge agent and Nova's os-vif name it.
 pub fn tap_name(port_id: &str) -> String {

@@ -4,6 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use isthmus_model::node::{Node, Registration, AGENT_DOWN_SECONDS};
+use isthmus_model::port::POOL_DEVICE_ID;
 use isthmus_model::{Caller, Error, Port, Result};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
@@ -149,7 +150,8 @@ impl Service {
             .ok_or_else(|| Error::not_found("Agent", id))
     }
 
-    /// Forgets a node (its ports stay bound to the name).
+    /// Forgets a node. Ports given to VMs and pods stay bound to the name; the ports its
+    /// agent held ready in its pool are deleted, releasing their addresses.
     pub async fn delete_node(&self, caller: &Caller, name: &str) -> Result<()> {
         caller.require_admin("delete_node")?;
         self.must_load_node(name).await?;
@@ -157,6 +159,17 @@ impl Service {
             .then(Op::delete(keys::node(name)))
             .then(Op::delete(keys::heartbeat(name)));
         self.commit(txn).await?;
+        let pooled = self
+            .load_all::<Port>(keys::PORTS)
+            .await?
+            .into_iter()
+            .filter(|(p, _)| p.binding.host_id == name && p.device_id == POOL_DEVICE_ID);
+        for (port, _) in pooled {
+            match self.delete_port(caller, &port.meta.id, None).await {
+                Ok(()) | Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 
