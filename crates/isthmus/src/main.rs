@@ -90,6 +90,15 @@ enum Command {
         pool_size: usize,
     },
     /// Show what this node's kernel holds (run on the node, e.g. inside its namespace).
+    /// A whole cloud in network namespaces on this machine (root): controller, nodes with
+    /// agents, a VM and a pod on one network.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+        /// Namespace prefix (state under /run/<name>).
+        #[arg(long, global = true, default_value = "isthmus-lab")]
+        name: String,
+    },
     Inspect {
         /// Also list the ports the controller binds to this node.
         #[arg(long)]
@@ -98,6 +107,61 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9696")]
         controller: String,
     },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Builds the lab and runs the VM + pod scenario; the lab stays up.
+    Up {
+        /// Nodes (the VM lands on the first, the pod on the last).
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+    },
+    /// Shows namespaces, processes, agents and ports.
+    Status,
+    /// Removes every namespace, device, process and file of the lab.
+    Down,
+}
+
+fn lab(action: LabAction, name: String) -> anyhow::Result<()> {
+    if let Some(why) = isthmus_lab::unavailable() {
+        bail!("isthmus lab: {why}");
+    }
+    let place = isthmus_lab::scenario::Place {
+        dir: PathBuf::from("/run").join(&name),
+        prefix: name,
+    };
+    let mut out = std::io::stdout();
+    match action {
+        LabAction::Up { nodes } => {
+            if !(1..=200).contains(&nodes) {
+                bail!("--nodes takes 1 to 200");
+            }
+            if !isthmus_lab::scenario::namespaces(&place.prefix).is_empty() {
+                bail!(
+                    "a lab named {} is already up: `isthmus lab down` first",
+                    place.prefix
+                );
+            }
+            let bin = std::env::current_exe().context("locating the isthmus binary")?;
+            let plugin = bin.with_file_name("isthmus-cni");
+            if !plugin.exists() {
+                bail!(
+                    "{} is missing: build both binaries with `cargo build --release`",
+                    plugin.display()
+                );
+            }
+            let result = isthmus_lab::scenario::up(&place, nodes, &bin, &plugin, &mut out);
+            if let Err(e) = result {
+                // Leave nothing half-built behind.
+                let _ = isthmus_lab::scenario::down(&place, &mut std::io::sink());
+                bail!("isthmus lab up: {e}");
+            }
+        }
+        LabAction::Status => isthmus_lab::scenario::status(&place, &mut out)?,
+        LabAction::Down => isthmus_lab::scenario::down(&place, &mut out)?,
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -202,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Lab { action, name } => lab(action, name),
         Command::Inspect { node, controller } => {
             let endpoint = isthmus_agent::Endpoint::parse(&controller)?;
             let report =

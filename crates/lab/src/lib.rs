@@ -7,6 +7,8 @@
 //! The harness drives iproute2 (`ip`), as an operator would; the agent itself programs the
 //! kernel over netlink.
 
+pub mod scenario;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,21 +64,55 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// A network namespace removed on drop.
+/// A network namespace removed on drop (unless kept).
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    keep: bool,
+}
+
+/// How a lab names its namespaces.
+#[derive(Debug, Clone)]
+pub enum Naming {
+    /// `isth-<pid>-<n>-<role>`: unique per process, for tests running side by side.
+    Unique,
+    /// `<prefix>-<role>` (VMs and pods numbered): a lab that outlives its process
+    /// (`isthmus lab up`) and is found again by name.
+    Fixed(String),
+}
+
+impl Naming {
+    fn name(&self, role: &str) -> String {
+        match self {
+            Naming::Unique => {
+                let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+                format!("isth-{}-{n}-{role}", std::process::id())
+            }
+            Naming::Fixed(prefix) => format!("{prefix}-{role}"),
+        }
+    }
 }
 
 impl Netns {
     /// Creates `isth-<pid>-<n>-<role>` with loopback up.
     pub fn create(role: &str) -> Result<Netns> {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("isth-{}-{n}-{role}", std::process::id());
-        run("ip", &["netns", "add", &name])?;
-        let ns = Netns { name };
+        Netns::named(&Naming::Unique.name(role))
+    }
+
+    /// Creates namespace `name` with loopback up.
+    pub fn named(name: &str) -> Result<Netns> {
+        run("ip", &["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_owned(),
+            keep: false,
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Leaves the namespace in place when dropped.
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 
     /// Its name.
@@ -108,6 +144,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         // Processes left in the namespace would keep its devices alive.
         if let Ok(pids) = run("ip", &["netns", "pids", &self.name]) {
             for pid in pids.split_whitespace() {
@@ -147,13 +186,15 @@ impl Pod {
     }
 }
 
-/// A directory removed on drop.
+/// A directory removed on drop (unless kept).
 #[derive(Debug)]
-pub struct ScratchDir(pub PathBuf);
+pub struct ScratchDir(pub PathBuf, pub bool);
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.1 {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -201,14 +242,64 @@ pub struct Lab {
     pub fabric: Netns,
     /// State directories and sockets of the nodes' agents.
     pub dir: ScratchDir,
+    naming: Naming,
+    /// VMs and pods created so far, by role (numbers their namespaces).
+    guests: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
 }
 
 pub use isthmus_model::port::tap_name;
 
 impl Lab {
-    /// A fabric and `nodes` nodes on its underlay.
+    /// A fabric and `nodes` nodes on its underlay, uniquely named, removed on drop.
     pub fn new(nodes: usize) -> Result<Lab> {
         let fabric = Netns::create("fabric")?;
+        let dir = std::env::temp_dir().join(fabric.name().replace("-fabric", ""));
+        Lab::build(nodes, fabric, dir, Naming::Unique)
+    }
+
+    /// A lab named `<prefix>-*` with its state under `dir`, for `isthmus lab up`: call
+    /// [`Lab::keep`] to leave it running after the process ends.
+    pub fn named(nodes: usize, prefix: &str, dir: PathBuf) -> Result<Lab> {
+        let naming = Naming::Fixed(prefix.to_owned());
+        let fabric = Netns::named(&naming.name("fabric"))?;
+        Lab::build(nodes, fabric, dir, naming)
+    }
+
+    /// Every namespace and directory of the lab stays when it is dropped.
+    pub fn keep(mut self) {
+        self.fabric.keep();
+        for node in &mut self.nodes {
+            node.ns.keep();
+        }
+        self.dir.1 = true;
+    }
+
+    /// Daemons of a named lab log to `<dir>/<role>.log` and run in their own process group,
+    /// so they outlive the command that started them; test labs' daemons inherit stderr.
+    fn daemon_output(&self, command: &mut Command, role: &str) {
+        use std::os::unix::process::CommandExt;
+        command.stdout(Stdio::null());
+        if let Naming::Fixed(_) = self.naming {
+            if let Ok(log) = std::fs::File::create(self.dir.0.join(format!("{role}.log"))) {
+                command.stderr(log);
+            }
+            command.process_group(0);
+        }
+    }
+
+    fn guest_name(&self, role: &str) -> String {
+        match &self.naming {
+            Naming::Unique => Naming::Unique.name(role),
+            fixed => {
+                let mut guests = self.guests.lock().unwrap_or_else(|e| e.into_inner());
+                let n = guests.entry(role.to_owned()).or_insert(0);
+                *n += 1;
+                fixed.name(&format!("{role}{n}"))
+            }
+        }
+    }
+
+    fn build(nodes: usize, fabric: Netns, dir: PathBuf, naming: Naming) -> Result<Lab> {
         fabric.ip(&["link", "add", "br-underlay", "type", "bridge"])?;
         fabric.ip(&[
             "addr",
@@ -218,7 +309,6 @@ impl Lab {
             "br-underlay",
         ])?;
         fabric.ip(&["link", "set", "br-underlay", "up"])?;
-        let dir = std::env::temp_dir().join(fabric.name().replace("-fabric", ""));
         std::fs::create_dir_all(&dir).map_err(|source| LabError::Spawn {
             command: format!("mkdir {}", dir.display()),
             source,
@@ -226,10 +316,12 @@ impl Lab {
         let mut lab = Lab {
             nodes: Vec::new(),
             fabric,
-            dir: ScratchDir(dir),
+            dir: ScratchDir(dir, false),
+            naming,
+            guests: Default::default(),
         };
         for i in 1..=nodes {
-            let ns = Netns::create(&format!("node{i}"))?;
+            let ns = Netns::named(&lab.naming.name(&format!("node{i}")))?;
             let uplink = format!("u-node{i}");
             lab.fabric.ip(&[
                 "link",
@@ -275,7 +367,7 @@ impl Lab {
         mtu: u32,
     ) -> Result<Vm> {
         let node = &self.nodes[node];
-        let ns = Netns::create("vm")?;
+        let ns = Netns::named(&self.guest_name("vm"))?;
         let tap = tap_name(port_id);
         ns.ip(&[
             "link",
@@ -309,7 +401,7 @@ impl Lab {
     /// A pod sandbox (an empty network namespace, as a runtime makes one).
     pub fn add_pod(&self) -> Result<Pod> {
         Ok(Pod {
-            ns: Netns::create("pod")?,
+            ns: Netns::named(&self.guest_name("pod"))?,
         })
     }
 
@@ -408,17 +500,15 @@ impl Lab {
     /// Starts `isthmus controller` (the binary at `bin`) in the fabric with its store in
     /// `data_dir`, and waits until it answers.
     pub fn start_controller(&self, bin: &str, data_dir: &std::path::Path) -> Result<Daemon> {
-        let child = self
-            .fabric
-            .command(bin)
+        let mut command = self.fabric.command(bin);
+        command
             .args(["controller", "--listen", CONTROLLER_ADDR, "--data-dir"])
-            .arg(data_dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|source| LabError::Spawn {
-                command: format!("{bin} controller"),
-                source,
-            })?;
+            .arg(data_dir);
+        self.daemon_output(&mut command, "controller");
+        let child = command.spawn().map_err(|source| LabError::Spawn {
+            command: format!("{bin} controller"),
+            source,
+        })?;
         let daemon = Daemon(child);
         for _ in 0..400 {
             if self.api("GET", "/healthz", None).0 == 200 {
@@ -435,8 +525,9 @@ impl Lab {
     /// Starts `isthmus agent` for node `index` (0-based) against the lab controller.
     pub fn start_agent(&self, bin: &str, index: usize) -> Result<Daemon> {
         let node = &self.nodes[index];
-        node.ns
-            .command(bin)
+        let mut command = node.ns.command(bin);
+        self.daemon_output(&mut command, &node.name);
+        command
             .args([
                 "agent",
                 "--node",
@@ -449,7 +540,6 @@ impl Lab {
             .arg(&node.state_dir)
             .arg("--cni-socket")
             .arg(&node.cni_socket)
-            .stdout(std::process::Stdio::null())
             .spawn()
             .map(Daemon)
             .map_err(|source| LabError::Spawn {

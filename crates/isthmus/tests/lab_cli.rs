@@ -1,0 +1,71 @@
+//! `isthmus lab up | status | down` as a newcomer runs them: the whole scenario from one
+//! command, and nothing left behind after `down`.
+
+mod cloud;
+
+use std::process::Command;
+
+fn isthmus(args: &[&str]) -> (bool, String) {
+    cloud::cni_plugin(); // lab up execs it: it must be built
+    let out = Command::new(cloud::BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn lab_up_shows_a_vm_and_a_pod_talking_and_down_removes_everything() {
+    if let Some(why) = isthmus_lab::unavailable() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run kernel tests: {why}"
+        );
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let name = format!("isth-lab-{}", std::process::id());
+    let (ok, out) = isthmus(&["lab", "up", "--nodes", "2", "--name", &name]);
+    let cleanup = || isthmus(&["lab", "down", "--name", &name]);
+    if !ok {
+        cleanup();
+        panic!("lab up failed:\n{out}");
+    }
+    for expected in [
+        "VM  vm1      192.168.100.2",
+        "pod demo/web 192.168.100.3",
+        "before any rule: blocked",
+        "--remote-group",
+        "ping vm1 -> demo/web: 3 packets transmitted, 3 received, 0% packet loss",
+        "ping demo/web -> vm1: 3 packets transmitted, 3 received, 0% packet loss",
+    ] {
+        if !out.contains(expected) {
+            cleanup();
+            panic!("lab up did not print '{expected}':\n{out}");
+        }
+    }
+    let (ok, again) = isthmus(&["lab", "up", "--name", &name]);
+    assert!(!ok && again.contains("already up"), "{again}");
+    let (ok, status) = isthmus(&["lab", "status", "--name", &name]);
+    assert!(ok, "{status}");
+    assert!(
+        status.contains("demo/web") && status.contains("agent node2 alive=true"),
+        "{status}"
+    );
+
+    let (ok, down) = isthmus(&["lab", "down", "--name", &name]);
+    assert!(ok, "{down}");
+    let left = isthmus_lab::scenario::namespaces(&name);
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(!std::path::Path::new("/run").join(&name).exists());
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        !ps.contains(&format!("/run/{name}")),
+        "processes left:\n{ps}"
+    );
+}

@@ -1,0 +1,385 @@
+//! `isthmus lab up | status | down`: the whole hybrid cloud on one machine for a newcomer —
+//! a controller and N nodes with agents, a network `seamless`, a VM on node 1 and a pod
+//! (wired by executing the real `isthmus-cni`) on node 2, their security groups and a ping
+//! between them — and its removal.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{run, CniCall, Lab, LabError, Result, CONTROLLER_ADDR};
+
+/// The network the lab creates.
+pub const NETWORK: &str = "seamless";
+/// Its subnet.
+pub const CIDR: &str = "192.168.100.0/24";
+
+/// Where a named lab lives.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// Namespace name prefix (`<prefix>-fabric`, `<prefix>-node1`, ...).
+    pub prefix: String,
+    /// State, logs and sockets.
+    pub dir: PathBuf,
+}
+
+fn failed(what: &str, detail: impl std::fmt::Display) -> LabError {
+    LabError::Failed {
+        command: what.to_owned(),
+        stderr: detail.to_string(),
+    }
+}
+
+fn expect(lab: &Lab, method: &str, path: &str, body: Value, status: u16) -> Result<Value> {
+    let (s, v) = lab.api(method, path, Some(&body));
+    if s == status {
+        Ok(v)
+    } else {
+        Err(failed(
+            &format!("{method} {path}"),
+            format!("answered {s}: {v}"),
+        ))
+    }
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+fn wait(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(failed(what, format!("not within {timeout:?}")))
+}
+
+/// Namespaces of the lab named `prefix` that exist now.
+pub fn namespaces(prefix: &str) -> Vec<String> {
+    run("ip", &["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Builds the lab and runs the scenario, reporting to `out`. `bin` is the `isthmus`
+/// binary, `plugin` the `isthmus-cni` binary. The caller checks that no lab of that name is
+/// up and removes a half-built one when this fails.
+pub fn up(
+    place: &Place,
+    nodes: usize,
+    bin: &Path,
+    plugin: &Path,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let bin_str = bin.to_string_lossy().into_owned();
+    let lab = Lab::named(nodes, &place.prefix, place.dir.clone())?;
+    let _ = writeln!(
+        out,
+        "fabric {} (underlay 10.251.0.0/24, controller http://{CONTROLLER_ADDR})",
+        lab.fabric.name()
+    );
+    let controller = lab.start_controller(&bin_str, &place.dir.join("data"))?;
+    let mut daemons = vec![controller];
+    for i in 0..nodes {
+        daemons.push(lab.start_agent(&bin_str, i)?);
+        let node = &lab.nodes[i];
+        let _ = writeln!(
+            out,
+            "{}: namespace {}, tunnel {}, agent log {}",
+            node.name,
+            node.ns.name(),
+            node.underlay_ip,
+            place.dir.join(format!("{}.log", node.name)).display()
+        );
+    }
+    wait("agents to register", Duration::from_secs(30), || {
+        lab.api("GET", "/v2.0/agents", None).1["agents"]
+            .as_array()
+            .is_some_and(|a| a.len() == nodes)
+    })?;
+    let net = expect(
+        &lab,
+        "POST",
+        "/v2.0/networks",
+        json!({"network": {"name": NETWORK, "shared": true}}),
+        201,
+    )?;
+    let net_id = text(&net["network"]["id"]);
+    let mtu = net["network"]["mtu"].as_u64().unwrap_or(1450) as u32;
+    expect(
+        &lab,
+        "POST",
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": CIDR, "name": "seamless-v4"}}),
+        201,
+    )?;
+    let _ = writeln!(
+        out,
+        "network {NETWORK} {net_id}: {CIDR}, VXLAN {}, MTU {mtu}",
+        net["network"]["provider:segmentation_id"]
+    );
+
+    // The VM: what Nova would do — a port bound to node 1, a tap for it in the node.
+    let port = expect(
+        &lab,
+        "POST",
+        "/v2.0/ports",
+        json!({"port": {
+        "network_id": net_id, "project_id": "vm-project", "name": "vm1",
+        "device_owner": "compute:nova", "binding:host_id": lab.nodes[0].name}}),
+        201,
+    )?;
+    let port = &port["port"];
+    let vm_ip = text(&port["fixed_ips"][0]["ip_address"]);
+    let vm = lab.add_vm(
+        0,
+        &text(&port["id"]),
+        &text(&port["mac_address"]),
+        &format!("{vm_ip}/24"),
+        Some("192.168.100.1"),
+        mtu,
+    )?;
+    let _ = writeln!(
+        out,
+        "VM  vm1      {vm_ip:<15} project vm-project  on {}  (namespace {})",
+        lab.nodes[0].name,
+        vm.ns.name()
+    );
+
+    // The pod: Kubernetes namespace `demo` bound to the network for project pod-project,
+    // wired on the last node by the CNI plugin exactly as kubelet would call it.
+    expect(
+        &lab,
+        "PUT",
+        "/isthmus/v1/namespace-bindings/demo",
+        json!({"namespace_binding": {"network_id": net_id, "project_id": "pod-project"}}),
+        201,
+    )?;
+    let pod = lab.add_pod()?;
+    let node = nodes - 1;
+    let config = json!({"cniVersion": "1.1.0", "name": "isthmus", "type": "isthmus",
+        "socket": lab.nodes[node].cni_socket})
+    .to_string();
+    let netns = pod.netns_path();
+    let added = lab.cni(
+        plugin,
+        node,
+        &CniCall {
+            command: "ADD",
+            container_id: "lab-web",
+            netns: &netns,
+            ifname: "eth0",
+            args: "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web;K8S_POD_UID=lab-web-uid",
+        },
+        &config,
+    );
+    if !added.success {
+        return Err(failed(
+            "isthmus-cni ADD",
+            format!("{} {}", added.stdout, added.stderr),
+        ));
+    }
+    let pod_ip = text(&added.stdout["ips"][0]["address"])
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let _ = writeln!(
+        out,
+        "pod demo/web {pod_ip:<15} project pod-project on {}  (namespace {})",
+        lab.nodes[node].name,
+        pod.ns.name()
+    );
+
+    let ping =
+        |from: &crate::Netns, to: &str| from.exec("ping", &["-c", "3", "-i", "0.2", "-W", "1", to]);
+    wait(
+        "the VM's port to turn ACTIVE",
+        Duration::from_secs(10),
+        || {
+            lab.api("GET", &format!("/v2.0/ports/{}", text(&port["id"])), None)
+                .1["port"]["status"]
+                == "ACTIVE"
+        },
+    )?;
+    let blocked = ping(&vm.ns, &pod_ip).is_err();
+    let _ = writeln!(
+        out,
+        "ping vm1 -> demo/web before any rule: {}",
+        if blocked {
+            "blocked (each project's default group admits only its own members)"
+        } else {
+            "answered (unexpected)"
+        }
+    );
+
+    let group = |project: &str| -> Result<String> {
+        let (_, v) = lab.api(
+            "GET",
+            &format!("/v2.0/security-groups?project_id={project}&name=default"),
+            None,
+        );
+        Ok(text(&v["security_groups"][0]["id"]))
+    };
+    let (vm_group, pod_group) = (group("vm-project")?, group("pod-project")?);
+    for (group, remote, what) in [
+        (
+            &vm_group,
+            &pod_group,
+            "vm-project/default admits ICMP from pod-project/default",
+        ),
+        (
+            &pod_group,
+            &vm_group,
+            "pod-project/default admits ICMP from vm-project/default",
+        ),
+    ] {
+        let rule = expect(
+            &lab,
+            "POST",
+            "/v2.0/security-group-rules",
+            json!({"security_group_rule": {
+            "security_group_id": group, "direction": "ingress", "ethertype": "IPv4",
+            "protocol": "icmp", "remote_group_id": remote}}),
+            201,
+        )?;
+        let _ = writeln!(out, "rule {}: {what}  (openstack security group rule create --ingress --protocol icmp --remote-group {remote} {group})", text(&rule["security_group_rule"]["id"]));
+    }
+    wait("vm1 to reach demo/web", Duration::from_secs(10), || {
+        ping(&vm.ns, &pod_ip).is_ok()
+    })?;
+    for (from, to, label) in [
+        (&vm.ns, &pod_ip, "vm1 -> demo/web"),
+        (&pod.ns, &vm_ip, "demo/web -> vm1"),
+    ] {
+        let summary = ping(from, to)
+            .map(|o| {
+                o.lines()
+                    .filter(|l| l.contains("packet loss") || l.starts_with("rtt"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_else(|e| e.to_string());
+        let _ = writeln!(out, "ping {label}: {summary}");
+    }
+    let _ = writeln!(out, "\nThe lab stays up: `isthmus lab status`, `ip netns exec {} ping {pod_ip}`, `isthmus lab down`.", vm.ns.name());
+    // Everything stays: namespaces, directory, processes.
+    let mut vm = vm;
+    vm.ns.keep();
+    let mut pod = pod;
+    pod.ns.keep();
+    lab.keep();
+    for daemon in daemons {
+        std::mem::forget(daemon);
+    }
+    Ok(())
+}
+
+/// What is up: namespaces, processes, the controller's view of nodes and ports.
+pub fn status(place: &Place, out: &mut dyn Write) -> Result<()> {
+    let spaces = namespaces(&place.prefix);
+    if spaces.is_empty() {
+        let _ = writeln!(out, "no lab named {} is up", place.prefix);
+        return Ok(());
+    }
+    for ns in &spaces {
+        let pids = run("ip", &["netns", "pids", ns]).unwrap_or_default();
+        let procs: Vec<String> = pids
+            .split_whitespace()
+            .filter_map(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .ok()
+                    .map(|c| format!("{p} {}", c.replace('\0', " ").trim()))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{ns}: {}",
+            if procs.is_empty() {
+                "no processes".to_owned()
+            } else {
+                procs.join(", ")
+            }
+        );
+    }
+    let fabric = format!("{}-fabric", place.prefix);
+    let get = |path: &str| -> Value {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &fabric,
+                "curl",
+                "-s",
+                &format!("http://{CONTROLLER_ADDR}{path}"),
+            ],
+        )
+        .ok()
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .unwrap_or(Value::Null)
+    };
+    for agent in get("/v2.0/agents")["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "agent {} alive={} ",
+            text(&agent["host"]),
+            agent["alive"]
+        );
+    }
+    for port in get("/v2.0/ports")["ports"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "port {:<16} {:<15} {:<7} {:<18} {}",
+            text(&port["name"]),
+            text(&port["fixed_ips"][0]["ip_address"]),
+            text(&port["status"]),
+            text(&port["device_owner"]),
+            text(&port["binding:host_id"])
+        );
+    }
+    Ok(())
+}
+
+/// Removes every namespace (with its processes, devices and rules) and the directory.
+pub fn down(place: &Place, out: &mut dyn Write) -> Result<()> {
+    let spaces = namespaces(&place.prefix);
+    for ns in &spaces {
+        let pids = run("ip", &["netns", "pids", ns]).unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let _ = run("kill", &[pid]);
+        }
+    }
+    // Give daemons a moment to stop cleanly, then make sure.
+    std::thread::sleep(Duration::from_millis(300));
+    for ns in &spaces {
+        let pids = run("ip", &["netns", "pids", ns]).unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let _ = run("kill", &["-9", pid]);
+        }
+        run("ip", &["netns", "del", ns])?;
+        let _ = writeln!(out, "removed {ns}");
+    }
+    if place.dir.exists() {
+        std::fs::remove_dir_all(&place.dir)
+            .map_err(|e| failed(&format!("rm -r {}", place.dir.display()), e))?;
+        let _ = writeln!(out, "removed {}", place.dir.display());
+    }
+    if spaces.is_empty() {
+        let _ = writeln!(out, "no lab named {} was up", place.prefix);
+    }
+    Ok(())
+}
