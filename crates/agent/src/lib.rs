@@ -338,7 +338,7 @@ async fn reconcile(
             .into_iter()
             .filter(|f| observed.vxlans.contains_key(&f.device))
             .collect(),
-        None => kernel::observe_fdb(&observed.vxlans).await?,
+        None => shared.netlink.fdb(&observed.vxlans).await?,
     };
     let ops = l2::plan(&want, &observed);
     if !ops.is_empty() {

@@ -7,14 +7,23 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
-use futures_util::TryStreamExt;
-use isthmus_dataplane::l2::{Bridge, Observed, Vxlan};
+use futures_util::{StreamExt, TryStreamExt};
+use isthmus_dataplane::l2::{Bridge, Fdb, Observed, Op, Vxlan, VXLAN_PORT};
 use isthmus_dataplane::pod::PodInterface;
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 use crate::kernel::Link;
 use crate::AgentError;
@@ -296,6 +305,191 @@ impl Reaper {
             }
         }
     }
+}
+
+impl Netlink {
+    /// Reads the static forwarding entries (with a remote) on the given VXLAN devices.
+    pub async fn fdb(
+        &self,
+        vxlans: &std::collections::BTreeMap<String, Vxlan>,
+    ) -> Result<std::collections::BTreeSet<Fdb>, AgentError> {
+        let mut entries = std::collections::BTreeSet::new();
+        if vxlans.is_empty() {
+            return Ok(entries);
+        }
+        let mut devices = std::collections::HashMap::new();
+        for name in vxlans.keys() {
+            if let Some(index) = link_index(&self.handle, name).await? {
+                devices.insert(index, name.clone());
+            }
+        }
+        let mut request = self.handle.neighbours().get();
+        request.message_mut().header.family = AddressFamily::Bridge;
+        let mut dump = request.execute();
+        while let Some(m) = dump
+            .try_next()
+            .await
+            .map_err(|e| kernel("reading forwarding entries", e))?
+        {
+            let Some(device) = devices.get(&m.header.ifindex) else {
+                continue;
+            };
+            let (mut mac, mut dst) = (None, None);
+            for attr in &m.attributes {
+                match attr {
+                    NeighbourAttribute::LinkLayerAddress(bytes) => mac = Some(format_mac(bytes)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                        dst = Some(IpAddr::V4(*ip))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                        dst = Some(IpAddr::V6(*ip))
+                    }
+                    // Bridge-family entries carry the remote without its family.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                        dst = match bytes.len() {
+                            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+                            _ => None,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(mac), Some(dst)) = (mac, dst) {
+                entries.insert(Fdb {
+                    device: device.clone(),
+                    mac,
+                    dst,
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn index(&self, name: &str) -> Result<u32, AgentError> {
+        link_index(&self.handle, name)
+            .await?
+            .ok_or_else(|| AgentError::Kernel(format!("{name} does not exist")))
+    }
+
+    fn fdb_message(index: u32, f: &Fdb) -> Result<NeighbourMessage, AgentError> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Permanent;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(parse_mac(&f.mac)?));
+        m.attributes
+            .push(NeighbourAttribute::Destination(match f.dst {
+                IpAddr::V4(ip) => NeighbourAddress::Inet(ip),
+                IpAddr::V6(ip) => NeighbourAddress::Inet6(ip),
+            }));
+        Ok(m)
+    }
+
+    /// Sends one request and waits for its acknowledgement.
+    async fn call(
+        &self,
+        mut message: NetlinkMessage<RouteNetlinkMessage>,
+    ) -> Result<(), rtnetlink::Error> {
+        message.header.flags |= NLM_F_REQUEST | NLM_F_ACK;
+        let mut handle = self.handle.clone();
+        let mut answers = handle.request(message)?;
+        while let Some(answer) = answers.next().await {
+            if let NetlinkPayload::Error(e) = answer.payload {
+                return Err(rtnetlink::Error::NetlinkError(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one L2 change (see [`Op`]).
+    pub async fn apply(&self, op: &Op) -> Result<(), AgentError> {
+        let failed = |what: String| move |e: rtnetlink::Error| kernel(&what, e);
+        match op {
+            Op::AddBridge { name, mtu } => self
+                .handle
+                .link()
+                .add(LinkBridge::new(name).mtu(*mtu).up().build())
+                .execute()
+                .await
+                .map_err(failed(format!("creating bridge {name}"))),
+            Op::SetMtu { name, mtu } => {
+                let index = self.index(name).await?;
+                self.handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(index).mtu(*mtu).build())
+                    .execute()
+                    .await
+                    .map_err(failed(format!("setting the MTU of {name}")))
+            }
+            Op::AddVxlan { name, vxlan } => {
+                let bridge = self.index(&vxlan.bridge).await?;
+                let builder = LinkVxlan::new(name, vxlan.vni)
+                    .port(VXLAN_PORT)
+                    .learning(false);
+                let builder = match vxlan.local {
+                    IpAddr::V4(ip) => builder.local(ip),
+                    IpAddr::V6(ip) => builder.local6(ip),
+                };
+                self.handle
+                    .link()
+                    .add(builder.mtu(vxlan.mtu).controller(bridge).up().build())
+                    .execute()
+                    .await
+                    .map_err(failed(format!("creating {name}")))
+            }
+            Op::Attach {
+                device,
+                bridge,
+                mtu,
+            } => self.set_link(device, Some(bridge), Some(*mtu)).await,
+            Op::Detach { device } => self.set_link(device, None, None).await,
+            Op::DelVxlan { name } | Op::DelBridge { name } => {
+                let Some(index) = link_index(&self.handle, name).await? else {
+                    return Ok(());
+                };
+                match self.handle.link().del(index).execute().await {
+                    Err(e) if !is_absent(&e) => Err(kernel(&format!("deleting {name}"), e)),
+                    _ => Ok(()),
+                }
+            }
+            Op::AddFdb(f) => {
+                // Append: the flood entry (all-zero MAC) has one remote per node.
+                let index = self.index(&f.device).await?;
+                let mut message = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(
+                    Self::fdb_message(index, f)?,
+                ));
+                message.header.flags = NLM_F_CREATE | NLM_F_APPEND;
+                self.call(message).await.map_err(failed(format!(
+                    "adding {} dst {} on {}",
+                    f.mac, f.dst, f.device
+                )))
+            }
+            Op::DelFdb(f) => {
+                let Some(index) = link_index(&self.handle, &f.device).await? else {
+                    return Ok(());
+                };
+                let message = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(
+                    Self::fdb_message(index, f)?,
+                ));
+                match self.call(message).await {
+                    Err(e) if !is_absent(&e) && !is_missing_entry(&e) => Err(kernel(
+                        &format!("removing {} dst {} on {}", f.mac, f.dst, f.device),
+                        e,
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Whether a netlink error is "no such entry".
+fn is_missing_entry(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.is_some_and(|c| c.get() == -libc::ENOENT))
 }
 
 fn link_name(m: &LinkMessage) -> Option<&str> {

@@ -1,7 +1,8 @@
 //! Convergence: time from the API's 201 for a new port to its forwarding entry and its address
 //! in the security-group set (the default group admits its own members, so every node with a
-//! port in it holds the set) being in place on every other node, with a controller and 10
-//! agents in a lab.
+//! port in it holds the set) being in place on every other node, and its tap — created in the
+//! port's node right after the 201, as a hypervisor would — attached to the network's bridge,
+//! with a controller and 10 agents in a lab.
 //! Run as root: `cargo bench -p isthmus --bench convergence [-- SAMPLES]`.
 
 use std::collections::HashMap;
@@ -104,6 +105,32 @@ fn main() {
             }
         });
         monitors.push(Daemon(child));
+        // Taps attached: "N: tapXXXX@...: ... master brq..." once the agent plugs them.
+        let mut child = node
+            .ns
+            .command("ip")
+            .args(["-o", "monitor", "link"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let tap_seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("Deleted") || !line.contains(" master brq") {
+                    continue;
+                }
+                if let Some(name) = line.split(": ").nth(1) {
+                    let tap = name.split('@').next().unwrap_or(name).to_owned();
+                    tap_seen
+                        .lock()
+                        .unwrap()
+                        .entry((i, format!("tap:{tap}")))
+                        .or_insert_with(Instant::now);
+                }
+            }
+        });
+        monitors.push(Daemon(child));
     }
     // Every node hosts the network with a port in the default group (one anchor port each), so
     // every node needs every forwarding entry and every member address.
@@ -132,6 +159,21 @@ fn main() {
             "set:{}",
             port["port"]["fixed_ips"][0]["ip_address"].as_str().unwrap()
         );
+        let tap = isthmus_lab::tap_name(port["port"]["id"].as_str().unwrap());
+        lab.nodes[host]
+            .ns
+            .ip(&[
+                "link",
+                "add",
+                &tap,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("p{}", &tap[3..]),
+            ])
+            .unwrap();
+        let tap_key = format!("tap:{tap}");
         let deadline = acked + Duration::from_secs(10);
         loop {
             let done = {
@@ -139,10 +181,11 @@ fn main() {
                 let times: Vec<Instant> = (0..NODES)
                     .filter(|n| *n != host)
                     .flat_map(|n| [seen.get(&(n, mac.clone())), seen.get(&(n, member.clone()))])
+                    .chain([seen.get(&(host, tap_key.clone()))])
                     .flatten()
                     .copied()
                     .collect();
-                (times.len() == 2 * (NODES - 1)).then(|| times.into_iter().max().unwrap())
+                (times.len() == 2 * (NODES - 1) + 1).then(|| times.into_iter().max().unwrap())
             };
             if let Some(last) = done {
                 converge.push(last.saturating_duration_since(acked).as_secs_f64() * 1000.0);
@@ -170,7 +213,7 @@ fn main() {
         percentile(&fdb_only, 0.99)
     );
     println!(
-        "convergence, API 201 -> FDB entry and security-group set element on all {} other nodes ({} agents, {} samples): p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        "convergence, API 201 -> FDB entry and security-group set element on all {} other nodes and tap attached on its own ({} agents, {} samples): p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
         NODES - 1,
         NODES,
         converge.len(),
