@@ -34,13 +34,29 @@ pub async fn observe(netlink: &Netlink) -> Result<(Observed, Vec<Link>), AgentEr
     Ok((observed, links))
 }
 
-/// Applies ops in order over netlink, one request each (no process spawned). Every op is
-/// tried; the first failure is returned.
+/// Applies ops in order over netlink, one request each (no process spawned); runs of
+/// forwarding-entry changes go with many requests in flight. Every op is tried; the first
+/// failure is returned.
 pub async fn apply(netlink: &Netlink, ops: &[Op]) -> Result<(), AgentError> {
     let mut first_error = None;
-    for op in ops {
-        if let Err(e) = netlink.apply(op).await {
-            first_error.get_or_insert(e);
+    let mut run: Vec<&Op> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let fdb = matches!(op, Op::AddFdb(_) | Op::DelFdb(_));
+        if fdb {
+            run.push(op);
+        }
+        if !fdb || i + 1 == ops.len() {
+            if !run.is_empty() {
+                if let Err(e) = netlink.apply_fdb(&run).await {
+                    first_error.get_or_insert(e);
+                }
+                run.clear();
+            }
+            if !fdb {
+                if let Err(e) = netlink.apply(op).await {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
     }
     first_error.map_or(Ok(()), Err)

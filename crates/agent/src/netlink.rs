@@ -348,7 +348,9 @@ impl Netlink {
                     NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
                         dst = match bytes.len() {
                             4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
-                            16 => <[u8; 16]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(bytes.as_slice())
+                                .ok()
+                                .map(IpAddr::from),
                             _ => None,
                         }
                     }
@@ -455,34 +457,77 @@ impl Netlink {
                     _ => Ok(()),
                 }
             }
-            Op::AddFdb(f) => {
-                // Append: the flood entry (all-zero MAC) has one remote per node.
-                let index = self.index(&f.device).await?;
-                let mut message = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(
-                    Self::fdb_message(index, f)?,
-                ));
-                message.header.flags = NLM_F_CREATE | NLM_F_APPEND;
-                self.call(message).await.map_err(failed(format!(
-                    "adding {} dst {} on {}",
-                    f.mac, f.dst, f.device
-                )))
-            }
-            Op::DelFdb(f) => {
-                let Some(index) = link_index(&self.handle, &f.device).await? else {
-                    return Ok(());
-                };
-                let message = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(
-                    Self::fdb_message(index, f)?,
-                ));
-                match self.call(message).await {
-                    Err(e) if !is_absent(&e) && !is_missing_entry(&e) => Err(kernel(
-                        &format!("removing {} dst {} on {}", f.mac, f.dst, f.device),
-                        e,
-                    )),
-                    _ => Ok(()),
+            Op::AddFdb(f) => self.add_fdb(self.index(&f.device).await?, f).await,
+            Op::DelFdb(f) => match link_index(&self.handle, &f.device).await? {
+                Some(index) => self.del_fdb(index, f).await,
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Appends a forwarding entry (the flood entry, all-zero MAC, has one remote per node).
+    async fn add_fdb(&self, index: u32, f: &Fdb) -> Result<(), AgentError> {
+        let mut message = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(
+            Self::fdb_message(index, f)?,
+        ));
+        message.header.flags = NLM_F_CREATE | NLM_F_APPEND;
+        self.call(message).await.map_err(|e| {
+            kernel(
+                &format!("adding {} dst {} on {}", f.mac, f.dst, f.device),
+                e,
+            )
+        })
+    }
+
+    async fn del_fdb(&self, index: u32, f: &Fdb) -> Result<(), AgentError> {
+        let message = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(Self::fdb_message(
+            index, f,
+        )?));
+        match self.call(message).await {
+            Err(e) if !is_absent(&e) && !is_missing_entry(&e) => Err(kernel(
+                &format!("removing {} dst {} on {}", f.mac, f.dst, f.device),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies a run of forwarding-entry changes with many requests in flight (a full resync
+    /// has tens of thousands), resolving each device once.
+    pub async fn apply_fdb(&self, ops: &[&Op]) -> Result<(), AgentError> {
+        let mut indexes = std::collections::HashMap::new();
+        for op in ops {
+            if let Op::AddFdb(f) | Op::DelFdb(f) = op {
+                if !indexes.contains_key(&f.device) {
+                    let index = link_index(&self.handle, &f.device).await?;
+                    indexes.insert(f.device.clone(), index);
                 }
             }
         }
+        let mut first_error = None;
+        let indexes = &indexes;
+        for chunk in ops.chunks(256) {
+            let results = futures_util::future::join_all(chunk.iter().map(|op| async move {
+                match op {
+                    Op::AddFdb(f) => match indexes.get(&f.device).copied().flatten() {
+                        Some(index) => self.add_fdb(index, f).await,
+                        None => Err(AgentError::Kernel(format!("{} does not exist", f.device))),
+                    },
+                    Op::DelFdb(f) => match indexes.get(&f.device).copied().flatten() {
+                        Some(index) => self.del_fdb(index, f).await,
+                        None => Ok(()),
+                    },
+                    other => self.apply(other).await,
+                }
+            }))
+            .await;
+            for r in results {
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
