@@ -33,6 +33,17 @@ pub const INET_BASE: &[&str] = &["prerouting", "forward"];
 const BRIDGE_SKELETON: &str = "  map port_in {\n    type ifname : verdict\n  }\n  map port_out {\n    type ifname : verdict\n  }\n  chain prerouting {\n    type filter hook prerouting priority -200; policy accept;\n    iifname vmap @port_in\n  }\n  chain forward {\n    type filter hook forward priority -100; policy accept;\n    oifname vmap @port_out\n  }\n";
 const INET_SKELETON: &str = "  map egress {\n    type mark : verdict\n  }\n  map ingress {\n    type mark : verdict\n  }\n  chain zones {\n  }\n  chain prerouting {\n    type filter hook prerouting priority raw; policy accept;\n    jump zones\n  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n    meta mark and 0x0000ffff vmap @egress\n    meta mark and 0xffff0000 vmap @ingress\n  }\n";
 
+/// Mark bit a group's egress rule sets when it allows a packet (port ids stay below it).
+const EGRESS_ALLOWED: u32 = 0x8000;
+/// Highest port id: ids fill the mark's low 15 bits (and the same 15 of the high half).
+const MAX_PORT_ID: u16 = 0x7fff;
+
+/// The egress and ingress chains of a security group.
+pub fn group_chains(group_id: &str) -> (String, String) {
+    let id = group_id.replace('-', "");
+    (format!("sge_{id}"), format!("sgi_{id}"))
+}
+
 /// Neighbour discovery must pass whatever the groups say (as in Neutron).
 const ND_TYPES: &str = "{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query, mld-listener-report, mld2-listener-report }";
 
@@ -181,7 +192,7 @@ pub fn port_ids(taps: &BTreeSet<String>, observed_inet: &Observed) -> BTreeMap<S
     let mut used: BTreeSet<u16> = ids.values().copied().collect();
     for tap in taps {
         if !ids.contains_key(tap) {
-            if let Some(free) = (1..=u16::MAX).find(|i| !used.contains(i)) {
+            if let Some(free) = (1..=MAX_PORT_ID).find(|i| !used.contains(i)) {
                 used.insert(free);
                 ids.insert(tap.clone(), free);
             }
@@ -226,6 +237,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
         ..Table::default()
     };
     let mut remote_groups = BTreeSet::new();
+    let mut used_groups = BTreeSet::new();
     for (tap, port) in guarded_ports(view, node) {
         let Some(&id) = ids.get(&tap) else { continue };
         let mut macs = BTreeSet::from([port.mac_address.to_ascii_lowercase()]);
@@ -267,28 +279,22 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
             "ct state established,related accept".to_owned(),
             format!("meta l4proto ipv6-icmp icmpv6 type {ND_TYPES} accept"),
         ];
+        // The groups' rules live in one chain pair per group, shared by the node's ports, so
+        // a rule change rewrites one small chain whatever the number of ports using it.
         for group_id in &port.security_groups {
-            let Some(group) = view
+            if view
                 .others
-                .get(&("security_group".to_owned(), group_id.clone()))
-            else {
-                continue;
-            };
-            for rule in group["security_group_rules"]
-                .as_array()
-                .into_iter()
-                .flatten()
+                .contains_key(&("security_group".to_owned(), group_id.clone()))
             {
-                if let Some(remote) = rule["remote_group_id"].as_str() {
-                    remote_groups.insert(remote.to_owned());
-                }
-                match rule_match(rule) {
-                    Some((true, m)) => ingress.push(format!("{m} accept")),
-                    Some((false, m)) => egress.push(format!("{m} return")),
-                    None => {}
-                }
+                let (out, inb) = group_chains(group_id);
+                egress.push(format!("jump {out}"));
+                ingress.push(format!("jump {inb}"));
+                used_groups.insert(group_id.clone());
             }
         }
+        egress.push(format!(
+            "meta mark and 0x{EGRESS_ALLOWED:08x} == 0x{EGRESS_ALLOWED:08x} return"
+        ));
         egress.push("counter drop".to_owned());
         ingress.push("counter drop".to_owned());
         let (eg, ing) = (format!("egress_{tap}"), format!("ingress_{tap}"));
@@ -302,6 +308,36 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
             .entry("ingress".into())
             .or_default()
             .insert(format!("0x{:08x}", u32::from(id) << 16), ing);
+    }
+    for group_id in &used_groups {
+        let Some(group) = view
+            .others
+            .get(&("security_group".to_owned(), group_id.clone()))
+        else {
+            continue;
+        };
+        let (mut out, mut inb) = (Vec::new(), Vec::new());
+        for rule in group["security_group_rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(remote) = rule["remote_group_id"].as_str() {
+                remote_groups.insert(remote.to_owned());
+            }
+            match rule_match(rule) {
+                Some((true, m)) => inb.push(format!("{m} accept")),
+                // Allowed egress marks the packet and goes back to the port's chain, which
+                // returns to the forward chain for the destination's ingress checks.
+                Some((false, m)) => out.push(format!(
+                    "{m} meta mark set meta mark or 0x{EGRESS_ALLOWED:08x} return"
+                )),
+                None => {}
+            }
+        }
+        let (out_name, in_name) = group_chains(group_id);
+        inet.chains.insert(out_name, out);
+        inet.chains.insert(in_name, inb);
     }
     // A conntrack zone per local network, set before conntrack sees the packet (bridged
     // traffic reaches the inet hooks with the bridge as its input device).
@@ -418,20 +454,36 @@ mod tests {
             f.bridge.chains["to_taplocal-port-"],
             ["meta mark set meta mark or 0x00010000"]
         );
+        // The port's chains jump to its group's chains, which hold the rules.
         let ingress = &f.inet.chains["ingress_taplocal-port-"];
+        assert_eq!(ingress[3..], ["jump sgi_web", "counter drop"]);
+        let egress = &f.inet.chains["egress_taplocal-port-"];
+        assert_eq!(
+            egress[3..],
+            [
+                "jump sge_web",
+                "meta mark and 0x00008000 == 0x00008000 return",
+                "counter drop"
+            ]
+        );
+        let group_in = &f.inet.chains["sgi_web"];
         assert!(
-            ingress.contains(
+            group_in.contains(
                 &"meta nfproto ipv4 meta l4proto 6 th dport 80 ip saddr @rg4_db accept".to_owned()
             ),
-            "{ingress:?}"
+            "{group_in:?}"
         );
-        assert!(ingress.contains(
+        assert!(group_in.contains(
             &"meta nfproto ipv4 meta l4proto icmp ip saddr 192.168.0.0/16 accept".to_owned()
         ));
-        assert_eq!(ingress.last().unwrap(), "counter drop");
-        assert!(
-            f.inet.chains["egress_taplocal-port-"].contains(&"meta nfproto ipv4 return".to_owned())
-        );
+        assert!(f.inet.chains["sge_web"].contains(
+            &"meta nfproto ipv4 meta mark set meta mark or 0x00008000 return".to_owned()
+        ));
+        // New chains are created before any rule jumps to them.
+        let script = f.inet.plan(&Observed::default(), INET_BASE).unwrap();
+        let created = script.find("add chain inet isthmus sgi_web").unwrap();
+        let jumped = script.find("jump sgi_web").unwrap();
+        assert!(created < jumped, "{script}");
         // The remote group's members fill its set (addresses and allowed pairs).
         assert_eq!(
             f.inet.sets["rg4_db"].1,

@@ -108,12 +108,15 @@ impl Table {
                 ));
             }
         }
+        // Every new chain first: rules of one chain may jump to another new one.
+        for name in self.chains.keys() {
+            if !observed.chains.contains_key(name) {
+                s.push_str(&format!("add chain {family} {table} {name}\n"));
+            }
+        }
         for (name, rules) in &self.chains {
             let version = Self::version(rules);
             let have = observed.chains.get(name);
-            if have.is_none() {
-                s.push_str(&format!("add chain {family} {table} {name}\n"));
-            }
             if have.and_then(|v| v.as_deref()) != Some(version.as_str()) {
                 if have.is_some() {
                     s.push_str(&format!("flush chain {family} {table} {name}\n"));
