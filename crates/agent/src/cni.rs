@@ -411,10 +411,14 @@ impl Server {
             return self.resolve_network(network, project).await;
         }
         if let Some(namespace) = request.args.get("K8S_POD_NAMESPACE") {
-            let path = format!("/isthmus/v1/namespace-bindings/{namespace}");
-            let (status, body) = self.controller("GET", &path, None).await?;
-            if status == 200 {
-                let binding = &body["namespace_binding"];
+            // Bindings come with the node's view.
+            let binding = self
+                .shared
+                .view()
+                .others
+                .get(&("namespace_binding".to_owned(), namespace.clone()))
+                .cloned();
+            if let Some(binding) = binding {
                 let network = binding["network_id"].as_str().unwrap_or_default();
                 let project = project.or_else(|| binding["project_id"].as_str().map(str::to_owned));
                 return self.resolve_network(network, project).await;

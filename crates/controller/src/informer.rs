@@ -19,6 +19,7 @@ const SOURCES: &[(&str, ObjectKind)] = &[
     (keys::SECURITY_GROUPS, ObjectKind::SecurityGroup),
     (keys::SECURITY_GROUP_RULES, ObjectKind::SecurityGroupRule),
     (keys::NODES, ObjectKind::Node),
+    (keys::NAMESPACE_BINDINGS, ObjectKind::NamespaceBinding),
 ];
 
 fn source_of(key: &str) -> Option<(ObjectKind, &str)> {
@@ -40,6 +41,9 @@ fn decode(kind: ObjectKind, key: &str, raw: &[u8]) -> Result<Object, Error> {
             Object::SecurityGroupRule(serde_json::from_slice(raw).map_err(bad)?)
         }
         ObjectKind::Node => Object::Node(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::NamespaceBinding => {
+            Object::NamespaceBinding(serde_json::from_slice(raw).map_err(bad)?)
+        }
     })
 }
 

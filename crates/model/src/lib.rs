@@ -8,6 +8,7 @@ pub mod input;
 pub mod ipam;
 pub mod mac;
 pub mod meta;
+pub mod namespace_binding;
 pub mod network;
 pub mod node;
 pub mod port;

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 
+use crate::namespace_binding::NamespaceBinding;
 use crate::network::NetworkView;
 use crate::node::Node;
 use crate::port::PortView;
@@ -31,6 +32,8 @@ pub enum Object {
     SecurityGroupRule(SecurityGroupRule),
     /// A node.
     Node(Node),
+    /// A namespace binding (keyed by namespace).
+    NamespaceBinding(NamespaceBinding),
 }
 
 /// Kinds of objects, as named on the watch stream.
@@ -48,6 +51,8 @@ pub enum ObjectKind {
     SecurityGroupRule,
     /// `node`.
     Node,
+    /// `namespace_binding`.
+    NamespaceBinding,
 }
 
 impl ObjectKind {
@@ -60,6 +65,7 @@ impl ObjectKind {
             ObjectKind::SecurityGroup => "security_group",
             ObjectKind::SecurityGroupRule => "security_group_rule",
             ObjectKind::Node => "node",
+            ObjectKind::NamespaceBinding => "namespace_binding",
         }
     }
 }
@@ -77,6 +83,7 @@ impl Object {
             Object::SecurityGroup(g) => (ObjectKind::SecurityGroup, g.meta.id.clone()),
             Object::SecurityGroupRule(r) => (ObjectKind::SecurityGroupRule, r.meta.id.clone()),
             Object::Node(n) => (ObjectKind::Node, n.name.clone()),
+            Object::NamespaceBinding(b) => (ObjectKind::NamespaceBinding, b.namespace.clone()),
         }
     }
 }
@@ -254,9 +261,11 @@ impl Mirror {
                 add(&mut view, ObjectKind::Port, p);
             }
         }
+        // Every node sees every node (tunnel endpoints) and every namespace binding (so a
+        // pod's ADD picks its network without asking the controller).
         for ((kind, id), (_, rev)) in &self.objects {
-            if *kind == ObjectKind::Node {
-                view.insert((ObjectKind::Node, id.clone()), *rev);
+            if matches!(kind, ObjectKind::Node | ObjectKind::NamespaceBinding) {
+                view.insert((*kind, id.clone()), *rev);
             }
         }
         view
@@ -288,6 +297,7 @@ impl Mirror {
             }
             Object::SecurityGroupRule(r) => r.render(false),
             Object::Node(n) => n.render(true, None),
+            Object::NamespaceBinding(b) => b.render(),
         })
     }
 }

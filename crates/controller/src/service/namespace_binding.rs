@@ -1,33 +1,15 @@
 //! Namespace bindings: which network, and which project, the pods of a Kubernetes namespace
 //! land on when their CNI configuration names no network. Held here so every node's agent
-//! reads the same answer (the Kubernetes watcher will fill them from a namespace annotation).
+//! reads the same answer (the Kubernetes watcher will fill them from a namespace annotation);
+//! every node's watch carries them.
 
+use isthmus_model::namespace_binding::NamespaceBinding;
 use isthmus_model::{Caller, Error, Network, Result};
 use isthmus_store::{Compare, Op, Txn};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{encode, now, store_error, Attempt, Object, Service};
 use crate::keys;
-
-/// One binding as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct NamespaceBinding {
-    namespace: String,
-    network_id: String,
-    project_id: String,
-    created_at: String,
-    updated_at: String,
-}
-
-impl NamespaceBinding {
-    fn render(&self) -> Object {
-        match json!(self) {
-            Value::Object(m) => m,
-            _ => Object::new(),
-        }
-    }
-}
 
 /// Kubernetes namespace names are DNS-1123 labels.
 fn valid_namespace(name: &str) -> bool {

@@ -1,0 +1,34 @@
+//! A namespace binding: the network, and the project, the pods of one Kubernetes namespace
+//! land on when their CNI configuration names no network.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One binding as stored and sent to agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceBinding {
+    /// The Kubernetes namespace.
+    pub namespace: String,
+    /// The network its pods join.
+    pub network_id: String,
+    /// The project their ports belong to.
+    pub project_id: String,
+    /// When it was first set.
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+}
+
+impl NamespaceBinding {
+    /// The wire form (its `id` is the namespace, so watch lines can name it).
+    pub fn render(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("id".into(), Value::String(self.namespace.clone()));
+        m.insert("namespace".into(), Value::String(self.namespace.clone()));
+        m.insert("network_id".into(), Value::String(self.network_id.clone()));
+        m.insert("project_id".into(), Value::String(self.project_id.clone()));
+        m.insert("created_at".into(), Value::String(self.created_at.clone()));
+        m.insert("updated_at".into(), Value::String(self.updated_at.clone()));
+        m
+    }
+}
