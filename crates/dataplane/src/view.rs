@@ -80,9 +80,6 @@ pub struct Port {
     pub allowed_address_pairs: Vec<AddressPair>,
     /// Status the controller has.
     pub status: String,
-    /// `device_id`: the pod UID, the VM, or the pool marker of an unused pod port.
-    #[serde(default)]
-    pub device_id: String,
     /// Owner.
     #[serde(default)]
     pub project_id: String,
@@ -142,26 +139,29 @@ impl NodeView {
                 let object = line
                     .get("object")
                     .ok_or_else(|| ViewError::BadLine("no object".into()))?;
-                match field("kind") {
+                // A change the data plane does not see (a port renamed) changes nothing here.
+                let changed = match field("kind") {
                     "network" => {
                         let n: Network = parse(object)?;
-                        self.networks.insert(n.id.clone(), n);
+                        self.networks.insert(n.id.clone(), n.clone()) != Some(n)
                     }
                     "port" => {
                         let p: Port = parse(object)?;
-                        self.ports.insert(p.id.clone(), p);
+                        self.ports.insert(p.id.clone(), p.clone()) != Some(p)
                     }
                     "node" => {
                         let n: Node = parse(object)?;
-                        self.nodes.insert(n.name.clone(), n);
+                        self.nodes.insert(n.name.clone(), n.clone()) != Some(n)
                     }
                     kind => {
                         let id = object.get("id").and_then(Value::as_str).unwrap_or_default();
                         self.others
-                            .insert((kind.to_owned(), id.to_owned()), object.clone());
+                            .insert((kind.to_owned(), id.to_owned()), object.clone())
+                            .as_ref()
+                            != Some(object)
                     }
-                }
-                Ok(true)
+                };
+                Ok(changed)
             }
             "DELETED" => {
                 let id = field("id").to_owned();
