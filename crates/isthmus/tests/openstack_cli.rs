@@ -1,28 +1,15 @@
 //! The real `openstack` CLI (python-openstackclient from PyPI) against the controller.
 
+mod cloud;
 mod support;
+
+use cloud::openstack;
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 use support::{free_port, Controller};
-
-/// The `openstack` executable: `$ISTHMUS_OPENSTACK`, the repository's `.venv`, or `PATH`.
-fn openstack() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ISTHMUS_OPENSTACK") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/openstack");
-    if venv.exists() {
-        return Some(venv);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("openstack"))
-            .find(|p| p.exists())
-    })
-}
 
 struct Cli {
     bin: PathBuf,
