@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # VM<->VM TCP throughput across two nodes, side by side in one run: the shared baseline harness
 # (../shared/bench/dataplane/measure.sh: case a = raw VXLAN without filtering, case d = the
-# hand-written two-table security-group ruleset with a 1,000-address set) and Isthmus's own
-# lab (cargo bench --bench throughput: default security group vs port security off), rounds
-# interleaved A B B A. Prints per-round figures and median ratios.
+# hand-written two-table security-group ruleset with a 1,000-address set), raw VXLAN built by
+# hand on the Isthmus lab's topology (underlay through a fabric bridge, as `lab` builds it:
+# no agent, no br_netfilter, no rules), and Isthmus's own lab (cargo bench --bench throughput:
+# default security group vs port security off), rounds interleaved A B B A. Prints per-round
+# figures and median ratios.
 #
 # Usage (root, iperf3 installed): bench/dataplane.sh [ROUNDS] [SECONDS]
 set -euo pipefail
@@ -17,12 +19,40 @@ cargo bench -q -p isthmus --bench throughput --no-run 2>/dev/null
 shared() { # round
 	CASES="a d" DURATION=$SECONDS_PER_RUN "$HARNESS/measure.sh" 1 "$WORK/shared-$1.jsonl" >/dev/null 2>&1
 }
+lab_raw() { # round: raw VXLAN on the lab's topology
+	local p=isthraw ns
+	for ns in v1 v2 n1 n2 fabric; do ip netns del $p-$ns 2>/dev/null || true; done
+	for ns in fabric n1 n2 v1 v2; do ip netns add $p-$ns; ip -n $p-$ns link set lo up; done
+	ip -n $p-fabric link add name fab0 type bridge
+	ip -n $p-fabric link set fab0 up
+	for i in 1 2; do
+		ip -n $p-fabric link add u$i type veth peer name eth0 netns $p-n$i
+		ip -n $p-fabric link set u$i master fab0 up
+		ip -n $p-n$i addr add 10.252.9.$i/24 dev eth0
+		ip -n $p-n$i link set eth0 up
+		ip -n $p-n$i link add brv type bridge
+		ip -n $p-n$i link add vx type vxlan id 77 local 10.252.9.$i dstport 4789 nolearning
+		ip -n $p-n$i link set vx mtu 1450 master brv up
+		ip -n $p-n$i link set brv mtu 1450 up
+		bridge -n $p-n$i fdb append 00:00:00:00:00:00 dev vx dst 10.252.9.$((3 - i)) self permanent
+		ip -n $p-v$i link add eth0 type veth peer name tap netns $p-n$i
+		ip -n $p-v$i link set eth0 mtu 1450 up
+		ip -n $p-v$i addr add 192.168.77.$i/24 dev eth0
+		ip -n $p-n$i link set tap mtu 1450 master brv up
+	done
+	ip netns exec $p-v2 iperf3 -s -D --pidfile /run/$p-iperf.pid
+	sleep 0.5
+	ip netns exec $p-v1 ping -c 2 -W 1 192.168.77.2 >/dev/null
+	ip netns exec $p-v1 iperf3 -c 192.168.77.2 -t "$SECONDS_PER_RUN" -J >"$WORK/labraw-$1.json"
+	kill "$(cat /run/$p-iperf.pid)" 2>/dev/null || true
+	for ns in v1 v2 n1 n2 fabric; do ip netns del $p-$ns; done
+}
 ours() { # round
 	cargo bench -q -p isthmus --bench throughput -- 2 "$SECONDS_PER_RUN" 2>/dev/null |
 		grep '^round' >"$WORK/ours-$1.txt"
 }
 for r in $(seq 1 "$ROUNDS"); do
-	if [ $((r % 2)) = 1 ]; then shared "$r"; ours "$r"; else ours "$r"; shared "$r"; fi
+	if [ $((r % 2)) = 1 ]; then shared "$r"; lab_raw "$r"; ours "$r"; else ours "$r"; lab_raw "$r"; shared "$r"; fi
 	echo "round $r done" >&2
 done
 python3 - "$WORK" "$ROUNDS" <<'PY'
@@ -39,16 +69,22 @@ for r in range(1, rounds + 1):
     for l in open(f"{work}/ours-{r}.txt"):
         m = re.search(r"security groups ([\d.]+) Gbps, port security off ([\d.]+) Gbps", l)
         sg.append(float(m.group(1))); off.append(float(m.group(2)))
-    row = {"raw": tcp["a"], "hand": tcp["d"], "isthmus_sg": st.mean(sg), "isthmus_off": st.mean(off)}
+    lab_raw = json.load(open(f"{work}/labraw-{r}.json"))["end"]["sum_received"]["bits_per_second"] / 1e9
+    row = {"raw": tcp["a"], "hand": tcp["d"], "lab_raw": lab_raw,
+           "isthmus_sg": st.mean(sg), "isthmus_off": st.mean(off)}
     rows.append(row)
     print(f"round {r}: raw VXLAN {row['raw']:.2f}  hand-written SG {row['hand']:.2f}  "
+          f"raw VXLAN on the lab topology {lab_raw:.2f}  "
           f"Isthmus SG {row['isthmus_sg']:.2f}  Isthmus port security off {row['isthmus_off']:.2f} Gbps")
 med = lambda k: st.median(r[k] for r in rows)
 ratio = lambda a, b: st.median(r[a] / r[b] for r in rows)
 print(f"\nmedians (1 stream, Gbps): raw {med('raw'):.2f}, hand-written {med('hand'):.2f}, "
+      f"raw on the lab topology {med('lab_raw'):.2f}, "
       f"Isthmus SG {med('isthmus_sg'):.2f}, Isthmus off {med('isthmus_off'):.2f}")
 print(f"Isthmus SG / raw VXLAN:        {ratio('isthmus_sg', 'raw'):.3f}  (target >= 0.90)")
 print(f"hand-written SG / raw VXLAN:   {ratio('hand', 'raw'):.3f}")
 print(f"Isthmus SG / hand-written SG:  {ratio('isthmus_sg', 'hand'):.3f}  (target >= 1)")
 print(f"Isthmus SG / Isthmus off:      {ratio('isthmus_sg', 'isthmus_off'):.3f}")
+print(f"Isthmus SG / raw VXLAN on the lab topology: {ratio('isthmus_sg', 'lab_raw'):.3f}")
+print(f"raw on the lab topology / raw VXLAN:        {ratio('lab_raw', 'raw'):.3f}")
 PY
