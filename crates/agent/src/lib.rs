@@ -2,6 +2,8 @@
 //! view, and reconciles the kernel by diff — read what the kernel has, plan the difference
 //! from what the view implies, apply only that — whenever the view or the node's links change.
 //! It never flushes: a restart re-reads the kernel and changes nothing that is already right.
+//! It also serves the CNI socket that `isthmus-cni` forwards pods' ADD/DEL/CHECK/GC to, with
+//! a pool of ready ports per network and project.
 
 mod cni;
 pub mod http;

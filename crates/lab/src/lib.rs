@@ -1,8 +1,10 @@
 //! A multi-node cloud on one machine, in network namespaces: a fabric namespace holding the
 //! underlay bridge, one namespace per node connected to it by a veth, and VMs as namespaces
 //! whose veth peer sits in their node as `tap<port_id[0:11]>`, exactly where a hypervisor
-//! would put it. Every namespace has a unique name and is removed (with its processes) when
-//! dropped, also when a test panics. All addresses live inside these namespaces.
+//! would put it, and pods as empty namespaces wired by executing the CNI plugin in their node.
+//! Every namespace has a unique name and is removed (with its processes) when dropped, also
+//! when a test panics; `isthmus lab up` keeps a named one instead ([`scenario`]). All
+//! addresses live inside these namespaces.
 //!
 //! The harness drives iproute2 (`ip`), as an operator would; the agent itself programs the
 //! kernel over netlink.
