@@ -133,24 +133,28 @@ pub(crate) fn refill(shared: &Arc<Shared>, key: &PoolKey) {
             if missing == 0 {
                 break;
             }
-            let mut body = pool_attributes(&shared);
-            body["network_id"] = json!(key.0);
-            body["project_id"] = json!(key.1);
+            // All that is missing in one bulk create: one watch batch, one nft transaction.
+            let mut port = pool_attributes(&shared);
+            port["network_id"] = json!(key.0);
+            port["project_id"] = json!(key.1);
+            let body = json!({ "ports": vec![port; missing] });
             let created = shared
                 .config
                 .controller
-                .request("POST", "/v2.0/ports", Some(&json!({ "port": body })))
+                .request("POST", "/v2.0/ports", Some(&body))
                 .await;
             match created {
-                Ok((201, port)) => {
-                    let id = port["port"]["id"].as_str().unwrap_or_default().to_owned();
-                    if !shared.pools.give_back(&key, id.clone()) {
-                        // Filled meanwhile by a returned port: don't keep an extra.
-                        let _ = shared
-                            .config
-                            .controller
-                            .request("DELETE", &format!("/v2.0/ports/{id}"), None)
-                            .await;
+                Ok((201, answer)) => {
+                    for port in answer["ports"].as_array().into_iter().flatten() {
+                        let id = port["id"].as_str().unwrap_or_default().to_owned();
+                        if !shared.pools.give_back(&key, id.clone()) {
+                            // Filled meanwhile by returned ports: don't keep extras.
+                            let _ = shared
+                                .config
+                                .controller
+                                .request("DELETE", &format!("/v2.0/ports/{id}"), None)
+                                .await;
+                        }
                     }
                 }
                 Ok((status, answer)) => {

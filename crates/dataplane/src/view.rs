@@ -146,8 +146,16 @@ impl NodeView {
                         self.networks.insert(n.id.clone(), n.clone()) != Some(n)
                     }
                     "port" => {
+                        // Status is the agent's own report coming back: nothing to reconcile.
                         let p: Port = parse(object)?;
-                        self.ports.insert(p.id.clone(), p.clone()) != Some(p)
+                        let same = self.ports.get(&p.id).is_some_and(|old| {
+                            Port {
+                                status: p.status.clone(),
+                                ..old.clone()
+                            } == p
+                        });
+                        self.ports.insert(p.id.clone(), p);
+                        !same
                     }
                     "node" => {
                         let n: Node = parse(object)?;

@@ -732,11 +732,15 @@ fn pools_serve_adds_survive_agent_restarts_and_go_with_their_node() {
         pooled(&cloud.lab, &net_id) == 2
     });
 
-    // A restarted agent adopts its pool instead of creating another.
+    // A restarted agent adopts its pool instead of creating another; this one also names a
+    // default pod network, which a configuration without "network" lands on.
     cloud.agents.clear();
-    cloud
-        .agents
-        .push(cloud.lab.start_agent(cloud::BIN, 0).unwrap());
+    cloud.agents.push(
+        cloud
+            .lab
+            .start_agent_with(cloud::BIN, 0, &["--default-pod-network", "pooled"])
+            .unwrap(),
+    );
     wait_for("the CNI socket back", Duration::from_secs(20), || {
         cni(
             &cloud,
@@ -749,7 +753,9 @@ fn pools_serve_adds_survive_agent_restarts_and_go_with_their_node() {
         )
         .success
     });
-    add(&cloud, 0, &pods[2], "p2", "", &config);
+    let result = add(&cloud, 0, &pods[2], "p2", "", &conf(&cloud, 0, json!({})));
+    let ip = result["ips"][0]["address"].as_str().unwrap();
+    assert!(ip.starts_with("10.50.0."), "{ip}");
     wait_for(
         "the pool refilled after the restart",
         Duration::from_secs(10),

@@ -526,6 +526,11 @@ impl Lab {
 
     /// Starts `isthmus agent` for node `index` (0-based) against the lab controller.
     pub fn start_agent(&self, bin: &str, index: usize) -> Result<Daemon> {
+        self.start_agent_with(bin, index, &[])
+    }
+
+    /// The same with extra agent arguments (`--default-pod-network NET`, `--pool-size N`...).
+    pub fn start_agent_with(&self, bin: &str, index: usize, extra: &[&str]) -> Result<Daemon> {
         let node = &self.nodes[index];
         let mut command = node.ns.command(bin);
         self.daemon_output(&mut command, &node.name);
@@ -542,6 +547,7 @@ impl Lab {
             .arg(&node.state_dir)
             .arg("--cni-socket")
             .arg(&node.cni_socket)
+            .args(extra)
             .spawn()
             .map(Daemon)
             .map_err(|source| LabError::Spawn {
