@@ -19,7 +19,8 @@ cargo bench -q -p isthmus --bench throughput --no-run 2>/dev/null
 shared() { # round
 	CASES="a d" DURATION=$SECONDS_PER_RUN "$HARNESS/measure.sh" 1 "$WORK/shared-$1.jsonl" >/dev/null 2>&1
 }
-lab_raw() { # round: raw VXLAN on the lab's topology
+lab_raw() { # round [hand]: raw VXLAN on the lab's topology; with "hand", plus br_netfilter and
+	# the harness's hand-written ruleset (sg-ruleset.sh, set of 1,000) on both nodes
 	local p=isthraw ns
 	for ns in v1 v2 n1 n2 fabric; do ip netns del $p-$ns 2>/dev/null || true; done
 	for ns in fabric n1 n2 v1 v2; do ip netns add $p-$ns; ip -n $p-$ns link set lo up; done
@@ -40,10 +41,21 @@ lab_raw() { # round: raw VXLAN on the lab's topology
 		ip -n $p-v$i addr add 192.168.77.$i/24 dev eth0
 		ip -n $p-n$i link set tap mtu 1450 master brv up
 	done
+	if [ "${2:-}" = hand ]; then
+		local i mac
+		for i in 1 2; do
+			for k in iptables ip6tables arptables; do
+				ip netns exec $p-n$i sysctl -qw net.bridge.bridge-nf-call-$k=1
+			done
+			mac=$(ip -n $p-v$i -br link show eth0 | awk '{print $3}')
+			REMOTE_IPS="192.168.77.1 192.168.77.2" "$HARNESS/sg-ruleset.sh" 1000 \
+				"tap,192.168.77.$i,$mac" | ip netns exec $p-n$i nft -f -
+		done
+	fi
 	ip netns exec $p-v2 iperf3 -s -D --pidfile /run/$p-iperf.pid
 	sleep 0.5
 	ip netns exec $p-v1 ping -c 2 -W 1 192.168.77.2 >/dev/null
-	ip netns exec $p-v1 iperf3 -c 192.168.77.2 -t "$SECONDS_PER_RUN" -J >"$WORK/labraw-$1.json"
+	ip netns exec $p-v1 iperf3 -c 192.168.77.2 -t "$SECONDS_PER_RUN" -J >"$WORK/lab${2:-raw}-$1.json"
 	kill "$(cat /run/$p-iperf.pid)" 2>/dev/null || true
 	for ns in v1 v2 n1 n2 fabric; do ip netns del $p-$ns; done
 }
@@ -52,7 +64,11 @@ ours() { # round
 		grep '^round' >"$WORK/ours-$1.txt"
 }
 for r in $(seq 1 "$ROUNDS"); do
-	if [ $((r % 2)) = 1 ]; then shared "$r"; lab_raw "$r"; ours "$r"; else ours "$r"; lab_raw "$r"; shared "$r"; fi
+	if [ $((r % 2)) = 1 ]; then
+		shared "$r"; lab_raw "$r"; lab_raw "$r" hand; ours "$r"
+	else
+		ours "$r"; lab_raw "$r" hand; lab_raw "$r"; shared "$r"
+	fi
 	echo "round $r done" >&2
 done
 python3 - "$WORK" "$ROUNDS" <<'PY'
@@ -69,22 +85,24 @@ for r in range(1, rounds + 1):
     for l in open(f"{work}/ours-{r}.txt"):
         m = re.search(r"security groups ([\d.]+) Gbps, port security off ([\d.]+) Gbps", l)
         sg.append(float(m.group(1))); off.append(float(m.group(2)))
-    lab_raw = json.load(open(f"{work}/labraw-{r}.json"))["end"]["sum_received"]["bits_per_second"] / 1e9
-    row = {"raw": tcp["a"], "hand": tcp["d"], "lab_raw": lab_raw,
+    gbps = lambda f: json.load(open(f"{work}/{f}-{r}.json"))["end"]["sum_received"]["bits_per_second"] / 1e9
+    row = {"raw": tcp["a"], "hand": tcp["d"], "lab_raw": gbps("labraw"), "lab_hand": gbps("labhand"),
            "isthmus_sg": st.mean(sg), "isthmus_off": st.mean(off)}
     rows.append(row)
-    print(f"round {r}: raw VXLAN {row['raw']:.2f}  hand-written SG {row['hand']:.2f}  "
-          f"raw VXLAN on the lab topology {lab_raw:.2f}  "
+    print(f"round {r}: harness raw VXLAN {row['raw']:.2f}  hand-written SG {row['hand']:.2f} | lab topology: "
+          f"raw VXLAN {row['lab_raw']:.2f}  hand-written SG {row['lab_hand']:.2f}  "
           f"Isthmus SG {row['isthmus_sg']:.2f}  Isthmus port security off {row['isthmus_off']:.2f} Gbps")
 med = lambda k: st.median(r[k] for r in rows)
 ratio = lambda a, b: st.median(r[a] / r[b] for r in rows)
-print(f"\nmedians (1 stream, Gbps): raw {med('raw'):.2f}, hand-written {med('hand'):.2f}, "
-      f"raw on the lab topology {med('lab_raw'):.2f}, "
+print(f"\nmedians (1 stream, Gbps): harness raw {med('raw'):.2f}, hand-written {med('hand'):.2f}; "
+      f"lab topology raw {med('lab_raw'):.2f}, hand-written {med('lab_hand'):.2f}, "
       f"Isthmus SG {med('isthmus_sg'):.2f}, Isthmus off {med('isthmus_off'):.2f}")
 print(f"Isthmus SG / raw VXLAN:        {ratio('isthmus_sg', 'raw'):.3f}  (target >= 0.90)")
 print(f"hand-written SG / raw VXLAN:   {ratio('hand', 'raw'):.3f}")
 print(f"Isthmus SG / hand-written SG:  {ratio('isthmus_sg', 'hand'):.3f}  (target >= 1)")
 print(f"Isthmus SG / Isthmus off:      {ratio('isthmus_sg', 'isthmus_off'):.3f}")
-print(f"Isthmus SG / raw VXLAN on the lab topology: {ratio('isthmus_sg', 'lab_raw'):.3f}")
+print(f"Isthmus SG / raw VXLAN on the lab topology: {ratio('isthmus_sg', 'lab_raw'):.3f}  (target >= 0.90)")
+print(f"Isthmus SG / hand-written on the lab topology: {ratio('isthmus_sg', 'lab_hand'):.3f}  (target >= 1)")
+print(f"hand-written / raw on the lab topology:     {ratio('lab_hand', 'lab_raw'):.3f}")
 print(f"raw on the lab topology / raw VXLAN:        {ratio('lab_raw', 'raw'):.3f}")
 PY
