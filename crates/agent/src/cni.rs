@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::netlink::{self, Netlink, Reaper};
+use crate::netlink::{self, Reaper};
 use crate::pool::{self, PoolKey};
 use crate::{AgentError, Shared};
 
@@ -46,7 +46,6 @@ fn io_failure(msg: impl Into<String>, details: impl std::fmt::Display) -> CniErr
 /// The CNI server of one agent.
 pub(crate) struct Server {
     shared: Arc<Shared>,
-    netlink: Netlink,
     reaper: Arc<Reaper>,
     records: PathBuf,
     /// Renamings of pooled ports to their pods, still under way.
@@ -57,7 +56,6 @@ pub(crate) struct Server {
 
 /// Binds the socket (replacing a stale one) and serves until the process ends.
 pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(), AgentError> {
-    let netlink = shared.netlink.clone();
     let socket = shared.config.cni_socket.clone();
     let records = shared.config.state_dir.join("cni");
     std::fs::create_dir_all(&records)?;
@@ -84,9 +82,8 @@ pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(), AgentError> {
     pool::adopt(&shared, &in_use).await;
     eprintln!("isthmus agent: CNI socket {}", socket.display());
     let server = Arc::new(Server {
+        reaper: Reaper::start(shared.netlink.clone()),
         shared,
-        reaper: Reaper::start(netlink.clone()),
-        netlink,
         records,
         naming: Mutex::default(),
         teardowns: Mutex::default(),
@@ -332,7 +329,8 @@ impl Server {
     async fn wire(&self, request: &Request, port_id: &str, netns: File) -> Result<Value, CniError> {
         let iface = self.wait_interface(port_id).await?;
         let tap = tap_name(port_id);
-        self.netlink
+        self.shared
+            .netlink
             .add_pod_veth(&tap, &request.ifname, &iface.mac, iface.mtu, &netns)
             .await
             .map_err(|e| io_failure("cannot create the pod's veth", e))?;
@@ -350,6 +348,7 @@ impl Server {
         let filtered = self.shared.filtered.borrow().contains(port_id);
         let attached = match network {
             Some(network) if filtered => self
+                .shared
                 .netlink
                 .set_link(&tap, Some(&bridge_name(&network)), Some(iface.mtu))
                 .await
@@ -595,9 +594,7 @@ impl Server {
     /// that pool has room; `false` when it should be deleted instead.
     async fn return_to_pool(&self, record: &Record) -> Result<bool, CniError> {
         let key = record.pool_key();
-        let room = self.shared.pools.sizes().get(&key).copied().unwrap_or(0)
-            < self.shared.config.pool_size;
-        if key.0.is_empty() || !room {
+        if key.0.is_empty() || !self.shared.pools.has_room(&key) {
             return Ok(false);
         }
         let port_id = record.port_id().to_owned();

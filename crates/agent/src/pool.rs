@@ -61,12 +61,9 @@ impl Pools {
         }
     }
 
-    /// How many ports wait in each pool.
-    pub(crate) fn sizes(&self) -> BTreeMap<PoolKey, usize> {
-        self.free()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.len()))
-            .collect()
+    /// Whether the pool of `key` has room for one more port.
+    pub(crate) fn has_room(&self, key: &PoolKey) -> bool {
+        self.free().get(key).map_or(0, Vec::len) < self.target
     }
 }
 

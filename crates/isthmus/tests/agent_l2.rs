@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod cloud;
 
-use cloud::{cloud, wait_for};
+use cloud::{cloud, shared_network, wait_for};
 use isthmus_lab::{Daemon, Lab};
 use serde_json::json;
 
@@ -371,7 +371,7 @@ fn ports_cannot_spoof() {
 /// Two projects' VMs on one shared network: `project-a`'s on node1 and `project-b`'s on node2,
 /// each port in its project's default group.
 struct TwoProjects {
-    /// The API's answer to the network create (`{"network": {...}}`).
+    /// The network as the API shows it (`{"network": {...}}`).
     net: serde_json::Value,
     /// VM a (project-a, node1), VM b (project-b, node2).
     vms: Vec<isthmus_lab::Vm>,
@@ -382,19 +382,8 @@ struct TwoProjects {
 }
 
 fn two_projects(lab: &Lab, name: &str, cidr: &str) -> TwoProjects {
-    let (s, net) = lab.api(
-        "POST",
-        "/v2.0/networks",
-        Some(&json!({"network": {"name": name, "shared": true}})),
-    );
-    assert_eq!(s, 201, "{net}");
-    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
-    let (s, sub) = lab.api(
-        "POST",
-        "/v2.0/subnets",
-        Some(&json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": cidr}})),
-    );
-    assert_eq!(s, 201, "{sub}");
+    let (net_id, _) = shared_network(lab, name, cidr);
+    let (_, net) = lab.api("GET", &format!("/v2.0/networks/{net_id}"), None);
     let mut vms = Vec::new();
     for (node, project) in [(0, "project-a"), (1, "project-b")] {
         let (s, p) = lab.api("POST", "/v2.0/ports", Some(&json!({"port": {

@@ -6,27 +6,9 @@ mod cloud;
 
 use std::time::Duration;
 
-use cloud::{cloud, cni_plugin, wait_for, Cloud};
+use cloud::{cloud, cni_plugin, shared_network, wait_for, Cloud};
 use isthmus_lab::{CniCall, CniOutcome, Lab, Pod};
 use serde_json::{json, Value};
-
-/// A network `name` with subnet `cidr`, shared so every project can put ports on it.
-fn shared_network(lab: &Lab, name: &str, cidr: &str) -> (String, String) {
-    let (s, net) = lab.api(
-        "POST",
-        "/v2.0/networks",
-        Some(&json!({"network": {"name": name, "shared": true}})),
-    );
-    assert_eq!(s, 201, "{net}");
-    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
-    let (s, sub) = lab.api(
-        "POST",
-        "/v2.0/subnets",
-        Some(&json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": cidr}})),
-    );
-    assert_eq!(s, 201, "{sub}");
-    (net_id, sub["subnet"]["id"].as_str().unwrap().to_owned())
-}
 
 fn wait_agents(lab: &Lab, n: usize) {
     wait_for("registered agents", Duration::from_secs(20), || {

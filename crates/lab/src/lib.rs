@@ -557,6 +557,26 @@ impl Lab {
     }
 }
 
+/// A test that cannot run here says why and skips; under CI (`CI` set) a skip is a failure.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run this test: {why}"
+    );
+    eprintln!("SKIP: {why}");
+}
+
+/// Whether labs can be built here; when not, [`skip`]s with the reason.
+pub fn runnable() -> bool {
+    match unavailable() {
+        Some(why) => {
+            skip(&why);
+            false
+        }
+        None => true,
+    }
+}
+
 /// Whether this process can build labs (root, with iproute2); otherwise why not.
 pub fn unavailable() -> Option<String> {
     match run("id", &["-u"]) {

@@ -5,19 +5,11 @@ use std::collections::BTreeMap;
 
 use isthmus_dataplane::l2::{desired, plan, Fdb, NodeConfig, Observed, Op};
 use isthmus_dataplane::view::{Network, Node as ViewNode, NodeView, Port};
-use isthmus_lab::{run, unavailable, Lab, Netns};
+use isthmus_lab::{run, runnable, Lab, Netns};
 
 /// Skips (with the reason) outside CI when labs cannot be built here; fails under CI.
 fn lab_or_skip(nodes: usize) -> Option<Lab> {
-    if let Some(why) = unavailable() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run kernel tests: {why}"
-        );
-        eprintln!("SKIP: {why}");
-        return None;
-    }
-    Some(Lab::new(nodes).expect("build lab"))
+    runnable().then(|| Lab::new(nodes).expect("build lab"))
 }
 
 /// Applies plan ops with iproute2 in `ns` (the test's stand-in for the agent's netlink applier).
