@@ -97,6 +97,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(show).put(update).delete(remove),
         )
         .route(
+            "/v2.0/routers/{id}/add_router_interface",
+            put(add_router_interface),
+        )
+        .route(
+            "/v2.0/routers/{id}/remove_router_interface",
+            put(remove_router_interface),
+        )
+        .route(
             "/v2.0/{collection}/{id}/tags",
             get(show_tags).put(replace_tags).delete(clear_tags),
         )
@@ -439,6 +447,34 @@ async fn remove(
         .delete(kind, &caller, &id, if_match(&headers)?)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn add_router_interface(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let caller = noauth_caller(&headers);
+    let info = state
+        .service
+        .add_router_interface(&caller, &id, parse_json(&body)?)
+        .await?;
+    Ok(Json(info).into_response())
+}
+
+async fn remove_router_interface(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let caller = noauth_caller(&headers);
+    let info = state
+        .service
+        .remove_router_interface(&caller, &id, parse_json(&body)?)
+        .await?;
+    Ok(Json(info).into_response())
 }
 
 async fn show_tags(

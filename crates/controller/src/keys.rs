@@ -15,6 +15,10 @@ pub const PORTS: &str = "/isthmus/ports/";
 pub const SECURITY_GROUPS: &str = "/isthmus/security-groups/";
 /// Prefix of every security group rule.
 pub const SECURITY_GROUP_RULES: &str = "/isthmus/security-group-rules/";
+/// Prefix of every router.
+pub const ROUTERS: &str = "/isthmus/routers/";
+/// Prefix of every floating IP.
+pub const FLOATING_IPS: &str = "/isthmus/floatingips/";
 /// Prefix of every registered node.
 pub const NODES: &str = "/isthmus/nodes/";
 /// Prefix of every namespace binding.
@@ -41,6 +45,38 @@ pub fn security_group(id: &str) -> String {
 /// A security group rule.
 pub fn security_group_rule(id: &str) -> String {
     format!("{SECURITY_GROUP_RULES}{id}")
+}
+/// A router.
+pub fn router(id: &str) -> String {
+    format!("{ROUTERS}{id}")
+}
+/// A floating IP.
+pub fn floating_ip(id: &str) -> String {
+    format!("{FLOATING_IPS}{id}")
+}
+/// Claim of a fixed address by a floating IP of an external network (value: floating IP
+/// id): one floating IP per fixed address and external network.
+pub fn fip_association(external_network_id: &str, port_id: &str, ip: IpAddr) -> String {
+    format!(
+        "/isthmus/fip-association/{external_network_id}/{port_id}/{}",
+        sortable_key(ip)
+    )
+}
+/// Floating IPs associated with a port.
+pub fn port_fips_prefix(port_id: &str) -> String {
+    format!("/isthmus/index/port-fips/{port_id}/")
+}
+/// One floating IP associated with a port.
+pub fn port_fip(port_id: &str, fip_id: &str) -> String {
+    format!("{}{fip_id}", port_fips_prefix(port_id))
+}
+/// Floating IPs NAT'd by a router.
+pub fn router_fips_prefix(router_id: &str) -> String {
+    format!("/isthmus/index/router-fips/{router_id}/")
+}
+/// One floating IP NAT'd by a router.
+pub fn router_fip(router_id: &str, fip_id: &str) -> String {
+    format!("{}{fip_id}", router_fips_prefix(router_id))
 }
 /// A node.
 pub fn node(name: &str) -> String {

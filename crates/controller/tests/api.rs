@@ -143,7 +143,7 @@ async fn bad_input_is_400_in_neutron_format_never_500() {
             404,
             "NetworkNotFound",
         ),
-        ("GET", "/v2.0/routers", None, 404, "HTTPNotFound"),
+        ("GET", "/v2.0/trunks", None, 404, "HTTPNotFound"),
         ("GET", "/v2.0/networks?bogus=1", None, 400, "HTTPBadRequest"),
         (
             "GET",

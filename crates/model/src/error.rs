@@ -113,6 +113,17 @@ pub enum Error {
         /// Revision the resource has.
         current: u64,
     },
+    /// Any other Neutron fault, with its type name and status (`RouterInUse`,
+    /// `ExternalGatewayForFloatingIPNotFound`, ...).
+    #[error("{message}")]
+    Fault {
+        /// Neutron's type name.
+        kind: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// Message.
+        message: String,
+    },
     /// 409 `Conflict` for anything else conflicting with current state.
     #[error("{0}")]
     Conflict(String),
@@ -150,6 +161,7 @@ impl Error {
             | SegmentInUse { .. }
             | Conflict(_) => 409,
             RevisionNumberConstraintFailed { .. } => 412,
+            Fault { status, .. } => *status,
             Internal(_) => 500,
             NoNetworkAvailable => 503,
         }
@@ -181,7 +193,7 @@ impl Error {
             OverlappingAllocationPools(_) => "OverlappingAllocationPools",
             OutOfBoundsAllocationPool { .. } => "OutOfBoundsAllocationPool",
             GatewayConflictWithAllocationPools { .. } => "GatewayConflictWithAllocationPools",
-            SegmentInUse { kind, .. } => kind,
+            SegmentInUse { kind, .. } | Fault { kind, .. } => kind,
             NoNetworkAvailable => "NoNetworkAvailable",
             RevisionNumberConstraintFailed { .. } => "RevisionNumberConstraintFailed",
             Conflict(_) => "Conflict",
@@ -195,6 +207,15 @@ impl Error {
         Error::NotFound {
             kind,
             id: id.into(),
+        }
+    }
+
+    /// A Neutron fault of type `kind`.
+    pub fn fault(kind: &'static str, status: u16, message: impl Into<String>) -> Self {
+        Error::Fault {
+            kind,
+            status,
+            message: message.into(),
         }
     }
 

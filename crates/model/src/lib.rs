@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod error;
+pub mod floating_ip;
 pub mod input;
 pub mod ipam;
 pub mod mac;
@@ -13,6 +14,7 @@ pub mod network;
 pub mod node;
 pub mod port;
 pub mod query;
+pub mod router;
 pub mod security_group;
 pub mod subnet;
 pub mod time;
@@ -20,8 +22,10 @@ pub mod view;
 pub mod wire;
 
 pub use error::{Error, Result};
+pub use floating_ip::FloatingIp;
 pub use meta::{Caller, Meta};
 pub use network::{Network, NetworkLimits, NetworkType};
 pub use port::{Port, PortRequest};
+pub use router::Router;
 pub use security_group::{SecurityGroup, SecurityGroupRule};
 pub use subnet::Subnet;

@@ -2,11 +2,13 @@
 //! pure model, allocates (IPAM, MAC, VNI) and commits in one compare-and-swap transaction,
 //! retrying from a fresh read when another writer got there first.
 
+mod floating_ip;
 mod ip_availability;
 mod namespace_binding;
 mod network;
 mod node;
 mod port;
+mod router;
 mod security_group;
 mod subnet;
 mod tags;
@@ -61,16 +63,22 @@ pub enum Kind {
     SecurityGroup,
     /// `security-group-rules`.
     SecurityGroupRule,
+    /// `routers`.
+    Router,
+    /// `floatingips`.
+    FloatingIp,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Network,
         Kind::Subnet,
         Kind::Port,
         Kind::SecurityGroup,
         Kind::SecurityGroupRule,
+        Kind::Router,
+        Kind::FloatingIp,
     ];
 
     /// The URL collection name (`security-groups`).
@@ -81,6 +89,8 @@ impl Kind {
             Kind::Port => "ports",
             Kind::SecurityGroup => "security-groups",
             Kind::SecurityGroupRule => "security-group-rules",
+            Kind::Router => "routers",
+            Kind::FloatingIp => "floatingips",
         }
     }
 
@@ -92,6 +102,8 @@ impl Kind {
             Kind::Port => "port",
             Kind::SecurityGroup => "security_group",
             Kind::SecurityGroupRule => "security_group_rule",
+            Kind::Router => "router",
+            Kind::FloatingIp => "floatingip",
         }
     }
 
@@ -103,6 +115,8 @@ impl Kind {
             Kind::Port => "ports",
             Kind::SecurityGroup => "security_groups",
             Kind::SecurityGroupRule => "security_group_rules",
+            Kind::Router => "routers",
+            Kind::FloatingIp => "floatingips",
         }
     }
 
@@ -119,6 +133,8 @@ impl Kind {
             Kind::Port => isthmus_model::port::ATTRIBUTES,
             Kind::SecurityGroup => isthmus_model::security_group::GROUP_ATTRIBUTES,
             Kind::SecurityGroupRule => isthmus_model::security_group::RULE_ATTRIBUTES,
+            Kind::Router => isthmus_model::router::ATTRIBUTES,
+            Kind::FloatingIp => isthmus_model::floating_ip::ATTRIBUTES,
         }
     }
 
@@ -130,6 +146,8 @@ impl Kind {
             Kind::Port => "Port",
             Kind::SecurityGroup => "SecurityGroup",
             Kind::SecurityGroupRule => "SecurityGroupRule",
+            Kind::Router => "Router",
+            Kind::FloatingIp => "FloatingIP",
         }
     }
 }
@@ -223,6 +241,12 @@ stored!(
     isthmus_model::SecurityGroup,
     Kind::SecurityGroup,
     crate::keys::security_group
+);
+stored!(isthmus_model::Router, Kind::Router, crate::keys::router);
+stored!(
+    isthmus_model::FloatingIp,
+    Kind::FloatingIp,
+    crate::keys::floating_ip
 );
 stored!(
     isthmus_model::SecurityGroupRule,
@@ -333,7 +357,10 @@ impl Service {
     }
 
     /// Reads every object of a kind.
-    pub(crate) async fn load_all<T: Stored>(&self, prefix: &str) -> Result<Vec<(T, u64)>> {
+    pub(crate) async fn load_all<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(T, u64)>> {
         let range = self.store.range(prefix).await.map_err(store_error)?;
         range
             .kvs
@@ -457,6 +484,8 @@ impl Service {
             Kind::Port => self.create_port(caller, body).await,
             Kind::SecurityGroup => self.create_security_group(caller, body).await,
             Kind::SecurityGroupRule => self.create_security_group_rule(caller, body).await,
+            Kind::Router => self.create_router(caller, body).await,
+            Kind::FloatingIp => self.create_floating_ip(caller, body).await,
         }
     }
 
@@ -468,6 +497,16 @@ impl Service {
             Kind::Port => self.show_port(caller, id).await,
             Kind::SecurityGroup => self.show_security_group(caller, id).await,
             Kind::SecurityGroupRule => self.show_security_group_rule(caller, id).await,
+            Kind::Router => Ok(self
+                .load_owned::<isthmus_model::Router>(caller, id)
+                .await?
+                .0
+                .render(caller)),
+            Kind::FloatingIp => Ok(self
+                .load_owned::<isthmus_model::FloatingIp>(caller, id)
+                .await?
+                .0
+                .render()),
         }
     }
 
@@ -479,6 +518,8 @@ impl Service {
             Kind::Port => self.list_ports(caller).await,
             Kind::SecurityGroup => self.list_security_groups(caller).await,
             Kind::SecurityGroupRule => self.list_security_group_rules(caller).await,
+            Kind::Router => self.list_routers(caller).await,
+            Kind::FloatingIp => self.list_floating_ips(caller).await,
         }
     }
 
@@ -499,6 +540,8 @@ impl Service {
             Kind::SecurityGroupRule => Err(Error::BadRequest(
                 "Security group rules cannot be updated".to_owned(),
             )),
+            Kind::Router => self.update_router(caller, id, body, if_match).await,
+            Kind::FloatingIp => self.update_floating_ip(caller, id, body, if_match).await,
         }
     }
 
@@ -516,6 +559,8 @@ impl Service {
             Kind::Port => self.delete_port(caller, id, if_match).await,
             Kind::SecurityGroup => self.delete_security_group(caller, id, if_match).await,
             Kind::SecurityGroupRule => self.delete_security_group_rule(caller, id).await,
+            Kind::Router => self.delete_router(caller, id, if_match).await,
+            Kind::FloatingIp => self.delete_floating_ip(caller, id, if_match).await,
         }
     }
 }

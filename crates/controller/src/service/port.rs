@@ -9,7 +9,10 @@ use isthmus_model::input::Method;
 use isthmus_model::port::{
     AddressPair, AddressPairRequest, Binding, FixedIp, FixedIpRequest, PortView,
 };
-use isthmus_model::{ipam, mac, Caller, Error, Network, Port, PortRequest, Result, Subnet};
+use isthmus_model::router::is_l3_owner;
+use isthmus_model::{
+    ipam, mac, Caller, Error, FloatingIp, Network, Port, PortRequest, Result, Subnet,
+};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
@@ -588,8 +591,38 @@ impl Service {
         id: &str,
         if_match: Option<u64>,
     ) -> Result<()> {
+        let (port, _) = self.load_owned::<Port>(caller, id).await?;
+        if is_l3_owner(&port.device_owner) {
+            return Err(Error::fault(
+                "ServicePortInUse",
+                409,
+                format!(
+                    "Port {id} cannot be deleted directly via the port API: has device owner {}.",
+                    port.device_owner
+                ),
+            ));
+        }
+        self.remove_port(Some(caller), id, if_match).await
+    }
+
+    /// Deletes a port whatever owns it (the L3 service's own ports).
+    pub(crate) async fn delete_port_unchecked(&self, id: &str) -> Result<()> {
+        self.remove_port(None, id, None).await
+    }
+
+    /// Deletes a port, releasing its addresses and MAC and disassociating its floating IPs in
+    /// the same transaction.
+    async fn remove_port(
+        &self,
+        caller: Option<&Caller>,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<()> {
         self.retry(|| async move {
-            let (port, rev) = self.load_owned::<Port>(caller, id).await?;
+            let (port, rev) = match caller {
+                Some(caller) => self.load_owned::<Port>(caller, id).await?,
+                None => self.must_load::<Port>(id).await?,
+            };
             check_revision(&port.meta, if_match)?;
             let mut txn = Txn::new()
                 .when(Compare::mod_revision(keys::port(id), rev))
@@ -601,6 +634,19 @@ impl Service {
             }
             for g in &port.security_groups {
                 txn = txn.then(Op::delete(keys::group_port(g, id)));
+            }
+            // Neutron disassociates a deleted port's floating IPs.
+            let fips_prefix = keys::port_fips_prefix(id);
+            for fip_id in self.index(&fips_prefix).await? {
+                let Some((mut fip, fip_rev)) = self.load::<FloatingIp>(&fip_id).await? else {
+                    continue;
+                };
+                txn = txn.when(Compare::mod_revision(keys::floating_ip(&fip_id), fip_rev));
+                for op in Self::disassociate(&mut fip) {
+                    txn = txn.then(op);
+                }
+                fip.meta.touch(&now());
+                txn = txn.then(Op::put(keys::floating_ip(&fip_id), encode(&fip)?));
             }
             if !self.commit(txn).await? {
                 return Ok(Attempt::Retry);

@@ -9,7 +9,7 @@ use crate::keys;
 
 impl Service {
     /// A subnet the caller may see (its own, or on a network it may see), or 404.
-    async fn visible_subnet(&self, caller: &Caller, id: &str) -> Result<(Subnet, u64)> {
+    pub(super) async fn visible_subnet(&self, caller: &Caller, id: &str) -> Result<(Subnet, u64)> {
         let Some((subnet, rev)) = self.load::<Subnet>(id).await? else {
             return Err(Error::not_found("Subnet", id));
         };

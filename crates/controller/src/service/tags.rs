@@ -1,7 +1,9 @@
 //! The `standard-attr-tag` sub-resource: `/v2.0/{collection}/{id}/tags[/{tag}]`.
 
 use isthmus_model::meta::{normalize_tags, validate_tag};
-use isthmus_model::{Caller, Error, Network, Port, Result, SecurityGroup, Subnet};
+use isthmus_model::{
+    Caller, Error, FloatingIp, Network, Port, Result, Router, SecurityGroup, Subnet,
+};
 use isthmus_store::{Compare, Op, Txn};
 
 use super::{encode, now, Attempt, Kind, Service, Stored};
@@ -86,6 +88,8 @@ impl Service {
             Kind::Subnet => self.change_tags::<Subnet>(caller, id, &op).await,
             Kind::Port => self.change_tags::<Port>(caller, id, &op).await,
             Kind::SecurityGroup => self.change_tags::<SecurityGroup>(caller, id, &op).await,
+            Kind::Router => self.change_tags::<Router>(caller, id, &op).await,
+            Kind::FloatingIp => self.change_tags::<FloatingIp>(caller, id, &op).await,
             Kind::SecurityGroupRule => Err(Error::PathNotFound),
         }
     }
@@ -103,6 +107,8 @@ impl Service {
                     .meta
                     .tags
             }
+            Kind::Router => self.load_owned::<Router>(caller, id).await?.0.meta.tags,
+            Kind::FloatingIp => self.load_owned::<FloatingIp>(caller, id).await?.0.meta.tags,
             Kind::SecurityGroupRule => return Err(Error::PathNotFound),
         })
     }

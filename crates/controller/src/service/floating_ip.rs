@@ -1,0 +1,285 @@
+//! Floating IP operations: an address on an external network (held by a port the service
+//! owns), associated with a fixed address behind a router with a gateway on that network.
+
+use std::net::IpAddr;
+
+use isthmus_model::addr::IpVersion;
+use isthmus_model::floating_ip::{Association, FloatingIpRequest};
+use isthmus_model::input::Method;
+use isthmus_model::router::OWNER_FLOATING_IP;
+use isthmus_model::{Caller, Error, FloatingIp, Meta, Port, Result};
+use isthmus_store::{Compare, Op, Txn};
+use serde_json::{json, Value};
+
+use super::{check_revision, encode, new_id, now, Attempt, Listed, Object, Service};
+use crate::keys;
+
+fn bad_fip(message: impl std::fmt::Display) -> Error {
+    Error::BadRequest(format!("Bad floatingip request: {message}."))
+}
+
+impl Service {
+    /// Ops removing a floating IP's association and its index keys (the caller writes the
+    /// floating IP itself).
+    pub(super) fn disassociate(fip: &mut FloatingIp) -> Vec<Op> {
+        let Some(a) = fip.association.take() else {
+            return Vec::new();
+        };
+        fip.status = "DOWN".to_owned();
+        vec![
+            Op::delete(keys::fip_association(
+                &fip.floating_network_id,
+                &a.port_id,
+                a.fixed_ip_address,
+            )),
+            Op::delete(keys::port_fip(&a.port_id, &fip.meta.id)),
+            Op::delete(keys::router_fip(&a.router_id, &fip.meta.id)),
+        ]
+    }
+
+    /// Resolves an association request: the caller's port, the fixed address (given or its
+    /// only IPv4 one) and the router that reaches the external network from it.
+    async fn plan_association(
+        &self,
+        caller: &Caller,
+        fip: &FloatingIp,
+        port_id: &str,
+        fixed_ip: Option<IpAddr>,
+    ) -> Result<(Association, u64)> {
+        let (port, port_rev) = self.load_owned::<Port>(caller, port_id).await?;
+        let v4: Vec<IpAddr> = port
+            .fixed_ips
+            .iter()
+            .map(|f| f.ip_address)
+            .filter(|ip| IpVersion::of(*ip) == IpVersion::V4)
+            .collect();
+        let ip = match fixed_ip {
+            Some(ip) if port.fixed_ips.iter().any(|f| f.ip_address == ip) => ip,
+            Some(ip) => return Err(bad_fip(format!("Port {port_id} does not have fixed ip {ip}"))),
+            None => match v4.as_slice() {
+                [ip] => *ip,
+                [] => {
+                    return Err(bad_fip(format!(
+                        "No IPv4 addresses found on port {port_id}"
+                    )))
+                }
+                _ => {
+                    return Err(bad_fip(format!(
+                        "Port {port_id} has multiple fixed IPv4 addresses.  Must provide a specific IPv4 address when assigning a floating IP"
+                    )))
+                }
+            },
+        };
+        let router_id = self
+            .router_for_floating_ip(&fip.floating_network_id, &port, ip)
+            .await?;
+        Ok((
+            Association {
+                port_id: port_id.to_owned(),
+                fixed_ip_address: ip,
+                router_id,
+            },
+            port_rev,
+        ))
+    }
+
+    /// Adds the association's claims to a transaction.
+    fn associate(txn: Txn, fip: &FloatingIp, a: &Association, port_rev: u64) -> Txn {
+        let claim = keys::fip_association(&fip.floating_network_id, &a.port_id, a.fixed_ip_address);
+        txn.when(Compare::mod_revision(keys::port(&a.port_id), port_rev))
+            .when(Compare::absent(&claim))
+            .then(Op::put(claim, fip.meta.id.clone()))
+            .then(Op::put(keys::port_fip(&a.port_id, &fip.meta.id), ""))
+            .then(Op::put(keys::router_fip(&a.router_id, &fip.meta.id), ""))
+    }
+
+    /// After a failed commit: 409 when the fixed address already has a floating IP on this
+    /// network, else `None` (retry).
+    async fn explain_association(
+        &self,
+        fip: &FloatingIp,
+        a: &Association,
+    ) -> Result<Option<Error>> {
+        let claim = keys::fip_association(&fip.floating_network_id, &a.port_id, a.fixed_ip_address);
+        Ok(match self.store.get(&claim).await.map_err(super::store_error)? {
+            Some(kv) if kv.value != fip.meta.id.as_bytes() => Some(Error::fault(
+                "FloatingIPPortAlreadyAssociated",
+                409,
+                format!(
+                    "Cannot associate floating IP {} ({}) with port {} using fixed IP {}, as that fixed IP already has a floating IP on external network {}.",
+                    fip.floating_ip_address, fip.meta.id, a.port_id, a.fixed_ip_address, fip.floating_network_id
+                ),
+            )),
+            _ => None,
+        })
+    }
+
+    pub(crate) async fn create_floating_ip(&self, caller: &Caller, body: Value) -> Result<Object> {
+        let req = FloatingIpRequest::parse(body, Method::Create, caller)?;
+        let network_id = req.floating_network_id.clone().unwrap_or_default();
+        let (network, _) = self.visible_network(caller, &network_id).await?;
+        if !network.external {
+            return Err(bad_fip(format!(
+                "Network {network_id} is not a valid external network"
+            )));
+        }
+        let id = new_id();
+        let project = req
+            .project_id
+            .clone()
+            .unwrap_or_else(|| caller.project_id.clone());
+        let mut fixed = json!({});
+        if let Some(s) = &req.subnet_id {
+            fixed["subnet_id"] = json!(s);
+        }
+        if let Some(ip) = req.floating_ip_address {
+            fixed["ip_address"] = json!(ip);
+        }
+        let fixed_ips = if fixed.as_object().is_some_and(|m| m.is_empty()) {
+            Value::Null
+        } else {
+            json!([fixed])
+        };
+        let port = self
+            .create_service_port(&project, &network_id, fixed_ips, OWNER_FLOATING_IP, &id, "")
+            .await?;
+        let Some(address) = port
+            .fixed_ips
+            .iter()
+            .map(|f| f.ip_address)
+            .find(|ip| IpVersion::of(*ip) == IpVersion::V4)
+        else {
+            self.delete_service_ports([port.meta.id.clone()]).await;
+            return Err(Error::IpAddressGenerationFailure(network_id));
+        };
+        let mut meta = Meta::new(id.clone(), project, &now());
+        meta.description = req.description.clone().unwrap_or_default();
+        meta.tags = req.tags.clone().unwrap_or_default();
+        let base = FloatingIp {
+            meta,
+            floating_network_id: network_id,
+            floating_ip_address: address,
+            floating_port_id: port.meta.id.clone(),
+            association: None,
+            status: "DOWN".to_owned(),
+        };
+        let result = self
+            .retry(|| async {
+                let mut fip = base.clone();
+                let mut txn = Txn::new().when(Compare::absent(keys::floating_ip(&id)));
+                let mut planned = None;
+                if let Some(Some(port_id)) = &req.port_id {
+                    let (a, port_rev) = self
+                        .plan_association(caller, &fip, port_id, req.fixed_ip_address)
+                        .await?;
+                    txn = Self::associate(txn, &fip, &a, port_rev);
+                    fip.association = Some(a.clone());
+                    planned = Some(a);
+                }
+                txn = txn.then(Op::put(keys::floating_ip(&id), encode(&fip)?));
+                if self.commit(txn).await? {
+                    return Ok(Attempt::Done(fip.render()));
+                }
+                if let Some(a) = planned {
+                    if let Some(e) = self.explain_association(&fip, &a).await? {
+                        return Err(e);
+                    }
+                }
+                Ok(Attempt::Retry)
+            })
+            .await;
+        if result.is_err() {
+            self.delete_service_ports([port.meta.id]).await;
+        }
+        result
+    }
+
+    pub(crate) async fn list_floating_ips(&self, caller: &Caller) -> Result<Vec<Listed>> {
+        Ok(self
+            .load_all::<FloatingIp>(keys::FLOATING_IPS)
+            .await?
+            .into_iter()
+            .filter(|(f, _)| caller.owns(&f.meta.project_id))
+            .map(|(obj, _)| Box::new(obj) as Listed)
+            .collect())
+    }
+
+    pub(crate) async fn update_floating_ip(
+        &self,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+        if_match: Option<u64>,
+    ) -> Result<Object> {
+        let req = FloatingIpRequest::parse(body, Method::Update, caller)?;
+        self.retry(|| async {
+            let (mut fip, rev) = self.load_owned::<FloatingIp>(caller, id).await?;
+            check_revision(&fip.meta, if_match)?;
+            let mut txn = Txn::new().when(Compare::mod_revision(keys::floating_ip(id), rev));
+            if let Some(v) = &req.description {
+                fip.meta.description = v.clone();
+            }
+            let mut planned = None;
+            if let Some(wanted) = &req.port_id {
+                let plan = match wanted {
+                    Some(port_id) => Some(
+                        self.plan_association(caller, &fip, port_id, req.fixed_ip_address)
+                            .await?,
+                    ),
+                    None => None,
+                };
+                let unchanged =
+                    matches!((&plan, &fip.association), (Some((a, _)), Some(b)) if a == b);
+                if !unchanged {
+                    for op in Self::disassociate(&mut fip) {
+                        txn = txn.then(op);
+                    }
+                    if let Some((a, port_rev)) = plan {
+                        txn = Self::associate(txn, &fip, &a, port_rev);
+                        fip.association = Some(a.clone());
+                        planned = Some(a);
+                    }
+                }
+            }
+            fip.meta.touch(&now());
+            txn = txn.then(Op::put(keys::floating_ip(id), encode(&fip)?));
+            if self.commit(txn).await? {
+                return Ok(Attempt::Done(fip.render()));
+            }
+            if let Some(a) = planned {
+                if let Some(e) = self.explain_association(&fip, &a).await? {
+                    return Err(e);
+                }
+            }
+            Ok(Attempt::Retry)
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_floating_ip(
+        &self,
+        caller: &Caller,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<()> {
+        let port_id = self
+            .retry(|| async move {
+                let (mut fip, rev) = self.load_owned::<FloatingIp>(caller, id).await?;
+                check_revision(&fip.meta, if_match)?;
+                let mut txn = Txn::new()
+                    .when(Compare::mod_revision(keys::floating_ip(id), rev))
+                    .then(Op::delete(keys::floating_ip(id)));
+                for op in Self::disassociate(&mut fip) {
+                    txn = txn.then(op);
+                }
+                Ok(if self.commit(txn).await? {
+                    Attempt::Done(fip.floating_port_id)
+                } else {
+                    Attempt::Retry
+                })
+            })
+            .await?;
+        self.delete_service_ports([port_id]).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,710 @@
+//! Router operations: gateways on external networks (with the node that hosts them),
+//! interfaces by subnet or port, extra routes.
+//!
+//! A router's ports are created through the port path (so IPAM, MAC claims and indexes stay in
+//! one place) and then recorded in the router with a compare on its revision; when that
+//! compare fails the ports just created are deleted again, so a failed or raced request leaves
+//! no port behind.
+
+use std::collections::BTreeMap;
+
+use isthmus_model::addr::IpVersion;
+use isthmus_model::input::Method;
+use isthmus_model::node::Node;
+use isthmus_model::port::FixedIp;
+use isthmus_model::router::{
+    Gateway, GatewayRequest, Interface, InterfaceRequest, RouterRequest, RouterView, OWNER_GATEWAY,
+    OWNER_INTERFACE, OWNER_SNAT,
+};
+use isthmus_model::{Caller, Error, Meta, Network, Port, Result, Router, Subnet};
+use isthmus_store::{Compare, Op, Txn};
+use serde_json::{json, Value};
+
+use super::{check_revision, encode, new_id, now, Attempt, Listed, Object, Service};
+use crate::keys;
+
+/// The caller the service acts as for the ports it owns.
+fn service_caller(project_id: &str) -> Caller {
+    Caller {
+        project_id: project_id.to_owned(),
+        is_admin: true,
+    }
+}
+
+fn bad_router(message: impl std::fmt::Display) -> Error {
+    Error::BadRequest(format!("Bad router request: {message}."))
+}
+
+/// What `add_router_interface` and `remove_router_interface` answer.
+fn interface_info(router: &Router, interface: &Interface, subnet_ids: Vec<String>) -> Object {
+    let map = json!({
+        "id": router.meta.id,
+        "tenant_id": router.meta.project_id,
+        "project_id": router.meta.project_id,
+        "port_id": interface.port_id,
+        "network_id": interface.network_id,
+        "subnet_id": subnet_ids.first(),
+        "subnet_ids": subnet_ids,
+    });
+    match map {
+        Value::Object(m) => m,
+        _ => Object::new(),
+    }
+}
+
+impl Service {
+    /// Creates a port owned by the L3 service (router interface, gateway, SNAT, floating IP).
+    pub(super) async fn create_service_port(
+        &self,
+        project_id: &str,
+        network_id: &str,
+        fixed_ips: Value,
+        owner: &str,
+        device_id: &str,
+        host: &str,
+    ) -> Result<Port> {
+        let mut body = json!({
+            "network_id": network_id,
+            "project_id": project_id,
+            "device_owner": owner,
+            "device_id": device_id,
+            "port_security_enabled": false,
+            "binding:host_id": host,
+        });
+        if !fixed_ips.is_null() {
+            body["fixed_ips"] = fixed_ips;
+        }
+        let created = self
+            .create_port(&service_caller(project_id), json!({ "port": body }))
+            .await?;
+        let id = created
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Ok(self.must_load::<Port>(id).await?.0)
+    }
+
+    /// Deletes service ports, best effort (they may already be gone).
+    pub(super) async fn delete_service_ports(&self, ids: impl IntoIterator<Item = String>) {
+        for id in ids {
+            if let Err(e) = self.delete_port_unchecked(&id).await {
+                if !matches!(e, Error::NotFound { .. }) {
+                    eprintln!("isthmus controller: could not delete service port {id}: {e}");
+                }
+            }
+        }
+    }
+
+    /// The node to host a gateway on `network`: among nodes mapping its physical network, the
+    /// one with the fewest gateways (then by name); empty when no node maps it yet.
+    async fn pick_gateway_host(&self, network: &Network) -> Result<String> {
+        let Some(physnet) = &network.physical_network else {
+            return Ok(String::new());
+        };
+        let nodes = self.load_all::<Node>(keys::NODES).await?;
+        let mut load: BTreeMap<String, usize> = nodes
+            .into_iter()
+            .filter(|(n, _)| n.physnets.contains_key(physnet))
+            .map(|(n, _)| (n.name, 0))
+            .collect();
+        for (port, _) in self.load_all::<Port>(keys::PORTS).await? {
+            if port.device_owner == OWNER_GATEWAY {
+                if let Some(count) = load.get_mut(&port.binding.host_id) {
+                    *count += 1;
+                }
+            }
+        }
+        Ok(load
+            .into_iter()
+            .min_by_key(|(name, count)| (*count, name.clone()))
+            .map(|(name, _)| name)
+            .unwrap_or_default())
+    }
+
+    /// An external network a router may use as gateway.
+    async fn external_network(&self, caller: &Caller, id: &str) -> Result<Network> {
+        let (network, _) = self.visible_network(caller, id).await?;
+        if !network.external {
+            return Err(bad_router(format!(
+                "Network {id} is not an external network"
+            )));
+        }
+        Ok(network)
+    }
+
+    /// The SNAT port of one interface on the gateway node: an address on each of its subnets.
+    async fn create_snat_port(
+        &self,
+        router: &Router,
+        interface: &Interface,
+        host: &str,
+    ) -> Result<Port> {
+        let fixed_ips: Vec<Value> = interface
+            .fixed_ips
+            .iter()
+            .filter(|f| IpVersion::of(f.ip_address) == IpVersion::V4)
+            .map(|f| json!({"subnet_id": f.subnet_id}))
+            .collect();
+        self.create_service_port(
+            &router.meta.project_id,
+            &interface.network_id,
+            json!(fixed_ips),
+            OWNER_SNAT,
+            &router.meta.id,
+            host,
+        )
+        .await
+    }
+
+    /// Sets, changes or clears a router's gateway.
+    async fn set_gateway(
+        &self,
+        caller: &Caller,
+        id: &str,
+        wanted: Option<GatewayRequest>,
+    ) -> Result<()> {
+        let network = match &wanted {
+            Some(g) => Some(self.external_network(caller, &g.network_id).await?),
+            None => None,
+        };
+        self.retry(|| {
+            let wanted = wanted.clone();
+            let network = network.clone();
+            async move {
+                let (mut router, rev) = self.load_owned::<Router>(caller, id).await?;
+                let old = router.gateway.clone();
+                // Same network, same addresses: only SNAT mode changes.
+                if let (Some(have), Some(want)) = (&mut router.gateway, &wanted) {
+                    if have.network_id == want.network_id && want.external_fixed_ips.is_none() {
+                        have.enable_snat = want.enable_snat.unwrap_or(have.enable_snat);
+                        if Some(&*have) == old.as_ref() {
+                            return Ok(Attempt::Done(()));
+                        }
+                        router.meta.touch(&now());
+                        let txn = Txn::new()
+                            .when(Compare::mod_revision(keys::router(id), rev))
+                            .then(Op::put(keys::router(id), encode(&router)?));
+                        return Ok(if self.commit(txn).await? {
+                            Attempt::Done(())
+                        } else {
+                            Attempt::Retry
+                        });
+                    }
+                }
+                if old.is_some() && !self.index(&keys::router_fips_prefix(id)).await?.is_empty() {
+                    return Err(Error::fault(
+                        "RouterExternalGatewayInUseByFloatingIp",
+                        409,
+                        format!(
+                            "Gateway cannot be updated for router {id}, since a gateway to external network {} is required by one or more floating IPs.",
+                            old.as_ref().map(|g| g.network_id.as_str()).unwrap_or_default()
+                        ),
+                    ));
+                }
+                let mut created = Vec::new();
+                let mut doomed = Vec::new();
+                if let Some(g) = &old {
+                    doomed.push(g.port_id.clone());
+                }
+                for interface in &mut router.interfaces {
+                    doomed.extend(interface.snat_port_id.take());
+                }
+                router.gateway = None;
+                if let (Some(want), Some(network)) = (&wanted, &network) {
+                    let host = self.pick_gateway_host(network).await?;
+                    let fixed_ips = want.external_fixed_ips.as_ref().map(|ips| {
+                        json!(ips
+                            .iter()
+                            .map(|f| {
+                                let mut entry = json!({});
+                                if let Some(s) = &f.subnet_id {
+                                    entry["subnet_id"] = json!(s);
+                                }
+                                if let Some(ip) = f.ip_address {
+                                    entry["ip_address"] = json!(ip);
+                                }
+                                entry
+                            })
+                            .collect::<Vec<_>>())
+                    });
+                    let port = self
+                        .create_service_port(
+                            &router.meta.project_id,
+                            &network.meta.id,
+                            fixed_ips.unwrap_or(Value::Null),
+                            OWNER_GATEWAY,
+                            id,
+                            &host,
+                        )
+                        .await?;
+                    created.push(port.meta.id.clone());
+                    router.gateway = Some(Gateway {
+                        network_id: network.meta.id.clone(),
+                        enable_snat: want.enable_snat.unwrap_or(true),
+                        port_id: port.meta.id.clone(),
+                        external_fixed_ips: port.fixed_ips.clone(),
+                    });
+                    let snapshot = router.clone();
+                    for interface in &mut router.interfaces {
+                        match self.create_snat_port(&snapshot, interface, &host).await {
+                            Ok(p) => {
+                                created.push(p.meta.id.clone());
+                                interface.snat_port_id = Some(p.meta.id);
+                            }
+                            Err(e) => {
+                                self.delete_service_ports(created).await;
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                router.meta.touch(&now());
+                let txn = Txn::new()
+                    .when(Compare::mod_revision(keys::router(id), rev))
+                    .then(Op::put(keys::router(id), encode(&router)?));
+                if self.commit(txn).await? {
+                    self.delete_service_ports(doomed).await;
+                    Ok(Attempt::Done(()))
+                } else {
+                    self.delete_service_ports(created).await;
+                    Ok(Attempt::Retry)
+                }
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn create_router(&self, caller: &Caller, body: Value) -> Result<Object> {
+        let req = RouterRequest::parse(body, Method::Create, caller)?;
+        if let Some(Some(g)) = &req.gateway {
+            self.external_network(caller, &g.network_id).await?;
+        }
+        let id = new_id();
+        let mut meta = Meta::new(
+            id.clone(),
+            req.project_id
+                .clone()
+                .unwrap_or_else(|| caller.project_id.clone()),
+            &now(),
+        );
+        meta.name = req.name.clone().unwrap_or_default();
+        meta.description = req.description.clone().unwrap_or_default();
+        meta.tags = req.tags.clone().unwrap_or_default();
+        let router = Router {
+            meta,
+            admin_state_up: req.admin_state_up.unwrap_or(true),
+            gateway: None,
+            routes: Vec::new(),
+            interfaces: Vec::new(),
+            availability_zone_hints: req.availability_zone_hints.clone().unwrap_or_default(),
+        };
+        let txn = Txn::new()
+            .when(Compare::absent(keys::router(&id)))
+            .then(Op::put(keys::router(&id), encode(&router)?));
+        if !self.commit(txn).await? {
+            return Err(Error::Internal(format!("router id {id} collided")));
+        }
+        if let Some(Some(gateway)) = req.gateway {
+            if let Err(e) = self.set_gateway(caller, &id, Some(gateway)).await {
+                let _ = self.delete_router(caller, &id, None).await;
+                return Err(e);
+            }
+        }
+        Ok(self
+            .load_owned::<Router>(caller, &id)
+            .await?
+            .0
+            .render(caller))
+    }
+
+    pub(crate) async fn list_routers(&self, caller: &Caller) -> Result<Vec<Listed>> {
+        Ok(self
+            .load_all::<Router>(keys::ROUTERS)
+            .await?
+            .into_iter()
+            .filter(|(r, _)| caller.owns(&r.meta.project_id))
+            .map(|(obj, _)| {
+                Box::new(RouterView {
+                    obj,
+                    admin: caller.is_admin,
+                }) as Listed
+            })
+            .collect())
+    }
+
+    pub(crate) async fn update_router(
+        &self,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+        if_match: Option<u64>,
+    ) -> Result<Object> {
+        let req = RouterRequest::parse(body, Method::Update, caller)?;
+        let (router, _) = self.load_owned::<Router>(caller, id).await?;
+        check_revision(&router.meta, if_match)?;
+        if let Some(gateway) = req.gateway.clone() {
+            self.set_gateway(caller, id, gateway).await?;
+        }
+        self.retry(|| async {
+            let (mut router, rev) = self.load_owned::<Router>(caller, id).await?;
+            if let Some(v) = &req.name {
+                router.meta.name = v.clone();
+            }
+            if let Some(v) = &req.description {
+                router.meta.description = v.clone();
+            }
+            if let Some(v) = req.admin_state_up {
+                router.admin_state_up = v;
+            }
+            if let Some(routes) = &req.routes {
+                router.check_routes(routes)?;
+                router.routes = routes.clone();
+            }
+            router.meta.touch(&now());
+            let txn = Txn::new()
+                .when(Compare::mod_revision(keys::router(id), rev))
+                .then(Op::put(keys::router(id), encode(&router)?));
+            Ok(if self.commit(txn).await? {
+                Attempt::Done(router.render(caller))
+            } else {
+                Attempt::Retry
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_router(
+        &self,
+        caller: &Caller,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<()> {
+        self.retry(|| async move {
+            let (router, rev) = self.load_owned::<Router>(caller, id).await?;
+            check_revision(&router.meta, if_match)?;
+            if !router.interfaces.is_empty() {
+                return Err(Error::fault(
+                    "RouterInUse",
+                    409,
+                    format!("Router {id} still has ports"),
+                ));
+            }
+            let txn = Txn::new()
+                .when(Compare::mod_revision(keys::router(id), rev))
+                .when(Compare::prefix_empty(keys::router_fips_prefix(id)))
+                .then(Op::delete(keys::router(id)));
+            if !self.commit(txn).await? {
+                return Ok(Attempt::Retry);
+            }
+            self.delete_service_ports(router.gateway.map(|g| g.port_id))
+                .await;
+            Ok(Attempt::Done(()))
+        })
+        .await
+    }
+
+    /// Checks that `subnet` may join `router`: not already on it, no overlap, not external.
+    fn check_new_subnet(router: &Router, subnet: &Subnet, network: &Network) -> Result<()> {
+        if network.external {
+            return Err(bad_router(format!(
+                "Subnet {} is on external network {}; set it as the router's gateway instead",
+                subnet.meta.id, network.meta.id
+            )));
+        }
+        if router.interface_on(&subnet.meta.id).is_some() {
+            return Err(bad_router(format!(
+                "Router already has a port on subnet {}",
+                subnet.meta.id
+            )));
+        }
+        for interface in &router.interfaces {
+            for (fixed, cidr) in interface.fixed_ips.iter().zip(&interface.cidrs) {
+                if cidr.overlaps(&subnet.cidr) {
+                    return Err(bad_router(format!(
+                        "Cidr {} of subnet {} overlaps with cidr {cidr} of subnet {}",
+                        subnet.cidr, subnet.meta.id, fixed.subnet_id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `PUT /v2.0/routers/{id}/add_router_interface`.
+    pub async fn add_router_interface(
+        &self,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+    ) -> Result<Object> {
+        let request = InterfaceRequest::parse(body)?;
+        self.retry(|| {
+            let request = request.clone();
+            async move {
+                let (mut router, rev) = self.load_owned::<Router>(caller, id).await?;
+                // The port: a new one on the subnet's gateway address, or the caller's.
+                let (port, adopted) = match &request {
+                    InterfaceRequest::Subnet(subnet_id) => {
+                        let (subnet, _) = self.visible_subnet(caller, subnet_id).await?;
+                        let (network, _) = self.must_load::<Network>(&subnet.network_id).await?;
+                        Self::check_new_subnet(&router, &subnet, &network)?;
+                        let Some(gateway_ip) = subnet.gateway_ip else {
+                            return Err(bad_router(
+                                "Subnet for router interface must have a gateway IP",
+                            ));
+                        };
+                        let port = self
+                            .create_service_port(
+                                &router.meta.project_id,
+                                &network.meta.id,
+                                json!([{"subnet_id": subnet_id, "ip_address": gateway_ip}]),
+                                OWNER_INTERFACE,
+                                id,
+                                "",
+                            )
+                            .await
+                            .map_err(|e| match e {
+                                Error::IpAddressAlreadyAllocated { .. } => Error::fault(
+                                    "IpAddressInUse",
+                                    409,
+                                    format!(
+                                        "Unable to complete operation for network {}. The IP address {gateway_ip} is in use.",
+                                        network.meta.id
+                                    ),
+                                ),
+                                other => other,
+                            })?;
+                        (port, false)
+                    }
+                    InterfaceRequest::Port(port_id) => {
+                        let (port, _) = self.load_owned::<Port>(caller, port_id).await?;
+                        if !port.device_id.is_empty() || !port.device_owner.is_empty() {
+                            return Err(Error::fault(
+                                "PortInUse",
+                                409,
+                                format!(
+                                    "Unable to complete operation on port {port_id} for network {}. Port already has an attached device {}.",
+                                    port.network_id, port.device_id
+                                ),
+                            ));
+                        }
+                        if port.fixed_ips.is_empty() {
+                            return Err(bad_router("Router port must have at least one fixed IP"));
+                        }
+                        let (network, _) = self.must_load::<Network>(&port.network_id).await?;
+                        for fixed in &port.fixed_ips {
+                            let (subnet, _) = self.must_load::<Subnet>(&fixed.subnet_id).await?;
+                            Self::check_new_subnet(&router, &subnet, &network)?;
+                        }
+                        let admin = service_caller(&port.meta.project_id);
+                        let body = json!({"port": {
+                            "device_owner": OWNER_INTERFACE, "device_id": id,
+                            "security_groups": [], "allowed_address_pairs": [],
+                            "port_security_enabled": false, "binding:host_id": "",
+                        }});
+                        self.update_port(&admin, port_id, body, None).await?;
+                        (self.must_load::<Port>(port_id).await?.0, true)
+                    }
+                };
+                let mut cidrs = Vec::new();
+                for fixed in &port.fixed_ips {
+                    cidrs.push(self.must_load::<Subnet>(&fixed.subnet_id).await?.0.cidr);
+                }
+                let mut interface = Interface {
+                    port_id: port.meta.id.clone(),
+                    network_id: port.network_id.clone(),
+                    fixed_ips: port.fixed_ips.clone(),
+                    cidrs,
+                    snat_port_id: None,
+                };
+                let mut created = if adopted { vec![] } else { vec![port.meta.id.clone()] };
+                if router.gateway.is_some() {
+                    let host = self.gateway_host(&router).await?;
+                    match self.create_snat_port(&router, &interface, &host).await {
+                        Ok(p) => {
+                            created.push(p.meta.id.clone());
+                            interface.snat_port_id = Some(p.meta.id);
+                        }
+                        Err(e) => {
+                            self.undo_interface(&port, adopted, created).await;
+                            return Err(e);
+                        }
+                    }
+                }
+                router.interfaces.push(interface.clone());
+                router.meta.touch(&now());
+                let txn = Txn::new()
+                    .when(Compare::mod_revision(keys::router(id), rev))
+                    .then(Op::put(keys::router(id), encode(&router)?));
+                if self.commit(txn).await? {
+                    let subnets = interface.fixed_ips.iter().map(|f| f.subnet_id.clone()).collect();
+                    return Ok(Attempt::Done(interface_info(&router, &interface, subnets)));
+                }
+                self.undo_interface(&port, adopted, created).await;
+                Ok(Attempt::Retry)
+            }
+        })
+        .await
+    }
+
+    /// Rolls back a half-added interface: deletes ports it created, gives an adopted port back.
+    async fn undo_interface(&self, port: &Port, adopted: bool, created: Vec<String>) {
+        self.delete_service_ports(created).await;
+        if adopted {
+            let body = json!({"port": {"device_owner": "", "device_id": ""}});
+            let admin = service_caller(&port.meta.project_id);
+            if let Err(e) = self.update_port(&admin, &port.meta.id, body, None).await {
+                eprintln!(
+                    "isthmus controller: could not release port {}: {e}",
+                    port.meta.id
+                );
+            }
+        }
+    }
+
+    /// The node hosting a router's gateway port (empty when none).
+    async fn gateway_host(&self, router: &Router) -> Result<String> {
+        let Some(g) = &router.gateway else {
+            return Ok(String::new());
+        };
+        Ok(self
+            .load::<Port>(&g.port_id)
+            .await?
+            .map(|(p, _)| p.binding.host_id)
+            .unwrap_or_default())
+    }
+
+    /// `PUT /v2.0/routers/{id}/remove_router_interface`.
+    pub async fn remove_router_interface(
+        &self,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+    ) -> Result<Object> {
+        let request = InterfaceRequest::parse(body)?;
+        self.retry(|| {
+            let request = request.clone();
+            async move {
+                let (mut router, rev) = self.load_owned::<Router>(caller, id).await?;
+                let position = match &request {
+                    InterfaceRequest::Subnet(s) => router
+                        .interfaces
+                        .iter()
+                        .position(|i| i.fixed_ips.iter().any(|f| &f.subnet_id == s))
+                        .ok_or_else(|| {
+                            Error::fault(
+                                "RouterInterfaceNotFoundForSubnet",
+                                404,
+                                format!("Router {id} has no interface on subnet {s}"),
+                            )
+                        })?,
+                    InterfaceRequest::Port(p) => router
+                        .interfaces
+                        .iter()
+                        .position(|i| &i.port_id == p)
+                        .ok_or_else(|| {
+                            Error::fault(
+                                "RouterInterfaceNotFound",
+                                404,
+                                format!("Router {id} does not have an interface with id {p}"),
+                            )
+                        })?,
+                };
+                let interface = router.interfaces[position].clone();
+                // Only the named subnet goes when the interface has others.
+                let (gone, kept): (Vec<(FixedIp, _)>, Vec<(FixedIp, _)>) = interface
+                    .fixed_ips
+                    .iter()
+                    .cloned()
+                    .zip(interface.cidrs.iter().copied())
+                    .partition(|(f, _)| match &request {
+                        InterfaceRequest::Subnet(s) => &f.subnet_id == s,
+                        InterfaceRequest::Port(_) => true,
+                    });
+                for fip_id in self.index(&keys::router_fips_prefix(id)).await? {
+                    let Some((fip, _)) = self.load::<isthmus_model::FloatingIp>(&fip_id).await? else {
+                        continue;
+                    };
+                    let used = fip.association.as_ref().is_some_and(|a| {
+                        gone.iter().any(|(_, cidr)| cidr.contains(a.fixed_ip_address))
+                    });
+                    if used {
+                        return Err(Error::fault(
+                            "RouterInterfaceInUseByFloatingIP",
+                            409,
+                            format!(
+                                "Router interface for subnet {} on router {id} cannot be deleted, as it is required by one or more floating IPs.",
+                                gone[0].0.subnet_id
+                            ),
+                        ));
+                    }
+                }
+                let subnet_ids: Vec<String> = gone.iter().map(|(f, _)| f.subnet_id.clone()).collect();
+                let mut doomed = Vec::new();
+                if kept.is_empty() {
+                    router.interfaces.remove(position);
+                    doomed.push(interface.port_id.clone());
+                    doomed.extend(interface.snat_port_id.clone());
+                } else {
+                    let remaining: Vec<Value> = kept
+                        .iter()
+                        .map(|(f, _)| json!({"subnet_id": f.subnet_id, "ip_address": f.ip_address}))
+                        .collect();
+                    let admin = service_caller(&router.meta.project_id);
+                    self.update_port(&admin, &interface.port_id, json!({"port": {"fixed_ips": remaining}}), None)
+                        .await?;
+                    let entry = &mut router.interfaces[position];
+                    entry.fixed_ips = kept.iter().map(|(f, _)| f.clone()).collect();
+                    entry.cidrs = kept.iter().map(|(_, c)| *c).collect();
+                }
+                router.meta.touch(&now());
+                let txn = Txn::new()
+                    .when(Compare::mod_revision(keys::router(id), rev))
+                    .then(Op::put(keys::router(id), encode(&router)?));
+                if !self.commit(txn).await? {
+                    return Ok(Attempt::Retry);
+                }
+                self.delete_service_ports(doomed).await;
+                Ok(Attempt::Done(interface_info(&router, &interface, subnet_ids)))
+            }
+        })
+        .await
+    }
+
+    /// The router that NATs a floating IP of `external_network_id` for `ip` of `port`: one
+    /// with a gateway on that network and an interface on the address's subnet.
+    pub(super) async fn router_for_floating_ip(
+        &self,
+        external_network_id: &str,
+        port: &Port,
+        ip: std::net::IpAddr,
+    ) -> Result<String> {
+        let subnet_id = port
+            .fixed_ips
+            .iter()
+            .find(|f| f.ip_address == ip)
+            .map(|f| f.subnet_id.clone())
+            .unwrap_or_default();
+        let routers = self.load_all::<Router>(keys::ROUTERS).await?;
+        routers
+            .into_iter()
+            .map(|(r, _)| r)
+            .find(|r| {
+                r.gateway
+                    .as_ref()
+                    .is_some_and(|g| g.network_id == external_network_id)
+                    && r.interface_on(&subnet_id).is_some()
+            })
+            .map(|r| r.meta.id)
+            .ok_or_else(|| {
+                Error::fault(
+                    "ExternalGatewayForFloatingIPNotFound",
+                    404,
+                    format!(
+                        "External network {external_network_id} is not reachable from subnet {subnet_id}.  Therefore, cannot associate Port {} with a Floating IP.",
+                        port.meta.id
+                    ),
+                )
+            })
+    }
+}

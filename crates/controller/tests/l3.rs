@@ -1,0 +1,442 @@
+//! Routers and floating IPs through the API, on the memory store: Neutron's wire format,
+//! checks and errors, and nothing left behind.
+
+mod common;
+
+use common::{fault, Api, As};
+use serde_json::{json, Value};
+
+const ALICE: As = As::Member("alice");
+
+async fn put(api: &Api, who: As<'_>, path: &str, body: Value) -> (u16, Value) {
+    api.call(who, "PUT", path, Some(body)).await
+}
+
+/// An external flat network on physnet `public` with a /24, and a node mapping it.
+async fn external(api: &Api) -> (String, String) {
+    let (s, _) = api
+        .call(
+            As::Anonymous,
+            "POST",
+            "/isthmus/v1/nodes",
+            Some(json!({"node": {"name": "gw1", "tunnel_ip": "192.0.2.1", "physnets": {"public": "eth1"}}})),
+        )
+        .await;
+    assert!(s == 200 || s == 201);
+    let net = api
+        .create(
+            As::Anonymous,
+            "networks",
+            "network",
+            json!({"name": "public", "router:external": true,
+                   "provider:network_type": "flat", "provider:physical_network": "public"}),
+        )
+        .await;
+    let id = net["id"].as_str().unwrap().to_owned();
+    let sub = api
+        .create(
+            As::Anonymous,
+            "subnets",
+            "subnet",
+            json!({"network_id": id, "ip_version": 4, "cidr": "172.24.4.0/24"}),
+        )
+        .await;
+    (id, sub["id"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn routers_interfaces_gateways_and_floating_ips() {
+    let api = Api::memory();
+    let (ext, ext_sub) = external(&api).await;
+    let (net_a, sub_a) = api.network_with_subnet(ALICE, "10.1.0.0/24").await;
+    let (_net_b, sub_b) = api.network_with_subnet(ALICE, "10.2.0.0/24").await;
+    let (_, overlapping) = api.network_with_subnet(ALICE, "10.1.0.0/16").await;
+
+    let router = api
+        .create(ALICE, "routers", "router", json!({"name": "r1"}))
+        .await;
+    assert_eq!(router["external_gateway_info"], Value::Null);
+    assert_eq!(router["status"], "ACTIVE");
+    assert!(router.get("distributed").is_none(), "admin-only");
+    let rid = router["id"].as_str().unwrap().to_owned();
+    let add = format!("/v2.0/routers/{rid}/add_router_interface");
+    let remove = format!("/v2.0/routers/{rid}/remove_router_interface");
+
+    // Interfaces by subnet take the gateway address.
+    let (s, info) = put(&api, ALICE, &add, json!({"subnet_id": sub_a})).await;
+    assert_eq!(s, 200, "{info}");
+    assert_eq!(info["subnet_id"], sub_a.as_str());
+    let (_, port) = api
+        .call(
+            ALICE,
+            "GET",
+            &format!("/v2.0/ports/{}", info["port_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(port["port"]["fixed_ips"][0]["ip_address"], "10.1.0.1");
+    assert_eq!(
+        port["port"]["device_owner"],
+        "network:router_interface_distributed"
+    );
+    assert_eq!(port["port"]["device_id"], rid.as_str());
+    let (s, v) = put(&api, ALICE, &add, json!({"subnet_id": sub_a})).await;
+    assert_eq!((s, fault(&v)), (400, "HTTPBadRequest"), "{v}");
+    let (s, v) = put(&api, ALICE, &add, json!({"subnet_id": overlapping})).await;
+    assert_eq!(s, 400);
+    assert!(v["NeutronError"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("overlaps"));
+    let (s, v) = put(&api, ALICE, &add, json!({})).await;
+    assert_eq!((s, fault(&v)), (400, "HTTPBadRequest"));
+    let (s, _) = put(&api, ALICE, &add, json!({"subnet_id": sub_b})).await;
+    assert_eq!(s, 200);
+
+    // Router ports cannot be deleted through the port API; the network is in use.
+    let (s, v) = api
+        .call(
+            ALICE,
+            "DELETE",
+            &format!("/v2.0/ports/{}", info["port_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "ServicePortInUse"));
+    let (s, v) = api
+        .call(ALICE, "DELETE", &format!("/v2.0/networks/{net_a}"), None)
+        .await;
+    assert_eq!((s, fault(&v)), (409, "NetworkInUse"));
+
+    // A VM port, and a floating IP that cannot be associated before the gateway exists.
+    let vm = api
+        .create(
+            ALICE,
+            "ports",
+            "port",
+            json!({"network_id": net_a, "name": "vm"}),
+        )
+        .await;
+    let vm_id = vm["id"].as_str().unwrap();
+    let (s, v) = api
+        .call(
+            ALICE,
+            "POST",
+            "/v2.0/floatingips",
+            Some(json!({"floatingip": {"floating_network_id": ext, "port_id": vm_id}})),
+        )
+        .await;
+    assert_eq!(
+        (s, fault(&v)),
+        (404, "ExternalGatewayForFloatingIPNotFound"),
+        "{v}"
+    );
+    let (s, v) = api
+        .call(
+            ALICE,
+            "POST",
+            "/v2.0/floatingips",
+            Some(json!({"floatingip": {"floating_network_id": net_a}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
+    // Gateway: a port on the external network bound to the node mapping its physnet, and one
+    // SNAT port per interface there.
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {"network_id": net_a}}}),
+    )
+    .await;
+    assert_eq!((s, fault(&v)), (400, "HTTPBadRequest"), "not external: {v}");
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let gw = &v["router"]["external_gateway_info"];
+    assert_eq!(gw["enable_snat"], true);
+    assert_eq!(gw["external_fixed_ips"][0]["subnet_id"], ext_sub.as_str());
+    let (_, ports) = api
+        .call(
+            As::Anonymous,
+            "GET",
+            &format!("/v2.0/ports?device_id={rid}"),
+            None,
+        )
+        .await;
+    let owners: Vec<(&str, &str)> = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["device_owner"].as_str().unwrap(),
+                p["binding:host_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(owners.len(), 5, "{owners:?}");
+    assert!(owners.contains(&("network:router_gateway", "gw1")));
+    assert_eq!(
+        owners
+            .iter()
+            .filter(|o| **o == ("network:router_centralized_snat", "gw1"))
+            .count(),
+        2
+    );
+
+    // Floating IPs: create, associate, one per fixed address, disassociate.
+    let fip = api
+        .create(
+            ALICE,
+            "floatingips",
+            "floatingip",
+            json!({"floating_network_id": ext, "port_id": vm_id}),
+        )
+        .await;
+    assert_eq!(fip["router_id"], rid.as_str());
+    assert_eq!(fip["fixed_ip_address"], vm["fixed_ips"][0]["ip_address"]);
+    assert!(fip["floating_ip_address"]
+        .as_str()
+        .unwrap()
+        .starts_with("172.24.4."));
+    let fip_id = fip["id"].as_str().unwrap().to_owned();
+    let (s, v) = api
+        .call(
+            ALICE,
+            "POST",
+            "/v2.0/floatingips",
+            Some(json!({"floatingip": {"floating_network_id": ext, "port_id": vm_id}})),
+        )
+        .await;
+    assert_eq!(
+        (s, fault(&v)),
+        (409, "FloatingIPPortAlreadyAssociated"),
+        "{v}"
+    );
+    let (s, v) = put(&api, ALICE, &remove, json!({"subnet_id": sub_a})).await;
+    assert_eq!(
+        (s, fault(&v)),
+        (409, "RouterInterfaceInUseByFloatingIP"),
+        "{v}"
+    );
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": null}}),
+    )
+    .await;
+    assert_eq!(
+        (s, fault(&v)),
+        (409, "RouterExternalGatewayInUseByFloatingIp"),
+        "{v}"
+    );
+    let (s, v) = api
+        .call(
+            As::Member("mallory"),
+            "GET",
+            &format!("/v2.0/floatingips/{fip_id}"),
+            None,
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (404, "FloatingIPNotFound"));
+
+    // Deleting the port disassociates its floating IP.
+    let (s, _) = api
+        .call(ALICE, "DELETE", &format!("/v2.0/ports/{vm_id}"), None)
+        .await;
+    assert_eq!(s, 204);
+    let (_, v) = api
+        .call(ALICE, "GET", &format!("/v2.0/floatingips/{fip_id}"), None)
+        .await;
+    assert_eq!(v["floatingip"]["port_id"], Value::Null);
+    assert_eq!(v["floatingip"]["router_id"], Value::Null);
+
+    // Extra routes need a connected next hop.
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"routes": [{"destination": "10.9.0.0/16", "nexthop": "192.168.0.1"}]}}),
+    )
+    .await;
+    assert_eq!((s, fault(&v)), (400, "InvalidInput"), "{v}");
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"routes": [{"destination": "10.9.0.0/16", "nexthop": "10.1.0.9"}]}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["router"]["routes"][0]["nexthop"], "10.1.0.9");
+
+    // Tear down: in use until the interfaces go; then nothing is left.
+    let (s, v) = api
+        .call(ALICE, "DELETE", &format!("/v2.0/routers/{rid}"), None)
+        .await;
+    assert_eq!((s, fault(&v)), (409, "RouterInUse"));
+    let (s, v) = put(&api, ALICE, &remove, json!({"port_id": vm_id})).await;
+    assert_eq!((s, fault(&v)), (404, "RouterInterfaceNotFound"));
+    assert_eq!(
+        put(&api, ALICE, &remove, json!({"subnet_id": sub_a}))
+            .await
+            .0,
+        200
+    );
+    let (s, v) = put(&api, ALICE, &remove, json!({"subnet_id": sub_a})).await;
+    assert_eq!((s, fault(&v)), (404, "RouterInterfaceNotFoundForSubnet"));
+    assert_eq!(
+        put(&api, ALICE, &remove, json!({"subnet_id": sub_b}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        api.call(
+            ALICE,
+            "DELETE",
+            &format!("/v2.0/floatingips/{fip_id}"),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        api.call(ALICE, "DELETE", &format!("/v2.0/routers/{rid}"), None)
+            .await
+            .0,
+        204
+    );
+    let (_, ports) = api.call(As::Anonymous, "GET", "/v2.0/ports", None).await;
+    assert!(ports["ports"].as_array().unwrap().is_empty(), "{ports}");
+    assert!(api.keys("/isthmus/index/port-fips/").await.is_empty());
+    assert!(api.keys("/isthmus/index/router-fips/").await.is_empty());
+    assert!(api.keys("/isthmus/fip-association/").await.is_empty());
+    assert_eq!(
+        api.keys(&format!("/isthmus/ipam/{ext_sub}/")).await.len(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn interfaces_by_port_and_floating_ips_without_a_port() {
+    let api = Api::memory();
+    let (ext, _) = external(&api).await;
+    let (net, _) = api.network_with_subnet(ALICE, "10.3.0.0/24").await;
+    let router = api
+        .create(ALICE, "routers", "router", json!({"name": "r", "external_gateway_info": {"network_id": ext, "enable_snat": false}}))
+        .await;
+    assert_eq!(router["external_gateway_info"]["enable_snat"], false);
+    let rid = router["id"].as_str().unwrap();
+    let port = api
+        .create(
+            ALICE,
+            "ports",
+            "port",
+            json!({"network_id": net, "fixed_ips": [{"ip_address": "10.3.0.254"}]}),
+        )
+        .await;
+    let pid = port["id"].as_str().unwrap();
+    let (s, info) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        json!({"port_id": pid}),
+    )
+    .await;
+    assert_eq!(s, 200, "{info}");
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        json!({"port_id": pid}),
+    )
+    .await;
+    assert_eq!((s, fault(&v)), (409, "PortInUse"), "{v}");
+    // A VIP port: unbound, only an address.
+    let vip = api
+        .create(
+            ALICE,
+            "ports",
+            "port",
+            json!({"network_id": net, "name": "vip"}),
+        )
+        .await;
+    let fip = api
+        .create(
+            ALICE,
+            "floatingips",
+            "floatingip",
+            json!({"floating_network_id": ext, "floating_ip_address": "172.24.4.100"}),
+        )
+        .await;
+    assert_eq!(fip["port_id"], Value::Null);
+    assert_eq!(fip["status"], "DOWN");
+    let (s, v) = api
+        .call(ALICE, "POST", "/v2.0/floatingips", Some(json!({"floatingip": {"floating_network_id": ext, "floating_ip_address": "172.24.4.100"}})))
+        .await;
+    assert_eq!((s, fault(&v)), (409, "IpAddressAlreadyAllocated"), "{v}");
+    let fid = fip["id"].as_str().unwrap();
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/floatingips/{fid}"),
+        json!({"floatingip": {"port_id": vip["id"]}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["floatingip"]["router_id"], rid);
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/floatingips/{fid}"),
+        json!({"floatingip": {"port_id": null}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["floatingip"]["fixed_ip_address"], Value::Null);
+    // Removing by port deletes the port, as Neutron does.
+    assert_eq!(
+        put(
+            &api,
+            ALICE,
+            &format!("/v2.0/routers/{rid}/remove_router_interface"),
+            json!({"port_id": pid})
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, _) = api
+        .call(ALICE, "GET", &format!("/v2.0/ports/{pid}"), None)
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        api.call(ALICE, "DELETE", &format!("/v2.0/routers/{rid}"), None)
+            .await
+            .0,
+        204
+    );
+    let (_, ports) = api
+        .call(
+            As::Anonymous,
+            "GET",
+            &format!("/v2.0/ports?network_id={ext}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        ports["ports"].as_array().unwrap().len(),
+        1,
+        "only the floating IP's port: {ports}"
+    );
+}

@@ -1,0 +1,230 @@
+//! Floating IPs: an address of an external network, 1:1 NAT'd to a fixed address of a port
+//! behind a router with a gateway on that network.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::input::{as_ip, as_uuid, show, Input, Method};
+use crate::meta::{owner_project, Caller, Meta};
+use crate::wire::{to_map, Wire};
+
+/// Attributes a floating IP has.
+pub const ATTRIBUTES: &[&str] = &[
+    "id",
+    "description",
+    "project_id",
+    "tenant_id",
+    "floating_ip_address",
+    "floating_network_id",
+    "router_id",
+    "port_id",
+    "fixed_ip_address",
+    "status",
+    "tags",
+    "revision_number",
+    "created_at",
+    "updated_at",
+];
+const CREATE: &[&str] = &[
+    "description",
+    "project_id",
+    "tenant_id",
+    "floating_ip_address",
+    "floating_network_id",
+    "subnet_id",
+    "port_id",
+    "fixed_ip_address",
+    "tags",
+];
+const UPDATE: &[&str] = &["description", "port_id", "fixed_ip_address"];
+
+/// What a floating IP is associated with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Association {
+    /// The internal port.
+    pub port_id: String,
+    /// Its address the floating IP maps to.
+    pub fixed_ip_address: IpAddr,
+    /// The router that NATs it.
+    pub router_id: String,
+}
+
+/// A stored floating IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloatingIp {
+    /// Standard attributes.
+    pub meta: Meta,
+    /// External network.
+    pub floating_network_id: String,
+    /// The address.
+    pub floating_ip_address: IpAddr,
+    /// The port on the external network holding the address.
+    pub floating_port_id: String,
+    /// The association, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub association: Option<Association>,
+    /// `DOWN` until the agent doing its NAT reports it `ACTIVE`.
+    pub status: String,
+}
+
+/// A validated create or update body. `port_id` is `Some(None)` when the body disassociates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FloatingIpRequest {
+    /// Owner (create only).
+    pub project_id: Option<String>,
+    /// External network (create only).
+    pub floating_network_id: Option<String>,
+    /// Requested address (create only).
+    pub floating_ip_address: Option<IpAddr>,
+    /// Subnet to allocate from (create only).
+    pub subnet_id: Option<String>,
+    /// `port_id`.
+    pub port_id: Option<Option<String>>,
+    /// `fixed_ip_address`.
+    pub fixed_ip_address: Option<IpAddr>,
+    /// `description`.
+    pub description: Option<String>,
+    /// `tags` (create only).
+    pub tags: Option<Vec<String>>,
+}
+
+impl FloatingIpRequest {
+    /// Parses a create or update body.
+    pub fn parse(body: Value, method: Method, caller: &Caller) -> Result<FloatingIpRequest> {
+        let allowed = match method {
+            Method::Create => CREATE,
+            Method::Update => UPDATE,
+        };
+        let mut known = ATTRIBUTES.to_vec();
+        known.push("subnet_id");
+        let mut input = Input::from_envelope(body, "floatingip", method, &known, allowed)?;
+        let mut req = FloatingIpRequest::default();
+        if method == Method::Create {
+            req.project_id = Some(owner_project(&mut input, caller)?);
+            req.floating_network_id = Some(as_uuid(
+                "floating_network_id",
+                &Input::required("floating_network_id", input.take("floating_network_id"))?,
+            )?);
+            req.floating_ip_address = input
+                .take("floating_ip_address")
+                .filter(|v| !v.is_null())
+                .map(|v| as_ip("floating_ip_address", &v))
+                .transpose()?;
+            req.subnet_id = input
+                .take("subnet_id")
+                .filter(|v| !v.is_null())
+                .map(|v| as_uuid("subnet_id", &v))
+                .transpose()?;
+            req.tags = input
+                .string_list("tags", crate::meta::TAG_MAX)?
+                .map(crate::meta::normalize_tags)
+                .transpose()?;
+        }
+        req.description = input.string("description", crate::meta::DESCRIPTION_MAX)?;
+        req.port_id = match input.take("port_id") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(v) => Some(Some(as_uuid("port_id", &v)?)),
+        };
+        req.fixed_ip_address = match input.take("fixed_ip_address") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(as_ip("fixed_ip_address", &v)?),
+        };
+        if req.fixed_ip_address.is_some() && !matches!(req.port_id, Some(Some(_))) {
+            return Err(Error::BadRequest(format!(
+                "fixed_ip_address cannot be specified without a port_id{}",
+                req.fixed_ip_address
+                    .map(|ip| format!(" (got {})", show(&json!(ip.to_string()))))
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(req)
+    }
+}
+
+impl FloatingIp {
+    /// The Neutron wire object.
+    pub fn render(&self) -> Map<String, Value> {
+        to_map(self)
+    }
+}
+
+impl Wire for FloatingIp {
+    fn names(&self) -> &'static [&'static str] {
+        ATTRIBUTES
+    }
+
+    fn attr(&self, name: &str) -> Option<Value> {
+        let a = self.association.as_ref();
+        Some(match name {
+            "floating_ip_address" => json!(self.floating_ip_address),
+            "floating_network_id" => json!(self.floating_network_id),
+            "router_id" => json!(a.map(|a| &a.router_id)),
+            "port_id" => json!(a.map(|a| &a.port_id)),
+            "fixed_ip_address" => json!(a.map(|a| a.fixed_ip_address)),
+            "status" => json!(self.status),
+            "tags" => json!(self.meta.tags),
+            other => return self.meta.attr(other, false),
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.meta.id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn user() -> Caller {
+        Caller {
+            project_id: "p".into(),
+            is_admin: false,
+        }
+    }
+
+    #[test]
+    fn parses_and_renders() {
+        let req = FloatingIpRequest::parse(
+            json!({"floatingip": {"floating_network_id": NET, "port_id": NET, "fixed_ip_address": "10.0.0.3"}}),
+            Method::Create,
+            &user(),
+        )
+        .unwrap();
+        assert_eq!(req.port_id, Some(Some(NET.to_owned())));
+        let off = FloatingIpRequest::parse(
+            json!({"floatingip": {"port_id": null}}),
+            Method::Update,
+            &user(),
+        )
+        .unwrap();
+        assert_eq!(off.port_id, Some(None));
+        assert!(
+            FloatingIpRequest::parse(json!({"floatingip": {}}), Method::Create, &user()).is_err()
+        );
+        assert!(FloatingIpRequest::parse(
+            json!({"floatingip": {"floating_network_id": NET, "fixed_ip_address": "10.0.0.3"}}),
+            Method::Create,
+            &user()
+        )
+        .is_err());
+        let fip = FloatingIp {
+            meta: Meta::new("f".into(), "p".into(), "t"),
+            floating_network_id: NET.into(),
+            floating_ip_address: "172.24.4.10".parse().unwrap(),
+            floating_port_id: "x".into(),
+            association: None,
+            status: "DOWN".into(),
+        };
+        let wire = fip.render();
+        assert_eq!(wire["port_id"], Value::Null);
+        assert_eq!(wire["floating_ip_address"], "172.24.4.10");
+        assert!(!wire.contains_key("name"));
+    }
+}

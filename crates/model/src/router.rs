@@ -1,0 +1,619 @@
+//! Routers (Neutron's `router`, `ext-gw-mode` and `extraroute` extensions): distributed by
+//! construction, with an optional gateway on an external network.
+//!
+//! A router's interfaces are ordinary ports (`device_id` = the router) that the router also
+//! lists in its stored record, so every "already attached", "in use" and overlap check is one
+//! compare on the router's revision.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::addr::Cidr;
+use crate::error::{Error, Result};
+use crate::input::{as_bool, as_ip, as_uuid, show, Input, Method};
+use crate::meta::{owner_project, Caller, Meta};
+use crate::port::FixedIp;
+use crate::wire::{to_map, Wire};
+
+/// `device_owner` of a distributed router's interface ports (same gateway IP and MAC on every
+/// node hosting the router).
+pub const OWNER_INTERFACE: &str = "network:router_interface_distributed";
+/// `device_owner` of a router's gateway port on its external network.
+pub const OWNER_GATEWAY: &str = "network:router_gateway";
+/// `device_owner` of the port per interface through which the gateway node SNATs that subnet
+/// (Neutron's DVR name).
+pub const OWNER_SNAT: &str = "network:router_centralized_snat";
+/// `device_owner` of the port holding a floating IP's address on the external network.
+pub const OWNER_FLOATING_IP: &str = "network:floatingip";
+/// Neutron's default `max_routes`.
+pub const MAX_ROUTES: usize = 30;
+
+/// Whether a `device_owner` marks a port that only the L3 service may delete or re-own.
+pub fn is_l3_owner(owner: &str) -> bool {
+    [
+        OWNER_INTERFACE,
+        OWNER_GATEWAY,
+        OWNER_SNAT,
+        OWNER_FLOATING_IP,
+    ]
+    .contains(&owner)
+        || owner == "network:router_interface"
+}
+
+/// Attributes a router has.
+pub const ATTRIBUTES: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "project_id",
+    "tenant_id",
+    "admin_state_up",
+    "status",
+    "external_gateway_info",
+    "routes",
+    "distributed",
+    "ha",
+    "availability_zone_hints",
+    "availability_zones",
+    "flavor_id",
+    "tags",
+    "revision_number",
+    "created_at",
+    "updated_at",
+];
+const CREATE: &[&str] = &[
+    "name",
+    "description",
+    "project_id",
+    "tenant_id",
+    "admin_state_up",
+    "external_gateway_info",
+    "distributed",
+    "ha",
+    "availability_zone_hints",
+    "tags",
+];
+const UPDATE: &[&str] = &[
+    "name",
+    "description",
+    "admin_state_up",
+    "external_gateway_info",
+    "routes",
+    "distributed",
+    "ha",
+];
+
+/// An extra route (`destination` via `nexthop`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Destination prefix.
+    pub destination: Cidr,
+    /// Next hop, on one of the router's subnets.
+    pub nexthop: IpAddr,
+}
+
+/// The router's gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gateway {
+    /// External network.
+    pub network_id: String,
+    /// Whether instances without a floating IP are SNAT'd to the gateway address.
+    pub enable_snat: bool,
+    /// The gateway port.
+    pub port_id: String,
+    /// Its addresses.
+    pub external_fixed_ips: Vec<FixedIp>,
+}
+
+/// One interface: a port of the router on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// The interface port.
+    pub port_id: String,
+    /// Its network.
+    pub network_id: String,
+    /// Its addresses (the subnets' gateway addresses when added by subnet).
+    pub fixed_ips: Vec<FixedIp>,
+    /// Prefixes of those subnets, in the same order (for overlap and next-hop checks).
+    pub cidrs: Vec<Cidr>,
+    /// The gateway node's SNAT port on the same network, while the router has a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat_port_id: Option<String>,
+}
+
+/// A stored router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Router {
+    /// Standard attributes.
+    pub meta: Meta,
+    /// Administrative state.
+    pub admin_state_up: bool,
+    /// Gateway, if set.
+    pub gateway: Option<Gateway>,
+    /// Extra routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Interfaces, in the order they were added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    /// Availability zone hints (kept for clients; there is one zone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub availability_zone_hints: Vec<String>,
+}
+
+/// A requested address of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayIpRequest {
+    /// Subnet to take it from.
+    pub subnet_id: Option<String>,
+    /// Exact address.
+    pub ip_address: Option<IpAddr>,
+}
+
+/// A requested gateway (`external_gateway_info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRequest {
+    /// External network.
+    pub network_id: String,
+    /// `enable_snat` (Neutron's default: true).
+    pub enable_snat: Option<bool>,
+    /// `external_fixed_ips`.
+    pub external_fixed_ips: Option<Vec<GatewayIpRequest>>,
+}
+
+/// A validated create or update body. `gateway` is `Some(None)` when the body clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouterRequest {
+    /// Owner (create only).
+    pub project_id: Option<String>,
+    /// `name`.
+    pub name: Option<String>,
+    /// `description`.
+    pub description: Option<String>,
+    /// `tags` (create only).
+    pub tags: Option<Vec<String>>,
+    /// `admin_state_up`.
+    pub admin_state_up: Option<bool>,
+    /// `external_gateway_info`.
+    pub gateway: Option<Option<GatewayRequest>>,
+    /// `routes` (update only).
+    pub routes: Option<Vec<Route>>,
+    /// `availability_zone_hints` (create only).
+    pub availability_zone_hints: Option<Vec<String>>,
+}
+
+/// What `add_router_interface` / `remove_router_interface` name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceRequest {
+    /// By subnet: the router takes the subnet's gateway address.
+    Subnet(String),
+    /// By an existing port.
+    Port(String),
+}
+
+impl InterfaceRequest {
+    /// Parses `{"subnet_id": ...}` or `{"port_id": ...}`.
+    pub fn parse(body: Value) -> Result<InterfaceRequest> {
+        let Value::Object(map) = body else {
+            return Err(Error::BadRequest("Body contains invalid data".to_owned()));
+        };
+        if let Some(k) = map
+            .keys()
+            .find(|k| !["subnet_id", "port_id"].contains(&k.as_str()))
+        {
+            return Err(Error::BadRequest(format!(
+                "Unrecognized attribute(s) '{k}'"
+            )));
+        }
+        match (map.get("subnet_id"), map.get("port_id")) {
+            (Some(_), Some(_)) => Err(Error::BadRequest(
+                "Bad router request: Cannot specify both subnet-id and port-id.".to_owned(),
+            )),
+            (Some(s), None) => Ok(InterfaceRequest::Subnet(as_uuid("subnet_id", s)?)),
+            (None, Some(p)) => Ok(InterfaceRequest::Port(as_uuid("port_id", p)?)),
+            (None, None) => Err(Error::BadRequest(
+                "Bad router request: Either subnet_id or port_id must be specified.".to_owned(),
+            )),
+        }
+    }
+}
+
+fn parse_gateway(value: Value) -> Result<Option<GatewayRequest>> {
+    let map = match value {
+        Value::Null => return Ok(None),
+        Value::Object(m) if m.is_empty() => return Ok(None),
+        Value::Object(m) => m,
+        other => {
+            return Err(Error::invalid_attr(
+                "external_gateway_info",
+                format!("'{}' is not a dictionary", show(&other)),
+            ))
+        }
+    };
+    if let Some(k) = map
+        .keys()
+        .find(|k| !["network_id", "enable_snat", "external_fixed_ips"].contains(&k.as_str()))
+    {
+        return Err(Error::invalid_attr(
+            "external_gateway_info",
+            format!("Unexpected keys supplied: {k}"),
+        ));
+    }
+    let network_id = as_uuid(
+        "external_gateway_info",
+        map.get("network_id").ok_or_else(|| {
+            Error::invalid_attr(
+                "external_gateway_info",
+                "Validation of dictionary's keys failed. Expected keys: {'network_id'}",
+            )
+        })?,
+    )?;
+    let enable_snat = map
+        .get("enable_snat")
+        .map(|v| as_bool("enable_snat", v))
+        .transpose()?;
+    let external_fixed_ips = match map.get("external_fixed_ips") {
+        None => None,
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for item in items {
+                let Value::Object(entry) = item else {
+                    return Err(Error::invalid_attr(
+                        "external_fixed_ips",
+                        format!("'{}' is not a dictionary", show(item)),
+                    ));
+                };
+                let subnet_id = entry
+                    .get("subnet_id")
+                    .map(|v| as_uuid("external_fixed_ips", v))
+                    .transpose()?;
+                let ip_address = entry
+                    .get("ip_address")
+                    .map(|v| as_ip("external_fixed_ips", v))
+                    .transpose()?;
+                if subnet_id.is_none() && ip_address.is_none() {
+                    return Err(Error::invalid_attr(
+                        "external_fixed_ips",
+                        "each entry needs a subnet_id or an ip_address",
+                    ));
+                }
+                out.push(GatewayIpRequest {
+                    subnet_id,
+                    ip_address,
+                });
+            }
+            Some(out)
+        }
+        Some(other) => {
+            return Err(Error::invalid_attr(
+                "external_fixed_ips",
+                format!("'{}' is not a list", show(other)),
+            ))
+        }
+    };
+    Ok(Some(GatewayRequest {
+        network_id,
+        enable_snat,
+        external_fixed_ips,
+    }))
+}
+
+fn parse_routes(value: Value) -> Result<Vec<Route>> {
+    let items = match value {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        other => {
+            return Err(Error::invalid_attr(
+                "routes",
+                format!("'{}' is not a list", show(&other)),
+            ))
+        }
+    };
+    if items.len() > MAX_ROUTES {
+        return Err(Error::BadRequest(format!(
+            "Number of routes exceeds the maximum {MAX_ROUTES}"
+        )));
+    }
+    let mut routes: Vec<Route> = Vec::new();
+    for item in items {
+        let bad = || {
+            Error::invalid_attr(
+                "routes",
+                format!(
+                    "'{}' is not a route with destination and nexthop",
+                    show(&item)
+                ),
+            )
+        };
+        let destination = item
+            .get("destination")
+            .and_then(Value::as_str)
+            .and_then(|d| Cidr::parse(d).ok())
+            .ok_or_else(bad)?;
+        let nexthop = item
+            .get("nexthop")
+            .and_then(Value::as_str)
+            .and_then(|n| n.parse::<IpAddr>().ok())
+            .ok_or_else(bad)?;
+        let route = Route {
+            destination,
+            nexthop,
+        };
+        if routes.contains(&route) {
+            return Err(Error::invalid_attr("routes", "Duplicate route"));
+        }
+        routes.push(route);
+    }
+    Ok(routes)
+}
+
+impl RouterRequest {
+    /// Parses a create or update body.
+    pub fn parse(body: Value, method: Method, caller: &Caller) -> Result<RouterRequest> {
+        let allowed = match method {
+            Method::Create => CREATE,
+            Method::Update => UPDATE,
+        };
+        let mut input = Input::from_envelope(body, "router", method, ATTRIBUTES, allowed)?;
+        let mut req = RouterRequest::default();
+        if method == Method::Create {
+            req.project_id = Some(owner_project(&mut input, caller)?);
+            req.tags = input
+                .string_list("tags", crate::meta::TAG_MAX)?
+                .map(crate::meta::normalize_tags)
+                .transpose()?;
+            req.availability_zone_hints = input.string_list("availability_zone_hints", 255)?;
+        }
+        req.name = input.string("name", crate::meta::NAME_MAX)?;
+        req.description = input.string("description", crate::meta::DESCRIPTION_MAX)?;
+        req.admin_state_up = input.boolean("admin_state_up")?;
+        if input.has("distributed") {
+            caller.require_admin("create_router:distributed")?;
+            if input.boolean("distributed")? == Some(false) {
+                return Err(Error::InvalidInput(
+                    "Isthmus routers are always distributed; 'distributed' cannot be false"
+                        .to_owned(),
+                ));
+            }
+        }
+        if input.has("ha") {
+            caller.require_admin("create_router:ha")?;
+            if input.boolean("ha")? == Some(true) {
+                return Err(Error::InvalidInput(
+                    "Isthmus routers are distributed, not HA pairs; 'ha' cannot be true".to_owned(),
+                ));
+            }
+        }
+        if let Some(v) = input.take("external_gateway_info") {
+            let gateway = parse_gateway(v)?;
+            if gateway
+                .as_ref()
+                .is_some_and(|g| g.external_fixed_ips.is_some())
+            {
+                caller.require_admin("create_router:external_gateway_info:external_fixed_ips")?;
+            }
+            req.gateway = Some(gateway);
+        }
+        if let Some(v) = input.take("routes") {
+            req.routes = Some(parse_routes(v)?);
+        }
+        Ok(req)
+    }
+}
+
+impl Router {
+    /// Prefixes of every interface subnet.
+    pub fn cidrs(&self) -> impl Iterator<Item = &Cidr> {
+        self.interfaces.iter().flat_map(|i| i.cidrs.iter())
+    }
+
+    /// The router's own addresses on its subnets.
+    pub fn own_addresses(&self) -> Vec<IpAddr> {
+        self.interfaces
+            .iter()
+            .flat_map(|i| i.fixed_ips.iter().map(|f| f.ip_address))
+            .collect()
+    }
+
+    /// The interface with an address on `subnet_id`.
+    pub fn interface_on(&self, subnet_id: &str) -> Option<&Interface> {
+        self.interfaces
+            .iter()
+            .find(|i| i.fixed_ips.iter().any(|f| f.subnet_id == subnet_id))
+    }
+
+    /// Checks extra routes against the interfaces: each next hop must be on a connected
+    /// subnet and not be one of the router's own addresses.
+    pub fn check_routes(&self, routes: &[Route]) -> Result<()> {
+        let own = self.own_addresses();
+        for route in routes {
+            if route.destination.version() != crate::addr::IpVersion::of(route.nexthop) {
+                return Err(Error::InvalidInput(format!(
+                    "Invalid format for routes: {}, the nexthop is not of the destination's IP version",
+                    route_text(route)
+                )));
+            }
+            if !self.cidrs().any(|c| c.contains(route.nexthop)) {
+                return Err(Error::InvalidInput(format!(
+                    "Invalid format for routes: {}, the nexthop is not connected with router",
+                    route_text(route)
+                )));
+            }
+            if own.contains(&route.nexthop) {
+                return Err(Error::InvalidInput(format!(
+                    "Invalid format for routes: {}, the nexthop is used by router",
+                    route_text(route)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Neutron wire object as `caller` may see it.
+    pub fn render(&self, caller: &Caller) -> Map<String, Value> {
+        to_map(&RouterView {
+            obj: self,
+            admin: caller.is_admin,
+        })
+    }
+}
+
+fn route_text(route: &Route) -> String {
+    format!(
+        "{{'destination': '{}', 'nexthop': '{}'}}",
+        route.destination, route.nexthop
+    )
+}
+
+/// A router as one viewer sees it.
+#[derive(Debug, Clone)]
+pub struct RouterView<B> {
+    /// The router, owned or borrowed.
+    pub obj: B,
+    /// Whether the viewer is an admin.
+    pub admin: bool,
+}
+
+impl<B: std::borrow::Borrow<Router>> Wire for RouterView<B> {
+    fn names(&self) -> &'static [&'static str] {
+        ATTRIBUTES
+    }
+
+    fn attr(&self, name: &str) -> Option<Value> {
+        let r = self.obj.borrow();
+        Some(match name {
+            "admin_state_up" => json!(r.admin_state_up),
+            "status" => json!("ACTIVE"),
+            "external_gateway_info" => match &r.gateway {
+                None => Value::Null,
+                Some(g) => json!({
+                    "network_id": g.network_id,
+                    "enable_snat": g.enable_snat,
+                    "external_fixed_ips": g.external_fixed_ips,
+                }),
+            },
+            "routes" => json!(r.routes),
+            "distributed" if self.admin => json!(true),
+            "ha" if self.admin => json!(false),
+            "availability_zone_hints" => json!(r.availability_zone_hints),
+            "availability_zones" => json!(["nova"]),
+            "flavor_id" => Value::Null,
+            other => return r.meta.attr(other, true),
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.obj.borrow().meta.id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn user() -> Caller {
+        Caller {
+            project_id: "p".into(),
+            is_admin: false,
+        }
+    }
+
+    #[test]
+    fn parses_create_and_update() {
+        let req = RouterRequest::parse(
+            json!({"router": {"name": "r1", "external_gateway_info": {"network_id": NET, "enable_snat": false}}}),
+            Method::Create,
+            &user(),
+        )
+        .unwrap();
+        let gw = req.gateway.unwrap().unwrap();
+        assert_eq!((gw.network_id.as_str(), gw.enable_snat), (NET, Some(false)));
+        let cleared = RouterRequest::parse(
+            json!({"router": {"external_gateway_info": {}}}),
+            Method::Update,
+            &user(),
+        )
+        .unwrap();
+        assert_eq!(cleared.gateway, Some(None));
+        let routes = RouterRequest::parse(
+            json!({"router": {"routes": [{"destination": "10.9.0.0/16", "nexthop": "10.0.0.5"}]}}),
+            Method::Update,
+            &user(),
+        )
+        .unwrap()
+        .routes
+        .unwrap();
+        assert_eq!(routes[0].nexthop.to_string(), "10.0.0.5");
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let bad = |body: Value, m: Method| RouterRequest::parse(body, m, &user()).unwrap_err();
+        assert_eq!(
+            bad(json!({"router": {"routes": []}}), Method::Create).status(),
+            400
+        );
+        assert_eq!(
+            bad(json!({"router": {"distributed": true}}), Method::Create).status(),
+            403
+        );
+        assert_eq!(
+            bad(
+                json!({"router": {"external_gateway_info": {"network_id": NET, "external_fixed_ips": [{"ip_address": "1.2.3.4"}]}}}),
+                Method::Create
+            )
+            .status(),
+            403
+        );
+        bad(
+            json!({"router": {"external_gateway_info": {"enable_snat": true}}}),
+            Method::Create,
+        );
+        bad(
+            json!({"router": {"routes": [{"destination": "x", "nexthop": "10.0.0.1"}]}}),
+            Method::Update,
+        );
+        assert!(InterfaceRequest::parse(json!({})).is_err());
+        assert!(InterfaceRequest::parse(json!({"subnet_id": NET, "port_id": NET})).is_err());
+        assert_eq!(
+            InterfaceRequest::parse(json!({"port_id": NET})).unwrap(),
+            InterfaceRequest::Port(NET.into())
+        );
+    }
+
+    #[test]
+    fn routes_need_a_connected_nexthop() {
+        let mut r = Router {
+            meta: Meta::new("r".into(), "p".into(), "t"),
+            admin_state_up: true,
+            gateway: None,
+            routes: vec![],
+            interfaces: vec![Interface {
+                port_id: "x".into(),
+                network_id: NET.into(),
+                fixed_ips: vec![FixedIp {
+                    subnet_id: "s".into(),
+                    ip_address: "10.0.0.1".parse().unwrap(),
+                }],
+                cidrs: vec![Cidr::parse("10.0.0.0/24").unwrap()],
+                snat_port_id: None,
+            }],
+            availability_zone_hints: vec![],
+        };
+        let route = |d: &str, n: &str| Route {
+            destination: Cidr::parse(d).unwrap(),
+            nexthop: n.parse().unwrap(),
+        };
+        assert!(r.check_routes(&[route("10.9.0.0/16", "10.0.0.5")]).is_ok());
+        assert!(r.check_routes(&[route("10.9.0.0/16", "10.1.0.5")]).is_err());
+        assert!(r.check_routes(&[route("10.9.0.0/16", "10.0.0.1")]).is_err());
+        r.admin_state_up = false;
+        let wire = r.render(&user());
+        assert_eq!(wire["external_gateway_info"], Value::Null);
+        assert!(!wire.contains_key("distributed"));
+    }
+}
