@@ -20,6 +20,8 @@ const SOURCES: &[(&str, ObjectKind)] = &[
     (keys::SECURITY_GROUP_RULES, ObjectKind::SecurityGroupRule),
     (keys::NODES, ObjectKind::Node),
     (keys::NAMESPACE_BINDINGS, ObjectKind::NamespaceBinding),
+    (keys::ROUTERS, ObjectKind::Router),
+    (keys::FLOATING_IPS, ObjectKind::FloatingIp),
 ];
 
 fn source_of(key: &str) -> Option<(ObjectKind, &str)> {
@@ -44,6 +46,8 @@ fn decode(kind: ObjectKind, key: &str, raw: &[u8]) -> Result<Object, Error> {
         ObjectKind::NamespaceBinding => {
             Object::NamespaceBinding(serde_json::from_slice(raw).map_err(bad)?)
         }
+        ObjectKind::Router => Object::Router(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::FloatingIp => Object::FloatingIp(serde_json::from_slice(raw).map_err(bad)?),
     })
 }
 

@@ -7,4 +7,5 @@ pub mod filter;
 pub mod l2;
 pub mod nft;
 pub mod pod;
+pub mod router;
 pub mod view;

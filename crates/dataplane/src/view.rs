@@ -83,6 +83,61 @@ pub struct Port {
     /// Owner.
     #[serde(default)]
     pub project_id: String,
+    /// What owns it (`network:router_interface_distributed`, `compute:nova`, ...).
+    #[serde(default)]
+    pub device_owner: String,
+    /// The owning device (a router's id for router ports).
+    #[serde(default)]
+    pub device_id: String,
+}
+
+/// An extra route of a router.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Route {
+    /// Destination prefix.
+    pub destination: String,
+    /// Next hop.
+    pub nexthop: IpAddr,
+}
+
+/// A router's gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Gateway {
+    /// External network.
+    pub network_id: String,
+    /// SNAT for instances without a floating IP.
+    pub enable_snat: bool,
+}
+
+/// A router as the data plane needs it (its ports are ordinary ports of the view).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Router {
+    /// Id.
+    pub id: String,
+    /// Administrative state.
+    pub admin_state_up: bool,
+    /// Gateway, if any.
+    pub external_gateway_info: Option<Gateway>,
+    /// Extra routes.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// A floating IP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct FloatingIp {
+    /// Id.
+    pub id: String,
+    /// External address.
+    pub floating_ip_address: IpAddr,
+    /// External network.
+    pub floating_network_id: String,
+    /// Associated port.
+    pub port_id: Option<String>,
+    /// Its address.
+    pub fixed_ip_address: Option<IpAddr>,
+    /// The router doing the NAT.
+    pub router_id: Option<String>,
 }
 
 /// A node (tunnel endpoint).
@@ -94,8 +149,8 @@ pub struct Node {
     pub tunnel_ip: IpAddr,
 }
 
-/// Everything the node was sent, by kind and id. Objects of kinds the data plane does not
-/// model yet (subnets, security groups) are kept raw.
+/// Everything the node was sent, by kind and id. Objects the data plane reads only in part
+/// (subnets, security groups) are kept raw.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeView {
     /// Networks with a local port.
@@ -104,6 +159,10 @@ pub struct NodeView {
     pub ports: BTreeMap<String, Port>,
     /// Every node by name.
     pub nodes: BTreeMap<String, Node>,
+    /// Routers running on the node.
+    pub routers: BTreeMap<String, Router>,
+    /// Floating IPs of those routers.
+    pub floating_ips: BTreeMap<String, FloatingIp>,
     /// Other objects (subnets, security groups), raw.
     pub others: BTreeMap<(String, String), Value>,
     /// Revision of the last line applied.
@@ -117,6 +176,17 @@ fn parse<T: serde::de::DeserializeOwned>(object: &Value) -> Result<T, ViewError>
 }
 
 impl NodeView {
+    /// The prefix length and gateway of a subnet, when the view has it.
+    pub fn subnet(&self, id: &str) -> Option<(u8, Option<IpAddr>)> {
+        let raw = self.others.get(&("subnet".to_owned(), id.to_owned()))?;
+        let prefix = raw.get("cidr")?.as_str()?.split_once('/')?.1.parse().ok()?;
+        let gateway = raw
+            .get("gateway_ip")
+            .and_then(Value::as_str)
+            .and_then(|g| g.parse().ok());
+        Some((prefix, gateway))
+    }
+
     /// Applies one watch line. Returns `Ok(true)` when the view changed. A `RELIST` line
     /// clears the view (the caller reconnects and receives a fresh snapshot).
     pub fn apply(&mut self, line: &Value) -> Result<bool, ViewError> {
@@ -161,6 +231,14 @@ impl NodeView {
                         let n: Node = parse(object)?;
                         self.nodes.insert(n.name.clone(), n.clone()) != Some(n)
                     }
+                    "router" => {
+                        let r: Router = parse(object)?;
+                        self.routers.insert(r.id.clone(), r.clone()) != Some(r)
+                    }
+                    "floatingip" => {
+                        let f: FloatingIp = parse(object)?;
+                        self.floating_ips.insert(f.id.clone(), f.clone()) != Some(f)
+                    }
                     kind => {
                         let id = object.get("id").and_then(Value::as_str).unwrap_or_default();
                         self.others
@@ -177,6 +255,8 @@ impl NodeView {
                     "network" => self.networks.remove(&id).is_some(),
                     "port" => self.ports.remove(&id).is_some(),
                     "node" => self.nodes.remove(&id).is_some(),
+                    "router" => self.routers.remove(&id).is_some(),
+                    "floatingip" => self.floating_ips.remove(&id).is_some(),
                     kind => self.others.remove(&(kind.to_owned(), id)).is_some(),
                 };
                 Ok(removed)

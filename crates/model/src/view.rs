@@ -13,9 +13,10 @@ use crate::namespace_binding::NamespaceBinding;
 use crate::network::NetworkView;
 use crate::node::Node;
 use crate::port::PortView;
+use crate::router::{RouterView, OWNER_GATEWAY};
 use crate::security_group::GroupView;
 use crate::wire::to_map;
-use crate::{Network, Port, SecurityGroup, SecurityGroupRule, Subnet};
+use crate::{FloatingIp, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet};
 
 /// A desired-state object.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +35,10 @@ pub enum Object {
     Node(Node),
     /// A namespace binding (keyed by namespace).
     NamespaceBinding(NamespaceBinding),
+    /// A router.
+    Router(Router),
+    /// A floating IP.
+    FloatingIp(FloatingIp),
 }
 
 /// Kinds of objects, as named on the watch stream.
@@ -53,6 +58,10 @@ pub enum ObjectKind {
     Node,
     /// `namespace_binding`.
     NamespaceBinding,
+    /// `router`.
+    Router,
+    /// `floatingip`.
+    FloatingIp,
 }
 
 impl ObjectKind {
@@ -66,6 +75,8 @@ impl ObjectKind {
             ObjectKind::SecurityGroupRule => "security_group_rule",
             ObjectKind::Node => "node",
             ObjectKind::NamespaceBinding => "namespace_binding",
+            ObjectKind::Router => "router",
+            ObjectKind::FloatingIp => "floatingip",
         }
     }
 }
@@ -84,6 +95,8 @@ impl Object {
             Object::SecurityGroupRule(r) => (ObjectKind::SecurityGroupRule, r.meta.id.clone()),
             Object::Node(n) => (ObjectKind::Node, n.name.clone()),
             Object::NamespaceBinding(b) => (ObjectKind::NamespaceBinding, b.namespace.clone()),
+            Object::Router(r) => (ObjectKind::Router, r.meta.id.clone()),
+            Object::FloatingIp(f) => (ObjectKind::FloatingIp, f.meta.id.clone()),
         }
     }
 }
@@ -113,6 +126,8 @@ pub struct Mirror {
     ports_by_group: HashMap<String, BTreeSet<String>>,
     subnets_by_network: HashMap<String, BTreeSet<String>>,
     rules_by_group: HashMap<String, BTreeSet<String>>,
+    routers_by_network: HashMap<String, BTreeSet<String>>,
+    fips_by_router: HashMap<String, BTreeSet<String>>,
 }
 
 impl Mirror {
@@ -146,6 +161,16 @@ impl Mirror {
             Object::SecurityGroupRule(r) => {
                 index_remove(&mut self.rules_by_group, &r.security_group_id, &r.meta.id)
             }
+            Object::Router(r) => {
+                for i in &r.interfaces {
+                    index_remove(&mut self.routers_by_network, &i.network_id, &r.meta.id);
+                }
+            }
+            Object::FloatingIp(f) => {
+                if let Some(a) = &f.association {
+                    index_remove(&mut self.fips_by_router, &a.router_id, &f.meta.id);
+                }
+            }
             _ => {}
         }
     }
@@ -164,6 +189,16 @@ impl Mirror {
             Object::Subnet(s) => index_add(&mut self.subnets_by_network, &s.network_id, &s.meta.id),
             Object::SecurityGroupRule(r) => {
                 index_add(&mut self.rules_by_group, &r.security_group_id, &r.meta.id)
+            }
+            Object::Router(r) => {
+                for i in &r.interfaces {
+                    index_add(&mut self.routers_by_network, &i.network_id, &r.meta.id);
+                }
+            }
+            Object::FloatingIp(f) => {
+                if let Some(a) = &f.association {
+                    index_add(&mut self.fips_by_router, &a.router_id, &f.meta.id);
+                }
             }
             _ => {}
         }
@@ -208,6 +243,7 @@ impl Mirror {
         let mut view = BTreeMap::new();
         let mut networks = BTreeSet::new();
         let mut groups = BTreeSet::new();
+        let mut routers = BTreeSet::new();
         for port_id in Self::ids(&self.ports_by_host, node) {
             if let Some((Object::Port(p), _)) =
                 self.objects.get(&(ObjectKind::Port, port_id.clone()))
@@ -215,6 +251,9 @@ impl Mirror {
                 networks.insert(p.network_id.clone());
                 if p.port_security_enabled {
                     groups.extend(p.security_groups.iter().cloned());
+                }
+                if p.device_owner == OWNER_GATEWAY {
+                    routers.insert(p.device_id.clone());
                 }
             }
         }
@@ -224,6 +263,30 @@ impl Mirror {
                 view.insert(key, rev);
             }
         };
+        // A node hosting a port on any of a router's networks runs that router, so it needs
+        // every network of the router (its interfaces live on their bridges), the floating IPs
+        // the router NATs, and the external network's subnets (gateway addresses).
+        for net in &networks {
+            routers.extend(Self::ids(&self.routers_by_network, net).cloned());
+        }
+        for router_id in &routers {
+            let Some((Object::Router(r), _)) =
+                self.objects.get(&(ObjectKind::Router, router_id.clone()))
+            else {
+                continue;
+            };
+            add(&mut view, ObjectKind::Router, router_id);
+            networks.extend(r.interfaces.iter().map(|i| i.network_id.clone()));
+            for f in Self::ids(&self.fips_by_router, router_id) {
+                add(&mut view, ObjectKind::FloatingIp, f);
+            }
+            if let Some(g) = &r.gateway {
+                add(&mut view, ObjectKind::Network, &g.network_id);
+                for s in Self::ids(&self.subnets_by_network, &g.network_id) {
+                    add(&mut view, ObjectKind::Subnet, s);
+                }
+            }
+        }
         for net in &networks {
             add(&mut view, ObjectKind::Network, net);
             for s in Self::ids(&self.subnets_by_network, net) {
@@ -298,6 +361,11 @@ impl Mirror {
             Object::SecurityGroupRule(r) => r.render(false),
             Object::Node(n) => n.render(true, None),
             Object::NamespaceBinding(b) => b.render(),
+            Object::Router(r) => to_map(&RouterView {
+                obj: r,
+                admin: true,
+            }),
+            Object::FloatingIp(f) => f.render(),
         })
     }
 }
@@ -440,5 +508,88 @@ mod tests {
             rendered["security_group_rules"].as_array().unwrap().len(),
             2
         );
+    }
+
+    #[test]
+    fn nodes_running_a_router_see_all_its_networks_and_floating_ips() {
+        use crate::floating_ip::Association;
+        use crate::router::{Gateway, Interface, OWNER_GATEWAY, OWNER_INTERFACE};
+        let mut m = Mirror::new();
+        let mut rev = 0;
+        let mut put = |m: &mut Mirror, o: Object| {
+            rev += 1;
+            assert!(m.put(o, rev));
+        };
+        for n in ["net-a", "net-b", "net-c", "ext"] {
+            put(&mut m, network(n));
+        }
+        let interface = |port: &str, net: &str| Interface {
+            port_id: port.into(),
+            network_id: net.into(),
+            fixed_ips: vec![],
+            cidrs: vec![],
+            snat_port_id: None,
+        };
+        put(
+            &mut m,
+            Object::Router(Router {
+                meta: Meta::new("r1".into(), "p".into(), "t"),
+                admin_state_up: true,
+                gateway: Some(Gateway {
+                    network_id: "ext".into(),
+                    enable_snat: true,
+                    port_id: "gw".into(),
+                    external_fixed_ips: vec![],
+                }),
+                routes: vec![],
+                interfaces: vec![interface("qa", "net-a"), interface("qb", "net-b")],
+                availability_zone_hints: vec![],
+            }),
+        );
+        let owned = |id: &str, net: &str, host: &str, owner: &str| {
+            let Object::Port(mut p) = port(id, net, host, &[]) else {
+                unreachable!()
+            };
+            p.device_owner = owner.into();
+            p.device_id = "r1".into();
+            Object::Port(p)
+        };
+        put(&mut m, owned("qa", "net-a", "", OWNER_INTERFACE));
+        put(&mut m, owned("qb", "net-b", "", OWNER_INTERFACE));
+        put(&mut m, owned("gw", "ext", "gwnode", OWNER_GATEWAY));
+        put(&mut m, port("vm", "net-a", "node1", &[]));
+        put(&mut m, port("other", "net-c", "node2", &[]));
+        put(
+            &mut m,
+            Object::FloatingIp(FloatingIp {
+                meta: Meta::new("f1".into(), "p".into(), "t"),
+                floating_network_id: "ext".into(),
+                floating_ip_address: "172.24.4.10".parse().unwrap(),
+                floating_port_id: "fp".into(),
+                association: Some(Association {
+                    port_id: "vm".into(),
+                    fixed_ip_address: "10.0.0.2".parse().unwrap(),
+                    router_id: "r1".into(),
+                }),
+                status: "DOWN".into(),
+            }),
+        );
+        let v1 = m.node_view("node1");
+        assert_eq!(keys(&v1, ObjectKind::Router), ["r1"]);
+        assert_eq!(keys(&v1, ObjectKind::Network), ["ext", "net-a", "net-b"]);
+        assert_eq!(keys(&v1, ObjectKind::FloatingIp), ["f1"]);
+        assert!(
+            !keys(&v1, ObjectKind::Port).contains(&"gw".to_owned()),
+            "the external network's ports stay with the nodes on it"
+        );
+        let gw = m.node_view("gwnode");
+        assert_eq!(
+            keys(&gw, ObjectKind::Router),
+            ["r1"],
+            "the gateway node runs it"
+        );
+        assert!(keys(&m.node_view("node2"), ObjectKind::Router).is_empty());
+        let rendered = m.render(&(ObjectKind::Router, "r1".into())).unwrap();
+        assert_eq!(rendered["external_gateway_info"]["network_id"], "ext");
     }
 }
