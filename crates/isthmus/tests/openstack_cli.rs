@@ -179,3 +179,103 @@ fn openstack_cli_end_to_end() {
     cli.ok(&["network", "delete", "demo"]);
     assert!(!cli.ok(&["network", "list"]).contains("demo"));
 }
+
+#[test]
+fn openstack_cli_routers_and_floating_ips() {
+    let Some(bin) = openstack() else {
+        isthmus_lab::skip("no openstack CLI (./test.sh installs python-openstackclient in .venv)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let controller = Controller::start(port, &["--data-dir", dir.path().to_str().unwrap()]);
+    let cli = Cli {
+        bin,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let (status, _) = controller.http(
+        "POST",
+        "/isthmus/v1/nodes",
+        Some(&serde_json::json!({"node": {"name": "net-1", "tunnel_ip": "10.0.0.21", "physnets": {"public": "eth1"}}})),
+    );
+    assert_eq!(status, 201);
+    cli.ok(&[
+        "network",
+        "create",
+        "--external",
+        "--provider-network-type",
+        "flat",
+        "--provider-physical-network",
+        "public",
+        "public",
+    ]);
+    cli.ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "public",
+        "--subnet-range",
+        "172.24.4.0/24",
+        "--no-dhcp",
+        "public-v4",
+    ]);
+    cli.ok(&["network", "create", "private"]);
+    cli.ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "private",
+        "--subnet-range",
+        "10.10.0.0/24",
+        "private-v4",
+    ]);
+
+    let router = cli.json(&["router", "create", "r1"]);
+    assert_eq!(router["status"], "ACTIVE");
+    cli.ok(&["router", "add", "subnet", "r1", "private-v4"]);
+    cli.ok(&["router", "set", "--external-gateway", "public", "r1"]);
+    let shown = cli.json(&["router", "show", "r1"]);
+    assert_eq!(shown["distributed"], true);
+    let gateway = &shown["external_gateway_info"];
+    assert_eq!(gateway["enable_snat"], true);
+    assert!(gateway["external_fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .starts_with("172.24.4."));
+    let interfaces = shown["interfaces_info"].to_string();
+    assert!(interfaces.contains("10.10.0.1"), "{shown}");
+
+    // Adding the subnet again is refused with Neutron's message.
+    let (ok, _, err) = cli.run(&["router", "add", "subnet", "r1", "private-v4"]);
+    assert!(
+        !ok && err.contains("Router already has a port on subnet"),
+        "{err}"
+    );
+
+    let vm = cli.json(&["port", "create", "--network", "private", "vm"]);
+    let fip = cli.json(&["floating", "ip", "create", "public"]);
+    assert_eq!(fip["port_id"], Value::Null);
+    let address = fip["floating_ip_address"].as_str().unwrap().to_owned();
+    cli.ok(&["floating", "ip", "set", "--port", "vm", &address]);
+    let fip = cli.json(&["floating", "ip", "show", &address]);
+    assert_eq!(fip["port_id"], vm["id"]);
+    assert_eq!(fip["fixed_ip_address"], vm["fixed_ips"][0]["ip_address"]);
+    assert_eq!(fip["router_id"], router["id"]);
+    let (ok, _, err) = cli.run(&["router", "remove", "subnet", "r1", "private-v4"]);
+    assert!(
+        !ok && err.contains("required by one or more floating IPs"),
+        "{err}"
+    );
+    cli.ok(&["floating", "ip", "unset", "--port", &address]);
+    cli.ok(&["floating", "ip", "delete", &address]);
+
+    let (ok, _, err) = cli.run(&["router", "delete", "r1"]);
+    assert!(!ok && err.contains("still has ports"), "{err}");
+    cli.ok(&["router", "remove", "subnet", "r1", "private-v4"]);
+    cli.ok(&["router", "unset", "--external-gateway", "r1"]);
+    cli.ok(&["router", "delete", "r1"]);
+    cli.ok(&["port", "delete", "vm"]);
+    let ports = cli.json(&["port", "list"]);
+    assert_eq!(ports.as_array().unwrap().len(), 0, "{ports}");
+    cli.ok(&["network", "delete", "private", "public"]);
+}
