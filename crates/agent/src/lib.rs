@@ -10,6 +10,7 @@ pub mod http;
 pub mod inspect;
 pub mod kernel;
 pub mod netlink;
+pub mod netns;
 mod pool;
 
 use std::collections::{BTreeMap, BTreeSet};

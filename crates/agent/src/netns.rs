@@ -1,0 +1,163 @@
+//! Named network namespaces the agent owns (router namespaces), pinned by a bind mount of
+//! the namespace onto a file in a directory, exactly as `ip netns add` does under
+//! `/run/netns`. Pinned namespaces outlive the agent, so routing keeps working while it
+//! restarts; the directory is configurable so that several agents can share one machine (the
+//! lab) without their `qrouter-<id>` names colliding.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::AgentError;
+
+/// `statfs` type of nsfs, the filesystem of namespace files.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+fn c_path(path: &Path) -> Result<CString, AgentError> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| AgentError::Kernel(format!("{} contains a NUL byte", path.display())))
+}
+
+fn os_error(what: &str) -> AgentError {
+    AgentError::Kernel(format!("{what}: {}", io::Error::last_os_error()))
+}
+
+/// Whether `path` is a pinned namespace (a bind mount of an nsfs file).
+pub fn is_pinned(path: &Path) -> bool {
+    let Ok(c) = c_path(path) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path and `stat` is a plain out-parameter.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == NSFS_MAGIC
+    }
+}
+
+/// Creates the namespace `name` pinned at `dir/name`, unless it already exists. Returns its
+/// path.
+pub fn create(dir: &Path, name: &str) -> Result<PathBuf, AgentError> {
+    let path = dir.join(name);
+    if is_pinned(&path) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir)?;
+    File::create(&path)?;
+    let target = c_path(&path)?;
+    // A dedicated thread moves into a fresh namespace and pins it; the thread then ends, so no
+    // other work ever runs in the wrong namespace.
+    let pinned = std::thread::spawn(move || -> Result<(), AgentError> {
+        // SAFETY: unshare affects only this thread; the source path is NUL-terminated.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(os_error("unshare(CLONE_NEWNET)"));
+            }
+            let source = CString::new(format!("/proc/self/task/{}/ns/net", libc::gettid()))
+                .map_err(|_| AgentError::Kernel("namespace path".into()))?;
+            if libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(os_error("pinning the namespace"));
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| AgentError::Kernel("the namespace thread panicked".into()))?;
+    if let Err(e) = pinned {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Removes the namespace pinned at `dir/name` (its devices go with it once nothing else holds
+/// it). Absent is not an error.
+pub fn delete(dir: &Path, name: &str) -> Result<(), AgentError> {
+    let path = dir.join(name);
+    if is_pinned(&path) {
+        let c = c_path(&path)?;
+        // SAFETY: `c` is a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(os_error(&format!("unpinning {}", path.display())));
+        }
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Names of the pinned namespaces in `dir` that start with `prefix`.
+pub fn list(dir: &Path, prefix: &str) -> Result<Vec<String>, AgentError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && is_pinned(&entry.path()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Opens a pinned namespace (for `setns`).
+pub fn open(dir: &Path, name: &str) -> Result<File, AgentError> {
+    Ok(File::open(dir.join(name))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inode(path: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn pins_lists_and_removes_namespaces() {
+        if !isthmus_lab::runnable() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = create(dir.path(), "qrouter-test").unwrap();
+        assert!(is_pinned(&path));
+        assert_ne!(
+            inode(path.to_str().unwrap()),
+            inode("/proc/self/ns/net"),
+            "a namespace of its own"
+        );
+        assert_eq!(
+            create(dir.path(), "qrouter-test").unwrap(),
+            path,
+            "idempotent"
+        );
+        std::fs::write(dir.path().join("qrouter-plain-file"), "").unwrap();
+        assert_eq!(list(dir.path(), "qrouter-").unwrap(), ["qrouter-test"]);
+        // Devices can be made inside it.
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", path.display()))
+            .args(["ip", "link", "add", "name", "probe0", "type", "bridge"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        delete(dir.path(), "qrouter-test").unwrap();
+        delete(dir.path(), "qrouter-test").unwrap();
+        assert!(list(dir.path(), "qrouter-").unwrap().is_empty());
+        assert!(!path.exists());
+    }
+}
