@@ -37,6 +37,19 @@ impl Cli {
         out
     }
 
+    /// A controller on a fresh data directory (kept alive by the returned guard) and a CLI
+    /// pointed at it.
+    fn with_controller(bin: PathBuf) -> (tempfile::TempDir, Controller, Cli) {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let controller = Controller::start(port, &["--data-dir", dir.path().to_str().unwrap()]);
+        let cli = Cli {
+            bin,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        (dir, controller, cli)
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.extend(["-f", "json"]);
@@ -50,13 +63,7 @@ fn openstack_cli_end_to_end() {
         isthmus_lab::skip("no openstack CLI (./test.sh installs python-openstackclient in .venv)");
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let controller = Controller::start(port, &["--data-dir", dir.path().to_str().unwrap()]);
-    let cli = Cli {
-        bin,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
+    let (_dir, controller, cli) = Cli::with_controller(bin);
 
     let net = cli.json(&["network", "create", "demo"]);
     assert_eq!(net["name"], "demo");
@@ -186,13 +193,7 @@ fn openstack_cli_routers_and_floating_ips() {
         isthmus_lab::skip("no openstack CLI (./test.sh installs python-openstackclient in .venv)");
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let controller = Controller::start(port, &["--data-dir", dir.path().to_str().unwrap()]);
-    let cli = Cli {
-        bin,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
+    let (_dir, controller, cli) = Cli::with_controller(bin);
     let (status, _) = controller.http(
         "POST",
         "/isthmus/v1/nodes",

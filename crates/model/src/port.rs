@@ -135,6 +135,20 @@ pub struct FixedIpRequest {
     pub ip_address: Option<IpAddr>,
 }
 
+impl FixedIpRequest {
+    /// The request as a `fixed_ips` entry of a port body.
+    pub fn to_wire(&self) -> Value {
+        let mut entry = Map::new();
+        if let Some(s) = &self.subnet_id {
+            entry.insert("subnet_id".into(), json!(s));
+        }
+        if let Some(ip) = self.ip_address {
+            entry.insert("ip_address".into(), json!(ip));
+        }
+        Value::Object(entry)
+    }
+}
+
 /// A requested address pair (MAC resolved once the port's MAC is known).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressPairRequest {
@@ -232,7 +246,12 @@ pub struct PortRequest {
     pub vnic_type: Option<String>,
 }
 
-fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> Result<Vec<FixedIpRequest>> {
+/// Parses a list of `{subnet_id, ip_address}` requests (`fixed_ips`, a gateway's
+/// `external_fixed_ips`), naming `attr` in errors.
+pub(crate) fn parse_fixed_ips(
+    attr: &str,
+    items: Vec<Map<String, Value>>,
+) -> Result<Vec<FixedIpRequest>> {
     let mut out: Vec<FixedIpRequest> = Vec::new();
     for item in items {
         if let Some(k) = item
@@ -240,28 +259,25 @@ fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> Result<Vec<FixedIpRequest>
             .find(|k| !["subnet_id", "ip_address"].contains(&k.as_str()))
         {
             return Err(Error::invalid_attr(
-                "fixed_ips",
-                format!("'{k}' is not a valid fixed_ips key"),
+                attr,
+                format!("'{k}' is not a valid {attr} key"),
             ));
         }
         let subnet_id = item
             .get("subnet_id")
-            .map(|v| as_uuid("fixed_ips", v))
+            .map(|v| as_uuid(attr, v))
             .transpose()?;
-        let ip_address = item
-            .get("ip_address")
-            .map(|v| as_ip("fixed_ips", v))
-            .transpose()?;
+        let ip_address = item.get("ip_address").map(|v| as_ip(attr, v)).transpose()?;
         if subnet_id.is_none() && ip_address.is_none() {
             return Err(Error::invalid_attr(
-                "fixed_ips",
+                attr,
                 "each entry needs a subnet_id or an ip_address",
             ));
         }
         if let Some(ip) = ip_address {
             if out.iter().any(|o| o.ip_address == Some(ip)) {
                 return Err(Error::invalid_attr(
-                    "fixed_ips",
+                    attr,
                     format!("Duplicate IP address '{ip}'"),
                 ));
             }
@@ -405,7 +421,7 @@ impl PortRequest {
             .transpose()?;
         req.fixed_ips = input
             .object_list("fixed_ips")?
-            .map(parse_fixed_ips)
+            .map(|items| parse_fixed_ips("fixed_ips", items))
             .transpose()?;
         req.device_id = input.string("device_id", 255)?;
         req.device_owner = input.string("device_owner", 255)?;

@@ -12,9 +12,9 @@ use serde_json::{json, Map, Value};
 
 use crate::addr::Cidr;
 use crate::error::{Error, Result};
-use crate::input::{as_bool, as_ip, as_uuid, show, Input, Method};
+use crate::input::{as_bool, as_uuid, show, Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
-use crate::port::FixedIp;
+use crate::port::{parse_fixed_ips, FixedIp, FixedIpRequest};
 use crate::wire::{to_map, Wire};
 
 /// `device_owner` of a distributed router's interface ports (same gateway IP and MAC on every
@@ -143,15 +143,6 @@ pub struct Router {
     pub availability_zone_hints: Vec<String>,
 }
 
-/// A requested address of the gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GatewayIpRequest {
-    /// Subnet to take it from.
-    pub subnet_id: Option<String>,
-    /// Exact address.
-    pub ip_address: Option<IpAddr>,
-}
-
 /// A requested gateway (`external_gateway_info`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayRequest {
@@ -160,7 +151,7 @@ pub struct GatewayRequest {
     /// `enable_snat` (Neutron's default: true).
     pub enable_snat: Option<bool>,
     /// `external_fixed_ips`.
-    pub external_fixed_ips: Option<Vec<GatewayIpRequest>>,
+    pub external_fixed_ips: Option<Vec<FixedIpRequest>>,
 }
 
 /// A validated create or update body. `gateway` is `Some(None)` when the body clears it.
@@ -257,7 +248,7 @@ fn parse_gateway(value: Value) -> Result<Option<GatewayRequest>> {
     let external_fixed_ips = match map.get("external_fixed_ips") {
         None => None,
         Some(Value::Array(items)) => {
-            let mut out = Vec::new();
+            let mut entries = Vec::with_capacity(items.len());
             for item in items {
                 let Value::Object(entry) = item else {
                     return Err(Error::invalid_attr(
@@ -265,26 +256,9 @@ fn parse_gateway(value: Value) -> Result<Option<GatewayRequest>> {
                         format!("'{}' is not a dictionary", show(item)),
                     ));
                 };
-                let subnet_id = entry
-                    .get("subnet_id")
-                    .map(|v| as_uuid("external_fixed_ips", v))
-                    .transpose()?;
-                let ip_address = entry
-                    .get("ip_address")
-                    .map(|v| as_ip("external_fixed_ips", v))
-                    .transpose()?;
-                if subnet_id.is_none() && ip_address.is_none() {
-                    return Err(Error::invalid_attr(
-                        "external_fixed_ips",
-                        "each entry needs a subnet_id or an ip_address",
-                    ));
-                }
-                out.push(GatewayIpRequest {
-                    subnet_id,
-                    ip_address,
-                });
+                entries.push(entry.clone());
             }
-            Some(out)
+            Some(parse_fixed_ips("external_fixed_ips", entries)?)
         }
         Some(other) => {
             return Err(Error::invalid_attr(

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use isthmus_model::addr::IpVersion;
 use isthmus_model::floating_ip::{Association, FloatingIpRequest};
 use isthmus_model::input::Method;
+use isthmus_model::port::FixedIpRequest;
 use isthmus_model::router::OWNER_FLOATING_IP;
 use isthmus_model::{Caller, Error, FloatingIp, Meta, Port, Result};
 use isthmus_store::{Compare, Op, Txn};
@@ -128,17 +129,14 @@ impl Service {
             .project_id
             .clone()
             .unwrap_or_else(|| caller.project_id.clone());
-        let mut fixed = json!({});
-        if let Some(s) = &req.subnet_id {
-            fixed["subnet_id"] = json!(s);
-        }
-        if let Some(ip) = req.floating_ip_address {
-            fixed["ip_address"] = json!(ip);
-        }
-        let fixed_ips = if fixed.as_object().is_some_and(|m| m.is_empty()) {
+        let requested = FixedIpRequest {
+            subnet_id: req.subnet_id.clone(),
+            ip_address: req.floating_ip_address,
+        };
+        let fixed_ips = if requested.subnet_id.is_none() && requested.ip_address.is_none() {
             Value::Null
         } else {
-            json!([fixed])
+            json!([requested.to_wire()])
         };
         let port = self
             .create_service_port(&project, &network_id, fixed_ips, OWNER_FLOATING_IP, &id, "")

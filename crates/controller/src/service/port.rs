@@ -591,17 +591,6 @@ impl Service {
         id: &str,
         if_match: Option<u64>,
     ) -> Result<()> {
-        let (port, _) = self.load_owned::<Port>(caller, id).await?;
-        if is_l3_owner(&port.device_owner) {
-            return Err(Error::fault(
-                "ServicePortInUse",
-                409,
-                format!(
-                    "Port {id} cannot be deleted directly via the port API: has device owner {}.",
-                    port.device_owner
-                ),
-            ));
-        }
         self.remove_port(Some(caller), id, if_match).await
     }
 
@@ -611,7 +600,8 @@ impl Service {
     }
 
     /// Deletes a port, releasing its addresses and MAC and disassociating its floating IPs in
-    /// the same transaction.
+    /// the same transaction. Through the API (`caller` given) ports the L3 service owns are
+    /// refused.
     async fn remove_port(
         &self,
         caller: Option<&Caller>,
@@ -623,6 +613,16 @@ impl Service {
                 Some(caller) => self.load_owned::<Port>(caller, id).await?,
                 None => self.must_load::<Port>(id).await?,
             };
+            if caller.is_some() && is_l3_owner(&port.device_owner) {
+                return Err(Error::fault(
+                    "ServicePortInUse",
+                    409,
+                    format!(
+                        "Port {id} cannot be deleted directly via the port API: has device owner {}.",
+                        port.device_owner
+                    ),
+                ));
+            }
             check_revision(&port.meta, if_match)?;
             let mut txn = Txn::new()
                 .when(Compare::mod_revision(keys::port(id), rev))

@@ -213,19 +213,7 @@ impl Service {
                 if let (Some(want), Some(network)) = (&wanted, &network) {
                     let host = self.pick_gateway_host(network).await?;
                     let fixed_ips = want.external_fixed_ips.as_ref().map(|ips| {
-                        json!(ips
-                            .iter()
-                            .map(|f| {
-                                let mut entry = json!({});
-                                if let Some(s) = &f.subnet_id {
-                                    entry["subnet_id"] = json!(s);
-                                }
-                                if let Some(ip) = f.ip_address {
-                                    entry["ip_address"] = json!(ip);
-                                }
-                                entry
-                            })
-                            .collect::<Vec<_>>())
+                        Value::Array(ips.iter().map(|f| f.to_wire()).collect())
                     });
                     let port = self
                         .create_service_port(
