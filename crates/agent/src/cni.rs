@@ -331,7 +331,7 @@ impl Server {
         let tap = tap_name(port_id);
         self.shared
             .netlink
-            .add_pod_veth(&tap, &request.ifname, &iface.mac, iface.mtu, &netns)
+            .add_veth(&tap, &request.ifname, &iface.mac, iface.mtu, &netns)
             .await
             .map_err(|e| io_failure("cannot create the pod's veth", e))?;
         netlink::configure_pod(netns, request.ifname.clone(), iface.clone())

@@ -30,7 +30,7 @@ pub struct Link {
 /// Reads the managed L2 state and every link, all over netlink.
 pub async fn observe(netlink: &Netlink) -> Result<(Observed, Vec<Link>), AgentError> {
     let (mut observed, links) = netlink.links().await?;
-    observed.fdb = netlink.fdb(&observed.vxlans).await?;
+    (observed.fdb, observed.pins) = netlink.fdb(&observed).await?;
     Ok((observed, links))
 }
 

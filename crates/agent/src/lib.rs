@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod netlink;
 pub mod netns;
 mod pool;
+pub mod routers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use isthmus_dataplane::l2::{self, bridge_name, tap_name, NodeConfig};
+use isthmus_dataplane::router::{self, RouterState};
 use isthmus_dataplane::view::NodeView;
 use isthmus_dataplane::{filter, nft};
 use serde_json::json;
@@ -29,6 +31,9 @@ use tokio::sync::{watch, Notify};
 pub use cni::POD_DEVICE_OWNER;
 pub use http::Endpoint;
 pub use isthmus_cni::DEFAULT_SOCKET as DEFAULT_CNI_SOCKET;
+
+/// Where router namespaces are pinned by default: where `ip netns` finds them.
+pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
 
 /// Errors of the agent.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,8 @@ pub struct Config {
     pub default_pod_network: Option<String>,
     /// Pod ports kept ready per (network, project) in use on this node.
     pub pool_size: usize,
+    /// Where router namespaces are pinned.
+    pub netns_dir: PathBuf,
 }
 
 /// Parses `NAME:IFACE`.
@@ -253,12 +260,14 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
     }
 }
 
-/// What this agent last wrote: its filter tables and the forwarding entries on its VXLAN
-/// devices. `None` parts are read from the kernel on the next pass.
+/// What this agent last wrote: its filter tables, the forwarding entries on its VXLAN
+/// devices and bridge ports, and its router namespaces. `None` parts are read from the kernel
+/// on the next pass.
 #[derive(Default)]
 struct Known {
     tables: Option<(nft::Observed, nft::Observed)>,
-    fdb: Option<BTreeSet<l2::Fdb>>,
+    fdb: Option<(BTreeSet<l2::Fdb>, BTreeSet<l2::Pin>)>,
+    routers: Option<RouterState>,
 }
 
 async fn reconciler(shared: Arc<Shared>) {
@@ -333,15 +342,31 @@ async fn reconcile(
         changed
     });
 
-    let want = l2::desired(view, node);
+    // Router namespaces before L2: their taps must exist to be attached.
+    let routers = router::desired(view, node);
+    let have = match known.routers.take() {
+        Some(have) => have,
+        None => routers::observe(&shared.config.netns_dir).await?,
+    };
+    let ops = router::plan(&routers, &have);
+    if !ops.is_empty() {
+        routers::apply(&shared.netlink, &shared.config.netns_dir, &ops).await?;
+    }
+    known.routers = Some(routers.clone());
+
+    let want = l2::desired(view, node, &routers);
     let (mut observed, mut links) = shared.netlink.links().await?;
-    observed.fdb = match known.fdb.take() {
+    (observed.fdb, observed.pins) = match known.fdb.take() {
         // Entries live on devices: keep only those whose device is still there.
-        Some(fdb) => fdb
-            .into_iter()
-            .filter(|f| observed.vxlans.contains_key(&f.device))
-            .collect(),
-        None => shared.netlink.fdb(&observed.vxlans).await?,
+        Some((fdb, pins)) => (
+            fdb.into_iter()
+                .filter(|f| observed.vxlans.contains_key(&f.device))
+                .collect(),
+            pins.into_iter()
+                .filter(|p| observed.devices.contains_key(&p.device))
+                .collect(),
+        ),
+        None => shared.netlink.fdb(&observed).await?,
     };
     let ops = l2::plan(&want, &observed);
     if !ops.is_empty() {
@@ -369,7 +394,7 @@ async fn reconcile(
             }
         }
     }
-    known.fdb = Some(want.fdb.clone());
+    known.fdb = Some((want.fdb.clone(), want.pins.clone()));
     report_status(shared, view, &links).await
 }
 

@@ -8,10 +8,13 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use futures_util::{StreamExt, TryStreamExt};
-use isthmus_dataplane::l2::{Bridge, Fdb, Observed, Op, Vxlan, VXLAN_PORT};
+use std::collections::BTreeSet;
+
+use isthmus_dataplane::l2::{Bridge, Fdb, Observed, Op, Pin, Vxlan, VXLAN_PORT};
 use isthmus_dataplane::pod::PodInterface;
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
@@ -52,7 +55,8 @@ pub fn parse_mac(mac: &str) -> Result<Vec<u8>, AgentError> {
     }
 }
 
-fn format_mac(bytes: &[u8]) -> String {
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -75,9 +79,9 @@ impl Netlink {
     }
 
     /// Creates a veth whose host side is `host` (left down: the reconciler attaches it once
-    /// its filters are in place) and whose other side is created directly inside `netns` as
-    /// `ifname` with `mac` and `mtu`.
-    pub async fn add_pod_veth(
+    /// its filters are in place) and whose other side is created directly inside `netns` (a
+    /// pod's or a router's) as `ifname` with `mac` and `mtu`.
+    pub async fn add_veth(
         &self,
         host: &str,
         ifname: &str,
@@ -102,6 +106,17 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| kernel(&format!("creating veth {host} / {ifname}"), e))
+    }
+
+    /// Deletes a link (a veth with its peer, wherever that is); absent is not an error.
+    pub async fn delete_link(&self, name: &str) -> Result<(), AgentError> {
+        let Some(index) = link_index(&self.handle, name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(index).execute().await {
+            Err(e) if !is_absent(&e) => Err(kernel(&format!("deleting {name}"), e)),
+            _ => Ok(()),
+        }
     }
 
     /// Whether a link exists.
@@ -230,6 +245,16 @@ impl Netlink {
     }
 }
 
+/// Turns IPv6 off on a device of the agent's namespace (nothing to do where IPv6 is absent
+/// or the device went away meanwhile).
+fn disable_ipv6(device: &str) -> Result<(), AgentError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(kernel(&path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// The link group of devices waiting to be deleted ("ISTH").
 const DOOMED_GROUP: u32 = 0x4953_5448;
 
@@ -308,20 +333,27 @@ impl Reaper {
 }
 
 impl Netlink {
-    /// Reads the static forwarding entries (with a remote) on the given VXLAN devices.
+    /// Reads the static forwarding entries (with a remote) on the managed VXLAN devices, and the
+    /// static entries (pins) on the other devices attached to managed bridges.
     pub async fn fdb(
         &self,
-        vxlans: &std::collections::BTreeMap<String, Vxlan>,
-    ) -> Result<std::collections::BTreeSet<Fdb>, AgentError> {
-        let mut entries = std::collections::BTreeSet::new();
-        if vxlans.is_empty() {
-            return Ok(entries);
-        }
+        observed: &Observed,
+    ) -> Result<(BTreeSet<Fdb>, BTreeSet<Pin>), AgentError> {
+        let (mut entries, mut pins) = (BTreeSet::new(), BTreeSet::new());
+        let attached = observed.devices.iter().filter(|(_, (bridge, _))| {
+            bridge
+                .as_ref()
+                .is_some_and(|b| observed.bridges.contains_key(b))
+        });
+        let names = observed.vxlans.keys().chain(attached.map(|(name, _)| name));
         let mut devices = std::collections::HashMap::new();
-        for name in vxlans.keys() {
+        for name in names {
             if let Some(index) = link_index(&self.handle, name).await? {
                 devices.insert(index, name.clone());
             }
+        }
+        if devices.is_empty() {
+            return Ok((entries, pins));
         }
         let mut request = self.handle.neighbours().get();
         request.message_mut().header.family = AddressFamily::Bridge;
@@ -357,15 +389,58 @@ impl Netlink {
                     _ => {}
                 }
             }
-            if let (Some(mac), Some(dst)) = (mac, dst) {
-                entries.insert(Fdb {
+            let Some(mac) = mac else { continue };
+            if observed.vxlans.contains_key(device) {
+                if let Some(dst) = dst {
+                    entries.insert(Fdb {
+                        device: device.clone(),
+                        mac,
+                        dst,
+                    });
+                }
+            } else if m.header.state == NeighbourState::Noarp
+                && m.header.flags.contains(NeighbourFlags::Controller)
+            {
+                pins.insert(Pin {
                     device: device.clone(),
                     mac,
-                    dst,
                 });
             }
         }
-        Ok(entries)
+        Ok((entries, pins))
+    }
+
+    /// A static, sticky entry of the bridge (`bridge fdb ... master static sticky`).
+    fn pin_message(index: u32, pin: &Pin) -> Result<NeighbourMessage, AgentError> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Noarp;
+        m.header.flags = NeighbourFlags::Controller | NeighbourFlags::Sticky;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(parse_mac(&pin.mac)?));
+        Ok(m)
+    }
+
+    async fn set_pin(&self, pin: &Pin, add: bool) -> Result<(), AgentError> {
+        let Some(index) = link_index(&self.handle, &pin.device).await? else {
+            return Ok(());
+        };
+        let m = Self::pin_message(index, pin)?;
+        let mut message = NetlinkMessage::from(if add {
+            RouteNetlinkMessage::NewNeighbour(m)
+        } else {
+            RouteNetlinkMessage::DelNeighbour(m)
+        });
+        if add {
+            message.header.flags = NLM_F_CREATE | NLM_F_REPLACE;
+        }
+        match self.call(message).await {
+            Err(e) if add || (!is_absent(&e) && !is_missing_entry(&e)) => {
+                Err(kernel(&format!("pinning {} on {}", pin.mac, pin.device), e))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn index(&self, name: &str) -> Result<u32, AgentError> {
@@ -406,8 +481,20 @@ impl Netlink {
         Ok(())
     }
 
-    /// Applies one L2 change (see [`Op`]).
+    /// Applies one L2 change (see [`Op`]). Bridges, tunnels and attached devices are the
+    /// node's plumbing, with no address of their own: IPv6 is turned off on them so they never
+    /// speak on the tenant network (router solicitations and multicast reports flooded to every
+    /// node of the network).
     pub async fn apply(&self, op: &Op) -> Result<(), AgentError> {
+        self.apply_change(op).await?;
+        match op {
+            Op::AddBridge { name, .. } | Op::AddVxlan { name, .. } => disable_ipv6(name),
+            Op::Attach { device, .. } => disable_ipv6(device),
+            _ => Ok(()),
+        }
+    }
+
+    async fn apply_change(&self, op: &Op) -> Result<(), AgentError> {
         let failed = |what: String| move |e: rtnetlink::Error| kernel(&what, e);
         match op {
             Op::AddBridge { name, mtu } => self
@@ -448,15 +535,9 @@ impl Netlink {
                 mtu,
             } => self.set_link(device, Some(bridge), Some(*mtu)).await,
             Op::Detach { device } => self.set_link(device, None, None).await,
-            Op::DelVxlan { name } | Op::DelBridge { name } => {
-                let Some(index) = link_index(&self.handle, name).await? else {
-                    return Ok(());
-                };
-                match self.handle.link().del(index).execute().await {
-                    Err(e) if !is_absent(&e) => Err(kernel(&format!("deleting {name}"), e)),
-                    _ => Ok(()),
-                }
-            }
+            Op::DelVxlan { name } | Op::DelBridge { name } => self.delete_link(name).await,
+            Op::AddPin(pin) => self.set_pin(pin, true).await,
+            Op::DelPin(pin) => self.set_pin(pin, false).await,
             Op::AddFdb(f) => self.add_fdb(self.index(&f.device).await?, f).await,
             Op::DelFdb(f) => match link_index(&self.handle, &f.device).await? {
                 Some(index) => self.del_fdb(index, f).await,
@@ -559,7 +640,7 @@ async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, AgentErr
 
 /// Runs `f` with a netlink connection opened inside `netns`, on a thread of its own (a
 /// namespace switch is per thread, so the agent's runtime never leaves its namespace).
-async fn in_netns<T, F, Fut>(netns: File, f: F) -> Result<T, AgentError>
+pub(crate) async fn in_netns<T, F, Fut>(netns: File, f: F) -> Result<T, AgentError>
 where
     T: Send + 'static,
     F: FnOnce(Handle) -> Fut + Send + 'static,

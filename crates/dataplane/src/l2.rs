@@ -3,12 +3,18 @@
 //! all-zero entry per remote node for broadcast by head-end replication), and local ports'
 //! host-side devices attached to their network's bridge.
 //!
+//! Router interfaces (see [`crate::router`]) bring their networks to every node running the
+//! router, attach their `tap` ends like ports, and pin the gateway MAC on that tap with a static
+//! bridge entry: frames routed by a remote node carry the same source MAC, and must not move it
+//! to the tunnel.
+//!
 //! Kernel names follow Neutron's linuxbridge agent, so Nova's os-vif plugs into the same
 //! bridges: `brq` + network id[0:11], `vxlan-<vni>`, `tap` + port id[0:11].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use crate::router::{self, RouterState};
 use crate::view::NodeView;
 
 /// VXLAN's IANA port.
@@ -57,6 +63,15 @@ pub struct Fdb {
     pub dst: IpAddr,
 }
 
+/// A MAC pinned on a bridge port by a static, sticky bridge entry (learning never moves it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pin {
+    /// The bridge port.
+    pub device: String,
+    /// MAC, lower case.
+    pub mac: String,
+}
+
 /// A device to attach to a bridge (a port's tap, or a physnet interface for flat networks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -75,8 +90,10 @@ pub struct L2State {
     pub vxlans: BTreeMap<String, Vxlan>,
     /// Forwarding entries.
     pub fdb: BTreeSet<Fdb>,
-    /// Attachments by device name (taps of local ports, physnet interfaces).
+    /// Attachments by device name (taps of local ports and routers, physnet interfaces).
     pub attachments: BTreeMap<String, Attachment>,
+    /// Gateway MACs pinned on router taps.
+    pub pins: BTreeSet<Pin>,
 }
 
 /// What the agent knows about its own node.
@@ -90,15 +107,18 @@ pub struct NodeConfig {
     pub physnets: BTreeMap<String, String>,
 }
 
-/// The L2 state `view` implies for `node`.
-pub fn desired(view: &NodeView, node: &NodeConfig) -> L2State {
+/// The L2 state `view` implies for `node`, which runs `routers` (from [`router::desired`]).
+pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2State {
     let mut state = L2State::default();
+    let interfaces = || routers.values().flat_map(|ns| ns.interfaces.values());
     let local_networks: BTreeSet<&str> = view
         .ports
         .values()
         .filter(|p| p.host_id == node.name)
         .map(|p| p.network_id.as_str())
+        .chain(interfaces().map(|i| i.network_id.as_str()))
         .collect();
+    let router_nodes = router::nodes_by_network(view);
     for net_id in &local_networks {
         let Some(net) = view.networks.get(*net_id) else {
             continue;
@@ -151,6 +171,18 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> L2State {
                         dst: remote.tunnel_ip,
                     });
                 }
+                for name in router_nodes.get(net.id.as_str()).into_iter().flatten() {
+                    match view.nodes.get(name) {
+                        Some(remote) if remote.tunnel_ip != node.tunnel_ip => {
+                            state.fdb.insert(Fdb {
+                                device: device.clone(),
+                                mac: FLOOD_MAC.to_owned(),
+                                dst: remote.tunnel_ip,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
             }
             ("flat", _) => {
                 let iface = net
@@ -183,6 +215,19 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> L2State {
             );
         }
     }
+    for interface in interfaces() {
+        state.attachments.insert(
+            interface.peer.clone(),
+            Attachment {
+                bridge: interface.bridge.clone(),
+                mtu: interface.mtu,
+            },
+        );
+        state.pins.insert(Pin {
+            device: interface.peer.clone(),
+            mac: interface.mac.clone(),
+        });
+    }
     state
 }
 
@@ -198,6 +243,8 @@ pub struct Observed {
     pub fdb: BTreeSet<Fdb>,
     /// Other present devices: name → (attached bridge, MTU).
     pub devices: BTreeMap<String, (Option<String>, u32)>,
+    /// Static entries on devices attached to those bridges.
+    pub pins: BTreeSet<Pin>,
 }
 
 /// One kernel change.
@@ -237,6 +284,10 @@ pub enum Op {
     AddFdb(Fdb),
     /// Remove a static forwarding entry.
     DelFdb(Fdb),
+    /// Pin a MAC on a bridge port.
+    AddPin(Pin),
+    /// Remove a pin.
+    DelPin(Pin),
     /// Detach a device from its bridge (the device itself belongs to its owner).
     Detach {
         /// Device.
@@ -319,6 +370,18 @@ pub fn plan(desired: &L2State, observed: &Observed) -> Vec<Op> {
             ops.push(Op::DelFdb(entry.clone()));
         }
     }
+    for pin in &desired.pins {
+        // A pin needs its device on the bridge; it follows the attachment.
+        let attached = observed.devices.contains_key(&pin.device);
+        if attached && !observed.pins.contains(pin) {
+            ops.push(Op::AddPin(pin.clone()));
+        }
+    }
+    for pin in &observed.pins {
+        if !desired.pins.contains(pin) && observed.devices.contains_key(&pin.device) {
+            ops.push(Op::DelPin(pin.clone()));
+        }
+    }
     for (device, (bridge, _)) in &observed.devices {
         let managed = bridge
             .as_ref()
@@ -381,10 +444,17 @@ pub fn simulate(observed: &Observed, ops: &[Op]) -> Observed {
             Op::DelFdb(f) => {
                 s.fdb.remove(f);
             }
+            Op::AddPin(p) => {
+                s.pins.insert(p.clone());
+            }
+            Op::DelPin(p) => {
+                s.pins.remove(p);
+            }
             Op::Detach { device } => {
                 if let Some(d) = s.devices.get_mut(device) {
                     d.0 = None;
                 }
+                s.pins.retain(|p| &p.device != device);
             }
             Op::DelVxlan { name } => {
                 s.vxlans.remove(name);
@@ -404,6 +474,10 @@ mod tests {
     use crate::view::{Network, Node, Port};
 
     const NET: &str = "aaaaaaaa-1111-2222-3333-444444444444";
+
+    fn desired_here(view: &NodeView, node: &NodeConfig) -> L2State {
+        desired(view, node, &router::desired(view, node))
+    }
 
     fn node(name: &str, ip: &str) -> NodeConfig {
         NodeConfig {
@@ -471,7 +545,7 @@ mod tests {
 
     #[test]
     fn desired_overlay() {
-        let d = desired(&view(), &node("a", "10.0.0.1"));
+        let d = desired_here(&view(), &node("a", "10.0.0.1"));
         let bridge = bridge_name(NET);
         assert_eq!(bridge, "brqaaaaaaaa-11");
         assert_eq!(d.bridges[&bridge].mtu, 1450);
@@ -495,13 +569,16 @@ mod tests {
         );
         assert_eq!(d.attachments.keys().collect::<Vec<_>>(), ["tapp-local-000"]);
         // A node with no local port on the network has nothing for it.
-        assert_eq!(desired(&view(), &node("z", "10.0.0.9")), L2State::default());
+        assert_eq!(
+            desired_here(&view(), &node("z", "10.0.0.9")),
+            L2State::default()
+        );
     }
 
     #[test]
     fn plan_converges_and_is_idempotent() {
         let me = node("a", "10.0.0.1");
-        let want = desired(&view(), &me);
+        let want = desired_here(&view(), &me);
         let mut kernel = Observed::default();
         kernel.devices.insert("tapp-local-000".into(), (None, 1500));
         let ops = plan(&want, &kernel);
@@ -515,7 +592,7 @@ mod tests {
         // A remote port goes away: exactly its entries are removed, nothing is rebuilt.
         let mut v = view();
         v.ports.remove("p-remote-c");
-        let ops = plan(&desired(&v, &me), &kernel);
+        let ops = plan(&desired_here(&v, &me), &kernel);
         assert_eq!(ops.len(), 2, "{ops:?}");
         assert!(ops
             .iter()
@@ -523,7 +600,7 @@ mod tests {
 
         // The last local port goes: detach, then the VXLAN device and the bridge.
         v.ports.remove("p-local-000000");
-        let ops = plan(&desired(&v, &me), &kernel);
+        let ops = plan(&desired_here(&v, &me), &kernel);
         let kinds: Vec<&str> = ops
             .iter()
             .map(|o| match o {
@@ -542,12 +619,12 @@ mod tests {
         let mut v = view();
         let me = node("a", "10.0.0.1");
         // The hypervisor has not created the tap yet: nothing to attach.
-        let ops = plan(&desired(&v, &me), &Observed::default());
+        let ops = plan(&desired_here(&v, &me), &Observed::default());
         assert!(!ops.iter().any(|o| matches!(o, Op::Attach { .. })));
         v.networks.get_mut(NET).unwrap().network_type = "flat".into();
         v.networks.get_mut(NET).unwrap().segmentation_id = None;
         v.networks.get_mut(NET).unwrap().physical_network = Some("public".into());
-        let d = desired(&v, &me);
+        let d = desired_here(&v, &me);
         assert!(d.vxlans.is_empty() && d.fdb.is_empty());
         assert_eq!(d.attachments["eth1"].bridge, bridge_name(NET));
     }

@@ -31,9 +31,16 @@ pub fn interface_name(port_id: &str) -> String {
     format!("qr-{}", port_id.get(..11).unwrap_or(port_id))
 }
 
+/// The node-side end (`tap<port[0:11]>`) of a router interface `qr-<port[0:11]>`.
+pub fn peer_of(interface: &str) -> String {
+    format!("tap{}", interface.trim_start_matches("qr-"))
+}
+
 /// One interface of a router namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
+    /// The network it is on.
+    pub network_id: String,
     /// Its other end on the network's bridge (`tap<port[0:11]>`).
     pub peer: String,
     /// The network's bridge.
@@ -112,20 +119,27 @@ pub fn hosts(view: &NodeView) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-/// Networks a node needs a bridge for because a router it runs has an interface there.
-pub fn networks_on(view: &NodeView, node: &str) -> BTreeSet<String> {
+/// The nodes running a router interface on each network: where a network's broadcasts must
+/// reach (a gratuitous ARP from a moved address updates every router's neighbour), even on
+/// nodes with no port of their own there.
+pub fn nodes_by_network(view: &NodeView) -> BTreeMap<String, BTreeSet<String>> {
     let hosts = hosts(view);
-    view.ports
-        .values()
-        .filter(|p| p.device_owner == OWNER_INTERFACE)
-        .filter(|p| hosts.get(&p.device_id).is_some_and(|n| n.contains(node)))
-        .filter(|p| {
-            view.routers
-                .get(&p.device_id)
-                .is_some_and(|r| r.admin_state_up)
-        })
-        .map(|p| p.network_id.clone())
-        .collect()
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for port in view.ports.values() {
+        let up = view
+            .routers
+            .get(&port.device_id)
+            .is_some_and(|r| r.admin_state_up);
+        if port.device_owner != OWNER_INTERFACE || !up {
+            continue;
+        }
+        if let Some(nodes) = hosts.get(&port.device_id) {
+            out.entry(port.network_id.clone())
+                .or_default()
+                .extend(nodes.iter().cloned());
+        }
+    }
+    out
 }
 
 /// The router namespaces `view` implies for `node`.
@@ -175,6 +189,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> RouterState {
             ns.interfaces.insert(
                 name,
                 Interface {
+                    network_id: port.network_id.clone(),
                     peer: tap_name(&port.id),
                     bridge: bridge_name(&port.network_id),
                     mac: port.mac_address.to_ascii_lowercase(),
@@ -485,9 +500,61 @@ mod tests {
         }));
         assert_eq!(ns.neighbours.len(), 2, "router ports are not neighbours");
         assert_eq!(ns.routes.len(), 1);
+        let by_network = nodes_by_network(&v);
+        assert_eq!(by_network.len(), 2);
         assert_eq!(
-            networks_on(&v, "node1"),
-            ["net-a".to_owned(), "net-b".to_owned()].into()
+            by_network["net-a"],
+            ["node1".to_owned(), "node2".to_owned()].into()
+        );
+    }
+
+    #[test]
+    fn routers_bring_their_networks_taps_and_pinned_gateways_to_l2() {
+        use crate::l2;
+        let v = view();
+        let me = node("node1");
+        let routers = desired(&v, &me);
+        let state = l2::desired(&v, &me, &routers);
+        assert_eq!(
+            state.bridges.keys().collect::<Vec<_>>(),
+            ["brqnet-a", "brqnet-b"],
+            "net-b has no port on node1 but its router interface"
+        );
+        assert_eq!(state.attachments["tapb1000000000"].bridge, "brqnet-b");
+        assert!(state.pins.contains(&l2::Pin {
+            device: "tapa1000000000".into(),
+            mac: "fa:16:3e:00:00:a1".into()
+        }));
+        // The pod's MAC on net-b points at node2, and net-b floods there.
+        let to_node2: Vec<&str> = state
+            .fdb
+            .iter()
+            .filter(|f| f.device == "vxlan-2")
+            .map(|f| f.mac.as_str())
+            .collect();
+        assert_eq!(to_node2, ["00:00:00:00:00:00", "fa:16:3e:00:00:b2"]);
+        // net-a floods to node2 too: node2 has no port on net-a, but runs the router there.
+        assert!(state
+            .fdb
+            .iter()
+            .any(|f| f.device == "vxlan-1" && f.mac == l2::FLOOD_MAC));
+        // Converged: nothing to plan; a detached tap loses its pin and gets it back.
+        let mut kernel = l2::Observed::default();
+        for tap in ["tapa1000000000", "tapb1000000000"] {
+            kernel.devices.insert(tap.into(), (None, 1500));
+        }
+        let kernel = l2::simulate(&kernel, &l2::plan(&state, &kernel));
+        assert!(l2::plan(&state, &kernel).is_empty());
+        let detached = l2::simulate(
+            &kernel,
+            &[l2::Op::Detach {
+                device: "tapa1000000000".into(),
+            }],
+        );
+        let again = l2::plan(&state, &detached);
+        assert!(
+            again.iter().any(|o| matches!(o, l2::Op::AddPin(_))),
+            "{again:?}"
         );
     }
 

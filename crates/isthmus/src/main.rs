@@ -88,6 +88,10 @@ enum Command {
         /// Pod ports kept ready per (network, project) used on this node (0: no pool).
         #[arg(long, default_value_t = 2)]
         pool_size: usize,
+        /// Where router namespaces are pinned (`ip netns` uses /run/netns; one directory per
+        /// agent on a shared machine).
+        #[arg(long, default_value = isthmus_agent::DEFAULT_NETNS_DIR)]
+        netns_dir: PathBuf,
     },
     /// Show what this node's kernel holds (run on the node, e.g. inside its namespace).
     /// A whole cloud in network namespaces on this machine (root): controller, nodes with
@@ -244,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
             cni_socket,
             default_pod_network,
             pool_size,
+            netns_dir,
         } => {
             let physnets = physnets
                 .iter()
@@ -259,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
                 cni_socket,
                 default_pod_network,
                 pool_size,
+                netns_dir,
             };
             tokio::select! {
                 result = isthmus_agent::run(config) => result?,

@@ -172,6 +172,8 @@ pub struct Node {
     pub state_dir: PathBuf,
     /// Its agent's `--cni-socket`.
     pub cni_socket: PathBuf,
+    /// Its agent's `--netns-dir` (router namespaces).
+    pub netns_dir: PathBuf,
 }
 
 /// A pod sandbox: a network namespace, as a runtime creates it before calling CNI.
@@ -195,8 +197,28 @@ pub struct ScratchDir(pub PathBuf, pub bool);
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         if !self.1 {
+            unpin_under(&self.0);
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+}
+
+/// Detaches every mount under `dir` (namespaces the agents pinned there), deepest first, so the
+/// directory can be removed and the namespaces go once nothing else holds them.
+pub fn unpin_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // The fifth field is the mount point (spaces escaped as \040).
+    let mut points: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for point in points {
+        let _ = run("umount", &["-l", &point.to_string_lossy()]);
     }
 }
 
@@ -349,6 +371,7 @@ impl Lab {
                 ns,
                 state_dir: lab.dir.0.join(&name),
                 cni_socket: lab.dir.0.join(format!("{name}.cni.sock")),
+                netns_dir: lab.dir.0.join(format!("{name}.netns")),
                 name,
                 underlay_ip,
             });
@@ -532,7 +555,12 @@ impl Lab {
     /// The same with extra agent arguments (`--default-pod-network NET`, `--pool-size N`...).
     pub fn start_agent_with(&self, bin: &str, index: usize, extra: &[&str]) -> Result<Daemon> {
         let node = &self.nodes[index];
-        let mut command = node.ns.command(bin);
+        // Not `ip netns exec`: its private mount namespace would take the router namespaces
+        // the agent pins with it when the agent stops.
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", node.ns.name()))
+            .arg(bin);
         self.daemon_output(&mut command, &node.name);
         command
             .args([
@@ -547,6 +575,8 @@ impl Lab {
             .arg(&node.state_dir)
             .arg("--cni-socket")
             .arg(&node.cni_socket)
+            .arg("--netns-dir")
+            .arg(&node.netns_dir)
             .args(extra)
             .spawn()
             .map(Daemon)

@@ -374,6 +374,7 @@ pub fn down(place: &Place, out: &mut dyn Write) -> Result<()> {
         let _ = writeln!(out, "removed {ns}");
     }
     if place.dir.exists() {
+        crate::unpin_under(&place.dir);
         std::fs::remove_dir_all(&place.dir)
             .map_err(|e| failed(&format!("rm -r {}", place.dir.display()), e))?;
         let _ = writeln!(out, "removed {}", place.dir.display());

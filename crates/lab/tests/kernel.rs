@@ -109,6 +109,29 @@ fn apply(ns: &Netns, ops: &[Op]) {
             Op::DelVxlan { name } | Op::DelBridge { name } => {
                 ns.ip(&["link", "del", name]).unwrap();
             }
+            Op::AddPin(pin) => {
+                ns.exec(
+                    "bridge",
+                    &[
+                        "fdb",
+                        "replace",
+                        &pin.mac,
+                        "dev",
+                        &pin.device,
+                        "master",
+                        "static",
+                        "sticky",
+                    ],
+                )
+                .unwrap();
+            }
+            Op::DelPin(pin) => {
+                ns.exec(
+                    "bridge",
+                    &["fdb", "del", &pin.mac, "dev", &pin.device, "master"],
+                )
+                .unwrap();
+            }
         }
     }
 }
@@ -225,7 +248,7 @@ fn planned_overlay_carries_vms_across_nodes() {
             tunnel_ip: node.underlay_ip.into(),
             physnets: BTreeMap::new(),
         };
-        let want = desired(&view, &config);
+        let want = desired(&view, &config, &Default::default());
         let mut observed = Observed::default();
         for tap in taps {
             observed.devices.insert(tap.clone(), (None, 1500));
@@ -267,7 +290,7 @@ fn planned_overlay_carries_vms_across_nodes() {
     // vm2 leaves: node1 removes exactly its entries and the network stays up for vm1.
     view.ports.remove(vm2_port);
     let (config, observed) = &kernels[0];
-    let ops = plan(&desired(&view, config), observed);
+    let ops = plan(&desired(&view, config, &Default::default()), observed);
     assert!(ops.iter().all(|o| matches!(o, Op::DelFdb(_))), "{ops:?}");
     apply(&lab.nodes[0].ns, &ops);
     let fdb = lab.nodes[0]

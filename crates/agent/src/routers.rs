@@ -1,0 +1,407 @@
+//! Router namespaces in the kernel: reads back what the `qrouter-*` namespaces pinned in the
+//! agent's namespace directory hold, and applies [`router::Op`]s. Each namespace is entered
+//! once per pass, on a thread of its own, with a netlink connection opened inside it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use isthmus_dataplane::router::{
+    self, Interface, Namespace, Neighbour, Op, Route, RouterState, NAMESPACE_PREFIX,
+};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::netlink::{format_mac, in_netns, parse_mac, Netlink};
+use crate::{netns, AgentError};
+
+fn kernel(what: &str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Kernel(format!("{what}: {e}"))
+}
+
+/// Sysctls of a router namespace: it forwards.
+const SYSCTLS: &[(&str, &str)] = &[
+    ("/proc/sys/net/ipv4/ip_forward", "1"),
+    ("/proc/sys/net/ipv6/conf/all/forwarding", "1"),
+];
+
+/// Sets an IPv6 setting of a device in the current thread's namespace.
+fn ipv6_conf(device: &str, key: &str, value: bool) -> Result<(), AgentError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{device}/{key}");
+    std::fs::write(&path, if value { "1" } else { "0" }).map_err(|e| kernel(&path, e))
+}
+
+/// Reads every router namespace pinned in `dir`.
+pub async fn observe(dir: &Path) -> Result<RouterState, AgentError> {
+    let mut state = RouterState::new();
+    for name in netns::list(dir, NAMESPACE_PREFIX)? {
+        let file = netns::open(dir, &name)?;
+        let ns = in_netns(file, |handle| async move { read_namespace(&handle).await }).await?;
+        state.insert(name, ns);
+    }
+    Ok(state)
+}
+
+async fn read_namespace(handle: &Handle) -> Result<Namespace, AgentError> {
+    let mut ns = Namespace::default();
+    let mut names = BTreeMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links
+        .try_next()
+        .await
+        .map_err(|e| kernel("reading links", e))?
+    {
+        let Some(name) = link_name(&link) else {
+            continue;
+        };
+        if !name.starts_with("qr-") {
+            continue;
+        }
+        let (mut mac, mut mtu) = (String::new(), 0);
+        for attr in &link.attributes {
+            match attr {
+                LinkAttribute::Address(bytes) => mac = format_mac(bytes),
+                LinkAttribute::Mtu(m) => mtu = *m,
+                _ => {}
+            }
+        }
+        names.insert(link.header.index, name.clone());
+        ns.interfaces.insert(
+            name.clone(),
+            Interface {
+                network_id: String::new(),
+                peer: router::peer_of(&name),
+                bridge: String::new(),
+                mac,
+                mtu,
+                addresses: Default::default(),
+            },
+        );
+    }
+    let mut addresses = handle.address().get().execute();
+    while let Some(m) = addresses
+        .try_next()
+        .await
+        .map_err(|e| kernel("reading addresses", e))?
+    {
+        let Some(name) = names.get(&m.header.index) else {
+            continue;
+        };
+        for attr in &m.attributes {
+            if let AddressAttribute::Address(ip) = attr {
+                // Link-local addresses come with the interface.
+                let link_local =
+                    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+                if let (false, Some(i)) = (link_local, ns.interfaces.get_mut(name)) {
+                    i.addresses.insert((*ip, m.header.prefix_len));
+                }
+            }
+        }
+    }
+    let mut neighbours = handle.neighbours().get().execute();
+    while let Some(m) = neighbours
+        .try_next()
+        .await
+        .map_err(|e| kernel("reading neighbours", e))?
+    {
+        let Some(device) = names.get(&m.header.ifindex) else {
+            continue;
+        };
+        if m.header.state != NeighbourState::Permanent {
+            continue;
+        }
+        let (mut ip, mut mac) = (None, None);
+        for attr in &m.attributes {
+            match attr {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                    ip = Some(IpAddr::V4(*a))
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                    ip = Some(IpAddr::V6(*a))
+                }
+                NeighbourAttribute::LinkLayerAddress(bytes) => mac = Some(format_mac(bytes)),
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(mac)) = (ip, mac) {
+            ns.neighbours.insert(Neighbour {
+                device: device.clone(),
+                ip,
+                mac,
+            });
+        }
+    }
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut message = RouteMessage::default();
+        message.header.address_family = family;
+        let mut routes = handle.route().get(message).execute();
+        while let Some(m) = routes
+            .try_next()
+            .await
+            .map_err(|e| kernel("reading routes", e))?
+        {
+            if m.header.protocol != RouteProtocol::Static {
+                continue;
+            }
+            let (mut destination, mut via) = (None, None);
+            for attr in &m.attributes {
+                match attr {
+                    RouteAttribute::Destination(a) => destination = route_ip(a),
+                    RouteAttribute::Gateway(a) => via = route_ip(a),
+                    _ => {}
+                }
+            }
+            if let (Some(destination), Some(via)) = (destination, via) {
+                ns.routes.insert(Route {
+                    destination,
+                    prefix: m.header.destination_prefix_length,
+                    via,
+                });
+            }
+        }
+    }
+    Ok(ns)
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn link_name(m: &LinkMessage) -> Option<String> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+fn namespace_of(op: &Op) -> &str {
+    match op {
+        Op::AddNamespace(ns) | Op::DelNamespace(ns) => ns,
+        Op::AddInterface { namespace, .. }
+        | Op::DelInterface { namespace, .. }
+        | Op::AddAddress { namespace, .. }
+        | Op::DelAddress { namespace, .. } => namespace,
+        Op::AddNeighbour(ns, _)
+        | Op::DelNeighbour(ns, _)
+        | Op::AddRoute(ns, _)
+        | Op::DelRoute(ns, _) => ns,
+    }
+}
+
+/// Applies `ops` (from [`router::plan`]) to the namespaces pinned in `dir`; `netlink` is the
+/// node's connection, which creates the veths. Every namespace is tried; the first failure is
+/// returned.
+pub async fn apply(netlink: &Netlink, dir: &Path, ops: &[Op]) -> Result<(), AgentError> {
+    let mut by_namespace: BTreeMap<&str, Vec<Op>> = BTreeMap::new();
+    for op in ops {
+        by_namespace
+            .entry(namespace_of(op))
+            .or_default()
+            .push(op.clone());
+    }
+    let mut first_error = None;
+    for (name, ops) in by_namespace {
+        if let Err(e) = apply_namespace(netlink, dir, name, ops).await {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn apply_namespace(
+    netlink: &Netlink,
+    dir: &Path,
+    name: &str,
+    ops: Vec<Op>,
+) -> Result<(), AgentError> {
+    if ops.contains(&Op::DelNamespace(name.to_owned())) {
+        // Its interfaces and their peers on the bridges go with it.
+        return netns::delete(dir, name);
+    }
+    let created = ops.contains(&Op::AddNamespace(name.to_owned()));
+    if created {
+        netns::create(dir, name)?;
+    }
+    // Veths are removed and made from the node's side: deleting the peer takes the router's
+    // end with it, so a recreated interface finds its names free.
+    for op in &ops {
+        match op {
+            Op::DelInterface { name, .. } => netlink.delete_link(&router::peer_of(name)).await?,
+            Op::AddInterface {
+                name, interface, ..
+            } => {
+                let file = netns::open(dir, namespace_of(op))?;
+                netlink
+                    .add_veth(&interface.peer, name, &interface.mac, interface.mtu, &file)
+                    .await?
+            }
+            _ => {}
+        }
+    }
+    let file = netns::open(dir, name)?;
+    in_netns(file, move |handle| async move {
+        if created {
+            for (path, value) in SYSCTLS {
+                std::fs::write(path, value).map_err(|e| kernel(path, e))?;
+            }
+            set_up(&handle, "lo").await?;
+        }
+        for op in &ops {
+            apply_inside(&handle, op).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn index(handle: &Handle, name: &str) -> Result<u32, AgentError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(link.header.index),
+        Ok(None) | Err(_) => Err(AgentError::Kernel(format!("{name} does not exist"))),
+    }
+}
+
+async fn set_up(handle: &Handle, name: &str) -> Result<(), AgentError> {
+    let i = index(handle, name).await?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(i).up().build())
+        .execute()
+        .await
+        .map_err(|e| kernel(&format!("setting {name} up"), e))
+}
+
+fn neighbour_message(index: u32, n: &Neighbour) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.ifindex = index;
+    let (family, address) = match n.ip {
+        IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+    };
+    m.header.family = family;
+    m.attributes.push(NeighbourAttribute::Destination(address));
+    m
+}
+
+fn route_message(r: &Route) -> Result<RouteMessage, AgentError> {
+    Ok(RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(r.destination, r.prefix)
+        .and_then(|b| b.gateway(r.via))
+        .map_err(|e| kernel("building a route", e))?
+        .protocol(RouteProtocol::Static)
+        .build())
+}
+
+/// One op inside the router's namespace (namespace and veth creation happen outside).
+async fn apply_inside(handle: &Handle, op: &Op) -> Result<(), AgentError> {
+    match op {
+        Op::AddNamespace(_) | Op::DelNamespace(_) => Ok(()),
+        Op::AddInterface {
+            name, interface, ..
+        } => {
+            // Before it comes up: the same address and MAC live on every node, so duplicate
+            // address detection would find the other nodes' copies; and an interface with no
+            // IPv6 subnet keeps quiet on the network (no multicast reports flooded to every
+            // node).
+            ipv6_conf(name, "accept_dad", false)?;
+            let v6 = interface.addresses.iter().any(|(ip, _)| ip.is_ipv6());
+            ipv6_conf(name, "disable_ipv6", !v6)?;
+            set_up(handle, name).await
+        }
+        Op::DelInterface { .. } => Ok(()),
+        Op::AddAddress {
+            device, address, ..
+        } => {
+            let i = index(handle, device).await?;
+            if address.0.is_ipv6() {
+                ipv6_conf(device, "disable_ipv6", false)?;
+            }
+            let mut request = handle.address().add(i, address.0, address.1);
+            if address.0.is_ipv6() {
+                let message = request.message_mut();
+                message.header.flags |= AddressHeaderFlags::Nodad;
+                message
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            request.replace().execute().await.map_err(|e| {
+                kernel(
+                    &format!("adding {}/{} to {device}", address.0, address.1),
+                    e,
+                )
+            })
+        }
+        Op::DelAddress {
+            device, address, ..
+        } => {
+            let i = index(handle, device).await?;
+            let mut addresses = handle
+                .address()
+                .get()
+                .set_link_index_filter(i)
+                .set_address_filter(address.0)
+                .execute();
+            while let Some(m) = addresses
+                .try_next()
+                .await
+                .map_err(|e| kernel("reading addresses", e))?
+            {
+                handle
+                    .address()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(|e| kernel(&format!("removing {} from {device}", address.0), e))?;
+            }
+            Ok(())
+        }
+        Op::AddNeighbour(_, n) => {
+            let i = index(handle, &n.device).await?;
+            handle
+                .neighbours()
+                .add(i, n.ip)
+                .link_layer_address(&parse_mac(&n.mac)?)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| kernel(&format!("adding neighbour {} on {}", n.ip, n.device), e))
+        }
+        Op::DelNeighbour(_, n) => {
+            let Ok(i) = index(handle, &n.device).await else {
+                return Ok(());
+            };
+            handle
+                .neighbours()
+                .del(neighbour_message(i, n))
+                .execute()
+                .await
+                .map_err(|e| kernel(&format!("removing neighbour {} on {}", n.ip, n.device), e))
+        }
+        Op::AddRoute(_, r) => handle
+            .route()
+            .add(route_message(r)?)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| kernel(&format!("adding route {}/{}", r.destination, r.prefix), e)),
+        Op::DelRoute(_, r) => handle
+            .route()
+            .del(route_message(r)?)
+            .execute()
+            .await
+            .map_err(|e| kernel(&format!("removing route {}/{}", r.destination, r.prefix), e)),
+    }
+}

@@ -1,0 +1,257 @@
+//! Distributed routing in the kernel: a controller and agents in a lab, routers made through
+//! the API, VMs and pods (through the real `isthmus-cni` plugin) on different subnets.
+
+mod cloud;
+
+use std::time::Duration;
+
+use cloud::{cloud, cni_plugin, shared_network, wait_for, Cloud};
+use isthmus_lab::{CniCall, Lab, Netns};
+use serde_json::{json, Value};
+
+fn wait_agents(lab: &Lab, n: usize) {
+    wait_for("registered agents", Duration::from_secs(20), || {
+        lab.api("GET", "/v2.0/agents", None).1["agents"]
+            .as_array()
+            .is_some_and(|a| a.len() == n)
+    });
+}
+
+/// Sends `count` pings at 20 ms intervals; whether every one was answered.
+fn pings(from: &Netns, to: &str, count: u32) -> bool {
+    from.exec(
+        "ping",
+        &["-c", &count.to_string(), "-i", "0.02", "-W", "1", to],
+    )
+    .is_ok()
+}
+
+/// No IPv6 in a guest: its router solicitations and multicast reports would be flooded to every
+/// node on its network at moments of their own, and this test counts packets.
+fn ipv4_only(ns: &Netns) {
+    for key in ["all", "default"] {
+        ns.exec(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
+        )
+        .unwrap();
+    }
+}
+
+/// A port of project-a on `net_id` bound to node `node` (1-based name), as Nova makes it.
+fn vm_port(lab: &Lab, net_id: &str, node: usize, name: &str) -> Value {
+    let (s, p) = lab.api(
+        "POST",
+        "/v2.0/ports",
+        Some(&json!({"port": {
+        "network_id": net_id, "project_id": "project-a", "binding:host_id": format!("node{node}"),
+        "device_owner": "compute:nova", "name": name}})),
+    );
+    assert_eq!(s, 201, "{p}");
+    p["port"].clone()
+}
+
+fn vm(lab: &Lab, node: usize, port: &Value, gateway: &str) -> isthmus_lab::Vm {
+    let ip = port["fixed_ips"][0]["ip_address"].as_str().unwrap();
+    let vm = lab
+        .add_vm(
+            node,
+            port["id"].as_str().unwrap(),
+            port["mac_address"].as_str().unwrap(),
+            &format!("{ip}/24"),
+            Some(gateway),
+            1450,
+        )
+        .unwrap();
+    ipv4_only(&vm.ns);
+    vm
+}
+
+/// Packets received and sent by a device in a node.
+fn packets(lab: &Lab, node: usize, device: &str) -> (u64, u64) {
+    let out = lab.nodes[node]
+        .ns
+        .ip(&["-s", "-j", "link", "show", "dev", device])
+        .unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let stats = &v[0]["stats64"];
+    (
+        stats["rx"]["packets"].as_u64().unwrap(),
+        stats["tx"]["packets"].as_u64().unwrap(),
+    )
+}
+
+fn vni(lab: &Lab, net_id: &str) -> u64 {
+    let (_, n) = lab.api("GET", &format!("/v2.0/networks/{net_id}"), None);
+    n["network"]["provider:segmentation_id"].as_u64().unwrap()
+}
+
+/// Router namespaces pinned by node `node`'s agent.
+fn router_namespaces(lab: &Lab, node: usize) -> Vec<String> {
+    std::fs::read_dir(&lab.nodes[node].netns_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn add_pod(cloud: &Cloud, node: usize, pod: &isthmus_lab::Pod, args: &str) -> Value {
+    let config = json!({
+        "cniVersion": "1.1.0", "name": "isthmus", "type": "isthmus",
+        "socket": cloud.lab.nodes[node].cni_socket,
+    })
+    .to_string();
+    let netns = pod.netns_path();
+    let out = cloud.lab.cni(
+        &cni_plugin(),
+        node,
+        &CniCall {
+            command: "ADD",
+            container_id: "routed-pod",
+            netns: &netns,
+            ifname: "eth0",
+            args,
+        },
+        &config,
+    );
+    assert!(out.success, "ADD failed: {} {}", out.stdout, out.stderr);
+    out.stdout
+}
+
+#[test]
+fn subnets_are_routed_on_the_source_node_and_never_through_a_third() {
+    let Some(cloud) = cloud(3) else { return };
+    let lab = &cloud.lab;
+    wait_agents(lab, 3);
+    let (net_a, sub_a) = shared_network(lab, "net-a", "10.1.0.0/24");
+    let (net_b, sub_b) = shared_network(lab, "net-b", "10.2.0.0/24");
+    let (s, r) = lab.api(
+        "POST",
+        "/v2.0/routers",
+        Some(&json!({"router": {"name": "r1", "project_id": "project-a"}})),
+    );
+    assert_eq!(s, 201, "{r}");
+    let router_id = r["router"]["id"].as_str().unwrap().to_owned();
+    for subnet in [&sub_a, &sub_b] {
+        let (s, info) = lab.api(
+            "PUT",
+            &format!("/v2.0/routers/{router_id}/add_router_interface"),
+            Some(&json!({"subnet_id": subnet})),
+        );
+        assert_eq!(s, 200, "{info}");
+    }
+
+    // VM 1 on node 1 in A; a pod on node 2 in B; VM 3 on node 3 in A, so node 3 has both
+    // networks (and the router) and would see any traffic flooded or relayed through it.
+    let vm1_port = vm_port(lab, &net_a, 1, "vm1");
+    let vm1 = vm(lab, 0, &vm1_port, "10.1.0.1");
+    let vm3_port = vm_port(lab, &net_a, 3, "vm3");
+    let vm3 = vm(lab, 2, &vm3_port, "10.1.0.1");
+    let (s, b) = lab.api(
+        "PUT",
+        "/isthmus/v1/namespace-bindings/team-b",
+        Some(&json!({"namespace_binding": {"network_id": net_b, "project_id": "project-a"}})),
+    );
+    assert_eq!(s, 201, "{b}");
+    let pod = lab.add_pod().unwrap();
+    ipv4_only(&pod.ns);
+    let result = add_pod(
+        &cloud,
+        1,
+        &pod,
+        "K8S_POD_NAMESPACE=team-b;K8S_POD_NAME=web;K8S_POD_UID=uid-web",
+    );
+    let pod_ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(pod_ip.starts_with("10.2.0."), "{result}");
+    let vm1_ip = vm1_port["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    wait_for(
+        "VM 1 to reach the pod through the router",
+        Duration::from_secs(20),
+        || pings(&vm1.ns, &pod_ip, 1),
+    );
+    assert!(pings(&pod.ns, &vm1_ip, 3), "the pod reaches VM 1");
+    assert!(pings(&vm3.ns, &pod_ip, 3), "VM 3 reaches the pod");
+
+    // Every node with a port on one of the router's networks runs it.
+    let namespace = format!("qrouter-{router_id}");
+    for node in 0..3 {
+        assert_eq!(
+            router_namespaces(lab, node),
+            std::slice::from_ref(&namespace),
+            "node{node}"
+        );
+    }
+
+    // Routed on the source node, tunnelled straight to the destination: node 3's tunnels
+    // carry none of it, node 1 sends it out on B's tunnel itself.
+    let (vni_a, vni_b) = (
+        format!("vxlan-{}", vni(lab, &net_a)),
+        format!("vxlan-{}", vni(lab, &net_b)),
+    );
+    // Guests announce themselves when they come up (multicast reports, flooded to every node
+    // of their network, as on any LAN); the count starts once node 3 is quiet.
+    let third = || (packets(lab, 2, &vni_a), packets(lab, 2, &vni_b));
+    let mut last = third();
+    wait_for("node 3 to be quiet", Duration::from_secs(15), || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = third();
+        std::mem::replace(&mut last, now) == now
+    });
+    let third_before = third();
+    let node1_b_before = packets(lab, 0, &vni_b);
+    assert!(pings(&vm1.ns, &pod_ip, 100), "100 routed pings from VM 1");
+    assert!(
+        pings(&pod.ns, &vm1_ip, 100),
+        "100 routed pings from the pod"
+    );
+    let third_after = third();
+    let node1_b_after = packets(lab, 0, &vni_b);
+    assert_eq!(
+        third_before, third_after,
+        "node 3's tunnels carried none of it"
+    );
+    assert!(
+        node1_b_after.1 - node1_b_before.1 >= 200,
+        "node 1 routed VM 1's requests and its replies onto B itself: {node1_b_before:?} -> {node1_b_after:?}"
+    );
+
+    // Gone through the API, gone from every node.
+    for subnet in [&sub_a, &sub_b] {
+        let (s, info) = lab.api(
+            "PUT",
+            &format!("/v2.0/routers/{router_id}/remove_router_interface"),
+            Some(&json!({"subnet_id": subnet})),
+        );
+        assert_eq!(s, 200, "{info}");
+    }
+    let (s, _) = lab.api("DELETE", &format!("/v2.0/routers/{router_id}"), None);
+    assert_eq!(s, 204);
+    wait_for(
+        "router namespaces to go from every node",
+        Duration::from_secs(10),
+        || (0..3).all(|n| router_namespaces(lab, n).is_empty()),
+    );
+    assert!(!pings(&vm1.ns, &pod_ip, 1), "no router, no route");
+    // Node 1 has no port on B: B's bridge and tunnel went with the router.
+    let links = lab.nodes[0].ns.ip(&["-o", "link"]).unwrap();
+    assert!(!links.contains(&vni_b), "{links}");
+    let taps: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .filter_map(|n| n.split('@').next())
+        .filter(|n| n.starts_with("tap"))
+        .collect();
+    assert_eq!(taps, [vm1.tap.as_str()], "the router's taps are gone");
+}
