@@ -63,7 +63,7 @@ pub async fn apply(netlink: &Netlink, ops: &[Op]) -> Result<(), AgentError> {
 }
 
 /// Runs `program args` with `script` on its standard input.
-async fn feed(program: &str, args: &[&str], script: &str) -> Result<(), AgentError> {
+pub(crate) async fn feed(program: &str, args: &[&str], script: &str) -> Result<(), AgentError> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())

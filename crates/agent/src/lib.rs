@@ -349,10 +349,15 @@ async fn reconcile(
         None => routers::observe(&shared.config.netns_dir).await?,
     };
     let ops = router::plan(&routers, &have);
-    if !ops.is_empty() {
-        routers::apply(&shared.netlink, &shared.config.netns_dir, &ops).await?;
-    }
-    known.routers = Some(routers.clone());
+    // A router that cannot be set up must not hold back the rest of the node: its failure is
+    // reported after L2 (the next pass reads the kernel again).
+    let routed = match routers::apply(&shared.netlink, &shared.config.netns_dir, &ops).await {
+        Ok(()) => {
+            known.routers = Some(routers.clone());
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
 
     let want = l2::desired(view, node, &routers);
     let (mut observed, mut links) = shared.netlink.links().await?;
@@ -395,7 +400,8 @@ async fn reconcile(
         }
     }
     known.fdb = Some((want.fdb.clone(), want.pins.clone()));
-    report_status(shared, view, &links).await
+    report_status(shared, view, &links).await?;
+    routed
 }
 
 /// Tells the controller which local ports are plugged (tap attached to its bridge and up).

@@ -1,6 +1,7 @@
-//! Router namespaces in the kernel: reads back what the `qrouter-*` namespaces pinned in the
-//! agent's namespace directory hold, and applies [`router::Op`]s. Each namespace is entered
-//! once per pass, on a thread of its own, with a netlink connection opened inside it.
+//! Router namespaces in the kernel: reads back what the `qrouter-*` and `snat-*` namespaces
+//! pinned in the agent's namespace directory hold, and applies [`router::Op`]s. Each namespace
+//! is entered once per pass, on a thread of its own, with a netlink connection opened inside
+//! it; its NAT chains change in one `nft` transaction run inside it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,16 +9,20 @@ use std::path::Path;
 
 use futures_util::TryStreamExt;
 use isthmus_dataplane::router::{
-    self, Interface, Namespace, Neighbour, Op, Route, RouterState, NAMESPACE_PREFIX,
+    self, Interface, Namespace, NatChain, Neighbour, Op, Route, RouterState, Rule,
+    NAMESPACE_PREFIX, NAT_TABLE, SNAT_PREFIX,
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
 use crate::netlink::{format_mac, in_netns, parse_mac, Netlink};
 use crate::{netns, AgentError};
@@ -26,11 +31,23 @@ fn kernel(what: &str, e: impl std::fmt::Display) -> AgentError {
     AgentError::Kernel(format!("{what}: {e}"))
 }
 
-/// Sysctls of a router namespace: it forwards.
+/// Sysctls of a router namespace: it forwards; an interface answers ARP only for its own
+/// addresses (several `qf-` share the external bridge); sources are not checked against the
+/// reverse path (routing is asymmetric by design: replies may come back another way); and no
+/// ICMP redirect is sent, which would teach a VM to bypass its router for the SNAT port on its
+/// own subnet (and with it, its floating IP's NAT).
 const SYSCTLS: &[(&str, &str)] = &[
     ("/proc/sys/net/ipv4/ip_forward", "1"),
     ("/proc/sys/net/ipv6/conf/all/forwarding", "1"),
+    ("/proc/sys/net/ipv4/conf/all/arp_ignore", "1"),
+    ("/proc/sys/net/ipv4/conf/all/arp_announce", "2"),
+    ("/proc/sys/net/ipv4/conf/all/rp_filter", "0"),
+    ("/proc/sys/net/ipv4/conf/all/send_redirects", "0"),
 ];
+
+/// The same, per interface (an interface takes the namespace's defaults when it is created,
+/// which is before the namespace's own sysctls are written).
+const INTERFACE_SYSCTLS: &[(&str, &str)] = &[("rp_filter", "0"), ("send_redirects", "0")];
 
 /// Sets an IPv6 setting of a device in the current thread's namespace.
 fn ipv6_conf(device: &str, key: &str, value: bool) -> Result<(), AgentError> {
@@ -41,12 +58,73 @@ fn ipv6_conf(device: &str, key: &str, value: bool) -> Result<(), AgentError> {
 /// Reads every router namespace pinned in `dir`.
 pub async fn observe(dir: &Path) -> Result<RouterState, AgentError> {
     let mut state = RouterState::new();
-    for name in netns::list(dir, NAMESPACE_PREFIX)? {
+    let mut names = netns::list(dir, NAMESPACE_PREFIX)?;
+    names.extend(netns::list(dir, SNAT_PREFIX)?);
+    for name in names {
         let file = netns::open(dir, &name)?;
-        let ns = in_netns(file, |handle| async move { read_namespace(&handle).await }).await?;
+        let mut ns = in_netns(file, |handle| async move { read_namespace(&handle).await }).await?;
+        ns.nat = read_nat(&dir.join(&name)).await?;
         state.insert(name, ns);
     }
     Ok(state)
+}
+
+/// The NAT chains of the namespace pinned at `path`, by the content hash they carry.
+async fn read_nat(path: &Path) -> Result<std::collections::BTreeMap<String, NatChain>, AgentError> {
+    let netns = format!("--net={}", path.display());
+    let out = tokio::process::Command::new("nsenter")
+        .args([
+            netns.as_str(),
+            "nft",
+            "-j",
+            "list",
+            "table",
+            "ip",
+            NAT_TABLE,
+        ])
+        .output()
+        .await?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(Default::default());
+        }
+        return Err(kernel("nft list (router namespace)", err.trim()));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| kernel("nft -j output", e))?;
+    Ok(isthmus_dataplane::nft::parse_observed(&json)
+        .chains
+        .into_iter()
+        .map(|(chain, version)| {
+            let chain_state = NatChain {
+                version: version.unwrap_or_default(),
+                rules: Vec::new(),
+            };
+            (chain, chain_state)
+        })
+        .collect())
+}
+
+/// Applies NAT chain changes in the namespace pinned at `path`, one transaction.
+async fn write_nat(path: &Path, ops: &[Op]) -> Result<(), AgentError> {
+    let chains: Vec<(&str, &[String])> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::SetNat { chain, rules, .. } => Some((chain.as_str(), rules.as_slice())),
+            _ => None,
+        })
+        .collect();
+    if chains.is_empty() {
+        return Ok(());
+    }
+    let netns = format!("--net={}", path.display());
+    crate::kernel::feed(
+        "nsenter",
+        &[netns.as_str(), "nft", "-f", "-"],
+        &router::nat_script(&chains),
+    )
+    .await
 }
 
 async fn read_namespace(handle: &Handle) -> Result<Namespace, AgentError> {
@@ -61,7 +139,7 @@ async fn read_namespace(handle: &Handle) -> Result<Namespace, AgentError> {
         let Some(name) = link_name(&link) else {
             continue;
         };
-        if !name.starts_with("qr-") {
+        if !router::is_interface(&name) {
             continue;
         }
         let (mut mac, mut mtu) = (String::new(), 0);
@@ -150,24 +228,63 @@ async fn read_namespace(handle: &Handle) -> Result<Namespace, AgentError> {
             if m.header.protocol != RouteProtocol::Static {
                 continue;
             }
-            let (mut destination, mut via) = (None, None);
+            let (mut destination, mut via, mut device) = (None, None, None);
+            let mut table = u32::from(m.header.table);
             for attr in &m.attributes {
                 match attr {
                     RouteAttribute::Destination(a) => destination = route_ip(a),
                     RouteAttribute::Gateway(a) => via = route_ip(a),
+                    RouteAttribute::Oif(i) => device = names.get(i).cloned(),
+                    RouteAttribute::Table(t) => table = *t,
                     _ => {}
                 }
             }
-            if let (Some(destination), Some(via)) = (destination, via) {
+            let destination = destination.unwrap_or(match family {
+                AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            });
+            if let Some(device) = device {
                 ns.routes.insert(Route {
+                    table,
                     destination,
                     prefix: m.header.destination_prefix_length,
                     via,
+                    device,
                 });
             }
         }
     }
+    let mut rules = handle.rule().get(IpVersion::V4).execute();
+    while let Some(m) = rules
+        .try_next()
+        .await
+        .map_err(|e| kernel("reading rules", e))?
+    {
+        if let Some(rule) = rule_of(&m) {
+            ns.rules.insert(rule);
+        }
+    }
     Ok(ns)
+}
+
+/// A source-prefix rule as [`Rule`] (the kernel's own rules have no source).
+fn rule_of(m: &RuleMessage) -> Option<Rule> {
+    let (mut from, mut priority) = (None, 0);
+    let mut table = u32::from(m.header.table);
+    for attr in &m.attributes {
+        match attr {
+            RuleAttribute::Source(ip) => from = Some(*ip),
+            RuleAttribute::Priority(p) => priority = *p,
+            RuleAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    Some(Rule {
+        priority,
+        from: from?,
+        prefix: m.header.src_len,
+        table,
+    })
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
@@ -185,20 +302,6 @@ fn link_name(m: &LinkMessage) -> Option<String> {
     })
 }
 
-fn namespace_of(op: &Op) -> &str {
-    match op {
-        Op::AddNamespace(ns) | Op::DelNamespace(ns) => ns,
-        Op::AddInterface { namespace, .. }
-        | Op::DelInterface { namespace, .. }
-        | Op::AddAddress { namespace, .. }
-        | Op::DelAddress { namespace, .. } => namespace,
-        Op::AddNeighbour(ns, _)
-        | Op::DelNeighbour(ns, _)
-        | Op::AddRoute(ns, _)
-        | Op::DelRoute(ns, _) => ns,
-    }
-}
-
 /// Applies `ops` (from [`router::plan`]) to the namespaces pinned in `dir`; `netlink` is the
 /// node's connection, which creates the veths. Every namespace is tried; the first failure is
 /// returned.
@@ -206,7 +309,7 @@ pub async fn apply(netlink: &Netlink, dir: &Path, ops: &[Op]) -> Result<(), Agen
     let mut by_namespace: BTreeMap<&str, Vec<Op>> = BTreeMap::new();
     for op in ops {
         by_namespace
-            .entry(namespace_of(op))
+            .entry(op.namespace())
             .or_default()
             .push(op.clone());
     }
@@ -241,7 +344,7 @@ async fn apply_namespace(
             Op::AddInterface {
                 name, interface, ..
             } => {
-                let file = netns::open(dir, namespace_of(op))?;
+                let file = netns::open(dir, op.namespace())?;
                 netlink
                     .add_veth(&interface.peer, name, &interface.mac, interface.mtu, &file)
                     .await?
@@ -250,6 +353,7 @@ async fn apply_namespace(
         }
     }
     let file = netns::open(dir, name)?;
+    let nat_ops = ops.clone();
     in_netns(file, move |handle| async move {
         if created {
             for (path, value) in SYSCTLS {
@@ -262,7 +366,8 @@ async fn apply_namespace(
         }
         Ok(())
     })
-    .await
+    .await?;
+    write_nat(&dir.join(name), &nat_ops).await
 }
 
 async fn index(handle: &Handle, name: &str) -> Result<u32, AgentError> {
@@ -295,11 +400,20 @@ fn neighbour_message(index: u32, n: &Neighbour) -> NeighbourMessage {
     m
 }
 
-fn route_message(r: &Route) -> Result<RouteMessage, AgentError> {
-    Ok(RouteMessageBuilder::<IpAddr>::new()
+async fn route_message(handle: &Handle, r: &Route) -> Result<RouteMessage, AgentError> {
+    let device = index(handle, &r.device).await?;
+    let mut builder = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.destination, r.prefix)
-        .and_then(|b| b.gateway(r.via))
-        .map_err(|e| kernel("building a route", e))?
+        .map_err(|e| kernel("building a route", e))?;
+    builder = match r.via {
+        Some(via) => builder
+            .gateway(via)
+            .map_err(|e| kernel("building a route", e))?,
+        None => builder.scope(RouteScope::Link),
+    };
+    Ok(builder
+        .output_interface(device)
+        .table_id(r.table)
         .protocol(RouteProtocol::Static)
         .build())
 }
@@ -318,6 +432,10 @@ async fn apply_inside(handle: &Handle, op: &Op) -> Result<(), AgentError> {
             ipv6_conf(name, "accept_dad", false)?;
             let v6 = interface.addresses.iter().any(|(ip, _)| ip.is_ipv6());
             ipv6_conf(name, "disable_ipv6", !v6)?;
+            for (key, value) in INTERFACE_SYSCTLS {
+                let path = format!("/proc/sys/net/ipv4/conf/{name}/{key}");
+                std::fs::write(&path, value).map_err(|e| kernel(&path, e))?;
+            }
             set_up(handle, name).await
         }
         Op::DelInterface { .. } => Ok(()),
@@ -392,16 +510,57 @@ async fn apply_inside(handle: &Handle, op: &Op) -> Result<(), AgentError> {
         }
         Op::AddRoute(_, r) => handle
             .route()
-            .add(route_message(r)?)
+            .add(route_message(handle, r).await?)
             .replace()
             .execute()
             .await
             .map_err(|e| kernel(&format!("adding route {}/{}", r.destination, r.prefix), e)),
-        Op::DelRoute(_, r) => handle
-            .route()
-            .del(route_message(r)?)
-            .execute()
-            .await
-            .map_err(|e| kernel(&format!("removing route {}/{}", r.destination, r.prefix), e)),
+        Op::DelRoute(_, r) => {
+            // A route whose device is gone went with it.
+            let Ok(message) = route_message(handle, r).await else {
+                return Ok(());
+            };
+            handle
+                .route()
+                .del(message)
+                .execute()
+                .await
+                .map_err(|e| kernel(&format!("removing route {}/{}", r.destination, r.prefix), e))
+        }
+        Op::AddRule(_, r) => {
+            let IpAddr::V4(from) = r.from else {
+                return Err(AgentError::Kernel(format!(
+                    "rule from {}: IPv4 only",
+                    r.from
+                )));
+            };
+            handle
+                .rule()
+                .add()
+                .v4()
+                .source_prefix(from, r.prefix)
+                .table_id(r.table)
+                .priority(r.priority)
+                .action(RuleAction::ToTable)
+                .execute()
+                .await
+                .map_err(|e| kernel(&format!("adding rule from {}/{}", r.from, r.prefix), e))
+        }
+        Op::DelRule(_, r) => {
+            let mut rules = handle.rule().get(IpVersion::V4).execute();
+            while let Some(m) = rules
+                .try_next()
+                .await
+                .map_err(|e| kernel("reading rules", e))?
+            {
+                if rule_of(&m).as_ref() == Some(r) {
+                    handle.rule().del(m).execute().await.map_err(|e| {
+                        kernel(&format!("removing rule from {}/{}", r.from, r.prefix), e)
+                    })?;
+                }
+            }
+            Ok(())
+        }
+        Op::SetNat { .. } => Ok(()),
     }
 }

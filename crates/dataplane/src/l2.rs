@@ -521,6 +521,7 @@ mod tests {
                 Node {
                     name: n.into(),
                     tunnel_ip: ip.parse().unwrap(),
+                    physnets: BTreeMap::new(),
                 },
             );
         }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Prefix of the rule comment carrying a chain's content hash.
-const VERSION_TAG: &str = "isthmus:";
+pub const VERSION_TAG: &str = "isthmus:";
 
 /// FNV-1a, 64 bits: stable across processes and versions, which `DefaultHasher` is not.
 pub fn fnv64(text: &str) -> String {

@@ -1,39 +1,83 @@
-//! Distributed routers: every node hosting a port on one of a router's networks runs the
-//! router's namespace `qrouter-<id>`, with one interface `qr-<port[0:11]>` per router
-//! interface port, carrying the same gateway address and MAC on every node (an anycast
-//! gateway). Its other end, `tap<port[0:11]>`, sits on the network's bridge. Traffic between
-//! subnets is routed on the source node and leaves on the destination network's VXLAN straight
-//! to the destination node: the router knows the MAC of every bound port on its subnets and
-//! holds it as a permanent neighbour, so nothing is resolved across the overlay. Addresses that
-//! move (allowed address pairs, VIPs) are resolved by ARP like on any router.
+//! Distributed routers (Neutron DVR's layout on Linux namespaces).
 //!
-//! On every bridge the gateway MAC is pinned to the local router's tap, so frames routed by a
-//! remote node (which carry the same MAC as source) never move it to the tunnel.
+//! East-west: every node hosting a port on one of a router's networks runs the router's
+//! namespace `qrouter-<id>`, with one interface `qr-<port[0:11]>` per router interface port,
+//! carrying the same gateway address and MAC on every node (an anycast gateway). Its other
+//! end, `tap<port[0:11]>`, sits on the network's bridge. Traffic between subnets is routed on
+//! the source node and leaves on the destination network's VXLAN straight to the destination
+//! node: the router knows the MAC of every bound port on its subnets and holds it as a
+//! permanent neighbour, so nothing is resolved across the overlay. Addresses that move
+//! (allowed address pairs, VIPs) are resolved by ARP like on any router. On every bridge the
+//! gateway MAC is pinned to the local router's tap (see [`crate::l2`]).
+//!
+//! North-south: the node holding the router's gateway port runs `snat-<id>` with `qg-` on the
+//! external network (the router's external addresses) and one `sg-` per interface (the SNAT
+//! ports' addresses). Every router namespace sends what its own routes do not cover to the
+//! SNAT port of the source's subnet (`ip rule from <subnet>` after the main table), where it is
+//! source-NATed to the router's external address, unless the source has a floating IP.
+//! Floating IPs are 1:1 NAT on the node hosting their port when that node maps the external
+//! network's physnet (a `qf-<floating port[0:11]>` interface in the router namespace with the
+//! floating port's MAC, and a rule sending the fixed address out there); otherwise (no
+//! physnet there, or an unbound VIP port) on `qg-` in the SNAT namespace. Hosts outside with a
+//! route to a tenant subnet via the router's external address reach it without NAT.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use isthmus_model::router::{OWNER_GATEWAY, OWNER_INTERFACE};
+use isthmus_model::addr::to_u128;
+use isthmus_model::router::{OWNER_FLOATING_IP, OWNER_GATEWAY, OWNER_INTERFACE, OWNER_SNAT};
 
-use crate::l2::{bridge_name, tap_name, NodeConfig};
-use crate::view::{NodeView, Port};
+use crate::l2::{bridge_name, NodeConfig};
+use crate::nft::fnv64;
+use crate::view::{FloatingIp, NodeView, Port, Subnet};
 
-/// Prefix of router namespaces.
+/// Prefix of distributed router namespaces.
 pub const NAMESPACE_PREFIX: &str = "qrouter-";
+/// Prefix of SNAT namespaces.
+pub const SNAT_PREFIX: &str = "snat-";
+/// The main routing table.
+pub const MAIN_TABLE: u32 = 254;
+/// Priority of the rules sending a floating IP's fixed address out of its `qf-` interface.
+pub const FIP_RULE_PRIORITY: u32 = 32768;
+/// Priority of the rules sending a subnet's other traffic to its SNAT port (after the main
+/// table, 32766, and floating IPs).
+pub const SNAT_RULE_PRIORITY: u32 = 40000;
+/// The NAT table in router namespaces (`table ip isthmus`), whose base chains jump to the
+/// regular chains `inbound` (destination NAT) and `outbound` (source NAT).
+pub const NAT_TABLE: &str = "isthmus";
+/// The NAT table's base chains.
+pub const NAT_SKELETON: &str = "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump inbound\n  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    jump outbound\n  }\n  chain inbound {\n  }\n  chain outbound {\n  }\n";
 
-/// The namespace of a router.
+/// The distributed namespace of a router.
 pub fn namespace_name(router_id: &str) -> String {
     format!("{NAMESPACE_PREFIX}{router_id}")
 }
 
-/// The router-side device of a router interface port.
-pub fn interface_name(port_id: &str) -> String {
-    format!("qr-{}", port_id.get(..11).unwrap_or(port_id))
+/// The SNAT namespace of a router.
+pub fn snat_namespace_name(router_id: &str) -> String {
+    format!("{SNAT_PREFIX}{router_id}")
 }
 
-/// The node-side end (`tap<port[0:11]>`) of a router interface `qr-<port[0:11]>`.
+fn short(port_id: &str) -> &str {
+    port_id.get(..11).unwrap_or(port_id)
+}
+
+/// The router-side device of a router interface port.
+pub fn interface_name(port_id: &str) -> String {
+    format!("qr-{}", short(port_id))
+}
+
+/// The node-side end (`tap<port[0:11]>`) of a namespace interface (`qr-`, `qg-`, `sg-`,
+/// `qf-` + port[0:11]).
 pub fn peer_of(interface: &str) -> String {
-    format!("tap{}", interface.trim_start_matches("qr-"))
+    format!("tap{}", interface.get(3..).unwrap_or_default())
+}
+
+/// Whether a device name is one of a router namespace's interfaces.
+pub fn is_interface(name: &str) -> bool {
+    ["qr-", "qg-", "sg-", "qf-"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// One interface of a router namespace.
@@ -45,7 +89,7 @@ pub struct Interface {
     pub peer: String,
     /// The network's bridge.
     pub bridge: String,
-    /// The interface port's MAC (the gateway MAC).
+    /// The port's MAC.
     pub mac: String,
     /// MTU of the network.
     pub mtu: u32,
@@ -67,30 +111,73 @@ pub struct Neighbour {
 /// A static route.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
+    /// Routing table.
+    pub table: u32,
     /// Destination network address.
     pub destination: IpAddr,
     /// Destination prefix length.
     pub prefix: u8,
-    /// Next hop.
-    pub via: IpAddr,
+    /// Next hop (none: on-link).
+    pub via: Option<IpAddr>,
+    /// Output device.
+    pub device: String,
+}
+
+/// A policy rule: traffic from a prefix looks up a table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rule {
+    /// Priority.
+    pub priority: u32,
+    /// Source network address.
+    pub from: IpAddr,
+    /// Source prefix length.
+    pub prefix: u8,
+    /// Table.
+    pub table: u32,
+}
+
+/// A NAT chain: its rules, and the content hash the kernel's copy carries in its first
+/// rule's comment (all that is read back).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatChain {
+    /// Content hash (empty for an empty chain).
+    pub version: String,
+    /// Rules, nft syntax (empty when read back).
+    pub rules: Vec<String>,
+}
+
+impl NatChain {
+    /// A chain with these rules.
+    pub fn new(rules: Vec<String>) -> NatChain {
+        let version = if rules.is_empty() {
+            String::new()
+        } else {
+            fnv64(&rules.join("\n"))
+        };
+        NatChain { version, rules }
+    }
 }
 
 /// What one router namespace holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Namespace {
-    /// Interfaces by name (`qr-...`).
+    /// Interfaces by name.
     pub interfaces: BTreeMap<String, Interface>,
     /// Permanent neighbours.
     pub neighbours: BTreeSet<Neighbour>,
     /// Static routes (connected routes come with the addresses).
     pub routes: BTreeSet<Route>,
+    /// Policy rules.
+    pub rules: BTreeSet<Rule>,
+    /// NAT chains (`inbound`, `outbound`) of `table ip isthmus`.
+    pub nat: BTreeMap<String, NatChain>,
 }
 
 /// Router namespaces by name: what a node should have, or what its kernel has.
 pub type RouterState = BTreeMap<String, Namespace>;
 
-fn is_interface_of(port: &Port, router_id: &str) -> bool {
-    port.device_owner == OWNER_INTERFACE && port.device_id == router_id
+fn owned_by(port: &Port, owner: &str, router_id: &str) -> bool {
+    port.device_owner == owner && port.device_id == router_id
 }
 
 /// Which nodes run each router of the view: those with a bound port on one of its networks,
@@ -101,7 +188,7 @@ pub fn hosts(view: &NodeView) -> BTreeMap<String, BTreeSet<String>> {
         let networks: BTreeSet<&str> = view
             .ports
             .values()
-            .filter(|p| is_interface_of(p, router_id))
+            .filter(|p| owned_by(p, OWNER_INTERFACE, router_id))
             .map(|p| p.network_id.as_str())
             .collect();
         let nodes: BTreeSet<String> = view
@@ -109,8 +196,7 @@ pub fn hosts(view: &NodeView) -> BTreeMap<String, BTreeSet<String>> {
             .values()
             .filter(|p| !p.host_id.is_empty())
             .filter(|p| {
-                networks.contains(p.network_id.as_str())
-                    || (p.device_owner == OWNER_GATEWAY && &p.device_id == router_id)
+                networks.contains(p.network_id.as_str()) || owned_by(p, OWNER_GATEWAY, router_id)
             })
             .map(|p| p.host_id.clone())
             .collect();
@@ -142,6 +228,85 @@ pub fn nodes_by_network(view: &NodeView) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
+/// A routing table number derived from an IPv4 address (as Neutron DVR does): unique among
+/// the addresses of one router, and above the kernel's reserved tables.
+fn table_of(ip: IpAddr) -> u32 {
+    to_u128(ip) as u32
+}
+
+/// A port's interface on `network`: addresses with their subnets' prefixes.
+fn interface(view: &NodeView, port: &Port) -> Option<Interface> {
+    let network = view.networks.get(&port.network_id)?;
+    let addresses = port
+        .fixed_ips
+        .iter()
+        .filter_map(|f| {
+            view.subnet_info(&f.subnet_id)
+                .map(|s| (f.ip_address, s.cidr.prefix))
+        })
+        .collect();
+    Some(Interface {
+        network_id: port.network_id.clone(),
+        peer: crate::l2::tap_name(&port.id),
+        bridge: bridge_name(&port.network_id),
+        mac: port.mac_address.to_ascii_lowercase(),
+        mtu: network.mtu,
+        addresses,
+    })
+}
+
+/// Every bound port on `subnets` (but `except`) as a permanent neighbour on `device`.
+fn neighbours_on(
+    view: &NodeView,
+    subnets: &BTreeSet<&str>,
+    except: &str,
+    device: &str,
+    out: &mut BTreeSet<Neighbour>,
+) {
+    for other in view.ports.values() {
+        if other.host_id.is_empty() || other.id == except {
+            continue;
+        }
+        for fixed in &other.fixed_ips {
+            if subnets.contains(fixed.subnet_id.as_str()) {
+                out.insert(Neighbour {
+                    device: device.to_owned(),
+                    ip: fixed.ip_address,
+                    mac: other.mac_address.to_ascii_lowercase(),
+                });
+            }
+        }
+    }
+}
+
+/// Where a floating IP is NATed: `Some(node)` on the node hosting its port when that node
+/// maps the external network's physnet, `None` centrally on the gateway node.
+fn fip_node(view: &NodeView, fip: &FloatingIp) -> Option<String> {
+    let port = view.ports.get(fip.port_id.as_deref()?)?;
+    let physnet = view
+        .networks
+        .get(&fip.floating_network_id)?
+        .physical_network
+        .as_ref()?;
+    let node = view.nodes.get(&port.host_id)?;
+    node.physnets
+        .contains_key(physnet)
+        .then(|| port.host_id.clone())
+}
+
+/// The external subnet holding `ip` on `network`.
+fn external_subnet(view: &NodeView, network: &str, ip: IpAddr) -> Option<Subnet> {
+    view.subnets_of(network)
+        .into_iter()
+        .find(|s| s.cidr.contains(ip))
+}
+
+fn v4(ip: IpAddr) -> bool {
+    ip.is_ipv4()
+}
+
+const DEFAULT_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
 /// The router namespaces `view` implies for `node`.
 pub fn desired(view: &NodeView, node: &NodeConfig) -> RouterState {
     let hosts = hosts(view);
@@ -150,69 +315,226 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> RouterState {
         if !router.admin_state_up || !hosts.get(router_id).is_some_and(|n| n.contains(&node.name)) {
             continue;
         }
-        let mut ns = Namespace::default();
-        for port in view
+        let ports: Vec<&Port> = view
             .ports
             .values()
-            .filter(|p| is_interface_of(p, router_id))
+            .filter(|p| p.device_id == *router_id)
+            .collect();
+        let snat_ports: Vec<&Port> = ports
+            .iter()
+            .copied()
+            .filter(|p| p.device_owner == OWNER_SNAT)
+            .collect();
+        let gateway_port = ports
+            .iter()
+            .copied()
+            .find(|p| p.device_owner == OWNER_GATEWAY);
+        let fips: Vec<&FloatingIp> = view
+            .floating_ips
+            .values()
+            .filter(|f| f.router_id.as_deref() == Some(router_id.as_str()))
+            .filter(|f| f.port_id.is_some() && f.fixed_ip_address.is_some())
+            .collect();
+        let mut ns = Namespace::default();
+        let mut snat = Namespace::default();
+        let mut tenant_v4 = BTreeSet::new();
+        for port in ports
+            .iter()
+            .copied()
+            .filter(|p| p.device_owner == OWNER_INTERFACE)
         {
-            let Some(network) = view.networks.get(&port.network_id) else {
+            let Some(iface) = interface(view, port) else {
                 continue;
             };
             let name = interface_name(&port.id);
-            let mut subnets = BTreeSet::new();
-            let mut addresses = BTreeSet::new();
-            for fixed in &port.fixed_ips {
-                if let Some((prefix, _)) = view.subnet(&fixed.subnet_id) {
-                    addresses.insert((fixed.ip_address, prefix));
-                    subnets.insert(fixed.subnet_id.as_str());
-                }
-            }
-            // Every bound port on those subnets is a permanent neighbour.
-            for other in view.ports.values() {
-                if other.network_id != port.network_id
-                    || other.host_id.is_empty()
-                    || other.id == port.id
-                {
+            let subnets: BTreeSet<&str> = port
+                .fixed_ips
+                .iter()
+                .map(|f| f.subnet_id.as_str())
+                .collect();
+            neighbours_on(view, &subnets, &port.id, &name, &mut ns.neighbours);
+            // What the main table does not route goes to the subnet's SNAT port.
+            for fixed in port.fixed_ips.iter().filter(|f| v4(f.ip_address)) {
+                let Some(subnet) = view.subnet_info(&fixed.subnet_id) else {
                     continue;
-                }
-                for fixed in &other.fixed_ips {
-                    if subnets.contains(fixed.subnet_id.as_str()) {
-                        ns.neighbours.insert(Neighbour {
-                            device: name.clone(),
-                            ip: fixed.ip_address,
-                            mac: other.mac_address.to_ascii_lowercase(),
-                        });
-                    }
+                };
+                tenant_v4.insert(subnet.cidr.to_string());
+                let snat_ip = snat_ports
+                    .iter()
+                    .flat_map(|p| &p.fixed_ips)
+                    .find(|f| f.subnet_id == fixed.subnet_id)
+                    .map(|f| f.ip_address);
+                if let (Some(snat_ip), Some(_)) = (snat_ip, &router.external_gateway_info) {
+                    let table = table_of(fixed.ip_address);
+                    ns.rules.insert(Rule {
+                        priority: SNAT_RULE_PRIORITY,
+                        from: subnet.cidr.network,
+                        prefix: subnet.cidr.prefix,
+                        table,
+                    });
+                    ns.routes.insert(Route {
+                        table,
+                        destination: DEFAULT_V4,
+                        prefix: 0,
+                        via: Some(snat_ip),
+                        device: name.clone(),
+                    });
                 }
             }
-            ns.interfaces.insert(
-                name,
-                Interface {
-                    network_id: port.network_id.clone(),
-                    peer: tap_name(&port.id),
-                    bridge: bridge_name(&port.network_id),
-                    mac: port.mac_address.to_ascii_lowercase(),
-                    mtu: network.mtu,
-                    addresses,
-                },
-            );
+            ns.interfaces.insert(name, iface);
         }
         for route in &router.routes {
-            let Some((net, prefix)) = route.destination.split_once('/') else {
+            let Some(cidr) = isthmus_model::addr::Cidr::parse_lenient(&route.destination) else {
                 continue;
             };
-            if let (Ok(destination), Ok(prefix)) = (net.parse(), prefix.parse()) {
+            // Out of the interface whose subnet holds the next hop.
+            let device = ns.interfaces.iter().find(|(_, i)| {
+                i.addresses.iter().any(|(ip, prefix)| {
+                    isthmus_model::addr::Cidr::parse_lenient(&format!("{ip}/{prefix}"))
+                        .is_some_and(|c| c.contains(route.nexthop))
+                })
+            });
+            if let Some((device, _)) = device {
                 ns.routes.insert(Route {
-                    destination,
-                    prefix,
-                    via: route.nexthop,
+                    table: MAIN_TABLE,
+                    destination: cidr.network,
+                    prefix: cidr.prefix,
+                    via: Some(route.nexthop),
+                    device: device.clone(),
                 });
+            }
+        }
+
+        let external = router.external_gateway_info.as_ref();
+        let mut central = Vec::new();
+        let (mut dnat, mut snat_rules) = (Vec::new(), Vec::new());
+        for fip in &fips {
+            let (Some(fixed), Some(ext)) = (fip.fixed_ip_address, external) else {
+                continue;
+            };
+            match fip_node(view, fip) {
+                Some(n) if n == node.name => {
+                    // Distributed: its own interface with the floating port's MAC.
+                    let floating_port = view
+                        .ports
+                        .values()
+                        .find(|p| p.device_owner == OWNER_FLOATING_IP && p.device_id == fip.id);
+                    let (Some(port), Some(subnet)) = (
+                        floating_port,
+                        external_subnet(view, &ext.network_id, fip.floating_ip_address),
+                    ) else {
+                        continue;
+                    };
+                    let Some(mut iface) = interface(view, port) else {
+                        continue;
+                    };
+                    let name = format!("qf-{}", short(&port.id));
+                    // The address alone: the external prefix is routed per floating IP.
+                    iface.addresses = BTreeSet::from([(fip.floating_ip_address, 32)]);
+                    let table = table_of(fixed);
+                    ns.rules.insert(Rule {
+                        priority: FIP_RULE_PRIORITY,
+                        from: fixed,
+                        prefix: 32,
+                        table,
+                    });
+                    ns.routes.insert(Route {
+                        table,
+                        destination: subnet.cidr.network,
+                        prefix: subnet.cidr.prefix,
+                        via: None,
+                        device: name.clone(),
+                    });
+                    if let Some(gw) = subnet.gateway {
+                        ns.routes.insert(Route {
+                            table,
+                            destination: DEFAULT_V4,
+                            prefix: 0,
+                            via: Some(gw),
+                            device: name.clone(),
+                        });
+                    }
+                    dnat.push(format!(
+                        "iifname \"{name}\" ip daddr {} dnat to {fixed}",
+                        fip.floating_ip_address
+                    ));
+                    snat_rules.push(format!(
+                        "oifname \"{name}\" ip saddr {fixed} snat to {}",
+                        fip.floating_ip_address
+                    ));
+                    ns.interfaces.insert(name, iface);
+                }
+                Some(_) => {}
+                None => central.push((fip.floating_ip_address, fixed)),
+            }
+        }
+        if !dnat.is_empty() {
+            ns.nat = nat(dnat, snat_rules);
+        }
+
+        // The SNAT namespace, on the node holding the gateway port.
+        if let (Some(gp), Some(ext)) = (gateway_port, external) {
+            if gp.host_id == node.name {
+                let qg = format!("qg-{}", short(&gp.id));
+                if let Some(mut iface) = interface(view, gp) {
+                    for fixed in &gp.fixed_ips {
+                        let gw = view.subnet_info(&fixed.subnet_id).and_then(|s| s.gateway);
+                        if let Some(gw) = gw.filter(|g| v4(*g)) {
+                            snat.routes.insert(Route {
+                                table: MAIN_TABLE,
+                                destination: DEFAULT_V4,
+                                prefix: 0,
+                                via: Some(gw),
+                                device: qg.clone(),
+                            });
+                        }
+                    }
+                    let (mut dnat, mut rules) = (Vec::new(), Vec::new());
+                    for (floating, fixed) in &central {
+                        iface.addresses.insert((*floating, 32));
+                        dnat.push(format!(
+                            "iifname \"{qg}\" ip daddr {floating} dnat to {fixed}"
+                        ));
+                        rules.push(format!(
+                            "oifname \"{qg}\" ip saddr {fixed} snat to {floating}"
+                        ));
+                    }
+                    let external_v4 = gp.fixed_ips.iter().map(|f| f.ip_address).find(|ip| v4(*ip));
+                    if let (true, Some(address), false) =
+                        (ext.enable_snat, external_v4, tenant_v4.is_empty())
+                    {
+                        let sources: Vec<&str> = tenant_v4.iter().map(String::as_str).collect();
+                        rules.push(format!(
+                            "oifname \"{qg}\" ip saddr {{ {} }} snat to {address}",
+                            sources.join(", ")
+                        ));
+                    }
+                    snat.interfaces.insert(qg, iface);
+                    snat.nat = nat(dnat, rules);
+                }
+                for sp in &snat_ports {
+                    let Some(iface) = interface(view, sp) else {
+                        continue;
+                    };
+                    let name = format!("sg-{}", short(&sp.id));
+                    let subnets: BTreeSet<&str> =
+                        sp.fixed_ips.iter().map(|f| f.subnet_id.as_str()).collect();
+                    neighbours_on(view, &subnets, &sp.id, &name, &mut snat.neighbours);
+                    snat.interfaces.insert(name, iface);
+                }
+                state.insert(snat_namespace_name(router_id), snat);
             }
         }
         state.insert(namespace_name(router_id), ns);
     }
     state
+}
+
+fn nat(dnat: Vec<String>, snat: Vec<String>) -> BTreeMap<String, NatChain> {
+    BTreeMap::from([
+        ("inbound".to_owned(), NatChain::new(dnat)),
+        ("outbound".to_owned(), NatChain::new(snat)),
+    ])
 }
 
 /// One change to router namespaces.
@@ -262,8 +584,62 @@ pub enum Op {
     AddRoute(String, Route),
     /// Remove a static route.
     DelRoute(String, Route),
+    /// Add a policy rule.
+    AddRule(String, Rule),
+    /// Remove a policy rule.
+    DelRule(String, Rule),
+    /// Replace the content of a NAT chain (one transaction per namespace).
+    SetNat {
+        /// Namespace.
+        namespace: String,
+        /// `inbound` or `outbound`.
+        chain: String,
+        /// Its rules.
+        rules: Vec<String>,
+    },
     /// Delete a namespace and everything in it.
     DelNamespace(String),
+}
+
+impl Op {
+    /// The namespace the op changes.
+    pub fn namespace(&self) -> &str {
+        match self {
+            Op::AddNamespace(ns) | Op::DelNamespace(ns) => ns,
+            Op::AddInterface { namespace, .. }
+            | Op::DelInterface { namespace, .. }
+            | Op::AddAddress { namespace, .. }
+            | Op::DelAddress { namespace, .. }
+            | Op::SetNat { namespace, .. } => namespace,
+            Op::AddNeighbour(ns, _)
+            | Op::DelNeighbour(ns, _)
+            | Op::AddRoute(ns, _)
+            | Op::DelRoute(ns, _)
+            | Op::AddRule(ns, _)
+            | Op::DelRule(ns, _) => ns,
+        }
+    }
+}
+
+/// The nft script (one transaction) setting a namespace's NAT chains; the first rule of each
+/// chain carries the chain's content hash, which is what is read back.
+pub fn nat_script(chains: &[(&str, &[String])]) -> String {
+    let mut s = format!("table ip {NAT_TABLE} {{\n{NAT_SKELETON}}}\n");
+    for (chain, rules) in chains {
+        s.push_str(&format!("flush chain ip {NAT_TABLE} {chain}\n"));
+        let version = NatChain::new(rules.to_vec()).version;
+        for (i, rule) in rules.iter().enumerate() {
+            let comment = if i == 0 {
+                format!(" comment \"{}{version}\"", crate::nft::VERSION_TAG)
+            } else {
+                String::new()
+            };
+            s.push_str(&format!(
+                "add rule ip {NAT_TABLE} {chain} {rule}{comment}\n"
+            ));
+        }
+    }
+    s
 }
 
 /// The changes that turn `observed` into `desired`. Only differences: an agent restart with
@@ -344,15 +720,35 @@ pub fn plan(desired: &RouterState, observed: &RouterState) -> Vec<Op> {
                 ops.push(Op::DelNeighbour(ns_name.clone(), n.clone()));
             }
         }
-        let recreated = !gone.is_empty();
-        for r in &want.routes {
-            if !have.routes.contains(r) || recreated {
+        // On-link routes first: a next hop must be reachable when its route is added.
+        let (on_link, via): (Vec<&Route>, Vec<&Route>) =
+            want.routes.iter().partition(|r| r.via.is_none());
+        for r in on_link.into_iter().chain(via) {
+            if !have.routes.contains(r) || gone.contains(&r.device) {
                 ops.push(Op::AddRoute(ns_name.clone(), r.clone()));
             }
         }
         for r in have.routes.difference(&want.routes) {
-            if !recreated {
+            if !gone.contains(&r.device) {
                 ops.push(Op::DelRoute(ns_name.clone(), r.clone()));
+            }
+        }
+        for r in want.rules.difference(&have.rules) {
+            ops.push(Op::AddRule(ns_name.clone(), r.clone()));
+        }
+        for r in have.rules.difference(&want.rules) {
+            ops.push(Op::DelRule(ns_name.clone(), r.clone()));
+        }
+        let chains: BTreeSet<&String> = want.nat.keys().chain(have.nat.keys()).collect();
+        for chain in chains {
+            let want_chain = want.nat.get(chain).cloned().unwrap_or_default();
+            let have_version = have.nat.get(chain).map(|c| c.version.as_str());
+            if have_version.unwrap_or_default() != want_chain.version {
+                ops.push(Op::SetNat {
+                    namespace: ns_name.clone(),
+                    chain: chain.clone(),
+                    rules: want_chain.rules,
+                });
             }
         }
     }
@@ -406,12 +802,12 @@ mod tests {
         }
         v.apply(&line(
             "subnet",
-            json!({"id": "sa", "cidr": "10.1.0.0/24", "gateway_ip": "10.1.0.1"}),
+            json!({"id": "sa", "network_id": "net-a", "cidr": "10.1.0.0/24", "gateway_ip": "10.1.0.1"}),
         ))
         .unwrap();
         v.apply(&line(
             "subnet",
-            json!({"id": "sb", "cidr": "10.2.0.0/24", "gateway_ip": "10.2.0.1"}),
+            json!({"id": "sb", "network_id": "net-b", "cidr": "10.2.0.0/24", "gateway_ip": "10.2.0.1"}),
         ))
         .unwrap();
         v.apply(&line(
@@ -499,7 +895,21 @@ mod tests {
             mac: "fa:16:3e:00:00:b2".into()
         }));
         assert_eq!(ns.neighbours.len(), 2, "router ports are not neighbours");
-        assert_eq!(ns.routes.len(), 1);
+        assert_eq!(
+            ns.routes.iter().collect::<Vec<_>>(),
+            [&Route {
+                table: MAIN_TABLE,
+                destination: "10.9.0.0".parse().unwrap(),
+                prefix: 16,
+                via: Some("10.1.0.9".parse().unwrap()),
+                device: "qr-a1000000000".into(),
+            }],
+            "the extra route leaves where its next hop is"
+        );
+        assert!(
+            ns.rules.is_empty() && ns.nat.is_empty(),
+            "no gateway: no SNAT"
+        );
         let by_network = nodes_by_network(&v);
         assert_eq!(by_network.len(), 2);
         assert_eq!(
@@ -558,6 +968,177 @@ mod tests {
         );
     }
 
+    /// The view with an external flat network on physnet `public` (172.24.4.0/24), the
+    /// router's gateway on node1 (which maps `public`; node2 does not), SNAT ports, and two
+    /// floating IPs: one for the VM on node1 (distributed), one for the pod on node2 (central).
+    fn view_with_gateway() -> NodeView {
+        let mut v = view();
+        v.apply(&line(
+            "network",
+            json!({"id": "ext", "mtu": 1500, "provider:network_type": "flat",
+            "provider:segmentation_id": null, "provider:physical_network": "public"}),
+        ))
+        .unwrap();
+        v.apply(&line(
+            "subnet",
+            json!({"id": "se", "network_id": "ext", "cidr": "172.24.4.0/24", "gateway_ip": "172.24.4.1"}),
+        ))
+        .unwrap();
+        v.apply(&line(
+            "router",
+            json!({"id": R, "admin_state_up": true, "routes": [],
+            "external_gateway_info": {"network_id": "ext", "enable_snat": true}}),
+        ))
+        .unwrap();
+        v.apply(&line(
+            "node",
+            json!({"name": "node1", "tunnel_ip": "192.0.2.1", "physnets": {"public": "eth1"}}),
+        ))
+        .unwrap();
+        v.apply(&port(
+            "e1000000000000",
+            "ext",
+            "se",
+            "172.24.4.10",
+            "node1",
+            OWNER_GATEWAY,
+        ))
+        .unwrap();
+        v.apply(&port(
+            "s1000000000000",
+            "net-a",
+            "sa",
+            "10.1.0.3",
+            "node1",
+            OWNER_SNAT,
+        ))
+        .unwrap();
+        v.apply(&port(
+            "s2000000000000",
+            "net-b",
+            "sb",
+            "10.2.0.3",
+            "node1",
+            OWNER_SNAT,
+        ))
+        .unwrap();
+        for (fip, address, port_id, fixed) in [
+            ("f1", "172.24.4.20", "a2000000000000", "10.1.0.5"),
+            ("f2", "172.24.4.21", "b2000000000000", "10.2.0.7"),
+        ] {
+            v.apply(&line(
+                "floatingip",
+                json!({"id": fip, "floating_ip_address": address, "floating_network_id": "ext",
+                "port_id": port_id, "fixed_ip_address": fixed, "router_id": R}),
+            ))
+            .unwrap();
+            let mut p = port(&format!("{fip}00000000000f"), "ext", "se", address, "", "");
+            p["object"]["device_owner"] = json!(OWNER_FLOATING_IP);
+            p["object"]["device_id"] = json!(fip);
+            v.apply(&p).unwrap();
+        }
+        v
+    }
+
+    #[test]
+    fn north_south_snat_and_floating_ips() {
+        let v = view_with_gateway();
+        let one = desired(&v, &node("node1"));
+        let two = desired(&v, &node("node2"));
+        assert_eq!(
+            one.keys().collect::<Vec<_>>(),
+            [&namespace_name(R), &snat_namespace_name(R)]
+        );
+        assert_eq!(two.keys().collect::<Vec<_>>(), [&namespace_name(R)]);
+
+        // Everywhere: what the main table does not route goes to the subnet's SNAT port.
+        let q2 = &two[&namespace_name(R)];
+        let table_b = table_of("10.2.0.1".parse().unwrap());
+        assert!(q2.rules.contains(&Rule {
+            priority: SNAT_RULE_PRIORITY,
+            from: "10.2.0.0".parse().unwrap(),
+            prefix: 24,
+            table: table_b,
+        }));
+        assert!(q2.routes.contains(&Route {
+            table: table_b,
+            destination: DEFAULT_V4,
+            prefix: 0,
+            via: Some("10.2.0.3".parse().unwrap()),
+            device: "qr-b1000000000".into(),
+        }));
+        assert!(
+            q2.nat.is_empty(),
+            "node2 maps no physnet: no floating IP here"
+        );
+
+        // node1 NATs its VM's floating IP itself, on qf- with the floating port's MAC.
+        let q1 = &one[&namespace_name(R)];
+        let qf = &q1.interfaces["qf-f1000000000"];
+        assert_eq!(qf.bridge, "brqext");
+        assert_eq!(qf.mac, "fa:16:3e:00:00:f1");
+        assert_eq!(qf.addresses, [("172.24.4.20".parse().unwrap(), 32)].into());
+        assert!(q1.rules.contains(&Rule {
+            priority: FIP_RULE_PRIORITY,
+            from: "10.1.0.5".parse().unwrap(),
+            prefix: 32,
+            table: table_of("10.1.0.5".parse().unwrap()),
+        }));
+        assert_eq!(
+            q1.nat["inbound"].rules,
+            ["iifname \"qf-f1000000000\" ip daddr 172.24.4.20 dnat to 10.1.0.5"]
+        );
+
+        // The SNAT namespace: the gateway address and the central floating IP on qg-, the
+        // pod's floating IP translated before the subnets' SNAT.
+        let snat = &one[&snat_namespace_name(R)];
+        assert_eq!(
+            snat.interfaces["qg-e1000000000"].addresses,
+            [
+                ("172.24.4.10".parse().unwrap(), 24),
+                ("172.24.4.21".parse().unwrap(), 32)
+            ]
+            .into()
+        );
+        assert!(snat.interfaces.contains_key("sg-s1000000000"));
+        assert_eq!(
+            snat.nat["outbound"].rules,
+            [
+                "oifname \"qg-e1000000000\" ip saddr 10.2.0.7 snat to 172.24.4.21",
+                "oifname \"qg-e1000000000\" ip saddr { 10.1.0.0/24, 10.2.0.0/24 } snat to 172.24.4.10",
+            ]
+        );
+        assert!(snat
+            .routes
+            .iter()
+            .any(|r| r.via == Some("172.24.4.1".parse().unwrap())));
+        assert!(snat
+            .neighbours
+            .iter()
+            .any(|n| n.ip.to_string() == "10.2.0.7"));
+
+        // Converged: nothing to do; a changed chain is one op.
+        assert!(plan(&one, &one).is_empty());
+        let mut have = one.clone();
+        have.get_mut(&snat_namespace_name(R))
+            .unwrap()
+            .nat
+            .remove("inbound");
+        assert_eq!(
+            plan(&one, &have)
+                .iter()
+                .filter(|o| matches!(o, Op::SetNat { .. }))
+                .count(),
+            1
+        );
+        let script = nat_script(&[("outbound", &snat.nat["outbound"].rules)]);
+        assert!(
+            script.contains("flush chain ip isthmus outbound\n"),
+            "{script}"
+        );
+        assert!(script.contains("comment \"isthmus:"), "{script}");
+    }
+
     #[test]
     fn plans_only_differences() {
         let v = view();
@@ -574,23 +1155,23 @@ mod tests {
         // A changed gateway MAC recreates the interface and re-adds what lived on it.
         let mut have = want.clone();
         let ns = have.get_mut(&namespace_name(R)).unwrap();
-        ns.interfaces.get_mut("qr-b1000000000").unwrap().mac = "fa:16:3e:ff:ff:ff".into();
+        ns.interfaces.get_mut("qr-a1000000000").unwrap().mac = "fa:16:3e:ff:ff:ff".into();
         ns.neighbours.insert(Neighbour {
-            device: "qr-a1000000000".into(),
-            ip: "10.1.0.77".parse().unwrap(),
+            device: "qr-b1000000000".into(),
+            ip: "10.2.0.77".parse().unwrap(),
             mac: "fa:16:3e:00:00:77".into(),
         });
         let ops = plan(&want, &have);
         assert!(ops.contains(&Op::DelInterface {
             namespace: namespace_name(R),
-            name: "qr-b1000000000".into()
+            name: "qr-a1000000000".into()
         }));
         assert!(ops
             .iter()
-            .any(|o| matches!(o, Op::AddNeighbour(_, n) if n.device == "qr-b1000000000")));
+            .any(|o| matches!(o, Op::AddNeighbour(_, n) if n.device == "qr-a1000000000")));
         assert!(ops
             .iter()
-            .any(|o| matches!(o, Op::DelNeighbour(_, n) if n.ip.to_string() == "10.1.0.77")));
+            .any(|o| matches!(o, Op::DelNeighbour(_, n) if n.ip.to_string() == "10.2.0.77")));
         assert!(
             ops.iter().any(|o| matches!(o, Op::AddRoute(..))),
             "routes follow a recreated interface"

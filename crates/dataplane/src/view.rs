@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use isthmus_model::addr::Cidr;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -147,6 +148,9 @@ pub struct Node {
     pub name: String,
     /// Underlay address.
     pub tunnel_ip: IpAddr,
+    /// Physical networks it maps (it can reach external networks on them).
+    #[serde(default)]
+    pub physnets: BTreeMap<String, String>,
 }
 
 /// Everything the node was sent, by kind and id. Objects the data plane reads only in part
@@ -175,7 +179,44 @@ fn parse<T: serde::de::DeserializeOwned>(object: &Value) -> Result<T, ViewError>
     serde_json::from_value(object.clone()).map_err(|e| ViewError::BadLine(e.to_string()))
 }
 
+/// A subnet as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    /// Id.
+    pub id: String,
+    /// Its network.
+    pub network_id: String,
+    /// Its prefix.
+    pub cidr: Cidr,
+    /// Its gateway address.
+    pub gateway: Option<IpAddr>,
+}
+
 impl NodeView {
+    /// A subnet, when the view has it.
+    pub fn subnet_info(&self, id: &str) -> Option<Subnet> {
+        let raw = self.others.get(&("subnet".to_owned(), id.to_owned()))?;
+        Some(Subnet {
+            id: id.to_owned(),
+            network_id: raw.get("network_id")?.as_str()?.to_owned(),
+            cidr: Cidr::parse_lenient(raw.get("cidr")?.as_str()?)?,
+            gateway: raw
+                .get("gateway_ip")
+                .and_then(Value::as_str)
+                .and_then(|g| g.parse().ok()),
+        })
+    }
+
+    /// The subnets of a network the view has.
+    pub fn subnets_of(&self, network_id: &str) -> Vec<Subnet> {
+        self.others
+            .keys()
+            .filter(|(kind, _)| kind == "subnet")
+            .filter_map(|(_, id)| self.subnet_info(id))
+            .filter(|s| s.network_id == network_id)
+            .collect()
+    }
+
     /// The prefix length and gateway of a subnet, when the view has it.
     pub fn subnet(&self, id: &str) -> Option<(u8, Option<IpAddr>)> {
         let raw = self.others.get(&("subnet".to_owned(), id.to_owned()))?;

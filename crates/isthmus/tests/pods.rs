@@ -127,7 +127,7 @@ fn veths(lab: &Lab, node: usize) -> Vec<String> {
     out.lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n != "eth0")
+        .filter(|n| n != "eth0" && n != isthmus_lab::PUBLIC_IFACE)
         .collect()
 }
 

@@ -255,3 +255,284 @@ fn subnets_are_routed_on_the_source_node_and_never_through_a_third() {
         .collect();
     assert_eq!(taps, [vm1.tap.as_str()], "the router's taps are gone");
 }
+
+/// Counts, in the outside host, the echo requests arriving from each of `sources`.
+struct Seen<'a>(&'a Netns);
+
+impl<'a> Seen<'a> {
+    fn install(ns: &'a Netns, sources: &[&str]) -> Seen<'a> {
+        let mut script =
+            "table ip seen {\n chain input {\n  type filter hook input priority 0; policy accept;\n"
+                .to_owned();
+        for s in sources {
+            script.push_str(&format!(
+                "  ip saddr {s} icmp type echo-request counter comment \"{s}\"\n"
+            ));
+        }
+        script.push_str(" }\n}\n");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), script).unwrap();
+        ns.exec("nft", &["-f", &file.path().to_string_lossy()])
+            .unwrap();
+        Seen(ns)
+    }
+
+    fn count(&self, source: &str) -> u64 {
+        let out = self
+            .0
+            .exec("nft", &["-j", "list", "chain", "ip", "seen", "input"])
+            .unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["rule"]["comment"] == source)
+            .flat_map(|i| i["rule"]["expr"].as_array().cloned().unwrap_or_default())
+            .find_map(|e| e["counter"]["packets"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+fn post(lab: &Lab, path: &str, body: Value) -> Value {
+    let (s, v) = lab.api("POST", path, Some(&body));
+    assert_eq!(s, 201, "POST {path}: {v}");
+    v
+}
+
+/// What is configured in a router namespace of node `node`.
+fn in_router(lab: &Lab, node: usize, namespace: &str, args: &[&str]) -> String {
+    let path = lab.nodes[node].netns_dir.join(namespace);
+    let mut all = vec![format!("--net={}", path.display())];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    isthmus_lab::run("nsenter", &all).unwrap_or_default()
+}
+
+#[test]
+fn snat_floating_ips_and_the_physical_segment() {
+    use isthmus_lab::PUBLIC_MAPPING;
+    // node1 and node2 reach the external network; node3 does not.
+    let mapped: &[&str] = &["--physnet", PUBLIC_MAPPING];
+    let Some(cloud) = cloud::cloud_with(&[mapped, mapped, &[]]) else {
+        return;
+    };
+    let lab = &cloud.lab;
+    wait_agents(lab, 3);
+    let ext = post(
+        lab,
+        "/v2.0/networks",
+        json!({"network": {"name": "public", "router:external": true,
+        "provider:network_type": "flat", "provider:physical_network": "public"}}),
+    )["network"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    post(
+        lab,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "172.24.4.0/24",
+        "enable_dhcp": false, "allocation_pools": [{"start": "172.24.4.10", "end": "172.24.4.99"}]}}),
+    );
+    let (net_a, sub_a) = shared_network(lab, "net-a", "10.1.0.0/24");
+    let (net_b, sub_b) = shared_network(lab, "net-b", "10.2.0.0/24");
+    let router = post(
+        lab,
+        "/v2.0/routers",
+        json!({"router": {"name": "r1", "project_id": "project-a",
+        "external_gateway_info": {"network_id": ext}}}),
+    )["router"]
+        .clone();
+    let router_id = router["id"].as_str().unwrap().to_owned();
+    let external_ip = router["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for subnet in [&sub_a, &sub_b] {
+        let (s, info) = lab.api(
+            "PUT",
+            &format!("/v2.0/routers/{router_id}/add_router_interface"),
+            Some(&json!({"subnet_id": subnet})),
+        );
+        assert_eq!(s, 200, "{info}");
+    }
+    let (_, gw) = lab.api(
+        "GET",
+        &format!("/v2.0/ports?device_owner=network:router_gateway&device_id={router_id}"),
+        None,
+    );
+    assert_eq!(
+        gw["ports"][0]["binding:host_id"], "node1",
+        "the gateway goes to a node mapping the physnet"
+    );
+
+    let vm1_port = vm_port(lab, &net_a, 1, "vm1");
+    let vm1 = vm(lab, 0, &vm1_port, "10.1.0.1");
+    let vm3_port = vm_port(lab, &net_a, 3, "vm3");
+    let vm3 = vm(lab, 2, &vm3_port, "10.1.0.1");
+    let (s, b) = lab.api(
+        "PUT",
+        "/isthmus/v1/namespace-bindings/team-b",
+        Some(&json!({"namespace_binding": {"network_id": net_b, "project_id": "project-a"}})),
+    );
+    assert_eq!(s, 201, "{b}");
+    let pod = lab.add_pod().unwrap();
+    ipv4_only(&pod.ns);
+    let result = add_pod(
+        &cloud,
+        1,
+        &pod,
+        "K8S_POD_NAMESPACE=team-b;K8S_POD_NAME=web;K8S_POD_UID=uid-web",
+    );
+    let pod_ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let ip = |p: &Value| p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned();
+    let (vm1_ip, vm3_ip) = (ip(&vm1_port), ip(&vm3_port));
+    // The outside may ping in.
+    let (_, groups) = lab.api(
+        "GET",
+        "/v2.0/security-groups?project_id=project-a&name=default",
+        None,
+    );
+    let group = groups["security_groups"][0]["id"].as_str().unwrap();
+    post(
+        lab,
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": group, "direction": "ingress",
+        "ethertype": "IPv4", "protocol": "icmp", "remote_ip_prefix": "0.0.0.0/0"}}),
+    );
+
+    let outside = lab.add_outside_host("172.24.4.200/24").unwrap();
+    let seen = Seen::install(
+        &outside,
+        &[
+            &external_ip,
+            "172.24.4.50",
+            "172.24.4.51",
+            &vm1_ip,
+            &vm3_ip,
+            &pod_ip,
+        ],
+    );
+
+    // SNAT: without floating IPs, everyone leaves with the router's external address.
+    wait_for("VM 1 to reach the outside", Duration::from_secs(20), || {
+        pings(&vm1.ns, "172.24.4.200", 1)
+    });
+    wait_for(
+        "VM 3 (on a node without the physnet) to reach the outside",
+        Duration::from_secs(20),
+        || pings(&vm3.ns, "172.24.4.200", 1),
+    );
+    wait_for(
+        "the pod to reach the outside",
+        Duration::from_secs(20),
+        || pings(&pod.ns, "172.24.4.200", 1),
+    );
+    let before = seen.count(&external_ip);
+    assert!(pings(&vm3.ns, "172.24.4.200", 2));
+    assert!(pings(&pod.ns, "172.24.4.200", 2));
+    assert_eq!(seen.count(&external_ip), before + 4, "all of it SNAT'd");
+    for source in [&vm1_ip, &vm3_ip, &pod_ip] {
+        assert_eq!(seen.count(source), 0, "{source} never seen outside");
+    }
+
+    // The physical segment: with a route via the router's external address, the outside
+    // reaches VMs and pods on their own addresses.
+    for subnet in ["10.1.0.0/24", "10.2.0.0/24"] {
+        outside
+            .ip(&["route", "add", subnet, "via", &external_ip])
+            .unwrap();
+    }
+    assert!(pings(&outside, &vm1_ip, 2), "VM 1 on its own address");
+    assert!(pings(&outside, &pod_ip, 2), "the pod on its own address");
+    for subnet in ["10.1.0.0/24", "10.2.0.0/24"] {
+        outside.ip(&["route", "del", subnet]).unwrap();
+    }
+
+    // Floating IPs: VM 1's node maps the physnet, so node 1 NATs it itself; VM 3's does not,
+    // so the gateway node does.
+    for (address, port) in [("172.24.4.50", &vm1_port), ("172.24.4.51", &vm3_port)] {
+        post(
+            lab,
+            "/v2.0/floatingips",
+            json!({"floatingip": {"floating_network_id": ext, "floating_ip_address": address,
+            "port_id": port["id"]}}),
+        );
+    }
+    wait_for(
+        "the outside to reach VM 1 on its floating IP",
+        Duration::from_secs(20),
+        || pings(&outside, "172.24.4.50", 1),
+    );
+    wait_for(
+        "the outside to reach VM 3 on its floating IP",
+        Duration::from_secs(20),
+        || pings(&outside, "172.24.4.51", 1),
+    );
+    let qrouter = format!("qrouter-{router_id}");
+    let snat = format!("snat-{router_id}");
+    assert!(
+        in_router(lab, 0, &qrouter, &["ip", "-o", "addr"]).contains("172.24.4.50/32"),
+        "VM 1's floating IP lives in node 1's router"
+    );
+    assert!(
+        in_router(lab, 0, &snat, &["ip", "-o", "addr"]).contains("172.24.4.51/32"),
+        "VM 3's floating IP lives in the SNAT namespace"
+    );
+    assert!(pings(&vm1.ns, "172.24.4.200", 2));
+    assert!(pings(&vm3.ns, "172.24.4.200", 2));
+    assert_eq!(
+        seen.count("172.24.4.50"),
+        2,
+        "VM 1 leaves with its floating IP"
+    );
+    assert_eq!(
+        seen.count("172.24.4.51"),
+        2,
+        "VM 3 leaves with its floating IP"
+    );
+    assert_eq!(seen.count(&external_ip), before + 4, "nothing more SNAT'd");
+
+    // Gone through the API, gone from every node: namespaces, addresses, rules.
+    let (_, fips) = lab.api("GET", "/v2.0/floatingips", None);
+    for fip in fips["floatingips"].as_array().unwrap() {
+        let (s, _) = lab.api(
+            "DELETE",
+            &format!("/v2.0/floatingips/{}", fip["id"].as_str().unwrap()),
+            None,
+        );
+        assert_eq!(s, 204);
+    }
+    wait_for("VM 1's floating IP to go", Duration::from_secs(10), || {
+        !in_router(lab, 0, &qrouter, &["ip", "-o", "addr"]).contains("172.24.4.50")
+    });
+    assert!(!pings(&outside, "172.24.4.50", 1));
+    assert!(pings(&vm1.ns, "172.24.4.200", 1), "back to SNAT");
+    let (s, v) = lab.api(
+        "PUT",
+        &format!("/v2.0/routers/{router_id}"),
+        Some(&json!({"router": {"external_gateway_info": {}}})),
+    );
+    assert_eq!(s, 200, "{v}");
+    for subnet in [&sub_a, &sub_b] {
+        let (s, info) = lab.api(
+            "PUT",
+            &format!("/v2.0/routers/{router_id}/remove_router_interface"),
+            Some(&json!({"subnet_id": subnet})),
+        );
+        assert_eq!(s, 200, "{info}");
+    }
+    let (s, _) = lab.api("DELETE", &format!("/v2.0/routers/{router_id}"), None);
+    assert_eq!(s, 204);
+    wait_for(
+        "router namespaces to go from every node",
+        Duration::from_secs(10),
+        || (0..3).all(|n| router_namespaces(lab, n).is_empty()),
+    );
+}

@@ -20,6 +20,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub const UNDERLAY_PREFIX: &str = "10.251.0";
 /// Underlay MTU.
 pub const UNDERLAY_MTU: u32 = 1500;
+/// The lab's external physical network: a bridge `br-public` in the fabric, and in every
+/// node an interface on it (`--physnet public:eth1` maps it).
+pub const PUBLIC_PHYSNET: &str = "public";
+/// The nodes' interface on the external physical network.
+pub const PUBLIC_IFACE: &str = "eth1";
+/// The agent argument mapping the lab's external physical network.
+pub const PUBLIC_MAPPING: &str = "public:eth1";
 
 /// Why a lab operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +340,8 @@ impl Lab {
             "br-underlay",
         ])?;
         fabric.ip(&["link", "set", "br-underlay", "up"])?;
+        fabric.ip(&["link", "add", "br-public", "type", "bridge"])?;
+        fabric.ip(&["link", "set", "br-public", "up"])?;
         std::fs::create_dir_all(&dir).map_err(|source| LabError::Spawn {
             command: format!("mkdir {}", dir.display()),
             source,
@@ -366,6 +375,23 @@ impl Lab {
             let underlay_ip = Ipv4Addr::new(10, 251, 0, i as u8);
             ns.ip(&["addr", "add", &format!("{underlay_ip}/24"), "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
+            // The external network: plugged, left for the agent to bridge when it maps it.
+            let public = format!("p-node{i}");
+            lab.fabric.ip(&[
+                "link",
+                "add",
+                &public,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                PUBLIC_IFACE,
+                "netns",
+                ns.name(),
+            ])?;
+            lab.fabric
+                .ip(&["link", "set", &public, "master", "br-public", "up"])?;
+            ns.ip(&["link", "set", PUBLIC_IFACE, "up"])?;
             let name = format!("node{i}");
             lab.nodes.push(Node {
                 ns,
@@ -421,6 +447,30 @@ impl Lab {
             ns.ip(&["route", "add", "default", "via", gw])?;
         }
         Ok(Vm { ns, tap })
+    }
+
+    /// A host on the external network (outside the cloud): a namespace whose `eth0` is on the
+    /// fabric's `br-public` with `address` (`a.b.c.d/len`).
+    pub fn add_outside_host(&self, address: &str) -> Result<Netns> {
+        let ns = Netns::named(&self.guest_name("outside"))?;
+        let peer = format!("o-{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+        self.fabric.ip(&[
+            "link",
+            "add",
+            &peer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.fabric
+            .ip(&["link", "set", &peer, "master", "br-public", "up"])?;
+        ns.ip(&["addr", "add", address, "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(ns)
     }
 
     /// A pod sandbox (an empty network namespace, as a runtime makes one).

@@ -221,6 +221,7 @@ fn planned_overlay_carries_vms_across_nodes() {
             ViewNode {
                 name: node.name.clone(),
                 tunnel_ip: node.underlay_ip.into(),
+                physnets: BTreeMap::new(),
             },
         );
     }

@@ -279,6 +279,12 @@ impl Mirror {
             networks.extend(r.interfaces.iter().map(|i| i.network_id.clone()));
             for f in Self::ids(&self.fips_by_router, router_id) {
                 add(&mut view, ObjectKind::FloatingIp, f);
+                // Its port on the external network: the MAC that answers for the address.
+                if let Some((Object::FloatingIp(fip), _)) =
+                    self.objects.get(&(ObjectKind::FloatingIp, f.clone()))
+                {
+                    add(&mut view, ObjectKind::Port, &fip.floating_port_id);
+                }
             }
             if let Some(g) = &r.gateway {
                 add(&mut view, ObjectKind::Network, &g.network_id);

@@ -23,14 +23,21 @@ pub struct Cloud {
 /// A cloud of `nodes` nodes, or `None` (skipped, with the reason) where labs cannot run; under
 /// CI that is a failure.
 pub fn cloud(nodes: usize) -> Option<Cloud> {
+    cloud_with(&vec![&[][..]; nodes])
+}
+
+/// A cloud with one node per entry, its agent started with those extra arguments.
+pub fn cloud_with(agent_args: &[&[&str]]) -> Option<Cloud> {
     if !isthmus_lab::runnable() {
         return None;
     }
-    let lab = Lab::new(nodes).unwrap();
+    let lab = Lab::new(agent_args.len()).unwrap();
     let data = tempfile::tempdir().unwrap();
     let controller = lab.start_controller(BIN, data.path()).unwrap();
-    let agents = (0..nodes)
-        .map(|i| lab.start_agent(BIN, i).unwrap())
+    let agents = agent_args
+        .iter()
+        .enumerate()
+        .map(|(i, extra)| lab.start_agent_with(BIN, i, extra).unwrap())
         .collect();
     Some(Cloud {
         agents,
