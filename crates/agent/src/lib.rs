@@ -401,7 +401,33 @@ async fn reconcile(
     }
     known.fdb = Some((want.fdb.clone(), want.pins.clone()));
     report_status(shared, view, &links).await?;
-    routed
+    routed?;
+    report_floating_ips(shared, view).await
+}
+
+/// Tells the controller which floating IPs this node NATs (their routers are in place).
+async fn report_floating_ips(shared: &Shared, view: &NodeView) -> Result<(), AgentError> {
+    let node = &shared.config.node;
+    for fip in view.floating_ips.values() {
+        if fip.status == "ACTIVE" || router::nat_node(view, fip).as_ref() != Some(node) {
+            continue;
+        }
+        let body = json!({"status": "ACTIVE", "node": node});
+        let path = format!("/isthmus/v1/floatingips/{}/status", fip.id);
+        let (code, answer) = shared
+            .config
+            .controller
+            .request("PUT", &path, Some(&body))
+            .await?;
+        // 404/409: deleted or disassociated since this view was taken.
+        if code != 200 && code != 404 && code != 409 {
+            eprintln!(
+                "isthmus agent: status of floating IP {} answered {code}: {answer}",
+                fip.id
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Tells the controller which local ports are plugged (tap attached to its bridge and up).

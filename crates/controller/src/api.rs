@@ -81,6 +81,10 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("ip-substring-filtering", "IP address substring filtering", "Provides IP address substring filtering when listing ports"),
     ("pagination", "Pagination support", "Extension that indicates that pagination is enabled."),
     ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
+    ("router", "Neutron L3 Router", "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via a NAT gateway."),
+    ("ext-gw-mode", "Neutron L3 Configurable external gateway mode", "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway"),
+    ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
+    ("dvr", "Distributed Virtual Router", "Enables configuration of Distributed Virtual Routers."),
 ];
 
 /// The API router.
@@ -129,6 +133,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/isthmus/v1/nodes/{name}/heartbeat", put(heartbeat))
         .route("/isthmus/v1/ports/{id}/status", put(port_status))
+        .route(
+            "/isthmus/v1/floatingips/{id}/status",
+            put(floating_ip_status),
+        )
         .route(
             "/isthmus/v1/namespace-bindings",
             get(list_namespace_bindings),
@@ -693,6 +701,19 @@ async fn port_status(
         .set_port_status(&noauth_caller(&headers), &id, parse_json(&body)?)
         .await?;
     Ok(Json(json!({ "port": port })).into_response())
+}
+
+async fn floating_ip_status(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let fip = state
+        .service
+        .set_floating_ip_status(&noauth_caller(&headers), &id, parse_json(&body)?)
+        .await?;
+    Ok(Json(json!({ "floatingip": fip })).into_response())
 }
 
 async fn list_namespace_bindings(State(state): Shared, headers: HeaderMap) -> ApiResult {

@@ -33,16 +33,19 @@ async fn discovery_documents() {
         .map(|e| e["alias"].as_str().unwrap())
         .collect();
     assert!(aliases.contains(&"security-group") && aliases.contains(&"dns-integration"));
+    for l3 in ["router", "ext-gw-mode", "extraroute", "dvr"] {
+        assert!(aliases.contains(&l3), "{l3}");
+    }
     assert!(
-        !aliases.contains(&"router"),
-        "routers do not work yet and must not be advertised"
+        !aliases.contains(&"l3-ha"),
+        "routers are distributed, not HA: not advertised"
     );
     let (s, _) = api
         .call(As::Anonymous, "GET", "/v2.0/extensions/binding", None)
         .await;
     assert_eq!(s, 200);
     let (s, v) = api
-        .call(As::Anonymous, "GET", "/v2.0/extensions/router", None)
+        .call(As::Anonymous, "GET", "/v2.0/extensions/l3-ha", None)
         .await;
     assert_eq!((s, fault(&v)), (404, "ExtensionNotFound"));
     let (s, body) = api.call(As::Anonymous, "GET", "/metrics", None).await;

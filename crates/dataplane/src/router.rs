@@ -294,6 +294,20 @@ fn fip_node(view: &NodeView, fip: &FloatingIp) -> Option<String> {
         .then(|| port.host_id.clone())
 }
 
+/// The node that NATs an associated floating IP: its port's node when that node maps the
+/// external network's physnet, else the node holding the router's gateway port (which only
+/// that node's view is sure to have).
+pub fn nat_node(view: &NodeView, fip: &FloatingIp) -> Option<String> {
+    fip.port_id.as_ref()?;
+    fip_node(view, fip).or_else(|| {
+        let router = fip.router_id.as_deref()?;
+        view.ports
+            .values()
+            .find(|p| owned_by(p, OWNER_GATEWAY, router) && !p.host_id.is_empty())
+            .map(|p| p.host_id.clone())
+    })
+}
+
 /// The external subnet holding `ip` on `network`.
 fn external_subnet(view: &NodeView, network: &str, ip: IpAddr) -> Option<Subnet> {
     view.subnets_of(network)

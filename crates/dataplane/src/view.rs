@@ -139,6 +139,9 @@ pub struct FloatingIp {
     pub fixed_ip_address: Option<IpAddr>,
     /// The router doing the NAT.
     pub router_id: Option<String>,
+    /// `ACTIVE` once the node doing its NAT has reported it.
+    #[serde(default)]
+    pub status: String,
 }
 
 /// A node (tunnel endpoint).

@@ -475,6 +475,16 @@ fn snat_floating_ips_and_the_physical_segment() {
         Duration::from_secs(20),
         || pings(&outside, "172.24.4.51", 1),
     );
+    wait_for(
+        "the nodes doing their NAT to report the floating IPs ACTIVE",
+        Duration::from_secs(10),
+        || {
+            let (_, fips) = lab.api("GET", "/v2.0/floatingips", None);
+            fips["floatingips"]
+                .as_array()
+                .is_some_and(|a| a.len() == 2 && a.iter().all(|f| f["status"] == "ACTIVE"))
+        },
+    );
     let qrouter = format!("qrouter-{router_id}");
     let snat = format!("snat-{router_id}");
     assert!(
@@ -535,4 +545,195 @@ fn snat_floating_ips_and_the_physical_segment() {
         Duration::from_secs(10),
         || (0..3).all(|n| router_namespaces(lab, n).is_empty()),
     );
+}
+
+/// keepalived (VRRPv3, 0.5 s adverts) in a VM namespace, with the VIP on `eth0`.
+fn keepalived(
+    vm: &isthmus_lab::Vm,
+    dir: &std::path::Path,
+    priority: u32,
+    vip: &str,
+) -> isthmus_lab::Daemon {
+    let name = vm.ns.name();
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "global_defs {{\n  vrrp_garp_master_repeat 3\n  vrrp_garp_master_refresh 1\n}}\n\
+             vrrp_instance vip {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
+             priority {priority}\n  advert_int 0.5\n  version 3\n  \
+             virtual_ipaddress {{\n    {vip}/24\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    isthmus_lab::Daemon(
+        vm.ns
+            .command("keepalived")
+            .args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
+            .arg(&conf)
+            .arg("--pid")
+            .arg(dir.join(format!("{name}.pid")))
+            .arg("--vrrp_pid")
+            .arg(dir.join(format!("{name}.vrrp.pid")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn holds(vm: &isthmus_lab::Vm, vip: &str) -> bool {
+    vm.ns
+        .ip(&["-o", "addr", "show", "eth0"])
+        .is_ok_and(|a| a.contains(&format!("{vip}/")))
+}
+
+#[test]
+fn keepalived_moves_a_floating_ip_between_vms_on_different_nodes() {
+    use isthmus_lab::PUBLIC_MAPPING;
+    let mapped: &[&str] = &["--physnet", PUBLIC_MAPPING];
+    if isthmus_lab::run("keepalived", &["--version"]).is_err() {
+        isthmus_lab::skip("keepalived is not installed (./test.sh installs it)");
+        return;
+    }
+    let Some(cloud) = cloud::cloud_with(&[mapped, mapped, mapped]) else {
+        return;
+    };
+    let lab = &cloud.lab;
+    wait_agents(lab, 3);
+    let ext = post(
+        lab,
+        "/v2.0/networks",
+        json!({"network": {"name": "public", "router:external": true,
+        "provider:network_type": "flat", "provider:physical_network": "public"}}),
+    )["network"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    post(
+        lab,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "172.24.4.0/24",
+        "allocation_pools": [{"start": "172.24.4.10", "end": "172.24.4.99"}]}}),
+    );
+    let (net_a, sub_a) = shared_network(lab, "net-a", "10.1.0.0/24");
+    let router_id = post(
+        lab,
+        "/v2.0/routers",
+        json!({"router": {"name": "r1", "project_id": "project-a",
+        "external_gateway_info": {"network_id": ext}}}),
+    )["router"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, info) = lab.api(
+        "PUT",
+        &format!("/v2.0/routers/{router_id}/add_router_interface"),
+        Some(&json!({"subnet_id": sub_a})),
+    );
+    assert_eq!(s, 200, "{info}");
+
+    // The VIP port holds the address (unbound: no node plugs it); both VMs may carry it.
+    let vip_port = post(
+        lab,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net_a, "project_id": "project-a", "name": "vip",
+        "fixed_ips": [{"ip_address": "10.1.0.100"}]}}),
+    )["port"]
+        .clone();
+    let vip = "10.1.0.100";
+    let mut vms = Vec::new();
+    for node in [2, 3] {
+        let (s, p) = lab.api(
+            "POST",
+            "/v2.0/ports",
+            Some(&json!({"port": {
+            "network_id": net_a, "project_id": "project-a", "binding:host_id": format!("node{node}"),
+            "device_owner": "compute:nova", "name": format!("lb{node}"),
+            "allowed_address_pairs": [{"ip_address": vip}]}})),
+        );
+        assert_eq!(s, 201, "{p}");
+        vms.push(vm(lab, node - 1, &p["port"], "10.1.0.1"));
+    }
+    let (_, groups) = lab.api(
+        "GET",
+        "/v2.0/security-groups?project_id=project-a&name=default",
+        None,
+    );
+    let group = groups["security_groups"][0]["id"].as_str().unwrap();
+    post(
+        lab,
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": group, "direction": "ingress",
+        "ethertype": "IPv4", "protocol": "icmp", "remote_ip_prefix": "0.0.0.0/0"}}),
+    );
+    post(
+        lab,
+        "/v2.0/floatingips",
+        json!({"floatingip": {"floating_network_id": ext, "floating_ip_address": "172.24.4.60",
+        "port_id": vip_port["id"]}}),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = keepalived(&vms[0], dir.path(), 150, vip);
+    wait_for("VM 1 to become master", Duration::from_secs(10), || {
+        holds(&vms[0], vip)
+    });
+    let _backup = keepalived(&vms[1], dir.path(), 100, vip);
+    let outside = lab.add_outside_host("172.24.4.200/24").unwrap();
+    wait_for(
+        "the outside to reach the master through the floating IP",
+        Duration::from_secs(20),
+        || pings(&outside, "172.24.4.60", 1),
+    );
+    assert!(!holds(&vms[1], vip), "one master");
+
+    // A 0.05 s ping through the floating IP while the master's keepalived dies.
+    let mut ping = outside
+        .command("ping")
+        .args(["-D", "-i", "0.05", "-W", "1", "172.24.4.60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // The master dies: its keepalived is killed (the VRRP process, then its parent; no clean
+    // handover) and its interface goes down with it, so only the backup can answer.
+    let vrrp_pid =
+        std::fs::read_to_string(dir.path().join(format!("{}.vrrp.pid", vms[0].ns.name()))).unwrap();
+    isthmus_lab::run("kill", &["-9", vrrp_pid.trim()]).unwrap();
+    let killed = std::time::Instant::now();
+    let _ = master.0.kill();
+    vms[0].ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    wait_for("VM 2 to take the address", Duration::from_secs(5), || {
+        holds(&vms[1], vip)
+    });
+    let takeover = killed.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = ping.kill();
+    let out = ping.wait_with_output().unwrap();
+    let stamps: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let gap = stamps
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    eprintln!(
+        "keepalived failover: VIP moved after {:.2} s, longest gap between replies through the floating IP {gap:.2} s ({} replies)",
+        takeover.as_secs_f64(),
+        stamps.len()
+    );
+    assert!(stamps.len() > 40, "the ping ran: {}", stamps.len());
+    assert!(
+        gap < 3.0,
+        "the backup answered {gap:.2} s after the last reply from the master"
+    );
+    let last = stamps.last().copied().unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(now - last < 1.0, "replies still flow from the new master");
 }

@@ -254,6 +254,49 @@ impl Service {
         .await
     }
 
+    /// An agent's report that it NATs (`ACTIVE`) or cannot NAT (`ERROR`, `DOWN`) a floating
+    /// IP. Only an associated floating IP can be `ACTIVE`.
+    pub async fn set_floating_ip_status(
+        &self,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+    ) -> Result<Object> {
+        caller.require_admin("update_floatingip:status")?;
+        let status = body
+            .get("status")
+            .and_then(Value::as_str)
+            .filter(|s| ["ACTIVE", "DOWN", "ERROR"].contains(s))
+            .ok_or_else(|| Error::invalid_attr("status", "must be one of ACTIVE, DOWN, ERROR"))?
+            .to_owned();
+        body.get("node")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::invalid_attr("node", "the reporting node is required"))?;
+        self.retry(|| async {
+            let (mut fip, rev) = self.must_load::<FloatingIp>(id).await?;
+            if status == "ACTIVE" && fip.association.is_none() {
+                return Err(Error::Conflict(format!(
+                    "Floating IP {id} is not associated with a port"
+                )));
+            }
+            if fip.status == status {
+                return Ok(Attempt::Done(fip.render()));
+            }
+            fip.status = status.clone();
+            fip.meta.touch(&now());
+            let txn = Txn::new()
+                .when(Compare::mod_revision(keys::floating_ip(id), rev))
+                .then(Op::put(keys::floating_ip(id), encode(&fip)?));
+            Ok(if self.commit(txn).await? {
+                Attempt::Done(fip.render())
+            } else {
+                Attempt::Retry
+            })
+        })
+        .await
+    }
+
     pub(crate) async fn delete_floating_ip(
         &self,
         caller: &Caller,
