@@ -1,19 +1,23 @@
 //! `isthmus inspect`: what the node's kernel holds, for an operator — bridges with their
 //! networks and VXLAN devices, attached devices, forwarding entries with the remote tunnel
-//! they point to, anti-spoofing and security-group chains with packet counters, and (with a controller) the
-//! node's ports with address, MAC, tap and status.
+//! they point to, anti-spoofing and security-group chains with packet counters, router and
+//! SNAT namespaces with their interfaces, routes, rules, neighbours and NAT rules, and (with a
+//! controller) the node's ports with address, MAC, tap and status.
 
 use std::fmt::Write;
+use std::path::Path;
 
 use isthmus_dataplane::l2::tap_name;
 
 use crate::http::Endpoint;
 use crate::{kernel, AgentError};
 
-/// The report for this node (`node` and `controller` add the controller's view of its ports).
+/// The report for this node (`node` and `controller` add the controller's view of its ports;
+/// router namespaces are read from `netns_dir`).
 pub async fn report(
     node: Option<&str>,
     controller: Option<&Endpoint>,
+    netns_dir: &Path,
 ) -> Result<String, AgentError> {
     let (observed, links) = kernel::observe(&crate::netlink::Netlink::connect()?).await?;
     let mut out = String::new();
@@ -107,5 +111,60 @@ pub async fn report(
             }
         }
     }
+    routers(&mut out, netns_dir).await?;
     Ok(out)
+}
+
+/// Router and SNAT namespaces, as the agent reads them back, with their NAT tables as nft
+/// prints them.
+async fn routers(out: &mut String, netns_dir: &Path) -> Result<(), AgentError> {
+    let state = crate::routers::observe(netns_dir).await?;
+    let _ = writeln!(out, "router namespaces (in {})", netns_dir.display());
+    if state.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for (name, ns) in &state {
+        let _ = writeln!(out, "  {name}");
+        for (device, i) in &ns.interfaces {
+            let addresses: Vec<String> = i
+                .addresses
+                .iter()
+                .map(|(ip, prefix)| format!("{ip}/{prefix}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "    {device}  {}  mtu {}  {}  (node side {})",
+                i.mac,
+                i.mtu,
+                addresses.join(","),
+                i.peer
+            );
+        }
+        for r in &ns.rules {
+            let _ = writeln!(
+                out,
+                "    rule {}: from {}/{} lookup {}",
+                r.priority, r.from, r.prefix, r.table
+            );
+        }
+        for r in &ns.routes {
+            let via = r.via.map(|v| format!(" via {v}")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    route {}/{}{via} dev {} table {}",
+                r.destination, r.prefix, r.device, r.table
+            );
+        }
+        let _ = writeln!(out, "    {} permanent neighbours", ns.neighbours.len());
+        for n in &ns.neighbours {
+            let _ = writeln!(out, "      {} {} dev {}", n.ip, n.mac, n.device);
+        }
+        if let Some(nat) = crate::routers::list_nat(&netns_dir.join(name)).await? {
+            let _ = writeln!(out, "    NAT");
+            for line in nat.lines() {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
+    }
+    Ok(())
 }

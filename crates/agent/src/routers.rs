@@ -69,30 +69,42 @@ pub async fn observe(dir: &Path) -> Result<RouterState, AgentError> {
     Ok(state)
 }
 
-/// The NAT chains of the namespace pinned at `path`, by the content hash they carry.
-async fn read_nat(path: &Path) -> Result<std::collections::BTreeMap<String, NatChain>, AgentError> {
+/// `nft list table ip isthmus` (with `flags`) in the namespace pinned at `path`; `None` when
+/// the table does not exist.
+async fn nft_list(path: &Path, flags: &[&str]) -> Result<Option<Vec<u8>>, AgentError> {
     let netns = format!("--net={}", path.display());
     let out = tokio::process::Command::new("nsenter")
-        .args([
-            netns.as_str(),
-            "nft",
-            "-j",
-            "list",
-            "table",
-            "ip",
-            NAT_TABLE,
-        ])
+        .arg(netns)
+        .arg("nft")
+        .args(flags)
+        .args(["list", "table", "ip", NAT_TABLE])
         .output()
         .await?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") {
-            return Ok(Default::default());
-        }
-        return Err(kernel("nft list (router namespace)", err.trim()));
+    if out.status.success() {
+        return Ok(Some(out.stdout));
     }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No such file or directory") {
+        Ok(None)
+    } else {
+        Err(kernel("nft list (router namespace)", err.trim()))
+    }
+}
+
+/// The NAT table of the namespace pinned at `path` as nft prints it, if it has one.
+pub async fn list_nat(path: &Path) -> Result<Option<String>, AgentError> {
+    Ok(nft_list(path, &[])
+        .await?
+        .map(|text| String::from_utf8_lossy(&text).into_owned()))
+}
+
+/// The NAT chains of the namespace pinned at `path`, by the content hash they carry.
+async fn read_nat(path: &Path) -> Result<std::collections::BTreeMap<String, NatChain>, AgentError> {
+    let Some(text) = nft_list(path, &["-j"]).await? else {
+        return Ok(Default::default());
+    };
     let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| kernel("nft -j output", e))?;
+        serde_json::from_slice(&text).map_err(|e| kernel("nft -j output", e))?;
     Ok(isthmus_dataplane::nft::parse_observed(&json)
         .chains
         .into_iter()

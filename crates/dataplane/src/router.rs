@@ -42,11 +42,19 @@ pub const FIP_RULE_PRIORITY: u32 = 32768;
 /// Priority of the rules sending a subnet's other traffic to its SNAT port (after the main
 /// table, 32766, and floating IPs).
 pub const SNAT_RULE_PRIORITY: u32 = 40000;
-/// The NAT table in router namespaces (`table ip isthmus`), whose base chains jump to the
-/// regular chains `inbound` (destination NAT) and `outbound` (source NAT).
+/// The NAT table in router namespaces (`table ip isthmus`).
 pub const NAT_TABLE: &str = "isthmus";
-/// The NAT table's base chains.
-pub const NAT_SKELETON: &str = "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump inbound\n  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    jump outbound\n  }\n  chain inbound {\n  }\n  chain outbound {\n  }\n";
+/// Its chains, both base chains: `inbound` (destination NAT) and `outbound` (source NAT).
+const NAT_CHAINS: &[(&str, &str)] = &[
+    (
+        "inbound",
+        "type nat hook prerouting priority dstnat; policy accept;",
+    ),
+    (
+        "outbound",
+        "type nat hook postrouting priority srcnat; policy accept;",
+    ),
+];
 
 /// The distributed namespace of a router.
 pub fn namespace_name(router_id: &str) -> String {
@@ -638,7 +646,12 @@ impl Op {
 /// The nft script (one transaction) setting a namespace's NAT chains; the first rule of each
 /// chain carries the chain's content hash, which is what is read back.
 pub fn nat_script(chains: &[(&str, &[String])]) -> String {
-    let mut s = format!("table ip {NAT_TABLE} {{\n{NAT_SKELETON}}}\n");
+    // Declarations without rules are idempotent: the table and chains are made when missing
+    // and left alone otherwise.
+    let mut s = format!("add table ip {NAT_TABLE}\n");
+    for (chain, hook) in NAT_CHAINS {
+        s.push_str(&format!("add chain ip {NAT_TABLE} {chain} {{ {hook} }}\n"));
+    }
     for (chain, rules) in chains {
         s.push_str(&format!("flush chain ip {NAT_TABLE} {chain}\n"));
         let version = NatChain::new(rules.to_vec()).version;
@@ -1151,6 +1164,11 @@ mod tests {
             "{script}"
         );
         assert!(script.contains("comment \"isthmus:"), "{script}");
+        assert_eq!(
+            script.matches("add rule").count(),
+            2,
+            "the script adds the chain's rules and nothing else: {script}"
+        );
     }
 
     #[test]

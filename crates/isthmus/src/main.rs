@@ -93,7 +93,6 @@ enum Command {
         #[arg(long, default_value = isthmus_agent::DEFAULT_NETNS_DIR)]
         netns_dir: PathBuf,
     },
-    /// Show what this node's kernel holds (run on the node, e.g. inside its namespace).
     /// A whole cloud in network namespaces on this machine (root): controller, nodes with
     /// agents, a VM and a pod on one network.
     Lab {
@@ -103,6 +102,8 @@ enum Command {
         #[arg(long, global = true, default_value = "isthmus-lab")]
         name: String,
     },
+    /// Show what this node's kernel holds (run on the node, e.g. inside its namespace):
+    /// bridges, tunnels, forwarding entries, filters, router namespaces.
     Inspect {
         /// Also list the ports the controller binds to this node.
         #[arg(long)]
@@ -110,6 +111,9 @@ enum Command {
         /// Controller URL (with --node).
         #[arg(long, default_value = "http://127.0.0.1:9696")]
         controller: String,
+        /// Where the agent pins router namespaces (its `--netns-dir`).
+        #[arg(long, default_value = isthmus_agent::DEFAULT_NETNS_DIR)]
+        netns_dir: PathBuf,
     },
 }
 
@@ -273,11 +277,18 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Lab { action, name } => lab(action, name),
-        Command::Inspect { node, controller } => {
+        Command::Inspect {
+            node,
+            controller,
+            netns_dir,
+        } => {
             let endpoint = isthmus_agent::Endpoint::parse(&controller)?;
-            let report =
-                isthmus_agent::inspect::report(node.as_deref(), node.as_ref().map(|_| &endpoint))
-                    .await?;
+            let report = isthmus_agent::inspect::report(
+                node.as_deref(),
+                node.as_ref().map(|_| &endpoint),
+                &netns_dir,
+            )
+            .await?;
             print!("{report}");
             Ok(())
         }

@@ -563,6 +563,33 @@ fn snat_floating_ips_and_the_physical_segment() {
     );
     assert_eq!(seen.count(&external_ip), before + 4, "nothing more SNAT'd");
 
+    // What an operator sees on the gateway node.
+    let netns_dir = lab.nodes[0].netns_dir.to_string_lossy().into_owned();
+    let report = lab.nodes[0]
+        .ns
+        .exec(cloud::BIN, &["inspect", "--netns-dir", &netns_dir])
+        .unwrap();
+    for expected in [
+        format!("  {snat}"),
+        format!("{qrouter}"),
+        "172.24.4.51/32".to_owned(),
+        format!("dnat to {vm1_ip}"),
+        format!("snat to {external_ip}"),
+        "lookup".to_owned(),
+        format!("route 0.0.0.0/0 via 172.24.4.1 dev qg-"),
+        "permanent neighbours".to_owned(),
+    ] {
+        assert!(
+            report.contains(&expected),
+            "inspect lacks {expected}:\n{report}"
+        );
+    }
+
+    // The SNAT namespace's NAT table changed several times; each rule is there once.
+    let nat = in_router(lab, 0, &snat, &["nft", "list", "table", "ip", "isthmus"]);
+    assert_eq!(nat.matches("dnat to").count(), 1, "{nat}");
+    assert_eq!(nat.matches("snat to").count(), 2, "{nat}");
+
     // Restarted agents find their namespaces right (rules, tables, NAT chains) and change
     // nothing.
     let places = [
@@ -574,11 +601,8 @@ fn snat_floating_ips_and_the_physical_segment() {
         .iter()
         .map(|(n, ns)| router_state(lab, *n, ns))
         .collect();
-    for node in 0..3 {
-        let restarted = cloud
-            .lab
-            .start_agent_with(cloud::BIN, node, args[node])
-            .unwrap();
+    for (node, extra) in args.iter().enumerate() {
+        let restarted = cloud.lab.start_agent_with(cloud::BIN, node, extra).unwrap();
         drop(std::mem::replace(&mut cloud.agents[node], restarted));
     }
     std::thread::sleep(Duration::from_millis(2000));
