@@ -571,7 +571,7 @@ fn snat_floating_ips_and_the_physical_segment() {
         .unwrap();
     for expected in [
         format!("  {snat}"),
-        format!("{qrouter}"),
+        qrouter.clone(),
         "172.24.4.51/32".to_owned(),
         format!("dnat to {vm1_ip}"),
         format!("snat to {external_ip}"),
