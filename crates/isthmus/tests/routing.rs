@@ -576,7 +576,7 @@ fn snat_floating_ips_and_the_physical_segment() {
         format!("dnat to {vm1_ip}"),
         format!("snat to {external_ip}"),
         "lookup".to_owned(),
-        format!("route 0.0.0.0/0 via 172.24.4.1 dev qg-"),
+        "route 0.0.0.0/0 via 172.24.4.1 dev qg-".to_owned(),
         "permanent neighbours".to_owned(),
     ] {
         assert!(
