@@ -351,6 +351,7 @@ async fn reconcile(
     let ops = router::plan(&routers, &have);
     // A router that cannot be set up must not hold back the rest of the node: its failure is
     // reported after L2 (the next pass reads the kernel again).
+    let announcements = router::announcements(&ops, &routers);
     let routed = match routers::apply(&shared.netlink, &shared.config.netns_dir, &ops).await {
         Ok(()) => {
             known.routers = Some(routers.clone());
@@ -402,6 +403,8 @@ async fn reconcile(
     known.fdb = Some((want.fdb.clone(), want.pins.clone()));
     report_status(shared, view, &links).await?;
     routed?;
+    // Once their interfaces are on the bridges.
+    routers::announce(&shared.config.netns_dir, &announcements).await?;
     report_floating_ips(shared, view).await
 }
 

@@ -643,6 +643,43 @@ impl Op {
     }
 }
 
+/// An address to announce with a gratuitous ARP once its interface is on the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// Namespace.
+    pub namespace: String,
+    /// Device.
+    pub device: String,
+    /// Its new IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Its MAC.
+    pub mac: String,
+}
+
+/// External addresses `ops` add (a floating IP on `qf-` or `qg-`, a gateway address): the
+/// physical network must learn where they now live, as a floating IP's MAC may have been seen
+/// on another node a moment ago.
+pub fn announcements(ops: &[Op], desired: &RouterState) -> Vec<Announcement> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::AddAddress {
+                namespace,
+                device,
+                address: (IpAddr::V4(ip), _),
+            } if device.starts_with("qf-") || device.starts_with("qg-") => {
+                let mac = desired.get(namespace)?.interfaces.get(device)?.mac.clone();
+                Some(Announcement {
+                    namespace: namespace.clone(),
+                    device: device.clone(),
+                    ip: *ip,
+                    mac,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The nft script (one transaction) setting a namespace's NAT chains; the first rule of each
 /// chain carries the chain's content hash, which is what is read back.
 pub fn nat_script(chains: &[(&str, &[String])]) -> String {
@@ -1146,6 +1183,19 @@ mod tests {
 
         // Converged: nothing to do; a changed chain is one op.
         assert!(plan(&one, &one).is_empty());
+        let fresh = plan(&one, &RouterState::new());
+        let announced: Vec<String> = announcements(&fresh, &one)
+            .iter()
+            .map(|a| format!("{} {}", a.device, a.ip))
+            .collect();
+        assert_eq!(
+            announced,
+            [
+                "qf-f1000000000 172.24.4.20",
+                "qg-e1000000000 172.24.4.10",
+                "qg-e1000000000 172.24.4.21"
+            ]
+        );
         let mut have = one.clone();
         have.get_mut(&snat_namespace_name(R))
             .unwrap()

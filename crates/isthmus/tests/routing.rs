@@ -611,6 +611,37 @@ fn snat_floating_ips_and_the_physical_segment() {
     }
     assert!(pings(&outside, "172.24.4.50", 1) && pings(&outside, "172.24.4.51", 1));
 
+    // VM 1's floating IP moves to the pod on node 2 (which maps the physnet): the same
+    // floating port, so the same MAC, now behind node 2; its gratuitous ARP tells the
+    // external network at once (the fabric bridge would otherwise keep sending it to node 1).
+    let (_, fips) = lab.api(
+        "GET",
+        "/v2.0/floatingips?floating_ip_address=172.24.4.50",
+        None,
+    );
+    let moved = fips["floatingips"][0]["id"].as_str().unwrap().to_owned();
+    let (_, pods) = lab.api(
+        "GET",
+        &format!("/v2.0/ports?fixed_ips=ip_address%3D{pod_ip}"),
+        None,
+    );
+    let pod_port = pods["ports"][0]["id"].as_str().unwrap().to_owned();
+    let (s, v) = lab.api(
+        "PUT",
+        &format!("/v2.0/floatingips/{moved}"),
+        Some(&json!({"floatingip": {"port_id": pod_port}})),
+    );
+    assert_eq!(s, 200, "{v}");
+    wait_for(
+        "the outside to reach the pod on the moved floating IP",
+        Duration::from_secs(5),
+        || pings(&outside, "172.24.4.50", 1),
+    );
+    assert!(
+        in_router(lab, 1, &qrouter, &["ip", "-o", "addr"]).contains("172.24.4.50/32"),
+        "node 2 NATs it now"
+    );
+
     // Gone through the API, gone from every node: namespaces, addresses, rules.
     let (_, fips) = lab.api("GET", "/v2.0/floatingips", None);
     for fip in fips["floatingips"].as_array().unwrap() {
@@ -621,8 +652,8 @@ fn snat_floating_ips_and_the_physical_segment() {
         );
         assert_eq!(s, 204);
     }
-    wait_for("VM 1's floating IP to go", Duration::from_secs(10), || {
-        !in_router(lab, 0, &qrouter, &["ip", "-o", "addr"]).contains("172.24.4.50")
+    wait_for("the floating IPs to go", Duration::from_secs(10), || {
+        !in_router(lab, 1, &qrouter, &["ip", "-o", "addr"]).contains("172.24.4.50")
     });
     assert!(!pings(&outside, "172.24.4.50", 1));
     assert!(pings(&vm1.ns, "172.24.4.200", 1), "back to SNAT");
