@@ -37,6 +37,9 @@ fn lab_up_shows_a_vm_and_a_pod_talking_and_down_removes_everything() {
         "--remote-group",
         "ping vm1 -> demo/web: 3 packets transmitted, 3 received, 0% packet loss",
         "ping demo/web -> vm1: 3 packets transmitted, 3 received, 0% packet loss",
+        "router edge",
+        "ping outside -> floating IP (vm1): 3 packets transmitted, 3 received, 0% packet loss",
+        "ping demo/web -> outside (SNAT to the router's address): 3 packets transmitted, 3 received, 0% packet loss",
     ] {
         if !out.contains(expected) {
             cleanup();

@@ -1,7 +1,8 @@
 //! `isthmus lab up | status | down`: the whole hybrid cloud on one machine for a newcomer —
 //! a controller and N nodes with agents, a network `seamless`, a VM on node 1 and a pod
 //! (wired by executing the real `isthmus-cni`) on node 2, their security groups and a ping
-//! between them — and its removal.
+//! between them; then an external network `public` with a host outside, a router to it, and
+//! a floating IP for the VM — and its removal.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,12 +10,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{run, CniCall, Lab, LabError, Result, CONTROLLER_ADDR};
+use crate::{run, CniCall, Lab, LabError, Result, CONTROLLER_ADDR, PUBLIC_MAPPING, PUBLIC_PHYSNET};
 
 /// The network the lab creates.
 pub const NETWORK: &str = "seamless";
 /// Its subnet.
 pub const CIDR: &str = "192.168.100.0/24";
+/// The external network's subnet (on the fabric's `br-public`).
+pub const PUBLIC_CIDR: &str = "172.24.4.0/24";
+/// The host outside the cloud.
+pub const OUTSIDE: &str = "172.24.4.200";
 
 /// Where a named lab lives.
 #[derive(Debug, Clone)]
@@ -90,7 +95,7 @@ pub fn up(
     let controller = lab.start_controller(&bin_str, &place.dir.join("data"))?;
     let mut daemons = vec![controller];
     for i in 0..nodes {
-        daemons.push(lab.start_agent(&bin_str, i)?);
+        daemons.push(lab.start_agent_with(&bin_str, i, &["--physnet", PUBLIC_MAPPING])?);
         let node = &lab.nodes[i];
         let _ = writeln!(
             out,
@@ -271,17 +276,133 @@ pub fn up(
             .unwrap_or_else(|e| e.to_string());
         let _ = writeln!(out, "ping {label}: {summary}");
     }
+    let outside = north_south(&lab, &net_id, &vm_ip, &text(&port["id"]), &pod, out)?;
     let _ = writeln!(out, "\nThe lab stays up: `isthmus lab status`, `ip netns exec {} ping {pod_ip}`, `isthmus lab down`.", vm.ns.name());
     // Everything stays: namespaces, directory, processes.
     let mut vm = vm;
     vm.ns.keep();
     let mut pod = pod;
     pod.ns.keep();
+    let mut outside = outside;
+    outside.keep();
     lab.keep();
     for daemon in daemons {
         std::mem::forget(daemon);
     }
     Ok(())
+}
+
+/// The external network `public` (flat, on every node's `eth1`) with a host outside, a router
+/// `edge` from `seamless` to it, and a floating IP for the VM: the outside host reaches the VM
+/// on it, the VM leaves with it, the pod leaves with the router's address.
+fn north_south(
+    lab: &Lab,
+    net_id: &str,
+    vm_ip: &str,
+    vm_port: &str,
+    pod: &crate::Pod,
+    out: &mut dyn Write,
+) -> Result<crate::Netns> {
+    let public = expect(
+        lab,
+        "POST",
+        "/v2.0/networks",
+        json!({"network": {"name": "public", "router:external": true,
+        "provider:network_type": "flat", "provider:physical_network": PUBLIC_PHYSNET}}),
+        201,
+    )?;
+    let public_id = text(&public["network"]["id"]);
+    expect(
+        lab,
+        "POST",
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": public_id, "ip_version": 4, "cidr": PUBLIC_CIDR,
+        "name": "public-v4", "allocation_pools": [{"start": "172.24.4.10", "end": "172.24.4.99"}]}}),
+        201,
+    )?;
+    let outside = lab.add_outside_host(&format!("{OUTSIDE}/24"))?;
+    let _ = writeln!(
+        out,
+        "\nnetwork public {public_id}: {PUBLIC_CIDR}, flat on physnet {PUBLIC_PHYSNET} (every node's eth1 on the fabric's br-public); outside host {OUTSIDE} (namespace {})",
+        outside.name()
+    );
+    let router = expect(
+        lab,
+        "POST",
+        "/v2.0/routers",
+        json!({"router": {"name": "edge", "external_gateway_info": {"network_id": public_id}}}),
+        201,
+    )?;
+    let router_id = text(&router["router"]["id"]);
+    let external =
+        text(&router["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]);
+    let (_, subnets) = lab.api("GET", &format!("/v2.0/subnets?network_id={net_id}"), None);
+    expect(
+        lab,
+        "PUT",
+        &format!("/v2.0/routers/{router_id}/add_router_interface"),
+        json!({"subnet_id": text(&subnets["subnets"][0]["id"])}),
+        200,
+    )?;
+    let (_, gateway) = lab.api(
+        "GET",
+        &format!("/v2.0/ports?device_owner=network:router_gateway&device_id={router_id}"),
+        None,
+    );
+    let _ = writeln!(
+        out,
+        "router edge {router_id}: seamless-v4 (192.168.100.1, distributed on every node with a port there) -> public, external address {external}, SNAT on {}",
+        text(&gateway["ports"][0]["binding:host_id"])
+    );
+    let (_, groups) = lab.api(
+        "GET",
+        "/v2.0/security-groups?project_id=vm-project&name=default",
+        None,
+    );
+    expect(
+        lab,
+        "POST",
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": text(&groups["security_groups"][0]["id"]),
+        "direction": "ingress", "ethertype": "IPv4", "protocol": "icmp", "remote_ip_prefix": "0.0.0.0/0"}}),
+        201,
+    )?;
+    let fip = expect(
+        lab,
+        "POST",
+        "/v2.0/floatingips",
+        json!({"floatingip": {"floating_network_id": public_id, "port_id": vm_port}}),
+        201,
+    )?;
+    let fip = text(&fip["floatingip"]["floating_ip_address"]);
+    let _ = writeln!(
+        out,
+        "floating IP {fip} -> vm1 {vm_ip} (NATed on node1, which maps the physnet)"
+    );
+    let ping = |from: &crate::Netns, to: &str| {
+        from.exec("ping", &["-c", "3", "-i", "0.2", "-W", "1", to])
+            .map(|o| {
+                o.lines()
+                    .filter(|l| l.contains("packet loss"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+    };
+    wait("the outside to reach vm1", Duration::from_secs(20), || {
+        ping(&outside, &fip).is_ok()
+    })?;
+    for (from, to, label) in [
+        (&outside, fip.as_str(), "outside -> floating IP (vm1)"),
+        (
+            &pod.ns,
+            OUTSIDE,
+            "demo/web -> outside (SNAT to the router's address)",
+        ),
+    ] {
+        let summary = ping(from, to).unwrap_or_else(|e| e.to_string());
+        let _ = writeln!(out, "ping {label}: {summary}");
+    }
+    Ok(outside)
 }
 
 /// What is up: namespaces, processes, the controller's view of nodes and ports.
