@@ -349,16 +349,13 @@ async fn reconcile(
         None => routers::observe(&shared.config.netns_dir).await?,
     };
     let ops = router::plan(&routers, &have);
+    let announcements = router::announcements(&ops, &routers);
     // A router that cannot be set up must not hold back the rest of the node: its failure is
     // reported after L2 (the next pass reads the kernel again).
-    let announcements = router::announcements(&ops, &routers);
-    let routed = match routers::apply(&shared.netlink, &shared.config.netns_dir, &ops).await {
-        Ok(()) => {
-            known.routers = Some(routers.clone());
-            Ok(())
-        }
-        Err(e) => Err(e),
-    };
+    let routed = routers::apply(&shared.netlink, &shared.config.netns_dir, &ops).await;
+    if routed.is_ok() {
+        known.routers = Some(routers.clone());
+    }
 
     let want = l2::desired(view, node, &routers);
     let (mut observed, mut links) = shared.netlink.links().await?;

@@ -1,15 +1,15 @@
-//! The agent's netlink adapter (rtnetlink): pod veths created straight into the pod's network
-//! namespace, and the pod side configured from inside it. Each call is one netlink request
-//! per object, with no process spawned.
+//! The agent's netlink adapter (rtnetlink): the node's links, bridges, tunnels and forwarding
+//! entries; veths created straight into a pod's or router's network namespace, and the inside
+//! configured from within it. Each call is one netlink request per object, with no process
+//! spawned.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use futures_util::{StreamExt, TryStreamExt};
-use std::collections::BTreeSet;
-
 use isthmus_dataplane::l2::{Bridge, Fdb, Observed, Op, Pin, Vxlan, VXLAN_PORT};
 use isthmus_dataplane::pod::PodInterface;
 use rtnetlink::packet_core::{
@@ -655,7 +655,7 @@ where
                 // which ends when the closure returns.
                 if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(kernel(
-                        "entering the pod's network namespace",
+                        "entering a network namespace",
                         std::io::Error::last_os_error(),
                     ));
                 }

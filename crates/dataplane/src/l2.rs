@@ -346,12 +346,17 @@ pub fn plan(desired: &L2State, observed: &Observed) -> Vec<Op> {
             Some(_) => {}
         }
     }
+    // Devices (re)joining a bridge come without bridge entries.
+    let mut joining = BTreeSet::new();
     for (device, want) in &desired.attachments {
         // A device that is not there yet (the hypervisor has not created the tap) is attached
         // when it appears.
         let Some((bridge, mtu)) = observed.devices.get(device) else {
             continue;
         };
+        if bridge.as_deref() != Some(want.bridge.as_str()) {
+            joining.insert(device);
+        }
         if bridge.as_deref() != Some(want.bridge.as_str()) || *mtu != want.mtu {
             ops.push(Op::Attach {
                 device: device.clone(),
@@ -372,8 +377,8 @@ pub fn plan(desired: &L2State, observed: &Observed) -> Vec<Op> {
     }
     for pin in &desired.pins {
         // A pin needs its device on the bridge; it follows the attachment.
-        let attached = observed.devices.contains_key(&pin.device);
-        if attached && !observed.pins.contains(pin) {
+        let present = observed.devices.contains_key(&pin.device);
+        if present && (!observed.pins.contains(pin) || joining.contains(&pin.device)) {
             ops.push(Op::AddPin(pin.clone()));
         }
     }

@@ -1030,6 +1030,14 @@ mod tests {
             again.iter().any(|o| matches!(o, l2::Op::AddPin(_))),
             "{again:?}"
         );
+        // Believed pinned (an agent's memory) but back off its bridge: pinned again.
+        let mut remembered = detached.clone();
+        remembered.pins = kernel.pins.clone();
+        let again = l2::plan(&state, &remembered);
+        assert!(
+            again.iter().any(|o| matches!(o, l2::Op::AddPin(_))),
+            "{again:?}"
+        );
     }
 
     /// The view with an external flat network on physnet `public` (172.24.4.0/24), the

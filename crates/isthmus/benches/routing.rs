@@ -29,7 +29,12 @@ fn iperf(client: &Netns, server_ip: &str, seconds: u32) -> f64 {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn post(lab: &Lab, path: &str, body: Value) -> Value {
@@ -122,21 +127,7 @@ fn main() {
             .is_some_and(|a| a.len() == 2)
     });
 
-    let ext = post(
-        &lab,
-        "/v2.0/networks",
-        json!({"network": {"name": "public", "router:external": true,
-        "provider:network_type": "flat", "provider:physical_network": "public"}}),
-    )["network"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    post(
-        &lab,
-        "/v2.0/subnets",
-        json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "172.24.4.0/24",
-        "allocation_pools": [{"start": "172.24.4.10", "end": "172.24.4.99"}]}}),
-    );
+    let ext = lab.create_public_network().expect("external network");
     let mut nets = Vec::new();
     for cidr in ["10.1.0.0/24", "10.2.0.0/24"] {
         let net = post(&lab, "/v2.0/networks", json!({"network": {"name": cidr}}))["network"]["id"]

@@ -120,6 +120,129 @@ fn add_pod(cloud: &Cloud, node: usize, pod: &isthmus_lab::Pod, args: &str) -> Va
     out.stdout
 }
 
+/// A router of project-a with interfaces on `subnets`, and a gateway on `external` if given.
+fn router(lab: &Lab, external: Option<&str>, subnets: &[&str]) -> Value {
+    let mut body = json!({"name": "r1", "project_id": "project-a"});
+    if let Some(ext) = external {
+        body["external_gateway_info"] = json!({ "network_id": ext });
+    }
+    let router = post(lab, "/v2.0/routers", json!({ "router": body }))["router"].clone();
+    for subnet in subnets {
+        let (s, info) = lab.api(
+            "PUT",
+            &format!(
+                "/v2.0/routers/{}/add_router_interface",
+                router["id"].as_str().unwrap()
+            ),
+            Some(&json!({ "subnet_id": subnet })),
+        );
+        assert_eq!(s, 200, "{info}");
+    }
+    router
+}
+
+/// Removes a router's interfaces, then the router; every node's namespaces for it go.
+fn remove_router(lab: &Lab, router_id: &str, subnets: &[&str]) {
+    for subnet in subnets {
+        let (s, info) = lab.api(
+            "PUT",
+            &format!("/v2.0/routers/{router_id}/remove_router_interface"),
+            Some(&json!({ "subnet_id": subnet })),
+        );
+        assert_eq!(s, 200, "{info}");
+    }
+    let (s, v) = lab.api("DELETE", &format!("/v2.0/routers/{router_id}"), None);
+    assert_eq!(s, 204, "{v}");
+    let nodes = lab.nodes.len();
+    wait_for(
+        "router namespaces to go from every node",
+        Duration::from_secs(10),
+        || (0..nodes).all(|n| router_namespaces(lab, n).is_empty()),
+    );
+}
+
+/// project-a's default group admits ICMP from anywhere (the outside host).
+fn allow_icmp_from_anywhere(lab: &Lab) {
+    let (_, groups) = lab.api(
+        "GET",
+        "/v2.0/security-groups?project_id=project-a&name=default",
+        None,
+    );
+    let group = groups["security_groups"][0]["id"].as_str().unwrap();
+    post(
+        lab,
+        "/v2.0/security-group-rules",
+        json!({"security_group_rule": {"security_group_id": group, "direction": "ingress",
+        "ethertype": "IPv4", "protocol": "icmp", "remote_ip_prefix": "0.0.0.0/0"}}),
+    );
+}
+
+/// Two subnets of project-a on one router: A (10.1.0.0/24) with VM 1 on node 1 and VM 3 on
+/// node 3, B (10.2.0.0/24) with a pod on node 2 (through the CNI plugin). Guests speak IPv4
+/// only.
+struct Routed {
+    router: Value,
+    router_id: String,
+    nets: [String; 2],
+    subnets: [String; 2],
+    vm1: isthmus_lab::Vm,
+    vm1_port: Value,
+    vm1_ip: String,
+    vm3: isthmus_lab::Vm,
+    vm3_port: Value,
+    vm3_ip: String,
+    pod: isthmus_lab::Pod,
+    pod_ip: String,
+}
+
+fn routed(cloud: &Cloud, external: Option<&str>) -> Routed {
+    let lab = &cloud.lab;
+    let (net_a, sub_a) = shared_network(lab, "net-a", "10.1.0.0/24");
+    let (net_b, sub_b) = shared_network(lab, "net-b", "10.2.0.0/24");
+    let router = router(lab, external, &[&sub_a, &sub_b]);
+    let vm1_port = vm_port(lab, &net_a, 1, "vm1");
+    let vm1 = vm(lab, 0, &vm1_port, "10.1.0.1");
+    let vm3_port = vm_port(lab, &net_a, 3, "vm3");
+    let vm3 = vm(lab, 2, &vm3_port, "10.1.0.1");
+    let (s, b) = lab.api(
+        "PUT",
+        "/isthmus/v1/namespace-bindings/team-b",
+        Some(&json!({"namespace_binding": {"network_id": net_b, "project_id": "project-a"}})),
+    );
+    assert_eq!(s, 201, "{b}");
+    let pod = lab.add_pod().unwrap();
+    ipv4_only(&pod.ns);
+    let result = add_pod(
+        cloud,
+        1,
+        &pod,
+        "K8S_POD_NAMESPACE=team-b;K8S_POD_NAME=web;K8S_POD_UID=uid-web",
+    );
+    let pod_ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(pod_ip.starts_with("10.2.0."), "{result}");
+    let ip = |p: &Value| p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned();
+    Routed {
+        router_id: router["id"].as_str().unwrap().to_owned(),
+        router,
+        nets: [net_a, net_b],
+        subnets: [sub_a, sub_b],
+        vm1,
+        vm1_ip: ip(&vm1_port),
+        vm1_port,
+        vm3,
+        vm3_ip: ip(&vm3_port),
+        vm3_port,
+        pod,
+        pod_ip,
+    }
+}
+
 /// Everything a router namespace holds, as text (device indexes included: a recreated device
 /// shows).
 fn router_state(lab: &Lab, node: usize, namespace: &str) -> String {
@@ -142,56 +265,19 @@ fn subnets_are_routed_on_the_source_node_and_never_through_a_third() {
     let Some(mut cloud) = cloud(3) else { return };
     let lab = &cloud.lab;
     wait_agents(lab, 3);
-    let (net_a, sub_a) = shared_network(lab, "net-a", "10.1.0.0/24");
-    let (net_b, sub_b) = shared_network(lab, "net-b", "10.2.0.0/24");
-    let (s, r) = lab.api(
-        "POST",
-        "/v2.0/routers",
-        Some(&json!({"router": {"name": "r1", "project_id": "project-a"}})),
-    );
-    assert_eq!(s, 201, "{r}");
-    let router_id = r["router"]["id"].as_str().unwrap().to_owned();
-    for subnet in [&sub_a, &sub_b] {
-        let (s, info) = lab.api(
-            "PUT",
-            &format!("/v2.0/routers/{router_id}/add_router_interface"),
-            Some(&json!({"subnet_id": subnet})),
-        );
-        assert_eq!(s, 200, "{info}");
-    }
-
-    // VM 1 on node 1 in A; a pod on node 2 in B; VM 3 on node 3 in A, so node 3 has both
-    // networks (and the router) and would see any traffic flooded or relayed through it.
-    let vm1_port = vm_port(lab, &net_a, 1, "vm1");
-    let vm1 = vm(lab, 0, &vm1_port, "10.1.0.1");
-    let vm3_port = vm_port(lab, &net_a, 3, "vm3");
-    let vm3 = vm(lab, 2, &vm3_port, "10.1.0.1");
-    let (s, b) = lab.api(
-        "PUT",
-        "/isthmus/v1/namespace-bindings/team-b",
-        Some(&json!({"namespace_binding": {"network_id": net_b, "project_id": "project-a"}})),
-    );
-    assert_eq!(s, 201, "{b}");
-    let pod = lab.add_pod().unwrap();
-    ipv4_only(&pod.ns);
-    let result = add_pod(
-        &cloud,
-        1,
-        &pod,
-        "K8S_POD_NAMESPACE=team-b;K8S_POD_NAME=web;K8S_POD_UID=uid-web",
-    );
-    let pod_ip = result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    assert!(pod_ip.starts_with("10.2.0."), "{result}");
-    let vm1_ip = vm1_port["fixed_ips"][0]["ip_address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    // VM 3 on node 3 in A gives node 3 both networks (and the router): it would see any traffic
+    // flooded or relayed through it.
+    let Routed {
+        router_id,
+        nets: [net_a, net_b],
+        subnets: [sub_a, sub_b],
+        vm1,
+        vm1_ip,
+        vm3,
+        pod,
+        pod_ip,
+        ..
+    } = routed(&cloud, None);
 
     wait_for(
         "VM 1 to reach the pod through the router",
@@ -281,21 +367,7 @@ fn subnets_are_routed_on_the_source_node_and_never_through_a_third() {
     }
 
     // Gone through the API, gone from every node.
-    for subnet in [&sub_a, &sub_b] {
-        let (s, info) = lab.api(
-            "PUT",
-            &format!("/v2.0/routers/{router_id}/remove_router_interface"),
-            Some(&json!({"subnet_id": subnet})),
-        );
-        assert_eq!(s, 200, "{info}");
-    }
-    let (s, _) = lab.api("DELETE", &format!("/v2.0/routers/{router_id}"), None);
-    assert_eq!(s, 204);
-    wait_for(
-        "router namespaces to go from every node",
-        Duration::from_secs(10),
-        || (0..3).all(|n| router_namespaces(lab, n).is_empty()),
-    );
+    remove_router(lab, &router_id, &[&sub_a, &sub_b]);
     assert!(!pings(&vm1.ns, &pod_ip, 1), "no router, no route");
     // Node 1 has no port on B: B's bridge and tunnel went with the router.
     let links = lab.nodes[0].ns.ip(&["-o", "link"]).unwrap();
@@ -373,43 +445,25 @@ fn snat_floating_ips_and_the_physical_segment() {
     };
     let lab = &cloud.lab;
     wait_agents(lab, 3);
-    let ext = post(
-        lab,
-        "/v2.0/networks",
-        json!({"network": {"name": "public", "router:external": true,
-        "provider:network_type": "flat", "provider:physical_network": "public"}}),
-    )["network"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    post(
-        lab,
-        "/v2.0/subnets",
-        json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "172.24.4.0/24",
-        "enable_dhcp": false, "allocation_pools": [{"start": "172.24.4.10", "end": "172.24.4.99"}]}}),
-    );
-    let (net_a, sub_a) = shared_network(lab, "net-a", "10.1.0.0/24");
-    let (net_b, sub_b) = shared_network(lab, "net-b", "10.2.0.0/24");
-    let router = post(
-        lab,
-        "/v2.0/routers",
-        json!({"router": {"name": "r1", "project_id": "project-a",
-        "external_gateway_info": {"network_id": ext}}}),
-    )["router"]
-        .clone();
-    let router_id = router["id"].as_str().unwrap().to_owned();
+    let ext = lab.create_public_network().unwrap();
+    let Routed {
+        router,
+        router_id,
+        subnets: [sub_a, sub_b],
+        vm1,
+        vm1_ip,
+        vm3,
+        vm3_ip,
+        pod,
+        pod_ip,
+        vm1_port,
+        vm3_port,
+        ..
+    } = routed(&cloud, Some(&ext));
     let external_ip = router["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
         .as_str()
         .unwrap()
         .to_owned();
-    for subnet in [&sub_a, &sub_b] {
-        let (s, info) = lab.api(
-            "PUT",
-            &format!("/v2.0/routers/{router_id}/add_router_interface"),
-            Some(&json!({"subnet_id": subnet})),
-        );
-        assert_eq!(s, 200, "{info}");
-    }
     let (_, gw) = lab.api(
         "GET",
         &format!("/v2.0/ports?device_owner=network:router_gateway&device_id={router_id}"),
@@ -419,47 +473,7 @@ fn snat_floating_ips_and_the_physical_segment() {
         gw["ports"][0]["binding:host_id"], "node1",
         "the gateway goes to a node mapping the physnet"
     );
-
-    let vm1_port = vm_port(lab, &net_a, 1, "vm1");
-    let vm1 = vm(lab, 0, &vm1_port, "10.1.0.1");
-    let vm3_port = vm_port(lab, &net_a, 3, "vm3");
-    let vm3 = vm(lab, 2, &vm3_port, "10.1.0.1");
-    let (s, b) = lab.api(
-        "PUT",
-        "/isthmus/v1/namespace-bindings/team-b",
-        Some(&json!({"namespace_binding": {"network_id": net_b, "project_id": "project-a"}})),
-    );
-    assert_eq!(s, 201, "{b}");
-    let pod = lab.add_pod().unwrap();
-    ipv4_only(&pod.ns);
-    let result = add_pod(
-        &cloud,
-        1,
-        &pod,
-        "K8S_POD_NAMESPACE=team-b;K8S_POD_NAME=web;K8S_POD_UID=uid-web",
-    );
-    let pod_ip = result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let ip = |p: &Value| p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned();
-    let (vm1_ip, vm3_ip) = (ip(&vm1_port), ip(&vm3_port));
-    // The outside may ping in.
-    let (_, groups) = lab.api(
-        "GET",
-        "/v2.0/security-groups?project_id=project-a&name=default",
-        None,
-    );
-    let group = groups["security_groups"][0]["id"].as_str().unwrap();
-    post(
-        lab,
-        "/v2.0/security-group-rules",
-        json!({"security_group_rule": {"security_group_id": group, "direction": "ingress",
-        "ethertype": "IPv4", "protocol": "icmp", "remote_ip_prefix": "0.0.0.0/0"}}),
-    );
+    allow_icmp_from_anywhere(lab);
 
     let outside = lab.add_outside_host("172.24.4.200/24").unwrap();
     let seen = Seen::install(
@@ -663,21 +677,7 @@ fn snat_floating_ips_and_the_physical_segment() {
         Some(&json!({"router": {"external_gateway_info": {}}})),
     );
     assert_eq!(s, 200, "{v}");
-    for subnet in [&sub_a, &sub_b] {
-        let (s, info) = lab.api(
-            "PUT",
-            &format!("/v2.0/routers/{router_id}/remove_router_interface"),
-            Some(&json!({"subnet_id": subnet})),
-        );
-        assert_eq!(s, 200, "{info}");
-    }
-    let (s, _) = lab.api("DELETE", &format!("/v2.0/routers/{router_id}"), None);
-    assert_eq!(s, 204);
-    wait_for(
-        "router namespaces to go from every node",
-        Duration::from_secs(10),
-        || (0..3).all(|n| router_namespaces(lab, n).is_empty()),
-    );
+    remove_router(lab, &router_id, &[&sub_a, &sub_b]);
 }
 
 /// keepalived (VRRPv3, 0.5 s adverts) in a VM namespace, with the VIP on `eth0`.
@@ -734,37 +734,9 @@ fn keepalived_moves_a_floating_ip_between_vms_on_different_nodes() {
     };
     let lab = &cloud.lab;
     wait_agents(lab, 3);
-    let ext = post(
-        lab,
-        "/v2.0/networks",
-        json!({"network": {"name": "public", "router:external": true,
-        "provider:network_type": "flat", "provider:physical_network": "public"}}),
-    )["network"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    post(
-        lab,
-        "/v2.0/subnets",
-        json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "172.24.4.0/24",
-        "allocation_pools": [{"start": "172.24.4.10", "end": "172.24.4.99"}]}}),
-    );
+    let ext = lab.create_public_network().unwrap();
     let (net_a, sub_a) = shared_network(lab, "net-a", "10.1.0.0/24");
-    let router_id = post(
-        lab,
-        "/v2.0/routers",
-        json!({"router": {"name": "r1", "project_id": "project-a",
-        "external_gateway_info": {"network_id": ext}}}),
-    )["router"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (s, info) = lab.api(
-        "PUT",
-        &format!("/v2.0/routers/{router_id}/add_router_interface"),
-        Some(&json!({"subnet_id": sub_a})),
-    );
-    assert_eq!(s, 200, "{info}");
+    router(lab, Some(&ext), &[&sub_a]);
 
     // The VIP port holds the address (unbound: no node plugs it); both VMs may carry it.
     let vip_port = post(
@@ -788,18 +760,7 @@ fn keepalived_moves_a_floating_ip_between_vms_on_different_nodes() {
         assert_eq!(s, 201, "{p}");
         vms.push(vm(lab, node - 1, &p["port"], "10.1.0.1"));
     }
-    let (_, groups) = lab.api(
-        "GET",
-        "/v2.0/security-groups?project_id=project-a&name=default",
-        None,
-    );
-    let group = groups["security_groups"][0]["id"].as_str().unwrap();
-    post(
-        lab,
-        "/v2.0/security-group-rules",
-        json!({"security_group_rule": {"security_group_id": group, "direction": "ingress",
-        "ethertype": "IPv4", "protocol": "icmp", "remote_ip_prefix": "0.0.0.0/0"}}),
-    );
+    allow_icmp_from_anywhere(lab);
     post(
         lab,
         "/v2.0/floatingips",

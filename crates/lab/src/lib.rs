@@ -27,6 +27,8 @@ pub const PUBLIC_PHYSNET: &str = "public";
 pub const PUBLIC_IFACE: &str = "eth1";
 /// The agent argument mapping the lab's external physical network.
 pub const PUBLIC_MAPPING: &str = "public:eth1";
+/// The external network's subnet (see [`Lab::create_public_network`]).
+pub const PUBLIC_CIDR: &str = "172.24.4.0/24";
 
 /// Why a lab operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -355,42 +357,12 @@ impl Lab {
         };
         for i in 1..=nodes {
             let ns = Netns::named(&lab.naming.name(&format!("node{i}")))?;
-            let uplink = format!("u-node{i}");
-            lab.fabric.ip(&[
-                "link",
-                "add",
-                &uplink,
-                "mtu",
-                &UNDERLAY_MTU.to_string(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
-            lab.fabric
-                .ip(&["link", "set", &uplink, "master", "br-underlay", "up"])?;
+            lab.plug(&format!("u-node{i}"), "br-underlay", &ns, "eth0")?;
             let underlay_ip = Ipv4Addr::new(10, 251, 0, i as u8);
             ns.ip(&["addr", "add", &format!("{underlay_ip}/24"), "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
             // The external network: plugged, left for the agent to bridge when it maps it.
-            let public = format!("p-node{i}");
-            lab.fabric.ip(&[
-                "link",
-                "add",
-                &public,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                PUBLIC_IFACE,
-                "netns",
-                ns.name(),
-            ])?;
-            lab.fabric
-                .ip(&["link", "set", &public, "master", "br-public", "up"])?;
+            lab.plug(&format!("p-node{i}"), "br-public", &ns, PUBLIC_IFACE)?;
             ns.ip(&["link", "set", PUBLIC_IFACE, "up"])?;
             let name = format!("node{i}");
             lab.nodes.push(Node {
@@ -454,23 +426,61 @@ impl Lab {
     pub fn add_outside_host(&self, address: &str) -> Result<Netns> {
         let ns = Netns::named(&self.guest_name("outside"))?;
         let peer = format!("o-{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+        self.plug(&peer, "br-public", &ns, "eth0")?;
+        ns.ip(&["addr", "add", address, "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(ns)
+    }
+
+    /// A veth (underlay MTU) from the fabric's `bridge` (end `peer`, up) to `ifname` in `ns`
+    /// (left down).
+    fn plug(&self, peer: &str, bridge: &str, ns: &Netns, ifname: &str) -> Result<()> {
+        let mtu = UNDERLAY_MTU.to_string();
         self.fabric.ip(&[
             "link",
             "add",
-            &peer,
+            peer,
+            "mtu",
+            &mtu,
             "type",
             "veth",
             "peer",
             "name",
-            "eth0",
+            ifname,
             "netns",
             ns.name(),
         ])?;
         self.fabric
-            .ip(&["link", "set", &peer, "master", "br-public", "up"])?;
-        ns.ip(&["addr", "add", address, "dev", "eth0"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
-        Ok(ns)
+            .ip(&["link", "set", peer, "master", bridge, "up"])?;
+        Ok(())
+    }
+
+    /// Creates the external network `public` through the API (flat on the lab's physnet) with
+    /// subnet [`PUBLIC_CIDR`], whose addresses .10-.99 go to routers and floating IPs (the rest
+    /// is for outside hosts); returns its id.
+    pub fn create_public_network(&self) -> Result<String> {
+        let created = |what: &str, (status, body): (u16, serde_json::Value)| {
+            if status == 201 {
+                Ok(body)
+            } else {
+                Err(LabError::Failed {
+                    command: format!("POST /v2.0/{what}"),
+                    stderr: format!("answered {status}: {body}"),
+                })
+            }
+        };
+        let body = serde_json::json!({"network": {"name": "public", "router:external": true,
+            "provider:network_type": "flat", "provider:physical_network": PUBLIC_PHYSNET}});
+        let network = created("networks", self.api("POST", "/v2.0/networks", Some(&body)))?;
+        let id = network["network"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let body = serde_json::json!({"subnet": {"network_id": id, "ip_version": 4,
+            "cidr": PUBLIC_CIDR, "name": "public-v4",
+            "allocation_pools": [{"start": "172.24.4.10", "end": "172.24.4.99"}]}});
+        created("subnets", self.api("POST", "/v2.0/subnets", Some(&body)))?;
+        Ok(id)
     }
 
     /// A pod sandbox (an empty network namespace, as a runtime makes one).

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{run, CniCall, Lab, LabError, Result, CONTROLLER_ADDR, PUBLIC_MAPPING, PUBLIC_PHYSNET};
+use crate::{
+    run, CniCall, Lab, LabError, Result, CONTROLLER_ADDR, PUBLIC_CIDR, PUBLIC_MAPPING,
+    PUBLIC_PHYSNET,
+};
 
 /// The network the lab creates.
 pub const NETWORK: &str = "seamless";
 /// Its subnet.
 pub const CIDR: &str = "192.168.100.0/24";
-/// The external network's subnet (on the fabric's `br-public`).
-pub const PUBLIC_CIDR: &str = "172.24.4.0/24";
 /// The host outside the cloud.
 pub const OUTSIDE: &str = "172.24.4.200";
 
@@ -303,23 +304,7 @@ fn north_south(
     pod: &crate::Pod,
     out: &mut dyn Write,
 ) -> Result<crate::Netns> {
-    let public = expect(
-        lab,
-        "POST",
-        "/v2.0/networks",
-        json!({"network": {"name": "public", "router:external": true,
-        "provider:network_type": "flat", "provider:physical_network": PUBLIC_PHYSNET}}),
-        201,
-    )?;
-    let public_id = text(&public["network"]["id"]);
-    expect(
-        lab,
-        "POST",
-        "/v2.0/subnets",
-        json!({"subnet": {"network_id": public_id, "ip_version": 4, "cidr": PUBLIC_CIDR,
-        "name": "public-v4", "allocation_pools": [{"start": "172.24.4.10", "end": "172.24.4.99"}]}}),
-        201,
-    )?;
+    let public_id = lab.create_public_network()?;
     let outside = lab.add_outside_host(&format!("{OUTSIDE}/24"))?;
     let _ = writeln!(
         out,
