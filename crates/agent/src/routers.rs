@@ -99,7 +99,7 @@ pub async fn list_nat(path: &Path) -> Result<Option<String>, AgentError> {
 }
 
 /// The NAT chains of the namespace pinned at `path`, by the content hash they carry.
-async fn read_nat(path: &Path) -> Result<std::collections::BTreeMap<String, NatChain>, AgentError> {
+async fn read_nat(path: &Path) -> Result<BTreeMap<String, NatChain>, AgentError> {
     let Some(text) = nft_list(path, &["-j"]).await? else {
         return Ok(Default::default());
     };

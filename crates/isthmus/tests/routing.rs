@@ -736,7 +736,8 @@ fn keepalived_moves_a_floating_ip_between_vms_on_different_nodes() {
     wait_agents(lab, 3);
     let ext = lab.create_public_network().unwrap();
     let (net_a, sub_a) = shared_network(lab, "net-a", "10.1.0.0/24");
-    router(lab, Some(&ext), &[&sub_a]);
+    let (net_b, sub_b) = shared_network(lab, "net-b", "10.2.0.0/24");
+    router(lab, Some(&ext), &[&sub_a, &sub_b]);
 
     // The VIP port holds the address (unbound: no node plugs it); both VMs may carry it.
     let vip_port = post(
@@ -775,20 +776,32 @@ fn keepalived_moves_a_floating_ip_between_vms_on_different_nodes() {
     });
     let _backup = keepalived(&vms[1], dir.path(), 100, vip);
     let outside = lab.add_outside_host("172.24.4.200/24").unwrap();
+    // A client on the other subnet, on node 1: its router resolves the VIP by ARP.
+    let client = vm(lab, 0, &vm_port(lab, &net_b, 1, "client"), "10.2.0.1");
     wait_for(
         "the outside to reach the master through the floating IP",
         Duration::from_secs(20),
         || pings(&outside, "172.24.4.60", 1),
     );
+    wait_for(
+        "the client to reach the VIP through its router",
+        Duration::from_secs(20),
+        || pings(&client.ns, vip, 1),
+    );
     assert!(!holds(&vms[1], vip), "one master");
 
-    // A 0.05 s ping through the floating IP while the master's keepalived dies.
-    let mut ping = outside
-        .command("ping")
-        .args(["-D", "-i", "0.05", "-W", "1", "172.24.4.60"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // 0.05 s pings through the floating IP and across the router while the master dies.
+    let pinger = |from: &Netns, to: &str| {
+        from.command("ping")
+            .args(["-D", "-i", "0.05", "-W", "1", to])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let pings_in = [
+        ("the floating IP", pinger(&outside, "172.24.4.60")),
+        ("the router", pinger(&client.ns, vip)),
+    ];
     std::thread::sleep(Duration::from_secs(1));
     // The master dies: its keepalived is killed (the VRRP process, then its parent; no clean
     // handover) and its interface goes down with it, so only the backup can answer.
@@ -803,31 +816,36 @@ fn keepalived_moves_a_floating_ip_between_vms_on_different_nodes() {
     });
     let takeover = killed.elapsed();
     std::thread::sleep(Duration::from_secs(2));
-    let _ = ping.kill();
-    let out = ping.wait_with_output().unwrap();
-    let stamps: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
-    let gap = stamps
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .fold(0.0_f64, f64::max);
-    eprintln!(
-        "keepalived failover: VIP moved after {:.2} s, longest gap between replies through the floating IP {gap:.2} s ({} replies)",
-        takeover.as_secs_f64(),
-        stamps.len()
-    );
-    assert!(stamps.len() > 40, "the ping ran: {}", stamps.len());
-    assert!(
-        gap < 3.0,
-        "the backup answered {gap:.2} s after the last reply from the master"
-    );
-    let last = stamps.last().copied().unwrap_or_default();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    assert!(now - last < 1.0, "replies still flow from the new master");
+    for (through, mut ping) in pings_in {
+        let _ = ping.kill();
+        let out = ping.wait_with_output().unwrap();
+        let stamps: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect();
+        let gap = stamps
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .fold(0.0_f64, f64::max);
+        eprintln!(
+            "keepalived failover: VIP moved after {:.2} s, longest gap between replies through {through} {gap:.2} s ({} replies)",
+            takeover.as_secs_f64(),
+            stamps.len()
+        );
+        assert!(stamps.len() > 40, "the ping ran: {}", stamps.len());
+        assert!(
+            gap < 3.0,
+            "through {through}, the backup answered {gap:.2} s after the last reply from the master"
+        );
+        let last = stamps.last().copied().unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            now - last < 1.0,
+            "replies through {through} still flow from the new master"
+        );
+    }
 }
