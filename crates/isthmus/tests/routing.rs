@@ -297,6 +297,36 @@ fn subnets_are_routed_on_the_source_node_and_never_through_a_third() {
         );
     }
 
+    // Extra routes reach every copy of the router (next hop: VM 3, as if it routed 10.9/16).
+    let vm3_ip = vm3
+        .ns
+        .ip(&["-o", "-4", "addr", "show", "eth0"])
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .unwrap()
+        .to_owned();
+    let route = |routes: Value| {
+        let (s, v) = lab.api(
+            "PUT",
+            &format!("/v2.0/routers/{router_id}"),
+            Some(&json!({"router": {"routes": routes}})),
+        );
+        assert_eq!(s, 200, "{v}");
+    };
+    route(json!([{"destination": "10.9.0.0/16", "nexthop": vm3_ip}]));
+    let extra = format!("10.9.0.0/16 via {vm3_ip} dev qr-");
+    wait_for(
+        "the extra route on every node",
+        Duration::from_secs(10),
+        || (0..3).all(|n| in_router(lab, n, &namespace, &["ip", "route"]).contains(&extra)),
+    );
+    route(json!([]));
+    wait_for("the extra route to go", Duration::from_secs(10), || {
+        (0..3).all(|n| !in_router(lab, n, &namespace, &["ip", "route"]).contains("10.9.0.0/16"))
+    });
+
     // Routed on the source node, tunnelled straight to the destination: node 3's tunnels
     // carry none of it, node 1 sends it out on B's tunnel itself.
     let (vni_a, vni_b) = (
@@ -356,7 +386,7 @@ fn subnets_are_routed_on_the_source_node_and_never_through_a_third() {
         .filter_map(|t| t.parse().ok())
         .collect();
     eprintln!("routed ping during two agent restarts: {counts:?} (sent, received, ...)");
-    assert!(counts[0] > 300 && counts[0] == counts[1], "{summary}");
+    assert!(counts[0] > 200 && counts[0] == counts[1], "{summary}");
     for (n, b) in before.iter().enumerate() {
         assert_eq!(
             b,
