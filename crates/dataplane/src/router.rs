@@ -1216,6 +1216,22 @@ mod tests {
                 .count(),
             1
         );
+        // Without SNAT the subnets leave untranslated; floating IPs still translate.
+        let mut no_snat = v.clone();
+        no_snat
+            .routers
+            .get_mut(R)
+            .unwrap()
+            .external_gateway_info
+            .as_mut()
+            .unwrap()
+            .enable_snat = false;
+        let rules =
+            &desired(&no_snat, &node("node1"))[&snat_namespace_name(R)].nat["outbound"].rules;
+        assert_eq!(
+            rules,
+            &["oifname \"qg-e1000000000\" ip saddr 10.2.0.7 snat to 172.24.4.21"]
+        );
         let script = nat_script(&[("outbound", &snat.nat["outbound"].rules)]);
         assert!(
             script.contains("flush chain ip isthmus outbound\n"),
