@@ -440,3 +440,85 @@ async fn interfaces_by_port_and_floating_ips_without_a_port() {
         "only the floating IP's port: {ports}"
     );
 }
+
+#[tokio::test]
+async fn a_gateway_set_before_any_node_maps_its_physnet_is_bound_when_one_registers() {
+    let api = Api::memory();
+    let net = api
+        .create(
+            As::Anonymous,
+            "networks",
+            "network",
+            json!({"name": "public", "router:external": true,
+                   "provider:network_type": "flat", "provider:physical_network": "public"}),
+        )
+        .await;
+    let ext = net["id"].as_str().unwrap().to_owned();
+    api.create(
+        As::Anonymous,
+        "subnets",
+        "subnet",
+        json!({"network_id": ext, "ip_version": 4, "cidr": "172.24.4.0/24"}),
+    )
+    .await;
+    let (_, sub) = api.network_with_subnet(ALICE, "10.4.0.0/24").await;
+    let router = api
+        .create(
+            ALICE,
+            "routers",
+            "router",
+            json!({"name": "early", "external_gateway_info": {"network_id": ext}}),
+        )
+        .await;
+    let rid = router["id"].as_str().unwrap().to_owned();
+    let (s, info) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        json!({"subnet_id": sub}),
+    )
+    .await;
+    assert_eq!(s, 200, "{info}");
+    let hosts = |api: &Api| {
+        let rid = rid.clone();
+        let api = api.clone();
+        async move {
+            let (_, v) = api
+                .call(
+                    As::Anonymous,
+                    "GET",
+                    &format!("/v2.0/ports?device_id={rid}"),
+                    None,
+                )
+                .await;
+            v["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["device_owner"] != "network:router_interface_distributed")
+                .map(|p| p["binding:host_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        hosts(&api).await,
+        ["", ""],
+        "gateway and SNAT port wait unbound"
+    );
+
+    // A node without the physnet changes nothing; one mapping it takes both.
+    for (name, physnets) in [("plain", json!({})), ("edge", json!({"public": "eth1"}))] {
+        let (s, _) = api
+            .call(
+                As::Anonymous,
+                "POST",
+                "/isthmus/v1/nodes",
+                Some(
+                    json!({"node": {"name": name, "tunnel_ip": "192.0.2.9", "physnets": physnets}}),
+                ),
+            )
+            .await;
+        assert_eq!(s, 201);
+    }
+    assert_eq!(hosts(&api).await, ["edge", "edge"]);
+}

@@ -102,6 +102,9 @@ impl Service {
                 })
             })
             .await?;
+        if !node.physnets.is_empty() {
+            self.adopt_waiting_gateways(&node).await;
+        }
         let (alive, beat) = self.liveness(&node.name).await?;
         Ok((created, node.render(alive, beat.as_deref())))
     }

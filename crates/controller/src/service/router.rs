@@ -121,6 +121,49 @@ impl Service {
             .unwrap_or_default())
     }
 
+    /// Binds the gateway ports (with their SNAT ports) that wait for a node mapping their
+    /// external network's physnet to `node`, which now does: a gateway set before any such
+    /// node registered gets its SNAT namespace. Best effort: a failure is logged, and the
+    /// node's next registration (every agent start) tries again.
+    pub(super) async fn adopt_waiting_gateways(&self, node: &Node) {
+        let adopted = async {
+            for (router, _) in self.load_all::<Router>(keys::ROUTERS).await? {
+                let Some(gateway) = &router.gateway else {
+                    continue;
+                };
+                let Some((port, _)) = self.load::<Port>(&gateway.port_id).await? else {
+                    continue;
+                };
+                let Some((network, _)) = self.load::<Network>(&gateway.network_id).await? else {
+                    continue;
+                };
+                let maps = network
+                    .physical_network
+                    .as_ref()
+                    .is_some_and(|p| node.physnets.contains_key(p));
+                if !port.binding.host_id.is_empty() || !maps {
+                    continue;
+                }
+                let caller = service_caller(&router.meta.project_id);
+                let snat_ports = router
+                    .interfaces
+                    .iter()
+                    .filter_map(|i| i.snat_port_id.clone());
+                for id in std::iter::once(gateway.port_id.clone()).chain(snat_ports) {
+                    let bind = json!({"port": {"binding:host_id": node.name}});
+                    self.update_port(&caller, &id, bind, None).await?;
+                }
+            }
+            Ok::<(), Error>(())
+        };
+        if let Err(e) = adopted.await {
+            eprintln!(
+                "isthmus controller: binding waiting gateways to {}: {e}",
+                node.name
+            );
+        }
+    }
+
     /// An external network a router may use as gateway.
     async fn external_network(&self, caller: &Caller, id: &str) -> Result<Network> {
         let (network, _) = self.visible_network(caller, id).await?;
