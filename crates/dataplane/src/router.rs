@@ -24,12 +24,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use isthmus_model::addr::to_u128;
+use isthmus_model::addr::{to_u128, Cidr};
 use isthmus_model::router::{OWNER_FLOATING_IP, OWNER_GATEWAY, OWNER_INTERFACE, OWNER_SNAT};
 
 use crate::l2::{bridge_name, NodeConfig};
 use crate::nft::fnv64;
-use crate::view::{FloatingIp, NodeView, Port, Subnet};
+use crate::view::{FloatingIp, Gateway, NodeView, Port, Router, Subnet};
 
 /// Prefix of distributed router namespaces.
 pub const NAMESPACE_PREFIX: &str = "qrouter-";
@@ -329,6 +329,25 @@ fn v4(ip: IpAddr) -> bool {
 
 const DEFAULT_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
+/// A router's ports in the view, by role.
+struct RouterPorts<'a> {
+    interfaces: Vec<&'a Port>,
+    snat: Vec<&'a Port>,
+    gateway: Option<&'a Port>,
+}
+
+impl<'a> RouterPorts<'a> {
+    fn of(view: &'a NodeView, router_id: &str) -> RouterPorts<'a> {
+        let ports = view.ports.values().filter(|p| p.device_id == router_id);
+        let with = |owner: &str| ports.clone().filter(|p| p.device_owner == owner).collect();
+        RouterPorts {
+            interfaces: with(OWNER_INTERFACE),
+            snat: with(OWNER_SNAT),
+            gateway: ports.clone().find(|p| p.device_owner == OWNER_GATEWAY),
+        }
+    }
+}
+
 /// The router namespaces `view` implies for `node`.
 pub fn desired(view: &NodeView, node: &NodeConfig) -> RouterState {
     let hosts = hosts(view);
@@ -337,219 +356,238 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> RouterState {
         if !router.admin_state_up || !hosts.get(router_id).is_some_and(|n| n.contains(&node.name)) {
             continue;
         }
-        let ports: Vec<&Port> = view
-            .ports
-            .values()
-            .filter(|p| p.device_id == *router_id)
-            .collect();
-        let snat_ports: Vec<&Port> = ports
-            .iter()
-            .copied()
-            .filter(|p| p.device_owner == OWNER_SNAT)
-            .collect();
-        let gateway_port = ports
-            .iter()
-            .copied()
-            .find(|p| p.device_owner == OWNER_GATEWAY);
-        let fips: Vec<&FloatingIp> = view
-            .floating_ips
-            .values()
-            .filter(|f| f.router_id.as_deref() == Some(router_id.as_str()))
-            .filter(|f| f.port_id.is_some() && f.fixed_ip_address.is_some())
-            .collect();
-        let mut ns = Namespace::default();
-        let mut snat = Namespace::default();
-        let mut tenant_v4 = BTreeSet::new();
-        for port in ports
-            .iter()
-            .copied()
-            .filter(|p| p.device_owner == OWNER_INTERFACE)
-        {
-            let Some(iface) = interface(view, port) else {
-                continue;
-            };
-            let name = interface_name(&port.id);
-            let subnets: BTreeSet<&str> = port
-                .fixed_ips
-                .iter()
-                .map(|f| f.subnet_id.as_str())
-                .collect();
-            neighbours_on(view, &subnets, &port.id, &name, &mut ns.neighbours);
-            // What the main table does not route goes to the subnet's SNAT port.
-            for fixed in port.fixed_ips.iter().filter(|f| v4(f.ip_address)) {
-                let Some(subnet) = view.subnet_info(&fixed.subnet_id) else {
-                    continue;
-                };
-                tenant_v4.insert(subnet.cidr.to_string());
-                let snat_ip = snat_ports
-                    .iter()
-                    .flat_map(|p| &p.fixed_ips)
-                    .find(|f| f.subnet_id == fixed.subnet_id)
-                    .map(|f| f.ip_address);
-                if let (Some(snat_ip), Some(_)) = (snat_ip, &router.external_gateway_info) {
-                    let table = table_of(fixed.ip_address);
-                    ns.rules.insert(Rule {
-                        priority: SNAT_RULE_PRIORITY,
-                        from: subnet.cidr.network,
-                        prefix: subnet.cidr.prefix,
-                        table,
-                    });
-                    ns.routes.insert(Route {
-                        table,
-                        destination: DEFAULT_V4,
-                        prefix: 0,
-                        via: Some(snat_ip),
-                        device: name.clone(),
-                    });
-                }
-            }
-            ns.interfaces.insert(name, iface);
-        }
-        for route in &router.routes {
-            let Some(cidr) = isthmus_model::addr::Cidr::parse_lenient(&route.destination) else {
-                continue;
-            };
-            // Out of the interface whose subnet holds the next hop.
-            let device = ns.interfaces.iter().find(|(_, i)| {
-                i.addresses.iter().any(|(ip, prefix)| {
-                    isthmus_model::addr::Cidr::parse_lenient(&format!("{ip}/{prefix}"))
-                        .is_some_and(|c| c.contains(route.nexthop))
-                })
-            });
-            if let Some((device, _)) = device {
-                ns.routes.insert(Route {
-                    table: MAIN_TABLE,
-                    destination: cidr.network,
-                    prefix: cidr.prefix,
-                    via: Some(route.nexthop),
-                    device: device.clone(),
-                });
-            }
-        }
-
-        let external = router.external_gateway_info.as_ref();
-        let mut central = Vec::new();
-        let (mut dnat, mut snat_rules) = (Vec::new(), Vec::new());
-        for fip in &fips {
-            let (Some(fixed), Some(ext)) = (fip.fixed_ip_address, external) else {
-                continue;
-            };
-            match fip_node(view, fip) {
-                Some(n) if n == node.name => {
-                    // Distributed: its own interface with the floating port's MAC.
-                    let floating_port = view
-                        .ports
-                        .values()
-                        .find(|p| p.device_owner == OWNER_FLOATING_IP && p.device_id == fip.id);
-                    let (Some(port), Some(subnet)) = (
-                        floating_port,
-                        external_subnet(view, &ext.network_id, fip.floating_ip_address),
-                    ) else {
-                        continue;
-                    };
-                    let Some(mut iface) = interface(view, port) else {
-                        continue;
-                    };
-                    let name = format!("qf-{}", short(&port.id));
-                    // The address alone: the external prefix is routed per floating IP.
-                    iface.addresses = BTreeSet::from([(fip.floating_ip_address, 32)]);
-                    let table = table_of(fixed);
-                    ns.rules.insert(Rule {
-                        priority: FIP_RULE_PRIORITY,
-                        from: fixed,
-                        prefix: 32,
-                        table,
-                    });
-                    ns.routes.insert(Route {
-                        table,
-                        destination: subnet.cidr.network,
-                        prefix: subnet.cidr.prefix,
-                        via: None,
-                        device: name.clone(),
-                    });
-                    if let Some(gw) = subnet.gateway {
-                        ns.routes.insert(Route {
-                            table,
-                            destination: DEFAULT_V4,
-                            prefix: 0,
-                            via: Some(gw),
-                            device: name.clone(),
-                        });
-                    }
-                    dnat.push(format!(
-                        "iifname \"{name}\" ip daddr {} dnat to {fixed}",
-                        fip.floating_ip_address
-                    ));
-                    snat_rules.push(format!(
-                        "oifname \"{name}\" ip saddr {fixed} snat to {}",
-                        fip.floating_ip_address
-                    ));
-                    ns.interfaces.insert(name, iface);
-                }
-                Some(_) => {}
-                None => central.push((fip.floating_ip_address, fixed)),
-            }
-        }
-        if !dnat.is_empty() {
-            ns.nat = nat(dnat, snat_rules);
-        }
-
-        // The SNAT namespace, on the node holding the gateway port.
-        if let (Some(gp), Some(ext)) = (gateway_port, external) {
-            if gp.host_id == node.name {
-                let qg = format!("qg-{}", short(&gp.id));
-                if let Some(mut iface) = interface(view, gp) {
-                    for fixed in &gp.fixed_ips {
-                        let gw = view.subnet_info(&fixed.subnet_id).and_then(|s| s.gateway);
-                        if let Some(gw) = gw.filter(|g| v4(*g)) {
-                            snat.routes.insert(Route {
-                                table: MAIN_TABLE,
-                                destination: DEFAULT_V4,
-                                prefix: 0,
-                                via: Some(gw),
-                                device: qg.clone(),
-                            });
-                        }
-                    }
-                    let (mut dnat, mut rules) = (Vec::new(), Vec::new());
-                    for (floating, fixed) in &central {
-                        iface.addresses.insert((*floating, 32));
-                        dnat.push(format!(
-                            "iifname \"{qg}\" ip daddr {floating} dnat to {fixed}"
-                        ));
-                        rules.push(format!(
-                            "oifname \"{qg}\" ip saddr {fixed} snat to {floating}"
-                        ));
-                    }
-                    let external_v4 = gp.fixed_ips.iter().map(|f| f.ip_address).find(|ip| v4(*ip));
-                    if let (true, Some(address), false) =
-                        (ext.enable_snat, external_v4, tenant_v4.is_empty())
-                    {
-                        let sources: Vec<&str> = tenant_v4.iter().map(String::as_str).collect();
-                        rules.push(format!(
-                            "oifname \"{qg}\" ip saddr {{ {} }} snat to {address}",
-                            sources.join(", ")
-                        ));
-                    }
-                    snat.interfaces.insert(qg, iface);
-                    snat.nat = nat(dnat, rules);
-                }
-                for sp in &snat_ports {
-                    let Some(iface) = interface(view, sp) else {
-                        continue;
-                    };
-                    let name = format!("sg-{}", short(&sp.id));
-                    let subnets: BTreeSet<&str> =
-                        sp.fixed_ips.iter().map(|f| f.subnet_id.as_str()).collect();
-                    neighbours_on(view, &subnets, &sp.id, &name, &mut snat.neighbours);
-                    snat.interfaces.insert(name, iface);
-                }
-                state.insert(snat_namespace_name(router_id), snat);
-            }
+        let ports = RouterPorts::of(view, router_id);
+        let (mut ns, tenant_v4) = distributed(view, router, &ports);
+        let central = floating_ips(view, node, router, &mut ns);
+        let gateway = ports.gateway.filter(|gp| gp.host_id == node.name);
+        if let (Some(gp), Some(ext)) = (gateway, &router.external_gateway_info) {
+            let snat = snat_namespace(view, ext, gp, &ports.snat, &central, &tenant_v4);
+            state.insert(snat_namespace_name(router_id), snat);
         }
         state.insert(namespace_name(router_id), ns);
     }
     state
+}
+
+/// A router's namespace as every node running it has it: its interfaces with their
+/// neighbours, extra routes, and the rules sending the rest to the SNAT ports. Also returns
+/// its IPv4 subnets (what the SNAT namespace translates).
+fn distributed(
+    view: &NodeView,
+    router: &Router,
+    ports: &RouterPorts<'_>,
+) -> (Namespace, BTreeSet<String>) {
+    let mut ns = Namespace::default();
+    let mut tenant_v4 = BTreeSet::new();
+    for port in &ports.interfaces {
+        let Some(iface) = interface(view, port) else {
+            continue;
+        };
+        let name = interface_name(&port.id);
+        let subnets: BTreeSet<&str> = port
+            .fixed_ips
+            .iter()
+            .map(|f| f.subnet_id.as_str())
+            .collect();
+        neighbours_on(view, &subnets, &port.id, &name, &mut ns.neighbours);
+        // What the main table does not route goes to the subnet's SNAT port.
+        for fixed in port.fixed_ips.iter().filter(|f| v4(f.ip_address)) {
+            let Some(subnet) = view.subnet_info(&fixed.subnet_id) else {
+                continue;
+            };
+            tenant_v4.insert(subnet.cidr.to_string());
+            let snat_ip = ports
+                .snat
+                .iter()
+                .flat_map(|p| &p.fixed_ips)
+                .find(|f| f.subnet_id == fixed.subnet_id)
+                .map(|f| f.ip_address);
+            if let (Some(snat_ip), Some(_)) = (snat_ip, &router.external_gateway_info) {
+                let table = table_of(fixed.ip_address);
+                ns.rules.insert(Rule {
+                    priority: SNAT_RULE_PRIORITY,
+                    from: subnet.cidr.network,
+                    prefix: subnet.cidr.prefix,
+                    table,
+                });
+                ns.routes.insert(Route {
+                    table,
+                    destination: DEFAULT_V4,
+                    prefix: 0,
+                    via: Some(snat_ip),
+                    device: name.clone(),
+                });
+            }
+        }
+        ns.interfaces.insert(name, iface);
+    }
+    for route in &router.routes {
+        let Some(cidr) = Cidr::parse_lenient(&route.destination) else {
+            continue;
+        };
+        // Out of the interface whose subnet holds the next hop.
+        let device = ns.interfaces.iter().find(|(_, i)| {
+            i.addresses.iter().any(|(ip, prefix)| {
+                Cidr::parse_lenient(&format!("{ip}/{prefix}"))
+                    .is_some_and(|c| c.contains(route.nexthop))
+            })
+        });
+        if let Some((device, _)) = device {
+            ns.routes.insert(Route {
+                table: MAIN_TABLE,
+                destination: cidr.network,
+                prefix: cidr.prefix,
+                via: Some(route.nexthop),
+                device: device.clone(),
+            });
+        }
+    }
+    (ns, tenant_v4)
+}
+
+/// Adds to `ns` the floating IPs of `router` that `node` NATs itself (a `qf-` interface each,
+/// with a rule, a table and 1:1 NAT); returns the (floating, fixed) pairs the SNAT namespace
+/// NATs instead.
+fn floating_ips(
+    view: &NodeView,
+    node: &NodeConfig,
+    router: &Router,
+    ns: &mut Namespace,
+) -> Vec<(IpAddr, IpAddr)> {
+    let Some(ext) = &router.external_gateway_info else {
+        return Vec::new();
+    };
+    let mut central = Vec::new();
+    let (mut dnat, mut snat) = (Vec::new(), Vec::new());
+    let fips = view
+        .floating_ips
+        .values()
+        .filter(|f| f.router_id.as_deref() == Some(router.id.as_str()) && f.port_id.is_some());
+    for fip in fips {
+        let Some(fixed) = fip.fixed_ip_address else {
+            continue;
+        };
+        match fip_node(view, fip) {
+            Some(n) if n == node.name => {}
+            Some(_) => continue,
+            None => {
+                central.push((fip.floating_ip_address, fixed));
+                continue;
+            }
+        }
+        // Its own interface, with the floating port's MAC.
+        let floating_port = view
+            .ports
+            .values()
+            .find(|p| p.device_owner == OWNER_FLOATING_IP && p.device_id == fip.id);
+        let (Some(port), Some(subnet)) = (
+            floating_port,
+            external_subnet(view, &ext.network_id, fip.floating_ip_address),
+        ) else {
+            continue;
+        };
+        let Some(mut iface) = interface(view, port) else {
+            continue;
+        };
+        let name = format!("qf-{}", short(&port.id));
+        // The address alone: the external prefix is routed per floating IP.
+        iface.addresses = BTreeSet::from([(fip.floating_ip_address, 32)]);
+        let table = table_of(fixed);
+        ns.rules.insert(Rule {
+            priority: FIP_RULE_PRIORITY,
+            from: fixed,
+            prefix: 32,
+            table,
+        });
+        ns.routes.insert(Route {
+            table,
+            destination: subnet.cidr.network,
+            prefix: subnet.cidr.prefix,
+            via: None,
+            device: name.clone(),
+        });
+        if let Some(gw) = subnet.gateway {
+            ns.routes.insert(Route {
+                table,
+                destination: DEFAULT_V4,
+                prefix: 0,
+                via: Some(gw),
+                device: name.clone(),
+            });
+        }
+        dnat.push(format!(
+            "iifname \"{name}\" ip daddr {} dnat to {fixed}",
+            fip.floating_ip_address
+        ));
+        snat.push(format!(
+            "oifname \"{name}\" ip saddr {fixed} snat to {}",
+            fip.floating_ip_address
+        ));
+        ns.interfaces.insert(name, iface);
+    }
+    if !dnat.is_empty() {
+        ns.nat = nat(dnat, snat);
+    }
+    central
+}
+
+/// The SNAT namespace of the node holding the gateway port `gp`: `qg-` with the router's
+/// external addresses and the `central` floating IPs, one `sg-` per SNAT port, the default
+/// route out, and the NAT (floating IPs first, then the subnets when `enable_snat`).
+fn snat_namespace(
+    view: &NodeView,
+    ext: &Gateway,
+    gp: &Port,
+    snat_ports: &[&Port],
+    central: &[(IpAddr, IpAddr)],
+    tenant_v4: &BTreeSet<String>,
+) -> Namespace {
+    let mut snat = Namespace::default();
+    let qg = format!("qg-{}", short(&gp.id));
+    if let Some(mut iface) = interface(view, gp) {
+        for fixed in &gp.fixed_ips {
+            let gw = view.subnet_info(&fixed.subnet_id).and_then(|s| s.gateway);
+            if let Some(gw) = gw.filter(|g| v4(*g)) {
+                snat.routes.insert(Route {
+                    table: MAIN_TABLE,
+                    destination: DEFAULT_V4,
+                    prefix: 0,
+                    via: Some(gw),
+                    device: qg.clone(),
+                });
+            }
+        }
+        let (mut dnat, mut rules) = (Vec::new(), Vec::new());
+        for (floating, fixed) in central {
+            iface.addresses.insert((*floating, 32));
+            dnat.push(format!(
+                "iifname \"{qg}\" ip daddr {floating} dnat to {fixed}"
+            ));
+            rules.push(format!(
+                "oifname \"{qg}\" ip saddr {fixed} snat to {floating}"
+            ));
+        }
+        let external_v4 = gp.fixed_ips.iter().map(|f| f.ip_address).find(|ip| v4(*ip));
+        if let (true, Some(address), false) = (ext.enable_snat, external_v4, tenant_v4.is_empty()) {
+            let sources: Vec<&str> = tenant_v4.iter().map(String::as_str).collect();
+            rules.push(format!(
+                "oifname \"{qg}\" ip saddr {{ {} }} snat to {address}",
+                sources.join(", ")
+            ));
+        }
+        snat.interfaces.insert(qg, iface);
+        snat.nat = nat(dnat, rules);
+    }
+    for sp in snat_ports {
+        let Some(iface) = interface(view, sp) else {
+            continue;
+        };
+        let name = format!("sg-{}", short(&sp.id));
+        let subnets: BTreeSet<&str> = sp.fixed_ips.iter().map(|f| f.subnet_id.as_str()).collect();
+        neighbours_on(view, &subnets, &sp.id, &name, &mut snat.neighbours);
+        snat.interfaces.insert(name, iface);
+    }
+    snat
 }
 
 fn nat(dnat: Vec<String>, snat: Vec<String>) -> BTreeMap<String, NatChain> {
