@@ -23,6 +23,11 @@ async fn external(api: &Api) -> (String, String) {
         )
         .await;
     assert!(s == 200 || s == 201);
+    public_network(api).await
+}
+
+/// An external flat network on physnet `public` with a /24: (network, subnet).
+async fn public_network(api: &Api) -> (String, String) {
     let net = api
         .create(
             As::Anonymous,
@@ -444,23 +449,7 @@ async fn interfaces_by_port_and_floating_ips_without_a_port() {
 #[tokio::test]
 async fn a_gateway_set_before_any_node_maps_its_physnet_is_bound_when_one_registers() {
     let api = Api::memory();
-    let net = api
-        .create(
-            As::Anonymous,
-            "networks",
-            "network",
-            json!({"name": "public", "router:external": true,
-                   "provider:network_type": "flat", "provider:physical_network": "public"}),
-        )
-        .await;
-    let ext = net["id"].as_str().unwrap().to_owned();
-    api.create(
-        As::Anonymous,
-        "subnets",
-        "subnet",
-        json!({"network_id": ext, "ip_version": 4, "cidr": "172.24.4.0/24"}),
-    )
-    .await;
+    let (ext, _) = public_network(&api).await;
     let (_, sub) = api.network_with_subnet(ALICE, "10.4.0.0/24").await;
     let router = api
         .create(

@@ -6,36 +6,15 @@
 //! (pinging every 2 ms). Needs root and iperf3.
 //! `cargo bench -p isthmus --bench routing [-- ROUNDS SECONDS ASSOCIATIONS]`
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use isthmus_lab::{unavailable, Daemon, Lab, Netns, PUBLIC_MAPPING};
 use serde_json::{json, Value};
-
-fn iperf(client: &Netns, server_ip: &str, seconds: u32) -> f64 {
-    let out = client
-        .exec(
-            "iperf3",
-            &["-c", server_ip, "-t", &seconds.to_string(), "-J"],
-        )
-        .expect("iperf3 client");
-    let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+use support::{iperf, median};
 
 fn post(lab: &Lab, path: &str, body: Value) -> Value {
     let (s, v) = lab.api("POST", path, Some(&body));

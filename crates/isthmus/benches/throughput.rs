@@ -3,31 +3,14 @@
 //! same overlay, no filtering), interleaved A B B A over rounds. Needs root and iperf3.
 //! `cargo bench -p isthmus --bench throughput [-- ROUNDS SECONDS]`
 
+mod support;
+
 use std::process::Stdio;
 use std::time::Duration;
 
-use isthmus_lab::{unavailable, Daemon, Lab, Vm};
-use serde_json::{json, Value};
-
-fn iperf(client: &Vm, server_ip: &str, seconds: u32) -> f64 {
-    let out = client
-        .ns
-        .exec(
-            "iperf3",
-            &["-c", server_ip, "-t", &seconds.to_string(), "-J"],
-        )
-        .expect("iperf3 client");
-    let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
+use isthmus_lab::{unavailable, Daemon, Lab};
+use serde_json::json;
+use support::{iperf, median};
 
 fn main() {
     if let Some(why) = unavailable() {
@@ -125,11 +108,11 @@ fn main() {
     let (mut sg, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let (a, b) = if round % 2 == 0 {
-            let a = iperf(&vms[0], &ips[1], seconds);
-            (a, iperf(&vms[2], &ips[3], seconds))
+            let a = iperf(&vms[0].ns, &ips[1], seconds);
+            (a, iperf(&vms[2].ns, &ips[3], seconds))
         } else {
-            let b = iperf(&vms[2], &ips[3], seconds);
-            (iperf(&vms[0], &ips[1], seconds), b)
+            let b = iperf(&vms[2].ns, &ips[3], seconds);
+            (iperf(&vms[0].ns, &ips[1], seconds), b)
         };
         println!("round {round}: with security groups {a:.2} Gbps, port security off {b:.2} Gbps, ratio {:.3}", a / b);
         sg.push(a);
