@@ -400,6 +400,45 @@ async fn interfaces_by_port_and_floating_ips_without_a_port() {
     .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["floatingip"]["router_id"], rid);
+    // The node doing its NAT reports it; the port moving to a node sends it back to DOWN
+    // until the node NATing it now reports it.
+    let status = format!("/isthmus/v1/floatingips/{fid}/status");
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &status,
+        json!({"status": "ACTIVE", "node": "gw1"}),
+    )
+    .await;
+    assert_eq!(
+        (s, fault(&v)),
+        (403, "PolicyNotAuthorized"),
+        "agents only: {v}"
+    );
+    let (s, v) = put(
+        &api,
+        As::Anonymous,
+        &status,
+        json!({"status": "ACTIVE", "node": "gw1"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["floatingip"]["status"].clone()),
+        (200, json!("ACTIVE")),
+        "{v}"
+    );
+    let (s, _) = put(
+        &api,
+        As::Anonymous,
+        &format!("/v2.0/ports/{}", vip["id"].as_str().unwrap()),
+        json!({"port": {"binding:host_id": "gw1"}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, v) = api
+        .call(ALICE, "GET", &format!("/v2.0/floatingips/{fid}"), None)
+        .await;
+    assert_eq!(v["floatingip"]["status"], "DOWN");
     let (s, v) = put(
         &api,
         ALICE,
@@ -409,6 +448,14 @@ async fn interfaces_by_port_and_floating_ips_without_a_port() {
     .await;
     assert_eq!(s, 200);
     assert_eq!(v["floatingip"]["fixed_ip_address"], Value::Null);
+    let (s, v) = put(
+        &api,
+        As::Anonymous,
+        &status,
+        json!({"status": "ACTIVE", "node": "gw1"}),
+    )
+    .await;
+    assert_eq!(s, 409, "nothing to NAT: {v}");
     // Removing by port deletes the port, as Neutron does.
     assert_eq!(
         put(

@@ -478,8 +478,22 @@ impl Service {
             if let Some(host) = &req.host_id {
                 if *host != port.binding.host_id {
                     port.binding.host_id = host.clone();
-                    // A new node has to plug it before it is ACTIVE again.
+                    // A new node has to plug it before it is ACTIVE again, and whichever node
+                    // NATs its floating IPs now has to report them again.
                     port.status = "DOWN".to_owned();
+                    for fip_id in self.index(&keys::port_fips_prefix(id)).await? {
+                        let Some((mut fip, fip_rev)) = self.load::<FloatingIp>(&fip_id).await?
+                        else {
+                            continue;
+                        };
+                        if fip.status != "DOWN" {
+                            fip.status = "DOWN".to_owned();
+                            fip.meta.touch(&now());
+                            txn = txn
+                                .when(Compare::mod_revision(keys::floating_ip(&fip_id), fip_rev))
+                                .then(Op::put(keys::floating_ip(&fip_id), encode(&fip)?));
+                        }
+                    }
                 }
             }
             if let Some(new_mac) = &req.mac_address {
