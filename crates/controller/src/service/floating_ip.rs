@@ -285,10 +285,7 @@ impl Service {
             }
             fip.status = status.clone();
             fip.meta.touch(&now());
-            let txn = Txn::new()
-                .when(Compare::mod_revision(keys::floating_ip(id), rev))
-                .then(Op::put(keys::floating_ip(id), encode(&fip)?));
-            Ok(if self.commit(txn).await? {
+            Ok(if self.write_back(id, rev, &fip).await? {
                 Attempt::Done(fip.render())
             } else {
                 Attempt::Retry

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use isthmus_model::{Caller, Error, Meta, NetworkLimits, Result};
-use isthmus_store::{SharedStore, StoreError, Txn};
+use isthmus_store::{Compare, Op, SharedStore, StoreError, Txn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -382,6 +382,16 @@ impl Service {
     /// Runs a transaction, reporting whether it applied.
     pub(crate) async fn commit(&self, txn: Txn) -> Result<bool> {
         Ok(self.store.txn(txn).await.map_err(store_error)?.succeeded)
+    }
+
+    /// Writes `obj` back over the revision `rev` it was read at; false when it changed
+    /// meanwhile (the caller retries).
+    pub(crate) async fn write_back<T: Stored>(&self, id: &str, rev: u64, obj: &T) -> Result<bool> {
+        let key = T::key(id);
+        let txn = Txn::new()
+            .when(Compare::mod_revision(key.clone(), rev))
+            .then(Op::put(key, encode(obj)?));
+        self.commit(txn).await
     }
 
     /// Repeats `attempt` until it commits or fails, with a short growing pause between tries.

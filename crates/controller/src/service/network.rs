@@ -159,10 +159,7 @@ impl Service {
                 let (mut network, rev) = self.owned_network(caller, id, "update_network").await?;
                 check_revision(&network.meta, if_match)?;
                 network.apply_update(body, caller, self.limits(), &now())?;
-                let txn = Txn::new()
-                    .when(Compare::mod_revision(keys::network(id), rev))
-                    .then(Op::put(keys::network(id), encode(&network)?));
-                Ok(if self.commit(txn).await? {
+                Ok(if self.write_back(id, rev, &network).await? {
                     Attempt::Done(network.render(caller))
                 } else {
                     Attempt::Retry

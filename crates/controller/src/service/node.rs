@@ -206,10 +206,7 @@ impl Service {
             }
             port.status = status.clone();
             port.meta.touch(&now());
-            let txn = Txn::new()
-                .when(Compare::mod_revision(keys::port(id), rev))
-                .then(Op::put(keys::port(id), encode(&port)?));
-            Ok(if self.commit(txn).await? {
+            Ok(if self.write_back(id, rev, &port).await? {
                 Attempt::Done(port.render(caller))
             } else {
                 Attempt::Retry

@@ -224,10 +224,7 @@ impl Service {
                             return Ok(Attempt::Done(()));
                         }
                         router.meta.touch(&now());
-                        let txn = Txn::new()
-                            .when(Compare::mod_revision(keys::router(id), rev))
-                            .then(Op::put(keys::router(id), encode(&router)?));
-                        return Ok(if self.commit(txn).await? {
+                        return Ok(if self.write_back(id, rev, &router).await? {
                             Attempt::Done(())
                         } else {
                             Attempt::Retry
@@ -290,10 +287,7 @@ impl Service {
                     }
                 }
                 router.meta.touch(&now());
-                let txn = Txn::new()
-                    .when(Compare::mod_revision(keys::router(id), rev))
-                    .then(Op::put(keys::router(id), encode(&router)?));
-                if self.commit(txn).await? {
+                if self.write_back(id, rev, &router).await? {
                     self.delete_service_ports(doomed).await;
                     Ok(Attempt::Done(()))
                 } else {
@@ -392,10 +386,7 @@ impl Service {
                 router.routes = routes.clone();
             }
             router.meta.touch(&now());
-            let txn = Txn::new()
-                .when(Compare::mod_revision(keys::router(id), rev))
-                .then(Op::put(keys::router(id), encode(&router)?));
-            Ok(if self.commit(txn).await? {
+            Ok(if self.write_back(id, rev, &router).await? {
                 Attempt::Done(router.render(caller))
             } else {
                 Attempt::Retry
@@ -564,10 +555,7 @@ impl Service {
                 }
                 router.interfaces.push(interface.clone());
                 router.meta.touch(&now());
-                let txn = Txn::new()
-                    .when(Compare::mod_revision(keys::router(id), rev))
-                    .then(Op::put(keys::router(id), encode(&router)?));
-                if self.commit(txn).await? {
+                if self.write_back(id, rev, &router).await? {
                     let subnets = interface.fixed_ips.iter().map(|f| f.subnet_id.clone()).collect();
                     return Ok(Attempt::Done(interface_info(&router, &interface, subnets)));
                 }
@@ -689,10 +677,7 @@ impl Service {
                     entry.cidrs = kept.iter().map(|(_, c)| *c).collect();
                 }
                 router.meta.touch(&now());
-                let txn = Txn::new()
-                    .when(Compare::mod_revision(keys::router(id), rev))
-                    .then(Op::put(keys::router(id), encode(&router)?));
-                if !self.commit(txn).await? {
+                if !self.write_back(id, rev, &router).await? {
                     return Ok(Attempt::Retry);
                 }
                 self.delete_service_ports(doomed).await;

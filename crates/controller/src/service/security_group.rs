@@ -178,10 +178,7 @@ impl Service {
                     let (mut group, rev) = self.load_owned::<SecurityGroup>(caller, id).await?;
                     check_revision(&group.meta, if_match)?;
                     group.apply_update(body, &now())?;
-                    let txn = Txn::new()
-                        .when(Compare::mod_revision(keys::security_group(id), rev))
-                        .then(Op::put(keys::security_group(id), encode(&group)?));
-                    Ok(if self.commit(txn).await? {
+                    Ok(if self.write_back(id, rev, &group).await? {
                         Attempt::Done(group)
                     } else {
                         Attempt::Retry
