@@ -38,6 +38,26 @@ impl Service {
         ]
     }
 
+    /// Commits `txn` writing `fip` (with the association `planned`, if any); when a compare
+    /// failed, says why if the association itself was refused, else asks for a retry.
+    async fn commit_floating_ip(
+        &self,
+        txn: Txn,
+        fip: &FloatingIp,
+        planned: Option<&Association>,
+    ) -> Result<Attempt<Object>> {
+        let txn = txn.then(Op::put(keys::floating_ip(&fip.meta.id), encode(fip)?));
+        if self.commit(txn).await? {
+            return Ok(Attempt::Done(fip.render()));
+        }
+        if let Some(a) = planned {
+            if let Some(e) = self.explain_association(fip, a).await? {
+                return Err(e);
+            }
+        }
+        Ok(Attempt::Retry)
+    }
+
     /// Resolves an association request: the caller's port, the fixed address (given or its
     /// only IPv4 one) and the router that reaches the external network from it.
     async fn plan_association(
@@ -174,16 +194,7 @@ impl Service {
                     fip.association = Some(a.clone());
                     planned = Some(a);
                 }
-                txn = txn.then(Op::put(keys::floating_ip(&id), encode(&fip)?));
-                if self.commit(txn).await? {
-                    return Ok(Attempt::Done(fip.render()));
-                }
-                if let Some(a) = planned {
-                    if let Some(e) = self.explain_association(&fip, &a).await? {
-                        return Err(e);
-                    }
-                }
-                Ok(Attempt::Retry)
+                self.commit_floating_ip(txn, &fip, planned.as_ref()).await
             })
             .await;
         if result.is_err() {
@@ -240,16 +251,7 @@ impl Service {
                 }
             }
             fip.meta.touch(&now());
-            txn = txn.then(Op::put(keys::floating_ip(id), encode(&fip)?));
-            if self.commit(txn).await? {
-                return Ok(Attempt::Done(fip.render()));
-            }
-            if let Some(a) = planned {
-                if let Some(e) = self.explain_association(&fip, &a).await? {
-                    return Err(e);
-                }
-            }
-            Ok(Attempt::Retry)
+            self.commit_floating_ip(txn, &fip, planned.as_ref()).await
         })
         .await
     }
