@@ -618,7 +618,8 @@ fn is_missing_entry(e: &rtnetlink::Error) -> bool {
         if m.code.is_some_and(|c| c.get() == -libc::ENOENT))
 }
 
-fn link_name(m: &LinkMessage) -> Option<&str> {
+/// A link's name.
+pub(crate) fn link_name(m: &LinkMessage) -> Option<&str> {
     m.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n.as_str()),
         _ => None,
@@ -634,7 +635,8 @@ async fn link_message(handle: &Handle, name: &str) -> Result<Option<LinkMessage>
     }
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, AgentError> {
+/// A link's index; `None` when it does not exist.
+pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, AgentError> {
     Ok(link_message(handle, name).await?.map(|l| l.header.index))
 }
 

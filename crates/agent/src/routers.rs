@@ -13,7 +13,7 @@ use isthmus_dataplane::router::{
     NAMESPACE_PREFIX, NAT_TABLE, SNAT_PREFIX,
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -24,7 +24,7 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
-use crate::netlink::{format_mac, in_netns, parse_mac, Netlink};
+use crate::netlink::{format_mac, in_netns, link_index, link_name, parse_mac, Netlink};
 use crate::{netns, AgentError};
 
 fn kernel(what: &str, e: impl std::fmt::Display) -> AgentError {
@@ -148,7 +148,7 @@ async fn read_namespace(handle: &Handle) -> Result<Namespace, AgentError> {
         .await
         .map_err(|e| kernel("reading links", e))?
     {
-        let Some(name) = link_name(&link) else {
+        let Some(name) = link_name(&link).map(str::to_owned) else {
             continue;
         };
         if !router::is_interface(&name) {
@@ -307,13 +307,6 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn link_name(m: &LinkMessage) -> Option<String> {
-    m.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.clone()),
-        _ => None,
-    })
-}
-
 /// Applies `ops` (from [`router::plan`]) to the namespaces pinned in `dir`; `netlink` is the
 /// node's connection, which creates the veths. Every namespace is tried; the first failure is
 /// returned.
@@ -383,11 +376,9 @@ async fn apply_namespace(
 }
 
 async fn index(handle: &Handle, name: &str) -> Result<u32, AgentError> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(Some(link)) => Ok(link.header.index),
-        Ok(None) | Err(_) => Err(AgentError::Kernel(format!("{name} does not exist"))),
-    }
+    link_index(handle, name)
+        .await?
+        .ok_or_else(|| AgentError::Kernel(format!("{name} does not exist")))
 }
 
 async fn set_up(handle: &Handle, name: &str) -> Result<(), AgentError> {
@@ -510,7 +501,7 @@ async fn apply_inside(handle: &Handle, op: &Op) -> Result<(), AgentError> {
                 .map_err(|e| kernel(&format!("adding neighbour {} on {}", n.ip, n.device), e))
         }
         Op::DelNeighbour(_, n) => {
-            let Ok(i) = index(handle, &n.device).await else {
+            let Some(i) = link_index(handle, &n.device).await? else {
                 return Ok(());
             };
             handle
@@ -529,12 +520,12 @@ async fn apply_inside(handle: &Handle, op: &Op) -> Result<(), AgentError> {
             .map_err(|e| kernel(&format!("adding route {}/{}", r.destination, r.prefix), e)),
         Op::DelRoute(_, r) => {
             // A route whose device is gone went with it.
-            let Ok(message) = route_message(handle, r).await else {
+            if link_index(handle, &r.device).await?.is_none() {
                 return Ok(());
-            };
+            }
             handle
                 .route()
-                .del(message)
+                .del(route_message(handle, r).await?)
                 .execute()
                 .await
                 .map_err(|e| kernel(&format!("removing route {}/{}", r.destination, r.prefix), e))
