@@ -19,8 +19,10 @@ cargo bench -q -p isthmus --bench throughput --no-run 2>/dev/null
 shared() { # round
 	CASES="a d" DURATION=$SECONDS_PER_RUN "$HARNESS/measure.sh" 1 "$WORK/shared-$1.jsonl" >/dev/null 2>&1
 }
-lab_raw() { # round [hand]: raw VXLAN on the lab's topology; with "hand", plus br_netfilter and
-	# the harness's hand-written ruleset (sg-ruleset.sh, set of 1,000) on both nodes
+lab_raw() { # round [hand|floor]: raw VXLAN on the lab's topology; with "hand", plus br_netfilter
+	# and the harness's hand-written ruleset (sg-ruleset.sh, set of 1,000) on both nodes; with
+	# "floor", plus br_netfilter and conntrack with one rule accepting established traffic (and the
+	# tunnel untracked): what any stateful filter of bridged traffic costs on this kernel
 	local p=isthraw ns
 	for ns in v1 v2 n1 n2 fabric; do ip netns del $p-$ns 2>/dev/null || true; done
 	for ns in fabric n1 n2 v1 v2; do ip netns add $p-$ns; ip -n $p-$ns link set lo up; done
@@ -41,6 +43,18 @@ lab_raw() { # round [hand]: raw VXLAN on the lab's topology; with "hand", plus b
 		ip -n $p-v$i addr add 192.168.77.$i/24 dev eth0
 		ip -n $p-n$i link set tap mtu 1450 master brv up
 	done
+	if [ "${2:-}" = floor ]; then
+		for i in 1 2; do
+			ip netns exec $p-n$i sysctl -qw net.bridge.bridge-nf-call-iptables=1
+			ip netns exec $p-n$i nft -f - <<-EOF
+				table inet floor {
+					chain prerouting { type filter hook prerouting priority raw; udp dport 4789 notrack; }
+					chain output { type filter hook output priority raw; udp dport 4789 notrack; }
+					chain forward { type filter hook forward priority filter; ct state established,related accept; }
+				}
+			EOF
+		done
+	fi
 	if [ "${2:-}" = hand ]; then
 		local i mac
 		for i in 1 2; do
@@ -65,9 +79,9 @@ ours() { # round
 }
 for r in $(seq 1 "$ROUNDS"); do
 	if [ $((r % 2)) = 1 ]; then
-		shared "$r"; lab_raw "$r"; lab_raw "$r" hand; ours "$r"
+		shared "$r"; lab_raw "$r"; lab_raw "$r" floor; lab_raw "$r" hand; ours "$r"
 	else
-		ours "$r"; lab_raw "$r" hand; lab_raw "$r"; shared "$r"
+		ours "$r"; lab_raw "$r" hand; lab_raw "$r" floor; lab_raw "$r"; shared "$r"
 	fi
 	echo "round $r done" >&2
 done
@@ -87,15 +101,16 @@ for r in range(1, rounds + 1):
         sg.append(float(m.group(1))); off.append(float(m.group(2)))
     gbps = lambda f: json.load(open(f"{work}/{f}-{r}.json"))["end"]["sum_received"]["bits_per_second"] / 1e9
     row = {"raw": tcp["a"], "hand": tcp["d"], "lab_raw": gbps("labraw"), "lab_hand": gbps("labhand"),
+           "lab_floor": gbps("labfloor"),
            "isthmus_sg": st.mean(sg), "isthmus_off": st.mean(off)}
     rows.append(row)
     print(f"round {r}: harness raw VXLAN {row['raw']:.2f}  hand-written SG {row['hand']:.2f} | lab topology: "
-          f"raw VXLAN {row['lab_raw']:.2f}  hand-written SG {row['lab_hand']:.2f}  "
+          f"raw VXLAN {row['lab_raw']:.2f}  floor {row['lab_floor']:.2f}  hand-written SG {row['lab_hand']:.2f}  "
           f"Isthmus SG {row['isthmus_sg']:.2f}  Isthmus port security off {row['isthmus_off']:.2f} Gbps")
 med = lambda k: st.median(r[k] for r in rows)
 ratio = lambda a, b: st.median(r[a] / r[b] for r in rows)
 print(f"\nmedians (1 stream, Gbps): harness raw {med('raw'):.2f}, hand-written {med('hand'):.2f}; "
-      f"lab topology raw {med('lab_raw'):.2f}, hand-written {med('lab_hand'):.2f}, "
+      f"lab topology raw {med('lab_raw'):.2f}, floor {med('lab_floor'):.2f}, hand-written {med('lab_hand'):.2f}, "
       f"Isthmus SG {med('isthmus_sg'):.2f}, Isthmus off {med('isthmus_off'):.2f}")
 print(f"Isthmus SG / raw VXLAN:        {ratio('isthmus_sg', 'raw'):.3f}  (target >= 0.90)")
 print(f"hand-written SG / raw VXLAN:   {ratio('hand', 'raw'):.3f}")
@@ -104,5 +119,7 @@ print(f"Isthmus SG / Isthmus off:      {ratio('isthmus_sg', 'isthmus_off'):.3f}"
 print(f"Isthmus SG / raw VXLAN on the lab topology: {ratio('isthmus_sg', 'lab_raw'):.3f}  (target >= 0.90)")
 print(f"Isthmus SG / hand-written on the lab topology: {ratio('isthmus_sg', 'lab_hand'):.3f}  (target >= 1)")
 print(f"hand-written / raw on the lab topology:     {ratio('lab_hand', 'lab_raw'):.3f}")
+print(f"floor (br_netfilter + conntrack, one rule) / raw on the lab topology: {ratio('lab_floor', 'lab_raw'):.3f}")
+print(f"Isthmus SG / floor:                         {ratio('isthmus_sg', 'lab_floor'):.3f}")
 print(f"raw on the lab topology / raw VXLAN:        {ratio('lab_raw', 'raw'):.3f}")
 PY

@@ -25,10 +25,11 @@ pub struct Table {
     pub family: &'static str,
     /// Table name.
     pub name: &'static str,
-    /// Declarations created with the table and never changed (base chains, maps), nft syntax
-    /// for the inside of `table { ... }`.
+    /// Declarations (base chains without rules, maps), nft syntax for the inside of
+    /// `table { ... }`: applied with the table, and again whenever a base chain's rules change
+    /// (declaring what exists is a no-op, so an upgraded agent adds what a newer skeleton has).
     pub skeleton: String,
-    /// Regular chains by name, with their rules.
+    /// Chains by name, with their rules: the skeleton's base chains and regular chains.
     pub chains: BTreeMap<String, Vec<String>>,
     /// Map elements: map → key → chain to jump to.
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
@@ -54,6 +55,11 @@ impl Table {
         fnv64(&rules.join("\n"))
     }
 
+    /// The content hash a chain's first rule carries; an empty chain carries none.
+    fn chain_version(rules: &[String]) -> Option<String> {
+        (!rules.is_empty()).then(|| Self::version(rules))
+    }
+
     /// What the kernel holds once this table's plan is applied (an agent keeps it instead of
     /// reading the table back after each of its own transactions).
     pub fn as_observed(&self) -> Observed {
@@ -62,12 +68,7 @@ impl Table {
             chains: self
                 .chains
                 .iter()
-                .map(|(name, rules)| {
-                    (
-                        name.clone(),
-                        (!rules.is_empty()).then(|| Self::version(rules)),
-                    )
-                })
+                .map(|(name, rules)| (name.clone(), Self::chain_version(rules)))
                 .collect(),
             maps: self.maps.clone(),
             sets: self
@@ -79,11 +80,19 @@ impl Table {
     }
 
     /// The script (one transaction) turning `observed` into this table; `None` if equal.
-    /// `base_chains` are the skeleton's chain names, never treated as regular chains.
+    /// `base_chains` are the skeleton's chain names: declared by the skeleton, never created or
+    /// deleted as regular chains.
     pub fn plan(&self, observed: &Observed, base_chains: &[&str]) -> Option<String> {
         let (family, table) = (self.family, self.name);
+        let stale = |name: &str| {
+            let want = self
+                .chains
+                .get(name)
+                .and_then(|rules| Self::chain_version(rules));
+            observed.chains.get(name).cloned().flatten() != want
+        };
         let mut s = String::new();
-        if !observed.exists {
+        if !observed.exists || base_chains.iter().any(|name| stale(name)) {
             s.push_str(&format!("table {family} {table} {{\n{}}}\n", self.skeleton));
         }
         for (name, (decl, _)) in &self.sets {
@@ -109,18 +118,26 @@ impl Table {
             }
         }
         // Every new chain first: rules of one chain may jump to another new one.
+        let base = |name: &str| base_chains.contains(&name);
         for name in self.chains.keys() {
-            if !observed.chains.contains_key(name) {
+            if !observed.chains.contains_key(name) && !base(name) {
                 s.push_str(&format!("add chain {family} {table} {name}\n"));
             }
         }
-        for (name, rules) in &self.chains {
-            let version = Self::version(rules);
-            let have = observed.chains.get(name);
-            if have.and_then(|v| v.as_deref()) != Some(version.as_str()) {
-                if have.is_some() {
+        // A base chain this table leaves empty is emptied, never deleted.
+        let no_rules = Vec::new();
+        let emptied = base_chains
+            .iter()
+            .filter(|name| !self.chains.contains_key(**name))
+            .map(|name| (*name, &no_rules));
+        let chains = self.chains.iter().map(|(n, r)| (n.as_str(), r));
+        for (name, rules) in chains.chain(emptied) {
+            if stale(name) {
+                // A base chain may hold rules without a version (an older agent's skeleton).
+                if observed.chains.contains_key(name) || (observed.exists && base(name)) {
                     s.push_str(&format!("flush chain {family} {table} {name}\n"));
                 }
+                let version = Self::version(rules);
                 for (i, rule) in rules.iter().enumerate() {
                     let comment = if i == 0 {
                         format!(" comment \"{VERSION_TAG}{version}\"")
@@ -159,7 +176,7 @@ impl Table {
             }
         }
         for name in observed.chains.keys() {
-            if !self.chains.contains_key(name) && !base_chains.contains(&name.as_str()) {
+            if !self.chains.contains_key(name) && !base(name) {
                 s.push_str(&format!("delete chain {family} {table} {name}\n"));
             }
         }
@@ -219,11 +236,16 @@ pub fn parse_observed(json: &serde_json::Value) -> Observed {
         }
         if let Some(rule) = item.get("rule") {
             let chain = rule["chain"].as_str().unwrap_or_default();
-            if let Some(v) = rule["comment"]
+            let version = rule["comment"]
                 .as_str()
-                .and_then(|c| c.strip_prefix(VERSION_TAG))
-            {
-                observed.chains.insert(chain.to_owned(), Some(v.to_owned()));
+                .and_then(|c| c.strip_prefix(VERSION_TAG));
+            let entry = observed.chains.entry(chain.to_owned()).or_insert(None);
+            match version {
+                Some(v) => *entry = Some(v.to_owned()),
+                // Rules no agent versioned (a chain's first rule carries the version): content
+                // that matches no desired version, so the chain is refilled or emptied.
+                None if entry.is_none() => *entry = Some(String::new()),
+                None => {}
             }
         }
         if let Some(map) = item.get("map") {
@@ -300,6 +322,30 @@ mod tests {
     }
 
     #[test]
+    fn base_chains_are_redeclared_and_refilled_when_their_rules_change() {
+        let mut t = table();
+        t.skeleton
+            .push_str("  chain forward {\n    type filter hook forward priority filter;\n  }\n");
+        t.chains.insert("forward".into(), vec!["jump c1".into()]);
+        let first = t.plan(&Observed::default(), &["forward"]).unwrap();
+        assert!(!first.contains("add chain inet t forward"), "{first}");
+        // An older agent's table: the base chain's rules carry no version.
+        let mut old = t.as_observed();
+        old.chains.remove("forward");
+        let upgrade = t.plan(&old, &["forward"]).unwrap();
+        assert!(upgrade.starts_with("table inet t {\n"), "{upgrade}");
+        assert!(
+            upgrade.contains("flush chain inet t forward\nadd rule inet t forward jump c1 comment")
+        );
+        assert_eq!(t.plan(&t.as_observed(), &["forward"]), None);
+        let mut emptied = t.clone();
+        emptied.chains.remove("forward");
+        let script = emptied.plan(&t.as_observed(), &["forward"]).unwrap();
+        assert!(script.contains("flush chain inet t forward\n"), "{script}");
+        assert!(!script.contains("delete chain inet t forward"), "{script}");
+    }
+
+    #[test]
     fn parses_nft_json() {
         let json = serde_json::json!({"nftables": [
             {"table": {}},
@@ -308,6 +354,8 @@ mod tests {
             {"chain": {"name": "forward", "hook": "forward"}},
             {"chain": {"name": "c1"}},
             {"rule": {"chain": "c1", "comment": "isthmus:abc"}},
+            {"rule": {"chain": "c1"}},
+            {"rule": {"chain": "forward"}},
         ]});
         let o = parse_observed(&json);
         assert_eq!(
@@ -316,6 +364,11 @@ mod tests {
         );
         assert_eq!(o.maps["m"]["0x00000001"], "c1");
         assert_eq!(o.maps["m"]["\"tapx\""], "c2");
-        assert_eq!(o.chains.keys().collect::<Vec<_>>(), ["c1"]);
+        assert_eq!(o.chains["c1"].as_deref(), Some("abc"));
+        assert_eq!(
+            o.chains["forward"].as_deref(),
+            Some(""),
+            "a base chain holding rules no agent versioned"
+        );
     }
 }

@@ -162,10 +162,13 @@ pub struct AddressPairRequest {
 /// not yet given to a pod). The controller deletes them with their node.
 pub const POOL_DEVICE_ID: &str = "isthmus-pool";
 
+/// What every port's host-side device name starts with.
+pub const TAP_PREFIX: &str = "tap";
+
 /// The kernel name of a port's host-side device: `tap` + first 11 characters of its id, as
 /// Neutron's linuxbridge agent and Nova's os-vif name it.
 pub fn tap_name(port_id: &str) -> String {
-    format!("tap{}", port_id.get(..11).unwrap_or(port_id))
+    format!("{TAP_PREFIX}{}", port_id.get(..11).unwrap_or(port_id))
 }
 
 /// A stored port.
