@@ -26,6 +26,13 @@ lab_raw() { # round [hand|floor]: raw VXLAN on the lab's topology; with "hand", 
 	local p=isthraw ns
 	for ns in v1 v2 n1 n2 fabric; do ip netns del $p-$ns 2>/dev/null || true; done
 	for ns in fabric n1 n2 v1 v2; do ip netns add $p-$ns; ip -n $p-$ns link set lo up; done
+	# br_netfilter is on by default in a new namespace: off, as in the harness's raw case and
+	# the lab's fabric; the floor and hand-written cases turn it on in the nodes
+	for ns in fabric n1 n2; do
+		for k in iptables ip6tables arptables; do
+			ip netns exec $p-$ns sysctl -qw net.bridge.bridge-nf-call-$k=0
+		done
+	done
 	ip -n $p-fabric link add name fab0 type bridge
 	ip -n $p-fabric link set fab0 up
 	for i in 1 2; do

@@ -333,6 +333,15 @@ impl Lab {
     }
 
     fn build(nodes: usize, fabric: Netns, dir: PathBuf, naming: Naming) -> Result<Lab> {
+        // The fabric stands for physical switches: its bridges must not hand frames to
+        // netfilter, which new namespaces do by default when br_netfilter is loaded.
+        fabric.exec(
+            "sh",
+            &[
+                "-c",
+                "for k in iptables ip6tables arptables; do echo 0 > /proc/sys/net/bridge/bridge-nf-call-$k; done",
+            ],
+        )?;
         fabric.ip(&["link", "add", "br-underlay", "type", "bridge"])?;
         fabric.ip(&[
             "addr",
