@@ -124,17 +124,15 @@ impl Table {
                 s.push_str(&format!("add chain {family} {table} {name}\n"));
             }
         }
-        // A base chain this table leaves empty is emptied, never deleted.
-        let no_rules = Vec::new();
-        let emptied = base_chains
-            .iter()
-            .filter(|name| !self.chains.contains_key(**name))
-            .map(|name| (*name, &no_rules));
-        let chains = self.chains.iter().map(|(n, r)| (n.as_str(), r));
-        for (name, rules) in chains.chain(emptied) {
+        // A base chain this table leaves without rules is emptied, never deleted.
+        for name in base_chains {
+            if !self.chains.contains_key(*name) && stale(name) {
+                s.push_str(&format!("flush chain {family} {table} {name}\n"));
+            }
+        }
+        for (name, rules) in &self.chains {
             if stale(name) {
-                // A base chain may hold rules without a version (an older agent's skeleton).
-                if observed.chains.contains_key(name) || (observed.exists && base(name)) {
+                if observed.chains.contains_key(name) {
                     s.push_str(&format!("flush chain {family} {table} {name}\n"));
                 }
                 let version = Self::version(rules);
@@ -331,7 +329,7 @@ mod tests {
         assert!(!first.contains("add chain inet t forward"), "{first}");
         // An older agent's table: the base chain's rules carry no version.
         let mut old = t.as_observed();
-        old.chains.remove("forward");
+        old.chains.insert("forward".into(), Some(String::new()));
         let upgrade = t.plan(&old, &["forward"]).unwrap();
         assert!(upgrade.starts_with("table inet t {\n"), "{upgrade}");
         assert!(
