@@ -11,7 +11,7 @@
 //!   addresses. A conntrack zone per network; the node's own VXLAN packets are not tracked.
 //!
 //! Every packet crosses these hooks, so the common case is decided first: IPv4 from a port's
-//! own address in the second rule of its chain, established traffic in the first rule of the
+//! own MAC and address in the first rule of its chain, established traffic in the first rule of the
 //! forward chain (`bench/dataplane.sh` compares the cost with raw VXLAN and with conntrack
 //! alone). Ports with port security off get no chains and pass everything; a node without a
 //! guarded port has empty base chains and leaves conntrack off. Both tables are diffed
@@ -70,18 +70,23 @@ fn set(items: &BTreeSet<String>) -> String {
 }
 
 /// The chain of frames from a port: anti-spoofing from its MACs and addresses (addresses or
-/// prefixes), then `mark` (the statement tagging what passes). IPv4 from the port's own
-/// addresses, nearly every frame, is decided by the second rule.
+/// prefixes), then `mark` (the statement tagging what passes). IPv4 from the port's own MAC
+/// and addresses, nearly every frame, is decided by the first rule.
 fn from_port_rules(
     macs: &BTreeSet<String>,
     v4: &BTreeSet<String>,
     v6: &BTreeSet<String>,
     mark: &str,
 ) -> Vec<String> {
-    let mut rules = vec![format!("ether saddr != {} counter drop", set(macs))];
+    let mut rules = Vec::new();
     if !v4.is_empty() {
-        rules.push(format!("ether type ip ip saddr {} {mark} accept", set(v4)));
+        rules.push(format!(
+            "ether saddr {} ip saddr {} {mark} accept",
+            set(macs),
+            set(v4)
+        ));
     }
+    rules.push(format!("ether saddr != {} counter drop", set(macs)));
     rules.push(format!(
         "ether type arp arp saddr ether != {} counter drop",
         set(macs)
@@ -279,10 +284,12 @@ fn base_rules(
             node.tunnel_ip
         )
     };
-    let mut prerouting = vec![tunnel("daddr")];
+    // Bridged packets arrive with their bridge as input device: once in their zone, done.
+    let mut prerouting = Vec::new();
     if !zones.is_empty() {
-        prerouting.push(format!("ct zone set iifname map {}", set(&zones)));
+        prerouting.push(format!("ct zone set iifname map {} accept", set(&zones)));
     }
+    prerouting.push(tunnel("daddr"));
     let inet = BTreeMap::from([
         ("prerouting".to_owned(), prerouting),
         ("output".to_owned(), vec![tunnel("saddr")]),
@@ -509,9 +516,13 @@ mod tests {
         let f = desired(&v, &node(), &ids);
         let from = &f.bridge.chains["from_taplocal-port-"];
         assert_eq!(
+            from[0],
+            "ether saddr { fa:16:3e:00:00:01, fa:16:3e:00:00:09 } ip saddr { 10.0.0.2, 10.0.0.50 } meta mark set meta mark or 0x00000001 accept",
+            "the port's own IPv4 is decided by the first rule"
+        );
+        assert_eq!(
             from[1],
-            "ether type ip ip saddr { 10.0.0.2, 10.0.0.50 } meta mark set meta mark or 0x00000001 accept",
-            "the port's own IPv4 is decided by the second rule"
+            "ether saddr != { fa:16:3e:00:00:01, fa:16:3e:00:00:09 } counter drop"
         );
         assert_eq!(from[5], "ether type ip counter drop");
         assert_eq!(
@@ -609,8 +620,11 @@ mod tests {
         let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
         let f = desired(&v, &node(), &port_ids(&taps, &Observed::default()));
         assert_eq!(
-            f.inet.chains["prerouting"][1],
-            "ct zone set iifname map { \"brqn\" : 4465 }"
+            f.inet.chains["prerouting"],
+            [
+                "ct zone set iifname map { \"brqn\" : 4465 } accept",
+                "ip daddr 10.9.0.1 udp dport 4789 notrack accept"
+            ]
         );
     }
 
