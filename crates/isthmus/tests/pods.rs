@@ -491,7 +491,10 @@ fn cni_errors_follow_the_spec_and_leave_nothing_behind() {
     // GC keeps what the runtime lists and removes the rest.
     let other = lab.add_pod().unwrap();
     add(&cloud, 0, &other, "keep", "", &good);
-    assert_eq!(port_count(lab, &net_id), 2);
+    // A port taken from the pool becomes the pod's in the API just after ADD answers.
+    wait_for("both pods' ports named", Duration::from_secs(5), || {
+        port_count(lab, &net_id) == 2
+    });
     let mut gc_conf: Value = serde_json::from_str(&good).unwrap();
     gc_conf["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
     let out = cni(
