@@ -342,6 +342,7 @@ async fn interfaces_by_port_and_floating_ips_without_a_port() {
         .await;
     assert_eq!(router["external_gateway_info"]["enable_snat"], false);
     let rid = router["id"].as_str().unwrap();
+    let add = format!("/v2.0/routers/{rid}/add_router_interface");
     let port = api
         .create(
             ALICE,
@@ -351,21 +352,9 @@ async fn interfaces_by_port_and_floating_ips_without_a_port() {
         )
         .await;
     let pid = port["id"].as_str().unwrap();
-    let (s, info) = put(
-        &api,
-        ALICE,
-        &format!("/v2.0/routers/{rid}/add_router_interface"),
-        json!({"port_id": pid}),
-    )
-    .await;
+    let (s, info) = put(&api, ALICE, &add, json!({"port_id": pid})).await;
     assert_eq!(s, 200, "{info}");
-    let (s, v) = put(
-        &api,
-        ALICE,
-        &format!("/v2.0/routers/{rid}/add_router_interface"),
-        json!({"port_id": pid}),
-    )
-    .await;
+    let (s, v) = put(&api, ALICE, &add, json!({"port_id": pid})).await;
     assert_eq!((s, fault(&v)), (409, "PortInUse"), "{v}");
     // A VIP port: unbound, only an address.
     let vip = api
@@ -507,13 +496,8 @@ async fn a_gateway_set_before_any_node_maps_its_physnet_is_bound_when_one_regist
         )
         .await;
     let rid = router["id"].as_str().unwrap().to_owned();
-    let (s, info) = put(
-        &api,
-        ALICE,
-        &format!("/v2.0/routers/{rid}/add_router_interface"),
-        json!({"subnet_id": sub}),
-    )
-    .await;
+    let add = format!("/v2.0/routers/{rid}/add_router_interface");
+    let (s, info) = put(&api, ALICE, &add, json!({"subnet_id": sub})).await;
     assert_eq!(s, 200, "{info}");
     let hosts = |api: &Api| {
         let rid = rid.clone();

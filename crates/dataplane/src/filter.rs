@@ -244,8 +244,8 @@ pub fn zone(network: &crate::view::Network) -> u16 {
 fn base_rules(
     view: &NodeView,
     node: &NodeConfig,
+    guarded: &BTreeMap<String, &Port>,
 ) -> (BTreeMap<String, Vec<String>>, BTreeMap<String, Vec<String>>) {
-    let guarded = guarded_ports(view, node);
     if guarded.is_empty() {
         return Default::default();
     }
@@ -321,8 +321,9 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
     };
     let mut remote_groups = BTreeSet::new();
     let mut used_groups = BTreeSet::new();
-    for (tap, port) in guarded_ports(view, node) {
-        let Some(&id) = ids.get(&tap) else { continue };
+    let guarded = guarded_ports(view, node);
+    for (tap, port) in &guarded {
+        let Some(&id) = ids.get(tap) else { continue };
         let mut macs = BTreeSet::from([port.mac_address.to_ascii_lowercase()]);
         macs.extend(
             port.allowed_address_pairs
@@ -423,7 +424,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
         inet.chains.insert(out_name, out);
         inet.chains.insert(in_name, inb);
     }
-    let (bridge_base, inet_base) = base_rules(view, node);
+    let (bridge_base, inet_base) = base_rules(view, node, &guarded);
     bridge.chains.extend(bridge_base);
     inet.chains.extend(inet_base);
     for group in remote_groups {

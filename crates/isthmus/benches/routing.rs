@@ -12,9 +12,9 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use isthmus_lab::{unavailable, Daemon, Lab, Netns, PUBLIC_MAPPING};
+use isthmus_lab::{Daemon, Lab, Netns, PUBLIC_MAPPING};
 use serde_json::{json, Value};
-use support::{iperf, median};
+use support::{cloud, iperf, median};
 
 fn post(lab: &Lab, path: &str, body: Value) -> Value {
     let (s, v) = lab.api("POST", path, Some(&body));
@@ -82,24 +82,12 @@ fn association_latency(lab: &Lab, outside: &Netns, fip: &str, address: &str, por
 }
 
 fn main() {
-    if let Some(why) = unavailable() {
-        eprintln!("routing benchmark needs root and iproute2: {why}");
-        std::process::exit(1);
-    }
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(4);
     let seconds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     let associations: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7);
-    let lab = Lab::new(2).expect("lab");
-    let data = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_isthmus");
-    let _controller = lab.start_controller(bin, data.path()).expect("controller");
-    let _agents: Vec<Daemon> = (0..2)
-        .map(|i| {
-            lab.start_agent_with(bin, i, &["--physnet", PUBLIC_MAPPING])
-                .expect("agent")
-        })
-        .collect();
+    let cloud = cloud("routing", 2, &["--physnet", PUBLIC_MAPPING]);
+    let lab = &cloud.lab;
     wait("agents", || {
         lab.api("GET", "/v2.0/agents", None).1["agents"]
             .as_array()
@@ -109,12 +97,12 @@ fn main() {
     let ext = lab.create_public_network().expect("external network");
     let mut nets = Vec::new();
     for cidr in ["10.1.0.0/24", "10.2.0.0/24"] {
-        let net = post(&lab, "/v2.0/networks", json!({"network": {"name": cidr}}))["network"]["id"]
+        let net = post(lab, "/v2.0/networks", json!({"network": {"name": cidr}}))["network"]["id"]
             .as_str()
             .unwrap()
             .to_owned();
         let sub = post(
-            &lab,
+            lab,
             "/v2.0/subnets",
             json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": cidr}}),
         )["subnet"]["id"]
@@ -124,7 +112,7 @@ fn main() {
         nets.push((net, sub));
     }
     let router = post(
-        &lab,
+        lab,
         "/v2.0/routers",
         json!({"router": {"name": "perf", "external_gateway_info": {"network_id": ext}}}),
     )["router"]["id"]
@@ -148,21 +136,14 @@ fn main() {
         (1, &nets[1].0, "10.2.0.1"),
     ] {
         let p = post(
-            &lab,
+            lab,
             "/v2.0/ports",
             json!({"port": {"network_id": net, "binding:host_id": format!("node{}", node + 1)}}),
         )["port"]
             .clone();
         let ip = p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned();
         let vm = lab
-            .add_vm(
-                node,
-                p["id"].as_str().unwrap(),
-                p["mac_address"].as_str().unwrap(),
-                &format!("{ip}/24"),
-                Some(gateway),
-                1450,
-            )
+            .add_vm_for_port(node, &p, 24, Some(gateway), 1450)
             .unwrap();
         vms.push((vm, ip));
         ports.push(p);
@@ -170,7 +151,7 @@ fn main() {
     let group = ports[0]["security_groups"][0].as_str().unwrap().to_owned();
     for protocol in ["tcp", "icmp"] {
         post(
-            &lab,
+            lab,
             "/v2.0/security-group-rules",
             json!({"security_group_rule": {"security_group_id": group, "direction": "ingress",
             "ethertype": "IPv4", "protocol": protocol, "remote_ip_prefix": "0.0.0.0/0"}}),
@@ -178,7 +159,7 @@ fn main() {
     }
     let outside = lab.add_outside_host("172.24.4.200/24").unwrap();
     let fip = post(
-        &lab,
+        lab,
         "/v2.0/floatingips",
         json!({"floatingip": {"floating_network_id": ext, "port_id": ports[1]["id"]}}),
     )["floatingip"]["floating_ip_address"]
@@ -253,7 +234,7 @@ fn main() {
     let port = ports[2]["id"].as_str().unwrap().to_owned();
     let latencies: Vec<f64> = (0..associations)
         .map(|i| {
-            let ms = association_latency(&lab, &outside, &id, &address, &port);
+            let ms = association_latency(lab, &outside, &id, &address, &port);
             println!("association {i}: first reply from outside after {ms:.1} ms");
             ms
         })

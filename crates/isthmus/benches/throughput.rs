@@ -8,25 +8,16 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use isthmus_lab::{unavailable, Daemon, Lab};
+use isthmus_lab::Daemon;
 use serde_json::json;
-use support::{iperf, median};
+use support::{cloud, iperf, median};
 
 fn main() {
-    if let Some(why) = unavailable() {
-        eprintln!("throughput benchmark needs root and iproute2: {why}");
-        std::process::exit(1);
-    }
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(4);
     let seconds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
-    let lab = Lab::new(2).expect("lab");
-    let data = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_isthmus");
-    let _controller = lab.start_controller(bin, data.path()).expect("controller");
-    let _agents: Vec<Daemon> = (0..2)
-        .map(|i| lab.start_agent(bin, i).expect("agent"))
-        .collect();
+    let cloud = cloud("throughput", 2, &[]);
+    let lab = &cloud.lab;
     let (_, net) = lab.api(
         "POST",
         "/v2.0/networks",
@@ -54,17 +45,7 @@ fn main() {
         assert_eq!(s, 201, "{p}");
         let p = &p["port"];
         let ip = p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned();
-        vms.push(
-            lab.add_vm(
-                node,
-                p["id"].as_str().unwrap(),
-                p["mac_address"].as_str().unwrap(),
-                &format!("{ip}/24"),
-                None,
-                1450,
-            )
-            .unwrap(),
-        );
+        vms.push(lab.add_vm_for_port(node, p, 24, None, 1450).unwrap());
         ips.push(ip);
     }
     for (from, to) in [(0, 1), (2, 3)] {

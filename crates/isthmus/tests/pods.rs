@@ -562,19 +562,7 @@ fn pods_churn_without_leaking_addresses_or_forwarding_entries() {
     );
     assert_eq!(s, 201);
     let vm_port = p["port"].clone();
-    let vm = lab
-        .add_vm(
-            0,
-            vm_port["id"].as_str().unwrap(),
-            vm_port["mac_address"].as_str().unwrap(),
-            &format!(
-                "{}/24",
-                vm_port["fixed_ips"][0]["ip_address"].as_str().unwrap()
-            ),
-            None,
-            1450,
-        )
-        .unwrap();
+    let vm = lab.add_vm_for_port(0, &vm_port, 24, None, 1450).unwrap();
     let start = used_ips(lab, &net_id);
     let pods = [lab.add_pod().unwrap(), lab.add_pod().unwrap()];
     let configs = [1, 2].map(|node| conf(&cloud, node, json!({"network": net_id})));

@@ -52,16 +52,8 @@ fn vm_port(lab: &Lab, net_id: &str, node: usize, name: &str) -> Value {
 }
 
 fn vm(lab: &Lab, node: usize, port: &Value, gateway: &str) -> isthmus_lab::Vm {
-    let ip = port["fixed_ips"][0]["ip_address"].as_str().unwrap();
     let vm = lab
-        .add_vm(
-            node,
-            port["id"].as_str().unwrap(),
-            port["mac_address"].as_str().unwrap(),
-            &format!("{ip}/24"),
-            Some(gateway),
-            1450,
-        )
+        .add_vm_for_port(node, port, 24, Some(gateway), 1450)
         .unwrap();
     ipv4_only(&vm.ns);
     vm

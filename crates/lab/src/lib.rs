@@ -49,6 +49,9 @@ pub enum LabError {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// A port object lacks what a VM needs from it.
+    #[error("port {0} has no id, MAC or fixed IP")]
+    Port(String),
 }
 
 /// Result of lab operations.
@@ -384,6 +387,26 @@ impl Lab {
             });
         }
         Ok(lab)
+    }
+
+    /// A VM for `port` as the API returns it: its id, MAC and first fixed IP (with
+    /// `prefix_len`); otherwise as [`Lab::add_vm`].
+    pub fn add_vm_for_port(
+        &self,
+        node: usize,
+        port: &serde_json::Value,
+        prefix_len: u8,
+        gateway: Option<&str>,
+        mtu: u32,
+    ) -> Result<Vm> {
+        let (Some(id), Some(mac), Some(ip)) = (
+            port["id"].as_str(),
+            port["mac_address"].as_str(),
+            port["fixed_ips"][0]["ip_address"].as_str(),
+        ) else {
+            return Err(LabError::Port(port.to_string()));
+        };
+        self.add_vm(node, id, mac, &format!("{ip}/{prefix_len}"), gateway, mtu)
     }
 
     /// A VM on node `node` (0-based) for `port_id`: `eth0` with the port's MAC, address

@@ -146,14 +146,7 @@ pub fn up(
     )?;
     let port = &port["port"];
     let vm_ip = text(&port["fixed_ips"][0]["ip_address"]);
-    let vm = lab.add_vm(
-        0,
-        &text(&port["id"]),
-        &text(&port["mac_address"]),
-        &format!("{vm_ip}/24"),
-        Some("192.168.100.1"),
-        mtu,
-    )?;
+    let vm = lab.add_vm_for_port(0, port, 24, Some("192.168.100.1"), mtu)?;
     let _ = writeln!(
         out,
         "VM  vm1      {vm_ip:<15} project vm-project  on {}  (namespace {})",

@@ -1,7 +1,40 @@
-//! What the throughput benchmarks share: an iperf3 run and medians.
+//! What the throughput benchmarks share: a lab with its controller and agents, an iperf3 run
+//! and medians.
 
-use isthmus_lab::Netns;
+use isthmus_lab::{unavailable, Daemon, Lab, Netns};
 use serde_json::Value;
+
+/// A lab with the controller and one agent per node. Fields drop in order: the daemons stop
+/// before the lab's namespaces go.
+pub struct Cloud {
+    _agents: Vec<Daemon>,
+    _controller: Daemon,
+    _data: tempfile::TempDir,
+    /// The lab.
+    pub lab: Lab,
+}
+
+/// Starts a [`Cloud`] of `nodes` nodes, agents started with `agent_args`; exits with the reason
+/// when this machine cannot run `bench` (root and iproute2 needed).
+pub fn cloud(bench: &str, nodes: usize, agent_args: &[&str]) -> Cloud {
+    if let Some(why) = unavailable() {
+        eprintln!("{bench} benchmark needs root and iproute2: {why}");
+        std::process::exit(1);
+    }
+    let lab = Lab::new(nodes).expect("lab");
+    let data = tempfile::tempdir().expect("data directory");
+    let bin = env!("CARGO_BIN_EXE_isthmus");
+    let controller = lab.start_controller(bin, data.path()).expect("controller");
+    let agents = (0..nodes)
+        .map(|i| lab.start_agent_with(bin, i, agent_args).expect("agent"))
+        .collect();
+    Cloud {
+        _agents: agents,
+        _controller: controller,
+        _data: data,
+        lab,
+    }
+}
 
 /// Runs an iperf3 client (1 stream, `seconds`) in `client` against `server_ip`; Gbps received.
 pub fn iperf(client: &Netns, server_ip: &str, seconds: u32) -> f64 {
