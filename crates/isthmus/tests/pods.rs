@@ -6,7 +6,7 @@ mod cloud;
 
 use std::time::Duration;
 
-use cloud::{cloud, cni_plugin, shared_network, wait_for, Cloud};
+use cloud::{cloud, cni_add, cni_conf, cni_plugin, shared_network, wait_for, Cloud};
 use isthmus_lab::{CniCall, CniOutcome, Lab, Pod};
 use serde_json::{json, Value};
 
@@ -18,40 +18,8 @@ fn wait_agents(lab: &Lab, n: usize) {
     });
 }
 
-/// The CNI network configuration for node `node`.
-fn conf(cloud: &Cloud, node: usize, extra: Value) -> String {
-    let mut c = json!({
-        "cniVersion": "1.1.0",
-        "name": "isthmus",
-        "type": "isthmus",
-        "socket": cloud.lab.nodes[node].cni_socket,
-    });
-    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
-        c.extend(extra.clone());
-    }
-    c.to_string()
-}
-
 fn cni(cloud: &Cloud, node: usize, call: CniCall<'_>, config: &str) -> CniOutcome {
     cloud.lab.cni(&cni_plugin(), node, &call, config)
-}
-
-fn add(cloud: &Cloud, node: usize, pod: &Pod, id: &str, args: &str, config: &str) -> Value {
-    let netns = pod.netns_path();
-    let out = cni(
-        cloud,
-        node,
-        CniCall {
-            command: "ADD",
-            container_id: id,
-            netns: &netns,
-            ifname: "eth0",
-            args,
-        },
-        config,
-    );
-    assert!(out.success, "ADD failed: {} {}", out.stdout, out.stderr);
-    out.stdout
 }
 
 fn del(cloud: &Cloud, node: usize, pod: &Pod, id: &str, config: &str) {
@@ -168,8 +136,8 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
     );
     assert_eq!(s, 201, "{b}");
     let pod = lab.add_pod().unwrap();
-    let config = conf(&cloud, 1, json!({}));
-    let result = add(
+    let config = cni_conf(&cloud, 1, json!({}));
+    let result = cni_add(
         &cloud,
         1,
         &pod,
@@ -297,7 +265,7 @@ fn cni_errors_follow_the_spec_and_leave_nothing_behind() {
     let (net_id, _) = shared_network(lab, "pods", "10.20.0.0/24");
     let pod = lab.add_pod().unwrap();
     let netns = pod.netns_path();
-    let good = conf(&cloud, 0, json!({"network": "pods"}));
+    let good = cni_conf(&cloud, 0, json!({"network": "pods"}));
     let add_call = CniCall {
         command: "ADD",
         container_id: "bad0",
@@ -305,7 +273,7 @@ fn cni_errors_follow_the_spec_and_leave_nothing_behind() {
         ifname: "eth0",
         args: "K8S_POD_NAMESPACE=x;K8S_POD_NAME=y",
     };
-    let bogus_socket = conf(
+    let bogus_socket = cni_conf(
         &cloud,
         0,
         json!({"network": "pods", "socket": "/nonexistent/cni.sock"}),
@@ -372,13 +340,13 @@ fn cni_errors_follow_the_spec_and_leave_nothing_behind() {
         (
             "unknown network",
             add_call.clone(),
-            conf(&cloud, 0, json!({"network": "nope"})),
+            cni_conf(&cloud, 0, json!({"network": "nope"})),
             7,
         ),
         (
             "no network at all",
             add_call.clone(),
-            conf(&cloud, 0, json!({})),
+            cni_conf(&cloud, 0, json!({})),
             7,
         ),
         (
@@ -424,8 +392,8 @@ fn cni_errors_follow_the_spec_and_leave_nothing_behind() {
     );
     assert_eq!(s, 201);
     let filler = lab.add_pod().unwrap();
-    let tiny_conf = conf(&cloud, 0, json!({"network": tiny_id}));
-    add(&cloud, 0, &filler, "filler", "", &tiny_conf);
+    let tiny_conf = cni_conf(&cloud, 0, json!({"network": tiny_id}));
+    cni_add(&cloud, 0, &filler, "filler", "", &tiny_conf);
     let out = cni(&cloud, 0, add_call.clone(), &tiny_conf);
     assert!(!out.success);
     assert_eq!(out.stdout["code"], 100, "{}", out.stdout);
@@ -470,13 +438,13 @@ fn cni_errors_follow_the_spec_and_leave_nothing_behind() {
             command: "STATUS",
             ..Default::default()
         },
-        &conf(&cloud, 0, json!({"socket": "/nonexistent/cni.sock"})),
+        &cni_conf(&cloud, 0, json!({"socket": "/nonexistent/cni.sock"})),
     );
     assert_eq!(out.stdout["code"], 50, "{}", out.stdout);
     del(&cloud, 0, &pod, "never-added", &good);
 
     // CHECK notices a broken attachment.
-    add(&cloud, 0, &pod, "chk", "", &good);
+    cni_add(&cloud, 0, &pod, "chk", "", &good);
     let check = CniCall {
         command: "CHECK",
         container_id: "chk",
@@ -490,7 +458,7 @@ fn cni_errors_follow_the_spec_and_leave_nothing_behind() {
 
     // GC keeps what the runtime lists and removes the rest.
     let other = lab.add_pod().unwrap();
-    add(&cloud, 0, &other, "keep", "", &good);
+    cni_add(&cloud, 0, &other, "keep", "", &good);
     // A port taken from the pool becomes the pod's in the API just after ADD answers.
     wait_for("both pods' ports named", Duration::from_secs(5), || {
         port_count(lab, &net_id) == 2
@@ -565,12 +533,12 @@ fn pods_churn_without_leaking_addresses_or_forwarding_entries() {
     let vm = lab.add_vm_for_port(0, &vm_port, 24, None, 1450).unwrap();
     let start = used_ips(lab, &net_id);
     let pods = [lab.add_pod().unwrap(), lab.add_pod().unwrap()];
-    let configs = [1, 2].map(|node| conf(&cloud, node, json!({"network": net_id})));
+    let configs = [1, 2].map(|node| cni_conf(&cloud, node, json!({"network": net_id})));
     const ROUNDS: usize = 100;
     for round in 0..ROUNDS {
         for (i, pod) in pods.iter().enumerate() {
             let id = format!("churn{i}");
-            add(&cloud, i + 1, pod, &id, "", &configs[i]);
+            cni_add(&cloud, i + 1, pod, &id, "", &configs[i]);
             if round + 1 < ROUNDS {
                 del(&cloud, i + 1, pod, &id, &configs[i]);
             }
@@ -650,11 +618,11 @@ fn pools_serve_adds_survive_agent_restarts_and_go_with_their_node() {
     let Some(mut cloud) = cloud(1) else { return };
     wait_agents(&cloud.lab, 1);
     let (net_id, _) = shared_network(&cloud.lab, "pooled", "10.50.0.0/24");
-    let config = conf(&cloud, 0, json!({"network": "pooled"}));
+    let config = cni_conf(&cloud, 0, json!({"network": "pooled"}));
     let pods: Vec<Pod> = (0..3).map(|_| cloud.lab.add_pod().unwrap()).collect();
 
     // The first ADD creates its port and starts the pool (2 ports by default).
-    add(
+    cni_add(
         &cloud,
         0,
         &pods[0],
@@ -672,7 +640,7 @@ fn pools_serve_adds_survive_agent_restarts_and_go_with_their_node() {
         .collect();
 
     // The next takes a pooled port (already filtered) and names it after the pod.
-    let result = add(
+    let result = cni_add(
         &cloud,
         0,
         &pods[1],
@@ -726,7 +694,14 @@ fn pools_serve_adds_survive_agent_restarts_and_go_with_their_node() {
         )
         .success
     });
-    let result = add(&cloud, 0, &pods[2], "p2", "", &conf(&cloud, 0, json!({})));
+    let result = cni_add(
+        &cloud,
+        0,
+        &pods[2],
+        "p2",
+        "",
+        &cni_conf(&cloud, 0, json!({})),
+    );
     let ip = result["ips"][0]["address"].as_str().unwrap();
     assert!(ip.starts_with("10.50.0."), "{ip}");
     wait_for(

@@ -5,8 +5,8 @@ mod cloud;
 
 use std::time::Duration;
 
-use cloud::{cloud, cni_plugin, shared_network, wait_for, Cloud};
-use isthmus_lab::{CniCall, Lab, Netns};
+use cloud::{cloud, cni_add, cni_conf, shared_network, wait_for, Cloud};
+use isthmus_lab::{Lab, Netns};
 use serde_json::{json, Value};
 
 fn wait_agents(lab: &Lab, n: usize) {
@@ -90,26 +90,8 @@ fn router_namespaces(lab: &Lab, node: usize) -> Vec<String> {
 }
 
 fn add_pod(cloud: &Cloud, node: usize, pod: &isthmus_lab::Pod, args: &str) -> Value {
-    let config = json!({
-        "cniVersion": "1.1.0", "name": "isthmus", "type": "isthmus",
-        "socket": cloud.lab.nodes[node].cni_socket,
-    })
-    .to_string();
-    let netns = pod.netns_path();
-    let out = cloud.lab.cni(
-        &cni_plugin(),
-        node,
-        &CniCall {
-            command: "ADD",
-            container_id: "routed-pod",
-            netns: &netns,
-            ifname: "eth0",
-            args,
-        },
-        &config,
-    );
-    assert!(out.success, "ADD failed: {} {}", out.stdout, out.stderr);
-    out.stdout
+    let config = cni_conf(cloud, node, json!({}));
+    cni_add(cloud, node, pod, "routed-pod", args, &config)
 }
 
 /// A router of project-a with interfaces on `subnets`, and a gateway on `external` if given.

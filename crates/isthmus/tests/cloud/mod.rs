@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use isthmus_lab::{Daemon, Lab};
+use isthmus_lab::{CniCall, Daemon, Lab, Pod};
 use serde_json::json;
 
 /// The `isthmus` binary under test.
@@ -135,4 +135,40 @@ impl Cloud {
                 .unwrap_or_else(|e| panic!("openstack {args:?} printed {out}: {e}")),
         )
     }
+}
+
+/// The CNI network configuration for node `node`, with `extra` keys.
+pub fn cni_conf(cloud: &Cloud, node: usize, extra: serde_json::Value) -> String {
+    let mut c = json!({
+        "cniVersion": "1.1.0",
+        "name": "isthmus",
+        "type": "isthmus",
+        "socket": cloud.lab.nodes[node].cni_socket,
+    });
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        c.extend(extra.clone());
+    }
+    c.to_string()
+}
+
+/// A CNI ADD of `pod` as container `id` through the real plugin; its result (asserts success).
+pub fn cni_add(
+    cloud: &Cloud,
+    node: usize,
+    pod: &Pod,
+    id: &str,
+    args: &str,
+    config: &str,
+) -> serde_json::Value {
+    let netns = pod.netns_path();
+    let call = CniCall {
+        command: "ADD",
+        container_id: id,
+        netns: &netns,
+        ifname: "eth0",
+        args,
+    };
+    let out = cloud.lab.cni(&cni_plugin(), node, &call, config);
+    assert!(out.success, "ADD failed: {} {}", out.stdout, out.stderr);
+    out.stdout
 }
