@@ -3,7 +3,9 @@
 # (../shared/bench/dataplane/measure.sh: case a = raw VXLAN without filtering, case d = the
 # hand-written two-table security-group ruleset with a 1,000-address set), raw VXLAN built by
 # hand on the Isthmus lab's topology (underlay through a fabric bridge, as `lab` builds it:
-# no agent, no br_netfilter, no rules), and Isthmus's own lab (cargo bench --bench throughput:
+# no agent, no br_netfilter, no rules) and, on that topology, the layers of a stateful filter one
+# at a time up to the floor (br_netfilter, an empty inet chain, conntrack with one rule) and the
+# hand-written ruleset, and Isthmus's own lab (cargo bench --bench throughput:
 # default security group vs port security off), rounds interleaved A B B A. Prints per-round
 # figures and median ratios.
 #
@@ -19,10 +21,12 @@ cargo bench -q -p isthmus --bench throughput --no-run 2>/dev/null
 shared() { # round
 	CASES="a d" DURATION=$SECONDS_PER_RUN "$HARNESS/measure.sh" 1 "$WORK/shared-$1.jsonl" >/dev/null 2>&1
 }
-lab_raw() { # round [hand|floor]: raw VXLAN on the lab's topology; with "hand", plus br_netfilter
-	# and the harness's hand-written ruleset (sg-ruleset.sh, set of 1,000) on both nodes; with
-	# "floor", plus br_netfilter and conntrack with one rule accepting established traffic (and the
-	# tunnel untracked): what any stateful filter of bridged traffic costs on this kernel
+lab_raw() { # round [brnf|hook|floor|hand]: raw VXLAN on the lab's topology; the other cases add,
+	# on both nodes, what a stateful filter of bridged traffic needs, one layer at a time:
+	# "brnf" br_netfilter on (no ruleset), "hook" plus one empty base chain in the inet forward
+	# hook, "floor" plus conntrack with one rule accepting established traffic (and the tunnel
+	# untracked): the least any stateful filter costs on this kernel; "hand" br_netfilter and the
+	# harness's hand-written ruleset (sg-ruleset.sh, set of 1,000)
 	local p=isthraw ns
 	for ns in v1 v2 n1 n2 fabric; do ip netns del $p-$ns 2>/dev/null || true; done
 	for ns in fabric n1 n2 v1 v2; do ip netns add $p-$ns; ip -n $p-$ns link set lo up; done
@@ -50,9 +54,16 @@ lab_raw() { # round [hand|floor]: raw VXLAN on the lab's topology; with "hand", 
 		ip -n $p-v$i addr add 192.168.77.$i/24 dev eth0
 		ip -n $p-n$i link set tap mtu 1450 master brv up
 	done
+	case ${2:-} in brnf | hook | floor)
+		for i in 1 2; do ip netns exec $p-n$i sysctl -qw net.bridge.bridge-nf-call-iptables=1; done
+	esac
+	if [ "${2:-}" = hook ]; then
+		for i in 1 2; do
+			ip netns exec $p-n$i nft 'add table inet empty; add chain inet empty forward { type filter hook forward priority filter; }'
+		done
+	fi
 	if [ "${2:-}" = floor ]; then
 		for i in 1 2; do
-			ip netns exec $p-n$i sysctl -qw net.bridge.bridge-nf-call-iptables=1
 			ip netns exec $p-n$i nft -f - <<-EOF
 				table inet floor {
 					chain prerouting { type filter hook prerouting priority raw; udp dport 4789 notrack; }
@@ -86,9 +97,11 @@ ours() { # round
 }
 for r in $(seq 1 "$ROUNDS"); do
 	if [ $((r % 2)) = 1 ]; then
-		shared "$r"; lab_raw "$r"; lab_raw "$r" floor; lab_raw "$r" hand; ours "$r"
+		shared "$r"; lab_raw "$r"; lab_raw "$r" brnf; lab_raw "$r" hook; lab_raw "$r" floor
+		lab_raw "$r" hand; ours "$r"
 	else
-		ours "$r"; lab_raw "$r" hand; lab_raw "$r" floor; lab_raw "$r"; shared "$r"
+		ours "$r"; lab_raw "$r" hand; lab_raw "$r" floor; lab_raw "$r" hook; lab_raw "$r" brnf
+		lab_raw "$r"; shared "$r"
 	fi
 	echo "round $r done" >&2
 done
@@ -108,11 +121,12 @@ for r in range(1, rounds + 1):
         sg.append(float(m.group(1))); off.append(float(m.group(2)))
     gbps = lambda f: json.load(open(f"{work}/{f}-{r}.json"))["end"]["sum_received"]["bits_per_second"] / 1e9
     row = {"raw": tcp["a"], "hand": tcp["d"], "lab_raw": gbps("labraw"), "lab_hand": gbps("labhand"),
-           "lab_floor": gbps("labfloor"),
+           "lab_brnf": gbps("labbrnf"), "lab_hook": gbps("labhook"), "lab_floor": gbps("labfloor"),
            "isthmus_sg": st.mean(sg), "isthmus_off": st.mean(off)}
     rows.append(row)
     print(f"round {r}: harness raw VXLAN {row['raw']:.2f}  hand-written SG {row['hand']:.2f} | lab topology: "
-          f"raw VXLAN {row['lab_raw']:.2f}  floor {row['lab_floor']:.2f}  hand-written SG {row['lab_hand']:.2f}  "
+          f"raw VXLAN {row['lab_raw']:.2f}  br_netfilter {row['lab_brnf']:.2f}  + empty inet chain {row['lab_hook']:.2f}  "
+          f"floor {row['lab_floor']:.2f}  hand-written SG {row['lab_hand']:.2f}  "
           f"Isthmus SG {row['isthmus_sg']:.2f}  Isthmus port security off {row['isthmus_off']:.2f} Gbps")
 med = lambda k: st.median(r[k] for r in rows)
 ratio = lambda a, b: st.median(r[a] / r[b] for r in rows)
@@ -126,7 +140,10 @@ print(f"Isthmus SG / Isthmus off:      {ratio('isthmus_sg', 'isthmus_off'):.3f}"
 print(f"Isthmus SG / raw VXLAN on the lab topology: {ratio('isthmus_sg', 'lab_raw'):.3f}  (target >= 0.90)")
 print(f"Isthmus SG / hand-written on the lab topology: {ratio('isthmus_sg', 'lab_hand'):.3f}  (target >= 1)")
 print(f"hand-written / raw on the lab topology:     {ratio('lab_hand', 'lab_raw'):.3f}")
-print(f"floor (br_netfilter + conntrack, one rule) / raw on the lab topology: {ratio('lab_floor', 'lab_raw'):.3f}")
+print("the floor, layer by layer, on the lab topology (/ raw):")
+print(f"  br_netfilter on, no ruleset:              {ratio('lab_brnf', 'lab_raw'):.3f}")
+print(f"  + one empty inet base chain (forward):    {ratio('lab_hook', 'lab_raw'):.3f}")
+print(f"  + conntrack, one rule (the floor):        {ratio('lab_floor', 'lab_raw'):.3f}")
 print(f"Isthmus SG / floor:                         {ratio('isthmus_sg', 'lab_floor'):.3f}")
 print(f"raw on the lab topology / raw VXLAN:        {ratio('lab_raw', 'raw'):.3f}")
 PY

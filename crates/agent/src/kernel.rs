@@ -97,16 +97,35 @@ pub async fn observe_nft_table(
     Ok(isthmus_dataplane::nft::parse_observed(&json))
 }
 
-/// Hands bridged IPv4/IPv6 to the inet hooks (with conntrack) in this namespace, which
-/// stateful security groups need; the setting is per network namespace.
-pub fn enable_br_netfilter() -> Result<(), AgentError> {
-    for family in ["iptables", "ip6tables"] {
-        let path = format!("/proc/sys/net/bridge/bridge-nf-call-{family}");
-        std::fs::write(&path, "1").map_err(|e| {
-            AgentError::Kernel(format!(
-                "{path}: {e} (is the br_netfilter module loaded? modprobe br_netfilter)"
-            ))
-        })?;
+/// br_netfilter's namespace-wide switches (`bridge-nf-call-*`, a new namespace has them on).
+const BRIDGE_NF_CALL: [&str; 3] = ["iptables", "ip6tables", "arptables"];
+
+fn bridge_nf_call(family: &str) -> String {
+    format!("/proc/sys/net/bridge/bridge-nf-call-{family}")
+}
+
+/// Fails unless br_netfilter is loaded: without it a bridge's `nf_call_iptables` is accepted
+/// and does nothing, and security groups would silently not filter.
+pub fn check_br_netfilter() -> Result<(), AgentError> {
+    let path = bridge_nf_call("iptables");
+    std::fs::read_to_string(&path).map(|_| ()).map_err(|e| {
+        AgentError::Kernel(format!(
+            "{path}: {e} (is the br_netfilter module loaded? modprobe br_netfilter)"
+        ))
+    })
+}
+
+/// Turns br_netfilter's namespace-wide switches off: the agent hands traffic to the inet hooks
+/// per bridge (only bridges with guarded ports), so the other bridges skip netfilter. Called
+/// once the bridges are set, so no guarded bridge is ever left unfiltered.
+pub fn br_netfilter_per_bridge() -> Result<(), AgentError> {
+    for family in BRIDGE_NF_CALL {
+        let path = bridge_nf_call(family);
+        let on = std::fs::read_to_string(&path)
+            .map_err(|e| AgentError::Kernel(format!("{path}: {e}")))?;
+        if on.trim() != "0" {
+            std::fs::write(&path, "0").map_err(|e| AgentError::Kernel(format!("{path}: {e}")))?;
+        }
     }
     Ok(())
 }

@@ -134,7 +134,7 @@ async fn register(config: &Config) -> Result<(), AgentError> {
 
 /// Runs the agent until the process ends.
 pub async fn run(config: Config) -> Result<(), AgentError> {
-    kernel::enable_br_netfilter()?;
+    kernel::check_br_netfilter()?;
     // A wrong configuration fails at once; an unreachable controller is waited for.
     loop {
         match register(&config).await {
@@ -261,13 +261,14 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
 }
 
 /// What this agent last wrote: its filter tables, the forwarding entries on its VXLAN
-/// devices and bridge ports, and its router namespaces. `None` parts are read from the kernel
-/// on the next pass.
+/// devices and bridge ports, its router namespaces, and whether br_netfilter is per bridge.
+/// `None` parts are read from the kernel on the next pass.
 #[derive(Default)]
 struct Known {
     tables: Option<(nft::Observed, nft::Observed)>,
     fdb: Option<(BTreeSet<l2::Fdb>, BTreeSet<l2::Pin>)>,
     routers: Option<RouterState>,
+    per_bridge: bool,
 }
 
 async fn reconciler(shared: Arc<Shared>) {
@@ -396,6 +397,10 @@ async fn reconcile(
                 _ => {}
             }
         }
+    }
+    if !known.per_bridge {
+        kernel::br_netfilter_per_bridge()?;
+        known.per_bridge = true;
     }
     known.fdb = Some((want.fdb.clone(), want.pins.clone()));
     report_status(shared, view, &links).await?;

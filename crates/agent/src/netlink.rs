@@ -18,7 +18,8 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridge, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -148,6 +149,7 @@ impl Netlink {
                 continue;
             };
             let (mut mtu, mut master, mut kind, mut vxlan) = (0, None, None, (None, None));
+            let mut nf_call = (false, false);
             // A device waiting for the reaper is as good as gone.
             if m.attributes.contains(&LinkAttribute::Group(DOOMED_GROUP)) {
                 continue;
@@ -160,6 +162,15 @@ impl Netlink {
                         for info in infos {
                             match info {
                                 LinkInfo::Kind(k) => kind = Some(k.clone()),
+                                LinkInfo::Data(InfoData::Bridge(data)) => {
+                                    for d in data {
+                                        match d {
+                                            InfoBridge::NfCallIpTables(on) => nf_call.0 = *on,
+                                            InfoBridge::NfCallIp6Tables(on) => nf_call.1 = *on,
+                                            _ => {}
+                                        }
+                                    }
+                                }
                                 LinkInfo::Data(InfoData::Vxlan(data)) => {
                                     for d in data {
                                         match d {
@@ -186,6 +197,7 @@ impl Netlink {
                         Bridge {
                             network_id: String::new(),
                             mtu,
+                            filtered: (nf_call.0 == nf_call.1).then_some(nf_call.0),
                         },
                     );
                 }
@@ -497,13 +509,38 @@ impl Netlink {
     async fn apply_change(&self, op: &Op) -> Result<(), AgentError> {
         let failed = |what: String| move |e: rtnetlink::Error| kernel(&what, e);
         match op {
-            Op::AddBridge { name, mtu } => self
+            Op::AddBridge {
+                name,
+                mtu,
+                filtered,
+            } => self
                 .handle
                 .link()
-                .add(LinkBridge::new(name).mtu(*mtu).up().build())
+                .add(
+                    LinkBridge::new(name)
+                        .mtu(*mtu)
+                        .nf_call_iptables(*filtered)
+                        .nf_call_ip6tables(*filtered)
+                        .up()
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(failed(format!("creating bridge {name}"))),
+            Op::SetFiltered { name, filtered } => {
+                let mut message = LinkBridge::new(name)
+                    .nf_call_iptables(*filtered)
+                    .nf_call_ip6tables(*filtered)
+                    .build();
+                message.header.index = self.index(name).await?;
+                // RTM_NEWLINK on the existing bridge: RTM_SETLINK ignores a kind's options.
+                self.handle
+                    .link()
+                    .change(message)
+                    .execute()
+                    .await
+                    .map_err(failed(format!("setting br_netfilter on {name}")))
+            }
             Op::SetMtu { name, mtu } => {
                 let index = self.index(name).await?;
                 self.handle

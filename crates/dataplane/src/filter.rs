@@ -14,7 +14,9 @@
 //! own MAC and address in the first rule of its chain, established traffic in the first rule of the
 //! forward chain (`bench/dataplane.sh` compares the cost with raw VXLAN and with conntrack
 //! alone). Ports with port security off get no chains and pass everything; a node without a
-//! guarded port has empty base chains and leaves conntrack off. Both tables are diffed
+//! guarded port has neither table, so no packet crosses a hook of ours and conntrack stays off
+//! (and only bridges with a guarded port hand their traffic to the inet hooks, see
+//! [`crate::l2`]). Both tables are diffed
 //! (see [`crate::nft`]): unchanged chains, elements and set members are left alone, so
 //! established connections survive rule changes and agent restarts.
 
@@ -233,8 +235,7 @@ pub fn zone(network: &crate::view::Network) -> u16 {
     ((n.saturating_sub(1)) % 65535 + 1) as u16
 }
 
-/// The base chains' rules. A node without guarded ports gets none: nothing is looked at and
-/// conntrack stays off. Otherwise the bridge chains dispatch frames to the ports' chains; the
+/// The base chains' rules (a node without guarded ports has no tables). The bridge chains dispatch frames to the ports' chains; the
 /// inet prerouting chain puts each guarded network in its conntrack zone (bridged traffic
 /// reaches the inet hooks with the bridge as its input device) and, with the output chain,
 /// leaves the node's own VXLAN packets untracked (the tenant packets inside are tracked on the
@@ -246,9 +247,6 @@ fn base_rules(
     node: &NodeConfig,
     guarded: &BTreeMap<String, &Port>,
 ) -> (BTreeMap<String, Vec<String>>, BTreeMap<String, Vec<String>>) {
-    if guarded.is_empty() {
-        return Default::default();
-    }
     // Frames from or to anything but a port (the tunnel, router interfaces) pass on a prefix
     // comparison, cheaper than a miss in the map.
     let bridge = BTreeMap::from([
@@ -322,6 +320,11 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
     let mut remote_groups = BTreeSet::new();
     let mut used_groups = BTreeSet::new();
     let guarded = guarded_ports(view, node);
+    if guarded.is_empty() {
+        bridge.absent = true;
+        inet.absent = true;
+        return Filter { bridge, inet };
+    }
     for (tap, port) in &guarded {
         let Some(&id) = ids.get(tap) else { continue };
         let mut macs = BTreeSet::from([port.mac_address.to_ascii_lowercase()]);
@@ -591,16 +594,22 @@ mod tests {
     }
 
     #[test]
-    fn no_guarded_port_no_rules() {
+    fn no_guarded_port_no_tables() {
         let mut v = view();
         v.ports.remove("local-port-1");
         let f = desired(&v, &node(), &BTreeMap::new());
-        for table in [&f.bridge, &f.inet] {
-            assert!(
-                table.chains.values().all(|rules| rules.is_empty()),
-                "{:?}",
-                table.chains
+        let existing = Observed {
+            exists: true,
+            ..Observed::default()
+        };
+        for (table, base) in [(&f.bridge, BRIDGE_BASE), (&f.inet, INET_BASE)] {
+            assert!(table.absent && table.chains.is_empty());
+            assert_eq!(
+                table.plan(&existing, base).as_deref(),
+                Some(format!("delete table {} isthmus\n", table.family).as_str())
             );
+            assert_eq!(table.plan(&Observed::default(), base), None);
+            assert!(!table.as_observed().exists);
         }
     }
 

@@ -8,6 +8,11 @@
 //! bridge entry: frames routed by a remote node carry the same source MAC, and must not move it
 //! to the tunnel.
 //!
+//! Only the bridges of networks with a guarded port on the node (port security on, see
+//! [`crate::filter::guarded_ports`]) hand their bridged IPv4/IPv6 to the inet hooks
+//! (br_netfilter, per bridge): a network without one is switched without netfilter, as fast as
+//! raw VXLAN, however many guarded ports other networks of the node have.
+//!
 //! Kernel names follow Neutron's linuxbridge agent, so Nova's os-vif plugs into the same
 //! bridges: `brq` + network id[0:11], `vxlan-<vni>`, `tap` + port id[0:11].
 
@@ -37,6 +42,9 @@ pub struct Bridge {
     pub network_id: String,
     /// MTU.
     pub mtu: u32,
+    /// Whether bridged IPv4 and IPv6 traverse the inet hooks (`nf_call_iptables` and
+    /// `nf_call_ip6tables`): `Some(both)`; `None` read back when the two differ.
+    pub filtered: Option<bool>,
 }
 
 /// A VXLAN device, enslaved to its network's bridge.
@@ -119,6 +127,10 @@ pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2S
         .chain(interfaces().map(|i| i.network_id.as_str()))
         .collect();
     let router_nodes = router::nodes_by_network(view);
+    let guarded: BTreeSet<&str> = crate::filter::guarded_ports(view, node)
+        .into_values()
+        .map(|p| p.network_id.as_str())
+        .collect();
     for net_id in &local_networks {
         let Some(net) = view.networks.get(*net_id) else {
             continue;
@@ -129,6 +141,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2S
             Bridge {
                 network_id: net.id.clone(),
                 mtu: net.mtu,
+                filtered: Some(guarded.contains(net.id.as_str())),
             },
         );
         match (net.network_type.as_str(), net.segmentation_id) {
@@ -256,6 +269,15 @@ pub enum Op {
         name: String,
         /// MTU.
         mtu: u32,
+        /// Bridged IPv4/IPv6 traverse the inet hooks.
+        filtered: bool,
+    },
+    /// Hand a bridge's IPv4/IPv6 to the inet hooks, or stop.
+    SetFiltered {
+        /// Bridge.
+        name: String,
+        /// On or off, for both families.
+        filtered: bool,
     },
     /// Change a device's MTU.
     SetMtu {
@@ -310,17 +332,28 @@ pub enum Op {
 /// already right plans nothing.
 pub fn plan(desired: &L2State, observed: &Observed) -> Vec<Op> {
     let mut ops = Vec::new();
+    // Bridges before anything is attached to them: a tap joins a bridge already filtering.
     for (name, bridge) in &desired.bridges {
-        match observed.bridges.get(name) {
-            None => ops.push(Op::AddBridge {
+        let filtered = bridge.filtered.unwrap_or(true);
+        let Some(have) = observed.bridges.get(name) else {
+            ops.push(Op::AddBridge {
                 name: name.clone(),
                 mtu: bridge.mtu,
-            }),
-            Some(have) if have.mtu != bridge.mtu => ops.push(Op::SetMtu {
+                filtered,
+            });
+            continue;
+        };
+        if have.mtu != bridge.mtu {
+            ops.push(Op::SetMtu {
                 name: name.clone(),
                 mtu: bridge.mtu,
-            }),
-            Some(_) => {}
+            });
+        }
+        if have.filtered != Some(filtered) {
+            ops.push(Op::SetFiltered {
+                name: name.clone(),
+                filtered,
+            });
         }
     }
     let mut replaced_vxlans = Vec::new();
@@ -415,14 +448,24 @@ pub fn simulate(observed: &Observed, ops: &[Op]) -> Observed {
     let mut s = observed.clone();
     for op in ops {
         match op {
-            Op::AddBridge { name, mtu } => {
+            Op::AddBridge {
+                name,
+                mtu,
+                filtered,
+            } => {
                 s.bridges.insert(
                     name.clone(),
                     Bridge {
                         network_id: String::new(),
                         mtu: *mtu,
+                        filtered: Some(*filtered),
                     },
                 );
+            }
+            Op::SetFiltered { name, filtered } => {
+                if let Some(b) = s.bridges.get_mut(name) {
+                    b.filtered = Some(*filtered);
+                }
             }
             Op::SetMtu { name, mtu } => {
                 if let Some(b) = s.bridges.get_mut(name) {
@@ -633,5 +676,52 @@ mod tests {
         let d = desired_here(&v, &me);
         assert!(d.vxlans.is_empty() && d.fdb.is_empty());
         assert_eq!(d.attachments["eth1"].bridge, bridge_name(NET));
+    }
+
+    #[test]
+    fn only_networks_with_a_guarded_local_port_are_filtered() {
+        let me = node("a", "10.0.0.1");
+        let bridge = bridge_name(NET);
+        let mut v = view();
+        let mut kernel = Observed::default();
+        kernel.devices.insert("tapp-local-000".into(), (None, 1500));
+        let ops = plan(&desired_here(&v, &me), &kernel);
+        assert_eq!(
+            ops[0],
+            Op::AddBridge {
+                name: bridge.clone(),
+                mtu: 1450,
+                filtered: true
+            }
+        );
+        let kernel = simulate(&kernel, &ops);
+
+        // Port security off on the only local port: the bridge stops filtering, nothing else
+        // changes.
+        v.ports
+            .get_mut("p-local-000000")
+            .unwrap()
+            .port_security_enabled = false;
+        let want = desired_here(&v, &me);
+        assert_eq!(want.bridges[&bridge].filtered, Some(false));
+        let ops = plan(&want, &kernel);
+        assert_eq!(
+            ops,
+            [Op::SetFiltered {
+                name: bridge.clone(),
+                filtered: false
+            }]
+        );
+
+        // A bridge read back with the families differing is set right, before a tap joins it.
+        let mut kernel = simulate(&kernel, &ops);
+        kernel.bridges.get_mut(&bridge).unwrap().filtered = None;
+        kernel.devices.insert("tapp-local-000".into(), (None, 1500));
+        let ops = plan(&desired_here(&view(), &me), &kernel);
+        let filtered = ops
+            .iter()
+            .position(|o| matches!(o, Op::SetFiltered { filtered: true, .. }));
+        let attached = ops.iter().position(|o| matches!(o, Op::Attach { .. }));
+        assert!(filtered.is_some() && filtered < attached, "{ops:?}");
     }
 }

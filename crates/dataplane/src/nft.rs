@@ -35,6 +35,9 @@ pub struct Table {
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
     /// Named sets: name → (declaration inside `set NAME { ... }`, elements).
     pub sets: BTreeMap<String, (String, BTreeSet<String>)>,
+    /// The table should not exist at all (its base chains, even empty, would still be hooks
+    /// every packet crosses).
+    pub absent: bool,
 }
 
 /// A table as read back from the kernel.
@@ -63,6 +66,9 @@ impl Table {
     /// What the kernel holds once this table's plan is applied (an agent keeps it instead of
     /// reading the table back after each of its own transactions).
     pub fn as_observed(&self) -> Observed {
+        if self.absent {
+            return Observed::default();
+        }
         Observed {
             exists: true,
             chains: self
@@ -84,6 +90,11 @@ impl Table {
     /// deleted as regular chains.
     pub fn plan(&self, observed: &Observed, base_chains: &[&str]) -> Option<String> {
         let (family, table) = (self.family, self.name);
+        if self.absent {
+            return observed
+                .exists
+                .then(|| format!("delete table {family} {table}\n"));
+        }
         let stale = |name: &str| {
             let want = self
                 .chains
@@ -295,6 +306,7 @@ mod tests {
                     BTreeSet::from(["10.0.0.1".to_owned()]),
                 ),
             )]),
+            absent: false,
         }
     }
 

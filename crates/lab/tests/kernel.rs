@@ -16,10 +16,41 @@ fn lab_or_skip(nodes: usize) -> Option<Lab> {
 fn apply(ns: &Netns, ops: &[Op]) {
     for op in ops {
         match op {
-            Op::AddBridge { name, mtu } => {
-                ns.ip(&["link", "add", name, "type", "bridge"]).unwrap();
+            Op::AddBridge {
+                name,
+                mtu,
+                filtered,
+            } => {
+                let on = if *filtered { "1" } else { "0" };
+                ns.ip(&[
+                    "link",
+                    "add",
+                    name,
+                    "type",
+                    "bridge",
+                    "nf_call_iptables",
+                    on,
+                    "nf_call_ip6tables",
+                    on,
+                ])
+                .unwrap();
                 ns.ip(&["link", "set", name, "mtu", &mtu.to_string(), "up"])
                     .unwrap();
+            }
+            Op::SetFiltered { name, filtered } => {
+                let on = if *filtered { "1" } else { "0" };
+                ns.ip(&[
+                    "link",
+                    "set",
+                    name,
+                    "type",
+                    "bridge",
+                    "nf_call_iptables",
+                    on,
+                    "nf_call_ip6tables",
+                    on,
+                ])
+                .unwrap();
             }
             Op::SetMtu { name, mtu } => {
                 ns.ip(&["link", "set", name, "mtu", &mtu.to_string()])
