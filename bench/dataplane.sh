@@ -5,8 +5,8 @@
 # hand on the Isthmus lab's topology (underlay through a fabric bridge, as `lab` builds it:
 # no agent, no br_netfilter, no rules) and, on that topology, the layers of a stateful filter one
 # at a time up to the floor (br_netfilter, an empty inet chain, conntrack with one rule) and the
-# hand-written ruleset, and Isthmus's own lab (cargo bench --bench throughput:
-# default security group vs port security off), rounds interleaved A B B A. Prints per-round
+# hand-written ruleset, and Isthmus's own lab (cargo bench --bench throughput: default security
+# group vs port security off on another network), rounds interleaved A B B A. Prints per-round
 # figures and median ratios.
 #
 # Usage (root, iperf3 installed): bench/dataplane.sh [ROUNDS] [SECONDS]

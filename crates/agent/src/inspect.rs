@@ -26,7 +26,12 @@ pub async fn report(
         let _ = writeln!(out, "  (none)");
     }
     for (name, bridge) in &observed.bridges {
-        let _ = writeln!(out, "  {name}  mtu {}", bridge.mtu);
+        let netfilter = match bridge.filtered {
+            Some(true) => "security groups (br_netfilter on)",
+            Some(false) => "unfiltered (br_netfilter off)",
+            None => "br_netfilter on for one IP family only",
+        };
+        let _ = writeln!(out, "  {name}  mtu {}  {netfilter}", bridge.mtu);
         for (vx, v) in observed.vxlans.iter().filter(|(_, v)| &v.bridge == name) {
             let _ = writeln!(
                 out,

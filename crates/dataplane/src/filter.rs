@@ -16,9 +16,9 @@
 //! alone). Ports with port security off get no chains and pass everything; a node without a
 //! guarded port has neither table, so no packet crosses a hook of ours and conntrack stays off
 //! (and only bridges with a guarded port hand their traffic to the inet hooks, see
-//! [`crate::l2`]). Both tables are diffed
-//! (see [`crate::nft`]): unchanged chains, elements and set members are left alone, so
-//! established connections survive rule changes and agent restarts.
+//! [`crate::l2`]). Both tables are diffed (see [`crate::nft`]): unchanged chains, elements and
+//! set members are left alone, so established connections survive rule changes and agent
+//! restarts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -235,13 +235,14 @@ pub fn zone(network: &crate::view::Network) -> u16 {
     ((n.saturating_sub(1)) % 65535 + 1) as u16
 }
 
-/// The base chains' rules (a node without guarded ports has no tables). The bridge chains dispatch frames to the ports' chains; the
-/// inet prerouting chain puts each guarded network in its conntrack zone (bridged traffic
-/// reaches the inet hooks with the bridge as its input device) and, with the output chain,
-/// leaves the node's own VXLAN packets untracked (the tenant packets inside are tracked on the
-/// bridge, tracking the tunnel as well only costs); the forward chain accepts established
-/// traffic before any per-port dispatch (every port chain would accept it) and sends the rest
-/// to the source port's egress and the destination port's ingress chain.
+/// The base chains' rules (a node without guarded ports has no tables). The bridge chains
+/// dispatch frames to the ports' chains; the inet prerouting chain puts each guarded network in
+/// its conntrack zone (bridged traffic reaches the inet hooks with the bridge as its input
+/// device) and, with the output chain, leaves the node's own VXLAN packets untracked (the
+/// tenant packets inside are tracked on the bridge, tracking the tunnel as well only costs);
+/// the forward chain accepts established traffic before any per-port dispatch (every port
+/// chain would accept it) and sends the rest to the source port's egress and the destination
+/// port's ingress chain.
 fn base_rules(
     view: &NodeView,
     node: &NodeConfig,

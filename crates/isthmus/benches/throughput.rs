@@ -1,6 +1,7 @@
 //! VM <-> VM TCP throughput across two nodes over VXLAN: ports with Isthmus security groups
-//! (anti-spoofing + stateful chains, default group) against ports with port security off (the
-//! same overlay, no filtering), interleaved A B B A over rounds. Needs root and iperf3.
+//! (anti-spoofing + stateful chains, default group) against ports with port security off on
+//! another network of the same nodes (same overlay; its bridges skip netfilter), interleaved
+//! A B B A over rounds. Needs root and iperf3.
 //! `cargo bench -p isthmus --bench throughput [-- ROUNDS SECONDS]`
 
 mod support;
@@ -18,23 +19,27 @@ fn main() {
     let seconds: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
     let cloud = cloud("throughput", 2, &[]);
     let lab = &cloud.lab;
-    let (_, net) = lab.api(
-        "POST",
-        "/v2.0/networks",
-        Some(&json!({"network": {"name": "perf"}})),
-    );
-    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
-    lab.api(
-        "POST",
-        "/v2.0/subnets",
-        Some(
-            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.60.0/24"}}),
-        ),
-    );
+    let network = |name: &str, cidr: &str| {
+        let (_, net) = lab.api(
+            "POST",
+            "/v2.0/networks",
+            Some(&json!({"network": {"name": name}})),
+        );
+        let id = net["network"]["id"].as_str().unwrap().to_owned();
+        lab.api(
+            "POST",
+            "/v2.0/subnets",
+            Some(&json!({"subnet": {"network_id": id, "ip_version": 4, "cidr": cidr}})),
+        );
+        id
+    };
+    let guarded = network("perf", "192.168.60.0/24");
+    let open = network("perf-open", "192.168.61.0/24");
     let mut vms = Vec::new();
     let mut ips = Vec::new();
     // guarded pair (default group: members talk freely, statefully), then an open pair.
     for (node, security) in [(0, true), (1, true), (0, false), (1, false)] {
+        let net_id = if security { &guarded } else { &open };
         let mut port =
             json!({"network_id": net_id, "binding:host_id": format!("node{}", node + 1)});
         if !security {

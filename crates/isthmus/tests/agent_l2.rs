@@ -138,7 +138,8 @@ fn agents_build_the_overlay_from_the_api() {
             lab.api("GET", &path, None).1["port"]["status"] == "ACTIVE"
         });
     }
-    // `isthmus inspect` on node1 shows the bridge, the entry towards node2 and the ports.
+    // `isthmus inspect` on node1 shows the bridge (not filtering: its port has port security
+    // off), the entry towards node2 and the ports.
     let report = lab.nodes[0]
         .ns
         .exec(
@@ -153,7 +154,10 @@ fn agents_build_the_overlay_from_the_api() {
         )
         .unwrap();
     assert!(
-        report.contains(&format!("brq{}", &net_id[..11])),
+        report
+            .lines()
+            .any(|l| l.contains(&format!("brq{}", &net_id[..11]))
+                && l.ends_with("unfiltered (br_netfilter off)")),
         "{report}"
     );
     assert!(
