@@ -116,8 +116,9 @@ pub fn check_br_netfilter() -> Result<(), AgentError> {
 }
 
 /// Turns br_netfilter's namespace-wide switches off: the agent hands traffic to the inet hooks
-/// per bridge (only bridges with guarded ports), so the other bridges skip netfilter. Called
-/// once the bridges are set, so no guarded bridge is ever left unfiltered.
+/// per bridge (only bridges with guarded ports), so the other bridges skip netfilter. Only for
+/// a namespace that is Isthmus's alone (other software's bridges would stop being filtered),
+/// and only once the bridges are set, so no guarded bridge is ever left unfiltered.
 pub fn br_netfilter_per_bridge() -> Result<(), AgentError> {
     for family in BRIDGE_NF_CALL {
         let path = bridge_nf_call(family);

@@ -75,6 +75,9 @@ pub struct Config {
     pub pool_size: usize,
     /// Where router namespaces are pinned.
     pub netns_dir: PathBuf,
+    /// Whether br_netfilter's namespace-wide switches are the agent's to turn off (see
+    /// [`kernel::br_netfilter_per_bridge`]); otherwise they are left as found.
+    pub own_br_netfilter: bool,
 }
 
 /// Parses `NAME:IFACE`.
@@ -398,7 +401,7 @@ async fn reconcile(
             }
         }
     }
-    if !known.per_bridge {
+    if shared.config.own_br_netfilter && !known.per_bridge {
         kernel::br_netfilter_per_bridge()?;
         known.per_bridge = true;
     }

@@ -92,6 +92,12 @@ enum Command {
         /// agent on a shared machine).
         #[arg(long, default_value = isthmus_agent::DEFAULT_NETNS_DIR)]
         netns_dir: PathBuf,
+        /// The node's network namespace is Isthmus's alone: turn br_netfilter's namespace-wide
+        /// switches (net.bridge.bridge-nf-call-*) off, so that only bridges with port-security
+        /// ports pay for netfilter. Without it they are left as found (Kubernetes nodes and
+        /// hosts with other bridges usually need them on; Isthmus filters either way).
+        #[arg(long)]
+        own_br_netfilter: bool,
     },
     /// A whole cloud in network namespaces on this machine (root): controller, nodes with
     /// agents, a VM and a pod on one network.
@@ -253,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
             default_pod_network,
             pool_size,
             netns_dir,
+            own_br_netfilter,
         } => {
             let physnets = physnets
                 .iter()
@@ -269,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
                 default_pod_network,
                 pool_size,
                 netns_dir,
+                own_br_netfilter,
             };
             tokio::select! {
                 result = isthmus_agent::run(config) => result?,

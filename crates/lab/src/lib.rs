@@ -669,6 +669,8 @@ impl Lab {
             .arg(&node.cni_socket)
             .arg("--netns-dir")
             .arg(&node.netns_dir)
+            // The node namespace is the agent's alone.
+            .arg("--own-br-netfilter")
             .args(extra)
             .spawn()
             .map(Daemon)
