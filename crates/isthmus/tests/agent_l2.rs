@@ -410,6 +410,60 @@ fn ports_cannot_spoof() {
     assert!(ping_from(c, "192.168.90.88"));
 }
 
+/// Without `--own-br-netfilter` (a namespace shared with other software, a Kubernetes node for
+/// one) the agent leaves br_netfilter's namespace-wide switch as it found it, and still turns
+/// br_netfilter on for the bridge of its guarded port.
+#[test]
+fn br_netfilter_switch_is_left_as_found_in_a_shared_namespace() {
+    if !isthmus_lab::runnable() {
+        return;
+    }
+    let mut lab = Lab::new(1).unwrap();
+    lab.own_br_netfilter = false;
+    let data = tempfile::tempdir().unwrap();
+    let _controller = lab.start_controller(BIN, data.path()).unwrap();
+    let _agent = lab.start_agent(BIN, 0).unwrap();
+    let (_, net) = lab.api(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "shared-ns"}})),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    lab.api(
+        "POST",
+        "/v2.0/subnets",
+        Some(
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.95.0/24"}}),
+        ),
+    );
+    let (s, port) = lab.api(
+        "POST",
+        "/v2.0/ports",
+        Some(&json!({"port": {"network_id": net_id, "binding:host_id": "node1"}})),
+    );
+    assert_eq!(s, 201, "{port}");
+    let node = &lab.nodes[0].ns;
+    let bridge = format!("brq{}", &net_id[..11]);
+    wait_for(
+        "the guarded bridge to filter",
+        Duration::from_secs(20),
+        || {
+            node.ip(&["-d", "link", "show", &bridge])
+                .is_ok_and(|link| link.contains("nf_call_iptables 1"))
+        },
+    );
+    // The bridge and the tables come from one completed pass (the switch is written, when
+    // owned, at the end of a pass).
+    wait_for("the node's tables", Duration::from_secs(10), || {
+        node.exec("nft", &["list", "table", "inet", "isthmus"])
+            .is_ok()
+    });
+    let switch = node
+        .exec("cat", &["/proc/sys/net/bridge/bridge-nf-call-iptables"])
+        .unwrap();
+    assert_eq!(switch.trim(), "1", "a new namespace's default, left alone");
+}
+
 /// Two projects' VMs on one shared network: `project-a`'s on node1 and `project-b`'s on node2,
 /// each port in its project's default group.
 struct TwoProjects {

@@ -278,6 +278,9 @@ pub struct Lab {
     pub fabric: Netns,
     /// State directories and sockets of the nodes' agents.
     pub dir: ScratchDir,
+    /// Agents get `--own-br-netfilter` (a node namespace is its agent's alone); tests of the
+    /// agent on a shared namespace turn it off.
+    pub own_br_netfilter: bool,
     naming: Naming,
     /// VMs and pods created so far, by role (numbers their namespaces).
     guests: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
@@ -364,6 +367,7 @@ impl Lab {
             nodes: Vec::new(),
             fabric,
             dir: ScratchDir(dir, false),
+            own_br_netfilter: true,
             naming,
             guests: Default::default(),
         };
@@ -669,8 +673,7 @@ impl Lab {
             .arg(&node.cni_socket)
             .arg("--netns-dir")
             .arg(&node.netns_dir)
-            // The node namespace is the agent's alone.
-            .arg("--own-br-netfilter")
+            .args(self.own_br_netfilter.then_some("--own-br-netfilter"))
             .args(extra)
             .spawn()
             .map(Daemon)
