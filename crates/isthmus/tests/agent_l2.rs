@@ -423,19 +423,7 @@ fn br_netfilter_switch_is_left_as_found_in_a_shared_namespace() {
     let data = tempfile::tempdir().unwrap();
     let _controller = lab.start_controller(BIN, data.path()).unwrap();
     let _agent = lab.start_agent(BIN, 0).unwrap();
-    let (_, net) = lab.api(
-        "POST",
-        "/v2.0/networks",
-        Some(&json!({"network": {"name": "shared-ns"}})),
-    );
-    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
-    lab.api(
-        "POST",
-        "/v2.0/subnets",
-        Some(
-            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.95.0/24"}}),
-        ),
-    );
+    let (net_id, _) = shared_network(&lab, "shared-ns", "192.168.95.0/24");
     let (s, port) = lab.api(
         "POST",
         "/v2.0/ports",

@@ -12,6 +12,12 @@ fn lab_or_skip(nodes: usize) -> Option<Lab> {
     runnable().then(|| Lab::new(nodes).expect("build lab"))
 }
 
+/// `ip link ... type bridge` options handing the bridge's IPv4 and IPv6 to netfilter, or not.
+fn nf_call(on: bool) -> [&'static str; 4] {
+    let on = if on { "1" } else { "0" };
+    ["nf_call_iptables", on, "nf_call_ip6tables", on]
+}
+
 /// Applies plan ops with iproute2 in `ns` (the test's stand-in for the agent's netlink applier).
 fn apply(ns: &Netns, ops: &[Op]) {
     for op in ops {
@@ -21,36 +27,22 @@ fn apply(ns: &Netns, ops: &[Op]) {
                 mtu,
                 filtered,
             } => {
-                let on = if *filtered { "1" } else { "0" };
                 ns.ip(&[
-                    "link",
-                    "add",
-                    name,
-                    "type",
-                    "bridge",
-                    "nf_call_iptables",
-                    on,
-                    "nf_call_ip6tables",
-                    on,
-                ])
-                .unwrap();
+                    &["link", "add", name, "type", "bridge"][..],
+                    &nf_call(*filtered),
+                ]
+                .concat())
+                    .unwrap();
                 ns.ip(&["link", "set", name, "mtu", &mtu.to_string(), "up"])
                     .unwrap();
             }
             Op::SetFiltered { name, filtered } => {
-                let on = if *filtered { "1" } else { "0" };
                 ns.ip(&[
-                    "link",
-                    "set",
-                    name,
-                    "type",
-                    "bridge",
-                    "nf_call_iptables",
-                    on,
-                    "nf_call_ip6tables",
-                    on,
-                ])
-                .unwrap();
+                    &["link", "set", name, "type", "bridge"][..],
+                    &nf_call(*filtered),
+                ]
+                .concat())
+                    .unwrap();
             }
             Op::SetMtu { name, mtu } => {
                 ns.ip(&["link", "set", name, "mtu", &mtu.to_string()])
