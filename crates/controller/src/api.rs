@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::auth::noauth_caller;
 use crate::metrics::Metrics;
-use crate::service::{Kind, Listed, Service, TagOp};
+use crate::service::{Endpoint, Listed, Registry, Service, TagOp};
 
 /// What the handlers share.
 pub struct AppState {
@@ -30,6 +30,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The shared mirror node watches read.
     pub informer: Arc<crate::informer::Informer>,
+    /// The resource collections served under `/v2.0/`.
+    pub registry: Registry,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -176,8 +178,11 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-fn kind(collection: &str) -> Result<Kind, ApiError> {
-    Kind::from_collection(collection).ok_or(ApiError(Error::PathNotFound))
+fn endpoint<'a>(state: &'a AppState, collection: &str) -> Result<&'a dyn Endpoint, ApiError> {
+    state
+        .registry
+        .find(collection)
+        .ok_or(ApiError(Error::PathNotFound))
 }
 
 /// Decodes `a=b&c=d` with percent-encoding and `+` for space.
@@ -239,9 +244,10 @@ async fn versions(headers: HeaderMap) -> Json<Value> {
     }]}))
 }
 
-async fn resources(headers: HeaderMap) -> Json<Value> {
+async fn resources(State(state): Shared, headers: HeaderMap) -> Json<Value> {
     let base = base_url(&headers);
-    let list: Vec<Value> = Kind::ALL
+    let list: Vec<Value> = state
+        .registry
         .iter()
         .map(|k| {
             json!({
@@ -304,10 +310,10 @@ async fn list(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
-    let kind = kind(&collection)?;
+    let kind = endpoint(&state, &collection)?;
     let caller = noauth_caller(&headers);
-    let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.attributes())?;
-    let items = state.service.list(kind, &caller).await?;
+    let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.schema())?;
+    let items = kind.list(&state.service, &caller).await?;
     let base = format!("{}/v2.0/{}", base_url(&headers), kind.collection());
     let page = query.apply(items, &base)?;
     let body = ListBody {
@@ -325,7 +331,7 @@ async fn list(
 
 /// A list response, serialised straight from the items (no intermediate JSON values).
 struct ListBody<'a> {
-    kind: Kind,
+    kind: &'a dyn Endpoint,
     items: &'a [Listed],
     fields: &'a [String],
     links: &'a [Value],
@@ -361,10 +367,10 @@ async fn show(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
-    let kind = kind(&collection)?;
+    let kind = endpoint(&state, &collection)?;
     let caller = noauth_caller(&headers);
-    let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.attributes())?;
-    let object = state.service.show(kind, &caller, &id).await?;
+    let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.schema())?;
+    let object = kind.show(&state.service, &caller, &id).await?;
     Ok(Json(json!({ kind.singular(): query.project_one(object) })).into_response())
 }
 
@@ -374,7 +380,7 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let kind = kind(&collection)?;
+    let kind = endpoint(&state, &collection)?;
     let caller = noauth_caller(&headers);
     let mut value = parse_json(&body)?;
     // Bulk create: `{"ports": [...]}`, all or nothing.
@@ -388,7 +394,7 @@ async fn create(
         let created = bulk_create(&state.service, kind, &caller, items).await?;
         return Ok((StatusCode::CREATED, Json(json!({ kind.plural(): created }))).into_response());
     }
-    let object = state.service.create(kind, &caller, value).await?;
+    let object = kind.create(&state.service, &caller, value).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ kind.singular(): object })),
@@ -398,14 +404,14 @@ async fn create(
 
 async fn bulk_create(
     service: &Service,
-    kind: Kind,
+    kind: &dyn Endpoint,
     caller: &Caller,
     items: Vec<Value>,
 ) -> Result<Vec<Value>, ApiError> {
     let mut created: Vec<Value> = Vec::with_capacity(items.len());
     for item in items {
-        match service
-            .create(kind, caller, json!({ kind.singular(): item }))
+        match kind
+            .create(service, caller, json!({ kind.singular(): item }))
             .await
         {
             Ok(object) => created.push(Value::Object(object)),
@@ -417,7 +423,7 @@ async fn bulk_create(
                             project_id: caller.project_id.clone(),
                             is_admin: true,
                         };
-                        let _ = service.delete(kind, &admin, id, None).await;
+                        let _ = kind.delete(service, &admin, id, None).await;
                     }
                 }
                 return Err(ApiError(e));
@@ -433,12 +439,11 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let kind = kind(&collection)?;
+    let kind = endpoint(&state, &collection)?;
     let caller = noauth_caller(&headers);
     let value = parse_json(&body)?;
-    let object = state
-        .service
-        .update(kind, &caller, &id, value, if_match(&headers)?)
+    let object = kind
+        .update(&state.service, &caller, &id, value, if_match(&headers)?)
         .await?;
     Ok(Json(json!({ kind.singular(): object })).into_response())
 }
@@ -448,11 +453,9 @@ async fn remove(
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let kind = kind(&collection)?;
+    let kind = endpoint(&state, &collection)?;
     let caller = noauth_caller(&headers);
-    state
-        .service
-        .delete(kind, &caller, &id, if_match(&headers)?)
+    kind.delete(&state.service, &caller, &id, if_match(&headers)?)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -490,9 +493,8 @@ async fn show_tags(
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let tags = state
-        .service
-        .tags(kind(&collection)?, &noauth_caller(&headers), &id)
+    let tags = endpoint(&state, &collection)?
+        .tags(&state.service, &noauth_caller(&headers), &id)
         .await?;
     Ok(Json(json!({ "tags": tags })).into_response())
 }
@@ -515,10 +517,9 @@ async fn replace_tags(
             )))
         }
     };
-    let tags = state
-        .service
+    let tags = endpoint(&state, &collection)?
         .update_tags(
-            kind(&collection)?,
+            &state.service,
             &noauth_caller(&headers),
             &id,
             TagOp::Replace(tags),
@@ -532,14 +533,8 @@ async fn clear_tags(
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    state
-        .service
-        .update_tags(
-            kind(&collection)?,
-            &noauth_caller(&headers),
-            &id,
-            TagOp::Clear,
-        )
+    endpoint(&state, &collection)?
+        .update_tags(&state.service, &noauth_caller(&headers), &id, TagOp::Clear)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -549,9 +544,8 @@ async fn check_tag(
     Path((collection, id, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let tags = state
-        .service
-        .tags(kind(&collection)?, &noauth_caller(&headers), &id)
+    let tags = endpoint(&state, &collection)?
+        .tags(&state.service, &noauth_caller(&headers), &id)
         .await?;
     if tags.contains(&tag) {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -568,10 +562,9 @@ async fn add_tag(
     Path((collection, id, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    state
-        .service
+    endpoint(&state, &collection)?
         .update_tags(
-            kind(&collection)?,
+            &state.service,
             &noauth_caller(&headers),
             &id,
             TagOp::Add(tag),
@@ -585,10 +578,9 @@ async fn remove_tag(
     Path((collection, id, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    state
-        .service
+    endpoint(&state, &collection)?
         .update_tags(
-            kind(&collection)?,
+            &state.service,
             &noauth_caller(&headers),
             &id,
             TagOp::Remove(tag),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use isthmus_store::SharedStore;
 
-pub use service::{Config, Kind, Listed, Service};
+pub use service::{Config, Endpoint, Kind, Listed, Registry, Service, TagOp};
 
 /// Errors starting or running the controller.
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +31,18 @@ pub enum ControllerError {
     Serve(std::io::Error),
 }
 
-/// Builds the API router for a store.
+/// Builds the API router for a store, serving Neutron's resources.
 pub fn app(store: SharedStore, config: Config) -> axum::Router {
+    app_with(store, config, Registry::neutron())
+}
+
+/// Builds the API router for a store, serving the collections of `registry`.
+pub fn app_with(store: SharedStore, config: Config, registry: Registry) -> axum::Router {
     let state = Arc::new(api::AppState {
         informer: informer::Informer::new(store.clone()),
         service: Service::new(store, config).shared(),
         metrics: metrics::Metrics::default(),
+        registry,
     });
     api::router(state)
 }

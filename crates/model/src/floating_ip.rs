@@ -4,42 +4,49 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::input::{as_ip, as_uuid, show, Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
-use crate::wire::{to_map, Wire};
+use crate::resource::{attr, input, standard, Definition, Resource, Rights};
 
-/// Attributes a floating IP has.
-pub const ATTRIBUTES: &[&str] = &[
-    "id",
-    "description",
-    "project_id",
-    "tenant_id",
-    "floating_ip_address",
-    "floating_network_id",
-    "router_id",
-    "port_id",
-    "fixed_ip_address",
-    "status",
-    "tags",
-    "revision_number",
-    "created_at",
-    "updated_at",
-];
-const CREATE: &[&str] = &[
-    "description",
-    "project_id",
-    "tenant_id",
-    "floating_ip_address",
-    "floating_network_id",
-    "subnet_id",
-    "port_id",
-    "fixed_ip_address",
-    "tags",
-];
-const UPDATE: &[&str] = &["description", "port_id", "fixed_ip_address"];
+/// The `floatingips` resource.
+pub static DEFINITION: Definition<FloatingIp> = Definition {
+    collection: "floatingips",
+    singular: "floatingip",
+    plural: "floatingips",
+    fault: "FloatingIP",
+    tagged: true,
+    updatable: true,
+    attributes: &[
+        standard::id_attr(),
+        standard::description_attr(),
+        standard::project_attr(),
+        standard::tenant_attr(),
+        attr("floating_ip_address", Rights::CREATE_QUERY, |f, _| {
+            Some(json!(f.floating_ip_address))
+        }),
+        attr("floating_network_id", Rights::CREATE_QUERY, |f, _| {
+            Some(json!(f.floating_network_id))
+        }),
+        attr("router_id", Rights::READ, |f, _| {
+            Some(json!(f.association.as_ref().map(|a| &a.router_id)))
+        }),
+        attr("port_id", Rights::ALL, |f, _| {
+            Some(json!(f.association.as_ref().map(|a| &a.port_id)))
+        }),
+        attr("fixed_ip_address", Rights::ALL, |f, _| {
+            Some(json!(f.association.as_ref().map(|a| a.fixed_ip_address)))
+        }),
+        attr("status", Rights::READ, |f, _| Some(json!(f.status))),
+        standard::tags_attr(),
+        standard::revision_attr(),
+        standard::created_attr(),
+        standard::updated_attr(),
+        input("subnet_id", Rights::CREATE),
+    ],
+};
 
 /// What a floating IP is associated with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,13 +101,7 @@ pub struct FloatingIpRequest {
 impl FloatingIpRequest {
     /// Parses a create or update body.
     pub fn parse(body: Value, method: Method, caller: &Caller) -> Result<FloatingIpRequest> {
-        let allowed = match method {
-            Method::Create => CREATE,
-            Method::Update => UPDATE,
-        };
-        let mut known = ATTRIBUTES.to_vec();
-        known.push("subnet_id");
-        let mut input = Input::from_envelope(body, "floatingip", method, &known, allowed)?;
+        let mut input = Input::for_kind(body, &DEFINITION, method)?;
         let mut req = FloatingIpRequest::default();
         if method == Method::Create {
             req.project_id = Some(owner_project(&mut input, caller)?);
@@ -145,34 +146,15 @@ impl FloatingIpRequest {
     }
 }
 
-impl FloatingIp {
-    /// The Neutron wire object.
-    pub fn render(&self) -> Map<String, Value> {
-        to_map(self)
+impl Resource for FloatingIp {
+    fn definition() -> &'static Definition<Self> {
+        &DEFINITION
     }
-}
-
-impl Wire for FloatingIp {
-    fn names(&self) -> &'static [&'static str] {
-        ATTRIBUTES
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
-
-    fn attr(&self, name: &str) -> Option<Value> {
-        let a = self.association.as_ref();
-        Some(match name {
-            "floating_ip_address" => json!(self.floating_ip_address),
-            "floating_network_id" => json!(self.floating_network_id),
-            "router_id" => json!(a.map(|a| &a.router_id)),
-            "port_id" => json!(a.map(|a| &a.port_id)),
-            "fixed_ip_address" => json!(a.map(|a| a.fixed_ip_address)),
-            "status" => json!(self.status),
-            "tags" => json!(self.meta.tags),
-            other => return self.meta.attr(other, false),
-        })
-    }
-
-    fn id(&self) -> &str {
-        &self.meta.id
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
     }
 }
 
@@ -222,7 +204,7 @@ mod tests {
             association: None,
             status: "DOWN".into(),
         };
-        let wire = fip.render();
+        let wire = fip.render(crate::resource::Viewer::ADMIN);
         assert_eq!(wire["port_id"], Value::Null);
         assert_eq!(wire["floating_ip_address"], "172.24.4.10");
         assert!(!wire.contains_key("name"));

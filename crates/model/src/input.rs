@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::addr::{Cidr, CidrError};
 use crate::error::{Error, Result};
+use crate::resource::{Definition, Rights, Schema};
 
 /// Whether a body creates or updates (attributes are allowed separately for each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,14 +42,13 @@ pub fn parse_json(body: &[u8]) -> Result<Value> {
 }
 
 impl Input {
-    /// Unwraps `{"<resource>": {...}}` and checks every attribute is known to the resource
-    /// (`known`) and allowed for this method (`allowed`).
+    /// Unwraps `{"<resource>": {...}}` and checks every attribute is known to `schema` and
+    /// allowed for this method.
     pub fn from_envelope(
         body: Value,
         resource: &str,
         method: Method,
-        known: &[&str],
-        allowed: &[&str],
+        schema: &dyn Schema,
     ) -> Result<Input> {
         let Value::Object(mut outer) = body else {
             return Err(Error::BadRequest("Body contains invalid data".to_owned()));
@@ -67,20 +67,20 @@ impl Input {
                 "Invalid format for '{resource}': expected an object"
             )));
         };
-        Self::from_map(map, method, known, allowed)
+        Self::from_map(map, method, schema)
+    }
+
+    /// A body of one kind of resource, policed by its definition.
+    pub fn for_kind<T>(body: Value, definition: &Definition<T>, method: Method) -> Result<Input> {
+        Self::from_envelope(body, definition.singular, method, definition)
     }
 
     /// Polices an attribute map already unwrapped (bulk items).
-    pub fn from_map(
-        map: Map<String, Value>,
-        method: Method,
-        known: &[&str],
-        allowed: &[&str],
-    ) -> Result<Input> {
+    pub fn from_map(map: Map<String, Value>, method: Method, schema: &dyn Schema) -> Result<Input> {
         let unknown: Vec<&str> = map
             .keys()
             .map(String::as_str)
-            .filter(|k| !known.contains(k) && !allowed.contains(k))
+            .filter(|k| schema.rights(k).is_none())
             .collect();
         if !unknown.is_empty() {
             return Err(Error::BadRequest(format!(
@@ -88,7 +88,14 @@ impl Input {
                 unknown.join(", ")
             )));
         }
-        if let Some(forbidden) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let needed = match method {
+            Method::Create => Rights::CREATE,
+            Method::Update => Rights::UPDATE,
+        };
+        if let Some(forbidden) = map
+            .keys()
+            .find(|k| !schema.rights(k).is_some_and(|r| r.has(needed)))
+        {
             return Err(Error::BadRequest(format!(
                 "Attribute '{forbidden}' not allowed in {}",
                 method.verb()
@@ -295,24 +302,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    struct Known;
+    impl Schema for Known {
+        fn rights(&self, name: &str) -> Option<Rights> {
+            match name {
+                "name" | "admin_state_up" => Some(Rights::ALL),
+                "status" => Some(Rights::READ),
+                _ => None,
+            }
+        }
+    }
+
     #[test]
     fn envelope_and_attribute_policing() {
-        let known = ["name", "status", "admin_state_up"];
-        let allowed = ["name", "admin_state_up"];
         let ok = Input::from_envelope(
             json!({"network": {"name": "n"}}),
             "network",
             Method::Create,
-            &known,
-            &allowed,
+            &Known,
         );
         assert!(ok.is_ok());
         let unknown = Input::from_envelope(
             json!({"network": {"nonsense": 1}}),
             "network",
             Method::Create,
-            &known,
-            &allowed,
+            &Known,
         )
         .unwrap_err();
         assert_eq!(unknown.to_string(), "Unrecognized attribute(s) 'nonsense'");
@@ -320,22 +334,15 @@ mod tests {
             json!({"network": {"status": "UP"}}),
             "network",
             Method::Create,
-            &known,
-            &allowed,
+            &Known,
         )
         .unwrap_err();
         assert_eq!(
             forbidden.to_string(),
             "Attribute 'status' not allowed in POST"
         );
-        let missing = Input::from_envelope(
-            json!({"port": {}}),
-            "network",
-            Method::Create,
-            &known,
-            &allowed,
-        )
-        .unwrap_err();
+        let missing = Input::from_envelope(json!({"port": {}}), "network", Method::Create, &Known)
+            .unwrap_err();
         assert_eq!(missing.status(), 400);
         assert_eq!(
             parse_json(b"{nope").unwrap_err().type_name(),

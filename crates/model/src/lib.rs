@@ -14,6 +14,7 @@ pub mod network;
 pub mod node;
 pub mod port;
 pub mod query;
+pub mod resource;
 pub mod router;
 pub mod security_group;
 pub mod subnet;

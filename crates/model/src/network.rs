@@ -2,12 +2,12 @@
 //! external flag.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::input::{Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
-use crate::wire::{to_map, Wire};
+use crate::resource::{attr, standard, Definition, Resource, Rights};
 
 /// Largest VXLAN network identifier.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
@@ -16,61 +16,58 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// Smallest MTU that can carry IPv4.
 pub const MIN_MTU: u32 = 68;
 
-/// Attributes a network has (for filtering, sorting, policing).
-pub const ATTRIBUTES: &[&str] = &[
-    "id",
-    "name",
-    "description",
-    "project_id",
-    "tenant_id",
-    "admin_state_up",
-    "shared",
-    "router:external",
-    "mtu",
-    "provider:network_type",
-    "provider:physical_network",
-    "provider:segmentation_id",
-    "port_security_enabled",
-    "dns_domain",
-    "availability_zone_hints",
-    "availability_zones",
-    "status",
-    "subnets",
-    "tags",
-    "revision_number",
-    "created_at",
-    "updated_at",
-    "ipv4_address_scope",
-    "ipv6_address_scope",
-    "l2_adjacency",
-];
-const CREATE: &[&str] = &[
-    "name",
-    "description",
-    "project_id",
-    "tenant_id",
-    "admin_state_up",
-    "shared",
-    "router:external",
-    "mtu",
-    "provider:network_type",
-    "provider:physical_network",
-    "provider:segmentation_id",
-    "port_security_enabled",
-    "dns_domain",
-    "availability_zone_hints",
-    "tags",
-];
-const UPDATE: &[&str] = &[
-    "name",
-    "description",
-    "admin_state_up",
-    "shared",
-    "router:external",
-    "mtu",
-    "port_security_enabled",
-    "dns_domain",
-];
+/// The `networks` resource.
+pub static DEFINITION: Definition<Network> = Definition {
+    collection: "networks",
+    singular: "network",
+    plural: "networks",
+    fault: "Network",
+    tagged: true,
+    updatable: true,
+    attributes: &[
+        standard::id_attr(),
+        standard::name_attr(),
+        standard::description_attr(),
+        standard::project_attr(),
+        standard::tenant_attr(),
+        attr("admin_state_up", Rights::ALL, |n, _| {
+            Some(json!(n.admin_state_up))
+        }),
+        attr("shared", Rights::ALL, |n, _| Some(json!(n.shared))),
+        attr("router:external", Rights::ALL, |n, _| {
+            Some(json!(n.external))
+        }),
+        attr("mtu", Rights::ALL, |n, _| Some(json!(n.mtu))),
+        attr("provider:network_type", Rights::CREATE_QUERY, |n, v| {
+            v.admin.then(|| json!(n.network_type.as_str()))
+        }),
+        attr("provider:physical_network", Rights::CREATE_QUERY, |n, v| {
+            v.admin.then(|| json!(n.physical_network))
+        }),
+        attr("provider:segmentation_id", Rights::CREATE_QUERY, |n, v| {
+            v.admin.then(|| json!(n.segmentation_id))
+        }),
+        attr("port_security_enabled", Rights::ALL, |n, _| {
+            Some(json!(n.port_security_enabled))
+        }),
+        attr("dns_domain", Rights::ALL, |n, _| Some(json!(n.dns_domain))),
+        attr("availability_zone_hints", Rights::CREATE_QUERY, |n, _| {
+            Some(json!(n.availability_zone_hints))
+        }),
+        attr("availability_zones", Rights::READ, |_, _| {
+            Some(json!(["nova"]))
+        }),
+        attr("status", Rights::READ, |_, _| Some(json!("ACTIVE"))),
+        attr("subnets", Rights::READ, |n, _| Some(json!(n.subnets))),
+        standard::tags_attr(),
+        standard::revision_attr(),
+        standard::created_attr(),
+        standard::updated_attr(),
+        attr("ipv4_address_scope", Rights::READ, |_, _| Some(Value::Null)),
+        attr("ipv6_address_scope", Rights::READ, |_, _| Some(Value::Null)),
+        attr("l2_adjacency", Rights::READ, |_, _| Some(json!(true))),
+    ],
+};
 
 /// How a network is carried between nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,7 +195,7 @@ impl Network {
         id: String,
         now: &str,
     ) -> Result<NetworkCreate> {
-        let mut input = Input::from_envelope(body, "network", Method::Create, ATTRIBUTES, CREATE)?;
+        let mut input = Input::for_kind(body, &DEFINITION, Method::Create)?;
         let project_id = owner_project(&mut input, caller)?;
         let mut meta = Meta::new(id, project_id, now);
         meta.read_common(&mut input)?;
@@ -291,7 +288,7 @@ impl Network {
         limits: NetworkLimits,
         now: &str,
     ) -> Result<()> {
-        let mut input = Input::from_envelope(body, "network", Method::Update, ATTRIBUTES, UPDATE)?;
+        let mut input = Input::for_kind(body, &DEFINITION, Method::Update)?;
         for admin_only in ["shared", "router:external"] {
             if input.has(admin_only) {
                 caller.require_admin(&format!("update_network:{admin_only}"))?;
@@ -324,63 +321,25 @@ impl Network {
         Ok(())
     }
 
-    /// Whether `caller` may see the network: own, shared or external.
-    pub fn visible_to(&self, caller: &Caller) -> bool {
-        caller.owns(&self.meta.project_id) || self.shared || self.external
-    }
-
     /// Whether `caller` may attach ports to it: own or shared.
     pub fn usable_by(&self, caller: &Caller) -> bool {
         caller.owns(&self.meta.project_id) || self.shared
     }
-
-    /// The Neutron wire object as `caller` may see it.
-    pub fn render(&self, caller: &Caller) -> Map<String, Value> {
-        to_map(&NetworkView {
-            obj: self,
-            admin: caller.is_admin,
-        })
-    }
 }
 
-/// A network as one viewer sees it (admins also see admin-only attributes).
-#[derive(Debug, Clone)]
-pub struct NetworkView<B> {
-    /// The network, owned or borrowed.
-    pub obj: B,
-    /// Whether the viewer is an admin.
-    pub admin: bool,
-}
-
-impl<B: std::borrow::Borrow<Network>> Wire for NetworkView<B> {
-    fn names(&self) -> &'static [&'static str] {
-        ATTRIBUTES
+impl Resource for Network {
+    fn definition() -> &'static Definition<Self> {
+        &DEFINITION
     }
-
-    fn attr(&self, name: &str) -> Option<Value> {
-        let n = self.obj.borrow();
-        Some(match name {
-            "admin_state_up" => json!(n.admin_state_up),
-            "shared" => json!(n.shared),
-            "router:external" => json!(n.external),
-            "mtu" => json!(n.mtu),
-            "status" => json!("ACTIVE"),
-            "subnets" => json!(n.subnets),
-            "port_security_enabled" => json!(n.port_security_enabled),
-            "dns_domain" => json!(n.dns_domain),
-            "availability_zone_hints" => json!(n.availability_zone_hints),
-            "availability_zones" => json!(["nova"]),
-            "ipv4_address_scope" | "ipv6_address_scope" => Value::Null,
-            "l2_adjacency" => json!(true),
-            "provider:network_type" if self.admin => json!(n.network_type.as_str()),
-            "provider:physical_network" if self.admin => json!(n.physical_network),
-            "provider:segmentation_id" if self.admin => json!(n.segmentation_id),
-            other => return n.meta.attr(other, true),
-        })
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
-
-    fn id(&self) -> &str {
-        &self.obj.borrow().meta.id
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+    /// Own, shared or external.
+    fn visible_to(&self, caller: &Caller) -> bool {
+        caller.owns(&self.meta.project_id) || self.shared || self.external
     }
 }
 

@@ -56,7 +56,7 @@ fn is_label(s: &str, max: usize) -> bool {
 impl Registration {
     /// Parses `{"node": {"name", "tunnel_ip", "roles", "physnets"}}`.
     pub fn parse(body: Value) -> Result<Registration> {
-        let mut input = Input::from_envelope(body, "node", Method::Create, ATTRIBUTES, ATTRIBUTES)?;
+        let mut input = Input::from_envelope(body, "node", Method::Create, &ATTRIBUTES)?;
         let name = Input::required("name", input.string("name", 253)?)?;
         if !is_label(&name, 253) {
             return Err(Error::invalid_attr(

@@ -12,75 +12,75 @@ use crate::input::{as_ip, as_string, as_uuid, show, Input, Method};
 use crate::mac;
 use crate::meta::{owner_project, Caller, Meta};
 use crate::network::bridge_name;
-use crate::wire::{to_map, Wire};
+use crate::resource::{attr, standard, Definition, Resource, Rights};
 
-/// Attributes a port has.
-pub const ATTRIBUTES: &[&str] = &[
-    "id",
-    "name",
-    "description",
-    "project_id",
-    "tenant_id",
-    "network_id",
-    "admin_state_up",
-    "mac_address",
-    "fixed_ips",
-    "device_id",
-    "device_owner",
-    "security_groups",
-    "port_security_enabled",
-    "allowed_address_pairs",
-    "dns_name",
-    "dns_assignment",
-    "binding:host_id",
-    "binding:profile",
-    "binding:vnic_type",
-    "binding:vif_type",
-    "binding:vif_details",
-    "status",
-    "tags",
-    "revision_number",
-    "created_at",
-    "updated_at",
-    "extra_dhcp_opts",
-    "ip_allocation",
-];
-const CREATE: &[&str] = &[
-    "name",
-    "description",
-    "project_id",
-    "tenant_id",
-    "network_id",
-    "admin_state_up",
-    "mac_address",
-    "fixed_ips",
-    "device_id",
-    "device_owner",
-    "security_groups",
-    "port_security_enabled",
-    "allowed_address_pairs",
-    "dns_name",
-    "binding:host_id",
-    "binding:profile",
-    "binding:vnic_type",
-    "tags",
-];
-const UPDATE: &[&str] = &[
-    "name",
-    "description",
-    "admin_state_up",
-    "mac_address",
-    "fixed_ips",
-    "device_id",
-    "device_owner",
-    "security_groups",
-    "port_security_enabled",
-    "allowed_address_pairs",
-    "dns_name",
-    "binding:host_id",
-    "binding:profile",
-    "binding:vnic_type",
-];
+/// The `ports` resource.
+pub static DEFINITION: Definition<Port> = Definition {
+    collection: "ports",
+    singular: "port",
+    plural: "ports",
+    fault: "Port",
+    tagged: true,
+    updatable: true,
+    attributes: &[
+        standard::id_attr(),
+        standard::name_attr(),
+        standard::description_attr(),
+        standard::project_attr(),
+        standard::tenant_attr(),
+        attr("network_id", Rights::CREATE_QUERY, |p, _| {
+            Some(json!(p.network_id))
+        }),
+        attr("admin_state_up", Rights::ALL, |p, _| {
+            Some(json!(p.admin_state_up))
+        }),
+        attr("mac_address", Rights::ALL, |p, _| {
+            Some(json!(p.mac_address))
+        }),
+        attr("fixed_ips", Rights::ALL, |p, _| Some(json!(p.fixed_ips))),
+        attr("device_id", Rights::ALL, |p, _| Some(json!(p.device_id))),
+        attr("device_owner", Rights::ALL, |p, _| {
+            Some(json!(p.device_owner))
+        }),
+        attr("security_groups", Rights::ALL, |p, _| {
+            Some(json!(p.security_groups))
+        }),
+        attr("port_security_enabled", Rights::ALL, |p, _| {
+            Some(json!(p.port_security_enabled))
+        }),
+        attr("allowed_address_pairs", Rights::ALL, |p, _| {
+            Some(json!(p.allowed_address_pairs))
+        }),
+        attr("dns_name", Rights::ALL, |p, _| Some(json!(p.dns_name))),
+        attr("dns_assignment", Rights::READ, |p, _| {
+            Some(json!(p.dns_assignment()))
+        }),
+        attr("binding:host_id", Rights::ALL, |p, v| {
+            v.admin.then(|| json!(p.binding.host_id))
+        }),
+        attr("binding:profile", Rights::ALL, |p, v| {
+            v.admin.then(|| Value::Object(p.binding.profile.clone()))
+        }),
+        attr("binding:vnic_type", Rights::ALL, |p, v| {
+            v.admin.then(|| json!(p.binding.vnic_type))
+        }),
+        attr("binding:vif_type", Rights::READ, |p, v| {
+            v.admin.then(|| json!(p.vif_type()))
+        }),
+        attr("binding:vif_details", Rights::READ, |p, v| {
+            v.admin.then(|| p.vif_details())
+        }),
+        attr("status", Rights::READ, |p, _| Some(json!(p.status))),
+        standard::tags_attr(),
+        standard::revision_attr(),
+        standard::created_attr(),
+        standard::updated_attr(),
+        attr("extra_dhcp_opts", Rights::READ, |_, _| Some(json!([]))),
+        attr("ip_allocation", Rights::READ, |_, _| {
+            Some(json!("immediate"))
+        }),
+    ],
+};
 /// Neutron's default `max_allowed_address_pair`.
 pub const MAX_ADDRESS_PAIRS: usize = 10;
 
@@ -388,11 +388,7 @@ fn check_dns_name(name: &str) -> Result<()> {
 impl PortRequest {
     /// Parses a create (`Method::Create`) or update body.
     pub fn parse(body: Value, method: Method, caller: &Caller) -> Result<PortRequest> {
-        let allowed = match method {
-            Method::Create => CREATE,
-            Method::Update => UPDATE,
-        };
-        let mut input = Input::from_envelope(body, "port", method, ATTRIBUTES, allowed)?;
+        let mut input = Input::for_kind(body, &DEFINITION, method)?;
         for admin_only in ["binding:host_id", "binding:profile"] {
             if input.has(admin_only) {
                 let verb = if method == Method::Create {
@@ -520,67 +516,29 @@ impl Port {
             .collect()
     }
 
-    /// The Neutron wire object as `caller` may see it (`binding:*` for admins only).
-    pub fn render(&self, caller: &Caller) -> Map<String, Value> {
-        to_map(&PortView {
-            obj: self,
-            admin: caller.is_admin,
-        })
+    /// `binding:vif_details`: the bridge a bound port is plugged into.
+    fn vif_details(&self) -> Value {
+        if self.binding.host_id.is_empty() {
+            json!({})
+        } else {
+            json!({
+                "bridge_name": bridge_name(&self.network_id),
+                "port_filter": self.port_security_enabled,
+                "connectivity": "l2",
+            })
+        }
     }
 }
 
-/// A port as one viewer sees it (admins also see admin-only attributes).
-#[derive(Debug, Clone)]
-pub struct PortView<B> {
-    /// The port, owned or borrowed.
-    pub obj: B,
-    /// Whether the viewer is an admin.
-    pub admin: bool,
-}
-
-impl<B: std::borrow::Borrow<Port>> Wire for PortView<B> {
-    fn names(&self) -> &'static [&'static str] {
-        ATTRIBUTES
+impl Resource for Port {
+    fn definition() -> &'static Definition<Self> {
+        &DEFINITION
     }
-
-    fn attr(&self, name: &str) -> Option<Value> {
-        let p = self.obj.borrow();
-        Some(match name {
-            "network_id" => json!(p.network_id),
-            "admin_state_up" => json!(p.admin_state_up),
-            "mac_address" => json!(p.mac_address),
-            "fixed_ips" => json!(p.fixed_ips),
-            "device_id" => json!(p.device_id),
-            "device_owner" => json!(p.device_owner),
-            "security_groups" => json!(p.security_groups),
-            "port_security_enabled" => json!(p.port_security_enabled),
-            "allowed_address_pairs" => json!(p.allowed_address_pairs),
-            "dns_name" => json!(p.dns_name),
-            "dns_assignment" => json!(p.dns_assignment()),
-            "status" => json!(p.status),
-            "extra_dhcp_opts" => json!([]),
-            "ip_allocation" => json!("immediate"),
-            "binding:host_id" if self.admin => json!(p.binding.host_id),
-            "binding:profile" if self.admin => Value::Object(p.binding.profile.clone()),
-            "binding:vnic_type" if self.admin => json!(p.binding.vnic_type),
-            "binding:vif_type" if self.admin => json!(p.vif_type()),
-            "binding:vif_details" if self.admin => {
-                if p.binding.host_id.is_empty() {
-                    json!({})
-                } else {
-                    json!({
-                        "bridge_name": bridge_name(&p.network_id),
-                        "port_filter": p.port_security_enabled,
-                        "connectivity": "l2",
-                    })
-                }
-            }
-            other => return p.meta.attr(other, true),
-        })
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
-
-    fn id(&self) -> &str {
-        &self.obj.borrow().meta.id
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
     }
 }
 

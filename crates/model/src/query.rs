@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::input::as_bool;
+use crate::resource::{Rights, Schema};
 use crate::wire::Wire;
 
 /// A parsed list query.
@@ -53,7 +54,7 @@ fn split_tags(v: &str) -> impl Iterator<Item = String> + '_ {
 impl ListQuery {
     /// Parses query pairs; `attributes` are the names the resource may be filtered and sorted
     /// by.
-    pub fn parse(pairs: &[(String, String)], attributes: &[&str]) -> Result<ListQuery> {
+    pub fn parse(pairs: &[(String, String)], schema: &dyn Schema) -> Result<ListQuery> {
         let mut q = ListQuery {
             pairs: pairs.to_vec(),
             ..Default::default()
@@ -85,7 +86,7 @@ impl ListQuery {
                 "not-tags" => q.not_tags_all.extend(split_tags(value)),
                 "not-tags-any" => q.not_tags_any.extend(split_tags(value)),
                 attr => {
-                    if !attributes.contains(&attr) {
+                    if !queryable(schema, attr) {
                         return Err(Error::BadRequest(format!(
                             "{attr} is invalid attribute for filtering"
                         )));
@@ -103,7 +104,7 @@ impl ListQuery {
             ));
         }
         for (i, key) in sort_keys.into_iter().enumerate() {
-            if !attributes.contains(&key.as_str()) {
+            if !queryable(schema, &key) {
                 return Err(Error::BadRequest(format!(
                     "{key} is invalid attribute for sort_key"
                 )));
@@ -259,6 +260,10 @@ impl ListQuery {
     }
 }
 
+fn queryable(schema: &dyn Schema, name: &str) -> bool {
+    schema.rights(name).is_some_and(|r| r.has(Rights::QUERY))
+}
+
 /// Percent-encodes a query component.
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -345,11 +350,14 @@ mod tests {
     struct Item(Map<String, Value>);
 
     impl Wire for Item {
-        fn names(&self) -> &'static [&'static str] {
-            ATTRS
+        fn count(&self) -> usize {
+            ATTRS.len()
         }
-        fn attr(&self, name: &str) -> Option<Value> {
-            self.0.get(name).cloned()
+        fn name_at(&self, index: usize) -> &'static str {
+            ATTRS[index]
+        }
+        fn value_at(&self, index: usize) -> Option<Value> {
+            self.0.get(ATTRS[index]).cloned()
         }
         fn id(&self) -> &str {
             self.0["id"].as_str().unwrap()
@@ -388,18 +396,18 @@ mod tests {
             item("bb", "y", false, &["t1"]),
             item("ccc", "z", true, &["t1", "t2"]),
         ];
-        let q = ListQuery::parse(&pairs(&[("name", "x"), ("name", "z")]), ATTRS).unwrap();
+        let q = ListQuery::parse(&pairs(&[("name", "x"), ("name", "z")]), &ATTRS).unwrap();
         let page = q.apply(items.clone(), "/v2.0/networks").unwrap();
         assert_eq!(page.items.len(), 2);
-        let q = ListQuery::parse(&pairs(&[("admin_state_up", "False")]), ATTRS).unwrap();
+        let q = ListQuery::parse(&pairs(&[("admin_state_up", "False")]), &ATTRS).unwrap();
         assert_eq!(q.apply(items.clone(), "/").unwrap().items[0].id(), "bb");
-        let q = ListQuery::parse(&pairs(&[("tags", "t1,t2")]), ATTRS).unwrap();
+        let q = ListQuery::parse(&pairs(&[("tags", "t1,t2")]), &ATTRS).unwrap();
         assert_eq!(q.apply(items.clone(), "/").unwrap().items.len(), 1);
-        let q = ListQuery::parse(&pairs(&[("not-tags-any", "t1")]), ATTRS).unwrap();
+        let q = ListQuery::parse(&pairs(&[("not-tags-any", "t1")]), &ATTRS).unwrap();
         assert_eq!(q.apply(items.clone(), "/").unwrap().items.len(), 1);
-        let q = ListQuery::parse(&pairs(&[("fixed_ips", "ip_address=10.0.0.2")]), ATTRS).unwrap();
+        let q = ListQuery::parse(&pairs(&[("fixed_ips", "ip_address=10.0.0.2")]), &ATTRS).unwrap();
         assert_eq!(q.apply(items.clone(), "/").unwrap().items[0].id(), "bb");
-        assert!(ListQuery::parse(&pairs(&[("bogus", "1")]), ATTRS).is_err());
+        assert!(ListQuery::parse(&pairs(&[("bogus", "1")]), &ATTRS).is_err());
     }
 
     #[test]
@@ -413,24 +421,24 @@ mod tests {
                 ("sort_dir", "asc"),
                 ("fields", "name"),
             ]),
-            ATTRS,
+            &ATTRS,
         )
         .unwrap();
         let page = q.apply(items.clone(), "/").unwrap();
         assert_eq!(ser(&page.items, &q.fields)[0], json!({"name": "n0"}));
-        let q = ListQuery::parse(&pairs(&[("limit", "2")]), ATTRS).unwrap();
+        let q = ListQuery::parse(&pairs(&[("limit", "2")]), &ATTRS).unwrap();
         let page = q.apply(items.clone(), "http://h/v2.0/ports").unwrap();
         assert_eq!(page.items.len(), 2);
         assert_eq!(page.links.len(), 1);
         let next = page.links[0]["href"].as_str().unwrap();
         assert_eq!(next, "http://h/v2.0/ports?limit=2&marker=id1");
-        let q = ListQuery::parse(&pairs(&[("limit", "2"), ("marker", "id3")]), ATTRS).unwrap();
+        let q = ListQuery::parse(&pairs(&[("limit", "2"), ("marker", "id3")]), &ATTRS).unwrap();
         let page = q.apply(items.clone(), "/").unwrap();
         assert_eq!(page.items.len(), 1);
         assert_eq!(page.links[0]["rel"], "previous");
         let q = ListQuery::parse(
             &pairs(&[("limit", "2"), ("marker", "id3"), ("page_reverse", "True")]),
-            ATTRS,
+            &ATTRS,
         )
         .unwrap();
         let ids: Vec<_> = q

@@ -8,14 +8,14 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::addr::Cidr;
 use crate::error::{Error, Result};
 use crate::input::{as_bool, as_uuid, show, Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
 use crate::port::{parse_fixed_ips, FixedIp, FixedIpRequest};
-use crate::wire::{to_map, Wire};
+use crate::resource::{attr, standard, Definition, Resource, Rights};
 
 /// `device_owner` of a distributed router's interface ports (same gateway IP and MAC on every
 /// node hosting the router).
@@ -42,48 +42,56 @@ pub fn is_l3_owner(owner: &str) -> bool {
         || owner == "network:router_interface"
 }
 
-/// Attributes a router has.
-pub const ATTRIBUTES: &[&str] = &[
-    "id",
-    "name",
-    "description",
-    "project_id",
-    "tenant_id",
-    "admin_state_up",
-    "status",
-    "external_gateway_info",
-    "routes",
-    "distributed",
-    "ha",
-    "availability_zone_hints",
-    "availability_zones",
-    "flavor_id",
-    "tags",
-    "revision_number",
-    "created_at",
-    "updated_at",
-];
-const CREATE: &[&str] = &[
-    "name",
-    "description",
-    "project_id",
-    "tenant_id",
-    "admin_state_up",
-    "external_gateway_info",
-    "distributed",
-    "ha",
-    "availability_zone_hints",
-    "tags",
-];
-const UPDATE: &[&str] = &[
-    "name",
-    "description",
-    "admin_state_up",
-    "external_gateway_info",
-    "routes",
-    "distributed",
-    "ha",
-];
+/// The `routers` resource.
+pub static DEFINITION: Definition<Router> = Definition {
+    collection: "routers",
+    singular: "router",
+    plural: "routers",
+    fault: "Router",
+    tagged: true,
+    updatable: true,
+    attributes: &[
+        standard::id_attr(),
+        standard::name_attr(),
+        standard::description_attr(),
+        standard::project_attr(),
+        standard::tenant_attr(),
+        attr("admin_state_up", Rights::ALL, |r, _| {
+            Some(json!(r.admin_state_up))
+        }),
+        attr("status", Rights::READ, |_, _| Some(json!("ACTIVE"))),
+        attr("external_gateway_info", Rights::ALL, |r, _| {
+            Some(match &r.gateway {
+                None => Value::Null,
+                Some(g) => json!({
+                    "network_id": g.network_id,
+                    "enable_snat": g.enable_snat,
+                    "external_fixed_ips": g.external_fixed_ips,
+                }),
+            })
+        }),
+        attr("routes", Rights::UPDATE.with(Rights::QUERY), |r, _| {
+            Some(json!(r.routes))
+        }),
+        attr("distributed", Rights::ALL, |_, v| {
+            v.admin.then_some(Value::Bool(true))
+        }),
+        attr("ha", Rights::ALL, |_, v| {
+            v.admin.then_some(Value::Bool(false))
+        }),
+        attr("availability_zone_hints", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.availability_zone_hints))
+        }),
+        attr("availability_zones", Rights::READ, |_, _| {
+            Some(json!(["nova"]))
+        }),
+        attr("flavor_id", Rights::READ, |_, _| Some(Value::Null)),
+        standard::tags_attr(),
+        standard::revision_attr(),
+        standard::created_attr(),
+        standard::updated_attr(),
+    ],
+};
 
 /// An extra route (`destination` via `nexthop`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,11 +334,7 @@ fn parse_routes(value: Value) -> Result<Vec<Route>> {
 impl RouterRequest {
     /// Parses a create or update body.
     pub fn parse(body: Value, method: Method, caller: &Caller) -> Result<RouterRequest> {
-        let allowed = match method {
-            Method::Create => CREATE,
-            Method::Update => UPDATE,
-        };
-        let mut input = Input::from_envelope(body, "router", method, ATTRIBUTES, allowed)?;
+        let mut input = Input::for_kind(body, &DEFINITION, method)?;
         let mut req = RouterRequest::default();
         if method == Method::Create {
             req.project_id = Some(owner_project(&mut input, caller)?);
@@ -424,13 +428,17 @@ impl Router {
         }
         Ok(())
     }
+}
 
-    /// The Neutron wire object as `caller` may see it.
-    pub fn render(&self, caller: &Caller) -> Map<String, Value> {
-        to_map(&RouterView {
-            obj: self,
-            admin: caller.is_admin,
-        })
+impl Resource for Router {
+    fn definition() -> &'static Definition<Self> {
+        &DEFINITION
+    }
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
     }
 }
 
@@ -439,48 +447,6 @@ fn route_text(route: &Route) -> String {
         "{{'destination': '{}', 'nexthop': '{}'}}",
         route.destination, route.nexthop
     )
-}
-
-/// A router as one viewer sees it.
-#[derive(Debug, Clone)]
-pub struct RouterView<B> {
-    /// The router, owned or borrowed.
-    pub obj: B,
-    /// Whether the viewer is an admin.
-    pub admin: bool,
-}
-
-impl<B: std::borrow::Borrow<Router>> Wire for RouterView<B> {
-    fn names(&self) -> &'static [&'static str] {
-        ATTRIBUTES
-    }
-
-    fn attr(&self, name: &str) -> Option<Value> {
-        let r = self.obj.borrow();
-        Some(match name {
-            "admin_state_up" => json!(r.admin_state_up),
-            "status" => json!("ACTIVE"),
-            "external_gateway_info" => match &r.gateway {
-                None => Value::Null,
-                Some(g) => json!({
-                    "network_id": g.network_id,
-                    "enable_snat": g.enable_snat,
-                    "external_fixed_ips": g.external_fixed_ips,
-                }),
-            },
-            "routes" => json!(r.routes),
-            "distributed" if self.admin => json!(true),
-            "ha" if self.admin => json!(false),
-            "availability_zone_hints" => json!(r.availability_zone_hints),
-            "availability_zones" => json!(["nova"]),
-            "flavor_id" => Value::Null,
-            other => return r.meta.attr(other, true),
-        })
-    }
-
-    fn id(&self) -> &str {
-        &self.obj.borrow().meta.id
-    }
 }
 
 #[cfg(test)]

@@ -1,74 +1,97 @@
 //! Security groups and their rules, with Neutron's defaults and validation.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::addr::{Cidr, IpVersion};
 use crate::error::{Error, Result};
 use crate::input::{as_string, as_uuid, Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
-use crate::wire::{to_map, Wire};
+use crate::resource::{attr, standard, Definition, Resource, Rights};
 
-/// Attributes a security group has.
-pub const GROUP_ATTRIBUTES: &[&str] = &[
-    "id",
-    "name",
-    "description",
-    "project_id",
-    "tenant_id",
-    "security_group_rules",
-    "stateful",
-    "shared",
-    "tags",
-    "revision_number",
-    "created_at",
-    "updated_at",
-];
-const GROUP_CREATE: &[&str] = &[
-    "name",
-    "description",
-    "project_id",
-    "tenant_id",
-    "stateful",
-    "tags",
-];
-const GROUP_UPDATE: &[&str] = &["name", "description", "stateful"];
+/// The `security-groups` resource.
+pub static GROUP_DEFINITION: Definition<SecurityGroup> = Definition {
+    collection: "security-groups",
+    singular: "security_group",
+    plural: "security_groups",
+    fault: "SecurityGroup",
+    tagged: true,
+    updatable: true,
+    attributes: &[
+        standard::id_attr(),
+        standard::name_attr(),
+        standard::description_attr(),
+        standard::project_attr(),
+        standard::tenant_attr(),
+        attr("security_group_rules", Rights::READ, |g, v| {
+            Some(Value::Array(
+                g.rules.iter().map(|r| Value::Object(r.render(v))).collect(),
+            ))
+        }),
+        attr("stateful", Rights::ALL, |g, _| Some(json!(g.stateful))),
+        attr("shared", Rights::READ, |_, _| Some(json!(false))),
+        standard::tags_attr(),
+        standard::revision_attr(),
+        standard::created_attr(),
+        standard::updated_attr(),
+    ],
+};
 
-/// Attributes a rule has.
-pub const RULE_ATTRIBUTES: &[&str] = &[
-    "id",
-    "description",
-    "project_id",
-    "tenant_id",
-    "security_group_id",
-    "direction",
-    "ethertype",
-    "protocol",
-    "port_range_min",
-    "port_range_max",
-    "remote_ip_prefix",
-    "remote_group_id",
-    "remote_address_group_id",
-    "normalized_cidr",
-    "belongs_to_default_sg",
-    "revision_number",
-    "created_at",
-    "updated_at",
-];
-const RULE_CREATE: &[&str] = &[
-    "description",
-    "project_id",
-    "tenant_id",
-    "security_group_id",
-    "direction",
-    "ethertype",
-    "protocol",
-    "port_range_min",
-    "port_range_max",
-    "remote_ip_prefix",
-    "remote_group_id",
-    "remote_address_group_id",
-];
+/// The `security-group-rules` resource (rules cannot be updated and have no name or tags).
+pub static RULE_DEFINITION: Definition<SecurityGroupRule> = Definition {
+    collection: "security-group-rules",
+    singular: "security_group_rule",
+    plural: "security_group_rules",
+    fault: "SecurityGroupRule",
+    tagged: false,
+    updatable: false,
+    attributes: &[
+        standard::id_attr(),
+        standard::fixed_description_attr(),
+        standard::project_attr(),
+        standard::tenant_attr(),
+        attr("security_group_id", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.security_group_id))
+        }),
+        attr("direction", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.direction.as_str()))
+        }),
+        attr("ethertype", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.ethertype.ethertype()))
+        }),
+        attr("protocol", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.protocol))
+        }),
+        attr("port_range_min", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.port_range_min))
+        }),
+        attr("port_range_max", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.port_range_max))
+        }),
+        attr("remote_ip_prefix", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.remote_ip_prefix))
+        }),
+        attr("remote_group_id", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.remote_group_id))
+        }),
+        attr("remote_address_group_id", Rights::CREATE_QUERY, |_, _| {
+            Some(Value::Null)
+        }),
+        attr("normalized_cidr", Rights::READ, |r, _| {
+            Some(json!(r
+                .remote_ip_prefix
+                .as_deref()
+                .and_then(Cidr::parse_lenient)
+                .map(|c| c.to_string())))
+        }),
+        attr("belongs_to_default_sg", Rights::READ, |r, _| {
+            Some(json!(r.in_default_group))
+        }),
+        standard::revision_attr(),
+        standard::created_attr(),
+        standard::updated_attr(),
+    ],
+};
 
 /// Name of each project's default group.
 pub const DEFAULT_GROUP_NAME: &str = "default";
@@ -82,6 +105,10 @@ pub struct SecurityGroup {
     pub stateful: bool,
     /// Whether this is the project's default group.
     pub is_default: bool,
+    /// Its rules, read with it for the API and the watch (each rule is stored under its own
+    /// key, never inside the group).
+    #[serde(skip)]
+    pub rules: Vec<SecurityGroupRule>,
 }
 
 /// Traffic direction relative to the port.
@@ -125,6 +152,10 @@ pub struct SecurityGroupRule {
     pub remote_ip_prefix: Option<String>,
     /// Remote group.
     pub remote_group_id: Option<String>,
+    /// Whether its group is a default group (`belongs_to_default_sg`), read with the rule for
+    /// the API (the group decides it; never stored with the rule).
+    #[serde(skip)]
+    pub in_default_group: bool,
 }
 
 /// Protocol names Neutron accepts, with their numbers.
@@ -173,13 +204,7 @@ impl SecurityGroup {
         id: String,
         now: &str,
     ) -> Result<SecurityGroup> {
-        let mut input = Input::from_envelope(
-            body,
-            "security_group",
-            Method::Create,
-            GROUP_ATTRIBUTES,
-            GROUP_CREATE,
-        )?;
+        let mut input = Input::for_kind(body, &GROUP_DEFINITION, Method::Create)?;
         let project_id = owner_project(&mut input, caller)?;
         let mut meta = Meta::new(id, project_id, now);
         meta.read_common(&mut input)?;
@@ -197,6 +222,7 @@ impl SecurityGroup {
             meta,
             stateful: true,
             is_default: false,
+            rules: Vec::new(),
         })
     }
 
@@ -209,18 +235,13 @@ impl SecurityGroup {
             meta,
             stateful: true,
             is_default: true,
+            rules: Vec::new(),
         }
     }
 
     /// Applies an update body and records a new revision.
     pub fn apply_update(&mut self, body: Value, now: &str) -> Result<()> {
-        let mut input = Input::from_envelope(
-            body,
-            "security_group",
-            Method::Update,
-            GROUP_ATTRIBUTES,
-            GROUP_UPDATE,
-        )?;
+        let mut input = Input::for_kind(body, &GROUP_DEFINITION, Method::Update)?;
         let old_name = self.meta.name.clone();
         self.meta.read_common(&mut input)?;
         if self.is_default && self.meta.name != old_name {
@@ -237,12 +258,17 @@ impl SecurityGroup {
         Ok(())
     }
 
-    /// The Neutron wire object with its rules.
-    pub fn render(&self, rules: &[&SecurityGroupRule]) -> Map<String, Value> {
-        to_map(&GroupView {
-            group: self,
-            rules: rules.iter().map(|r| (*r).clone()).collect(),
-        })
+    /// The group with its rules, each knowing it belongs to this group.
+    pub fn with_rules(mut self, rules: Vec<SecurityGroupRule>) -> SecurityGroup {
+        let is_default = self.is_default;
+        self.rules = rules
+            .into_iter()
+            .map(|r| SecurityGroupRule {
+                in_default_group: is_default,
+                ..r
+            })
+            .collect();
+        self
     }
 }
 
@@ -302,6 +328,7 @@ impl SecurityGroupRule {
             port_range_max: None,
             remote_ip_prefix: None,
             remote_group_id,
+            in_default_group: group.is_default,
         }
     }
 
@@ -312,13 +339,7 @@ impl SecurityGroupRule {
         id: String,
         now: &str,
     ) -> Result<SecurityGroupRule> {
-        let mut input = Input::from_envelope(
-            body,
-            "security_group_rule",
-            Method::Create,
-            RULE_ATTRIBUTES,
-            RULE_CREATE,
-        )?;
+        let mut input = Input::for_kind(body, &RULE_DEFINITION, Method::Create)?;
         let project_id = owner_project(&mut input, caller)?;
         let mut meta = Meta::new(id, project_id, now);
         meta.read_common(&mut input)?;
@@ -424,6 +445,7 @@ impl SecurityGroupRule {
             port_range_max,
             remote_ip_prefix,
             remote_group_id,
+            in_default_group: false,
         };
         rule.check_ports()?;
         Ok(rule)
@@ -506,88 +528,29 @@ impl SecurityGroupRule {
             && norm_prefix(&self.remote_ip_prefix) == norm_prefix(&other.remote_ip_prefix)
             && self.remote_group_id == other.remote_group_id
     }
+}
 
-    /// The Neutron wire object.
-    pub fn render(&self, in_default_group: bool) -> Map<String, Value> {
-        to_map(&RuleView {
-            rule: self,
-            in_default_group,
-        })
+impl Resource for SecurityGroup {
+    fn definition() -> &'static Definition<Self> {
+        &GROUP_DEFINITION
+    }
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
     }
 }
 
-/// A group with its rules, as the API shows it.
-#[derive(Debug, Clone)]
-pub struct GroupView<B> {
-    /// The group.
-    pub group: B,
-    /// Its rules.
-    pub rules: Vec<SecurityGroupRule>,
-}
-
-impl<B: std::borrow::Borrow<SecurityGroup>> Wire for GroupView<B> {
-    fn names(&self) -> &'static [&'static str] {
-        GROUP_ATTRIBUTES
+impl Resource for SecurityGroupRule {
+    fn definition() -> &'static Definition<Self> {
+        &RULE_DEFINITION
     }
-
-    fn attr(&self, name: &str) -> Option<Value> {
-        let g = self.group.borrow();
-        Some(match name {
-            "stateful" => json!(g.stateful),
-            "shared" => json!(false),
-            "security_group_rules" => Value::Array(
-                self.rules
-                    .iter()
-                    .map(|r| Value::Object(r.render(g.is_default)))
-                    .collect(),
-            ),
-            other => return g.meta.attr(other, true),
-        })
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
-
-    fn id(&self) -> &str {
-        &self.group.borrow().meta.id
-    }
-}
-
-/// A rule as the API shows it.
-#[derive(Debug, Clone)]
-pub struct RuleView<B> {
-    /// The rule.
-    pub rule: B,
-    /// Whether its group is a default group (`belongs_to_default_sg`).
-    pub in_default_group: bool,
-}
-
-impl<B: std::borrow::Borrow<SecurityGroupRule>> Wire for RuleView<B> {
-    fn names(&self) -> &'static [&'static str] {
-        RULE_ATTRIBUTES
-    }
-
-    fn attr(&self, name: &str) -> Option<Value> {
-        let r = self.rule.borrow();
-        Some(match name {
-            "security_group_id" => json!(r.security_group_id),
-            "direction" => json!(r.direction.as_str()),
-            "ethertype" => json!(r.ethertype.ethertype()),
-            "protocol" => json!(r.protocol),
-            "port_range_min" => json!(r.port_range_min),
-            "port_range_max" => json!(r.port_range_max),
-            "remote_ip_prefix" => json!(r.remote_ip_prefix),
-            "remote_group_id" => json!(r.remote_group_id),
-            "remote_address_group_id" => Value::Null,
-            "normalized_cidr" => json!(r
-                .remote_ip_prefix
-                .as_deref()
-                .and_then(Cidr::parse_lenient)
-                .map(|c| c.to_string())),
-            "belongs_to_default_sg" => json!(self.in_default_group),
-            other => return r.meta.attr(other, false),
-        })
-    }
-
-    fn id(&self) -> &str {
-        &self.rule.borrow().meta.id
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
     }
 }
 
@@ -624,8 +587,11 @@ mod tests {
         assert_eq!(egress.len() + ingress.len(), 4);
         assert_eq!(ingress[1].remote_group_id.as_deref(), Some("g"));
         assert_eq!(ingress[1].ethertype, IpVersion::V6);
-        let all: Vec<&SecurityGroupRule> = egress.iter().chain(&ingress).collect();
-        let wire = g.render(&all);
+        let all: Vec<SecurityGroupRule> = egress.iter().chain(&ingress).cloned().collect();
+        let wire = g
+            .clone()
+            .with_rules(all)
+            .render(crate::resource::Viewer::ADMIN);
         assert_eq!(wire["security_group_rules"].as_array().unwrap().len(), 4);
     }
 

@@ -4,72 +4,72 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::addr::{Cidr, IpRange, IpVersion};
 use crate::error::{Error, Result};
 use crate::input::{as_cidr, as_ip, as_string, as_uuid, Input, Method};
 use crate::ipam;
 use crate::meta::{owner_project, Caller, Meta};
-use crate::wire::{to_map, Wire};
+use crate::resource::{attr, input, standard, Definition, Resource, Rights};
 
-/// Attributes a subnet has.
-pub const ATTRIBUTES: &[&str] = &[
-    "id",
-    "name",
-    "description",
-    "project_id",
-    "tenant_id",
-    "network_id",
-    "ip_version",
-    "cidr",
-    "gateway_ip",
-    "allocation_pools",
-    "enable_dhcp",
-    "dns_nameservers",
-    "host_routes",
-    "ipv6_ra_mode",
-    "ipv6_address_mode",
-    "subnetpool_id",
-    "segment_id",
-    "service_types",
-    "tags",
-    "revision_number",
-    "created_at",
-    "updated_at",
-    "use_default_subnetpool",
-    "prefixlen",
-];
-const CREATE: &[&str] = &[
-    "name",
-    "description",
-    "project_id",
-    "tenant_id",
-    "network_id",
-    "ip_version",
-    "cidr",
-    "gateway_ip",
-    "allocation_pools",
-    "enable_dhcp",
-    "dns_nameservers",
-    "host_routes",
-    "ipv6_ra_mode",
-    "ipv6_address_mode",
-    "subnetpool_id",
-    "segment_id",
-    "service_types",
-    "tags",
-    "use_default_subnetpool",
-];
-const UPDATE: &[&str] = &[
-    "name",
-    "description",
-    "gateway_ip",
-    "allocation_pools",
-    "enable_dhcp",
-    "dns_nameservers",
-    "host_routes",
-];
+/// The `subnets` resource.
+pub static DEFINITION: Definition<Subnet> = Definition {
+    collection: "subnets",
+    singular: "subnet",
+    plural: "subnets",
+    fault: "Subnet",
+    tagged: true,
+    updatable: true,
+    attributes: &[
+        standard::id_attr(),
+        standard::name_attr(),
+        standard::description_attr(),
+        standard::project_attr(),
+        standard::tenant_attr(),
+        attr("network_id", Rights::CREATE_QUERY, |s, _| {
+            Some(json!(s.network_id))
+        }),
+        attr("ip_version", Rights::CREATE_QUERY, |s, _| {
+            Some(json!(s.version().number()))
+        }),
+        attr("cidr", Rights::CREATE_QUERY, |s, _| {
+            Some(json!(s.cidr.to_string()))
+        }),
+        attr("gateway_ip", Rights::ALL, |s, _| Some(json!(s.gateway_ip))),
+        attr("allocation_pools", Rights::ALL, |s, _| {
+            Some(json!(s.allocation_pools))
+        }),
+        attr("enable_dhcp", Rights::ALL, |s, _| {
+            Some(json!(s.enable_dhcp))
+        }),
+        attr("dns_nameservers", Rights::ALL, |s, _| {
+            Some(json!(s.dns_nameservers))
+        }),
+        attr("host_routes", Rights::ALL, |s, _| {
+            Some(json!(s.host_routes))
+        }),
+        attr("ipv6_ra_mode", Rights::CREATE_QUERY, |s, _| {
+            Some(json!(s.ipv6_ra_mode))
+        }),
+        attr("ipv6_address_mode", Rights::CREATE_QUERY, |s, _| {
+            Some(json!(s.ipv6_address_mode))
+        }),
+        attr("subnetpool_id", Rights::CREATE_QUERY, |_, _| {
+            Some(Value::Null)
+        }),
+        attr("segment_id", Rights::CREATE_QUERY, |_, _| Some(Value::Null)),
+        attr("service_types", Rights::CREATE_QUERY, |_, _| {
+            Some(json!([]))
+        }),
+        standard::tags_attr(),
+        standard::revision_attr(),
+        standard::created_attr(),
+        standard::updated_attr(),
+        input("use_default_subnetpool", Rights::CREATE_QUERY),
+        input("prefixlen", Rights::CREATE_QUERY),
+    ],
+};
 const IPV6_MODES: &[&str] = &["slaac", "dhcpv6-stateful", "dhcpv6-stateless"];
 
 /// A static route handed to instances.
@@ -207,7 +207,7 @@ fn check_gateway(cidr: &Cidr, gateway: IpAddr) -> Result<()> {
 impl Subnet {
     /// Parses and validates a create body (checks needing other subnets are the service's).
     pub fn parse_create(body: Value, caller: &Caller, id: String, now: &str) -> Result<Subnet> {
-        let mut input = Input::from_envelope(body, "subnet", Method::Create, ATTRIBUTES, CREATE)?;
+        let mut input = Input::for_kind(body, &DEFINITION, Method::Create)?;
         let project_id = owner_project(&mut input, caller)?;
         let mut meta = Meta::new(id, project_id, now);
         meta.read_common(&mut input)?;
@@ -337,7 +337,7 @@ impl Subnet {
 
     /// Applies an update body and records a new revision.
     pub fn apply_update(&mut self, body: Value, now: &str) -> Result<()> {
-        let mut input = Input::from_envelope(body, "subnet", Method::Update, ATTRIBUTES, UPDATE)?;
+        let mut input = Input::for_kind(body, &DEFINITION, Method::Update)?;
         self.meta.read_common(&mut input)?;
         let version = self.cidr.version();
         if let Some(v) = input.take("gateway_ip") {
@@ -388,38 +388,17 @@ impl Subnet {
     pub fn version(&self) -> IpVersion {
         self.cidr.version()
     }
-
-    /// The Neutron wire object.
-    pub fn render(&self) -> Map<String, Value> {
-        to_map(self)
-    }
 }
 
-impl Wire for Subnet {
-    fn names(&self) -> &'static [&'static str] {
-        ATTRIBUTES
+impl Resource for Subnet {
+    fn definition() -> &'static Definition<Self> {
+        &DEFINITION
     }
-
-    fn attr(&self, name: &str) -> Option<Value> {
-        Some(match name {
-            "network_id" => json!(self.network_id),
-            "ip_version" => json!(self.version().number()),
-            "cidr" => json!(self.cidr.to_string()),
-            "gateway_ip" => json!(self.gateway_ip),
-            "allocation_pools" => json!(self.allocation_pools),
-            "enable_dhcp" => json!(self.enable_dhcp),
-            "dns_nameservers" => json!(self.dns_nameservers),
-            "host_routes" => json!(self.host_routes),
-            "ipv6_ra_mode" => json!(self.ipv6_ra_mode),
-            "ipv6_address_mode" => json!(self.ipv6_address_mode),
-            "subnetpool_id" | "segment_id" => Value::Null,
-            "service_types" => json!([]),
-            other => return self.meta.attr(other, true),
-        })
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
-
-    fn id(&self) -> &str {
-        &self.meta.id
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
     }
 }
 
@@ -447,7 +426,7 @@ mod tests {
     fn defaults_and_wire() {
         let s = create(json!({})).unwrap();
         assert_eq!(s.gateway_ip, Some("10.0.0.1".parse().unwrap()));
-        let wire = s.render();
+        let wire = s.render(crate::resource::Viewer::ADMIN);
         assert_eq!(
             wire["allocation_pools"],
             json!([{"start": "10.0.0.2", "end": "10.0.0.254"}])
@@ -455,7 +434,10 @@ mod tests {
         assert_eq!(wire["ip_version"], 4);
         assert_eq!(wire["cidr"], "10.0.0.0/24");
         let no_gw = create(json!({"gateway_ip": null})).unwrap();
-        assert_eq!(no_gw.render()["gateway_ip"], Value::Null);
+        assert_eq!(
+            no_gw.render(crate::resource::Viewer::ADMIN)["gateway_ip"],
+            Value::Null
+        );
         assert_eq!(
             no_gw.allocation_pools[0].start,
             "10.0.0.1".parse::<IpAddr>().unwrap()

@@ -10,12 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::{Map, Value};
 
 use crate::namespace_binding::NamespaceBinding;
-use crate::network::NetworkView;
 use crate::node::Node;
-use crate::port::PortView;
-use crate::router::{RouterView, OWNER_GATEWAY};
-use crate::security_group::GroupView;
-use crate::wire::to_map;
+use crate::resource::{Resource, Viewer};
+use crate::router::OWNER_GATEWAY;
 use crate::{FloatingIp, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet};
 
 /// A desired-state object.
@@ -344,15 +341,9 @@ impl Mirror {
     /// rules).
     pub fn render(&self, key: &ObjectKey) -> Option<Map<String, Value>> {
         Some(match self.get(key)? {
-            Object::Network(n) => to_map(&NetworkView {
-                obj: n,
-                admin: true,
-            }),
-            Object::Subnet(s) => s.render(),
-            Object::Port(p) => to_map(&PortView {
-                obj: p,
-                admin: true,
-            }),
+            Object::Network(n) => n.render(Viewer::ADMIN),
+            Object::Subnet(s) => s.render(Viewer::ADMIN),
+            Object::Port(p) => p.render(Viewer::ADMIN),
             Object::SecurityGroup(g) => {
                 let rules = Self::ids(&self.rules_by_group, &g.meta.id)
                     .filter_map(
@@ -362,16 +353,13 @@ impl Mirror {
                         },
                     )
                     .collect();
-                to_map(&GroupView { group: g, rules })
+                g.clone().with_rules(rules).render(Viewer::ADMIN)
             }
-            Object::SecurityGroupRule(r) => r.render(false),
+            Object::SecurityGroupRule(r) => r.render(Viewer::ADMIN),
             Object::Node(n) => n.render(true, None),
             Object::NamespaceBinding(b) => b.render(),
-            Object::Router(r) => to_map(&RouterView {
-                obj: r,
-                admin: true,
-            }),
-            Object::FloatingIp(f) => f.render(),
+            Object::Router(r) => r.render(Viewer::ADMIN),
+            Object::FloatingIp(f) => f.render(Viewer::ADMIN),
         })
     }
 }

@@ -3,16 +3,18 @@
 
 use std::net::IpAddr;
 
+use async_trait::async_trait;
 use isthmus_model::addr::IpVersion;
 use isthmus_model::floating_ip::{Association, FloatingIpRequest};
 use isthmus_model::input::Method;
 use isthmus_model::port::FixedIpRequest;
+use isthmus_model::resource::Resource;
 use isthmus_model::router::OWNER_FLOATING_IP;
-use isthmus_model::{Caller, Error, FloatingIp, Meta, Port, Result};
+use isthmus_model::{Caller, Error, FloatingIp, Meta, Network, Port, Result};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::{json, Value};
 
-use super::{check_revision, encode, new_id, now, Attempt, Listed, Object, Service};
+use super::{check_revision, encode, new_id, now, Attempt, Kind, Object, Service};
 use crate::keys;
 
 fn bad_fip(message: impl std::fmt::Display) -> Error {
@@ -42,13 +44,14 @@ impl Service {
     /// failed, says why if the association itself was refused, else asks for a retry.
     async fn commit_floating_ip(
         &self,
+        caller: &Caller,
         txn: Txn,
         fip: &FloatingIp,
         planned: Option<&Association>,
     ) -> Result<Attempt<Object>> {
         let txn = txn.then(Op::put(keys::floating_ip(&fip.meta.id), encode(fip)?));
         if self.commit(txn).await? {
-            return Ok(Attempt::Done(fip.render()));
+            return Ok(Attempt::Done(fip.render(caller)));
         }
         if let Some(a) = planned {
             if let Some(e) = self.explain_association(fip, a).await? {
@@ -138,7 +141,7 @@ impl Service {
     pub(crate) async fn create_floating_ip(&self, caller: &Caller, body: Value) -> Result<Object> {
         let req = FloatingIpRequest::parse(body, Method::Create, caller)?;
         let network_id = req.floating_network_id.clone().unwrap_or_default();
-        let (network, _) = self.visible_network(caller, &network_id).await?;
+        let (network, _) = self.load_visible::<Network>(caller, &network_id).await?;
         if !network.external {
             return Err(bad_fip(format!(
                 "Network {network_id} is not a valid external network"
@@ -194,23 +197,14 @@ impl Service {
                     fip.association = Some(a.clone());
                     planned = Some(a);
                 }
-                self.commit_floating_ip(txn, &fip, planned.as_ref()).await
+                self.commit_floating_ip(caller, txn, &fip, planned.as_ref())
+                    .await
             })
             .await;
         if result.is_err() {
             self.delete_service_ports([port.meta.id]).await;
         }
         result
-    }
-
-    pub(crate) async fn list_floating_ips(&self, caller: &Caller) -> Result<Vec<Listed>> {
-        Ok(self
-            .load_all::<FloatingIp>(keys::FLOATING_IPS)
-            .await?
-            .into_iter()
-            .filter(|(f, _)| caller.owns(&f.meta.project_id))
-            .map(|(obj, _)| Box::new(obj) as Listed)
-            .collect())
     }
 
     pub(crate) async fn update_floating_ip(
@@ -251,7 +245,8 @@ impl Service {
                 }
             }
             fip.meta.touch(&now());
-            self.commit_floating_ip(txn, &fip, planned.as_ref()).await
+            self.commit_floating_ip(caller, txn, &fip, planned.as_ref())
+                .await
         })
         .await
     }
@@ -283,43 +278,46 @@ impl Service {
                 )));
             }
             if fip.status == status {
-                return Ok(Attempt::Done(fip.render()));
+                return Ok(Attempt::Done(fip.render(caller)));
             }
             fip.status = status.clone();
             fip.meta.touch(&now());
             Ok(if self.write_back(id, rev, &fip).await? {
-                Attempt::Done(fip.render())
+                Attempt::Done(fip.render(caller))
             } else {
                 Attempt::Retry
             })
         })
         .await
     }
+}
 
-    pub(crate) async fn delete_floating_ip(
-        &self,
+#[async_trait]
+impl Kind for FloatingIp {
+    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        service.create_floating_ip(caller, body).await
+    }
+
+    async fn update(
+        service: &Service,
         caller: &Caller,
         id: &str,
+        body: Value,
         if_match: Option<u64>,
-    ) -> Result<()> {
-        let port_id = self
-            .retry(|| async move {
-                let (mut fip, rev) = self.load_owned::<FloatingIp>(caller, id).await?;
-                check_revision(&fip.meta, if_match)?;
-                let mut txn = Txn::new()
-                    .when(Compare::mod_revision(keys::floating_ip(id), rev))
-                    .then(Op::delete(keys::floating_ip(id)));
-                for op in Self::disassociate(&mut fip) {
-                    txn = txn.then(op);
-                }
-                Ok(if self.commit(txn).await? {
-                    Attempt::Done(fip.floating_port_id)
-                } else {
-                    Attempt::Retry
-                })
-            })
-            .await?;
-        self.delete_service_ports([port_id]).await;
-        Ok(())
+    ) -> Result<Object> {
+        service.update_floating_ip(caller, id, body, if_match).await
+    }
+
+    async fn delete_txn(_service: &Service, _caller: &Caller, fip: &FloatingIp) -> Result<Txn> {
+        let mut fip = fip.clone();
+        Ok(Service::disassociate(&mut fip)
+            .into_iter()
+            .fold(Txn::new(), Txn::then))
+    }
+
+    async fn deleted(service: &Service, fip: &FloatingIp) {
+        service
+            .delete_service_ports([fip.floating_port_id.clone()])
+            .await;
     }
 }

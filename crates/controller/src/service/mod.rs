@@ -4,6 +4,7 @@
 
 mod floating_ip;
 mod ip_availability;
+mod kind;
 mod namespace_binding;
 mod network;
 mod node;
@@ -11,20 +12,19 @@ mod port;
 mod router;
 mod security_group;
 mod subnet;
-mod tags;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use isthmus_model::{Caller, Error, Meta, NetworkLimits, Result};
-use isthmus_store::{Compare, Op, SharedStore, StoreError, Txn};
+use isthmus_model::{Error, Meta, NetworkLimits, Result};
+use isthmus_store::{SharedStore, StoreError, Txn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-pub use tags::TagOp;
+pub use kind::{key_of, prefix_of, Endpoint, Kind, Registry, TagOp};
 
 /// Most attempts of one operation against concurrent writers before giving up with 409.
 const MAX_ATTEMPTS: usize = 64;
@@ -46,108 +46,6 @@ impl Default for Config {
             underlay_mtu: 1500,
             dns_domain: "openstack.local.".to_owned(),
             vni_range: (1, isthmus_model::network::MAX_VNI),
-        }
-    }
-}
-
-/// The resource kinds of the Neutron API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// `networks`.
-    Network,
-    /// `subnets`.
-    Subnet,
-    /// `ports`.
-    Port,
-    /// `security-groups`.
-    SecurityGroup,
-    /// `security-group-rules`.
-    SecurityGroupRule,
-    /// `routers`.
-    Router,
-    /// `floatingips`.
-    FloatingIp,
-}
-
-impl Kind {
-    /// Every kind.
-    pub const ALL: [Kind; 7] = [
-        Kind::Network,
-        Kind::Subnet,
-        Kind::Port,
-        Kind::SecurityGroup,
-        Kind::SecurityGroupRule,
-        Kind::Router,
-        Kind::FloatingIp,
-    ];
-
-    /// The URL collection name (`security-groups`).
-    pub fn collection(self) -> &'static str {
-        match self {
-            Kind::Network => "networks",
-            Kind::Subnet => "subnets",
-            Kind::Port => "ports",
-            Kind::SecurityGroup => "security-groups",
-            Kind::SecurityGroupRule => "security-group-rules",
-            Kind::Router => "routers",
-            Kind::FloatingIp => "floatingips",
-        }
-    }
-
-    /// The JSON member of one object (`security_group`).
-    pub fn singular(self) -> &'static str {
-        match self {
-            Kind::Network => "network",
-            Kind::Subnet => "subnet",
-            Kind::Port => "port",
-            Kind::SecurityGroup => "security_group",
-            Kind::SecurityGroupRule => "security_group_rule",
-            Kind::Router => "router",
-            Kind::FloatingIp => "floatingip",
-        }
-    }
-
-    /// The JSON member of a list (`security_groups`).
-    pub fn plural(self) -> &'static str {
-        match self {
-            Kind::Network => "networks",
-            Kind::Subnet => "subnets",
-            Kind::Port => "ports",
-            Kind::SecurityGroup => "security_groups",
-            Kind::SecurityGroupRule => "security_group_rules",
-            Kind::Router => "routers",
-            Kind::FloatingIp => "floatingips",
-        }
-    }
-
-    /// The kind of a URL collection name.
-    pub fn from_collection(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.collection() == name)
-    }
-
-    /// Attributes for filters and sorting.
-    pub fn attributes(self) -> &'static [&'static str] {
-        match self {
-            Kind::Network => isthmus_model::network::ATTRIBUTES,
-            Kind::Subnet => isthmus_model::subnet::ATTRIBUTES,
-            Kind::Port => isthmus_model::port::ATTRIBUTES,
-            Kind::SecurityGroup => isthmus_model::security_group::GROUP_ATTRIBUTES,
-            Kind::SecurityGroupRule => isthmus_model::security_group::RULE_ATTRIBUTES,
-            Kind::Router => isthmus_model::router::ATTRIBUTES,
-            Kind::FloatingIp => isthmus_model::floating_ip::ATTRIBUTES,
-        }
-    }
-
-    /// Neutron's name in `<Kind>NotFound`.
-    pub fn fault_name(self) -> &'static str {
-        match self {
-            Kind::Network => "Network",
-            Kind::Subnet => "Subnet",
-            Kind::Port => "Port",
-            Kind::SecurityGroup => "SecurityGroup",
-            Kind::SecurityGroupRule => "SecurityGroupRule",
-            Kind::Router => "Router",
-            Kind::FloatingIp => "FloatingIP",
         }
     }
 }
@@ -209,50 +107,6 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes> {
 fn decode<T: DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T> {
     serde_json::from_slice(raw).map_err(|e| Error::Internal(format!("corrupt record {key}: {e}")))
 }
-
-/// Stored resources with standard attributes.
-pub(crate) trait Stored: Serialize + DeserializeOwned {
-    const KIND: Kind;
-    fn key(id: &str) -> String;
-    fn meta(&self) -> &Meta;
-    fn meta_mut(&mut self) -> &mut Meta;
-}
-
-macro_rules! stored {
-    ($ty:ty, $kind:expr, $key:path) => {
-        impl Stored for $ty {
-            const KIND: Kind = $kind;
-            fn key(id: &str) -> String {
-                $key(id)
-            }
-            fn meta(&self) -> &Meta {
-                &self.meta
-            }
-            fn meta_mut(&mut self) -> &mut Meta {
-                &mut self.meta
-            }
-        }
-    };
-}
-stored!(isthmus_model::Network, Kind::Network, crate::keys::network);
-stored!(isthmus_model::Subnet, Kind::Subnet, crate::keys::subnet);
-stored!(isthmus_model::Port, Kind::Port, crate::keys::port);
-stored!(
-    isthmus_model::SecurityGroup,
-    Kind::SecurityGroup,
-    crate::keys::security_group
-);
-stored!(isthmus_model::Router, Kind::Router, crate::keys::router);
-stored!(
-    isthmus_model::FloatingIp,
-    Kind::FloatingIp,
-    crate::keys::floating_ip
-);
-stored!(
-    isthmus_model::SecurityGroupRule,
-    Kind::SecurityGroupRule,
-    crate::keys::security_group_rule
-);
 
 /// What one attempt of a write concluded.
 pub(crate) enum Attempt<T> {
@@ -327,35 +181,6 @@ impl Service {
         }
     }
 
-    /// Reads one stored object with its revision.
-    pub(crate) async fn load<T: Stored>(&self, id: &str) -> Result<Option<(T, u64)>> {
-        let key = T::key(id);
-        match self.store.get(&key).await.map_err(store_error)? {
-            None => Ok(None),
-            Some(kv) => Ok(Some((decode(&key, &kv.value)?, kv.mod_revision))),
-        }
-    }
-
-    /// Reads one object or fails with `<Kind>NotFound`.
-    pub(crate) async fn must_load<T: Stored>(&self, id: &str) -> Result<(T, u64)> {
-        self.load(id)
-            .await?
-            .ok_or_else(|| Error::not_found(T::KIND.fault_name(), id))
-    }
-
-    /// Reads an object the caller owns (admins: any); anything else is 404, so other
-    /// projects' resources are indistinguishable from missing ones.
-    pub(crate) async fn load_owned<T: Stored>(
-        &self,
-        caller: &Caller,
-        id: &str,
-    ) -> Result<(T, u64)> {
-        match self.load::<T>(id).await? {
-            Some((obj, rev)) if caller.owns(&obj.meta().project_id) => Ok((obj, rev)),
-            _ => Err(Error::not_found(T::KIND.fault_name(), id)),
-        }
-    }
-
     /// Reads every object of a kind.
     pub(crate) async fn load_all<T: DeserializeOwned>(
         &self,
@@ -382,16 +207,6 @@ impl Service {
     /// Runs a transaction, reporting whether it applied.
     pub(crate) async fn commit(&self, txn: Txn) -> Result<bool> {
         Ok(self.store.txn(txn).await.map_err(store_error)?.succeeded)
-    }
-
-    /// Writes `obj` back over the revision `rev` it was read at; false when it changed
-    /// meanwhile (the caller retries).
-    pub(crate) async fn write_back<T: Stored>(&self, id: &str, rev: u64, obj: &T) -> Result<bool> {
-        let key = T::key(id);
-        let txn = Txn::new()
-            .when(Compare::mod_revision(key.clone(), rev))
-            .then(Op::put(key, encode(obj)?));
-        self.commit(txn).await
     }
 
     /// Repeats `attempt` until it commits or fails, with a short growing pause between tries.
@@ -484,93 +299,5 @@ impl Service {
     /// A shared handle.
     pub fn shared(self) -> Arc<Self> {
         Arc::new(self)
-    }
-
-    /// Creates a resource from a request body.
-    pub async fn create(&self, kind: Kind, caller: &Caller, body: Value) -> Result<Object> {
-        match kind {
-            Kind::Network => self.create_network(caller, body).await,
-            Kind::Subnet => self.create_subnet(caller, body).await,
-            Kind::Port => self.create_port(caller, body).await,
-            Kind::SecurityGroup => self.create_security_group(caller, body).await,
-            Kind::SecurityGroupRule => self.create_security_group_rule(caller, body).await,
-            Kind::Router => self.create_router(caller, body).await,
-            Kind::FloatingIp => self.create_floating_ip(caller, body).await,
-        }
-    }
-
-    /// Shows one resource.
-    pub async fn show(&self, kind: Kind, caller: &Caller, id: &str) -> Result<Object> {
-        match kind {
-            Kind::Network => self.show_network(caller, id).await,
-            Kind::Subnet => self.show_subnet(caller, id).await,
-            Kind::Port => self.show_port(caller, id).await,
-            Kind::SecurityGroup => self.show_security_group(caller, id).await,
-            Kind::SecurityGroupRule => self.show_security_group_rule(caller, id).await,
-            Kind::Router => Ok(self
-                .load_owned::<isthmus_model::Router>(caller, id)
-                .await?
-                .0
-                .render(caller)),
-            Kind::FloatingIp => Ok(self
-                .load_owned::<isthmus_model::FloatingIp>(caller, id)
-                .await?
-                .0
-                .render()),
-        }
-    }
-
-    /// Lists every resource of a kind the caller may see (the API applies the query).
-    pub async fn list(&self, kind: Kind, caller: &Caller) -> Result<Vec<Listed>> {
-        match kind {
-            Kind::Network => self.list_networks(caller).await,
-            Kind::Subnet => self.list_subnets(caller).await,
-            Kind::Port => self.list_ports(caller).await,
-            Kind::SecurityGroup => self.list_security_groups(caller).await,
-            Kind::SecurityGroupRule => self.list_security_group_rules(caller).await,
-            Kind::Router => self.list_routers(caller).await,
-            Kind::FloatingIp => self.list_floating_ips(caller).await,
-        }
-    }
-
-    /// Updates a resource; `if_match` is an `If-Match: revision_number=N` constraint.
-    pub async fn update(
-        &self,
-        kind: Kind,
-        caller: &Caller,
-        id: &str,
-        body: Value,
-        if_match: Option<u64>,
-    ) -> Result<Object> {
-        match kind {
-            Kind::Network => self.update_network(caller, id, body, if_match).await,
-            Kind::Subnet => self.update_subnet(caller, id, body, if_match).await,
-            Kind::Port => self.update_port(caller, id, body, if_match).await,
-            Kind::SecurityGroup => self.update_security_group(caller, id, body, if_match).await,
-            Kind::SecurityGroupRule => Err(Error::BadRequest(
-                "Security group rules cannot be updated".to_owned(),
-            )),
-            Kind::Router => self.update_router(caller, id, body, if_match).await,
-            Kind::FloatingIp => self.update_floating_ip(caller, id, body, if_match).await,
-        }
-    }
-
-    /// Deletes a resource.
-    pub async fn delete(
-        &self,
-        kind: Kind,
-        caller: &Caller,
-        id: &str,
-        if_match: Option<u64>,
-    ) -> Result<()> {
-        match kind {
-            Kind::Network => self.delete_network(caller, id, if_match).await,
-            Kind::Subnet => self.delete_subnet(caller, id, if_match).await,
-            Kind::Port => self.delete_port(caller, id, if_match).await,
-            Kind::SecurityGroup => self.delete_security_group(caller, id, if_match).await,
-            Kind::SecurityGroupRule => self.delete_security_group_rule(caller, id).await,
-            Kind::Router => self.delete_router(caller, id, if_match).await,
-            Kind::FloatingIp => self.delete_floating_ip(caller, id, if_match).await,
-        }
     }
 }

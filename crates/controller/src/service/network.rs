@@ -2,41 +2,17 @@
 
 use std::collections::BTreeSet;
 
-use isthmus_model::network::{NetworkType, NetworkView};
+use async_trait::async_trait;
+use isthmus_model::network::NetworkType;
+use isthmus_model::resource::Resource;
 use isthmus_model::{Caller, Error, Network, Result, Subnet};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
-use super::{check_revision, encode, new_id, now, store_error, Attempt, Listed, Object, Service};
+use super::{encode, new_id, now, store_error, Attempt, Kind, Object, Service};
 use crate::keys;
 
 impl Service {
-    /// A network the caller may see, or 404.
-    pub(crate) async fn visible_network(
-        &self,
-        caller: &Caller,
-        id: &str,
-    ) -> Result<(Network, u64)> {
-        match self.load::<Network>(id).await? {
-            Some((n, rev)) if n.visible_to(caller) => Ok((n, rev)),
-            _ => Err(Error::not_found("Network", id)),
-        }
-    }
-
-    /// A network the caller may change: 404 when invisible, 403 when only visible.
-    async fn owned_network(
-        &self,
-        caller: &Caller,
-        id: &str,
-        action: &str,
-    ) -> Result<(Network, u64)> {
-        let (n, rev) = self.visible_network(caller, id).await?;
-        if !caller.owns(&n.meta.project_id) {
-            return Err(Error::PolicyNotAuthorized(format!("rule:{action}")));
-        }
-        Ok((n, rev))
-    }
-
     /// Lowest VNI of the range that is neither claimed in the store nor held in-process.
     async fn pick_vni(&self) -> Result<Option<u32>> {
         let claimed: BTreeSet<u32> = self
@@ -126,86 +102,55 @@ impl Service {
         })
         .await
     }
+}
 
-    pub(crate) async fn show_network(&self, caller: &Caller, id: &str) -> Result<Object> {
-        Ok(self.visible_network(caller, id).await?.0.render(caller))
+#[async_trait]
+impl Kind for Network {
+    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        service.create_network(caller, body).await
     }
 
-    pub(crate) async fn list_networks(&self, caller: &Caller) -> Result<Vec<Listed>> {
-        Ok(self
-            .load_all::<Network>(keys::NETWORKS)
-            .await?
-            .into_iter()
-            .filter(|(n, _)| n.visible_to(caller))
-            .map(|(obj, _)| {
-                Box::new(NetworkView {
-                    obj,
-                    admin: caller.is_admin,
-                }) as Listed
-            })
-            .collect())
-    }
-
-    pub(crate) async fn update_network(
-        &self,
+    async fn apply_update(
+        service: &Service,
         caller: &Caller,
-        id: &str,
+        network: &mut Network,
         body: Value,
-        if_match: Option<u64>,
-    ) -> Result<Object> {
-        self.retry(|| {
-            let body = body.clone();
-            async move {
-                let (mut network, rev) = self.owned_network(caller, id, "update_network").await?;
-                check_revision(&network.meta, if_match)?;
-                network.apply_update(body, caller, self.limits(), &now())?;
-                Ok(if self.write_back(id, rev, &network).await? {
-                    Attempt::Done(network.render(caller))
-                } else {
-                    Attempt::Retry
-                })
-            }
-        })
-        .await
+    ) -> Result<Txn> {
+        network.apply_update(body, caller, service.limits(), &now())?;
+        Ok(Txn::new())
     }
 
-    pub(crate) async fn delete_network(
-        &self,
-        caller: &Caller,
-        id: &str,
-        if_match: Option<u64>,
-    ) -> Result<()> {
-        self.retry(|| async move {
-            let (network, rev) = self.owned_network(caller, id, "delete_network").await?;
-            check_revision(&network.meta, if_match)?;
-            let ports = keys::network_ports_prefix(id);
-            let mut txn = Txn::new()
-                .when(Compare::mod_revision(keys::network(id), rev))
-                .when(Compare::prefix_empty(&ports))
-                .then(Op::delete(keys::network(id)));
-            if let Some(vni) = network.segmentation_id {
-                txn = txn.then(Op::delete(keys::vni(vni)));
+    async fn delete_txn(service: &Service, _caller: &Caller, network: &Network) -> Result<Txn> {
+        let id = &network.meta.id;
+        let mut txn = Txn::new().when(Compare::prefix_empty(keys::network_ports_prefix(id)));
+        if let Some(vni) = network.segmentation_id {
+            txn = txn.then(Op::delete(keys::vni(vni)));
+        }
+        if let Some(physnet) = &network.physical_network {
+            txn = txn.then(Op::delete(keys::flat(physnet)));
+        }
+        // Subnets go with their network (a subnet create bumps the network, so the
+        // network's revision covers the list).
+        for subnet_id in &network.subnets {
+            if let Some((subnet, _)) = service.load::<Subnet>(subnet_id).await? {
+                txn = txn
+                    .when(Compare::prefix_empty(keys::ipam_prefix(&subnet.meta.id)))
+                    .then(Op::delete(keys::subnet(&subnet.meta.id)));
             }
-            if let Some(physnet) = &network.physical_network {
-                txn = txn.then(Op::delete(keys::flat(physnet)));
-            }
-            // Subnets go with their network (a subnet create bumps the network, so the
-            // network's revision covers the list).
-            for subnet_id in &network.subnets {
-                if let Some((subnet, _)) = self.load::<Subnet>(subnet_id).await? {
-                    txn = txn
-                        .when(Compare::prefix_empty(keys::ipam_prefix(&subnet.meta.id)))
-                        .then(Op::delete(keys::subnet(&subnet.meta.id)));
-                }
-            }
-            if self.commit(txn).await? {
-                return Ok(Attempt::Done(()));
-            }
-            if !self.index(&ports).await?.is_empty() {
-                return Err(Error::NetworkInUse(id.to_owned()));
-            }
-            Ok(Attempt::Retry)
-        })
-        .await
+        }
+        Ok(txn)
+    }
+
+    async fn in_use(service: &Service, network: &Network) -> Result<()> {
+        let id = &network.meta.id;
+        if service
+            .index(&keys::network_ports_prefix(id))
+            .await?
+            .is_empty()
+        {
+            Ok(())
+        } else {
+            Err(Error::NetworkInUse(id.clone()))
+        }
     }
 }

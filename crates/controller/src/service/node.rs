@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use isthmus_model::node::{Node, Registration, AGENT_DOWN_SECONDS};
 use isthmus_model::port::POOL_DEVICE_ID;
+use isthmus_model::resource::Resource;
 use isthmus_model::{Caller, Error, Port, Result};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
@@ -168,7 +169,7 @@ impl Service {
             .into_iter()
             .filter(|(p, _)| p.binding.host_id == name && p.device_id == POOL_DEVICE_ID);
         for (port, _) in pooled {
-            match self.delete_port(caller, &port.meta.id, None).await {
+            match self.remove_port(Some(caller), &port.meta.id, None).await {
                 Ok(()) | Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }

@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use async_trait::async_trait;
 use isthmus_model::addr::{from_u128, to_u128, IpVersion};
 use isthmus_model::input::Method;
-use isthmus_model::port::{
-    AddressPair, AddressPairRequest, Binding, FixedIp, FixedIpRequest, PortView,
-};
+use isthmus_model::port::{AddressPair, AddressPairRequest, Binding, FixedIp, FixedIpRequest};
+use isthmus_model::resource::Resource;
 use isthmus_model::router::is_l3_owner;
 use isthmus_model::{
     ipam, mac, Caller, Error, FloatingIp, Network, Port, PortRequest, Result, Subnet,
@@ -17,8 +17,7 @@ use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
 use super::{
-    check_revision, encode, new_id, now, store_error, Attempt, IpReservation, Listed, Object,
-    Service,
+    check_revision, encode, new_id, now, store_error, Attempt, IpReservation, Kind, Object, Service,
 };
 use crate::keys;
 
@@ -327,7 +326,7 @@ impl Service {
             .unwrap_or_else(|| caller.project_id.clone());
         let network_id = req.network_id.clone().unwrap_or_default();
         self.retry(|| async {
-            let (network, net_rev) = self.visible_network(caller, &network_id).await?;
+            let (network, net_rev) = self.load_visible::<Network>(caller, &network_id).await?;
             if !network.usable_by(caller) {
                 return Err(Error::PolicyNotAuthorized("rule:create_port".to_owned()));
             }
@@ -418,25 +417,6 @@ impl Service {
             }
         })
         .await
-    }
-
-    pub(crate) async fn show_port(&self, caller: &Caller, id: &str) -> Result<Object> {
-        Ok(self.load_owned::<Port>(caller, id).await?.0.render(caller))
-    }
-
-    pub(crate) async fn list_ports(&self, caller: &Caller) -> Result<Vec<Listed>> {
-        Ok(self
-            .load_all::<Port>(keys::PORTS)
-            .await?
-            .into_iter()
-            .filter(|(p, _)| caller.owns(&p.meta.project_id))
-            .map(|(obj, _)| {
-                Box::new(PortView {
-                    obj,
-                    admin: caller.is_admin,
-                }) as Listed
-            })
-            .collect())
     }
 
     pub(crate) async fn update_port(
@@ -599,15 +579,6 @@ impl Service {
         .await
     }
 
-    pub(crate) async fn delete_port(
-        &self,
-        caller: &Caller,
-        id: &str,
-        if_match: Option<u64>,
-    ) -> Result<()> {
-        self.remove_port(Some(caller), id, if_match).await
-    }
-
     /// Deletes a port whatever owns it (the L3 service's own ports).
     pub(crate) async fn delete_port_unchecked(&self, id: &str) -> Result<()> {
         self.remove_port(None, id, None).await
@@ -616,7 +587,7 @@ impl Service {
     /// Deletes a port, releasing its addresses and MAC and disassociating its floating IPs in
     /// the same transaction. Through the API (`caller` given) ports the L3 service owns are
     /// refused.
-    async fn remove_port(
+    pub(super) async fn remove_port(
         &self,
         caller: Option<&Caller>,
         id: &str,
@@ -680,4 +651,30 @@ fn unreachable_request<T>() -> Result<T> {
         "fixed_ips",
         "each entry needs a subnet_id or an ip_address",
     ))
+}
+
+#[async_trait]
+impl Kind for Port {
+    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        service.create_port(caller, body).await
+    }
+
+    async fn update(
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+        if_match: Option<u64>,
+    ) -> Result<Object> {
+        service.update_port(caller, id, body, if_match).await
+    }
+
+    async fn delete(
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<()> {
+        service.remove_port(Some(caller), id, if_match).await
+    }
 }

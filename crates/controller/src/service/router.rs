@@ -8,19 +8,21 @@
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use isthmus_model::addr::IpVersion;
 use isthmus_model::input::Method;
 use isthmus_model::node::Node;
 use isthmus_model::port::FixedIp;
+use isthmus_model::resource::Resource;
 use isthmus_model::router::{
-    Gateway, GatewayRequest, Interface, InterfaceRequest, RouterRequest, RouterView, OWNER_GATEWAY,
+    Gateway, GatewayRequest, Interface, InterfaceRequest, RouterRequest, OWNER_GATEWAY,
     OWNER_INTERFACE, OWNER_SNAT,
 };
 use isthmus_model::{Caller, Error, Meta, Network, Port, Result, Router, Subnet};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::{json, Value};
 
-use super::{check_revision, encode, new_id, now, Attempt, Listed, Object, Service};
+use super::{check_revision, encode, new_id, now, Attempt, Kind, Object, Service};
 use crate::keys;
 
 /// The caller the service acts as for the ports it owns.
@@ -166,7 +168,7 @@ impl Service {
 
     /// An external network a router may use as gateway.
     async fn external_network(&self, caller: &Caller, id: &str) -> Result<Network> {
-        let (network, _) = self.visible_network(caller, id).await?;
+        let (network, _) = self.load_visible::<Network>(caller, id).await?;
         if !network.external {
             return Err(bad_router(format!(
                 "Network {id} is not an external network"
@@ -331,7 +333,7 @@ impl Service {
         }
         if let Some(Some(gateway)) = req.gateway {
             if let Err(e) = self.set_gateway(caller, &id, Some(gateway)).await {
-                let _ = self.delete_router(caller, &id, None).await;
+                let _ = <Router as Kind>::delete(self, caller, &id, None).await;
                 return Err(e);
             }
         }
@@ -340,21 +342,6 @@ impl Service {
             .await?
             .0
             .render(caller))
-    }
-
-    pub(crate) async fn list_routers(&self, caller: &Caller) -> Result<Vec<Listed>> {
-        Ok(self
-            .load_all::<Router>(keys::ROUTERS)
-            .await?
-            .into_iter()
-            .filter(|(r, _)| caller.owns(&r.meta.project_id))
-            .map(|(obj, _)| {
-                Box::new(RouterView {
-                    obj,
-                    admin: caller.is_admin,
-                }) as Listed
-            })
-            .collect())
     }
 
     pub(crate) async fn update_router(
@@ -391,36 +378,6 @@ impl Service {
             } else {
                 Attempt::Retry
             })
-        })
-        .await
-    }
-
-    pub(crate) async fn delete_router(
-        &self,
-        caller: &Caller,
-        id: &str,
-        if_match: Option<u64>,
-    ) -> Result<()> {
-        self.retry(|| async move {
-            let (router, rev) = self.load_owned::<Router>(caller, id).await?;
-            check_revision(&router.meta, if_match)?;
-            if !router.interfaces.is_empty() {
-                return Err(Error::fault(
-                    "RouterInUse",
-                    409,
-                    format!("Router {id} still has ports"),
-                ));
-            }
-            let txn = Txn::new()
-                .when(Compare::mod_revision(keys::router(id), rev))
-                .when(Compare::prefix_empty(keys::router_fips_prefix(id)))
-                .then(Op::delete(keys::router(id)));
-            if !self.commit(txn).await? {
-                return Ok(Attempt::Retry);
-            }
-            self.delete_service_ports(router.gateway.map(|g| g.port_id))
-                .await;
-            Ok(Attempt::Done(()))
         })
         .await
     }
@@ -467,7 +424,7 @@ impl Service {
                 // The port: a new one on the subnet's gateway address, or the caller's.
                 let (port, adopted) = match &request {
                     InterfaceRequest::Subnet(subnet_id) => {
-                        let (subnet, _) = self.visible_subnet(caller, subnet_id).await?;
+                        let (subnet, _) = self.load_visible::<Subnet>(caller, subnet_id).await?;
                         let (network, _) = self.must_load::<Network>(&subnet.network_id).await?;
                         Self::check_new_subnet(&router, &subnet, &network)?;
                         let Some(gateway_ip) = subnet.gateway_ip else {
@@ -722,5 +679,43 @@ impl Service {
                     ),
                 )
             })
+    }
+}
+
+#[async_trait]
+impl Kind for Router {
+    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        service.create_router(caller, body).await
+    }
+
+    async fn update(
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+        if_match: Option<u64>,
+    ) -> Result<Object> {
+        service.update_router(caller, id, body, if_match).await
+    }
+
+    async fn delete_txn(_service: &Service, _caller: &Caller, router: &Router) -> Result<Txn> {
+        if !router.interfaces.is_empty() {
+            return Err(Error::fault(
+                "RouterInUse",
+                409,
+                format!("Router {} still has ports", router.meta.id),
+            ));
+        }
+        Ok(
+            Txn::new().when(Compare::prefix_empty(keys::router_fips_prefix(
+                &router.meta.id,
+            ))),
+        )
+    }
+
+    async fn deleted(service: &Service, router: &Router) {
+        service
+            .delete_service_ports(router.gateway.as_ref().map(|g| g.port_id.clone()))
+            .await;
     }
 }

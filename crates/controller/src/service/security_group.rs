@@ -1,16 +1,16 @@
 //! Security groups and rules: the per-project default group, duplicate detection, in-use
 //! checks and cascading removal of rules that name a deleted group as remote.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use isthmus_model::security_group::{
-    default_egress_rules, default_ingress_rules, GroupView, RuleView,
-};
+use async_trait::async_trait;
+use isthmus_model::resource::{Resource, View};
+use isthmus_model::security_group::{default_egress_rules, default_ingress_rules};
 use isthmus_model::{Caller, Error, Result, SecurityGroup, SecurityGroupRule};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
-use super::{check_revision, encode, new_id, now, store_error, Attempt, Listed, Object, Service};
+use super::{encode, new_id, now, store_error, Attempt, Kind, Listed, Object, Service};
 use crate::keys;
 
 impl Service {
@@ -31,14 +31,12 @@ impl Service {
         Ok(txn)
     }
 
-    /// Deletes a rule with its index keys in `txn`.
-    fn delete_rule(txn: Txn, rule: &SecurityGroupRule) -> Txn {
-        let mut txn = txn
-            .then(Op::delete(keys::security_group_rule(&rule.meta.id)))
-            .then(Op::delete(keys::group_rule(
-                &rule.security_group_id,
-                &rule.meta.id,
-            )));
+    /// Deletes a rule's index keys in `txn` (not the rule itself).
+    fn delete_rule_index(txn: Txn, rule: &SecurityGroupRule) -> Txn {
+        let mut txn = txn.then(Op::delete(keys::group_rule(
+            &rule.security_group_id,
+            &rule.meta.id,
+        )));
         if let Some(remote) = &rule.remote_group_id {
             txn = txn.then(Op::delete(keys::remote_rule(remote, &rule.meta.id)));
         }
@@ -104,11 +102,6 @@ impl Service {
         Ok(rules)
     }
 
-    async fn render_group(&self, group: &SecurityGroup) -> Result<Object> {
-        let rules = self.rules_of(&group.meta.id).await?;
-        Ok(group.render(&rules.iter().collect::<Vec<_>>()))
-    }
-
     pub(crate) async fn create_security_group(
         &self,
         caller: &Caller,
@@ -130,108 +123,7 @@ impl Service {
         if !self.commit(txn).await? {
             return Err(Error::Internal("security group id collision".to_owned()));
         }
-        Ok(group.render(&rules.iter().collect::<Vec<_>>()))
-    }
-
-    pub(crate) async fn show_security_group(&self, caller: &Caller, id: &str) -> Result<Object> {
-        let (group, _) = self.load_owned::<SecurityGroup>(caller, id).await?;
-        self.render_group(&group).await
-    }
-
-    pub(crate) async fn list_security_groups(&self, caller: &Caller) -> Result<Vec<Listed>> {
-        // Neutron creates the caller's default group when it first lists groups.
-        self.ensure_default_group(&caller.project_id).await?;
-        let groups = self
-            .load_all::<SecurityGroup>(keys::SECURITY_GROUPS)
-            .await?;
-        let mut rules: HashMap<String, Vec<SecurityGroupRule>> = HashMap::new();
-        for (rule, _) in self
-            .load_all::<SecurityGroupRule>(keys::SECURITY_GROUP_RULES)
-            .await?
-        {
-            rules
-                .entry(rule.security_group_id.clone())
-                .or_default()
-                .push(rule);
-        }
-        Ok(groups
-            .into_iter()
-            .filter(|(g, _)| caller.owns(&g.meta.project_id))
-            .map(|(group, _)| {
-                let rules = rules.remove(&group.meta.id).unwrap_or_default();
-                Box::new(GroupView { group, rules }) as Listed
-            })
-            .collect())
-    }
-
-    pub(crate) async fn update_security_group(
-        &self,
-        caller: &Caller,
-        id: &str,
-        body: Value,
-        if_match: Option<u64>,
-    ) -> Result<Object> {
-        let group = self
-            .retry(|| {
-                let body = body.clone();
-                async move {
-                    let (mut group, rev) = self.load_owned::<SecurityGroup>(caller, id).await?;
-                    check_revision(&group.meta, if_match)?;
-                    group.apply_update(body, &now())?;
-                    Ok(if self.write_back(id, rev, &group).await? {
-                        Attempt::Done(group)
-                    } else {
-                        Attempt::Retry
-                    })
-                }
-            })
-            .await?;
-        self.render_group(&group).await
-    }
-
-    pub(crate) async fn delete_security_group(
-        &self,
-        caller: &Caller,
-        id: &str,
-        if_match: Option<u64>,
-    ) -> Result<()> {
-        self.retry(|| async move {
-            let (group, rev) = self.load_owned::<SecurityGroup>(caller, id).await?;
-            check_revision(&group.meta, if_match)?;
-            if group.is_default && !caller.is_admin {
-                return Err(Error::SecurityGroupCannotRemoveDefault);
-            }
-            let users = keys::group_ports_prefix(id);
-            let mut txn = Txn::new()
-                .when(Compare::mod_revision(keys::security_group(id), rev))
-                .when(Compare::prefix_empty(&users))
-                .then(Op::delete(keys::security_group(id)));
-            if group.is_default {
-                txn = txn.then(Op::delete(keys::default_security_group(
-                    &group.meta.project_id,
-                )));
-            }
-            // Its own rules, and other groups' rules naming it as remote (Neutron cascades).
-            let mut doomed = self.rules_of(id).await?;
-            for rule_id in self.index(&keys::remote_rules_prefix(id)).await? {
-                if let Some((rule, _)) = self.load::<SecurityGroupRule>(&rule_id).await? {
-                    if !doomed.iter().any(|r| r.meta.id == rule.meta.id) {
-                        doomed.push(rule);
-                    }
-                }
-            }
-            for rule in &doomed {
-                txn = Self::delete_rule(txn, rule);
-            }
-            if self.commit(txn).await? {
-                return Ok(Attempt::Done(()));
-            }
-            if !self.index(&users).await?.is_empty() {
-                return Err(Error::SecurityGroupInUse(id.to_owned()));
-            }
-            Ok(Attempt::Retry)
-        })
-        .await
+        Ok(group.with_rules(rules).render(caller))
     }
 
     pub(crate) async fn create_security_group_rule(
@@ -275,7 +167,8 @@ impl Service {
                 ));
                 txn = Self::put_rule(txn, &rule)?;
                 Ok(if self.commit(txn).await? {
-                    Attempt::Done(rule.render(group.is_default))
+                    rule.in_default_group = group.is_default;
+                    Attempt::Done(rule.render(caller))
                 } else {
                     Attempt::Retry
                 })
@@ -283,70 +176,150 @@ impl Service {
         })
         .await
     }
+}
 
-    pub(crate) async fn show_security_group_rule(
-        &self,
-        caller: &Caller,
-        id: &str,
-    ) -> Result<Object> {
-        let (rule, _) = self.load_owned::<SecurityGroupRule>(caller, id).await?;
-        let in_default = self
+#[async_trait]
+impl Kind for SecurityGroup {
+    async fn complete(service: &Service, group: SecurityGroup) -> Result<SecurityGroup> {
+        let rules = service.rules_of(&group.meta.id).await?;
+        Ok(group.with_rules(rules))
+    }
+
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        // Neutron creates the caller's default group when it first lists groups.
+        service.ensure_default_group(&caller.project_id).await?;
+        let groups = service
+            .load_all::<SecurityGroup>(keys::SECURITY_GROUPS)
+            .await?;
+        let mut rules: HashMap<String, Vec<SecurityGroupRule>> = HashMap::new();
+        for (rule, _) in service
+            .load_all::<SecurityGroupRule>(keys::SECURITY_GROUP_RULES)
+            .await?
+        {
+            rules
+                .entry(rule.security_group_id.clone())
+                .or_default()
+                .push(rule);
+        }
+        Ok(groups
+            .into_iter()
+            .filter(|(g, _)| g.visible_to(caller))
+            .map(|(group, _)| {
+                let rules = rules.remove(&group.meta.id).unwrap_or_default();
+                Box::new(View::owned(group.with_rules(rules), caller)) as Listed
+            })
+            .collect())
+    }
+
+    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        service.create_security_group(caller, body).await
+    }
+
+    async fn apply_update(
+        _service: &Service,
+        _caller: &Caller,
+        group: &mut SecurityGroup,
+        body: Value,
+    ) -> Result<Txn> {
+        group.apply_update(body, &now())?;
+        Ok(Txn::new())
+    }
+
+    async fn delete_txn(service: &Service, caller: &Caller, group: &SecurityGroup) -> Result<Txn> {
+        if group.is_default && !caller.is_admin {
+            return Err(Error::SecurityGroupCannotRemoveDefault);
+        }
+        let id = &group.meta.id;
+        let mut txn = Txn::new().when(Compare::prefix_empty(keys::group_ports_prefix(id)));
+        if group.is_default {
+            txn = txn.then(Op::delete(keys::default_security_group(
+                &group.meta.project_id,
+            )));
+        }
+        // Its own rules, and other groups' rules naming it as remote (Neutron cascades).
+        let mut doomed = service.rules_of(id).await?;
+        for rule_id in service.index(&keys::remote_rules_prefix(id)).await? {
+            if let Some((rule, _)) = service.load::<SecurityGroupRule>(&rule_id).await? {
+                if !doomed.iter().any(|r| r.meta.id == rule.meta.id) {
+                    doomed.push(rule);
+                }
+            }
+        }
+        for rule in &doomed {
+            txn = Service::delete_rule_index(txn, rule)
+                .then(Op::delete(keys::security_group_rule(&rule.meta.id)));
+        }
+        Ok(txn)
+    }
+
+    async fn in_use(service: &Service, group: &SecurityGroup) -> Result<()> {
+        let id = &group.meta.id;
+        if service
+            .index(&keys::group_ports_prefix(id))
+            .await?
+            .is_empty()
+        {
+            Ok(())
+        } else {
+            Err(Error::SecurityGroupInUse(id.clone()))
+        }
+    }
+}
+
+#[async_trait]
+impl Kind for SecurityGroupRule {
+    async fn complete(service: &Service, mut rule: SecurityGroupRule) -> Result<SecurityGroupRule> {
+        rule.in_default_group = service
             .load::<SecurityGroup>(&rule.security_group_id)
             .await?
             .is_some_and(|(g, _)| g.is_default);
-        Ok(rule.render(in_default))
+        Ok(rule)
     }
 
-    pub(crate) async fn list_security_group_rules(&self, caller: &Caller) -> Result<Vec<Listed>> {
-        self.ensure_default_group(&caller.project_id).await?;
-        let defaults: std::collections::HashSet<String> = self
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        service.ensure_default_group(&caller.project_id).await?;
+        let defaults: HashSet<String> = service
             .load_all::<SecurityGroup>(keys::SECURITY_GROUPS)
             .await?
             .into_iter()
             .filter(|(g, _)| g.is_default)
             .map(|(g, _)| g.meta.id)
             .collect();
-        Ok(self
+        Ok(service
             .load_all::<SecurityGroupRule>(keys::SECURITY_GROUP_RULES)
             .await?
             .into_iter()
-            .filter(|(r, _)| caller.owns(&r.meta.project_id))
-            .map(|(rule, _)| {
-                let in_default_group = defaults.contains(&rule.security_group_id);
-                Box::new(RuleView {
-                    rule,
-                    in_default_group,
-                }) as Listed
+            .filter(|(r, _)| r.visible_to(caller))
+            .map(|(mut rule, _)| {
+                rule.in_default_group = defaults.contains(&rule.security_group_id);
+                Box::new(View::owned(rule, caller)) as Listed
             })
             .collect())
     }
 
-    pub(crate) async fn delete_security_group_rule(&self, caller: &Caller, id: &str) -> Result<()> {
-        self.retry(|| async move {
-            let (rule, rule_rev) = self.load_owned::<SecurityGroupRule>(caller, id).await?;
-            let (mut group, rev) = self
-                .must_load::<SecurityGroup>(&rule.security_group_id)
-                .await?;
-            group.meta.touch(&now());
-            let txn = Txn::new()
-                .when(Compare::mod_revision(
-                    keys::security_group_rule(id),
-                    rule_rev,
-                ))
-                .when(Compare::mod_revision(
-                    keys::security_group(&group.meta.id),
-                    rev,
-                ))
-                .then(Op::put(
-                    keys::security_group(&group.meta.id),
-                    encode(&group)?,
-                ));
-            Ok(if self.commit(Self::delete_rule(txn, &rule)).await? {
-                Attempt::Done(())
-            } else {
-                Attempt::Retry
-            })
-        })
-        .await
+    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        service.create_security_group_rule(caller, body).await
+    }
+
+    /// A rule change bumps its group, so agents see one change per group.
+    async fn delete_txn(
+        service: &Service,
+        _caller: &Caller,
+        rule: &SecurityGroupRule,
+    ) -> Result<Txn> {
+        let (mut group, rev) = service
+            .must_load::<SecurityGroup>(&rule.security_group_id)
+            .await?;
+        group.meta.touch(&now());
+        let txn = Txn::new()
+            .when(Compare::mod_revision(
+                keys::security_group(&group.meta.id),
+                rev,
+            ))
+            .then(Op::put(
+                keys::security_group(&group.meta.id),
+                encode(&group)?,
+            ));
+        Ok(Service::delete_rule_index(txn, rule))
     }
 }

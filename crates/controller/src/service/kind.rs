@@ -1,0 +1,509 @@
+//! What every kind of resource shares in the service: reading, visibility, the change
+//! scaffolding (retry, load, 404/403, `If-Match`, compare-and-swap write), tags and the
+//! registry the API serves collections from. A kind is its model [`Resource`] definition plus a
+//! [`Kind`] impl naming only what is special about it (allocation, in-use checks, cascades).
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use isthmus_model::meta::{normalize_tags, validate_tag};
+use isthmus_model::resource::{Definition, Resource, Schema, View};
+use isthmus_model::{Caller, Error, Result};
+use isthmus_store::{Compare, Op, Txn};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{check_revision, decode, encode, now, store_error, Attempt, Listed, Object, Service};
+
+/// The store key of object `id` of kind `T`: `/isthmus/<collection>/<id>`.
+pub fn key_of<T: Resource>(id: &str) -> String {
+    format!("/isthmus/{}/{id}", T::definition().collection)
+}
+
+/// The store prefix of every object of kind `T`.
+pub fn prefix_of<T: Resource>() -> String {
+    format!("/isthmus/{}/", T::definition().collection)
+}
+
+/// The service side of one kind of resource. Every method has the generic behaviour as its
+/// default; a kind overrides only what is special about it.
+#[async_trait]
+pub trait Kind: Resource + Serialize + DeserializeOwned + Clone {
+    /// Whether `caller` may see `obj` (default: the model's rule).
+    async fn visible(_service: &Service, caller: &Caller, obj: &Self) -> Result<bool> {
+        Ok(obj.visible_to(caller))
+    }
+
+    /// What a response shows of `obj` beyond its record (security groups read their rules).
+    async fn complete(_service: &Service, obj: Self) -> Result<Self> {
+        Ok(obj)
+    }
+
+    /// Everything of this kind `caller` may see, ready to filter, sort and render.
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        let mut out: Vec<Listed> = Vec::new();
+        for (obj, _) in service.load_all::<Self>(&prefix_of::<Self>()).await? {
+            if Self::visible(service, caller, &obj).await? {
+                out.push(Box::new(View::owned(obj, caller)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A new object from a create body, for the default `create` (kinds that allocate
+    /// override `create` instead).
+    fn parse_create(_service: &Service, _caller: &Caller, _body: Value) -> Result<Self> {
+        Err(Error::BadRequest(format!(
+            "{} cannot be created",
+            Self::definition().plural
+        )))
+    }
+
+    /// Creates an object: the default stores what `parse_create` made.
+    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        let obj = Self::parse_create(service, caller, body)?;
+        let key = key_of::<Self>(&obj.meta().id);
+        let txn = Txn::new()
+            .when(Compare::absent(&key))
+            .then(Op::put(key, encode(&obj)?));
+        if !service.commit(txn).await? {
+            return Err(Error::Internal(format!(
+                "{} id collision",
+                Self::definition().singular
+            )));
+        }
+        Ok(Self::complete(service, obj).await?.render(caller))
+    }
+
+    /// Applies an update body to `obj` for the default `update`; returns what else the
+    /// same transaction must compare or write.
+    async fn apply_update(
+        _service: &Service,
+        _caller: &Caller,
+        _obj: &mut Self,
+        _body: Value,
+    ) -> Result<Txn> {
+        Err(Error::BadRequest(format!(
+            "{} cannot be updated",
+            Self::definition().plural
+        )))
+    }
+
+    /// After an update committed.
+    async fn updated(_service: &Service, _obj: &Self) {}
+
+    /// Updates an object; `if_match` is an `If-Match: revision_number=N` constraint.
+    async fn update(
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+        if_match: Option<u64>,
+    ) -> Result<Object> {
+        let obj = service
+            .retry(|| {
+                let body = body.clone();
+                async move {
+                    let (mut obj, rev) = service
+                        .load_for_change::<Self>(caller, id, if_match, "update")
+                        .await?;
+                    let key = key_of::<Self>(id);
+                    let txn = Self::apply_update(service, caller, &mut obj, body)
+                        .await?
+                        .when(Compare::mod_revision(key.clone(), rev))
+                        .then(Op::put(key, encode(&obj)?));
+                    Ok(if service.commit(txn).await? {
+                        Self::updated(service, &obj).await;
+                        Attempt::Done(obj)
+                    } else {
+                        Attempt::Retry
+                    })
+                }
+            })
+            .await?;
+        Ok(Self::complete(service, obj).await?.render(caller))
+    }
+
+    /// What else deleting `obj` compares and removes in its transaction (index keys,
+    /// claims, cascades); never `obj`'s own key.
+    async fn delete_txn(_service: &Service, _caller: &Caller, _obj: &Self) -> Result<Txn> {
+        Ok(Txn::new())
+    }
+
+    /// After a delete failed to commit: the error when `obj` is in use, `Ok` to retry.
+    async fn in_use(_service: &Service, _obj: &Self) -> Result<()> {
+        Ok(())
+    }
+
+    /// After a delete committed (what lives outside the store's transaction).
+    async fn deleted(_service: &Service, _obj: &Self) {}
+
+    /// Deletes an object.
+    async fn delete(
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<()> {
+        let obj = service
+            .retry(|| async move {
+                let (obj, rev) = service
+                    .load_for_change::<Self>(caller, id, if_match, "delete")
+                    .await?;
+                let key = key_of::<Self>(id);
+                let txn = Self::delete_txn(service, caller, &obj)
+                    .await?
+                    .when(Compare::mod_revision(key.clone(), rev))
+                    .then(Op::delete(key));
+                if service.commit(txn).await? {
+                    return Ok(Attempt::Done(obj));
+                }
+                Self::in_use(service, &obj).await?;
+                Ok(Attempt::Retry)
+            })
+            .await?;
+        Self::deleted(service, &obj).await;
+        Ok(())
+    }
+}
+
+/// A change to a resource's tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagOp {
+    /// Replace all tags.
+    Replace(Vec<String>),
+    /// Add one tag.
+    Add(String),
+    /// Remove one tag (404 `TagNotFound` if absent).
+    Remove(String),
+    /// Remove every tag.
+    Clear,
+}
+
+impl Service {
+    /// Reads one stored object with its revision.
+    pub(crate) async fn load<T: Resource + DeserializeOwned>(
+        &self,
+        id: &str,
+    ) -> Result<Option<(T, u64)>> {
+        let key = key_of::<T>(id);
+        match self.store.get(&key).await.map_err(store_error)? {
+            None => Ok(None),
+            Some(kv) => Ok(Some((decode(&key, &kv.value)?, kv.mod_revision))),
+        }
+    }
+
+    /// Reads one object or fails with `<Kind>NotFound`.
+    pub(crate) async fn must_load<T: Resource + DeserializeOwned>(
+        &self,
+        id: &str,
+    ) -> Result<(T, u64)> {
+        self.load(id)
+            .await?
+            .ok_or_else(|| Error::not_found(T::definition().fault, id))
+    }
+
+    /// Reads an object the caller owns (admins: any); anything else is 404, so other
+    /// projects' resources are indistinguishable from missing ones.
+    pub(crate) async fn load_owned<T: Resource + DeserializeOwned>(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(T, u64)> {
+        match self.load::<T>(id).await? {
+            Some((obj, rev)) if caller.owns(&obj.meta().project_id) => Ok((obj, rev)),
+            _ => Err(Error::not_found(T::definition().fault, id)),
+        }
+    }
+
+    /// Reads an object the caller may see, or 404.
+    pub(crate) async fn load_visible<T: Kind>(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(T, u64)> {
+        match self.load::<T>(id).await? {
+            Some((obj, rev)) if T::visible(self, caller, &obj).await? => Ok((obj, rev)),
+            _ => Err(Error::not_found(T::definition().fault, id)),
+        }
+    }
+
+    /// Reads an object `caller` is about to change with `verb` (`update`, `delete`): 404 when
+    /// it may not see it, 403 when it may see but not change it, 412 when `if_match` is not
+    /// its revision.
+    pub(crate) async fn load_for_change<T: Kind>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        if_match: Option<u64>,
+        verb: &str,
+    ) -> Result<(T, u64)> {
+        let (obj, rev) = self.load_visible::<T>(caller, id).await?;
+        if !obj.changeable_by(caller) {
+            return Err(Error::PolicyNotAuthorized(format!(
+                "rule:{verb}_{}",
+                T::definition().singular
+            )));
+        }
+        check_revision(obj.meta(), if_match)?;
+        Ok((obj, rev))
+    }
+
+    /// Writes `obj` back over the revision `rev` it was read at; false when it changed
+    /// meanwhile (the caller retries).
+    pub(crate) async fn write_back<T: Resource + Serialize>(
+        &self,
+        id: &str,
+        rev: u64,
+        obj: &T,
+    ) -> Result<bool> {
+        let key = key_of::<T>(id);
+        let txn = Txn::new()
+            .when(Compare::mod_revision(key.clone(), rev))
+            .then(Op::put(key, encode(obj)?));
+        self.commit(txn).await
+    }
+}
+
+/// One collection of the API, whatever its kind: what the HTTP layer calls.
+#[async_trait]
+pub trait Endpoint: Send + Sync {
+    /// The kind's attribute rights (request bodies, list queries).
+    fn schema(&self) -> &'static (dyn Schema + Sync);
+    /// URL collection name.
+    fn collection(&self) -> &'static str;
+    /// JSON member of one object.
+    fn singular(&self) -> &'static str;
+    /// JSON member of a list.
+    fn plural(&self) -> &'static str;
+    /// Creates one object.
+    async fn create(&self, service: &Service, caller: &Caller, body: Value) -> Result<Object>;
+    /// Shows one object.
+    async fn show(&self, service: &Service, caller: &Caller, id: &str) -> Result<Object>;
+    /// Everything the caller may see (the API filters, sorts and pages it).
+    async fn list(&self, service: &Service, caller: &Caller) -> Result<Vec<Listed>>;
+    /// Updates one object.
+    async fn update(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+        if_match: Option<u64>,
+    ) -> Result<Object>;
+    /// Deletes one object.
+    async fn delete(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<()>;
+    /// The tags of one object.
+    async fn tags(&self, service: &Service, caller: &Caller, id: &str) -> Result<Vec<String>>;
+    /// Changes the tags of one object and returns them.
+    async fn update_tags(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        op: TagOp,
+    ) -> Result<Vec<String>>;
+}
+
+struct Handle<T>(PhantomData<fn() -> T>);
+
+fn definition<T: Resource>() -> &'static Definition<T> {
+    T::definition()
+}
+
+#[async_trait]
+impl<T: Kind> Endpoint for Handle<T> {
+    fn schema(&self) -> &'static (dyn Schema + Sync) {
+        definition::<T>()
+    }
+    fn collection(&self) -> &'static str {
+        definition::<T>().collection
+    }
+    fn singular(&self) -> &'static str {
+        definition::<T>().singular
+    }
+    fn plural(&self) -> &'static str {
+        definition::<T>().plural
+    }
+
+    async fn create(&self, service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        T::create(service, caller, body).await
+    }
+
+    async fn show(&self, service: &Service, caller: &Caller, id: &str) -> Result<Object> {
+        let (obj, _) = service.load_visible::<T>(caller, id).await?;
+        Ok(T::complete(service, obj).await?.render(caller))
+    }
+
+    async fn list(&self, service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        T::list(service, caller).await
+    }
+
+    async fn update(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+        if_match: Option<u64>,
+    ) -> Result<Object> {
+        if !definition::<T>().updatable {
+            return Err(Error::BadRequest(format!(
+                "{} cannot be updated",
+                definition::<T>().plural
+            )));
+        }
+        T::update(service, caller, id, body, if_match).await
+    }
+
+    async fn delete(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<()> {
+        T::delete(service, caller, id, if_match).await
+    }
+
+    async fn tags(&self, service: &Service, caller: &Caller, id: &str) -> Result<Vec<String>> {
+        if !definition::<T>().tagged {
+            return Err(Error::PathNotFound);
+        }
+        Ok(service
+            .load_owned::<T>(caller, id)
+            .await?
+            .0
+            .meta()
+            .tags
+            .clone())
+    }
+
+    async fn update_tags(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        op: TagOp,
+    ) -> Result<Vec<String>> {
+        if !definition::<T>().tagged {
+            return Err(Error::PathNotFound);
+        }
+        if let TagOp::Add(tag) | TagOp::Remove(tag) = &op {
+            validate_tag(tag)?;
+        }
+        let replacement = match &op {
+            TagOp::Replace(tags) => Some(normalize_tags(tags.clone())?),
+            _ => None,
+        };
+        let op = &op;
+        service
+            .retry(|| {
+                let replacement = replacement.clone();
+                async move {
+                    let (mut obj, rev) = service.load_owned::<T>(caller, id).await?;
+                    let tags = &mut obj.meta_mut().tags;
+                    match op {
+                        TagOp::Replace(_) => *tags = replacement.unwrap_or_default(),
+                        TagOp::Add(tag) => {
+                            if !tags.contains(tag) {
+                                tags.push(tag.clone());
+                                tags.sort();
+                            }
+                        }
+                        TagOp::Remove(tag) => {
+                            let before = tags.len();
+                            tags.retain(|t| t != tag);
+                            if tags.len() == before {
+                                return Err(Error::NotFound {
+                                    kind: "Tag",
+                                    id: format!("{tag} on {id}"),
+                                });
+                            }
+                        }
+                        TagOp::Clear => tags.clear(),
+                    }
+                    let result = obj.meta().tags.clone();
+                    obj.meta_mut().touch(&now());
+                    Ok(if service.write_back(id, rev, &obj).await? {
+                        Attempt::Done(result)
+                    } else {
+                        Attempt::Retry
+                    })
+                }
+            })
+            .await
+    }
+}
+
+/// The collections an API serves, by URL name.
+#[derive(Clone)]
+pub struct Registry {
+    kinds: Vec<Arc<dyn Endpoint>>,
+    by_collection: HashMap<&'static str, usize>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.kinds.iter().map(|k| k.collection()))
+            .finish()
+    }
+}
+
+impl Registry {
+    /// No collections.
+    pub fn empty() -> Registry {
+        Registry {
+            kinds: Vec::new(),
+            by_collection: HashMap::new(),
+        }
+    }
+
+    /// Neutron's resources.
+    pub fn neutron() -> Registry {
+        Registry::empty()
+            .with::<isthmus_model::Network>()
+            .with::<isthmus_model::Subnet>()
+            .with::<isthmus_model::Port>()
+            .with::<isthmus_model::SecurityGroup>()
+            .with::<isthmus_model::SecurityGroupRule>()
+            .with::<isthmus_model::Router>()
+            .with::<isthmus_model::FloatingIp>()
+    }
+
+    /// Adds kind `T` (replacing one with the same collection name).
+    pub fn with<T: Kind>(mut self) -> Registry {
+        let endpoint: Arc<dyn Endpoint> = Arc::new(Handle::<T>(PhantomData));
+        let name = endpoint.collection();
+        match self.by_collection.get(name) {
+            Some(&i) => self.kinds[i] = endpoint,
+            None => {
+                self.by_collection.insert(name, self.kinds.len());
+                self.kinds.push(endpoint);
+            }
+        }
+        self
+    }
+
+    /// The collection named `collection` in URLs.
+    pub fn find(&self, collection: &str) -> Option<&dyn Endpoint> {
+        self.by_collection
+            .get(collection)
+            .map(|&i| self.kinds[i].as_ref())
+    }
+
+    /// Every collection, in registration order.
+    pub fn iter(&self) -> impl Iterator<Item = &dyn Endpoint> {
+        self.kinds.iter().map(|k| k.as_ref())
+    }
+}
