@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::input::{as_ip, as_uuid, show, Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
-use crate::resource::{attr, input, standard, Definition, Resource, Rights};
+use crate::resource::{attr, input, Definition, Rights};
 
 /// The `floatingips` resource.
 pub static DEFINITION: Definition<FloatingIp> = Definition {
@@ -17,13 +17,11 @@ pub static DEFINITION: Definition<FloatingIp> = Definition {
     singular: "floatingip",
     plural: "floatingips",
     fault: "FloatingIP",
+    named: false,
     tagged: true,
+    description: Rights::ALL,
     updatable: true,
     attributes: &[
-        standard::id_attr(),
-        standard::description_attr(),
-        standard::project_attr(),
-        standard::tenant_attr(),
         attr("floating_ip_address", Rights::CREATE_QUERY, |f, _| {
             Some(json!(f.floating_ip_address))
         }),
@@ -40,10 +38,6 @@ pub static DEFINITION: Definition<FloatingIp> = Definition {
             Some(json!(f.association.as_ref().map(|a| a.fixed_ip_address)))
         }),
         attr("status", Rights::READ, |f, _| Some(json!(f.status))),
-        standard::tags_attr(),
-        standard::revision_attr(),
-        standard::created_attr(),
-        standard::updated_attr(),
         input("subnet_id", Rights::CREATE),
     ],
 };
@@ -146,21 +140,12 @@ impl FloatingIpRequest {
     }
 }
 
-impl Resource for FloatingIp {
-    fn definition() -> &'static Definition<Self> {
-        &DEFINITION
-    }
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-}
+crate::resource!(FloatingIp, DEFINITION);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Resource;
 
     const NET: &str = "11111111-2222-3333-4444-555555555555";
 

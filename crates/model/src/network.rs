@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::input::{Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
-use crate::resource::{attr, standard, Definition, Resource, Rights};
+use crate::resource::{attr, Definition, Rights};
 
 /// Largest VXLAN network identifier.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
@@ -22,14 +22,11 @@ pub static DEFINITION: Definition<Network> = Definition {
     singular: "network",
     plural: "networks",
     fault: "Network",
+    named: true,
     tagged: true,
+    description: Rights::ALL,
     updatable: true,
     attributes: &[
-        standard::id_attr(),
-        standard::name_attr(),
-        standard::description_attr(),
-        standard::project_attr(),
-        standard::tenant_attr(),
         attr("admin_state_up", Rights::ALL, |n, _| {
             Some(json!(n.admin_state_up))
         }),
@@ -59,10 +56,6 @@ pub static DEFINITION: Definition<Network> = Definition {
         }),
         attr("status", Rights::READ, |_, _| Some(json!("ACTIVE"))),
         attr("subnets", Rights::READ, |n, _| Some(json!(n.subnets))),
-        standard::tags_attr(),
-        standard::revision_attr(),
-        standard::created_attr(),
-        standard::updated_attr(),
         attr("ipv4_address_scope", Rights::READ, |_, _| Some(Value::Null)),
         attr("ipv6_address_scope", Rights::READ, |_, _| Some(Value::Null)),
         attr("l2_adjacency", Rights::READ, |_, _| Some(json!(true))),
@@ -327,25 +320,17 @@ impl Network {
     }
 }
 
-impl Resource for Network {
-    fn definition() -> &'static Definition<Self> {
-        &DEFINITION
-    }
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
+crate::resource!(Network, DEFINITION, {
     /// Own, shared or external.
     fn visible_to(&self, caller: &Caller) -> bool {
         caller.owns(&self.meta.project_id) || self.shared || self.external
     }
-}
+});
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Resource;
 
     const LIMITS: NetworkLimits = NetworkLimits { underlay_mtu: 1500 };
 

@@ -12,7 +12,7 @@ use crate::input::{as_ip, as_string, as_uuid, show, Input, Method};
 use crate::mac;
 use crate::meta::{owner_project, Caller, Meta};
 use crate::network::bridge_name;
-use crate::resource::{attr, standard, Definition, Resource, Rights};
+use crate::resource::{attr, Definition, Rights};
 
 /// The `ports` resource.
 pub static DEFINITION: Definition<Port> = Definition {
@@ -20,14 +20,11 @@ pub static DEFINITION: Definition<Port> = Definition {
     singular: "port",
     plural: "ports",
     fault: "Port",
+    named: true,
     tagged: true,
+    description: Rights::ALL,
     updatable: true,
     attributes: &[
-        standard::id_attr(),
-        standard::name_attr(),
-        standard::description_attr(),
-        standard::project_attr(),
-        standard::tenant_attr(),
         attr("network_id", Rights::CREATE_QUERY, |p, _| {
             Some(json!(p.network_id))
         }),
@@ -71,10 +68,6 @@ pub static DEFINITION: Definition<Port> = Definition {
             v.admin.then(|| p.vif_details())
         }),
         attr("status", Rights::READ, |p, _| Some(json!(p.status))),
-        standard::tags_attr(),
-        standard::revision_attr(),
-        standard::created_attr(),
-        standard::updated_attr(),
         attr("extra_dhcp_opts", Rights::READ, |_, _| Some(json!([]))),
         attr("ip_allocation", Rights::READ, |_, _| {
             Some(json!("immediate"))
@@ -530,21 +523,12 @@ impl Port {
     }
 }
 
-impl Resource for Port {
-    fn definition() -> &'static Definition<Self> {
-        &DEFINITION
-    }
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-}
+crate::resource!(Port, DEFINITION);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Resource;
 
     const NET: &str = "11111111-2222-3333-4444-555555555555";
     const SUB: &str = "aaaaaaaa-2222-3333-4444-555555555555";

@@ -6,7 +6,7 @@
 use std::borrow::Borrow;
 use std::marker::PhantomData;
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::meta::{Caller, Meta};
 use crate::wire::{to_map, Wire};
@@ -120,11 +120,17 @@ pub struct Definition<T: 'static> {
     pub plural: &'static str,
     /// Neutron's name in `<Fault>NotFound`.
     pub fault: &'static str,
-    /// Whether it has the `tags` sub-resource.
+    /// Whether it has a `name` (floating IPs and security group rules have none).
+    pub named: bool,
+    /// Whether it has `tags` and the tags sub-resource.
     pub tagged: bool,
+    /// The rights on `description` (security group rules: set on create only).
+    pub description: Rights,
     /// Whether PUT is allowed at all (security group rules cannot be updated).
     pub updatable: bool,
-    /// Every attribute, in output order.
+    /// Its own attributes, in output order; the standard ones (`id`, `name`, `description`,
+    /// `project_id`, `tenant_id` before them; `tags`, `revision_number`, `created_at`,
+    /// `updated_at` after) come from the flags above.
     pub attributes: &'static [Attribute<T>],
 }
 
@@ -133,6 +139,130 @@ impl<T> std::fmt::Debug for Definition<T> {
         f.debug_struct("Definition")
             .field("collection", &self.collection)
             .finish()
+    }
+}
+
+/// A standard attribute, kept in [`Meta`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standard {
+    /// `id`.
+    Id,
+    /// `name`.
+    Name,
+    /// `description`.
+    Description,
+    /// `project_id`.
+    Project,
+    /// `tenant_id`, the legacy name of `project_id`.
+    Tenant,
+    /// `tags`.
+    Tags,
+    /// `revision_number`.
+    Revision,
+    /// `created_at`.
+    Created,
+    /// `updated_at`.
+    Updated,
+}
+
+impl Standard {
+    /// Its name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Standard::Id => "id",
+            Standard::Name => "name",
+            Standard::Description => "description",
+            Standard::Project => "project_id",
+            Standard::Tenant => "tenant_id",
+            Standard::Tags => "tags",
+            Standard::Revision => "revision_number",
+            Standard::Created => "created_at",
+            Standard::Updated => "updated_at",
+        }
+    }
+
+    fn rights<T>(self, definition: &Definition<T>) -> Rights {
+        match self {
+            Standard::Name => Rights::ALL,
+            Standard::Description => definition.description,
+            // Tags change through their sub-resource.
+            Standard::Project | Standard::Tenant | Standard::Tags => Rights::CREATE_QUERY,
+            Standard::Id | Standard::Revision | Standard::Created | Standard::Updated => {
+                Rights::READ
+            }
+        }
+    }
+
+    fn render(self, meta: &Meta) -> Value {
+        match self {
+            Standard::Id => json!(meta.id),
+            Standard::Name => json!(meta.name),
+            Standard::Description => json!(meta.description),
+            Standard::Project | Standard::Tenant => json!(meta.project_id),
+            Standard::Tags => json!(meta.tags),
+            Standard::Revision => json!(meta.revision_number),
+            Standard::Created => json!(meta.created_at),
+            Standard::Updated => json!(meta.updated_at),
+        }
+    }
+}
+
+/// One attribute slot of a definition.
+#[derive(Debug)]
+pub enum Slot<'a, T: 'static> {
+    /// A standard attribute.
+    Standard(Standard),
+    /// One of the kind's own.
+    Own(&'a Attribute<T>),
+}
+
+impl<T> Definition<T> {
+    fn head(&self) -> &'static [Standard] {
+        use Standard::*;
+        if self.named {
+            &[Id, Name, Description, Project, Tenant]
+        } else {
+            &[Id, Description, Project, Tenant]
+        }
+    }
+
+    fn tail(&self) -> &'static [Standard] {
+        use Standard::*;
+        if self.tagged {
+            &[Tags, Revision, Created, Updated]
+        } else {
+            &[Revision, Created, Updated]
+        }
+    }
+
+    /// How many attributes it has, standard ones included.
+    pub fn len(&self) -> usize {
+        self.head().len() + self.attributes.len() + self.tail().len()
+    }
+
+    /// Whether it has no attribute at all (never: every kind has an id).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Attribute `index` (< `len()`), in output order.
+    pub fn slot(&self, index: usize) -> Slot<'_, T> {
+        let head = self.head();
+        if let Some(s) = head.get(index) {
+            return Slot::Standard(*s);
+        }
+        match self.attributes.get(index - head.len()) {
+            Some(a) => Slot::Own(a),
+            None => Slot::Standard(self.tail()[index - head.len() - self.attributes.len()]),
+        }
+    }
+
+    /// The name of attribute `index`.
+    pub fn name_at(&self, index: usize) -> &'static str {
+        match self.slot(index) {
+            Slot::Standard(s) => s.name(),
+            Slot::Own(a) => a.name,
+        }
     }
 }
 
@@ -145,10 +275,17 @@ pub trait Schema {
 
 impl<T> Schema for Definition<T> {
     fn rights(&self, name: &str) -> Option<Rights> {
-        self.attributes
+        self.head()
             .iter()
-            .find(|a| a.name == name)
-            .map(|a| a.rights)
+            .chain(self.tail())
+            .find(|s| s.name() == name)
+            .map(|s| s.rights(self))
+            .or_else(|| {
+                self.attributes
+                    .iter()
+                    .find(|a| a.name == name)
+                    .map(|a| a.rights)
+            })
     }
 }
 
@@ -179,6 +316,29 @@ pub trait Resource: Sized + Send + Sync + 'static {
     fn render(&self, viewer: impl Into<Viewer>) -> Map<String, Value> {
         to_map(&View::of(self, viewer))
     }
+}
+
+/// Implements [`Resource`] for a type whose standard attributes are its `meta` field, with
+/// `definition` as its definition and, optionally, overrides of the provided methods.
+#[macro_export]
+macro_rules! resource {
+    ($ty:ty, $definition:expr) => {
+        $crate::resource!($ty, $definition, {});
+    };
+    ($ty:ty, $definition:expr, { $($overrides:tt)* }) => {
+        impl $crate::resource::Resource for $ty {
+            fn definition() -> &'static $crate::resource::Definition<Self> {
+                &$definition
+            }
+            fn meta(&self) -> &$crate::Meta {
+                &self.meta
+            }
+            fn meta_mut(&mut self) -> &mut $crate::Meta {
+                &mut self.meta
+            }
+            $($overrides)*
+        }
+    };
 }
 
 /// A resource as one viewer sees it, held owned (`View<T, T>`, lists) or borrowed
@@ -216,92 +376,22 @@ impl<'a, T: Resource> View<T, &'a T> {
 
 impl<T: Resource, B: Borrow<T>> Wire for View<T, B> {
     fn count(&self) -> usize {
-        T::definition().attributes.len()
+        T::definition().len()
     }
 
     fn name_at(&self, index: usize) -> &'static str {
-        T::definition().attributes[index].name
+        T::definition().name_at(index)
     }
 
     fn value_at(&self, index: usize) -> Option<Value> {
-        let render = T::definition().attributes[index].render?;
-        render(self.obj.borrow(), self.viewer)
+        let obj = self.obj.borrow();
+        match T::definition().slot(index) {
+            Slot::Standard(s) => Some(s.render(obj.meta())),
+            Slot::Own(a) => (a.render?)(obj, self.viewer),
+        }
     }
 
     fn id(&self) -> &str {
         &self.obj.borrow().meta().id
-    }
-}
-
-/// Standard attributes, the same for every kind. `named` kinds also have `name` and `tags`.
-pub mod standard {
-    use serde_json::{json, Value};
-
-    use super::{attr, Attribute, Resource, Rights, Viewer};
-
-    fn id<T: Resource>(t: &T, _: Viewer) -> Option<Value> {
-        Some(json!(t.meta().id))
-    }
-    fn name<T: Resource>(t: &T, _: Viewer) -> Option<Value> {
-        Some(json!(t.meta().name))
-    }
-    fn description<T: Resource>(t: &T, _: Viewer) -> Option<Value> {
-        Some(json!(t.meta().description))
-    }
-    fn project<T: Resource>(t: &T, _: Viewer) -> Option<Value> {
-        Some(json!(t.meta().project_id))
-    }
-    fn tags<T: Resource>(t: &T, _: Viewer) -> Option<Value> {
-        Some(json!(t.meta().tags))
-    }
-    fn revision<T: Resource>(t: &T, _: Viewer) -> Option<Value> {
-        Some(json!(t.meta().revision_number))
-    }
-    fn created<T: Resource>(t: &T, _: Viewer) -> Option<Value> {
-        Some(json!(t.meta().created_at))
-    }
-    fn updated<T: Resource>(t: &T, _: Viewer) -> Option<Value> {
-        Some(json!(t.meta().updated_at))
-    }
-
-    /// `id`: read-only.
-    pub const fn id_attr<T: Resource>() -> Attribute<T> {
-        attr("id", Rights::READ, id::<T>)
-    }
-    /// `name`: set and changed.
-    pub const fn name_attr<T: Resource>() -> Attribute<T> {
-        attr("name", Rights::ALL, name::<T>)
-    }
-    /// `description`: set and changed.
-    pub const fn description_attr<T: Resource>() -> Attribute<T> {
-        attr("description", Rights::ALL, description::<T>)
-    }
-    /// `description`, set on create only (security group rules).
-    pub const fn fixed_description_attr<T: Resource>() -> Attribute<T> {
-        attr("description", Rights::CREATE_QUERY, description::<T>)
-    }
-    /// `project_id`: set on create (admins for others).
-    pub const fn project_attr<T: Resource>() -> Attribute<T> {
-        attr("project_id", Rights::CREATE_QUERY, project::<T>)
-    }
-    /// `tenant_id`, the legacy name of `project_id`.
-    pub const fn tenant_attr<T: Resource>() -> Attribute<T> {
-        attr("tenant_id", Rights::CREATE_QUERY, project::<T>)
-    }
-    /// `tags`: set on create (changed through the tags sub-resource).
-    pub const fn tags_attr<T: Resource>() -> Attribute<T> {
-        attr("tags", Rights::CREATE_QUERY, tags::<T>)
-    }
-    /// `revision_number`.
-    pub const fn revision_attr<T: Resource>() -> Attribute<T> {
-        attr("revision_number", Rights::READ, revision::<T>)
-    }
-    /// `created_at`.
-    pub const fn created_attr<T: Resource>() -> Attribute<T> {
-        attr("created_at", Rights::READ, created::<T>)
-    }
-    /// `updated_at`.
-    pub const fn updated_attr<T: Resource>() -> Attribute<T> {
-        attr("updated_at", Rights::READ, updated::<T>)
     }
 }

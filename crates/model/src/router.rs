@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::input::{as_bool, as_uuid, show, Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
 use crate::port::{parse_fixed_ips, FixedIp, FixedIpRequest};
-use crate::resource::{attr, standard, Definition, Resource, Rights};
+use crate::resource::{attr, Definition, Rights};
 
 /// `device_owner` of a distributed router's interface ports (same gateway IP and MAC on every
 /// node hosting the router).
@@ -48,14 +48,11 @@ pub static DEFINITION: Definition<Router> = Definition {
     singular: "router",
     plural: "routers",
     fault: "Router",
+    named: true,
     tagged: true,
+    description: Rights::ALL,
     updatable: true,
     attributes: &[
-        standard::id_attr(),
-        standard::name_attr(),
-        standard::description_attr(),
-        standard::project_attr(),
-        standard::tenant_attr(),
         attr("admin_state_up", Rights::ALL, |r, _| {
             Some(json!(r.admin_state_up))
         }),
@@ -86,10 +83,6 @@ pub static DEFINITION: Definition<Router> = Definition {
             Some(json!(["nova"]))
         }),
         attr("flavor_id", Rights::READ, |_, _| Some(Value::Null)),
-        standard::tags_attr(),
-        standard::revision_attr(),
-        standard::created_attr(),
-        standard::updated_attr(),
     ],
 };
 
@@ -430,17 +423,7 @@ impl Router {
     }
 }
 
-impl Resource for Router {
-    fn definition() -> &'static Definition<Self> {
-        &DEFINITION
-    }
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-}
+crate::resource!(Router, DEFINITION);
 
 fn route_text(route: &Route) -> String {
     format!(
@@ -452,6 +435,7 @@ fn route_text(route: &Route) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Resource;
 
     const NET: &str = "11111111-2222-3333-4444-555555555555";
 

@@ -7,7 +7,7 @@ use crate::addr::{Cidr, IpVersion};
 use crate::error::{Error, Result};
 use crate::input::{as_string, as_uuid, Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
-use crate::resource::{attr, standard, Definition, Resource, Rights};
+use crate::resource::{attr, Definition, Resource, Rights};
 
 /// The `security-groups` resource.
 pub static GROUP_DEFINITION: Definition<SecurityGroup> = Definition {
@@ -15,14 +15,11 @@ pub static GROUP_DEFINITION: Definition<SecurityGroup> = Definition {
     singular: "security_group",
     plural: "security_groups",
     fault: "SecurityGroup",
+    named: true,
     tagged: true,
+    description: Rights::ALL,
     updatable: true,
     attributes: &[
-        standard::id_attr(),
-        standard::name_attr(),
-        standard::description_attr(),
-        standard::project_attr(),
-        standard::tenant_attr(),
         attr("security_group_rules", Rights::READ, |g, v| {
             Some(Value::Array(
                 g.rules.iter().map(|r| Value::Object(r.render(v))).collect(),
@@ -30,10 +27,6 @@ pub static GROUP_DEFINITION: Definition<SecurityGroup> = Definition {
         }),
         attr("stateful", Rights::ALL, |g, _| Some(json!(g.stateful))),
         attr("shared", Rights::READ, |_, _| Some(json!(false))),
-        standard::tags_attr(),
-        standard::revision_attr(),
-        standard::created_attr(),
-        standard::updated_attr(),
     ],
 };
 
@@ -43,13 +36,11 @@ pub static RULE_DEFINITION: Definition<SecurityGroupRule> = Definition {
     singular: "security_group_rule",
     plural: "security_group_rules",
     fault: "SecurityGroupRule",
+    named: false,
     tagged: false,
+    description: Rights::CREATE_QUERY,
     updatable: false,
     attributes: &[
-        standard::id_attr(),
-        standard::fixed_description_attr(),
-        standard::project_attr(),
-        standard::tenant_attr(),
         attr("security_group_id", Rights::CREATE_QUERY, |r, _| {
             Some(json!(r.security_group_id))
         }),
@@ -87,9 +78,6 @@ pub static RULE_DEFINITION: Definition<SecurityGroupRule> = Definition {
         attr("belongs_to_default_sg", Rights::READ, |r, _| {
             Some(json!(r.in_default_group))
         }),
-        standard::revision_attr(),
-        standard::created_attr(),
-        standard::updated_attr(),
     ],
 };
 
@@ -530,29 +518,9 @@ impl SecurityGroupRule {
     }
 }
 
-impl Resource for SecurityGroup {
-    fn definition() -> &'static Definition<Self> {
-        &GROUP_DEFINITION
-    }
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-}
+crate::resource!(SecurityGroup, GROUP_DEFINITION);
 
-impl Resource for SecurityGroupRule {
-    fn definition() -> &'static Definition<Self> {
-        &RULE_DEFINITION
-    }
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-}
+crate::resource!(SecurityGroupRule, RULE_DEFINITION);
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::input::{as_cidr, as_ip, as_string, as_uuid, Input, Method};
 use crate::ipam;
 use crate::meta::{owner_project, Caller, Meta};
-use crate::resource::{attr, input, standard, Definition, Resource, Rights};
+use crate::resource::{attr, input, Definition, Rights};
 
 /// The `subnets` resource.
 pub static DEFINITION: Definition<Subnet> = Definition {
@@ -19,14 +19,11 @@ pub static DEFINITION: Definition<Subnet> = Definition {
     singular: "subnet",
     plural: "subnets",
     fault: "Subnet",
+    named: true,
     tagged: true,
+    description: Rights::ALL,
     updatable: true,
     attributes: &[
-        standard::id_attr(),
-        standard::name_attr(),
-        standard::description_attr(),
-        standard::project_attr(),
-        standard::tenant_attr(),
         attr("network_id", Rights::CREATE_QUERY, |s, _| {
             Some(json!(s.network_id))
         }),
@@ -62,10 +59,6 @@ pub static DEFINITION: Definition<Subnet> = Definition {
         attr("service_types", Rights::CREATE_QUERY, |_, _| {
             Some(json!([]))
         }),
-        standard::tags_attr(),
-        standard::revision_attr(),
-        standard::created_attr(),
-        standard::updated_attr(),
         input("use_default_subnetpool", Rights::CREATE_QUERY),
         input("prefixlen", Rights::CREATE_QUERY),
     ],
@@ -390,21 +383,12 @@ impl Subnet {
     }
 }
 
-impl Resource for Subnet {
-    fn definition() -> &'static Definition<Self> {
-        &DEFINITION
-    }
-    fn meta(&self) -> &Meta {
-        &self.meta
-    }
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-}
+crate::resource!(Subnet, DEFINITION);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::Resource;
 
     const NET: &str = "11111111-2222-3333-4444-555555555555";
 

@@ -33,6 +33,25 @@ fn free_port() -> Result<u16, EtcdServerError> {
         .map_err(|e| EtcdServerError::Failed(e.to_string()))
 }
 
+/// Whether etcd on `port` says it is healthy: it has elected itself leader and serves
+/// requests (an open port alone is not enough; requests before that fail).
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.contains("\"health\":\"true\"")
+}
+
 fn etcd_binary() -> Option<String> {
     ["/usr/bin/etcd", "/usr/local/bin/etcd"]
         .into_iter()
@@ -69,7 +88,7 @@ impl EtcdServer {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", client_port)).is_ok() {
+            if healthy(client_port) {
                 return Ok(server);
             }
             std::thread::sleep(Duration::from_millis(50));

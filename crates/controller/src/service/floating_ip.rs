@@ -138,119 +138,6 @@ impl Service {
         })
     }
 
-    pub(crate) async fn create_floating_ip(&self, caller: &Caller, body: Value) -> Result<Object> {
-        let req = FloatingIpRequest::parse(body, Method::Create, caller)?;
-        let network_id = req.floating_network_id.clone().unwrap_or_default();
-        let (network, _) = self.load_visible::<Network>(caller, &network_id).await?;
-        if !network.external {
-            return Err(bad_fip(format!(
-                "Network {network_id} is not a valid external network"
-            )));
-        }
-        let id = new_id();
-        let project = req
-            .project_id
-            .clone()
-            .unwrap_or_else(|| caller.project_id.clone());
-        let requested = FixedIpRequest {
-            subnet_id: req.subnet_id.clone(),
-            ip_address: req.floating_ip_address,
-        };
-        let fixed_ips = if requested.subnet_id.is_none() && requested.ip_address.is_none() {
-            Value::Null
-        } else {
-            json!([requested.to_wire()])
-        };
-        let port = self
-            .create_service_port(&project, &network_id, fixed_ips, OWNER_FLOATING_IP, &id, "")
-            .await?;
-        let Some(address) = port
-            .fixed_ips
-            .iter()
-            .map(|f| f.ip_address)
-            .find(|ip| IpVersion::of(*ip) == IpVersion::V4)
-        else {
-            self.delete_service_ports([port.meta.id.clone()]).await;
-            return Err(Error::IpAddressGenerationFailure(network_id));
-        };
-        let mut meta = Meta::new(id.clone(), project, &now());
-        meta.description = req.description.clone().unwrap_or_default();
-        meta.tags = req.tags.clone().unwrap_or_default();
-        let base = FloatingIp {
-            meta,
-            floating_network_id: network_id,
-            floating_ip_address: address,
-            floating_port_id: port.meta.id.clone(),
-            association: None,
-            status: "DOWN".to_owned(),
-        };
-        let result = self
-            .retry(|| async {
-                let mut fip = base.clone();
-                let mut txn = Txn::new().when(Compare::absent(keys::floating_ip(&id)));
-                let mut planned = None;
-                if let Some(Some(port_id)) = &req.port_id {
-                    let (a, port_rev) = self
-                        .plan_association(caller, &fip, port_id, req.fixed_ip_address)
-                        .await?;
-                    txn = Self::associate(txn, &fip, &a, port_rev);
-                    fip.association = Some(a.clone());
-                    planned = Some(a);
-                }
-                self.commit_floating_ip(caller, txn, &fip, planned.as_ref())
-                    .await
-            })
-            .await;
-        if result.is_err() {
-            self.delete_service_ports([port.meta.id]).await;
-        }
-        result
-    }
-
-    pub(crate) async fn update_floating_ip(
-        &self,
-        caller: &Caller,
-        id: &str,
-        body: Value,
-        if_match: Option<u64>,
-    ) -> Result<Object> {
-        let req = FloatingIpRequest::parse(body, Method::Update, caller)?;
-        self.retry(|| async {
-            let (mut fip, rev) = self.load_owned::<FloatingIp>(caller, id).await?;
-            check_revision(&fip.meta, if_match)?;
-            let mut txn = Txn::new().when(Compare::mod_revision(keys::floating_ip(id), rev));
-            if let Some(v) = &req.description {
-                fip.meta.description = v.clone();
-            }
-            let mut planned = None;
-            if let Some(wanted) = &req.port_id {
-                let plan = match wanted {
-                    Some(port_id) => Some(
-                        self.plan_association(caller, &fip, port_id, req.fixed_ip_address)
-                            .await?,
-                    ),
-                    None => None,
-                };
-                let unchanged =
-                    matches!((&plan, &fip.association), (Some((a, _)), Some(b)) if a == b);
-                if !unchanged {
-                    for op in Self::disassociate(&mut fip) {
-                        txn = txn.then(op);
-                    }
-                    if let Some((a, port_rev)) = plan {
-                        txn = Self::associate(txn, &fip, &a, port_rev);
-                        fip.association = Some(a.clone());
-                        planned = Some(a);
-                    }
-                }
-            }
-            fip.meta.touch(&now());
-            self.commit_floating_ip(caller, txn, &fip, planned.as_ref())
-                .await
-        })
-        .await
-    }
-
     /// An agent's report that it NATs (`ACTIVE`) or cannot NAT (`ERROR`, `DOWN`) a floating
     /// IP. Only an associated floating IP can be `ACTIVE`.
     pub async fn set_floating_ip_status(
@@ -295,7 +182,73 @@ impl Service {
 #[async_trait]
 impl Kind for FloatingIp {
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
-        service.create_floating_ip(caller, body).await
+        let req = FloatingIpRequest::parse(body, Method::Create, caller)?;
+        let network_id = req.floating_network_id.clone().unwrap_or_default();
+        let (network, _) = service.load_visible::<Network>(caller, &network_id).await?;
+        if !network.external {
+            return Err(bad_fip(format!(
+                "Network {network_id} is not a valid external network"
+            )));
+        }
+        let id = new_id();
+        let project = req
+            .project_id
+            .clone()
+            .unwrap_or_else(|| caller.project_id.clone());
+        let requested = FixedIpRequest {
+            subnet_id: req.subnet_id.clone(),
+            ip_address: req.floating_ip_address,
+        };
+        let fixed_ips = if requested.subnet_id.is_none() && requested.ip_address.is_none() {
+            Value::Null
+        } else {
+            json!([requested.to_wire()])
+        };
+        let port = service
+            .create_service_port(&project, &network_id, fixed_ips, OWNER_FLOATING_IP, &id, "")
+            .await?;
+        let Some(address) = port
+            .fixed_ips
+            .iter()
+            .map(|f| f.ip_address)
+            .find(|ip| IpVersion::of(*ip) == IpVersion::V4)
+        else {
+            service.delete_service_ports([port.meta.id.clone()]).await;
+            return Err(Error::IpAddressGenerationFailure(network_id));
+        };
+        let mut meta = Meta::new(id.clone(), project, &now());
+        meta.description = req.description.clone().unwrap_or_default();
+        meta.tags = req.tags.clone().unwrap_or_default();
+        let base = FloatingIp {
+            meta,
+            floating_network_id: network_id,
+            floating_ip_address: address,
+            floating_port_id: port.meta.id.clone(),
+            association: None,
+            status: "DOWN".to_owned(),
+        };
+        let result = service
+            .retry(|| async {
+                let mut fip = base.clone();
+                let mut txn = Txn::new().when(Compare::absent(keys::floating_ip(&id)));
+                let mut planned = None;
+                if let Some(Some(port_id)) = &req.port_id {
+                    let (a, port_rev) = service
+                        .plan_association(caller, &fip, port_id, req.fixed_ip_address)
+                        .await?;
+                    txn = Service::associate(txn, &fip, &a, port_rev);
+                    fip.association = Some(a.clone());
+                    planned = Some(a);
+                }
+                service
+                    .commit_floating_ip(caller, txn, &fip, planned.as_ref())
+                    .await
+            })
+            .await;
+        if result.is_err() {
+            service.delete_service_ports([port.meta.id]).await;
+        }
+        result
     }
 
     async fn update(
@@ -305,7 +258,44 @@ impl Kind for FloatingIp {
         body: Value,
         if_match: Option<u64>,
     ) -> Result<Object> {
-        service.update_floating_ip(caller, id, body, if_match).await
+        let req = FloatingIpRequest::parse(body, Method::Update, caller)?;
+        service
+            .retry(|| async {
+                let (mut fip, rev) = service.load_owned::<FloatingIp>(caller, id).await?;
+                check_revision(&fip.meta, if_match)?;
+                let mut txn = Txn::new().when(Compare::mod_revision(keys::floating_ip(id), rev));
+                if let Some(v) = &req.description {
+                    fip.meta.description = v.clone();
+                }
+                let mut planned = None;
+                if let Some(wanted) = &req.port_id {
+                    let plan = match wanted {
+                        Some(port_id) => Some(
+                            service
+                                .plan_association(caller, &fip, port_id, req.fixed_ip_address)
+                                .await?,
+                        ),
+                        None => None,
+                    };
+                    let unchanged =
+                        matches!((&plan, &fip.association), (Some((a, _)), Some(b)) if a == b);
+                    if !unchanged {
+                        for op in Service::disassociate(&mut fip) {
+                            txn = txn.then(op);
+                        }
+                        if let Some((a, port_rev)) = plan {
+                            txn = Service::associate(txn, &fip, &a, port_rev);
+                            fip.association = Some(a.clone());
+                            planned = Some(a);
+                        }
+                    }
+                }
+                fip.meta.touch(&now());
+                service
+                    .commit_floating_ip(caller, txn, &fip, planned.as_ref())
+                    .await
+            })
+            .await
     }
 
     async fn delete_txn(_service: &Service, _caller: &Caller, fip: &FloatingIp) -> Result<Txn> {

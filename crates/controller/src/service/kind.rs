@@ -8,15 +8,18 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use isthmus_model::meta::{normalize_tags, validate_tag};
+use isthmus_model::input::{Input, Method};
+use isthmus_model::meta::{normalize_tags, owner_project, validate_tag};
 use isthmus_model::resource::{Definition, Resource, Schema, View};
-use isthmus_model::{Caller, Error, Result};
+use isthmus_model::{Caller, Error, Meta, Result};
 use isthmus_store::{Compare, Op, Txn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{check_revision, decode, encode, now, store_error, Attempt, Listed, Object, Service};
+use super::{
+    check_revision, decode, encode, new_id, now, store_error, Attempt, Listed, Object, Service,
+};
 
 /// The store key of object `id` of kind `T`: `/isthmus/<collection>/<id>`.
 pub fn key_of<T: Resource>(id: &str) -> String {
@@ -53,18 +56,28 @@ pub trait Kind: Resource + Serialize + DeserializeOwned + Clone {
         Ok(out)
     }
 
-    /// A new object from a create body, for the default `create` (kinds that allocate
-    /// override `create` instead).
-    fn parse_create(_service: &Service, _caller: &Caller, _body: Value) -> Result<Self> {
+    /// A new object from a create body whose standard attributes (`meta`) are already read,
+    /// for the default `create` (kinds that allocate override `create` instead).
+    fn from_input(
+        _service: &Service,
+        _caller: &Caller,
+        _meta: Meta,
+        _input: &mut Input,
+    ) -> Result<Self> {
         Err(Error::BadRequest(format!(
             "{} cannot be created",
             Self::definition().plural
         )))
     }
 
-    /// Creates an object: the default stores what `parse_create` made.
+    /// Creates an object: the default polices the body with the definition, reads the
+    /// standard attributes, asks `from_input` for the rest and stores it.
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
-        let obj = Self::parse_create(service, caller, body)?;
+        let mut input = Input::for_kind(body, Self::definition(), Method::Create)?;
+        let project_id = owner_project(&mut input, caller)?;
+        let mut meta = Meta::new(new_id(), project_id, &now());
+        meta.read_common(&mut input)?;
+        let obj = Self::from_input(service, caller, meta, &mut input)?;
         let key = key_of::<Self>(&obj.meta().id);
         let txn = Txn::new()
             .when(Compare::absent(&key))
@@ -78,18 +91,31 @@ pub trait Kind: Resource + Serialize + DeserializeOwned + Clone {
         Ok(Self::complete(service, obj).await?.render(caller))
     }
 
-    /// Applies an update body to `obj` for the default `update`; returns what else the
-    /// same transaction must compare or write.
-    async fn apply_update(
+    /// Applies the non-standard attributes of an update body, for the default
+    /// `apply_update`.
+    fn apply_input(
         _service: &Service,
         _caller: &Caller,
         _obj: &mut Self,
-        _body: Value,
+        _input: &mut Input,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Applies an update body to `obj` for the default `update`; returns what else the
+    /// same transaction must compare or write. The default polices the body with the
+    /// definition, reads the standard attributes and asks `apply_input` for the rest.
+    async fn apply_update(
+        service: &Service,
+        caller: &Caller,
+        obj: &mut Self,
+        body: Value,
     ) -> Result<Txn> {
-        Err(Error::BadRequest(format!(
-            "{} cannot be updated",
-            Self::definition().plural
-        )))
+        let mut input = Input::for_kind(body, Self::definition(), Method::Update)?;
+        obj.meta_mut().read_common(&mut input)?;
+        Self::apply_input(service, caller, obj, &mut input)?;
+        obj.meta_mut().touch(&now());
+        Ok(Txn::new())
     }
 
     /// After an update committed.

@@ -43,71 +43,71 @@ impl Service {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&vni);
     }
-
-    pub(crate) async fn create_network(&self, caller: &Caller, body: Value) -> Result<Object> {
-        let created = Network::parse_create(body, caller, self.limits(), new_id(), &now())?;
-        let requested_vni = created.network.segmentation_id;
-        self.retry(|| {
-            let mut network = created.network.clone();
-            async move {
-                let mut picked = None;
-                let claim = match network.network_type {
-                    NetworkType::Vxlan => {
-                        let vni = match requested_vni {
-                            Some(v) => v,
-                            None => {
-                                let v = self.pick_vni().await?.ok_or(Error::NoNetworkAvailable)?;
-                                picked = Some(v);
-                                v
-                            }
-                        };
-                        network.segmentation_id = Some(vni);
-                        keys::vni(vni)
-                    }
-                    NetworkType::Flat => {
-                        keys::flat(network.physical_network.as_deref().unwrap_or_default())
-                    }
-                };
-                let txn = Txn::new()
-                    .when(Compare::absent(&claim))
-                    .then(Op::put(claim.clone(), network.meta.id.clone()))
-                    .then(Op::put(keys::network(&network.meta.id), encode(&network)?));
-                let committed = self.commit(txn).await;
-                if let Some(v) = picked {
-                    self.release_vni(v);
-                }
-                if committed? {
-                    return Ok(Attempt::Done(network.render(caller)));
-                }
-                if picked.is_some() {
-                    return Ok(Attempt::Retry);
-                }
-                Err(match network.network_type {
-                    NetworkType::Vxlan => Error::SegmentInUse {
-                        kind: "TunnelIdInUse",
-                        message: format!(
-                            "Unable to create the network. The tunnel ID {} is in use.",
-                            requested_vni.unwrap_or_default()
-                        ),
-                    },
-                    NetworkType::Flat => Error::SegmentInUse {
-                        kind: "FlatNetworkInUse",
-                        message: format!(
-                            "Unable to create the flat network. Physical network {} is in use.",
-                            network.physical_network.as_deref().unwrap_or_default()
-                        ),
-                    },
-                })
-            }
-        })
-        .await
-    }
 }
 
 #[async_trait]
 impl Kind for Network {
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
-        service.create_network(caller, body).await
+        let created = Network::parse_create(body, caller, service.limits(), new_id(), &now())?;
+        let requested_vni = created.network.segmentation_id;
+        service
+            .retry(|| {
+                let mut network = created.network.clone();
+                async move {
+                    let mut picked = None;
+                    let claim = match network.network_type {
+                        NetworkType::Vxlan => {
+                            let vni = match requested_vni {
+                                Some(v) => v,
+                                None => {
+                                    let v = service
+                                        .pick_vni()
+                                        .await?
+                                        .ok_or(Error::NoNetworkAvailable)?;
+                                    picked = Some(v);
+                                    v
+                                }
+                            };
+                            network.segmentation_id = Some(vni);
+                            keys::vni(vni)
+                        }
+                        NetworkType::Flat => {
+                            keys::flat(network.physical_network.as_deref().unwrap_or_default())
+                        }
+                    };
+                    let txn = Txn::new()
+                        .when(Compare::absent(&claim))
+                        .then(Op::put(claim.clone(), network.meta.id.clone()))
+                        .then(Op::put(keys::network(&network.meta.id), encode(&network)?));
+                    let committed = service.commit(txn).await;
+                    if let Some(v) = picked {
+                        service.release_vni(v);
+                    }
+                    if committed? {
+                        return Ok(Attempt::Done(network.render(caller)));
+                    }
+                    if picked.is_some() {
+                        return Ok(Attempt::Retry);
+                    }
+                    Err(match network.network_type {
+                        NetworkType::Vxlan => Error::SegmentInUse {
+                            kind: "TunnelIdInUse",
+                            message: format!(
+                                "Unable to create the network. The tunnel ID {} is in use.",
+                                requested_vni.unwrap_or_default()
+                            ),
+                        },
+                        NetworkType::Flat => Error::SegmentInUse {
+                            kind: "FlatNetworkInUse",
+                            message: format!(
+                                "Unable to create the flat network. Physical network {} is in use.",
+                                network.physical_network.as_deref().unwrap_or_default()
+                            ),
+                        },
+                    })
+                }
+            })
+            .await
     }
 
     async fn apply_update(

@@ -316,269 +316,6 @@ impl Service {
         }
     }
 
-    pub(crate) async fn create_port(&self, caller: &Caller, body: Value) -> Result<Object> {
-        let req = PortRequest::parse(body, Method::Create, caller)?;
-        let id = new_id();
-        let created_at = now();
-        let project = req
-            .project_id
-            .clone()
-            .unwrap_or_else(|| caller.project_id.clone());
-        let network_id = req.network_id.clone().unwrap_or_default();
-        self.retry(|| async {
-            let (network, net_rev) = self.load_visible::<Network>(caller, &network_id).await?;
-            if !network.usable_by(caller) {
-                return Err(Error::PolicyNotAuthorized("rule:create_port".to_owned()));
-            }
-            let subnets = self.subnets_of(&network).await?;
-            let port_security = req.port_security_enabled.unwrap_or(network.port_security_enabled);
-            let group_ids = match (&req.security_groups, port_security) {
-                (Some(ids), false) if !ids.is_empty() => {
-                    return Err(Error::BadRequest(
-                        "Port security must be enabled and port must have an IP address in order to use security groups.".to_owned(),
-                    ))
-                }
-                (_, false) => Vec::new(),
-                (Some(ids), true) => ids.clone(),
-                (None, true) => vec![self.ensure_default_group(&project).await?],
-            };
-            let groups = self.groups_for_port(caller, &project, &group_ids).await?;
-            if !port_security && req.allowed_address_pairs.as_ref().is_some_and(|p| !p.is_empty()) {
-                return Err(Error::AddressPairAndPortSecurityRequired);
-            }
-            let mac_address = req.mac_address.clone().unwrap_or_else(random_mac);
-            let mut reservation = self.reservation();
-            let plan = match self
-                .plan_ips(&network, &subnets, &mac_address, req.fixed_ips.as_deref(), &[], &mut reservation)
-                .await?
-            {
-                Ok(plan) => plan,
-                Err(_) => return Ok(Attempt::Retry),
-            };
-            let mut meta = isthmus_model::Meta::new(id.clone(), project.clone(), &created_at);
-            meta.name = req.name.clone().unwrap_or_default();
-            meta.description = req.description.clone().unwrap_or_default();
-            meta.tags = req.tags.clone().unwrap_or_default();
-            let port = Port {
-                meta,
-                network_id: network.meta.id.clone(),
-                admin_state_up: req.admin_state_up.unwrap_or(true),
-                allowed_address_pairs: resolve_pairs(
-                    req.allowed_address_pairs.clone().unwrap_or_default(),
-                    &mac_address,
-                ),
-                mac_address,
-                fixed_ips: plan.fixed_ips,
-                device_id: req.device_id.clone().unwrap_or_default(),
-                device_owner: req.device_owner.clone().unwrap_or_default(),
-                security_groups: group_ids.clone(),
-                port_security_enabled: port_security,
-                dns_name: req.dns_name.clone().unwrap_or_default(),
-                dns_domain: self.dns_domain_of(&network).to_owned(),
-                binding: Binding {
-                    host_id: req.host_id.clone().unwrap_or_default(),
-                    profile: req.profile.clone().unwrap_or_default(),
-                    vnic_type: "normal".to_owned(),
-                },
-                status: "DOWN".to_owned(),
-            };
-
-            let mut txn = Txn::new()
-                .when(Compare::mod_revision(keys::network(&network.meta.id), net_rev))
-                .when(Compare::absent(keys::port(&id)))
-                .when(Compare::absent(keys::mac(&network.meta.id, &port.mac_address)))
-                .then(Op::put(keys::port(&id), encode(&port)?))
-                .then(Op::put(keys::mac(&network.meta.id, &port.mac_address), id.clone()))
-                .then(Op::put(keys::network_port(&network.meta.id, &id), ""));
-            for (subnet, rev) in &subnets {
-                if plan.claims.iter().any(|(s, _, _)| s == &subnet.meta.id) {
-                    txn = txn.when(Compare::mod_revision(keys::subnet(&subnet.meta.id), *rev));
-                }
-            }
-            for (subnet_id, ip, _) in &plan.claims {
-                let claim = keys::ipam(subnet_id, *ip);
-                txn = txn.when(Compare::absent(&claim)).then(Op::put(claim, id.clone()));
-            }
-            for (group_id, rev) in &groups {
-                txn = txn
-                    .when(Compare::mod_revision(keys::security_group(group_id), *rev))
-                    .then(Op::put(keys::group_port(group_id, &id), ""));
-            }
-            if self.commit(txn).await? {
-                return Ok(Attempt::Done(port.render(caller)));
-            }
-            drop(reservation);
-            match self
-                .explain_conflict(&network.meta.id, &plan.claims, req.mac_address.as_deref(), &id)
-                .await?
-            {
-                Some(e) => Err(e),
-                None => Ok(Attempt::Retry),
-            }
-        })
-        .await
-    }
-
-    pub(crate) async fn update_port(
-        &self,
-        caller: &Caller,
-        id: &str,
-        body: Value,
-        if_match: Option<u64>,
-    ) -> Result<Object> {
-        let req = PortRequest::parse(body, Method::Update, caller)?;
-        self.retry(|| async {
-            let (old, rev) = self.load_owned::<Port>(caller, id).await?;
-            check_revision(&old.meta, if_match)?;
-            let (network, _) = self.must_load::<Network>(&old.network_id).await?;
-            let mut port = old.clone();
-            let mut txn = Txn::new().when(Compare::mod_revision(keys::port(id), rev));
-
-            if let Some(v) = &req.name {
-                port.meta.name = v.clone();
-            }
-            if let Some(v) = &req.description {
-                port.meta.description = v.clone();
-            }
-            if let Some(v) = req.admin_state_up {
-                port.admin_state_up = v;
-            }
-            if let Some(v) = &req.device_id {
-                port.device_id = v.clone();
-            }
-            if let Some(v) = &req.device_owner {
-                port.device_owner = v.clone();
-            }
-            if let Some(v) = &req.dns_name {
-                port.dns_name = v.clone();
-            }
-            if let Some(v) = &req.profile {
-                port.binding.profile = v.clone();
-            }
-            if let Some(host) = &req.host_id {
-                if *host != port.binding.host_id {
-                    port.binding.host_id = host.clone();
-                    // A new node has to plug it before it is ACTIVE again, and whichever node
-                    // NATs its floating IPs now has to report them again.
-                    port.status = "DOWN".to_owned();
-                    for fip_id in self.index(&keys::port_fips_prefix(id)).await? {
-                        let Some((mut fip, fip_rev)) = self.load::<FloatingIp>(&fip_id).await?
-                        else {
-                            continue;
-                        };
-                        if fip.status != "DOWN" {
-                            fip.status = "DOWN".to_owned();
-                            fip.meta.touch(&now());
-                            txn = txn
-                                .when(Compare::mod_revision(keys::floating_ip(&fip_id), fip_rev))
-                                .then(Op::put(keys::floating_ip(&fip_id), encode(&fip)?));
-                        }
-                    }
-                }
-            }
-            if let Some(new_mac) = &req.mac_address {
-                if *new_mac != port.mac_address {
-                    if !port.binding.host_id.is_empty() {
-                        return Err(Error::Conflict(format!(
-                            "Port {id} is bound to {}; unbind it before changing its MAC address",
-                            port.binding.host_id
-                        )));
-                    }
-                    let new_claim = keys::mac(&network.meta.id, new_mac);
-                    txn = txn
-                        .when(Compare::absent(&new_claim))
-                        .then(Op::delete(keys::mac(&network.meta.id, &port.mac_address)))
-                        .then(Op::put(new_claim, id.to_owned()));
-                    port.mac_address = new_mac.clone();
-                }
-            }
-            port.port_security_enabled = req.port_security_enabled.unwrap_or(port.port_security_enabled);
-            if let Some(ids) = &req.security_groups {
-                port.security_groups = ids.clone();
-            }
-            if !port.port_security_enabled && !port.security_groups.is_empty() {
-                return Err(Error::PortSecurityPortHasSecurityGroup);
-            }
-            if let Some(pairs) = &req.allowed_address_pairs {
-                port.allowed_address_pairs = resolve_pairs(pairs.clone(), &port.mac_address);
-            }
-            if !port.port_security_enabled && !port.allowed_address_pairs.is_empty() {
-                return Err(Error::AddressPairAndPortSecurityRequired);
-            }
-
-            // Security group references: new ones must exist (and stay until we commit).
-            let added: Vec<String> = port
-                .security_groups
-                .iter()
-                .filter(|g| !old.security_groups.contains(g))
-                .cloned()
-                .collect();
-            for (group_id, group_rev) in self.groups_for_port(caller, &port.meta.project_id, &added).await? {
-                txn = txn
-                    .when(Compare::mod_revision(keys::security_group(&group_id), group_rev))
-                    .then(Op::put(keys::group_port(&group_id, id), ""));
-            }
-            for group_id in old.security_groups.iter().filter(|g| !port.security_groups.contains(g)) {
-                txn = txn.then(Op::delete(keys::group_port(group_id, id)));
-            }
-
-            // Addresses: plan the new list, claim what is new, release what is gone.
-            let mut reservation = self.reservation();
-            let mut claims = Vec::new();
-            let mac_changed = port.mac_address != old.mac_address;
-            if req.fixed_ips.is_some() || mac_changed {
-                let subnets = self.subnets_of(&network).await?;
-                if mac_changed
-                    && req.fixed_ips.is_none()
-                    && subnets.iter().any(|(s, _)| s.is_auto_address())
-                {
-                    return Err(Error::Conflict(
-                        "Changing the MAC address of a port with SLAAC addresses needs new fixed_ips too".to_owned(),
-                    ));
-                }
-                if let Some(requested) = req.fixed_ips.as_deref() {
-                    let plan = match self
-                        .plan_ips(&network, &subnets, &port.mac_address, Some(requested), &old.fixed_ips, &mut reservation)
-                        .await?
-                    {
-                        Ok(plan) => plan,
-                        Err(_) => return Ok(Attempt::Retry),
-                    };
-                    for old_ip in old.fixed_ips.iter().filter(|f| !plan.fixed_ips.contains(f)) {
-                        txn = txn.then(Op::delete(keys::ipam(&old_ip.subnet_id, old_ip.ip_address)));
-                    }
-                    for (subnet_id, ip, _) in &plan.claims {
-                        let claim = keys::ipam(subnet_id, *ip);
-                        txn = txn.when(Compare::absent(&claim)).then(Op::put(claim, id.to_owned()));
-                    }
-                    for (subnet, subnet_rev) in &subnets {
-                        if plan.claims.iter().any(|(s, _, _)| s == &subnet.meta.id) {
-                            txn = txn.when(Compare::mod_revision(keys::subnet(&subnet.meta.id), *subnet_rev));
-                        }
-                    }
-                    port.fixed_ips = plan.fixed_ips;
-                    claims = plan.claims;
-                }
-            }
-            port.dns_domain = self.dns_domain_of(&network).to_owned();
-            port.meta.touch(&now());
-            txn = txn.then(Op::put(keys::port(id), encode(&port)?));
-            if self.commit(txn).await? {
-                for released in old.fixed_ips.iter().filter(|f| !port.fixed_ips.contains(f)) {
-                    self.lower_low_water(&released.subnet_id, to_u128(released.ip_address));
-                }
-                return Ok(Attempt::Done(port.render(caller)));
-            }
-            drop(reservation);
-            let explicit_mac = req.mac_address.as_deref().filter(|m| *m != old.mac_address);
-            match self.explain_conflict(&network.meta.id, &claims, explicit_mac, id).await? {
-                Some(e) => Err(e),
-                None => Ok(Attempt::Retry),
-            }
-        })
-        .await
-    }
-
     /// Deletes a port whatever owns it (the L3 service's own ports).
     pub(crate) async fn delete_port_unchecked(&self, id: &str) -> Result<()> {
         self.remove_port(None, id, None).await
@@ -656,7 +393,106 @@ fn unreachable_request<T>() -> Result<T> {
 #[async_trait]
 impl Kind for Port {
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
-        service.create_port(caller, body).await
+        let req = PortRequest::parse(body, Method::Create, caller)?;
+        let id = new_id();
+        let created_at = now();
+        let project = req
+            .project_id
+            .clone()
+            .unwrap_or_else(|| caller.project_id.clone());
+        let network_id = req.network_id.clone().unwrap_or_default();
+        service.retry(|| async {
+            let (network, net_rev) = service.load_visible::<Network>(caller, &network_id).await?;
+            if !network.usable_by(caller) {
+                return Err(Error::PolicyNotAuthorized("rule:create_port".to_owned()));
+            }
+            let subnets = service.subnets_of(&network).await?;
+            let port_security = req.port_security_enabled.unwrap_or(network.port_security_enabled);
+            let group_ids = match (&req.security_groups, port_security) {
+                (Some(ids), false) if !ids.is_empty() => {
+                    return Err(Error::BadRequest(
+                        "Port security must be enabled and port must have an IP address in order to use security groups.".to_owned(),
+                    ))
+                }
+                (_, false) => Vec::new(),
+                (Some(ids), true) => ids.clone(),
+                (None, true) => vec![service.ensure_default_group(&project).await?],
+            };
+            let groups = service.groups_for_port(caller, &project, &group_ids).await?;
+            if !port_security && req.allowed_address_pairs.as_ref().is_some_and(|p| !p.is_empty()) {
+                return Err(Error::AddressPairAndPortSecurityRequired);
+            }
+            let mac_address = req.mac_address.clone().unwrap_or_else(random_mac);
+            let mut reservation = service.reservation();
+            let plan = match service
+                .plan_ips(&network, &subnets, &mac_address, req.fixed_ips.as_deref(), &[], &mut reservation)
+                .await?
+            {
+                Ok(plan) => plan,
+                Err(_) => return Ok(Attempt::Retry),
+            };
+            let mut meta = isthmus_model::Meta::new(id.clone(), project.clone(), &created_at);
+            meta.name = req.name.clone().unwrap_or_default();
+            meta.description = req.description.clone().unwrap_or_default();
+            meta.tags = req.tags.clone().unwrap_or_default();
+            let port = Port {
+                meta,
+                network_id: network.meta.id.clone(),
+                admin_state_up: req.admin_state_up.unwrap_or(true),
+                allowed_address_pairs: resolve_pairs(
+                    req.allowed_address_pairs.clone().unwrap_or_default(),
+                    &mac_address,
+                ),
+                mac_address,
+                fixed_ips: plan.fixed_ips,
+                device_id: req.device_id.clone().unwrap_or_default(),
+                device_owner: req.device_owner.clone().unwrap_or_default(),
+                security_groups: group_ids.clone(),
+                port_security_enabled: port_security,
+                dns_name: req.dns_name.clone().unwrap_or_default(),
+                dns_domain: service.dns_domain_of(&network).to_owned(),
+                binding: Binding {
+                    host_id: req.host_id.clone().unwrap_or_default(),
+                    profile: req.profile.clone().unwrap_or_default(),
+                    vnic_type: "normal".to_owned(),
+                },
+                status: "DOWN".to_owned(),
+            };
+
+            let mut txn = Txn::new()
+                .when(Compare::mod_revision(keys::network(&network.meta.id), net_rev))
+                .when(Compare::absent(keys::port(&id)))
+                .when(Compare::absent(keys::mac(&network.meta.id, &port.mac_address)))
+                .then(Op::put(keys::port(&id), encode(&port)?))
+                .then(Op::put(keys::mac(&network.meta.id, &port.mac_address), id.clone()))
+                .then(Op::put(keys::network_port(&network.meta.id, &id), ""));
+            for (subnet, rev) in &subnets {
+                if plan.claims.iter().any(|(s, _, _)| s == &subnet.meta.id) {
+                    txn = txn.when(Compare::mod_revision(keys::subnet(&subnet.meta.id), *rev));
+                }
+            }
+            for (subnet_id, ip, _) in &plan.claims {
+                let claim = keys::ipam(subnet_id, *ip);
+                txn = txn.when(Compare::absent(&claim)).then(Op::put(claim, id.clone()));
+            }
+            for (group_id, rev) in &groups {
+                txn = txn
+                    .when(Compare::mod_revision(keys::security_group(group_id), *rev))
+                    .then(Op::put(keys::group_port(group_id, &id), ""));
+            }
+            if service.commit(txn).await? {
+                return Ok(Attempt::Done(port.render(caller)));
+            }
+            drop(reservation);
+            match service
+                .explain_conflict(&network.meta.id, &plan.claims, req.mac_address.as_deref(), &id)
+                .await?
+            {
+                Some(e) => Err(e),
+                None => Ok(Attempt::Retry),
+            }
+        })
+        .await
     }
 
     async fn update(
@@ -666,7 +502,157 @@ impl Kind for Port {
         body: Value,
         if_match: Option<u64>,
     ) -> Result<Object> {
-        service.update_port(caller, id, body, if_match).await
+        let req = PortRequest::parse(body, Method::Update, caller)?;
+        service.retry(|| async {
+            let (old, rev) = service.load_owned::<Port>(caller, id).await?;
+            check_revision(&old.meta, if_match)?;
+            let (network, _) = service.must_load::<Network>(&old.network_id).await?;
+            let mut port = old.clone();
+            let mut txn = Txn::new().when(Compare::mod_revision(keys::port(id), rev));
+
+            if let Some(v) = &req.name {
+                port.meta.name = v.clone();
+            }
+            if let Some(v) = &req.description {
+                port.meta.description = v.clone();
+            }
+            if let Some(v) = req.admin_state_up {
+                port.admin_state_up = v;
+            }
+            if let Some(v) = &req.device_id {
+                port.device_id = v.clone();
+            }
+            if let Some(v) = &req.device_owner {
+                port.device_owner = v.clone();
+            }
+            if let Some(v) = &req.dns_name {
+                port.dns_name = v.clone();
+            }
+            if let Some(v) = &req.profile {
+                port.binding.profile = v.clone();
+            }
+            if let Some(host) = &req.host_id {
+                if *host != port.binding.host_id {
+                    port.binding.host_id = host.clone();
+                    // A new node has to plug it before it is ACTIVE again, and whichever node
+                    // NATs its floating IPs now has to report them again.
+                    port.status = "DOWN".to_owned();
+                    for fip_id in service.index(&keys::port_fips_prefix(id)).await? {
+                        let Some((mut fip, fip_rev)) = service.load::<FloatingIp>(&fip_id).await?
+                        else {
+                            continue;
+                        };
+                        if fip.status != "DOWN" {
+                            fip.status = "DOWN".to_owned();
+                            fip.meta.touch(&now());
+                            txn = txn
+                                .when(Compare::mod_revision(keys::floating_ip(&fip_id), fip_rev))
+                                .then(Op::put(keys::floating_ip(&fip_id), encode(&fip)?));
+                        }
+                    }
+                }
+            }
+            if let Some(new_mac) = &req.mac_address {
+                if *new_mac != port.mac_address {
+                    if !port.binding.host_id.is_empty() {
+                        return Err(Error::Conflict(format!(
+                            "Port {id} is bound to {}; unbind it before changing its MAC address",
+                            port.binding.host_id
+                        )));
+                    }
+                    let new_claim = keys::mac(&network.meta.id, new_mac);
+                    txn = txn
+                        .when(Compare::absent(&new_claim))
+                        .then(Op::delete(keys::mac(&network.meta.id, &port.mac_address)))
+                        .then(Op::put(new_claim, id.to_owned()));
+                    port.mac_address = new_mac.clone();
+                }
+            }
+            port.port_security_enabled = req.port_security_enabled.unwrap_or(port.port_security_enabled);
+            if let Some(ids) = &req.security_groups {
+                port.security_groups = ids.clone();
+            }
+            if !port.port_security_enabled && !port.security_groups.is_empty() {
+                return Err(Error::PortSecurityPortHasSecurityGroup);
+            }
+            if let Some(pairs) = &req.allowed_address_pairs {
+                port.allowed_address_pairs = resolve_pairs(pairs.clone(), &port.mac_address);
+            }
+            if !port.port_security_enabled && !port.allowed_address_pairs.is_empty() {
+                return Err(Error::AddressPairAndPortSecurityRequired);
+            }
+
+            // Security group references: new ones must exist (and stay until we commit).
+            let added: Vec<String> = port
+                .security_groups
+                .iter()
+                .filter(|g| !old.security_groups.contains(g))
+                .cloned()
+                .collect();
+            for (group_id, group_rev) in service.groups_for_port(caller, &port.meta.project_id, &added).await? {
+                txn = txn
+                    .when(Compare::mod_revision(keys::security_group(&group_id), group_rev))
+                    .then(Op::put(keys::group_port(&group_id, id), ""));
+            }
+            for group_id in old.security_groups.iter().filter(|g| !port.security_groups.contains(g)) {
+                txn = txn.then(Op::delete(keys::group_port(group_id, id)));
+            }
+
+            // Addresses: plan the new list, claim what is new, release what is gone.
+            let mut reservation = service.reservation();
+            let mut claims = Vec::new();
+            let mac_changed = port.mac_address != old.mac_address;
+            if req.fixed_ips.is_some() || mac_changed {
+                let subnets = service.subnets_of(&network).await?;
+                if mac_changed
+                    && req.fixed_ips.is_none()
+                    && subnets.iter().any(|(s, _)| s.is_auto_address())
+                {
+                    return Err(Error::Conflict(
+                        "Changing the MAC address of a port with SLAAC addresses needs new fixed_ips too".to_owned(),
+                    ));
+                }
+                if let Some(requested) = req.fixed_ips.as_deref() {
+                    let plan = match service
+                        .plan_ips(&network, &subnets, &port.mac_address, Some(requested), &old.fixed_ips, &mut reservation)
+                        .await?
+                    {
+                        Ok(plan) => plan,
+                        Err(_) => return Ok(Attempt::Retry),
+                    };
+                    for old_ip in old.fixed_ips.iter().filter(|f| !plan.fixed_ips.contains(f)) {
+                        txn = txn.then(Op::delete(keys::ipam(&old_ip.subnet_id, old_ip.ip_address)));
+                    }
+                    for (subnet_id, ip, _) in &plan.claims {
+                        let claim = keys::ipam(subnet_id, *ip);
+                        txn = txn.when(Compare::absent(&claim)).then(Op::put(claim, id.to_owned()));
+                    }
+                    for (subnet, subnet_rev) in &subnets {
+                        if plan.claims.iter().any(|(s, _, _)| s == &subnet.meta.id) {
+                            txn = txn.when(Compare::mod_revision(keys::subnet(&subnet.meta.id), *subnet_rev));
+                        }
+                    }
+                    port.fixed_ips = plan.fixed_ips;
+                    claims = plan.claims;
+                }
+            }
+            port.dns_domain = service.dns_domain_of(&network).to_owned();
+            port.meta.touch(&now());
+            txn = txn.then(Op::put(keys::port(id), encode(&port)?));
+            if service.commit(txn).await? {
+                for released in old.fixed_ips.iter().filter(|f| !port.fixed_ips.contains(f)) {
+                    service.lower_low_water(&released.subnet_id, to_u128(released.ip_address));
+                }
+                return Ok(Attempt::Done(port.render(caller)));
+            }
+            drop(reservation);
+            let explicit_mac = req.mac_address.as_deref().filter(|m| *m != old.mac_address);
+            match service.explain_conflict(&network.meta.id, &claims, explicit_mac, id).await? {
+                Some(e) => Err(e),
+                None => Ok(Attempt::Retry),
+            }
+        })
+        .await
     }
 
     async fn delete(

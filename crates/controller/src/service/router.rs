@@ -76,9 +76,9 @@ impl Service {
         if !fixed_ips.is_null() {
             body["fixed_ips"] = fixed_ips;
         }
-        let created = self
-            .create_port(&service_caller(project_id), json!({ "port": body }))
-            .await?;
+        let created =
+            <Port as Kind>::create(self, &service_caller(project_id), json!({ "port": body }))
+                .await?;
         let id = created
             .get("id")
             .and_then(Value::as_str)
@@ -153,7 +153,7 @@ impl Service {
                     .filter_map(|i| i.snat_port_id.clone());
                 for id in std::iter::once(gateway.port_id.clone()).chain(snat_ports) {
                     let bind = json!({"port": {"binding:host_id": node.name}});
-                    self.update_port(&caller, &id, bind, None).await?;
+                    <Port as Kind>::update(self, &caller, &id, bind, None).await?;
                 }
             }
             Ok::<(), Error>(())
@@ -301,87 +301,6 @@ impl Service {
         .await
     }
 
-    pub(crate) async fn create_router(&self, caller: &Caller, body: Value) -> Result<Object> {
-        let req = RouterRequest::parse(body, Method::Create, caller)?;
-        if let Some(Some(g)) = &req.gateway {
-            self.external_network(caller, &g.network_id).await?;
-        }
-        let id = new_id();
-        let mut meta = Meta::new(
-            id.clone(),
-            req.project_id
-                .clone()
-                .unwrap_or_else(|| caller.project_id.clone()),
-            &now(),
-        );
-        meta.name = req.name.clone().unwrap_or_default();
-        meta.description = req.description.clone().unwrap_or_default();
-        meta.tags = req.tags.clone().unwrap_or_default();
-        let router = Router {
-            meta,
-            admin_state_up: req.admin_state_up.unwrap_or(true),
-            gateway: None,
-            routes: Vec::new(),
-            interfaces: Vec::new(),
-            availability_zone_hints: req.availability_zone_hints.clone().unwrap_or_default(),
-        };
-        let txn = Txn::new()
-            .when(Compare::absent(keys::router(&id)))
-            .then(Op::put(keys::router(&id), encode(&router)?));
-        if !self.commit(txn).await? {
-            return Err(Error::Internal(format!("router id {id} collided")));
-        }
-        if let Some(Some(gateway)) = req.gateway {
-            if let Err(e) = self.set_gateway(caller, &id, Some(gateway)).await {
-                let _ = <Router as Kind>::delete(self, caller, &id, None).await;
-                return Err(e);
-            }
-        }
-        Ok(self
-            .load_owned::<Router>(caller, &id)
-            .await?
-            .0
-            .render(caller))
-    }
-
-    pub(crate) async fn update_router(
-        &self,
-        caller: &Caller,
-        id: &str,
-        body: Value,
-        if_match: Option<u64>,
-    ) -> Result<Object> {
-        let req = RouterRequest::parse(body, Method::Update, caller)?;
-        let (router, _) = self.load_owned::<Router>(caller, id).await?;
-        check_revision(&router.meta, if_match)?;
-        if let Some(gateway) = req.gateway.clone() {
-            self.set_gateway(caller, id, gateway).await?;
-        }
-        self.retry(|| async {
-            let (mut router, rev) = self.load_owned::<Router>(caller, id).await?;
-            if let Some(v) = &req.name {
-                router.meta.name = v.clone();
-            }
-            if let Some(v) = &req.description {
-                router.meta.description = v.clone();
-            }
-            if let Some(v) = req.admin_state_up {
-                router.admin_state_up = v;
-            }
-            if let Some(routes) = &req.routes {
-                router.check_routes(routes)?;
-                router.routes = routes.clone();
-            }
-            router.meta.touch(&now());
-            Ok(if self.write_back(id, rev, &router).await? {
-                Attempt::Done(router.render(caller))
-            } else {
-                Attempt::Retry
-            })
-        })
-        .await
-    }
-
     /// Checks that `subnet` may join `router`: not already on it, no overlap, not external.
     fn check_new_subnet(router: &Router, subnet: &Subnet, network: &Network) -> Result<()> {
         if network.external {
@@ -481,7 +400,7 @@ impl Service {
                             "security_groups": [], "allowed_address_pairs": [],
                             "port_security_enabled": false, "binding:host_id": "",
                         }});
-                        self.update_port(&admin, port_id, body, None).await?;
+                        <Port as Kind>::update(self, &admin, port_id, body, None).await?;
                         (self.must_load::<Port>(port_id).await?.0, true)
                     }
                 };
@@ -529,7 +448,7 @@ impl Service {
         if adopted {
             let body = json!({"port": {"device_owner": "", "device_id": ""}});
             let admin = service_caller(&port.meta.project_id);
-            if let Err(e) = self.update_port(&admin, &port.meta.id, body, None).await {
+            if let Err(e) = <Port as Kind>::update(self, &admin, &port.meta.id, body, None).await {
                 eprintln!(
                     "isthmus controller: could not release port {}: {e}",
                     port.meta.id
@@ -627,7 +546,7 @@ impl Service {
                         .map(|(f, _)| json!({"subnet_id": f.subnet_id, "ip_address": f.ip_address}))
                         .collect();
                     let admin = service_caller(&router.meta.project_id);
-                    self.update_port(&admin, &interface.port_id, json!({"port": {"fixed_ips": remaining}}), None)
+                    <Port as Kind>::update(self, &admin, &interface.port_id, json!({"port": {"fixed_ips": remaining}}), None)
                         .await?;
                     let entry = &mut router.interfaces[position];
                     entry.fixed_ips = kept.iter().map(|(f, _)| f.clone()).collect();
@@ -685,7 +604,46 @@ impl Service {
 #[async_trait]
 impl Kind for Router {
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
-        service.create_router(caller, body).await
+        let req = RouterRequest::parse(body, Method::Create, caller)?;
+        if let Some(Some(g)) = &req.gateway {
+            service.external_network(caller, &g.network_id).await?;
+        }
+        let id = new_id();
+        let mut meta = Meta::new(
+            id.clone(),
+            req.project_id
+                .clone()
+                .unwrap_or_else(|| caller.project_id.clone()),
+            &now(),
+        );
+        meta.name = req.name.clone().unwrap_or_default();
+        meta.description = req.description.clone().unwrap_or_default();
+        meta.tags = req.tags.clone().unwrap_or_default();
+        let router = Router {
+            meta,
+            admin_state_up: req.admin_state_up.unwrap_or(true),
+            gateway: None,
+            routes: Vec::new(),
+            interfaces: Vec::new(),
+            availability_zone_hints: req.availability_zone_hints.clone().unwrap_or_default(),
+        };
+        let txn = Txn::new()
+            .when(Compare::absent(keys::router(&id)))
+            .then(Op::put(keys::router(&id), encode(&router)?));
+        if !service.commit(txn).await? {
+            return Err(Error::Internal(format!("router id {id} collided")));
+        }
+        if let Some(Some(gateway)) = req.gateway {
+            if let Err(e) = service.set_gateway(caller, &id, Some(gateway)).await {
+                let _ = <Router as Kind>::delete(service, caller, &id, None).await;
+                return Err(e);
+            }
+        }
+        Ok(service
+            .load_owned::<Router>(caller, &id)
+            .await?
+            .0
+            .render(caller))
     }
 
     async fn update(
@@ -695,7 +653,36 @@ impl Kind for Router {
         body: Value,
         if_match: Option<u64>,
     ) -> Result<Object> {
-        service.update_router(caller, id, body, if_match).await
+        let req = RouterRequest::parse(body, Method::Update, caller)?;
+        let (router, _) = service.load_owned::<Router>(caller, id).await?;
+        check_revision(&router.meta, if_match)?;
+        if let Some(gateway) = req.gateway.clone() {
+            service.set_gateway(caller, id, gateway).await?;
+        }
+        service
+            .retry(|| async {
+                let (mut router, rev) = service.load_owned::<Router>(caller, id).await?;
+                if let Some(v) = &req.name {
+                    router.meta.name = v.clone();
+                }
+                if let Some(v) = &req.description {
+                    router.meta.description = v.clone();
+                }
+                if let Some(v) = req.admin_state_up {
+                    router.admin_state_up = v;
+                }
+                if let Some(routes) = &req.routes {
+                    router.check_routes(routes)?;
+                    router.routes = routes.clone();
+                }
+                router.meta.touch(&now());
+                Ok(if service.write_back(id, rev, &router).await? {
+                    Attempt::Done(router.render(caller))
+                } else {
+                    Attempt::Retry
+                })
+            })
+            .await
     }
 
     async fn delete_txn(_service: &Service, _caller: &Caller, router: &Router) -> Result<Txn> {

@@ -101,81 +101,6 @@ impl Service {
         }
         Ok(rules)
     }
-
-    pub(crate) async fn create_security_group(
-        &self,
-        caller: &Caller,
-        body: Value,
-    ) -> Result<Object> {
-        let stamp = now();
-        let group = SecurityGroup::parse_create(body, caller, new_id(), &stamp)?;
-        self.ensure_default_group(&group.meta.project_id).await?;
-        let rules = default_egress_rules(&group, [new_id(), new_id()], &stamp);
-        let mut txn = Txn::new()
-            .when(Compare::absent(keys::security_group(&group.meta.id)))
-            .then(Op::put(
-                keys::security_group(&group.meta.id),
-                encode(&group)?,
-            ));
-        for rule in &rules {
-            txn = Self::put_rule(txn, rule)?;
-        }
-        if !self.commit(txn).await? {
-            return Err(Error::Internal("security group id collision".to_owned()));
-        }
-        Ok(group.with_rules(rules).render(caller))
-    }
-
-    pub(crate) async fn create_security_group_rule(
-        &self,
-        caller: &Caller,
-        body: Value,
-    ) -> Result<Object> {
-        let parsed = SecurityGroupRule::parse_create(body, caller, new_id(), &now())?;
-        self.retry(|| {
-            let mut rule = parsed.clone();
-            async move {
-                let (mut group, rev) = self
-                    .load_owned::<SecurityGroup>(caller, &rule.security_group_id)
-                    .await?;
-                rule.meta.project_id = group.meta.project_id.clone();
-                let mut txn = Txn::new().when(Compare::mod_revision(
-                    keys::security_group(&group.meta.id),
-                    rev,
-                ));
-                if let Some(remote) = &rule.remote_group_id {
-                    let (_, remote_rev) = self.load_owned::<SecurityGroup>(caller, remote).await?;
-                    txn = txn.when(Compare::mod_revision(
-                        keys::security_group(remote),
-                        remote_rev,
-                    ));
-                }
-                if let Some(existing) = self
-                    .rules_of(&group.meta.id)
-                    .await?
-                    .into_iter()
-                    .find(|r| r.same_rule(&rule))
-                {
-                    return Err(Error::SecurityGroupRuleExists(existing.meta.id));
-                }
-                // Bumping the group serialises rule changes per group, which keeps the
-                // duplicate check above race-free.
-                group.meta.touch(&now());
-                txn = txn.then(Op::put(
-                    keys::security_group(&group.meta.id),
-                    encode(&group)?,
-                ));
-                txn = Self::put_rule(txn, &rule)?;
-                Ok(if self.commit(txn).await? {
-                    rule.in_default_group = group.is_default;
-                    Attempt::Done(rule.render(caller))
-                } else {
-                    Attempt::Retry
-                })
-            }
-        })
-        .await
-    }
 }
 
 #[async_trait]
@@ -212,7 +137,23 @@ impl Kind for SecurityGroup {
     }
 
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
-        service.create_security_group(caller, body).await
+        let stamp = now();
+        let group = SecurityGroup::parse_create(body, caller, new_id(), &stamp)?;
+        service.ensure_default_group(&group.meta.project_id).await?;
+        let rules = default_egress_rules(&group, [new_id(), new_id()], &stamp);
+        let mut txn = Txn::new()
+            .when(Compare::absent(keys::security_group(&group.meta.id)))
+            .then(Op::put(
+                keys::security_group(&group.meta.id),
+                encode(&group)?,
+            ));
+        for rule in &rules {
+            txn = Service::put_rule(txn, rule)?;
+        }
+        if !service.commit(txn).await? {
+            return Err(Error::Internal("security group id collision".to_owned()));
+        }
+        Ok(group.with_rules(rules).render(caller))
     }
 
     async fn apply_update(
@@ -298,7 +239,52 @@ impl Kind for SecurityGroupRule {
     }
 
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
-        service.create_security_group_rule(caller, body).await
+        let parsed = SecurityGroupRule::parse_create(body, caller, new_id(), &now())?;
+        service
+            .retry(|| {
+                let mut rule = parsed.clone();
+                async move {
+                    let (mut group, rev) = service
+                        .load_owned::<SecurityGroup>(caller, &rule.security_group_id)
+                        .await?;
+                    rule.meta.project_id = group.meta.project_id.clone();
+                    let mut txn = Txn::new().when(Compare::mod_revision(
+                        keys::security_group(&group.meta.id),
+                        rev,
+                    ));
+                    if let Some(remote) = &rule.remote_group_id {
+                        let (_, remote_rev) =
+                            service.load_owned::<SecurityGroup>(caller, remote).await?;
+                        txn = txn.when(Compare::mod_revision(
+                            keys::security_group(remote),
+                            remote_rev,
+                        ));
+                    }
+                    if let Some(existing) = service
+                        .rules_of(&group.meta.id)
+                        .await?
+                        .into_iter()
+                        .find(|r| r.same_rule(&rule))
+                    {
+                        return Err(Error::SecurityGroupRuleExists(existing.meta.id));
+                    }
+                    // Bumping the group serialises rule changes per group, which keeps the
+                    // duplicate check above race-free.
+                    group.meta.touch(&now());
+                    txn = txn.then(Op::put(
+                        keys::security_group(&group.meta.id),
+                        encode(&group)?,
+                    ));
+                    txn = Service::put_rule(txn, &rule)?;
+                    Ok(if service.commit(txn).await? {
+                        rule.in_default_group = group.is_default;
+                        Attempt::Done(rule.render(caller))
+                    } else {
+                        Attempt::Retry
+                    })
+                }
+            })
+            .await
     }
 
     /// A rule change bumps its group, so agents see one change per group.

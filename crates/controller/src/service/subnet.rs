@@ -11,42 +11,7 @@ use serde_json::Value;
 use super::{encode, new_id, now, Attempt, Kind, Listed, Object, Service};
 use crate::keys;
 
-impl Service {
-    pub(crate) async fn create_subnet(&self, caller: &Caller, body: Value) -> Result<Object> {
-        let parsed = Subnet::parse_create(body, caller, new_id(), &now())?;
-        self.retry(|| {
-            let subnet = parsed.clone();
-            async move {
-                let (mut network, net_rev) = self.load_visible::<Network>(caller, &subnet.network_id).await?;
-                if !caller.owns(&network.meta.project_id) {
-                    return Err(Error::PolicyNotAuthorized("rule:create_subnet".to_owned()));
-                }
-                for other_id in &network.subnets {
-                    if let Some((other, _)) = self.load::<Subnet>(other_id).await? {
-                        if other.cidr.overlaps(&subnet.cidr) {
-                            return Err(Error::InvalidInput(format!(
-                                "Requested subnet with cidr: {} for network: {} overlaps with another subnet",
-                                subnet.cidr, network.meta.id
-                            )));
-                        }
-                    }
-                }
-                network.subnets.push(subnet.meta.id.clone());
-                network.meta.touch(&now());
-                let txn = Txn::new()
-                    .when(Compare::mod_revision(keys::network(&network.meta.id), net_rev))
-                    .then(Op::put(keys::network(&network.meta.id), encode(&network)?))
-                    .then(Op::put(keys::subnet(&subnet.meta.id), encode(&subnet)?));
-                Ok(if self.commit(txn).await? {
-                    Attempt::Done(subnet.render(caller))
-                } else {
-                    Attempt::Retry
-                })
-            }
-        })
-        .await
-    }
-}
+impl Service {}
 
 #[async_trait]
 impl Kind for Subnet {
@@ -84,7 +49,38 @@ impl Kind for Subnet {
     }
 
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
-        service.create_subnet(caller, body).await
+        let parsed = Subnet::parse_create(body, caller, new_id(), &now())?;
+        service.retry(|| {
+            let subnet = parsed.clone();
+            async move {
+                let (mut network, net_rev) = service.load_visible::<Network>(caller, &subnet.network_id).await?;
+                if !caller.owns(&network.meta.project_id) {
+                    return Err(Error::PolicyNotAuthorized("rule:create_subnet".to_owned()));
+                }
+                for other_id in &network.subnets {
+                    if let Some((other, _)) = service.load::<Subnet>(other_id).await? {
+                        if other.cidr.overlaps(&subnet.cidr) {
+                            return Err(Error::InvalidInput(format!(
+                                "Requested subnet with cidr: {} for network: {} overlaps with another subnet",
+                                subnet.cidr, network.meta.id
+                            )));
+                        }
+                    }
+                }
+                network.subnets.push(subnet.meta.id.clone());
+                network.meta.touch(&now());
+                let txn = Txn::new()
+                    .when(Compare::mod_revision(keys::network(&network.meta.id), net_rev))
+                    .then(Op::put(keys::network(&network.meta.id), encode(&network)?))
+                    .then(Op::put(keys::subnet(&subnet.meta.id), encode(&subnet)?));
+                Ok(if service.commit(txn).await? {
+                    Attempt::Done(subnet.render(caller))
+                } else {
+                    Attempt::Retry
+                })
+            }
+        })
+        .await
     }
 
     async fn apply_update(
