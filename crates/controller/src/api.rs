@@ -87,6 +87,14 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("ext-gw-mode", "Neutron L3 Configurable external gateway mode", "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway"),
     ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
     ("dvr", "Distributed Virtual Router", "Enables configuration of Distributed Virtual Routers."),
+    ("address-scope", "Address scope", "Address scopes extension."),
+    ("subnet_allocation", "Subnet Allocation", "Enables allocation of subnets from a subnet pool"),
+    ("default-subnetpools", "Default Subnetpools", "Provides ability to mark and use a subnetpool as the default."),
+    ("subnetpool-prefix-ops", "Subnet Pool Prefix Operations", "Provides support for adjusting the prefix list of subnet pools"),
+    ("rbac-policies", "RBAC Policies", "Allows creation and modification of policies that control tenant access to resources."),
+    ("rbac-security-groups", "Add security_group type to network RBAC", "Add security_group type to network RBAC"),
+    ("rbac-subnetpool", "Add subnetpool type to network RBAC", "Add subnetpool type to network RBAC"),
+    ("rbac-address-scope", "Add address_scope type to RBAC", "Add address_scope type to RBAC"),
 ];
 
 /// The API router.
@@ -109,6 +117,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v2.0/routers/{id}/remove_router_interface",
             put(remove_router_interface),
+        )
+        .route("/v2.0/subnetpools/{id}/add_prefixes", put(add_prefixes))
+        .route(
+            "/v2.0/subnetpools/{id}/remove_prefixes",
+            put(remove_prefixes),
         )
         .route(
             "/v2.0/{collection}/{id}/tags",
@@ -486,6 +499,34 @@ async fn remove_router_interface(
         .remove_router_interface(&caller, &id, parse_json(&body)?)
         .await?;
     Ok(Json(info).into_response())
+}
+
+async fn add_prefixes(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let caller = noauth_caller(&headers);
+    let prefixes = state
+        .service
+        .subnet_pool_prefixes(&caller, &id, parse_json(&body)?, true)
+        .await?;
+    Ok(Json(prefixes).into_response())
+}
+
+async fn remove_prefixes(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let caller = noauth_caller(&headers);
+    let prefixes = state
+        .service
+        .subnet_pool_prefixes(&caller, &id, parse_json(&body)?, false)
+        .await?;
+    Ok(Json(prefixes).into_response())
 }
 
 async fn show_tags(

@@ -155,3 +155,48 @@ pub fn last_segment(key: &str) -> &str {
 pub fn heartbeat(name: &str) -> String {
     format!("/isthmus/heartbeats/{name}")
 }
+
+/// Prefix of every RBAC policy.
+pub const RBAC_POLICIES: &str = "/isthmus/rbac-policies/";
+/// Policies on one shared object.
+pub fn rbac_object_prefix(object_id: &str) -> String {
+    format!("/isthmus/index/rbac-objects/{object_id}/")
+}
+/// One policy on a shared object.
+pub fn rbac_object(object_id: &str, policy_id: &str) -> String {
+    format!("{}{policy_id}", rbac_object_prefix(object_id))
+}
+/// Claim of one (object, action, target) grant: no two policies grant the same.
+pub fn rbac_claim(object_id: &str, action: &str, target: &str) -> String {
+    format!("/isthmus/rbac-claims/{object_id}/{action}/{target}")
+}
+/// Subnets allocated from a subnet pool (value: `<project> <cidr>`).
+pub fn pool_subnets_prefix(pool_id: &str) -> String {
+    format!("/isthmus/index/pool-subnets/{pool_id}/")
+}
+/// One subnet allocated from a subnet pool.
+pub fn pool_subnet(pool_id: &str, subnet_id: &str) -> String {
+    format!("{}{subnet_id}", pool_subnets_prefix(pool_id))
+}
+/// Rewritten by every allocation from a pool, so two allocations from one pool never
+/// commit from the same view of it.
+pub fn pool_allocation_lock(pool_id: &str) -> String {
+    format!("/isthmus/pool-allocation/{pool_id}")
+}
+/// The default subnet pool of an IP family (value: pool id).
+pub fn default_subnet_pool(version: u8) -> String {
+    format!("/isthmus/default-subnetpool/{version}")
+}
+/// Subnet pools of an address scope.
+pub fn scope_pools_prefix(scope_id: &str) -> String {
+    format!("/isthmus/index/scope-pools/{scope_id}/")
+}
+/// One subnet pool of an address scope.
+pub fn scope_pool(scope_id: &str, pool_id: &str) -> String {
+    format!("{}{pool_id}", scope_pools_prefix(scope_id))
+}
+/// Rewritten by every use of an object that only an RBAC policy allows; a revocation
+/// compares it, so a new use and the removal of its grant never both commit.
+pub fn rbac_use(object_id: &str) -> String {
+    format!("/isthmus/rbac-use/{object_id}")
+}

@@ -32,7 +32,7 @@ static WIDGETS: Definition<Widget> = Definition {
     fault: "Widget",
     named: true,
     tagged: true,
-    description: Rights::ALL,
+    description: Some(Rights::ALL),
     updatable: true,
     attributes: &[
         attr("size", Rights::ALL, |w, _| Some(json!(w.size))),

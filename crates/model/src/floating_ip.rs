@@ -19,7 +19,7 @@ pub static DEFINITION: Definition<FloatingIp> = Definition {
     fault: "FloatingIP",
     named: false,
     tagged: true,
-    description: Rights::ALL,
+    description: Some(Rights::ALL),
     updatable: true,
     attributes: &[
         attr("floating_ip_address", Rights::CREATE_QUERY, |f, _| {

@@ -3,6 +3,7 @@
 //! arguments).
 
 pub mod addr;
+pub mod address_scope;
 pub mod error;
 pub mod floating_ip;
 pub mod input;
@@ -14,19 +15,24 @@ pub mod network;
 pub mod node;
 pub mod port;
 pub mod query;
+pub mod rbac;
 pub mod resource;
 pub mod router;
 pub mod security_group;
 pub mod subnet;
+pub mod subnet_pool;
 pub mod time;
 pub mod view;
 pub mod wire;
 
+pub use address_scope::AddressScope;
 pub use error::{Error, Result};
 pub use floating_ip::FloatingIp;
 pub use meta::{Caller, Meta};
 pub use network::{Network, NetworkLimits, NetworkType};
 pub use port::{Port, PortRequest};
+pub use rbac::RbacPolicy;
 pub use router::Router;
 pub use security_group::{SecurityGroup, SecurityGroupRule};
 pub use subnet::Subnet;
+pub use subnet_pool::SubnetPool;

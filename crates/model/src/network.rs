@@ -24,7 +24,7 @@ pub static DEFINITION: Definition<Network> = Definition {
     fault: "Network",
     named: true,
     tagged: true,
-    description: Rights::ALL,
+    description: Some(Rights::ALL),
     updatable: true,
     attributes: &[
         attr("admin_state_up", Rights::ALL, |n, _| {

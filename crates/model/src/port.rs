@@ -22,7 +22,7 @@ pub static DEFINITION: Definition<Port> = Definition {
     fault: "Port",
     named: true,
     tagged: true,
-    description: Rights::ALL,
+    description: Some(Rights::ALL),
     updatable: true,
     attributes: &[
         attr("network_id", Rights::CREATE_QUERY, |p, _| {

@@ -124,8 +124,9 @@ pub struct Definition<T: 'static> {
     pub named: bool,
     /// Whether it has `tags` and the tags sub-resource.
     pub tagged: bool,
-    /// The rights on `description` (security group rules: set on create only).
-    pub description: Rights,
+    /// The rights on `description` (security group rules: set on create only); `None` for
+    /// kinds without one (RBAC policies).
+    pub description: Option<Rights>,
     /// Whether PUT is allowed at all (security group rules cannot be updated).
     pub updatable: bool,
     /// Its own attributes, in output order; the standard ones (`id`, `name`, `description`,
@@ -184,7 +185,7 @@ impl Standard {
     fn rights<T>(self, definition: &Definition<T>) -> Rights {
         match self {
             Standard::Name => Rights::ALL,
-            Standard::Description => definition.description,
+            Standard::Description => definition.description.unwrap_or(Rights::READ),
             // Tags change through their sub-resource.
             Standard::Project | Standard::Tenant | Standard::Tags => Rights::CREATE_QUERY,
             Standard::Id | Standard::Revision | Standard::Created | Standard::Updated => {
@@ -219,10 +220,11 @@ pub enum Slot<'a, T: 'static> {
 impl<T> Definition<T> {
     fn head(&self) -> &'static [Standard] {
         use Standard::*;
-        if self.named {
-            &[Id, Name, Description, Project, Tenant]
-        } else {
-            &[Id, Description, Project, Tenant]
+        match (self.named, self.description.is_some()) {
+            (true, true) => &[Id, Name, Description, Project, Tenant],
+            (true, false) => &[Id, Name, Project, Tenant],
+            (false, true) => &[Id, Description, Project, Tenant],
+            (false, false) => &[Id, Project, Tenant],
         }
     }
 

@@ -50,7 +50,7 @@ pub static DEFINITION: Definition<Router> = Definition {
     fault: "Router",
     named: true,
     tagged: true,
-    description: Rights::ALL,
+    description: Some(Rights::ALL),
     updatable: true,
     attributes: &[
         attr("admin_state_up", Rights::ALL, |r, _| {

@@ -17,7 +17,7 @@ pub static GROUP_DEFINITION: Definition<SecurityGroup> = Definition {
     fault: "SecurityGroup",
     named: true,
     tagged: true,
-    description: Rights::ALL,
+    description: Some(Rights::ALL),
     updatable: true,
     attributes: &[
         attr("security_group_rules", Rights::READ, |g, v| {
@@ -38,7 +38,7 @@ pub static RULE_DEFINITION: Definition<SecurityGroupRule> = Definition {
     fault: "SecurityGroupRule",
     named: false,
     tagged: false,
-    description: Rights::CREATE_QUERY,
+    description: Some(Rights::CREATE_QUERY),
     updatable: false,
     attributes: &[
         attr("security_group_id", Rights::CREATE_QUERY, |r, _| {

@@ -21,7 +21,7 @@ pub static DEFINITION: Definition<Subnet> = Definition {
     fault: "Subnet",
     named: true,
     tagged: true,
-    description: Rights::ALL,
+    description: Some(Rights::ALL),
     updatable: true,
     attributes: &[
         attr("network_id", Rights::CREATE_QUERY, |s, _| {
@@ -52,8 +52,8 @@ pub static DEFINITION: Definition<Subnet> = Definition {
         attr("ipv6_address_mode", Rights::CREATE_QUERY, |s, _| {
             Some(json!(s.ipv6_address_mode))
         }),
-        attr("subnetpool_id", Rights::CREATE_QUERY, |_, _| {
-            Some(Value::Null)
+        attr("subnetpool_id", Rights::CREATE_QUERY, |s, _| {
+            Some(json!(s.subnetpool_id))
         }),
         attr("segment_id", Rights::CREATE_QUERY, |_, _| Some(Value::Null)),
         attr("service_types", Rights::CREATE_QUERY, |_, _| {
@@ -83,6 +83,9 @@ pub struct Subnet {
     pub network_id: String,
     /// The prefix.
     pub cidr: Cidr,
+    /// The pool the prefix was allocated from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnetpool_id: Option<String>,
     /// Gateway address, if any.
     pub gateway_ip: Option<IpAddr>,
     /// Where automatic addresses come from.
@@ -200,6 +203,21 @@ fn check_gateway(cidr: &Cidr, gateway: IpAddr) -> Result<()> {
 impl Subnet {
     /// Parses and validates a create body (checks needing other subnets are the service's).
     pub fn parse_create(body: Value, caller: &Caller, id: String, now: &str) -> Result<Subnet> {
+        let request = Subnet::begin_create(body, caller, id, now)?;
+        let cidr = request.cidr.ok_or_else(|| {
+            Error::BadRequest("A cidr must be specified in the absence of a subnet pool".to_owned())
+        })?;
+        request.finish(cidr, None)
+    }
+
+    /// Reads a create body up to its prefix: the service settles the prefix (given, or
+    /// allocated from a subnet pool) and [`SubnetCreate::finish`]es.
+    pub fn begin_create(
+        body: Value,
+        caller: &Caller,
+        id: String,
+        now: &str,
+    ) -> Result<SubnetCreate> {
         let mut input = Input::for_kind(body, &DEFINITION, Method::Create)?;
         let project_id = owner_project(&mut input, caller)?;
         let mut meta = Meta::new(id, project_id, now);
@@ -208,15 +226,21 @@ impl Subnet {
             "network_id",
             &Input::required("network_id", input.take("network_id"))?,
         )?;
-        if input.take("subnetpool_id").is_some_and(|v| !v.is_null())
-            || input
-                .take("use_default_subnetpool")
-                .is_some_and(|v| v == json!(true))
-        {
-            return Err(Error::BadRequest(
-                "Subnet pools are not supported: give an explicit cidr".to_owned(),
-            ));
-        }
+        let explicit_pool = match input.take("subnetpool_id") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(as_uuid("subnetpool_id", &v)?),
+        };
+        let use_default = input.boolean("use_default_subnetpool")?.unwrap_or(false);
+        let pool = match (explicit_pool, use_default) {
+            (Some(_), true) => {
+                return Err(Error::BadRequest(
+                    "subnetpool_id and use_default_subnetpool cannot both be specified".to_owned(),
+                ))
+            }
+            (Some(id), false) => PoolChoice::Pool(id),
+            (None, true) => PoolChoice::Default,
+            (None, false) => PoolChoice::None,
+        };
         if input.take("segment_id").is_some_and(|v| !v.is_null()) {
             return Err(Error::BadRequest(
                 "Routed segments are not supported".to_owned(),
@@ -230,15 +254,8 @@ impl Subnet {
                 "Subnet service types are not supported".to_owned(),
             ));
         }
-        let version = match input.nullable_integer("ip_version")?.flatten() {
-            Some(4) => IpVersion::V4,
-            Some(6) => IpVersion::V6,
-            Some(v) => {
-                return Err(Error::invalid_attr(
-                    "ip_version",
-                    format!("'{v}' is not in [4, 6]"),
-                ))
-            }
+        let version = match crate::address_scope::ip_version(&mut input)? {
+            Some(v) => v,
             None => {
                 return Err(Error::BadRequest(
                     "Failed to parse request. Required attribute 'ip_version' not specified"
@@ -246,13 +263,99 @@ impl Subnet {
                 ))
             }
         };
-        let cidr = as_cidr("cidr", &Input::required("cidr", input.take("cidr"))?)?;
-        if cidr.version() != version {
-            return Err(Error::InvalidInput(format!(
-                "Cidr {cidr} does not match ip_version {}",
-                version.number()
-            )));
+        let cidr = match input.take("cidr") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(as_cidr("cidr", &v)?),
+        };
+        if let Some(cidr) = cidr {
+            if cidr.version() != version {
+                return Err(Error::InvalidInput(format!(
+                    "Cidr {cidr} does not match ip_version {}",
+                    version.number()
+                )));
+            }
         }
+        let prefixlen = match input.nullable_integer("prefixlen")?.flatten() {
+            None => None,
+            Some(n) if (0..=i64::from(version.bits())).contains(&n) => Some(n as u8),
+            Some(n) => {
+                return Err(Error::invalid_attr(
+                    "prefixlen",
+                    format!("'{n}' is not a valid prefix length"),
+                ))
+            }
+        };
+        if cidr.is_some() && prefixlen.is_some() {
+            return Err(Error::BadRequest(
+                "cidr and prefixlen must not be supplied together".to_owned(),
+            ));
+        }
+        if pool == PoolChoice::None && prefixlen.is_some() {
+            return Err(Error::BadRequest(
+                "prefixlen is only valid with a subnet pool".to_owned(),
+            ));
+        }
+        Ok(SubnetCreate {
+            input,
+            meta,
+            network_id,
+            version,
+            cidr,
+            prefixlen,
+            pool,
+        })
+    }
+}
+
+/// Where a new subnet's prefix comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolChoice {
+    /// An explicit `cidr`, no pool.
+    None,
+    /// The pool `subnetpool_id`.
+    Pool(String),
+    /// The family's default pool (`use_default_subnetpool`).
+    Default,
+}
+
+/// A subnet create read up to its prefix.
+#[derive(Debug, Clone)]
+pub struct SubnetCreate {
+    input: Input,
+    meta: Meta,
+    /// The network.
+    pub network_id: String,
+    /// The family.
+    pub version: IpVersion,
+    /// The prefix asked for, if any.
+    pub cidr: Option<Cidr>,
+    /// The prefix length asked of a pool, if any.
+    pub prefixlen: Option<u8>,
+    /// Where the prefix comes from.
+    pub pool: PoolChoice,
+}
+
+impl SubnetCreate {
+    /// The new subnet's id.
+    pub fn id(&self) -> &str {
+        &self.meta.id
+    }
+
+    /// The project the subnet will belong to.
+    pub fn project_id(&self) -> &str {
+        &self.meta.project_id
+    }
+
+    /// Reads the rest of the body now that the prefix is `cidr` (from `subnetpool_id`, if
+    /// any) and validates the subnet.
+    pub fn finish(self, cidr: Cidr, subnetpool_id: Option<String>) -> Result<Subnet> {
+        let SubnetCreate {
+            mut input,
+            meta,
+            network_id,
+            version,
+            ..
+        } = self;
         let gateway_ip = match input.take("gateway_ip") {
             None => Some(crate::addr::from_u128(version, cidr.first_host())),
             Some(Value::Null) => None,
@@ -312,6 +415,7 @@ impl Subnet {
             meta,
             network_id,
             cidr,
+            subnetpool_id,
             gateway_ip,
             allocation_pools,
             enable_dhcp: input.boolean("enable_dhcp")?.unwrap_or(true),
@@ -327,7 +431,9 @@ impl Subnet {
         }
         Ok(subnet)
     }
+}
 
+impl Subnet {
     /// Applies an update body and records a new revision.
     pub fn apply_update(&mut self, body: Value, now: &str) -> Result<()> {
         let mut input = Input::for_kind(body, &DEFINITION, Method::Update)?;

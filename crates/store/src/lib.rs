@@ -126,6 +126,12 @@ impl Txn {
         self.ops.push(op);
         self
     }
+    /// Adds every condition and write of `other`.
+    pub fn and(mut self, other: Txn) -> Self {
+        self.compares.extend(other.compares);
+        self.ops.extend(other.ops);
+        self
+    }
 }
 
 /// Outcome of a transaction.

@@ -185,7 +185,15 @@ impl Kind for FloatingIp {
         let req = FloatingIpRequest::parse(body, Method::Create, caller)?;
         let network_id = req.floating_network_id.clone().unwrap_or_default();
         let (network, _) = service.load_visible::<Network>(caller, &network_id).await?;
-        if !network.external {
+        if !network.external
+            && !service
+                .is_granted(
+                    caller,
+                    &network_id,
+                    isthmus_model::rbac::Action::AccessAsExternal,
+                )
+                .await?
+        {
             return Err(bad_fip(format!(
                 "Network {network_id} is not a valid external network"
             )));

@@ -505,6 +505,9 @@ impl Registry {
             .with::<isthmus_model::SecurityGroupRule>()
             .with::<isthmus_model::Router>()
             .with::<isthmus_model::FloatingIp>()
+            .with::<isthmus_model::AddressScope>()
+            .with::<isthmus_model::SubnetPool>()
+            .with::<isthmus_model::RbacPolicy>()
     }
 
     /// Adds kind `T` (replacing one with the same collection name).

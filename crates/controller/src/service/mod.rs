@@ -9,9 +9,11 @@ mod namespace_binding;
 mod network;
 mod node;
 mod port;
+mod rbac;
 mod router;
 mod security_group;
 mod subnet;
+mod subnet_pool;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -4,12 +4,14 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use isthmus_model::network::NetworkType;
-use isthmus_model::resource::Resource;
+use isthmus_model::rbac::Action;
+use isthmus_model::resource::{Resource, View};
 use isthmus_model::{Caller, Error, Network, Result, Subnet};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
-use super::{encode, new_id, now, store_error, Attempt, Kind, Object, Service};
+use super::rbac::{granted_ids, visible_with_grants};
+use super::{encode, new_id, now, store_error, Attempt, Kind, Listed, Object, Service};
 use crate::keys;
 
 impl Service {
@@ -45,8 +47,26 @@ impl Service {
     }
 }
 
+/// What RBAC policies can grant on a network: either makes it visible.
+pub(crate) const NETWORK_GRANTS: &[Action] = &[Action::AccessAsShared, Action::AccessAsExternal];
+
 #[async_trait]
 impl Kind for Network {
+    async fn visible(service: &Service, caller: &Caller, network: &Network) -> Result<bool> {
+        visible_with_grants(service, caller, network, NETWORK_GRANTS).await
+    }
+
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        let granted = granted_ids(&service.all_grants().await?, caller, NETWORK_GRANTS);
+        Ok(service
+            .load_all::<Network>(keys::NETWORKS)
+            .await?
+            .into_iter()
+            .filter(|(n, _)| n.visible_to(caller) || granted.contains(&n.meta.id))
+            .map(|(n, _)| Box::new(View::owned(n, caller)) as Listed)
+            .collect())
+    }
+
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
         let created = Network::parse_create(body, caller, service.limits(), new_id(), &now())?;
         let requested_vni = created.network.segmentation_id;
@@ -136,9 +156,12 @@ impl Kind for Network {
                 txn = txn
                     .when(Compare::prefix_empty(keys::ipam_prefix(&subnet.meta.id)))
                     .then(Op::delete(keys::subnet(&subnet.meta.id)));
+                if let Some(pool) = &subnet.subnetpool_id {
+                    txn = txn.then(Op::delete(keys::pool_subnet(pool, &subnet.meta.id)));
+                }
             }
         }
-        Ok(txn)
+        service.drop_policies(txn, id).await
     }
 
     async fn in_use(service: &Service, network: &Network) -> Result<()> {

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use isthmus_model::addr::{from_u128, to_u128, IpVersion};
 use isthmus_model::input::Method;
 use isthmus_model::port::{AddressPair, AddressPairRequest, Binding, FixedIp, FixedIpRequest};
+use isthmus_model::rbac::Action;
 use isthmus_model::resource::Resource;
 use isthmus_model::router::is_l3_owner;
 use isthmus_model::{
@@ -403,9 +404,17 @@ impl Kind for Port {
         let network_id = req.network_id.clone().unwrap_or_default();
         service.retry(|| async {
             let (network, net_rev) = service.load_visible::<Network>(caller, &network_id).await?;
-            if !network.usable_by(caller) {
-                return Err(Error::PolicyNotAuthorized("rule:create_port".to_owned()));
-            }
+            let grant = if network.usable_by(caller) {
+                None
+            } else {
+                match service
+                    .grant_guard(&project, &network_id, Action::AccessAsShared)
+                    .await?
+                {
+                    Some(guard) => Some(guard),
+                    None => return Err(Error::PolicyNotAuthorized("rule:create_port".to_owned())),
+                }
+            };
             let subnets = service.subnets_of(&network).await?;
             let port_security = req.port_security_enabled.unwrap_or(network.port_security_enabled);
             let group_ids = match (&req.security_groups, port_security) {
@@ -459,7 +468,8 @@ impl Kind for Port {
                 status: "DOWN".to_owned(),
             };
 
-            let mut txn = Txn::new()
+            let mut txn = grant
+                .unwrap_or_default()
                 .when(Compare::mod_revision(keys::network(&network.meta.id), net_rev))
                 .when(Compare::absent(keys::port(&id)))
                 .when(Compare::absent(keys::mac(&network.meta.id, &port.mac_address)))

@@ -169,7 +169,11 @@ impl Service {
     /// An external network a router may use as gateway.
     async fn external_network(&self, caller: &Caller, id: &str) -> Result<Network> {
         let (network, _) = self.load_visible::<Network>(caller, id).await?;
-        if !network.external {
+        if !network.external
+            && !self
+                .is_granted(caller, id, isthmus_model::rbac::Action::AccessAsExternal)
+                .await?
+        {
             return Err(bad_router(format!(
                 "Network {id} is not an external network"
             )));

@@ -4,12 +4,14 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
+use isthmus_model::rbac::{granted, Action};
 use isthmus_model::resource::{Resource, View};
 use isthmus_model::security_group::{default_egress_rules, default_ingress_rules};
 use isthmus_model::{Caller, Error, Result, SecurityGroup, SecurityGroupRule};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
+use super::rbac::{granted_ids, visible_with_grants};
 use super::{encode, new_id, now, store_error, Attempt, Kind, Listed, Object, Service};
 use crate::keys;
 
@@ -82,12 +84,20 @@ impl Service {
     ) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            match self.load::<SecurityGroup>(id).await? {
-                Some((g, rev)) if caller.is_admin || g.meta.project_id == project_id => {
-                    out.push((id.clone(), rev))
-                }
-                _ => return Err(Error::not_found("SecurityGroup", id)),
+            let Some((g, rev)) = self.load::<SecurityGroup>(id).await? else {
+                return Err(Error::not_found("SecurityGroup", id));
+            };
+            if !caller.is_admin
+                && g.meta.project_id != project_id
+                && !granted(
+                    &self.policies_on(id).await?,
+                    project_id,
+                    Action::AccessAsShared,
+                )
+            {
+                return Err(Error::not_found("SecurityGroup", id));
             }
+            out.push((id.clone(), rev));
         }
         Ok(out)
     }
@@ -105,6 +115,10 @@ impl Service {
 
 #[async_trait]
 impl Kind for SecurityGroup {
+    async fn visible(service: &Service, caller: &Caller, group: &SecurityGroup) -> Result<bool> {
+        visible_with_grants(service, caller, group, &[Action::AccessAsShared]).await
+    }
+
     async fn complete(service: &Service, group: SecurityGroup) -> Result<SecurityGroup> {
         let rules = service.rules_of(&group.meta.id).await?;
         Ok(group.with_rules(rules))
@@ -126,9 +140,14 @@ impl Kind for SecurityGroup {
                 .or_default()
                 .push(rule);
         }
+        let granted = granted_ids(
+            &service.all_grants().await?,
+            caller,
+            &[Action::AccessAsShared],
+        );
         Ok(groups
             .into_iter()
-            .filter(|(g, _)| g.visible_to(caller))
+            .filter(|(g, _)| g.visible_to(caller) || granted.contains(&g.meta.id))
             .map(|(group, _)| {
                 let rules = rules.remove(&group.meta.id).unwrap_or_default();
                 Box::new(View::owned(group.with_rules(rules), caller)) as Listed
@@ -190,7 +209,7 @@ impl Kind for SecurityGroup {
             txn = Service::delete_rule_index(txn, rule)
                 .then(Op::delete(keys::security_group_rule(&rule.meta.id)));
         }
-        Ok(txn)
+        service.drop_policies(txn, id).await
     }
 
     async fn in_use(service: &Service, group: &SecurityGroup) -> Result<()> {

@@ -3,15 +3,17 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
+use isthmus_model::addr::Cidr;
 use isthmus_model::resource::{Resource, View};
-use isthmus_model::{Caller, Error, Network, Result, Subnet};
+use isthmus_model::subnet::PoolChoice;
+use isthmus_model::{Caller, Error, Network, Result, Subnet, SubnetPool};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
-use super::{encode, new_id, now, Attempt, Kind, Listed, Object, Service};
+use super::network::NETWORK_GRANTS;
+use super::rbac::granted_ids;
+use super::{encode, key_of, new_id, now, Attempt, Kind, Listed, Object, Service};
 use crate::keys;
-
-impl Service {}
 
 #[async_trait]
 impl Kind for Subnet {
@@ -20,10 +22,10 @@ impl Kind for Subnet {
         if caller.owns(&subnet.meta.project_id) {
             return Ok(true);
         }
-        Ok(service
-            .load::<Network>(&subnet.network_id)
-            .await?
-            .is_some_and(|(n, _)| n.visible_to(caller)))
+        match service.load::<Network>(&subnet.network_id).await? {
+            Some((n, _)) => Network::visible(service, caller, &n).await,
+            None => Ok(false),
+        }
     }
 
     async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
@@ -31,11 +33,12 @@ impl Kind for Subnet {
         let visible_networks: HashSet<String> = if caller.is_admin {
             HashSet::new()
         } else {
+            let granted = granted_ids(&service.all_grants().await?, caller, NETWORK_GRANTS);
             service
                 .load_all::<Network>(keys::NETWORKS)
                 .await?
                 .into_iter()
-                .filter(|(n, _)| n.visible_to(caller))
+                .filter(|(n, _)| n.visible_to(caller) || granted.contains(&n.meta.id))
                 .map(|(n, _)| n.meta.id)
                 .collect()
         };
@@ -49,38 +52,101 @@ impl Kind for Subnet {
     }
 
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
-        let parsed = Subnet::parse_create(body, caller, new_id(), &now())?;
-        service.retry(|| {
-            let subnet = parsed.clone();
-            async move {
-                let (mut network, net_rev) = service.load_visible::<Network>(caller, &subnet.network_id).await?;
-                if !caller.owns(&network.meta.project_id) {
-                    return Err(Error::PolicyNotAuthorized("rule:create_subnet".to_owned()));
-                }
-                for other_id in &network.subnets {
-                    if let Some((other, _)) = service.load::<Subnet>(other_id).await? {
-                        if other.cidr.overlaps(&subnet.cidr) {
-                            return Err(Error::InvalidInput(format!(
-                                "Requested subnet with cidr: {} for network: {} overlaps with another subnet",
-                                subnet.cidr, network.meta.id
-                            )));
+        let request = Subnet::begin_create(body, caller, new_id(), &now())?;
+        service
+            .retry(|| {
+                let request = request.clone();
+                async move {
+                    let (mut network, net_rev) = service
+                        .load_visible::<Network>(caller, &request.network_id)
+                        .await?;
+                    if !caller.owns(&network.meta.project_id) {
+                        return Err(Error::PolicyNotAuthorized("rule:create_subnet".to_owned()));
+                    }
+                    let mut txn = Txn::new();
+                    let id = request.id().to_owned();
+                    let (cidr, pool_id) = match &request.pool {
+                        PoolChoice::None => (
+                            request.cidr.ok_or_else(|| {
+                                Error::BadRequest(
+                                    "A cidr must be specified in the absence of a subnet pool"
+                                        .to_owned(),
+                                )
+                            })?,
+                            None,
+                        ),
+                        choice => {
+                            let wanted = match choice {
+                                PoolChoice::Pool(p) => Some(p.as_str()),
+                                _ => None,
+                            };
+                            let (pool, pool_rev) = service
+                                .pool_for_subnet(caller, wanted, request.version)
+                                .await?;
+                            let pool_id = pool.meta.id.clone();
+                            let lock = keys::pool_allocation_lock(&pool_id);
+                            let lock_rev = service
+                                .store
+                                .get(&lock)
+                                .await
+                                .map_err(super::store_error)?
+                                .map(|kv| kv.mod_revision);
+                            let allocations = service.pool_allocations(&pool_id).await?;
+                            let all: Vec<Cidr> = allocations.iter().map(|(_, c)| *c).collect();
+                            let mine: Vec<Cidr> = allocations
+                                .iter()
+                                .filter(|(p, _)| p == request.project_id())
+                                .map(|(_, c)| *c)
+                                .collect();
+                            let cidr = pool.allocate(request.cidr, request.prefixlen, &all, &mine)?;
+                            txn = txn
+                                .when(match lock_rev {
+                                    Some(r) => Compare::mod_revision(lock.clone(), r),
+                                    None => Compare::absent(lock.clone()),
+                                })
+                                .when(Compare::mod_revision(key_of::<SubnetPool>(&pool_id), pool_rev))
+                                .then(Op::put(lock, id.clone()))
+                                .then(Op::put(
+                                    keys::pool_subnet(&pool_id, &id),
+                                    format!("{} {cidr}", request.project_id()),
+                                ));
+                            (cidr, Some(pool_id))
+                        }
+                    };
+                    let subnet = request.finish(cidr, pool_id)?;
+                    for other_id in &network.subnets {
+                        if let Some((other, _)) = service.load::<Subnet>(other_id).await? {
+                            if other.cidr.overlaps(&subnet.cidr) {
+                                return Err(Error::InvalidInput(format!(
+                                    "Requested subnet with cidr: {} for network: {} overlaps with another subnet",
+                                    subnet.cidr, network.meta.id
+                                )));
+                            }
+                            if other.version() == subnet.version()
+                                && other.subnetpool_id != subnet.subnetpool_id
+                            {
+                                return Err(Error::fault(
+                                    "NetworkSubnetPoolAffinityError",
+                                    400,
+                                    "Subnets hosted on the same network must be allocated from the same subnet pool.",
+                                ));
+                            }
                         }
                     }
+                    network.subnets.push(subnet.meta.id.clone());
+                    network.meta.touch(&now());
+                    let txn = txn
+                        .when(Compare::mod_revision(keys::network(&network.meta.id), net_rev))
+                        .then(Op::put(keys::network(&network.meta.id), encode(&network)?))
+                        .then(Op::put(keys::subnet(&subnet.meta.id), encode(&subnet)?));
+                    Ok(if service.commit(txn).await? {
+                        Attempt::Done(subnet.render(caller))
+                    } else {
+                        Attempt::Retry
+                    })
                 }
-                network.subnets.push(subnet.meta.id.clone());
-                network.meta.touch(&now());
-                let txn = Txn::new()
-                    .when(Compare::mod_revision(keys::network(&network.meta.id), net_rev))
-                    .then(Op::put(keys::network(&network.meta.id), encode(&network)?))
-                    .then(Op::put(keys::subnet(&subnet.meta.id), encode(&subnet)?));
-                Ok(if service.commit(txn).await? {
-                    Attempt::Done(subnet.render(caller))
-                } else {
-                    Attempt::Retry
-                })
-            }
-        })
-        .await
+            })
+            .await
     }
 
     async fn apply_update(
@@ -120,7 +186,11 @@ impl Kind for Subnet {
         let (mut network, net_rev) = service.must_load::<Network>(&subnet.network_id).await?;
         network.subnets.retain(|s| s != id);
         network.meta.touch(&now());
-        Ok(Txn::new()
+        let mut txn = Txn::new();
+        if let Some(pool) = &subnet.subnetpool_id {
+            txn = txn.then(Op::delete(keys::pool_subnet(pool, id)));
+        }
+        Ok(txn
             .when(Compare::mod_revision(
                 keys::network(&network.meta.id),
                 net_rev,

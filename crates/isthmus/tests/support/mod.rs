@@ -54,6 +54,19 @@ impl Controller {
     pub fn http(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         try_http(self.port, method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
+
+    /// A request as a member of `project` (noauth headers).
+    pub fn http_as(
+        &self,
+        project: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let headers = [("X-Project-Id", project), ("X-Roles", "member")];
+        request(self.port, method, path, body, &headers)
+            .unwrap_or_else(|e| panic!("{method} {path} as {project}: {e}"))
+    }
 }
 
 impl Drop for Controller {
@@ -70,12 +83,26 @@ pub fn try_http(
     path: &str,
     body: Option<&Value>,
 ) -> std::io::Result<(u16, Value)> {
+    request(port, method, path, body, &[])
+}
+
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, Value)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
         payload.len()
     )?;
     let mut raw = Vec::new();

@@ -1,0 +1,373 @@
+//! RBAC policies: who besides an object's owner may see and use it, and the in-use checks
+//! Neutron makes before a grant goes away.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use isthmus_model::rbac::{granted, Action, ObjectType};
+use isthmus_model::resource::Resource;
+use isthmus_model::{
+    AddressScope, Caller, Error, FloatingIp, Meta, Network, Port, RbacPolicy, Result, Router,
+    SecurityGroup, Subnet, SubnetPool,
+};
+use isthmus_store::{Compare, Op, Txn};
+use serde_json::Value;
+
+use super::{encode, key_of, new_id, now, prefix_of, Attempt, Kind, Object, Service};
+use crate::keys;
+
+/// Every policy, by the object it shares (for lists).
+pub(crate) type Grants = HashMap<String, Vec<RbacPolicy>>;
+
+impl Service {
+    /// The policies sharing `object_id`.
+    pub(crate) async fn policies_on(&self, object_id: &str) -> Result<Vec<RbacPolicy>> {
+        let mut out = Vec::new();
+        for id in self.index(&keys::rbac_object_prefix(object_id)).await? {
+            if let Some((p, _)) = self.load::<RbacPolicy>(&id).await? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every policy, by object.
+    pub(crate) async fn all_grants(&self) -> Result<Grants> {
+        let mut by_object: Grants = HashMap::new();
+        for (p, _) in self.load_all::<RbacPolicy>(keys::RBAC_POLICIES).await? {
+            by_object.entry(p.object_id.clone()).or_default().push(p);
+        }
+        Ok(by_object)
+    }
+
+    /// Whether a policy grants `caller`'s project `action` on `object_id`.
+    pub(crate) async fn is_granted(
+        &self,
+        caller: &Caller,
+        object_id: &str,
+        action: Action,
+    ) -> Result<bool> {
+        Ok(granted(
+            &self.policies_on(object_id).await?,
+            &caller.project_id,
+            action,
+        ))
+    }
+
+    /// For a use of `object_id` by `project` that only a policy allows: compares the granting
+    /// policy and rewrites the object's use mark (which revocations compare). `None` when no
+    /// policy grants it.
+    pub(crate) async fn grant_guard(
+        &self,
+        project: &str,
+        object_id: &str,
+        action: Action,
+    ) -> Result<Option<Txn>> {
+        let mut policies = self.policies_on(object_id).await?;
+        policies.retain(|p| p.grants(project, action));
+        // Prefer a grant to this project: a wildcard may go while it stays.
+        policies.sort_by_key(|p| p.target_tenant != project);
+        let Some(policy) = policies.first() else {
+            return Ok(None);
+        };
+        let key = key_of::<RbacPolicy>(&policy.meta.id);
+        let Some((_, rev)) = self.load::<RbacPolicy>(&policy.meta.id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Txn::new().when(Compare::mod_revision(key, rev)).then(
+            Op::put(keys::rbac_use(object_id), project.to_owned()),
+        )))
+    }
+
+    /// A compare on `object_id`'s use mark as it is now, for a revocation.
+    async fn use_mark(&self, object_id: &str) -> Result<Compare> {
+        let mark = keys::rbac_use(object_id);
+        Ok(
+            match self.store.get(&mark).await.map_err(super::store_error)? {
+                Some(kv) => Compare::mod_revision(mark, kv.mod_revision),
+                None => Compare::absent(mark),
+            },
+        )
+    }
+
+    /// Ops deleting every policy on `object_id` (with their index and claims), for the
+    /// object's own delete.
+    pub(crate) async fn drop_policies(&self, txn: Txn, object_id: &str) -> Result<Txn> {
+        let mut txn = txn.then(Op::delete(keys::rbac_use(object_id)));
+        for p in self.policies_on(object_id).await? {
+            txn = txn
+                .then(Op::delete(key_of::<RbacPolicy>(&p.meta.id)))
+                .then(Op::delete(keys::rbac_object(object_id, &p.meta.id)))
+                .then(Op::delete(claim(&p)));
+        }
+        Ok(txn)
+    }
+
+    /// The owner, key and revision of the object a policy shares, checking `caller` may
+    /// share it: 404 when it cannot see it, 403 when it sees but does not own it.
+    async fn shared_object(
+        &self,
+        caller: &Caller,
+        object_type: ObjectType,
+        id: &str,
+    ) -> Result<(String, String, u64)> {
+        async fn owned<T: Kind>(
+            service: &Service,
+            caller: &Caller,
+            id: &str,
+        ) -> Result<(String, String, u64)> {
+            let (obj, rev) = service.load_visible::<T>(caller, id).await?;
+            if !caller.owns(&obj.meta().project_id) {
+                return Err(Error::PolicyNotAuthorized(
+                    "rule:create_rbac_policy".to_owned(),
+                ));
+            }
+            Ok((obj.meta().project_id.clone(), key_of::<T>(id), rev))
+        }
+        match object_type {
+            ObjectType::Network => owned::<Network>(self, caller, id).await,
+            ObjectType::SecurityGroup => owned::<SecurityGroup>(self, caller, id).await,
+            ObjectType::Subnetpool => owned::<SubnetPool>(self, caller, id).await,
+            ObjectType::AddressScope => owned::<AddressScope>(self, caller, id).await,
+        }
+    }
+
+    /// Refuses to let `policy` stop granting what it grants while a project that would lose
+    /// access still uses the object (`remaining` are the object's other policies).
+    async fn check_not_in_use(&self, policy: &RbacPolicy, remaining: &[RbacPolicy]) -> Result<()> {
+        let owner = &policy.meta.project_id;
+        let loses = |project: &str| {
+            project != owner
+                && policy.grants(project, policy.action)
+                && !granted(remaining, project, policy.action)
+        };
+        let id = &policy.object_id;
+        let users: Vec<String> = match (policy.object_type, policy.action) {
+            (ObjectType::Network, Action::AccessAsShared) => {
+                let mut projects = Vec::new();
+                for port_id in self.index(&keys::network_ports_prefix(id)).await? {
+                    if let Some((port, _)) = self.load::<Port>(&port_id).await? {
+                        projects.push(port.meta.project_id);
+                    }
+                }
+                if let Some((network, _)) = self.load::<Network>(id).await? {
+                    for subnet_id in &network.subnets {
+                        if let Some((subnet, _)) = self.load::<Subnet>(subnet_id).await? {
+                            projects.push(subnet.meta.project_id);
+                        }
+                    }
+                }
+                projects
+            }
+            (ObjectType::Network, Action::AccessAsExternal) => {
+                let mut projects: Vec<String> = self
+                    .load_all::<Router>(&prefix_of::<Router>())
+                    .await?
+                    .into_iter()
+                    .filter(|(r, _)| r.gateway.as_ref().is_some_and(|g| &g.network_id == id))
+                    .map(|(r, _)| r.meta.project_id)
+                    .collect();
+                projects.extend(
+                    self.load_all::<FloatingIp>(&prefix_of::<FloatingIp>())
+                        .await?
+                        .into_iter()
+                        .filter(|(f, _)| &f.floating_network_id == id)
+                        .map(|(f, _)| f.meta.project_id),
+                );
+                projects
+            }
+            (ObjectType::SecurityGroup, _) => {
+                let mut projects = Vec::new();
+                for port_id in self.index(&keys::group_ports_prefix(id)).await? {
+                    if let Some((port, _)) = self.load::<Port>(&port_id).await? {
+                        projects.push(port.meta.project_id);
+                    }
+                }
+                projects
+            }
+            (ObjectType::Subnetpool, _) => self
+                .pool_allocations(id)
+                .await?
+                .into_iter()
+                .map(|(project, _)| project)
+                .collect(),
+            (ObjectType::AddressScope, _) => {
+                let mut projects = Vec::new();
+                for pool_id in self.index(&keys::scope_pools_prefix(id)).await? {
+                    if let Some((pool, _)) = self.load::<SubnetPool>(&pool_id).await? {
+                        projects.push(pool.meta.project_id);
+                    }
+                }
+                projects
+            }
+        };
+        if users.iter().any(|p| loses(p)) {
+            return Err(Error::fault(
+                "RbacPolicyInUse",
+                409,
+                format!(
+                    "RBAC policy on object {id} cannot be removed because other objects depend on it."
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The claim that makes (object, action, target) unique.
+fn claim(p: &RbacPolicy) -> String {
+    keys::rbac_claim(&p.object_id, p.action.as_str(), &p.target_tenant)
+}
+
+fn duplicate() -> Error {
+    Error::fault(
+        "DuplicateRbacPolicy",
+        409,
+        "An RBAC policy already exists with those values.",
+    )
+}
+
+/// Whether `caller` sees `obj` of a kind that RBAC can share with `action`: the model's
+/// own rule (owner, shared flag) or a policy.
+pub(crate) async fn visible_with_grants<T: Resource>(
+    service: &Service,
+    caller: &Caller,
+    obj: &T,
+    actions: &[Action],
+) -> Result<bool> {
+    if obj.visible_to(caller) {
+        return Ok(true);
+    }
+    let policies = service.policies_on(&obj.meta().id).await?;
+    Ok(actions
+        .iter()
+        .any(|a| granted(&policies, &caller.project_id, *a)))
+}
+
+/// The ids of objects `caller` may see through a policy, among `grants`.
+pub(crate) fn granted_ids(grants: &Grants, caller: &Caller, actions: &[Action]) -> HashSet<String> {
+    grants
+        .iter()
+        .filter(|(_, ps)| {
+            actions
+                .iter()
+                .any(|a| granted(ps.iter(), &caller.project_id, *a))
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+#[async_trait]
+impl Kind for RbacPolicy {
+    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        let stamp = now();
+        let parsed =
+            RbacPolicy::parse_create(body, caller, Meta::new(new_id(), String::new(), &stamp))?;
+        let policy = service
+            .retry(|| {
+                let mut policy = parsed.clone();
+                async move {
+                    let (owner, object_key, object_rev) = service
+                        .shared_object(caller, policy.object_type, &policy.object_id)
+                        .await?;
+                    policy.meta.project_id = owner;
+                    let claim = claim(&policy);
+                    if service
+                        .store
+                        .get(&claim)
+                        .await
+                        .map_err(super::store_error)?
+                        .is_some()
+                    {
+                        return Err(duplicate());
+                    }
+                    let key = key_of::<RbacPolicy>(&policy.meta.id);
+                    let txn = Txn::new()
+                        .when(Compare::mod_revision(object_key, object_rev))
+                        .when(Compare::absent(&claim))
+                        .when(Compare::absent(&key))
+                        .then(Op::put(key, encode(&policy)?))
+                        .then(Op::put(
+                            keys::rbac_object(&policy.object_id, &policy.meta.id),
+                            "",
+                        ))
+                        .then(Op::put(claim, policy.meta.id.clone()));
+                    Ok(if service.commit(txn).await? {
+                        Attempt::Done(policy)
+                    } else {
+                        Attempt::Retry
+                    })
+                }
+            })
+            .await?;
+        Ok(policy.render(caller))
+    }
+
+    async fn apply_update(
+        service: &Service,
+        _caller: &Caller,
+        policy: &mut RbacPolicy,
+        body: Value,
+    ) -> Result<Txn> {
+        let before = policy.clone();
+        policy.apply_update(body, &now())?;
+        if policy.target_tenant == before.target_tenant {
+            return Ok(Txn::new());
+        }
+        let others: Vec<RbacPolicy> = service
+            .policies_on(&policy.object_id)
+            .await?
+            .into_iter()
+            .filter(|p| p.meta.id != policy.meta.id)
+            .chain(std::iter::once(policy.clone()))
+            .collect();
+        let mark = service.use_mark(&policy.object_id).await?;
+        service.check_not_in_use(&before, &others).await?;
+        let new_claim = claim(policy);
+        if service
+            .store
+            .get(&new_claim)
+            .await
+            .map_err(super::store_error)?
+            .is_some()
+        {
+            return Err(duplicate());
+        }
+        Ok(Txn::new()
+            .when(mark)
+            .when(Compare::absent(&new_claim))
+            .then(Op::delete(claim(&before)))
+            .then(Op::put(new_claim, policy.meta.id.clone())))
+    }
+
+    async fn delete_txn(service: &Service, _caller: &Caller, policy: &RbacPolicy) -> Result<Txn> {
+        let others: Vec<RbacPolicy> = service
+            .policies_on(&policy.object_id)
+            .await?
+            .into_iter()
+            .filter(|p| p.meta.id != policy.meta.id)
+            .collect();
+        let mark = service.use_mark(&policy.object_id).await?;
+        service.check_not_in_use(policy, &others).await?;
+        // A new use or a change to the object's policies between this check and the commit
+        // retries it.
+        let mut txn = Txn::new()
+            .when(mark)
+            .then(Op::delete(keys::rbac_object(
+                &policy.object_id,
+                &policy.meta.id,
+            )))
+            .then(Op::delete(claim(policy)));
+        for p in &others {
+            txn = txn.when(Compare::mod_revision(
+                key_of::<RbacPolicy>(&p.meta.id),
+                service
+                    .load::<RbacPolicy>(&p.meta.id)
+                    .await?
+                    .map(|(_, rev)| rev)
+                    .unwrap_or(0),
+            ));
+        }
+        Ok(txn)
+    }
+}

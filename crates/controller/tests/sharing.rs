@@ -1,0 +1,607 @@
+//! RBAC policies, address scopes and subnet pools through the API, with Neutron's status
+//! codes and fault types for what it refuses.
+
+mod common;
+
+use common::{fault, Api, As};
+use serde_json::{json, Value};
+
+const A: As = As::Member("project-a");
+const B: As = As::Member("project-b");
+const ADMIN: As = As::Admin("admin");
+
+async fn policy(api: &Api, who: As<'_>, body: Value) -> (u16, Value) {
+    api.call(
+        who,
+        "POST",
+        "/v2.0/rbac-policies",
+        Some(json!({ "rbac_policy": body })),
+    )
+    .await
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_network_shared_with_one_project_through_rbac() {
+    let api = Api::memory();
+    let (net, _) = api.network_with_subnet(A, "10.0.0.0/24").await;
+    let path = format!("/v2.0/networks/{net}");
+    assert_eq!(api.call(B, "GET", &path, None).await.0, 404);
+    let (_, v) = api.call(B, "GET", "/v2.0/networks", None).await;
+    assert_eq!(v["networks"], json!([]));
+    let port_body = json!({"port": {"network_id": net}});
+    let (s, v) = api
+        .call(B, "POST", "/v2.0/ports", Some(port_body.clone()))
+        .await;
+    assert_eq!((s, fault(&v)), (404, "NetworkNotFound"));
+
+    // Only the owner shares it.
+    let share = json!({"object_type": "network", "object_id": net,
+                       "action": "access_as_shared", "target_tenant": "project-b"});
+    let (s, v) = policy(&api, B, share.clone()).await;
+    assert_eq!((s, fault(&v)), (404, "NetworkNotFound"));
+    let (s, v) = policy(&api, A, share.clone()).await;
+    assert_eq!(s, 201, "{v}");
+    let rbac = v["rbac_policy"].clone();
+    assert_eq!(rbac["project_id"], "project-a");
+    assert_eq!(rbac["target_tenant"], "project-b");
+    let (s, v) = policy(&api, A, share.clone()).await;
+    assert_eq!((s, fault(&v)), (409, "DuplicateRbacPolicy"));
+
+    // Now B sees it, lists it (with its subnet) and attaches a port.
+    assert_eq!(api.call(B, "GET", &path, None).await.0, 200);
+    let (_, v) = api.call(B, "GET", "/v2.0/networks", None).await;
+    assert_eq!(v["networks"].as_array().unwrap().len(), 1);
+    let (_, v) = api.call(B, "GET", "/v2.0/subnets", None).await;
+    assert_eq!(v["subnets"].as_array().unwrap().len(), 1);
+    let (s, v) = api
+        .call(B, "POST", "/v2.0/ports", Some(port_body.clone()))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let port = id(&v["port"]);
+    // A third project still sees nothing.
+    assert_eq!(
+        api.call(As::Member("project-c"), "GET", &path, None)
+            .await
+            .0,
+        404
+    );
+
+    // The grant cannot go, nor move, while B's port uses it.
+    let policy_path = format!("/v2.0/rbac-policies/{}", id(&rbac));
+    let (s, v) = api.call(A, "DELETE", &policy_path, None).await;
+    assert_eq!((s, fault(&v)), (409, "RbacPolicyInUse"));
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &policy_path,
+            Some(json!({"rbac_policy": {"target_tenant": "project-c"}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "RbacPolicyInUse"));
+    // B does not see the policy; A does, and filters it.
+    assert_eq!(api.call(B, "GET", &policy_path, None).await.0, 404);
+    let (_, v) = api
+        .call(
+            A,
+            "GET",
+            &format!("/v2.0/rbac-policies?object_id={net}&action=access_as_shared"),
+            None,
+        )
+        .await;
+    assert_eq!(v["rbac_policies"].as_array().unwrap().len(), 1);
+
+    assert_eq!(
+        api.call(B, "DELETE", &format!("/v2.0/ports/{port}"), None)
+            .await
+            .0,
+        204
+    );
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &policy_path,
+            Some(json!({"rbac_policy": {"target_tenant": "project-c"}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["rbac_policy"]["target_tenant"].clone()),
+        (200, json!("project-c"))
+    );
+    assert_eq!(api.call(B, "GET", &path, None).await.0, 404);
+    assert_eq!(api.call(A, "DELETE", &policy_path, None).await.0, 204);
+    assert_eq!(
+        api.call(As::Member("project-c"), "GET", &path, None)
+            .await
+            .0,
+        404
+    );
+
+    // A wildcard grant reaches everyone; deleting the network takes its policies along.
+    let (s, _) = policy(
+        &api,
+        A,
+        json!({"object_type": "network", "object_id": net,
+                                        "action": "access_as_external", "target_tenant": "*"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        api.call(As::Member("anyone"), "GET", &path, None).await.0,
+        200
+    );
+    assert_eq!(api.call(A, "DELETE", &path, None).await.0, 204);
+    assert!(api.keys("/isthmus/rbac").await.is_empty());
+    assert!(api.keys("/isthmus/index/rbac-objects/").await.is_empty());
+}
+
+#[tokio::test]
+async fn rbac_refuses_what_neutron_refuses() {
+    let api = Api::memory();
+    let (net, _) = api.network_with_subnet(A, "10.0.0.0/24").await;
+    for (body, status, wanted) in [
+        (
+            json!({"object_type": "router", "object_id": net, "action": "access_as_shared", "target_tenant": "b"}),
+            400,
+            "HTTPBadRequest",
+        ),
+        (
+            json!({"object_type": "network", "object_id": net, "action": "access_as_nothing", "target_tenant": "b"}),
+            400,
+            "InvalidActionForType",
+        ),
+        (
+            json!({"object_type": "security_group", "object_id": net, "action": "access_as_external", "target_tenant": "b"}),
+            400,
+            "InvalidActionForType",
+        ),
+        (
+            json!({"object_type": "network", "object_id": net, "action": "access_as_shared"}),
+            400,
+            "HTTPBadRequest",
+        ),
+        (
+            json!({"object_type": "network", "object_id": "not-a-uuid", "action": "access_as_shared", "target_tenant": "b"}),
+            400,
+            "HTTPBadRequest",
+        ),
+        (
+            json!({"object_type": "network", "object_id": "11111111-2222-3333-4444-555555555555", "action": "access_as_shared", "target_tenant": "b"}),
+            404,
+            "NetworkNotFound",
+        ),
+    ] {
+        let (s, v) = policy(&api, A, body).await;
+        assert_eq!((s, fault(&v)), (status, wanted), "{v}");
+    }
+    let (_, v) = policy(
+        &api,
+        A,
+        json!({"object_type": "network", "object_id": net,
+                                        "action": "access_as_shared", "target_tenant": "b"}),
+    )
+    .await;
+    let path = format!("/v2.0/rbac-policies/{}", id(&v["rbac_policy"]));
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &path,
+            Some(json!({"rbac_policy": {"action": "access_as_external"}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (400, "HTTPBadRequest"));
+}
+
+#[tokio::test]
+async fn a_security_group_shared_through_rbac() {
+    let api = Api::memory();
+    let group = api
+        .create(
+            A,
+            "security-groups",
+            "security_group",
+            json!({"name": "web"}),
+        )
+        .await;
+    let group = id(&group);
+    let (b_net, _) = api.network_with_subnet(B, "10.1.0.0/24").await;
+    let port = json!({"port": {"network_id": b_net, "security_groups": [group]}});
+    let (s, v) = api.call(B, "POST", "/v2.0/ports", Some(port.clone())).await;
+    assert_eq!((s, fault(&v)), (404, "SecurityGroupNotFound"));
+    let (s, v) = policy(&api, A, json!({"object_type": "security_group", "object_id": group,
+                                        "action": "access_as_shared", "target_tenant": "project-b"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let policy_path = format!("/v2.0/rbac-policies/{}", id(&v["rbac_policy"]));
+    assert_eq!(
+        api.call(B, "GET", &format!("/v2.0/security-groups/{group}"), None)
+            .await
+            .0,
+        200
+    );
+    let (s, v) = api.call(B, "POST", "/v2.0/ports", Some(port)).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api.call(A, "DELETE", &policy_path, None).await;
+    assert_eq!((s, fault(&v)), (409, "RbacPolicyInUse"));
+}
+
+#[tokio::test]
+async fn address_scopes() {
+    let api = Api::memory();
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/address-scopes",
+            Some(json!({"address_scope": {"name": "s4", "ip_version": 4}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let scope = v["address_scope"].clone();
+    assert_eq!(
+        (scope["shared"].clone(), scope["ip_version"].clone()),
+        (json!(false), json!(4))
+    );
+    for (body, status, wanted) in [
+        (json!({"name": "x", "ip_version": 5}), 400, "HTTPBadRequest"),
+        (json!({"name": "x"}), 400, "HTTPBadRequest"),
+        (
+            json!({"name": "x", "ip_version": 4, "shared": true}),
+            403,
+            "PolicyNotAuthorized",
+        ),
+    ] {
+        let (s, v) = api
+            .call(
+                A,
+                "POST",
+                "/v2.0/address-scopes",
+                Some(json!({ "address_scope": body })),
+            )
+            .await;
+        assert_eq!((s, fault(&v)), (status, wanted), "{v}");
+    }
+    let path = format!("/v2.0/address-scopes/{}", id(&scope));
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &path,
+            Some(json!({"address_scope": {"name": "renamed"}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["address_scope"]["name"].clone()),
+        (200, json!("renamed"))
+    );
+    let (s, _) = api
+        .call(
+            A,
+            "PUT",
+            &path,
+            Some(json!({"address_scope": {"ip_version": 6}})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(api.call(B, "GET", &path, None).await.0, 404);
+
+    // Pools in it: same family, unique prefixes; the scope stays while they do.
+    let pool = |name: &str, prefix: &str| json!({"subnetpool": {"name": name, "prefixes": [prefix], "address_scope_id": id(&scope)}});
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/subnetpools",
+            Some(pool("p1", "10.0.0.0/16")),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let p1 = id(&v["subnetpool"]);
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/subnetpools",
+            Some(pool("p2", "10.0.128.0/17")),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "AddressScopePrefixConflict"));
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/subnetpools",
+            Some(pool("p3", "2001:db8::/48")),
+        )
+        .await;
+    assert_eq!(
+        (s, fault(&v)),
+        (400, "IllegalSubnetPoolIpVersionAssociationToAddressScope")
+    );
+    let (s, v) = api
+        .call(
+            B,
+            "POST",
+            "/v2.0/subnetpools",
+            Some(pool("p4", "10.9.0.0/16")),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (404, "AddressScopeNotFound"));
+    let (s, v) = api.call(A, "DELETE", &path, None).await;
+    assert_eq!((s, fault(&v)), (409, "AddressScopeInUse"));
+    // Shared with B through RBAC, B's pools may join it.
+    let (s, _) = policy(&api, A, json!({"object_type": "address_scope", "object_id": id(&scope),
+                                        "action": "access_as_shared", "target_tenant": "project-b"}))
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = api
+        .call(
+            B,
+            "POST",
+            "/v2.0/subnetpools",
+            Some(pool("p4", "10.9.0.0/16")),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let p4 = id(&v["subnetpool"]);
+    for p in [&p1, &p4] {
+        let who = if p == &p1 { A } else { B };
+        assert_eq!(
+            api.call(who, "DELETE", &format!("/v2.0/subnetpools/{p}"), None)
+                .await
+                .0,
+            204
+        );
+    }
+    assert_eq!(api.call(A, "DELETE", &path, None).await.0, 204);
+}
+
+#[tokio::test]
+async fn subnet_pools_allocate_prefixes() {
+    let api = Api::memory();
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/subnetpools",
+            Some(json!({"subnetpool": {
+            "name": "pool", "prefixes": ["10.10.0.0/16"], "min_prefixlen": 20,
+            "default_prefixlen": 24, "max_prefixlen": 28}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let pool = v["subnetpool"].clone();
+    assert_eq!(pool["prefixes"], json!(["10.10.0.0/16"]));
+    assert_eq!(pool["ip_version"], 4);
+    let pool_id = id(&pool);
+    let (net, _) = {
+        let net = api
+            .create(A, "networks", "network", json!({"name": "n"}))
+            .await;
+        (id(&net), ())
+    };
+    let subnet = |extra: Value| {
+        let mut body = json!({"network_id": net, "ip_version": 4, "subnetpool_id": pool_id});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        json!({ "subnet": body })
+    };
+    let (s, v) = api
+        .call(A, "POST", "/v2.0/subnets", Some(subnet(json!({}))))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["subnet"]["cidr"], "10.10.0.0/24");
+    assert_eq!(v["subnet"]["subnetpool_id"], json!(pool_id));
+    assert_eq!(v["subnet"]["gateway_ip"], "10.10.0.1");
+    let first = id(&v["subnet"]);
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/subnets",
+            Some(subnet(json!({"prefixlen": 26}))),
+        )
+        .await;
+    assert_eq!(
+        (s, v["subnet"]["cidr"].clone()),
+        (201, json!("10.10.1.0/26"))
+    );
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/subnets",
+            Some(subnet(json!({"cidr": "10.10.0.0/25"}))),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "SubnetAllocationError"));
+    for (extra, status, wanted) in [
+        (
+            json!({"prefixlen": 30}),
+            400,
+            "MaxPrefixSubnetAllocationError",
+        ),
+        (
+            json!({"prefixlen": 16}),
+            400,
+            "MinPrefixSubnetAllocationError",
+        ),
+        (
+            json!({"cidr": "10.10.8.0/24", "prefixlen": 24}),
+            400,
+            "HTTPBadRequest",
+        ),
+        (json!({"ip_version": 6}), 400, "HTTPBadRequest"),
+        (
+            json!({"cidr": "192.168.0.0/24"}),
+            409,
+            "SubnetAllocationError",
+        ),
+    ] {
+        let (s, v) = api
+            .call(A, "POST", "/v2.0/subnets", Some(subnet(extra)))
+            .await;
+        assert_eq!((s, fault(&v)), (status, wanted), "{v}");
+    }
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/subnets",
+            Some(subnet(json!({"cidr": "10.10.8.0/24"}))),
+        )
+        .await;
+    assert_eq!(
+        (s, v["subnet"]["cidr"].clone()),
+        (201, json!("10.10.8.0/24"))
+    );
+    // A subnet of another pool (or none) on the same network and family is refused.
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/subnets",
+            Some(json!({"subnet": {
+            "network_id": net, "ip_version": 4, "cidr": "192.168.5.0/24"}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (400, "NetworkSubnetPoolAffinityError"));
+
+    // Prefix operations.
+    let pool_path = format!("/v2.0/subnetpools/{pool_id}");
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &format!("{pool_path}/add_prefixes"),
+            Some(json!({"prefixes": ["10.11.0.0/16"]})),
+        )
+        .await;
+    assert_eq!((s, v), (200, json!({"prefixes": ["10.10.0.0/15"]})));
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &format!("{pool_path}/remove_prefixes"),
+            Some(json!({"prefixes": ["10.10.0.0/16"]})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (400, "IllegalSubnetPoolPrefixUpdate"));
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &format!("{pool_path}/remove_prefixes"),
+            Some(json!({"prefixes": ["10.11.0.0/16"]})),
+        )
+        .await;
+    assert_eq!((s, v), (200, json!({"prefixes": ["10.10.0.0/16"]})));
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &pool_path,
+            Some(json!({"subnetpool": {"prefixes": ["10.12.0.0/16"]}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (400, "IllegalSubnetPoolPrefixUpdate"));
+
+    // In use until its subnets go.
+    let (s, v) = api.call(A, "DELETE", &pool_path, None).await;
+    assert_eq!((s, fault(&v)), (409, "SubnetPoolInUse"));
+    assert_eq!(
+        api.call(A, "DELETE", &format!("/v2.0/networks/{net}"), None)
+            .await
+            .0,
+        204
+    );
+    assert!(api.keys("/isthmus/index/pool-subnets/").await.is_empty());
+    assert_eq!(api.call(A, "DELETE", &pool_path, None).await.0, 204);
+    let _ = first;
+}
+
+#[tokio::test]
+async fn default_pools_quotas_and_sharing() {
+    let api = Api::memory();
+    let default_pool = json!({"subnetpool": {"name": "default", "prefixes": ["172.16.0.0/12"],
+                                             "is_default": true, "default_prefixlen": 26,
+                                             "default_quota": 128}});
+    let (s, v) = api
+        .call(A, "POST", "/v2.0/subnetpools", Some(default_pool.clone()))
+        .await;
+    assert_eq!((s, fault(&v)), (403, "PolicyNotAuthorized"));
+    let (s, v) = api
+        .call(
+            ADMIN,
+            "POST",
+            "/v2.0/subnetpools",
+            Some(default_pool.clone()),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let pool_id = id(&v["subnetpool"]);
+    let (s, v) = api
+        .call(ADMIN, "POST", "/v2.0/subnetpools", Some(default_pool))
+        .await;
+    assert_eq!((s, fault(&v)), (400, "InvalidInput"));
+
+    // The default pool is the admin's: B uses it only once it is shared with B.
+    let net = id(&api
+        .create(B, "networks", "network", json!({"name": "n"}))
+        .await);
+    let body =
+        json!({"subnet": {"network_id": net, "ip_version": 4, "use_default_subnetpool": true}});
+    let (s, v) = api
+        .call(B, "POST", "/v2.0/subnets", Some(body.clone()))
+        .await;
+    assert_eq!((s, fault(&v)), (404, "SubnetPoolNotFound"));
+    let (s, v) = policy(&api, ADMIN, json!({"object_type": "subnetpool", "object_id": pool_id,
+                                            "action": "access_as_shared", "target_tenant": "project-b"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let policy_path = format!("/v2.0/rbac-policies/{}", id(&v["rbac_policy"]));
+    let (s, v) = api
+        .call(B, "POST", "/v2.0/subnets", Some(body.clone()))
+        .await;
+    assert_eq!(
+        (s, v["subnet"]["cidr"].clone()),
+        (201, json!("172.16.0.0/26"))
+    );
+    let subnet = id(&v["subnet"]);
+    // 128 addresses of quota: a second /26 fits, a third does not.
+    let net2 = id(&api
+        .create(B, "networks", "network", json!({"name": "n2"}))
+        .await);
+    let body2 =
+        json!({"subnet": {"network_id": net2, "ip_version": 4, "use_default_subnetpool": true}});
+    assert_eq!(
+        api.call(B, "POST", "/v2.0/subnets", Some(body2)).await.0,
+        201
+    );
+    let net3 = id(&api
+        .create(B, "networks", "network", json!({"name": "n3"}))
+        .await);
+    let body3 =
+        json!({"subnet": {"network_id": net3, "ip_version": 4, "use_default_subnetpool": true}});
+    let (s, v) = api.call(B, "POST", "/v2.0/subnets", Some(body3)).await;
+    assert_eq!((s, fault(&v)), (409, "SubnetPoolQuotaExceeded"));
+    let (s, v) = api.call(ADMIN, "DELETE", &policy_path, None).await;
+    assert_eq!((s, fault(&v)), (409, "RbacPolicyInUse"));
+    assert_eq!(
+        api.call(B, "DELETE", &format!("/v2.0/subnets/{subnet}"), None)
+            .await
+            .0,
+        204
+    );
+    let v6 =
+        json!({"subnet": {"network_id": net, "ip_version": 6, "use_default_subnetpool": true}});
+    let (s, v) = api.call(B, "POST", "/v2.0/subnets", Some(v6)).await;
+    assert_eq!((s, fault(&v)), (400, "HTTPBadRequest"));
+}
