@@ -95,6 +95,8 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("rbac-security-groups", "Add security_group type to network RBAC", "Add security_group type to network RBAC"),
     ("rbac-subnetpool", "Add subnetpool type to network RBAC", "Add subnetpool type to network RBAC"),
     ("rbac-address-scope", "Add address_scope type to RBAC", "Add address_scope type to RBAC"),
+    ("quotas", "Quota management support", "Expose functions for quotas management per project"),
+    ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
 ];
 
 /// The API router.
@@ -139,6 +141,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v2.0/network-ip-availabilities/{id}",
             get(show_ip_availability),
         )
+        .route("/v2.0/quotas", get(list_quotas))
+        .route(
+            "/v2.0/quotas/{project}",
+            get(show_quota).put(update_quota).delete(delete_quota),
+        )
+        .route("/v2.0/quotas/{project}/default", get(default_quota))
+        .route("/v2.0/quotas/{project}/details", get(quota_details))
+        .route("/v2.0/quotas/{project}/details.json", get(quota_details))
         .route("/v2.0/agents", get(list_agents))
         .route("/v2.0/agents/{id}", get(show_agent))
         .route("/isthmus/v1/nodes", get(list_nodes).post(register_node))
@@ -648,6 +658,65 @@ async fn show_ip_availability(
         .show_ip_availability(&noauth_caller(&headers), &id)
         .await?;
     Ok(Json(json!({ "network_ip_availability": one })).into_response())
+}
+
+async fn list_quotas(State(state): Shared, headers: HeaderMap) -> ApiResult {
+    let quotas = state.service.list_quotas(&noauth_caller(&headers)).await?;
+    Ok(Json(quotas).into_response())
+}
+
+async fn show_quota(
+    State(state): Shared,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let project = project.strip_suffix(".json").unwrap_or(&project);
+    let quota = state
+        .service
+        .show_quota(&noauth_caller(&headers), project)
+        .await?;
+    Ok(Json(quota).into_response())
+}
+
+async fn quota_details(
+    State(state): Shared,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let quota = state
+        .service
+        .quota_details(&noauth_caller(&headers), &project)
+        .await?;
+    Ok(Json(quota).into_response())
+}
+
+async fn default_quota(State(state): Shared, Path(project): Path<String>) -> ApiResult {
+    Ok(Json(state.service.default_quota(&project).await?).into_response())
+}
+
+async fn update_quota(
+    State(state): Shared,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let quota = state
+        .service
+        .update_quota(&noauth_caller(&headers), &project, parse_json(&body)?)
+        .await?;
+    Ok(Json(quota).into_response())
+}
+
+async fn delete_quota(
+    State(state): Shared,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    state
+        .service
+        .delete_quota(&noauth_caller(&headers), &project)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_agents(State(state): Shared, headers: HeaderMap) -> ApiResult {

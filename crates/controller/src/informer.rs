@@ -57,6 +57,8 @@ pub struct Informer {
     mirror: RwLock<Mirror>,
     /// Revision the mirror reflects, bumped after every applied change (0 until synced).
     revision: watch::Sender<u64>,
+    /// Revision of the store the mirror has caught up with, relevant changes or not.
+    applied: watch::Sender<u64>,
     started: OnceCell<()>,
 }
 
@@ -67,6 +69,7 @@ impl Informer {
             store,
             mirror: RwLock::new(Mirror::new()),
             revision: watch::channel(0).0,
+            applied: watch::channel(0).0,
             started: OnceCell::new(),
         })
     }
@@ -87,6 +90,22 @@ impl Informer {
     /// Reads the mirror.
     pub fn mirror(&self) -> RwLockReadGuard<'_, Mirror> {
         self.mirror.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits (at most `limit`) until the mirror has caught up with the store's revision now,
+    /// so what this controller just committed is in it.
+    pub async fn catch_up(self: &Arc<Self>, limit: std::time::Duration) -> Result<(), Error> {
+        self.ready().await?;
+        let target = self
+            .store
+            .revision()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut applied = self.applied.subscribe();
+        // A mirror that lags longer than `limit` is read as it is: a quota check then counts
+        // what it has, as Neutron's no-lock quota driver does.
+        let _ = tokio::time::timeout(limit, applied.wait_for(|r| *r >= target)).await;
+        Ok(())
     }
 
     /// Notifications of the revision the mirror reflects.
@@ -110,6 +129,7 @@ impl Informer {
         }
         *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
         self.revision.send_replace(revision.max(1));
+        self.applied.send_replace(revision.max(1));
         Ok(start)
     }
 
@@ -156,6 +176,7 @@ impl Informer {
                 if relevant {
                     self.revision.send_replace(batch.revision);
                 }
+                self.applied.send_replace(batch.revision);
             };
             if compacted {
                 // History we have not seen is gone: rebuild from a fresh snapshot.

@@ -38,9 +38,10 @@ pub fn app(store: SharedStore, config: Config) -> axum::Router {
 
 /// Builds the API router for a store, serving the collections of `registry`.
 pub fn app_with(store: SharedStore, config: Config, registry: Registry) -> axum::Router {
+    let service = Service::new(store, config).shared();
     let state = Arc::new(api::AppState {
-        informer: informer::Informer::new(store.clone()),
-        service: Service::new(store, config).shared(),
+        informer: service.informer().clone(),
+        service,
         metrics: metrics::Metrics::default(),
         registry,
     });

@@ -605,3 +605,162 @@ async fn default_pools_quotas_and_sharing() {
     let (s, v) = api.call(B, "POST", "/v2.0/subnets", Some(v6)).await;
     assert_eq!((s, fault(&v)), (400, "HTTPBadRequest"));
 }
+
+#[tokio::test]
+async fn quotas_limit_what_a_project_creates() {
+    let api = Api::memory();
+    let (s, v) = api.call(A, "GET", "/v2.0/quotas/project-a", None).await;
+    assert_eq!(
+        (s, v["quota"]["port"].clone(), v["quota"]["router"].clone()),
+        (200, json!(500), json!(10))
+    );
+    let (s, v) = api.call(B, "GET", "/v2.0/quotas/project-a", None).await;
+    assert_eq!((s, fault(&v)), (403, "PolicyNotAuthorized"));
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            "/v2.0/quotas/project-a",
+            Some(json!({"quota": {"network": 1}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (403, "PolicyNotAuthorized"));
+    for (body, wanted) in [
+        (json!({"quota": {"network": -2}}), "HTTPBadRequest"),
+        (json!({"quota": {"widget": 1}}), "HTTPBadRequest"),
+        (json!({"quota": {"network": "many"}}), "HTTPBadRequest"),
+        (json!({"network": 1}), "HTTPBadRequest"),
+    ] {
+        let (s, v) = api
+            .call(ADMIN, "PUT", "/v2.0/quotas/project-a", Some(body))
+            .await;
+        assert_eq!((s, fault(&v)), (400, wanted), "{v}");
+    }
+    let (s, v) = api
+        .call(
+            ADMIN,
+            "PUT",
+            "/v2.0/quotas/project-a",
+            Some(json!({"quota": {"network": 2, "port": 1, "security_group": -1}})),
+        )
+        .await;
+    assert_eq!((s, v["quota"]["network"].clone()), (200, json!(2)));
+
+    // Two networks fit, the third is over quota; bulk creates count item by item.
+    let (net, _) = api.network_with_subnet(A, "10.0.0.0/24").await;
+    api.create(A, "networks", "network", json!({"name": "second"}))
+        .await;
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/networks",
+            Some(json!({"network": {"name": "third"}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "OverQuota"));
+    assert_eq!(
+        v["NeutronError"]["message"],
+        "Quota exceeded for resources: ['network']."
+    );
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({"ports": [{"network_id": net}, {"network_id": net}]})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "OverQuota"));
+    let (_, v) = api.call(A, "GET", "/v2.0/ports", None).await;
+    assert_eq!(v["ports"], json!([]), "a refused bulk leaves nothing");
+    let port = api
+        .create(A, "ports", "port", json!({"network_id": net}))
+        .await;
+    // Another project is not affected; an admin creating for project-a is counted there.
+    let (b_net, _) = api.network_with_subnet(B, "10.1.0.0/24").await;
+    assert_eq!(
+        api.call(
+            B,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({"port": {"network_id": b_net}}))
+        )
+        .await
+        .0,
+        201
+    );
+    let (s, v) = api
+        .call(
+            ADMIN,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({"port": {"network_id": net, "project_id": "project-a"}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "OverQuota"));
+
+    // Details: limit, use, reservations.
+    let (s, v) = api
+        .call(A, "GET", "/v2.0/quotas/project-a/details.json", None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["quota"]["network"],
+        json!({"limit": 2, "used": 2, "reserved": 0})
+    );
+    assert_eq!(
+        v["quota"]["port"],
+        json!({"limit": 1, "used": 1, "reserved": 0})
+    );
+    assert_eq!(v["quota"]["subnet"]["used"], 1);
+    let (_, v) = api.call(ADMIN, "GET", "/v2.0/quotas", None).await;
+    assert_eq!(v["quotas"].as_array().unwrap().len(), 1);
+    assert_eq!(v["quotas"][0]["project_id"], "project-a");
+    let (_, v) = api
+        .call(A, "GET", "/v2.0/quotas/project-a/default", None)
+        .await;
+    assert_eq!(v["quota"]["network"], 100);
+    assert_eq!(api.call(A, "GET", "/v2.0/quotas", None).await.0, 403);
+
+    // Freed use counts again; deleting the quota restores the defaults.
+    let port_id = port["id"].as_str().unwrap();
+    assert_eq!(
+        api.call(A, "DELETE", &format!("/v2.0/ports/{port_id}"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        api.call(
+            A,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({"port": {"network_id": net}}))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        api.call(ADMIN, "DELETE", "/v2.0/quotas/project-a", None)
+            .await
+            .0,
+        204
+    );
+    let (s, v) = api
+        .call(ADMIN, "DELETE", "/v2.0/quotas/project-a", None)
+        .await;
+    assert_eq!((s, fault(&v)), (404, "TenantQuotaNotFound"));
+    assert_eq!(
+        api.call(
+            A,
+            "POST",
+            "/v2.0/networks",
+            Some(json!({"network": {"name": "third"}}))
+        )
+        .await
+        .0,
+        201
+    );
+}

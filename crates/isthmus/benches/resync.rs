@@ -19,6 +19,13 @@ fn main() {
     let data = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_isthmus");
     let _controller = lab.start_controller(bin, data.path()).expect("controller");
+    // An operator raises the project's port quota (Neutron's default is 500) for this many.
+    let (s, _) = lab.api(
+        "PUT",
+        "/v2.0/quotas/fake_project_id",
+        Some(&json!({"quota": {"port": 1_000_000}})),
+    );
+    assert_eq!(s, 200);
     let remote = &lab.nodes[1];
     let (s, _) = lab.api(
         "POST",

@@ -41,6 +41,13 @@ fn main() {
         "/v2.0/subnets",
         Some(&json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.91.0.0/16"}})),
     );
+    // An operator raises the project's port quota (Neutron's default is 500) for this many.
+    let (s, _) = lab.api(
+        "PUT",
+        "/v2.0/quotas/bench",
+        Some(&json!({"quota": {"port": 1_000_000}})),
+    );
+    assert_eq!(s, 200);
     let body = json!({"ports": (0..ports).map(|_| json!({
         "network_id": net_id, "project_id": "bench", "binding:host_id": "node1"})).collect::<Vec<_>>()});
     let (s, answer) = lab.api("POST", "/v2.0/ports", Some(&body));

@@ -15,6 +15,7 @@ pub mod network;
 pub mod node;
 pub mod port;
 pub mod query;
+pub mod quota;
 pub mod rbac;
 pub mod resource;
 pub mod router;

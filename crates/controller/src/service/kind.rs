@@ -362,6 +362,10 @@ impl<T: Kind> Endpoint for Handle<T> {
     }
 
     async fn create(&self, service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        let definition = definition::<T>();
+        service
+            .check_quota(caller, definition.collection, definition.singular, &body)
+            .await?;
         T::create(service, caller, body).await
     }
 

@@ -9,6 +9,7 @@ mod namespace_binding;
 mod network;
 mod node;
 mod port;
+mod quota;
 mod rbac;
 mod router;
 mod security_group;
@@ -64,6 +65,8 @@ pub type Listed = Box<dyn isthmus_model::wire::Wire + Send>;
 pub struct Service {
     store: SharedStore,
     config: Config,
+    /// The mirror of the store that node watches read; quotas count usage in it.
+    informer: Arc<crate::informer::Informer>,
     reserved_ips: Mutex<HashMap<String, BTreeSet<u128>>>,
     reserved_vnis: Mutex<BTreeSet<u32>>,
     /// Per subnet: every address below this one is claimed in the store (as far as this
@@ -159,6 +162,7 @@ impl Service {
     /// A service over `store`.
     pub fn new(store: SharedStore, config: Config) -> Self {
         Service {
+            informer: crate::informer::Informer::new(store.clone()),
             store,
             config,
             reserved_ips: Mutex::new(HashMap::new()),
@@ -170,6 +174,11 @@ impl Service {
     /// The store.
     pub fn store(&self) -> &SharedStore {
         &self.store
+    }
+
+    /// The shared mirror of the store.
+    pub fn informer(&self) -> &Arc<crate::informer::Informer> {
+        &self.informer
     }
 
     /// The settings.
