@@ -95,6 +95,17 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("rbac-security-groups", "Add security_group type to network RBAC", "Add security_group type to network RBAC"),
     ("rbac-subnetpool", "Add subnetpool type to network RBAC", "Add subnetpool type to network RBAC"),
     ("rbac-address-scope", "Add address_scope type to RBAC", "Add address_scope type to RBAC"),
+    ("l3-ha", "HA Router extension", "Adds HA capability to routers."),
+    ("extraroute-atomic", "Atomically add/remove extra routes", "Edit extra routes of a router on server side by atomically adding/removing extra routes"),
+    ("router-admin-state-down-before-update", "Enforce Router's Admin State Down Before Update Extension", "Ensure that the admin state of a router is down (admin_state_up=False) before updating the distributed attribute"),
+    ("fip-port-details", "Floating IP Port Details Extension", "Add port_details attribute to Floating IP resource"),
+    ("floatingip-pools", "Floating IP Pools Extension", "Provides a floating IP pools API."),
+    ("port-mac-address-regenerate", "Neutron Port MAC address regenerate", "Network port MAC address regenerate"),
+    ("extra_dhcp_opt", "Neutron Extra DHCP options", "Extra options configuration for DHCP. For example PXE boot options to DHCP clients can be specified (e.g. tftp-server, server-ip-address, bootfile-name)"),
+    ("availability_zone", "Availability Zone", "The availability zone extension."),
+    ("network_availability_zone", "Network Availability Zone", "Availability zone support for network."),
+    ("router_availability_zone", "Router Availability Zone", "Availability zone support for router."),
+    ("tag-ports-during-bulk-creation", "Tag Ports During Bulk Creation", "Allow to tag ports during bulk creation"),
     ("quotas", "Quota management support", "Expose functions for quotas management per project"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
 ];
@@ -119,6 +130,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v2.0/routers/{id}/remove_router_interface",
             put(remove_router_interface),
+        )
+        .route("/v2.0/routers/{id}/add_extraroutes", put(add_extraroutes))
+        .route(
+            "/v2.0/routers/{id}/remove_extraroutes",
+            put(remove_extraroutes),
         )
         .route("/v2.0/subnetpools/{id}/add_prefixes", put(add_prefixes))
         .route(
@@ -149,6 +165,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2.0/quotas/{project}/default", get(default_quota))
         .route("/v2.0/quotas/{project}/details", get(quota_details))
         .route("/v2.0/quotas/{project}/details.json", get(quota_details))
+        .route("/v2.0/floatingip_pools", get(list_floating_ip_pools))
+        .route("/v2.0/availability_zones", get(list_availability_zones))
         .route("/v2.0/agents", get(list_agents))
         .route("/v2.0/agents/{id}", get(show_agent))
         .route("/isthmus/v1/nodes", get(list_nodes).post(register_node))
@@ -511,6 +529,32 @@ async fn remove_router_interface(
     Ok(Json(info).into_response())
 }
 
+async fn add_extraroutes(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let router = state
+        .service
+        .change_extra_routes(&noauth_caller(&headers), &id, parse_json(&body)?, true)
+        .await?;
+    Ok(Json(json!({ "router": router })).into_response())
+}
+
+async fn remove_extraroutes(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let router = state
+        .service
+        .change_extra_routes(&noauth_caller(&headers), &id, parse_json(&body)?, false)
+        .await?;
+    Ok(Json(json!({ "router": router })).into_response())
+}
+
 async fn add_prefixes(
     State(state): Shared,
     Path(id): Path<String>,
@@ -717,6 +761,22 @@ async fn delete_quota(
         .delete_quota(&noauth_caller(&headers), &project)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_floating_ip_pools(State(state): Shared, headers: HeaderMap) -> ApiResult {
+    let pools = state
+        .service
+        .floating_ip_pools(&noauth_caller(&headers))
+        .await?;
+    Ok(Json(json!({ "floatingip_pools": pools })).into_response())
+}
+
+/// The one zone every network and router is in.
+async fn list_availability_zones() -> Json<Value> {
+    Json(json!({"availability_zones": [
+        {"name": "nova", "resource": "network", "state": "available"},
+        {"name": "nova", "resource": "router", "state": "available"},
+    ]}))
 }
 
 async fn list_agents(State(state): Shared, headers: HeaderMap) -> ApiResult {

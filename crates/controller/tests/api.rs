@@ -37,15 +37,15 @@ async fn discovery_documents() {
         assert!(aliases.contains(&l3), "{l3}");
     }
     assert!(
-        !aliases.contains(&"l3-ha"),
-        "routers are distributed, not HA: not advertised"
+        !aliases.contains(&"trunk"),
+        "trunks come with pods in VMs: not advertised yet"
     );
     let (s, _) = api
         .call(As::Anonymous, "GET", "/v2.0/extensions/binding", None)
         .await;
     assert_eq!(s, 200);
     let (s, v) = api
-        .call(As::Anonymous, "GET", "/v2.0/extensions/l3-ha", None)
+        .call(As::Anonymous, "GET", "/v2.0/extensions/trunk", None)
         .await;
     assert_eq!((s, fault(&v)), (404, "ExtensionNotFound"));
     let (s, body) = api.call(As::Anonymous, "GET", "/metrics", None).await;

@@ -25,6 +25,16 @@ async fn two_controllers_one_etcd_no_duplicate_addresses() {
     let (net, _) = first
         .network_with_subnet(As::Anonymous, "10.50.0.0/20")
         .await;
+    // More ports than Neutron's default quota of 500: the operator raises it.
+    let (s, _) = first
+        .call(
+            As::Anonymous,
+            "PUT",
+            "/v2.0/quotas/fake_project_id",
+            Some(json!({"quota": {"port": 2000}})),
+        )
+        .await;
+    assert_eq!(s, 200);
 
     // 1000 creates, split across both controllers, 16 in flight on each.
     let mut tasks = Vec::new();

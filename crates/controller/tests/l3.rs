@@ -542,3 +542,176 @@ async fn a_gateway_set_before_any_node_maps_its_physnet_is_bound_when_one_regist
     }
     assert_eq!(hosts(&api).await, ["edge", "edge"]);
 }
+
+#[tokio::test]
+async fn ha_atomic_extra_routes_port_details_and_pools() {
+    let api = Api::memory();
+    let (ext, ext_sub) = external(&api).await;
+    let (_net, sub) = api.network_with_subnet(ALICE, "10.1.0.0/24").await;
+
+    // l3-ha: accepted (admin only), changed only while the router is down.
+    let (s, v) = api
+        .call(
+            ALICE,
+            "POST",
+            "/v2.0/routers",
+            Some(json!({"router": {"name": "r", "ha": true}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (403, "PolicyNotAuthorized"));
+    let admin = As::Admin("alice");
+    let (s, v) = api
+        .call(
+            admin,
+            "POST",
+            "/v2.0/routers",
+            Some(json!({"router": {"name": "r", "ha": true}})),
+        )
+        .await;
+    assert_eq!(
+        (
+            s,
+            v["router"]["ha"].clone(),
+            v["router"]["distributed"].clone()
+        ),
+        (201, json!(true), json!(true))
+    );
+    let rid = v["router"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/v2.0/routers/{rid}");
+    let (s, v) = put(&api, admin, &path, json!({"router": {"ha": false}})).await;
+    assert_eq!(s, 400);
+    assert!(v["NeutronError"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("admin_state_up to False"));
+    let (s, v) = put(
+        &api,
+        admin,
+        &path,
+        json!({"router": {"ha": false, "admin_state_up": false}}),
+    )
+    .await;
+    assert_eq!((s, v["router"]["ha"].clone()), (200, json!(false)));
+
+    // extraroute-atomic.
+    let (s, _) = put(
+        &api,
+        ALICE,
+        &format!("{path}/add_router_interface"),
+        json!({"subnet_id": sub}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let route = json!({"destination": "10.5.0.0/24", "nexthop": "10.1.0.5"});
+    let other = json!({"destination": "10.6.0.0/24", "nexthop": "10.1.0.6"});
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &format!("{path}/add_extraroutes"),
+        json!({"router": {"routes": [route, other]}}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["router"]["routes"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{v}"
+    );
+    let (_, v) = put(
+        &api,
+        ALICE,
+        &format!("{path}/add_extraroutes"),
+        json!({"router": {"routes": [route]}}),
+    )
+    .await;
+    assert_eq!(
+        v["router"]["routes"].as_array().map(Vec::len),
+        Some(2),
+        "adding twice is a no-op"
+    );
+    let (_, v) = put(
+        &api,
+        ALICE,
+        &format!("{path}/remove_extraroutes"),
+        json!({"router": {"routes": [route]}}),
+    )
+    .await;
+    assert_eq!(v["router"]["routes"], json!([other]));
+    let (s, _) = put(
+        &api,
+        ALICE,
+        &format!("{path}/add_extraroutes"),
+        json!({"router": {"routes": [{"destination": "10.7.0.0/24", "nexthop": "192.0.2.9"}]}}),
+    )
+    .await;
+    assert_eq!(s, 400, "a nexthop off the router's subnets");
+    let (s, _) = put(
+        &api,
+        ALICE,
+        &format!("{path}/add_extraroutes"),
+        json!({"routes": []}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = put(
+        &api,
+        As::Member("mallory"),
+        &format!("{path}/add_extraroutes"),
+        json!({"router": {"routes": [route]}}),
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    // floatingip-pools and fip-port-details.
+    let (_, v) = api.call(ALICE, "GET", "/v2.0/floatingip_pools", None).await;
+    assert_eq!(
+        v["floatingip_pools"],
+        json!([{"subnet_id": ext_sub, "subnet_name": "", "network_id": ext,
+        "project_id": "fake_project_id", "tenant_id": "fake_project_id", "cidr": "172.24.4.0/24"}])
+    );
+    let (s, _) = put(
+        &api,
+        ALICE,
+        &path,
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let vm = api
+        .create(
+            ALICE,
+            "ports",
+            "port",
+            json!({"network_id": _net, "name": "vm", "device_owner": "compute:nova"}),
+        )
+        .await;
+    let fip = api
+        .create(
+            ALICE,
+            "floatingips",
+            "floatingip",
+            json!({"floating_network_id": ext, "port_id": vm["id"]}),
+        )
+        .await;
+    assert_eq!(fip["port_details"]["name"], "vm");
+    assert_eq!(fip["port_details"]["mac_address"], vm["mac_address"]);
+    assert_eq!(fip["port_details"]["device_owner"], "compute:nova");
+    let (_, v) = api.call(ALICE, "GET", "/v2.0/floatingips", None).await;
+    assert_eq!(
+        v["floatingips"][0]["port_details"]["network_id"],
+        json!(_net)
+    );
+    let fid = fip["id"].as_str().unwrap();
+    let (_, v) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/floatingips/{fid}"),
+        json!({"floatingip": {"port_id": null}}),
+    )
+    .await;
+    assert_eq!(v["floatingip"]["port_details"], Value::Null);
+
+    let (_, v) = api
+        .call(ALICE, "GET", "/v2.0/availability_zones", None)
+        .await;
+    assert_eq!(v["availability_zones"].as_array().map(Vec::len), Some(2));
+}

@@ -38,6 +38,9 @@ pub static DEFINITION: Definition<FloatingIp> = Definition {
             Some(json!(f.association.as_ref().map(|a| a.fixed_ip_address)))
         }),
         attr("status", Rights::READ, |f, _| Some(json!(f.status))),
+        attr("port_details", Rights::NONE, |f, _| {
+            Some(f.port_details.clone().unwrap_or(Value::Null))
+        }),
         input("subnet_id", Rights::CREATE),
     ],
 };
@@ -69,6 +72,23 @@ pub struct FloatingIp {
     pub association: Option<Association>,
     /// `DOWN` until the agent doing its NAT reports it `ACTIVE`.
     pub status: String,
+    /// The associated port as `port_details` shows it (`fip-port-details`), read with the
+    /// floating IP for the API; never stored with it.
+    #[serde(skip)]
+    pub port_details: Option<Value>,
+}
+
+/// `port_details` of a floating IP associated with `port`.
+pub fn port_details(port: &crate::Port) -> Value {
+    json!({
+        "name": port.meta.name,
+        "network_id": port.network_id,
+        "mac_address": port.mac_address,
+        "admin_state_up": port.admin_state_up,
+        "status": port.status,
+        "device_id": port.device_id,
+        "device_owner": port.device_owner,
+    })
 }
 
 /// A validated create or update body. `port_id` is `Some(None)` when the body disassociates.
@@ -182,6 +202,7 @@ mod tests {
         )
         .is_err());
         let fip = FloatingIp {
+            port_details: None,
             meta: Meta::new("f".into(), "p".into(), "t"),
             floating_network_id: NET.into(),
             floating_ip_address: "172.24.4.10".parse().unwrap(),

@@ -68,7 +68,9 @@ pub static DEFINITION: Definition<Port> = Definition {
             v.admin.then(|| p.vif_details())
         }),
         attr("status", Rights::READ, |p, _| Some(json!(p.status))),
-        attr("extra_dhcp_opts", Rights::READ, |_, _| Some(json!([]))),
+        attr("extra_dhcp_opts", Rights::ALL, |p, _| {
+            Some(json!(p.extra_dhcp_opts))
+        }),
         attr("ip_allocation", Rights::READ, |_, _| {
             Some(json!("immediate"))
         }),
@@ -93,6 +95,108 @@ pub struct AddressPair {
     pub ip_address: String,
     /// MAC; the port's own when not given.
     pub mac_address: String,
+}
+
+/// One extra DHCP option of a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhcpOption {
+    /// Option name or number (`mtu`, `26`, `tftp-server`).
+    pub opt_name: String,
+    /// Its value.
+    pub opt_value: String,
+    /// The family it is for: 4 or 6.
+    pub ip_version: u8,
+}
+
+/// A requested change to a port's extra DHCP options: a value of `None` removes the option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpOptionChange {
+    /// Option name.
+    pub opt_name: String,
+    /// New value, or `None` to remove it.
+    pub opt_value: Option<String>,
+    /// The family: 4 or 6.
+    pub ip_version: u8,
+}
+
+/// Neutron's limit on extra DHCP options per port.
+pub const MAX_DHCP_OPTIONS: usize = 50;
+
+fn parse_dhcp_options(items: Vec<Map<String, Value>>) -> Result<Vec<DhcpOptionChange>> {
+    const KEY: &str = "extra_dhcp_opts";
+    if items.len() > MAX_DHCP_OPTIONS {
+        return Err(Error::invalid_attr(
+            KEY,
+            format!("more than {MAX_DHCP_OPTIONS} options"),
+        ));
+    }
+    let mut out: Vec<DhcpOptionChange> = Vec::with_capacity(items.len());
+    for item in items {
+        if let Some(k) = item
+            .keys()
+            .find(|k| !["opt_name", "opt_value", "ip_version"].contains(&k.as_str()))
+        {
+            return Err(Error::invalid_attr(
+                KEY,
+                format!("'{k}' is not a DHCP option attribute"),
+            ));
+        }
+        let opt_name = match item.get("opt_name") {
+            Some(v) => as_string(KEY, v, 64)?,
+            None => return Err(Error::invalid_attr(KEY, "opt_name is required")),
+        };
+        if opt_name.trim().is_empty() {
+            return Err(Error::invalid_attr(KEY, "opt_name must not be empty"));
+        }
+        let opt_value = match item.get("opt_value") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(as_string(KEY, v, 255)?),
+        };
+        let ip_version = match item.get("ip_version") {
+            None | Some(Value::Null) => 4,
+            Some(v) => match crate::input::as_integer(KEY, v)? {
+                4 => 4,
+                6 => 6,
+                n => {
+                    return Err(Error::invalid_attr(
+                        KEY,
+                        format!("ip_version '{n}' is not in [4, 6]"),
+                    ))
+                }
+            },
+        };
+        if out
+            .iter()
+            .any(|o| o.opt_name == opt_name && o.ip_version == ip_version)
+        {
+            return Err(Error::invalid_attr(
+                KEY,
+                format!("Duplicate option '{opt_name}' for IPv{ip_version}"),
+            ));
+        }
+        out.push(DhcpOptionChange {
+            opt_name,
+            opt_value,
+            ip_version,
+        });
+    }
+    Ok(out)
+}
+
+/// `options` with `changes` applied: set, replaced or (value `None`) removed.
+pub fn apply_dhcp_options(options: &[DhcpOption], changes: &[DhcpOptionChange]) -> Vec<DhcpOption> {
+    let mut out = options.to_vec();
+    for change in changes {
+        out.retain(|o| !(o.opt_name == change.opt_name && o.ip_version == change.ip_version));
+        if let Some(value) = &change.opt_value {
+            out.push(DhcpOption {
+                opt_name: change.opt_name.clone(),
+                opt_value: value.clone(),
+                ip_version: change.ip_version,
+            });
+        }
+    }
+    out
 }
 
 /// One entry of `dns_assignment`.
@@ -190,6 +294,9 @@ pub struct Port {
     /// Extra addresses the port may use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_address_pairs: Vec<AddressPair>,
+    /// Extra DHCP options (`extra_dhcp_opt`) its DHCP server hands out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_dhcp_opts: Vec<DhcpOption>,
     /// DNS host name (may be empty).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dns_name: String,
@@ -220,6 +327,10 @@ pub struct PortRequest {
     pub admin_state_up: Option<bool>,
     /// `mac_address`.
     pub mac_address: Option<String>,
+    /// `mac_address: null` on update: a new random MAC (`port-mac-address-regenerate`).
+    pub regenerate_mac: bool,
+    /// `extra_dhcp_opts` changes.
+    pub extra_dhcp_opts: Option<Vec<DhcpOptionChange>>,
     /// `fixed_ips`.
     pub fixed_ips: Option<Vec<FixedIpRequest>>,
     /// `device_id`.
@@ -407,9 +518,16 @@ impl PortRequest {
         req.name = input.string("name", crate::meta::NAME_MAX)?;
         req.description = input.string("description", crate::meta::DESCRIPTION_MAX)?;
         req.admin_state_up = input.boolean("admin_state_up")?;
-        req.mac_address = input
-            .string("mac_address", 32)?
-            .map(|m| mac::parse_unicast("mac_address", &m).map(mac::format))
+        match input.nullable_string("mac_address", 32)? {
+            None => {}
+            Some(None) => req.regenerate_mac = method == Method::Update,
+            Some(Some(m)) => {
+                req.mac_address = Some(mac::format(mac::parse_unicast("mac_address", &m)?))
+            }
+        }
+        req.extra_dhcp_opts = input
+            .object_list("extra_dhcp_opts")?
+            .map(parse_dhcp_options)
             .transpose()?;
         req.fixed_ips = input
             .object_list("fixed_ips")?
@@ -582,6 +700,7 @@ mod tests {
     #[test]
     fn dns_assignment_and_binding() {
         let mut port = Port {
+            extra_dhcp_opts: Vec::new(),
             meta: Meta::new("0123456789abcdef".into(), "p".into(), "t"),
             network_id: NET.into(),
             admin_state_up: true,

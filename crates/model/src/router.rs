@@ -73,8 +73,8 @@ pub static DEFINITION: Definition<Router> = Definition {
         attr("distributed", Rights::ALL, |_, v| {
             v.admin.then_some(Value::Bool(true))
         }),
-        attr("ha", Rights::ALL, |_, v| {
-            v.admin.then_some(Value::Bool(false))
+        attr("ha", Rights::ALL, |r, v| {
+            v.admin.then_some(Value::Bool(r.ha))
         }),
         attr("availability_zone_hints", Rights::CREATE_QUERY, |r, _| {
             Some(json!(r.availability_zone_hints))
@@ -142,6 +142,10 @@ pub struct Router {
     /// Availability zone hints (kept for clients; there is one zone).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub availability_zone_hints: Vec<String>,
+    /// `ha` as asked (`l3-ha`): every router is distributed, so east-west traffic already
+    /// survives the loss of a node either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ha: bool,
 }
 
 /// A requested gateway (`external_gateway_info`).
@@ -174,6 +178,8 @@ pub struct RouterRequest {
     pub routes: Option<Vec<Route>>,
     /// `availability_zone_hints` (create only).
     pub availability_zone_hints: Option<Vec<String>>,
+    /// `ha`.
+    pub ha: Option<bool>,
 }
 
 /// What `add_router_interface` / `remove_router_interface` name.
@@ -275,7 +281,8 @@ fn parse_gateway(value: Value) -> Result<Option<GatewayRequest>> {
     }))
 }
 
-fn parse_routes(value: Value) -> Result<Vec<Route>> {
+/// Parses a `routes` list (at most [`MAX_ROUTES`]).
+pub fn parse_routes(value: Value) -> Result<Vec<Route>> {
     let items = match value {
         Value::Null => return Ok(Vec::new()),
         Value::Array(items) => items,
@@ -351,11 +358,7 @@ impl RouterRequest {
         }
         if input.has("ha") {
             caller.require_admin("create_router:ha")?;
-            if input.boolean("ha")? == Some(true) {
-                return Err(Error::InvalidInput(
-                    "Isthmus routers are distributed, not HA pairs; 'ha' cannot be true".to_owned(),
-                ));
-            }
+            req.ha = input.boolean("ha")?;
         }
         if let Some(v) = input.take("external_gateway_info") {
             let gateway = parse_gateway(v)?;
@@ -419,6 +422,74 @@ impl Router {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Applies an update's plain attributes (`If-Match` and the gateway are the service's):
+    /// `ha` changes only while the router is (or is being set) administratively down, as
+    /// Neutron's `router-admin-state-down-before-update` says.
+    pub fn apply(&mut self, req: &RouterRequest, now: &str) -> Result<()> {
+        if let Some(v) = &req.name {
+            self.meta.name = v.clone();
+        }
+        if let Some(v) = &req.description {
+            self.meta.description = v.clone();
+        }
+        let admin_state_up = req.admin_state_up.unwrap_or(self.admin_state_up);
+        if let Some(ha) = req.ha.filter(|ha| *ha != self.ha) {
+            if admin_state_up {
+                return Err(Error::BadRequest(
+                    "Cannot change HA attribute of active routers. Please set router admin_state_up to False prior to upgrade".to_owned(),
+                ));
+            }
+            self.ha = ha;
+        }
+        self.admin_state_up = admin_state_up;
+        if let Some(routes) = &req.routes {
+            self.check_routes(routes)?;
+            self.routes = routes.clone();
+        }
+        self.meta.touch(now);
+        Ok(())
+    }
+
+    /// `add_extraroutes` (`add`) or `remove_extraroutes` (`extraroute-atomic`): routes
+    /// added that are already there and routes removed that are not are no-ops.
+    pub fn change_routes(&mut self, body: Value, add: bool, now: &str) -> Result<()> {
+        let Some(Value::Object(mut router)) = body.get("router").cloned() else {
+            return Err(Error::BadRequest(
+                "Unable to find 'router' in request body".to_owned(),
+            ));
+        };
+        let Some(routes) = router.remove("routes") else {
+            return Err(Error::BadRequest(
+                "Failed to parse request. Required attribute 'routes' not specified".to_owned(),
+            ));
+        };
+        if let Some(other) = router.keys().next() {
+            return Err(Error::BadRequest(format!(
+                "Unrecognized attribute(s) '{other}'"
+            )));
+        }
+        let routes = parse_routes(routes)?;
+        let mut next = self.routes.clone();
+        if add {
+            self.check_routes(&routes)?;
+            for r in routes {
+                if !next.contains(&r) {
+                    next.push(r);
+                }
+            }
+            if next.len() > MAX_ROUTES {
+                return Err(Error::BadRequest(format!(
+                    "Number of routes exceeds the maximum {MAX_ROUTES}"
+                )));
+            }
+        } else {
+            next.retain(|r| !routes.contains(r));
+        }
+        self.routes = next;
+        self.meta.touch(now);
         Ok(())
     }
 }
@@ -512,6 +583,7 @@ mod tests {
     #[test]
     fn routes_need_a_connected_nexthop() {
         let mut r = Router {
+            ha: false,
             meta: Meta::new("r".into(), "p".into(), "t"),
             admin_state_up: true,
             gateway: None,

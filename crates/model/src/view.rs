@@ -456,6 +456,7 @@ mod tests {
 
     fn port(id: &str, net: &str, host: &str, groups: &[&str]) -> Object {
         Object::Port(Port {
+            extra_dhcp_opts: Vec::new(),
             meta: Meta::new(id.into(), "p".into(), "t"),
             network_id: net.into(),
             admin_state_up: true,
@@ -581,6 +582,7 @@ mod tests {
         put(
             &mut m,
             Object::Router(Router {
+                ha: false,
                 meta: Meta::new("r1".into(), "p".into(), "t"),
                 admin_state_up: true,
                 gateway: Some(Gateway {
@@ -610,6 +612,7 @@ mod tests {
         put(
             &mut m,
             Object::FloatingIp(FloatingIp {
+                port_details: None,
                 meta: Meta::new("f1".into(), "p".into(), "t"),
                 floating_network_id: "ext".into(),
                 floating_ip_address: "172.24.4.10".parse().unwrap(),

@@ -8,13 +8,13 @@ use isthmus_model::addr::IpVersion;
 use isthmus_model::floating_ip::{Association, FloatingIpRequest};
 use isthmus_model::input::Method;
 use isthmus_model::port::FixedIpRequest;
-use isthmus_model::resource::Resource;
+use isthmus_model::resource::{Resource, View};
 use isthmus_model::router::OWNER_FLOATING_IP;
 use isthmus_model::{Caller, Error, FloatingIp, Meta, Network, Port, Result};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::{json, Value};
 
-use super::{check_revision, encode, new_id, now, Attempt, Kind, Object, Service};
+use super::{check_revision, encode, new_id, now, Attempt, Kind, Listed, Object, Service};
 use crate::keys;
 
 fn bad_fip(message: impl std::fmt::Display) -> Error {
@@ -44,14 +44,13 @@ impl Service {
     /// failed, says why if the association itself was refused, else asks for a retry.
     async fn commit_floating_ip(
         &self,
-        caller: &Caller,
         txn: Txn,
         fip: &FloatingIp,
         planned: Option<&Association>,
-    ) -> Result<Attempt<Object>> {
+    ) -> Result<Attempt<FloatingIp>> {
         let txn = txn.then(Op::put(keys::floating_ip(&fip.meta.id), encode(fip)?));
         if self.commit(txn).await? {
-            return Ok(Attempt::Done(fip.render(caller)));
+            return Ok(Attempt::Done(fip.clone()));
         }
         if let Some(a) = planned {
             if let Some(e) = self.explain_association(fip, a).await? {
@@ -179,8 +178,63 @@ impl Service {
     }
 }
 
+impl Service {
+    /// `GET /v2.0/floatingip_pools`: the subnets of the external networks `caller` may take
+    /// floating IPs from.
+    pub async fn floating_ip_pools(&self, caller: &Caller) -> Result<Vec<Value>> {
+        let mut pools = Vec::new();
+        for (network, _) in self.load_all::<Network>(keys::NETWORKS).await? {
+            let external = network.external
+                || self
+                    .is_granted(
+                        caller,
+                        &network.meta.id,
+                        isthmus_model::rbac::Action::AccessAsExternal,
+                    )
+                    .await?;
+            if !external {
+                continue;
+            }
+            for subnet_id in &network.subnets {
+                if let Some((subnet, _)) = self.load::<isthmus_model::Subnet>(subnet_id).await? {
+                    pools.push(json!({
+                        "subnet_id": subnet.meta.id,
+                        "subnet_name": subnet.meta.name,
+                        "network_id": network.meta.id,
+                        "project_id": subnet.meta.project_id,
+                        "tenant_id": subnet.meta.project_id,
+                        "cidr": subnet.cidr.to_string(),
+                    }));
+                }
+            }
+        }
+        Ok(pools)
+    }
+}
+
 #[async_trait]
 impl Kind for FloatingIp {
+    async fn complete(service: &Service, mut fip: FloatingIp) -> Result<FloatingIp> {
+        if let Some(a) = &fip.association {
+            fip.port_details = service
+                .load::<Port>(&a.port_id)
+                .await?
+                .map(|(p, _)| isthmus_model::floating_ip::port_details(&p));
+        }
+        Ok(fip)
+    }
+
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        let mut out: Vec<Listed> = Vec::new();
+        for (fip, _) in service.load_all::<FloatingIp>(keys::FLOATING_IPS).await? {
+            if fip.visible_to(caller) {
+                let fip = Self::complete(service, fip).await?;
+                out.push(Box::new(View::owned(fip, caller)));
+            }
+        }
+        Ok(out)
+    }
+
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
         let req = FloatingIpRequest::parse(body, Method::Create, caller)?;
         let network_id = req.floating_network_id.clone().unwrap_or_default();
@@ -228,6 +282,7 @@ impl Kind for FloatingIp {
         meta.description = req.description.clone().unwrap_or_default();
         meta.tags = req.tags.clone().unwrap_or_default();
         let base = FloatingIp {
+            port_details: None,
             meta,
             floating_network_id: network_id,
             floating_ip_address: address,
@@ -249,14 +304,17 @@ impl Kind for FloatingIp {
                     planned = Some(a);
                 }
                 service
-                    .commit_floating_ip(caller, txn, &fip, planned.as_ref())
+                    .commit_floating_ip(txn, &fip, planned.as_ref())
                     .await
             })
             .await;
-        if result.is_err() {
-            service.delete_service_ports([port.meta.id]).await;
+        match result {
+            Ok(fip) => Ok(Self::complete(service, fip).await?.render(caller)),
+            Err(e) => {
+                service.delete_service_ports([port.meta.id]).await;
+                Err(e)
+            }
         }
-        result
     }
 
     async fn update(
@@ -267,7 +325,7 @@ impl Kind for FloatingIp {
         if_match: Option<u64>,
     ) -> Result<Object> {
         let req = FloatingIpRequest::parse(body, Method::Update, caller)?;
-        service
+        let fip = service
             .retry(|| async {
                 let (mut fip, rev) = service.load_owned::<FloatingIp>(caller, id).await?;
                 check_revision(&fip.meta, if_match)?;
@@ -300,10 +358,11 @@ impl Kind for FloatingIp {
                 }
                 fip.meta.touch(&now());
                 service
-                    .commit_floating_ip(caller, txn, &fip, planned.as_ref())
+                    .commit_floating_ip(txn, &fip, planned.as_ref())
                     .await
             })
-            .await
+            .await?;
+        Ok(Self::complete(service, fip).await?.render(caller))
     }
 
     async fn delete_txn(_service: &Service, _caller: &Caller, fip: &FloatingIp) -> Result<Txn> {

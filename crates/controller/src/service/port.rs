@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use isthmus_model::addr::{from_u128, to_u128, IpVersion};
 use isthmus_model::input::Method;
-use isthmus_model::port::{AddressPair, AddressPairRequest, Binding, FixedIp, FixedIpRequest};
+use isthmus_model::port::{
+    apply_dhcp_options, AddressPair, AddressPairRequest, Binding, FixedIp, FixedIpRequest,
+};
 use isthmus_model::rbac::Action;
 use isthmus_model::resource::Resource;
 use isthmus_model::router::is_l3_owner;
@@ -445,6 +447,11 @@ impl Kind for Port {
             meta.description = req.description.clone().unwrap_or_default();
             meta.tags = req.tags.clone().unwrap_or_default();
             let port = Port {
+                extra_dhcp_opts: req
+                    .extra_dhcp_opts
+                    .as_deref()
+                    .map(|c| apply_dhcp_options(&[], c))
+                    .unwrap_or_default(),
                 meta,
                 network_id: network.meta.id.clone(),
                 admin_state_up: req.admin_state_up.unwrap_or(true),
@@ -562,7 +569,14 @@ impl Kind for Port {
                     }
                 }
             }
-            if let Some(new_mac) = &req.mac_address {
+            if let Some(changes) = &req.extra_dhcp_opts {
+                port.extra_dhcp_opts = apply_dhcp_options(&port.extra_dhcp_opts, changes);
+            }
+            let wanted_mac = req
+                .mac_address
+                .clone()
+                .or_else(|| req.regenerate_mac.then(random_mac));
+            if let Some(new_mac) = &wanted_mac {
                 if *new_mac != port.mac_address {
                     if !port.binding.host_id.is_empty() {
                         return Err(Error::Conflict(format!(

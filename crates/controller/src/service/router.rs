@@ -305,6 +305,36 @@ impl Service {
         .await
     }
 
+    /// `add_extraroutes` / `remove_extraroutes`: changes the routes in one atomic step.
+    pub async fn change_extra_routes(
+        &self,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+        add: bool,
+    ) -> Result<Object> {
+        let verb = if add {
+            "add_extraroutes"
+        } else {
+            "remove_extraroutes"
+        };
+        self.retry(|| {
+            let body = body.clone();
+            async move {
+                let (mut router, rev) = self
+                    .load_for_change::<Router>(caller, id, None, verb)
+                    .await?;
+                router.change_routes(body, add, &now())?;
+                Ok(if self.write_back(id, rev, &router).await? {
+                    Attempt::Done(router.render(caller))
+                } else {
+                    Attempt::Retry
+                })
+            }
+        })
+        .await
+    }
+
     /// Checks that `subnet` may join `router`: not already on it, no overlap, not external.
     fn check_new_subnet(router: &Router, subnet: &Subnet, network: &Network) -> Result<()> {
         if network.external {
@@ -630,6 +660,7 @@ impl Kind for Router {
             routes: Vec::new(),
             interfaces: Vec::new(),
             availability_zone_hints: req.availability_zone_hints.clone().unwrap_or_default(),
+            ha: req.ha.unwrap_or(false),
         };
         let txn = Txn::new()
             .when(Compare::absent(keys::router(&id)))
@@ -666,20 +697,7 @@ impl Kind for Router {
         service
             .retry(|| async {
                 let (mut router, rev) = service.load_owned::<Router>(caller, id).await?;
-                if let Some(v) = &req.name {
-                    router.meta.name = v.clone();
-                }
-                if let Some(v) = &req.description {
-                    router.meta.description = v.clone();
-                }
-                if let Some(v) = req.admin_state_up {
-                    router.admin_state_up = v;
-                }
-                if let Some(routes) = &req.routes {
-                    router.check_routes(routes)?;
-                    router.routes = routes.clone();
-                }
-                router.meta.touch(&now());
+                router.apply(&req, &now())?;
                 Ok(if service.write_back(id, rev, &router).await? {
                     Attempt::Done(router.render(caller))
                 } else {
