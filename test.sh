@@ -2,13 +2,13 @@
 # Runs the whole Isthmus test suite. On a fresh Debian machine it first installs what the tests
 # need (as root): etcd (store conformance, two controllers on one etcd), protoc (the etcd
 # client's build), python3-venv + python-openstackclient (the real Neutron client), iproute2 and
-# iputils-ping, nftables and curl (kernel tests in network namespaces, which need root), podman,
+# iputils-ping, nftables, conntrack and curl (kernel tests in network namespaces, which need root), podman,
 # runc and busybox-static (a real container runtime driving the CNI plugin), keepalived (VRRP
 # moving a floating IP between VMs).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(etcd-server protobuf-compiler python3-venv iproute2 iputils-ping nftables curl podman runc busybox-static keepalived)
+packages=(etcd-server protobuf-compiler python3-venv iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

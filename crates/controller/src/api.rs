@@ -106,6 +106,7 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("network_availability_zone", "Network Availability Zone", "Availability zone support for network."),
     ("router_availability_zone", "Router Availability Zone", "Availability zone support for router."),
     ("tag-ports-during-bulk-creation", "Tag Ports During Bulk Creation", "Allow to tag ports during bulk creation"),
+    ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
     ("quotas", "Quota management support", "Expose functions for quotas management per project"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
 ];

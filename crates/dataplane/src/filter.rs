@@ -46,6 +46,21 @@ const EGRESS_ALLOWED: u32 = 0x8000;
 /// Highest port id: ids fill the mark's low 15 bits (and the same 15 of the high half).
 const MAX_PORT_ID: u16 = 0x7fff;
 
+/// Bridge-table set of the MACs of ports in stateless groups (frames to them are not
+/// tracked).
+const UNTRACKED_SET: &str = "untracked";
+
+/// Whether `port`'s security groups are stateless (`stateful: false`; the API refuses a port
+/// mixing both kinds).
+fn is_stateless(view: &NodeView, port: &Port) -> bool {
+    let mut groups = port
+        .security_groups
+        .iter()
+        .filter_map(|g| view.others.get(&("security_group".to_owned(), g.clone())))
+        .peekable();
+    groups.peek().is_some() && groups.all(|g| g["stateful"] == Value::Bool(false))
+}
+
 /// The egress and ingress chains of a security group.
 pub fn group_chains(group_id: &str) -> (String, String) {
     let id = group_id.replace('-', "");
@@ -247,17 +262,20 @@ fn base_rules(
     view: &NodeView,
     node: &NodeConfig,
     guarded: &BTreeMap<String, &Port>,
+    stateless: bool,
 ) -> (BTreeMap<String, Vec<String>>, BTreeMap<String, Vec<String>>) {
+    // Frames to a port of a stateless group are not tracked, wherever they come from (only
+    // when the node has such a port: otherwise no frame pays for the lookup).
+    let mut bridge_prerouting = Vec::new();
+    if stateless {
+        bridge_prerouting.push(format!("ether daddr @{UNTRACKED_SET} notrack"));
+    }
     // Frames from or to anything but a port (the tunnel, router interfaces) pass on a prefix
     // comparison, cheaper than a miss in the map.
+    bridge_prerouting.push(format!("iifname != \"{TAP_PREFIX}*\" accept"));
+    bridge_prerouting.push("iifname vmap @port_in".to_owned());
     let bridge = BTreeMap::from([
-        (
-            "prerouting".to_owned(),
-            vec![
-                format!("iifname != \"{TAP_PREFIX}*\" accept"),
-                "iifname vmap @port_in".to_owned(),
-            ],
-        ),
+        ("prerouting".to_owned(), bridge_prerouting),
         (
             "forward".to_owned(),
             vec![
@@ -284,7 +302,11 @@ fn base_rules(
         )
     };
     // Bridged packets arrive with their bridge as input device: once in their zone, done.
+    // Untracked ones (stateless groups) stay so: a zone would give them a conntrack entry.
     let mut prerouting = Vec::new();
+    if stateless {
+        prerouting.push("ct state untracked accept".to_owned());
+    }
     if !zones.is_empty() {
         prerouting.push(format!("ct zone set iifname map {} accept", set(&zones)));
     }
@@ -326,8 +348,10 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
         inet.absent = true;
         return Filter { bridge, inet };
     }
+    let mut untracked_macs = BTreeSet::new();
     for (tap, port) in &guarded {
         let Some(&id) = ids.get(tap) else { continue };
+        let stateless = is_stateless(view, port);
         let mut macs = BTreeSet::from([port.mac_address.to_ascii_lowercase()]);
         macs.extend(
             port.allowed_address_pairs
@@ -336,7 +360,11 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
         );
         let (v4, v6) = addresses(port);
         let (from, to) = (format!("from_{tap}"), format!("to_{tap}"));
-        let mark = format!("meta mark set meta mark or 0x{id:08x}");
+        let mut mark = format!("meta mark set meta mark or 0x{id:08x}");
+        if stateless {
+            mark.push_str(" notrack");
+            untracked_macs.extend(macs.iter().cloned());
+        }
         bridge
             .chains
             .insert(from.clone(), from_port_rules(&macs, &v4, &v6, &mark));
@@ -358,16 +386,27 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
             .or_default()
             .insert(format!("\"{tap}\""), to);
 
-        let mut egress = vec![
-            "ct state invalid counter drop".to_owned(),
-            "ct state established,related return".to_owned(),
-            format!("meta l4proto ipv6-icmp icmpv6 type {ND_TYPES} return"),
-        ];
-        let mut ingress = vec![
-            "ct state invalid counter drop".to_owned(),
-            "ct state established,related accept".to_owned(),
-            format!("meta l4proto ipv6-icmp icmpv6 type {ND_TYPES} accept"),
-        ];
+        // A stateless port's traffic is untracked: its rules alone decide, both ways.
+        let (mut egress, mut ingress) = if stateless {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                vec![
+                    "ct state invalid counter drop".to_owned(),
+                    "ct state established,related return".to_owned(),
+                ],
+                vec![
+                    "ct state invalid counter drop".to_owned(),
+                    "ct state established,related accept".to_owned(),
+                ],
+            )
+        };
+        egress.push(format!(
+            "meta l4proto ipv6-icmp icmpv6 type {ND_TYPES} return"
+        ));
+        ingress.push(format!(
+            "meta l4proto ipv6-icmp icmpv6 type {ND_TYPES} accept"
+        ));
         // The groups' rules live in one chain pair per group, shared by the node's ports, so
         // a rule change rewrites one small chain whatever the number of ports using it.
         for group_id in &port.security_groups {
@@ -428,7 +467,13 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
         inet.chains.insert(out_name, out);
         inet.chains.insert(in_name, inb);
     }
-    let (bridge_base, inet_base) = base_rules(view, node, &guarded);
+    let (bridge_base, inet_base) = base_rules(view, node, &guarded, !untracked_macs.is_empty());
+    if !untracked_macs.is_empty() {
+        bridge.sets.insert(
+            UNTRACKED_SET.to_owned(),
+            ("type ether_addr;".into(), untracked_macs),
+        );
+    }
     bridge.chains.extend(bridge_base);
     inet.chains.extend(inet_base);
     for group in remote_groups {
@@ -650,5 +695,33 @@ mod tests {
         let ids = port_ids(&taps, &observed);
         assert_eq!(ids["tapb"], 7, "an existing port keeps its mark");
         assert_eq!(ids["tapa"], 1);
+    }
+
+    #[test]
+    fn stateless_groups_are_not_tracked() {
+        let mut v = view();
+        v.others
+            .get_mut(&("security_group".to_owned(), "web".to_owned()))
+            .unwrap()["stateful"] = json!(false);
+        let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
+        let ids = port_ids(&taps, &Observed::default());
+        let f = desired(&v, &node(), &ids);
+        let from = &f.bridge.chains["from_taplocal-port-"];
+        assert!(from[0].ends_with("meta mark set meta mark or 0x00000001 notrack accept"));
+        assert_eq!(
+            f.bridge.chains["prerouting"][0], "ether daddr @untracked notrack",
+            "frames to the port are not tracked either"
+        );
+        assert!(f.bridge.sets["untracked"].1.contains("fa:16:3e:00:00:01"));
+        assert_eq!(f.inet.chains["prerouting"][0], "ct state untracked accept");
+        let egress = &f.inet.chains["egress_taplocal-port-"];
+        assert!(egress.iter().all(|r| !r.starts_with("ct ")), "{egress:?}");
+        assert_eq!(egress[1], "jump sge_web");
+        let ingress = &f.inet.chains["ingress_taplocal-port-"];
+        assert_eq!(ingress[1..], ["jump sgi_web", "counter drop"]);
+        // Stateful again: no untracked set, no extra rule on any frame.
+        let stateful = desired(&view(), &node(), &ids);
+        assert!(!stateful.bridge.sets.contains_key("untracked"));
+        assert!(stateful.bridge.chains["prerouting"][0].starts_with("iifname != "));
     }
 }

@@ -819,3 +819,140 @@ fn ipv6_through_security_groups() {
         "a spoofed IPv6 source must be dropped"
     );
 }
+
+/// A stateless security group: traffic its rules allow passes in both directions without a
+/// conntrack entry on either node, a reply no rule allows is dropped (no state admits it),
+/// and the group cannot turn stateful or share a port with a stateful one.
+#[test]
+fn stateless_security_groups_track_nothing() {
+    let Some(cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
+    if isthmus_lab::run("conntrack", &["--version"]).is_err() {
+        isthmus_lab::skip("no conntrack tool (apt-get install conntrack)");
+        return;
+    }
+    let (net, _) = shared_network(lab, "stateless", "192.168.80.0/24");
+    let (s, group) = lab.api(
+        "POST",
+        "/v2.0/security-groups",
+        Some(&json!({"security_group": {"name": "stateless", "stateful": false}})),
+    );
+    assert_eq!(s, 201, "{group}");
+    assert_eq!(group["security_group"]["stateful"], false);
+    let gid = group["security_group"]["id"].as_str().unwrap().to_owned();
+    // Only what the test allows: drop the default egress rules new groups get.
+    for rule in group["security_group"]["security_group_rules"]
+        .as_array()
+        .unwrap()
+    {
+        let id = rule["id"].as_str().unwrap();
+        lab.api("DELETE", &format!("/v2.0/security-group-rules/{id}"), None);
+    }
+    let rule = |direction: &str, protocol: &str, port: Option<u16>| {
+        let mut body =
+            json!({"security_group_id": gid, "direction": direction, "protocol": protocol});
+        if let Some(p) = port {
+            body["port_range_min"] = json!(p);
+            body["port_range_max"] = json!(p);
+        }
+        let (s, v) = lab.api(
+            "POST",
+            "/v2.0/security-group-rules",
+            Some(&json!({"security_group_rule": body})),
+        );
+        assert_eq!(s, 201, "{v}");
+    };
+    rule("ingress", "icmp", None);
+    rule("egress", "icmp", None);
+    rule("ingress", "tcp", Some(7000));
+    rule("egress", "tcp", Some(7000));
+
+    let mut vms = Vec::new();
+    for (node, ip) in [(0, "192.168.80.2"), (1, "192.168.80.3")] {
+        let (s, port) = lab.api(
+            "POST",
+            "/v2.0/ports",
+            Some(&json!({"port": {
+            "network_id": net, "fixed_ips": [{"ip_address": ip}], "security_groups": [gid],
+            "binding:host_id": lab.nodes[node].name}})),
+        );
+        assert_eq!(s, 201, "{port}");
+        vms.push(
+            lab.add_vm_for_port(node, &port["port"], 24, None, 1450)
+                .unwrap(),
+        );
+    }
+    let (a, b) = (&vms[0], &vms[1]);
+    let untracked = |what: &str| {
+        for node in &lab.nodes {
+            let entries = node.ns.exec("conntrack", &["-L"]).unwrap_or_default();
+            assert!(
+                !entries.contains("192.168.80."),
+                "{what}: conntrack entries on {}:\n{entries}",
+                node.name
+            );
+        }
+    };
+
+    // Ping both ways: echo and reply are each allowed by a rule.
+    wait_for("a to ping b", Duration::from_secs(30), || {
+        a.ns.exec("ping", &["-c", "1", "-W", "1", "192.168.80.3"])
+            .is_ok()
+    });
+    assert!(b
+        .ns
+        .exec("ping", &["-c", "3", "-i", "0.2", "-W", "1", "192.168.80.2"])
+        .is_ok());
+    untracked("after pings");
+
+    // TCP to b:7000: the SYN is allowed in, but b's SYN-ACK leaves from port 7000 to an
+    // ephemeral port, which no egress rule allows and no connection state admits.
+    let server = "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 7000)); s.listen(8)\nwhile True:\n    c, _ = s.accept(); c.close()\n";
+    let _server = Daemon(
+        b.ns.command("python3")
+            .args(["-c", server])
+            .spawn()
+            .unwrap(),
+    );
+    let connect = "import socket, sys\ntry:\n    socket.create_connection(('192.168.80.3', 7000), timeout=1).close()\nexcept OSError:\n    sys.exit(1)\n";
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        assert!(
+            a.ns.exec("python3", &["-c", connect]).is_err(),
+            "a reply no rule allows got through"
+        );
+    }
+    // Allowing TCP both ways (any port) lets connections through, still untracked.
+    rule("ingress", "tcp", None);
+    rule("egress", "tcp", None);
+    wait_for("a to connect to b:7000", Duration::from_secs(20), || {
+        a.ns.exec("python3", &["-c", connect]).is_ok()
+    });
+    untracked("after TCP connections");
+
+    // The API keeps ports single-kind.
+    let (s, v) = lab.api(
+        "PUT",
+        &format!("/v2.0/security-groups/{gid}"),
+        Some(&json!({"security_group": {"stateful": true}})),
+    );
+    assert_eq!(
+        (s, v["NeutronError"]["type"].as_str()),
+        (409, Some("SecurityGroupInUse"))
+    );
+    let (_, groups) = lab.api("GET", "/v2.0/security-groups?name=default", None);
+    let default = groups["security_groups"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = lab.api(
+        "POST",
+        "/v2.0/ports",
+        Some(&json!({"port": {
+        "network_id": net, "security_groups": [gid, default]}})),
+    );
+    assert_eq!(
+        (s, v["NeutronError"]["type"].as_str()),
+        (409, Some("SecurityGroupConflict"))
+    );
+}

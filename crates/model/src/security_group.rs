@@ -89,7 +89,7 @@ pub const DEFAULT_GROUP_NAME: &str = "default";
 pub struct SecurityGroup {
     /// Standard attributes.
     pub meta: Meta,
-    /// Connection tracking on (always true here; stateless groups are refused).
+    /// Connection tracking on; a stateless group's rules alone decide, in both directions.
     pub stateful: bool,
     /// Whether this is the project's default group.
     pub is_default: bool,
@@ -201,14 +201,10 @@ impl SecurityGroup {
                 "Default security group already exists.".to_owned(),
             ));
         }
-        if input.boolean("stateful")? == Some(false) {
-            return Err(Error::InvalidInput(
-                "Stateless security groups are not supported".to_owned(),
-            ));
-        }
+        let stateful = input.boolean("stateful")?.unwrap_or(true);
         Ok(SecurityGroup {
             meta,
-            stateful: true,
+            stateful,
             is_default: false,
             rules: Vec::new(),
         })
@@ -237,10 +233,8 @@ impl SecurityGroup {
                 "Updating default security group not allowed.".to_owned(),
             ));
         }
-        if input.boolean("stateful")? == Some(false) {
-            return Err(Error::InvalidInput(
-                "Stateless security groups are not supported".to_owned(),
-            ));
+        if let Some(stateful) = input.boolean("stateful")? {
+            self.stateful = stateful;
         }
         self.meta.touch(now);
         Ok(())

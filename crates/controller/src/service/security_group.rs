@@ -83,10 +83,12 @@ impl Service {
         ids: &[String],
     ) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::with_capacity(ids.len());
+        let mut kinds = HashSet::new();
         for id in ids {
             let Some((g, rev)) = self.load::<SecurityGroup>(id).await? else {
                 return Err(Error::not_found("SecurityGroup", id));
             };
+            kinds.insert(g.stateful);
             if !caller.is_admin
                 && g.meta.project_id != project_id
                 && !granted(
@@ -98,6 +100,13 @@ impl Service {
                 return Err(Error::not_found("SecurityGroup", id));
             }
             out.push((id.clone(), rev));
+        }
+        if kinds.len() > 1 {
+            return Err(Error::fault(
+                "SecurityGroupConflict",
+                409,
+                "Error Security group conflict: Cannot apply both stateful and stateless security groups on the same port at the same time.",
+            ));
         }
         Ok(out)
     }
@@ -176,13 +185,22 @@ impl Kind for SecurityGroup {
     }
 
     async fn apply_update(
-        _service: &Service,
+        service: &Service,
         _caller: &Caller,
         group: &mut SecurityGroup,
         body: Value,
     ) -> Result<Txn> {
+        let was_stateful = group.stateful;
         group.apply_update(body, &now())?;
-        Ok(Txn::new())
+        if group.stateful == was_stateful {
+            return Ok(Txn::new());
+        }
+        // Its ports would mix kinds, or change kind under their other groups.
+        let users = keys::group_ports_prefix(&group.meta.id);
+        if !service.index(&users).await?.is_empty() {
+            return Err(Error::SecurityGroupInUse(group.meta.id.clone()));
+        }
+        Ok(Txn::new().when(Compare::prefix_empty(users)))
     }
 
     async fn delete_txn(service: &Service, caller: &Caller, group: &SecurityGroup) -> Result<Txn> {
