@@ -107,6 +107,8 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("router_availability_zone", "Router Availability Zone", "Availability zone support for router."),
     ("tag-ports-during-bulk-creation", "Tag Ports During Bulk Creation", "Allow to tag ports during bulk creation"),
     ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
+    ("security-groups-default-rules", "Default rules for security groups", "Configure set of security group rules used as default rules for every new security group"),
+    ("security-groups-normalized-cidr", "Normalized CIDR field for security group rules", "Add new field with normalized remote_ip_prefix cidr in SG rule"),
     ("quotas", "Quota management support", "Expose functions for quotas management per project"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
 ];

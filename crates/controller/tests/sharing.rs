@@ -764,3 +764,129 @@ async fn quotas_limit_what_a_project_creates() {
         201
     );
 }
+
+#[tokio::test]
+async fn the_default_rules_template_shapes_new_groups() {
+    let api = Api::memory();
+    let (s, v) = api
+        .call(A, "GET", "/v2.0/default-security-group-rules", None)
+        .await;
+    assert_eq!(s, 200);
+    let builtin = v["default_security_group_rules"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(builtin.len(), 4);
+    assert_eq!(
+        builtin
+            .iter()
+            .filter(|r| r["remote_group_id"] == "PARENT")
+            .count(),
+        2,
+        "ingress from the group itself, in default groups only"
+    );
+    let ssh = json!({"default_security_group_rule": {"direction": "ingress", "protocol": "tcp",
+        "port_range_min": 22, "port_range_max": 22, "used_in_non_default_sg": true}});
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/default-security-group-rules",
+            Some(ssh.clone()),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (403, "PolicyNotAuthorized"));
+    let (s, v) = api
+        .call(
+            ADMIN,
+            "POST",
+            "/v2.0/default-security-group-rules",
+            Some(ssh.clone()),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let ssh_id = id(&v["default_security_group_rule"]);
+    assert_eq!(
+        v["default_security_group_rule"]["used_in_default_sg"],
+        false
+    );
+    let (s, v) = api
+        .call(
+            ADMIN,
+            "POST",
+            "/v2.0/default-security-group-rules",
+            Some(ssh),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "DuplicateDefaultSgRule"));
+    for bad in [
+        json!({"direction": "ingress", "remote_group_id": "11111111-2222-3333-4444-555555555555"}),
+        json!({"direction": "sideways"}),
+        json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 90, "port_range_max": 80}),
+    ] {
+        let (s, _) = api
+            .call(
+                ADMIN,
+                "POST",
+                "/v2.0/default-security-group-rules",
+                Some(json!({ "default_security_group_rule": bad })),
+            )
+            .await;
+        assert_eq!(s, 400);
+    }
+    let path = format!("/v2.0/default-security-group-rules/{ssh_id}");
+    let (s, _) = api
+        .call(
+            A,
+            "PUT",
+            &path,
+            Some(json!({"default_security_group_rule": {"description": "x"}})),
+        )
+        .await;
+    assert_eq!(s, 400, "template rules cannot be updated");
+
+    // A new group gets the egress rules and SSH; a new project's default group gets the
+    // builtin four only.
+    let group = api
+        .create(
+            A,
+            "security-groups",
+            "security_group",
+            json!({"name": "web"}),
+        )
+        .await;
+    let rules = group["security_group_rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert!(rules
+        .iter()
+        .any(|r| r["protocol"] == "tcp" && r["port_range_min"] == 22));
+    let (_, v) = api
+        .call(
+            As::Member("project-new"),
+            "GET",
+            "/v2.0/security-groups?name=default",
+            None,
+        )
+        .await;
+    let default_rules = v["security_groups"][0]["security_group_rules"]
+        .as_array()
+        .unwrap();
+    assert_eq!(default_rules.len(), 4);
+    let own = v["security_groups"][0]["id"].clone();
+    assert!(default_rules
+        .iter()
+        .any(|r| r["direction"] == "ingress" && r["remote_group_id"] == own));
+
+    let (s, v) = api.call(A, "DELETE", &path, None).await;
+    assert_eq!((s, fault(&v)), (403, "PolicyNotAuthorized"));
+    assert_eq!(api.call(ADMIN, "DELETE", &path, None).await.0, 204);
+    let group = api
+        .create(
+            A,
+            "security-groups",
+            "security_group",
+            json!({"name": "db"}),
+        )
+        .await;
+    assert_eq!(group["security_group_rules"].as_array().unwrap().len(), 2);
+}

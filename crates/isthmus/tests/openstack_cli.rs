@@ -530,6 +530,47 @@ fn openstack_cli_address_scopes_subnet_pools_and_rbac() {
     cli.ok(&["port", "delete", "b-port"]);
     cli.ok(&["network", "rbac", "delete", &rbac_id]);
 
+    // The template of default rules.
+    let template = cli.json(&["default", "security", "group", "rule", "list"]);
+    assert_eq!(template.as_array().map(Vec::len), Some(4), "{template}");
+    let ssh = cli.json(&[
+        "default",
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "22",
+        "--for-custom-sg",
+    ]);
+    let ssh_id = ssh["id"].as_str().unwrap().to_owned();
+    assert_eq!(ssh["used_in_non_default_sg"], true);
+    assert_eq!(
+        cli.json(&["default", "security", "group", "rule", "show", &ssh_id])["port_range_max"],
+        22
+    );
+    let group = cli.json(&["security", "group", "create", "with-ssh"]);
+    assert!(group["rules"].to_string().contains("22"), "{group}");
+    failure(
+        &[
+            "default",
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--protocol",
+            "tcp",
+            "--dst-port",
+            "22",
+            "--for-custom-sg",
+        ],
+        "409",
+    );
+    cli.ok(&["default", "security", "group", "rule", "delete", &ssh_id]);
+    cli.ok(&["security", "group", "delete", "with-ssh"]);
+
     cli.ok(&["subnet", "delete", "pooled-v4", "pooled-v4b", "d-v4"]);
     cli.ok(&["subnet", "pool", "delete", "pool4", "default-v4"]);
     cli.ok(&["address", "scope", "delete", "scope-v4"]);

@@ -104,6 +104,11 @@ impl Input {
         Ok(Input { map })
     }
 
+    /// What is left of the body.
+    pub fn into_map(self) -> Map<String, Value> {
+        self.map
+    }
+
     /// Whether the body carries `key` (even as null).
     pub fn has(&self, key: &str) -> bool {
         self.map.contains_key(key)

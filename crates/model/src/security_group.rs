@@ -1,11 +1,11 @@
 //! Security groups and their rules, with Neutron's defaults and validation.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::addr::{Cidr, IpVersion};
 use crate::error::{Error, Result};
-use crate::input::{as_string, as_uuid, Input, Method};
+use crate::input::{as_string, as_uuid, show, Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
 use crate::resource::{attr, Definition, Resource, Rights};
 
@@ -515,6 +515,209 @@ impl SecurityGroupRule {
 crate::resource!(SecurityGroup, GROUP_DEFINITION);
 
 crate::resource!(SecurityGroupRule, RULE_DEFINITION);
+
+/// The `default-security-group-rules` resource (`security-groups-default-rules`): the
+/// template new groups take their rules from. Admins change it; it has no name or tags and
+/// cannot be updated.
+pub static DEFAULT_RULE_DEFINITION: Definition<DefaultRule> = Definition {
+    collection: "default-security-group-rules",
+    singular: "default_security_group_rule",
+    plural: "default_security_group_rules",
+    fault: "DefaultSecurityGroupRule",
+    named: false,
+    tagged: false,
+    description: Some(Rights::CREATE_QUERY),
+    updatable: false,
+    attributes: &[
+        attr("direction", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.direction.as_str()))
+        }),
+        attr("ethertype", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.ethertype.ethertype()))
+        }),
+        attr("protocol", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.protocol))
+        }),
+        attr("port_range_min", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.port_range_min))
+        }),
+        attr("port_range_max", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.port_range_max))
+        }),
+        attr("remote_ip_prefix", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.remote_ip_prefix))
+        }),
+        attr("remote_group_id", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.remote_parent.then_some(PARENT)))
+        }),
+        attr("remote_address_group_id", Rights::CREATE_QUERY, |_, _| {
+            Some(Value::Null)
+        }),
+        attr("used_in_default_sg", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.used_in_default_sg))
+        }),
+        attr("used_in_non_default_sg", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.used_in_non_default_sg))
+        }),
+    ],
+};
+
+/// `remote_group_id` of a template rule whose remote is the group it is copied into.
+pub const PARENT: &str = "PARENT";
+
+/// A rule of the template new security groups are built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefaultRule {
+    /// Standard attributes (no name or tags).
+    pub meta: Meta,
+    /// Direction.
+    pub direction: Direction,
+    /// Address family.
+    pub ethertype: IpVersion,
+    /// Protocol as given, `None` = any.
+    pub protocol: Option<String>,
+    /// Low port, or ICMP type.
+    pub port_range_min: Option<u32>,
+    /// High port, or ICMP code.
+    pub port_range_max: Option<u32>,
+    /// Remote prefix.
+    pub remote_ip_prefix: Option<String>,
+    /// The remote is the group the rule is copied into (`PARENT`).
+    pub remote_parent: bool,
+    /// Copied into each project's default group.
+    pub used_in_default_sg: bool,
+    /// Copied into every other new group.
+    pub used_in_non_default_sg: bool,
+}
+
+crate::resource!(DefaultRule, DEFAULT_RULE_DEFINITION, {
+    /// Every project reads the template (admins change it).
+    fn visible_to(&self, _caller: &Caller) -> bool {
+        true
+    }
+    fn changeable_by(&self, caller: &Caller) -> bool {
+        caller.is_admin
+    }
+});
+
+/// A placeholder group id that template rules are validated against.
+const TEMPLATE_GROUP: &str = "00000000-0000-0000-0000-000000000000";
+
+impl DefaultRule {
+    /// Parses a create body (admins only) with a rule's validation; `remote_group_id` may only
+    /// be `PARENT`.
+    pub fn parse_create(body: Value, caller: &Caller, meta: Meta) -> Result<DefaultRule> {
+        caller.require_admin("create_default_security_group_rule")?;
+        let input = Input::for_kind(body, &DEFAULT_RULE_DEFINITION, Method::Create)?;
+        let mut map = input.into_map();
+        let flag = |map: &mut Map<String, Value>, key: &str, default: bool| -> Result<bool> {
+            map.remove(key)
+                .filter(|v| !v.is_null())
+                .map_or(Ok(default), |v| crate::input::as_bool(key, &v))
+        };
+        let used_in_default_sg = flag(&mut map, "used_in_default_sg", false)?;
+        let used_in_non_default_sg = flag(&mut map, "used_in_non_default_sg", true)?;
+        let remote_parent = match map.remove("remote_group_id") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) if s == PARENT => true,
+            Some(other) => {
+                return Err(Error::invalid_attr(
+                    "remote_group_id",
+                    format!("'{}' is not '{PARENT}' or null", show(&other)),
+                ))
+            }
+        };
+        map.insert("security_group_id".into(), json!(TEMPLATE_GROUP));
+        if remote_parent {
+            map.insert("remote_group_id".into(), json!(TEMPLATE_GROUP));
+        }
+        let rule = SecurityGroupRule::parse_create(
+            json!({ "security_group_rule": map }),
+            caller,
+            meta.id.clone(),
+            &meta.created_at,
+        )?;
+        Ok(DefaultRule {
+            meta,
+            direction: rule.direction,
+            ethertype: rule.ethertype,
+            protocol: rule.protocol,
+            port_range_min: rule.port_range_min,
+            port_range_max: rule.port_range_max,
+            remote_ip_prefix: rule.remote_ip_prefix,
+            remote_parent,
+            used_in_default_sg,
+            used_in_non_default_sg,
+        })
+    }
+
+    /// Neutron's template: egress anywhere (both families) for every group, ingress from the
+    /// group itself (both families) for default groups.
+    pub fn builtin(ids: [String; 4], project_id: &str, now: &str) -> Vec<DefaultRule> {
+        let [a, b, c, d] = ids;
+        [
+            (a, Direction::Egress, IpVersion::V4),
+            (b, Direction::Egress, IpVersion::V6),
+            (c, Direction::Ingress, IpVersion::V4),
+            (d, Direction::Ingress, IpVersion::V6),
+        ]
+        .into_iter()
+        .map(|(id, direction, ethertype)| DefaultRule {
+            meta: Meta::new(id, project_id.to_owned(), now),
+            direction,
+            ethertype,
+            protocol: None,
+            port_range_min: None,
+            port_range_max: None,
+            remote_ip_prefix: None,
+            remote_parent: direction == Direction::Ingress,
+            used_in_default_sg: true,
+            used_in_non_default_sg: direction == Direction::Egress,
+        })
+        .collect()
+    }
+
+    /// This template rule as a rule of `group`, if it applies to that kind of group.
+    pub fn instantiate(
+        &self,
+        group: &SecurityGroup,
+        id: String,
+        now: &str,
+    ) -> Option<SecurityGroupRule> {
+        let applies = if group.is_default {
+            self.used_in_default_sg
+        } else {
+            self.used_in_non_default_sg
+        };
+        applies.then(|| self.as_rule(group, id, now))
+    }
+
+    fn as_rule(&self, group: &SecurityGroup, id: String, now: &str) -> SecurityGroupRule {
+        SecurityGroupRule {
+            meta: Meta::new(id, group.meta.project_id.clone(), now),
+            security_group_id: group.meta.id.clone(),
+            direction: self.direction,
+            ethertype: self.ethertype,
+            protocol: self.protocol.clone(),
+            port_range_min: self.port_range_min,
+            port_range_max: self.port_range_max,
+            remote_ip_prefix: self.remote_ip_prefix.clone(),
+            remote_group_id: self.remote_parent.then(|| group.meta.id.clone()),
+            in_default_group: group.is_default,
+        }
+    }
+
+    /// Whether two template rules match the same traffic for the same kinds of group
+    /// (`DuplicateDefaultSgRule`).
+    pub fn same_rule(&self, other: &DefaultRule) -> bool {
+        let group = SecurityGroup::default_for("", TEMPLATE_GROUP.to_owned(), "");
+        self.used_in_default_sg == other.used_in_default_sg
+            && self.used_in_non_default_sg == other.used_in_non_default_sg
+            && self
+                .as_rule(&group, String::new(), "")
+                .same_rule(&other.as_rule(&group, String::new(), ""))
+    }
+}
 
 #[cfg(test)]
 mod tests {

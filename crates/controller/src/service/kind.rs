@@ -512,6 +512,7 @@ impl Registry {
             .with::<isthmus_model::AddressScope>()
             .with::<isthmus_model::SubnetPool>()
             .with::<isthmus_model::RbacPolicy>()
+            .with::<isthmus_model::security_group::DefaultRule>()
     }
 
     /// Adds kind `T` (replacing one with the same collection name).

@@ -6,13 +6,15 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use isthmus_model::rbac::{granted, Action};
 use isthmus_model::resource::{Resource, View};
-use isthmus_model::security_group::{default_egress_rules, default_ingress_rules};
+use isthmus_model::security_group::DefaultRule;
 use isthmus_model::{Caller, Error, Result, SecurityGroup, SecurityGroupRule};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
 use super::rbac::{granted_ids, visible_with_grants};
-use super::{encode, new_id, now, store_error, Attempt, Kind, Listed, Object, Service};
+use super::{
+    encode, key_of, new_id, now, prefix_of, store_error, Attempt, Kind, Listed, Object, Service,
+};
 use crate::keys;
 
 impl Service {
@@ -45,8 +47,49 @@ impl Service {
         txn
     }
 
-    /// The id of `project_id`'s default group, creating it (with Neutron's four default rules)
-    /// on first use.
+    /// The template new groups take their rules from, seeded with Neutron's four rules the
+    /// first time it is read.
+    pub(crate) async fn default_rules(&self) -> Result<Vec<DefaultRule>> {
+        let marker = DEFAULT_RULES_SEEDED;
+        if self.store.get(marker).await.map_err(store_error)?.is_none() {
+            let rules = DefaultRule::builtin(
+                [new_id(), new_id(), new_id(), new_id()],
+                crate::auth::NOAUTH_PROJECT,
+                &now(),
+            );
+            let mut txn = Txn::new()
+                .when(Compare::absent(marker))
+                .then(Op::put(marker, ""));
+            for rule in &rules {
+                txn = txn.then(Op::put(key_of::<DefaultRule>(&rule.meta.id), encode(rule)?));
+            }
+            // Lost to another seeder: theirs is read below.
+            self.commit(txn).await?;
+        }
+        Ok(self
+            .load_all::<DefaultRule>(&prefix_of::<DefaultRule>())
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// `group`'s rules from the template.
+    async fn rules_from_template(
+        &self,
+        group: &SecurityGroup,
+        now: &str,
+    ) -> Result<Vec<SecurityGroupRule>> {
+        Ok(self
+            .default_rules()
+            .await?
+            .iter()
+            .filter_map(|t| t.instantiate(group, new_id(), now))
+            .collect())
+    }
+
+    /// The id of `project_id`'s default group, creating it (with the template's rules for
+    /// default groups) on first use.
     pub(crate) async fn ensure_default_group(&self, project_id: &str) -> Result<String> {
         let marker = keys::default_security_group(project_id);
         loop {
@@ -56,8 +99,7 @@ impl Service {
             }
             let stamp = now();
             let group = SecurityGroup::default_for(project_id, new_id(), &stamp);
-            let mut rules = default_egress_rules(&group, [new_id(), new_id()], &stamp);
-            rules.extend(default_ingress_rules(&group, [new_id(), new_id()], &stamp));
+            let rules = self.rules_from_template(&group, &stamp).await?;
             let mut txn = Txn::new()
                 .when(Compare::absent(&marker))
                 .then(Op::put(marker.clone(), group.meta.id.clone()))
@@ -168,7 +210,7 @@ impl Kind for SecurityGroup {
         let stamp = now();
         let group = SecurityGroup::parse_create(body, caller, new_id(), &stamp)?;
         service.ensure_default_group(&group.meta.project_id).await?;
-        let rules = default_egress_rules(&group, [new_id(), new_id()], &stamp);
+        let rules = service.rules_from_template(&group, &stamp).await?;
         let mut txn = Txn::new()
             .when(Compare::absent(keys::security_group(&group.meta.id)))
             .then(Op::put(
@@ -344,5 +386,51 @@ impl Kind for SecurityGroupRule {
                 encode(&group)?,
             ));
         Ok(Service::delete_rule_index(txn, rule))
+    }
+}
+
+/// Set once the template of default rules has been seeded.
+const DEFAULT_RULES_SEEDED: &str = "/isthmus/default-security-group-rules-seeded";
+
+#[async_trait]
+impl Kind for DefaultRule {
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        Ok(service
+            .default_rules()
+            .await?
+            .into_iter()
+            .map(|r| Box::new(View::owned(r, caller)) as Listed)
+            .collect())
+    }
+
+    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        let rule = DefaultRule::parse_create(
+            body,
+            caller,
+            isthmus_model::Meta::new(new_id(), caller.project_id.clone(), &now()),
+        )?;
+        if let Some(existing) = service
+            .default_rules()
+            .await?
+            .iter()
+            .find(|r| r.same_rule(&rule))
+        {
+            return Err(Error::fault(
+                "DuplicateDefaultSgRule",
+                409,
+                format!(
+                    "Default security group rule already exists. Rule id is {}.",
+                    existing.meta.id
+                ),
+            ));
+        }
+        let key = key_of::<DefaultRule>(&rule.meta.id);
+        let txn = Txn::new()
+            .when(Compare::absent(&key))
+            .then(Op::put(key, encode(&rule)?));
+        if !service.commit(txn).await? {
+            return Err(Error::Internal("default rule id collision".to_owned()));
+        }
+        Ok(rule.render(caller))
     }
 }
