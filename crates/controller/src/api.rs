@@ -454,6 +454,16 @@ async fn bulk_create(
 ) -> Result<Vec<Value>, ApiError> {
     let mut created: Vec<Value> = Vec::with_capacity(items.len());
     for item in items {
+        // Items come bare (`{"ports": [{...}]}`) or wrapped (`{"ports": [{"port": {...}}]}`),
+        // both as Neutron accepts them.
+        let item = match item {
+            Value::Object(mut wrapped)
+                if wrapped.len() == 1 && wrapped.contains_key(kind.singular()) =>
+            {
+                wrapped.remove(kind.singular()).unwrap_or_default()
+            }
+            bare => bare,
+        };
         match kind
             .create(service, caller, json!({ kind.singular(): item }))
             .await

@@ -715,3 +715,57 @@ async fn ha_atomic_extra_routes_port_details_and_pools() {
         .await;
     assert_eq!(v["availability_zones"].as_array().map(Vec::len), Some(2));
 }
+
+#[tokio::test]
+async fn an_empty_floating_ip_update_disassociates() {
+    let api = Api::memory();
+    let (ext, _) = external(&api).await;
+    let (net, sub) = api.network_with_subnet(ALICE, "10.3.0.0/24").await;
+    let router = api
+        .create(ALICE, "routers", "router", json!({"name": "r"}))
+        .await;
+    let rid = router["id"].as_str().unwrap();
+    let (s, _) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        json!({"subnet_id": sub}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let vm = api
+        .create(ALICE, "ports", "port", json!({"network_id": net}))
+        .await;
+    let fip = api
+        .create(
+            ALICE,
+            "floatingips",
+            "floatingip",
+            json!({"floating_network_id": ext, "port_id": vm["id"]}),
+        )
+        .await;
+    let path = format!("/v2.0/floatingips/{}", fip["id"].as_str().unwrap());
+    let (_, v) = put(
+        &api,
+        ALICE,
+        &path,
+        json!({"floatingip": {"description": "kept"}}),
+    )
+    .await;
+    assert_eq!(
+        v["floatingip"]["port_id"], vm["id"],
+        "a description alone keeps the association"
+    );
+    let (s, v) = put(&api, ALICE, &path, json!({"floatingip": {}})).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["floatingip"]["port_id"], Value::Null);
+    assert_eq!(v["floatingip"]["fixed_ip_address"], Value::Null);
+}

@@ -191,56 +191,57 @@ impl ListQuery {
         self.paginate(items, base)
     }
 
+    /// Neutron's pagination: without `limit` everything (a marker alone is ignored); with
+    /// it, the page after the marker (before it with `page_reverse`, the last page without a
+    /// marker), a `next` link unless a forward page came out short and a `previous` link
+    /// unless a reverse page did.
     fn paginate<W: Wire>(&self, mut items: Vec<W>, base: &str) -> Result<Page<W>> {
-        let position = |items: &[W], id: &str| items.iter().position(|i| i.id() == id);
-        let (start, end) = match (&self.marker, self.page_reverse) {
-            (None, _) => (0, items.len()),
-            (Some(m), reverse) => {
-                let at = position(&items, m)
-                    .ok_or_else(|| Error::BadRequest(format!("Marker {m} could not be found")))?;
-                if reverse {
-                    (0, at)
-                } else {
-                    (at + 1, items.len())
-                }
-            }
-        };
         let Some(limit) = self.limit else {
             return Ok(Page {
-                items: items.drain(start..end).collect(),
+                items,
                 links: Vec::new(),
             });
         };
-        let (from, to) = if self.page_reverse && self.marker.is_some() {
-            (end.saturating_sub(limit).max(start), end)
-        } else {
-            (start, (start + limit).min(end))
+        let reverse = self.page_reverse;
+        let (from, to) = match &self.marker {
+            Some(m) => {
+                let at = items
+                    .iter()
+                    .position(|i| i.id() == m)
+                    .ok_or_else(|| Error::BadRequest(format!("Marker {m} could not be found")))?;
+                if reverse {
+                    (at.saturating_sub(limit), at)
+                } else {
+                    (at + 1, (at + 1 + limit).min(items.len()))
+                }
+            }
+            None if reverse => (items.len().saturating_sub(limit), items.len()),
+            None => (0, limit.min(items.len())),
         };
-        let more_after = to < items.len();
-        let more_before = from > 0;
         let page: Vec<W> = items.drain(from..to).collect();
+        let short = page.len() < limit;
         let mut links = Vec::new();
-        if more_after {
-            if let Some(last) = page.last() {
-                links.push(json!({"rel": "next", "href": self.link(base, last.id(), false)}));
-            }
+        if !short || reverse {
+            links.push(
+                json!({"rel": "next", "href": self.link(base, page.last().map(|i| i.id()), false)}),
+            );
         }
-        if more_before && self.marker.is_some() {
-            if let Some(first) = page.first() {
-                links.push(json!({"rel": "previous", "href": self.link(base, first.id(), true)}));
-            }
+        if !short || !reverse {
+            links.push(json!({"rel": "previous", "href": self.link(base, page.first().map(|i| i.id()), true)}));
         }
         Ok(Page { items: page, links })
     }
 
-    fn link(&self, base: &str, marker: &str, reverse: bool) -> String {
+    fn link(&self, base: &str, marker: Option<&str>, reverse: bool) -> String {
         let mut query: Vec<String> = self
             .pairs
             .iter()
             .filter(|(k, _)| k != "marker" && k != "page_reverse")
             .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
             .collect();
-        query.push(format!("marker={}", encode(marker)));
+        if let Some(marker) = marker {
+            query.push(format!("marker={}", encode(marker)));
+        }
         if reverse {
             query.push("page_reverse=True".to_owned());
         }
@@ -429,7 +430,11 @@ mod tests {
         let q = ListQuery::parse(&pairs(&[("limit", "2")]), &ATTRS).unwrap();
         let page = q.apply(items.clone(), "http://h/v2.0/ports").unwrap();
         assert_eq!(page.items.len(), 2);
-        assert_eq!(page.links.len(), 1);
+        assert_eq!(
+            page.links.len(),
+            2,
+            "Neutron links a previous page even from the first"
+        );
         let next = page.links[0]["href"].as_str().unwrap();
         assert_eq!(next, "http://h/v2.0/ports?limit=2&marker=id1");
         let q = ListQuery::parse(&pairs(&[("limit", "2"), ("marker", "id3")]), &ATTRS).unwrap();

@@ -30,6 +30,10 @@ impl Rights {
     pub const CREATE_QUERY: Rights = Rights(5);
     /// Only shown and queried.
     pub const READ: Rights = Rights(4);
+    /// A filter that is never shown (Neutron's `is_visible: False, is_filter: True`, as
+    /// `shared` on subnets).
+    pub const FILTER_ONLY: Rights = Rights(12);
+    const HIDDEN: Rights = Rights(8);
 
     /// Whether every right of `other` is in `self`.
     pub const fn has(self, other: Rights) -> bool {
@@ -389,8 +393,20 @@ impl<T: Resource, B: Borrow<T>> Wire for View<T, B> {
         let obj = self.obj.borrow();
         match T::definition().slot(index) {
             Slot::Standard(s) => Some(s.render(obj.meta())),
+            Slot::Own(a) if a.rights.has(Rights::HIDDEN) => None,
             Slot::Own(a) => (a.render?)(obj, self.viewer),
         }
+    }
+
+    /// Filters and sorts also read filter-only attributes.
+    fn attr(&self, name: &str) -> Option<Value> {
+        let definition = T::definition();
+        let obj = self.obj.borrow();
+        (0..definition.len()).find_map(|i| match definition.slot(i) {
+            Slot::Standard(s) if s.name() == name => Some(s.render(obj.meta())),
+            Slot::Own(a) if a.name == name => a.render.and_then(|r| r(obj, self.viewer)),
+            _ => None,
+        })
     }
 
     fn id(&self) -> &str {

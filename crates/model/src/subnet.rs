@@ -56,6 +56,7 @@ pub static DEFINITION: Definition<Subnet> = Definition {
             Some(json!(s.subnetpool_id))
         }),
         attr("segment_id", Rights::CREATE_QUERY, |_, _| Some(Value::Null)),
+        attr("shared", Rights::FILTER_ONLY, |s, _| Some(json!(s.shared))),
         attr("service_types", Rights::CREATE_QUERY, |_, _| {
             Some(json!([]))
         }),
@@ -86,6 +87,10 @@ pub struct Subnet {
     /// The pool the prefix was allocated from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnetpool_id: Option<String>,
+    /// Whether its network is shared (the filter `shared`), read with it for lists; never
+    /// stored with it.
+    #[serde(skip)]
+    pub shared: bool,
     /// Gateway address, if any.
     pub gateway_ip: Option<IpAddr>,
     /// Where automatic addresses come from.
@@ -412,6 +417,7 @@ impl SubnetCreate {
             }
         }
         let subnet = Subnet {
+            shared: false,
             meta,
             network_id,
             cidr,

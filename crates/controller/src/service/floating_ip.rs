@@ -324,7 +324,15 @@ impl Kind for FloatingIp {
         body: Value,
         if_match: Option<u64>,
     ) -> Result<Object> {
-        let req = FloatingIpRequest::parse(body, Method::Update, caller)?;
+        // An empty update disassociates, as Neutron reads a missing port_id as null.
+        let empty = body
+            .get("floatingip")
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.is_empty());
+        let mut req = FloatingIpRequest::parse(body, Method::Update, caller)?;
+        if empty {
+            req.port_id = Some(None);
+        }
         let fip = service
             .retry(|| async {
                 let (mut fip, rev) = service.load_owned::<FloatingIp>(caller, id).await?;

@@ -137,6 +137,12 @@ impl Kind for Network {
         body: Value,
     ) -> Result<Txn> {
         network.apply_update(body, caller, service.limits(), &now())?;
+        // Its subnets' families bound the MTU; the network's revision covers its subnet list.
+        for subnet_id in &network.subnets {
+            if let Some((subnet, _)) = service.load::<Subnet>(subnet_id).await? {
+                super::subnet::check_mtu(network, subnet.version())?;
+            }
+        }
         Ok(Txn::new())
     }
 

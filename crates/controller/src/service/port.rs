@@ -1,7 +1,7 @@
 //! Port operations: address allocation (lowest free, compare-and-swap on one claim key per
 //! address), MAC claims, security group references, DNS assignment and binding.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use async_trait::async_trait;
@@ -11,7 +11,7 @@ use isthmus_model::port::{
     apply_dhcp_options, AddressPair, AddressPairRequest, Binding, FixedIp, FixedIpRequest,
 };
 use isthmus_model::rbac::Action;
-use isthmus_model::resource::Resource;
+use isthmus_model::resource::{Resource, View};
 use isthmus_model::router::is_l3_owner;
 use isthmus_model::{
     ipam, mac, Caller, Error, FloatingIp, Network, Port, PortRequest, Result, Subnet,
@@ -20,7 +20,8 @@ use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
 use super::{
-    check_revision, encode, new_id, now, store_error, Attempt, IpReservation, Kind, Object, Service,
+    check_revision, encode, new_id, now, store_error, Attempt, IpReservation, Kind, Listed, Object,
+    Service,
 };
 use crate::keys;
 
@@ -393,8 +394,64 @@ fn unreachable_request<T>() -> Result<T> {
     ))
 }
 
+/// Neutron's policy keeps `port_security_enabled` and `allowed_address_pairs` to the
+/// network's owner (and admins): a project on someone else's network may not lift the
+/// anti-spoofing that protects it.
+fn network_owner_attributes(
+    caller: &Caller,
+    network: &Network,
+    req: &PortRequest,
+    verb: &str,
+) -> Result<()> {
+    if caller.owns(&network.meta.project_id) {
+        return Ok(());
+    }
+    for (given, attribute) in [
+        (req.port_security_enabled.is_some(), "port_security_enabled"),
+        (req.allowed_address_pairs.is_some(), "allowed_address_pairs"),
+    ] {
+        if given {
+            return Err(Error::PolicyNotAuthorized(format!(
+                "rule:{verb}_port:{attribute}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Kind for Port {
+    /// Its own, or on a network the caller owns (Neutron's `admin_owner_or_network_owner`).
+    async fn visible(service: &Service, caller: &Caller, port: &Port) -> Result<bool> {
+        if port.visible_to(caller) {
+            return Ok(true);
+        }
+        Ok(service
+            .load::<Network>(&port.network_id)
+            .await?
+            .is_some_and(|(n, _)| caller.owns(&n.meta.project_id)))
+    }
+
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        let ports = service.load_all::<Port>(keys::PORTS).await?;
+        let owned_networks: HashSet<String> = if caller.is_admin {
+            HashSet::new()
+        } else {
+            service
+                .load_all::<Network>(keys::NETWORKS)
+                .await?
+                .into_iter()
+                .filter(|(n, _)| caller.owns(&n.meta.project_id))
+                .map(|(n, _)| n.meta.id)
+                .collect()
+        };
+        Ok(ports
+            .into_iter()
+            .filter(|(p, _)| p.visible_to(caller) || owned_networks.contains(&p.network_id))
+            .map(|(p, _)| Box::new(View::owned(p, caller)) as Listed)
+            .collect())
+    }
+
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
         let req = PortRequest::parse(body, Method::Create, caller)?;
         let id = new_id();
@@ -417,6 +474,7 @@ impl Kind for Port {
                     None => return Err(Error::PolicyNotAuthorized("rule:create_port".to_owned())),
                 }
             };
+            network_owner_attributes(caller, &network, &req, "create")?;
             let subnets = service.subnets_of(&network).await?;
             let port_security = req.port_security_enabled.unwrap_or(network.port_security_enabled);
             let group_ids = match (&req.security_groups, port_security) {
@@ -524,6 +582,7 @@ impl Kind for Port {
             let (old, rev) = service.load_owned::<Port>(caller, id).await?;
             check_revision(&old.meta, if_match)?;
             let (network, _) = service.must_load::<Network>(&old.network_id).await?;
+            network_owner_attributes(caller, &network, &req, "update")?;
             let mut port = old.clone();
             let mut txn = Txn::new().when(Compare::mod_revision(keys::port(id), rev));
 

@@ -1,9 +1,9 @@
 //! Subnet operations: overlap checks within a network, in-use checks on delete.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
-use isthmus_model::addr::Cidr;
+use isthmus_model::addr::{Cidr, IpVersion};
 use isthmus_model::resource::{Resource, View};
 use isthmus_model::subnet::PoolChoice;
 use isthmus_model::{Caller, Error, Network, Result, Subnet, SubnetPool};
@@ -14,6 +14,21 @@ use super::network::NETWORK_GRANTS;
 use super::rbac::granted_ids;
 use super::{encode, key_of, new_id, now, Attempt, Kind, Listed, Object, Service};
 use crate::keys;
+
+/// Smallest MTU IPv6 works on (RFC 8200).
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// A network carrying IPv6 needs an MTU of at least 1280 (IPv4's 68 holds for every
+/// network): a subnet that needs more than the network gives conflicts with it.
+pub(crate) fn check_mtu(network: &Network, version: IpVersion) -> Result<()> {
+    if version == IpVersion::V6 && network.mtu < IPV6_MIN_MTU {
+        return Err(Error::Conflict(format!(
+            "IPv6 subnets need an MTU of at least {IPV6_MIN_MTU}; network {} has {}",
+            network.meta.id, network.mtu
+        )));
+    }
+    Ok(())
+}
 
 #[async_trait]
 impl Kind for Subnet {
@@ -30,24 +45,29 @@ impl Kind for Subnet {
 
     async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
         let subnets = service.load_all::<Subnet>(keys::SUBNETS).await?;
-        let visible_networks: HashSet<String> = if caller.is_admin {
+        let granted = if caller.is_admin {
             HashSet::new()
         } else {
-            let granted = granted_ids(&service.all_grants().await?, caller, NETWORK_GRANTS);
-            service
-                .load_all::<Network>(keys::NETWORKS)
-                .await?
-                .into_iter()
-                .filter(|(n, _)| n.visible_to(caller) || granted.contains(&n.meta.id))
-                .map(|(n, _)| n.meta.id)
-                .collect()
+            granted_ids(&service.all_grants().await?, caller, NETWORK_GRANTS)
         };
+        // Network id → whether the caller sees it, and whether it is shared.
+        let networks: HashMap<String, (bool, bool)> = service
+            .load_all::<Network>(keys::NETWORKS)
+            .await?
+            .into_iter()
+            .map(|(n, _)| {
+                let visible = n.visible_to(caller) || granted.contains(&n.meta.id);
+                (n.meta.id, (visible, n.shared))
+            })
+            .collect();
         Ok(subnets
             .into_iter()
-            .filter(|(s, _)| {
-                caller.owns(&s.meta.project_id) || visible_networks.contains(&s.network_id)
+            .filter_map(|(mut s, _)| {
+                let (visible, shared) = networks.get(&s.network_id).copied().unwrap_or_default();
+                s.shared = shared;
+                (caller.owns(&s.meta.project_id) || visible)
+                    .then(|| Box::new(View::owned(s, caller)) as Listed)
             })
-            .map(|(s, _)| Box::new(View::owned(s, caller)) as Listed)
             .collect())
     }
 
@@ -114,6 +134,7 @@ impl Kind for Subnet {
                         }
                     };
                     let subnet = request.finish(cidr, pool_id)?;
+                    check_mtu(&network, subnet.version())?;
                     for other_id in &network.subnets {
                         if let Some((other, _)) = service.load::<Subnet>(other_id).await? {
                             if other.cidr.overlaps(&subnet.cidr) {
