@@ -109,6 +109,7 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
     ("security-groups-default-rules", "Default rules for security groups", "Configure set of security group rules used as default rules for every new security group"),
     ("security-groups-normalized-cidr", "Normalized CIDR field for security group rules", "Add new field with normalized remote_ip_prefix cidr in SG rule"),
+    ("address-group", "Address group", "Support address group"),
     ("quotas", "Quota management support", "Expose functions for quotas management per project"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
 ];
@@ -138,6 +139,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v2.0/routers/{id}/remove_extraroutes",
             put(remove_extraroutes),
+        )
+        .route(
+            "/v2.0/address-groups/{id}/add_addresses",
+            put(add_addresses),
+        )
+        .route(
+            "/v2.0/address-groups/{id}/remove_addresses",
+            put(remove_addresses),
         )
         .route("/v2.0/subnetpools/{id}/add_prefixes", put(add_prefixes))
         .route(
@@ -566,6 +575,32 @@ async fn remove_extraroutes(
         .change_extra_routes(&noauth_caller(&headers), &id, parse_json(&body)?, false)
         .await?;
     Ok(Json(json!({ "router": router })).into_response())
+}
+
+async fn add_addresses(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let group = state
+        .service
+        .change_addresses(&noauth_caller(&headers), &id, parse_json(&body)?, true)
+        .await?;
+    Ok(Json(json!({ "address_group": group })).into_response())
+}
+
+async fn remove_addresses(
+    State(state): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let group = state
+        .service
+        .change_addresses(&noauth_caller(&headers), &id, parse_json(&body)?, false)
+        .await?;
+    Ok(Json(json!({ "address_group": group })).into_response())
 }
 
 async fn add_prefixes(

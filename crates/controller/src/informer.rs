@@ -22,6 +22,7 @@ const SOURCES: &[(&str, ObjectKind)] = &[
     (keys::NAMESPACE_BINDINGS, ObjectKind::NamespaceBinding),
     (keys::ROUTERS, ObjectKind::Router),
     (keys::FLOATING_IPS, ObjectKind::FloatingIp),
+    (keys::ADDRESS_GROUPS, ObjectKind::AddressGroup),
 ];
 
 fn source_of(key: &str) -> Option<(ObjectKind, &str)> {
@@ -48,6 +49,7 @@ fn decode(kind: ObjectKind, key: &str, raw: &[u8]) -> Result<Object, Error> {
         }
         ObjectKind::Router => Object::Router(serde_json::from_slice(raw).map_err(bad)?),
         ObjectKind::FloatingIp => Object::FloatingIp(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::AddressGroup => Object::AddressGroup(serde_json::from_slice(raw).map_err(bad)?),
     })
 }
 

@@ -19,6 +19,8 @@ pub const SECURITY_GROUP_RULES: &str = "/isthmus/security-group-rules/";
 pub const ROUTERS: &str = "/isthmus/routers/";
 /// Prefix of every floating IP.
 pub const FLOATING_IPS: &str = "/isthmus/floatingips/";
+/// Prefix of every address group.
+pub const ADDRESS_GROUPS: &str = "/isthmus/address-groups/";
 /// Prefix of every registered node.
 pub const NODES: &str = "/isthmus/nodes/";
 /// Prefix of every namespace binding.
@@ -199,4 +201,12 @@ pub fn scope_pool(scope_id: &str, pool_id: &str) -> String {
 /// compares it, so a new use and the removal of its grant never both commit.
 pub fn rbac_use(object_id: &str) -> String {
     format!("/isthmus/rbac-use/{object_id}")
+}
+/// Rules naming an address group as remote.
+pub fn address_group_rules_prefix(group_id: &str) -> String {
+    format!("/isthmus/index/address-group-rules/{group_id}/")
+}
+/// One rule naming an address group as remote.
+pub fn address_group_rule(group_id: &str, rule_id: &str) -> String {
+    format!("{}{rule_id}", address_group_rules_prefix(group_id))
 }

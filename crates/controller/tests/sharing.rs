@@ -890,3 +890,147 @@ async fn the_default_rules_template_shapes_new_groups() {
         .await;
     assert_eq!(group["security_group_rules"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn address_groups_and_the_rules_naming_them() {
+    let api = Api::memory();
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/address-groups",
+            Some(json!({"address_group": {
+            "name": "admins", "addresses": ["10.0.0.1", "10.1.0.0/24"]}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["address_group"]["addresses"],
+        json!(["10.0.0.1/32", "10.1.0.0/24"])
+    );
+    let ag = id(&v["address_group"]);
+    let path = format!("/v2.0/address-groups/{ag}");
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &format!("{path}/add_addresses"),
+            Some(json!({"addresses": ["10.0.0.2"]})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["address_group"]["addresses"].as_array().map(Vec::len)),
+        (200, Some(3))
+    );
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &format!("{path}/add_addresses"),
+            Some(json!({"addresses": ["10.0.0.2"]})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (400, "AddressesAlreadyExist"));
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &format!("{path}/remove_addresses"),
+            Some(json!({"addresses": ["10.9.9.9"]})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (400, "AddressesNotFound"));
+    let (s, _) = api
+        .call(
+            A,
+            "PUT",
+            &path,
+            Some(json!({"address_group": {"addresses": ["10.0.0.3"]}})),
+        )
+        .await;
+    assert_eq!(s, 400, "addresses change through the actions only");
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &path,
+            Some(json!({"address_group": {"name": "ops"}})),
+        )
+        .await;
+    assert_eq!((s, v["address_group"]["name"].clone()), (200, json!("ops")));
+    assert_eq!(api.call(B, "GET", &path, None).await.0, 404);
+
+    // A rule naming it; it cannot go while the rule is there.
+    let group = api
+        .create(A, "security-groups", "security_group", json!({"name": "g"}))
+        .await;
+    let rule_body = |extra: Value| {
+        let mut body = json!({"security_group_id": group["id"], "direction": "ingress",
+                              "protocol": "tcp", "port_range_min": 22, "port_range_max": 22});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        json!({ "security_group_rule": body })
+    };
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/security-group-rules",
+            Some(rule_body(
+                json!({"remote_address_group_id": ag, "remote_ip_prefix": "10.0.0.0/8"}),
+            )),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (400, "HTTPBadRequest"));
+    let (s, v) = api
+        .call(
+            B,
+            "POST",
+            "/v2.0/security-group-rules",
+            Some(rule_body(json!({"remote_address_group_id": ag}))),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/security-group-rules",
+            Some(rule_body(json!({"remote_address_group_id": ag}))),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["security_group_rule"]["remote_address_group_id"],
+        json!(ag)
+    );
+    let rule = id(&v["security_group_rule"]);
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/security-group-rules",
+            Some(rule_body(json!({"remote_address_group_id": ag}))),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "SecurityGroupRuleExists"));
+    let (s, v) = api.call(A, "DELETE", &path, None).await;
+    assert_eq!((s, fault(&v)), (409, "AddressGroupInUse"));
+    assert_eq!(
+        api.call(
+            A,
+            "DELETE",
+            &format!("/v2.0/security-group-rules/{rule}"),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(api.call(A, "DELETE", &path, None).await.0, 204);
+    assert!(api
+        .keys("/isthmus/index/address-group-rules/")
+        .await
+        .is_empty());
+}

@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use isthmus_model::addr::{compact, Cidr, IpVersion};
 use isthmus_model::port::TAP_PREFIX;
 use isthmus_model::security_group::protocol_number;
 use serde_json::Value;
@@ -203,7 +204,41 @@ fn rule_match(rule: &Value) -> Option<(bool, String)> {
     if let Some(group) = rule["remote_group_id"].as_str() {
         parts.push(format!("{family} {side} @{}", group_set(group, v6)));
     }
+    if let Some(group) = rule["remote_address_group_id"].as_str() {
+        parts.push(format!("{family} {side} @{}", address_set(group, v6)));
+    }
     Some((ingress, parts.join(" ")))
+}
+
+/// Name of an address group's set.
+pub fn address_set(group_id: &str, v6: bool) -> String {
+    format!("ag{}_{}", if v6 { 6 } else { 4 }, group_id.replace('-', ""))
+}
+
+/// An address group's prefixes from the view, v4 and v6 (empty until it arrives), merged
+/// where they overlap (an interval set refuses overlapping elements).
+fn address_group_members(view: &NodeView, group_id: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let prefixes: Vec<Cidr> = view
+        .others
+        .get(&("address_group".to_owned(), group_id.to_owned()))
+        .and_then(|g| g["addresses"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(Cidr::parse_lenient)
+        .collect();
+    let family = |version: IpVersion| -> BTreeSet<String> {
+        let of_family: Vec<Cidr> = prefixes
+            .iter()
+            .copied()
+            .filter(|p| p.version() == version)
+            .collect();
+        compact(version, &of_family)
+            .iter()
+            .map(Cidr::to_string)
+            .collect()
+    };
+    (family(IpVersion::V4), family(IpVersion::V6))
 }
 
 /// Keeps the ids the kernel already uses (read from the inet `egress` map) and gives new ports
@@ -341,6 +376,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
         ..Table::default()
     };
     let mut remote_groups = BTreeSet::new();
+    let mut address_groups = BTreeSet::new();
     let mut used_groups = BTreeSet::new();
     let guarded = guarded_ports(view, node);
     if guarded.is_empty() {
@@ -453,6 +489,9 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
             if let Some(remote) = rule["remote_group_id"].as_str() {
                 remote_groups.insert(remote.to_owned());
             }
+            if let Some(remote) = rule["remote_address_group_id"].as_str() {
+                address_groups.insert(remote.to_owned());
+            }
             match rule_match(rule) {
                 Some((true, m)) => inb.push(format!("{m} accept")),
                 // Allowed egress marks the packet and goes back to the port's chain, which
@@ -476,6 +515,17 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
     }
     bridge.chains.extend(bridge_base);
     inet.chains.extend(inet_base);
+    for group in address_groups {
+        let (v4, v6) = address_group_members(view, &group);
+        inet.sets.insert(
+            address_set(&group, false),
+            ("type ipv4_addr; flags interval;".into(), v4),
+        );
+        inet.sets.insert(
+            address_set(&group, true),
+            ("type ipv6_addr; flags interval;".into(), v6),
+        );
+    }
     for group in remote_groups {
         let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
         for port in view
@@ -723,5 +773,38 @@ mod tests {
         let stateful = desired(&view(), &node(), &ids);
         assert!(!stateful.bridge.sets.contains_key("untracked"));
         assert!(stateful.bridge.chains["prerouting"][0].starts_with("iifname != "));
+    }
+
+    #[test]
+    fn address_groups_are_sets_kept_in_step() {
+        let mut v = view();
+        let web = v
+            .others
+            .get_mut(&("security_group".to_owned(), "web".to_owned()))
+            .unwrap();
+        web["security_group_rules"].as_array_mut().unwrap().push(
+            json!({"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+                         "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": null,
+                         "remote_group_id": null, "remote_address_group_id": "ag-1"}),
+        );
+        let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
+        let ids = port_ids(&taps, &Observed::default());
+        // Before the group arrives its sets exist, empty: the rule loads and admits nothing.
+        let f = desired(&v, &node(), &ids);
+        assert!(f.inet.chains["sgi_web"]
+            .iter()
+            .any(|r| r == "meta nfproto ipv4 meta l4proto 6 th dport 22 ip saddr @ag4_ag1 accept"));
+        assert!(f.inet.sets["ag4_ag1"].1.is_empty());
+        v.others.insert(
+            ("address_group".into(), "ag-1".into()),
+            json!({"id": "ag-1", "addresses": ["10.1.0.0/24", "10.1.0.7/32", "10.2.0.1/32", "2001:db8::/64"]}),
+        );
+        let f = desired(&v, &node(), &ids);
+        assert_eq!(
+            f.inet.sets["ag4_ag1"].1.iter().collect::<Vec<_>>(),
+            ["10.1.0.0/24", "10.2.0.1/32"],
+            "overlaps merged"
+        );
+        assert_eq!(f.inet.sets["ag6_ag1"].1.len(), 1);
     }
 }

@@ -956,3 +956,87 @@ fn stateless_security_groups_track_nothing() {
         (409, Some("SecurityGroupConflict"))
     );
 }
+
+/// An address group as a rule's remote: the filter on the port's node follows the group's
+/// addresses as they are added and removed.
+#[test]
+fn address_groups_follow_their_addresses_in_the_data_plane() {
+    let Some(cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
+    let (net, _) = shared_network(lab, "addressed", "192.168.81.0/24");
+    let (s, ag) = lab.api(
+        "POST",
+        "/v2.0/address-groups",
+        Some(&json!({"address_group": {"name": "pingers", "addresses": ["192.168.81.99"]}})),
+    );
+    assert_eq!(s, 201, "{ag}");
+    let ag = ag["address_group"]["id"].as_str().unwrap().to_owned();
+    let (_, group) = lab.api(
+        "POST",
+        "/v2.0/security-groups",
+        Some(&json!({"security_group": {"name": "guarded"}})),
+    );
+    let gid = group["security_group"]["id"].as_str().unwrap().to_owned();
+    let (s, v) = lab.api(
+        "POST",
+        "/v2.0/security-group-rules",
+        Some(&json!({"security_group_rule": {
+        "security_group_id": gid, "direction": "ingress", "protocol": "icmp",
+        "remote_address_group_id": ag}})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (_, server) = lab.api(
+        "POST",
+        "/v2.0/ports",
+        Some(&json!({"port": {
+        "network_id": net, "fixed_ips": [{"ip_address": "192.168.81.2"}], "security_groups": [gid],
+        "binding:host_id": lab.nodes[0].name}})),
+    );
+    let (_, client) = lab.api("POST", "/v2.0/ports", Some(&json!({"port": {
+        "network_id": net, "fixed_ips": [{"ip_address": "192.168.81.3"}], "port_security_enabled": false,
+        "security_groups": [], "binding:host_id": lab.nodes[1].name}})));
+    let _server = lab
+        .add_vm_for_port(0, &server["port"], 24, None, 1450)
+        .unwrap();
+    let client = lab
+        .add_vm_for_port(1, &client["port"], 24, None, 1450)
+        .unwrap();
+    let ping = || {
+        client
+            .ns
+            .exec("ping", &["-c", "1", "-W", "1", "192.168.81.2"])
+            .is_ok()
+    };
+    // The port is plugged and filtered: wait for its chain, then pings are refused.
+    wait_for("the server's filter", Duration::from_secs(30), || {
+        lab.nodes[0]
+            .ns
+            .exec("nft", &["list", "table", "inet", "isthmus"])
+            .is_ok_and(|t| t.contains("ag4_"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !ping() && !ping(),
+        "a client outside the address group got through"
+    );
+
+    let groups = format!("/v2.0/address-groups/{ag}");
+    let (s, _) = lab.api(
+        "PUT",
+        &format!("{groups}/add_addresses"),
+        Some(&json!({"addresses": ["192.168.81.3"]})),
+    );
+    assert_eq!(s, 200);
+    wait_for("the client to be let in", Duration::from_secs(20), ping);
+    let (s, _) = lab.api(
+        "PUT",
+        &format!("{groups}/remove_addresses"),
+        Some(&json!({"addresses": ["192.168.81.3"]})),
+    );
+    assert_eq!(s, 200);
+    wait_for(
+        "the client to be shut out again",
+        Duration::from_secs(20),
+        || !ping(),
+    );
+}

@@ -571,6 +571,57 @@ fn openstack_cli_address_scopes_subnet_pools_and_rbac() {
     cli.ok(&["default", "security", "group", "rule", "delete", &ssh_id]);
     cli.ok(&["security", "group", "delete", "with-ssh"]);
 
+    // Address groups, and a rule whose remote is one.
+    let ag = cli.json(&[
+        "address",
+        "group",
+        "create",
+        "--address",
+        "10.0.0.1",
+        "--address",
+        "10.0.1.0/24",
+        "admins",
+    ]);
+    assert_eq!(
+        ag["addresses"],
+        serde_json::json!(["10.0.0.1/32", "10.0.1.0/24"])
+    );
+    cli.ok(&[
+        "address",
+        "group",
+        "set",
+        "--address",
+        "10.0.0.2",
+        "--name",
+        "ops",
+        "admins",
+    ]);
+    cli.ok(&["address", "group", "unset", "--address", "10.0.0.1", "ops"]);
+    let shown = cli.json(&["address", "group", "show", "ops"]);
+    assert_eq!(
+        shown["addresses"],
+        serde_json::json!(["10.0.0.2/32", "10.0.1.0/24"])
+    );
+    assert!(cli.ok(&["address", "group", "list"]).contains("ops"));
+    cli.ok(&["security", "group", "create", "ssh-from-ops"]);
+    let rule = cli.json(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "22",
+        "--remote-address-group",
+        "ops",
+        "ssh-from-ops",
+    ]);
+    assert_eq!(rule["remote_address_group_id"], ag["id"]);
+    failure(&["address", "group", "delete", "ops"], "409");
+    cli.ok(&["security", "group", "delete", "ssh-from-ops"]);
+    cli.ok(&["address", "group", "delete", "ops"]);
+
     cli.ok(&["subnet", "delete", "pooled-v4", "pooled-v4b", "d-v4"]);
     cli.ok(&["subnet", "pool", "delete", "pool4", "default-v4"]);
     cli.ok(&["address", "scope", "delete", "scope-v4"]);

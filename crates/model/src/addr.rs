@@ -62,6 +62,59 @@ pub fn from_u128(version: IpVersion, n: u128) -> IpAddr {
     }
 }
 
+/// Inclusive address ranges, sorted and merged where they overlap or touch.
+pub(crate) fn merged(mut ranges: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match out.last_mut() {
+            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+            _ => out.push((first, last)),
+        }
+    }
+    out
+}
+
+/// The last offset of a block of 2^`size_bits` addresses.
+fn span(size_bits: u32) -> u128 {
+    if size_bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << size_bits) - 1
+    }
+}
+
+/// The fewest prefixes that cover `first..=last` exactly.
+pub(crate) fn cover(version: IpVersion, first: u128, last: u128) -> Vec<Cidr> {
+    let bits = u32::from(version.bits());
+    let mut out = Vec::new();
+    let mut at = first;
+    loop {
+        // The largest aligned block starting at `at` that stays within `last`.
+        let mut size_bits = at.trailing_zeros().min(bits);
+        while size_bits > 0 && at.checked_add(span(size_bits)).is_none_or(|end| end > last) {
+            size_bits -= 1;
+        }
+        out.push(Cidr {
+            network: from_u128(version, at),
+            prefix: (bits - size_bits) as u8,
+        });
+        let end = at + span(size_bits);
+        if end >= last {
+            return out;
+        }
+        at = end + 1;
+    }
+}
+
+/// `prefixes` compacted: overlapping and adjacent prefixes merged, as Neutron stores them.
+pub fn compact(version: IpVersion, prefixes: &[Cidr]) -> Vec<Cidr> {
+    merged(prefixes.iter().map(|p| (p.first(), p.last())).collect())
+        .into_iter()
+        .flat_map(|(first, last)| cover(version, first, last))
+        .collect()
+}
+
 /// A network prefix such as `10.0.0.0/24` (host bits zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {

@@ -3,6 +3,7 @@
 //! arguments).
 
 pub mod addr;
+pub mod address_group;
 pub mod address_scope;
 pub mod error;
 pub mod floating_ip;
@@ -26,6 +27,7 @@ pub mod time;
 pub mod view;
 pub mod wire;
 
+pub use address_group::AddressGroup;
 pub use address_scope::AddressScope;
 pub use error::{Error, Result};
 pub use floating_ip::FloatingIp;

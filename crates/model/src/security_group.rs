@@ -65,8 +65,8 @@ pub static RULE_DEFINITION: Definition<SecurityGroupRule> = Definition {
         attr("remote_group_id", Rights::CREATE_QUERY, |r, _| {
             Some(json!(r.remote_group_id))
         }),
-        attr("remote_address_group_id", Rights::CREATE_QUERY, |_, _| {
-            Some(Value::Null)
+        attr("remote_address_group_id", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.remote_address_group_id))
         }),
         attr("normalized_cidr", Rights::READ, |r, _| {
             Some(json!(r
@@ -140,6 +140,9 @@ pub struct SecurityGroupRule {
     pub remote_ip_prefix: Option<String>,
     /// Remote group.
     pub remote_group_id: Option<String>,
+    /// Remote address group (`address-group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_address_group_id: Option<String>,
     /// Whether its group is a default group (`belongs_to_default_sg`), read with the rule for
     /// the API (the group decides it; never stored with the rule).
     #[serde(skip)]
@@ -310,6 +313,7 @@ impl SecurityGroupRule {
             port_range_max: None,
             remote_ip_prefix: None,
             remote_group_id,
+            remote_address_group_id: None,
             in_default_group: group.is_default,
         }
     }
@@ -390,17 +394,19 @@ impl SecurityGroupRule {
             .filter(|v| !v.is_null())
             .map(|v| as_uuid("remote_group_id", &v))
             .transpose()?;
-        if input
+        let remote_address_group_id = input
             .take("remote_address_group_id")
-            .is_some_and(|v| !v.is_null())
-        {
+            .filter(|v| !v.is_null())
+            .map(|v| as_uuid("remote_address_group_id", &v))
+            .transpose()?;
+        let remotes = [
+            remote_ip_prefix.is_some(),
+            remote_group_id.is_some(),
+            remote_address_group_id.is_some(),
+        ];
+        if remotes.iter().filter(|r| **r).count() > 1 {
             return Err(Error::BadRequest(
-                "Address groups are not supported".to_owned(),
-            ));
-        }
-        if remote_ip_prefix.is_some() && remote_group_id.is_some() {
-            return Err(Error::BadRequest(
-                "Only remote_ip_prefix or remote_group_id may be provided.".to_owned(),
+                "Only one of remote_ip_prefix, remote_group_id and remote_address_group_id may be provided.".to_owned(),
             ));
         }
         if let Some(prefix) = &remote_ip_prefix {
@@ -427,6 +433,7 @@ impl SecurityGroupRule {
             port_range_max,
             remote_ip_prefix,
             remote_group_id,
+            remote_address_group_id,
             in_default_group: false,
         };
         rule.check_ports()?;
@@ -509,6 +516,7 @@ impl SecurityGroupRule {
             && ports(self) == ports(other)
             && norm_prefix(&self.remote_ip_prefix) == norm_prefix(&other.remote_ip_prefix)
             && self.remote_group_id == other.remote_group_id
+            && self.remote_address_group_id == other.remote_address_group_id
     }
 }
 
@@ -550,8 +558,8 @@ pub static DEFAULT_RULE_DEFINITION: Definition<DefaultRule> = Definition {
         attr("remote_group_id", Rights::CREATE_QUERY, |r, _| {
             Some(json!(r.remote_parent.then_some(PARENT)))
         }),
-        attr("remote_address_group_id", Rights::CREATE_QUERY, |_, _| {
-            Some(Value::Null)
+        attr("remote_address_group_id", Rights::CREATE_QUERY, |r, _| {
+            Some(json!(r.remote_address_group_id))
         }),
         attr("used_in_default_sg", Rights::CREATE_QUERY, |r, _| {
             Some(json!(r.used_in_default_sg))
@@ -584,6 +592,9 @@ pub struct DefaultRule {
     pub remote_ip_prefix: Option<String>,
     /// The remote is the group the rule is copied into (`PARENT`).
     pub remote_parent: bool,
+    /// Remote address group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_address_group_id: Option<String>,
     /// Copied into each project's default group.
     pub used_in_default_sg: bool,
     /// Copied into every other new group.
@@ -645,6 +656,7 @@ impl DefaultRule {
             port_range_min: rule.port_range_min,
             port_range_max: rule.port_range_max,
             remote_ip_prefix: rule.remote_ip_prefix,
+            remote_address_group_id: rule.remote_address_group_id,
             remote_parent,
             used_in_default_sg,
             used_in_non_default_sg,
@@ -671,6 +683,7 @@ impl DefaultRule {
             port_range_max: None,
             remote_ip_prefix: None,
             remote_parent: direction == Direction::Ingress,
+            remote_address_group_id: None,
             used_in_default_sg: true,
             used_in_non_default_sg: direction == Direction::Egress,
         })
@@ -703,6 +716,7 @@ impl DefaultRule {
             port_range_max: self.port_range_max,
             remote_ip_prefix: self.remote_ip_prefix.clone(),
             remote_group_id: self.remote_parent.then(|| group.meta.id.clone()),
+            remote_address_group_id: self.remote_address_group_id.clone(),
             in_default_group: group.is_default,
         }
     }

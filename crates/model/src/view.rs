@@ -13,7 +13,9 @@ use crate::namespace_binding::NamespaceBinding;
 use crate::node::Node;
 use crate::resource::{Resource, Viewer};
 use crate::router::OWNER_GATEWAY;
-use crate::{FloatingIp, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet};
+use crate::{
+    AddressGroup, FloatingIp, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet,
+};
 
 /// A desired-state object.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +38,8 @@ pub enum Object {
     Router(Router),
     /// A floating IP.
     FloatingIp(FloatingIp),
+    /// An address group.
+    AddressGroup(AddressGroup),
 }
 
 /// Kinds of objects, as named on the watch stream.
@@ -59,6 +63,8 @@ pub enum ObjectKind {
     Router,
     /// `floatingip`.
     FloatingIp,
+    /// `address_group`.
+    AddressGroup,
 }
 
 impl ObjectKind {
@@ -74,6 +80,7 @@ impl ObjectKind {
             ObjectKind::NamespaceBinding => "namespace_binding",
             ObjectKind::Router => "router",
             ObjectKind::FloatingIp => "floatingip",
+            ObjectKind::AddressGroup => "address_group",
         }
     }
 }
@@ -94,6 +101,7 @@ impl Object {
             Object::NamespaceBinding(b) => (ObjectKind::NamespaceBinding, b.namespace.clone()),
             Object::Router(r) => (ObjectKind::Router, r.meta.id.clone()),
             Object::FloatingIp(f) => (ObjectKind::FloatingIp, f.meta.id.clone()),
+            Object::AddressGroup(g) => (ObjectKind::AddressGroup, g.meta.id.clone()),
         }
     }
 
@@ -109,6 +117,7 @@ impl Object {
             Object::NamespaceBinding(_) => ObjectKind::NamespaceBinding,
             Object::Router(_) => ObjectKind::Router,
             Object::FloatingIp(_) => ObjectKind::FloatingIp,
+            Object::AddressGroup(_) => ObjectKind::AddressGroup,
         }
     }
 
@@ -122,6 +131,7 @@ impl Object {
             Object::SecurityGroupRule(r) => &r.meta.project_id,
             Object::Router(r) => &r.meta.project_id,
             Object::FloatingIp(f) => &f.meta.project_id,
+            Object::AddressGroup(g) => &g.meta.project_id,
             Object::Node(_) | Object::NamespaceBinding(_) => return None,
         })
     }
@@ -363,6 +373,9 @@ impl Mirror {
                     if let Some(rg) = &rule.remote_group_id {
                         remote.insert(rg.clone());
                     }
+                    if let Some(ag) = &rule.remote_address_group_id {
+                        add(&mut view, ObjectKind::AddressGroup, ag);
+                    }
                 }
             }
         }
@@ -414,6 +427,7 @@ impl Mirror {
             Object::NamespaceBinding(b) => b.render(),
             Object::Router(r) => r.render(Viewer::ADMIN),
             Object::FloatingIp(f) => f.render(Viewer::ADMIN),
+            Object::AddressGroup(g) => g.render(Viewer::ADMIN),
         })
     }
 }

@@ -513,6 +513,7 @@ impl Registry {
             .with::<isthmus_model::SubnetPool>()
             .with::<isthmus_model::RbacPolicy>()
             .with::<isthmus_model::security_group::DefaultRule>()
+            .with::<isthmus_model::AddressGroup>()
     }
 
     /// Adds kind `T` (replacing one with the same collection name).

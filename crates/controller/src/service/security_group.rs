@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use isthmus_model::rbac::{granted, Action};
 use isthmus_model::resource::{Resource, View};
 use isthmus_model::security_group::DefaultRule;
+use isthmus_model::AddressGroup;
 use isthmus_model::{Caller, Error, Result, SecurityGroup, SecurityGroupRule};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
@@ -32,6 +33,9 @@ impl Service {
         if let Some(remote) = &rule.remote_group_id {
             txn = txn.then(Op::put(keys::remote_rule(remote, &rule.meta.id), ""));
         }
+        if let Some(group) = &rule.remote_address_group_id {
+            txn = txn.then(Op::put(keys::address_group_rule(group, &rule.meta.id), ""));
+        }
         Ok(txn)
     }
 
@@ -43,6 +47,9 @@ impl Service {
         )));
         if let Some(remote) = &rule.remote_group_id {
             txn = txn.then(Op::delete(keys::remote_rule(remote, &rule.meta.id)));
+        }
+        if let Some(group) = &rule.remote_address_group_id {
+            txn = txn.then(Op::delete(keys::address_group_rule(group, &rule.meta.id)));
         }
         txn
     }
@@ -339,6 +346,15 @@ impl Kind for SecurityGroupRule {
                             remote_rev,
                         ));
                     }
+                    // The address group stays until the rule is in (its delete checks for rules).
+                    if let Some(remote) = &rule.remote_address_group_id {
+                        let (_, remote_rev) =
+                            service.load_visible::<AddressGroup>(caller, remote).await?;
+                        txn = txn.when(Compare::mod_revision(
+                            key_of::<AddressGroup>(remote),
+                            remote_rev,
+                        ));
+                    }
                     if let Some(existing) = service
                         .rules_of(&group.meta.id)
                         .await?
@@ -432,5 +448,95 @@ impl Kind for DefaultRule {
             return Err(Error::Internal("default rule id collision".to_owned()));
         }
         Ok(rule.render(caller))
+    }
+}
+
+#[async_trait]
+impl Kind for AddressGroup {
+    fn from_input(
+        _service: &Service,
+        _caller: &Caller,
+        meta: isthmus_model::Meta,
+        input: &mut isthmus_model::input::Input,
+    ) -> Result<AddressGroup> {
+        AddressGroup::from_input(meta, input)
+    }
+
+    async fn apply_update(
+        _service: &Service,
+        _caller: &Caller,
+        group: &mut AddressGroup,
+        body: Value,
+    ) -> Result<Txn> {
+        group.apply_update(body, &now())?;
+        Ok(Txn::new())
+    }
+
+    async fn delete_txn(_service: &Service, _caller: &Caller, group: &AddressGroup) -> Result<Txn> {
+        Ok(
+            Txn::new().when(Compare::prefix_empty(keys::address_group_rules_prefix(
+                &group.meta.id,
+            ))),
+        )
+    }
+
+    async fn in_use(service: &Service, group: &AddressGroup) -> Result<()> {
+        let id = &group.meta.id;
+        if service
+            .index(&keys::address_group_rules_prefix(id))
+            .await?
+            .is_empty()
+        {
+            return Ok(());
+        }
+        Err(Error::fault(
+            "AddressGroupInUse",
+            409,
+            format!("Address group {id} is in use on one or more security group rules."),
+        ))
+    }
+}
+
+impl Service {
+    /// `add_addresses` / `remove_addresses` on an address group; agents follow through their
+    /// watch.
+    pub async fn change_addresses(
+        &self,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+        add: bool,
+    ) -> Result<Object> {
+        let Some(addresses) = body.get("addresses").cloned() else {
+            return Err(Error::BadRequest(
+                "Failed to parse request. Required attribute 'addresses' not specified".to_owned(),
+            ));
+        };
+        let addresses = isthmus_model::address_group::parse_addresses(addresses)?;
+        let verb = if add {
+            "add_addresses"
+        } else {
+            "remove_addresses"
+        };
+        self.retry(|| {
+            let addresses = addresses.clone();
+            async move {
+                let (mut group, rev) = self
+                    .load_for_change::<AddressGroup>(caller, id, None, verb)
+                    .await?;
+                if add {
+                    group.add(&addresses)?;
+                } else {
+                    group.remove(&addresses)?;
+                }
+                group.meta.touch(&now());
+                Ok(if self.write_back(id, rev, &group).await? {
+                    Attempt::Done(group.render(caller))
+                } else {
+                    Attempt::Retry
+                })
+            }
+        })
+        .await
     }
 }
