@@ -110,6 +110,7 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("security-groups-default-rules", "Default rules for security groups", "Configure set of security group rules used as default rules for every new security group"),
     ("security-groups-normalized-cidr", "Normalized CIDR field for security group rules", "Add new field with normalized remote_ip_prefix cidr in SG rule"),
     ("address-group", "Address group", "Support address group"),
+    ("subnet-service-types", "Subnet service types", "Provides ability to set the subnet service_types field"),
     ("quotas", "Quota management support", "Expose functions for quotas management per project"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
 ];

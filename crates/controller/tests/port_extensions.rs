@@ -120,3 +120,102 @@ async fn mac_regeneration_dhcp_options_and_bulk_tags() {
     let (_, v) = api.call(A, "GET", "/v2.0/ports?tags=green", None).await;
     assert_eq!(v["ports"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn subnet_service_types_steer_addresses() {
+    let api = Api::memory();
+    let net = api
+        .create(A, "networks", "network", json!({"name": "n"}))
+        .await;
+    let net_id = net["id"].as_str().unwrap().to_owned();
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/subnets",
+            Some(json!({"subnet": {"network_id": net_id, "ip_version": 4,
+            "cidr": "10.0.0.0/24", "service_types": ["nonsense"]}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["NeutronError"]["type"].as_str()),
+        (400, Some("InvalidSubnetServiceType"))
+    );
+    let fips = api
+        .create(
+            A,
+            "subnets",
+            "subnet",
+            json!({"network_id": net_id, "ip_version": 4,
+            "cidr": "10.0.0.0/24", "service_types": ["network:floatingip"]}),
+        )
+        .await;
+    assert_eq!(fips["service_types"], json!(["network:floatingip"]));
+    // Only the floating IP subnet: a VM port finds no subnet for it.
+    let (s, v) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({"port": {"network_id": net_id, "device_owner": "compute:nova"}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["NeutronError"]["type"].as_str()),
+        (409, Some("IpAddressGenerationFailureNoMatchingSubnet"))
+    );
+    let vms = api
+        .create(
+            A,
+            "subnets",
+            "subnet",
+            json!({"network_id": net_id, "ip_version": 4, "cidr": "10.1.0.0/24"}),
+        )
+        .await;
+    let vm = api
+        .create(
+            A,
+            "ports",
+            "port",
+            json!({"network_id": net_id, "device_owner": "compute:nova"}),
+        )
+        .await;
+    assert_eq!(vm["fixed_ips"][0]["subnet_id"], vms["id"]);
+    let fip = api
+        .create(
+            A,
+            "ports",
+            "port",
+            json!({"network_id": net_id, "device_owner": "network:floatingip"}),
+        )
+        .await;
+    assert_eq!(
+        fip["fixed_ips"][0]["subnet_id"], fips["id"],
+        "its own subnet first"
+    );
+    let (s, _) = api
+        .call(
+            A,
+            "POST",
+            "/v2.0/ports",
+            Some(
+                json!({"port": {"network_id": net_id, "device_owner": "compute:nova",
+            "fixed_ips": [{"subnet_id": fips["id"]}]}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 400, "an explicit subnet must serve the owner too");
+    // Service types change with an update.
+    let (s, v) = api
+        .call(
+            A,
+            "PUT",
+            &format!("/v2.0/subnets/{}", fips["id"].as_str().unwrap()),
+            Some(json!({"subnet": {"service_types": ["network:floatingip", "compute:nova"]}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["subnet"]["service_types"].as_array().map(Vec::len)),
+        (200, Some(2))
+    );
+}

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::addr::{Cidr, IpRange, IpVersion};
 use crate::error::{Error, Result};
-use crate::input::{as_cidr, as_ip, as_string, as_uuid, Input, Method};
+use crate::input::{as_cidr, as_ip, as_string, as_uuid, show, Input, Method};
 use crate::ipam;
 use crate::meta::{owner_project, Caller, Meta};
 use crate::resource::{attr, input, Definition, Rights};
@@ -57,13 +57,48 @@ pub static DEFINITION: Definition<Subnet> = Definition {
         }),
         attr("segment_id", Rights::CREATE_QUERY, |_, _| Some(Value::Null)),
         attr("shared", Rights::FILTER_ONLY, |s, _| Some(json!(s.shared))),
-        attr("service_types", Rights::CREATE_QUERY, |_, _| {
-            Some(json!([]))
+        attr("service_types", Rights::ALL, |s, _| {
+            Some(json!(s.service_types))
         }),
         input("use_default_subnetpool", Rights::CREATE_QUERY),
         input("prefixlen", Rights::CREATE_QUERY),
     ],
 };
+/// Device owner prefixes a service type may name.
+const SERVICE_TYPE_PREFIXES: &[&str] = &["network:", "neutron:", "compute:"];
+
+fn parse_service_types(value: Value) -> Result<Vec<String>> {
+    let Value::Array(items) = value else {
+        return Err(Error::invalid_attr(
+            "service_types",
+            format!("'{}' is not a list", show(&value)),
+        ));
+    };
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for item in &items {
+        let t = as_string("service_types", item, 255)?;
+        if !SERVICE_TYPE_PREFIXES.iter().any(|p| t.starts_with(p)) {
+            return Err(Error::fault(
+                "InvalidSubnetServiceType",
+                400,
+                format!("Subnet service type {t} does not correspond to a valid device owner."),
+            ));
+        }
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+impl Subnet {
+    /// Whether a port owned by `device_owner` may take an address from it: it serves that
+    /// owner, or serves no owner in particular.
+    pub fn serves(&self, device_owner: &str) -> bool {
+        self.service_types.is_empty() || self.service_types.iter().any(|t| t == device_owner)
+    }
+}
+
 const IPV6_MODES: &[&str] = &["slaac", "dhcpv6-stateful", "dhcpv6-stateless"];
 
 /// A static route handed to instances.
@@ -87,6 +122,10 @@ pub struct Subnet {
     /// The pool the prefix was allocated from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnetpool_id: Option<String>,
+    /// Device owners whose ports take addresses from it (`subnet-service-types`); empty:
+    /// any port with no matching subnet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_types: Vec<String>,
     /// Whether its network is shared (the filter `shared`), read with it for lists; never
     /// stored with it.
     #[serde(skip)]
@@ -251,14 +290,10 @@ impl Subnet {
                 "Routed segments are not supported".to_owned(),
             ));
         }
-        if input
-            .take("service_types")
-            .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()))
-        {
-            return Err(Error::BadRequest(
-                "Subnet service types are not supported".to_owned(),
-            ));
-        }
+        let service_types = match input.take("service_types") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => parse_service_types(v)?,
+        };
         let version = match crate::address_scope::ip_version(&mut input)? {
             Some(v) => v,
             None => {
@@ -301,6 +336,7 @@ impl Subnet {
             ));
         }
         Ok(SubnetCreate {
+            service_types,
             input,
             meta,
             network_id,
@@ -326,6 +362,7 @@ pub enum PoolChoice {
 /// A subnet create read up to its prefix.
 #[derive(Debug, Clone)]
 pub struct SubnetCreate {
+    service_types: Vec<String>,
     input: Input,
     meta: Meta,
     /// The network.
@@ -355,6 +392,7 @@ impl SubnetCreate {
     /// any) and validates the subnet.
     pub fn finish(self, cidr: Cidr, subnetpool_id: Option<String>) -> Result<Subnet> {
         let SubnetCreate {
+            service_types,
             mut input,
             meta,
             network_id,
@@ -418,6 +456,7 @@ impl SubnetCreate {
         }
         let subnet = Subnet {
             shared: false,
+            service_types,
             meta,
             network_id,
             cidr,
@@ -462,6 +501,12 @@ impl Subnet {
             };
         }
         ipam::validate_pools(&self.cidr, &self.allocation_pools, self.gateway_ip)?;
+        if let Some(v) = input.take("service_types") {
+            self.service_types = match v {
+                Value::Null => Vec::new(),
+                v => parse_service_types(v)?,
+            };
+        }
         if let Some(v) = input.take("dns_nameservers") {
             self.dns_nameservers = match v {
                 Value::Null => Vec::new(),

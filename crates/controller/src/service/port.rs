@@ -62,6 +62,14 @@ fn random_mac() -> String {
     mac::format(mac::generate([bytes[0], bytes[1], bytes[2]]))
 }
 
+/// What addresses are planned for: the port's MAC (SLAAC addresses) and its owner (subnet
+/// service types).
+#[derive(Clone, Copy)]
+struct PortIdentity<'a> {
+    mac: &'a str,
+    device_owner: &'a str,
+}
+
 impl Service {
     /// The lowest address of `subnet`'s pools that is neither claimed in the store nor held by
     /// another in-flight request of this controller, held in-process on return.
@@ -143,24 +151,43 @@ impl Service {
         &self,
         network: &Network,
         subnets: &[(Subnet, u64)],
-        port_mac: &str,
+        port: PortIdentity<'_>,
         request: Option<&[FixedIpRequest]>,
         existing: &[FixedIp],
         reservation: &mut IpReservation<'_>,
     ) -> Result<std::result::Result<IpPlan, Shortage>> {
+        let PortIdentity {
+            mac: port_mac,
+            device_owner,
+        } = port;
         let mac_bytes = mac::parse_unicast("mac_address", port_mac)?;
         let mut plan = IpPlan {
             fixed_ips: Vec::new(),
             claims: Vec::new(),
         };
+        // Subnets reserved for other device owners (`service_types`) are not this port's.
+        let served: Vec<&(Subnet, u64)> = subnets
+            .iter()
+            .filter(|(s, _)| s.serves(device_owner))
+            .collect();
         let Some(request) = request else {
+            if served.is_empty() && !subnets.is_empty() {
+                return Err(Error::fault(
+                    "IpAddressGenerationFailureNoMatchingSubnet",
+                    409,
+                    format!(
+                        "No valid service subnet for the given device owner, network {}, service type {device_owner}.",
+                        network.meta.id
+                    ),
+                ));
+            }
             // Neutron's default: one address from the first IPv4 subnet with room, one from
             // the first stateful IPv6 subnet with room, and the SLAAC address of every
             // automatic IPv6 subnet.
             let mut wanted_v4 = false;
             let mut wanted_v6 = false;
             let (mut got_v4, mut got_v6) = (false, false);
-            for (subnet, _) in subnets {
+            for (subnet, _) in served.iter().copied() {
                 if subnet.is_auto_address() {
                     let ip = ipam::eui64(&subnet.cidr, mac_bytes);
                     plan.claims.push((subnet.meta.id.clone(), ip, false));
@@ -215,6 +242,14 @@ impl Service {
                     .ok_or_else(|| Error::InvalidIpForNetwork(ip.to_string()))?,
                 (None, None) => unreachable_request()?,
             };
+            if !subnet.serves(device_owner)
+                && !existing.iter().any(|f| f.subnet_id == subnet.meta.id)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "Subnet {} serves device owners {:?}, not '{device_owner}'",
+                    subnet.meta.id, subnet.service_types
+                )));
+            }
             let ip = match entry.ip_address {
                 Some(ip) => {
                     if !subnet.cidr.contains(ip) || is_reserved_address(subnet, ip) {
@@ -494,7 +529,7 @@ impl Kind for Port {
             let mac_address = req.mac_address.clone().unwrap_or_else(random_mac);
             let mut reservation = service.reservation();
             let plan = match service
-                .plan_ips(&network, &subnets, &mac_address, req.fixed_ips.as_deref(), &[], &mut reservation)
+                .plan_ips(&network, &subnets, PortIdentity { mac: &mac_address, device_owner: req.device_owner.as_deref().unwrap_or_default() }, req.fixed_ips.as_deref(), &[], &mut reservation)
                 .await?
             {
                 Ok(plan) => plan,
@@ -697,7 +732,7 @@ impl Kind for Port {
                 }
                 if let Some(requested) = req.fixed_ips.as_deref() {
                     let plan = match service
-                        .plan_ips(&network, &subnets, &port.mac_address, Some(requested), &old.fixed_ips, &mut reservation)
+                        .plan_ips(&network, &subnets, PortIdentity { mac: &port.mac_address, device_owner: &port.device_owner }, Some(requested), &old.fixed_ips, &mut reservation)
                         .await?
                     {
                         Ok(plan) => plan,
