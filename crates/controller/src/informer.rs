@@ -53,10 +53,43 @@ fn decode(kind: ObjectKind, key: &str, raw: &[u8]) -> Result<Object, Error> {
     })
 }
 
-/// The shared mirror and the revision it reflects.
-pub struct Informer {
+/// What a feed keeps up to date from the store's objects.
+pub trait Sink: Default + Send + Sync + 'static {
+    /// An object of `kind` written at `revision`; false when it was not applied (stale).
+    fn put(
+        &mut self,
+        kind: ObjectKind,
+        key: &str,
+        raw: &[u8],
+        revision: u64,
+    ) -> Result<bool, Error>;
+    /// The object `(kind, id)` deleted at `revision`.
+    fn delete(&mut self, kind: ObjectKind, id: &str, revision: u64);
+}
+
+impl Sink for Mirror {
+    fn put(
+        &mut self,
+        kind: ObjectKind,
+        key: &str,
+        raw: &[u8],
+        revision: u64,
+    ) -> Result<bool, Error> {
+        Ok(Mirror::put(self, decode(kind, key, raw)?, revision))
+    }
+
+    fn delete(&mut self, kind: ObjectKind, id: &str, revision: u64) {
+        Mirror::delete(self, &(kind, id.to_owned()), revision);
+    }
+}
+
+/// The shared mirror node watches read.
+pub type Informer = Feed<Mirror>;
+
+/// One view of the store's objects (`S`), fed by one store watch, and the revision it reflects.
+pub struct Feed<S> {
     store: SharedStore,
-    mirror: RwLock<Mirror>,
+    mirror: RwLock<S>,
     /// Revision the mirror reflects, bumped after every applied change (0 until synced).
     revision: watch::Sender<u64>,
     /// Revision of the store the mirror has caught up with, relevant changes or not.
@@ -64,12 +97,12 @@ pub struct Informer {
     started: OnceCell<()>,
 }
 
-impl Informer {
-    /// An informer over `store`; it starts on first use.
+impl<S: Sink> Feed<S> {
+    /// A feed over `store`; it starts on first use.
     pub fn new(store: SharedStore) -> Arc<Self> {
-        Arc::new(Informer {
+        Arc::new(Feed {
             store,
-            mirror: RwLock::new(Mirror::new()),
+            mirror: RwLock::new(S::default()),
             revision: watch::channel(0).0,
             applied: watch::channel(0).0,
             started: OnceCell::new(),
@@ -89,8 +122,8 @@ impl Informer {
         Ok(())
     }
 
-    /// Reads the mirror.
-    pub fn mirror(&self) -> RwLockReadGuard<'_, Mirror> {
+    /// Reads what the feed keeps.
+    pub fn mirror(&self) -> RwLockReadGuard<'_, S> {
         self.mirror.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -120,13 +153,13 @@ impl Informer {
     async fn resync(&self) -> Result<u64, Error> {
         let internal = |e: StoreError| Error::Internal(e.to_string());
         let start = self.store.revision().await.map_err(internal)?;
-        let mut mirror = Mirror::new();
+        let mut mirror = S::default();
         let mut revision = start;
         for (prefix, kind) in SOURCES {
             let range = self.store.range(prefix).await.map_err(internal)?;
             revision = revision.max(range.revision);
             for kv in &range.kvs {
-                mirror.put(decode(*kind, &kv.key, &kv.value)?, kv.mod_revision);
+                mirror.put(*kind, &kv.key, &kv.value, kv.mod_revision)?;
             }
         }
         *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
@@ -162,14 +195,15 @@ impl Informer {
                         };
                         relevant = true;
                         match event {
-                            Event::Put(kv) => match decode(kind, &kv.key, &kv.value) {
-                                Ok(object) => {
-                                    mirror.put(object, kv.mod_revision);
+                            Event::Put(kv) => {
+                                if let Err(e) =
+                                    mirror.put(kind, &kv.key, &kv.value, kv.mod_revision)
+                                {
+                                    eprintln!("informer: skipping {e}");
                                 }
-                                Err(e) => eprintln!("informer: skipping {e}"),
-                            },
+                            }
                             Event::Delete { mod_revision, .. } => {
-                                mirror.delete(&(kind, id.to_owned()), *mod_revision);
+                                mirror.delete(kind, id, *mod_revision);
                             }
                         }
                     }

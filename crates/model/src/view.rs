@@ -104,37 +104,6 @@ impl Object {
             Object::AddressGroup(g) => (ObjectKind::AddressGroup, g.meta.id.clone()),
         }
     }
-
-    /// Its kind.
-    pub fn kind(&self) -> ObjectKind {
-        match self {
-            Object::Network(_) => ObjectKind::Network,
-            Object::Subnet(_) => ObjectKind::Subnet,
-            Object::Port(_) => ObjectKind::Port,
-            Object::SecurityGroup(_) => ObjectKind::SecurityGroup,
-            Object::SecurityGroupRule(_) => ObjectKind::SecurityGroupRule,
-            Object::Node(_) => ObjectKind::Node,
-            Object::NamespaceBinding(_) => ObjectKind::NamespaceBinding,
-            Object::Router(_) => ObjectKind::Router,
-            Object::FloatingIp(_) => ObjectKind::FloatingIp,
-            Object::AddressGroup(_) => ObjectKind::AddressGroup,
-        }
-    }
-
-    /// The project owning it (nodes and namespace bindings have none).
-    pub fn project_id(&self) -> Option<&str> {
-        Some(match self {
-            Object::Network(n) => &n.meta.project_id,
-            Object::Subnet(s) => &s.meta.project_id,
-            Object::Port(p) => &p.meta.project_id,
-            Object::SecurityGroup(g) => &g.meta.project_id,
-            Object::SecurityGroupRule(r) => &r.meta.project_id,
-            Object::Router(r) => &r.meta.project_id,
-            Object::FloatingIp(f) => &f.meta.project_id,
-            Object::AddressGroup(g) => &g.meta.project_id,
-            Object::Node(_) | Object::NamespaceBinding(_) => return None,
-        })
-    }
 }
 
 fn index_add(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
@@ -164,8 +133,6 @@ pub struct Mirror {
     rules_by_group: HashMap<String, BTreeSet<String>>,
     routers_by_network: HashMap<String, BTreeSet<String>>,
     fips_by_router: HashMap<String, BTreeSet<String>>,
-    /// How many objects of each kind each project holds (quota usage).
-    by_project: HashMap<(ObjectKind, String), usize>,
 }
 
 impl Mirror {
@@ -184,24 +151,7 @@ impl Mirror {
         self.objects.get(key).map(|(o, _)| o)
     }
 
-    /// How many objects of `kind` `project_id` holds.
-    pub fn count(&self, kind: ObjectKind, project_id: &str) -> usize {
-        self.by_project
-            .get(&(kind, project_id.to_owned()))
-            .copied()
-            .unwrap_or(0)
-    }
-
     fn unindex(&mut self, object: &Object) {
-        if let Some(project) = object.project_id() {
-            let key = (object.kind(), project.to_owned());
-            if let Some(n) = self.by_project.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    self.by_project.remove(&key);
-                }
-            }
-        }
         match object {
             Object::Port(p) => {
                 index_remove(&mut self.ports_by_host, &p.binding.host_id, &p.meta.id);
@@ -231,12 +181,6 @@ impl Mirror {
     }
 
     fn index(&mut self, object: &Object) {
-        if let Some(project) = object.project_id() {
-            *self
-                .by_project
-                .entry((object.kind(), project.to_owned()))
-                .or_insert(0) += 1;
-        }
         match object {
             Object::Port(p) => {
                 if !p.binding.host_id.is_empty() {

@@ -65,8 +65,10 @@ pub type Listed = Box<dyn isthmus_model::wire::Wire + Send>;
 pub struct Service {
     store: SharedStore,
     config: Config,
-    /// The mirror of the store that node watches read; quotas count usage in it.
+    /// The mirror of the store that node watches read.
     informer: Arc<crate::informer::Informer>,
+    /// Who holds what, for quotas.
+    usage: Arc<crate::informer::Feed<quota::Usage>>,
     reserved_ips: Mutex<HashMap<String, BTreeSet<u128>>>,
     reserved_vnis: Mutex<BTreeSet<u32>>,
     /// Per subnet: every address below this one is claimed in the store (as far as this
@@ -163,6 +165,7 @@ impl Service {
     pub fn new(store: SharedStore, config: Config) -> Self {
         Service {
             informer: crate::informer::Informer::new(store.clone()),
+            usage: crate::informer::Feed::new(store.clone()),
             store,
             config,
             reserved_ips: Mutex::new(HashMap::new()),

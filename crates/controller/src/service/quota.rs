@@ -1,8 +1,13 @@
-//! Quotas: per-project limits, checked on create against usage counted in the controller's
-//! mirror of the store (the one node watches read), so a check costs a lookup. Creates racing
-//! in one project can pass a limit by the number in flight, as with Neutron's no-lock driver.
+//! Quotas: per-project limits, checked on create against usage the controller counts from
+//! one store watch (owners only: a few dozen bytes per object), so a check costs a lookup.
+//! Creates racing in one project can pass a limit by the number in flight, as with Neutron's
+//! no-lock driver.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use serde::Deserialize;
 
 use isthmus_model::quota::{resource_of, Quota};
 use isthmus_model::view::ObjectKind;
@@ -11,6 +16,90 @@ use isthmus_store::{Compare, Op, Txn};
 use serde_json::{json, Value};
 
 use super::{decode, encode, store_error, Attempt, Service};
+use crate::informer::Sink;
+
+/// How many objects of each kind each project holds, and whose each object is.
+#[derive(Debug, Default)]
+pub struct Usage {
+    counts: HashMap<(ObjectKind, Arc<str>), usize>,
+    owners: HashMap<(ObjectKind, Box<str>), (Arc<str>, u64)>,
+    projects: HashMap<Box<str>, Arc<str>>,
+}
+
+#[derive(Deserialize)]
+struct Owned {
+    meta: OwnedMeta,
+}
+
+#[derive(Deserialize)]
+struct OwnedMeta {
+    project_id: String,
+}
+
+impl Usage {
+    /// How many objects of `kind` `project_id` holds.
+    pub fn count(&self, kind: ObjectKind, project_id: &str) -> usize {
+        self.projects
+            .get(project_id)
+            .and_then(|p| self.counts.get(&(kind, p.clone())))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn adjust(&mut self, kind: ObjectKind, project: &Arc<str>, up: bool) {
+        let key = (kind, project.clone());
+        let n = self.counts.entry(key.clone()).or_insert(0);
+        if up {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.counts.remove(&key);
+            }
+        }
+    }
+}
+
+impl Sink for Usage {
+    fn put(&mut self, kind: ObjectKind, key: &str, raw: &[u8], revision: u64) -> Result<bool> {
+        // Objects without a project (nodes, bindings) count for nobody.
+        let Ok(owned) = serde_json::from_slice::<Owned>(raw) else {
+            return Ok(false);
+        };
+        let id: Box<str> = crate::keys::last_segment(key).into();
+        let project = match self.projects.get(owned.meta.project_id.as_str()) {
+            Some(p) => p.clone(),
+            None => {
+                let p: Arc<str> = owned.meta.project_id.as_str().into();
+                self.projects
+                    .insert(owned.meta.project_id.into(), p.clone());
+                p
+            }
+        };
+        let previous = self.owners.get(&(kind, id.clone())).cloned();
+        match previous {
+            Some((_, rev)) if rev >= revision => return Ok(false),
+            Some((old, _)) if old == project => {}
+            Some((old, _)) => {
+                self.adjust(kind, &old, false);
+                self.adjust(kind, &project, true);
+            }
+            None => self.adjust(kind, &project, true),
+        }
+        self.owners.insert((kind, id), (project, revision));
+        Ok(true)
+    }
+
+    fn delete(&mut self, kind: ObjectKind, id: &str, revision: u64) {
+        let key = (kind, Box::<str>::from(id));
+        if let Some((project, rev)) = self.owners.get(&key).cloned() {
+            if rev <= revision {
+                self.owners.remove(&key);
+                self.adjust(kind, &project, false);
+            }
+        }
+    }
+}
 
 /// Prefix of every project's quota overrides.
 const QUOTAS: &str = "/isthmus/quotas/";
@@ -61,8 +150,8 @@ impl Service {
         let Some(kind) = kind_of(resource) else {
             return Ok(0);
         };
-        self.informer.catch_up(CATCH_UP).await?;
-        Ok(self.informer.mirror().count(kind, project_id))
+        self.usage.catch_up(CATCH_UP).await?;
+        Ok(self.usage.mirror().count(kind, project_id))
     }
 
     /// Refuses with 409 `OverQuota` a create in `collection` that would pass the project's
@@ -112,8 +201,8 @@ impl Service {
     pub async fn quota_details(&self, caller: &Caller, project_id: &str) -> Result<Value> {
         Self::may_read_quota(caller, project_id)?;
         let (quota, _) = self.load_quota(project_id).await?;
-        self.informer.catch_up(CATCH_UP).await?;
-        let mirror = self.informer.mirror();
+        self.usage.catch_up(CATCH_UP).await?;
+        let mirror = self.usage.mirror();
         let details =
             quota.render_details(|r| kind_of(r).map_or(0, |k| mirror.count(k, project_id)));
         Ok(json!({ "quota": details }))
@@ -189,5 +278,57 @@ impl Service {
         self.commit(Txn::new().then(Op::delete(format!("{QUOTAS}{project_id}"))))
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_owners_and_ignores_stale_events() {
+        let mut usage = Usage::default();
+        let port =
+            |project: &str| format!(r#"{{"meta": {{"id": "x", "project_id": "{project}"}}}}"#);
+        let put = |u: &mut Usage, key: &str, project: &str, rev: u64| {
+            Sink::put(u, ObjectKind::Port, key, port(project).as_bytes(), rev).unwrap()
+        };
+        assert!(put(&mut usage, "/isthmus/ports/p1", "a", 5));
+        assert!(put(&mut usage, "/isthmus/ports/p2", "a", 6));
+        assert!(put(&mut usage, "/isthmus/ports/p3", "b", 7));
+        assert_eq!(usage.count(ObjectKind::Port, "a"), 2);
+        assert!(
+            !put(&mut usage, "/isthmus/ports/p1", "b", 4),
+            "a replay is stale"
+        );
+        assert!(
+            put(&mut usage, "/isthmus/ports/p1", "b", 8),
+            "moved to another project"
+        );
+        assert_eq!(
+            (
+                usage.count(ObjectKind::Port, "a"),
+                usage.count(ObjectKind::Port, "b")
+            ),
+            (1, 2)
+        );
+        Sink::delete(&mut usage, ObjectKind::Port, "p3", 9);
+        Sink::delete(&mut usage, ObjectKind::Port, "p2", 3);
+        assert_eq!(
+            (
+                usage.count(ObjectKind::Port, "a"),
+                usage.count(ObjectKind::Port, "b")
+            ),
+            (1, 1)
+        );
+        assert!(!Sink::put(
+            &mut usage,
+            ObjectKind::Node,
+            "/isthmus/nodes/n",
+            br#"{"name": "n"}"#,
+            10
+        )
+        .unwrap());
+        assert_eq!(usage.count(ObjectKind::Network, "a"), 0);
     }
 }
