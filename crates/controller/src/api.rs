@@ -128,32 +128,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v2.0/{collection}/{id}",
             get(show).put(update).delete(remove),
         )
-        .route(
-            "/v2.0/routers/{id}/add_router_interface",
-            put(add_router_interface),
-        )
-        .route(
-            "/v2.0/routers/{id}/remove_router_interface",
-            put(remove_router_interface),
-        )
-        .route("/v2.0/routers/{id}/add_extraroutes", put(add_extraroutes))
-        .route(
-            "/v2.0/routers/{id}/remove_extraroutes",
-            put(remove_extraroutes),
-        )
-        .route(
-            "/v2.0/address-groups/{id}/add_addresses",
-            put(add_addresses),
-        )
-        .route(
-            "/v2.0/address-groups/{id}/remove_addresses",
-            put(remove_addresses),
-        )
-        .route("/v2.0/subnetpools/{id}/add_prefixes", put(add_prefixes))
-        .route(
-            "/v2.0/subnetpools/{id}/remove_prefixes",
-            put(remove_prefixes),
-        )
+        .route("/v2.0/{collection}/{id}/{action}", put(member_action))
         .route(
             "/v2.0/{collection}/{id}/tags",
             get(show_tags).put(replace_tags).delete(clear_tags),
@@ -524,112 +499,24 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn add_router_interface(
+/// `PUT /v2.0/{collection}/{id}/{action}`: a kind's member action
+/// (`add_router_interface`, `add_prefixes`, `add_addresses`, ...).
+async fn member_action(
     State(state): Shared,
-    Path(id): Path<String>,
+    Path((collection, id, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let caller = noauth_caller(&headers);
-    let info = state
-        .service
-        .add_router_interface(&caller, &id, parse_json(&body)?)
+    let answer = endpoint(&state, &collection)?
+        .action(
+            &state.service,
+            &noauth_caller(&headers),
+            &id,
+            &action,
+            parse_json(&body)?,
+        )
         .await?;
-    Ok(Json(info).into_response())
-}
-
-async fn remove_router_interface(
-    State(state): Shared,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let caller = noauth_caller(&headers);
-    let info = state
-        .service
-        .remove_router_interface(&caller, &id, parse_json(&body)?)
-        .await?;
-    Ok(Json(info).into_response())
-}
-
-async fn add_extraroutes(
-    State(state): Shared,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let router = state
-        .service
-        .change_extra_routes(&noauth_caller(&headers), &id, parse_json(&body)?, true)
-        .await?;
-    Ok(Json(json!({ "router": router })).into_response())
-}
-
-async fn remove_extraroutes(
-    State(state): Shared,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let router = state
-        .service
-        .change_extra_routes(&noauth_caller(&headers), &id, parse_json(&body)?, false)
-        .await?;
-    Ok(Json(json!({ "router": router })).into_response())
-}
-
-async fn add_addresses(
-    State(state): Shared,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let group = state
-        .service
-        .change_addresses(&noauth_caller(&headers), &id, parse_json(&body)?, true)
-        .await?;
-    Ok(Json(json!({ "address_group": group })).into_response())
-}
-
-async fn remove_addresses(
-    State(state): Shared,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let group = state
-        .service
-        .change_addresses(&noauth_caller(&headers), &id, parse_json(&body)?, false)
-        .await?;
-    Ok(Json(json!({ "address_group": group })).into_response())
-}
-
-async fn add_prefixes(
-    State(state): Shared,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let caller = noauth_caller(&headers);
-    let prefixes = state
-        .service
-        .subnet_pool_prefixes(&caller, &id, parse_json(&body)?, true)
-        .await?;
-    Ok(Json(prefixes).into_response())
-}
-
-async fn remove_prefixes(
-    State(state): Shared,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let caller = noauth_caller(&headers);
-    let prefixes = state
-        .service
-        .subnet_pool_prefixes(&caller, &id, parse_json(&body)?, false)
-        .await?;
-    Ok(Json(prefixes).into_response())
+    Ok(Json(answer).into_response())
 }
 
 async fn show_tags(

@@ -257,6 +257,17 @@ async fn a_toy_kind_gets_the_whole_generic_api() {
         .await;
     assert_eq!(s, 404);
 
+    // No member actions unless the kind has some.
+    let (s, v) = api
+        .call(
+            a,
+            "PUT",
+            &format!("/v2.0/widgets/{id}/polish"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (404, "HTTPNotFound"));
+
     // Delete.
     let (s, _) = api
         .call(b, "DELETE", &format!("/v2.0/widgets/{id}"), None)

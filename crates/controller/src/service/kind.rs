@@ -153,6 +153,18 @@ pub trait Kind: Resource + Serialize + DeserializeOwned + Clone {
         Ok(Self::complete(service, obj).await?.render(caller))
     }
 
+    /// A member action (`PUT /v2.0/<collection>/<id>/<action>`, as `add_router_interface`):
+    /// the whole response body. Kinds without actions answer 404.
+    async fn action(
+        _service: &Service,
+        _caller: &Caller,
+        _id: &str,
+        _action: &str,
+        _body: Value,
+    ) -> Result<Value> {
+        Err(Error::PathNotFound)
+    }
+
     /// What else deleting `obj` compares and removes in its transaction (index keys,
     /// claims, cascades); never `obj`'s own key.
     async fn delete_txn(_service: &Service, _caller: &Caller, _obj: &Self) -> Result<Txn> {
@@ -328,6 +340,15 @@ pub trait Endpoint: Send + Sync {
         id: &str,
         if_match: Option<u64>,
     ) -> Result<()>;
+    /// A member action on one object.
+    async fn action(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        action: &str,
+        body: Value,
+    ) -> Result<Value>;
     /// The tags of one object.
     async fn tags(&self, service: &Service, caller: &Caller, id: &str) -> Result<Vec<String>>;
     /// Changes the tags of one object and returns them.
@@ -403,6 +424,17 @@ impl<T: Kind> Endpoint for Handle<T> {
         if_match: Option<u64>,
     ) -> Result<()> {
         T::delete(service, caller, id, if_match).await
+    }
+
+    async fn action(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        action: &str,
+        body: Value,
+    ) -> Result<Value> {
+        T::action(service, caller, id, action, body).await
     }
 
     async fn tags(&self, service: &Service, caller: &Caller, id: &str) -> Result<Vec<String>> {

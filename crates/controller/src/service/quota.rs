@@ -22,7 +22,8 @@ use crate::informer::Sink;
 #[derive(Debug, Default)]
 pub struct Usage {
     counts: HashMap<(ObjectKind, Arc<str>), usize>,
-    owners: HashMap<(ObjectKind, Box<str>), (Arc<str>, u64)>,
+    /// (kind, id as a number: every project-owned id is a UUID) → (project, revision).
+    owners: HashMap<(ObjectKind, u128), (Arc<str>, u64)>,
     projects: HashMap<Box<str>, Arc<str>>,
 }
 
@@ -60,13 +61,20 @@ impl Usage {
     }
 }
 
+/// A UUID's 128 bits (16 bytes instead of a 36-character string per object).
+fn uuid_number(id: &str) -> Option<u128> {
+    uuid::Uuid::parse_str(id).ok().map(|u| u.as_u128())
+}
+
 impl Sink for Usage {
     fn put(&mut self, kind: ObjectKind, key: &str, raw: &[u8], revision: u64) -> Result<bool> {
         // Objects without a project (nodes, bindings) count for nobody.
         let Ok(owned) = serde_json::from_slice::<Owned>(raw) else {
             return Ok(false);
         };
-        let id: Box<str> = crate::keys::last_segment(key).into();
+        let Some(id) = uuid_number(crate::keys::last_segment(key)) else {
+            return Ok(false);
+        };
         let project = match self.projects.get(owned.meta.project_id.as_str()) {
             Some(p) => p.clone(),
             None => {
@@ -76,7 +84,7 @@ impl Sink for Usage {
                 p
             }
         };
-        let previous = self.owners.get(&(kind, id.clone())).cloned();
+        let previous = self.owners.get(&(kind, id)).cloned();
         match previous {
             Some((_, rev)) if rev >= revision => return Ok(false),
             Some((old, _)) if old == project => {}
@@ -91,7 +99,8 @@ impl Sink for Usage {
     }
 
     fn delete(&mut self, kind: ObjectKind, id: &str, revision: u64) {
-        let key = (kind, Box::<str>::from(id));
+        let Some(id) = uuid_number(id) else { return };
+        let key = (kind, id);
         if let Some((project, rev)) = self.owners.get(&key).cloned() {
             if rev <= revision {
                 self.owners.remove(&key);
@@ -287,48 +296,33 @@ mod tests {
 
     #[test]
     fn usage_counts_owners_and_ignores_stale_events() {
+        const P1: &str = "00000000-0000-0000-0000-000000000001";
+        const P2: &str = "00000000-0000-0000-0000-000000000002";
+        const P3: &str = "00000000-0000-0000-0000-000000000003";
         let mut usage = Usage::default();
-        let port =
-            |project: &str| format!(r#"{{"meta": {{"id": "x", "project_id": "{project}"}}}}"#);
-        let put = |u: &mut Usage, key: &str, project: &str, rev: u64| {
-            Sink::put(u, ObjectKind::Port, key, port(project).as_bytes(), rev).unwrap()
+        let put = |u: &mut Usage, id: &str, project: &str, rev: u64| {
+            let raw = format!(r#"{{"meta": {{"id": "{id}", "project_id": "{project}"}}}}"#);
+            let key = format!("/isthmus/ports/{id}");
+            Sink::put(u, ObjectKind::Port, &key, raw.as_bytes(), rev).unwrap()
         };
-        assert!(put(&mut usage, "/isthmus/ports/p1", "a", 5));
-        assert!(put(&mut usage, "/isthmus/ports/p2", "a", 6));
-        assert!(put(&mut usage, "/isthmus/ports/p3", "b", 7));
-        assert_eq!(usage.count(ObjectKind::Port, "a"), 2);
-        assert!(
-            !put(&mut usage, "/isthmus/ports/p1", "b", 4),
-            "a replay is stale"
-        );
-        assert!(
-            put(&mut usage, "/isthmus/ports/p1", "b", 8),
-            "moved to another project"
-        );
-        assert_eq!(
+        let counts = |u: &Usage| {
             (
-                usage.count(ObjectKind::Port, "a"),
-                usage.count(ObjectKind::Port, "b")
-            ),
-            (1, 2)
-        );
-        Sink::delete(&mut usage, ObjectKind::Port, "p3", 9);
-        Sink::delete(&mut usage, ObjectKind::Port, "p2", 3);
-        assert_eq!(
-            (
-                usage.count(ObjectKind::Port, "a"),
-                usage.count(ObjectKind::Port, "b")
-            ),
-            (1, 1)
-        );
-        assert!(!Sink::put(
-            &mut usage,
-            ObjectKind::Node,
-            "/isthmus/nodes/n",
-            br#"{"name": "n"}"#,
-            10
-        )
-        .unwrap());
+                u.count(ObjectKind::Port, "a"),
+                u.count(ObjectKind::Port, "b"),
+            )
+        };
+        assert!(put(&mut usage, P1, "a", 5));
+        assert!(put(&mut usage, P2, "a", 6));
+        assert!(put(&mut usage, P3, "b", 7));
+        assert_eq!(counts(&usage), (2, 1));
+        assert!(!put(&mut usage, P1, "b", 4), "a replay is stale");
+        assert!(put(&mut usage, P1, "b", 8), "moved to another project");
+        assert_eq!(counts(&usage), (1, 2));
+        Sink::delete(&mut usage, ObjectKind::Port, P3, 9);
+        Sink::delete(&mut usage, ObjectKind::Port, P2, 3);
+        assert_eq!(counts(&usage), (1, 1), "a stale delete is ignored");
+        let node = br#"{"name": "n"}"#;
+        assert!(!Sink::put(&mut usage, ObjectKind::Node, "/isthmus/nodes/n", node, 10).unwrap());
         assert_eq!(usage.count(ObjectKind::Network, "a"), 0);
     }
 }

@@ -707,6 +707,28 @@ impl Kind for Router {
             .await
     }
 
+    async fn action(
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        action: &str,
+        body: Value,
+    ) -> Result<Value> {
+        Ok(match action {
+            "add_router_interface" => {
+                Value::Object(service.add_router_interface(caller, id, body).await?)
+            }
+            "remove_router_interface" => {
+                Value::Object(service.remove_router_interface(caller, id, body).await?)
+            }
+            "add_extraroutes" | "remove_extraroutes" => {
+                let add = action == "add_extraroutes";
+                json!({"router": service.change_extra_routes(caller, id, body, add).await?})
+            }
+            _ => return Err(Error::PathNotFound),
+        })
+    }
+
     async fn delete_txn(_service: &Service, _caller: &Caller, router: &Router) -> Result<Txn> {
         if !router.interfaces.is_empty() {
             return Err(Error::fault(

@@ -10,7 +10,7 @@ use isthmus_model::security_group::DefaultRule;
 use isthmus_model::AddressGroup;
 use isthmus_model::{Caller, Error, Result, SecurityGroup, SecurityGroupRule};
 use isthmus_store::{Compare, Op, Txn};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::rbac::{granted_ids, visible_with_grants};
 use super::{
@@ -470,6 +470,21 @@ impl Kind for AddressGroup {
     ) -> Result<Txn> {
         group.apply_update(body, &now())?;
         Ok(Txn::new())
+    }
+
+    async fn action(
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        action: &str,
+        body: Value,
+    ) -> Result<Value> {
+        let add = match action {
+            "add_addresses" => true,
+            "remove_addresses" => false,
+            _ => return Err(Error::PathNotFound),
+        };
+        Ok(json!({"address_group": service.change_addresses(caller, id, body, add).await?}))
     }
 
     async fn delete_txn(_service: &Service, _caller: &Caller, group: &AddressGroup) -> Result<Txn> {

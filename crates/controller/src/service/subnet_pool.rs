@@ -351,6 +351,20 @@ impl Kind for SubnetPool {
         service.pool_constraints(caller, pool, Some(&before)).await
     }
 
+    async fn action(
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        action: &str,
+        body: Value,
+    ) -> Result<Value> {
+        match action {
+            "add_prefixes" => service.subnet_pool_prefixes(caller, id, body, true).await,
+            "remove_prefixes" => service.subnet_pool_prefixes(caller, id, body, false).await,
+            _ => Err(Error::PathNotFound),
+        }
+    }
+
     async fn delete_txn(service: &Service, _caller: &Caller, pool: &SubnetPool) -> Result<Txn> {
         let id = &pool.meta.id;
         let mut txn = Txn::new().when(Compare::prefix_empty(keys::pool_subnets_prefix(id)));
