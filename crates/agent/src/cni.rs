@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::netlink::{self, Reaper};
 use crate::pool::{self, PoolKey};
 use crate::{AgentError, Shared};
+use isthmus_dataplane::pod::POD_DEVICE_OWNER;
 
 /// How long an ADD waits for the port to reach this node's view and for its tap to be
 /// attached; past that the runtime is told to try again (and nothing is left behind).
@@ -31,9 +32,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const PORT_REFUSED: u32 = 100;
 /// Plugin-specific error: CHECK found the attachment broken.
 const ATTACHMENT_BROKEN: u32 = 101;
-
-/// `device_owner` of pod ports.
-pub const POD_DEVICE_OWNER: &str = "compute:kubernetes";
 
 fn try_again(msg: impl Into<String>, details: impl std::fmt::Display) -> CniError {
     CniError::new(code::TRY_AGAIN_LATER, msg, details.to_string())

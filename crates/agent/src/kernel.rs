@@ -11,21 +11,8 @@ use isthmus_dataplane::l2::{Observed, Op};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::netlink::Netlink;
+use crate::netlink::{Link, Netlink};
 use crate::AgentError;
-
-/// One link as read back: name, MTU, bridge it is attached to, and whether it is up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    /// Name.
-    pub name: String,
-    /// MTU.
-    pub mtu: u32,
-    /// Bridge it is attached to.
-    pub master: Option<String>,
-    /// Administratively up.
-    pub up: bool,
-}
 
 /// Reads the managed L2 state and every link, all over netlink.
 pub async fn observe(netlink: &Netlink) -> Result<(Observed, Vec<Link>), AgentError> {

@@ -28,9 +28,9 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{watch, Notify};
 
-pub use cni::POD_DEVICE_OWNER;
 pub use http::Endpoint;
 pub use isthmus_cni::DEFAULT_SOCKET as DEFAULT_CNI_SOCKET;
+pub use isthmus_dataplane::pod::POD_DEVICE_OWNER;
 
 /// Where router namespaces are pinned by default: where `ip netns` finds them.
 pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
@@ -319,7 +319,9 @@ async fn reconcile(
             kernel::observe_nft_table("inet", filter::TABLE).await?,
         ),
     };
-    let taps = filter::guarded_ports(view, node).into_keys().collect();
+    let taps = isthmus_dataplane::node::guarded_ports(view, node)
+        .into_keys()
+        .collect();
     let wanted = filter::desired(view, node, &filter::port_ids(&taps, &inet));
     let script: String = [
         wanted.bridge.plan(&bridge, filter::BRIDGE_BASE),
@@ -442,7 +444,7 @@ async fn report_floating_ips(shared: &Shared, view: &NodeView) -> Result<(), Age
 async fn report_status(
     shared: &Shared,
     view: &NodeView,
-    links: &[kernel::Link],
+    links: &[netlink::Link],
 ) -> Result<(), AgentError> {
     let plugged: BTreeSet<String> = view
         .ports

@@ -29,11 +29,23 @@ use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
 
-use crate::kernel::Link;
 use crate::AgentError;
 
 fn kernel(what: &str, e: impl std::fmt::Display) -> AgentError {
     AgentError::Kernel(format!("{what}: {e}"))
+}
+
+/// One link as read back: name, MTU, bridge it is attached to, and whether it is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Bridge it is attached to.
+    pub master: Option<String>,
+    /// Administratively up.
+    pub up: bool,
 }
 
 /// Whether a netlink error is "no such device" (the thing is already gone).

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use isthmus_dataplane::pod::POOL_DEVICE_ID;
 use serde_json::{json, Value};
 
-use crate::cni::POD_DEVICE_OWNER;
 use crate::Shared;
+use isthmus_dataplane::pod::POD_DEVICE_OWNER;
 
 /// (network id, project id).
 pub(crate) type PoolKey = (String, String);

@@ -28,8 +28,8 @@ use isthmus_model::port::TAP_PREFIX;
 use isthmus_model::security_group::protocol_number;
 use serde_json::Value;
 
-use crate::l2::{tap_name, NodeConfig};
 use crate::nft::{Observed, Table};
+use crate::node::{bridge_name, guarded_ports, NodeConfig};
 use crate::view::{NodeView, Port};
 
 /// Both tables' name.
@@ -264,15 +264,6 @@ pub fn port_ids(taps: &BTreeSet<String>, observed_inet: &Observed) -> BTreeMap<S
     ids
 }
 
-/// The local ports with port security, by tap.
-pub fn guarded_ports<'a>(view: &'a NodeView, node: &NodeConfig) -> BTreeMap<String, &'a Port> {
-    view.ports
-        .values()
-        .filter(|p| p.host_id == node.name && p.port_security_enabled)
-        .map(|p| (tap_name(&p.id), p))
-        .collect()
-}
-
 /// The conntrack zone of a network on every node: from its VNI, or a hash of its id for flat
 /// networks. Zones keep overlapping tenant addresses of different networks apart in conntrack;
 /// two networks whose VNIs are congruent modulo 65535 share one (they are merely not kept
@@ -322,7 +313,7 @@ fn base_rules(
     let zones: BTreeSet<String> = guarded
         .values()
         .filter_map(|p| view.networks.get(&p.network_id))
-        .map(|n| format!("\"{}\" : {}", crate::l2::bridge_name(&n.id), zone(n)))
+        .map(|n| format!("\"{}\" : {}", bridge_name(&n.id), zone(n)))
         .collect();
     let family = if node.tunnel_ip.is_ipv4() {
         "ip"

@@ -9,7 +9,7 @@
 //! to the tunnel.
 //!
 //! Only the bridges of networks with a guarded port on the node (port security on, see
-//! [`crate::filter::guarded_ports`]) hand their bridged IPv4/IPv6 to the inet hooks
+//! [`crate::node::guarded_ports`]) hand their bridged IPv4/IPv6 to the inet hooks
 //! (br_netfilter, per bridge): a network without one is switched without netfilter, as fast as
 //! raw VXLAN, however many guarded ports other networks of the node have.
 //!
@@ -27,8 +27,7 @@ pub const VXLAN_PORT: u16 = 4789;
 /// Destination MAC of the flood (broadcast, unknown unicast, multicast) entries.
 pub const FLOOD_MAC: &str = "00:00:00:00:00:00";
 
-pub use isthmus_model::network::bridge_name;
-pub use isthmus_model::port::tap_name;
+pub use crate::node::{bridge_name, tap_name, NodeConfig};
 
 /// The VXLAN device of a VNI.
 pub fn vxlan_name(vni: u32) -> String {
@@ -104,17 +103,6 @@ pub struct L2State {
     pub pins: BTreeSet<Pin>,
 }
 
-/// What the agent knows about its own node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeConfig {
-    /// Its name (ports bind to it).
-    pub name: String,
-    /// Its tunnel address.
-    pub tunnel_ip: IpAddr,
-    /// Physical network → interface.
-    pub physnets: BTreeMap<String, String>,
-}
-
 /// The L2 state `view` implies for `node`, which runs `routers` (from [`router::desired`]).
 pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2State {
     let mut state = L2State::default();
@@ -127,7 +115,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2S
         .chain(interfaces().map(|i| i.network_id.as_str()))
         .collect();
     let router_nodes = router::nodes_by_network(view);
-    let guarded: BTreeSet<&str> = crate::filter::guarded_ports(view, node)
+    let guarded: BTreeSet<&str> = crate::node::guarded_ports(view, node)
         .into_values()
         .map(|p| p.network_id.as_str())
         .collect();

@@ -6,6 +6,7 @@
 pub mod filter;
 pub mod l2;
 pub mod nft;
+pub mod node;
 pub mod pod;
 pub mod router;
 pub mod view;

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-pub use isthmus_model::port::POOL_DEVICE_ID;
+pub use isthmus_model::port::{POD_DEVICE_OWNER, POOL_DEVICE_ID};
 
 use isthmus_model::addr::Cidr;
 use serde::Deserialize;

@@ -27,8 +27,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use isthmus_model::addr::{to_u128, Cidr};
 use isthmus_model::router::{OWNER_FLOATING_IP, OWNER_GATEWAY, OWNER_INTERFACE, OWNER_SNAT};
 
-use crate::l2::{bridge_name, NodeConfig};
 use crate::nft::fnv64;
+use crate::node::{bridge_name, tap_name, NodeConfig};
 use crate::view::{FloatingIp, Gateway, NodeView, Port, Router, Subnet};
 
 /// Prefix of distributed router namespaces.
@@ -255,7 +255,7 @@ fn interface(view: &NodeView, port: &Port) -> Option<Interface> {
         .collect();
     Some(Interface {
         network_id: port.network_id.clone(),
-        peer: crate::l2::tap_name(&port.id),
+        peer: tap_name(&port.id),
         bridge: bridge_name(&port.network_id),
         mac: port.mac_address.to_ascii_lowercase(),
         mtu: network.mtu,

@@ -259,6 +259,9 @@ pub struct AddressPairRequest {
 /// not yet given to a pod). The controller deletes them with their node.
 pub const POOL_DEVICE_ID: &str = "isthmus-pool";
 
+/// `device_owner` of a Kubernetes pod's port.
+pub const POD_DEVICE_OWNER: &str = "compute:kubernetes";
+
 /// What every port's host-side device name starts with.
 pub const TAP_PREFIX: &str = "tap";
 

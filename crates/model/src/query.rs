@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::input::as_bool;
-use crate::resource::{Rights, Schema};
+use crate::input::{Rights, Schema};
 use crate::wire::Wire;
 
 /// A parsed list query.

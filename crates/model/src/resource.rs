@@ -8,50 +8,11 @@ use std::marker::PhantomData;
 
 use serde_json::{json, Map, Value};
 
+use crate::error::Result;
+use crate::input::{Input, Method};
+pub use crate::input::{Rights, Schema};
 use crate::meta::{Caller, Meta};
 use crate::wire::{to_map, Wire};
-
-/// What a client may do with an attribute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rights(u8);
-
-impl Rights {
-    /// Nothing but being known (a read-only attribute that is not a filter).
-    pub const NONE: Rights = Rights(0);
-    /// May be given on create (POST).
-    pub const CREATE: Rights = Rights(1);
-    /// May be given on update (PUT).
-    pub const UPDATE: Rights = Rights(2);
-    /// May be a list filter and a sort key.
-    pub const QUERY: Rights = Rights(4);
-    /// Given on create, changed on update, queried.
-    pub const ALL: Rights = Rights(7);
-    /// Given on create and queried.
-    pub const CREATE_QUERY: Rights = Rights(5);
-    /// Only shown and queried.
-    pub const READ: Rights = Rights(4);
-    /// A filter that is never shown (Neutron's `is_visible: False, is_filter: True`, as
-    /// `shared` on subnets).
-    pub const FILTER_ONLY: Rights = Rights(12);
-    const HIDDEN: Rights = Rights(8);
-
-    /// Whether every right of `other` is in `self`.
-    pub const fn has(self, other: Rights) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// Both sets of rights.
-    pub const fn with(self, other: Rights) -> Rights {
-        Rights(self.0 | other.0)
-    }
-}
-
-impl std::ops::BitOr for Rights {
-    type Output = Rights;
-    fn bitor(self, other: Rights) -> Rights {
-        self.with(other)
-    }
-}
 
 /// Who a resource is rendered for (admins see admin-only attributes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,11 +233,11 @@ impl<T> Definition<T> {
     }
 }
 
-/// The rights side of a definition, without its type: what request bodies and list queries
-/// are checked against.
-pub trait Schema {
-    /// The rights on `name`, `None` when the resource has no such attribute.
-    fn rights(&self, name: &str) -> Option<Rights>;
+impl Input {
+    /// A body of one kind of resource, policed by its definition.
+    pub fn for_kind<T>(body: Value, definition: &Definition<T>, method: Method) -> Result<Input> {
+        Self::from_envelope(body, definition.singular, method, definition)
+    }
 }
 
 impl<T> Schema for Definition<T> {
@@ -292,13 +253,6 @@ impl<T> Schema for Definition<T> {
                     .find(|a| a.name == name)
                     .map(|a| a.rights)
             })
-    }
-}
-
-/// A plain list of names: each known with every right (tests, and bodies of native objects).
-impl Schema for &[&str] {
-    fn rights(&self, name: &str) -> Option<Rights> {
-        self.contains(&name).then_some(Rights::ALL)
     }
 }
 
