@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::netlink::{self, Reaper};
 use crate::pool::{self, PoolKey};
+use crate::reply::{self, Networks, PortRef};
 use crate::{AgentError, Shared};
 use isthmus_dataplane::pod::POD_DEVICE_OWNER;
 
@@ -264,10 +265,7 @@ impl Server {
         };
         let port_id = match &pooled {
             Some(id) => id.clone(),
-            None => {
-                let port = self.create_port(request, &key.0, &key.1).await?;
-                port["id"].as_str().unwrap_or_default().to_owned()
-            }
+            None => self.create_port(request, &key.0, &key.1).await?.id,
         };
         // After this pod's own port, so a pod that found the pool empty still gets the
         // lowest free address.
@@ -461,7 +459,12 @@ impl Server {
                 None,
             )
             .await?;
-        let mut found = by_id["networks"].as_array().cloned().unwrap_or_default();
+        let networks = |answer: &Value| {
+            reply::read::<Networks>(answer, None)
+                .map(|n| n.networks)
+                .map_err(|why| try_again("the controller's reply to a network lookup", why))
+        };
+        let mut found = networks(&by_id)?;
         if found.is_empty() {
             let (_, by_name) = self
                 .controller(
@@ -470,19 +473,18 @@ impl Server {
                     None,
                 )
                 .await?;
-            found = by_name["networks"].as_array().cloned().unwrap_or_default();
+            found = networks(&by_name)?;
         }
         if found.len() > 1 {
             if let Some(p) = &project {
-                found.retain(|n| n["project_id"].as_str() == Some(p.as_str()));
+                found.retain(|n| &n.project_id == p);
             }
         }
         match found.as_slice() {
-            [net] => {
-                let id = net["id"].as_str().unwrap_or_default().to_owned();
-                let owner = net["project_id"].as_str().unwrap_or_default().to_owned();
-                Ok((id, project.unwrap_or(owner)))
-            }
+            [net] => Ok((
+                net.id.clone(),
+                project.unwrap_or_else(|| net.project_id.clone()),
+            )),
             [] => Err(CniError::new(
                 code::INVALID_CONFIG,
                 format!("unknown network '{network}'"),
@@ -517,7 +519,7 @@ impl Server {
         request: &Request,
         network_id: &str,
         project_id: &str,
-    ) -> Result<Value, CniError> {
+    ) -> Result<PortRef, CniError> {
         let mut port = self.identity(request);
         port["network_id"] = json!(network_id);
         port["project_id"] = json!(project_id);
@@ -526,7 +528,8 @@ impl Server {
         let body = json!({ "port": port });
         let (status, answer) = self.controller("POST", "/v2.0/ports", Some(&body)).await?;
         match status {
-            201 => Ok(answer["port"].clone()),
+            201 => reply::read(&answer, Some("port"))
+                .map_err(|why| try_again("the controller's reply to a port create", why)),
             s if s >= 500 => Err(try_again(
                 "the controller failed to create the port",
                 answer,

@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod netlink;
 pub mod netns;
 mod pool;
+mod reply;
 pub mod routers;
 
 use std::collections::{BTreeMap, BTreeSet};

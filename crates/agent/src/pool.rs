@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use isthmus_dataplane::pod::POOL_DEVICE_ID;
 use serde_json::{json, Value};
 
+use crate::reply::{self, Ports};
 use crate::Shared;
 use isthmus_dataplane::pod::POD_DEVICE_OWNER;
 
@@ -86,20 +87,20 @@ pub(crate) async fn adopt(shared: &Shared, in_use: &BTreeSet<String>) {
         shared.config.node
     );
     match shared.config.controller.request("GET", &path, None).await {
-        Ok((200, body)) => {
-            let mut free = shared.pools.free();
-            for port in body["ports"].as_array().into_iter().flatten() {
-                let id = port["id"].as_str().unwrap_or_default().to_owned();
-                if id.is_empty() || in_use.contains(&id) {
-                    continue;
+        Ok((200, body)) => match reply::read::<Ports>(&body, None) {
+            Ok(listed) => {
+                let mut free = shared.pools.free();
+                for port in listed.ports {
+                    if in_use.contains(&port.id) {
+                        continue;
+                    }
+                    free.entry((port.network_id, port.project_id))
+                        .or_default()
+                        .push(port.id);
                 }
-                let key = (
-                    port["network_id"].as_str().unwrap_or_default().to_owned(),
-                    port["project_id"].as_str().unwrap_or_default().to_owned(),
-                );
-                free.entry(key).or_default().push(id);
             }
-        }
+            Err(why) => eprintln!("isthmus agent: listing pool ports: {why}"),
+        },
         Ok((status, body)) => {
             eprintln!("isthmus agent: listing pool ports answered {status}: {body}")
         }

@@ -455,7 +455,7 @@ impl Router {
 
     /// `add_extraroutes` (`add`) or `remove_extraroutes` (`extraroute-atomic`): routes
     /// added that are already there and routes removed that are not are no-ops.
-    pub fn change_routes(&mut self, body: Value, add: bool, now: &str) -> Result<()> {
+    pub fn change_routes(&mut self, body: Value, add: bool) -> Result<()> {
         let Some(Value::Object(mut router)) = body.get("router").cloned() else {
             return Err(Error::BadRequest(
                 "Unable to find 'router' in request body".to_owned(),
@@ -489,7 +489,6 @@ impl Router {
             next.retain(|r| !routes.contains(r));
         }
         self.routes = next;
-        self.meta.touch(now);
         Ok(())
     }
 }

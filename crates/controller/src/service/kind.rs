@@ -290,6 +290,39 @@ impl Service {
         Ok((obj, rev))
     }
 
+    /// Changes one object `caller` may change (`verb` names the action for the policy error)
+    /// with `change`, retried from a fresh read when another writer got there first; returns
+    /// it as written.
+    pub(crate) async fn modify<T: Kind>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        verb: &str,
+        change: impl Fn(&mut T) -> Result<()>,
+    ) -> Result<T> {
+        self.retry(|| async {
+            let (mut obj, rev) = self.load_for_change::<T>(caller, id, None, verb).await?;
+            change(&mut obj)?;
+            obj.meta_mut().touch(&now());
+            Ok(if self.write_back(id, rev, &obj).await? {
+                Attempt::Done(obj)
+            } else {
+                Attempt::Retry
+            })
+        })
+        .await
+    }
+
+    /// `Ok` while nothing is indexed under `prefix` (nothing uses the object), else the
+    /// error `in_use` makes: what a kind's [`Kind::in_use`] answers.
+    pub(crate) async fn unused(&self, prefix: &str, in_use: impl FnOnce() -> Error) -> Result<()> {
+        if self.index(prefix).await?.is_empty() {
+            Ok(())
+        } else {
+            Err(in_use())
+        }
+    }
+
     /// Writes `obj` back over the revision `rev` it was read at; false when it changed
     /// meanwhile (the caller retries).
     pub(crate) async fn write_back<T: Resource + Serialize>(

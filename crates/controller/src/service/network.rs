@@ -172,14 +172,10 @@ impl Kind for Network {
 
     async fn in_use(service: &Service, network: &Network) -> Result<()> {
         let id = &network.meta.id;
-        if service
-            .index(&keys::network_ports_prefix(id))
-            .await?
-            .is_empty()
-        {
-            Ok(())
-        } else {
-            Err(Error::NetworkInUse(id.clone()))
-        }
+        service
+            .unused(&keys::network_ports_prefix(id), || {
+                Error::NetworkInUse(id.clone())
+            })
+            .await
     }
 }

@@ -318,21 +318,10 @@ impl Service {
         } else {
             "remove_extraroutes"
         };
-        self.retry(|| {
-            let body = body.clone();
-            async move {
-                let (mut router, rev) = self
-                    .load_for_change::<Router>(caller, id, None, verb)
-                    .await?;
-                router.change_routes(body, add, &now())?;
-                Ok(if self.write_back(id, rev, &router).await? {
-                    Attempt::Done(router.render(caller))
-                } else {
-                    Attempt::Retry
-                })
-            }
-        })
-        .await
+        let router = self
+            .modify::<Router>(caller, id, verb, |r| r.change_routes(body.clone(), add))
+            .await?;
+        Ok(router.render(caller))
     }
 
     /// Checks that `subnet` may join `router`: not already on it, no overlap, not external.

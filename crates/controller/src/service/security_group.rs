@@ -281,15 +281,11 @@ impl Kind for SecurityGroup {
 
     async fn in_use(service: &Service, group: &SecurityGroup) -> Result<()> {
         let id = &group.meta.id;
-        if service
-            .index(&keys::group_ports_prefix(id))
-            .await?
-            .is_empty()
-        {
-            Ok(())
-        } else {
-            Err(Error::SecurityGroupInUse(id.clone()))
-        }
+        service
+            .unused(&keys::group_ports_prefix(id), || {
+                Error::SecurityGroupInUse(id.clone())
+            })
+            .await
     }
 }
 
@@ -497,18 +493,15 @@ impl Kind for AddressGroup {
 
     async fn in_use(service: &Service, group: &AddressGroup) -> Result<()> {
         let id = &group.meta.id;
-        if service
-            .index(&keys::address_group_rules_prefix(id))
-            .await?
-            .is_empty()
-        {
-            return Ok(());
-        }
-        Err(Error::fault(
-            "AddressGroupInUse",
-            409,
-            format!("Address group {id} is in use on one or more security group rules."),
-        ))
+        service
+            .unused(&keys::address_group_rules_prefix(id), || {
+                Error::fault(
+                    "AddressGroupInUse",
+                    409,
+                    format!("Address group {id} is in use on one or more security group rules."),
+                )
+            })
+            .await
     }
 }
 
@@ -533,25 +526,15 @@ impl Service {
         } else {
             "remove_addresses"
         };
-        self.retry(|| {
-            let addresses = addresses.clone();
-            async move {
-                let (mut group, rev) = self
-                    .load_for_change::<AddressGroup>(caller, id, None, verb)
-                    .await?;
+        let group = self
+            .modify::<AddressGroup>(caller, id, verb, |g| {
                 if add {
-                    group.add(&addresses)?;
+                    g.add(&addresses)
                 } else {
-                    group.remove(&addresses)?;
+                    g.remove(&addresses)
                 }
-                group.meta.touch(&now());
-                Ok(if self.write_back(id, rev, &group).await? {
-                    Attempt::Done(group.render(caller))
-                } else {
-                    Attempt::Retry
-                })
-            }
-        })
-        .await
+            })
+            .await?;
+        Ok(group.render(caller))
     }
 }

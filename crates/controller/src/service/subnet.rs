@@ -222,11 +222,9 @@ impl Kind for Subnet {
 
     async fn in_use(service: &Service, subnet: &Subnet) -> Result<()> {
         let id = &subnet.meta.id;
-        if service.index(&keys::ipam_prefix(id)).await?.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::SubnetInUse(id.clone()))
-        }
+        service
+            .unused(&keys::ipam_prefix(id), || Error::SubnetInUse(id.clone()))
+            .await
     }
 
     async fn deleted(service: &Service, subnet: &Subnet) {

@@ -68,18 +68,13 @@ impl Kind for AddressScope {
 
     async fn in_use(service: &Service, scope: &AddressScope) -> Result<()> {
         let id = &scope.meta.id;
-        if service
-            .index(&keys::scope_pools_prefix(id))
-            .await?
-            .is_empty()
-        {
-            return Ok(());
-        }
-        Err(Error::fault(
-            "AddressScopeInUse",
-            409,
-            format!("Unable to complete operation on address scope {id}. There are one or more subnet pools in use on the address scope."),
-        ))
+        service
+            .unused(&keys::scope_pools_prefix(id), || Error::fault(
+                "AddressScopeInUse",
+                409,
+                format!("Unable to complete operation on address scope {id}. There are one or more subnet pools in use on the address scope."),
+            ))
+            .await
     }
 }
 
@@ -382,19 +377,12 @@ impl Kind for SubnetPool {
 
     async fn in_use(service: &Service, pool: &SubnetPool) -> Result<()> {
         let id = &pool.meta.id;
-        if service
-            .index(&keys::pool_subnets_prefix(id))
-            .await?
-            .is_empty()
-        {
-            return Ok(());
-        }
-        Err(Error::fault(
-            "SubnetPoolInUse",
-            409,
-            format!(
-                "Unable to complete operation on subnet pool {id}. Subnets are allocated from it."
-            ),
-        ))
+        service
+            .unused(&keys::pool_subnets_prefix(id), || Error::fault(
+                "SubnetPoolInUse",
+                409,
+                format!("Unable to complete operation on subnet pool {id}. Subnets are allocated from it."),
+            ))
+            .await
     }
 }
