@@ -253,6 +253,74 @@ fn openstack_cli_routers_and_floating_ips() {
         "{err}"
     );
 
+    // extraroute-atomic: the CLI adds and removes routes with add/remove_extraroutes.
+    cli.ok(&[
+        "router",
+        "add",
+        "route",
+        "--route",
+        "destination=10.50.0.0/24,gateway=10.10.0.5",
+        "r1",
+    ]);
+    let routes = cli.json(&["router", "show", "r1"])["routes"].to_string();
+    assert!(
+        routes.contains("10.50.0.0/24") && routes.contains("10.10.0.5"),
+        "{routes}"
+    );
+    cli.ok(&[
+        "router",
+        "remove",
+        "route",
+        "--route",
+        "destination=10.50.0.0/24,gateway=10.10.0.5",
+        "r1",
+    ]);
+    assert!(!cli.json(&["router", "show", "r1"])["routes"]
+        .to_string()
+        .contains("10.50.0.0"));
+    // l3-ha: set on create, changed only while the router is down.
+    let ha = cli.json(&["router", "create", "--ha", "r-ha"]);
+    assert_eq!(ha["ha"], true);
+    let (ok, _, err) = cli.run(&["router", "set", "--no-ha", "r-ha"]);
+    assert!(!ok && err.contains("admin_state_up to False"), "{err}");
+    cli.ok(&["router", "set", "--disable", "--no-ha", "r-ha"]);
+    assert_eq!(cli.json(&["router", "show", "r-ha"])["ha"], false);
+    cli.ok(&["router", "delete", "r-ha"]);
+    // Availability zones, extra DHCP options, subnet service types.
+    assert!(cli
+        .ok(&["availability", "zone", "list", "--network"])
+        .contains("nova"));
+    let pxe = cli.json(&[
+        "port",
+        "create",
+        "--network",
+        "private",
+        "--extra-dhcp-option",
+        "name=tftp-server,value=10.10.0.9",
+        "pxe",
+    ]);
+    assert!(
+        pxe["extra_dhcp_opts"].to_string().contains("tftp-server"),
+        "{pxe}"
+    );
+    cli.ok(&["port", "delete", "pxe"]);
+    let svc = cli.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "private",
+        "--subnet-range",
+        "10.11.0.0/24",
+        "--service-type",
+        "network:floatingip",
+        "fip-only",
+    ]);
+    assert_eq!(
+        svc["service_types"],
+        serde_json::json!(["network:floatingip"])
+    );
+    cli.ok(&["subnet", "delete", "fip-only"]);
+
     let vm = cli.json(&["port", "create", "--network", "private", "vm"]);
     let fip = cli.json(&["floating", "ip", "create", "public"]);
     assert_eq!(fip["port_id"], Value::Null);
