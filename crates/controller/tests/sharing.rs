@@ -1034,3 +1034,39 @@ async fn address_groups_and_the_rules_naming_them() {
         .await
         .is_empty());
 }
+
+#[tokio::test]
+async fn networks_show_the_address_scopes_of_their_subnets() {
+    let api = Api::memory();
+    let scope = api
+        .create(
+            A,
+            "address-scopes",
+            "address_scope",
+            json!({"name": "s", "ip_version": 4}),
+        )
+        .await;
+    let pool = api
+        .create(
+            A,
+            "subnetpools",
+            "subnetpool",
+            json!({"name": "p", "prefixes": ["10.30.0.0/16"], "address_scope_id": scope["id"]}),
+        )
+        .await;
+    let net = api
+        .create(A, "networks", "network", json!({"name": "n"}))
+        .await;
+    assert_eq!(net["ipv4_address_scope"], Value::Null);
+    let net_id = id(&net);
+    api.create(A, "subnets", "subnet",
+               json!({"network_id": net_id, "ip_version": 4, "subnetpool_id": pool["id"], "prefixlen": 24}))
+        .await;
+    let (_, v) = api
+        .call(A, "GET", &format!("/v2.0/networks/{net_id}"), None)
+        .await;
+    assert_eq!(v["network"]["ipv4_address_scope"], scope["id"]);
+    assert_eq!(v["network"]["ipv6_address_scope"], Value::Null);
+    let (_, v) = api.call(A, "GET", "/v2.0/networks", None).await;
+    assert_eq!(v["networks"][0]["ipv4_address_scope"], scope["id"]);
+}

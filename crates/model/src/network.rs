@@ -56,8 +56,12 @@ pub static DEFINITION: Definition<Network> = Definition {
         }),
         attr("status", Rights::READ, |_, _| Some(json!("ACTIVE"))),
         attr("subnets", Rights::READ, |n, _| Some(json!(n.subnets))),
-        attr("ipv4_address_scope", Rights::READ, |_, _| Some(Value::Null)),
-        attr("ipv6_address_scope", Rights::READ, |_, _| Some(Value::Null)),
+        attr("ipv4_address_scope", Rights::READ, |n, _| {
+            Some(json!(n.address_scopes.0))
+        }),
+        attr("ipv6_address_scope", Rights::READ, |n, _| {
+            Some(json!(n.address_scopes.1))
+        }),
         attr("l2_adjacency", Rights::READ, |_, _| Some(json!(true))),
     ],
 };
@@ -109,6 +113,10 @@ pub struct Network {
     pub availability_zone_hints: Vec<String>,
     /// Ids of its subnets, in creation order.
     pub subnets: Vec<String>,
+    /// The address scopes (IPv4, IPv6) of its subnets' pools, read with it for the API;
+    /// never stored with it.
+    #[serde(skip)]
+    pub address_scopes: (Option<String>, Option<String>),
 }
 
 /// Limits the controller applies to new networks.
@@ -255,6 +263,7 @@ impl Network {
             None => max_mtu,
         };
         let network = Network {
+            address_scopes: (None, None),
             meta,
             admin_state_up: input.boolean("admin_state_up")?.unwrap_or(true),
             shared: input.boolean("shared")?.unwrap_or(false),

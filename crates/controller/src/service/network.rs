@@ -1,12 +1,12 @@
 //! Network operations: VNI / physnet claims, visibility, in-use checks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use isthmus_model::network::NetworkType;
 use isthmus_model::rbac::Action;
 use isthmus_model::resource::{Resource, View};
-use isthmus_model::{Caller, Error, Network, Result, Subnet};
+use isthmus_model::{Caller, Error, Network, Result, Subnet, SubnetPool};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
 
@@ -47,6 +47,42 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Subnet pool → its address scope, for every pool in one.
+    async fn pool_scopes(&self) -> Result<HashMap<String, String>> {
+        Ok(self
+            .load_all::<SubnetPool>(&super::prefix_of::<SubnetPool>())
+            .await?
+            .into_iter()
+            .filter_map(|(p, _)| p.address_scope_id.map(|s| (p.meta.id, s)))
+            .collect())
+    }
+
+    /// The address scopes (IPv4, IPv6) of `network`'s subnets' pools.
+    async fn address_scopes_of(
+        &self,
+        network: &Network,
+        scopes: &HashMap<String, String>,
+    ) -> Result<(Option<String>, Option<String>)> {
+        let mut found = (None, None);
+        for subnet_id in &network.subnets {
+            let Some((subnet, _)) = self.load::<Subnet>(subnet_id).await? else {
+                continue;
+            };
+            let scope = subnet
+                .subnetpool_id
+                .as_ref()
+                .and_then(|p| scopes.get(p))
+                .cloned();
+            match subnet.version() {
+                isthmus_model::addr::IpVersion::V4 => found.0 = found.0.or(scope),
+                isthmus_model::addr::IpVersion::V6 => found.1 = found.1.or(scope),
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// What RBAC policies can grant on a network: either makes it visible.
 pub(crate) const NETWORK_GRANTS: &[Action] = &[Action::AccessAsShared, Action::AccessAsExternal];
 
@@ -58,13 +94,25 @@ impl Kind for Network {
 
     async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
         let granted = granted_ids(&service.all_grants().await?, caller, NETWORK_GRANTS);
-        Ok(service
-            .load_all::<Network>(keys::NETWORKS)
-            .await?
-            .into_iter()
-            .filter(|(n, _)| n.visible_to(caller) || granted.contains(&n.meta.id))
-            .map(|(n, _)| Box::new(View::owned(n, caller)) as Listed)
-            .collect())
+        let scopes = service.pool_scopes().await?;
+        let mut out: Vec<Listed> = Vec::new();
+        for (mut n, _) in service.load_all::<Network>(keys::NETWORKS).await? {
+            if n.visible_to(caller) || granted.contains(&n.meta.id) {
+                if !scopes.is_empty() {
+                    n.address_scopes = service.address_scopes_of(&n, &scopes).await?;
+                }
+                out.push(Box::new(View::owned(n, caller)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn complete(service: &Service, mut network: Network) -> Result<Network> {
+        let scopes = service.pool_scopes().await?;
+        if !scopes.is_empty() {
+            network.address_scopes = service.address_scopes_of(&network, &scopes).await?;
+        }
+        Ok(network)
     }
 
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
