@@ -127,15 +127,14 @@ impl<S: Sink> Feed<S> {
         self.mirror.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits (at most `limit`) until the mirror has caught up with the store's revision now,
-    /// so what this controller just committed is in it.
-    pub async fn catch_up(self: &Arc<Self>, limit: std::time::Duration) -> Result<(), Error> {
+    /// Waits (at most `limit`) until the feed has applied the store's revision `target` (a
+    /// write of this controller's, so that it is counted).
+    pub async fn catch_up(
+        self: &Arc<Self>,
+        target: u64,
+        limit: std::time::Duration,
+    ) -> Result<(), Error> {
         self.ready().await?;
-        let target = self
-            .store
-            .revision()
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
         let mut applied = self.applied.subscribe();
         // A mirror that lags longer than `limit` is read as it is: a quota check then counts
         // what it has, as Neutron's no-lock quota driver does.

@@ -257,67 +257,7 @@ impl SecurityGroup {
     }
 }
 
-/// Rules every new group starts with: egress to anywhere, both families.
-pub fn default_egress_rules(
-    group: &SecurityGroup,
-    ids: [String; 2],
-    now: &str,
-) -> Vec<SecurityGroupRule> {
-    let [v4, v6] = ids;
-    [(v4, IpVersion::V4), (v6, IpVersion::V6)]
-        .into_iter()
-        .map(|(id, ethertype)| {
-            SecurityGroupRule::new(group, id, now, Direction::Egress, ethertype, None)
-        })
-        .collect()
-}
-
-/// The default group's extra rules: ingress from members of the same group, both families.
-pub fn default_ingress_rules(
-    group: &SecurityGroup,
-    ids: [String; 2],
-    now: &str,
-) -> Vec<SecurityGroupRule> {
-    let [v4, v6] = ids;
-    [(v4, IpVersion::V4), (v6, IpVersion::V6)]
-        .into_iter()
-        .map(|(id, ethertype)| {
-            SecurityGroupRule::new(
-                group,
-                id,
-                now,
-                Direction::Ingress,
-                ethertype,
-                Some(group.meta.id.clone()),
-            )
-        })
-        .collect()
-}
-
 impl SecurityGroupRule {
-    fn new(
-        group: &SecurityGroup,
-        id: String,
-        now: &str,
-        direction: Direction,
-        ethertype: IpVersion,
-        remote_group_id: Option<String>,
-    ) -> SecurityGroupRule {
-        SecurityGroupRule {
-            meta: Meta::new(id, group.meta.project_id.clone(), now),
-            security_group_id: group.meta.id.clone(),
-            direction,
-            ethertype,
-            protocol: None,
-            port_range_min: None,
-            port_range_max: None,
-            remote_ip_prefix: None,
-            remote_group_id,
-            remote_address_group_id: None,
-            in_default_group: group.is_default,
-        }
-    }
-
     /// Parses and validates a create body (the group's existence is the service's check).
     pub fn parse_create(
         body: Value,
@@ -761,12 +701,34 @@ mod tests {
     #[test]
     fn defaults() {
         let g = SecurityGroup::default_for("p", "g".into(), "t");
-        let egress = default_egress_rules(&g, ["a".into(), "b".into()], "t");
-        let ingress = default_ingress_rules(&g, ["c".into(), "d".into()], "t");
-        assert_eq!(egress.len() + ingress.len(), 4);
+        let template = DefaultRule::builtin(["a", "b", "c", "d"].map(String::from), "p", "t");
+        let all: Vec<SecurityGroupRule> = template
+            .iter()
+            .filter_map(|t| t.instantiate(&g, format!("r-{}", t.meta.id), "t"))
+            .collect();
+        assert_eq!(
+            all.len(),
+            4,
+            "a default group takes the whole builtin template"
+        );
+        let ingress: Vec<&SecurityGroupRule> = all
+            .iter()
+            .filter(|r| r.direction == Direction::Ingress)
+            .collect();
         assert_eq!(ingress[1].remote_group_id.as_deref(), Some("g"));
         assert_eq!(ingress[1].ethertype, IpVersion::V6);
-        let all: Vec<SecurityGroupRule> = egress.iter().chain(&ingress).cloned().collect();
+        let custom = SecurityGroup {
+            is_default: false,
+            ..g.clone()
+        };
+        assert_eq!(
+            template
+                .iter()
+                .filter_map(|t| t.instantiate(&custom, "x".into(), "t"))
+                .count(),
+            2,
+            "other groups take the egress rules only"
+        );
         let wire = g
             .clone()
             .with_rules(all)

@@ -410,7 +410,7 @@ mod tests {
     use super::*;
     use crate::meta::Meta;
     use crate::port::{Binding, FixedIp};
-    use crate::security_group::{default_egress_rules, default_ingress_rules};
+    use crate::security_group::{DefaultRule, Direction};
 
     fn port(id: &str, net: &str, host: &str, groups: &[&str]) -> Object {
         Object::Port(Port {
@@ -473,11 +473,20 @@ mod tests {
         let db = SecurityGroup::default_for("p", "db".into(), "t");
         put(&mut m, Object::SecurityGroup(web.clone()));
         put(&mut m, Object::SecurityGroup(db.clone()));
-        for r in default_ingress_rules(&web, ["r1".into(), "r2".into()], "t") {
+        let template = DefaultRule::builtin(["t1", "t2", "t3", "t4"].map(String::from), "p", "t");
+        let rules = |group: &SecurityGroup, direction: Direction, ids: [&str; 2]| {
+            template
+                .iter()
+                .filter(|t| t.direction == direction)
+                .zip(ids)
+                .filter_map(|(t, id)| t.instantiate(group, id.into(), "t"))
+                .collect::<Vec<_>>()
+        };
+        for r in rules(&web, Direction::Ingress, ["r1", "r2"]) {
             put(&mut m, Object::SecurityGroupRule(r));
         }
         // web's ingress rules name web itself as remote; db allows ingress from web.
-        let mut from_web = default_egress_rules(&db, ["r3".into(), "r4".into()], "t");
+        let mut from_web = rules(&db, Direction::Egress, ["r3", "r4"]);
         from_web[0].remote_group_id = Some("web".into());
         for r in from_web {
             put(&mut m, Object::SecurityGroupRule(r));

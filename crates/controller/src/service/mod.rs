@@ -17,6 +17,7 @@ mod subnet;
 mod subnet_pool;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -75,6 +76,9 @@ pub struct Service {
     /// controller knows; releases by another controller are not seen, which can only make
     /// allocation skip a freed low address, never hand out a taken one).
     low_water: Mutex<HashMap<String, u128>>,
+    /// Revision of this controller's latest write: quota checks wait for their usage feed to
+    /// have it (no store round trip).
+    last_write: AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -171,6 +175,7 @@ impl Service {
             reserved_ips: Mutex::new(HashMap::new()),
             reserved_vnis: Mutex::new(BTreeSet::new()),
             low_water: Mutex::new(HashMap::new()),
+            last_write: AtomicU64::new(0),
         }
     }
 
@@ -220,7 +225,17 @@ impl Service {
 
     /// Runs a transaction, reporting whether it applied.
     pub(crate) async fn commit(&self, txn: Txn) -> Result<bool> {
-        Ok(self.store.txn(txn).await.map_err(store_error)?.succeeded)
+        let result = self.store.txn(txn).await.map_err(store_error)?;
+        if result.succeeded {
+            self.last_write
+                .fetch_max(result.revision, Ordering::Relaxed);
+        }
+        Ok(result.succeeded)
+    }
+
+    /// Revision of this controller's latest write.
+    pub(crate) fn last_write(&self) -> u64 {
+        self.last_write.load(Ordering::Relaxed)
     }
 
     /// Repeats `attempt` until it commits or fails, with a short growing pause between tries.

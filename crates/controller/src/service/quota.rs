@@ -159,7 +159,7 @@ impl Service {
         let Some(kind) = kind_of(resource) else {
             return Ok(0);
         };
-        self.usage.catch_up(CATCH_UP).await?;
+        self.usage.catch_up(self.last_write(), CATCH_UP).await?;
         Ok(self.usage.mirror().count(kind, project_id))
     }
 
@@ -210,7 +210,7 @@ impl Service {
     pub async fn quota_details(&self, caller: &Caller, project_id: &str) -> Result<Value> {
         Self::may_read_quota(caller, project_id)?;
         let (quota, _) = self.load_quota(project_id).await?;
-        self.usage.catch_up(CATCH_UP).await?;
+        self.usage.catch_up(self.last_write(), CATCH_UP).await?;
         let mirror = self.usage.mirror();
         let details =
             quota.render_details(|r| kind_of(r).map_or(0, |k| mirror.count(k, project_id)));
