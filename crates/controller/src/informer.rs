@@ -142,6 +142,11 @@ impl<S: Sink> Feed<S> {
         Ok(())
     }
 
+    /// The store revision the feed has applied.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
     /// Notifications of the revision the mirror reflects.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
@@ -163,7 +168,7 @@ impl<S: Sink> Feed<S> {
         }
         *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
         self.revision.send_replace(revision.max(1));
-        self.applied.send_replace(revision.max(1));
+        self.applied.send_replace(revision);
         Ok(start)
     }
 

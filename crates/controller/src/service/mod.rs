@@ -79,6 +79,8 @@ pub struct Service {
     /// Revision of this controller's latest write: quota checks wait for their usage feed to
     /// have it (no store round trip).
     last_write: AtomicU64,
+    /// Revisions of this controller's writes the usage feed may not have applied yet.
+    unapplied: Mutex<std::collections::VecDeque<u64>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -176,6 +178,7 @@ impl Service {
             reserved_vnis: Mutex::new(BTreeSet::new()),
             low_water: Mutex::new(HashMap::new()),
             last_write: AtomicU64::new(0),
+            unapplied: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -229,6 +232,12 @@ impl Service {
         if result.succeeded {
             self.last_write
                 .fetch_max(result.revision, Ordering::Relaxed);
+            let applied = self.usage.applied();
+            let mut unapplied = self.unapplied.lock().unwrap_or_else(|e| e.into_inner());
+            while unapplied.front().is_some_and(|r| *r <= applied) {
+                unapplied.pop_front();
+            }
+            unapplied.push_back(result.revision);
         }
         Ok(result.succeeded)
     }
@@ -236,6 +245,16 @@ impl Service {
     /// Revision of this controller's latest write.
     pub(crate) fn last_write(&self) -> u64 {
         self.last_write.load(Ordering::Relaxed)
+    }
+
+    /// How many of this controller's writes the usage feed has not applied yet.
+    pub(crate) fn unapplied_writes(&self) -> usize {
+        let applied = self.usage.applied();
+        let mut unapplied = self.unapplied.lock().unwrap_or_else(|e| e.into_inner());
+        while unapplied.front().is_some_and(|r| *r <= applied) {
+            unapplied.pop_front();
+        }
+        unapplied.len()
     }
 
     /// Repeats `attempt` until it commits or fails, with a short growing pause between tries.
