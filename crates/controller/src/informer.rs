@@ -142,6 +142,11 @@ impl<S: Sink> Feed<S> {
         Ok(())
     }
 
+    /// Whether the feed has started (its first snapshot is taken).
+    pub fn is_started(&self) -> bool {
+        self.started.initialized()
+    }
+
     /// The store revision the feed has applied.
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()

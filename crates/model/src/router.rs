@@ -461,11 +461,7 @@ impl Router {
                 "Unable to find 'router' in request body".to_owned(),
             ));
         };
-        let Some(routes) = router.remove("routes") else {
-            return Err(Error::BadRequest(
-                "Failed to parse request. Required attribute 'routes' not specified".to_owned(),
-            ));
-        };
+        let routes = Input::required("routes", router.remove("routes"))?;
         if let Some(other) = router.keys().next() {
             return Err(Error::BadRequest(format!(
                 "Unrecognized attribute(s) '{other}'"

@@ -229,7 +229,9 @@ impl Service {
     /// Runs a transaction, reporting whether it applied.
     pub(crate) async fn commit(&self, txn: Txn) -> Result<bool> {
         let result = self.store.txn(txn).await.map_err(store_error)?;
-        if result.succeeded {
+        // Until the usage feed starts (the first quota check), its snapshot will hold every
+        // earlier write: nothing to remember (and nothing pruned from a list that would only grow).
+        if result.succeeded && self.usage.is_started() {
             self.last_write
                 .fetch_max(result.revision, Ordering::Relaxed);
             let applied = self.usage.applied();

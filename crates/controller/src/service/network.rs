@@ -57,30 +57,31 @@ impl Service {
             .filter_map(|(p, _)| p.address_scope_id.map(|s| (p.meta.id, s)))
             .collect())
     }
+}
 
-    /// The address scopes (IPv4, IPv6) of `network`'s subnets' pools.
-    async fn address_scopes_of(
-        &self,
-        network: &Network,
-        scopes: &HashMap<String, String>,
-    ) -> Result<(Option<String>, Option<String>)> {
-        let mut found = (None, None);
-        for subnet_id in &network.subnets {
-            let Some((subnet, _)) = self.load::<Subnet>(subnet_id).await? else {
-                continue;
-            };
-            let scope = subnet
-                .subnetpool_id
-                .as_ref()
-                .and_then(|p| scopes.get(p))
-                .cloned();
-            match subnet.version() {
-                isthmus_model::addr::IpVersion::V4 => found.0 = found.0.or(scope),
-                isthmus_model::addr::IpVersion::V6 => found.1 = found.1.or(scope),
-            }
-        }
-        Ok(found)
+/// Network → the address scopes (IPv4, IPv6) of its subnets' pools (`pool_scopes`: pool →
+/// scope).
+fn scopes_by_network<'a>(
+    subnets: impl IntoIterator<Item = &'a Subnet>,
+    pool_scopes: &HashMap<String, String>,
+) -> HashMap<String, (Option<String>, Option<String>)> {
+    let mut out: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+    for subnet in subnets {
+        let Some(scope) = subnet
+            .subnetpool_id
+            .as_ref()
+            .and_then(|p| pool_scopes.get(p))
+        else {
+            continue;
+        };
+        let found = out.entry(subnet.network_id.clone()).or_default();
+        let slot = match subnet.version() {
+            isthmus_model::addr::IpVersion::V4 => &mut found.0,
+            isthmus_model::addr::IpVersion::V6 => &mut found.1,
+        };
+        slot.get_or_insert_with(|| scope.clone());
     }
+    out
 }
 
 /// What RBAC policies can grant on a network: either makes it visible.
@@ -95,22 +96,37 @@ impl Kind for Network {
     async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
         let granted = granted_ids(&service.all_grants().await?, caller, NETWORK_GRANTS);
         let scopes = service.pool_scopes().await?;
-        let mut out: Vec<Listed> = Vec::new();
-        for (mut n, _) in service.load_all::<Network>(keys::NETWORKS).await? {
-            if n.visible_to(caller) || granted.contains(&n.meta.id) {
-                if !scopes.is_empty() {
-                    n.address_scopes = service.address_scopes_of(&n, &scopes).await?;
-                }
-                out.push(Box::new(View::owned(n, caller)));
-            }
-        }
-        Ok(out)
+        // One read of the subnets for every network, and none while no pool is in a scope.
+        let mut by_network = if scopes.is_empty() {
+            HashMap::new()
+        } else {
+            let subnets = service.load_all::<Subnet>(keys::SUBNETS).await?;
+            scopes_by_network(subnets.iter().map(|(s, _)| s), &scopes)
+        };
+        Ok(service
+            .load_all::<Network>(keys::NETWORKS)
+            .await?
+            .into_iter()
+            .filter(|(n, _)| n.visible_to(caller) || granted.contains(&n.meta.id))
+            .map(|(mut n, _)| {
+                n.address_scopes = by_network.remove(&n.meta.id).unwrap_or_default();
+                Box::new(View::owned(n, caller)) as Listed
+            })
+            .collect())
     }
 
     async fn complete(service: &Service, mut network: Network) -> Result<Network> {
         let scopes = service.pool_scopes().await?;
         if !scopes.is_empty() {
-            network.address_scopes = service.address_scopes_of(&network, &scopes).await?;
+            let mut subnets = Vec::with_capacity(network.subnets.len());
+            for id in &network.subnets {
+                if let Some((subnet, _)) = service.load::<Subnet>(id).await? {
+                    subnets.push(subnet);
+                }
+            }
+            network.address_scopes = scopes_by_network(&subnets, &scopes)
+                .remove(&network.meta.id)
+                .unwrap_or_default();
         }
         Ok(network)
     }

@@ -20,15 +20,25 @@ use crate::keys;
 pub(crate) type Grants = HashMap<String, Vec<RbacPolicy>>;
 
 impl Service {
-    /// The policies sharing `object_id`.
-    pub(crate) async fn policies_on(&self, object_id: &str) -> Result<Vec<RbacPolicy>> {
+    /// The policies sharing `object_id`, with their revisions.
+    async fn versioned_policies_on(&self, object_id: &str) -> Result<Vec<(RbacPolicy, u64)>> {
         let mut out = Vec::new();
         for id in self.index(&keys::rbac_object_prefix(object_id)).await? {
-            if let Some((p, _)) = self.load::<RbacPolicy>(&id).await? {
-                out.push(p);
+            if let Some(found) = self.load::<RbacPolicy>(&id).await? {
+                out.push(found);
             }
         }
         Ok(out)
+    }
+
+    /// The policies sharing `object_id`.
+    pub(crate) async fn policies_on(&self, object_id: &str) -> Result<Vec<RbacPolicy>> {
+        Ok(self
+            .versioned_policies_on(object_id)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
     }
 
     /// Every policy, by object.
@@ -63,17 +73,14 @@ impl Service {
         object_id: &str,
         action: Action,
     ) -> Result<Option<Txn>> {
-        let mut policies = self.policies_on(object_id).await?;
-        policies.retain(|p| p.grants(project, action));
+        let mut policies = self.versioned_policies_on(object_id).await?;
+        policies.retain(|(p, _)| p.grants(project, action));
         // Prefer a grant to this project: a wildcard may go while it stays.
-        policies.sort_by_key(|p| p.target_tenant != project);
-        let Some(policy) = policies.first() else {
+        policies.sort_by_key(|(p, _)| p.target_tenant != project);
+        let Some((policy, rev)) = policies.first() else {
             return Ok(None);
         };
-        let key = key_of::<RbacPolicy>(&policy.meta.id);
-        let Some((_, rev)) = self.load::<RbacPolicy>(&policy.meta.id).await? else {
-            return Ok(None);
-        };
+        let (key, rev) = (key_of::<RbacPolicy>(&policy.meta.id), *rev);
         Ok(Some(Txn::new().when(Compare::mod_revision(key, rev)).then(
             Op::put(keys::rbac_use(object_id), project.to_owned()),
         )))
@@ -341,14 +348,15 @@ impl Kind for RbacPolicy {
     }
 
     async fn delete_txn(service: &Service, _caller: &Caller, policy: &RbacPolicy) -> Result<Txn> {
-        let others: Vec<RbacPolicy> = service
-            .policies_on(&policy.object_id)
+        let others: Vec<(RbacPolicy, u64)> = service
+            .versioned_policies_on(&policy.object_id)
             .await?
             .into_iter()
-            .filter(|p| p.meta.id != policy.meta.id)
+            .filter(|(p, _)| p.meta.id != policy.meta.id)
             .collect();
         let mark = service.use_mark(&policy.object_id).await?;
-        service.check_not_in_use(policy, &others).await?;
+        let remaining: Vec<RbacPolicy> = others.iter().map(|(p, _)| p.clone()).collect();
+        service.check_not_in_use(policy, &remaining).await?;
         // A new use or a change to the object's policies between this check and the commit
         // retries it.
         let mut txn = Txn::new()
@@ -358,14 +366,10 @@ impl Kind for RbacPolicy {
                 &policy.meta.id,
             )))
             .then(Op::delete(claim(policy)));
-        for p in &others {
+        for (p, rev) in &others {
             txn = txn.when(Compare::mod_revision(
                 key_of::<RbacPolicy>(&p.meta.id),
-                service
-                    .load::<RbacPolicy>(&p.meta.id)
-                    .await?
-                    .map(|(_, rev)| rev)
-                    .unwrap_or(0),
+                *rev,
             ));
         }
         Ok(txn)

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
+use isthmus_model::input::Input;
 use isthmus_model::rbac::{granted, Action};
 use isthmus_model::resource::{Resource, View};
 use isthmus_model::security_group::DefaultRule;
@@ -453,7 +454,7 @@ impl Kind for AddressGroup {
         _service: &Service,
         _caller: &Caller,
         meta: isthmus_model::Meta,
-        input: &mut isthmus_model::input::Input,
+        input: &mut Input,
     ) -> Result<AddressGroup> {
         AddressGroup::from_input(meta, input)
     }
@@ -515,11 +516,7 @@ impl Service {
         body: Value,
         add: bool,
     ) -> Result<Object> {
-        let Some(addresses) = body.get("addresses").cloned() else {
-            return Err(Error::BadRequest(
-                "Failed to parse request. Required attribute 'addresses' not specified".to_owned(),
-            ));
-        };
+        let addresses = Input::required("addresses", body.get("addresses").cloned())?;
         let addresses = isthmus_model::address_group::parse_addresses(addresses)?;
         let verb = if add {
             "add_addresses"

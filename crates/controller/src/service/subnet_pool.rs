@@ -198,11 +198,7 @@ impl Service {
         body: Value,
         add: bool,
     ) -> Result<Value> {
-        let Some(requested) = body.get("prefixes").cloned() else {
-            return Err(Error::BadRequest(
-                "Failed to parse request. Required attribute 'prefixes' not specified".to_owned(),
-            ));
-        };
+        let requested = Input::required("prefixes", body.get("prefixes").cloned())?;
         let requested = parse_prefixes("prefixes", requested)?;
         let verb = if add {
             "add_prefixes"
