@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use isthmus_model::input::parse_json;
 use isthmus_model::query::ListQuery;
 use isthmus_model::wire::WireSer;
@@ -18,7 +18,7 @@ use isthmus_model::{Caller, Error};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{json, Value};
 
-use crate::auth::noauth_caller;
+use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::service::{Endpoint, Listed, Registry, Service, TagOp};
 
@@ -32,6 +32,8 @@ pub struct AppState {
     pub informer: Arc<crate::informer::Informer>,
     /// The resource collections served under `/v2.0/`.
     pub registry: Registry,
+    /// How callers are identified.
+    pub auth: Auth,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -45,16 +47,33 @@ impl From<Error> for ApiError {
     }
 }
 
+/// What went wrong inside a request that answered 500: logged with the request id, never
+/// sent to the client.
+#[derive(Clone)]
+struct InternalDetail(String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let internal = matches!(self.0, Error::Internal(_)) || status.is_server_error();
+        let message = if matches!(self.0, Error::Internal(_)) {
+            "Request Failed: internal server error while processing your request.".to_owned()
+        } else {
+            self.0.to_string()
+        };
         let body = json!({"NeutronError": {
             "type": self.0.type_name(),
-            "message": self.0.to_string(),
+            "message": message,
             "detail": "",
         }});
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if internal {
+            response
+                .extensions_mut()
+                .insert(InternalDetail(self.0.to_string()));
+        }
+        response
     }
 }
 
@@ -183,6 +202,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(Error::PathNotFound) })
         .method_not_allowed_fallback(|| async { ApiError(Error::MethodNotAllowed) })
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -196,6 +216,45 @@ async fn observe(State(state): Shared, request: Request, next: Next) -> Response
         response.status().as_u16(),
         started.elapsed(),
     );
+    response
+}
+
+/// Gives every request an id (`X-Openstack-Request-Id`, as Neutron), identifies its caller
+/// (401 when it cannot be) and logs what a 500 hides from the client.
+async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
+    let request_id = format!("req-{}", uuid::Uuid::new_v4());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    // Version discovery and health are public, as in Neutron's paste pipeline.
+    let public = matches!(path.as_str(), "/" | "/healthz" | "/metrics");
+    let mut response = if public {
+        next.run(request).await
+    } else {
+        match state.auth.caller(request.headers()).await {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                next.run(request).await
+            }
+            Err(e) => {
+                let mut response = ApiError(e).into_response();
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    if let Some(challenge) = state.auth.challenge().and_then(|c| c.parse().ok()) {
+                        response.headers_mut().insert("www-authenticate", challenge);
+                    }
+                }
+                response
+            }
+        }
+    };
+    if let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>() {
+        eprintln!(
+            "isthmus controller: {request_id} {method} {path} answered {}: {detail}",
+            response.status().as_u16()
+        );
+    }
+    if let Ok(id) = request_id.parse() {
+        response.headers_mut().insert("x-openstack-request-id", id);
+    }
     response
 }
 
@@ -334,13 +393,13 @@ async fn metrics(State(state): Shared) -> Response {
 }
 
 async fn list(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(collection): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
     let kind = endpoint(&state, &collection)?;
-    let caller = noauth_caller(&headers);
     let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.schema())?;
     let items = kind.list(&state.service, &caller).await?;
     let base = format!("{}/v2.0/{}", base_url(&headers), kind.collection());
@@ -391,26 +450,24 @@ impl Serialize for ListBody<'_> {
 }
 
 async fn show(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
 ) -> ApiResult {
     let kind = endpoint(&state, &collection)?;
-    let caller = noauth_caller(&headers);
     let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.schema())?;
     let object = kind.show(&state.service, &caller, &id).await?;
     Ok(Json(json!({ kind.singular(): query.project_one(object) })).into_response())
 }
 
 async fn create(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(collection): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let kind = endpoint(&state, &collection)?;
-    let caller = noauth_caller(&headers);
     let mut value = parse_json(&body)?;
     // Bulk create: `{"ports": [...]}`, all or nothing.
     if let Some(items) = value.get_mut(kind.plural()).map(Value::take) {
@@ -458,10 +515,7 @@ async fn bulk_create(
                 // Undo what this request created so a failed bulk leaves nothing behind.
                 for done in created.iter().rev() {
                     if let Some(id) = done.get("id").and_then(Value::as_str) {
-                        let admin = Caller {
-                            project_id: caller.project_id.clone(),
-                            is_admin: true,
-                        };
+                        let admin = Caller::admin(&caller.project_id);
                         let _ = kind.delete(service, &admin, id, None).await;
                     }
                 }
@@ -473,13 +527,13 @@ async fn bulk_create(
 }
 
 async fn update(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let kind = endpoint(&state, &collection)?;
-    let caller = noauth_caller(&headers);
     let value = parse_json(&body)?;
     let object = kind
         .update(&state.service, &caller, &id, value, if_match(&headers)?)
@@ -488,12 +542,12 @@ async fn update(
 }
 
 async fn remove(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
     let kind = endpoint(&state, &collection)?;
-    let caller = noauth_caller(&headers);
     kind.delete(&state.service, &caller, &id, if_match(&headers)?)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -502,38 +556,32 @@ async fn remove(
 /// `PUT /v2.0/{collection}/{id}/{action}`: a kind's member action
 /// (`add_router_interface`, `add_prefixes`, `add_addresses`, ...).
 async fn member_action(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id, action)): Path<(String, String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let answer = endpoint(&state, &collection)?
-        .action(
-            &state.service,
-            &noauth_caller(&headers),
-            &id,
-            &action,
-            parse_json(&body)?,
-        )
+        .action(&state.service, &caller, &id, &action, parse_json(&body)?)
         .await?;
     Ok(Json(answer).into_response())
 }
 
 async fn show_tags(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
     let tags = endpoint(&state, &collection)?
-        .tags(&state.service, &noauth_caller(&headers), &id)
+        .tags(&state.service, &caller, &id)
         .await?;
     Ok(Json(json!({ "tags": tags })).into_response())
 }
 
 async fn replace_tags(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let value = parse_json(&body)?;
@@ -549,34 +597,29 @@ async fn replace_tags(
         }
     };
     let tags = endpoint(&state, &collection)?
-        .update_tags(
-            &state.service,
-            &noauth_caller(&headers),
-            &id,
-            TagOp::Replace(tags),
-        )
+        .update_tags(&state.service, &caller, &id, TagOp::Replace(tags))
         .await?;
     Ok(Json(json!({ "tags": tags })).into_response())
 }
 
 async fn clear_tags(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
     endpoint(&state, &collection)?
-        .update_tags(&state.service, &noauth_caller(&headers), &id, TagOp::Clear)
+        .update_tags(&state.service, &caller, &id, TagOp::Clear)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn check_tag(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id, tag)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
     let tags = endpoint(&state, &collection)?
-        .tags(&state.service, &noauth_caller(&headers), &id)
+        .tags(&state.service, &caller, &id)
         .await?;
     if tags.contains(&tag) {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -589,84 +632,65 @@ async fn check_tag(
 }
 
 async fn add_tag(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id, tag)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
     endpoint(&state, &collection)?
-        .update_tags(
-            &state.service,
-            &noauth_caller(&headers),
-            &id,
-            TagOp::Add(tag),
-        )
+        .update_tags(&state.service, &caller, &id, TagOp::Add(tag))
         .await?;
     Ok(StatusCode::CREATED.into_response())
 }
 
 async fn remove_tag(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id, tag)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> ApiResult {
     endpoint(&state, &collection)?
-        .update_tags(
-            &state.service,
-            &noauth_caller(&headers),
-            &id,
-            TagOp::Remove(tag),
-        )
+        .update_tags(&state.service, &caller, &id, TagOp::Remove(tag))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_ip_availabilities(State(state): Shared, headers: HeaderMap) -> ApiResult {
-    let all = state
-        .service
-        .list_ip_availabilities(&noauth_caller(&headers))
-        .await?;
+async fn list_ip_availabilities(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+) -> ApiResult {
+    let all = state.service.list_ip_availabilities(&caller).await?;
     Ok(Json(json!({ "network_ip_availabilities": all })).into_response())
 }
 
 async fn show_ip_availability(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let one = state
-        .service
-        .show_ip_availability(&noauth_caller(&headers), &id)
-        .await?;
+    let one = state.service.show_ip_availability(&caller, &id).await?;
     Ok(Json(json!({ "network_ip_availability": one })).into_response())
 }
 
-async fn list_quotas(State(state): Shared, headers: HeaderMap) -> ApiResult {
-    let quotas = state.service.list_quotas(&noauth_caller(&headers)).await?;
+async fn list_quotas(Extension(caller): Extension<Caller>, State(state): Shared) -> ApiResult {
+    let quotas = state.service.list_quotas(&caller).await?;
     Ok(Json(quotas).into_response())
 }
 
 async fn show_quota(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(project): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult {
     let project = project.strip_suffix(".json").unwrap_or(&project);
-    let quota = state
-        .service
-        .show_quota(&noauth_caller(&headers), project)
-        .await?;
+    let quota = state.service.show_quota(&caller, project).await?;
     Ok(Json(quota).into_response())
 }
 
 async fn quota_details(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(project): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let quota = state
-        .service
-        .quota_details(&noauth_caller(&headers), &project)
-        .await?;
+    let quota = state.service.quota_details(&caller, &project).await?;
     Ok(Json(quota).into_response())
 }
 
@@ -675,35 +699,32 @@ async fn default_quota(State(state): Shared, Path(project): Path<String>) -> Api
 }
 
 async fn update_quota(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(project): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let quota = state
         .service
-        .update_quota(&noauth_caller(&headers), &project, parse_json(&body)?)
+        .update_quota(&caller, &project, parse_json(&body)?)
         .await?;
     Ok(Json(quota).into_response())
 }
 
 async fn delete_quota(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(project): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    state
-        .service
-        .delete_quota(&noauth_caller(&headers), &project)
-        .await?;
+    state.service.delete_quota(&caller, &project).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_floating_ip_pools(State(state): Shared, headers: HeaderMap) -> ApiResult {
-    let pools = state
-        .service
-        .floating_ip_pools(&noauth_caller(&headers))
-        .await?;
+async fn list_floating_ip_pools(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+) -> ApiResult {
+    let pools = state.service.floating_ip_pools(&caller).await?;
     Ok(Json(json!({ "floatingip_pools": pools })).into_response())
 }
 
@@ -715,34 +736,33 @@ async fn list_availability_zones() -> Json<Value> {
     ]}))
 }
 
-async fn list_agents(State(state): Shared, headers: HeaderMap) -> ApiResult {
-    let agents = state
-        .service
-        .list_nodes(&noauth_caller(&headers), true)
-        .await?;
+async fn list_agents(Extension(caller): Extension<Caller>, State(state): Shared) -> ApiResult {
+    let agents = state.service.list_nodes(&caller, true).await?;
     Ok(Json(json!({ "agents": agents })).into_response())
 }
 
-async fn show_agent(State(state): Shared, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
-    let agent = state
-        .service
-        .show_agent(&noauth_caller(&headers), &id)
-        .await?;
+async fn show_agent(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let agent = state.service.show_agent(&caller, &id).await?;
     Ok(Json(json!({ "agent": agent })).into_response())
 }
 
-async fn list_nodes(State(state): Shared, headers: HeaderMap) -> ApiResult {
-    let nodes = state
-        .service
-        .list_nodes(&noauth_caller(&headers), false)
-        .await?;
+async fn list_nodes(Extension(caller): Extension<Caller>, State(state): Shared) -> ApiResult {
+    let nodes = state.service.list_nodes(&caller, false).await?;
     Ok(Json(json!({ "nodes": nodes })).into_response())
 }
 
-async fn register_node(State(state): Shared, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn register_node(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+    body: Bytes,
+) -> ApiResult {
     let (created, node) = state
         .service
-        .register_node(&noauth_caller(&headers), parse_json(&body)?)
+        .register_node(&caller, parse_json(&body)?)
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -753,96 +773,87 @@ async fn register_node(State(state): Shared, headers: HeaderMap, body: Bytes) ->
 }
 
 async fn show_node(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    let node = state
-        .service
-        .show_node(&noauth_caller(&headers), &name)
-        .await?;
+    let node = state.service.show_node(&caller, &name).await?;
     Ok(Json(json!({ "node": node })).into_response())
 }
 
 async fn delete_node(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    state
-        .service
-        .delete_node(&noauth_caller(&headers), &name)
-        .await?;
+    state.service.delete_node(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn heartbeat(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult {
-    state
-        .service
-        .heartbeat(&noauth_caller(&headers), &name)
-        .await?;
+    state.service.heartbeat(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn port_status(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let port = state
         .service
-        .set_port_status(&noauth_caller(&headers), &id, parse_json(&body)?)
+        .set_port_status(&caller, &id, parse_json(&body)?)
         .await?;
     Ok(Json(json!({ "port": port })).into_response())
 }
 
 async fn floating_ip_status(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let fip = state
         .service
-        .set_floating_ip_status(&noauth_caller(&headers), &id, parse_json(&body)?)
+        .set_floating_ip_status(&caller, &id, parse_json(&body)?)
         .await?;
     Ok(Json(json!({ "floatingip": fip })).into_response())
 }
 
-async fn list_namespace_bindings(State(state): Shared, headers: HeaderMap) -> ApiResult {
-    let bindings = state
-        .service
-        .list_namespace_bindings(&noauth_caller(&headers))
-        .await?;
+async fn list_namespace_bindings(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+) -> ApiResult {
+    let bindings = state.service.list_namespace_bindings(&caller).await?;
     Ok(Json(json!({ "namespace_bindings": bindings })).into_response())
 }
 
 async fn show_namespace_binding(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(namespace): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult {
     let binding = state
         .service
-        .show_namespace_binding(&noauth_caller(&headers), &namespace)
+        .show_namespace_binding(&caller, &namespace)
         .await?;
     Ok(Json(json!({ "namespace_binding": binding })).into_response())
 }
 
 async fn put_namespace_binding(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(namespace): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let (created, binding) = state
         .service
-        .put_namespace_binding(&noauth_caller(&headers), &namespace, parse_json(&body)?)
+        .put_namespace_binding(&caller, &namespace, parse_json(&body)?)
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -853,20 +864,23 @@ async fn put_namespace_binding(
 }
 
 async fn delete_namespace_binding(
+    Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(namespace): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult {
     state
         .service
-        .delete_namespace_binding(&noauth_caller(&headers), &namespace)
+        .delete_namespace_binding(&caller, &namespace)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn watch(State(state): Shared, RawQuery(raw): RawQuery, headers: HeaderMap) -> ApiResult {
-    let caller = noauth_caller(&headers);
-    caller.require_admin("watch")?;
+async fn watch(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    isthmus_model::policy::authorize_caller("watch_node", &caller)?;
     let pairs = query_pairs(raw.as_deref());
     let param = |name: &str| {
         pairs

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use isthmus_store::SharedStore;
 
+pub use auth::{Auth, Keystone, KeystoneConfig};
 pub use service::{Config, Endpoint, Kind, Listed, Registry, Service, TagOp};
 
 /// Errors starting or running the controller.
@@ -36,26 +37,40 @@ pub fn app(store: SharedStore, config: Config) -> axum::Router {
     app_with(store, config, Registry::neutron())
 }
 
-/// Builds the API router for a store, serving the collections of `registry`.
+/// Builds the API router for a store, serving the collections of `registry` (noauth).
 pub fn app_with(store: SharedStore, config: Config, registry: Registry) -> axum::Router {
+    app_full(store, config, registry, Auth::NoAuth)
+}
+
+/// Builds the API router for a store, serving the collections of `registry` to callers
+/// identified by `auth`.
+pub fn app_full(
+    store: SharedStore,
+    config: Config,
+    registry: Registry,
+    auth: Auth,
+) -> axum::Router {
     let service = Service::new(store, config).shared();
     let state = Arc::new(api::AppState {
         informer: service.informer().clone(),
         service,
         metrics: metrics::Metrics::default(),
         registry,
+        auth,
     });
     api::router(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the Neutron API on `listener`, identifying callers with `auth`, until `shutdown`
+/// resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: SharedStore,
     config: Config,
+    auth: Auth,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    axum::serve(listener, app(store, config))
+    axum::serve(listener, app_full(store, config, Registry::neutron(), auth))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ControllerError::Serve)

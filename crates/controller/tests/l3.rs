@@ -337,8 +337,25 @@ async fn interfaces_by_port_and_floating_ips_without_a_port() {
     let api = Api::memory();
     let (ext, _) = external(&api).await;
     let (net, _) = api.network_with_subnet(ALICE, "10.3.0.0/24").await;
+    // Only admins choose whether a gateway SNATs (Neutron's
+    // create_router:external_gateway_info:enable_snat); an admin makes the router for alice.
+    let mut body =
+        json!({"name": "r", "external_gateway_info": {"network_id": ext, "enable_snat": false}});
+    let (s, v) = api
+        .call(
+            ALICE,
+            "POST",
+            "/v2.0/routers",
+            Some(json!({ "router": body.clone() })),
+        )
+        .await;
+    assert_eq!(
+        (s, v["NeutronError"]["type"].as_str()),
+        (403, Some("PolicyNotAuthorized"))
+    );
+    body["project_id"] = json!("alice");
     let router = api
-        .create(ALICE, "routers", "router", json!({"name": "r", "external_gateway_info": {"network_id": ext, "enable_snat": false}}))
+        .create(As::Admin("ops"), "routers", "router", body)
         .await;
     assert_eq!(router["external_gateway_info"]["enable_snat"], false);
     let rid = router["id"].as_str().unwrap();
@@ -365,18 +382,31 @@ async fn interfaces_by_port_and_floating_ips_without_a_port() {
             json!({"network_id": net, "name": "vip"}),
         )
         .await;
+    // Choosing the address takes the manager role (Neutron's
+    // create_floatingip:floating_ip_address); alice's manager picks it.
+    let chosen =
+        json!({"floatingip": {"floating_network_id": ext, "floating_ip_address": "172.24.4.100"}});
+    let (s, v) = api
+        .call(ALICE, "POST", "/v2.0/floatingips", Some(chosen.clone()))
+        .await;
+    assert_eq!((s, fault(&v)), (403, "PolicyNotAuthorized"), "{v}");
     let fip = api
         .create(
-            ALICE,
+            As::Manager("alice"),
             "floatingips",
             "floatingip",
-            json!({"floating_network_id": ext, "floating_ip_address": "172.24.4.100"}),
+            chosen["floatingip"].clone(),
         )
         .await;
     assert_eq!(fip["port_id"], Value::Null);
     assert_eq!(fip["status"], "DOWN");
     let (s, v) = api
-        .call(ALICE, "POST", "/v2.0/floatingips", Some(json!({"floatingip": {"floating_network_id": ext, "floating_ip_address": "172.24.4.100"}})))
+        .call(
+            As::Manager("alice"),
+            "POST",
+            "/v2.0/floatingips",
+            Some(chosen),
+        )
         .await;
     assert_eq!((s, fault(&v)), (409, "IpAddressAlreadyAllocated"), "{v}");
     let fid = fip["id"].as_str().unwrap();

@@ -6,6 +6,10 @@ use common::{Api, As};
 use serde_json::json;
 
 const A: As = As::Member("project-a");
+/// Project A's admin: only admins give subnets service types.
+const A_ADMIN: As = As::Admin("project-a");
+/// Project A's manager: MACs change at a manager's (or an admin's) request.
+const A_MANAGER: As = As::Manager("project-a");
 
 #[tokio::test]
 async fn mac_regeneration_dhcp_options_and_bulk_tags() {
@@ -78,14 +82,10 @@ async fn mac_regeneration_dhcp_options_and_bulk_tags() {
 
     // port-mac-address-regenerate: null asks for a new one.
     let old_mac = port["mac_address"].as_str().unwrap().to_owned();
-    let (s, v) = api
-        .call(
-            A,
-            "PUT",
-            &path,
-            Some(json!({"port": {"mac_address": null}})),
-        )
-        .await;
+    let regenerate = json!({"port": {"mac_address": null}});
+    let (s, _) = api.call(A, "PUT", &path, Some(regenerate.clone())).await;
+    assert_eq!(s, 403, "update_port:mac_address is for managers");
+    let (s, v) = api.call(A_MANAGER, "PUT", &path, Some(regenerate)).await;
     assert_eq!(s, 200, "{v}");
     let new_mac = v["port"]["mac_address"].as_str().unwrap().to_owned();
     assert_ne!(new_mac, old_mac);
@@ -128,9 +128,16 @@ async fn subnet_service_types_steer_addresses() {
         .create(A, "networks", "network", json!({"name": "n"}))
         .await;
     let net_id = net["id"].as_str().unwrap().to_owned();
+    let typed = json!({"subnet": {"network_id": net_id, "ip_version": 4,
+        "cidr": "10.0.0.0/24", "service_types": ["network:floatingip"]}});
+    let (s, v) = api.call(A, "POST", "/v2.0/subnets", Some(typed)).await;
+    assert_eq!(
+        (s, v["NeutronError"]["type"].as_str()),
+        (403, Some("PolicyNotAuthorized"))
+    );
     let (s, v) = api
         .call(
-            A,
+            A_ADMIN,
             "POST",
             "/v2.0/subnets",
             Some(json!({"subnet": {"network_id": net_id, "ip_version": 4,
@@ -143,7 +150,7 @@ async fn subnet_service_types_steer_addresses() {
     );
     let fips = api
         .create(
-            A,
+            A_ADMIN,
             "subnets",
             "subnet",
             json!({"network_id": net_id, "ip_version": 4,
@@ -205,10 +212,10 @@ async fn subnet_service_types_steer_addresses() {
         )
         .await;
     assert_eq!(s, 400, "an explicit subnet must serve the owner too");
-    // Service types change with an update.
+    // Service types change with an update (an admin's).
     let (s, v) = api
         .call(
-            A,
+            A_ADMIN,
             "PUT",
             &format!("/v2.0/subnets/{}", fips["id"].as_str().unwrap()),
             Some(json!({"subnet": {"service_types": ["network:floatingip", "compute:nova"]}})),

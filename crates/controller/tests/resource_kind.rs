@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use common::{fault, Api, As};
 use isthmus_controller::{app_with, Config, Kind, Registry, Service};
 use isthmus_model::input::Input;
+use isthmus_model::policy::Roles;
 use isthmus_model::resource::{attr, Definition, Rights};
 use isthmus_model::{Caller, Error, Meta, Result};
 use isthmus_store::MemoryStore;
@@ -37,7 +38,7 @@ static WIDGETS: Definition<Widget> = Definition {
     attributes: &[
         attr("size", Rights::ALL, |w, _| Some(json!(w.size))),
         attr("colour", Rights::CREATE_QUERY, |w, v| {
-            v.admin.then(|| json!(w.colour))
+            v.roles.has(Roles::ADMIN).then(|| json!(w.colour))
         }),
     ],
 };

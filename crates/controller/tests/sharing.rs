@@ -122,10 +122,14 @@ async fn a_network_shared_with_one_project_through_rbac() {
         404
     );
 
-    // A wildcard grant reaches everyone; deleting the network takes its policies along.
+    // A wildcard grant reaches everyone (only admins make one); deleting the network takes
+    // its policies along.
+    let wildcard = json!({"object_type": "network", "object_id": net,
+                          "action": "access_as_external", "target_tenant": "*"});
+    assert_eq!(policy(&api, A, wildcard).await.0, 403);
     let (s, _) = policy(
         &api,
-        A,
+        As::Admin("project-a"),
         json!({"object_type": "network", "object_id": net,
                                         "action": "access_as_external", "target_tenant": "*"}),
     )

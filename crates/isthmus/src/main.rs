@@ -245,7 +245,14 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             eprintln!("isthmus controller: Neutron v2.0 API on http://{listen}/v2.0");
-            isthmus_controller::serve(listener, store, config, shutdown_signal()).await?;
+            isthmus_controller::serve(
+                listener,
+                store,
+                config,
+                isthmus_controller::Auth::NoAuth,
+                shutdown_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::Agent {

@@ -8,7 +8,7 @@ use crate::addr::IpVersion;
 use crate::error::{Error, Result};
 use crate::input::{Input, Method};
 use crate::meta::{Caller, Meta};
-use crate::resource::{attr, Definition, Rights};
+use crate::resource::{attr, defaulted, Definition, Rights};
 
 /// The `address-scopes` resource.
 pub static DEFINITION: Definition<AddressScope> = Definition {
@@ -21,7 +21,7 @@ pub static DEFINITION: Definition<AddressScope> = Definition {
     description: None,
     updatable: true,
     attributes: &[
-        attr("shared", Rights::ALL, |s, _| Some(json!(s.shared))),
+        defaulted("shared", Rights::ALL, "false", |s, _| Some(json!(s.shared))),
         attr("ip_version", Rights::CREATE_QUERY, |s, _| {
             Some(json!(s.ip_version.number()))
         }),
@@ -61,11 +61,8 @@ pub fn ip_version(input: &mut Input) -> Result<Option<IpVersion>> {
 
 impl AddressScope {
     /// A new scope from a create body whose standard attributes are read into `meta`.
-    pub fn from_input(caller: &Caller, meta: Meta, input: &mut Input) -> Result<AddressScope> {
+    pub fn from_input(meta: Meta, input: &mut Input) -> Result<AddressScope> {
         let shared = input.boolean("shared")?.unwrap_or(false);
-        if shared {
-            caller.require_admin("create_address_scope:shared")?;
-        }
         let ip_version = Input::required("ip_version", ip_version(input)?)?;
         Ok(AddressScope {
             meta,
@@ -75,11 +72,10 @@ impl AddressScope {
     }
 
     /// Applies an update body: a shared scope cannot be unshared.
-    pub fn apply_update(&mut self, caller: &Caller, body: Value, now: &str) -> Result<()> {
+    pub fn apply_update(&mut self, body: Value, now: &str) -> Result<()> {
         let mut input = Input::for_kind(body, &DEFINITION, Method::Update)?;
         self.meta.read_common(&mut input)?;
         if let Some(shared) = input.boolean("shared")? {
-            caller.require_admin("update_address_scope:shared")?;
             if self.shared && !shared {
                 return Err(Error::fault(
                     "AddressScopeUpdateError",

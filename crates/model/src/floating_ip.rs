@@ -170,10 +170,7 @@ mod tests {
     const NET: &str = "11111111-2222-3333-4444-555555555555";
 
     fn user() -> Caller {
-        Caller {
-            project_id: "p".into(),
-            is_admin: false,
-        }
+        Caller::member("p")
     }
 
     #[test]

@@ -6,25 +6,58 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::input::Input;
+use crate::policy::Roles;
 
 /// The caller of an API request (from noauth headers or a validated token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The caller's project.
     pub project_id: String,
-    /// Whether the caller has the admin role.
-    pub is_admin: bool,
+    /// The caller's user (empty under noauth).
+    pub user_id: String,
+    /// The caller's roles, with the roles they imply.
+    pub roles: Roles,
 }
 
 impl Caller {
+    /// A caller of `project_id` with `roles` (and what they imply).
+    pub fn new(project_id: &str, roles: Roles) -> Caller {
+        Caller {
+            project_id: project_id.to_owned(),
+            user_id: String::new(),
+            roles: roles.implied(),
+        }
+    }
+
+    /// An admin of `project_id`.
+    pub fn admin(project_id: &str) -> Caller {
+        Caller::new(project_id, Roles::ADMIN)
+    }
+
+    /// A member of `project_id`.
+    pub fn member(project_id: &str) -> Caller {
+        Caller::new(project_id, Roles::MEMBER)
+    }
+
+    /// Whether the caller has the admin role (Neutron's `context_is_admin`).
+    pub fn is_admin(&self) -> bool {
+        self.roles.has(Roles::ADMIN)
+    }
+
+    /// Whether the caller acts for other projects: an admin, or a service (Nova, Isthmus's
+    /// agents) or advsvc user (Neutron's `is_admin or is_advsvc or is_service_role`).
+    pub fn is_privileged(&self) -> bool {
+        self.is_admin() || self.roles.has(Roles::SERVICE) || self.roles.has(Roles::ADVSVC)
+    }
+
     /// Whether the caller may see and use a resource of `project_id`.
     pub fn owns(&self, project_id: &str) -> bool {
-        self.is_admin || self.project_id == project_id
+        self.is_admin() || self.project_id == project_id
     }
 
     /// Refuses a non-admin setting an admin-only attribute, as Neutron's policy does.
     pub fn require_admin(&self, action: &str) -> Result<()> {
-        if self.is_admin {
+        if self.is_admin() {
             Ok(())
         } else {
             Err(Error::PolicyNotAuthorized(format!("rule:{action}")))
@@ -154,14 +187,36 @@ pub fn owner_project(input: &mut Input, caller: &Caller) -> Result<String> {
     };
     match requested {
         None => Ok(caller.project_id.clone()),
-        Some(p) if p == caller.project_id || caller.is_admin => {
+        Some(p) if p == caller.project_id || caller.is_privileged() => {
             if p.is_empty() {
-                return Err(Error::invalid_attr("project_id", "'' is not a valid project"));
+                return Err(Error::invalid_attr(
+                    "project_id",
+                    "'' is not a valid project",
+                ));
             }
             Ok(p)
         }
-        Some(_) => Err(Error::BadRequest(
-            "Specifying 'project_id' or 'tenant_id' other than the authenticated project in request requires admin privileges".to_owned(),
-        )),
+        Some(_) => Err(foreign_project()),
+    }
+}
+
+fn foreign_project() -> Error {
+    Error::BadRequest(
+        "Specifying 'project_id' or 'tenant_id' other than the authenticated project in request requires admin or advsvc or service privileges".to_owned(),
+    )
+}
+
+/// Refuses a create body naming another project than the caller's unless the caller acts
+/// for other projects: checked before the policy, as Neutron's `_validate_privileges` is.
+pub fn check_owner(body: &serde_json::Map<String, Value>, caller: &Caller) -> Result<()> {
+    let foreign = ["project_id", "tenant_id"].iter().any(|name| {
+        body.get(*name)
+            .and_then(Value::as_str)
+            .is_some_and(|p| p != caller.project_id)
+    });
+    if foreign && !caller.is_privileged() {
+        Err(foreign_project())
+    } else {
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::input::{Input, Method};
 use crate::meta::{owner_project, Caller, Meta};
-use crate::resource::{attr, Definition, Rights};
+use crate::resource::{attr, defaulted, Definition, Rights};
 
 /// Largest VXLAN network identifier.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
@@ -27,22 +27,22 @@ pub static DEFINITION: Definition<Network> = Definition {
     description: Some(Rights::ALL),
     updatable: true,
     attributes: &[
-        attr("admin_state_up", Rights::ALL, |n, _| {
+        defaulted("admin_state_up", Rights::ALL, "false", |n, _| {
             Some(json!(n.admin_state_up))
         }),
         attr("shared", Rights::ALL, |n, _| Some(json!(n.shared))),
-        attr("router:external", Rights::ALL, |n, _| {
+        defaulted("router:external", Rights::ALL, "false", |n, _| {
             Some(json!(n.external))
         }),
-        attr("mtu", Rights::ALL, |n, _| Some(json!(n.mtu))),
-        attr("provider:network_type", Rights::CREATE_QUERY, |n, v| {
-            v.admin.then(|| json!(n.network_type.as_str()))
+        defaulted("mtu", Rights::ALL, "true", |n, _| Some(json!(n.mtu))),
+        attr("provider:network_type", Rights::CREATE_QUERY, |n, _| {
+            Some(json!(n.network_type.as_str()))
         }),
-        attr("provider:physical_network", Rights::CREATE_QUERY, |n, v| {
-            v.admin.then(|| json!(n.physical_network))
+        attr("provider:physical_network", Rights::CREATE_QUERY, |n, _| {
+            Some(json!(n.physical_network))
         }),
-        attr("provider:segmentation_id", Rights::CREATE_QUERY, |n, v| {
-            v.admin.then(|| json!(n.segmentation_id))
+        attr("provider:segmentation_id", Rights::CREATE_QUERY, |n, _| {
+            Some(json!(n.segmentation_id))
         }),
         attr("port_security_enabled", Rights::ALL, |n, _| {
             Some(json!(n.port_security_enabled))
@@ -200,17 +200,6 @@ impl Network {
         let project_id = owner_project(&mut input, caller)?;
         let mut meta = Meta::new(id, project_id, now);
         meta.read_common(&mut input)?;
-        for admin_only in [
-            "shared",
-            "router:external",
-            "provider:network_type",
-            "provider:physical_network",
-            "provider:segmentation_id",
-        ] {
-            if input.has(admin_only) {
-                caller.require_admin(&format!("create_network:{admin_only}"))?;
-            }
-        }
         let network_type = match input
             .nullable_string("provider:network_type", 32)?
             .flatten()
@@ -283,19 +272,8 @@ impl Network {
     }
 
     /// Applies an update body; returns whether anything changed.
-    pub fn apply_update(
-        &mut self,
-        body: Value,
-        caller: &Caller,
-        limits: NetworkLimits,
-        now: &str,
-    ) -> Result<()> {
+    pub fn apply_update(&mut self, body: Value, limits: NetworkLimits, now: &str) -> Result<()> {
         let mut input = Input::for_kind(body, &DEFINITION, Method::Update)?;
-        for admin_only in ["shared", "router:external"] {
-            if input.has(admin_only) {
-                caller.require_admin(&format!("update_network:{admin_only}"))?;
-            }
-        }
         self.meta.read_common(&mut input)?;
         if let Some(v) = input.boolean("admin_state_up")? {
             self.admin_state_up = v;
@@ -344,16 +322,10 @@ mod tests {
     const LIMITS: NetworkLimits = NetworkLimits { underlay_mtu: 1500 };
 
     fn admin() -> Caller {
-        Caller {
-            project_id: "p".into(),
-            is_admin: true,
-        }
+        Caller::admin("p")
     }
     fn user() -> Caller {
-        Caller {
-            project_id: "u".into(),
-            is_admin: false,
-        }
+        Caller::member("u")
     }
     fn create(body: Value, caller: &Caller) -> Result<Network> {
         Network::parse_create(
@@ -410,8 +382,6 @@ mod tests {
             .segmentation_id,
             Some(5)
         );
-        let denied = create(json!({"network": {"shared": true}}), &user()).unwrap_err();
-        assert_eq!(denied.status(), 403);
         assert!(create(json!({"network": {"mtu": 1451}}), &user()).is_err());
         assert_eq!(
             create(json!({"network": {"mtu": 1400}}), &user())
@@ -426,7 +396,6 @@ mod tests {
         let mut n = create(json!({"network": {"name": "a"}}), &user()).unwrap();
         n.apply_update(
             json!({"network": {"name": "b", "dns_domain": "example.org"}}),
-            &user(),
             LIMITS,
             "t2",
         )
@@ -437,7 +406,6 @@ mod tests {
         let err = n
             .apply_update(
                 json!({"network": {"provider:network_type": "flat"}}),
-                &admin(),
                 LIMITS,
                 "t",
             )

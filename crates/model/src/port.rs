@@ -12,7 +12,7 @@ use crate::input::{as_ip, as_string, as_uuid, show, Input, Method};
 use crate::mac;
 use crate::meta::{owner_project, Caller, Meta};
 use crate::network::bridge_name;
-use crate::resource::{attr, Definition, Rights};
+use crate::resource::{attr, defaulted, Definition, Rights};
 
 /// The `ports` resource.
 pub static DEFINITION: Definition<Port> = Definition {
@@ -25,7 +25,7 @@ pub static DEFINITION: Definition<Port> = Definition {
     description: Some(Rights::ALL),
     updatable: true,
     attributes: &[
-        attr("network_id", Rights::CREATE_QUERY, |p, _| {
+        defaulted("network_id", Rights::CREATE_QUERY, "\"\"", |p, _| {
             Some(json!(p.network_id))
         }),
         attr("admin_state_up", Rights::ALL, |p, _| {
@@ -36,10 +36,10 @@ pub static DEFINITION: Definition<Port> = Definition {
         }),
         attr("fixed_ips", Rights::ALL, |p, _| Some(json!(p.fixed_ips))),
         attr("device_id", Rights::ALL, |p, _| Some(json!(p.device_id))),
-        attr("device_owner", Rights::ALL, |p, _| {
+        defaulted("device_owner", Rights::ALL, "\"\"", |p, _| {
             Some(json!(p.device_owner))
         }),
-        attr("security_groups", Rights::ALL, |p, _| {
+        defaulted("security_groups", Rights::ALL, "\"\"", |p, _| {
             Some(json!(p.security_groups))
         }),
         attr("port_security_enabled", Rights::ALL, |p, _| {
@@ -52,20 +52,20 @@ pub static DEFINITION: Definition<Port> = Definition {
         attr("dns_assignment", Rights::READ, |p, _| {
             Some(json!(p.dns_assignment()))
         }),
-        attr("binding:host_id", Rights::ALL, |p, v| {
-            v.admin.then(|| json!(p.binding.host_id))
+        attr("binding:host_id", Rights::ALL, |p, _| {
+            Some(json!(p.binding.host_id))
         }),
-        attr("binding:profile", Rights::ALL, |p, v| {
-            v.admin.then(|| Value::Object(p.binding.profile.clone()))
+        defaulted("binding:profile", Rights::ALL, "{}", |p, _| {
+            Some(Value::Object(p.binding.profile.clone()))
         }),
-        attr("binding:vnic_type", Rights::ALL, |p, v| {
-            v.admin.then(|| json!(p.binding.vnic_type))
+        defaulted("binding:vnic_type", Rights::ALL, "\"normal\"", |p, _| {
+            Some(json!(p.binding.vnic_type))
         }),
-        attr("binding:vif_type", Rights::READ, |p, v| {
-            v.admin.then(|| json!(p.vif_type()))
+        attr("binding:vif_type", Rights::READ, |p, _| {
+            Some(json!(p.vif_type()))
         }),
-        attr("binding:vif_details", Rights::READ, |p, v| {
-            v.admin.then(|| p.vif_details())
+        attr("binding:vif_details", Rights::READ, |p, _| {
+            Some(p.vif_details())
         }),
         attr("status", Rights::READ, |p, _| Some(json!(p.status))),
         attr("extra_dhcp_opts", Rights::ALL, |p, _| {
@@ -496,16 +496,6 @@ impl PortRequest {
     /// Parses a create (`Method::Create`) or update body.
     pub fn parse(body: Value, method: Method, caller: &Caller) -> Result<PortRequest> {
         let mut input = Input::for_kind(body, &DEFINITION, method)?;
-        for admin_only in ["binding:host_id", "binding:profile"] {
-            if input.has(admin_only) {
-                let verb = if method == Method::Create {
-                    "create"
-                } else {
-                    "update"
-                };
-                caller.require_admin(&format!("{verb}_port:{admin_only}"))?;
-            }
-        }
         let mut req = PortRequest::default();
         if method == Method::Create {
             req.project_id = Some(owner_project(&mut input, caller)?);
@@ -655,10 +645,7 @@ mod tests {
     const SUB: &str = "aaaaaaaa-2222-3333-4444-555555555555";
 
     fn user() -> Caller {
-        Caller {
-            project_id: "p".into(),
-            is_admin: false,
-        }
+        Caller::member("p")
     }
 
     #[test]
@@ -685,12 +672,6 @@ mod tests {
         let bad =
             |port: Value| PortRequest::parse(json!({ "port": port }), Method::Create, &user());
         assert!(bad(json!({})).is_err(), "network_id is required");
-        assert_eq!(
-            bad(json!({"network_id": NET, "binding:host_id": "n1"}))
-                .unwrap_err()
-                .status(),
-            403
-        );
         assert!(bad(json!({"network_id": NET, "mac_address": "01:00:5e:00:00:01"})).is_err());
         assert!(bad(json!({"network_id": NET, "fixed_ips": [{"ip_address": "x"}]})).is_err());
         assert!(bad(json!({"network_id": NET, "fixed_ips": [{"ip_address": "10.0.0.1"}, {"ip_address": "10.0.0.1"}]})).is_err());
@@ -726,10 +707,7 @@ mod tests {
         port.dns_name.clear();
         assert_eq!(port.dns_assignment()[0].hostname, "host-10-0-0-3");
         assert_eq!(port.tap_name(), "tap0123456789a");
-        let admin = Caller {
-            project_id: "x".into(),
-            is_admin: true,
-        };
+        let admin = Caller::admin("x");
         assert_eq!(port.render(&admin)["binding:vif_type"], "unbound");
         port.binding.host_id = "node1".into();
         assert_eq!(

@@ -228,10 +228,7 @@ mod tests {
     const NET: &str = "11111111-2222-3333-4444-555555555555";
 
     fn owner() -> Caller {
-        Caller {
-            project_id: "a".into(),
-            is_admin: false,
-        }
+        Caller::member("a")
     }
 
     fn parse(body: Value) -> Result<RbacPolicy> {

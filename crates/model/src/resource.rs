@@ -4,7 +4,9 @@
 //! responses written from this table alone; generic API code serves every kind from it.
 
 use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::{OnceLock, RwLock};
 
 use serde_json::{json, Map, Value};
 
@@ -12,26 +14,54 @@ use crate::error::Result;
 use crate::input::{Input, Method};
 pub use crate::input::{Rights, Schema};
 use crate::meta::{Caller, Meta};
+use crate::policy::{self, Roles};
 use crate::wire::{to_map, Wire};
 
-/// Who a resource is rendered for (admins see admin-only attributes).
+/// Who a resource is rendered for: attributes Neutron's policy hides from the viewer's roles
+/// (`get_<kind>:<attribute>` rules, as `binding:host_id` for all but admins and services) are
+/// left out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Viewer {
-    /// Whether the viewer has the admin role.
-    pub admin: bool,
+    /// The viewer's roles.
+    pub roles: Roles,
 }
 
 impl Viewer {
     /// An admin: sees everything (what agents are sent).
-    pub const ADMIN: Viewer = Viewer { admin: true };
+    pub const ADMIN: Viewer = Viewer {
+        roles: Roles::ADMIN,
+    };
 }
 
 impl From<&Caller> for Viewer {
     fn from(caller: &Caller) -> Self {
         Viewer {
-            admin: caller.is_admin,
+            roles: caller.roles,
         }
     }
+}
+
+/// Which attributes of `definition` (by index) `roles` may not see, computed once per kind
+/// and role set.
+fn hidden_attributes<T>(definition: &'static Definition<T>, roles: Roles) -> u128 {
+    if roles.has(Roles::ADMIN) {
+        // Every `get_*:*` row admits admins.
+        return 0;
+    }
+    type Masks = RwLock<HashMap<(usize, u8), u128>>;
+    static MASKS: OnceLock<Masks> = OnceLock::new();
+    let masks = MASKS.get_or_init(Masks::default);
+    let key = (definition as *const Definition<T> as usize, roles.bits());
+    if let Some(mask) = masks.read().ok().and_then(|m| m.get(&key).copied()) {
+        return mask;
+    }
+    let mask = (0..definition.len().min(128))
+        .filter(|&i| !policy::attribute_visible(definition.singular, definition.name_at(i), roles))
+        .fold(0u128, |mask, i| mask | 1 << i);
+    if let Ok(mut masks) = masks.write() {
+        masks.insert(key, mask);
+    }
+    mask
 }
 
 /// Renders one attribute of `T` for a viewer; `None` hides it.
@@ -46,6 +76,9 @@ pub struct Attribute<T: 'static> {
     /// How it is shown; `None` for write-only request attributes (`subnet_id` of a floating
     /// IP, `prefixlen` of a subnet).
     pub render: Option<Render<T>>,
+    /// Its default as JSON text, where Neutron's policy must know it: a create that sets an
+    /// attribute to its default does not use the attribute's rule (`"shared": false`).
+    pub default: Option<&'static str>,
 }
 
 impl<T> std::fmt::Debug for Attribute<T> {
@@ -63,6 +96,22 @@ pub const fn attr<T>(name: &'static str, rights: Rights, render: Render<T>) -> A
         name,
         rights,
         render: Some(render),
+        default: None,
+    }
+}
+
+/// An attribute rendered by `render` whose default (JSON text) the policy needs.
+pub const fn defaulted<T>(
+    name: &'static str,
+    rights: Rights,
+    default: &'static str,
+    render: Render<T>,
+) -> Attribute<T> {
+    Attribute {
+        name,
+        rights,
+        render: Some(render),
+        default: Some(default),
     }
 }
 
@@ -72,6 +121,7 @@ pub const fn input<T>(name: &'static str, rights: Rights) -> Attribute<T> {
         name,
         rights,
         render: None,
+        default: None,
     }
 }
 
@@ -224,6 +274,15 @@ impl<T> Definition<T> {
         }
     }
 
+    /// The default of the kind's own attribute `name`, where the definition gives one.
+    pub fn default_of(&self, name: &str) -> Option<Value> {
+        self.attributes
+            .iter()
+            .find(|a| a.name == name)
+            .and_then(|a| a.default)
+            .and_then(|json| serde_json::from_str(json).ok())
+    }
+
     /// The name of attribute `index`.
     pub fn name_at(&self, index: usize) -> &'static str {
         match self.slot(index) {
@@ -268,10 +327,6 @@ pub trait Resource: Sized + Send + Sync + 'static {
     fn visible_to(&self, caller: &Caller) -> bool {
         caller.owns(&self.meta().project_id)
     }
-    /// Whether `caller` may change or delete what it sees (default: own, or an admin).
-    fn changeable_by(&self, caller: &Caller) -> bool {
-        caller.owns(&self.meta().project_id)
-    }
     /// The Neutron wire object as `viewer` sees it.
     fn render(&self, viewer: impl Into<Viewer>) -> Map<String, Value> {
         to_map(&View::of(self, viewer))
@@ -309,15 +364,19 @@ pub struct View<T, B = T> {
     pub obj: B,
     /// Who is looking.
     pub viewer: Viewer,
+    /// The attributes (by index) hidden from the viewer.
+    hidden: u128,
     kind: PhantomData<fn() -> T>,
 }
 
 impl<T: Resource> View<T, T> {
     /// `obj`, owned, as `viewer` sees it.
     pub fn owned(obj: T, viewer: impl Into<Viewer>) -> Self {
+        let viewer = viewer.into();
         View {
             obj,
-            viewer: viewer.into(),
+            viewer,
+            hidden: hidden_attributes(T::definition(), viewer.roles),
             kind: PhantomData,
         }
     }
@@ -326,9 +385,11 @@ impl<T: Resource> View<T, T> {
 impl<'a, T: Resource> View<T, &'a T> {
     /// `obj`, borrowed, as `viewer` sees it.
     pub fn of(obj: &'a T, viewer: impl Into<Viewer>) -> Self {
+        let viewer = viewer.into();
         View {
             obj,
-            viewer: viewer.into(),
+            viewer,
+            hidden: hidden_attributes(T::definition(), viewer.roles),
             kind: PhantomData,
         }
     }
@@ -344,6 +405,9 @@ impl<T: Resource, B: Borrow<T>> Wire for View<T, B> {
     }
 
     fn value_at(&self, index: usize) -> Option<Value> {
+        if index < 128 && self.hidden & 1 << index != 0 {
+            return None;
+        }
         let obj = self.obj.borrow();
         match T::definition().slot(index) {
             Slot::Standard(s) => Some(s.render(obj.meta())),
@@ -357,6 +421,7 @@ impl<T: Resource, B: Borrow<T>> Wire for View<T, B> {
         let definition = T::definition();
         let obj = self.obj.borrow();
         (0..definition.len()).find_map(|i| match definition.slot(i) {
+            _ if i < 128 && self.hidden & 1 << i != 0 => None,
             Slot::Standard(s) if s.name() == name => Some(s.render(obj.meta())),
             Slot::Own(a) if a.name == name => a.render.and_then(|r| r(obj, self.viewer)),
             _ => None,

@@ -70,12 +70,8 @@ pub static DEFINITION: Definition<Router> = Definition {
         attr("routes", Rights::UPDATE.with(Rights::QUERY), |r, _| {
             Some(json!(r.routes))
         }),
-        attr("distributed", Rights::ALL, |_, v| {
-            v.admin.then_some(Value::Bool(true))
-        }),
-        attr("ha", Rights::ALL, |r, v| {
-            v.admin.then_some(Value::Bool(r.ha))
-        }),
+        attr("distributed", Rights::ALL, |_, _| Some(Value::Bool(true))),
+        attr("ha", Rights::ALL, |r, _| Some(Value::Bool(r.ha))),
         attr("availability_zone_hints", Rights::CREATE_QUERY, |r, _| {
             Some(json!(r.availability_zone_hints))
         }),
@@ -347,28 +343,14 @@ impl RouterRequest {
         req.name = input.string("name", crate::meta::NAME_MAX)?;
         req.description = input.string("description", crate::meta::DESCRIPTION_MAX)?;
         req.admin_state_up = input.boolean("admin_state_up")?;
-        if input.has("distributed") {
-            caller.require_admin("create_router:distributed")?;
-            if input.boolean("distributed")? == Some(false) {
-                return Err(Error::InvalidInput(
-                    "Isthmus routers are always distributed; 'distributed' cannot be false"
-                        .to_owned(),
-                ));
-            }
+        if input.boolean("distributed")? == Some(false) {
+            return Err(Error::InvalidInput(
+                "Isthmus routers are always distributed; 'distributed' cannot be false".to_owned(),
+            ));
         }
-        if input.has("ha") {
-            caller.require_admin("create_router:ha")?;
-            req.ha = input.boolean("ha")?;
-        }
+        req.ha = input.boolean("ha")?;
         if let Some(v) = input.take("external_gateway_info") {
-            let gateway = parse_gateway(v)?;
-            if gateway
-                .as_ref()
-                .is_some_and(|g| g.external_fixed_ips.is_some())
-            {
-                caller.require_admin("create_router:external_gateway_info:external_fixed_ips")?;
-            }
-            req.gateway = Some(gateway);
+            req.gateway = Some(parse_gateway(v)?);
         }
         if let Some(v) = input.take("routes") {
             req.routes = Some(parse_routes(v)?);
@@ -506,10 +488,7 @@ mod tests {
     const NET: &str = "11111111-2222-3333-4444-555555555555";
 
     fn user() -> Caller {
-        Caller {
-            project_id: "p".into(),
-            is_admin: false,
-        }
+        Caller::member("p")
     }
 
     #[test]
@@ -546,18 +525,6 @@ mod tests {
         assert_eq!(
             bad(json!({"router": {"routes": []}}), Method::Create).status(),
             400
-        );
-        assert_eq!(
-            bad(json!({"router": {"distributed": true}}), Method::Create).status(),
-            403
-        );
-        assert_eq!(
-            bad(
-                json!({"router": {"external_gateway_info": {"network_id": NET, "external_fixed_ips": [{"ip_address": "1.2.3.4"}]}}}),
-                Method::Create
-            )
-            .status(),
-            403
         );
         bad(
             json!({"router": {"external_gateway_info": {"enable_snat": true}}}),

@@ -546,9 +546,6 @@ crate::resource!(DefaultRule, DEFAULT_RULE_DEFINITION, {
     fn visible_to(&self, _caller: &Caller) -> bool {
         true
     }
-    fn changeable_by(&self, caller: &Caller) -> bool {
-        caller.is_admin
-    }
 });
 
 /// A placeholder group id that template rules are validated against.
@@ -558,7 +555,6 @@ impl DefaultRule {
     /// Parses a create body (admins only) with a rule's validation; `remote_group_id` may only
     /// be `PARENT`.
     pub fn parse_create(body: Value, caller: &Caller, meta: Meta) -> Result<DefaultRule> {
-        caller.require_admin("create_default_security_group_rule")?;
         let input = Input::for_kind(body, &DEFAULT_RULE_DEFINITION, Method::Create)?;
         let mut map = input.into_map();
         let flag = |map: &mut Map<String, Value>, key: &str, default: bool| -> Result<bool> {
@@ -680,10 +676,7 @@ mod tests {
     const SG: &str = "11111111-2222-3333-4444-555555555555";
 
     fn user() -> Caller {
-        Caller {
-            project_id: "p".into(),
-            is_admin: false,
-        }
+        Caller::member("p")
     }
     fn rule(extra: Value) -> Result<SecurityGroupRule> {
         let mut body = json!({"security_group_id": SG, "direction": "ingress"});

@@ -550,10 +550,7 @@ mod tests {
     const NET: &str = "11111111-2222-3333-4444-555555555555";
 
     fn caller() -> Caller {
-        Caller {
-            project_id: "p".into(),
-            is_admin: false,
-        }
+        Caller::member("p")
     }
     fn create(extra: Value) -> Result<Subnet> {
         let mut body = json!({"network_id": NET, "ip_version": 4, "cidr": "10.0.0.0/24"});

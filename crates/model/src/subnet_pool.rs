@@ -9,7 +9,7 @@ use crate::addr::{compact, cover, merged, Cidr, IpVersion};
 use crate::error::{Error, Result};
 use crate::input::{as_cidr, as_uuid, show, Input, Method};
 use crate::meta::{Caller, Meta};
-use crate::resource::{attr, Definition, Rights};
+use crate::resource::{attr, defaulted, Definition, Rights};
 
 /// The `subnetpools` resource.
 pub static DEFINITION: Definition<SubnetPool> = Definition {
@@ -22,7 +22,7 @@ pub static DEFINITION: Definition<SubnetPool> = Definition {
     description: Some(Rights::ALL),
     updatable: true,
     attributes: &[
-        attr("prefixes", Rights::ALL, |p, _| {
+        defaulted("prefixes", Rights::ALL, "false", |p, _| {
             Some(json!(p
                 .prefixes
                 .iter()
@@ -45,7 +45,9 @@ pub static DEFINITION: Definition<SubnetPool> = Definition {
             Some(json!(p.max_prefixlen))
         }),
         attr("is_default", Rights::ALL, |p, _| Some(json!(p.is_default))),
-        attr("shared", Rights::CREATE_QUERY, |p, _| Some(json!(p.shared))),
+        defaulted("shared", Rights::CREATE_QUERY, "false", |p, _| {
+            Some(json!(p.shared))
+        }),
         attr("address_scope_id", Rights::ALL, |p, _| {
             Some(json!(p.address_scope_id))
         }),
@@ -170,20 +172,14 @@ fn subtract(ranges: Vec<(u128, u128)>, taken: &[(u128, u128)]) -> Vec<(u128, u12
 
 impl SubnetPool {
     /// A new pool from a create body whose standard attributes are read into `meta`.
-    pub fn from_input(caller: &Caller, meta: Meta, input: &mut Input) -> Result<SubnetPool> {
+    pub fn from_input(meta: Meta, input: &mut Input) -> Result<SubnetPool> {
         let prefixes = parse_prefixes(
             "prefixes",
             Input::required("prefixes", input.take("prefixes"))?,
         )?;
         let ip_version = family(&prefixes)?;
         let shared = input.boolean("shared")?.unwrap_or(false);
-        if shared {
-            caller.require_admin("create_subnetpool:shared")?;
-        }
         let is_default = input.boolean("is_default")?.unwrap_or(false);
-        if is_default {
-            caller.require_admin("create_subnetpool:is_default")?;
-        }
         let min = prefix_length(input, "min_prefixlen")?;
         let max = prefix_length(input, "max_prefixlen")?;
         let default = prefix_length(input, "default_prefixlen")?;
@@ -248,7 +244,7 @@ impl SubnetPool {
     }
 
     /// Applies an update body; prefixes may only grow (`remove_prefixes` shrinks them).
-    pub fn apply_update(&mut self, caller: &Caller, body: Value, now: &str) -> Result<()> {
+    pub fn apply_update(&mut self, body: Value, now: &str) -> Result<()> {
         let mut input = Input::for_kind(body, &DEFINITION, Method::Update)?;
         self.meta.read_common(&mut input)?;
         if let Some(v) = input.take("prefixes") {
@@ -287,7 +283,6 @@ impl SubnetPool {
             self.default_quota = q;
         }
         if let Some(d) = input.boolean("is_default")? {
-            caller.require_admin("update_subnetpool:is_default")?;
             self.is_default = d;
         }
         if let Some(v) = input.take("address_scope_id") {
@@ -476,21 +471,10 @@ mod tests {
         Cidr::parse(s).unwrap()
     }
 
-    fn admin() -> Caller {
-        Caller {
-            project_id: "p".into(),
-            is_admin: true,
-        }
-    }
-
     fn pool(body: Value) -> Result<SubnetPool> {
         let mut input =
             Input::for_kind(json!({ "subnetpool": body }), &DEFINITION, Method::Create)?;
-        SubnetPool::from_input(
-            &admin(),
-            Meta::new("sp".into(), "p".into(), "t"),
-            &mut input,
-        )
+        SubnetPool::from_input(Meta::new("sp".into(), "p".into(), "t"), &mut input)
     }
 
     #[test]
@@ -615,19 +599,11 @@ mod tests {
             .unwrap();
         assert_eq!(p.prefixes, vec![cidr("10.0.0.0/24")]);
         let err = p
-            .apply_update(
-                &admin(),
-                json!({"subnetpool": {"prefixes": ["10.0.1.0/24"]}}),
-                "t",
-            )
+            .apply_update(json!({"subnetpool": {"prefixes": ["10.0.1.0/24"]}}), "t")
             .unwrap_err();
         assert_eq!(err.type_name(), "IllegalSubnetPoolPrefixUpdate");
-        p.apply_update(
-            &admin(),
-            json!({"subnetpool": {"prefixes": ["10.0.0.0/16"]}}),
-            "t",
-        )
-        .unwrap();
+        p.apply_update(json!({"subnetpool": {"prefixes": ["10.0.0.0/16"]}}), "t")
+            .unwrap();
         assert_eq!(p.prefixes, vec![cidr("10.0.0.0/16")]);
     }
 }

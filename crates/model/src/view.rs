@@ -440,10 +440,7 @@ mod tests {
 
     fn network(id: &str) -> Object {
         let body = serde_json::json!({"network": {}});
-        let caller = crate::Caller {
-            project_id: "p".into(),
-            is_admin: true,
-        };
+        let caller = crate::Caller::admin("p");
         let limits = crate::NetworkLimits { underlay_mtu: 1500 };
         Object::Network(
             Network::parse_create(body, &caller, limits, id.into(), "t")

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use isthmus_model::addr::IpVersion;
 use isthmus_model::floating_ip::{Association, FloatingIpRequest};
 use isthmus_model::input::Method;
+use isthmus_model::policy;
 use isthmus_model::port::FixedIpRequest;
 use isthmus_model::resource::{Resource, View};
 use isthmus_model::router::OWNER_FLOATING_IP;
@@ -145,7 +146,7 @@ impl Service {
         id: &str,
         body: Value,
     ) -> Result<Object> {
-        caller.require_admin("update_floatingip:status")?;
+        policy::authorize_caller("update_floatingip:status", caller)?;
         let status = body
             .get("status")
             .and_then(Value::as_str)

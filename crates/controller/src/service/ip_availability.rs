@@ -2,6 +2,7 @@
 //! addresses exist and how many are allocated — read from the IPAM claims themselves, so a
 //! leaked address shows up here.
 
+use isthmus_model::policy;
 use isthmus_model::{Caller, Error, Network, Result};
 use serde_json::{json, Value};
 
@@ -44,7 +45,7 @@ impl Service {
 
     /// IP availability of every network (admin only, as in Neutron).
     pub async fn list_ip_availabilities(&self, caller: &Caller) -> Result<Vec<Value>> {
-        caller.require_admin("get_network_ip_availability")?;
+        policy::authorize_caller("get_network_ip_availability", caller)?;
         let mut out = Vec::new();
         for (network, _) in self.load_all::<Network>(keys::NETWORKS).await? {
             out.push(self.availability(&network).await?);
@@ -54,7 +55,7 @@ impl Service {
 
     /// IP availability of one network.
     pub async fn show_ip_availability(&self, caller: &Caller, network_id: &str) -> Result<Value> {
-        caller.require_admin("get_network_ip_availability")?;
+        policy::authorize_caller("get_network_ip_availability", caller)?;
         let (network, _) = self
             .load::<Network>(network_id)
             .await?

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use isthmus_model::input::{Input, Method};
 use isthmus_model::meta::{normalize_tags, owner_project, validate_tag};
-use isthmus_model::resource::{Definition, Resource, Schema, View};
+use isthmus_model::policy::{self, Roles};
+use isthmus_model::resource::{Definition, Resource, Schema, View, Viewer};
 use isthmus_model::{Caller, Error, Meta, Result};
 use isthmus_store::{Compare, Op, Txn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{
     check_revision, decode, encode, new_id, now, store_error, Attempt, Listed, Object, Service,
@@ -30,6 +31,42 @@ pub fn key_of<T: Resource>(id: &str) -> String {
 pub fn prefix_of<T: Resource>() -> String {
     format!("/isthmus/{}/", T::definition().collection)
 }
+
+/// The policy rule of updating a `T` (`update_port`).
+pub fn update_action<T: Resource>() -> String {
+    format!("update_{}", T::definition().singular)
+}
+
+/// The policy rule of deleting a `T` (`delete_port`).
+pub fn delete_action<T: Resource>() -> String {
+    format!("delete_{}", T::definition().singular)
+}
+
+/// The policy rule of `verb` (`get`, `create`, `update`, `delete`) on a `T`'s tags
+/// (`update_network:tags`); kinds without tag rows use their update rule.
+fn tag_action<T: Resource>(verb: &str) -> String {
+    let singular = T::definition().singular;
+    let action = format!("{verb}_{singular}:tags");
+    if policy::has_rule(&action) {
+        action
+    } else if verb == "get" {
+        format!("get_{singular}")
+    } else {
+        format!("update_{singular}")
+    }
+}
+
+/// What the policy's targets read of a listed object.
+const POLICY_FIELDS: &[&str] = &[
+    "id",
+    "project_id",
+    "network_id",
+    "security_group_id",
+    "device_owner",
+    "shared",
+    "router:external",
+    "target_tenant",
+];
 
 /// The service side of one kind of resource. Every method has the generic behaviour as its
 /// default; a kind overrides only what is special about it.
@@ -134,7 +171,7 @@ pub trait Kind: Resource + Serialize + DeserializeOwned + Clone {
                 let body = body.clone();
                 async move {
                     let (mut obj, rev) = service
-                        .load_for_change::<Self>(caller, id, if_match, "update")
+                        .load_for_change::<Self>(caller, id, if_match, &update_action::<Self>())
                         .await?;
                     let key = key_of::<Self>(id);
                     let txn = Self::apply_update(service, caller, &mut obj, body)
@@ -189,7 +226,7 @@ pub trait Kind: Resource + Serialize + DeserializeOwned + Clone {
         let obj = service
             .retry(|| async move {
                 let (obj, rev) = service
-                    .load_for_change::<Self>(caller, id, if_match, "delete")
+                    .load_for_change::<Self>(caller, id, if_match, &delete_action::<Self>())
                     .await?;
                 let key = key_of::<Self>(id);
                 let txn = Self::delete_txn(service, caller, &obj)
@@ -264,44 +301,67 @@ impl Service {
         id: &str,
     ) -> Result<(T, u64)> {
         match self.load::<T>(id).await? {
-            Some((obj, rev)) if T::visible(self, caller, &obj).await? => Ok((obj, rev)),
+            Some((obj, rev))
+                if T::visible(self, caller, &obj).await? && self.readable(caller, &obj).await? =>
+            {
+                Ok((obj, rev))
+            }
             _ => Err(Error::not_found(T::definition().fault, id)),
         }
     }
 
-    /// Reads an object `caller` is about to change with `verb` (`update`, `delete`): 404 when
-    /// it may not see it, 403 when it may see but not change it, 412 when `if_match` is not
-    /// its revision.
+    /// Whether the `get_<kind>` rule lets `caller` read `obj` (which it may see).
+    async fn readable<T: Resource>(&self, caller: &Caller, obj: &T) -> Result<bool> {
+        if caller.roles.has(Roles::READER) || caller.is_admin() {
+            return Ok(true);
+        }
+        self.may_read(caller, T::definition().singular, &obj.render(Viewer::ADMIN))
+            .await
+    }
+
+    /// Checks the policy rule `action` (`update_port`, `add_router_interface`,
+    /// `delete_network:tags`, ...) for `caller` on `obj`.
+    pub(crate) async fn authorize<T: Resource>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        obj: &T,
+    ) -> Result<()> {
+        let singular = T::definition().singular;
+        self.check(caller, singular, &obj.render(Viewer::ADMIN), |target| {
+            policy::authorize(action, caller, target)
+        })
+        .await
+    }
+
+    /// Reads an object `caller` is about to change with `action` (the policy rule:
+    /// `update_port`, `add_extraroutes`, ...): 404 when it may not see it, 403 when the rule
+    /// refuses, 412 when `if_match` is not its revision.
     pub(crate) async fn load_for_change<T: Kind>(
         &self,
         caller: &Caller,
         id: &str,
         if_match: Option<u64>,
-        verb: &str,
+        action: &str,
     ) -> Result<(T, u64)> {
         let (obj, rev) = self.load_visible::<T>(caller, id).await?;
-        if !obj.changeable_by(caller) {
-            return Err(Error::PolicyNotAuthorized(format!(
-                "rule:{verb}_{}",
-                T::definition().singular
-            )));
-        }
+        self.authorize(caller, action, &obj).await?;
         check_revision(obj.meta(), if_match)?;
         Ok((obj, rev))
     }
 
-    /// Changes one object `caller` may change (`verb` names the action for the policy error)
+    /// Changes one object `caller` may change (`action` is the policy rule)
     /// with `change`, retried from a fresh read when another writer got there first; returns
     /// it as written.
     pub(crate) async fn modify<T: Kind>(
         &self,
         caller: &Caller,
         id: &str,
-        verb: &str,
+        action: &str,
         change: impl Fn(&mut T) -> Result<()>,
     ) -> Result<T> {
         self.retry(|| async {
-            let (mut obj, rev) = self.load_for_change::<T>(caller, id, None, verb).await?;
+            let (mut obj, rev) = self.load_for_change::<T>(caller, id, None, action).await?;
             change(&mut obj)?;
             obj.meta_mut().touch(&now());
             Ok(if self.write_back(id, rev, &obj).await? {
@@ -417,6 +477,26 @@ impl<T: Kind> Endpoint for Handle<T> {
 
     async fn create(&self, service: &Service, caller: &Caller, body: Value) -> Result<Object> {
         let definition = definition::<T>();
+        // Unknown and create-only attributes are refused before the policy runs (400
+        // before 403, as Neutron validates a body before it enforces).
+        Input::for_kind(body.clone(), definition, Method::Create)?;
+        if let Some(fields) = body.get(definition.singular).and_then(Value::as_object) {
+            isthmus_model::meta::check_owner(fields, caller)?;
+            let action = format!("create_{}", definition.singular);
+            service
+                .check(caller, definition.singular, fields, |target| {
+                    policy::authorize(&action, caller, target)?;
+                    policy::authorize_body(
+                        "create",
+                        definition.singular,
+                        fields,
+                        |name| definition.default_of(name),
+                        caller,
+                        target,
+                    )
+                })
+                .await?;
+        }
         service
             .check_quota(caller, definition.collection, definition.singular, &body)
             .await?;
@@ -429,7 +509,24 @@ impl<T: Kind> Endpoint for Handle<T> {
     }
 
     async fn list(&self, service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
-        T::list(service, caller).await
+        let items = T::list(service, caller).await?;
+        if caller.roles.has(Roles::READER) || caller.is_admin() {
+            return Ok(items);
+        }
+        // Callers without the reader role (a service-only token): the `get_<kind>` rule
+        // decides per object.
+        let singular = definition::<T>().singular;
+        let mut readable = Vec::with_capacity(items.len());
+        for item in items {
+            let fields: Map<String, Value> = POLICY_FIELDS
+                .iter()
+                .filter_map(|name| item.attr(name).map(|v| ((*name).to_owned(), v)))
+                .collect();
+            if service.may_read(caller, singular, &fields).await? {
+                readable.push(item);
+            }
+        }
+        Ok(readable)
     }
 
     async fn update(
@@ -440,11 +537,31 @@ impl<T: Kind> Endpoint for Handle<T> {
         body: Value,
         if_match: Option<u64>,
     ) -> Result<Object> {
-        if !definition::<T>().updatable {
+        let definition = definition::<T>();
+        if !definition.updatable {
             return Err(Error::BadRequest(format!(
                 "{} cannot be updated",
-                definition::<T>().plural
+                definition.plural
             )));
+        }
+        Input::for_kind(body.clone(), definition, Method::Update)?;
+        if let Some(fields) = body.get(definition.singular).and_then(Value::as_object) {
+            // The attribute rules see the object as it would be after the update.
+            let (obj, _) = service.load_visible::<T>(caller, id).await?;
+            let mut target = obj.render(Viewer::ADMIN);
+            target.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+            service
+                .check(caller, definition.singular, &target, |target| {
+                    policy::authorize_body(
+                        "update",
+                        definition.singular,
+                        fields,
+                        |_| None,
+                        caller,
+                        target,
+                    )
+                })
+                .await?;
         }
         T::update(service, caller, id, body, if_match).await
     }
@@ -467,6 +584,8 @@ impl<T: Kind> Endpoint for Handle<T> {
         action: &str,
         body: Value,
     ) -> Result<Value> {
+        let (obj, _) = service.load_visible::<T>(caller, id).await?;
+        service.authorize(caller, action, &obj).await?;
         T::action(service, caller, id, action, body).await
     }
 
@@ -474,13 +593,11 @@ impl<T: Kind> Endpoint for Handle<T> {
         if !definition::<T>().tagged {
             return Err(Error::PathNotFound);
         }
-        Ok(service
-            .load_owned::<T>(caller, id)
-            .await?
-            .0
-            .meta()
-            .tags
-            .clone())
+        let (obj, _) = service.load_visible::<T>(caller, id).await?;
+        service
+            .authorize(caller, &tag_action::<T>("get"), &obj)
+            .await?;
+        Ok(obj.meta().tags.clone())
     }
 
     async fn update_tags(
@@ -500,12 +617,19 @@ impl<T: Kind> Endpoint for Handle<T> {
             TagOp::Replace(tags) => Some(normalize_tags(tags.clone())?),
             _ => None,
         };
+        let action = tag_action::<T>(match op {
+            TagOp::Replace(_) => "update",
+            TagOp::Add(_) => "create",
+            TagOp::Remove(_) | TagOp::Clear => "delete",
+        });
         let op = &op;
+        let action = &action;
         service
             .retry(|| {
                 let replacement = replacement.clone();
                 async move {
-                    let (mut obj, rev) = service.load_owned::<T>(caller, id).await?;
+                    let (mut obj, rev) = service.load_visible::<T>(caller, id).await?;
+                    service.authorize(caller, action, &obj).await?;
                     let tags = &mut obj.meta_mut().tags;
                     match op {
                         TagOp::Replace(_) => *tags = replacement.unwrap_or_default(),

@@ -8,6 +8,7 @@ mod kind;
 mod namespace_binding;
 mod network;
 mod node;
+mod policy;
 mod port;
 mod quota;
 mod rbac;

@@ -4,6 +4,7 @@
 //! every node's watch carries them.
 
 use isthmus_model::namespace_binding::NamespaceBinding;
+use isthmus_model::policy;
 use isthmus_model::{Caller, Error, Network, Result};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::Value;
@@ -42,7 +43,7 @@ impl Service {
         namespace: &str,
         body: Value,
     ) -> Result<(bool, Object)> {
-        caller.require_admin("update_namespace_binding")?;
+        policy::authorize_caller("update_namespace_binding", caller)?;
         if !valid_namespace(namespace) {
             return Err(Error::invalid_attr(
                 "namespace",
@@ -109,7 +110,7 @@ impl Service {
 
     /// The binding of `namespace`, or 404 `NamespaceBindingNotFound`.
     pub async fn show_namespace_binding(&self, caller: &Caller, namespace: &str) -> Result<Object> {
-        caller.require_admin("get_namespace_binding")?;
+        policy::authorize_caller("get_namespace_binding", caller)?;
         self.load_binding(namespace)
             .await?
             .map(|(b, _)| b.render())
@@ -118,7 +119,7 @@ impl Service {
 
     /// Every binding, by namespace.
     pub async fn list_namespace_bindings(&self, caller: &Caller) -> Result<Vec<Object>> {
-        caller.require_admin("get_namespace_binding")?;
+        policy::authorize_caller("get_namespace_binding", caller)?;
         let range = self
             .store
             .range(keys::NAMESPACE_BINDINGS)
@@ -137,7 +138,7 @@ impl Service {
 
     /// Removes the binding of `namespace` (404 when there is none).
     pub async fn delete_namespace_binding(&self, caller: &Caller, namespace: &str) -> Result<()> {
-        caller.require_admin("delete_namespace_binding")?;
+        policy::authorize_caller("delete_namespace_binding", caller)?;
         let (_, rev) = self
             .load_binding(namespace)
             .await?

@@ -196,11 +196,11 @@ impl Kind for Network {
 
     async fn apply_update(
         service: &Service,
-        caller: &Caller,
+        _caller: &Caller,
         network: &mut Network,
         body: Value,
     ) -> Result<Txn> {
-        network.apply_update(body, caller, service.limits(), &now())?;
+        network.apply_update(body, service.limits(), &now())?;
         // Its subnets' families bound the MTU; the network's revision covers its subnet list.
         for subnet_id in &network.subnets {
             if let Some((subnet, _)) = service.load::<Subnet>(subnet_id).await? {

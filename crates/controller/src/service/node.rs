@@ -4,6 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use isthmus_model::node::{Node, Registration, AGENT_DOWN_SECONDS};
+use isthmus_model::policy;
 use isthmus_model::port::POOL_DEVICE_ID;
 use isthmus_model::resource::Resource;
 use isthmus_model::{Caller, Error, Port, Result};
@@ -60,7 +61,7 @@ impl Service {
 
     /// Registers (or re-registers, on agent restart) a node; returns whether it is new.
     pub async fn register_node(&self, caller: &Caller, body: Value) -> Result<(bool, Object)> {
-        caller.require_admin("create_node")?;
+        policy::authorize_caller("create_node", caller)?;
         let reg = Registration::parse(body)?;
         let (created, node) = self
             .retry(|| async {
@@ -112,7 +113,7 @@ impl Service {
 
     /// Records a heartbeat of a registered node.
     pub async fn heartbeat(&self, caller: &Caller, name: &str) -> Result<()> {
-        caller.require_admin("update_node")?;
+        policy::authorize_caller("update_node", caller)?;
         self.must_load_node(name).await?;
         let txn = Txn::new().then(Op::put(keys::heartbeat(name), unix_now().to_string()));
         self.commit(txn).await?;
@@ -121,7 +122,7 @@ impl Service {
 
     /// Every node with its liveness.
     pub async fn list_nodes(&self, caller: &Caller, as_agents: bool) -> Result<Vec<Object>> {
-        caller.require_admin(if as_agents { "get_agent" } else { "get_node" })?;
+        policy::authorize_caller(if as_agents { "get_agent" } else { "get_node" }, caller)?;
         let range = self.store.range(keys::NODES).await.map_err(store_error)?;
         let mut out = Vec::with_capacity(range.kvs.len());
         for kv in &range.kvs {
@@ -139,7 +140,7 @@ impl Service {
 
     /// One node by name.
     pub async fn show_node(&self, caller: &Caller, name: &str) -> Result<Object> {
-        caller.require_admin("get_node")?;
+        policy::authorize_caller("get_node", caller)?;
         let node = self.must_load_node(name).await?;
         let (alive, beat) = self.liveness(name).await?;
         Ok(node.render(alive, beat.as_deref()))
@@ -157,7 +158,7 @@ impl Service {
     /// Forgets a node. Ports given to VMs and pods stay bound to the name; the ports its
     /// agent held ready in its pool are deleted, releasing their addresses.
     pub async fn delete_node(&self, caller: &Caller, name: &str) -> Result<()> {
-        caller.require_admin("delete_node")?;
+        policy::authorize_caller("delete_node", caller)?;
         self.must_load_node(name).await?;
         let txn = Txn::new()
             .then(Op::delete(keys::node(name)))
@@ -180,7 +181,7 @@ impl Service {
     /// An agent reports a port's status: `{"status": "ACTIVE", "node": "<name>"}`. Only the
     /// node the port is bound to may report.
     pub async fn set_port_status(&self, caller: &Caller, id: &str, body: Value) -> Result<Object> {
-        caller.require_admin("update_port:status")?;
+        policy::authorize_caller("update_port:status", caller)?;
         let status = body
             .get("status")
             .and_then(Value::as_str)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use isthmus_model::policy;
 use isthmus_model::quota::{resource_of, Quota};
 use isthmus_model::view::ObjectKind;
 use isthmus_model::{Caller, Error, Result};
@@ -189,7 +190,7 @@ impl Service {
                 .and_then(Value::as_str)
         });
         let project = match requested {
-            Some(p) if caller.is_admin && !p.is_empty() => p,
+            Some(p) if caller.is_privileged() && !p.is_empty() => p,
             _ => caller.project_id.as_str(),
         };
         let (quota, _) = self.load_quota(project).await?;
@@ -199,11 +200,13 @@ impl Service {
         quota.check(resource, self.usage(project, resource, limit).await?, 1)
     }
 
+    /// A project reads its own quota; another project's takes the `get_quota` rule (as
+    /// Neutron's quota controller does).
     fn may_read_quota(caller: &Caller, project_id: &str) -> Result<()> {
-        if caller.owns(project_id) {
+        if caller.project_id == project_id {
             Ok(())
         } else {
-            Err(Error::PolicyNotAuthorized("rule:get_quota".to_owned()))
+            policy::authorize("get_quota", caller, &policy::Target::owned_by(project_id))
         }
     }
 
@@ -232,7 +235,7 @@ impl Service {
 
     /// `GET /v2.0/quotas` (admin): every project with limits of its own.
     pub async fn list_quotas(&self, caller: &Caller) -> Result<Value> {
-        caller.require_admin("get_quota")?;
+        policy::authorize_caller("get_quota", caller)?;
         let quotas: Vec<Value> = self
             .load_all::<Quota>(QUOTAS)
             .await?
@@ -254,7 +257,7 @@ impl Service {
         project_id: &str,
         body: Value,
     ) -> Result<Value> {
-        caller.require_admin("update_quota")?;
+        policy::authorize_caller("update_quota", caller)?;
         let key = format!("{QUOTAS}{project_id}");
         let quota = self
             .retry(|| {
@@ -282,7 +285,7 @@ impl Service {
 
     /// `DELETE /v2.0/quotas/{project}` (admin): back to the defaults.
     pub async fn delete_quota(&self, caller: &Caller, project_id: &str) -> Result<()> {
-        caller.require_admin("delete_quota")?;
+        policy::authorize_caller("delete_quota", caller)?;
         let (_, rev) = self.load_quota(project_id).await?;
         if rev.is_none() {
             return Err(Error::fault(

@@ -27,10 +27,7 @@ use crate::keys;
 
 /// The caller the service acts as for the ports it owns.
 fn service_caller(project_id: &str) -> Caller {
-    Caller {
-        project_id: project_id.to_owned(),
-        is_admin: true,
-    }
+    Caller::admin(project_id)
 }
 
 fn bad_router(message: impl std::fmt::Display) -> Error {

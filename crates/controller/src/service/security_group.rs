@@ -139,7 +139,7 @@ impl Service {
                 return Err(Error::not_found("SecurityGroup", id));
             };
             kinds.insert(g.stateful);
-            if !caller.is_admin
+            if !caller.is_admin()
                 && g.meta.project_id != project_id
                 && !granted(
                     &self.policies_on(id).await?,
@@ -254,7 +254,7 @@ impl Kind for SecurityGroup {
     }
 
     async fn delete_txn(service: &Service, caller: &Caller, group: &SecurityGroup) -> Result<Txn> {
-        if group.is_default && !caller.is_admin {
+        if group.is_default && !caller.is_admin() {
             return Err(Error::SecurityGroupCannotRemoveDefault);
         }
         let id = &group.meta.id;

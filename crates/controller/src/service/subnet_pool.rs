@@ -42,20 +42,20 @@ impl Kind for AddressScope {
 
     fn from_input(
         _service: &Service,
-        caller: &Caller,
+        _caller: &Caller,
         meta: Meta,
         input: &mut Input,
     ) -> Result<AddressScope> {
-        AddressScope::from_input(caller, meta, input)
+        AddressScope::from_input(meta, input)
     }
 
     async fn apply_update(
         _service: &Service,
-        caller: &Caller,
+        _caller: &Caller,
         scope: &mut AddressScope,
         body: Value,
     ) -> Result<Txn> {
-        scope.apply_update(caller, body, &now())?;
+        scope.apply_update(body, &now())?;
         Ok(Txn::new())
     }
 
@@ -309,7 +309,7 @@ impl Kind for SubnetPool {
         let project_id = isthmus_model::meta::owner_project(&mut input, caller)?;
         let mut meta = Meta::new(super::new_id(), project_id, &now());
         meta.read_common(&mut input)?;
-        let pool = SubnetPool::from_input(caller, meta, &mut input)?;
+        let pool = SubnetPool::from_input(meta, &mut input)?;
         let pool = service
             .retry(|| {
                 let pool = pool.clone();
@@ -338,7 +338,7 @@ impl Kind for SubnetPool {
         body: Value,
     ) -> Result<Txn> {
         let before = pool.clone();
-        pool.apply_update(caller, body, &now())?;
+        pool.apply_update(body, &now())?;
         service.pool_constraints(caller, pool, Some(&before)).await
     }
 

@@ -23,6 +23,10 @@ pub enum As<'a> {
     Member(&'a str),
     /// An admin of a project.
     Admin(&'a str),
+    /// A manager of a project (a member that also picks floating IP addresses).
+    Manager(&'a str),
+    /// A reader of a project.
+    Reader(&'a str),
 }
 
 #[derive(Clone)]
@@ -59,6 +63,8 @@ impl Api {
             As::Anonymous => {}
             As::Member(p) => req = req.header("x-project-id", p).header("x-roles", "member"),
             As::Admin(p) => req = req.header("x-project-id", p).header("x-roles", "admin"),
+            As::Manager(p) => req = req.header("x-project-id", p).header("x-roles", "manager"),
+            As::Reader(p) => req = req.header("x-project-id", p).header("x-roles", "reader"),
         }
         for (k, v) in extra {
             req = req.header(*k, *v);
