@@ -4,11 +4,12 @@
 # client's build), python3-venv + python-openstackclient (the real Neutron client), iproute2 and
 # iputils-ping, nftables, conntrack and curl (kernel tests in network namespaces, which need root), podman,
 # runc and busybox-static (a real container runtime driving the CNI plugin), keepalived (VRRP
-# moving a floating IP between VMs).
+# moving a floating IP between VMs), python3-dev and gcc (uWSGI, which serves a real Keystone
+# from PyPI to the authentication tests).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(etcd-server protobuf-compiler python3-venv iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived)
+packages=(etcd-server protobuf-compiler python3-venv python3-dev gcc iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -26,6 +27,10 @@ fi
 if [ ! -x .venv/bin/openstack ]; then
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check python-openstackclient
+fi
+if [ ! -x .venv-keystone/bin/uwsgi ]; then
+    python3 -m venv .venv-keystone
+    .venv-keystone/bin/pip install --quiet --disable-pip-version-check keystone uwsgi
 fi
 
 cargo fmt --all -- --check

@@ -1,4 +1,8 @@
-//! A minimal HTTP/1.1 client for the controller: JSON requests and the chunked NDJSON watch.
+//! A minimal HTTP/1.1 client for the controller: JSON requests and the chunked NDJSON watch,
+//! with a Keystone token when the controller authenticates (noauth headers otherwise).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -6,14 +10,128 @@ use tokio::net::TcpStream;
 
 use crate::AgentError;
 
-/// The controller's address, from `http://host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How long one exchange with Keystone may take.
+const KEYSTONE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Keystone user an agent calls the controller as (it needs the `service` role), and its
+/// current token, renewed at 80% of its life or when the controller refuses it.
+pub struct KeystoneLogin {
+    authority: String,
+    path: String,
+    user: String,
+    password: String,
+    project: String,
+    domain: String,
+    token: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+impl std::fmt::Debug for KeystoneLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeystoneLogin")
+            .field("url", &format!("http://{}{}", self.authority, self.path))
+            .field("user", &self.user)
+            .field("project", &self.project)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeystoneLogin {
+    /// A login for `user` at Keystone's `url` (`http://host:port/v3`), scoped to `project`.
+    pub fn new(
+        url: &str,
+        user: &str,
+        password: String,
+        project: &str,
+        domain: &str,
+    ) -> Result<KeystoneLogin, AgentError> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            AgentError::Config(format!(
+                "Keystone URL must be http://host:port/v3, not '{url}'"
+            ))
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(AgentError::Config(format!("bad Keystone URL '{url}'")));
+        }
+        Ok(KeystoneLogin {
+            authority: authority.to_owned(),
+            path: path.to_owned(),
+            user: user.to_owned(),
+            password,
+            project: project.to_owned(),
+            domain: domain.to_owned(),
+            token: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The current token; a new one when `renew` or when it is due.
+    async fn token(&self, renew: bool) -> Result<String, AgentError> {
+        let mut current = self.token.lock().await;
+        if let Some((token, renew_at)) = current.as_ref() {
+            if !renew && Instant::now() < *renew_at {
+                return Ok(token.clone());
+            }
+        }
+        let body = isthmus_model::keystone::password_request(
+            &self.user,
+            &self.password,
+            &self.project,
+            &self.domain,
+        );
+        let path = format!("{}/auth/tokens", self.path);
+        let exchange = async {
+            let mut reader =
+                send_raw(&self.authority, "POST", &path, &[], Some(&body.to_string())).await?;
+            let head = read_head(&mut reader).await?;
+            let raw = read_body(&mut reader, head.chunked).await?;
+            Ok::<_, AgentError>((head, raw))
+        };
+        let (head, raw) = tokio::time::timeout(KEYSTONE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| AgentError::Controller("Keystone did not answer in time".into()))??;
+        if head.status != 201 {
+            return Err(AgentError::Controller(format!(
+                "Keystone refused {}@{}: HTTP {}",
+                self.user, self.project, head.status
+            )));
+        }
+        let token = head
+            .subject_token
+            .ok_or_else(|| AgentError::Controller("Keystone sent no X-Subject-Token".into()))?;
+        let issued = serde_json::from_slice(&raw)
+            .ok()
+            .and_then(|v: Value| isthmus_model::keystone::parse_token(&v))
+            .ok_or_else(|| {
+                AgentError::Controller("Keystone sent no project-scoped token".into())
+            })?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let lifetime = Duration::from_secs(issued.expires_at.saturating_sub(now));
+        *current = Some((token.clone(), Instant::now() + lifetime.mul_f64(0.8)));
+        Ok(token)
+    }
+}
+
+/// The controller's address, from `http://host:port`, and how to authenticate to it.
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     /// `host:port`.
     pub authority: String,
+    keystone: Option<Arc<KeystoneLogin>>,
 }
 
 impl Endpoint {
+    /// Calls the controller with `login`'s Keystone tokens instead of noauth headers.
+    pub fn with_keystone(mut self, login: KeystoneLogin) -> Endpoint {
+        self.keystone = Some(Arc::new(login));
+        self
+    }
+
     /// Parses `http://host[:port]` (port 9696 by default).
     pub fn parse(url: &str) -> Result<Endpoint, AgentError> {
         let rest = url.strip_prefix("http://").ok_or_else(|| {
@@ -30,26 +148,41 @@ impl Endpoint {
         } else {
             format!("{authority}:9696")
         };
-        Ok(Endpoint { authority })
+        Ok(Endpoint {
+            authority,
+            keystone: None,
+        })
     }
 
+    /// Sends a request with the agent's identity; a refused token is renewed and the request
+    /// sent once more.
     async fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<BufReader<TcpStream>, AgentError> {
-        let mut stream = TcpStream::connect(&self.authority).await?;
-        stream.set_nodelay(true)?;
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nX-Roles: admin\r\nX-Project-Id: isthmus-agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.authority,
-            payload.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(payload.as_bytes()).await?;
-        Ok(BufReader::new(stream))
+    ) -> Result<(Head, BufReader<TcpStream>), AgentError> {
+        let payload = body.map(|b| b.to_string());
+        let mut renew = false;
+        loop {
+            let token = match &self.keystone {
+                Some(login) => Some(login.token(renew).await?),
+                None => None,
+            };
+            let headers: Vec<(&str, &str)> = match &token {
+                Some(token) => vec![("X-Auth-Token", token.as_str())],
+                // noauth: a service, as Neutron expects of whoever binds ports (Nova, agents).
+                None => vec![("X-Roles", "service"), ("X-Project-Id", "service")],
+            };
+            let mut reader =
+                send_raw(&self.authority, method, path, &headers, payload.as_deref()).await?;
+            let head = read_head(&mut reader).await?;
+            if head.status == 401 && token.is_some() && !renew {
+                renew = true;
+                continue;
+            }
+            return Ok((head, reader));
+        }
     }
 
     /// Sends a request and reads the whole JSON answer.
@@ -59,16 +192,9 @@ impl Endpoint {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), AgentError> {
-        let mut reader = self.send(method, path, body).await?;
-        let (status, chunked) = read_head(&mut reader).await?;
-        let mut raw = Vec::new();
-        if chunked {
-            while let Some(chunk) = read_chunk(&mut reader).await? {
-                raw.extend_from_slice(&chunk);
-            }
-        } else {
-            reader.read_to_end(&mut raw).await?;
-        }
+        let (head, mut reader) = self.send(method, path, body).await?;
+        let status = head.status;
+        let raw = read_body(&mut reader, head.chunked).await?;
         let value = if raw.is_empty() {
             Value::Null
         } else {
@@ -80,8 +206,8 @@ impl Endpoint {
 
     /// Opens a streaming GET; lines are read with [`Lines::next`].
     pub async fn stream(&self, path: &str) -> Result<Lines, AgentError> {
-        let mut reader = self.send("GET", path, None).await?;
-        let (status, chunked) = read_head(&mut reader).await?;
+        let (head, mut reader) = self.send("GET", path, None).await?;
+        let (status, chunked) = (head.status, head.chunked);
         if status != 200 {
             let mut raw = Vec::new();
             reader.read_to_end(&mut raw).await?;
@@ -98,7 +224,39 @@ impl Endpoint {
     }
 }
 
-async fn read_head(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool), AgentError> {
+/// Writes one request with `Connection: close`.
+async fn send_raw(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    payload: Option<&str>,
+) -> Result<BufReader<TcpStream>, AgentError> {
+    let mut stream = TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    let payload = payload.unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        payload.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(payload.as_bytes()).await?;
+    Ok(BufReader::new(stream))
+}
+
+/// What the agent reads of a response head.
+struct Head {
+    status: u16,
+    chunked: bool,
+    /// Keystone's `X-Subject-Token`.
+    subject_token: Option<String>,
+}
+
+async fn read_head(reader: &mut BufReader<TcpStream>) -> Result<Head, AgentError> {
     let mut line = String::new();
     reader.read_line(&mut line).await?;
     let status = line
@@ -106,18 +264,42 @@ async fn read_head(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool), Age
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| AgentError::Controller(format!("bad status line '{}'", line.trim())))?;
-    let mut chunked = false;
+    let mut head = Head {
+        status,
+        chunked: false,
+        subject_token: None,
+    };
     loop {
         line.clear();
         if reader.read_line(&mut line).await? == 0 || line == "\r\n" {
             break;
         }
-        let lower = line.to_ascii_lowercase();
-        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-            chunked = true;
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked |= value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("x-subject-token") {
+            head.subject_token = Some(value.to_owned());
         }
     }
-    Ok((status, chunked))
+    Ok(head)
+}
+
+async fn read_body(
+    reader: &mut BufReader<TcpStream>,
+    chunked: bool,
+) -> Result<Vec<u8>, AgentError> {
+    let mut raw = Vec::new();
+    if chunked {
+        while let Some(chunk) = read_chunk(reader).await? {
+            raw.extend_from_slice(&chunk);
+        }
+    } else {
+        reader.read_to_end(&mut raw).await?;
+    }
+    Ok(raw)
 }
 
 async fn read_chunk(reader: &mut BufReader<TcpStream>) -> Result<Option<Vec<u8>>, AgentError> {

@@ -205,7 +205,21 @@ pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
         .build(connector)
 }
 
+/// Sends `request` (once more on a fresh connection when a pooled one turns out closed: both
+/// calls Isthmus makes to Keystone are safe to repeat).
 async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<(u16, hyper::HeaderMap, Value), String> {
+    let (parts, body) = request.into_parts();
+    let again = hyper::Request::from_parts(parts.clone(), body.clone());
+    match exchange(client, hyper::Request::from_parts(parts, body)).await {
+        Err(_) => exchange(client, again).await,
+        done => done,
+    }
+}
+
+async fn exchange(
     client: &Client<HttpConnector, Full<Bytes>>,
     request: hyper::Request<Full<Bytes>>,
 ) -> Result<(u16, hyper::HeaderMap, Value), String> {

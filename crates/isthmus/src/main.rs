@@ -33,6 +33,55 @@ enum StoreKind {
     Etcd,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AuthKind {
+    /// Identity from X-Project-Id / X-Roles headers (Neutron's noauth).
+    Noauth,
+    /// Keystone v3 tokens (X-Auth-Token).
+    Keystone,
+}
+
+/// A Keystone user Isthmus authenticates as (the controller validates tokens with it; an
+/// agent calls the controller with it).
+#[derive(clap::Args)]
+struct KeystoneArgs {
+    /// Keystone's v3 URL, e.g. http://keystone:5000/v3.
+    #[arg(long)]
+    keystone_url: Option<String>,
+    /// The user's name.
+    #[arg(long, default_value = "isthmus")]
+    keystone_user: String,
+    /// A file holding the user's password (first line).
+    #[arg(long)]
+    keystone_password_file: Option<PathBuf>,
+    /// The project the user's token is scoped to.
+    #[arg(long, default_value = "service")]
+    keystone_project: String,
+    /// The domain of the user and the project.
+    #[arg(long, default_value = "Default")]
+    keystone_domain: String,
+}
+
+impl KeystoneArgs {
+    /// The user and password, when a Keystone URL is given.
+    fn credentials(&self) -> anyhow::Result<Option<(String, String)>> {
+        let Some(url) = &self.keystone_url else {
+            return Ok(None);
+        };
+        let file = self
+            .keystone_password_file
+            .as_ref()
+            .context("--keystone-url needs --keystone-password-file")?;
+        let password =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let password = password.lines().next().unwrap_or_default().to_owned();
+        if password.is_empty() {
+            bail!("{} holds no password", file.display());
+        }
+        Ok(Some((url.clone(), password)))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the Neutron v2.0 API.
@@ -58,6 +107,16 @@ enum Command {
         /// DNS domain of ports whose network has none.
         #[arg(long, default_value = "openstack.local.")]
         dns_domain: String,
+        /// How callers are identified: Keystone tokens, or Neutron's noauth headers (the
+        /// default on a loopback address; elsewhere it must be asked for).
+        #[arg(long, value_enum)]
+        auth: Option<AuthKind>,
+        #[command(flatten)]
+        keystone: KeystoneArgs,
+        /// Seconds a validated token is trusted before Keystone is asked again (it never
+        /// outlives the token itself).
+        #[arg(long, default_value_t = 300)]
+        token_cache_seconds: u64,
     },
     /// Run a node agent: register the node and keep its kernel in line with the controller.
     Agent {
@@ -92,6 +151,8 @@ enum Command {
         /// agent on a shared machine).
         #[arg(long, default_value = isthmus_agent::DEFAULT_NETNS_DIR)]
         netns_dir: PathBuf,
+        #[command(flatten)]
+        keystone: KeystoneArgs,
         /// The node's network namespace is Isthmus's alone: turn br_netfilter's namespace-wide
         /// switches (net.bridge.bridge-nf-call-*) off, so that only bridges with port-security
         /// ports pay for netfilter. Without it they are left as found (Kubernetes nodes and
@@ -211,6 +272,9 @@ async fn main() -> anyhow::Result<()> {
             etcd_prefix,
             underlay_mtu,
             dns_domain,
+            auth,
+            keystone,
+            token_cache_seconds,
         } => {
             if underlay_mtu < 68 + 50 {
                 bail!("--underlay-mtu {underlay_mtu} is too small for VXLAN (needs at least 118)");
@@ -241,18 +305,47 @@ async fn main() -> anyhow::Result<()> {
                 dns_domain,
                 ..Config::default()
             };
+            let auth = match (auth, keystone.credentials()?) {
+                (Some(AuthKind::Keystone), Some((url, password))) => {
+                    let keystone =
+                        isthmus_controller::Keystone::new(isthmus_controller::KeystoneConfig {
+                            url,
+                            user: keystone.keystone_user,
+                            password,
+                            project: keystone.keystone_project,
+                            domain: keystone.keystone_domain,
+                            cache_ttl: std::time::Duration::from_secs(token_cache_seconds),
+                        });
+                    keystone
+                        .login()
+                        .await
+                        .map_err(anyhow::Error::msg)
+                        .context("the controller's Keystone user cannot authenticate")?;
+                    isthmus_controller::Auth::Keystone(Box::new(keystone))
+                }
+                (Some(AuthKind::Keystone), None) => {
+                    bail!("--auth keystone needs --keystone-url and --keystone-password-file")
+                }
+                (Some(AuthKind::Noauth), _) => {
+                    if !listen.ip().is_loopback() {
+                        eprintln!(
+                            "isthmus controller: WARNING: noauth on {listen}: anyone who reaches \
+                             this address acts as whatever project and role they claim"
+                        );
+                    }
+                    isthmus_controller::Auth::NoAuth
+                }
+                (None, _) if listen.ip().is_loopback() => isthmus_controller::Auth::NoAuth,
+                (None, _) => bail!(
+                    "refusing to serve {listen} without authentication: give --auth keystone \
+                     (with --keystone-url ...) or, knowingly, --auth noauth"
+                ),
+            };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             eprintln!("isthmus controller: Neutron v2.0 API on http://{listen}/v2.0");
-            isthmus_controller::serve(
-                listener,
-                store,
-                config,
-                isthmus_controller::Auth::NoAuth,
-                shutdown_signal(),
-            )
-            .await?;
+            isthmus_controller::serve(listener, store, config, auth, shutdown_signal()).await?;
             Ok(())
         }
         Command::Agent {
@@ -266,6 +359,7 @@ async fn main() -> anyhow::Result<()> {
             default_pod_network,
             pool_size,
             netns_dir,
+            keystone,
             own_br_netfilter,
         } => {
             let physnets = physnets
@@ -275,7 +369,17 @@ async fn main() -> anyhow::Result<()> {
             let config = isthmus_agent::Config {
                 node,
                 tunnel_ip,
-                controller: isthmus_agent::Endpoint::parse(&controller)?,
+                controller: match keystone.credentials()? {
+                    Some((url, password)) => isthmus_agent::Endpoint::parse(&controller)?
+                        .with_keystone(isthmus_agent::http::KeystoneLogin::new(
+                            &url,
+                            &keystone.keystone_user,
+                            password,
+                            &keystone.keystone_project,
+                            &keystone.keystone_domain,
+                        )?),
+                    None => isthmus_agent::Endpoint::parse(&controller)?,
+                },
                 physnets,
                 heartbeat: std::time::Duration::from_secs(heartbeat_seconds.max(1)),
                 state_dir,

@@ -619,12 +619,24 @@ impl Lab {
     }
 
     /// Starts `isthmus controller` (the binary at `bin`) in the fabric with its store in
-    /// `data_dir`, and waits until it answers.
+    /// `data_dir`, and waits until it answers. The lab is a closed world of namespaces: its
+    /// controller uses Neutron's noauth (explicitly, as its address is not loopback).
     pub fn start_controller(&self, bin: &str, data_dir: &std::path::Path) -> Result<Daemon> {
+        self.start_controller_with(bin, data_dir, &["--auth", "noauth"])
+    }
+
+    /// [`Lab::start_controller`] with `extra` arguments (e.g. `--auth keystone ...`).
+    pub fn start_controller_with(
+        &self,
+        bin: &str,
+        data_dir: &std::path::Path,
+        extra: &[&str],
+    ) -> Result<Daemon> {
         let mut command = self.fabric.command(bin);
         command
             .args(["controller", "--listen", CONTROLLER_ADDR, "--data-dir"])
-            .arg(data_dir);
+            .arg(data_dir)
+            .args(extra);
         self.daemon_output(&mut command, "controller");
         let child = command.spawn().map_err(|source| LabError::Spawn {
             command: format!("{bin} controller"),

@@ -52,7 +52,7 @@ impl Caller {
 
     /// Whether the caller may see and use a resource of `project_id`.
     pub fn owns(&self, project_id: &str) -> bool {
-        self.is_admin() || self.project_id == project_id
+        self.is_privileged() || self.project_id == project_id
     }
 
     /// Refuses a non-admin setting an admin-only attribute, as Neutron's policy does.

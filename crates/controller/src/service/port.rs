@@ -469,7 +469,7 @@ impl Kind for Port {
 
     async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
         let ports = service.load_all::<Port>(keys::PORTS).await?;
-        let owned_networks: HashSet<String> = if caller.is_admin() {
+        let owned_networks: HashSet<String> = if caller.is_privileged() {
             HashSet::new()
         } else {
             service

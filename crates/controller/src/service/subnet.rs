@@ -45,7 +45,7 @@ impl Kind for Subnet {
 
     async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
         let subnets = service.load_all::<Subnet>(keys::SUBNETS).await?;
-        let granted = if caller.is_admin() {
+        let granted = if caller.is_privileged() {
             HashSet::new()
         } else {
             granted_ids(&service.all_grants().await?, caller, NETWORK_GRANTS)

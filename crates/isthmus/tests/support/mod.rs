@@ -93,6 +93,20 @@ fn request(
     body: Option<&Value>,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, Value)> {
+    request_full(port, method, path, body, headers).map(|(status, _, value)| (status, value))
+}
+
+/// A response: status, headers and body (JSON when it parses).
+pub type Response = (u16, Vec<(String, String)>, Value);
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` with extra `headers`.
+pub fn request_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
@@ -123,7 +137,13 @@ fn request(
         body.to_owned()
     };
     let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    Ok((status, value))
+    let response_headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok((status, response_headers, value))
 }
 
 fn dechunk(mut s: &str) -> String {
