@@ -79,6 +79,10 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// Largest request body (bigger ones get 413). Neutron's default `max_request_body_size` is
+/// 112 KiB; Isthmus takes up to 1 MiB so that bulk creates of a few thousand ports fit.
+pub const BODY_LIMIT: usize = 1 << 20;
+
 /// Extensions that work end to end (and only those).
 const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("security-group", "security-group", "The security groups extension."),
@@ -202,6 +206,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(Error::PathNotFound) })
         .method_not_allowed_fallback(|| async { ApiError(Error::MethodNotAllowed) })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -246,6 +251,9 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
             }
         }
     };
+    if !public {
+        response = neutron_format(response);
+    }
     if let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>() {
         eprintln!(
             "isthmus controller: {request_id} {method} {path} answered {}: {detail}",
@@ -256,6 +264,50 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
         response.headers_mut().insert("x-openstack-request-id", id);
     }
     response
+}
+
+/// An error answered by the HTTP layer itself (axum's rejections: a path that is not UTF-8, a
+/// body over the limit, a body that is not JSON) in Neutron's error format, with Neutron's
+/// words rather than the framework's.
+fn neutron_format(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let (kind, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ("HTTPRequestEntityTooLarge", "Request is too large."),
+        StatusCode::URI_TOO_LONG => ("HTTPRequestURITooLong", "The request URI is too long."),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "HTTPRequestHeaderFieldsTooLarge",
+            "The request's header fields are too large.",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("HTTPUnsupportedMediaType", "The request body must be JSON.")
+        }
+        StatusCode::NOT_FOUND => ("HTTPNotFound", "The resource could not be found."),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "HTTPMethodNotAllowed",
+            "The method is not allowed for this resource.",
+        ),
+        s if s.is_server_error() => (
+            "InternalServerError",
+            "Request Failed: internal server error while processing your request.",
+        ),
+        _ => ("HTTPBadRequest", "The request could not be understood."),
+    };
+    let body = json!({"NeutronError": {"type": kind, "message": message, "detail": ""}});
+    let mut rewritten = (status, Json(body)).into_response();
+    for name in ["www-authenticate", "allow"] {
+        if let Some(v) = response.headers().get(name) {
+            rewritten.headers_mut().insert(name, v.clone());
+        }
+    }
+    rewritten
 }
 
 fn base_url(headers: &HeaderMap) -> String {
@@ -375,11 +427,10 @@ async fn show_extension(Path(alias): Path<String>) -> ApiResult {
 async fn healthz(State(state): Shared) -> Response {
     match state.service.store().revision().await {
         Ok(rev) => (StatusCode::OK, format!("ok revision={rev}\n")).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unavailable: {e}\n"),
-        )
-            .into_response(),
+        Err(e) => {
+            eprintln!("isthmus controller: health check: store unavailable: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+        }
     }
 }
 

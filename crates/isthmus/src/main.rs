@@ -199,13 +199,10 @@ enum LabAction {
 }
 
 fn lab(action: LabAction, name: String) -> anyhow::Result<()> {
+    let place = isthmus_lab::scenario::Place::named(&name)?;
     if let Some(why) = isthmus_lab::unavailable() {
         bail!("isthmus lab: {why}");
     }
-    let place = isthmus_lab::scenario::Place {
-        dir: PathBuf::from("/run").join(&name),
-        prefix: name,
-    };
     let mut out = std::io::stdout();
     match action {
         LabAction::Up { nodes } => {

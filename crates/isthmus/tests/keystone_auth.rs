@@ -656,3 +656,184 @@ fn the_openstack_cli_authenticates_through_keystones_catalog() {
         ks.log_tail()
     );
 }
+
+/// A token from Keystone at `url`, asked from inside the lab's fabric.
+fn fabric_token(lab: &isthmus_lab::Lab, url: &str, user: &str, project: &str) -> String {
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": user, "domain": {"id": "default"}, "password": format!("{user}-secret")}}},
+        "scope": {"project": {"name": project, "domain": {"id": "default"}}}}})
+    .to_string();
+    let headers = lab
+        .fabric
+        .exec(
+            "curl",
+            &[
+                "-s",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body,
+                &format!("{url}/auth/tokens"),
+            ],
+        )
+        .expect("curl Keystone");
+    headers
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("x-subject-token"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no token for {user}@{project}: {headers}"))
+}
+
+#[test]
+fn agents_with_keystone_credentials_register_and_wire_vms() {
+    if !isthmus_lab::runnable() {
+        return;
+    }
+    let Some(mut ks) = Keystone::start() else {
+        return;
+    };
+    ks.user("isthmus", "service", "service");
+    ks.user("isthmus-agent", "service", "service");
+    ks.user("carol", "demo", "member");
+    let controller_pw = ks.password_file("isthmus.pw", "isthmus-secret");
+    let agent_pw = ks.password_file("agent.pw", "isthmus-agent-secret");
+    let lab = isthmus_lab::Lab::new(2).unwrap();
+    // Keystone moves into the fabric, where the controller and the nodes reach it.
+    let fabric_ip = isthmus_lab::CONTROLLER_ADDR.split(':').next().unwrap();
+    let listen = format!("{fabric_ip}:5000");
+    let url = format!("http://{listen}/v3");
+    ks.move_to(
+        |uwsgi| lab.fabric.command(uwsgi.to_str().unwrap()),
+        &listen,
+        || {
+            lab.fabric
+                .exec(
+                    "curl",
+                    &["-s", "-o", "/dev/null", "-w", "%{http_code}", &url],
+                )
+                .is_ok_and(|code| code.trim() == "200")
+        },
+    );
+    let data = tempfile::tempdir().unwrap();
+    let _controller = lab
+        .start_controller_with(
+            cloud::BIN,
+            data.path(),
+            &[
+                "--auth",
+                "keystone",
+                "--keystone-url",
+                &url,
+                "--keystone-user",
+                "isthmus",
+                "--keystone-password-file",
+                controller_pw.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    let agent_args = [
+        "--keystone-url",
+        url.as_str(),
+        "--keystone-user",
+        "isthmus-agent",
+        "--keystone-password-file",
+        agent_pw.to_str().unwrap(),
+    ];
+    let _agents: Vec<_> = (0..2)
+        .map(|i| lab.start_agent_with(cloud::BIN, i, &agent_args).unwrap())
+        .collect();
+    // Without a token the controller answers nothing but 401.
+    assert_eq!(lab.api("GET", "/v2.0/networks", None).0, 401);
+
+    let admin = format!(
+        "X-Auth-Token: {}",
+        fabric_token(&lab, &url, "admin", "admin")
+    );
+    cloud::wait_for(
+        "2 agents registered with their tokens",
+        Duration::from_secs(30),
+        || {
+            lab.api_with("GET", "/v2.0/agents", None, &[&admin]).1["agents"]
+                .as_array()
+                .is_some_and(|a| a.len() == 2)
+        },
+    );
+    let carol = format!(
+        "X-Auth-Token: {}",
+        fabric_token(&lab, &url, "carol", "demo")
+    );
+    let (s, net) = lab.api_with(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "demo"}})),
+        &[&carol],
+    );
+    assert_eq!(s, 201, "{net}");
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    let (s, v) = lab.api_with(
+        "POST",
+        "/v2.0/subnets",
+        Some(
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.50.0/24"}}),
+        ),
+        &[&carol],
+    );
+    assert_eq!(s, 201, "{v}");
+    let mut vms = Vec::new();
+    let mut port_ids = Vec::new();
+    for (node, host) in [(0, "node1"), (1, "node2")] {
+        // Carol makes the port; the admin binds it, as Nova does with its service token.
+        let (s, port) = lab.api_with(
+            "POST",
+            "/v2.0/ports",
+            Some(
+                &json!({"port": {"network_id": net_id, "device_owner": "compute:nova",
+                                  "port_security_enabled": false}}),
+            ),
+            &[&carol],
+        );
+        assert_eq!(s, 201, "{port}");
+        let id = port["port"]["id"].as_str().unwrap().to_owned();
+        let (s, bound) = lab.api_with(
+            "PUT",
+            &format!("/v2.0/ports/{id}"),
+            Some(&json!({"port": {"binding:host_id": host}})),
+            &[&admin],
+        );
+        assert_eq!(s, 200, "{bound}");
+        vms.push(
+            lab.add_vm_for_port(node, &bound["port"], 24, None, 1450)
+                .unwrap(),
+        );
+        port_ids.push(id);
+    }
+    for id in &port_ids {
+        cloud::wait_for(
+            "the agent to report the port ACTIVE",
+            Duration::from_secs(30),
+            || {
+                lab.api_with("GET", &format!("/v2.0/ports/{id}"), None, &[&carol])
+                    .1["port"]["status"]
+                    == "ACTIVE"
+            },
+        );
+    }
+    cloud::wait_for(
+        "VM1 to ping VM2 across nodes",
+        Duration::from_secs(20),
+        || {
+            vms[0]
+                .ns
+                .exec("ping", &["-c", "1", "-W", "1", "192.168.50.3"])
+                .is_ok()
+        },
+    );
+}

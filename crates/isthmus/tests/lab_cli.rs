@@ -67,3 +67,20 @@ fn lab_up_shows_a_vm_and_a_pod_talking_and_down_removes_everything() {
         "processes left:\n{ps}"
     );
 }
+
+#[test]
+fn lab_names_that_leave_run_are_refused_before_anything_happens() {
+    for name in [
+        "..",
+        "/",
+        "../tmp",
+        "a/../../etc",
+        "UPPER",
+        "x y",
+        "averyveryverylongname1",
+    ] {
+        let (ok, out) = isthmus(&["lab", "down", "--name", name]);
+        assert!(!ok, "lab down --name {name:?} succeeded: {out}");
+        assert!(out.contains("is not 1 to 20 of a-z, 0-9 and '-'"), "{out}");
+    }
+}

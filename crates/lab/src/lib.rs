@@ -52,6 +52,10 @@ pub enum LabError {
     /// A port object lacks what a VM needs from it.
     #[error("port {0} has no id, MAC or fixed IP")]
     Port(String),
+    /// A lab name that is not `[a-z0-9-]{{1,20}}` (it becomes a directory under /run and
+    /// namespace names).
+    #[error("lab name {0:?} is not 1 to 20 of a-z, 0-9 and '-'")]
+    Name(String),
 }
 
 /// Result of lab operations.
@@ -595,6 +599,18 @@ impl Lab {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        self.api_with(method, path, body, &[])
+    }
+
+    /// [`Lab::api`] with extra request headers (`X-Auth-Token: ...` for a controller that
+    /// validates Keystone tokens).
+    pub fn api_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        headers: &[&str],
+    ) -> (u16, serde_json::Value) {
         let url = format!("http://{CONTROLLER_ADDR}{path}");
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let mut args = vec![
@@ -606,6 +622,9 @@ impl Lab {
             "-w",
             "\n%{http_code}",
         ];
+        for header in headers {
+            args.extend(["-H", header]);
+        }
         if !payload.is_empty() {
             args.extend(["-d", payload.as_str()]);
         }

@@ -31,6 +31,24 @@ pub struct Place {
     pub dir: PathBuf,
 }
 
+impl Place {
+    /// The lab called `name`, under `/run/<name>`: only `[a-z0-9-]{1,20}`, so that no name
+    /// (`..`, `/`, `a/../../etc`) reaches outside /run or makes an odd namespace name.
+    pub fn named(name: &str) -> Result<Place> {
+        let valid = (1..=20).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(LabError::Name(name.to_owned()));
+        }
+        Ok(Place {
+            prefix: name.to_owned(),
+            dir: PathBuf::from("/run").join(name),
+        })
+    }
+}
+
 fn failed(what: &str, detail: impl std::fmt::Display) -> LabError {
     LabError::Failed {
         command: what.to_owned(),
@@ -482,4 +500,29 @@ pub fn down(place: &Place, out: &mut dyn Write) -> Result<()> {
         let _ = writeln!(out, "no lab named {} was up", place.prefix);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_names_stay_under_run() {
+        assert_eq!(
+            Place::named("isthmus-lab").unwrap().dir,
+            PathBuf::from("/run/isthmus-lab")
+        );
+        for bad in [
+            "",
+            "..",
+            "/",
+            "a/../../etc",
+            "Lab",
+            "a b",
+            "x".repeat(21).as_str(),
+            "é",
+        ] {
+            assert!(Place::named(bad).is_err(), "{bad:?}");
+        }
+    }
 }

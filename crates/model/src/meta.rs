@@ -156,7 +156,21 @@ pub fn normalize_tags(tags: Vec<String>) -> Result<Vec<String>> {
     let mut tags = tags;
     tags.sort();
     tags.dedup();
+    check_tag_count(tags.len())?;
     Ok(tags)
+}
+
+/// Most tags on one resource (Neutron's `MAX_TAGS`).
+pub const MAX_TAGS: usize = 50;
+
+/// Refuses more than [`MAX_TAGS`] tags on one resource, in Neutron's words.
+pub fn check_tag_count(count: usize) -> Result<()> {
+    if count > MAX_TAGS {
+        return Err(Error::BadRequest(format!(
+            "The number of tags exceed the per-resource limit of {MAX_TAGS}"
+        )));
+    }
+    Ok(())
 }
 
 /// A tag is a non-empty string of at most 255 characters without commas (commas separate tags

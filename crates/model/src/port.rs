@@ -79,6 +79,10 @@ pub static DEFINITION: Definition<Port> = Definition {
 /// Neutron's default `max_allowed_address_pair`.
 pub const MAX_ADDRESS_PAIRS: usize = 10;
 
+/// Most fixed IPs a port (or a router gateway) may ask for: Neutron's default
+/// `max_fixed_ips_per_port`.
+pub const MAX_FIXED_IPS: usize = 5;
+
 /// One address of a port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FixedIp {
@@ -362,6 +366,12 @@ pub(crate) fn parse_fixed_ips(
     attr: &str,
     items: Vec<Map<String, Value>>,
 ) -> Result<Vec<FixedIpRequest>> {
+    if items.len() > MAX_FIXED_IPS {
+        // Neutron's max_fixed_ips_per_port.
+        return Err(Error::InvalidInput(format!(
+            "Exceeded maximum amount of fixed ips per port ({MAX_FIXED_IPS})."
+        )));
+    }
     let mut out: Vec<FixedIpRequest> = Vec::new();
     for item in items {
         if let Some(k) = item

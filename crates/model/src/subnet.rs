@@ -146,10 +146,25 @@ pub struct Subnet {
     pub ipv6_address_mode: Option<String>,
 }
 
+/// Most DNS servers per subnet: Neutron's default `max_dns_nameservers`.
+pub const MAX_DNS_NAMESERVERS: usize = 5;
+/// Most host routes per subnet: Neutron's default `max_subnet_host_routes`.
+pub const MAX_HOST_ROUTES: usize = 20;
+/// Most allocation pools per subnet. Neutron sets no number; Isthmus does, so that a body
+/// cannot make a subnet of tens of thousands of ranges (every allocation walks them).
+pub const MAX_ALLOCATION_POOLS: usize = 64;
+
 fn parse_nameservers(v: Value, version: IpVersion) -> Result<Vec<IpAddr>> {
     let Value::Array(items) = v else {
         return Err(Error::invalid_attr("dns_nameservers", "not a list"));
     };
+    if items.len() > MAX_DNS_NAMESERVERS {
+        return Err(Error::fault(
+            "DNSNameServersExhausted",
+            400,
+            format!("The number of DNS nameservers exceeds the limit {MAX_DNS_NAMESERVERS}."),
+        ));
+    }
     let mut out: Vec<IpAddr> = Vec::new();
     for item in &items {
         let ip = as_ip("dns_nameservers", item)?;
@@ -173,6 +188,13 @@ fn parse_routes(v: Value, version: IpVersion) -> Result<Vec<HostRoute>> {
     let Value::Array(items) = v else {
         return Err(Error::invalid_attr("host_routes", "not a list"));
     };
+    if items.len() > MAX_HOST_ROUTES {
+        return Err(Error::fault(
+            "HostRoutesExhausted",
+            400,
+            format!("The number of host routes exceeds the limit {MAX_HOST_ROUTES}."),
+        ));
+    }
     let mut out: Vec<HostRoute> = Vec::new();
     for item in &items {
         let (Some(d), Some(n)) = (item.get("destination"), item.get("nexthop")) else {
@@ -203,6 +225,12 @@ fn parse_pools(v: Value, cidr: &Cidr) -> Result<Vec<IpRange>> {
     let Value::Array(items) = v else {
         return Err(Error::invalid_attr("allocation_pools", "not a list"));
     };
+    if items.len() > MAX_ALLOCATION_POOLS {
+        return Err(Error::invalid_attr(
+            "allocation_pools",
+            format!("more than {MAX_ALLOCATION_POOLS} pools"),
+        ));
+    }
     items
         .iter()
         .map(|item| {

@@ -9,6 +9,12 @@ use serde_json::{json, Value};
 use super::{store_error, Service};
 use crate::keys;
 
+/// A count as JSON: exact up to 2^64 - 1 (an IPv6 /64 pool), saturated beyond (JSON numbers
+/// past u64 are not portable: serde_json cannot write them and most clients cannot read them).
+fn json_count(n: u128) -> Value {
+    json!(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
 impl Service {
     async fn availability(&self, network: &Network) -> Result<Value> {
         let mut subnets = Vec::new();
@@ -19,17 +25,20 @@ impl Service {
                 .range(&keys::ipam_prefix(&subnet.meta.id))
                 .await
                 .map_err(store_error)?;
-            let size: u128 = subnet.allocation_pools.iter().map(|p| p.size()).sum();
+            let size = subnet
+                .allocation_pools
+                .iter()
+                .fold(0u128, |sum, p| sum.saturating_add(p.size()));
             let subnet_used = claims.kvs.len() as u128;
-            total += size;
-            used += subnet_used;
+            total = total.saturating_add(size);
+            used = used.saturating_add(subnet_used);
             subnets.push(json!({
                 "subnet_id": subnet.meta.id,
                 "subnet_name": subnet.meta.name,
                 "cidr": subnet.cidr.to_string(),
                 "ip_version": subnet.cidr.version().number(),
-                "total_ips": size,
-                "used_ips": subnet_used,
+                "total_ips": json_count(size),
+                "used_ips": json_count(subnet_used),
             }));
         }
         Ok(json!({
@@ -37,8 +46,8 @@ impl Service {
             "network_name": network.meta.name,
             "project_id": network.meta.project_id,
             "tenant_id": network.meta.project_id,
-            "total_ips": total,
-            "used_ips": used,
+            "total_ips": json_count(total),
+            "used_ips": json_count(used),
             "subnet_ip_availability": subnets,
         }))
     }

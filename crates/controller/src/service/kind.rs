@@ -644,6 +644,7 @@ impl<T: Kind> Endpoint for Handle<T> {
                         TagOp::Replace(_) => *tags = replacement.unwrap_or_default(),
                         TagOp::Add(tag) => {
                             if !tags.contains(tag) {
+                                isthmus_model::meta::check_tag_count(tags.len() + 1)?;
                                 tags.push(tag.clone());
                                 tags.sort();
                             }

@@ -49,6 +49,81 @@ fn manage(venv: &Path, conf: &Path, args: &[&str]) {
     );
 }
 
+/// Starts uWSGI serving Keystone with `conf` on `listen`, through `command` (the uwsgi binary,
+/// possibly wrapped to run in a network namespace).
+fn spawn_uwsgi(mut command: Command, venv: &Path, conf: &Path, listen: &str, dir: &Path) -> Child {
+    command
+        .args(["--http-socket", listen])
+        .args(["--module", "keystone.wsgi.api:application"])
+        // One request per connection, said so: clients then never reuse a connection uWSGI
+        // is about to close (python-requests does not retry a POST on it).
+        .args(["--master", "--no-orphans", "--die-on-term"])
+        .args(["--add-header", "Connection: close"])
+        .args(["--processes", "1", "--threads", "8"])
+        .arg("--virtualenv")
+        .arg(venv)
+        .env("OS_KEYSTONE_CONFIG_FILES", conf)
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("uwsgi.log"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
+        .spawn()
+        .expect("spawn uwsgi")
+}
+
+impl Keystone {
+    /// Moves Keystone from the host's loopback to `listen` through `wrap` (which makes the
+    /// command that runs the given uwsgi binary where it should run, e.g. in a lab's fabric
+    /// namespace): users and projects made so far stay (same database and keys). Waits until
+    /// `ready` says it answers there.
+    pub fn move_to(
+        &mut self,
+        wrap: impl FnOnce(&Path) -> Command,
+        listen: &str,
+        ready: impl Fn() -> bool,
+    ) {
+        self.stop();
+        let venv = venv().expect("Keystone venv");
+        let conf = self.dir.path().join("keystone.conf");
+        self.child = spawn_uwsgi(
+            wrap(&venv.join("bin/uwsgi")),
+            &venv,
+            &conf,
+            listen,
+            self.dir.path(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready() {
+            assert!(
+                Instant::now() < deadline,
+                "Keystone did not start on {listen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stop(&mut self) {
+        // SIGTERM lets uWSGI's master take its workers along; SIGKILL if it lingers.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Keystone {
     /// Bootstraps and starts Keystone (admin user `admin` / `admin-secret` in project
     /// `admin`), or `None` with the reason printed where it cannot run.
@@ -98,25 +173,13 @@ impl Keystone {
                 "RegionOne",
             ],
         );
-        let child = Command::new(venv.join("bin/uwsgi"))
-            .args(["--http-socket", &format!("127.0.0.1:{port}")])
-            .args(["--module", "keystone.wsgi.api:application"])
-            // One request per connection, said so: clients then never reuse a connection
-            // uWSGI is about to close (python-requests does not retry a POST on it).
-            .args(["--master", "--no-orphans", "--die-on-term"])
-            .args(["--add-header", "Connection: close"])
-            .args(["--processes", "1", "--threads", "8"])
-            .arg("--virtualenv")
-            .arg(&venv)
-            .env("OS_KEYSTONE_CONFIG_FILES", &conf)
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(dir.path().join("uwsgi.log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            )
-            .spawn()
-            .expect("spawn uwsgi");
+        let child = spawn_uwsgi(
+            Command::new(venv.join("bin/uwsgi")),
+            &venv,
+            &conf,
+            &format!("127.0.0.1:{port}"),
+            dir.path(),
+        );
         let mut keystone = Keystone {
             child,
             port,
@@ -280,18 +343,6 @@ impl Keystone {
 
 impl Drop for Keystone {
     fn drop(&mut self) {
-        // SIGTERM lets uWSGI's master take its workers along; SIGKILL if it lingers.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
