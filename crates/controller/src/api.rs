@@ -539,42 +539,37 @@ async fn create(
         .into_response())
 }
 
+/// A bulk create: every item or none, in one store transaction.
 async fn bulk_create(
     service: &Service,
     kind: &dyn Endpoint,
     caller: &Caller,
     items: Vec<Value>,
 ) -> Result<Vec<Value>, ApiError> {
-    let mut created: Vec<Value> = Vec::with_capacity(items.len());
-    for item in items {
-        // Items come bare (`{"ports": [{...}]}`) or wrapped (`{"ports": [{"port": {...}}]}`),
-        // both as Neutron accepts them.
-        let item = match item {
+    // Items come bare (`{"ports": [{...}]}`) or wrapped (`{"ports": [{"port": {...}}]}`),
+    // both as Neutron accepts them.
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|item| match item {
             Value::Object(mut wrapped)
                 if wrapped.len() == 1 && wrapped.contains_key(kind.singular()) =>
             {
                 wrapped.remove(kind.singular()).unwrap_or_default()
             }
             bare => bare,
-        };
-        match kind
-            .create(service, caller, json!({ kind.singular(): item }))
-            .await
-        {
-            Ok(object) => created.push(Value::Object(object)),
-            Err(e) => {
-                // Undo what this request created so a failed bulk leaves nothing behind.
-                for done in created.iter().rev() {
-                    if let Some(id) = done.get("id").and_then(Value::as_str) {
-                        let admin = Caller::admin(&caller.project_id);
-                        let _ = kind.delete(service, &admin, id, None).await;
-                    }
-                }
-                return Err(ApiError(e));
+        })
+        .collect();
+    let items = &items;
+    Ok(service
+        .atomically(|| async move {
+            let mut created = Vec::with_capacity(items.len());
+            for item in items {
+                let body = json!({ kind.singular(): item.clone() });
+                created.push(Value::Object(kind.create(service, caller, body).await?));
             }
-        }
-    }
-    Ok(created)
+            Ok(created)
+        })
+        .await?)
 }
 
 async fn update(

@@ -6,6 +6,7 @@ pub mod informer;
 pub mod keys;
 pub mod metrics;
 pub mod service;
+pub mod staged;
 pub mod watch;
 
 use std::net::SocketAddr;

@@ -286,3 +286,83 @@ async fn watch_tells_a_client_behind_compaction_to_relist() {
     let mut fresh = Watch::open(&api, "node=node1").await;
     assert_eq!(kinds(&fresh.snapshot().await, "ADDED"), ["node"]);
 }
+
+#[tokio::test]
+async fn bulk_creates_are_all_or_nothing_for_the_store_and_for_watchers() {
+    let api = Api::memory();
+    register(&api, "node1", "10.0.0.11").await;
+    let (net, subnet) = api.network_with_subnet(As::Anonymous, "10.30.0.0/24").await;
+    let port = |extra: Value| {
+        let mut body = json!({"network_id": net, "binding:host_id": "node1"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    // A first port brings the network into node1's view.
+    api.create(As::Anonymous, "ports", "port", port(json!({})))
+        .await;
+    let claims = api.keys(&format!("/isthmus/ipam/{subnet}/")).await.len();
+    let mut w = Watch::open(&api, "node=node1").await;
+    w.snapshot().await;
+
+    // Ten ports whose tenth asks for an address outside the subnet: none of them is made.
+    let mut items: Vec<Value> = (0..9).map(|_| port(json!({}))).collect();
+    items.push(port(
+        json!({"fixed_ips": [{"subnet_id": subnet, "ip_address": "10.99.0.5"}]}),
+    ));
+    let (s, v) = api
+        .call(
+            As::Anonymous,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({ "ports": items })),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (_, listed) = api.call(As::Anonymous, "GET", "/v2.0/ports", None).await;
+    assert_eq!(
+        listed["ports"].as_array().unwrap().len(),
+        1,
+        "no port of the bulk is left"
+    );
+    assert_eq!(
+        api.keys(&format!("/isthmus/ipam/{subnet}/")).await.len(),
+        claims,
+        "no address of the bulk is left"
+    );
+
+    // A bulk that succeeds reaches the watch whole, in one revision; nothing of the failed
+    // one ever did.
+    let items: Vec<Value> = (0..3).map(|_| port(json!({}))).collect();
+    let (s, v) = api
+        .call(
+            As::Anonymous,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({ "ports": items })),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let made: Vec<&str> = v["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    let mut seen = Vec::new();
+    let mut revisions = std::collections::BTreeSet::new();
+    while seen.len() < 3 {
+        let line = w.until(|l| l["type"] != "BOOKMARK").await;
+        if line["kind"] == "port" {
+            assert_eq!(line["type"], "ADDED", "{line}");
+            seen.push(line["object"]["id"].as_str().unwrap().to_owned());
+            revisions.insert(line["revision"].as_u64().unwrap());
+        }
+    }
+    seen.sort();
+    let mut made: Vec<String> = made.into_iter().map(str::to_owned).collect();
+    made.sort();
+    assert_eq!(seen, made, "the watch saw exactly the bulk that was made");
+    assert_eq!(revisions.len(), 1, "one transaction: {revisions:?}");
+}

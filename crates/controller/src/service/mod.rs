@@ -34,6 +34,9 @@ pub use kind::{key_of, prefix_of, Endpoint, Kind, Registry, TagOp};
 /// Most attempts of one operation against concurrent writers before giving up with 409.
 const MAX_ATTEMPTS: usize = 64;
 
+/// Attempts of a whole bulk request before it answers 409.
+const BULK_ATTEMPTS: usize = 5;
+
 /// Controller settings the service needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -170,6 +173,7 @@ impl Drop for IpReservation<'_> {
 impl Service {
     /// A service over `store`.
     pub fn new(store: SharedStore, config: Config) -> Self {
+        let store: SharedStore = Arc::new(crate::staged::Staged::new(store));
         Service {
             informer: crate::informer::Informer::new(store.clone()),
             usage: crate::informer::Feed::new(store.clone()),
@@ -232,7 +236,8 @@ impl Service {
         let result = self.store.txn(txn).await.map_err(store_error)?;
         // Until the usage feed starts (the first quota check), its snapshot will hold every
         // earlier write: nothing to remember (and nothing pruned from a list that would only grow).
-        if result.succeeded && self.usage.is_started() {
+        // Staged writes have no store revision yet (the final commit records its own).
+        if result.succeeded && self.usage.is_started() && !crate::staged::Staged::staged() {
             self.last_write
                 .fetch_max(result.revision, Ordering::Relaxed);
             let applied = self.usage.applied();
@@ -243,6 +248,42 @@ impl Service {
             unapplied.push_back(result.revision);
         }
         Ok(result.succeeded)
+    }
+
+    /// Runs `work` (a bulk create) all or nothing: its writes are staged (its own reads see
+    /// them) and committed as one transaction at the end, so nothing of a failed bulk is left
+    /// and watchers see all of it or none. Retried from the start when the store changed
+    /// under it meanwhile.
+    pub async fn atomically<T, F, Fut>(&self, mut work: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        for _ in 0..BULK_ATTEMPTS {
+            let (result, stage) = crate::staged::Staged::scope(work()).await;
+            let committed = match result {
+                Ok(value) => self.commit(stage.into_txn()).await?.then_some(value),
+                Err(e) => {
+                    self.forget_low_water();
+                    return Err(e);
+                }
+            };
+            match committed {
+                Some(value) => return Ok(value),
+                // The staged allocations raised low-water marks over addresses that stay free.
+                None => self.forget_low_water(),
+            }
+        }
+        Err(Error::Conflict(
+            "The resources changed while the bulk request was applied; try again".to_owned(),
+        ))
+    }
+
+    fn forget_low_water(&self) {
+        self.low_water
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Revision of this controller's latest write.

@@ -197,7 +197,13 @@ impl Service {
         let Ok(limit) = usize::try_from(quota.limit(resource)) else {
             return Ok(()); // -1: unlimited
         };
-        quota.check(resource, self.usage(project, resource, limit).await?, 1)
+        // A bulk request's earlier items are staged, not yet in the usage feed.
+        let staged = crate::staged::Staged::staged_new(&format!("/isthmus/{collection}/"));
+        quota.check(
+            resource,
+            self.usage(project, resource, limit).await? + staged,
+            1,
+        )
     }
 
     /// A project reads its own quota; another project's takes the `get_quota` rule (as

@@ -1,0 +1,352 @@
+//! All-or-nothing requests (bulk creates): inside [`Staged::scope`], a task's transactions do not
+//! reach the store. Each is checked against what the store holds and what the task staged
+//! before, and staged; the task's own reads see what it staged (so a second port of a bulk
+//! sees the first one's address claim, a second rule the first one's group bump). At the end
+//! the staged writes go to the store as one transaction, guarded by every store revision the
+//! task's transactions compared: watchers see the whole request or nothing of it.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use isthmus_store::{
+    Compare, KeyValue, Op, RangeResult, SharedStore, Store, StoreError, Txn, TxnResult, WatchStream,
+};
+
+/// Revisions of staged writes start here: far above any store revision, so a compare that
+/// names one is known to be about a staged value.
+const STAGED_REVISION: u64 = 1 << 62;
+
+tokio::task_local! {
+    static STAGE: RefCell<Stage>;
+}
+
+/// What a task staged.
+#[derive(Debug, Default)]
+pub struct Stage {
+    /// Key → staged value (`None`: deleted) with its staged revision and creation revision.
+    pending: BTreeMap<String, Option<KeyValue>>,
+    /// Compares on the store's own state, for the final transaction.
+    compares: Vec<Compare>,
+    next: u64,
+}
+
+impl Stage {
+    /// The one transaction that applies everything staged, under every compare on the store.
+    pub fn into_txn(self) -> Txn {
+        let mut compares: Vec<Compare> = Vec::with_capacity(self.compares.len());
+        for c in self.compares {
+            if !compares.contains(&c) {
+                compares.push(c);
+            }
+        }
+        let ops = self
+            .pending
+            .into_iter()
+            .map(|(key, kv)| match kv {
+                Some(kv) => Op::Put {
+                    key,
+                    value: kv.value,
+                },
+                None => Op::Delete { key },
+            })
+            .collect();
+        Txn { compares, ops }
+    }
+
+    /// How many objects under `prefix` the task created (staged, not in the store before).
+    pub fn created_under(&self, prefix: &str) -> usize {
+        self.pending
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, kv)| {
+                kv.as_ref()
+                    .is_some_and(|kv| kv.create_revision >= STAGED_REVISION)
+            })
+            .count()
+    }
+}
+
+/// A store whose writes a task can stage (see the module documentation); outside a staged
+/// scope it is the store itself.
+pub struct Staged {
+    base: SharedStore,
+}
+
+impl Staged {
+    /// Stages over `base`.
+    pub fn new(base: SharedStore) -> Staged {
+        Staged { base }
+    }
+
+    /// Runs `work` with its writes staged; returns its result and what it staged.
+    pub async fn scope<T>(work: impl std::future::Future<Output = T>) -> (T, Stage) {
+        STAGE
+            .scope(RefCell::new(Stage::default()), async {
+                let result = work.await;
+                let stage = STAGE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+                (result, stage)
+            })
+            .await
+    }
+
+    /// How many objects under `prefix` the current task staged as new (0 outside a scope).
+    pub fn staged_new(prefix: &str) -> usize {
+        STAGE
+            .try_with(|s| s.borrow().created_under(prefix))
+            .unwrap_or(0)
+    }
+
+    /// Whether the current task is staging its writes.
+    pub fn staged() -> bool {
+        STAGE.try_with(|_| ()).is_ok()
+    }
+
+    /// The staged value of `key`: `Some(None)` staged as deleted, `None` not staged.
+    fn pending(key: &str) -> Option<Option<KeyValue>> {
+        STAGE
+            .try_with(|s| s.borrow().pending.get(key).cloned())
+            .ok()
+            .flatten()
+    }
+
+    /// Whether a staged write lies under `prefix`: `(any put, any delete)`.
+    fn pending_under(prefix: &str) -> (bool, bool) {
+        STAGE
+            .try_with(|s| {
+                let s = s.borrow();
+                let mut under = s
+                    .pending
+                    .range(prefix.to_owned()..)
+                    .take_while(|(k, _)| k.starts_with(prefix));
+                let (mut put, mut deleted) = (false, false);
+                for (_, kv) in under.by_ref() {
+                    if kv.is_some() {
+                        put = true;
+                    } else {
+                        deleted = true;
+                    }
+                }
+                (put, deleted)
+            })
+            .unwrap_or((false, false))
+    }
+
+    /// Checks one compare now; `Some(compare)` when the final transaction must check it again
+    /// against the store.
+    async fn check(&self, compare: Compare) -> Result<(bool, Option<Compare>), StoreError> {
+        match &compare {
+            Compare::ModRevision { key, revision } => match Self::pending(key) {
+                Some(staged) => {
+                    let current = staged.map(|kv| kv.mod_revision).unwrap_or(0);
+                    Ok((current == *revision, None))
+                }
+                None if *revision >= STAGED_REVISION => Ok((false, None)),
+                None => {
+                    let current = self.base.get(key).await?.map(|kv| kv.mod_revision);
+                    Ok((current.unwrap_or(0) == *revision, Some(compare)))
+                }
+            },
+            Compare::PrefixEmpty { prefix } => {
+                let (put, _) = Self::pending_under(prefix);
+                if put {
+                    return Ok((false, None));
+                }
+                let (_, deleted) = Self::pending_under(prefix);
+                let empty = self.range(prefix).await?.kvs.is_empty();
+                // Over staged deletes the store still holds the keys: checked here only.
+                Ok((empty, (!deleted).then_some(compare)))
+            }
+        }
+    }
+
+    async fn stage(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        let mut kept = Vec::new();
+        for compare in txn.compares {
+            let (holds, again) = self.check(compare).await?;
+            if !holds {
+                return Ok(TxnResult {
+                    succeeded: false,
+                    revision: 0,
+                });
+            }
+            kept.extend(again);
+        }
+        let mut existing = Vec::with_capacity(txn.ops.len());
+        for op in &txn.ops {
+            if let Op::Put { key, .. } = op {
+                let before = match Self::pending(key) {
+                    Some(staged) => staged.map(|kv| kv.create_revision),
+                    None => self.base.get(key).await?.map(|kv| kv.create_revision),
+                };
+                existing.push(before);
+            }
+        }
+        let revision = STAGE
+            .try_with(|s| {
+                let mut s = s.borrow_mut();
+                s.next += 1;
+                let revision = STAGED_REVISION + s.next;
+                s.compares.extend(kept);
+                let mut existing = existing.into_iter();
+                for op in txn.ops {
+                    match op {
+                        Op::Put { key, value } => {
+                            let create_revision = existing.next().flatten().unwrap_or(revision);
+                            let kv = KeyValue {
+                                key: key.clone(),
+                                value,
+                                create_revision,
+                                mod_revision: revision,
+                            };
+                            s.pending.insert(key, Some(kv));
+                        }
+                        Op::Delete { key } => {
+                            s.pending.insert(key, None);
+                        }
+                    }
+                }
+                revision
+            })
+            .map_err(|_| StoreError::Backend("staged outside a scope".to_owned()))?;
+        Ok(TxnResult {
+            succeeded: true,
+            revision,
+        })
+    }
+
+    /// `base` merged with what the task staged under `prefix`.
+    fn merge(prefix: &str, mut base: RangeResult) -> RangeResult {
+        let Ok(staged) = STAGE.try_with(|s| {
+            s.borrow()
+                .pending
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        }) else {
+            return base;
+        };
+        if staged.is_empty() {
+            return base;
+        }
+        let mut all: BTreeMap<String, KeyValue> =
+            base.kvs.drain(..).map(|kv| (kv.key.clone(), kv)).collect();
+        for (key, kv) in staged {
+            match kv {
+                Some(kv) => {
+                    all.insert(key, kv);
+                }
+                None => {
+                    all.remove(&key);
+                }
+            }
+        }
+        base.kvs = all.into_values().collect();
+        base
+    }
+}
+
+#[async_trait]
+impl Store for Staged {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        match Self::pending(key) {
+            Some(staged) => Ok(staged),
+            None => self.base.get(key).await,
+        }
+    }
+
+    async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
+        let base = self.base.range(prefix).await?;
+        Ok(Self::merge(prefix, base))
+    }
+
+    async fn range_from(
+        &self,
+        prefix: &str,
+        from_key: &str,
+        limit: usize,
+    ) -> Result<RangeResult, StoreError> {
+        if !Self::staged() {
+            return self.base.range_from(prefix, from_key, limit).await;
+        }
+        let mut all = self.range(prefix).await?;
+        all.kvs.retain(|kv| kv.key.as_str() >= from_key);
+        all.kvs.truncate(limit);
+        Ok(all)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        if Self::staged() {
+            self.stage(txn).await
+        } else {
+            self.base.txn(txn).await
+        }
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: u64) -> Result<WatchStream, StoreError> {
+        self.base.watch(prefix, after_revision).await
+    }
+
+    async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        self.base.compact(revision).await
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        self.base.revision().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use isthmus_store::MemoryStore;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::put(key, Bytes::from(value.to_owned()))
+    }
+
+    #[tokio::test]
+    async fn staged_writes_are_read_back_and_land_together() {
+        let base: SharedStore = Arc::new(MemoryStore::new());
+        base.txn(Txn::new().then(put("/k/a", "0"))).await.unwrap();
+        let staged = Staged::new(base.clone());
+        let ((), stage) = Staged::scope(async {
+            let a = staged.get("/k/a").await.unwrap().unwrap();
+            let t = Txn::new()
+                .when(Compare::mod_revision("/k/a", a.mod_revision))
+                .when(Compare::absent("/k/b"))
+                .then(put("/k/a", "1"))
+                .then(put("/k/b", "1"));
+            assert!(staged.txn(t).await.unwrap().succeeded);
+            // The task sees its own writes; the store does not.
+            assert_eq!(staged.range("/k/").await.unwrap().kvs.len(), 2);
+            assert!(base.get("/k/b").await.unwrap().is_none());
+            // A second claim of the same key fails like a committed one would.
+            let again = Txn::new()
+                .when(Compare::absent("/k/b"))
+                .then(put("/k/b", "2"));
+            assert!(!staged.txn(again).await.unwrap().succeeded);
+            // A change over a staged value compares its staged revision.
+            let b = staged.get("/k/b").await.unwrap().unwrap();
+            let t = Txn::new()
+                .when(Compare::mod_revision("/k/b", b.mod_revision))
+                .then(put("/k/b", "3"));
+            assert!(staged.txn(t).await.unwrap().succeeded);
+            assert_eq!(Staged::staged_new("/k/"), 1);
+        })
+        .await;
+        let txn = stage.into_txn();
+        assert_eq!(txn.ops.len(), 2);
+        assert!(base.txn(txn.clone()).await.unwrap().succeeded);
+        assert_eq!(&base.get("/k/b").await.unwrap().unwrap().value[..], b"3");
+        // Applied once, the same compares no longer hold: a concurrent change fails it whole.
+        assert!(!base.txn(txn).await.unwrap().succeeded);
+    }
+}
