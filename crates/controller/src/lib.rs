@@ -51,7 +51,30 @@ pub fn app_full(
     registry: Registry,
     auth: Auth,
 ) -> axum::Router {
-    let service = Service::new(store, config).shared();
+    router_for(Service::new(store, config).shared(), registry, auth)
+}
+
+/// How often the controller looks for L3 service ports whose router is gone.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Deletes leftover router service ports now and then (see
+/// [`Service::sweep_router_ports`]); several controllers may all do it.
+async fn sweep(service: Arc<Service>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match service.sweep_router_ports(now, SWEEP_EVERY.as_secs()).await {
+            Ok(0) => {}
+            Ok(n) => eprintln!("isthmus controller: deleted {n} router ports whose router is gone"),
+            Err(e) => eprintln!("isthmus controller: router port sweep failed: {e}"),
+        }
+    }
+}
+
+fn router_for(service: Arc<Service>, registry: Registry, auth: Auth) -> axum::Router {
     let state = Arc::new(api::AppState {
         informer: service.informer().clone(),
         service,
@@ -71,7 +94,9 @@ pub async fn serve(
     auth: Auth,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    axum::serve(listener, app_full(store, config, Registry::neutron(), auth))
+    let service = Service::new(store, config).shared();
+    tokio::spawn(sweep(service.clone()));
+    axum::serve(listener, router_for(service, Registry::neutron(), auth))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ControllerError::Serve)

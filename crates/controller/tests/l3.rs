@@ -799,3 +799,100 @@ async fn an_empty_floating_ip_update_disassociates() {
     assert_eq!(v["floatingip"]["port_id"], Value::Null);
     assert_eq!(v["floatingip"]["fixed_ip_address"], Value::Null);
 }
+
+#[tokio::test]
+async fn a_failed_router_interface_leaves_no_port_and_leftovers_are_swept() {
+    let api = Api::memory();
+    let (ext, _) = external(&api).await;
+    // A /29 with the gateway and every other address but one taken: the interface port gets
+    // the gateway address, then the router's SNAT port finds none.
+    let net = api
+        .create(ALICE, "networks", "network", json!({"name": "small"}))
+        .await;
+    let net_id = net["id"].as_str().unwrap().to_owned();
+    let sub = api
+        .create(
+            ALICE,
+            "subnets",
+            "subnet",
+            json!({"network_id": net_id, "ip_version": 4, "cidr": "10.8.0.0/29"}),
+        )
+        .await;
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    for _ in 0..5 {
+        api.create(ALICE, "ports", "port", json!({"network_id": net_id}))
+            .await;
+    }
+    let router = api
+        .create(
+            ALICE,
+            "routers",
+            "router",
+            json!({"name": "r", "external_gateway_info": {"network_id": ext}}),
+        )
+        .await;
+    let rid = router["id"].as_str().unwrap();
+    let ports_before = api.keys("/isthmus/ports/").await.len();
+    let claims_before = api.keys(&format!("/isthmus/ipam/{sub_id}/")).await.len();
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        json!({"subnet_id": sub_id}),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(api.keys("/isthmus/ports/").await.len(), ports_before);
+    assert_eq!(
+        api.keys(&format!("/isthmus/ipam/{sub_id}/")).await.len(),
+        claims_before
+    );
+
+    // A service port whose router is gone (a crash of an older controller) is swept once old.
+    let (net_id, _) = api.network_with_subnet(ALICE, "10.9.0.0/24").await;
+    let (s, orphan) = api
+        .call(
+            As::Anonymous,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({"port": {"network_id": net_id,
+                "device_owner": "network:router_interface_distributed",
+                "device_id": "5e7f4c2a-0000-4000-8000-000000000000"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{orphan}");
+    let service =
+        isthmus_controller::Service::new(api.store.clone(), isthmus_controller::Config::default());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(
+        service.sweep_router_ports(now, 3600).await.unwrap(),
+        0,
+        "too young"
+    );
+    assert_eq!(
+        service.sweep_router_ports(now + 7200, 3600).await.unwrap(),
+        1
+    );
+    let orphan_id = orphan["port"]["id"].as_str().unwrap();
+    let (s, _) = api
+        .call(
+            As::Anonymous,
+            "GET",
+            &format!("/v2.0/ports/{orphan_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    // The router's own ports stay.
+    assert_eq!(
+        service.sweep_router_ports(now + 7200, 3600).await.unwrap(),
+        0
+    );
+    let (s, _) = api
+        .call(As::Anonymous, "GET", &format!("/v2.0/routers/{rid}"), None)
+        .await;
+    assert_eq!(s, 200);
+}

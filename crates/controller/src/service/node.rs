@@ -156,26 +156,30 @@ impl Service {
     }
 
     /// Forgets a node. Ports given to VMs and pods stay bound to the name; the ports its
-    /// agent held ready in its pool are deleted, releasing their addresses.
+    /// agent held ready in its pool are deleted, releasing their addresses, in the same
+    /// transaction as the node (all or nothing, retried whole when the store changed).
     pub async fn delete_node(&self, caller: &Caller, name: &str) -> Result<()> {
         policy::authorize_caller("delete_node", caller)?;
-        self.must_load_node(name).await?;
-        let txn = Txn::new()
-            .then(Op::delete(keys::node(name)))
-            .then(Op::delete(keys::heartbeat(name)));
-        self.commit(txn).await?;
-        let pooled = self
-            .load_all::<Port>(keys::PORTS)
-            .await?
-            .into_iter()
-            .filter(|(p, _)| p.binding.host_id == name && p.device_id == POOL_DEVICE_ID);
-        for (port, _) in pooled {
-            match self.remove_port(Some(caller), &port.meta.id, None).await {
-                Ok(()) | Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
+        self.atomically(|| async {
+            self.must_load_node(name).await?;
+            let txn = Txn::new()
+                .then(Op::delete(keys::node(name)))
+                .then(Op::delete(keys::heartbeat(name)));
+            self.commit(txn).await?;
+            let pooled = self
+                .load_all::<Port>(keys::PORTS)
+                .await?
+                .into_iter()
+                .filter(|(p, _)| p.binding.host_id == name && p.device_id == POOL_DEVICE_ID);
+            for (port, _) in pooled {
+                match self.remove_port(Some(caller), &port.meta.id, None).await {
+                    Ok(()) | Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// An agent reports a port's status: `{"status": "ACTIVE", "node": "<name>"}`. Only the

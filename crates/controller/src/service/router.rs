@@ -356,6 +356,19 @@ impl Service {
         body: Value,
     ) -> Result<Object> {
         let request = InterfaceRequest::parse(body)?;
+        // All or nothing: the interface port, its SNAT port and the router land in one
+        // transaction, so no error (nor a client that goes away) leaves a port behind.
+        let request = &request;
+        self.atomically(|| self.add_interface_staged(caller, id, request))
+            .await
+    }
+
+    async fn add_interface_staged(
+        &self,
+        caller: &Caller,
+        id: &str,
+        request: &InterfaceRequest,
+    ) -> Result<Object> {
         self.retry(|| {
             let request = request.clone();
             async move {
@@ -734,5 +747,32 @@ impl Kind for Router {
         service
             .delete_service_ports(router.gateway.as_ref().map(|g| g.port_id.clone()))
             .await;
+    }
+}
+
+impl Service {
+    /// Deletes the L3 service ports (interfaces, gateways, SNAT ports) whose router is gone
+    /// and that are older than `grace_seconds` (every router change is one transaction, so
+    /// such a port is a leftover of an older controller or of a crash mid-way, never a router
+    /// being built). Returns how many it deleted.
+    pub async fn sweep_router_ports(&self, now_unix: u64, grace_seconds: u64) -> Result<usize> {
+        let cutoff = isthmus_model::time::rfc3339(now_unix.saturating_sub(grace_seconds));
+        let mut swept = 0;
+        for (port, _) in self.load_all::<Port>(keys::PORTS).await? {
+            let l3 =
+                [OWNER_INTERFACE, OWNER_GATEWAY, OWNER_SNAT].contains(&port.device_owner.as_str());
+            // RFC 3339 UTC times of one format compare as text.
+            if !l3 || port.meta.created_at > cutoff {
+                continue;
+            }
+            if self.load::<Router>(&port.device_id).await?.is_some() {
+                continue;
+            }
+            match self.remove_port(None, &port.meta.id, None).await {
+                Ok(()) | Err(Error::NotFound { .. }) => swept += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(swept)
     }
 }
