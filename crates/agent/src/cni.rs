@@ -340,13 +340,13 @@ impl Server {
             .view()
             .ports
             .get(port_id)
-            .map(|p| p.network_id.clone());
+            .map(|p| (p.network_id.clone(), p.admin_state_up));
         let filtered = self.shared.filtered.borrow().contains(port_id);
         let attached = match network {
-            Some(network) if filtered => self
+            Some((network, up)) if filtered => self
                 .shared
                 .netlink
-                .set_link(&tap, Some(&bridge_name(&network)), Some(iface.mtu))
+                .set_link(&tap, Some((&bridge_name(&network), up)), Some(iface.mtu))
                 .await
                 .is_ok(),
             _ => false,

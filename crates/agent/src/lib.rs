@@ -388,11 +388,12 @@ async fn reconcile(
                     device,
                     bridge,
                     mtu,
+                    up,
                 } => {
                     if let Some(link) = links.iter_mut().find(|l| &l.name == device) {
                         link.master = Some(bridge.clone());
                         link.mtu = *mtu;
-                        link.up = true;
+                        link.up = *up;
                     }
                 }
                 l2::Op::Detach { device } => {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use futures_util::{StreamExt, TryStreamExt};
-use isthmus_dataplane::l2::{Bridge, Fdb, Observed, Op, Pin, Vxlan, VXLAN_PORT};
+use isthmus_dataplane::l2::{Bridge, Device, Fdb, Observed, Op, Pin, Vxlan, VXLAN_PORT};
 use isthmus_dataplane::pod::PodInterface;
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
@@ -162,6 +162,7 @@ impl Netlink {
             };
             let (mut mtu, mut master, mut kind, mut vxlan) = (0, None, None, (None, None));
             let mut nf_call = (false, false);
+            let up = m.header.flags.contains(LinkFlags::Up);
             // A device waiting for the reaper is as good as gone.
             if m.attributes.contains(&LinkAttribute::Group(DOOMED_GROUP)) {
                 continue;
@@ -225,25 +226,32 @@ impl Netlink {
                     );
                 }
                 _ => {
-                    observed.devices.insert(name.clone(), (master.clone(), mtu));
+                    observed.devices.insert(
+                        name.clone(),
+                        Device {
+                            bridge: master.clone(),
+                            mtu,
+                            up,
+                        },
+                    );
                 }
             }
             links.push(Link {
                 name,
                 mtu,
                 master,
-                up: m.header.flags.contains(LinkFlags::Up),
+                up,
             });
         }
         Ok((observed, links))
     }
 
-    /// Sets a device's bridge (`Some`) or detaches it (`None`), with an MTU, and brings it up
-    /// when attaching. A device that went away meanwhile needs nothing.
+    /// Sets a device's bridge (`Some`, with whether the device is up) or detaches it
+    /// (`None`), with an MTU. A device that went away meanwhile needs nothing.
     pub async fn set_link(
         &self,
         device: &str,
-        bridge: Option<&str>,
+        bridge: Option<(&str, bool)>,
         mtu: Option<u32>,
     ) -> Result<(), AgentError> {
         let Some(index) = link_index(&self.handle, device).await? else {
@@ -254,11 +262,16 @@ impl Netlink {
             message = message.mtu(mtu);
         }
         message = match bridge {
-            Some(bridge) => {
+            Some((bridge, up)) => {
                 let master = link_index(&self.handle, bridge)
                     .await?
                     .ok_or_else(|| AgentError::Kernel(format!("bridge {bridge} is missing")))?;
-                message.controller(master).up()
+                let message = message.controller(master);
+                if up {
+                    message.up()
+                } else {
+                    message.down()
+                }
             }
             None => message.nocontroller(),
         };
@@ -364,8 +377,9 @@ impl Netlink {
         observed: &Observed,
     ) -> Result<(BTreeSet<Fdb>, BTreeSet<Pin>), AgentError> {
         let (mut entries, mut pins) = (BTreeSet::new(), BTreeSet::new());
-        let attached = observed.devices.iter().filter(|(_, (bridge, _))| {
-            bridge
+        let attached = observed.devices.iter().filter(|(_, device)| {
+            device
+                .bridge
                 .as_ref()
                 .is_some_and(|b| observed.bridges.contains_key(b))
         });
@@ -582,7 +596,8 @@ impl Netlink {
                 device,
                 bridge,
                 mtu,
-            } => self.set_link(device, Some(bridge), Some(*mtu)).await,
+                up,
+            } => self.set_link(device, Some((bridge, *up)), Some(*mtu)).await,
             Op::Detach { device } => self.set_link(device, None, None).await,
             Op::DelVxlan { name } | Op::DelBridge { name } => self.delete_link(name).await,
             Op::AddPin(pin) => self.set_pin(pin, true).await,

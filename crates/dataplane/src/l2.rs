@@ -86,6 +86,21 @@ pub struct Attachment {
     pub bridge: String,
     /// MTU to set on the device.
     pub mtu: u32,
+    /// Whether the device is up: a port or network with `admin_state_up` false is attached
+    /// but down, so no frame passes it (and its port reports DOWN).
+    pub up: bool,
+}
+
+/// A device present in the kernel that the agent does not manage itself (taps, physnet
+/// interfaces), as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The bridge it is attached to, if any.
+    pub bridge: Option<String>,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Whether it is administratively up.
+    pub up: bool,
 }
 
 /// The L2 state a node should have.
@@ -196,6 +211,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2S
                         Attachment {
                             bridge: bridge.clone(),
                             mtu: net.mtu,
+                            up: true,
                         },
                     );
                 }
@@ -212,6 +228,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2S
                 Attachment {
                     bridge: bridge.clone(),
                     mtu: net.mtu,
+                    up: port.admin_state_up && net.admin_state_up,
                 },
             );
         }
@@ -222,6 +239,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2S
             Attachment {
                 bridge: interface.bridge.clone(),
                 mtu: interface.mtu,
+                up: true,
             },
         );
         state.pins.insert(Pin {
@@ -242,8 +260,8 @@ pub struct Observed {
     pub vxlans: BTreeMap<String, Vxlan>,
     /// Static forwarding entries on those VXLAN devices.
     pub fdb: BTreeSet<Fdb>,
-    /// Other present devices: name → (attached bridge, MTU).
-    pub devices: BTreeMap<String, (Option<String>, u32)>,
+    /// Other present devices by name.
+    pub devices: BTreeMap<String, Device>,
     /// Static entries on devices attached to those bridges.
     pub pins: BTreeSet<Pin>,
 }
@@ -281,7 +299,7 @@ pub enum Op {
         /// Its parameters.
         vxlan: Vxlan,
     },
-    /// Attach a present device to a bridge with an MTU, and bring it up.
+    /// Attach a present device to a bridge with an MTU, up or down.
     Attach {
         /// Device.
         device: String,
@@ -289,6 +307,8 @@ pub enum Op {
         bridge: String,
         /// MTU.
         mtu: u32,
+        /// Up (or down: administratively disabled).
+        up: bool,
     },
     /// Add a static forwarding entry.
     AddFdb(Fdb),
@@ -372,17 +392,19 @@ pub fn plan(desired: &L2State, observed: &Observed) -> Vec<Op> {
     for (device, want) in &desired.attachments {
         // A device that is not there yet (the hypervisor has not created the tap) is attached
         // when it appears.
-        let Some((bridge, mtu)) = observed.devices.get(device) else {
+        let Some(have) = observed.devices.get(device) else {
             continue;
         };
-        if bridge.as_deref() != Some(want.bridge.as_str()) {
+        let bridge = have.bridge.as_deref();
+        if bridge != Some(want.bridge.as_str()) {
             joining.insert(device);
         }
-        if bridge.as_deref() != Some(want.bridge.as_str()) || *mtu != want.mtu {
+        if bridge != Some(want.bridge.as_str()) || have.mtu != want.mtu || have.up != want.up {
             ops.push(Op::Attach {
                 device: device.clone(),
                 bridge: want.bridge.clone(),
                 mtu: want.mtu,
+                up: want.up,
             });
         }
     }
@@ -408,8 +430,9 @@ pub fn plan(desired: &L2State, observed: &Observed) -> Vec<Op> {
             ops.push(Op::DelPin(pin.clone()));
         }
     }
-    for (device, (bridge, _)) in &observed.devices {
-        let managed = bridge
+    for (device, have) in &observed.devices {
+        let managed = have
+            .bridge
             .as_ref()
             .is_some_and(|b| observed.bridges.contains_key(b));
         if managed && !desired.attachments.contains_key(device) {
@@ -470,9 +493,16 @@ pub fn simulate(observed: &Observed, ops: &[Op]) -> Observed {
                 device,
                 bridge,
                 mtu,
+                up,
             } => {
-                s.devices
-                    .insert(device.clone(), (Some(bridge.clone()), *mtu));
+                s.devices.insert(
+                    device.clone(),
+                    Device {
+                        bridge: Some(bridge.clone()),
+                        mtu: *mtu,
+                        up: *up,
+                    },
+                );
             }
             Op::AddFdb(f) => {
                 s.fdb.insert(f.clone());
@@ -488,7 +518,7 @@ pub fn simulate(observed: &Observed, ops: &[Op]) -> Observed {
             }
             Op::Detach { device } => {
                 if let Some(d) = s.devices.get_mut(device) {
-                    d.0 = None;
+                    d.bridge = None;
                 }
                 s.pins.retain(|p| &p.device != device);
             }
@@ -617,7 +647,14 @@ mod tests {
         let me = node("a", "10.0.0.1");
         let want = desired_here(&view(), &me);
         let mut kernel = Observed::default();
-        kernel.devices.insert("tapp-local-000".into(), (None, 1500));
+        kernel.devices.insert(
+            "tapp-local-000".into(),
+            Device {
+                bridge: None,
+                mtu: 1500,
+                up: false,
+            },
+        );
         let ops = plan(&want, &kernel);
         assert!(matches!(ops[0], Op::AddBridge { .. }));
         let kernel = simulate(&kernel, &ops);
@@ -672,7 +709,14 @@ mod tests {
         let bridge = bridge_name(NET);
         let mut v = view();
         let mut kernel = Observed::default();
-        kernel.devices.insert("tapp-local-000".into(), (None, 1500));
+        kernel.devices.insert(
+            "tapp-local-000".into(),
+            Device {
+                bridge: None,
+                mtu: 1500,
+                up: false,
+            },
+        );
         let ops = plan(&desired_here(&v, &me), &kernel);
         assert_eq!(
             ops[0],
@@ -704,12 +748,58 @@ mod tests {
         // A bridge read back with the families differing is set right, before a tap joins it.
         let mut kernel = simulate(&kernel, &ops);
         kernel.bridges.get_mut(&bridge).unwrap().filtered = None;
-        kernel.devices.insert("tapp-local-000".into(), (None, 1500));
+        kernel.devices.insert(
+            "tapp-local-000".into(),
+            Device {
+                bridge: None,
+                mtu: 1500,
+                up: false,
+            },
+        );
         let ops = plan(&desired_here(&view(), &me), &kernel);
         let filtered = ops
             .iter()
             .position(|o| matches!(o, Op::SetFiltered { filtered: true, .. }));
         let attached = ops.iter().position(|o| matches!(o, Op::Attach { .. }));
         assert!(filtered.is_some() && filtered < attached, "{ops:?}");
+    }
+
+    #[test]
+    fn ports_and_networks_administratively_down_stay_attached_but_down() {
+        let me = node("a", "10.0.0.1");
+        let tap = "tapp-local-000".to_owned();
+        let mut kernel = Observed::default();
+        kernel.devices.insert(
+            tap.clone(),
+            Device {
+                bridge: None,
+                mtu: 1500,
+                up: false,
+            },
+        );
+        let kernel = simulate(&kernel, &plan(&desired_here(&view(), &me), &kernel));
+        assert!(kernel.devices[&tap].up);
+
+        let mut v = view();
+        v.ports.get_mut("p-local-000000").unwrap().admin_state_up = false;
+        let down = plan(&desired_here(&v, &me), &kernel);
+        assert_eq!(
+            down,
+            [Op::Attach {
+                device: tap.clone(),
+                bridge: bridge_name(NET),
+                mtu: 1450,
+                up: false
+            }]
+        );
+        let kernel_down = simulate(&kernel, &down);
+        assert!(plan(&desired_here(&v, &me), &kernel_down).is_empty());
+
+        // A network that is down takes its ports down; up again, they come back.
+        let mut v = view();
+        v.networks.get_mut(NET).unwrap().admin_state_up = false;
+        assert!(!desired_here(&v, &me).attachments[&tap].up);
+        let up = plan(&desired_here(&view(), &me), &kernel_down);
+        assert!(matches!(&up[..], [Op::Attach { up: true, .. }]), "{up:?}");
     }
 }

@@ -1053,7 +1053,14 @@ mod tests {
         // Converged: nothing to plan; a detached tap loses its pin and gets it back.
         let mut kernel = l2::Observed::default();
         for tap in ["tapa1000000000", "tapb1000000000"] {
-            kernel.devices.insert(tap.into(), (None, 1500));
+            kernel.devices.insert(
+                tap.into(),
+                crate::l2::Device {
+                    bridge: None,
+                    mtu: 1500,
+                    up: false,
+                },
+            );
         }
         let kernel = l2::simulate(&kernel, &l2::plan(&state, &kernel));
         assert!(l2::plan(&state, &kernel).is_empty());

@@ -16,7 +16,7 @@ pub enum ViewError {
 }
 
 /// A network as the data plane needs it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Network {
     /// Id.
     pub id: String,
@@ -37,6 +37,9 @@ pub struct Network {
     /// Physical network of a flat network.
     #[serde(rename = "provider:physical_network")]
     pub physical_network: Option<String>,
+    /// Administrative state: none of a network's ports passes traffic while it is down.
+    #[serde(default = "up")]
+    pub admin_state_up: bool,
 }
 
 /// One address of a port.
@@ -58,7 +61,7 @@ pub struct AddressPair {
 }
 
 /// A port as the data plane needs it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Port {
     /// Id.
     pub id: String,
@@ -90,6 +93,50 @@ pub struct Port {
     /// The owning device (a router's id for router ports).
     #[serde(default)]
     pub device_id: String,
+    /// Administrative state: a port that is down passes no traffic.
+    #[serde(default = "up")]
+    pub admin_state_up: bool,
+}
+
+fn up() -> bool {
+    true
+}
+
+/// Nothing set, administratively up (as Neutron's default).
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            id: String::new(),
+            name: String::new(),
+            project_id: String::new(),
+            mtu: 0,
+            network_type: String::new(),
+            segmentation_id: None,
+            physical_network: None,
+            admin_state_up: true,
+        }
+    }
+}
+
+/// Nothing set, administratively up (as Neutron's default).
+impl Default for Port {
+    fn default() -> Self {
+        Port {
+            id: String::new(),
+            network_id: String::new(),
+            mac_address: String::new(),
+            fixed_ips: Vec::new(),
+            host_id: String::new(),
+            security_groups: Vec::new(),
+            port_security_enabled: false,
+            allowed_address_pairs: Vec::new(),
+            status: String::new(),
+            project_id: String::new(),
+            device_owner: String::new(),
+            device_id: String::new(),
+            admin_state_up: true,
+        }
+    }
 }
 
 /// An extra route of a router.

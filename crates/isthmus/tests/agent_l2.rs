@@ -10,7 +10,7 @@ mod cloud;
 
 use cloud::{cloud, shared_network, wait_for};
 use isthmus_lab::{Daemon, Lab};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use cloud::BIN;
 
@@ -1039,4 +1039,101 @@ fn address_groups_follow_their_addresses_in_the_data_plane() {
         Duration::from_secs(20),
         || !ping(),
     );
+}
+
+#[test]
+fn ports_and_networks_set_down_pass_no_traffic_and_report_down() {
+    let Some(cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
+    wait_for("2 registered agents", Duration::from_secs(20), || {
+        lab.api("GET", "/v2.0/agents", None).1["agents"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+    });
+    let (_, net) = lab.api(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "adminstate"}})),
+    );
+    let net_id = net["network"]["id"].as_str().unwrap().to_owned();
+    let (s, _) = lab.api(
+        "POST",
+        "/v2.0/subnets",
+        Some(
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.77.0/24"}}),
+        ),
+    );
+    assert_eq!(s, 201);
+    let mut vms = Vec::new();
+    let mut ids = Vec::new();
+    for (node, host) in [(0, "node1"), (1, "node2")] {
+        let (s, p) = lab.api(
+            "POST",
+            "/v2.0/ports",
+            Some(
+                &json!({"port": {"network_id": net_id, "binding:host_id": host,
+                                  "port_security_enabled": false}}),
+            ),
+        );
+        assert_eq!(s, 201, "{p}");
+        vms.push(
+            lab.add_vm_for_port(node, &p["port"], 24, None, 1450)
+                .unwrap(),
+        );
+        ids.push(p["port"]["id"].as_str().unwrap().to_owned());
+    }
+    let status = |id: &str| {
+        lab.api("GET", &format!("/v2.0/ports/{id}"), None).1["port"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let pings = || {
+        vms[0]
+            .ns
+            .exec("ping", &["-c", "1", "-W", "1", "192.168.77.3"])
+            .is_ok()
+    };
+    wait_for("VM1 to ping VM2", Duration::from_secs(20), pings);
+    wait_for("both ports ACTIVE", Duration::from_secs(20), || {
+        ids.iter().all(|id| status(id) == "ACTIVE")
+    });
+
+    // The second VM's port goes down: no traffic reaches it, and it reports DOWN.
+    let set = |path: String, body: Value| assert_eq!(lab.api("PUT", &path, Some(&body)).0, 200);
+    set(
+        format!("/v2.0/ports/{}", ids[1]),
+        json!({"port": {"admin_state_up": false}}),
+    );
+    wait_for("the port to report DOWN", Duration::from_secs(20), || {
+        status(&ids[1]) == "DOWN"
+    });
+    assert!(!pings(), "a port that is down passes traffic");
+    set(
+        format!("/v2.0/ports/{}", ids[1]),
+        json!({"port": {"admin_state_up": true}}),
+    );
+    wait_for("VM1 to ping VM2 again", Duration::from_secs(20), pings);
+
+    // The whole network down: every port of it on every node.
+    set(
+        format!("/v2.0/networks/{net_id}"),
+        json!({"network": {"admin_state_up": false}}),
+    );
+    wait_for("both ports DOWN", Duration::from_secs(20), || {
+        ids.iter().all(|id| status(id) == "DOWN")
+    });
+    assert!(!pings(), "a network that is down passes traffic");
+    set(
+        format!("/v2.0/networks/{net_id}"),
+        json!({"network": {"admin_state_up": true}}),
+    );
+    wait_for(
+        "VM1 to ping VM2 once the network is up",
+        Duration::from_secs(20),
+        pings,
+    );
+    wait_for("both ports ACTIVE again", Duration::from_secs(20), || {
+        ids.iter().all(|id| status(id) == "ACTIVE")
+    });
 }

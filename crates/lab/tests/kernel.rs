@@ -80,6 +80,7 @@ fn apply(ns: &Netns, ops: &[Op]) {
                 device,
                 bridge,
                 mtu,
+                up,
             } => {
                 ns.ip(&[
                     "link",
@@ -89,7 +90,7 @@ fn apply(ns: &Netns, ops: &[Op]) {
                     &mtu.to_string(),
                     "master",
                     bridge,
-                    "up",
+                    if *up { "up" } else { "down" },
                 ])
                 .unwrap();
             }
@@ -275,7 +276,14 @@ fn planned_overlay_carries_vms_across_nodes() {
         let want = desired(&view, &config, &Default::default());
         let mut observed = Observed::default();
         for tap in taps {
-            observed.devices.insert(tap.clone(), (None, 1500));
+            observed.devices.insert(
+                tap.clone(),
+                isthmus_dataplane::l2::Device {
+                    bridge: None,
+                    mtu: 1500,
+                    up: false,
+                },
+            );
         }
         let ops = plan(&want, &observed);
         apply(&node.ns, &ops);
