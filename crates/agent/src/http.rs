@@ -91,12 +91,22 @@ impl KeystoneLogin {
         };
         let (head, raw) = tokio::time::timeout(KEYSTONE_TIMEOUT, exchange)
             .await
-            .map_err(|_| AgentError::Controller("Keystone did not answer in time".into()))??;
-        if head.status != 201 {
-            return Err(AgentError::Controller(format!(
-                "Keystone refused {}@{}: HTTP {}",
-                self.user, self.project, head.status
-            )));
+            .map_err(|_| AgentError::Controller("Keystone did not answer in time".into()))?
+            .map_err(|e| AgentError::Controller(format!("Keystone at {}: {e}", self.authority)))?;
+        match head.status {
+            201 => {}
+            400..=499 => {
+                return Err(AgentError::Refused(format!(
+                    "Keystone refused {}@{}: HTTP {}",
+                    self.user, self.project, head.status
+                )))
+            }
+            status => {
+                return Err(AgentError::Controller(format!(
+                    "Keystone answered {status} to {}@{}",
+                    self.user, self.project
+                )))
+            }
         }
         let token = head
             .subject_token
@@ -239,12 +249,12 @@ async fn send_raw(
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    // Head and body in one write: one segment for small requests.
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
         payload.len()
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(payload.as_bytes()).await?;
+    stream.write_all(request.as_bytes()).await?;
     Ok(BufReader::new(stream))
 }
 

@@ -45,6 +45,10 @@ pub enum AgentError {
     /// Talking to the controller failed.
     #[error("controller: {0}")]
     Controller(String),
+    /// The controller or Keystone refused the agent (a 4xx: wrong credentials, a bad node
+    /// name): retrying cannot help.
+    #[error("refused: {0}")]
+    Refused(String),
     /// A kernel read or change failed.
     #[error("kernel: {0}")]
     Kernel(String),
@@ -127,26 +131,31 @@ async fn register(config: &Config) -> Result<(), AgentError> {
         .controller
         .request("POST", "/isthmus/v1/nodes", Some(&body))
         .await?;
-    if status == 200 || status == 201 {
-        Ok(())
-    } else {
-        Err(AgentError::Controller(format!(
+    match status {
+        200 | 201 => Ok(()),
+        400..=499 => Err(AgentError::Refused(format!(
             "registration answered {status}: {answer}"
-        )))
+        ))),
+        _ => Err(AgentError::Controller(format!(
+            "registration answered {status}: {answer}"
+        ))),
     }
 }
 
 /// Runs the agent until the process ends.
 pub async fn run(config: Config) -> Result<(), AgentError> {
     kernel::check_br_netfilter()?;
-    // A wrong configuration fails at once; an unreachable controller is waited for.
+    // A refusal fails at once; an unreachable or failing controller (or Keystone) is waited
+    // for, with growing pauses.
+    let mut pause = Duration::from_millis(200);
     loop {
         match register(&config).await {
             Ok(()) => break,
-            Err(AgentError::Controller(e)) => return Err(AgentError::Controller(e)),
+            Err(e @ AgentError::Refused(_)) => return Err(e),
             Err(e) => {
-                eprintln!("isthmus agent: controller not reachable yet ({e}); retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprintln!("isthmus agent: cannot register yet ({e}); retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -79,6 +79,13 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// Longest request URI (longer ones get 414), as Neutron's WSGI server's line limit.
+pub const URI_LIMIT: usize = 16 * 1024;
+
+/// Most request headers (more get 431), and their largest total size.
+pub const HEADERS_LIMIT: usize = 100;
+const HEADER_BYTES_LIMIT: usize = 64 * 1024;
+
 /// Largest request body (bigger ones get 413). Neutron's default `max_request_body_size` is
 /// 112 KiB; Isthmus takes up to 1 MiB so that bulk creates of a few thousand ports fit.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -229,6 +236,25 @@ async fn observe(State(state): Shared, request: Request, next: Next) -> Response
 async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
     let request_id = format!("req-{}", uuid::Uuid::new_v4());
     let method = request.method().clone();
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    let too_large = if request.uri().to_string().len() > URI_LIMIT {
+        Some(StatusCode::URI_TOO_LONG)
+    } else if request.headers().len() > HEADERS_LIMIT || header_bytes > HEADER_BYTES_LIMIT {
+        Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+    } else {
+        None
+    };
+    if let Some(status) = too_large {
+        let mut response = neutron_format(status.into_response());
+        if let Ok(id) = request_id.parse() {
+            response.headers_mut().insert("x-openstack-request-id", id);
+        }
+        return response;
+    }
     let path = request.uri().path().to_owned();
     // Version discovery and health are public, as in Neutron's paste pipeline.
     let public = matches!(path.as_str(), "/" | "/healthz" | "/metrics");

@@ -96,8 +96,65 @@ pub async fn serve(
 ) -> Result<(), ControllerError> {
     let service = Service::new(store, config).shared();
     tokio::spawn(sweep(service.clone()));
-    axum::serve(listener, router_for(service, Registry::neutron(), auth))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ControllerError::Serve)
+    let app = router_for(service, Registry::neutron(), auth);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection(stream, app.clone(), closed.clone()));
+                }
+                // Out of descriptors and the like: the listener itself stays usable.
+                Err(e) => {
+                    eprintln!("isthmus controller: accepting a connection failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    // Requests in flight finish; streams that never end by themselves (node watches) get
+    // `GRACE` and are then cut, so that a rolling restart never hangs.
+    let _ = closing.send(true);
+    let _ = tokio::time::timeout(GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// How long open connections get to finish once the controller stops.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Largest request head hyper reads (request line and headers); the API refuses heads far
+/// smaller than this with Neutron's errors (`api::URI_LIMIT`, `api::HEADERS_LIMIT`), so only
+/// beyond it does hyper answer by itself.
+const HEAD_BUFFER: usize = 1 << 20;
+
+/// One HTTP/1.1 connection, ended gracefully when `closed` turns true.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    app: axum::Router,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30))
+        .max_buf_size(HEAD_BUFFER)
+        .max_headers(api::HEADERS_LIMIT * 4);
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { closed.wait_for(|c| *c).await.is_ok() } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
