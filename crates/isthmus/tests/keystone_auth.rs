@@ -490,7 +490,8 @@ fn the_openstack_cli_authenticates_through_keystones_catalog() {
     let data = tempfile::tempdir().unwrap();
     let c = controller(&ks, data.path(), 300);
     ks.register_network(&format!("http://127.0.0.1:{}", c.port));
-    let run = |user: &str, project: &str, args: &[&str]| -> Value {
+    // The CLI with password auth through the catalog: (success, stdout, stderr).
+    let cli = |user: &str, project: &str, args: &[&str]| {
         let out = Command::new(&bin)
             .args(["--os-auth-url", &ks.url(), "--os-identity-api-version", "3"])
             .args([
@@ -499,25 +500,34 @@ fn the_openstack_cli_authenticates_through_keystones_catalog() {
                 "--os-password",
                 &format!("{user}-secret"),
             ])
-            .args(["--os-project-name", project])
+            .args([
+                "--os-project-name",
+                project,
+                "--os-region-name",
+                "RegionOne",
+            ])
             .args([
                 "--os-user-domain-name",
                 "Default",
                 "--os-project-domain-name",
                 "Default",
             ])
-            .args(["--os-region-name", "RegionOne"])
             .args(args)
-            .args(["-f", "json"])
             .output()
             .expect("run openstack");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let run = |user: &str, project: &str, args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-f", "json"]);
+        let (ok, out, err) = cli(user, project, &all);
         assert!(
-            out.status.success(),
-            "openstack {args:?} as {user}: {}\nKeystone's log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
+            ok,
+            "openstack {args:?} as {user}: {err}\nKeystone's log:\n{}",
             ks.log_tail()
         );
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        serde_json::from_str(&out).unwrap_or(Value::Null)
     };
     let admin = |args: &[&str]| run("admin", "admin", args);
     let carol = |args: &[&str]| run("carol", "demo", args);
@@ -574,54 +584,13 @@ fn the_openstack_cli_authenticates_through_keystones_catalog() {
         "public-v4",
     ]);
     carol(&["router", "create", "r1"]);
-    let out = Command::new(&bin)
-        .args(["--os-auth-url", &ks.url(), "--os-identity-api-version", "3"])
-        .args([
-            "--os-username",
-            "carol",
-            "--os-password",
-            "carol-secret",
-            "--os-project-name",
-            "demo",
-        ])
-        .args([
-            "--os-user-domain-name",
-            "Default",
-            "--os-project-domain-name",
-            "Default",
-        ])
-        .args(["router", "add", "subnet", "r1", "demo-v4"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(&bin)
-        .args(["--os-auth-url", &ks.url(), "--os-identity-api-version", "3"])
-        .args([
-            "--os-username",
-            "carol",
-            "--os-password",
-            "carol-secret",
-            "--os-project-name",
-            "demo",
-        ])
-        .args([
-            "--os-user-domain-name",
-            "Default",
-            "--os-project-domain-name",
-            "Default",
-        ])
-        .args(["router", "set", "--external-gateway", "public", "r1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for args in [
+        &["router", "add", "subnet", "r1", "demo-v4"][..],
+        &["router", "set", "--external-gateway", "public", "r1"][..],
+    ] {
+        let (ok, _, err) = cli("carol", "demo", args);
+        assert!(ok, "openstack {args:?}: {err}");
+    }
     let fip = carol(&["floating", "ip", "create", "--port", "vm1", "public"]);
     assert!(fip["floating_ip_address"]
         .as_str()
@@ -629,30 +598,15 @@ fn the_openstack_cli_authenticates_through_keystones_catalog() {
         .starts_with("172.24.4."));
     assert_eq!(fip["project_id"], net["project_id"]);
     // What the member cannot do, the CLI reports.
-    let out = Command::new(&bin)
-        .args(["--os-auth-url", &ks.url(), "--os-identity-api-version", "3"])
-        .args([
-            "--os-username",
-            "carol",
-            "--os-password",
-            "carol-secret",
-            "--os-project-name",
-            "demo",
-        ])
-        .args([
-            "--os-user-domain-name",
-            "Default",
-            "--os-project-domain-name",
-            "Default",
-        ])
-        .args(["network", "create", "--share", "everyone"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, _, err) = cli(
+        "carol",
+        "demo",
+        &["network", "create", "--share", "everyone"],
+    );
+    assert!(!ok);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("disallowed by policy"),
-        "{}\nKeystone's log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
+        err.contains("disallowed by policy"),
+        "{err}\nKeystone's log:\n{}",
         ks.log_tail()
     );
 }
