@@ -30,11 +30,24 @@ pub struct Stage {
     /// Compares on the store's own state, for the final transaction.
     compares: Vec<Compare>,
     next: u64,
+    /// In-process reservations (addresses by subnet, VNIs) the staged writes claim: held
+    /// until the final transaction settles, so that concurrent requests do not pick them.
+    held: Held,
+}
+
+/// Reservations a staged task holds until it commits.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Addresses: (subnet id, address).
+    pub ips: Vec<(String, u128)>,
+    /// VNIs.
+    pub vnis: Vec<u32>,
 }
 
 impl Stage {
-    /// The one transaction that applies everything staged, under every compare on the store.
-    pub fn into_txn(self) -> Txn {
+    /// The one transaction that applies everything staged, under every compare on the store,
+    /// and the reservations to release once it settled.
+    pub fn into_txn(self) -> (Txn, Held) {
         let mut compares: Vec<Compare> = Vec::with_capacity(self.compares.len());
         for c in self.compares {
             if !compares.contains(&c) {
@@ -52,7 +65,7 @@ impl Stage {
                 None => Op::Delete { key },
             })
             .collect();
-        Txn { compares, ops }
+        (Txn { compares, ops }, self.held)
     }
 
     /// How many objects under `prefix` the task created (staged, not in the store before).
@@ -89,6 +102,22 @@ impl Staged {
                 (result, stage)
             })
             .await
+    }
+
+    /// Keeps address reservations until the current task's staged writes settle; false (and
+    /// nothing taken) outside a scope.
+    pub fn hold_ips(ips: &mut Vec<(String, u128)>) -> bool {
+        STAGE
+            .try_with(|s| s.borrow_mut().held.ips.append(ips))
+            .is_ok()
+    }
+
+    /// Keeps a VNI reservation until the current task's staged writes settle; false outside
+    /// a scope.
+    pub fn hold_vni(vni: u32) -> bool {
+        STAGE
+            .try_with(|s| s.borrow_mut().held.vnis.push(vni))
+            .is_ok()
     }
 
     /// How many objects under `prefix` the current task staged as new (0 outside a scope).
@@ -342,7 +371,7 @@ mod tests {
             assert_eq!(Staged::staged_new("/k/"), 1);
         })
         .await;
-        let txn = stage.into_txn();
+        let (txn, _) = stage.into_txn();
         assert_eq!(txn.ops.len(), 2);
         assert!(base.txn(txn.clone()).await.unwrap().succeeded);
         assert_eq!(&base.get("/k/b").await.unwrap().unwrap().value[..], b"3");

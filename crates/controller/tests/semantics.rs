@@ -262,3 +262,51 @@ async fn bulk_items_bare_or_wrapped() {
     assert_eq!(v["networks"][0]["name"], "wrapped");
     assert_eq!(v["networks"][1]["name"], "bare");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bulk_creates_all_land_with_distinct_addresses() {
+    // On the durable store every write yields, so the bulks interleave as on a server.
+    let dir = tempfile::tempdir().unwrap();
+    let store = isthmus_store::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+    let api = Api::on(std::sync::Arc::new(store));
+    let (net, _) = api.network_with_subnet(As::Anonymous, "10.50.0.0/22").await;
+    let (s, _) = api
+        .call(
+            As::Anonymous,
+            "PUT",
+            "/v2.0/quotas/fake_project_id",
+            Some(json!({"quota": {"port": 2000}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let bulks: Vec<_> = (0..16)
+        .map(|b| {
+            let api = api.clone();
+            let net = net.clone();
+            tokio::spawn(async move {
+                let items: Vec<Value> = (0..60)
+                    .map(|i| json!({"network_id": net, "name": format!("b{b}-{i}")}))
+                    .collect();
+                api.call(
+                    As::Anonymous,
+                    "POST",
+                    "/v2.0/ports",
+                    Some(json!({ "ports": items })),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut ips = std::collections::HashSet::new();
+    for bulk in bulks {
+        let (s, v) = bulk.await.unwrap();
+        assert_eq!(s, 201, "{v}");
+        for port in v["ports"].as_array().unwrap() {
+            assert!(
+                ips.insert(port["fixed_ips"][0]["ip_address"].clone()),
+                "{port}"
+            );
+        }
+    }
+    assert_eq!(ips.len(), 960);
+}

@@ -154,12 +154,20 @@ pub(crate) struct IpReservation<'a> {
 
 impl Drop for IpReservation<'_> {
     fn drop(&mut self) {
-        let mut reserved = self
-            .service
-            .reserved_ips
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for (subnet, ip) in self.held.drain(..) {
+        // Staged claims are not in the store yet: their addresses stay reserved until the
+        // whole request commits (or fails).
+        if crate::staged::Staged::hold_ips(&mut self.held) {
+            return;
+        }
+        self.service.release_ips(self.held.drain(..));
+    }
+}
+
+impl Service {
+    /// Releases in-process address reservations.
+    fn release_ips(&self, held: impl IntoIterator<Item = (String, u128)>) {
+        let mut reserved = self.reserved_ips.lock().unwrap_or_else(|e| e.into_inner());
+        for (subnet, ip) in held {
             if let Some(set) = reserved.get_mut(&subnet) {
                 set.remove(&ip);
                 if set.is_empty() {
@@ -261,8 +269,17 @@ impl Service {
     {
         for _ in 0..BULK_ATTEMPTS {
             let (result, stage) = crate::staged::Staged::scope(work()).await;
+            let (txn, held) = stage.into_txn();
             let committed = match result {
-                Ok(value) => self.commit(stage.into_txn()).await?.then_some(value),
+                Ok(value) => self.commit(txn).await.map(|ok| ok.then_some(value)),
+                Err(e) => Err(e),
+            };
+            self.release_ips(held.ips);
+            for vni in held.vnis {
+                self.release_vni(vni);
+            }
+            let committed = match committed {
+                Ok(committed) => committed,
                 Err(e) => {
                     self.forget_low_water();
                     return Err(e);

@@ -39,7 +39,11 @@ impl Service {
         Ok(Some(candidate))
     }
 
-    fn release_vni(&self, vni: u32) {
+    /// Releases a VNI reservation (a staged request keeps it until it commits).
+    pub(crate) fn release_vni(&self, vni: u32) {
+        if crate::staged::Staged::hold_vni(vni) {
+            return;
+        }
         self.reserved_vnis
             .lock()
             .unwrap_or_else(|e| e.into_inner())
