@@ -300,10 +300,43 @@ impl Store for Staged {
         if !Self::staged() {
             return self.base.range_from(prefix, from_key, limit).await;
         }
-        let mut all = self.range(prefix).await?;
-        all.kvs.retain(|kv| kv.key.as_str() >= from_key);
-        all.kvs.truncate(limit);
-        Ok(all)
+        // As many more from the store as staged deletes could hide, then the staged keys
+        // merged in: a page, never the whole range (allocation reads pages of claims).
+        let staged: Vec<(String, Option<KeyValue>)> = STAGE
+            .try_with(|s| {
+                s.borrow()
+                    .pending
+                    .range(from_key.to_owned()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let hidden = staged.iter().filter(|(_, v)| v.is_none()).count();
+        let mut page = self
+            .base
+            .range_from(prefix, from_key, limit + hidden)
+            .await?;
+        let complete = page.kvs.len() < limit + hidden;
+        let last = page.kvs.last().map(|kv| kv.key.clone());
+        let mut all: BTreeMap<String, KeyValue> =
+            page.kvs.drain(..).map(|kv| (kv.key.clone(), kv)).collect();
+        for (key, kv) in staged {
+            // Beyond the store's page, a staged key would skip over store keys not read.
+            if !complete && last.as_ref().is_some_and(|l| &key > l) {
+                continue;
+            }
+            match kv {
+                Some(kv) => {
+                    all.insert(key, kv);
+                }
+                None => {
+                    all.remove(&key);
+                }
+            }
+        }
+        page.kvs = all.into_values().take(limit).collect();
+        Ok(page)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
@@ -377,5 +410,34 @@ mod tests {
         assert_eq!(&base.get("/k/b").await.unwrap().unwrap().value[..], b"3");
         // Applied once, the same compares no longer hold: a concurrent change fails it whole.
         assert!(!base.txn(txn).await.unwrap().succeeded);
+    }
+
+    #[tokio::test]
+    async fn pages_merge_what_the_task_staged() {
+        let base: SharedStore = Arc::new(MemoryStore::new());
+        let mut t = Txn::new();
+        for k in ["a", "b", "c", "d", "e"] {
+            t = t.then(put(&format!("/k/{k}"), k));
+        }
+        base.txn(t).await.unwrap();
+        let staged = Staged::new(base.clone());
+        let ((), _) = Staged::scope(async {
+            let t = Txn::new()
+                .then(put("/k/bb", "new"))
+                .then(Op::delete("/k/c"));
+            assert!(staged.txn(t).await.unwrap().succeeded);
+            let keys = |page: RangeResult| -> Vec<String> {
+                page.kvs.into_iter().map(|kv| kv.key).collect()
+            };
+            assert_eq!(
+                keys(staged.range_from("/k/", "/k/b", 3).await.unwrap()),
+                ["/k/b", "/k/bb", "/k/d"]
+            );
+            assert_eq!(
+                keys(staged.range_from("/k/", "/k/d", 10).await.unwrap()),
+                ["/k/d", "/k/e"]
+            );
+        })
+        .await;
     }
 }
