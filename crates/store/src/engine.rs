@@ -34,7 +34,14 @@ struct State {
     compact_revision: u64,
     /// Contiguous batches `compact_revision + 1 ..= revision`.
     history: VecDeque<Arc<WatchBatch>>,
+    /// Events in `history`.
+    history_events: usize,
 }
+
+/// Most events the watch history keeps, whatever the number of revisions: a revision may
+/// hold one key or a bulk create's thousands (10,000 single-port creates hold about this
+/// many).
+const HISTORY_EVENTS: usize = 60_000;
 
 /// A batch of transactions evaluated against the state, not yet applied.
 #[derive(Debug, Default)]
@@ -71,6 +78,7 @@ impl Engine {
                 revision,
                 compact_revision: revision,
                 history: VecDeque::new(),
+                history_events: 0,
             }),
             revision_tx,
             history_limit: history_limit.max(1),
@@ -210,12 +218,18 @@ impl Engine {
                         }
                     }
                 }
+                state.history_events += batch.events.len();
                 state.history.push_back(batch.clone());
             }
             state.revision = final_revision;
-            while state.history.len() > self.history_limit {
+            // The newest revision always stays, however big.
+            while state.history.len() > 1
+                && (state.history.len() > self.history_limit
+                    || state.history_events > HISTORY_EVENTS)
+            {
                 if let Some(old) = state.history.pop_front() {
                     state.compact_revision = old.revision;
+                    state.history_events -= old.events.len();
                 }
             }
         }
@@ -231,7 +245,9 @@ impl Engine {
             .front()
             .is_some_and(|b| b.revision <= revision)
         {
-            state.history.pop_front();
+            if let Some(old) = state.history.pop_front() {
+                state.history_events -= old.events.len();
+            }
         }
         state.compact_revision = state.compact_revision.max(revision);
     }
