@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use isthmus_model::input::{Input, Method};
 use isthmus_model::meta::{normalize_tags, owner_project, validate_tag};
-use isthmus_model::policy::{self, Roles};
+use isthmus_model::policy;
 use isthmus_model::resource::{Definition, Resource, Schema, View, Viewer};
 use isthmus_model::{Caller, Error, Meta, Result};
 use isthmus_store::{Compare, Op, Txn};
@@ -312,7 +312,7 @@ impl Service {
 
     /// Whether the `get_<kind>` rule lets `caller` read `obj` (which it may see).
     async fn readable<T: Resource>(&self, caller: &Caller, obj: &T) -> Result<bool> {
-        if caller.roles.has(Roles::READER) || caller.is_admin() {
+        if super::policy::reads_as_visible(caller) {
             return Ok(true);
         }
         self.may_read(caller, T::definition().singular, &obj.render(Viewer::ADMIN))
@@ -510,7 +510,7 @@ impl<T: Kind> Endpoint for Handle<T> {
 
     async fn list(&self, service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
         let items = T::list(service, caller).await?;
-        if caller.roles.has(Roles::READER) || caller.is_admin() {
+        if super::policy::reads_as_visible(caller) {
             return Ok(items);
         }
         // Callers without the reader role (a service-only token): the `get_<kind>` rule

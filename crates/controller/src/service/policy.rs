@@ -56,21 +56,24 @@ fn own_target(caller: &Caller, singular: &str, obj: &Map<String, Value>) -> Targ
     target
 }
 
+/// Whether every object `caller` may see by project and sharing is also readable under the
+/// `get_*` rules: true for admins and for readers of any project, as every `get_*` row admits
+/// a reader on its own objects, on its network's and on shared ones — exactly what the
+/// visibility rules let through. Others (a service-only token, a caller with no known role)
+/// are checked object by object with [`Service::may_read`].
+pub(crate) fn reads_as_visible(caller: &Caller) -> bool {
+    caller.roles.has(Roles::READER) || caller.is_admin()
+}
+
 impl Service {
     /// Whether an object `caller` may see by project and sharing may also be read under the
-    /// `get_<singular>` rule. Admins, and readers of any project, always may: every `get_*`
-    /// row admits a reader on its own objects, on its network's and on shared ones, which is
-    /// exactly what the visibility rules let through; others (a service-only token, a
-    /// caller with no known role) are checked row by row.
+    /// `get_<singular>` rule (see [`reads_as_visible`] for who needs no check).
     pub(crate) async fn may_read(
         &self,
         caller: &Caller,
         singular: &str,
         obj: &Map<String, Value>,
     ) -> Result<bool> {
-        if caller.roles.has(Roles::READER) || caller.is_admin() {
-            return Ok(true);
-        }
         let action = format!("get_{singular}");
         self.check(caller, singular, obj, |target| {
             policy::authorize(&action, caller, target)
