@@ -130,6 +130,13 @@ pub struct KeystoneConfig {
 enum Validation {
     Valid(Caller),
     Invalid,
+    /// A valid token without a project (system or domain scope): Neutron's policies are
+    /// project-scoped, so it may do nothing (403, as Neutron's scope enforcement answers).
+    Unscoped,
+}
+
+fn wrong_scope() -> Error {
+    Error::PolicyNotAuthorized("a project-scoped token".to_owned())
 }
 
 struct Cached {
@@ -313,6 +320,7 @@ impl Keystone {
         match self.cached(&key) {
             Some(Validation::Valid(caller)) => return Ok(caller),
             Some(Validation::Invalid) => return Err(unauthorized()),
+            Some(Validation::Unscoped) => return Err(wrong_scope()),
             None => {}
         }
         let mut renew = false;
@@ -337,9 +345,8 @@ impl Keystone {
             match status {
                 200 => {
                     let Some(issued) = keystone::parse_token(&body) else {
-                        // Valid, but not project-scoped: Neutron's policies do not apply.
-                        self.remember(key, Validation::Invalid, ttl_end);
-                        return Err(unauthorized());
+                        self.remember(key, Validation::Unscoped, ttl_end);
+                        return Err(wrong_scope());
                     };
                     let caller = issued.caller;
                     let left = (UNIX_EPOCH + Duration::from_secs(issued.expires_at))

@@ -103,6 +103,13 @@ fn keystone_tokens_identify_callers_and_neutron_policy_decides() {
     }
     // Version discovery needs no token.
     assert_eq!(call(&c, None, "GET", "/", None).0, 200);
+    // A valid token without a project (system scope) may do nothing here.
+    let system = ks.token_scoped("admin", "admin-secret", json!({"system": {"all": true}}));
+    let (s, _, v) = call(&c, Some(&system), "GET", "/v2.0/networks", None);
+    assert_eq!(
+        (s, v["NeutronError"]["type"].as_str()),
+        (403, Some("PolicyNotAuthorized"))
+    );
 
     // A member of A makes a network, a subnet and a port: they belong to A.
     let net = created(

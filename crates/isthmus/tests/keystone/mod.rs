@@ -212,13 +212,22 @@ impl Keystone {
 
     /// A token for `user` scoped to `project` (password authentication).
     pub fn token(&self, user: &str, password: &str, project: &str) -> String {
+        self.token_scoped(
+            user,
+            password,
+            json!({"project": {"name": project, "domain": {"id": "default"}}}),
+        )
+    }
+
+    /// A token for `user` with `scope` (`{"system": {"all": true}}`, ...).
+    pub fn token_scoped(&self, user: &str, password: &str, scope: Value) -> String {
         let body = json!({"auth": {
             "identity": {"methods": ["password"], "password": {"user": {
                 "name": user, "domain": {"id": "default"}, "password": password}}},
-            "scope": {"project": {"name": project, "domain": {"id": "default"}}}}});
+            "scope": scope}});
         let (status, headers, answer) =
             request_full(self.port, "POST", "/v3/auth/tokens", Some(&body), &[]).unwrap();
-        assert_eq!(status, 201, "token for {user}@{project}: {answer}");
+        assert_eq!(status, 201, "token for {user}: {answer}");
         headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("x-subject-token"))
