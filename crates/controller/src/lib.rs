@@ -74,6 +74,23 @@ async fn sweep(service: Arc<Service>) {
     }
 }
 
+/// How often the controller compacts the store's history.
+const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Revisions of history kept: a watcher further behind re-lists.
+pub const HISTORY_KEPT: u64 = 100_000;
+
+/// Compacts the store's history now and then, so that heartbeats and every other write do not
+/// grow etcd's history until its space alarm (several controllers may all do it).
+async fn compact(service: Arc<Service>) {
+    loop {
+        tokio::time::sleep(COMPACT_EVERY).await;
+        if let Err(e) = service.compact_history(HISTORY_KEPT).await {
+            eprintln!("isthmus controller: compacting the store's history failed: {e}");
+        }
+    }
+}
+
 fn router_for(service: Arc<Service>, registry: Registry, auth: Auth) -> axum::Router {
     let state = Arc::new(api::AppState {
         informer: service.informer().clone(),
@@ -96,6 +113,7 @@ pub async fn serve(
 ) -> Result<(), ControllerError> {
     let service = Service::new(store, config).shared();
     tokio::spawn(sweep(service.clone()));
+    tokio::spawn(compact(service.clone()));
     let app = router_for(service, Registry::neutron(), auth);
     let mut shutdown = std::pin::pin!(shutdown);
     let (closing, closed) = tokio::sync::watch::channel(false);

@@ -136,3 +136,43 @@ async fn node_watch_over_etcd() {
     let mut stale = Watch::open(&api, "node=n1&from=1").await;
     assert_eq!(stale.next().await["type"], "RELIST");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_compacts_etcds_history() {
+    let Some(etcd) = EtcdServer::start_or_skip() else {
+        return;
+    };
+    let store: isthmus_store::SharedStore = Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/compact")
+            .await
+            .unwrap(),
+    );
+    let api = Api::on(store.clone());
+    for i in 0..20 {
+        api.create(
+            As::Anonymous,
+            "networks",
+            "network",
+            json!({ "name": format!("n{i}") }),
+        )
+        .await;
+    }
+    let service = isthmus_controller::Service::new(store.clone(), Default::default());
+    let now = store.revision().await.unwrap();
+    assert_eq!(service.compact_history(5).await.unwrap(), Some(now - 5));
+    // Asked again with nothing new, it does nothing (etcd would refuse a compacted revision).
+    assert_eq!(service.compact_history(5).await.unwrap(), None);
+    // A watch from before the compaction is told to re-list; one from after works.
+    let mut old = store.watch("/", 1).await.unwrap();
+    assert!(matches!(
+        old.recv().await,
+        Some(Err(isthmus_store::StoreError::Compacted { .. }))
+    ));
+    let (s, _) = api.call(As::Anonymous, "GET", "/v2.0/networks", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        service.compact_history(1_000).await.unwrap(),
+        None,
+        "too little history"
+    );
+}

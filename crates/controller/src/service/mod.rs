@@ -85,6 +85,8 @@ pub struct Service {
     last_write: AtomicU64,
     /// Revisions of this controller's writes the usage feed may not have applied yet.
     unapplied: Mutex<std::collections::VecDeque<u64>>,
+    /// The revision this controller last compacted the store's history to.
+    compacted: AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -192,6 +194,7 @@ impl Service {
             low_water: Mutex::new(HashMap::new()),
             last_write: AtomicU64::new(0),
             unapplied: Mutex::new(std::collections::VecDeque::new()),
+            compacted: AtomicU64::new(0),
         }
     }
 
@@ -301,6 +304,19 @@ impl Service {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+
+    /// Drops the store's history older than the last `keep` revisions (once per revision:
+    /// compacting again what is already compacted is not asked for). Returns the revision
+    /// compacted to, if any.
+    pub async fn compact_history(&self, keep: u64) -> Result<Option<u64>> {
+        let revision = self.store.revision().await.map_err(store_error)?;
+        let target = revision.saturating_sub(keep);
+        if target == 0 || self.compacted.fetch_max(target, Ordering::Relaxed) >= target {
+            return Ok(None);
+        }
+        self.store.compact(target).await.map_err(store_error)?;
+        Ok(Some(target))
     }
 
     /// Revision of this controller's latest write.
