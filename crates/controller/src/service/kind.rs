@@ -631,46 +631,34 @@ impl<T: Kind> Endpoint for Handle<T> {
             TagOp::Add(_) => "create",
             TagOp::Remove(_) | TagOp::Clear => "delete",
         });
-        let op = &op;
-        let action = &action;
-        service
-            .retry(|| {
-                let replacement = replacement.clone();
-                async move {
-                    let (mut obj, rev) = service.load_visible::<T>(caller, id).await?;
-                    service.authorize(caller, action, &obj).await?;
-                    let tags = &mut obj.meta_mut().tags;
-                    match op {
-                        TagOp::Replace(_) => *tags = replacement.unwrap_or_default(),
-                        TagOp::Add(tag) => {
-                            if !tags.contains(tag) {
-                                isthmus_model::meta::check_tag_count(tags.len() + 1)?;
-                                tags.push(tag.clone());
-                                tags.sort();
-                            }
+        let obj = service
+            .modify::<T>(caller, id, &action, |obj| {
+                let tags = &mut obj.meta_mut().tags;
+                match &op {
+                    TagOp::Replace(_) => *tags = replacement.clone().unwrap_or_default(),
+                    TagOp::Add(tag) => {
+                        if !tags.contains(tag) {
+                            isthmus_model::meta::check_tag_count(tags.len() + 1)?;
+                            tags.push(tag.clone());
+                            tags.sort();
                         }
-                        TagOp::Remove(tag) => {
-                            let before = tags.len();
-                            tags.retain(|t| t != tag);
-                            if tags.len() == before {
-                                return Err(Error::NotFound {
-                                    kind: "Tag",
-                                    id: format!("{tag} on {id}"),
-                                });
-                            }
-                        }
-                        TagOp::Clear => tags.clear(),
                     }
-                    let result = obj.meta().tags.clone();
-                    obj.meta_mut().touch(&now());
-                    Ok(if service.write_back(id, rev, &obj).await? {
-                        Attempt::Done(result)
-                    } else {
-                        Attempt::Retry
-                    })
+                    TagOp::Remove(tag) => {
+                        let before = tags.len();
+                        tags.retain(|t| t != tag);
+                        if tags.len() == before {
+                            return Err(Error::NotFound {
+                                kind: "Tag",
+                                id: format!("{tag} on {id}"),
+                            });
+                        }
+                    }
+                    TagOp::Clear => tags.clear(),
                 }
+                Ok(())
             })
-            .await
+            .await?;
+        Ok(obj.meta().tags.clone())
     }
 }
 
