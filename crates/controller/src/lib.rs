@@ -57,8 +57,9 @@ pub fn app_full(
 /// How often the controller looks for L3 service ports whose router is gone.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Deletes leftover router service ports now and then (see
-/// [`Service::sweep_router_ports`]); several controllers may all do it.
+/// Deletes leftover router service ports and repairs DHCP ports now and then (see
+/// [`Service::sweep_router_ports`], [`Service::sweep_dhcp_ports`]); several controllers may
+/// all do it.
 async fn sweep(service: Arc<Service>) {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
@@ -70,6 +71,11 @@ async fn sweep(service: Arc<Service>) {
             Ok(0) => {}
             Ok(n) => eprintln!("isthmus controller: deleted {n} router ports whose router is gone"),
             Err(e) => eprintln!("isthmus controller: router port sweep failed: {e}"),
+        }
+        match service.sweep_dhcp_ports().await {
+            Ok(0) => {}
+            Ok(n) => eprintln!("isthmus controller: repaired the DHCP ports of {n} networks"),
+            Err(e) => eprintln!("isthmus controller: DHCP port sweep failed: {e}"),
         }
     }
 }

@@ -141,14 +141,15 @@ impl Staged {
     }
 
     /// Whether a staged write lies under `prefix`: `(any put, any delete)`.
-    fn pending_under(prefix: &str) -> (bool, bool) {
+    fn pending_under(compare: &Compare, prefix: &str) -> (bool, bool) {
         STAGE
             .try_with(|s| {
                 let s = s.borrow();
                 let mut under = s
                     .pending
                     .range(prefix.to_owned()..)
-                    .take_while(|(k, _)| k.starts_with(prefix));
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .filter(|(k, _)| compare.covers(k));
                 let (mut put, mut deleted) = (false, false);
                 for (_, kv) in under.by_ref() {
                     if kv.is_some() {
@@ -177,13 +178,17 @@ impl Staged {
                     Ok((current.unwrap_or(0) == *revision, Some(compare)))
                 }
             },
-            Compare::PrefixEmpty { prefix } => {
-                let (put, _) = Self::pending_under(prefix);
+            Compare::PrefixEmpty { prefix, .. } => {
+                let (put, deleted) = Self::pending_under(&compare, prefix);
                 if put {
                     return Ok((false, None));
                 }
-                let (_, deleted) = Self::pending_under(prefix);
-                let empty = self.range(prefix).await?.kvs.is_empty();
+                let empty = !self
+                    .range(prefix)
+                    .await?
+                    .kvs
+                    .iter()
+                    .any(|kv| compare.covers(&kv.key));
                 // Over staged deletes the store still holds the keys: checked here only.
                 Ok((empty, (!deleted).then_some(compare)))
             }

@@ -186,10 +186,24 @@ async fn ipam_is_lowest_free_and_releases() {
         }
         body
     };
+    // The network's DHCP port took .2 with the subnet (.1 is the gateway).
+    let (_, dhcp) = api
+        .call(
+            As::Anonymous,
+            "GET",
+            &format!("/v2.0/ports?network_id={net}&device_owner=network:dhcp"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        dhcp["ports"][0]["fixed_ips"][0]["ip_address"],
+        "192.168.100.2"
+    );
+    assert_eq!(dhcp["ports"][0]["status"], "ACTIVE");
     let a = api.create(As::Anonymous, "ports", "port", port(None)).await;
     let b = api.create(As::Anonymous, "ports", "port", port(None)).await;
-    assert_eq!(a["fixed_ips"][0]["ip_address"], "192.168.100.2");
-    assert_eq!(b["fixed_ips"][0]["ip_address"], "192.168.100.3");
+    assert_eq!(a["fixed_ips"][0]["ip_address"], "192.168.100.3");
+    assert_eq!(b["fixed_ips"][0]["ip_address"], "192.168.100.4");
     assert_eq!(a["fixed_ips"][0]["subnet_id"], sub.as_str());
     assert_eq!(a["status"], "DOWN");
     assert!(a["mac_address"].as_str().unwrap().starts_with("fa:16:3e:"));
@@ -199,7 +213,7 @@ async fn ipam_is_lowest_free_and_releases() {
             As::Anonymous,
             "POST",
             "/v2.0/ports",
-            Some(json!({"port": port(Some("192.168.100.3"))})),
+            Some(json!({"port": port(Some("192.168.100.4"))})),
         )
         .await;
     assert_eq!((s, fault(&v)), (409, "IpAddressAlreadyAllocated"));
@@ -222,7 +236,7 @@ async fn ipam_is_lowest_free_and_releases() {
         )
         .await;
     assert_eq!((s, fault(&v)), (409, "MacAddressInUse"));
-    // Delete releases: the next port gets .2 again.
+    // Delete releases: the next port gets .3 again.
     let (s, _) = api
         .call(
             As::Anonymous,
@@ -233,7 +247,7 @@ async fn ipam_is_lowest_free_and_releases() {
         .await;
     assert_eq!(s, 204);
     let c = api.create(As::Anonymous, "ports", "port", port(None)).await;
-    assert_eq!(c["fixed_ips"][0]["ip_address"], "192.168.100.2");
+    assert_eq!(c["fixed_ips"][0]["ip_address"], "192.168.100.3");
     // Update fixed_ips: the old address is released, the new one claimed.
     let c_id = c["id"].as_str().unwrap();
     let (s, v) = api
@@ -247,10 +261,10 @@ async fn ipam_is_lowest_free_and_releases() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["port"]["fixed_ips"][0]["ip_address"], "192.168.100.77");
     let d = api.create(As::Anonymous, "ports", "port", port(None)).await;
-    assert_eq!(d["fixed_ips"][0]["ip_address"], "192.168.100.2");
+    assert_eq!(d["fixed_ips"][0]["ip_address"], "192.168.100.3");
     // Nothing half-done: a failed create left no claim behind.
     let claims = api.keys(&format!("/isthmus/ipam/{sub}/")).await;
-    assert_eq!(claims.len(), 3, "{claims:?}");
+    assert_eq!(claims.len(), 4, "{claims:?} (one the DHCP port's)");
 }
 
 #[tokio::test]
@@ -291,8 +305,12 @@ async fn sixty_four_concurrent_creates_on_a_slash_28() {
             other => panic!("unexpected {other}: {v}"),
         }
     }
-    assert_eq!(addresses.len(), 13, "a /28 has 13 assignable addresses");
-    assert_eq!(failures, 51);
+    assert_eq!(
+        addresses.len(),
+        12,
+        "a /28 has 13 assignable addresses, one the DHCP port's"
+    );
+    assert_eq!(failures, 52);
 }
 
 #[tokio::test]
@@ -832,7 +850,7 @@ async fn networks_and_subnets_lifecycle_leaves_nothing_behind() {
         .iter()
         .map(|f| f["ip_address"].as_str().unwrap())
         .collect();
-    assert_eq!(ips, ["10.5.0.2", "2001:db8:5:0:f816:3eff:fe12:3456"]);
+    assert_eq!(ips, ["10.5.0.3", "2001:db8:5:0:f816:3eff:fe12:3456"]);
     let (s, v) = api
         .call(
             As::Anonymous,
@@ -943,8 +961,8 @@ async fn bulk_create_is_all_or_nothing() {
     assert_eq!(s, 409);
     assert_eq!(
         api.keys(&format!("/isthmus/ipam/{sub}/")).await.len(),
-        2,
-        "the failed bulk rolled back"
+        3,
+        "the failed bulk rolled back (the DHCP port's and two ports' claims are left)"
     );
     let _ = Value::Null;
 }
@@ -1056,7 +1074,8 @@ async fn ip_availability_counts_the_ipam_claims() {
     let a = &v["network_ip_availability"];
     assert_eq!(
         (a["total_ips"].as_u64(), a["used_ips"].as_u64()),
-        (Some(5), Some(2))
+        (Some(5), Some(3)),
+        "two ports and the DHCP port"
     );
     assert_eq!(a["subnet_ip_availability"][0]["cidr"], "10.0.0.0/29");
     api.call(
@@ -1067,7 +1086,7 @@ async fn ip_availability_counts_the_ipam_claims() {
     )
     .await;
     let (_, v) = api.call(As::Anonymous, "GET", &path, None).await;
-    assert_eq!(v["network_ip_availability"]["used_ips"], 1);
+    assert_eq!(v["network_ip_availability"]["used_ips"], 2);
     let (_, v) = api
         .call(
             As::Anonymous,

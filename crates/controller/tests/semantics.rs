@@ -230,7 +230,12 @@ async fn network_owners_keep_port_security_and_see_the_ports() {
         200
     );
     let (_, v) = api
-        .call(A, "GET", &format!("/v2.0/ports?network_id={net_id}"), None)
+        .call(
+            A,
+            "GET",
+            &format!("/v2.0/ports?network_id={net_id}&name=b"),
+            None,
+        )
         .await;
     assert_eq!(v["ports"].as_array().unwrap().len(), 1);
     assert_eq!(

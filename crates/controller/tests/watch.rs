@@ -125,7 +125,8 @@ async fn watch_streams_exactly_the_nodes_view() {
         json!({"network_id": net_b, "binding:host_id": "node2", "port_security_enabled": false}),
     )
     .await;
-    // The first local port brings its network, subnet, group and itself.
+    // The first local port brings its network, subnet, group, the network's DHCP port and
+    // itself.
     let local = api
         .create(
             As::Anonymous,
@@ -136,7 +137,7 @@ async fn watch_streams_exactly_the_nodes_view() {
         .await;
     let local_id = local["id"].as_str().unwrap();
     let mut added = Vec::new();
-    while added.len() < 4 {
+    while added.len() < 5 {
         let line = w.next().await;
         if line["type"] == "BOOKMARK" {
             continue;
@@ -151,8 +152,11 @@ async fn watch_streams_exactly_the_nodes_view() {
     }
     assert_eq!(
         kinds(&added, "ADDED"),
-        ["network", "port", "security_group", "subnet"]
+        ["network", "port", "port", "security_group", "subnet"]
     );
+    assert!(added
+        .iter()
+        .any(|l| l["kind"] == "port" && l["object"]["device_owner"] == "network:dhcp"));
     let group = added
         .iter()
         .find(|l| l["kind"] == "security_group")
@@ -164,7 +168,10 @@ async fn watch_streams_exactly_the_nodes_view() {
             .len(),
         4
     );
-    let port = added.iter().find(|l| l["kind"] == "port").unwrap();
+    let port = added
+        .iter()
+        .find(|l| l["kind"] == "port" && l["object"]["id"] == local_id)
+        .unwrap();
     assert_eq!(port["object"]["binding:host_id"], "node1");
 
     // A remote port on the same network is needed for forwarding entries.
@@ -238,14 +245,21 @@ async fn watch_streams_exactly_the_nodes_view() {
     )
     .await;
     let mut deleted = Vec::new();
-    while deleted.len() < 5 {
+    while deleted.len() < 6 {
         let line = w.until(|l| l["type"] != "BOOKMARK").await;
         assert_eq!(line["type"], "DELETED", "{line}");
         deleted.push(line);
     }
     assert_eq!(
         kinds(&deleted, "DELETED"),
-        ["network", "port", "port", "security_group", "subnet"]
+        [
+            "network",
+            "port",
+            "port",
+            "port",
+            "security_group",
+            "subnet"
+        ]
     );
 
     // A reconnect gets a consistent snapshot of the current view.
@@ -258,6 +272,8 @@ async fn watch_streams_exactly_the_nodes_view() {
             "network",
             "node",
             "node",
+            "port",
+            "port",
             "port",
             "port",
             "security_group",
@@ -323,8 +339,8 @@ async fn bulk_creates_are_all_or_nothing_for_the_store_and_for_watchers() {
     let (_, listed) = api.call(As::Anonymous, "GET", "/v2.0/ports", None).await;
     assert_eq!(
         listed["ports"].as_array().unwrap().len(),
-        1,
-        "no port of the bulk is left"
+        2,
+        "no port of the bulk is left (the first and the DHCP port are)"
     );
     assert_eq!(
         api.keys(&format!("/isthmus/ipam/{subnet}/")).await.len(),

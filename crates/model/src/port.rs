@@ -263,6 +263,10 @@ pub struct AddressPairRequest {
 /// not yet given to a pod). The controller deletes them with their node.
 pub const POOL_DEVICE_ID: &str = "isthmus-pool";
 
+/// `device_owner` of a network's DHCP port: one per network with an address on each subnet
+/// with `enable_dhcp`, served by every node's agent (DHCP, DNS and metadata answer from it).
+pub const OWNER_DHCP: &str = "network:dhcp";
+
 /// `device_owner` of a Kubernetes pod's port.
 pub const POD_DEVICE_OWNER: &str = "compute:kubernetes";
 

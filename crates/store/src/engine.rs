@@ -360,15 +360,16 @@ fn compare_holds(
         Compare::ModRevision { key, revision } => {
             lookup(map, overlay, key).map_or(0, |e| e.mod_revision) == *revision
         }
-        Compare::PrefixEmpty { prefix } => {
+        Compare::PrefixEmpty { prefix, .. } => {
             let pending_put = overlay
                 .iter()
-                .any(|(k, v)| v.is_some() && k.starts_with(prefix.as_str()));
+                .any(|(k, v)| v.is_some() && compare.covers(k));
             if pending_put {
                 return false;
             }
             map.range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
                 .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                .filter(|(k, _)| compare.covers(k))
                 .all(|(k, _)| matches!(overlay.get(k), Some(None)))
         }
     }

@@ -121,22 +121,37 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
-        let compares: Vec<EtcdCompare> = txn
-            .compares
-            .iter()
-            .map(|c| match c {
-                Compare::ModRevision { key, revision } => {
-                    EtcdCompare::mod_revision(self.full(key), CompareOp::Equal, *revision as i64)
-                }
+        let mut compares: Vec<EtcdCompare> = Vec::with_capacity(txn.compares.len());
+        for c in &txn.compares {
+            match c {
+                Compare::ModRevision { key, revision } => compares.push(EtcdCompare::mod_revision(
+                    self.full(key),
+                    CompareOp::Equal,
+                    *revision as i64,
+                )),
                 // Over a range, etcd compares every key, or a zero record when there is none:
                 // "create_revision < 1 for all keys" holds exactly when the range is empty.
-                Compare::PrefixEmpty { prefix } => {
-                    let full = self.full(prefix);
-                    let end = prefix_end(&full);
-                    EtcdCompare::create_revision(full, CompareOp::Less, 1).with_range(end)
+                // Keys excepted split the prefix into the ranges between them.
+                Compare::PrefixEmpty { prefix, except } => {
+                    let mut start = self.full(prefix).into_bytes();
+                    for key in except {
+                        let key = self.full(key).into_bytes();
+                        if key > start {
+                            compares.push(
+                                EtcdCompare::create_revision(start, CompareOp::Less, 1)
+                                    .with_range(key.clone()),
+                            );
+                        }
+                        start = key;
+                        start.push(0);
+                    }
+                    let end = prefix_end(&self.full(prefix));
+                    compares.push(
+                        EtcdCompare::create_revision(start, CompareOp::Less, 1).with_range(end),
+                    );
                 }
-            })
-            .collect();
+            }
+        }
         let ops: Vec<TxnOp> = txn
             .ops
             .iter()

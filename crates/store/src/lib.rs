@@ -44,10 +44,12 @@ pub enum Compare {
         /// Expected modification revision (0 = absent).
         revision: u64,
     },
-    /// No key exists under `prefix`.
+    /// No key exists under `prefix` but those in `except` (which may or may not exist).
     PrefixEmpty {
         /// Prefix to check.
         prefix: String,
+        /// Keys under the prefix the check ignores, sorted.
+        except: Vec<String>,
     },
 }
 
@@ -65,8 +67,26 @@ impl Compare {
     }
     /// No key may exist under `prefix`.
     pub fn prefix_empty(prefix: impl Into<String>) -> Self {
+        Self::prefix_empty_except(prefix, Vec::new())
+    }
+    /// No key may exist under `prefix` but those in `except` (a resource's own service
+    /// entries, deleted in the same transaction).
+    pub fn prefix_empty_except(prefix: impl Into<String>, mut except: Vec<String>) -> Self {
+        except.sort();
+        except.dedup();
         Compare::PrefixEmpty {
             prefix: prefix.into(),
+            except,
+        }
+    }
+    /// Whether `key` is one the check covers.
+    pub fn covers(&self, key: &str) -> bool {
+        match self {
+            Compare::ModRevision { key: k, .. } => k == key,
+            Compare::PrefixEmpty { prefix, except } => {
+                key.starts_with(prefix.as_str())
+                    && except.binary_search_by(|e| e.as_str().cmp(key)).is_err()
+            }
         }
     }
 }

@@ -126,6 +126,25 @@ async fn basic_get_put_range(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(empty.succeeded);
+    // Keys excepted from the check: all three → empty; two of them → not; a put under the
+    // prefix in the same transaction does not make it pass either way.
+    for (except, holds) in [
+        (vec!["/t/c", "/t/a", "/t/b"], true),
+        (vec!["/t/a", "/t/c"], false),
+        (vec!["/t/b"], false),
+        (vec!["/t/a", "/t/b", "/t/c", "/t/zz"], true),
+    ] {
+        let except = except.into_iter().map(str::to_owned).collect();
+        let result = store
+            .txn(
+                Txn::new()
+                    .when(Compare::prefix_empty_except("/t/", except))
+                    .then(Op::put("/x", "1")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(result.succeeded, holds);
+    }
 
     // Atomic delete; all or nothing when one compare fails.
     let partial = store

@@ -376,7 +376,18 @@ impl Service {
     /// `Ok` while nothing is indexed under `prefix` (nothing uses the object), else the
     /// error `in_use` makes: what a kind's [`Kind::in_use`] answers.
     pub(crate) async fn unused(&self, prefix: &str, in_use: impl FnOnce() -> Error) -> Result<()> {
-        if self.index(prefix).await?.is_empty() {
+        self.unused_except(prefix, &[], in_use).await
+    }
+
+    /// [`Service::unused`] but for the keys in `except` (a resource's own service entries).
+    pub(crate) async fn unused_except(
+        &self,
+        prefix: &str,
+        except: &[String],
+        in_use: impl FnOnce() -> Error,
+    ) -> Result<()> {
+        let range = self.store.range(prefix).await.map_err(store_error)?;
+        if range.kvs.iter().all(|kv| except.contains(&kv.key)) {
             Ok(())
         } else {
             Err(in_use())

@@ -2,6 +2,7 @@
 //! pure model, allocates (IPAM, MAC, VNI) and commits in one compare-and-swap transaction,
 //! retrying from a fresh read when another writer got there first.
 
+mod dhcp;
 mod floating_ip;
 mod ip_availability;
 mod kind;

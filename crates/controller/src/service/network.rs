@@ -216,7 +216,12 @@ impl Kind for Network {
 
     async fn delete_txn(service: &Service, _caller: &Caller, network: &Network) -> Result<Txn> {
         let id = &network.meta.id;
-        let mut txn = Txn::new().when(Compare::prefix_empty(keys::network_ports_prefix(id)));
+        // Its DHCP port goes with it (Neutron deletes it too).
+        let dhcp = service.release_dhcp(id, None).await?;
+        let mut txn = dhcp.txn.when(Compare::prefix_empty_except(
+            keys::network_ports_prefix(id),
+            dhcp.except.clone(),
+        ));
         if let Some(vni) = network.segmentation_id {
             txn = txn.then(Op::delete(keys::vni(vni)));
         }
@@ -228,7 +233,10 @@ impl Kind for Network {
         for subnet_id in &network.subnets {
             if let Some((subnet, _)) = service.load::<Subnet>(subnet_id).await? {
                 txn = txn
-                    .when(Compare::prefix_empty(keys::ipam_prefix(&subnet.meta.id)))
+                    .when(Compare::prefix_empty_except(
+                        keys::ipam_prefix(&subnet.meta.id),
+                        dhcp.except.clone(),
+                    ))
                     .then(Op::delete(keys::subnet(&subnet.meta.id)));
                 if let Some(pool) = &subnet.subnetpool_id {
                     txn = txn.then(Op::delete(keys::pool_subnet(pool, &subnet.meta.id)));
@@ -240,8 +248,9 @@ impl Kind for Network {
 
     async fn in_use(service: &Service, network: &Network) -> Result<()> {
         let id = &network.meta.id;
+        let except = service.release_dhcp(id, None).await?.except;
         service
-            .unused(&keys::network_ports_prefix(id), || {
+            .unused_except(&keys::network_ports_prefix(id), &except, || {
                 Error::NetworkInUse(id.clone())
             })
             .await

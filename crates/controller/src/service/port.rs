@@ -419,77 +419,17 @@ impl Service {
         })
         .await
     }
-}
 
-/// `PortRequest::parse` refuses entries with neither subnet nor address.
-fn unreachable_request<T>() -> Result<T> {
-    Err(Error::invalid_attr(
-        "fixed_ips",
-        "each entry needs a subnet_id or an ip_address",
-    ))
-}
-
-/// Neutron's policy keeps `port_security_enabled` and `allowed_address_pairs` to the
-/// network's owner (and admins): a project on someone else's network may not lift the
-/// anti-spoofing that protects it.
-fn network_owner_attributes(
-    caller: &Caller,
-    network: &Network,
-    req: &PortRequest,
-    verb: &str,
-) -> Result<()> {
-    if caller.owns(&network.meta.project_id) {
-        return Ok(());
-    }
-    for (given, attribute) in [
-        (req.port_security_enabled.is_some(), "port_security_enabled"),
-        (req.allowed_address_pairs.is_some(), "allowed_address_pairs"),
-    ] {
-        if given {
-            return Err(Error::PolicyNotAuthorized(format!(
-                "rule:{verb}_port:{attribute}"
-            )));
-        }
-    }
-    Ok(())
-}
-
-#[async_trait]
-impl Kind for Port {
-    /// Its own, or on a network the caller owns (Neutron's `admin_owner_or_network_owner`).
-    async fn visible(service: &Service, caller: &Caller, port: &Port) -> Result<bool> {
-        if port.visible_to(caller) {
-            return Ok(true);
-        }
-        Ok(service
-            .load::<Network>(&port.network_id)
-            .await?
-            .is_some_and(|(n, _)| caller.owns(&n.meta.project_id)))
-    }
-
-    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
-        let ports = service.load_all::<Port>(keys::PORTS).await?;
-        let owned_networks: HashSet<String> = if caller.is_privileged() {
-            HashSet::new()
-        } else {
-            service
-                .load_all::<Network>(keys::NETWORKS)
-                .await?
-                .into_iter()
-                .filter(|(n, _)| caller.owns(&n.meta.project_id))
-                .map(|(n, _)| n.meta.id)
-                .collect()
-        };
-        Ok(ports
-            .into_iter()
-            .filter(|(p, _)| p.visible_to(caller) || owned_networks.contains(&p.network_id))
-            .map(|(p, _)| Box::new(View::owned(p, caller)) as Listed)
-            .collect())
-    }
-
-    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+    /// Creates a port with a given id (the generic create draws a new one; the DHCP port's
+    /// is derived from its network).
+    pub(super) async fn create_port(
+        &self,
+        caller: &Caller,
+        body: Value,
+        id: String,
+    ) -> Result<Object> {
+        let service = self;
         let req = PortRequest::parse(body, Method::Create, caller)?;
-        let id = new_id();
         let created_at = now();
         let project = req
             .project_id
@@ -603,6 +543,77 @@ impl Kind for Port {
             }
         })
         .await
+    }
+}
+
+/// `PortRequest::parse` refuses entries with neither subnet nor address.
+fn unreachable_request<T>() -> Result<T> {
+    Err(Error::invalid_attr(
+        "fixed_ips",
+        "each entry needs a subnet_id or an ip_address",
+    ))
+}
+
+/// Neutron's policy keeps `port_security_enabled` and `allowed_address_pairs` to the
+/// network's owner (and admins): a project on someone else's network may not lift the
+/// anti-spoofing that protects it.
+fn network_owner_attributes(
+    caller: &Caller,
+    network: &Network,
+    req: &PortRequest,
+    verb: &str,
+) -> Result<()> {
+    if caller.owns(&network.meta.project_id) {
+        return Ok(());
+    }
+    for (given, attribute) in [
+        (req.port_security_enabled.is_some(), "port_security_enabled"),
+        (req.allowed_address_pairs.is_some(), "allowed_address_pairs"),
+    ] {
+        if given {
+            return Err(Error::PolicyNotAuthorized(format!(
+                "rule:{verb}_port:{attribute}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Kind for Port {
+    /// Its own, or on a network the caller owns (Neutron's `admin_owner_or_network_owner`).
+    async fn visible(service: &Service, caller: &Caller, port: &Port) -> Result<bool> {
+        if port.visible_to(caller) {
+            return Ok(true);
+        }
+        Ok(service
+            .load::<Network>(&port.network_id)
+            .await?
+            .is_some_and(|(n, _)| caller.owns(&n.meta.project_id)))
+    }
+
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        let ports = service.load_all::<Port>(keys::PORTS).await?;
+        let owned_networks: HashSet<String> = if caller.is_privileged() {
+            HashSet::new()
+        } else {
+            service
+                .load_all::<Network>(keys::NETWORKS)
+                .await?
+                .into_iter()
+                .filter(|(n, _)| caller.owns(&n.meta.project_id))
+                .map(|(n, _)| n.meta.id)
+                .collect()
+        };
+        Ok(ports
+            .into_iter()
+            .filter(|(p, _)| p.visible_to(caller) || owned_networks.contains(&p.network_id))
+            .map(|(p, _)| Box::new(View::owned(p, caller)) as Listed)
+            .collect())
+    }
+
+    async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
+        service.create_port(caller, body, new_id()).await
     }
 
     async fn update(

@@ -73,7 +73,7 @@ impl Kind for Subnet {
 
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
         let request = Subnet::begin_create(body, caller, new_id(), &now())?;
-        service
+        let created = service
             .retry(|| {
                 let request = request.clone();
                 async move {
@@ -167,7 +167,9 @@ impl Kind for Subnet {
                     })
                 }
             })
-            .await
+            .await?;
+        service.sync_dhcp_port_logged(&request.network_id).await;
+        Ok(created)
     }
 
     async fn apply_update(
@@ -200,6 +202,7 @@ impl Kind for Subnet {
 
     async fn updated(service: &Service, subnet: &Subnet) {
         service.reset_low_water(&subnet.meta.id);
+        service.sync_dhcp_port_logged(&subnet.network_id).await;
     }
 
     async fn delete_txn(service: &Service, _caller: &Caller, subnet: &Subnet) -> Result<Txn> {
@@ -207,7 +210,9 @@ impl Kind for Subnet {
         let (mut network, net_rev) = service.must_load::<Network>(&subnet.network_id).await?;
         network.subnets.retain(|s| s != id);
         network.meta.touch(&now());
-        let mut txn = Txn::new();
+        // The DHCP port's address goes with the subnet (Neutron deletes it too).
+        let dhcp = service.release_dhcp(&subnet.network_id, Some(id)).await?;
+        let mut txn = dhcp.txn;
         if let Some(pool) = &subnet.subnetpool_id {
             txn = txn.then(Op::delete(keys::pool_subnet(pool, id)));
         }
@@ -216,14 +221,23 @@ impl Kind for Subnet {
                 keys::network(&network.meta.id),
                 net_rev,
             ))
-            .when(Compare::prefix_empty(keys::ipam_prefix(id)))
+            .when(Compare::prefix_empty_except(
+                keys::ipam_prefix(id),
+                dhcp.except,
+            ))
             .then(Op::put(keys::network(&network.meta.id), encode(&network)?)))
     }
 
     async fn in_use(service: &Service, subnet: &Subnet) -> Result<()> {
         let id = &subnet.meta.id;
+        let except = service
+            .release_dhcp(&subnet.network_id, Some(id))
+            .await?
+            .except;
         service
-            .unused(&keys::ipam_prefix(id), || Error::SubnetInUse(id.clone()))
+            .unused_except(&keys::ipam_prefix(id), &except, || {
+                Error::SubnetInUse(id.clone())
+            })
             .await
     }
 
