@@ -6,6 +6,7 @@
 //! a pool of ready ports per network and project.
 
 mod cni;
+mod dhcp;
 pub mod http;
 pub mod inspect;
 pub mod kernel;
@@ -14,6 +15,7 @@ pub mod netns;
 mod pool;
 mod reply;
 pub mod routers;
+mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -112,6 +114,10 @@ struct Shared {
     filtered: watch::Sender<BTreeSet<String>>,
     /// Pod ports kept ready.
     pools: pool::Pools,
+    /// The DHCP leases the node answers.
+    leases: dhcp::Leases,
+    /// What runs in the node's DHCP namespaces.
+    services: services::Services,
 }
 
 impl Shared {
@@ -168,7 +174,15 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         netlink: netlink::Netlink::connect()?,
         filtered: watch::Sender::new(BTreeSet::new()),
         pools: pool::Pools::new(config.pool_size),
+        leases: watch::Sender::new(Arc::default()),
+        services: services::Services::default(),
         config,
+    });
+    let leases = shared.leases.subscribe();
+    tokio::spawn(async move {
+        if let Err(e) = dhcp::serve(leases).await {
+            eprintln!("isthmus agent: the DHCP server stopped: {e}");
+        }
     });
     let server = shared.clone();
     tokio::spawn(async move {
@@ -372,6 +386,17 @@ async fn reconcile(
     if routed.is_ok() {
         known.routers = Some(routers.clone());
     }
+    shared
+        .services
+        .follow(&shared.config.netns_dir, &routers, &shared.config.node);
+    let leases = isthmus_dataplane::dhcp::leases(view, node);
+    shared.leases.send_if_modified(|old| {
+        let changed = **old != leases;
+        if changed {
+            *old = Arc::new(leases);
+        }
+        changed
+    });
 
     let want = l2::desired(view, node, &routers);
     let (mut observed, mut links) = shared.netlink.links().await?;

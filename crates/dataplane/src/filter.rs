@@ -25,6 +25,8 @@ use std::net::IpAddr;
 
 use isthmus_model::addr::{compact, Cidr, IpVersion};
 use isthmus_model::port::TAP_PREFIX;
+
+use crate::dhcp::{CLIENT_PORT as DHCP_CLIENT_PORT, SERVER_PORT as DHCP_SERVER_PORT};
 use isthmus_model::security_group::protocol_number;
 use serde_json::Value;
 
@@ -96,7 +98,13 @@ fn from_port_rules(
     v6: &BTreeSet<String>,
     mark: &str,
 ) -> Vec<String> {
-    let mut rules = Vec::new();
+    // Only the network's DHCP port serves DHCP and only routers advertise: an instance
+    // answering as a DHCP server (v4 or v6) or sending router advertisements is dropped, as
+    // Neutron's firewall does. The IPv4 guard comes before the rule accepting the port's own
+    // IPv4 (which then decides nearly every frame), the IPv6 ones before IPv6 is accepted.
+    let mut rules = vec![format!(
+        "ether type ip udp sport {DHCP_SERVER_PORT} udp dport {DHCP_CLIENT_PORT} counter drop"
+    )];
     if !v4.is_empty() {
         rules.push(format!(
             "ether saddr {} ip saddr {} {mark} accept",
@@ -117,8 +125,7 @@ fn from_port_rules(
         set(&arp_ips)
     ));
     rules.push(
-        "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept"
-            .to_owned(),
+        format!("ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport {DHCP_CLIENT_PORT} udp dport {DHCP_SERVER_PORT} accept"),
     );
     rules.push("ether type ip counter drop".to_owned());
     // Link-local (neighbour discovery) and the unspecified address (DAD) are always allowed.
@@ -129,6 +136,8 @@ fn from_port_rules(
         "ether type ip6 ip6 saddr != {} counter drop",
         set(&v6)
     ));
+    rules.push("ether type ip6 udp sport 547 udp dport 546 counter drop".to_owned());
+    rules.push("ether type ip6 icmpv6 type nd-router-advert counter drop".to_owned());
     rules.push(mark.to_owned());
     rules
 }
@@ -607,15 +616,22 @@ mod tests {
         let f = desired(&v, &node(), &ids);
         let from = &f.bridge.chains["from_taplocal-port-"];
         assert_eq!(
-            from[0],
-            "ether saddr { fa:16:3e:00:00:01, fa:16:3e:00:00:09 } ip saddr { 10.0.0.2, 10.0.0.50 } meta mark set meta mark or 0x00000001 accept",
-            "the port's own IPv4 is decided by the first rule"
+            from[0], "ether type ip udp sport 67 udp dport 68 counter drop",
+            "an instance is no DHCP server"
         );
         assert_eq!(
             from[1],
+            "ether saddr { fa:16:3e:00:00:01, fa:16:3e:00:00:09 } ip saddr { 10.0.0.2, 10.0.0.50 } meta mark set meta mark or 0x00000001 accept",
+            "the port's own IPv4 is decided by the rule after that guard"
+        );
+        assert_eq!(
+            from[2],
             "ether saddr != { fa:16:3e:00:00:01, fa:16:3e:00:00:09 } counter drop"
         );
-        assert_eq!(from[5], "ether type ip counter drop");
+        assert_eq!(from[6], "ether type ip counter drop");
+        assert!(
+            from.contains(&"ether type ip6 icmpv6 type nd-router-advert counter drop".to_owned())
+        );
         assert_eq!(
             from.last().unwrap(),
             "meta mark set meta mark or 0x00000001"
@@ -748,7 +764,7 @@ mod tests {
         let ids = port_ids(&taps, &Observed::default());
         let f = desired(&v, &node(), &ids);
         let from = &f.bridge.chains["from_taplocal-port-"];
-        assert!(from[0].ends_with("meta mark set meta mark or 0x00000001 notrack accept"));
+        assert!(from[1].ends_with("meta mark set meta mark or 0x00000001 notrack accept"));
         assert_eq!(
             f.bridge.chains["prerouting"][0], "ether daddr @untracked notrack",
             "frames to the port are not tracked either"

@@ -3,6 +3,7 @@
 //! what the kernel has into that. Agents read the kernel and apply plans; nothing here does
 //! I/O.
 
+pub mod dhcp;
 pub mod filter;
 pub mod l2;
 pub mod nft;

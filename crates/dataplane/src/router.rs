@@ -76,14 +76,14 @@ pub fn interface_name(port_id: &str) -> String {
 }
 
 /// The node-side end (`tap<port[0:11]>`) of a namespace interface (`qr-`, `qg-`, `sg-`,
-/// `qf-` + port[0:11]).
+/// `qf-`, `ns-` + port[0:11]).
 pub fn peer_of(interface: &str) -> String {
     format!("tap{}", interface.get(3..).unwrap_or_default())
 }
 
-/// Whether a device name is one of a router namespace's interfaces.
+/// Whether a device name is one of a router (or DHCP) namespace's interfaces.
 pub fn is_interface(name: &str) -> bool {
-    ["qr-", "qg-", "sg-", "qf-"]
+    ["qr-", "qg-", "sg-", "qf-", "ns-"]
         .iter()
         .any(|p| name.starts_with(p))
 }
@@ -264,7 +264,7 @@ fn interface(view: &NodeView, port: &Port) -> Option<Interface> {
 }
 
 /// Every bound port on `subnets` (but `except`) as a permanent neighbour on `device`.
-fn neighbours_on(
+pub(crate) fn neighbours_on(
     view: &NodeView,
     subnets: &BTreeSet<&str>,
     except: &str,
@@ -348,7 +348,8 @@ impl<'a> RouterPorts<'a> {
     }
 }
 
-/// The router namespaces `view` implies for `node`.
+/// The router namespaces `view` implies for `node`, and its DHCP namespaces (see
+/// [`crate::dhcp`]), which the same planner keeps.
 pub fn desired(view: &NodeView, node: &NodeConfig) -> RouterState {
     let hosts = hosts(view);
     let mut state = RouterState::new();
@@ -366,6 +367,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> RouterState {
         }
         state.insert(namespace_name(router_id), ns);
     }
+    state.extend(crate::dhcp::namespaces(view, node));
     state
 }
 

@@ -96,6 +96,34 @@ pub struct Port {
     /// Administrative state: a port that is down passes no traffic.
     #[serde(default = "up")]
     pub admin_state_up: bool,
+    /// Its names, one per address (what DHCP hands out and DNS answers).
+    #[serde(default)]
+    pub dns_assignment: Vec<DnsAssignment>,
+    /// Extra DHCP options.
+    #[serde(default)]
+    pub extra_dhcp_opts: Vec<DhcpOption>,
+}
+
+/// One name of a port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DnsAssignment {
+    /// Host name.
+    pub hostname: String,
+    /// The address it names.
+    pub ip_address: IpAddr,
+    /// Fully qualified name, with the trailing dot.
+    pub fqdn: String,
+}
+
+/// One extra DHCP option of a port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DhcpOption {
+    /// Name or number.
+    pub opt_name: String,
+    /// Value.
+    pub opt_value: String,
+    /// 4 or 6.
+    pub ip_version: u8,
 }
 
 fn up() -> bool {
@@ -135,6 +163,8 @@ impl Default for Port {
             device_owner: String::new(),
             device_id: String::new(),
             admin_state_up: true,
+            dns_assignment: Vec::new(),
+            extra_dhcp_opts: Vec::new(),
         }
     }
 }

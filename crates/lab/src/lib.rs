@@ -418,8 +418,8 @@ impl Lab {
     }
 
     /// A VM on node `node` (0-based) for `port_id`: `eth0` with the port's MAC, address
-    /// (`a.b.c.d/len`), MTU and default route via `gateway`; the peer is left down in the node
-    /// as the tap, for the agent (or a test) to plug.
+    /// (`a.b.c.d/len`, none when empty), MTU and default route via `gateway`; the peer is left
+    /// down in the node as the tap, for the agent (or a test) to plug.
     pub fn add_vm(
         &self,
         node: usize,
@@ -453,12 +453,23 @@ impl Lab {
             "mtu",
             &mtu.to_string(),
         ])?;
-        ns.ip(&["addr", "add", address, "dev", "eth0"])?;
+        if !address.is_empty() {
+            ns.ip(&["addr", "add", address, "dev", "eth0"])?;
+        }
         ns.ip(&["link", "set", "eth0", "up"])?;
         if let Some(gw) = gateway {
             ns.ip(&["route", "add", "default", "via", gw])?;
         }
         Ok(Vm { ns, tap })
+    }
+
+    /// A VM that has no address yet (it asks DHCP for it): `eth0` with the port's MAC, up,
+    /// MTU 1500 until DHCP says otherwise.
+    pub fn add_dhcp_vm(&self, node: usize, port: &serde_json::Value) -> Result<Vm> {
+        let (Some(id), Some(mac)) = (port["id"].as_str(), port["mac_address"].as_str()) else {
+            return Err(LabError::Port(port.to_string()));
+        };
+        self.add_vm(node, id, mac, "", None, 1500)
     }
 
     /// A host on the external network (outside the cloud): a namespace whose `eth0` is on the

@@ -58,7 +58,9 @@ impl Service {
         let wanted: Vec<&Subnet> = subnets
             .iter()
             .map(|(s, _)| s)
-            .filter(|s| s.enable_dhcp && !s.allocation_pools.is_empty())
+            // Subnets reserved for other device owners (service types) get none, as Neutron's
+            // DHCP agent makes none there.
+            .filter(|s| s.enable_dhcp && !s.allocation_pools.is_empty() && s.serves(OWNER_DHCP))
             .collect();
         let id = dhcp_port_id(network_id);
         let admin = Caller::admin(&network.meta.project_id);

@@ -1,0 +1,190 @@
+//! The node's DHCPv4 server (see [`isthmus_dataplane::dhcp`]): one packet socket sees every
+//! DHCP request entering the node's interfaces before any bridge does; a request that came in
+//! through the tap of a port this node serves is answered out of that same tap, from the
+//! network's DHCP port. Requests from anywhere else (a tunnel, a port bound elsewhere) are
+//! not this node's to answer.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use isthmus_dataplane::dhcp::{answer, reply_frame, request_payload, Lease};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+/// The leases this node answers, by tap; replaced whole at each reconcile.
+pub type Leases = watch::Sender<Arc<BTreeMap<String, Lease>>>;
+
+/// `ETH_P_ALL` in network order: a socket for every protocol sees frames before the bridge
+/// takes them (a socket for IPv4 only would not see frames on bridge ports).
+const ETH_P_ALL: u16 = 0x0003;
+/// `ETH_P_IP`.
+const ETH_P_IP: u16 = 0x0800;
+/// `PACKET_IGNORE_OUTGOING` (Linux 4.20): frames the node sends are not copied to the socket.
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+/// `PACKET_OUTGOING` in `sll_pkttype`.
+const PACKET_OUTGOING: u8 = 4;
+
+/// Classic BPF for `ip and udp dst port 67` (as `tcpdump -dd` writes it): the kernel passes
+/// nothing else up, so the socket costs one short filter per frame.
+const FILTER: [libc::sock_filter; 11] = [
+    op(0x28, 0, 0, 12),     // ldh [12] (EtherType)
+    op(0x15, 0, 8, 0x0800), // IPv4?
+    op(0x30, 0, 0, 23),     // ldb [23] (protocol)
+    op(0x15, 0, 6, 17),     // UDP?
+    op(0x28, 0, 0, 20),     // ldh [20] (fragment offset)
+    op(0x45, 4, 0, 0x1fff), // not a later fragment
+    op(0xb1, 0, 0, 14),     // x = IPv4 header length
+    op(0x48, 0, 0, 16),     // ldh [x + 16] (UDP destination port)
+    op(0x15, 0, 1, 67),     // port 67?
+    op(0x06, 0, 0, 0x0004_0000),
+    op(0x06, 0, 0, 0),
+];
+
+const fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+fn packet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::c_int::from(ETH_P_ALL.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let program = libc::sock_fprog {
+        len: FILTER.len() as u16,
+        filter: FILTER.as_ptr().cast_mut(),
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt(2) with pointers to live values of the sizes given.
+    unsafe {
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&program as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // Best effort: without it (kernels before 4.20) outgoing copies are skipped below.
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_IGNORE_OUTGOING,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    Ok(fd)
+}
+
+fn interface_name(index: i32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    let index = u32::try_from(index).ok()?;
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// One received frame and the interface it came in on.
+fn receive(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, i32, u8)> {
+    // SAFETY: a zeroed sockaddr_ll is valid; recvfrom(2) writes at most `len` bytes into it
+    // and at most `buf.len()` into `buf`.
+    unsafe {
+        let mut from: libc::sockaddr_ll = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        let n = libc::recvfrom(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            0,
+            (&mut from as *mut libc::sockaddr_ll).cast(),
+            &mut len,
+        );
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((n as usize, from.sll_ifindex, from.sll_pkttype))
+    }
+}
+
+fn send(fd: &OwnedFd, index: i32, dst: [u8; 6], frame: &[u8]) -> io::Result<()> {
+    // SAFETY: a zeroed sockaddr_ll is valid; sendto(2) reads `frame` and the address.
+    unsafe {
+        let mut to: libc::sockaddr_ll = std::mem::zeroed();
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_protocol = ETH_P_IP.to_be();
+        to.sll_ifindex = index;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&dst);
+        let n = libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        );
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Serves DHCP until the process ends.
+pub async fn serve(leases: watch::Receiver<Arc<BTreeMap<String, Lease>>>) -> io::Result<()> {
+    // SAFETY: the descriptor is owned by the OwnedFd the AsyncFd holds, never replaced or
+    // closed while registered.
+    let fd = unsafe { AsyncFd::register(packet_socket()?) }.map_err(io::Error::from)?;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let mut ready = fd.readable().await?;
+        let (n, index, kind) = match ready.try_io(|fd| receive(fd.get_ref(), &mut buf)) {
+            Ok(Ok(got)) => got,
+            Ok(Err(e)) => {
+                eprintln!("isthmus agent: DHCP receive: {e}");
+                continue;
+            }
+            Err(_would_block) => continue,
+        };
+        if kind == PACKET_OUTGOING {
+            continue;
+        }
+        let Some(payload) = request_payload(&buf[..n]) else {
+            continue;
+        };
+        let Some(tap) = interface_name(index) else {
+            continue;
+        };
+        let table = leases.borrow().clone();
+        let Some(lease) = table.get(&tap) else {
+            continue;
+        };
+        match answer(lease, payload) {
+            Ok(reply) => {
+                let frame = reply_frame(lease, &reply);
+                if let Err(e) = send(fd.get_ref(), index, reply.dst_mac, &frame) {
+                    eprintln!("isthmus agent: DHCP reply to {tap}: {e}");
+                }
+            }
+            Err(e) => eprintln!("isthmus agent: DHCP request on {tap} not answered: {e}"),
+        }
+    }
+}

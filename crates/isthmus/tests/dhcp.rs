@@ -1,0 +1,301 @@
+//! Distributed DHCP on the real kernel: namespace VMs run busybox's `udhcpc` (a real DHCP
+//! client) against the agents, across two nodes.
+
+mod cloud;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cloud::{cloud, wait_for, BIN};
+use isthmus_lab::{Lab, Vm};
+use serde_json::{json, Value};
+
+/// A udhcpc script that writes what the client was given, one `name=value` per line.
+const SCRIPT: &str = "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nenv > \"$LEASE_FILE\"\n";
+
+/// Runs `udhcpc` once in `vm` (up to `tries` DISCOVERs, one second apart; `requested`: the
+/// address asked for with option 50). Returns what the server gave, or `None` with no lease.
+fn udhcpc(
+    vm: &Vm,
+    dir: &std::path::Path,
+    tries: u32,
+    requested: Option<&str>,
+) -> Option<BTreeMap<String, String>> {
+    let script = dir.join("udhcpc.sh");
+    std::fs::write(&script, SCRIPT).unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", script.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let lease = dir.join(format!("lease-{}", vm.tap));
+    let _ = std::fs::remove_file(&lease);
+    let tries = tries.to_string();
+    let mut args = vec![
+        "udhcpc",
+        "-i",
+        "eth0",
+        "-n",
+        "-q",
+        "-f",
+        "-t",
+        &tries,
+        "-T",
+        "1",
+        "-A",
+        "1",
+        "-s",
+        script.to_str().unwrap(),
+        "-O",
+        "staticroutes",
+        "-O",
+        "mtu",
+        "-O",
+        "tftp",
+    ];
+    if let Some(ip) = requested {
+        args.extend(["-r", ip]);
+    }
+    let out = vm
+        .ns
+        .command("busybox")
+        .args(&args)
+        .env("LEASE_FILE", &lease)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let text = std::fs::read_to_string(&lease).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
+fn create(lab: &Lab, path: &str, kind: &str, body: Value) -> Value {
+    let (s, v) = lab.api("POST", path, Some(&json!({ kind: body })));
+    assert_eq!(s, 201, "{v}");
+    v[kind].clone()
+}
+
+fn bound_port(lab: &Lab, net: &str, node: &str, extra: Value) -> Value {
+    let mut body = json!({"network_id": net, "binding:host_id": node});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    create(lab, "/v2.0/ports", "port", body)
+}
+
+fn ip_of(port: &Value) -> String {
+    port["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn vms_get_their_ports_by_dhcp_from_their_own_node() {
+    let Some(mut cloud) = cloud(2) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let lab = &cloud.lab;
+    let net = create(lab, "/v2.0/networks", "network", json!({"name": "dhcp"}));
+    let net = net["id"].as_str().unwrap().to_owned();
+    let subnet = create(
+        lab,
+        "/v2.0/subnets",
+        "subnet",
+        json!({"network_id": net, "ip_version": 4, "cidr": "10.60.0.0/24",
+               "host_routes": [{"destination": "192.168.77.0/24", "nexthop": "10.60.0.254"}]}),
+    );
+    let subnet_id = subnet["id"].as_str().unwrap().to_owned();
+    // ICMP in, so the VMs can ping each other once addressed.
+    let (_, groups) = lab.api("GET", "/v2.0/security-groups?name=default", None);
+    let default = groups["security_groups"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    create(
+        lab,
+        "/v2.0/security-group-rules",
+        "security_group_rule",
+        json!({
+        "security_group_id": default, "direction": "ingress", "protocol": "icmp"}),
+    );
+
+    let a = bound_port(
+        lab,
+        &net,
+        "node1",
+        json!({"dns_name": "vm-a",
+        "extra_dhcp_opts": [{"opt_name": "tftp-server", "opt_value": "10.60.0.9"}]}),
+    );
+    let b = bound_port(lab, &net, "node2", json!({}));
+    assert_eq!(ip_of(&a), "10.60.0.3", "the DHCP port holds .2");
+    let vm_a = lab.add_dhcp_vm(0, &a).unwrap();
+    let vm_b = lab.add_dhcp_vm(1, &b).unwrap();
+
+    // The tap is plugged once the agent has the port; udhcpc retries until then.
+    let lease = udhcpc(&vm_a, dir.path(), 20, None).expect("vm-a got no lease");
+    assert_eq!(lease["ip"], ip_of(&a));
+    assert_eq!(lease["subnet"], "255.255.255.0");
+    assert_eq!(lease["router"], "10.60.0.1");
+    assert_eq!(
+        lease["dns"], "10.60.0.2",
+        "the DHCP port's address: the node's DNS"
+    );
+    assert_eq!(lease["serverid"], "10.60.0.2");
+    assert_eq!(lease["mtu"], "1450");
+    assert_eq!(lease["hostname"], "vm-a");
+    assert_eq!(lease["domain"], "openstack.local");
+    assert_eq!(lease["lease"], "86400");
+    assert_eq!(lease["tftp"], "10.60.0.9", "extra_dhcp_opts");
+    assert_eq!(
+        lease["staticroutes"],
+        "0.0.0.0/0 10.60.0.1 192.168.77.0/24 10.60.0.254 169.254.169.254/32 10.60.0.2"
+    );
+    let lease_b = udhcpc(&vm_b, dir.path(), 20, None).expect("vm-b got no lease");
+    assert_eq!(lease_b["ip"], ip_of(&b));
+    assert_eq!(
+        lease_b["hostname"],
+        format!("host-{}", ip_of(&b).replace('.', "-"))
+    );
+    // Addressed as told, the two reach each other across the nodes.
+    for (vm, ip) in [(&vm_a, ip_of(&a)), (&vm_b, ip_of(&b))] {
+        vm.ns
+            .ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])
+            .unwrap();
+        vm.ns.ip(&["link", "set", "eth0", "mtu", "1450"]).unwrap();
+    }
+    wait_for("vm-a to reach vm-b", Duration::from_secs(10), || {
+        vm_a.ns
+            .exec("ping", &["-c", "1", "-W", "1", &ip_of(&b)])
+            .is_ok()
+    });
+    // The DHCP port's address answers on every node (ARP from the DHCP namespace).
+    for vm in [&vm_a, &vm_b] {
+        vm.ns
+            .exec("ping", &["-c", "1", "-W", "2", "10.60.0.2"])
+            .unwrap();
+    }
+
+    // A renewal is answered too (unicast to the server).
+    let renewed = udhcpc(&vm_a, dir.path(), 3, Some(&ip_of(&a))).expect("no renewal");
+    assert_eq!(renewed["ip"], ip_of(&a));
+
+    // The port's address changes: the old one is refused and the new one offered.
+    let (s, v) = lab.api(
+        "PUT",
+        &format!("/v2.0/ports/{}", a["id"].as_str().unwrap()),
+        Some(
+            &json!({"port": {"fixed_ips": [{"subnet_id": subnet_id, "ip_address": "10.60.0.77"}]}}),
+        ),
+    );
+    assert_eq!(s, 200, "{v}");
+    wait_for(
+        "the new address to be leased",
+        Duration::from_secs(10),
+        || udhcpc(&vm_a, dir.path(), 2, Some(&ip_of(&a))).is_some_and(|l| l["ip"] == "10.60.0.77"),
+    );
+
+    // A rogue DHCP server in vm-b (its group lets DHCP requests in, so it hears them): its
+    // offers are dropped at vm-b's port, vm-a still gets its lease from the network's DHCP
+    // port.
+    create(
+        lab,
+        "/v2.0/security-group-rules",
+        "security_group_rule",
+        json!({
+        "security_group_id": default, "direction": "ingress", "protocol": "udp",
+        "port_range_min": 67, "port_range_max": 67}),
+    );
+    let conf = dir.path().join("udhcpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "start 10.60.0.200\nend 10.60.0.210\ninterface eth0\nlease_file {}\nopt router 10.60.0.200\n",
+            dir.path().join("rogue.leases").display()
+        ),
+    )
+    .unwrap();
+    let mut rogue = vm_b
+        .ns
+        .command("busybox")
+        .args(["udhcpd", "-f", conf.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let lease = udhcpc(&vm_a, dir.path(), 3, None).expect("no lease beside the rogue");
+        assert_eq!(lease["ip"], "10.60.0.77");
+        assert_eq!(lease["serverid"], "10.60.0.2");
+    }
+    let tap_b = vm_b.tap.clone();
+    let dropped = || {
+        let rules = lab.nodes[1]
+            .ns
+            .exec(
+                "nft",
+                &[
+                    "list",
+                    "chain",
+                    "bridge",
+                    "isthmus",
+                    &format!("from_{tap_b}"),
+                ],
+            )
+            .unwrap();
+        rules
+            .lines()
+            .find(|l| l.contains("udp sport 67 udp dport 68"))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|n| n.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_for(
+        "the rogue's offers to be dropped",
+        Duration::from_secs(10),
+        || dropped() > 0,
+    );
+    let _ = rogue.kill();
+    let _ = rogue.wait();
+
+    // A subnet without DHCP gets no answer.
+    let quiet = create(lab, "/v2.0/networks", "network", json!({"name": "quiet"}));
+    let quiet = quiet["id"].as_str().unwrap().to_owned();
+    create(
+        lab,
+        "/v2.0/subnets",
+        "subnet",
+        json!({"network_id": quiet, "ip_version": 4,
+        "cidr": "10.61.0.0/24", "enable_dhcp": false}),
+    );
+    let c = bound_port(lab, &quiet, "node1", json!({}));
+    let vm_c = lab.add_dhcp_vm(0, &c).unwrap();
+    wait_for(
+        "the quiet port's tap to be plugged",
+        Duration::from_secs(10),
+        || {
+            lab.nodes[0]
+                .ns
+                .ip(&["-o", "link", "show", &vm_c.tap])
+                .is_ok_and(|l| l.contains("master brq"))
+        },
+    );
+    assert_eq!(
+        udhcpc(&vm_c, dir.path(), 3, None),
+        None,
+        "enable_dhcp is false"
+    );
+
+    // An agent restart: leases keep being answered.
+    drop(cloud.agents.remove(0));
+    cloud
+        .agents
+        .insert(0, cloud.lab.start_agent(BIN, 0).unwrap());
+    let lease = udhcpc(&vm_a, dir.path(), 10, None).expect("no lease after the restart");
+    assert_eq!(lease["ip"], "10.60.0.77");
+}
