@@ -5,21 +5,34 @@
 # iputils-ping, nftables, conntrack and curl (kernel tests in network namespaces, which need root), podman,
 # runc and busybox-static (a real container runtime driving the CNI plugin), keepalived (VRRP
 # moving a floating IP between VMs), python3-dev and gcc (uWSGI, which serves a real Keystone
-# from PyPI to the authentication tests).
+# from PyPI to the authentication tests), qemu-system-x86 and cpio (real guests: Debian's kernel
+# with a busybox initramfs, see tools/guest-image.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(etcd-server protobuf-compiler python3-venv python3-dev gcc iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived)
+packages=(etcd-server protobuf-compiler python3-venv python3-dev gcc iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived cpio)
+# QEMU without its recommends (firmware for other architectures, GUI helpers); the guest's
+# kernel is downloaded (not installed) from Debian by tools/guest-image.sh.
+lean=(qemu-system-x86)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-if ((${#missing[@]})); then
+missing_lean=()
+for p in "${lean[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing_lean+=("$p")
+done
+if ((${#missing[@]} + ${#missing_lean[@]})); then
     if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        if ((${#missing[@]})); then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        fi
+        if ((${#missing_lean[@]})); then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_lean[@]}"
+        fi
     else
-        echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+        echo "missing Debian packages: ${missing[*]} ${missing_lean[*]} (run as root, or: sudo apt-get install ${missing[*]} ${missing_lean[*]})" >&2
         exit 1
     fi
 fi

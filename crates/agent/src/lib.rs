@@ -7,9 +7,11 @@
 
 mod cni;
 mod dhcp;
+mod dns;
 pub mod http;
 pub mod inspect;
 pub mod kernel;
+mod metadata;
 pub mod netlink;
 pub mod netns;
 mod pool;
@@ -85,6 +87,63 @@ pub struct Config {
     /// Whether br_netfilter's namespace-wide switches are the agent's to turn off (see
     /// [`kernel::br_netfilter_per_bridge`]); otherwise they are left as found.
     pub own_br_netfilter: bool,
+    /// Nova's metadata API, if instances may reach it (at 169.254.169.254).
+    pub metadata: Option<MetadataConfig>,
+    /// Where names that are not instances' are resolved.
+    pub dns_upstream: Vec<std::net::SocketAddr>,
+}
+
+/// The name servers of the host's `/etc/resolv.conf` (the default DNS upstream).
+pub fn host_name_servers() -> Vec<std::net::SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .map(|text| dns::resolv_conf_servers(&text))
+        .unwrap_or_default()
+}
+
+/// Where the metadata proxy forwards, and the secret it signs instance ids with.
+#[derive(Clone)]
+pub struct MetadataConfig {
+    /// `http://host:port` of Nova's metadata API.
+    pub url: String,
+    /// Nova's `metadata_proxy_shared_secret`.
+    pub secret: Vec<u8>,
+}
+
+impl MetadataConfig {
+    /// From the URL and the secret's file (its content, without a trailing newline).
+    pub fn new(url: &str, secret_file: &std::path::Path) -> Result<MetadataConfig, AgentError> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            AgentError::Config(format!(
+                "--metadata-url must be http://host[:port], not '{url}'"
+            ))
+        })?;
+        if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
+            return Err(AgentError::Config(format!("bad --metadata-url '{url}'")));
+        }
+        let secret = std::fs::read(secret_file).map_err(|e| {
+            AgentError::Config(format!("cannot read {}: {e}", secret_file.display()))
+        })?;
+        let secret = secret.strip_suffix(b"\n").unwrap_or(&secret).to_vec();
+        if secret.is_empty() {
+            return Err(AgentError::Config(format!(
+                "{} is empty: the metadata secret must be set",
+                secret_file.display()
+            )));
+        }
+        Ok(MetadataConfig {
+            url: url.trim_end_matches('/').to_owned(),
+            secret,
+        })
+    }
+}
+
+/// The secret stays out of logs.
+impl std::fmt::Debug for MetadataConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataConfig")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Parses `NAME:IFACE`.
@@ -175,7 +234,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         filtered: watch::Sender::new(BTreeSet::new()),
         pools: pool::Pools::new(config.pool_size),
         leases: watch::Sender::new(Arc::default()),
-        services: services::Services::default(),
+        services: services::Services::new(config.metadata.clone(), config.dns_upstream.clone()),
         config,
     });
     let leases = shared.leases.subscribe();
@@ -386,17 +445,14 @@ async fn reconcile(
     if routed.is_ok() {
         known.routers = Some(routers.clone());
     }
-    shared
-        .services
-        .follow(&shared.config.netns_dir, &routers, &shared.config.node);
-    let leases = isthmus_dataplane::dhcp::leases(view, node);
-    shared.leases.send_if_modified(|old| {
-        let changed = **old != leases;
-        if changed {
-            *old = Arc::new(leases);
-        }
-        changed
-    });
+    shared.services.follow(
+        &shared.config.netns_dir,
+        &routers,
+        isthmus_dataplane::metadata::instances(view, node),
+        isthmus_dataplane::dns::names(view),
+        &shared.config.node,
+    );
+    services::replace_if_changed(&shared.leases, isthmus_dataplane::dhcp::leases(view, node));
 
     let want = l2::desired(view, node, &routers);
     let (mut observed, mut links) = shared.netlink.links().await?;

@@ -1,28 +1,60 @@
-//! What the agent runs inside the node's DHCP namespaces (`qdhcp-<network>`): started when a
-//! namespace appears, stopped when it goes. For now a sink for DHCP requests sent to the DHCP
-//! port's address (renewals): the agent answers them from the tap they came in on, and the
-//! namespace must not answer them with an ICMP port unreachable.
+//! What the agent runs inside the node's DHCP namespaces (`qdhcp-<network>`), started when a
+//! namespace appears and stopped when it goes: DNS on port 53 of the DHCP port's addresses,
+//! the metadata proxy on 169.254.169.254:80 (with `--metadata-url`), and a sink for DHCP
+//! requests sent to the DHCP port's address (renewals are answered from the tap they came in
+//! on; the namespace must not answer them with an ICMP port unreachable).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use isthmus_dataplane::dhcp::{NAMESPACE_PREFIX, SERVER_PORT};
+use isthmus_dataplane::dhcp::{METADATA_IP, NAMESPACE_PREFIX, SERVER_PORT};
 use isthmus_dataplane::router::RouterState;
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use crate::dns::NameTable;
+use crate::metadata::{Instances, Proxy};
+use crate::{AgentError, MetadataConfig};
+
 /// The tasks serving each DHCP namespace.
-#[derive(Default)]
 pub struct Services {
     running: Mutex<BTreeMap<String, Vec<AbortHandle>>>,
+    instances: watch::Sender<Arc<Instances>>,
+    names: watch::Sender<Arc<NameTable>>,
+    proxy: Option<Arc<Proxy>>,
+    upstream: Arc<Vec<SocketAddr>>,
 }
 
 impl Services {
+    /// Services with the metadata proxy when `metadata` is set, forwarding DNS to `upstream`.
+    pub fn new(metadata: Option<MetadataConfig>, upstream: Vec<SocketAddr>) -> Services {
+        let instances = watch::Sender::new(Arc::default());
+        let proxy = metadata.map(|m| Arc::new(Proxy::new(m, instances.subscribe())));
+        Services {
+            running: Mutex::default(),
+            instances,
+            names: watch::Sender::new(Arc::default()),
+            proxy,
+            upstream: Arc::new(upstream),
+        }
+    }
+
     /// Starts what is missing in the DHCP namespaces of `namespaces` and stops what runs in
-    /// namespaces no longer there. A namespace whose sockets cannot be made yet is tried
-    /// again at the next pass.
-    pub fn follow(&self, dir: &Path, namespaces: &RouterState, node: &str) {
+    /// namespaces no longer there; `instances` is who may ask for metadata, `names` what each
+    /// network resolves. A namespace whose sockets cannot be made yet is tried again at the
+    /// next pass.
+    pub fn follow(
+        &self,
+        dir: &Path,
+        namespaces: &RouterState,
+        instances: Instances,
+        names: NameTable,
+        node: &str,
+    ) {
+        replace_if_changed(&self.instances, instances);
+        replace_if_changed(&self.names, names);
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         running.retain(|name, tasks| {
             let keep = namespaces.contains_key(name);
@@ -38,7 +70,7 @@ impl Services {
             if running.contains_key(name) {
                 continue;
             }
-            match start(dir, name) {
+            match self.start(dir, name) {
                 Ok(tasks) => {
                     running.insert(name.clone(), tasks);
                 }
@@ -46,19 +78,58 @@ impl Services {
             }
         }
     }
+
+    fn start(&self, dir: &Path, name: &str) -> Result<Vec<AbortHandle>, AgentError> {
+        let with_metadata = self.proxy.is_some();
+        let (sink, dns, metadata) = crate::netns::run_in(dir, name, move || {
+            let sink =
+                std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, SERVER_PORT)))?;
+            sink.set_nonblocking(true)?;
+            let dns = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53)))?;
+            dns.set_nonblocking(true)?;
+            let metadata = if with_metadata {
+                let listener = std::net::TcpListener::bind(SocketAddr::from((METADATA_IP, 80)))?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            } else {
+                None
+            };
+            Ok((sink, dns, metadata))
+        })?;
+        let network = name.trim_start_matches(NAMESPACE_PREFIX).to_owned();
+        let sink = tokio::net::UdpSocket::from_std(sink)?;
+        let mut tasks = vec![tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while sink.recv(&mut buf).await.is_ok() {}
+        })
+        .abort_handle()];
+        tasks.push(
+            tokio::spawn(crate::dns::serve(
+                tokio::net::UdpSocket::from_std(dns)?,
+                network.clone(),
+                self.names.subscribe(),
+                self.upstream.clone(),
+            ))
+            .abort_handle(),
+        );
+        if let (Some(listener), Some(proxy)) = (metadata, &self.proxy) {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tasks.push(
+                tokio::spawn(crate::metadata::serve(listener, network, proxy.clone()))
+                    .abort_handle(),
+            );
+        }
+        Ok(tasks)
+    }
 }
 
-fn start(dir: &Path, name: &str) -> Result<Vec<AbortHandle>, crate::AgentError> {
-    let sink = crate::netns::run_in(dir, name, || {
-        let socket =
-            std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, SERVER_PORT)))?;
-        socket.set_nonblocking(true)?;
-        Ok(socket)
-    })?;
-    let sink = tokio::net::UdpSocket::from_std(sink)?;
-    let drain = tokio::spawn(async move {
-        let mut buf = [0u8; 1500];
-        while sink.recv(&mut buf).await.is_ok() {}
+/// Replaces what a watch holds when it differs (watchers wake only on a change).
+pub(crate) fn replace_if_changed<T: PartialEq>(sender: &watch::Sender<Arc<T>>, value: T) {
+    sender.send_if_modified(|old| {
+        let changed = **old != value;
+        if changed {
+            *old = Arc::new(value);
+        }
+        changed
     });
-    Ok(vec![drain.abort_handle()])
 }

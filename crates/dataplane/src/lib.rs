@@ -4,8 +4,10 @@
 //! I/O.
 
 pub mod dhcp;
+pub mod dns;
 pub mod filter;
 pub mod l2;
+pub mod metadata;
 pub mod nft;
 pub mod node;
 pub mod pod;

@@ -159,6 +159,19 @@ enum Command {
         /// hosts with other bridges usually need them on; Isthmus filters either way).
         #[arg(long)]
         own_br_netfilter: bool,
+        /// Nova's metadata API (http://HOST:8775): instances reach it at 169.254.169.254
+        /// through the agent, which tells Nova who they are with signed headers. Without it
+        /// that address answers nothing.
+        #[arg(long, requires = "metadata_secret_file")]
+        metadata_url: Option<String>,
+        /// File holding the secret shared with Nova (its
+        /// `[neutron] metadata_proxy_shared_secret`).
+        #[arg(long, requires = "metadata_url")]
+        metadata_secret_file: Option<PathBuf>,
+        /// DNS server for names that are not instances' (repeatable; default: the host's
+        /// /etc/resolv.conf servers).
+        #[arg(long = "dns-upstream")]
+        dns_upstream: Vec<std::net::SocketAddr>,
     },
     /// A whole cloud in network namespaces on this machine (root): controller, nodes with
     /// agents, a VM and a pod on one network.
@@ -358,6 +371,9 @@ async fn main() -> anyhow::Result<()> {
             netns_dir,
             keystone,
             own_br_netfilter,
+            metadata_url,
+            metadata_secret_file,
+            dns_upstream,
         } => {
             let physnets = physnets
                 .iter()
@@ -385,6 +401,17 @@ async fn main() -> anyhow::Result<()> {
                 pool_size,
                 netns_dir,
                 own_br_netfilter,
+                metadata: match (metadata_url, metadata_secret_file) {
+                    (Some(url), Some(file)) => {
+                        Some(isthmus_agent::MetadataConfig::new(&url, &file)?)
+                    }
+                    _ => None,
+                },
+                dns_upstream: if dns_upstream.is_empty() {
+                    isthmus_agent::host_name_servers()
+                } else {
+                    dns_upstream
+                },
             };
             tokio::select! {
                 result = isthmus_agent::run(config) => result?,

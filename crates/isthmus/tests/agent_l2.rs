@@ -1,7 +1,9 @@
 //! Kernel end to end: a controller in the lab's fabric, one agent per node namespace; ports
 //! created through the API and bound to nodes; VMs plugged as a hypervisor would (a tap
 //! appears in the node). The agents build the overlay, VMs ping across nodes, ports turn
-//! ACTIVE, and deleting the ports removes every bridge and VXLAN device.
+//! ACTIVE, and deleting the ports removes every bridge and VXLAN device. The VMs here are
+//! namespaces with static addresses (as with a config drive), so their subnets have no DHCP
+//! and no DHCP port takes the first address (DHCP has tests of its own).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,7 +38,7 @@ fn agents_build_the_overlay_from_the_api() {
         "POST",
         "/v2.0/subnets",
         Some(
-            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.100.0/24"}}),
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.100.0/24", "enable_dhcp": false}}),
         ),
     );
     assert_eq!(s, 201);
@@ -91,7 +93,7 @@ fn agents_build_the_overlay_from_the_api() {
         "POST",
         "/v2.0/subnets",
         Some(&json!({"subnet": {
-        "network_id": other_id, "ip_version": 4, "cidr": "192.168.100.0/24"}})),
+        "network_id": other_id, "ip_version": 4, "cidr": "192.168.100.0/24", "enable_dhcp": false}})),
     );
     let other_subnet = other_subnet["subnet"]["id"].as_str().unwrap().to_owned();
     let (s, p3) = lab.api(
@@ -270,7 +272,7 @@ fn ports_cannot_spoof() {
         "POST",
         "/v2.0/subnets",
         Some(
-            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.90.0/24"}}),
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.90.0/24", "enable_dhcp": false}}),
         ),
     );
     let (mut vms, mut ids) = (Vec::new(), Vec::new());
@@ -739,7 +741,7 @@ fn ipv6_through_security_groups() {
         "POST",
         "/v2.0/subnets",
         Some(&json!({"subnet": {
-        "network_id": net_id, "ip_version": 6, "cidr": "2001:db8:60::/64"}})),
+        "network_id": net_id, "ip_version": 6, "cidr": "2001:db8:60::/64", "enable_dhcp": false}})),
     );
     assert_eq!(s, 201, "{sub}");
     let mut vms = Vec::new();
@@ -1060,7 +1062,7 @@ fn ports_and_networks_set_down_pass_no_traffic_and_report_down() {
         "POST",
         "/v2.0/subnets",
         Some(
-            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.77.0/24"}}),
+            &json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "192.168.77.0/24", "enable_dhcp": false}}),
         ),
     );
     assert_eq!(s, 201);

@@ -31,8 +31,8 @@ fn lab_up_shows_a_vm_and_a_pod_talking_and_down_removes_everything() {
         panic!("lab up failed:\n{out}");
     }
     for expected in [
-        "VM  vm1      192.168.100.2",
-        "pod demo/web 192.168.100.3",
+        "VM  vm1      192.168.100.3",
+        "pod demo/web 192.168.100.4",
         "before any rule: blocked",
         "--remote-group",
         "ping vm1 -> demo/web: 3 packets transmitted, 3 received, 0% packet loss",

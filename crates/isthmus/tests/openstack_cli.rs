@@ -107,7 +107,10 @@ fn openstack_cli_end_to_end() {
     ]);
     let fqdn = port_a["dns_assignment"][0]["fqdn"].as_str().unwrap();
     assert_eq!(fqdn, "hello.openstack.local.");
-    assert_eq!(port_a["fixed_ips"][0]["ip_address"], "192.168.100.2");
+    assert_eq!(
+        port_a["fixed_ips"][0]["ip_address"], "192.168.100.3",
+        "after the network's DHCP port"
+    );
 
     cli.ok(&[
         "port",
@@ -344,8 +347,11 @@ fn openstack_cli_routers_and_floating_ips() {
     cli.ok(&["router", "unset", "--external-gateway", "r1"]);
     cli.ok(&["router", "delete", "r1"]);
     cli.ok(&["port", "delete", "vm"]);
+    // Only the private network's DHCP port is left; it goes with the network.
+    let ports = cli.json(&["port", "list", "--device-owner", "network:dhcp"]);
+    assert_eq!(ports.as_array().unwrap().len(), 1, "{ports}");
     let ports = cli.json(&["port", "list"]);
-    assert_eq!(ports.as_array().unwrap().len(), 0, "{ports}");
+    assert_eq!(ports.as_array().unwrap().len(), 1, "{ports}");
     cli.ok(&["network", "delete", "private", "public"]);
 }
 

@@ -227,7 +227,7 @@ fn podman_puts_a_container_next_to_a_vm() {
             0,
             port["id"].as_str().unwrap(),
             port["mac_address"].as_str().unwrap(),
-            "192.168.100.2/24",
+            "192.168.100.3/24",
             Some("192.168.100.1"),
             1450,
         )
@@ -240,7 +240,7 @@ fn podman_puts_a_container_next_to_a_vm() {
     );
     let ip = podman.start("c1");
     assert_eq!(
-        ip, "192.168.100.3",
+        ip, "192.168.100.4",
         "the container gets the next free address"
     );
     let (_, ports) = lab.api("GET", &format!("/v2.0/ports?network_id={net_id}"), None);
@@ -248,7 +248,7 @@ fn podman_puts_a_container_next_to_a_vm() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["fixed_ips"][0]["ip_address"] == "192.168.100.3")
+        .find(|p| p["fixed_ips"][0]["ip_address"] == "192.168.100.4")
         .cloned()
         .expect("the container's port");
     assert_eq!(container_port["device_owner"], "compute:kubernetes");
@@ -257,7 +257,7 @@ fn podman_puts_a_container_next_to_a_vm() {
     wait_for("VM -> container", Duration::from_secs(10), || {
         vm.ns.exec("ping", &["-c", "1", "-W", "1", &ip]).is_ok()
     });
-    let out = podman.ok(&["exec", "c1", "ping", "-c", "2", "-W", "2", "192.168.100.2"]);
+    let out = podman.ok(&["exec", "c1", "ping", "-c", "2", "-W", "2", "192.168.100.3"]);
     assert!(out.contains("0% packet loss"), "{out}");
 
     // Removing the container runs DEL: the port goes (or back to the pool), the veth too.

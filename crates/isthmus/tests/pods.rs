@@ -6,7 +6,9 @@ mod cloud;
 
 use std::time::Duration;
 
-use cloud::{cloud, cni_add, cni_conf, cni_plugin, shared_network, wait_for, Cloud};
+use cloud::{
+    cloud, cni_add, cni_conf, cni_plugin, shared_network, shared_network_with, wait_for, Cloud,
+};
 use isthmus_lab::{CniCall, CniOutcome, Lab, Pod};
 use serde_json::{json, Value};
 
@@ -71,10 +73,11 @@ fn ports_of(lab: &Lab, net_id: &str) -> (Vec<Value>, Vec<Value>) {
         .cloned()
         .unwrap_or_default()
         .into_iter()
+        .filter(|p| p["device_owner"] != "network:dhcp")
         .partition(|p| p["device_id"] != POOL)
 }
 
-/// Ports given to VMs and pods (not waiting in a pool).
+/// Ports given to VMs and pods (not waiting in a pool; not the network's DHCP port).
 fn port_count(lab: &Lab, net_id: &str) -> usize {
     ports_of(lab, net_id).0.len()
 }
@@ -86,8 +89,17 @@ fn pooled(lab: &Lab, net_id: &str) -> usize {
 
 const POOL: &str = "isthmus-pool";
 
-/// Veth devices in node `node` (taps of VMs and pods).
+/// Veth devices in node `node` (taps of VMs and pods, not of DHCP namespaces).
 fn veths(lab: &Lab, node: usize) -> Vec<String> {
+    // Not the DHCP namespaces' taps (the network's, on every node serving it).
+    let (_, dhcp) = lab.api("GET", "/v2.0/ports?device_owner=network:dhcp", None);
+    let dhcp: Vec<String> = dhcp["ports"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p["id"].as_str().map(isthmus_lab::tap_name))
+        .collect();
     let out = lab.nodes[node]
         .ns
         .ip(&["-o", "link", "show", "type", "veth"])
@@ -95,7 +107,7 @@ fn veths(lab: &Lab, node: usize) -> Vec<String> {
     out.lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n != "eth0" && n != isthmus_lab::PUBLIC_IFACE)
+        .filter(|n| n != "eth0" && n != isthmus_lab::PUBLIC_IFACE && !dhcp.contains(n))
         .collect()
 }
 
@@ -104,7 +116,8 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
     let Some(cloud) = cloud(2) else { return };
     let lab = &cloud.lab;
     wait_agents(lab, 2);
-    let (net_id, _) = shared_network(lab, "seamless", "192.168.100.0/24");
+    // With DHCP, as a real cloud has it: the DHCP port holds .2, the VM gets .3, the pod .4.
+    let (net_id, _) = shared_network_with(lab, "seamless", "192.168.100.0/24", true);
 
     // The VM: a Nova-style port of project A on node 1, its tap made by the "hypervisor".
     let (s, p) = lab.api(
@@ -116,13 +129,13 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
     );
     assert_eq!(s, 201, "{p}");
     let vm_port = p["port"].clone();
-    assert_eq!(vm_port["fixed_ips"][0]["ip_address"], "192.168.100.2");
+    assert_eq!(vm_port["fixed_ips"][0]["ip_address"], "192.168.100.3");
     let vm = lab
         .add_vm(
             0,
             vm_port["id"].as_str().unwrap(),
             vm_port["mac_address"].as_str().unwrap(),
-            "192.168.100.2/24",
+            "192.168.100.3/24",
             Some("192.168.100.1"),
             1450,
         )
@@ -146,7 +159,7 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
         &config,
     );
     assert_eq!(result["cniVersion"], "1.1.0");
-    assert_eq!(result["ips"][0]["address"], "192.168.100.3/24", "{result}");
+    assert_eq!(result["ips"][0]["address"], "192.168.100.4/24", "{result}");
     assert_eq!(result["ips"][0]["gateway"], "192.168.100.1");
     assert_eq!(result["interfaces"][1]["name"], "eth0");
     assert_eq!(
@@ -155,7 +168,7 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
     );
     assert_eq!(result["routes"][0]["dst"], "0.0.0.0/0");
     let inside = pod.ns.ip(&["-o", "addr", "show", "eth0"]).unwrap();
-    assert!(inside.contains("192.168.100.3/24"), "{inside}");
+    assert!(inside.contains("192.168.100.4/24"), "{inside}");
     let mac = result["interfaces"][1]["mac"].as_str().unwrap();
     assert!(pod.ns.ip(&["link", "show", "eth0"]).unwrap().contains(mac));
 
@@ -191,8 +204,8 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
         let path = format!("/v2.0/ports/{}", vm_port["id"].as_str().unwrap());
         lab.api("GET", &path, None).1["port"]["status"] == "ACTIVE"
     });
-    assert!(!pings(&vm.ns, "192.168.100.3"), "VM reached the pod");
-    assert!(!pings(&pod.ns, "192.168.100.2"), "pod reached the VM");
+    assert!(!pings(&vm.ns, "192.168.100.4"), "VM reached the pod");
+    assert!(!pings(&pod.ns, "192.168.100.3"), "pod reached the VM");
 
     // One rule on each side, through the real client, opens ICMP both ways.
     let (group_a, group_b) = (
@@ -226,10 +239,10 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
         }
     }
     wait_for("VM -> pod ping", Duration::from_secs(10), || {
-        pings(&vm.ns, "192.168.100.3")
+        pings(&vm.ns, "192.168.100.4")
     });
     wait_for("pod -> VM ping", Duration::from_secs(10), || {
-        pings(&pod.ns, "192.168.100.2")
+        pings(&pod.ns, "192.168.100.3")
     });
 
     // CHECK passes on a healthy attachment; DEL removes port and veth; DEL again is fine.
@@ -388,7 +401,7 @@ fn cni_errors_follow_the_spec_and_leave_nothing_behind() {
         "POST",
         "/v2.0/subnets",
         Some(&json!({"subnet": {
-        "network_id": tiny_id, "ip_version": 4, "cidr": "10.30.0.0/30"}})),
+        "network_id": tiny_id, "ip_version": 4, "cidr": "10.30.0.0/30", "enable_dhcp": false}})),
     );
     assert_eq!(s, 201);
     let filler = lab.add_pod().unwrap();

@@ -9,6 +9,7 @@
 //! The harness drives iproute2 (`ip`), as an operator would; the agent itself programs the
 //! kernel over netlink.
 
+pub mod guest;
 pub mod scenario;
 
 use std::net::Ipv4Addr;

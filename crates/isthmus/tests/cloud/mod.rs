@@ -58,8 +58,15 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     panic!("timed out waiting for {what}");
 }
 
-/// A network `name` with subnet `cidr`, shared so every project can put ports on it.
+/// A network `name` with subnet `cidr`, shared so every project can put ports on it; no DHCP
+/// (its VMs are namespaces with static addresses, and no DHCP port takes the first one).
 pub fn shared_network(lab: &Lab, name: &str, cidr: &str) -> (String, String) {
+    shared_network_with(lab, name, cidr, false)
+}
+
+/// [`shared_network`] with or without DHCP on its subnet (with it, the network's DHCP port
+/// takes the subnet's first address).
+pub fn shared_network_with(lab: &Lab, name: &str, cidr: &str, dhcp: bool) -> (String, String) {
     let (s, net) = lab.api(
         "POST",
         "/v2.0/networks",
@@ -70,7 +77,7 @@ pub fn shared_network(lab: &Lab, name: &str, cidr: &str) -> (String, String) {
     let (s, sub) = lab.api(
         "POST",
         "/v2.0/subnets",
-        Some(&json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": cidr}})),
+        Some(&json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": cidr, "enable_dhcp": dhcp}})),
     );
     assert_eq!(s, 201, "{sub}");
     (net_id, sub["subnet"]["id"].as_str().unwrap().to_owned())

@@ -1,0 +1,174 @@
+//! Real guests: QEMU (TCG; KVM guests hang on these machines) booting Debian's kernel with a
+//! busybox initramfs, both built from Debian packages by `tools/guest-image.sh`. A guest's NIC
+//! is a tap `tap<port[0:11]>` made in its node as Nova's libvirt driver makes it for
+//! `vif_type=bridge` (persistent, left for the agent to plug), with the port's MAC on the
+//! virtio NIC. The guest runs a script given at boot (a second cpio appended to the
+//! initramfs: `/test.sh`), prints to its serial console and powers off.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use std::sync::atomic::Ordering;
+
+use crate::{run, tap_name, Lab, LabError, Result, COUNTER};
+
+/// The QEMU binary the guests run on.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// What a guest boots.
+#[derive(Debug, Clone)]
+pub struct GuestImage {
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The base initramfs (busybox, virtio modules, `/init`).
+    pub initramfs: PathBuf,
+}
+
+/// Whether QEMU is installed here.
+pub fn qemu_available() -> bool {
+    run(QEMU, &["--version"]).is_ok()
+}
+
+/// The guest image under `dir`, built from Debian's packages on first use.
+pub fn image(dir: &Path) -> Result<GuestImage> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/guest-image.sh");
+    let dir_text = dir.to_string_lossy().into_owned();
+    run(&script.to_string_lossy(), &[&dir_text])?;
+    Ok(GuestImage {
+        kernel: dir.join("vmlinuz"),
+        initramfs: dir.join("base.cpio.gz"),
+    })
+}
+
+/// A running guest; killed when dropped.
+#[derive(Debug)]
+pub struct Guest {
+    child: Child,
+    console: PathBuf,
+    /// Its tap in the node.
+    pub tap: String,
+}
+
+impl Guest {
+    /// What the guest printed so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// Waits until the guest powers off (or `timeout`), returning its console output.
+    pub fn wait(mut self, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(self.console());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return Err(LabError::Failed {
+                    command: QEMU.to_owned(),
+                    stderr: format!("guest still running after {timeout:?}:\n{}", self.console()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Lab {
+    /// Boots a guest on node `node` (0-based) for `port` (as the API returns it) running
+    /// `script` (`/bin/sh`) once up; its tap is created in the node first, down and
+    /// unattached, for the agent to plug.
+    pub fn boot_guest(
+        &self,
+        node: usize,
+        port: &serde_json::Value,
+        script: &str,
+        image: &GuestImage,
+    ) -> Result<Guest> {
+        let (Some(id), Some(mac)) = (port["id"].as_str(), port["mac_address"].as_str()) else {
+            return Err(LabError::Port(port.to_string()));
+        };
+        let node = &self.nodes[node];
+        let tap = tap_name(id);
+        node.ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        // In the lab's directory, removed with the lab.
+        let dir = self
+            .dir
+            .0
+            .join(format!("guest-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let initrd = boot_initramfs(&dir, image, script)?;
+        let console = dir.join("console.log");
+        let child = node
+            .ns
+            .command(QEMU)
+            .args(["-accel", "tcg", "-m", "256", "-smp", "1", "-no-reboot"])
+            .args(["-display", "none", "-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-kernel")
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .arg("-netdev")
+            .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| LabError::Spawn {
+                command: QEMU.into(),
+                source,
+            })?;
+        Ok(Guest {
+            child,
+            console,
+            tap,
+        })
+    }
+}
+
+/// The base initramfs with `/test.sh` appended as a second archive (the kernel unpacks both).
+fn boot_initramfs(dir: &Path, image: &GuestImage, script: &str) -> Result<PathBuf> {
+    let io = |source| LabError::Spawn {
+        command: "initramfs".into(),
+        source,
+    };
+    let extra = dir.join("extra");
+    std::fs::create_dir_all(&extra).map_err(io)?;
+    std::fs::write(extra.join("test.sh"), format!("#!/bin/sh\n{script}\n")).map_err(io)?;
+    run("chmod", &["755", &extra.join("test.sh").to_string_lossy()])?;
+    let archive = dir.join("extra.cpio");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && echo test.sh | cpio -o -H newc --quiet > '{}'",
+            extra.display(),
+            archive.display()
+        ))
+        .output()
+        .map_err(io)?;
+    if !out.status.success() {
+        return Err(LabError::Failed {
+            command: "cpio".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let mut initrd = std::fs::read(&image.initramfs).map_err(io)?;
+    // The kernel looks for the next archive at a 4-byte boundary (zeros between are skipped).
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    initrd.extend(std::fs::read(&archive).map_err(io)?);
+    let path = dir.join("initrd");
+    std::fs::write(&path, initrd).map_err(io)?;
+    Ok(path)
+}
