@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(etcd-server protobuf-compiler python3-venv python3-dev gcc iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived cpio)
+packages=(etcd-server protobuf-compiler python3-venv python3-dev gcc iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived cpio dnsmasq-base)
 # QEMU without its recommends (firmware for other architectures, GUI helpers); the guest's
 # kernel is downloaded (not installed) from Debian by tools/guest-image.sh.
 lean=(qemu-system-x86)

@@ -15,6 +15,7 @@ mod metadata;
 pub mod netlink;
 pub mod netns;
 mod pool;
+mod ra;
 mod reply;
 pub mod routers;
 mod services;
@@ -177,6 +178,8 @@ struct Shared {
     leases: dhcp::Leases,
     /// What runs in the node's DHCP namespaces.
     services: services::Services,
+    /// Router advertisements being sent.
+    advertisers: ra::Advertisers,
 }
 
 impl Shared {
@@ -235,6 +238,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         pools: pool::Pools::new(config.pool_size),
         leases: watch::Sender::new(Arc::default()),
         services: services::Services::new(config.metadata.clone(), config.dns_upstream.clone()),
+        advertisers: ra::Advertisers::default(),
         config,
     });
     let leases = shared.leases.subscribe();
@@ -453,6 +457,10 @@ async fn reconcile(
         &shared.config.node,
     );
     services::replace_if_changed(&shared.leases, isthmus_dataplane::dhcp::leases(view, node));
+    shared.advertisers.follow(
+        &shared.config.netns_dir,
+        isthmus_dataplane::ra::advertisements(view, &routers),
+    );
 
     let want = l2::desired(view, node, &routers);
     let (mut observed, mut links) = shared.netlink.links().await?;

@@ -11,5 +11,6 @@ pub mod metadata;
 pub mod nft;
 pub mod node;
 pub mod pod;
+pub mod ra;
 pub mod router;
 pub mod view;

@@ -57,8 +57,11 @@ pub struct PodInterface {
     pub addresses: Vec<PodAddress>,
     /// Default routes via the subnets' gateways, then the subnets' host routes.
     pub routes: Vec<PodRoute>,
-    /// The subnets' DNS servers.
+    /// The subnets' DNS servers; for a subnet naming none, its DHCP port's address (where
+    /// the node's DNS answers instances' names).
     pub nameservers: Vec<String>,
+    /// The port's DNS domain (`openstack.local`), empty when unknown.
+    pub domain: String,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +78,8 @@ struct Subnet {
     dns_nameservers: Vec<String>,
     #[serde(default)]
     host_routes: Vec<HostRoute>,
+    #[serde(default)]
+    enable_dhcp: bool,
 }
 
 /// The interface of local port `port_id`, from the node's view.
@@ -93,7 +98,15 @@ pub fn pod_interface(view: &NodeView, port_id: &str) -> Result<PodInterface, Pod
         addresses: Vec::new(),
         routes: Vec::new(),
         nameservers: Vec::new(),
+        domain: port
+            .dns_assignment
+            .first()
+            .and_then(|a| a.fqdn.strip_prefix(&format!("{}.", a.hostname)))
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_owned(),
     };
+    let dhcp = crate::dhcp::dhcp_port(view, &port.network_id);
     let mut host_routes = Vec::new();
     for fixed in &port.fixed_ips {
         let unknown = |why: String| PodError::UnknownSubnet(fixed.subnet_id.clone(), why);
@@ -134,7 +147,17 @@ pub fn pod_interface(view: &NodeView, port_id: &str) -> Result<PodInterface, Pod
                 });
             }
         }
-        for ns in subnet.dns_nameservers {
+        let own = subnet
+            .enable_dhcp
+            .then(|| dhcp.and_then(|d| d.fixed_ips.iter().find(|f| f.subnet_id == fixed.subnet_id)))
+            .flatten()
+            .map(|f| f.ip_address.to_string());
+        let servers = if subnet.dns_nameservers.is_empty() {
+            own.into_iter().collect()
+        } else {
+            subnet.dns_nameservers
+        };
+        for ns in servers {
             if !iface.nameservers.contains(&ns) {
                 iface.nameservers.push(ns);
             }
@@ -178,6 +201,10 @@ pub fn cni_result(iface: &PodInterface, tap: &str, ifname: &str, sandbox: &str) 
     });
     if !iface.nameservers.is_empty() {
         result["dns"] = json!({"nameservers": iface.nameservers});
+        if !iface.domain.is_empty() {
+            result["dns"]["domain"] = json!(iface.domain);
+            result["dns"]["search"] = json!([iface.domain]);
+        }
     }
     result
 }
@@ -231,6 +258,31 @@ mod tests {
         assert_eq!(result["ips"][0]["gateway"], "192.168.100.1");
         assert_eq!(result["interfaces"][1]["sandbox"], "/run/netns/x");
         assert_eq!(result["dns"]["nameservers"][0], "192.168.100.53");
+    }
+
+    #[test]
+    fn without_name_servers_the_dhcp_port_answers() {
+        let mut v = view();
+        for line in [
+            json!({"type": "ADDED", "kind": "subnet", "object": {"id": "s4", "cidr": "192.168.100.0/24",
+                "gateway_ip": "192.168.100.1", "ip_version": 4, "dns_nameservers": [], "enable_dhcp": true}}),
+            json!({"type": "ADDED", "kind": "port", "object": {"id": "d", "network_id": "n",
+                "mac_address": "fa:16:3e:00:00:02", "port_security_enabled": false, "status": "ACTIVE",
+                "device_owner": "network:dhcp",
+                "fixed_ips": [{"subnet_id": "s4", "ip_address": "192.168.100.2"}]}}),
+        ] {
+            v.apply(&line).unwrap();
+        }
+        v.ports.get_mut("p").unwrap().dns_assignment = vec![crate::view::DnsAssignment {
+            hostname: "web".into(),
+            ip_address: "192.168.100.4".parse().unwrap(),
+            fqdn: "web.openstack.local.".into(),
+        }];
+        let result = cni_result(&pod_interface(&v, "p").unwrap(), "tapp", "eth0", "/x");
+        assert_eq!(
+            result["dns"],
+            json!({"nameservers": ["192.168.100.2"], "domain": "openstack.local", "search": ["openstack.local"]})
+        );
     }
 
     #[test]

@@ -299,3 +299,167 @@ fn vms_get_their_ports_by_dhcp_from_their_own_node() {
     let lease = udhcpc(&vm_a, dir.path(), 10, None).expect("no lease after the restart");
     assert_eq!(lease["ip"], "10.60.0.77");
 }
+
+/// What `nslookup NAME SERVER` (busybox) in `vm` says NAME is: its addresses (none when it
+/// does not exist).
+fn resolve(vm: &Vm, name: &str, server: &str) -> Vec<String> {
+    let out = vm
+        .ns
+        .command("busybox")
+        .args(["nslookup", "-type=a", name, server])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The server's own "Address:" line comes first, before "Name:".
+    text.split_once("Name:")
+        .map(|(_, answers)| {
+            answers
+                .lines()
+                .filter_map(|l| l.strip_prefix("Address:"))
+                .map(|a| a.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills a process when the test ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn instance_names_follow_the_api_and_the_rest_is_forwarded() {
+    // Upstream: a dnsmasq in the fabric that knows one outside name.
+    let Some(cloud) = cloud::cloud_with(&[&["--dns-upstream", "10.251.0.254:53"]]) else {
+        return;
+    };
+    let lab = &cloud.lab;
+    let _upstream = Killed(
+        lab.fabric
+            .command("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--port=53",
+                "--listen-address=10.251.0.254",
+                "--bind-interfaces",
+                "--address=/outside.example/192.0.2.7",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let net = create(lab, "/v2.0/networks", "network", json!({"name": "named"}));
+    let net = net["id"].as_str().unwrap().to_owned();
+    create(
+        lab,
+        "/v2.0/subnets",
+        "subnet",
+        json!({"network_id": net, "ip_version": 4,
+        "cidr": "10.62.0.0/24"}),
+    );
+    let asker = bound_port(lab, &net, "node1", json!({"dns_name": "asker"}));
+    let vm = lab
+        .add_vm_for_port(0, &asker, 24, Some("10.62.0.1"), 1450)
+        .unwrap();
+    let server = "10.62.0.2";
+    wait_for("the node's DNS to answer", Duration::from_secs(10), || {
+        resolve(&vm, "asker.openstack.local", server) == [ip_of(&asker)]
+    });
+    // A new port's name resolves, a rename moves it, a delete removes it: each within 1 s.
+    let web = bound_port(lab, &net, "node1", json!({"dns_name": "web"}));
+    let web_id = web["id"].as_str().unwrap().to_owned();
+    wait_for("a new name", Duration::from_secs(1), || {
+        resolve(&vm, "web.openstack.local", server) == [ip_of(&web)]
+    });
+    let (s, v) = lab.api(
+        "PUT",
+        &format!("/v2.0/ports/{web_id}"),
+        Some(&json!({"port": {"dns_name": "www"}})),
+    );
+    assert_eq!(s, 200, "{v}");
+    wait_for("the renamed name", Duration::from_secs(1), || {
+        resolve(&vm, "www.openstack.local", server) == [ip_of(&web)]
+            && resolve(&vm, "web.openstack.local", server).is_empty()
+    });
+    let (s, _) = lab.api("DELETE", &format!("/v2.0/ports/{web_id}"), None);
+    assert_eq!(s, 204);
+    wait_for("the deleted name to go", Duration::from_secs(1), || {
+        resolve(&vm, "www.openstack.local", server).is_empty()
+    });
+    // Names of other networks are not this one's; outside names come from upstream.
+    let other = create(lab, "/v2.0/networks", "network", json!({"name": "other"}));
+    let other = other["id"].as_str().unwrap().to_owned();
+    create(
+        lab,
+        "/v2.0/subnets",
+        "subnet",
+        json!({"network_id": other, "ip_version": 4,
+        "cidr": "10.63.0.0/24"}),
+    );
+    bound_port(lab, &other, "node1", json!({"dns_name": "elsewhere"}));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(resolve(&vm, "elsewhere.openstack.local", server).is_empty());
+    assert_eq!(resolve(&vm, "outside.example", server), ["192.0.2.7"]);
+}
+
+#[test]
+fn a_slaac_subnet_behind_a_router_configures_instances_by_router_advertisements() {
+    let Some(cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
+    let net = create(lab, "/v2.0/networks", "network", json!({"name": "v6"}));
+    let net = net["id"].as_str().unwrap().to_owned();
+    let subnet = create(
+        lab,
+        "/v2.0/subnets",
+        "subnet",
+        json!({"network_id": net,
+        "ip_version": 6, "cidr": "2001:db8:70::/64",
+        "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}),
+    );
+    let router = create(lab, "/v2.0/routers", "router", json!({"name": "r6"}));
+    let (s, v) = lab.api(
+        "PUT",
+        &format!(
+            "/v2.0/routers/{}/add_router_interface",
+            router["id"].as_str().unwrap()
+        ),
+        Some(&json!({"subnet_id": subnet["id"]})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let ports: Vec<Value> = (0..2)
+        .map(|i| bound_port(lab, &net, &format!("node{}", i + 1), json!({})))
+        .collect();
+    // The instances have no address of their own: the kernel makes its EUI-64 address from
+    // the advertised prefix, which is the address Neutron's IPAM gave the port.
+    let vms: Vec<Vm> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| lab.add_dhcp_vm(i, p).unwrap())
+        .collect();
+    for (vm, port) in vms.iter().zip(&ports) {
+        let wanted = ip_of(port);
+        assert!(wanted.starts_with("2001:db8:70:"), "{wanted}");
+        wait_for(
+            "an address from the advertisement",
+            Duration::from_secs(30),
+            || {
+                vm.ns
+                    .ip(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"])
+                    .is_ok_and(|a| a.contains(&format!("{wanted}/64")))
+            },
+        );
+        let routes = vm.ns.ip(&["-6", "route", "show", "default"]).unwrap();
+        assert!(
+            routes.contains("via fe80::"),
+            "the router is the default: {routes}"
+        );
+    }
+}

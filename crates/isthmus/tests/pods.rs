@@ -125,7 +125,7 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
         "/v2.0/ports",
         Some(&json!({"port": {
         "network_id": net_id, "project_id": "project-a", "binding:host_id": "node1",
-        "device_owner": "compute:nova", "name": "vm1"}})),
+        "device_owner": "compute:nova", "name": "vm1", "dns_name": "vm1"}})),
     );
     assert_eq!(s, 201, "{p}");
     let vm_port = p["port"].clone();
@@ -167,6 +167,11 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
         pod.netns_path().as_str()
     );
     assert_eq!(result["routes"][0]["dst"], "0.0.0.0/0");
+    // The runtime is told to resolve with the node's DNS, on the DHCP port's address.
+    assert_eq!(
+        result["dns"],
+        json!({"nameservers": ["192.168.100.2"], "domain": "openstack.local", "search": ["openstack.local"]})
+    );
     let inside = pod.ns.ip(&["-o", "addr", "show", "eth0"]).unwrap();
     assert!(inside.contains("192.168.100.4/24"), "{inside}");
     let mac = result["interfaces"][1]["mac"].as_str().unwrap();
@@ -244,6 +249,20 @@ fn a_vm_and_a_pod_share_a_subnet_under_their_projects_groups() {
     wait_for("pod -> VM ping", Duration::from_secs(10), || {
         pings(&pod.ns, "192.168.100.3")
     });
+    // The pod finds the VM by name through the node's DNS.
+    let looked_up = pod
+        .ns
+        .exec(
+            "busybox",
+            &[
+                "nslookup",
+                "-type=a",
+                "vm1.openstack.local",
+                "192.168.100.2",
+            ],
+        )
+        .unwrap();
+    assert!(looked_up.contains("Address: 192.168.100.3"), "{looked_up}");
 
     // CHECK passes on a healthy attachment; DEL removes port and veth; DEL again is fine.
     let netns = pod.netns_path();

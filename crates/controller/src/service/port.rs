@@ -12,7 +12,7 @@ use isthmus_model::port::{
 };
 use isthmus_model::rbac::Action;
 use isthmus_model::resource::{Resource, View};
-use isthmus_model::router::is_l3_owner;
+use isthmus_model::router::{is_l3_owner, OWNER_INTERFACE};
 use isthmus_model::{
     ipam, mac, Caller, Error, FloatingIp, Network, Port, PortRequest, Result, Subnet,
 };
@@ -255,7 +255,14 @@ impl Service {
                     if !subnet.cidr.contains(ip) || is_reserved_address(subnet, ip) {
                         return Err(Error::InvalidIpForSubnet(ip.to_string()));
                     }
-                    if subnet.is_auto_address() && ip != ipam::eui64(&subnet.cidr, mac_bytes) {
+                    // Router interfaces take the gateway address of automatic subnets (the
+                    // router advertises the prefix), as in Neutron.
+                    let router_interface =
+                        [OWNER_INTERFACE, "network:router_interface"].contains(&device_owner);
+                    if subnet.is_auto_address()
+                        && !router_interface
+                        && ip != ipam::eui64(&subnet.cidr, mac_bytes)
+                    {
                         return Err(Error::InvalidInput(format!(
                             "IPv6 address {ip} can not be directly assigned to a port on subnet {} since the subnet is configured for automatic addresses",
                             subnet.meta.id
