@@ -6,14 +6,15 @@
 # runc and busybox-static (a real container runtime driving the CNI plugin), keepalived (VRRP
 # moving a floating IP between VMs), python3-dev and gcc (uWSGI, which serves a real Keystone
 # from PyPI to the authentication tests), qemu-system-x86 and cpio (real guests: Debian's kernel
-# with a busybox initramfs, see tools/guest-image.sh).
+# with a busybox initramfs, see tools/guest-image.sh), dnsmasq-base (an upstream DNS server) and
+# isc-dhcp-client (dhclient -6, a real DHCPv6 client).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(etcd-server protobuf-compiler python3-venv python3-dev gcc iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived cpio dnsmasq-base)
 # QEMU without its recommends (firmware for other architectures, GUI helpers); the guest's
 # kernel is downloaded (not installed) from Debian by tools/guest-image.sh.
-lean=(qemu-system-x86)
+lean=(qemu-system-x86 isc-dhcp-client)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

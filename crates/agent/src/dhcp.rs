@@ -1,8 +1,8 @@
-//! The node's DHCPv4 server (see [`isthmus_dataplane::dhcp`]): one packet socket sees every
-//! DHCP request entering the node's interfaces before any bridge does; a request that came in
-//! through the tap of a port this node serves is answered out of that same tap, from the
-//! network's DHCP port. Requests from anywhere else (a tunnel, a port bound elsewhere) are
-//! not this node's to answer.
+//! The node's DHCP server, v4 and v6 (see [`isthmus_dataplane::dhcp`] and
+//! [`isthmus_dataplane::dhcp6`]): one packet socket sees every DHCP request entering the
+//! node's interfaces before any bridge does; a request that came in through the tap of a port
+//! this node serves is answered out of that same tap, from the network's DHCP port. Requests
+//! from anywhere else (a tunnel, a port bound elsewhere) are not this node's to answer.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -10,36 +10,54 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use isthmus_dataplane::dhcp::{answer, reply_frame, request_payload, Lease};
+use isthmus_dataplane::dhcp6::{self, Lease6};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-/// The leases this node answers, by tap; replaced whole at each reconcile.
-pub type Leases = watch::Sender<Arc<BTreeMap<String, Lease>>>;
+/// The leases this node answers, by tap.
+#[derive(Debug, Default, PartialEq)]
+pub struct Tables {
+    /// DHCPv4.
+    pub v4: BTreeMap<String, Lease>,
+    /// DHCPv6.
+    pub v6: BTreeMap<String, Lease6>,
+}
+
+/// The leases, replaced whole at each reconcile.
+pub type Leases = watch::Sender<Arc<Tables>>;
 
 /// `ETH_P_ALL` in network order: a socket for every protocol sees frames before the bridge
 /// takes them (a socket for IPv4 only would not see frames on bridge ports).
 const ETH_P_ALL: u16 = 0x0003;
 /// `ETH_P_IP`.
 const ETH_P_IP: u16 = 0x0800;
+/// `ETH_P_IPV6`.
+const ETH_P_IPV6: u16 = 0x86dd;
 /// `PACKET_IGNORE_OUTGOING` (Linux 4.20): frames the node sends are not copied to the socket.
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 /// `PACKET_OUTGOING` in `sll_pkttype`.
 const PACKET_OUTGOING: u8 = 4;
 
-/// Classic BPF for `ip and udp dst port 67` (as `tcpdump -dd` writes it): the kernel passes
-/// nothing else up, so the socket costs one short filter per frame.
-const FILTER: [libc::sock_filter; 11] = [
-    op(0x28, 0, 0, 12),     // ldh [12] (EtherType)
-    op(0x15, 0, 8, 0x0800), // IPv4?
-    op(0x30, 0, 0, 23),     // ldb [23] (protocol)
-    op(0x15, 0, 6, 17),     // UDP?
-    op(0x28, 0, 0, 20),     // ldh [20] (fragment offset)
-    op(0x45, 4, 0, 0x1fff), // not a later fragment
-    op(0xb1, 0, 0, 14),     // x = IPv4 header length
-    op(0x48, 0, 0, 16),     // ldh [x + 16] (UDP destination port)
-    op(0x15, 0, 1, 67),     // port 67?
-    op(0x06, 0, 0, 0x0004_0000),
-    op(0x06, 0, 0, 0),
+/// Classic BPF for `(ip and udp dst port 67) or (ip6 and udp dst port 547)` (IPv6 without
+/// extension headers, as DHCPv6 clients send it): the kernel passes nothing else up, so the
+/// socket costs one short filter per frame. Jumps count instructions after the current one.
+const FILTER: [libc::sock_filter; 16] = [
+    op(0x28, 0, 0, 12),          // 0: ldh [12] (EtherType)
+    op(0x15, 0, 7, 0x0800),      // 1: IPv4? else 9
+    op(0x30, 0, 0, 23),          // 2: ldb [23] (protocol)
+    op(0x15, 0, 11, 17),         // 3: UDP? else drop
+    op(0x28, 0, 0, 20),          // 4: ldh [20] (fragment offset)
+    op(0x45, 9, 0, 0x1fff),      // 5: a later fragment: drop
+    op(0xb1, 0, 0, 14),          // 6: x = IPv4 header length
+    op(0x48, 0, 0, 16),          // 7: ldh [x + 16] (UDP destination port)
+    op(0x15, 5, 6, 67),          // 8: port 67: accept, else drop
+    op(0x15, 0, 5, 0x86dd),      // 9: IPv6? else drop
+    op(0x30, 0, 0, 20),          // 10: ldb [20] (next header)
+    op(0x15, 0, 3, 17),          // 11: UDP? else drop
+    op(0x28, 0, 0, 56),          // 12: ldh [56] (UDP destination port)
+    op(0x15, 0, 1, 547),         // 13: port 547? else drop
+    op(0x06, 0, 0, 0x0004_0000), // 14: accept
+    op(0x06, 0, 0, 0),           // 15: drop
 ];
 
 const fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
@@ -124,12 +142,12 @@ fn receive(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, i32, u8)> {
     }
 }
 
-fn send(fd: &OwnedFd, index: i32, dst: [u8; 6], frame: &[u8]) -> io::Result<()> {
+fn send(fd: &OwnedFd, index: i32, dst: [u8; 6], protocol: u16, frame: &[u8]) -> io::Result<()> {
     // SAFETY: a zeroed sockaddr_ll is valid; sendto(2) reads `frame` and the address.
     unsafe {
         let mut to: libc::sockaddr_ll = std::mem::zeroed();
         to.sll_family = libc::AF_PACKET as u16;
-        to.sll_protocol = ETH_P_IP.to_be();
+        to.sll_protocol = protocol.to_be();
         to.sll_ifindex = index;
         to.sll_halen = 6;
         to.sll_addr[..6].copy_from_slice(&dst);
@@ -149,7 +167,7 @@ fn send(fd: &OwnedFd, index: i32, dst: [u8; 6], frame: &[u8]) -> io::Result<()> 
 }
 
 /// Serves DHCP until the process ends.
-pub async fn serve(leases: watch::Receiver<Arc<BTreeMap<String, Lease>>>) -> io::Result<()> {
+pub async fn serve(leases: watch::Receiver<Arc<Tables>>) -> io::Result<()> {
     // SAFETY: the descriptor is owned by the OwnedFd the AsyncFd holds, never replaced or
     // closed while registered.
     let fd = unsafe { AsyncFd::register(packet_socket()?) }.map_err(io::Error::from)?;
@@ -167,24 +185,40 @@ pub async fn serve(leases: watch::Receiver<Arc<BTreeMap<String, Lease>>>) -> io:
         if kind == PACKET_OUTGOING {
             continue;
         }
-        let Some(payload) = request_payload(&buf[..n]) else {
-            continue;
-        };
+        let frame = &buf[..n];
         let Some(tap) = interface_name(index) else {
             continue;
         };
-        let table = leases.borrow().clone();
-        let Some(lease) = table.get(&tap) else {
-            continue;
-        };
-        match answer(lease, payload) {
-            Ok(reply) => {
-                let frame = reply_frame(lease, &reply);
-                if let Err(e) = send(fd.get_ref(), index, reply.dst_mac, &frame) {
-                    eprintln!("isthmus agent: DHCP reply to {tap}: {e}");
+        let tables = leases.borrow().clone();
+        let reply = if let Some(payload) = request_payload(frame) {
+            let Some(lease) = tables.v4.get(&tap) else {
+                continue;
+            };
+            match answer(lease, payload) {
+                Ok(reply) => Some((reply_frame(lease, &reply), reply.dst_mac, ETH_P_IP)),
+                Err(e) => {
+                    eprintln!("isthmus agent: DHCP request on {tap} not answered: {e}");
+                    None
                 }
             }
-            Err(e) => eprintln!("isthmus agent: DHCP request on {tap} not answered: {e}"),
+        } else if let Some((client, payload)) = dhcp6::request_payload(frame) {
+            let Some(lease) = tables.v6.get(&tap) else {
+                continue;
+            };
+            dhcp6::answer(lease, payload).map(|message| {
+                (
+                    dhcp6::reply_frame(lease, client, &message),
+                    lease.mac,
+                    ETH_P_IPV6,
+                )
+            })
+        } else {
+            None
+        };
+        if let Some((out, dst, protocol)) = reply {
+            if let Err(e) = send(fd.get_ref(), index, dst, protocol, &out) {
+                eprintln!("isthmus agent: DHCP reply to {tap}: {e}");
+            }
         }
     }
 }

@@ -456,7 +456,13 @@ async fn reconcile(
         isthmus_dataplane::dns::names(view),
         &shared.config.node,
     );
-    services::replace_if_changed(&shared.leases, isthmus_dataplane::dhcp::leases(view, node));
+    services::replace_if_changed(
+        &shared.leases,
+        dhcp::Tables {
+            v4: isthmus_dataplane::dhcp::leases(view, node),
+            v6: isthmus_dataplane::dhcp6::leases(view, node),
+        },
+    );
     shared.advertisers.follow(
         &shared.config.netns_dir,
         isthmus_dataplane::ra::advertisements(view, &routers),

@@ -55,11 +55,12 @@ fn ipv6_conf(device: &str, key: &str, value: bool) -> Result<(), AgentError> {
     std::fs::write(&path, if value { "1" } else { "0" }).map_err(|e| kernel(&path, e))
 }
 
-/// Reads every router namespace pinned in `dir`.
+/// Reads every router (and DHCP) namespace pinned in `dir`.
 pub async fn observe(dir: &Path) -> Result<RouterState, AgentError> {
     let mut state = RouterState::new();
     let mut names = netns::list(dir, NAMESPACE_PREFIX)?;
     names.extend(netns::list(dir, SNAT_PREFIX)?);
+    names.extend(netns::list(dir, isthmus_dataplane::dhcp::NAMESPACE_PREFIX)?);
     for name in names {
         let file = netns::open(dir, &name)?;
         let mut ns = in_netns(file, |handle| async move { read_namespace(&handle).await }).await?;

@@ -85,7 +85,10 @@ impl Services {
             let sink =
                 std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, SERVER_PORT)))?;
             sink.set_nonblocking(true)?;
-            let dns = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53)))?;
+            // Dual-stack: IPv4 clients arrive as v4-mapped addresses, DHCPv6 clients on the
+            // DHCP port's IPv6 address.
+            let dns =
+                std::net::UdpSocket::bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 53)))?;
             dns.set_nonblocking(true)?;
             let metadata = if with_metadata {
                 let listener = std::net::TcpListener::bind(SocketAddr::from((METADATA_IP, 80)))?;

@@ -4,6 +4,7 @@
 //! I/O.
 
 pub mod dhcp;
+pub mod dhcp6;
 pub mod dns;
 pub mod filter;
 pub mod l2;

@@ -463,3 +463,73 @@ fn a_slaac_subnet_behind_a_router_configures_instances_by_router_advertisements(
         );
     }
 }
+
+#[test]
+fn dhcpv6_stateful_subnets_lease_the_ports_address_to_a_real_client() {
+    let Some(cloud) = cloud(1) else { return };
+    let lab = &cloud.lab;
+    let dir = tempfile::tempdir().unwrap();
+    let net = create(
+        lab,
+        "/v2.0/networks",
+        "network",
+        json!({"name": "v6-stateful"}),
+    );
+    let net = net["id"].as_str().unwrap().to_owned();
+    let subnet = create(
+        lab,
+        "/v2.0/subnets",
+        "subnet",
+        json!({"network_id": net,
+        "ip_version": 6, "cidr": "2001:db8:71::/64",
+        "ipv6_ra_mode": "dhcpv6-stateful", "ipv6_address_mode": "dhcpv6-stateful"}),
+    );
+    let router = create(lab, "/v2.0/routers", "router", json!({"name": "r6"}));
+    let (s, v) = lab.api(
+        "PUT",
+        &format!(
+            "/v2.0/routers/{}/add_router_interface",
+            router["id"].as_str().unwrap()
+        ),
+        Some(&json!({"subnet_id": subnet["id"]})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let port = bound_port(lab, &net, "node1", json!({}));
+    let vm = lab.add_dhcp_vm(0, &port).unwrap();
+    let (_, dhcp) = lab.api(
+        "GET",
+        &format!("/v2.0/ports?network_id={net}&device_owner=network:dhcp"),
+        None,
+    );
+    let server = ip_of(&dhcp["ports"][0]);
+    let conf = dir.path().join("dhclient.conf");
+    std::fs::write(&conf, "timeout 20;\nretry 1;\n").unwrap();
+    let lease_file = dir.path().join("dhclient6.leases");
+    // Once the tap is plugged and eth0's link-local address is usable.
+    wait_for("a DHCPv6 lease", Duration::from_secs(40), || {
+        vm.ns
+            .command("dhclient")
+            .args(["-6", "-1", "-sf", "/bin/true", "-cf"])
+            .arg(&conf)
+            .arg("-lf")
+            .arg(&lease_file)
+            .arg("-pf")
+            .arg(dir.path().join("dhclient6.pid"))
+            .arg("eth0")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let lease = std::fs::read_to_string(&lease_file).unwrap();
+    assert!(
+        lease.contains(&format!("iaaddr {}", ip_of(&port))),
+        "{lease}"
+    );
+    assert!(
+        lease.contains(&format!("dhcp6.name-servers {server}")),
+        "{lease}"
+    );
+    assert!(
+        lease.contains("dhcp6.domain-search \"openstack.local.\""),
+        "{lease}"
+    );
+}
