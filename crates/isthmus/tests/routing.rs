@@ -84,6 +84,8 @@ fn router_namespaces(lab: &Lab, node: usize) -> Vec<String> {
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                // Not the networks' DHCP namespaces, which stay while their ports do.
+                .filter(|n| n.starts_with("qrouter-") || n.starts_with("snat-"))
                 .collect()
         })
         .unwrap_or_default()
