@@ -2,9 +2,12 @@
 //! busybox initramfs, both built from Debian packages by `tools/guest-image.sh`. A guest's NIC
 //! is a tap `tap<port[0:11]>` made in its node as Nova's libvirt driver makes it for
 //! `vif_type=bridge` (persistent, left for the agent to plug), with the port's MAC on the
-//! virtio NIC. The guest runs a script given at boot (a second cpio appended to the
-//! initramfs: `/test.sh`), prints to its serial console and powers off.
+//! virtio NIC. A guest either runs a script given at boot (a second cpio appended to the
+//! initramfs: `/test.sh`), prints to its serial console and powers off, or keeps a shell on
+//! its serial console, a unix socket the lab (and an operator, with `socat`) talks to.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -48,6 +51,10 @@ pub struct Guest {
     console: PathBuf,
     /// Its tap in the node.
     pub tap: String,
+    /// The shell on its serial console, for guests booted with one.
+    shell: Option<UnixStream>,
+    /// Commands run so far (numbers their end markers).
+    commands: u32,
 }
 
 impl Guest {
@@ -72,6 +79,73 @@ impl Guest {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Guest {
+    /// The unix socket of an interactive guest's serial console.
+    pub fn console_socket(&self) -> &Path {
+        &self.console
+    }
+
+    /// Runs `command` in an interactive guest's shell: its output and exit status.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(String, i32)> {
+        let failed = |why: String| LabError::Failed {
+            command: format!("guest: {command}"),
+            stderr: why,
+        };
+        let shell = self
+            .shell
+            .as_mut()
+            .ok_or_else(|| failed("the guest has no console shell".into()))?;
+        self.commands += 1;
+        // The tty echoes the line as typed; only the shell's evaluation prints the number,
+        // so the echo never looks like the end marker.
+        let n = self.commands;
+        let marker = format!("__ISTHMUS_{}__", 100_000 + n);
+        shell
+            .write_all(format!("{command}; echo __ISTHMUS_$((100000+{n}))__ $?\n").as_bytes())
+            .map_err(|e| failed(e.to_string()))?;
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&seen).replace('\r', "");
+            if let Some(at) = text.find(&marker) {
+                let status = text[at + marker.len()..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|s| s.parse().ok());
+                if let Some(status) = status {
+                    // Drop the echoed command line.
+                    let output = text[..at]
+                        .split_once('\n')
+                        .map(|(_, rest)| rest.to_owned())
+                        .unwrap_or_default();
+                    return Ok((output, status));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(failed(format!("no answer in {timeout:?}: {text}")));
+            }
+            shell
+                .set_read_timeout(Some(left))
+                .map_err(|e| failed(e.to_string()))?;
+            match shell.read(&mut buf) {
+                Ok(0) => return Err(failed("the console closed".into())),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(failed(e.to_string())),
+            }
+        }
+    }
+
+    /// Leaves the guest running when dropped (the lab's `up` keeps it for `down`).
+    pub fn keep(self) {
+        // Not dropped: the process is neither killed nor waited for.
+        let _ = std::mem::ManuallyDrop::new(self);
     }
 }
 
@@ -106,36 +180,112 @@ impl Lab {
             .join(format!("guest-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
         let initrd = boot_initramfs(&dir, image, script)?;
         let console = dir.join("console.log");
-        let child = node
-            .ns
-            .command(QEMU)
-            .args(["-accel", "tcg", "-m", "256", "-smp", "1", "-no-reboot"])
-            .args(["-display", "none", "-monitor", "none"])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-kernel")
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
-            .arg("-netdev")
-            .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
-            .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| LabError::Spawn {
-                command: QEMU.into(),
-                source,
-            })?;
+        let child = spawn(
+            node,
+            image,
+            &initrd,
+            &format!("file:{}", console.display()),
+            &tap,
+            mac,
+        )?;
         Ok(Guest {
             child,
             console,
             tap,
+            shell: None,
+            commands: 0,
         })
     }
+
+    /// Boots an interactive guest on node `node` for `port`: a shell on its serial console,
+    /// the unix socket `console` (which the lab connects to; `socat - UNIX-CONNECT:console`
+    /// for an operator once the lab lets go of it).
+    pub fn boot_interactive_guest(
+        &self,
+        node: usize,
+        port: &serde_json::Value,
+        image: &GuestImage,
+        console: &Path,
+    ) -> Result<Guest> {
+        let (Some(id), Some(mac)) = (port["id"].as_str(), port["mac_address"].as_str()) else {
+            return Err(LabError::Port(port.to_string()));
+        };
+        let node = &self.nodes[node];
+        let tap = tap_name(id);
+        node.ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        let dir = self
+            .dir
+            .0
+            .join(format!("guest-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let initrd = boot_initramfs(&dir, image, "ip link set eth0 up\nexec sh")?;
+        let _ = std::fs::remove_file(console);
+        let serial = format!("unix:{},server=on,wait=off", console.display());
+        let child = spawn(node, image, &initrd, &serial, &tap, mac)?;
+        let mut shell = None;
+        for _ in 0..100 {
+            if let Ok(stream) = UnixStream::connect(console) {
+                shell = Some(stream);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let shell = shell.ok_or_else(|| LabError::Failed {
+            command: QEMU.into(),
+            stderr: format!("no console at {}", console.display()),
+        })?;
+        let mut guest = Guest {
+            child,
+            console: console.to_owned(),
+            tap,
+            shell: Some(shell),
+            commands: 0,
+        };
+        // Up once its shell answers.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if guest.run("true", Duration::from_secs(2)).is_ok() {
+                return Ok(guest);
+            }
+        }
+        Err(LabError::Failed {
+            command: QEMU.into(),
+            stderr: "the guest's shell did not answer in 120 s".into(),
+        })
+    }
+}
+
+/// Starts QEMU in `node` with the serial console on `serial` (a QEMU chardev).
+fn spawn(
+    node: &crate::Node,
+    image: &GuestImage,
+    initrd: &Path,
+    serial: &str,
+    tap: &str,
+    mac: &str,
+) -> Result<Child> {
+    node.ns
+        .command(QEMU)
+        .args(["-accel", "tcg", "-m", "256", "-smp", "1", "-no-reboot"])
+        .args(["-display", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(serial)
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-netdev")
+        .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| LabError::Spawn {
+            command: QEMU.into(),
+            source,
+        })
 }
 
 /// The base initramfs with `/test.sh` appended as a second archive (the kernel unpacks both).

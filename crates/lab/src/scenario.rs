@@ -164,12 +164,12 @@ pub fn up(
     )?;
     let port = &port["port"];
     let vm_ip = text(&port["fixed_ips"][0]["ip_address"]);
-    let vm = lab.add_vm_for_port(0, port, 24, Some("192.168.100.1"), mtu)?;
+    let mut vm = Vm1::start(&lab, port, mtu, place, out)?;
     let _ = writeln!(
         out,
-        "VM  vm1      {vm_ip:<15} project vm-project  on {}  (namespace {})",
+        "VM  vm1      {vm_ip:<15} project vm-project  on {}  ({})",
         lab.nodes[0].name,
-        vm.ns.name()
+        vm.describe()
     );
 
     // The pod: Kubernetes namespace `demo` bound to the network for project pod-project,
@@ -228,7 +228,8 @@ pub fn up(
                 == "ACTIVE"
         },
     )?;
-    let blocked = ping(&vm.ns, &pod_ip).is_err();
+    vm.configure(&vm_ip, out)?;
+    let blocked = vm.ping(&pod_ip).is_err();
     let _ = writeln!(
         out,
         "ping vm1 -> demo/web before any rule: {}",
@@ -272,27 +273,26 @@ pub fn up(
         let _ = writeln!(out, "rule {}: {what}  (openstack security group rule create --ingress --protocol icmp --remote-group {remote} {group})", text(&rule["security_group_rule"]["id"]));
     }
     wait("vm1 to reach demo/web", Duration::from_secs(10), || {
-        ping(&vm.ns, &pod_ip).is_ok()
+        vm.ping(&pod_ip).is_ok()
     })?;
-    for (from, to, label) in [
-        (&vm.ns, &pod_ip, "vm1 -> demo/web"),
-        (&pod.ns, &vm_ip, "demo/web -> vm1"),
+    let from_vm = vm.ping(&pod_ip);
+    for (result, label) in [
+        (from_vm, "vm1 -> demo/web"),
+        (ping(&pod.ns, &vm_ip), "demo/web -> vm1"),
     ] {
-        let summary = ping(from, to)
-            .map(|o| {
-                o.lines()
-                    .filter(|l| l.contains("packet loss") || l.starts_with("rtt"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
+        let summary = result
+            .map(|o| ping_summary(&o))
             .unwrap_or_else(|e| e.to_string());
         let _ = writeln!(out, "ping {label}: {summary}");
     }
     let outside = north_south(&lab, &net_id, &vm_ip, &text(&port["id"]), &pod, out)?;
-    let _ = writeln!(out, "\nThe lab stays up: `isthmus lab status`, `ip netns exec {} ping {pod_ip}`, `isthmus lab down`.", vm.ns.name());
+    let _ = writeln!(
+        out,
+        "\nThe lab stays up: `isthmus lab status`, {}, `isthmus lab down`.",
+        vm.how_to_reach(&pod_ip)
+    );
     // Everything stays: namespaces, directory, processes.
-    let mut vm = vm;
-    vm.ns.keep();
+    vm.keep();
     let mut pod = pod;
     pod.ns.keep();
     let mut outside = outside;
@@ -302,6 +302,127 @@ pub fn up(
         std::mem::forget(daemon);
     }
     Ok(())
+}
+
+/// `ping`'s summary, from iputils or busybox (which says "3 packets received"), as one line:
+/// "3 packets transmitted, 3 received, 0% packet loss; rtt ...".
+fn ping_summary(output: &str) -> String {
+    let mut parts = Vec::new();
+    for line in output.lines() {
+        if line.contains("packet loss") {
+            let numbers: Vec<&str> = line
+                .split(|c: char| !c.is_ascii_digit() && c != '.')
+                .filter(|t| !t.is_empty())
+                .collect();
+            if let [sent, received, loss, ..] = numbers.as_slice() {
+                parts.push(format!(
+                    "{sent} packets transmitted, {received} received, {loss}% packet loss"
+                ));
+            }
+        } else if line.starts_with("rtt") || line.starts_with("round-trip") {
+            parts.push(line.trim().to_owned());
+        }
+    }
+    parts.join("; ")
+}
+
+/// Where the lab keeps its guest image (built once from Debian packages).
+pub const GUEST_IMAGE_DIR: &str = "/var/cache/isthmus/guest";
+
+/// vm1: a QEMU guest that asks DHCP for its address when QEMU is installed, else a namespace
+/// with the port's address.
+enum Vm1 {
+    Namespace(crate::Vm),
+    Guest(crate::guest::Guest),
+}
+
+impl Vm1 {
+    fn start(lab: &Lab, port: &Value, mtu: u32, place: &Place, out: &mut dyn Write) -> Result<Vm1> {
+        if !crate::guest::qemu_available() {
+            let _ = writeln!(
+                out,
+                "vm1 is a namespace: {} is not installed (apt-get install qemu-system-x86 cpio for a real guest)",
+                crate::guest::QEMU
+            );
+            return Ok(Vm1::Namespace(lab.add_vm_for_port(
+                0,
+                port,
+                24,
+                Some("192.168.100.1"),
+                mtu,
+            )?));
+        }
+        let _ = writeln!(
+            out,
+            "vm1 is a QEMU guest (TCG): Debian's kernel and busybox, image in {GUEST_IMAGE_DIR} (built once)"
+        );
+        let image = crate::guest::image(Path::new(GUEST_IMAGE_DIR))?;
+        let console = place.dir.join("vm1.console");
+        Ok(Vm1::Guest(
+            lab.boot_interactive_guest(0, port, &image, &console)?,
+        ))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Vm1::Namespace(vm) => format!("namespace {}", vm.ns.name()),
+            Vm1::Guest(g) => format!("QEMU guest, tap {}", g.tap),
+        }
+    }
+
+    /// A guest asks DHCP for its address (a namespace has it already).
+    fn configure(&mut self, expected: &str, out: &mut dyn Write) -> Result<()> {
+        let Vm1::Guest(guest) = self else {
+            return Ok(());
+        };
+        let (output, status) = guest.run(
+            "udhcpc -i eth0 -n -q -t 30 -T 1 2>&1 | grep -E 'lease of|LEASE'",
+            Duration::from_secs(90),
+        )?;
+        if status != 0 || !output.contains(expected) {
+            return Err(failed("the guest's DHCP", output));
+        }
+        let lease = output
+            .lines()
+            .find(|l| l.contains("LEASE"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let _ = writeln!(out, "vm1 DHCP: {lease}");
+        Ok(())
+    }
+
+    fn ping(&mut self, to: &str) -> Result<String> {
+        match self {
+            Vm1::Namespace(vm) => vm.ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "1", to]),
+            Vm1::Guest(guest) => {
+                let (output, status) =
+                    guest.run(&format!("ping -c 3 -W 1 {to}"), Duration::from_secs(20))?;
+                if status == 0 {
+                    Ok(output)
+                } else {
+                    Err(failed("ping from the guest", output))
+                }
+            }
+        }
+    }
+
+    fn how_to_reach(&self, pod_ip: &str) -> String {
+        match self {
+            Vm1::Namespace(vm) => format!("`ip netns exec {} ping {pod_ip}`", vm.ns.name()),
+            Vm1::Guest(g) => format!(
+                "vm1's console: `socat -,raw,echo=0 UNIX-CONNECT:{}`",
+                g.console_socket().display()
+            ),
+        }
+    }
+
+    fn keep(self) {
+        match self {
+            Vm1::Namespace(mut vm) => vm.ns.keep(),
+            Vm1::Guest(g) => g.keep(),
+        }
+    }
 }
 
 /// The external network `public` (flat, on every node's `eth1`) with a host outside, a router
