@@ -20,8 +20,8 @@ use isthmus_model::addr::Cidr;
 use isthmus_model::port::OWNER_DHCP;
 use serde::Deserialize;
 
-use crate::node::{bridge_name, tap_name, NodeConfig};
-use crate::router::{Interface, Namespace, RouterState};
+use crate::node::{tap_name, NodeConfig};
+use crate::router::{Namespace, RouterState};
 use crate::view::{NodeView, Port};
 
 /// Prefix of the per-network DHCP namespaces.
@@ -66,11 +66,6 @@ struct HostRoute {
     nexthop: IpAddr,
 }
 
-fn subnet(view: &NodeView, id: &str) -> Option<SubnetDhcp> {
-    let raw = view.others.get(&("subnet".to_owned(), id.to_owned()))?;
-    serde_json::from_value(raw.clone()).ok()
-}
-
 /// The network's DHCP port, if the view has it.
 pub fn dhcp_port<'a>(view: &'a NodeView, network_id: &str) -> Option<&'a Port> {
     view.ports
@@ -88,24 +83,16 @@ pub fn namespaces(view: &NodeView, node: &NodeConfig) -> RouterState {
         if state.contains_key(&ns_name) {
             continue;
         }
-        let (Some(dhcp), Some(network)) = (
-            dhcp_port(view, &port.network_id),
-            view.networks.get(&port.network_id),
-        ) else {
+        let Some(dhcp) = dhcp_port(view, &port.network_id) else {
             continue;
         };
-        let mut addresses: std::collections::BTreeSet<(IpAddr, u8)> = dhcp
-            .fixed_ips
-            .iter()
-            .filter_map(|f| {
-                let s = subnet(view, &f.subnet_id)?;
-                Some((f.ip_address, Cidr::parse_lenient(&s.cidr)?.prefix))
-            })
-            .collect();
-        if addresses.is_empty() {
+        let Some(mut iface) = crate::router::interface(view, dhcp) else {
+            continue;
+        };
+        if iface.addresses.is_empty() {
             continue;
         }
-        addresses.insert((IpAddr::V4(METADATA_IP), 32));
+        iface.addresses.insert((IpAddr::V4(METADATA_IP), 32));
         let device = interface_name(&dhcp.id);
         let mut ns = Namespace::default();
         let subnets = dhcp
@@ -114,17 +101,7 @@ pub fn namespaces(view: &NodeView, node: &NodeConfig) -> RouterState {
             .map(|f| f.subnet_id.as_str())
             .collect();
         crate::router::neighbours_on(view, &subnets, &dhcp.id, &device, &mut ns.neighbours);
-        ns.interfaces.insert(
-            device,
-            Interface {
-                network_id: network.id.clone(),
-                peer: tap_name(&dhcp.id),
-                bridge: bridge_name(&network.id),
-                mac: dhcp.mac_address.to_ascii_lowercase(),
-                mtu: network.mtu,
-                addresses,
-            },
-        );
+        ns.interfaces.insert(device, iface);
         state.insert(ns_name, ns);
     }
     state
@@ -163,15 +140,6 @@ pub struct Lease {
     pub extra: Vec<(u8, Vec<u8>)>,
 }
 
-fn mac_bytes(mac: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = mac.split([':', '-']);
-    for byte in &mut out {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
 fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
     match ip {
         IpAddr::V4(a) => Some(a),
@@ -196,7 +164,7 @@ fn lease_of(view: &NodeView, port: &Port) -> Option<Lease> {
     let network = view.networks.get(&port.network_id)?;
     port.fixed_ips.iter().find_map(|fixed| {
         let ip = v4(fixed.ip_address)?;
-        let s = subnet(view, &fixed.subnet_id)?;
+        let s = view.subnet_as::<SubnetDhcp>(&fixed.subnet_id)?;
         if !s.enable_dhcp || s.network_id != port.network_id {
             return None;
         }
@@ -216,11 +184,7 @@ fn lease_of(view: &NodeView, port: &Port) -> Option<Lease> {
         let hostname = assignment
             .map(|a| a.hostname.clone())
             .unwrap_or_else(|| format!("host-{}", ip.to_string().replace('.', "-")));
-        let domain = assignment
-            .and_then(|a| a.fqdn.strip_prefix(&format!("{}.", a.hostname)))
-            .unwrap_or_default()
-            .trim_end_matches('.')
-            .to_owned();
+        let domain = port.dns_domain();
         // With option 121 a client ignores option 3, so the default route is repeated in it
         // (RFC 3442); metadata goes to this network's DHCP namespace, whether or not a
         // router serves the subnet.
@@ -245,7 +209,7 @@ fn lease_of(view: &NodeView, port: &Port) -> Option<Lease> {
         }
         Some(Lease {
             port_id: port.id.clone(),
-            mac: mac_bytes(&port.mac_address)?,
+            mac: port.mac_bytes()?,
             ip,
             prefix: cidr.prefix,
             router,
@@ -256,7 +220,7 @@ fn lease_of(view: &NodeView, port: &Port) -> Option<Lease> {
             routes,
             lease_seconds: LEASE_SECONDS,
             server_ip,
-            server_mac: mac_bytes(&dhcp.mac_address)?,
+            server_mac: dhcp.mac_bytes()?,
             extra: port
                 .extra_dhcp_opts
                 .iter()
@@ -523,7 +487,8 @@ pub fn request_payload(frame: &[u8]) -> Option<&[u8]> {
     udp.get(8..udp_len.min(udp.len()))
 }
 
-fn checksum(chunks: &[&[u8]]) -> u16 {
+/// The Internet checksum (RFC 1071) over `chunks` taken as one byte string.
+pub(crate) fn checksum(chunks: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     for chunk in chunks {
         let mut words = chunk.chunks_exact(2);

@@ -10,9 +10,10 @@ use std::net::{IpAddr, Ipv6Addr};
 use dhcproto::v6::{self, DhcpOption, DhcpOptions, IAAddr, MessageType, OptionCode, IANA};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use hickory_proto::rr::Name;
+use isthmus_model::addr::Cidr;
 use serde::Deserialize;
 
-use crate::dhcp::{dhcp_port, LEASE_SECONDS};
+use crate::dhcp::{checksum, dhcp_port, LEASE_SECONDS};
 use crate::node::{tap_name, NodeConfig};
 use crate::view::{NodeView, Port};
 
@@ -53,24 +54,14 @@ impl Lease6 {
 
 /// The EUI-64 link-local address of a MAC.
 pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
-    Ipv6Addr::from([
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        mac[0] ^ 2,
-        mac[1],
-        mac[2],
-        0xff,
-        0xfe,
-        mac[3],
-        mac[4],
-        mac[5],
-    ])
+    let link = Cidr {
+        network: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+        prefix: 64,
+    };
+    match isthmus_model::ipam::eui64(&link, mac) {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
+    }
 }
 
 #[derive(Deserialize)]
@@ -82,15 +73,6 @@ struct Subnet6 {
     ipv6_address_mode: Option<String>,
     #[serde(default)]
     dns_nameservers: Vec<IpAddr>,
-}
-
-fn mac(text: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut out {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// The DHCPv6 leases `node` serves, by tap: its ports with an address on a DHCPv6 subnet.
@@ -105,30 +87,18 @@ pub fn leases(view: &NodeView, node: &NodeConfig) -> BTreeMap<String, Lease6> {
 fn lease_of(view: &NodeView, port: &Port) -> Option<Lease6> {
     let dhcp = dhcp_port(view, &port.network_id)?;
     let mut lease = Lease6 {
-        mac: mac(&port.mac_address)?,
+        mac: port.mac_bytes()?,
         addresses: Vec::new(),
         dns: Vec::new(),
-        domain: port
-            .dns_assignment
-            .first()
-            .and_then(|a| a.fqdn.strip_prefix(&format!("{}.", a.hostname)))
-            .unwrap_or_default()
-            .trim_end_matches('.')
-            .to_owned(),
-        server_mac: mac(&dhcp.mac_address)?,
+        domain: port.dns_domain(),
+        server_mac: dhcp.mac_bytes()?,
     };
     let mut served = false;
     for fixed in &port.fixed_ips {
         let IpAddr::V6(address) = fixed.ip_address else {
             continue;
         };
-        let Some(raw) = view
-            .others
-            .get(&("subnet".to_owned(), fixed.subnet_id.clone()))
-        else {
-            continue;
-        };
-        let Ok(subnet) = serde_json::from_value::<Subnet6>(raw.clone()) else {
+        let Some(subnet) = view.subnet_as::<Subnet6>(&fixed.subnet_id) else {
             continue;
         };
         if !subnet.enable_dhcp || subnet.network_id != port.network_id {
@@ -258,23 +228,6 @@ pub fn request_payload(frame: &[u8]) -> Option<(Ipv6Addr, &[u8])> {
     }
     let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
     Some((Ipv6Addr::from(src), udp.get(8..len.min(udp.len()))?))
-}
-
-fn checksum(chunks: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in chunks {
-        let mut words = chunk.chunks_exact(2);
-        for w in &mut words {
-            sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-        }
-        if let [last] = words.remainder() {
-            sum += u32::from(*last) << 8;
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// The Ethernet frame carrying `message` from the DHCP port to the client at `dst` (UDP

@@ -98,13 +98,7 @@ pub fn pod_interface(view: &NodeView, port_id: &str) -> Result<PodInterface, Pod
         addresses: Vec::new(),
         routes: Vec::new(),
         nameservers: Vec::new(),
-        domain: port
-            .dns_assignment
-            .first()
-            .and_then(|a| a.fqdn.strip_prefix(&format!("{}.", a.hostname)))
-            .unwrap_or_default()
-            .trim_end_matches('.')
-            .to_owned(),
+        domain: port.dns_domain(),
     };
     let dhcp = crate::dhcp::dhcp_port(view, &port.network_id);
     let mut host_routes = Vec::new();

@@ -57,15 +57,6 @@ struct Ipv6Subnet {
     ipv6_ra_mode: Option<String>,
 }
 
-fn mac_bytes(mac: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = mac.split(':');
-    for byte in &mut out {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// The advertisements of the routers `routers` (what the node runs) for `view`.
 pub fn advertisements(view: &NodeView, routers: &RouterState) -> Vec<Advertisement> {
     let mut out = Vec::new();
@@ -84,9 +75,9 @@ pub fn advertisements(view: &NodeView, routers: &RouterState) -> Vec<Advertiseme
         let mut adv = Advertisement {
             namespace,
             device,
-            mac: match mac_bytes(&iface.mac) {
-                Some(mac) => mac,
-                None => continue,
+            mac: match isthmus_model::mac::parse_unicast("mac_address", &iface.mac) {
+                Ok(mac) => mac,
+                Err(_) => continue,
             },
             mtu: iface.mtu,
             managed: false,
@@ -97,13 +88,7 @@ pub fn advertisements(view: &NodeView, routers: &RouterState) -> Vec<Advertiseme
             let IpAddr::V6(_) = fixed.ip_address else {
                 continue;
             };
-            let Some(raw) = view
-                .others
-                .get(&("subnet".to_owned(), fixed.subnet_id.clone()))
-            else {
-                continue;
-            };
-            let Ok(subnet) = serde_json::from_value::<Ipv6Subnet>(raw.clone()) else {
+            let Some(subnet) = view.subnet_as::<Ipv6Subnet>(&fixed.subnet_id) else {
                 continue;
             };
             let (Some(mode), Some(cidr)) = (subnet.ipv6_ra_mode, Cidr::parse_lenient(&subnet.cidr))

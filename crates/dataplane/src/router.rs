@@ -243,7 +243,7 @@ fn table_of(ip: IpAddr) -> u32 {
 }
 
 /// A port's interface on `network`: addresses with their subnets' prefixes.
-fn interface(view: &NodeView, port: &Port) -> Option<Interface> {
+pub(crate) fn interface(view: &NodeView, port: &Port) -> Option<Interface> {
     let network = view.networks.get(&port.network_id)?;
     let addresses = port
         .fixed_ips

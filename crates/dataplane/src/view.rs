@@ -126,6 +126,24 @@ pub struct DhcpOption {
     pub ip_version: u8,
 }
 
+impl Port {
+    /// The DNS domain of its names (`openstack.local`, no trailing dot), empty when it has
+    /// none.
+    pub fn dns_domain(&self) -> String {
+        self.dns_assignment
+            .first()
+            .and_then(|a| a.fqdn.strip_prefix(&format!("{}.", a.hostname)))
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_owned()
+    }
+
+    /// Its MAC as bytes, when well formed.
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        isthmus_model::mac::parse_unicast("mac_address", &self.mac_address).ok()
+    }
+}
+
 fn up() -> bool {
     true
 }
@@ -285,6 +303,13 @@ impl NodeView {
                 .and_then(Value::as_str)
                 .and_then(|g| g.parse().ok()),
         })
+    }
+
+    /// A subnet's wire form read as `T` (the attributes one consumer needs), when the view has
+    /// it and it reads.
+    pub fn subnet_as<T: serde::de::DeserializeOwned>(&self, id: &str) -> Option<T> {
+        let raw = self.others.get(&("subnet".to_owned(), id.to_owned()))?;
+        serde_json::from_value(raw.clone()).ok()
     }
 
     /// The subnets of a network the view has.

@@ -6,7 +6,7 @@ mod cloud;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cloud::{cloud, wait_for, BIN};
+use cloud::{cloud, create, ip_of, wait_for, BIN};
 use isthmus_lab::{Lab, Vm};
 use serde_json::{json, Value};
 
@@ -74,25 +74,12 @@ fn udhcpc(
     )
 }
 
-fn create(lab: &Lab, path: &str, kind: &str, body: Value) -> Value {
-    let (s, v) = lab.api("POST", path, Some(&json!({ kind: body })));
-    assert_eq!(s, 201, "{v}");
-    v[kind].clone()
-}
-
 fn bound_port(lab: &Lab, net: &str, node: &str, extra: Value) -> Value {
     let mut body = json!({"network_id": net, "binding:host_id": node});
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }
     create(lab, "/v2.0/ports", "port", body)
-}
-
-fn ip_of(port: &Value) -> String {
-    port["fixed_ips"][0]["ip_address"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 #[test]

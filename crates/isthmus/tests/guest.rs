@@ -8,9 +8,8 @@ mod cloud;
 
 use std::time::Duration;
 
-use cloud::{cloud_with, wait_for};
+use cloud::{cloud_with, create, ip_of, wait_for};
 use isthmus_lab::guest::{self, GuestImage};
-use isthmus_lab::Lab;
 use serde_json::{json, Value};
 
 /// The guest image, built once per target directory; `None` (skipped, with the reason) where
@@ -21,19 +20,6 @@ fn image() -> Option<GuestImage> {
         return None;
     }
     Some(guest::image(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest")).unwrap())
-}
-
-fn create(lab: &Lab, path: &str, kind: &str, body: Value) -> Value {
-    let (s, v) = lab.api("POST", path, Some(&json!({ kind: body })));
-    assert_eq!(s, 201, "{v}");
-    v[kind].clone()
-}
-
-fn ip_of(port: &Value) -> String {
-    port["fixed_ips"][0]["ip_address"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// Nova's metadata handler as far as the proxy is concerned

@@ -157,6 +157,27 @@ impl Drop for Guest {
 }
 
 impl Lab {
+    /// What booting a guest for `port` on node `node` needs: the node, the guest's tap
+    /// (created in the node as Nova's libvirt driver does, down and unattached), its MAC, and
+    /// a scratch directory in the lab's (removed with the lab).
+    fn prepare_guest<'a>(
+        &'a self,
+        node: usize,
+        port: &'a serde_json::Value,
+    ) -> Result<(&'a crate::Node, String, &'a str, PathBuf)> {
+        let (Some(id), Some(mac)) = (port["id"].as_str(), port["mac_address"].as_str()) else {
+            return Err(LabError::Port(port.to_string()));
+        };
+        let node = &self.nodes[node];
+        let tap = tap_name(id);
+        node.ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        let dir = self
+            .dir
+            .0
+            .join(format!("guest-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        Ok((node, tap, mac, dir))
+    }
+
     /// Boots a guest on node `node` (0-based) for `port` (as the API returns it) running
     /// `script` (`/bin/sh`) once up; its tap is created in the node first, down and
     /// unattached, for the agent to plug.
@@ -167,17 +188,7 @@ impl Lab {
         script: &str,
         image: &GuestImage,
     ) -> Result<Guest> {
-        let (Some(id), Some(mac)) = (port["id"].as_str(), port["mac_address"].as_str()) else {
-            return Err(LabError::Port(port.to_string()));
-        };
-        let node = &self.nodes[node];
-        let tap = tap_name(id);
-        node.ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        // In the lab's directory, removed with the lab.
-        let dir = self
-            .dir
-            .0
-            .join(format!("guest-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let (node, tap, mac, dir) = self.prepare_guest(node, port)?;
         let initrd = boot_initramfs(&dir, image, script)?;
         let console = dir.join("console.log");
         let child = spawn(
@@ -207,16 +218,7 @@ impl Lab {
         image: &GuestImage,
         console: &Path,
     ) -> Result<Guest> {
-        let (Some(id), Some(mac)) = (port["id"].as_str(), port["mac_address"].as_str()) else {
-            return Err(LabError::Port(port.to_string()));
-        };
-        let node = &self.nodes[node];
-        let tap = tap_name(id);
-        node.ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        let dir = self
-            .dir
-            .0
-            .join(format!("guest-{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let (node, tap, mac, dir) = self.prepare_guest(node, port)?;
         let initrd = boot_initramfs(&dir, image, "ip link set eth0 up\nexec sh")?;
         let _ = std::fs::remove_file(console);
         let serial = format!("unix:{},server=on,wait=off", console.display());

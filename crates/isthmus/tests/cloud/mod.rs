@@ -179,3 +179,18 @@ pub fn cni_add(
     assert!(out.success, "ADD failed: {} {}", out.stdout, out.stderr);
     out.stdout
 }
+
+/// Creates `kind` (`"port"`, `"subnet"`, ...) at `path` through the API; its object.
+pub fn create(lab: &Lab, path: &str, kind: &str, body: serde_json::Value) -> serde_json::Value {
+    let (s, v) = lab.api("POST", path, Some(&json!({ kind: body })));
+    assert_eq!(s, 201, "{v}");
+    v[kind].clone()
+}
+
+/// A port's first address.
+pub fn ip_of(port: &serde_json::Value) -> String {
+    port["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
