@@ -499,19 +499,28 @@ impl Server {
     }
 
     /// The attributes that make a port this pod's: `<namespace>/<pod>`, the pod UID (or the
-    /// container id), and the attachment in `binding:profile`.
+    /// container id), the attachment in `binding:profile`, and the DNS name `<pod>.<namespace>`
+    /// (so instances resolve `<pod>.<namespace>.<domain>`) when both are DNS labels.
     fn identity(&self, request: &Request) -> Value {
         let arg = |k: &str| request.args.get(k).filter(|v| !v.is_empty());
-        let name = match (arg("K8S_POD_NAMESPACE"), arg("K8S_POD_NAME")) {
+        let (namespace, pod) = (arg("K8S_POD_NAMESPACE"), arg("K8S_POD_NAME"));
+        let name = match (namespace, pod) {
             (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
             _ => request.container_id.clone(),
         };
         let device_id = arg("K8S_POD_UID").unwrap_or(&request.container_id);
-        json!({
+        let mut identity = json!({
             "name": name,
             "device_id": device_id,
             "binding:profile": {"cni_container_id": request.container_id, "cni_ifname": request.ifname},
-        })
+        });
+        if let (Some(ns), Some(pod)) = (namespace, pod) {
+            let dns_name = format!("{pod}.{ns}");
+            if pod_dns_name_ok(&dns_name) {
+                identity["dns_name"] = json!(dns_name);
+            }
+        }
+        identity
     }
 
     async fn create_port(
@@ -722,8 +731,35 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
+/// Whether a pod's `<pod>.<namespace>` makes a DNS name the controller takes: DNS labels
+/// (Kubernetes names are, lower case), with room for the domain. Anything else gets no name
+/// rather than a failed ADD.
+fn pod_dns_name_ok(name: &str) -> bool {
+    name.len() <= 200
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
+    use super::pod_dns_name_ok;
+
+    #[test]
+    fn pod_dns_names_are_labels_only() {
+        assert!(pod_dns_name_ok("web.demo"));
+        assert!(pod_dns_name_ok("web-0.team-b"));
+        for bad in ["Web.demo", "-web.demo", "web..demo", "we_b.demo", ""] {
+            assert!(!pod_dns_name_ok(bad), "{bad}");
+        }
+        assert!(!pod_dns_name_ok(&format!("{}.demo", "a".repeat(64))));
+    }
+
     use super::query_escape;
 
     #[test]

@@ -1,14 +1,14 @@
 //! Real guests: a QEMU guest (Debian's kernel, busybox) on an Isthmus network gets its port's
-//! address, gateway, MTU and name server by DHCP, reaches a VM on another node by its name
-//! (resolved by Isthmus's DNS), and fetches its metadata through the agent's proxy from a
-//! metadata service that checks the headers and signature as Nova's does; a second guest on a
-//! network behind a router reaches the same VM by name.
+//! address, gateway, MTU and name server by DHCP, reaches a pod on another node by its name
+//! (`<pod>.<namespace>.<domain>`, resolved by Isthmus's DNS), and fetches its metadata through
+//! the agent's proxy from a metadata service that checks the headers and signature as Nova's
+//! does; a second guest on a network behind a router reaches the same pod by name.
 
 mod cloud;
 
 use std::time::Duration;
 
-use cloud::{cloud_with, create, ip_of, wait_for};
+use cloud::{cloud_with, cni_add, cni_conf, create, ip_of, wait_for};
 use isthmus_lab::guest::{self, GuestImage};
 use serde_json::{json, Value};
 
@@ -104,7 +104,21 @@ fn qemu_guests_get_dhcp_resolve_names_across_a_router_and_fetch_signed_metadata(
         json!({"network_id": net, "ip_version": 4,
         "cidr": "10.70.0.0/24"}),
     );
-    let (_, groups) = lab.api("GET", "/v2.0/security-groups?name=default", None);
+    let project = "guests";
+    let guest_port = create(
+        lab,
+        "/v2.0/ports",
+        "port",
+        json!({"network_id": net, "project_id": project,
+        "binding:host_id": "node1", "device_owner": "compute:nova", "dns_name": "guest1",
+        "device_id": "6f1b9d1e-0000-4000-8000-0000000000a1"}),
+    );
+    // The project's default group (made with its first port) admits ICMP.
+    let (_, groups) = lab.api(
+        "GET",
+        &format!("/v2.0/security-groups?name=default&project_id={project}"),
+        None,
+    );
     let default = groups["security_groups"][0]["id"]
         .as_str()
         .unwrap()
@@ -116,25 +130,36 @@ fn qemu_guests_get_dhcp_resolve_names_across_a_router_and_fetch_signed_metadata(
         json!({
         "security_group_id": default, "direction": "ingress", "protocol": "icmp"}),
     );
-    let guest_port = create(
-        lab,
-        "/v2.0/ports",
-        "port",
-        json!({"network_id": net,
-        "binding:host_id": "node1", "device_owner": "compute:nova", "dns_name": "guest1",
-        "device_id": "6f1b9d1e-0000-4000-8000-0000000000a1"}),
-    );
     let other = create(
         lab,
         "/v2.0/ports",
         "port",
-        json!({"network_id": net,
-        "binding:host_id": "node2", "device_owner": "compute:nova", "dns_name": "peer",
+        json!({"network_id": net, "project_id": project,
+        "binding:host_id": "node2", "device_owner": "compute:nova",
         "device_id": "6f1b9d1e-0000-4000-8000-0000000000b2"}),
     );
     let vm = lab
         .add_vm_for_port(1, &other, 24, Some("10.70.0.1"), 1450)
         .unwrap();
+    // A pod on node 2, wired by the CNI plugin as kubelet would: its name is
+    // web.demo.openstack.local.
+    let pod = lab.add_pod().unwrap();
+    let conf = cni_conf(&cloud, 1, json!({"network": net, "project": project}));
+    let added = cni_add(
+        &cloud,
+        1,
+        &pod,
+        "guest-peer",
+        "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web;K8S_POD_UID=uid-web",
+        &conf,
+    );
+    let pod_ip = added["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
     // A second network behind a router, with a guest on node 2.
     let net_b = create(lab, "/v2.0/networks", "network", json!({"name": "behind"}));
     let net_b = net_b["id"].as_str().unwrap().to_owned();
@@ -158,7 +183,7 @@ fn qemu_guests_get_dhcp_resolve_names_across_a_router_and_fetch_signed_metadata(
         lab,
         "/v2.0/ports",
         "port",
-        json!({"network_id": net_b,
+        json!({"network_id": net_b, "project_id": project,
         "binding:host_id": "node2", "device_owner": "compute:nova", "dns_name": "guest2",
         "device_id": "6f1b9d1e-0000-4000-8000-0000000000c3"}),
     );
@@ -167,10 +192,10 @@ fn qemu_guests_get_dhcp_resolve_names_across_a_router_and_fetch_signed_metadata(
          ip -4 addr show dev eth0\n\
          ip route\n\
          cat /etc/resolv.conf\n\
-         nslookup peer.openstack.local\n";
+         nslookup web.demo.openstack.local\n";
     // Resolved by the guests' own DHCP port (their resolv.conf), on each one's node.
     let by_name =
-        "ping -c 3 -W 2 peer.openstack.local >/dev/null && echo PING-OK || echo PING-FAILED\n";
+        "ping -c 3 -W 2 web.demo.openstack.local >/dev/null && echo PING-OK || echo PING-FAILED\n";
     let script = format!(
         "{dhcp}{by_name}\
          ping -c 3 -W 2 {peer} >/dev/null && echo PING-IP-OK || echo PING-IP-FAILED\n\
@@ -178,7 +203,7 @@ fn qemu_guests_get_dhcp_resolve_names_across_a_router_and_fetch_signed_metadata(
          wget -q -O - http://169.254.169.254/openstack/latest/meta_data.json\n\
          echo\n\
          echo META-END\n",
-        peer = ip_of(&other)
+        peer = pod_ip
     );
     let guest = lab.boot_guest(0, &guest_port, &script, &image).unwrap();
     let guest2 = lab
