@@ -285,6 +285,20 @@ fn vms_get_their_ports_by_dhcp_from_their_own_node() {
         .insert(0, cloud.lab.start_agent(BIN, 0).unwrap());
     let lease = udhcpc(&vm_a, dir.path(), 10, None).expect("no lease after the restart");
     assert_eq!(lease["ip"], "10.60.0.77");
+
+    // Only a port's own node answers it: with node 2's agent stopped (its bridge, tunnel and
+    // taps stay), vm-b's DISCOVERs still flood to node 1 over VXLAN, and node 1 keeps quiet.
+    drop(cloud.agents.remove(1));
+    assert_eq!(
+        udhcpc(&vm_b, dir.path(), 3, None),
+        None,
+        "node 1 answered a port bound to node 2"
+    );
+    cloud
+        .agents
+        .insert(1, cloud.lab.start_agent(BIN, 1).unwrap());
+    let lease = udhcpc(&vm_b, dir.path(), 10, None).expect("no lease once node 2 is back");
+    assert_eq!(lease["ip"], ip_of(&b));
 }
 
 /// What `nslookup NAME SERVER` (busybox) in `vm` says NAME is: its addresses (none when it
