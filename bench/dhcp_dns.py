@@ -347,8 +347,7 @@ def main():
                                     "--bind-interfaces", "--leasefile-ro", "--dhcp-authoritative",
                                     f"--dhcp-hostsfile={hosts}",
                                     f"--dhcp-range=set:s,{CIDR_BASE}.0.0,static,255.255.0.0,86400s",
-                                    "--dhcp-option-force=option:mtu,1450",
-                                    f"--pid-file={work}/dnsmasq.pid"],
+                                    "--dhcp-option-force=option:mtu,1450"],
                                    stdout=log, stderr=log)
         procs.append(dnsmasq)
         time.sleep(0.5)
@@ -377,7 +376,8 @@ def main():
 
         # A port's address changes: how long until the new one is leased.
         change = {"isthmus": [], "dnsmasq": []}
-        pid = int(open(f"{work}/dnsmasq.pid").read())
+        # `ip netns exec` execs dnsmasq in place: the child's pid is dnsmasq's.
+        pid = dnsmasq.pid
         for k in range(10):
             i = 1 + k
             new = f"{CIDR_BASE}.200.{10 + k}"
@@ -408,11 +408,24 @@ def main():
         dnsmasq.terminate()
         dnsmasq.wait()
 
-        # DNS: the asker (port 0) queries its node's DNS; dnsmasq and unbound get the same
-        # names on the same path.
+        # DNS: the asker (port 0, port security on) queries its node's DNS on the DHCP port's
+        # address; dnsmasq and unbound answer the same names on a port of the same network
+        # without port security (as the DHCP port is), so all three are reached on one path:
+        # the asker's security groups, the network's bridge.
         ip(QI, "addr", "add", f"{ports[0]['fixed_ips'][0]['ip_address']}/16", "dev", "c0")
-        ip(QI, "addr", "add", "10.241.0.9/16", "dev", "e0")
-        ip(SRV, "addr", "add", "10.241.0.2/16", "dev", "dm0")
+        ref_ip = f"{CIDR_BASE}.250.250"
+        ref = api("POST", "/v2.0/ports", {"port": {
+            "network_id": net, "binding:host_id": "bench", "port_security_enabled": False,
+            "fixed_ips": [{"subnet_id": sub, "ip_address": ref_ip}]}})["port"]
+        ip(HOST, "link", "add", "tap" + ref["id"][:11], "type", "veth", "peer", "name", "srv0",
+           "netns", SRV)
+        ip(SRV, "link", "set", "srv0", "address", ref["mac_address"])
+        ip(SRV, "addr", "add", f"{ref_ip}/16", "dev", "srv0")
+        ip(SRV, "link", "set", "srv0", "up")
+        for _ in range(100):
+            if api("GET", f"/v2.0/ports/{ref['id']}")["port"]["status"] == "ACTIVE":
+                break
+            time.sleep(0.1)
         queries = f"{work}/queries"
         with open(queries, "w") as f:
             for p in ports:
@@ -425,16 +438,16 @@ def main():
         for r in range(args.rounds):
             dns.setdefault("isthmus", []).append(dnsperf(QI, SERVER, queries, args.dns_seconds))
             d = subprocess.Popen(["ip", "netns", "exec", SRV, "dnsmasq", "--no-daemon", "--user=root",
-                                  "--no-hosts", "--no-resolv", "--listen-address=10.241.0.2",
+                                  "--no-hosts", "--no-resolv", f"--listen-address={ref_ip}",
                                   "--bind-interfaces", f"--addn-hosts={addn}", "--local-ttl=0",
                                   "--cache-size=10000"], stdout=log, stderr=log)
             time.sleep(0.5)
-            dns.setdefault("dnsmasq", []).append(dnsperf(QI, "10.241.0.2", queries, args.dns_seconds))
+            dns.setdefault("dnsmasq", []).append(dnsperf(QI, ref_ip, queries, args.dns_seconds))
             d.terminate()
             d.wait()
             conf = f"{work}/unbound.conf"
             with open(conf, "w") as f:
-                f.write("server:\n  interface: 10.241.0.2\n  access-control: 0.0.0.0/0 allow\n"
+                f.write(f"server:\n  interface: {ref_ip}\n  access-control: 0.0.0.0/0 allow\n"
                         "  username: \"\"\n  chroot: \"\"\n  do-daemonize: no\n  use-syslog: no\n"
                         f"  pidfile: \"{work}/unbound.pid\"\n  local-zone: \"openstack.local.\" static\n")
                 for p in ports:
@@ -442,7 +455,7 @@ def main():
             u = subprocess.Popen(["ip", "netns", "exec", SRV, "unbound", "-d", "-c", conf],
                                  stdout=log, stderr=log)
             time.sleep(1.0)
-            dns.setdefault("unbound", []).append(dnsperf(QI, "10.241.0.2", queries, args.dns_seconds))
+            dns.setdefault("unbound", []).append(dnsperf(QI, ref_ip, queries, args.dns_seconds))
             u.terminate()
             u.wait()
             print(f"round {r} DNS: " + ", ".join(f"{k} {v[-1][0]:.0f} qps" for k, v in dns.items()), flush=True)
