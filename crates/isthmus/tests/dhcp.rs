@@ -409,6 +409,23 @@ fn instance_names_follow_the_api_and_the_rest_is_forwarded() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(resolve(&vm, "elsewhere.openstack.local", server).is_empty());
     assert_eq!(resolve(&vm, "outside.example", server), ["192.0.2.7"]);
+
+    // This agent has no --metadata-url: the metadata address refuses connections.
+    vm.ns
+        .ip(&["route", "add", "169.254.169.254", "via", server])
+        .unwrap();
+    let refused = vm
+        .ns
+        .command("curl")
+        .args([
+            "-s",
+            "-m",
+            "3",
+            "http://169.254.169.254/openstack/latest/meta_data.json",
+        ])
+        .status()
+        .unwrap();
+    assert_eq!(refused.code(), Some(7), "curl: could not connect");
 }
 
 #[test]
