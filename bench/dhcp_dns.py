@@ -68,7 +68,8 @@ class InNetns:
 def api(method, path, body=None):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(API + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json",
+                                          "X-Project-Id": "bench", "X-Roles": "admin"})
     with urllib.request.urlopen(req, timeout=60) as r:
         text = r.read()
         return json.loads(text) if text else None
@@ -293,6 +294,8 @@ def main():
                 break
             except Exception:
                 time.sleep(0.05)
+        # Quotas stay enforced; the bench's project may hold this many ports.
+        api("PUT", "/v2.0/quotas/bench", {"quota": {"port": 100000}})
         net = api("POST", "/v2.0/networks", {"network": {"name": "bench"}})["network"]["id"]
         sub = api("POST", "/v2.0/subnets", {"subnet": {
             "network_id": net, "ip_version": 4, "cidr": f"{CIDR_BASE}.0.0/16"}})["subnet"]["id"]

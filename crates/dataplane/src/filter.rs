@@ -89,22 +89,36 @@ fn set(items: &BTreeSet<String>) -> String {
     )
 }
 
+/// Whether the node's own DHCP answers a port (see [`crate::dhcp`]): its DHCPv4 and DHCPv6
+/// requests are read on its tap and need not travel further.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Served {
+    v4: bool,
+    v6: bool,
+}
+
 /// The chain of frames from a port: anti-spoofing from its MACs and addresses (addresses or
 /// prefixes), then `mark` (the statement tagging what passes). IPv4 from the port's own MAC
-/// and addresses, nearly every frame, is decided by the first rule.
+/// and addresses, nearly every frame, is decided by the second rule.
 fn from_port_rules(
     macs: &BTreeSet<String>,
     v4: &BTreeSet<String>,
     v6: &BTreeSet<String>,
     mark: &str,
+    served: Served,
 ) -> Vec<String> {
     // Only the network's DHCP port serves DHCP and only routers advertise: an instance
     // answering as a DHCP server (v4 or v6) or sending router advertisements is dropped, as
-    // Neutron's firewall does. The IPv4 guard comes before the rule accepting the port's own
-    // IPv4 (which then decides nearly every frame), the IPv6 ones before IPv6 is accepted.
-    let mut rules = vec![format!(
-        "ether type ip udp sport {DHCP_SERVER_PORT} udp dport {DHCP_CLIENT_PORT} counter drop"
-    )];
+    // Neutron's firewall does. A port the node's DHCP serves has its requests answered from
+    // its tap before the bridge sees them: they are dropped too (one rule, one set lookup),
+    // so they flood neither the network nor its tunnels. The IPv4 guard comes before the
+    // rule accepting the port's own IPv4, the IPv6 ones before IPv6 is accepted.
+    let (s4, c4) = (DHCP_SERVER_PORT, DHCP_CLIENT_PORT);
+    let mut rules = vec![if served.v4 {
+        format!("ether type ip udp sport . udp dport {{ {s4} . {c4}, {c4} . {s4} }} counter drop")
+    } else {
+        format!("ether type ip udp sport {s4} udp dport {c4} counter drop")
+    }];
     if !v4.is_empty() {
         rules.push(format!(
             "ether saddr {} ip saddr {} {mark} accept",
@@ -136,7 +150,12 @@ fn from_port_rules(
         "ether type ip6 ip6 saddr != {} counter drop",
         set(&v6)
     ));
-    rules.push("ether type ip6 udp sport 547 udp dport 546 counter drop".to_owned());
+    let (s6, c6) = (crate::dhcp6::SERVER_PORT, crate::dhcp6::CLIENT_PORT);
+    rules.push(if served.v6 {
+        format!("ether type ip6 udp sport . udp dport {{ {s6} . {c6}, {c6} . {s6} }} counter drop")
+    } else {
+        format!("ether type ip6 udp sport {s6} udp dport {c6} counter drop")
+    });
     rules.push("ether type ip6 icmpv6 type nd-router-advert counter drop".to_owned());
     rules.push(mark.to_owned());
     rules
@@ -385,6 +404,10 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
         return Filter { bridge, inet };
     }
     let mut untracked_macs = BTreeSet::new();
+    let (served4, served6) = (
+        crate::dhcp::leases(view, node),
+        crate::dhcp6::leases(view, node),
+    );
     for (tap, port) in &guarded {
         let Some(&id) = ids.get(tap) else { continue };
         let stateless = is_stateless(view, port);
@@ -401,9 +424,19 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
             mark.push_str(" notrack");
             untracked_macs.extend(macs.iter().cloned());
         }
-        bridge
-            .chains
-            .insert(from.clone(), from_port_rules(&macs, &v4, &v6, &mark));
+        bridge.chains.insert(
+            from.clone(),
+            from_port_rules(
+                &macs,
+                &v4,
+                &v6,
+                &mark,
+                Served {
+                    v4: served4.contains_key(tap),
+                    v6: served6.contains_key(tap),
+                },
+            ),
+        );
         bridge.chains.insert(
             to.clone(),
             vec![format!(

@@ -186,9 +186,10 @@ fn vms_get_their_ports_by_dhcp_from_their_own_node() {
         || udhcpc(&vm_a, dir.path(), 2, Some(&ip_of(&a))).is_some_and(|l| l["ip"] == "10.60.0.77"),
     );
 
-    // A rogue DHCP server in vm-b (its group lets DHCP requests in, so it hears them): its
-    // offers are dropped at vm-b's port, vm-a still gets its lease from the network's DHCP
-    // port.
+    // A rogue DHCP server in vm-b (its group even lets DHCP requests in): vm-a's requests
+    // stop at vm-a's port (the node answered them there), so it hears none; and what vm-b
+    // sends as a DHCP server is dropped at vm-b's port. vm-a keeps getting its lease from the
+    // network's DHCP port.
     create(
         lab,
         "/v2.0/security-group-rules",
@@ -206,49 +207,56 @@ fn vms_get_their_ports_by_dhcp_from_their_own_node() {
         ),
     )
     .unwrap();
-    let mut rogue = vm_b
-        .ns
-        .command("busybox")
-        .args(["udhcpd", "-f", conf.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let rogue = Killed(
+        vm_b.ns
+            .command("busybox")
+            .args(["udhcpd", "-f", conf.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
         let lease = udhcpc(&vm_a, dir.path(), 3, None).expect("no lease beside the rogue");
         assert_eq!(lease["ip"], "10.60.0.77");
         assert_eq!(lease["serverid"], "10.60.0.2");
     }
-    let tap_b = vm_b.tap.clone();
-    let dropped = || {
-        let rules = lab.nodes[1]
+    // What a port's DHCP guard dropped.
+    let dropped = |node: usize, tap: &str| {
+        let rules = lab.nodes[node]
             .ns
             .exec(
                 "nft",
-                &[
-                    "list",
-                    "chain",
-                    "bridge",
-                    "isthmus",
-                    &format!("from_{tap_b}"),
-                ],
+                &["list", "chain", "bridge", "isthmus", &format!("from_{tap}")],
             )
             .unwrap();
         rules
             .lines()
-            .find(|l| l.contains("udp sport 67 udp dport 68"))
+            .find(|l| l.contains("ether type ip udp sport"))
             .and_then(|l| l.split("packets ").nth(1))
             .and_then(|n| n.split_whitespace().next())
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    wait_for(
-        "the rogue's offers to be dropped",
-        Duration::from_secs(10),
-        || dropped() > 0,
+    assert!(
+        dropped(0, &vm_a.tap) >= 3,
+        "vm-a's requests went past its port"
     );
-    let _ = rogue.kill();
-    let _ = rogue.wait();
+    // An offer forged by vm-b, broadcast from port 67 to 68.
+    let forged = "import socket\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n\
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'eth0')\n\
+        s.bind(('', 67))\n\
+        s.sendto(bytes([2, 1, 6, 0]) + bytes(296), ('255.255.255.255', 68))\n";
+    drop(rogue);
+    let before = dropped(1, &vm_b.tap);
+    vm_b.ns.exec("python3", &["-c", forged]).unwrap();
+    wait_for(
+        "vm-b's forged offer to be dropped",
+        Duration::from_secs(5),
+        || dropped(1, &vm_b.tap) > before,
+    );
 
     // A subnet without DHCP gets no answer.
     let quiet = create(lab, "/v2.0/networks", "network", json!({"name": "quiet"}));

@@ -73,6 +73,24 @@ fn a_node_with_a_port_runs_the_networks_dhcp_namespace() {
         !l2.fdb.iter().any(|f| f.mac == "fa:16:3e:00:00:02"),
         "the DHCP MAC is local on every node, never tunnelled"
     );
+    // The served port's requests stop at its tap (answered there): one guard rule drops
+    // DHCP server replies and client requests alike.
+    let taps = crate::node::guarded_ports(&view, &node("n1"))
+        .into_keys()
+        .collect();
+    let ids = crate::filter::port_ids(&taps, &crate::nft::Observed::default());
+    let filter = crate::filter::desired(&view, &node("n1"), &ids);
+    assert_eq!(
+        filter.bridge.chains["from_tapaaaaaaaa-00"][0],
+        "ether type ip udp sport . udp dport { 67 . 68, 68 . 67 } counter drop"
+    );
+    let unserved = self::view(false);
+    let filter = crate::filter::desired(&unserved, &node("n1"), &ids);
+    assert_eq!(
+        filter.bridge.chains["from_tapaaaaaaaa-00"][0],
+        "ether type ip udp sport 67 udp dport 68 counter drop",
+        "without the node's DHCP, requests go on (another server may answer)"
+    );
 }
 
 #[test]
