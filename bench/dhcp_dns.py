@@ -186,6 +186,19 @@ class Client:
         return None
 
 
+def send(client, data):
+    """Sends a frame, waiting while the kernel's queues are full (ENOBUFS), as a client
+    retransmitting would."""
+    for _ in range(1000):
+        try:
+            client.sock.send(data)
+            return
+        except OSError as e:
+            if e.errno != 105:
+                raise
+            time.sleep(0.001)
+
+
 def burst(clients, timeout=20.0):
     """Every client at once; returns (leases, seconds)."""
     for c in clients:
@@ -195,13 +208,20 @@ def burst(clients, timeout=20.0):
     by_fd = {c.sock.fileno(): c for c in clients}
     start = time.perf_counter()
     for c in clients:
-        c.sock.send(frame(c.mac, dhcp_message(1, c.mac, xids[c])))
+        send(c, frame(c.mac, dhcp_message(1, c.mac, xids[c])))
     done = 0
     poller = select.epoll()
     for c in clients:
         poller.register(c.sock.fileno(), select.EPOLLIN)
+    last_try = {c: start for c in clients}
     while done < len(clients) and time.perf_counter() - start < timeout:
-        for fd, _ in poller.poll(0.5):
+        # A client whose exchange went nowhere for a second starts over, as real ones do.
+        now = time.perf_counter()
+        for c in clients:
+            if state[c] != "done" and now - last_try[c] > 1.0:
+                state[c], last_try[c] = "offer", now
+                send(c, frame(c.mac, dhcp_message(1, c.mac, xids[c])))
+        for fd, _ in poller.poll(0.1):
             c = by_fd[fd]
             while True:
                 try:
@@ -213,8 +233,8 @@ def burst(clients, timeout=20.0):
                     continue
                 kind, yiaddr, server = got
                 if state[c] == "offer" and kind == 2:
-                    c.sock.send(frame(c.mac, dhcp_message(3, c.mac, xids[c], yiaddr, server)))
-                    state[c] = "ack"
+                    send(c, frame(c.mac, dhcp_message(3, c.mac, xids[c], yiaddr, server)))
+                    state[c], last_try[c] = "ack", time.perf_counter()
                 elif state[c] == "ack" and kind == 5:
                     state[c] = "done"
                     done += 1
@@ -410,6 +430,9 @@ def main():
                                          "how": "API update" if name == "isthmus" else "hosts file + SIGHUP"}
         dnsmasq.terminate()
         dnsmasq.wait()
+        # The DHCP reference's address is the DHCP port's: gone before the DNS part, which
+        # reaches bd-srv over the Isthmus network too.
+        ip(SRV, "addr", "del", f"{SERVER}/16", "dev", "dm0")
 
         # DNS: the asker (port 0, port security on) queries its node's DNS on the DHCP port's
         # address; dnsmasq and unbound answer the same names on a port of the same network

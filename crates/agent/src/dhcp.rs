@@ -35,6 +35,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 /// `PACKET_IGNORE_OUTGOING` (Linux 4.20): frames the node sends are not copied to the socket.
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+/// Receive buffer of the packet socket (bytes; each request takes a few KiB of it).
+const RECEIVE_BUFFER: libc::c_int = 8 << 20;
 /// `PACKET_OUTGOING` in `sll_pkttype`.
 const PACKET_OUTGOING: u8 = 4;
 
@@ -94,6 +96,25 @@ fn packet_socket() -> io::Result<OwnedFd> {
         ) != 0
         {
             return Err(io::Error::last_os_error());
+        }
+        // A node's guests all asking at once (a host reboot) must not overflow the default
+        // buffer: room for thousands of requests (root may exceed rmem_max). Best effort.
+        let buffer: libc::c_int = RECEIVE_BUFFER;
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&buffer as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&buffer as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
         }
         // Best effort: without it (kernels before 4.20) outgoing copies are skipped below.
         libc::setsockopt(

@@ -17,14 +17,14 @@ pub type NameTable = BTreeMap<String, Arc<Names>>;
 /// How long an upstream server gets before the next is asked.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Serves `network`'s names on `socket` until aborted.
+/// Serves `network`'s names on `socket` until aborted (several tasks may serve one socket:
+/// each takes the next query).
 pub async fn serve(
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     network: String,
     names: watch::Receiver<Arc<NameTable>>,
     upstream: Arc<Vec<SocketAddr>>,
 ) {
-    let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, client)) = socket.recv_from(&mut buf).await else {

@@ -106,15 +106,20 @@ impl Services {
             while sink.recv(&mut buf).await.is_ok() {}
         })
         .abort_handle()];
-        tasks.push(
-            tokio::spawn(crate::dns::serve(
-                tokio::net::UdpSocket::from_std(dns)?,
-                network.clone(),
-                self.names.subscribe(),
-                self.upstream.clone(),
-            ))
-            .abort_handle(),
-        );
+        // One server task per core: a query costs little more than its two system calls.
+        let dns = Arc::new(tokio::net::UdpSocket::from_std(dns)?);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for _ in 0..cores {
+            tasks.push(
+                tokio::spawn(crate::dns::serve(
+                    dns.clone(),
+                    network.clone(),
+                    self.names.subscribe(),
+                    self.upstream.clone(),
+                ))
+                .abort_handle(),
+            );
+        }
         if let (Some(listener), Some(proxy)) = (metadata, &self.proxy) {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tasks.push(

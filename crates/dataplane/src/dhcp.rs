@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use dhcproto::v4::{self, DhcpOption, MessageType, OptionCode, UnknownOption};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use isthmus_model::addr::Cidr;
-use isthmus_model::port::OWNER_DHCP;
+use isthmus_model::port::{dhcp_port_id, OWNER_DHCP};
 use serde::Deserialize;
 
 use crate::node::{tap_name, NodeConfig};
@@ -69,8 +69,8 @@ struct HostRoute {
 /// The network's DHCP port, if the view has it.
 pub fn dhcp_port<'a>(view: &'a NodeView, network_id: &str) -> Option<&'a Port> {
     view.ports
-        .values()
-        .find(|p| p.device_owner == OWNER_DHCP && p.network_id == network_id)
+        .get(&dhcp_port_id(network_id))
+        .filter(|p| p.device_owner == OWNER_DHCP && p.network_id == network_id)
 }
 
 /// The DHCP namespaces `node` runs: one per network with a local port and a DHCP port, with

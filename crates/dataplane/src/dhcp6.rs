@@ -276,7 +276,7 @@ mod tests {
             json!({"type": "ADDED", "kind": "subnet", "object": {"id": "s6", "network_id": "n",
                 "cidr": "2001:db8:9::/64", "ip_version": 6, "enable_dhcp": true,
                 "ipv6_address_mode": mode, "ipv6_ra_mode": mode, "dns_nameservers": []}}),
-            json!({"type": "ADDED", "kind": "port", "object": {"id": "d", "network_id": "n",
+            json!({"type": "ADDED", "kind": "port", "object": {"id": isthmus_model::port::dhcp_port_id("n"), "network_id": "n",
                 "mac_address": "fa:16:3e:00:00:02", "port_security_enabled": false, "status": "ACTIVE",
                 "device_owner": "network:dhcp",
                 "fixed_ips": [{"subnet_id": "s6", "ip_address": "2001:db8:9::2"}]}}),

@@ -260,7 +260,7 @@ mod tests {
         for line in [
             json!({"type": "ADDED", "kind": "subnet", "object": {"id": "s4", "cidr": "192.168.100.0/24",
                 "gateway_ip": "192.168.100.1", "ip_version": 4, "dns_nameservers": [], "enable_dhcp": true}}),
-            json!({"type": "ADDED", "kind": "port", "object": {"id": "d", "network_id": "n",
+            json!({"type": "ADDED", "kind": "port", "object": {"id": isthmus_model::port::dhcp_port_id("n"), "network_id": "n",
                 "mac_address": "fa:16:3e:00:00:02", "port_security_enabled": false, "status": "ACTIVE",
                 "device_owner": "network:dhcp",
                 "fixed_ips": [{"subnet_id": "s4", "ip_address": "192.168.100.2"}]}}),

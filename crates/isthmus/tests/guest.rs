@@ -207,7 +207,16 @@ fn qemu_guests_get_dhcp_resolve_names_across_a_router_and_fetch_signed_metadata(
     );
     let guest = lab.boot_guest(0, &guest_port, &script, &image).unwrap();
     let guest2 = lab
-        .boot_guest(1, &second, &format!("{dhcp}{by_name}"), &image)
+        .boot_guest(
+            1,
+            &second,
+            &format!(
+                "{dhcp}{by_name}\
+                 wget -q -O - http://169.254.169.254/openstack/latest/meta_data.json 2>&1\n\
+                 echo META2-END\n"
+            ),
+            &image,
+        )
         .unwrap();
     let console = guest.wait(Duration::from_secs(240)).unwrap();
     let console2 = guest2.wait(Duration::from_secs(240)).unwrap();
@@ -245,7 +254,11 @@ fn qemu_guests_get_dhcp_resolve_names_across_a_router_and_fetch_signed_metadata(
     assert_eq!(meta["forwarded_for"], ip_of(&guest_port));
 
     // On node 2 the agent signs with a wrong secret: Nova's check refuses it (403), and the
-    // proxy passes that on.
+    // proxy passes that on, to the guest there and to a namespace VM alike.
+    assert!(
+        console2.contains("403 Forbidden"),
+        "guest 2 got its metadata with a wrong secret:\n{console2}"
+    );
     vm.ns
         .ip(&["route", "add", "169.254.169.254", "via", "10.70.0.2"])
         .unwrap();

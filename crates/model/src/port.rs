@@ -267,6 +267,27 @@ pub const POOL_DEVICE_ID: &str = "isthmus-pool";
 /// with `enable_dhcp`, served by every node's agent (DHCP, DNS and metadata answer from it).
 pub const OWNER_DHCP: &str = "network:dhcp";
 
+/// The id of a network's DHCP port: derived from the network's (a UUID of version 8 from
+/// SHA-256), so that every controller agrees on it, two creating it at once collide on one
+/// key, and agents find it without a search.
+pub fn dhcp_port_id(network_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("isthmus dhcp port {network_id}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80; // version 8 (custom)
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 /// `device_owner` of a Kubernetes pod's port.
 pub const POD_DEVICE_OWNER: &str = "compute:kubernetes";
 

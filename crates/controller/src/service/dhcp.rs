@@ -8,25 +8,13 @@
 //! crash in between left); subnet and network deletes take the port's addresses (or the
 //! port) away in their own transaction, so they are never "in use" by it.
 
-use isthmus_model::port::OWNER_DHCP;
+use isthmus_model::port::{dhcp_port_id, OWNER_DHCP};
 use isthmus_model::{Caller, Error, Network, Port, Result, Subnet};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::{encode, now, Service};
 use crate::keys;
-
-/// The id of a network's DHCP port: derived from the network's, so that every controller
-/// agrees on it and two creating it at once collide on the same key.
-pub fn dhcp_port_id(network_id: &str) -> String {
-    let digest = Sha256::digest(format!("isthmus dhcp port {network_id}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .to_string()
-}
 
 /// The `device_id` of a network's DHCP port.
 fn device_id(network_id: &str) -> String {

@@ -2,7 +2,10 @@ use super::*;
 use serde_json::json;
 
 const NET: &str = "11111111-2222-3333-4444-555555555555";
-const DHCP: &str = "dddddddd-0000-0000-0000-000000000000";
+/// The network's DHCP port id (derived from the network's).
+fn dhcp() -> String {
+    isthmus_model::port::dhcp_port_id(NET)
+}
 const VM: &str = "aaaaaaaa-0000-0000-0000-000000000000";
 const SUBNET: &str = "5ub";
 
@@ -22,7 +25,7 @@ fn view(dhcp_enabled: bool) -> NodeView {
         json!({"type": "ADDED", "kind": "subnet", "object": {"id": SUBNET, "network_id": NET,
             "cidr": "10.1.0.0/24", "gateway_ip": "10.1.0.1", "enable_dhcp": dhcp_enabled,
             "dns_nameservers": [], "host_routes": [{"destination": "192.168.0.0/16", "nexthop": "10.1.0.254"}]}}),
-        json!({"type": "ADDED", "kind": "port", "object": {"id": DHCP, "network_id": NET,
+        json!({"type": "ADDED", "kind": "port", "object": {"id": dhcp(), "network_id": NET,
             "mac_address": "fa:16:3e:00:00:02", "fixed_ips": [{"subnet_id": SUBNET, "ip_address": "10.1.0.2"}],
             "port_security_enabled": false, "status": "ACTIVE", "device_owner": "network:dhcp"}}),
         json!({"type": "ADDED", "kind": "port", "object": {"id": VM, "network_id": NET,
@@ -47,8 +50,8 @@ fn a_node_with_a_port_runs_the_networks_dhcp_namespace() {
     let view = view(true);
     let state = namespaces(&view, &node("n1"));
     let ns = &state[&namespace_name(NET)];
-    let iface = &ns.interfaces["ns-dddddddd-00"];
-    assert_eq!(iface.peer, "tapdddddddd-00");
+    let iface = &ns.interfaces[&interface_name(&dhcp())];
+    assert_eq!(iface.peer, tap_name(&dhcp()));
     assert_eq!(iface.mac, "fa:16:3e:00:00:02");
     assert!(iface.addresses.contains(&("10.1.0.2".parse().unwrap(), 24)));
     assert!(iface.addresses.contains(&(IpAddr::V4(METADATA_IP), 32)));
@@ -64,11 +67,11 @@ fn a_node_with_a_port_runs_the_networks_dhcp_namespace() {
     let routers = crate::router::desired(&view, &node("n1"));
     assert!(routers.contains_key(&namespace_name(NET)));
     let l2 = crate::l2::desired(&view, &node("n1"), &routers);
-    assert!(l2.attachments.contains_key("tapdddddddd-00"));
+    assert!(l2.attachments.contains_key(&tap_name(&dhcp())));
     assert!(l2
         .pins
         .iter()
-        .any(|p| p.device == "tapdddddddd-00" && p.mac == "fa:16:3e:00:00:02"));
+        .any(|p| p.device == tap_name(&dhcp()) && p.mac == "fa:16:3e:00:00:02"));
     assert!(
         !l2.fdb.iter().any(|f| f.mac == "fa:16:3e:00:00:02"),
         "the DHCP MAC is local on every node, never tunnelled"
