@@ -100,21 +100,17 @@ fn packet_socket() -> io::Result<OwnedFd> {
         // A node's guests all asking at once (a host reboot) must not overflow the default
         // buffer: room for thousands of requests (root may exceed rmem_max). Best effort.
         let buffer: libc::c_int = RECEIVE_BUFFER;
-        if libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&buffer as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) != 0
-        {
-            libc::setsockopt(
+        for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            if libc::setsockopt(
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
+                option,
                 (&buffer as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+            ) == 0
+            {
+                break;
+            }
         }
         // Best effort: without it (kernels before 4.20) outgoing copies are skipped below.
         libc::setsockopt(

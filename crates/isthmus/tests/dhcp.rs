@@ -436,21 +436,23 @@ fn instance_names_follow_the_api_and_the_rest_is_forwarded() {
     assert_eq!(refused.code(), Some(7), "curl: could not connect");
 }
 
-#[test]
-fn a_slaac_subnet_behind_a_router_configures_instances_by_router_advertisements() {
-    let Some(cloud) = cloud(2) else { return };
-    let lab = &cloud.lab;
-    let net = create(lab, "/v2.0/networks", "network", json!({"name": "v6"}));
+/// A network with one IPv6 subnet in `mode` (RA and address mode) on a router; its id.
+fn routed_v6_network(lab: &Lab, name: &str, cidr: &str, mode: &str) -> String {
+    let net = create(lab, "/v2.0/networks", "network", json!({ "name": name }));
     let net = net["id"].as_str().unwrap().to_owned();
     let subnet = create(
         lab,
         "/v2.0/subnets",
         "subnet",
         json!({"network_id": net,
-        "ip_version": 6, "cidr": "2001:db8:70::/64",
-        "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}),
+        "ip_version": 6, "cidr": cidr, "ipv6_ra_mode": mode, "ipv6_address_mode": mode}),
     );
-    let router = create(lab, "/v2.0/routers", "router", json!({"name": "r6"}));
+    let router = create(
+        lab,
+        "/v2.0/routers",
+        "router",
+        json!({ "name": format!("r-{name}") }),
+    );
     let (s, v) = lab.api(
         "PUT",
         &format!(
@@ -460,6 +462,14 @@ fn a_slaac_subnet_behind_a_router_configures_instances_by_router_advertisements(
         Some(&json!({"subnet_id": subnet["id"]})),
     );
     assert_eq!(s, 200, "{v}");
+    net
+}
+
+#[test]
+fn a_slaac_subnet_behind_a_router_configures_instances_by_router_advertisements() {
+    let Some(cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
+    let net = routed_v6_network(lab, "v6", "2001:db8:70::/64", "slaac");
     let ports: Vec<Value> = (0..2)
         .map(|i| bound_port(lab, &net, &format!("node{}", i + 1), json!({})))
         .collect();
@@ -495,31 +505,7 @@ fn dhcpv6_stateful_subnets_lease_the_ports_address_to_a_real_client() {
     let Some(cloud) = cloud(1) else { return };
     let lab = &cloud.lab;
     let dir = tempfile::tempdir().unwrap();
-    let net = create(
-        lab,
-        "/v2.0/networks",
-        "network",
-        json!({"name": "v6-stateful"}),
-    );
-    let net = net["id"].as_str().unwrap().to_owned();
-    let subnet = create(
-        lab,
-        "/v2.0/subnets",
-        "subnet",
-        json!({"network_id": net,
-        "ip_version": 6, "cidr": "2001:db8:71::/64",
-        "ipv6_ra_mode": "dhcpv6-stateful", "ipv6_address_mode": "dhcpv6-stateful"}),
-    );
-    let router = create(lab, "/v2.0/routers", "router", json!({"name": "r6"}));
-    let (s, v) = lab.api(
-        "PUT",
-        &format!(
-            "/v2.0/routers/{}/add_router_interface",
-            router["id"].as_str().unwrap()
-        ),
-        Some(&json!({"subnet_id": subnet["id"]})),
-    );
-    assert_eq!(s, 200, "{v}");
+    let net = routed_v6_network(lab, "v6-stateful", "2001:db8:71::/64", "dhcpv6-stateful");
     let port = bound_port(lab, &net, "node1", json!({}));
     let vm = lab.add_dhcp_vm(0, &port).unwrap();
     let (_, dhcp) = lab.api(
