@@ -1,7 +1,8 @@
 //! The DHCP port of each network, as Neutron's DHCP agent keeps it: one `network:dhcp` port
-//! per network with an address on every subnet with `enable_dhcp`, taken before the subnet's
-//! first instance (so the first VM of a new subnet gets `.3`, after the gateway's `.1` and the
-//! DHCP port's `.2`). No node holds it: every agent serves DHCP, DNS and metadata for its own
+//! per network with an address on every subnet with `enable_dhcp`, taken right after the
+//! subnet commits (so the first VM of a new subnet gets `.3`, after the gateway's `.1` and the
+//! DHCP port's `.2`; a port created in that same instant may take `.2` first, as with
+//! Neutron's DHCP agent, and the DHCP port then gets the next free address). No node holds it: every agent serves DHCP, DNS and metadata for its own
 //! ports with this one MAC and these addresses, like the distributed router's gateway.
 //!
 //! Subnet create and update bring the port in line after they commit (a sweep repairs what a
@@ -131,13 +132,18 @@ impl Service {
     }
 
     /// Brings every network's DHCP port in line (repairs what a crash between a subnet's
-    /// commit and its DHCP port's left). Returns how many networks it changed.
+    /// commit and its DHCP port's left); a network that cannot be synced now (its subnets
+    /// full, say) is logged and the others still are. Returns how many networks it changed.
     pub async fn sweep_dhcp_ports(&self) -> Result<usize> {
         let mut changed = 0;
         for (network, _) in self.load_all::<Network>(keys::NETWORKS).await? {
-            let before = self.dhcp_port(&network.meta.id).await?.map(|(_, r)| r);
-            self.sync_dhcp_port(&network.meta.id).await?;
-            let after = self.dhcp_port(&network.meta.id).await?.map(|(_, r)| r);
+            let id = &network.meta.id;
+            let before = self.dhcp_port(id).await?.map(|(_, r)| r);
+            if let Err(e) = self.sync_dhcp_port(id).await {
+                eprintln!("isthmus controller: DHCP port of network {id} not repaired: {e}");
+                continue;
+            }
+            let after = self.dhcp_port(id).await?.map(|(_, r)| r);
             changed += usize::from(before != after);
         }
         Ok(changed)
