@@ -271,9 +271,9 @@ fn kind_of_code(code: u8) -> Kind {
         .unwrap_or(Kind::Text)
 }
 
-/// One `extra_dhcp_opts` entry as (code, value bytes): by dnsmasq's name or by number
-/// (`option:` and `tag:` prefixes as dnsmasq accepts them); `None` for what cannot be
-/// encoded (the option is left out, the rest of the lease stands).
+/// One `extra_dhcp_opts` entry as (code, value bytes): by dnsmasq's name or by number, with
+/// or without dnsmasq's `option:` prefix (dnsmasq's `tag:` selectors are not supported);
+/// `None` for what cannot be encoded (the option is left out, the rest of the lease stands).
 fn extra_option(name: &str, value: &str) -> Option<(u8, Vec<u8>)> {
     let name = name.trim_start_matches("option:");
     let (code, kind) = match name.parse::<u8>() {
