@@ -75,6 +75,13 @@ def api(method, path, body=None):
         return json.loads(text) if text else None
 
 
+def until(seconds, done):
+    """Polls `done` every 0.1 s for up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not done():
+        time.sleep(0.1)
+
+
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -357,10 +364,8 @@ def main():
         ip(SRV, "addr", "add", f"{SERVER}/16", "dev", "dm0")
         ip(SRV, "link", "set", "dm0", "up")
         # Wait until the agent has plugged every tap.
-        for _ in range(600):
-            if all(p["status"] == "ACTIVE" for p in api("GET", f"/v2.0/ports?network_id={net}&fields=status&device_owner=compute:nova")["ports"]):
-                break
-            time.sleep(0.1)
+        until(60, lambda: all(p["status"] == "ACTIVE" for p in api(
+            "GET", f"/v2.0/ports?network_id={net}&fields=status&device_owner=compute:nova")["ports"]))
         hosts = f"{work}/dnsmasq.hosts"
         with open(hosts, "w") as f:
             for p in ports:
@@ -448,10 +453,7 @@ def main():
         ip(SRV, "link", "set", "srv0", "address", ref["mac_address"])
         ip(SRV, "addr", "add", f"{ref_ip}/16", "dev", "srv0")
         ip(SRV, "link", "set", "srv0", "up")
-        for _ in range(100):
-            if api("GET", f"/v2.0/ports/{ref['id']}")["port"]["status"] == "ACTIVE":
-                break
-            time.sleep(0.1)
+        until(10, lambda: api("GET", f"/v2.0/ports/{ref['id']}")["port"]["status"] == "ACTIVE")
         queries = f"{work}/queries"
         with open(queries, "w") as f:
             for p in ports:

@@ -731,19 +731,14 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
-/// Whether a pod's `<pod>.<namespace>` makes a DNS name the controller takes: DNS labels
-/// (Kubernetes names are, lower case), with room for the domain. Anything else gets no name
-/// rather than a failed ADD.
+/// Whether a pod's `<pod>.<namespace>` makes a DNS name the controller takes (its own
+/// `dns_name` check), lower case as Kubernetes names are, with room for the domain. Anything
+/// else gets no name rather than a failed ADD.
 fn pod_dns_name_ok(name: &str) -> bool {
-    name.len() <= 200
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.bytes().any(|b| b.is_ascii_uppercase())
+        && isthmus_model::port::check_dns_name(name).is_ok()
 }
 
 #[cfg(test)]

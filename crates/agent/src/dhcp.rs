@@ -14,6 +14,8 @@ use isthmus_dataplane::dhcp6::{self, Lease6};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use crate::sockopt::set;
+
 /// The leases this node answers, by tap.
 #[derive(Debug, Default, PartialEq)]
 pub struct Tables {
@@ -84,43 +86,20 @@ fn packet_socket() -> io::Result<OwnedFd> {
         len: FILTER.len() as u16,
         filter: FILTER.as_ptr().cast_mut(),
     };
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt(2) with pointers to live values of the sizes given.
-    unsafe {
-        if libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&program as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // A node's guests all asking at once (a host reboot) must not overflow the default
-        // buffer: room for thousands of requests (root may exceed rmem_max). Best effort.
-        let buffer: libc::c_int = RECEIVE_BUFFER;
-        for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-            if libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&buffer as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-            {
-                break;
-            }
-        }
-        // Best effort: without it (kernels before 4.20) outgoing copies are skipped below.
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            PACKET_IGNORE_OUTGOING,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+    set(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &program)?;
+    // A node's guests all asking at once (a host reboot) must not overflow the default
+    // buffer: room for thousands of requests (root may exceed rmem_max). Best effort.
+    let buffer: libc::c_int = RECEIVE_BUFFER;
+    if set(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &buffer).is_err() {
+        let _ = set(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &buffer);
     }
+    // Best effort: without it (kernels before 4.20) outgoing copies are skipped below.
+    let _ = set(
+        &fd,
+        libc::SOL_PACKET,
+        PACKET_IGNORE_OUTGOING,
+        &1 as &libc::c_int,
+    );
     Ok(fd)
 }
 

@@ -19,6 +19,7 @@ mod ra;
 mod reply;
 pub mod routers;
 mod services;
+mod sockopt;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -409,7 +410,17 @@ async fn reconcile(
     let taps = isthmus_dataplane::node::guarded_ports(view, node)
         .into_keys()
         .collect();
-    let wanted = filter::desired(view, node, &filter::port_ids(&taps, &inet));
+    // The leases decide both what the DHCP server answers and whose requests stop at their
+    // tap: derived once.
+    let tables = dhcp::Tables {
+        v4: isthmus_dataplane::dhcp::leases(view, node),
+        v6: isthmus_dataplane::dhcp6::leases(view, node),
+    };
+    let served = filter::DhcpServed {
+        v4: tables.v4.keys().cloned().collect(),
+        v6: tables.v6.keys().cloned().collect(),
+    };
+    let wanted = filter::desired(view, node, &filter::port_ids(&taps, &inet), &served);
     let script: String = [
         wanted.bridge.plan(&bridge, filter::BRIDGE_BASE),
         wanted.inet.plan(&inet, filter::INET_BASE),
@@ -456,13 +467,7 @@ async fn reconcile(
         isthmus_dataplane::dns::names(view),
         &shared.config.node,
     );
-    services::replace_if_changed(
-        &shared.leases,
-        dhcp::Tables {
-            v4: isthmus_dataplane::dhcp::leases(view, node),
-            v6: isthmus_dataplane::dhcp6::leases(view, node),
-        },
-    );
+    services::replace_if_changed(&shared.leases, tables);
     shared.advertisers.follow(
         &shared.config.netns_dir,
         isthmus_dataplane::ra::advertisements(view, &routers),

@@ -717,14 +717,8 @@ where
         .name("isthmus-netns".into())
         .spawn(move || {
             let outcome = (|| {
-                // SAFETY: setns(2) on an open namespace file; it changes only this thread,
-                // which ends when the closure returns.
-                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(kernel(
-                        "entering a network namespace",
-                        std::io::Error::last_os_error(),
-                    ));
-                }
+                // This thread ends when the closure returns.
+                crate::netns::enter(&netns)?;
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_io()
                     .build()?;

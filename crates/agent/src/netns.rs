@@ -119,21 +119,27 @@ pub fn open(dir: &Path, name: &str) -> Result<File, AgentError> {
     Ok(File::open(dir.join(name))?)
 }
 
-/// Runs `f` inside the pinned namespace `dir/name` on a thread of its own (a namespace switch
-/// is per thread) and returns what it made: sockets made there stay in that namespace.
+/// Moves the calling thread into the network namespace of `netns` (a namespace switch is per
+/// thread): only for threads made for the purpose, which end in it.
+pub fn enter(netns: &File) -> Result<(), AgentError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns(2) on an open namespace file; it changes only the calling thread.
+    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(os_error("entering a network namespace"));
+    }
+    Ok(())
+}
+
+/// Runs `f` inside the pinned namespace `dir/name` on a thread of its own and returns what it
+/// made: sockets made there stay in that namespace.
 pub fn run_in<T, F>(dir: &Path, name: &str, f: F) -> Result<T, AgentError>
 where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
 {
-    use std::os::fd::AsRawFd;
     let netns = open(dir, name)?;
     std::thread::spawn(move || {
-        // SAFETY: setns(2) on an open namespace file; it changes only this thread, which
-        // ends when the closure returns.
-        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(os_error("entering a network namespace"));
-        }
+        enter(&netns)?;
         f().map_err(AgentError::from)
     })
     .join()

@@ -14,6 +14,8 @@ use std::time::Duration;
 use isthmus_dataplane::ra::{message, Advertisement};
 use tokio::task::AbortHandle;
 
+use crate::sockopt::set;
+
 /// Time between unsolicited advertisements (radvd's MaxRtrAdvInterval as Neutron sets it is
 /// 100 s; solicitations are answered at once).
 pub const INTERVAL: Duration = Duration::from_secs(30);
@@ -57,24 +59,6 @@ impl Advertisers {
                 ),
             }
         }
-    }
-}
-
-fn set<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: setsockopt(2) reads `size_of::<T>()` bytes from a live value.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

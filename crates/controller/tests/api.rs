@@ -187,19 +187,9 @@ async fn ipam_is_lowest_free_and_releases() {
         body
     };
     // The network's DHCP port took .2 with the subnet (.1 is the gateway).
-    let (_, dhcp) = api
-        .call(
-            As::Anonymous,
-            "GET",
-            &format!("/v2.0/ports?network_id={net}&device_owner=network:dhcp"),
-            None,
-        )
-        .await;
-    assert_eq!(
-        dhcp["ports"][0]["fixed_ips"][0]["ip_address"],
-        "192.168.100.2"
-    );
-    assert_eq!(dhcp["ports"][0]["status"], "ACTIVE");
+    let dhcp = api.dhcp_ports(&net).await;
+    assert_eq!(dhcp[0]["fixed_ips"][0]["ip_address"], "192.168.100.2");
+    assert_eq!(dhcp[0]["status"], "ACTIVE");
     let a = api.create(As::Anonymous, "ports", "port", port(None)).await;
     let b = api.create(As::Anonymous, "ports", "port", port(None)).await;
     assert_eq!(a["fixed_ips"][0]["ip_address"], "192.168.100.3");

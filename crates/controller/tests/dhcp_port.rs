@@ -7,19 +7,6 @@ mod common;
 use common::{fault, Api, As};
 use serde_json::{json, Value};
 
-async fn dhcp_ports(api: &Api, net: &str) -> Vec<Value> {
-    let (s, v) = api
-        .call(
-            As::Anonymous,
-            "GET",
-            &format!("/v2.0/ports?network_id={net}&device_owner=network:dhcp"),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["ports"].as_array().unwrap().clone()
-}
-
 fn addresses(port: &Value) -> Vec<String> {
     let mut out: Vec<String> = port["fixed_ips"]
         .as_array()
@@ -68,11 +55,11 @@ async fn one_dhcp_port_per_network_follows_its_subnets() {
     let net = net["id"].as_str().unwrap().to_owned();
     // No subnet with DHCP, no port.
     let quiet = subnet(&api, &net, "10.9.0.0/24", false).await;
-    assert!(dhcp_ports(&api, &net).await.is_empty());
+    assert!(api.dhcp_ports(&net).await.is_empty());
 
     // The first subnet with DHCP: the port takes its first address, before any instance.
     let a = subnet(&api, &net, "10.1.0.0/24", true).await;
-    let ports = dhcp_ports(&api, &net).await;
+    let ports = api.dhcp_ports(&net).await;
     assert_eq!(ports.len(), 1);
     let port = &ports[0];
     assert_eq!(addresses(port), ["10.1.0.2"]);
@@ -100,14 +87,14 @@ async fn one_dhcp_port_per_network_follows_its_subnets() {
     // A second subnet with DHCP adds an address to the same port; DHCP on the quiet one too.
     let b = subnet(&api, &net, "10.2.0.0/24", true).await;
     put_subnet(&api, &quiet, json!({"enable_dhcp": true})).await;
-    let ports = dhcp_ports(&api, &net).await;
+    let ports = api.dhcp_ports(&net).await;
     assert_eq!(ports.len(), 1);
     assert_eq!(ports[0]["id"], id.as_str());
     assert_eq!(addresses(&ports[0]), ["10.1.0.2", "10.2.0.2", "10.9.0.2"]);
     // DHCP off: the address goes back to the pool.
     put_subnet(&api, &a, json!({"enable_dhcp": false})).await;
     assert_eq!(
-        addresses(&dhcp_ports(&api, &net).await[0]),
+        addresses(&api.dhcp_ports(&net).await[0]),
         ["10.2.0.2", "10.9.0.2"]
     );
     let claims = api.keys(&format!("/isthmus/ipam/{a}/")).await;
@@ -117,7 +104,7 @@ async fn one_dhcp_port_per_network_follows_its_subnets() {
     // port stays for the subnet still served.
     let (s, v) = delete(&api, &format!("/v2.0/subnets/{b}")).await;
     assert_eq!(s, 204, "{v}");
-    assert_eq!(addresses(&dhcp_ports(&api, &net).await[0]), ["10.9.0.2"]);
+    assert_eq!(addresses(&api.dhcp_ports(&net).await[0]), ["10.9.0.2"]);
     assert!(api.keys(&format!("/isthmus/ipam/{b}/")).await.is_empty());
     // A subnet with an instance on it is still in use.
     let (s, v) = delete(&api, &format!("/v2.0/subnets/{a}")).await;
@@ -146,7 +133,7 @@ async fn the_last_dhcp_subnet_takes_the_port_and_the_sweep_repairs_it() {
     let (net, sub) = api
         .network_with_subnet(As::Member("p"), "10.4.0.0/24")
         .await;
-    let id = dhcp_ports(&api, &net).await[0]["id"]
+    let id = api.dhcp_ports(&net).await[0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -155,11 +142,11 @@ async fn the_last_dhcp_subnet_takes_the_port_and_the_sweep_repairs_it() {
         .call(As::Anonymous, "DELETE", &format!("/v2.0/ports/{id}"), None)
         .await;
     assert_eq!(s, 204);
-    assert!(dhcp_ports(&api, &net).await.is_empty());
+    assert!(api.dhcp_ports(&net).await.is_empty());
     let service =
         isthmus_controller::Service::new(api.store.clone(), isthmus_controller::Config::default());
     assert_eq!(service.sweep_dhcp_ports().await.unwrap(), 1);
-    let ports = dhcp_ports(&api, &net).await;
+    let ports = api.dhcp_ports(&net).await;
     assert_eq!(
         ports[0]["id"],
         id.as_str(),
@@ -175,7 +162,7 @@ async fn the_last_dhcp_subnet_takes_the_port_and_the_sweep_repairs_it() {
     // The network's last subnet with DHCP: the port goes with it.
     let (s, v) = delete(&api, &format!("/v2.0/subnets/{sub}")).await;
     assert_eq!(s, 204, "{v}");
-    assert!(dhcp_ports(&api, &net).await.is_empty());
+    assert!(api.dhcp_ports(&net).await.is_empty());
     assert!(api.keys("/isthmus/ports/").await.is_empty());
     assert!(api.keys("/isthmus/index/network-ports/").await.is_empty());
 }

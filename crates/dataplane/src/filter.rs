@@ -89,8 +89,17 @@ fn set(items: &BTreeSet<String>) -> String {
     )
 }
 
-/// Whether the node's own DHCP answers a port (see [`crate::dhcp`]): its DHCPv4 and DHCPv6
-/// requests are read on its tap and need not travel further.
+/// The taps whose DHCP requests the node's own DHCP answers (see [`crate::dhcp`]), by
+/// family: read on the tap, they need not travel further.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DhcpServed {
+    /// Taps with a DHCPv4 lease.
+    pub v4: BTreeSet<String>,
+    /// Taps with a DHCPv6 lease.
+    pub v6: BTreeSet<String>,
+}
+
+/// Whether one port's DHCPv4 and DHCPv6 are served by the node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Served {
     v4: bool,
@@ -380,8 +389,14 @@ fn base_rules(
     (bridge, inet)
 }
 
-/// Both tables for `view`, with port ids from [`port_ids`].
-pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) -> Filter {
+/// Both tables for `view`, with port ids from [`port_ids`] and the taps the node's DHCP
+/// serves.
+pub fn desired(
+    view: &NodeView,
+    node: &NodeConfig,
+    ids: &BTreeMap<String, u16>,
+    served: &DhcpServed,
+) -> Filter {
     let mut bridge = Table {
         family: "bridge",
         name: TABLE,
@@ -404,10 +419,6 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
         return Filter { bridge, inet };
     }
     let mut untracked_macs = BTreeSet::new();
-    let (served4, served6) = (
-        crate::dhcp::leases(view, node),
-        crate::dhcp6::leases(view, node),
-    );
     for (tap, port) in &guarded {
         let Some(&id) = ids.get(tap) else { continue };
         let stateless = is_stateless(view, port);
@@ -432,8 +443,8 @@ pub fn desired(view: &NodeView, node: &NodeConfig, ids: &BTreeMap<String, u16>) 
                 &v6,
                 &mark,
                 Served {
-                    v4: served4.contains_key(tap),
-                    v6: served6.contains_key(tap),
+                    v4: served.v4.contains(tap),
+                    v6: served.v6.contains(tap),
                 },
             ),
         );
@@ -646,7 +657,7 @@ mod tests {
         assert_eq!(taps.iter().collect::<Vec<_>>(), ["taplocal-port-"]);
         let ids = port_ids(&taps, &Observed::default());
         assert_eq!(ids["taplocal-port-"], 1);
-        let f = desired(&v, &node(), &ids);
+        let f = desired(&v, &node(), &ids, &DhcpServed::default());
         let from = &f.bridge.chains["from_taplocal-port-"];
         assert_eq!(
             from[0], "ether type ip udp sport 67 udp dport 68 counter drop",
@@ -733,7 +744,7 @@ mod tests {
     fn no_guarded_port_no_tables() {
         let mut v = view();
         v.ports.remove("local-port-1");
-        let f = desired(&v, &node(), &BTreeMap::new());
+        let f = desired(&v, &node(), &BTreeMap::new(), &DhcpServed::default());
         let existing = Observed {
             exists: true,
             ..Observed::default()
@@ -764,7 +775,12 @@ mod tests {
             },
         );
         let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
-        let f = desired(&v, &node(), &port_ids(&taps, &Observed::default()));
+        let f = desired(
+            &v,
+            &node(),
+            &port_ids(&taps, &Observed::default()),
+            &DhcpServed::default(),
+        );
         assert_eq!(
             f.inet.chains["prerouting"],
             [
@@ -795,7 +811,7 @@ mod tests {
             .unwrap()["stateful"] = json!(false);
         let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
         let ids = port_ids(&taps, &Observed::default());
-        let f = desired(&v, &node(), &ids);
+        let f = desired(&v, &node(), &ids, &DhcpServed::default());
         let from = &f.bridge.chains["from_taplocal-port-"];
         assert!(from[1].ends_with("meta mark set meta mark or 0x00000001 notrack accept"));
         assert_eq!(
@@ -810,7 +826,7 @@ mod tests {
         let ingress = &f.inet.chains["ingress_taplocal-port-"];
         assert_eq!(ingress[1..], ["jump sgi_web", "counter drop"]);
         // Stateful again: no untracked set, no extra rule on any frame.
-        let stateful = desired(&view(), &node(), &ids);
+        let stateful = desired(&view(), &node(), &ids, &DhcpServed::default());
         assert!(!stateful.bridge.sets.contains_key("untracked"));
         assert!(stateful.bridge.chains["prerouting"][0].starts_with("iifname != "));
     }
@@ -830,7 +846,7 @@ mod tests {
         let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
         let ids = port_ids(&taps, &Observed::default());
         // Before the group arrives its sets exist, empty: the rule loads and admits nothing.
-        let f = desired(&v, &node(), &ids);
+        let f = desired(&v, &node(), &ids, &DhcpServed::default());
         assert!(f.inet.chains["sgi_web"]
             .iter()
             .any(|r| r == "meta nfproto ipv4 meta l4proto 6 th dport 22 ip saddr @ag4_ag1 accept"));
@@ -839,7 +855,7 @@ mod tests {
             ("address_group".into(), "ag-1".into()),
             json!({"id": "ag-1", "addresses": ["10.1.0.0/24", "10.1.0.7/32", "10.2.0.1/32", "2001:db8::/64"]}),
         );
-        let f = desired(&v, &node(), &ids);
+        let f = desired(&v, &node(), &ids, &DhcpServed::default());
         assert_eq!(
             f.inet.sets["ag4_ag1"].1.iter().collect::<Vec<_>>(),
             ["10.1.0.0/24", "10.2.0.1/32"],

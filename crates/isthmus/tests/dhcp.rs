@@ -6,7 +6,7 @@ mod cloud;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cloud::{cloud, create, ip_of, wait_for, BIN};
+use cloud::{add_router_interface, cloud, create, default_group, ip_of, wait_for, BIN};
 use isthmus_lab::{Lab, Vm};
 use serde_json::{json, Value};
 
@@ -98,11 +98,7 @@ fn vms_get_their_ports_by_dhcp_from_their_own_node() {
     );
     let subnet_id = subnet["id"].as_str().unwrap().to_owned();
     // ICMP in, so the VMs can ping each other once addressed.
-    let (_, groups) = lab.api("GET", "/v2.0/security-groups?name=default", None);
-    let default = groups["security_groups"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let default = default_group(lab, None);
     create(
         lab,
         "/v2.0/security-group-rules",
@@ -453,15 +449,11 @@ fn routed_v6_network(lab: &Lab, name: &str, cidr: &str, mode: &str) -> String {
         "router",
         json!({ "name": format!("r-{name}") }),
     );
-    let (s, v) = lab.api(
-        "PUT",
-        &format!(
-            "/v2.0/routers/{}/add_router_interface",
-            router["id"].as_str().unwrap()
-        ),
-        Some(&json!({"subnet_id": subnet["id"]})),
+    add_router_interface(
+        lab,
+        router["id"].as_str().unwrap(),
+        subnet["id"].as_str().unwrap(),
     );
-    assert_eq!(s, 200, "{v}");
     net
 }
 

@@ -8,7 +8,9 @@ mod cloud;
 
 use std::time::Duration;
 
-use cloud::{cloud_with, cni_add, cni_conf, create, ip_of, wait_for};
+use cloud::{
+    add_router_interface, cloud_with, cni_add, cni_conf, create, default_group, ip_of, wait_for,
+};
 use isthmus_lab::guest::{self, GuestImage};
 use serde_json::{json, Value};
 
@@ -114,15 +116,7 @@ fn qemu_guests_get_dhcp_resolve_names_across_a_router_and_fetch_signed_metadata(
         "device_id": "6f1b9d1e-0000-4000-8000-0000000000a1"}),
     );
     // The project's default group (made with its first port) admits ICMP.
-    let (_, groups) = lab.api(
-        "GET",
-        &format!("/v2.0/security-groups?name=default&project_id={project}"),
-        None,
-    );
-    let default = groups["security_groups"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let default = default_group(lab, Some(project));
     create(
         lab,
         "/v2.0/security-group-rules",
@@ -171,13 +165,8 @@ fn qemu_guests_get_dhcp_resolve_names_across_a_router_and_fetch_signed_metadata(
     );
     let router = create(lab, "/v2.0/routers", "router", json!({"name": "r"}));
     let router = router["id"].as_str().unwrap().to_owned();
-    for subnet in [sub_a["id"].as_str().unwrap(), sub_b["id"].as_str().unwrap()] {
-        let (s, v) = lab.api(
-            "PUT",
-            &format!("/v2.0/routers/{router}/add_router_interface"),
-            Some(&json!({ "subnet_id": subnet })),
-        );
-        assert_eq!(s, 200, "{v}");
+    for subnet in [&sub_a, &sub_b] {
+        add_router_interface(lab, &router, subnet["id"].as_str().unwrap());
     }
     let second = create(
         lab,

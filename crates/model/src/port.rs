@@ -503,8 +503,8 @@ fn parse_pairs(items: Vec<Map<String, Value>>) -> Result<Vec<AddressPairRequest>
 }
 
 /// Validates a DNS host name as Neutron's `dns_name` does (labels of letters, digits and
-/// hyphens; no leading or trailing hyphen).
-fn check_dns_name(name: &str) -> Result<()> {
+/// hyphens; no leading or trailing hyphen); empty means no name.
+pub fn check_dns_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Ok(());
     }

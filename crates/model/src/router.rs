@@ -20,6 +20,9 @@ use crate::resource::{attr, Definition, Rights};
 /// `device_owner` of a distributed router's interface ports (same gateway IP and MAC on every
 /// node hosting the router).
 pub const OWNER_INTERFACE: &str = "network:router_interface_distributed";
+/// `device_owner` of a (centralized) router's interface ports, as other Neutron backends make
+/// them.
+pub const OWNER_LEGACY_INTERFACE: &str = "network:router_interface";
 /// `device_owner` of a router's gateway port on its external network.
 pub const OWNER_GATEWAY: &str = "network:router_gateway";
 /// `device_owner` of the port per interface through which the gateway node SNATs that subnet
@@ -39,7 +42,13 @@ pub fn is_l3_owner(owner: &str) -> bool {
         OWNER_FLOATING_IP,
     ]
     .contains(&owner)
-        || owner == "network:router_interface"
+        || is_interface_owner(owner)
+}
+
+/// Whether a `device_owner` marks a router's interface on a subnet (which holds the subnet's
+/// gateway address, also on automatic IPv6 subnets).
+pub fn is_interface_owner(owner: &str) -> bool {
+    owner == OWNER_INTERFACE || owner == OWNER_LEGACY_INTERFACE
 }
 
 /// The `routers` resource.

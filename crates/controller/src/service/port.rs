@@ -12,7 +12,7 @@ use isthmus_model::port::{
 };
 use isthmus_model::rbac::Action;
 use isthmus_model::resource::{Resource, View};
-use isthmus_model::router::{is_l3_owner, OWNER_INTERFACE};
+use isthmus_model::router::{is_interface_owner, is_l3_owner};
 use isthmus_model::{
     ipam, mac, Caller, Error, FloatingIp, Network, Port, PortRequest, Result, Subnet,
 };
@@ -257,10 +257,8 @@ impl Service {
                     }
                     // Router interfaces take the gateway address of automatic subnets (the
                     // router advertises the prefix), as in Neutron.
-                    let router_interface =
-                        [OWNER_INTERFACE, "network:router_interface"].contains(&device_owner);
                     if subnet.is_auto_address()
-                        && !router_interface
+                        && !is_interface_owner(device_owner)
                         && ip != ipam::eui64(&subnet.cidr, mac_bytes)
                     {
                         return Err(Error::InvalidInput(format!(

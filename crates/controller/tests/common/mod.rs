@@ -36,6 +36,20 @@ pub struct Api {
 }
 
 impl Api {
+    /// The DHCP ports of network `net` (one at most).
+    pub async fn dhcp_ports(&self, net: &str) -> Vec<Value> {
+        let (s, v) = self
+            .call(
+                As::Anonymous,
+                "GET",
+                &format!("/v2.0/ports?network_id={net}&device_owner=network:dhcp"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["ports"].as_array().cloned().unwrap_or_default()
+    }
+
     pub fn memory() -> Api {
         Self::on(Arc::new(MemoryStore::new()))
     }

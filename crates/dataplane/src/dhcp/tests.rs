@@ -82,13 +82,25 @@ fn a_node_with_a_port_runs_the_networks_dhcp_namespace() {
         .into_keys()
         .collect();
     let ids = crate::filter::port_ids(&taps, &crate::nft::Observed::default());
-    let filter = crate::filter::desired(&view, &node("n1"), &ids);
+    let served = crate::filter::DhcpServed {
+        v4: leases(&view, &node("n1")).into_keys().collect(),
+        v6: crate::dhcp6::leases(&view, &node("n1"))
+            .into_keys()
+            .collect(),
+    };
+    let filter = crate::filter::desired(&view, &node("n1"), &ids, &served);
     assert_eq!(
         filter.bridge.chains["from_tapaaaaaaaa-00"][0],
         "ether type ip udp sport . udp dport { 67 . 68, 68 . 67 } counter drop"
     );
     let unserved = self::view(false);
-    let filter = crate::filter::desired(&unserved, &node("n1"), &ids);
+    let served = crate::filter::DhcpServed {
+        v4: leases(&unserved, &node("n1")).into_keys().collect(),
+        v6: crate::dhcp6::leases(&unserved, &node("n1"))
+            .into_keys()
+            .collect(),
+    };
+    let filter = crate::filter::desired(&unserved, &node("n1"), &ids, &served);
     assert_eq!(
         filter.bridge.chains["from_tapaaaaaaaa-00"][0],
         "ether type ip udp sport 67 udp dport 68 counter drop",

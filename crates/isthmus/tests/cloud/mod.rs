@@ -194,3 +194,26 @@ pub fn ip_of(port: &serde_json::Value) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// The id of the default security group (of `project`, or the first listed).
+pub fn default_group(lab: &Lab, project: Option<&str>) -> String {
+    let query = match project {
+        Some(p) => format!("/v2.0/security-groups?name=default&project_id={p}"),
+        None => "/v2.0/security-groups?name=default".to_owned(),
+    };
+    let (_, groups) = lab.api("GET", &query, None);
+    groups["security_groups"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Adds `subnet` to `router` through the API.
+pub fn add_router_interface(lab: &Lab, router: &str, subnet: &str) {
+    let (s, v) = lab.api(
+        "PUT",
+        &format!("/v2.0/routers/{router}/add_router_interface"),
+        Some(&json!({ "subnet_id": subnet })),
+    );
+    assert_eq!(s, 200, "{v}");
+}
