@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole Isthmus test suite. On a fresh Debian machine it first installs what the tests
 # need (as root): etcd (store conformance, two controllers on one etcd), protoc (the etcd
-# client's build), python3-venv + python-openstackclient (the real Neutron client), iproute2 and
+# client's build), python3-venv + python-openstackclient and python-octaviaclient (the real Neutron and
+# Octavia clients), iproute2 and
 # iputils-ping, nftables, conntrack and curl (kernel tests in network namespaces, which need root), podman,
 # runc and busybox-static (a real container runtime driving the CNI plugin), keepalived (VRRP
 # moving a floating IP between VMs), python3-dev and gcc (uWSGI, which serves a real Keystone
@@ -38,9 +39,9 @@ if ((${#missing[@]} + ${#missing_lean[@]})); then
     fi
 fi
 
-if [ ! -x .venv/bin/openstack ]; then
+if [ ! -x .venv/bin/openstack ] || [ ! -d .venv/lib/python3*/site-packages/octaviaclient ]; then
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check python-openstackclient
+    .venv/bin/pip install --quiet --disable-pip-version-check python-openstackclient python-octaviaclient
 fi
 if [ ! -x .venv-keystone/bin/uwsgi ]; then
     python3 -m venv .venv-keystone

@@ -32,6 +32,8 @@ pub struct AppState {
     pub informer: Arc<crate::informer::Informer>,
     /// The resource collections served under `/v2.0/`.
     pub registry: Registry,
+    /// Octavia's collections, served under `/v2/lbaas/` and `/v2.0/lbaas/`.
+    pub octavia: Registry,
     /// How callers are identified.
     pub auth: Auth,
 }
@@ -69,12 +71,15 @@ impl IntoResponse for ApiError {
         }});
         let mut response = (status, Json(body)).into_response();
         if internal {
-            response
-                .extensions_mut()
-                .insert(InternalDetail(self.0.to_string()));
+            log_detail(&mut response, self.0.to_string());
         }
         response
     }
+}
+
+/// Marks `response` (a 500) with what went wrong, for the log line of its request.
+pub(crate) fn log_detail(response: &mut Response, detail: String) {
+    response.extensions_mut().insert(InternalDetail(detail));
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -209,6 +214,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(delete_namespace_binding),
         )
         .route("/isthmus/v1/watch", get(watch))
+        .merge(crate::octavia::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(Error::PathNotFound) })
@@ -277,7 +283,9 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
             }
         }
     };
-    if !public {
+    if crate::octavia::is_octavia(&path) {
+        response = crate::octavia::format(response).await;
+    } else if !public {
         response = neutron_format(response);
     }
     if let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>() {
@@ -477,10 +485,29 @@ async fn list(
     headers: HeaderMap,
 ) -> ApiResult {
     let kind = endpoint(&state, &collection)?;
-    let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.schema())?;
-    let items = kind.list(&state.service, &caller).await?;
     let base = format!("{}/v2.0/{}", base_url(&headers), kind.collection());
-    let page = query.apply(items, &base)?;
+    Ok(list_response(
+        &state.service,
+        &caller,
+        kind,
+        &query_pairs(raw.as_deref()),
+        &base,
+    )
+    .await?)
+}
+
+/// A list of `kind` as `caller` sees it, filtered, sorted and paged by the query `pairs`
+/// (`base` is the collection's URL, for page links).
+pub(crate) async fn list_response(
+    service: &Service,
+    caller: &Caller,
+    kind: &dyn Endpoint,
+    pairs: &[(String, String)],
+    base: &str,
+) -> Result<Response, Error> {
+    let query = ListQuery::parse(pairs, kind.schema())?;
+    let items = kind.list(service, caller).await?;
+    let page = query.apply(items, base)?;
     let body = ListBody {
         kind,
         items: &page.items,
@@ -490,7 +517,7 @@ async fn list(
     // Sized for ~1 KiB per object so a large page is written without regrowing the buffer.
     let mut bytes = Vec::with_capacity(1024 + page.items.len() * 1024);
     serde_json::to_writer(&mut bytes, &body)
-        .map_err(|e| ApiError(Error::Internal(format!("encoding failed: {e}"))))?;
+        .map_err(|e| Error::Internal(format!("encoding failed: {e}")))?;
     Ok(([("content-type", "application/json")], bytes).into_response())
 }
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod informer;
 pub mod keys;
 pub mod metrics;
+pub mod octavia;
 pub mod service;
 pub mod staged;
 pub mod watch;
@@ -103,15 +104,18 @@ fn router_for(service: Arc<Service>, registry: Registry, auth: Auth) -> axum::Ro
         service,
         metrics: metrics::Metrics::default(),
         registry,
+        octavia: Registry::octavia(),
         auth,
     });
     api::router(state)
 }
 
-/// Serves the Neutron API on `listener`, identifying callers with `auth`, until `shutdown`
+/// Serves the Neutron and Octavia APIs on `listener` (and on `octavia`, a listener of its own
+/// for the load-balancer catalog entry), identifying callers with `auth`, until `shutdown`
 /// resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    octavia: Option<tokio::net::TcpListener>,
     store: SharedStore,
     config: Config,
     auth: Auth,
@@ -124,9 +128,18 @@ pub async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     let (closing, closed) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
+    let accept_octavia = || async {
+        match &octavia {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        }
+    };
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = async { tokio::select! {
+                a = listener.accept() => a,
+                a = accept_octavia() => a,
+            } } => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     connections.spawn(connection(stream, app.clone(), closed.clone()));

@@ -35,6 +35,7 @@ static WIDGETS: Definition<Widget> = Definition {
     tagged: true,
     description: Some(Rights::ALL),
     updatable: true,
+    api: isthmus_model::resource::Api::Neutron,
     attributes: &[
         attr("size", Rights::ALL, |w, _| Some(json!(w.size))),
         attr("colour", Rights::CREATE_QUERY, |w, v| {

@@ -84,11 +84,15 @@ impl KeystoneArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the Neutron v2.0 API.
+    /// Serve the Neutron v2.0 API (and Octavia's v2 under /v2/lbaas).
     Controller {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9696")]
         listen: SocketAddr,
+        /// A second address serving the same APIs, for a load-balancer catalog entry of its
+        /// own (Octavia's usual port is 9876).
+        #[arg(long)]
+        octavia_listen: Option<SocketAddr>,
         /// Store backend.
         #[arg(long, value_enum, default_value = "embedded")]
         store: StoreKind,
@@ -276,6 +280,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Controller {
             listen,
+            octavia_listen,
             store,
             data_dir,
             etcd_endpoints,
@@ -337,6 +342,12 @@ async fn main() -> anyhow::Result<()> {
                     bail!("--auth keystone needs --keystone-url and --keystone-password-file")
                 }
                 (Some(AuthKind::Noauth), _) => {
+                    if let Some(addr) = octavia_listen.filter(|a| !a.ip().is_loopback()) {
+                        eprintln!(
+                            "isthmus controller: WARNING: noauth on {addr}: anyone who reaches \
+                             this address acts as whatever project and role they claim"
+                        );
+                    }
                     if !listen.ip().is_loopback() {
                         eprintln!(
                             "isthmus controller: WARNING: noauth on {listen}: anyone who reaches \
@@ -345,7 +356,12 @@ async fn main() -> anyhow::Result<()> {
                     }
                     isthmus_controller::Auth::NoAuth
                 }
-                (None, _) if listen.ip().is_loopback() => isthmus_controller::Auth::NoAuth,
+                (None, _)
+                    if listen.ip().is_loopback()
+                        && octavia_listen.is_none_or(|a| a.ip().is_loopback()) =>
+                {
+                    isthmus_controller::Auth::NoAuth
+                }
                 (None, _) => bail!(
                     "refusing to serve {listen} without authentication: give --auth keystone \
                      (with --keystone-url ...) or, knowingly, --auth noauth"
@@ -354,8 +370,19 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            eprintln!("isthmus controller: Neutron v2.0 API on http://{listen}/v2.0");
-            isthmus_controller::serve(listener, store, config, auth, shutdown_signal()).await?;
+            eprintln!("isthmus controller: Neutron v2.0 API on http://{listen}/v2.0, Octavia v2 API on http://{listen}/v2/lbaas");
+            let octavia = match octavia_listen {
+                Some(addr) => {
+                    let l = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on {addr}"))?;
+                    eprintln!("isthmus controller: Octavia v2 API also on http://{addr}/v2/lbaas");
+                    Some(l)
+                }
+                None => None,
+            };
+            isthmus_controller::serve(listener, octavia, store, config, auth, shutdown_signal())
+                .await?;
             Ok(())
         }
         Command::Agent {

@@ -24,6 +24,7 @@ pub static DEFINITION: Definition<AddressGroup> = Definition {
     tagged: false,
     description: Some(Rights::ALL),
     updatable: true,
+    api: crate::resource::Api::Neutron,
     attributes: &[attr("addresses", Rights::CREATE_QUERY, |g, _| {
         Some(json!(g
             .addresses

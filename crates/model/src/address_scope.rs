@@ -20,6 +20,7 @@ pub static DEFINITION: Definition<AddressScope> = Definition {
     tagged: false,
     description: None,
     updatable: true,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         defaulted("shared", Rights::ALL, "false", |s, _| Some(json!(s.shared))),
         attr("ip_version", Rights::CREATE_QUERY, |s, _| {

@@ -21,6 +21,7 @@ pub static DEFINITION: Definition<FloatingIp> = Definition {
     tagged: true,
     description: Some(Rights::ALL),
     updatable: true,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         attr("floating_ip_address", Rights::CREATE_QUERY, |f, _| {
             Some(json!(f.floating_ip_address))

@@ -26,6 +26,7 @@ pub static DEFINITION: Definition<Network> = Definition {
     tagged: true,
     description: Some(Rights::ALL),
     updatable: true,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         defaulted("admin_state_up", Rights::ALL, "false", |n, _| {
             Some(json!(n.admin_state_up))

@@ -24,6 +24,7 @@ pub static DEFINITION: Definition<Port> = Definition {
     tagged: true,
     description: Some(Rights::ALL),
     updatable: true,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         defaulted("network_id", Rights::CREATE_QUERY, "\"\"", |p, _| {
             Some(json!(p.network_id))

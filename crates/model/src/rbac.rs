@@ -23,6 +23,7 @@ pub static DEFINITION: Definition<RbacPolicy> = Definition {
     tagged: false,
     description: None,
     updatable: true,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         attr("object_type", Rights::CREATE_QUERY, |p, _| {
             Some(json!(p.object_type.as_str()))

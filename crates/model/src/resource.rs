@@ -144,6 +144,8 @@ pub struct Definition<T: 'static> {
     pub description: Option<Rights>,
     /// Whether PUT is allowed at all (security group rules cannot be updated).
     pub updatable: bool,
+    /// Which API serves it: its standard attributes and error format follow from that.
+    pub api: Api,
     /// Its own attributes, in output order; the standard ones (`id`, `name`, `description`,
     /// `project_id`, `tenant_id` before them; `tags`, `revision_number`, `created_at`,
     /// `updated_at` after) come from the flags above.
@@ -156,6 +158,15 @@ impl<T> std::fmt::Debug for Definition<T> {
             .field("collection", &self.collection)
             .finish()
     }
+}
+
+/// The API a kind belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Neutron v2.0: `tenant_id` beside `project_id`, `revision_number`, `NeutronError` bodies.
+    Neutron,
+    /// Octavia v2 (`/v2/lbaas/`): no `tenant_id` or `revision_number`; tags on every kind.
+    Octavia,
 }
 
 /// A standard attribute, kept in [`Meta`].
@@ -201,7 +212,9 @@ impl Standard {
         match self {
             Standard::Name => Rights::ALL,
             Standard::Description => definition.description.unwrap_or(Rights::READ),
-            // Tags change through their sub-resource.
+            // Octavia's tags are an ordinary attribute.
+            Standard::Tags if definition.api == Api::Octavia => Rights::ALL,
+            // Neutron's tags change through their sub-resource.
             Standard::Project | Standard::Tenant | Standard::Tags => Rights::CREATE_QUERY,
             Standard::Id | Standard::Revision | Standard::Created | Standard::Updated => {
                 Rights::READ
@@ -235,6 +248,14 @@ pub enum Slot<'a, T: 'static> {
 impl<T> Definition<T> {
     fn head(&self) -> &'static [Standard] {
         use Standard::*;
+        if self.api == Api::Octavia {
+            return match (self.named, self.description.is_some()) {
+                (true, true) => &[Id, Name, Description, Project],
+                (true, false) => &[Id, Name, Project],
+                (false, true) => &[Id, Description, Project],
+                (false, false) => &[Id, Project],
+            };
+        }
         match (self.named, self.description.is_some()) {
             (true, true) => &[Id, Name, Description, Project, Tenant],
             (true, false) => &[Id, Name, Project, Tenant],
@@ -245,7 +266,9 @@ impl<T> Definition<T> {
 
     fn tail(&self) -> &'static [Standard] {
         use Standard::*;
-        if self.tagged {
+        if self.api == Api::Octavia {
+            &[Tags, Created, Updated]
+        } else if self.tagged {
             &[Tags, Revision, Created, Updated]
         } else {
             &[Revision, Created, Updated]

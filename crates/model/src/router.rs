@@ -61,6 +61,7 @@ pub static DEFINITION: Definition<Router> = Definition {
     tagged: true,
     description: Some(Rights::ALL),
     updatable: true,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         attr("admin_state_up", Rights::ALL, |r, _| {
             Some(json!(r.admin_state_up))

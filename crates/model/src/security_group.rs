@@ -19,6 +19,7 @@ pub static GROUP_DEFINITION: Definition<SecurityGroup> = Definition {
     tagged: true,
     description: Some(Rights::ALL),
     updatable: true,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         attr("security_group_rules", Rights::READ, |g, v| {
             Some(Value::Array(
@@ -40,6 +41,7 @@ pub static RULE_DEFINITION: Definition<SecurityGroupRule> = Definition {
     tagged: false,
     description: Some(Rights::CREATE_QUERY),
     updatable: false,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         attr("security_group_id", Rights::CREATE_QUERY, |r, _| {
             Some(json!(r.security_group_id))
@@ -476,6 +478,7 @@ pub static DEFAULT_RULE_DEFINITION: Definition<DefaultRule> = Definition {
     tagged: false,
     description: Some(Rights::CREATE_QUERY),
     updatable: false,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         attr("direction", Rights::CREATE_QUERY, |r, _| {
             Some(json!(r.direction.as_str()))

@@ -23,6 +23,7 @@ pub static DEFINITION: Definition<Subnet> = Definition {
     tagged: true,
     description: Some(Rights::ALL),
     updatable: true,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         attr("network_id", Rights::CREATE_QUERY, |s, _| {
             Some(json!(s.network_id))

@@ -21,6 +21,7 @@ pub static DEFINITION: Definition<SubnetPool> = Definition {
     tagged: true,
     description: Some(Rights::ALL),
     updatable: true,
+    api: crate::resource::Api::Neutron,
     attributes: &[
         defaulted("prefixes", Rights::ALL, "false", |p, _| {
             Some(json!(p

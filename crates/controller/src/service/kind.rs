@@ -714,6 +714,17 @@ impl Registry {
             .with::<isthmus_model::AddressGroup>()
     }
 
+    /// Octavia's resources (`/v2/lbaas/`).
+    pub fn octavia() -> Registry {
+        use isthmus_model::lbaas;
+        Registry::empty()
+            .with::<lbaas::LoadBalancer>()
+            .with::<lbaas::Listener>()
+            .with::<lbaas::Pool>()
+            .with::<lbaas::Member>()
+            .with::<lbaas::HealthMonitor>()
+    }
+
     /// Adds kind `T` (replacing one with the same collection name).
     pub fn with<T: Kind>(mut self) -> Registry {
         let endpoint: Arc<dyn Endpoint> = Arc::new(Handle::<T>(PhantomData));

@@ -6,6 +6,7 @@ mod dhcp;
 mod floating_ip;
 mod ip_availability;
 mod kind;
+mod lbaas;
 mod namespace_binding;
 mod network;
 mod node;

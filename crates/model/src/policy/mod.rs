@@ -19,6 +19,9 @@ use crate::meta::Caller;
 /// Neutron's table: `name<TAB>check string` per row, `#` comments.
 const NEUTRON: &str = include_str!("neutron.tsv");
 
+/// Octavia's rows (the load-balancer API), in the same format.
+const OCTAVIA: &str = include_str!("octavia.tsv");
+
 /// Isthmus's own rows (its native API), in the same format; no name is also Neutron's.
 const ISTHMUS: &str = include_str!("isthmus.tsv");
 
@@ -386,6 +389,7 @@ fn rows() -> impl Iterator<Item = (&'static str, std::result::Result<Check, Pars
     NEUTRON
         .lines()
         .chain(ISTHMUS.lines())
+        .chain(OCTAVIA.lines())
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|line| {
             let (name, check) = line.split_once('\t').unwrap_or((line, ""));

@@ -1,0 +1,158 @@
+//! Load balancers as Octavia v2 describes them (`/v2/lbaas/`): a load balancer owns a VIP (a
+//! Neutron port), listeners (protocol and port on the VIP), pools (a balancing algorithm and
+//! members) and health monitors. The same objects serve Kubernetes Services; the data plane
+//! reads them through `dataplane::lb`, never through this wire format.
+//!
+//! Octavia's HTTP-level features (L7 policies, TLS termination, HTTP listeners) need a proxy
+//! and are refused as a provider without them refuses them (501, as Octavia's OVN provider).
+
+pub mod health_monitor;
+pub mod listener;
+pub mod load_balancer;
+pub mod member;
+pub mod pool;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::input::{as_integer, show, Input};
+
+pub use health_monitor::HealthMonitor;
+pub use listener::Listener;
+pub use load_balancer::LoadBalancer;
+pub use member::Member;
+pub use pool::Pool;
+
+/// The one provider: every load balancer is distributed in the nodes' kernels.
+pub const PROVIDER: &str = "isthmus";
+
+/// What `/v2/lbaas/providers` says about it.
+pub const PROVIDER_DESCRIPTION: &str =
+    "Isthmus: distributed nftables load balancing on every node, no load-balancer VM";
+
+/// `device_owner` of the VIP port, as Octavia sets it.
+pub const VIP_OWNER: &str = "Octavia";
+
+/// `provisioning_status` once a change is committed.
+pub const ACTIVE: &str = "ACTIVE";
+
+/// `operating_status` values.
+pub mod operating {
+    /// Working.
+    pub const ONLINE: &str = "ONLINE";
+    /// Disabled (`admin_state_up` false).
+    pub const OFFLINE: &str = "OFFLINE";
+    /// A member without a health monitor.
+    pub const NO_MONITOR: &str = "NO_MONITOR";
+    /// A member its monitor found down.
+    pub const ERROR: &str = "ERROR";
+    /// Some but not all members are up.
+    pub const DEGRADED: &str = "DEGRADED";
+}
+
+/// A listener's or pool's protocol: the ones a kernel load balancer forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// Octavia's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// Parses `protocol`: the proxy protocols Octavia knows are refused as unsupported.
+    pub fn parse(value: &Value) -> Result<Protocol> {
+        match value.as_str().unwrap_or_default() {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            p @ ("HTTP" | "HTTPS" | "TERMINATED_HTTPS" | "PROXY" | "PROXYV2" | "PROMETHEUS") => {
+                Err(unsupported(&format!(
+                    "protocol {p} needs a proxy; this provider forwards TCP, UDP and SCTP"
+                )))
+            }
+            _ => Err(invalid_option(value, "protocol")),
+        }
+    }
+}
+
+/// Octavia's 501 for what this provider does not do.
+pub fn unsupported(what: &str) -> Error {
+    Error::fault(
+        "ProviderUnsupportedOptionError",
+        501,
+        format!("Provider '{PROVIDER}' does not support a requested option: {what}"),
+    )
+}
+
+/// Octavia's 400 for a value outside an attribute's choices.
+pub fn invalid_option(value: &Value, option: &str) -> Error {
+    Error::fault(
+        "InvalidOption",
+        400,
+        format!("{} is not a valid option for {option}", show(value)),
+    )
+}
+
+/// Octavia's 400 `ValidationException`.
+pub fn validation(detail: impl std::fmt::Display) -> Error {
+    Error::fault(
+        "ValidationException",
+        400,
+        format!("Validation failure: {detail}"),
+    )
+}
+
+/// An integer attribute within `min..=max`, in wsme's wording.
+pub fn bounded(input: &mut Input, key: &str, min: i64, max: i64) -> Result<Option<i64>> {
+    let Some(value) = input.take(key) else {
+        return Ok(None);
+    };
+    let n = as_integer(key, &value)?;
+    if n < min || n > max {
+        return Err(Error::fault(
+            "InvalidInput",
+            400,
+            format!(
+                "Invalid input for field/attribute {key}. Value: '{n}'. Value should be between {min} and {max}"
+            ),
+        ));
+    }
+    Ok(Some(n))
+}
+
+/// `admin_state_up`, `true` unless the body says otherwise.
+pub fn admin_state(input: &mut Input, current: bool) -> Result<bool> {
+    Ok(input.boolean("admin_state_up")?.unwrap_or(current))
+}
+
+/// The `operating_status` of an object that is up when `admin_state_up`.
+pub fn online(admin_state_up: bool) -> &'static str {
+    if admin_state_up {
+        operating::ONLINE
+    } else {
+        operating::OFFLINE
+    }
+}
+
+/// `[{"id": ...}, ...]`, how Octavia lists related objects.
+pub fn id_list(ids: &[String]) -> Value {
+    Value::Array(
+        ids.iter()
+            .map(|id| serde_json::json!({ "id": id }))
+            .collect(),
+    )
+}
