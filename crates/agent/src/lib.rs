@@ -11,6 +11,7 @@ mod dns;
 pub mod http;
 pub mod inspect;
 pub mod kernel;
+mod lb;
 mod metadata;
 pub mod netlink;
 pub mod netns;
@@ -359,6 +360,7 @@ struct Known {
     tables: Option<(nft::Observed, nft::Observed)>,
     fdb: Option<(BTreeSet<l2::Fdb>, BTreeSet<l2::Pin>)>,
     routers: Option<RouterState>,
+    lb: Option<lb::Known>,
     per_bridge: bool,
 }
 
@@ -519,6 +521,9 @@ async fn reconcile(
         known.per_bridge = true;
     }
     known.fdb = Some((want.fdb.clone(), want.pins.clone()));
+    // Load balancing once the bridges and taps it routes over are in place.
+    let balanced = isthmus_dataplane::lb::desired(view, node);
+    known.lb = Some(lb::apply(&balanced, known.lb.take()).await?);
     report_status(shared, view, &links).await?;
     routed?;
     // Once their interfaces are on the bridges.

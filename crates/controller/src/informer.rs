@@ -23,6 +23,11 @@ const SOURCES: &[(&str, ObjectKind)] = &[
     (keys::ROUTERS, ObjectKind::Router),
     (keys::FLOATING_IPS, ObjectKind::FloatingIp),
     (keys::ADDRESS_GROUPS, ObjectKind::AddressGroup),
+    (keys::LOAD_BALANCERS, ObjectKind::LoadBalancer),
+    (keys::LISTENERS, ObjectKind::Listener),
+    (keys::POOLS, ObjectKind::Pool),
+    (keys::MEMBERS, ObjectKind::Member),
+    (keys::HEALTH_MONITORS, ObjectKind::HealthMonitor),
 ];
 
 fn source_of(key: &str) -> Option<(ObjectKind, &str)> {
@@ -50,6 +55,13 @@ fn decode(kind: ObjectKind, key: &str, raw: &[u8]) -> Result<Object, Error> {
         ObjectKind::Router => Object::Router(serde_json::from_slice(raw).map_err(bad)?),
         ObjectKind::FloatingIp => Object::FloatingIp(serde_json::from_slice(raw).map_err(bad)?),
         ObjectKind::AddressGroup => Object::AddressGroup(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::LoadBalancer => Object::LoadBalancer(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::Listener => Object::Listener(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::Pool => Object::Pool(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::Member => Object::Member(serde_json::from_slice(raw).map_err(bad)?),
+        ObjectKind::HealthMonitor => {
+            Object::HealthMonitor(serde_json::from_slice(raw).map_err(bad)?)
+        }
     })
 }
 

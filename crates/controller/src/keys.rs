@@ -22,6 +22,17 @@ pub const FLOATING_IPS: &str = "/isthmus/floatingips/";
 /// Prefix of every address group.
 pub const ADDRESS_GROUPS: &str = "/isthmus/address-groups/";
 /// Prefix of every registered node.
+/// Load balancers, listeners, pools, members and health monitors (Octavia's collections).
+pub const LOAD_BALANCERS: &str = "/isthmus/loadbalancers/";
+/// Listeners.
+pub const LISTENERS: &str = "/isthmus/listeners/";
+/// Pools.
+pub const POOLS: &str = "/isthmus/pools/";
+/// Members.
+pub const MEMBERS: &str = "/isthmus/members/";
+/// Health monitors.
+pub const HEALTH_MONITORS: &str = "/isthmus/healthmonitors/";
+/// Nodes, by name.
 pub const NODES: &str = "/isthmus/nodes/";
 /// Prefix of every namespace binding.
 pub const NAMESPACE_BINDINGS: &str = "/isthmus/namespace-bindings/";

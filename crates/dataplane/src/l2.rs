@@ -134,6 +134,9 @@ pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2S
         .into_values()
         .map(|p| p.network_id.as_str())
         .collect();
+    // Bridged DNAT of load-balanced connections needs netfilter on their bridges too.
+    let services = crate::lb::services(view);
+    let balancing = crate::lb::balancing_networks(view, node, &services);
     for net_id in &local_networks {
         let Some(net) = view.networks.get(*net_id) else {
             continue;
@@ -144,7 +147,9 @@ pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2S
             Bridge {
                 network_id: net.id.clone(),
                 mtu: net.mtu,
-                filtered: Some(guarded.contains(net.id.as_str())),
+                filtered: Some(
+                    guarded.contains(net.id.as_str()) || balancing.contains(net.id.as_str()),
+                ),
             },
         );
         match (net.network_type.as_str(), net.segmentation_id) {

@@ -8,6 +8,7 @@ pub mod dhcp6;
 pub mod dns;
 pub mod filter;
 pub mod l2;
+pub mod lb;
 pub mod metadata;
 pub mod nft;
 pub mod node;

@@ -111,7 +111,11 @@ impl Table {
                 s.push_str(&format!("add set {family} {table} {name} {{ {decl} }}\n"));
             }
         }
-        for (name, (_, elements)) in &self.sets {
+        for (name, (decl, elements)) in &self.sets {
+            // The kernel fills dynamic sets itself (`update @set`): never diffed.
+            if decl.contains("dynamic") {
+                continue;
+            }
             let have = observed.sets.get(name).cloned().unwrap_or_default();
             let add: Vec<&String> = elements.difference(&have).collect();
             let del: Vec<&String> = have.difference(elements).collect();
@@ -206,8 +210,25 @@ fn join(items: &[&String]) -> String {
         .join(", ")
 }
 
-/// A map key as nft prints it back: names quoted, marks in hex.
+/// A concatenation (`10.0.0.3 . tcp . 80`) as written in scripts.
+fn concat_of(value: &serde_json::Value) -> Option<String> {
+    let parts = value.get("concat")?.as_array()?;
+    let parts: Option<Vec<String>> = parts
+        .iter()
+        .map(|p| match p {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect();
+    Some(parts?.join(" . "))
+}
+
+/// A map key as nft prints it back: names quoted, marks in hex, concatenations spelled out.
 fn key_of(value: &serde_json::Value) -> Option<String> {
+    if let Some(c) = concat_of(value) {
+        return Some(c);
+    }
     match value {
         serde_json::Value::String(s) => Some(format!("\"{s}\"")),
         serde_json::Value::Number(n) => n.as_u64().map(|n| format!("0x{n:08x}")),
@@ -219,7 +240,9 @@ fn element_of(value: &serde_json::Value) -> Option<String> {
     match value {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Object(o) => {
-            if let Some(p) = o.get("prefix") {
+            if let Some(c) = concat_of(value) {
+                Some(c)
+            } else if let Some(p) = o.get("prefix") {
                 Some(format!("{}/{}", p["addr"].as_str()?, p["len"].as_u64()?))
             } else {
                 o.get("elem").and_then(|e| element_of(&e["val"]))

@@ -116,7 +116,7 @@ pub fn compact(version: IpVersion, prefixes: &[Cidr]) -> Vec<Cidr> {
 }
 
 /// A network prefix such as `10.0.0.0/24` (host bits zero).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
     /// Network address.
     pub network: IpAddr,
@@ -162,6 +162,22 @@ impl Cidr {
             return Err(CidrError::HostBitsSet(cidr));
         }
         Ok(cidr)
+    }
+
+    /// The prefix of one address (`/32` or `/128`).
+    pub fn host(ip: IpAddr) -> Cidr {
+        Cidr {
+            network: ip,
+            prefix: IpVersion::of(ip).bits(),
+        }
+    }
+
+    /// `0.0.0.0/0`.
+    pub fn default_v4() -> Cidr {
+        Cidr {
+            network: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            prefix: 0,
+        }
     }
 
     /// Parses and masks host bits instead of refusing them (for remote prefixes).

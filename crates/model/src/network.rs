@@ -147,8 +147,14 @@ pub struct NetworkCreate {
 /// Linux bridge of a network on every node (`brq` + first 11 characters of its id), as
 /// Neutron's linuxbridge agent names it so Nova's os-vif plugs into it.
 pub fn bridge_name(network_id: &str) -> String {
-    format!("brq{}", network_id.get(..11).unwrap_or(network_id))
+    format!(
+        "{BRIDGE_PREFIX}{}",
+        network_id.get(..11).unwrap_or(network_id)
+    )
 }
+
+/// What every network bridge's name starts with.
+pub const BRIDGE_PREFIX: &str = "brq";
 
 fn normalize_dns_domain(domain: String) -> Result<String> {
     if domain.is_empty() {

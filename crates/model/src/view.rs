@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 
+use crate::lbaas::{HealthMonitor, Listener, LoadBalancer, Member, Pool};
 use crate::namespace_binding::NamespaceBinding;
 use crate::node::Node;
 use crate::resource::{Resource, Viewer};
@@ -40,6 +41,16 @@ pub enum Object {
     FloatingIp(FloatingIp),
     /// An address group.
     AddressGroup(AddressGroup),
+    /// A load balancer.
+    LoadBalancer(LoadBalancer),
+    /// A listener.
+    Listener(Listener),
+    /// A pool.
+    Pool(Pool),
+    /// A pool member.
+    Member(Member),
+    /// A health monitor.
+    HealthMonitor(HealthMonitor),
 }
 
 /// Kinds of objects, as named on the watch stream.
@@ -65,6 +76,16 @@ pub enum ObjectKind {
     FloatingIp,
     /// `address_group`.
     AddressGroup,
+    /// `loadbalancer`.
+    LoadBalancer,
+    /// `listener`.
+    Listener,
+    /// `pool`.
+    Pool,
+    /// `member`.
+    Member,
+    /// `healthmonitor`.
+    HealthMonitor,
 }
 
 impl ObjectKind {
@@ -81,6 +102,11 @@ impl ObjectKind {
             ObjectKind::Router => "router",
             ObjectKind::FloatingIp => "floatingip",
             ObjectKind::AddressGroup => "address_group",
+            ObjectKind::LoadBalancer => "loadbalancer",
+            ObjectKind::Listener => "listener",
+            ObjectKind::Pool => "pool",
+            ObjectKind::Member => "member",
+            ObjectKind::HealthMonitor => "healthmonitor",
         }
     }
 }
@@ -102,6 +128,11 @@ impl Object {
             Object::Router(r) => (ObjectKind::Router, r.meta.id.clone()),
             Object::FloatingIp(f) => (ObjectKind::FloatingIp, f.meta.id.clone()),
             Object::AddressGroup(g) => (ObjectKind::AddressGroup, g.meta.id.clone()),
+            Object::LoadBalancer(l) => (ObjectKind::LoadBalancer, l.meta.id.clone()),
+            Object::Listener(l) => (ObjectKind::Listener, l.meta.id.clone()),
+            Object::Pool(p) => (ObjectKind::Pool, p.meta.id.clone()),
+            Object::Member(m) => (ObjectKind::Member, m.meta.id.clone()),
+            Object::HealthMonitor(h) => (ObjectKind::HealthMonitor, h.meta.id.clone()),
         }
     }
 }
@@ -133,6 +164,7 @@ pub struct Mirror {
     rules_by_group: HashMap<String, BTreeSet<String>>,
     routers_by_network: HashMap<String, BTreeSet<String>>,
     fips_by_router: HashMap<String, BTreeSet<String>>,
+    lbs_by_network: HashMap<String, BTreeSet<String>>,
 }
 
 impl Mirror {
@@ -176,6 +208,9 @@ impl Mirror {
                     index_remove(&mut self.fips_by_router, &a.router_id, &f.meta.id);
                 }
             }
+            Object::LoadBalancer(l) => {
+                index_remove(&mut self.lbs_by_network, &l.vip_network_id, &l.meta.id)
+            }
             _ => {}
         }
     }
@@ -204,6 +239,9 @@ impl Mirror {
                 if let Some(a) = &f.association {
                     index_add(&mut self.fips_by_router, &a.router_id, &f.meta.id);
                 }
+            }
+            Object::LoadBalancer(l) => {
+                index_add(&mut self.lbs_by_network, &l.vip_network_id, &l.meta.id)
             }
             _ => {}
         }
@@ -298,6 +336,13 @@ impl Mirror {
                 }
             }
         }
+        // Load balancers whose VIP a local port can reach (its network, or one the same router
+        // joins), with everything under them: every such node balances its own clients.
+        for net in &networks {
+            for lb_id in Self::ids(&self.lbs_by_network, net) {
+                self.add_load_balancer(&mut view, lb_id);
+            }
+        }
         for net in &networks {
             add(&mut view, ObjectKind::Network, net);
             for s in Self::ids(&self.subnets_by_network, net) {
@@ -348,6 +393,37 @@ impl Mirror {
         view
     }
 
+    /// Adds a load balancer and its listeners, pools, members and monitors to `view`.
+    fn add_load_balancer(&self, view: &mut BTreeMap<ObjectKey, u64>, lb_id: &str) {
+        let add = |view: &mut BTreeMap<ObjectKey, u64>, kind: ObjectKind, id: &str| {
+            let key = (kind, id.to_owned());
+            if let Some(rev) = self.revision(&key) {
+                view.insert(key, rev);
+            }
+        };
+        let Some(Object::LoadBalancer(lb)) =
+            self.get(&(ObjectKind::LoadBalancer, lb_id.to_owned()))
+        else {
+            return;
+        };
+        add(view, ObjectKind::LoadBalancer, lb_id);
+        for l in &lb.listeners {
+            add(view, ObjectKind::Listener, l);
+        }
+        for p in &lb.pools {
+            let Some(Object::Pool(pool)) = self.get(&(ObjectKind::Pool, p.clone())) else {
+                continue;
+            };
+            add(view, ObjectKind::Pool, p);
+            for m in &pool.members {
+                add(view, ObjectKind::Member, m);
+            }
+            if let Some(h) = &pool.healthmonitor_id {
+                add(view, ObjectKind::HealthMonitor, h);
+            }
+        }
+    }
+
     /// The wire form of an object as sent to agents (Neutron's admin view; groups carry their
     /// rules).
     pub fn render(&self, key: &ObjectKey) -> Option<Map<String, Value>> {
@@ -372,6 +448,11 @@ impl Mirror {
             Object::Router(r) => r.render(Viewer::ADMIN),
             Object::FloatingIp(f) => f.render(Viewer::ADMIN),
             Object::AddressGroup(g) => g.render(Viewer::ADMIN),
+            Object::LoadBalancer(l) => l.render(Viewer::ADMIN),
+            Object::Listener(l) => l.render(Viewer::ADMIN),
+            Object::Pool(p) => p.render(Viewer::ADMIN),
+            Object::Member(m) => m.render(Viewer::ADMIN),
+            Object::HealthMonitor(h) => h.render(Viewer::ADMIN),
         })
     }
 }

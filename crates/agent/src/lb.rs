@@ -1,0 +1,92 @@
+//! Applies the node's load balancing ([`isthmus_dataplane::lb`]): the two `isthmus_lb` nft
+//! tables, and the routing bridged DNAT needs (rules, tables, permanent neighbours, hairpin
+//! ports) through one `ip -batch` per change; the bridges that balance forward without
+//! reverse-path filtering.
+
+use isthmus_dataplane::lb::{self, Desired, Routing};
+use isthmus_dataplane::nft::Observed;
+use tokio::process::Command;
+
+use crate::kernel;
+use crate::AgentError;
+
+/// What the agent last wrote.
+#[derive(Debug, Clone)]
+pub struct Known {
+    inet: Observed,
+    bridge: Observed,
+    routing: Routing,
+}
+
+async fn ip_json(args: &[&str]) -> Result<serde_json::Value, AgentError> {
+    let out = Command::new("ip").arg("-j").args(args).output().await?;
+    if !out.status.success() {
+        return Err(AgentError::Kernel(format!(
+            "ip -j {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // `ip -j` prints nothing at all for an empty table.
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Array(Vec::new()));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| AgentError::Kernel(format!("ip -j {}: {e}", args.join(" "))))
+}
+
+/// Reads what the kernel holds.
+pub async fn observe() -> Result<Known, AgentError> {
+    let rules = ip_json(&["-4", "rule", "show"]).await?;
+    let routes = ip_json(&["-4", "route", "show", "table", "all"]).await?;
+    let neighbours = ip_json(&["-4", "neigh", "show", "nud", "permanent"]).await?;
+    let links = ip_json(&["-d", "link", "show", "type", "bridge_slave"]).await?;
+    Ok(Known {
+        inet: kernel::observe_nft_table("inet", lb::TABLE).await?,
+        bridge: kernel::observe_nft_table("bridge", lb::TABLE).await?,
+        routing: lb::parse_routing(&rules, &routes, &neighbours, &links),
+    })
+}
+
+fn sysctl(bridge: &str, key: &str, value: &str) -> Result<(), AgentError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/{key}");
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == value => Ok(()),
+        _ => std::fs::write(&path, value).map_err(|e| AgentError::Kernel(format!("{path}: {e}"))),
+    }
+}
+
+/// Applies `want` over `have` (read by [`observe`] when unknown); returns what the kernel
+/// then holds.
+pub async fn apply(want: &Desired, have: Option<Known>) -> Result<Known, AgentError> {
+    let have = match have {
+        Some(have) => have,
+        None => observe().await?,
+    };
+    // Routes first: a VIP's first connection is routed as soon as its DNAT rule exists.
+    for bridge in want.routing.bridges() {
+        sysctl(bridge, "forwarding", "1")?;
+        sysctl(bridge, "rp_filter", "0")?;
+    }
+    let lines = want.routing.plan(&have.routing);
+    if !lines.is_empty() {
+        let mut batch = lines.join("\n");
+        batch.push('\n');
+        kernel::feed("ip", &["-batch", "-"], &batch).await?;
+    }
+    let script: String = [
+        want.inet.plan(&have.inet, lb::INET_BASE),
+        want.bridge.plan(&have.bridge, lb::BRIDGE_BASE),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !script.is_empty() {
+        kernel::nft(&script).await?;
+    }
+    Ok(Known {
+        inet: want.inet.as_observed(),
+        bridge: want.bridge.as_observed(),
+        routing: want.routing.clone(),
+    })
+}

@@ -1,0 +1,767 @@
+//! Distributed load balancing, pure. Every node whose local ports can reach a VIP (its
+//! network, or one a router joins to it) translates VIP:port to a member in the path of those
+//! ports, so each connection is tracked and un-NATed by the client's own node:
+//!
+//! - `table inet isthmus_lb`: a verdict map from VIP . protocol . port to one chain per
+//!   listener (allowed CIDRs, connection limit, source-IP persistence, then `numgen`/`jhash`
+//!   over the members' weights) and one chain per member (DNAT). Bridged packets reach it
+//!   through br_netfilter; a member connecting to its own VIP is SNATed to the VIP (hairpin).
+//! - Bridged DNAT needs a route to the member from the bridge: each such network's bridge gets
+//!   a routing table (`ip rule iif brq… lookup T`) with its subnets on-link, the subnets its
+//!   routers reach via its gateway, the VIPs as local addresses (the node answers ARP for them
+//!   with the bridge's MAC, and only for its own clients: VIP ARP requests never cross a
+//!   tunnel) and permanent neighbours for the network's ports, so the kernel never ARPs from
+//!   the bridge.
+//!
+//! The input is the view's load balancer objects (Octavia's, and Kubernetes Services made into
+//! them); everything after [`services`] is independent of that wire format.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use isthmus_model::addr::Cidr;
+use isthmus_model::network::bridge_name;
+use isthmus_model::port::tap_name;
+use isthmus_model::router::OWNER_INTERFACE;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::nft::{fnv64, Table};
+use crate::node::NodeConfig;
+use crate::view::NodeView;
+
+/// Name of both load-balancing tables.
+pub const TABLE: &str = "isthmus_lb";
+/// Base chains of the inet table.
+pub const INET_BASE: &[&str] = &["prerouting", "postrouting", "input"];
+/// Base chains of the bridge table.
+pub const BRIDGE_BASE: &[&str] = &["forward"];
+/// Priority of the `iif brq… lookup T` rules (before the main table's).
+pub const RULE_PRIORITY: u32 = 900;
+/// First routing table number of a VXLAN network (plus its VNI); flat networks use a hash
+/// above [`FLAT_TABLES`].
+pub const VXLAN_TABLES: u32 = 0x1000_0000;
+/// First routing table number of a flat network.
+pub const FLAT_TABLES: u32 = 0x1100_0000;
+
+const INET_SKELETON: &str = "  map services {\n    type ipv4_addr . inet_proto . inet_service : verdict\n  }\n  set hairpin {\n    type ipv4_addr . ipv4_addr\n  }\n  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n  }\n  chain input {\n    type filter hook input priority filter; policy accept;\n  }\n";
+
+const BRIDGE_SKELETON: &str = "  set vips {\n    type ipv4_addr\n  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n  }\n";
+
+/// How a listener picks a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// In turn (per node), by weight.
+    RoundRobin,
+    /// A hash of the client address.
+    SourceIp,
+    /// A hash of the client address and port.
+    SourceIpPort,
+}
+
+/// One member a listener may send a new connection to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Its id (names its chain and persistence set).
+    pub id: String,
+    /// Its address.
+    pub address: Ipv4Addr,
+    /// Its port.
+    pub port: u16,
+    /// Its share.
+    pub weight: u16,
+}
+
+/// One balanced VIP:port: what the data plane needs of a listener, its pool and members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// The listener's id.
+    pub id: String,
+    /// The VIP.
+    pub vip: Ipv4Addr,
+    /// The VIP's network.
+    pub network_id: String,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: &'static str,
+    /// The VIP port.
+    pub port: u16,
+    /// How a member is picked.
+    pub algorithm: Algorithm,
+    /// Source-IP persistence timeout, seconds.
+    pub persistence: Option<u32>,
+    /// Clients allowed (empty: all).
+    pub allowed: Vec<Cidr>,
+    /// Most concurrent connections through this node.
+    pub connection_limit: Option<u32>,
+    /// The members new connections go to (backups only when no other is up).
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct WireLb {
+    vip_address: IpAddr,
+    vip_network_id: String,
+    admin_state_up: bool,
+    listeners: Vec<IdOnly>,
+}
+
+#[derive(Deserialize)]
+struct WireListener {
+    id: String,
+    protocol: String,
+    protocol_port: u16,
+    admin_state_up: bool,
+    default_pool_id: Option<String>,
+    connection_limit: i64,
+    allowed_cidrs: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct WirePersistence {
+    persistence_timeout: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct WirePool {
+    admin_state_up: bool,
+    lb_algorithm: String,
+    session_persistence: Option<WirePersistence>,
+    members: Vec<IdOnly>,
+}
+
+#[derive(Deserialize)]
+struct WireMember {
+    id: String,
+    address: IpAddr,
+    protocol_port: u16,
+    weight: u16,
+    backup: bool,
+    admin_state_up: bool,
+    operating_status: String,
+}
+
+fn object<T: serde::de::DeserializeOwned>(view: &NodeView, kind: &str, id: &str) -> Option<T> {
+    let raw: &Value = view.others.get(&(kind.to_owned(), id.to_owned()))?;
+    serde_json::from_value(raw.clone()).ok()
+}
+
+/// The services of every load balancer in the view (IPv4 VIPs; listeners or pools that are
+/// down, and members down, in ERROR or of weight 0, are left out).
+pub fn services(view: &NodeView) -> Vec<Service> {
+    let mut out = Vec::new();
+    for ((kind, id), _) in view
+        .others
+        .range(("loadbalancer".to_owned(), String::new())..)
+    {
+        if kind != "loadbalancer" {
+            break;
+        }
+        let Some(lb) = object::<WireLb>(view, "loadbalancer", id) else {
+            continue;
+        };
+        let IpAddr::V4(vip) = lb.vip_address else {
+            continue;
+        };
+        if !lb.admin_state_up {
+            continue;
+        }
+        for l in &lb.listeners {
+            let Some(listener) = object::<WireListener>(view, "listener", &l.id) else {
+                continue;
+            };
+            if let Some(service) = service(view, vip, &lb.vip_network_id, listener) {
+                out.push(service);
+            }
+        }
+    }
+    out
+}
+
+fn service(view: &NodeView, vip: Ipv4Addr, network: &str, l: WireListener) -> Option<Service> {
+    if !l.admin_state_up {
+        return None;
+    }
+    let protocol = match l.protocol.as_str() {
+        "TCP" => "tcp",
+        "UDP" => "udp",
+        "SCTP" => "sctp",
+        _ => return None,
+    };
+    let pool = l
+        .default_pool_id
+        .as_deref()
+        .and_then(|p| object::<WirePool>(view, "pool", p))
+        .filter(|p| p.admin_state_up);
+    let (algorithm, persistence, mut members) = match &pool {
+        Some(pool) => (
+            match pool.lb_algorithm.as_str() {
+                "SOURCE_IP" => Algorithm::SourceIp,
+                "SOURCE_IP_PORT" => Algorithm::SourceIpPort,
+                _ => Algorithm::RoundRobin,
+            },
+            pool.session_persistence
+                .as_ref()
+                .map(|p| p.persistence_timeout.unwrap_or(360)),
+            pool.members
+                .iter()
+                .filter_map(|m| object::<WireMember>(view, "member", &m.id))
+                .filter(|m| m.admin_state_up && m.weight > 0 && m.operating_status != "ERROR")
+                .collect::<Vec<_>>(),
+        ),
+        None => (Algorithm::RoundRobin, None, Vec::new()),
+    };
+    members.sort_by(|a, b| a.id.cmp(&b.id));
+    let primary = members.iter().any(|m| !m.backup);
+    let backends = members
+        .into_iter()
+        .filter(|m| m.backup != primary)
+        .filter_map(|m| match m.address {
+            IpAddr::V4(address) => Some(Backend {
+                id: m.id,
+                address,
+                port: m.protocol_port,
+                weight: m.weight,
+            }),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let allowed = l
+        .allowed_cidrs
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| Cidr::parse_lenient(c))
+        .filter(|c| c.version() == isthmus_model::addr::IpVersion::V4)
+        .collect();
+    Some(Service {
+        id: l.id,
+        vip,
+        network_id: network.to_owned(),
+        protocol,
+        port: l.protocol_port,
+        algorithm,
+        persistence,
+        allowed,
+        connection_limit: u32::try_from(l.connection_limit).ok(),
+        backends,
+    })
+}
+
+/// The routing table of a network's bridge.
+pub fn route_table(view: &NodeView, network_id: &str) -> u32 {
+    match view
+        .networks
+        .get(network_id)
+        .and_then(|n| n.segmentation_id)
+    {
+        Some(vni) => VXLAN_TABLES + (vni & 0x00ff_ffff),
+        None => {
+            let h = u32::from_str_radix(&fnv64(network_id)[..6], 16).unwrap_or(0);
+            FLAT_TABLES + h
+        }
+    }
+}
+
+/// What a route in a bridge's table is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    /// On the bridge's link.
+    Link,
+    /// Through a router's gateway address on the bridge's network.
+    Via(Ipv4Addr),
+    /// A VIP: the node answers ARP for it.
+    Local,
+    /// Anything else from the bridge goes nowhere.
+    Unreachable,
+}
+
+/// One route of a bridge's table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteEntry {
+    /// Table number.
+    pub table: u32,
+    /// Destination (`0.0.0.0/0` for the default).
+    pub destination: Cidr,
+    /// What it is.
+    pub kind: RouteKind,
+    /// The bridge (none for `unreachable`).
+    pub device: Option<String>,
+}
+
+/// One permanent neighbour on a bridge.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Neighbour {
+    /// The bridge.
+    pub device: String,
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// MAC, lower case.
+    pub mac: String,
+}
+
+/// The root namespace's routing for bridged DNAT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routing {
+    /// `iif <bridge> lookup <table>` rules.
+    pub rules: BTreeSet<(String, u32)>,
+    /// Routes in those tables.
+    pub routes: BTreeSet<RouteEntry>,
+    /// Permanent neighbours on those bridges.
+    pub neighbours: BTreeSet<Neighbour>,
+    /// Bridge ports in hairpin mode (taps of members that may connect to their own VIP).
+    pub hairpin: BTreeSet<String>,
+}
+
+/// The node's whole load-balancing state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// `table inet isthmus_lb`.
+    pub inet: Table,
+    /// `table bridge isthmus_lb`.
+    pub bridge: Table,
+    /// Routing for bridged DNAT.
+    pub routing: Routing,
+}
+
+fn short(id: &str) -> &str {
+    id.get(..11).unwrap_or(id)
+}
+
+/// The chain of a listener.
+pub fn service_chain(id: &str) -> String {
+    format!("svc-{}", short(id))
+}
+
+fn backend_chain(service: &str, backend: &str) -> String {
+    format!("be-{}-{}", short(service), short(backend))
+}
+
+fn affinity_set(service: &str, backend: &str) -> String {
+    format!("aff-{}-{}", short(service), short(backend))
+}
+
+/// The rules of a listener's chain.
+fn service_rules(s: &Service) -> Vec<String> {
+    let mut rules = Vec::new();
+    if !s.allowed.is_empty() {
+        let cidrs: Vec<String> = s.allowed.iter().map(Cidr::to_string).collect();
+        rules.push(format!("ip saddr != {{ {} }} drop", cidrs.join(", ")));
+    }
+    if let Some(limit) = s.connection_limit {
+        rules.push(format!("ct count over {limit} drop"));
+    }
+    if s.backends.is_empty() {
+        rules.push("drop".to_owned());
+        return rules;
+    }
+    if s.persistence.is_some() {
+        for b in &s.backends {
+            rules.push(format!(
+                "ip saddr @{} goto {}",
+                affinity_set(&s.id, &b.id),
+                backend_chain(&s.id, &b.id)
+            ));
+        }
+    }
+    let total: u32 = s.backends.iter().map(|b| u32::from(b.weight)).sum();
+    let mut next = 0u32;
+    let arms: Vec<String> = s
+        .backends
+        .iter()
+        .map(|b| {
+            let (from, to) = (next, next + u32::from(b.weight) - 1);
+            next = to + 1;
+            let range = if from == to {
+                from.to_string()
+            } else {
+                format!("{from}-{to}")
+            };
+            format!("{range} : goto {}", backend_chain(&s.id, &b.id))
+        })
+        .collect();
+    let pick = match s.algorithm {
+        Algorithm::RoundRobin => format!("numgen inc mod {total}"),
+        Algorithm::SourceIp => format!("jhash ip saddr mod {total}"),
+        Algorithm::SourceIpPort => format!(
+            "meta l4proto {} jhash ip saddr . th sport mod {total}",
+            s.protocol
+        ),
+    };
+    rules.push(format!("{pick} vmap {{ {} }}", arms.join(", ")));
+    rules
+}
+
+/// Whether `a` and `b` are one network or joined by a router in the view (a client on `a`
+/// reaches a VIP on `b`).
+fn reaches(view: &NodeView, a: &str, b: &str) -> bool {
+    a == b || !router_gateways(view, a, b).is_empty()
+}
+
+/// Router interfaces: (router, network, address) of every up interface port.
+fn interfaces(view: &NodeView) -> Vec<(&str, &str, Ipv4Addr)> {
+    view.ports
+        .values()
+        .filter(|p| p.device_owner == OWNER_INTERFACE)
+        .filter(|p| {
+            view.routers
+                .get(&p.device_id)
+                .is_some_and(|r| r.admin_state_up)
+        })
+        .flat_map(|p| {
+            p.fixed_ips.iter().filter_map(move |f| match f.ip_address {
+                IpAddr::V4(a) => Some((p.device_id.as_str(), p.network_id.as_str(), a)),
+                IpAddr::V6(_) => None,
+            })
+        })
+        .collect()
+}
+
+/// The gateway addresses on `from` of routers that also join `to`.
+fn router_gateways(view: &NodeView, from: &str, to: &str) -> Vec<Ipv4Addr> {
+    let all = interfaces(view);
+    all.iter()
+        .filter(|(r, n, _)| *n == from && all.iter().any(|(r2, n2, _)| r2 == r && *n2 == to))
+        .map(|(_, _, a)| *a)
+        .collect()
+}
+
+/// The networks with local ports whose clients reach some VIP: their bridges balance (and so
+/// hand bridged traffic to netfilter).
+pub fn balancing_networks<'a>(
+    view: &'a NodeView,
+    node: &NodeConfig,
+    services: &[Service],
+) -> BTreeSet<&'a str> {
+    view.ports
+        .values()
+        .filter(|p| p.host_id == node.name)
+        .map(|p| p.network_id.as_str())
+        .filter(|n| services.iter().any(|s| reaches(view, n, &s.network_id)))
+        .collect()
+}
+
+/// The node's load-balancing state for `view`.
+pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
+    let services = services(view);
+    let mut inet = Table {
+        family: "inet",
+        name: TABLE,
+        skeleton: INET_SKELETON.to_owned(),
+        ..Table::default()
+    };
+    let mut bridge = Table {
+        family: "bridge",
+        name: TABLE,
+        skeleton: BRIDGE_SKELETON.to_owned(),
+        ..Table::default()
+    };
+    let balancing = balancing_networks(view, node, &services);
+    if balancing.is_empty() {
+        inet.absent = true;
+        bridge.absent = true;
+        return Desired {
+            inet,
+            bridge,
+            routing: Routing::default(),
+        };
+    }
+    let services: Vec<&Service> = services
+        .iter()
+        .filter(|s| balancing.iter().any(|n| reaches(view, n, &s.network_id)))
+        .collect();
+    let mut chains = BTreeMap::new();
+    let mut vmap = BTreeMap::new();
+    let mut hairpin = BTreeSet::new();
+    let mut vips = BTreeSet::new();
+    for s in &services {
+        let chain = service_chain(&s.id);
+        vmap.insert(
+            format!("{} . {} . {}", s.vip, s.protocol, s.port),
+            chain.clone(),
+        );
+        chains.insert(chain, service_rules(s));
+        vips.insert(s.vip.to_string());
+        for b in &s.backends {
+            let mut rules = Vec::new();
+            if let Some(timeout) = s.persistence {
+                let set = affinity_set(&s.id, &b.id);
+                inet.sets.insert(
+                    set.clone(),
+                    (
+                        format!("type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;"),
+                        BTreeSet::new(),
+                    ),
+                );
+                rules.push(format!("update @{set} {{ ip saddr }}"));
+            }
+            // A port translation needs the protocol matched in its own rule.
+            rules.push(format!(
+                "meta l4proto {} dnat ip to {}:{}",
+                s.protocol, b.address, b.port
+            ));
+            chains.insert(backend_chain(&s.id, &b.id), rules);
+            hairpin.insert(format!("{} . {}", b.address, b.address));
+        }
+    }
+    chains.insert(
+        "prerouting".to_owned(),
+        vec!["ip daddr . meta l4proto . th dport vmap @services".to_owned()],
+    );
+    chains.insert(
+        "postrouting".to_owned(),
+        vec![
+            "ct status dnat ip saddr . ip daddr @hairpin snat ip to ct original ip daddr"
+                .to_owned(),
+        ],
+    );
+    // The VIPs are local addresses of the bridges' tables: nothing but balanced connections
+    // (bridged, never delivered here) may reach the node through them.
+    chains.insert(
+        "input".to_owned(),
+        vec![format!(
+            "iifname \"{}*\" drop",
+            isthmus_model::network::BRIDGE_PREFIX
+        )],
+    );
+    inet.chains = chains;
+    inet.maps.insert("services".to_owned(), vmap);
+    inet.sets.insert(
+        "hairpin".to_owned(),
+        ("type ipv4_addr . ipv4_addr;".to_owned(), hairpin),
+    );
+    bridge.chains.insert(
+        "forward".to_owned(),
+        vec!["arp operation request arp daddr ip @vips drop".to_owned()],
+    );
+    bridge
+        .sets
+        .insert("vips".to_owned(), ("type ipv4_addr;".to_owned(), vips));
+    Desired {
+        inet,
+        bridge,
+        routing: routing(view, node, &balancing, &services),
+    }
+}
+
+fn routing(
+    view: &NodeView,
+    node: &NodeConfig,
+    balancing: &BTreeSet<&str>,
+    services: &[&Service],
+) -> Routing {
+    let mut r = Routing::default();
+    let backends: BTreeSet<Ipv4Addr> = services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.address))
+        .collect();
+    for net in balancing {
+        let device = bridge_name(net);
+        let table = route_table(view, net);
+        r.rules.insert((device.clone(), table));
+        let route = |destination: Cidr, kind: RouteKind| RouteEntry {
+            table,
+            destination,
+            device: (kind != RouteKind::Unreachable).then(|| device.clone()),
+            kind,
+        };
+        for s in view.subnets_of(net) {
+            if s.cidr.version() == isthmus_model::addr::IpVersion::V4 {
+                r.routes.insert(route(s.cidr, RouteKind::Link));
+            }
+        }
+        for other in view.networks.keys().filter(|n| n.as_str() != *net) {
+            if let Some(gw) = router_gateways(view, net, other).first() {
+                for s in view.subnets_of(other) {
+                    if s.cidr.version() == isthmus_model::addr::IpVersion::V4 {
+                        r.routes.insert(route(s.cidr, RouteKind::Via(*gw)));
+                    }
+                }
+            }
+        }
+        for s in services.iter().filter(|s| s.network_id == *net) {
+            r.routes
+                .insert(route(Cidr::host(IpAddr::V4(s.vip)), RouteKind::Local));
+        }
+        r.routes
+            .insert(route(Cidr::default_v4(), RouteKind::Unreachable));
+        for p in view.ports.values().filter(|p| p.network_id == *net) {
+            if p.device_owner == isthmus_model::lbaas::VIP_OWNER {
+                continue;
+            }
+            for f in &p.fixed_ips {
+                if let IpAddr::V4(ip) = f.ip_address {
+                    r.neighbours.insert(Neighbour {
+                        device: device.clone(),
+                        ip,
+                        mac: p.mac_address.to_ascii_lowercase(),
+                    });
+                    if p.host_id == node.name && backends.contains(&ip) {
+                        r.hairpin.insert(tap_name(&p.id));
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
+impl Routing {
+    /// The `ip -batch` lines turning `observed` into this (routes and neighbours replaced,
+    /// what is no longer wanted deleted); empty when equal.
+    pub fn plan(&self, observed: &Routing) -> Vec<String> {
+        let mut lines = Vec::new();
+        for n in self.neighbours.difference(&observed.neighbours) {
+            lines.push(format!(
+                "neigh replace {} lladdr {} dev {} nud permanent",
+                n.ip, n.mac, n.device
+            ));
+        }
+        for route in self.routes.difference(&observed.routes) {
+            lines.push(format!("route replace {}", route_spec(route)));
+        }
+        for (device, table) in self.rules.difference(&observed.rules) {
+            lines.push(format!(
+                "rule add iif {device} lookup {table} priority {RULE_PRIORITY}"
+            ));
+        }
+        for tap in self.hairpin.difference(&observed.hairpin) {
+            lines.push(format!("link set dev {tap} type bridge_slave hairpin on"));
+        }
+        for tap in observed.hairpin.difference(&self.hairpin) {
+            lines.push(format!("link set dev {tap} type bridge_slave hairpin off"));
+        }
+        for (device, table) in observed.rules.difference(&self.rules) {
+            lines.push(format!(
+                "rule del iif {device} lookup {table} priority {RULE_PRIORITY}"
+            ));
+        }
+        for route in observed.routes.difference(&self.routes) {
+            // A replaced route (same destination, other kind) is already gone.
+            let replaced = self
+                .routes
+                .iter()
+                .any(|r| r.table == route.table && r.destination == route.destination);
+            if !replaced {
+                lines.push(format!("route del {}", route_spec(route)));
+            }
+        }
+        for n in observed.neighbours.difference(&self.neighbours) {
+            let replaced = self
+                .neighbours
+                .iter()
+                .any(|w| w.device == n.device && w.ip == n.ip);
+            if !replaced {
+                lines.push(format!("neigh del {} dev {}", n.ip, n.device));
+            }
+        }
+        lines
+    }
+
+    /// The bridges whose tables these are (they forward, without reverse-path filtering).
+    pub fn bridges(&self) -> BTreeSet<&str> {
+        self.rules.iter().map(|(d, _)| d.as_str()).collect()
+    }
+}
+
+fn route_spec(r: &RouteEntry) -> String {
+    let dest = if r.destination.prefix == 0 {
+        "default".to_owned()
+    } else {
+        r.destination.to_string()
+    };
+    let dev = r.device.as_deref().unwrap_or_default();
+    match &r.kind {
+        RouteKind::Link => format!("table {} {dest} dev {dev} scope link", r.table),
+        // `onlink`: the gateway's own subnet route may come later in the same batch.
+        RouteKind::Via(gw) => format!("table {} {dest} via {gw} dev {dev} onlink", r.table),
+        RouteKind::Local => format!("table {} local {dest} dev {dev}", r.table),
+        RouteKind::Unreachable => format!("table {} unreachable {dest}", r.table),
+    }
+}
+
+/// Whether a routing table number is one of a bridge's.
+pub fn is_bridge_table(table: u32) -> bool {
+    (VXLAN_TABLES..FLAT_TABLES + 0x0100_0000).contains(&table)
+}
+
+/// Reads the routing state back from `ip -j rule show`, `ip -j route show table all`,
+/// `ip -j neigh show nud permanent` and `ip -j -d link show` (only what [`desired`] makes:
+/// its rule priority, its tables, neighbours and hairpin ports on bridges).
+pub fn parse_routing(rules: &Value, routes: &Value, neighbours: &Value, links: &Value) -> Routing {
+    let mut r = Routing::default();
+    let items = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let table_of = |v: &Value| -> Option<u32> {
+        match v {
+            Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+    };
+    for rule in items(rules) {
+        if rule["priority"].as_u64() != Some(u64::from(RULE_PRIORITY)) {
+            continue;
+        }
+        if let (Some(iif), Some(table)) = (rule["iif"].as_str(), table_of(&rule["table"])) {
+            r.rules.insert((iif.to_owned(), table));
+        }
+    }
+    for route in items(routes) {
+        let Some(table) = table_of(&route["table"]).filter(|t| is_bridge_table(*t)) else {
+            continue;
+        };
+        let dst = route["dst"].as_str().unwrap_or_default();
+        let destination = if dst == "default" {
+            Cidr::default_v4()
+        } else {
+            match Cidr::parse_lenient(dst) {
+                Some(c) => c,
+                None => continue,
+            }
+        };
+        let device = route["dev"].as_str().map(str::to_owned);
+        let kind = match route["type"].as_str() {
+            Some("local") => RouteKind::Local,
+            Some("unreachable") => RouteKind::Unreachable,
+            _ => match route["gateway"].as_str().and_then(|g| g.parse().ok()) {
+                Some(gw) => RouteKind::Via(gw),
+                None => RouteKind::Link,
+            },
+        };
+        r.routes.insert(RouteEntry {
+            table,
+            destination,
+            kind,
+            device,
+        });
+    }
+    let prefix = isthmus_model::network::BRIDGE_PREFIX;
+    for n in items(neighbours) {
+        let (Some(dev), Some(ip), Some(mac)) = (
+            n["dev"].as_str(),
+            n["dst"].as_str().and_then(|d| d.parse().ok()),
+            n["lladdr"].as_str(),
+        ) else {
+            continue;
+        };
+        if dev.starts_with(prefix) {
+            r.neighbours.insert(Neighbour {
+                device: dev.to_owned(),
+                ip,
+                mac: mac.to_ascii_lowercase(),
+            });
+        }
+    }
+    for link in items(links) {
+        let slave = &link["linkinfo"]["info_slave_data"];
+        if slave["hairpin"].as_bool() == Some(true) {
+            if let Some(name) = link["ifname"].as_str() {
+                r.hairpin.insert(name.to_owned());
+            }
+        }
+    }
+    r
+}

@@ -1,0 +1,388 @@
+//! Load balancers in the kernel: the Octavia API on the lab controller, members that are VMs
+//! and pods (through the real `isthmus-cni`) on three nodes, clients on the VIP's network and
+//! behind a router; every node balances its own clients with nftables.
+
+mod cloud;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::time::Duration;
+
+use cloud::{
+    add_router_interface, cloud, cni_add, cni_conf, create, ip_of, shared_network, wait_for, Cloud,
+};
+use isthmus_lab::{Lab, Netns};
+use serde_json::{json, Value};
+
+const BACKEND: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/backend.py");
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/client.py");
+
+/// A member's server, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(ns: &Netns, name: &str) -> Server {
+    let mut child = ns
+        .command("python3")
+        .args([BACKEND, name, "8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    Server(child)
+}
+
+/// Connections per member over `n` TCP connections from `ns` to `vip:port`.
+fn count(ns: &Netns, vip: &str, port: u16, n: u32) -> BTreeMap<String, u64> {
+    let out = ns
+        .exec(
+            "python3",
+            &[CLIENT, "count", vip, &port.to_string(), &n.to_string()],
+        )
+        .unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+/// One held connection: the member that took it, and an echo through it.
+struct Held {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    member: String,
+}
+
+impl Held {
+    fn open(ns: &Netns, vip: &str, port: u16) -> Held {
+        let mut child = ns
+            .command("python3")
+            .args([CLIENT, "hold", vip, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut member = String::new();
+        stdout.read_line(&mut member).unwrap();
+        Held {
+            child,
+            stdin,
+            stdout,
+            member: member.trim().to_owned(),
+        }
+    }
+
+    fn echo(&mut self, text: &str) -> String {
+        writeln!(self.stdin, "{text}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ipv4_only(ns: &Netns) {
+    for key in ["all", "default"] {
+        ns.exec(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
+        )
+        .unwrap();
+    }
+}
+
+fn vm_port(lab: &Lab, net: &str, node: usize, name: &str) -> Value {
+    create(
+        lab,
+        "/v2.0/ports",
+        "port",
+        json!({"network_id": net, "project_id": "project-a", "binding:host_id": format!("node{node}"),
+               "device_owner": "compute:nova", "name": name}),
+    )
+}
+
+fn lbaas(lab: &Lab, path: &str, kind: &str, body: Value) -> Value {
+    let (s, v) = lab.api(
+        "POST",
+        &format!("/v2/lbaas/{path}"),
+        Some(&json!({ kind: body })),
+    );
+    assert_eq!(s, 201, "{path}: {v}");
+    v[kind].clone()
+}
+
+fn put(lab: &Lab, path: &str, body: Value) {
+    let (s, v) = lab.api("PUT", &format!("/v2/lbaas/{path}"), Some(&body));
+    assert_eq!(s, 200, "{path}: {v}");
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until every connection of a burst from `ns` is answered.
+fn wait_served(ns: &Netns, vip: &str, port: u16) {
+    wait_for("the VIP to answer", Duration::from_secs(20), || {
+        let c = count(ns, vip, port, 6);
+        !c.contains_key("<failed>")
+    });
+}
+
+fn within(counts: &BTreeMap<String, u64>, member: &str, expected: u64, slack: u64) -> bool {
+    let got = counts.get(member).copied().unwrap_or(0);
+    got + slack >= expected && got <= expected + slack
+}
+
+fn pod(cloud: &Cloud, node: usize, name: &str) -> (isthmus_lab::Pod, String) {
+    let pod = cloud.lab.add_pod().unwrap();
+    ipv4_only(&pod.ns);
+    let config = cni_conf(cloud, node, json!({}));
+    let args = format!("K8S_POD_NAMESPACE=web;K8S_POD_NAME={name};K8S_POD_UID=uid-{name}");
+    let result = cni_add(cloud, node, &pod, name, &args, &config);
+    let ip = result["ips"][0]["address"].as_str().unwrap();
+    let ip = ip.split('/').next().unwrap().to_owned();
+    (pod, ip)
+}
+
+#[test]
+fn load_balancer_spreads_tracks_and_cleans_up() {
+    let Some(cloud) = cloud(3) else {
+        return;
+    };
+    let lab = &cloud.lab;
+    let (net_a, sub_a) = shared_network(lab, "lb-a", "10.50.0.0/24");
+    let (net_b, sub_b) = shared_network(lab, "lb-b", "10.60.0.0/24");
+    let router = create(
+        lab,
+        "/v2.0/routers",
+        "router",
+        json!({"name": "r", "project_id": "project-a"}),
+    );
+    add_router_interface(lab, &id(&router), &sub_a);
+    add_router_interface(lab, &id(&router), &sub_b);
+    let (s, b) = lab.api(
+        "PUT",
+        "/isthmus/v1/namespace-bindings/web",
+        Some(&json!({"namespace_binding": {"network_id": net_a, "project_id": "project-a"}})),
+    );
+    assert_eq!(s, 201, "{b}");
+
+    // Clients: a VM on node 1 and one behind the router on node 3. Members: a VM on node 2,
+    // pods on nodes 2 and 3.
+    let c1_port = vm_port(lab, &net_a, 1, "client");
+    // The project's default group (made with its first port) lets the members' port in.
+    let group = cloud::default_group(lab, Some("project-a"));
+    for (protocol, port) in [("tcp", 8080), ("udp", 8080)] {
+        create(
+            lab,
+            "/v2.0/security-group-rules",
+            "security_group_rule",
+            json!({"security_group_id": group, "direction": "ingress", "protocol": protocol,
+                   "port_range_min": port, "port_range_max": port, "remote_ip_prefix": "0.0.0.0/0"}),
+        );
+    }
+    let c1 = lab
+        .add_vm_for_port(0, &c1_port, 24, Some("10.50.0.1"), 1450)
+        .unwrap();
+    ipv4_only(&c1.ns);
+    let c2_port = vm_port(lab, &net_b, 3, "routed-client");
+    let c2 = lab
+        .add_vm_for_port(2, &c2_port, 24, Some("10.60.0.1"), 1450)
+        .unwrap();
+    ipv4_only(&c2.ns);
+    let m1_port = vm_port(lab, &net_a, 2, "vm-member");
+    let m1 = lab
+        .add_vm_for_port(1, &m1_port, 24, Some("10.50.0.1"), 1450)
+        .unwrap();
+    ipv4_only(&m1.ns);
+    let (p2, p2_ip) = pod(&cloud, 1, "p2");
+    let (p3, p3_ip) = pod(&cloud, 2, "p3");
+    let _servers = [
+        serve(&m1.ns, "m1"),
+        serve(&p2.ns, "p2"),
+        serve(&p3.ns, "p3"),
+    ];
+
+    let lb = lbaas(
+        lab,
+        "loadbalancers",
+        "loadbalancer",
+        json!({"name": "web", "vip_subnet_id": sub_a, "project_id": "project-a"}),
+    );
+    let vip = lb["vip_address"].as_str().unwrap().to_owned();
+    let listener = lbaas(
+        lab,
+        "listeners",
+        "listener",
+        json!({"loadbalancer_id": id(&lb), "protocol": "TCP", "protocol_port": 80}),
+    );
+    let pool = lbaas(
+        lab,
+        "pools",
+        "pool",
+        json!({"listener_id": id(&listener), "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}),
+    );
+    let pool_id = id(&pool);
+    let mut members = BTreeMap::new();
+    for (name, ip) in [
+        ("m1", ip_of(&m1_port)),
+        ("p2", p2_ip.clone()),
+        ("p3", p3_ip.clone()),
+    ] {
+        let m = lbaas(
+            lab,
+            &format!("pools/{pool_id}/members"),
+            "member",
+            json!({"address": ip, "protocol_port": 8080, "subnet_id": sub_a}),
+        );
+        members.insert(name, id(&m));
+    }
+    wait_served(&c1.ns, &vip, 80);
+
+    // 300 connections from the VM on node 1: a third each.
+    let counts = count(&c1.ns, &vip, 80, 300);
+    for m in ["m1", "p2", "p3"] {
+        assert!(within(&counts, m, 100, 30), "{counts:?}");
+    }
+    // A pod that is a member reaches its own VIP (hairpin): every connection is answered,
+    // its own server among them.
+    let counts = count(&p2.ns, &vip, 80, 9);
+    assert!(
+        !counts.contains_key("<failed>") && counts.contains_key("p2"),
+        "{counts:?}"
+    );
+    // A VM on another subnet, behind the router, on node 3.
+    let counts = count(&c2.ns, &vip, 80, 30);
+    assert!(
+        !counts.contains_key("<failed>") && counts.len() == 3,
+        "{counts:?}"
+    );
+
+    // Weights 1:2:1.
+    put(
+        lab,
+        &format!("pools/{pool_id}/members/{}", members["p2"]),
+        json!({"member": {"weight": 2}}),
+    );
+    wait_for("the weights to apply", Duration::from_secs(10), || {
+        let c = count(&c1.ns, &vip, 80, 40);
+        within(&c, "p2", 20, 4)
+    });
+    let counts = count(&c1.ns, &vip, 80, 300);
+    assert!(
+        within(&counts, "p2", 150, 30) && within(&counts, "m1", 75, 25),
+        "{counts:?}"
+    );
+
+    // Source-IP persistence: every connection of one client lands on one member.
+    put(
+        lab,
+        &format!("pools/{pool_id}"),
+        json!({"pool": {"session_persistence": {"type": "SOURCE_IP"}}}),
+    );
+    wait_for("persistence", Duration::from_secs(10), || {
+        count(&c1.ns, &vip, 80, 20).len() == 1
+    });
+    assert_eq!(count(&c1.ns, &vip, 80, 50).len(), 1);
+
+    // A member taken down gets no new connection; the one open to it goes on.
+    let mut held = Held::open(&c1.ns, &vip, 80);
+    let taken = held.member.clone();
+    put(
+        lab,
+        &format!("pools/{pool_id}/members/{}", members[taken.as_str()]),
+        json!({"member": {"admin_state_up": false}}),
+    );
+    wait_for("the member to leave", Duration::from_secs(10), || {
+        !count(&c1.ns, &vip, 80, 10).contains_key(&taken)
+    });
+    let counts = count(&c1.ns, &vip, 80, 30);
+    assert!(
+        !counts.contains_key(&taken) && !counts.contains_key("<failed>"),
+        "{counts:?}"
+    );
+    assert_eq!(held.echo("still there"), "still there");
+    drop(held);
+
+    // allowed_cidrs: only the routed subnet may connect.
+    put(
+        lab,
+        &format!("listeners/{}", id(&listener)),
+        json!({"listener": {"allowed_cidrs": ["10.60.0.0/24"]}}),
+    );
+    wait_for("allowed_cidrs", Duration::from_secs(10), || {
+        count(&c1.ns, &vip, 80, 1).contains_key("<failed>")
+    });
+    assert!(!count(&c2.ns, &vip, 80, 5).contains_key("<failed>"));
+
+    // A UDP listener with its own pool.
+    let udp = lbaas(
+        lab,
+        "listeners",
+        "listener",
+        json!({"loadbalancer_id": id(&lb), "protocol": "UDP", "protocol_port": 53}),
+    );
+    let udp_pool = lbaas(
+        lab,
+        "pools",
+        "pool",
+        json!({"listener_id": id(&udp), "protocol": "UDP", "lb_algorithm": "SOURCE_IP_PORT"}),
+    );
+    lbaas(
+        lab,
+        &format!("pools/{}/members", id(&udp_pool)),
+        "member",
+        json!({"address": p3_ip, "protocol_port": 8080}),
+    );
+    wait_for("the UDP listener", Duration::from_secs(10), || {
+        c1.ns
+            .exec("python3", &[CLIENT, "udp", &vip, "53"])
+            .is_ok_and(|answer| answer.trim() == "p3 hello")
+    });
+
+    // Cascade delete: no VIP port, no table, no rule, no route on any node.
+    let (s, v) = lab.api(
+        "DELETE",
+        &format!("/v2/lbaas/loadbalancers/{}?cascade=true", id(&lb)),
+        None,
+    );
+    assert_eq!(s, 204, "{v}");
+    let (_, port) = lab.api(
+        "GET",
+        &format!("/v2.0/ports/{}", lb["vip_port_id"].as_str().unwrap()),
+        None,
+    );
+    assert!(port["port"].is_null(), "{port}");
+    for node in &lab.nodes {
+        wait_for(
+            "the node's balancing to go",
+            Duration::from_secs(10),
+            || {
+                let inet = node
+                    .ns
+                    .exec("nft", &["list", "table", "inet", "isthmus_lb"]);
+                let rules = node.ns.ip(&["-4", "rule", "show"]).unwrap_or_default();
+                inet.is_err() && !rules.lines().any(|l| l.starts_with("900:"))
+            },
+        );
+    }
+    assert!(count(&c1.ns, &vip, 80, 1).contains_key("<failed>"));
+}
