@@ -765,3 +765,305 @@ pub fn parse_routing(rules: &Value, routes: &Value, neighbours: &Value, links: &
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node() -> NodeConfig {
+        NodeConfig {
+            name: "n1".into(),
+            tunnel_ip: "192.0.2.1".parse().unwrap(),
+            physnets: BTreeMap::new(),
+        }
+    }
+
+    fn add(view: &mut NodeView, kind: &str, object: Value) {
+        view.apply(&json!({"type": "ADDED", "kind": kind, "object": object}))
+            .unwrap();
+    }
+
+    fn port(id: &str, net: &str, ip: &str, host: &str, owner: &str, device: &str) -> Value {
+        json!({"id": id, "network_id": net, "mac_address": "FA:16:3E:00:00:01",
+               "fixed_ips": [{"subnet_id": format!("s-{net}"), "ip_address": ip}],
+               "binding:host_id": host, "security_groups": [], "port_security_enabled": true,
+               "status": "ACTIVE", "device_owner": owner, "device_id": device})
+    }
+
+    fn member(id: &str, ip: &str, weight: u16, backup: bool, status: &str) -> Value {
+        json!({"id": id, "address": ip, "protocol_port": 8080, "weight": weight, "backup": backup,
+               "admin_state_up": true, "operating_status": status})
+    }
+
+    /// Net a (10.0.0.0/24, the VIP's) and b (10.1.0.0/24) joined by router r; a client on b
+    /// on this node, a member on a on this node.
+    fn view() -> NodeView {
+        let mut v = NodeView::default();
+        for (net, vni, cidr) in [
+            ("neta-000000", 7, "10.0.0.0/24"),
+            ("netb-000000", 8, "10.1.0.0/24"),
+        ] {
+            add(
+                &mut v,
+                "network",
+                json!({"id": net, "mtu": 1450, "provider:network_type": "vxlan",
+                                          "provider:segmentation_id": vni, "provider:physical_network": null}),
+            );
+            add(
+                &mut v,
+                "subnet",
+                json!({"id": format!("s-{net}"), "network_id": net, "cidr": cidr,
+                                         "gateway_ip": null}),
+            );
+        }
+        add(
+            &mut v,
+            "router",
+            json!({"id": "r", "admin_state_up": true, "external_gateway_info": null}),
+        );
+        add(
+            &mut v,
+            "port",
+            port("ra", "neta-000000", "10.0.0.1", "", OWNER_INTERFACE, "r"),
+        );
+        add(
+            &mut v,
+            "port",
+            port("rb", "netb-000000", "10.1.0.1", "", OWNER_INTERFACE, "r"),
+        );
+        add(
+            &mut v,
+            "port",
+            port(
+                "client",
+                "netb-000000",
+                "10.1.0.5",
+                "n1",
+                "compute:nova",
+                "",
+            ),
+        );
+        add(
+            &mut v,
+            "port",
+            port(
+                "m1port",
+                "neta-000000",
+                "10.0.0.11",
+                "n1",
+                "compute:nova",
+                "",
+            ),
+        );
+        add(
+            &mut v,
+            "port",
+            port("vip", "neta-000000", "10.0.0.50", "", "Octavia", "lb-1"),
+        );
+        add(
+            &mut v,
+            "loadbalancer",
+            json!({"id": "lb", "vip_address": "10.0.0.50",
+            "vip_network_id": "neta-000000", "admin_state_up": true, "listeners": [{"id": "listener-1"}]}),
+        );
+        add(
+            &mut v,
+            "listener",
+            json!({"id": "listener-1", "protocol": "TCP", "protocol_port": 80,
+            "admin_state_up": true, "default_pool_id": "pool", "connection_limit": -1,
+            "allowed_cidrs": ["10.1.0.0/24"]}),
+        );
+        add(
+            &mut v,
+            "pool",
+            json!({"id": "pool", "admin_state_up": true, "lb_algorithm": "ROUND_ROBIN",
+            "session_persistence": null,
+            "members": [{"id": "member-1"}, {"id": "member-2"}, {"id": "member-3"}, {"id": "member-4"}]}),
+        );
+        add(
+            &mut v,
+            "member",
+            member("member-1", "10.0.0.11", 1, false, "NO_MONITOR"),
+        );
+        add(
+            &mut v,
+            "member",
+            member("member-2", "10.0.0.12", 2, false, "ONLINE"),
+        );
+        add(
+            &mut v,
+            "member",
+            member("member-3", "10.0.0.13", 1, false, "ERROR"),
+        );
+        add(
+            &mut v,
+            "member",
+            member("member-4", "10.0.0.14", 1, true, "ONLINE"),
+        );
+        v
+    }
+
+    #[test]
+    fn members_up_by_weight_backups_only_when_alone() {
+        let mut v = view();
+        let s = &services(&v)[0];
+        let ids: Vec<&str> = s.backends.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["member-1", "member-2"]);
+        assert_eq!(s.allowed.len(), 1);
+        assert_eq!(s.connection_limit, None);
+        for m in ["member-1", "member-2"] {
+            add(&mut v, "member", member(m, "10.0.0.11", 1, false, "ERROR"));
+        }
+        let s = &services(&v)[0];
+        let ids: Vec<&str> = s.backends.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["member-4"], "the backup takes over");
+    }
+
+    #[test]
+    fn renders_the_service_chains_and_bridge_routing() {
+        let d = desired(&view(), &node());
+        let svc = &d.inet.chains[&service_chain("listener-1")];
+        assert_eq!(svc[0], "ip saddr != { 10.1.0.0/24 } drop");
+        assert_eq!(
+            svc[1],
+            "numgen inc mod 3 vmap { 0 : goto be-listener-1-member-1, 1-2 : goto be-listener-1-member-2 }"
+        );
+        assert_eq!(
+            d.inet.chains["be-listener-1-member-2"],
+            ["meta l4proto tcp dnat ip to 10.0.0.12:8080"]
+        );
+        assert_eq!(
+            d.inet.maps["services"]["10.0.0.50 . tcp . 80"],
+            service_chain("listener-1")
+        );
+        assert!(d.inet.sets["hairpin"].1.contains("10.0.0.11 . 10.0.0.11"));
+        // Both local networks balance: the client's (behind the router) and the member's.
+        let ta = route_table(&view(), "neta-000000");
+        let tb = route_table(&view(), "netb-000000");
+        assert_eq!(ta, VXLAN_TABLES + 7);
+        let routes: Vec<String> = d.routing.routes.iter().map(route_spec).collect();
+        let bridge_b = bridge_name("netb-000000");
+        assert!(routes.contains(&format!(
+            "table {tb} 10.0.0.0/24 via 10.1.0.1 dev {bridge_b} onlink"
+        )));
+        assert!(routes.contains(&format!(
+            "table {ta} local 10.0.0.50/32 dev {}",
+            bridge_name("neta-000000")
+        )));
+        assert!(routes.contains(&format!("table {tb} unreachable default")));
+        assert!(d.routing.hairpin.contains(&tap_name("m1port")));
+        assert!(d
+            .routing
+            .neighbours
+            .iter()
+            .all(|n| n.ip.to_string() != "10.0.0.50" && n.mac == "fa:16:3e:00:00:01"));
+    }
+
+    #[test]
+    fn persistence_and_source_hashing() {
+        let mut v = view();
+        add(
+            &mut v,
+            "pool",
+            json!({"id": "pool", "admin_state_up": true, "lb_algorithm": "SOURCE_IP_PORT",
+            "session_persistence": {"type": "SOURCE_IP", "persistence_timeout": 60},
+            "members": [{"id": "member-1"}]}),
+        );
+        let d = desired(&v, &node());
+        let svc = &d.inet.chains[&service_chain("listener-1")];
+        assert_eq!(
+            svc[1],
+            "ip saddr @aff-listener-1-member-1 goto be-listener-1-member-1"
+        );
+        assert_eq!(
+            svc[2],
+            "meta l4proto tcp jhash ip saddr . th sport mod 1 vmap { 0 : goto be-listener-1-member-1 }"
+        );
+        assert!(d.inet.sets["aff-listener-1-member-1"]
+            .0
+            .contains("timeout 60s"));
+        // The kernel fills persistence sets: a plan never touches their elements.
+        let mut observed = d.inet.as_observed();
+        observed
+            .sets
+            .get_mut("aff-listener-1-member-1")
+            .unwrap()
+            .insert("10.1.0.5".into());
+        assert_eq!(d.inet.plan(&observed, INET_BASE), None);
+    }
+
+    #[test]
+    fn no_reachable_vip_no_tables() {
+        let mut v = view();
+        v.apply(&json!({"type": "DELETED", "kind": "loadbalancer", "id": "lb"}))
+            .unwrap();
+        let d = desired(&v, &node());
+        assert!(d.inet.absent && d.bridge.absent);
+        assert_eq!(d.routing, Routing::default());
+    }
+
+    #[test]
+    fn routing_plans_by_difference_and_reads_back() {
+        let want = desired(&view(), &node()).routing;
+        let all = want.plan(&Routing::default());
+        assert!(all
+            .iter()
+            .any(|l| l.starts_with("rule add iif brqneta-000000 lookup")));
+        assert!(all
+            .iter()
+            .any(|l| l.starts_with("neigh replace 10.0.0.11 lladdr fa:16:3e:00:00:01")));
+        assert!(all
+            .iter()
+            .any(|l| l.starts_with("link set dev tapm1port type bridge_slave hairpin on")));
+        assert!(want.plan(&want).is_empty());
+        // What `ip -j` prints for that state reads back as equal.
+        let tb = route_table(&view(), "netb-000000");
+        let ta = route_table(&view(), "neta-000000");
+        let rules: Value = want
+            .rules
+            .iter()
+            .map(|(d, t)| json!({"priority": RULE_PRIORITY, "iif": d, "table": t.to_string()}))
+            .collect();
+        let routes: Value = want
+            .routes
+            .iter()
+            .map(|r| {
+                let dst = if r.destination.prefix == 0 {
+                    "default".to_owned()
+                } else if r.destination.prefix == 32 {
+                    r.destination.network.to_string()
+                } else {
+                    r.destination.to_string()
+                };
+                let mut o = json!({"dst": dst, "table": r.table.to_string()});
+                if let Some(d) = &r.device {
+                    o["dev"] = json!(d);
+                }
+                match &r.kind {
+                    RouteKind::Local => o["type"] = json!("local"),
+                    RouteKind::Unreachable => o["type"] = json!("unreachable"),
+                    RouteKind::Via(gw) => o["gateway"] = json!(gw.to_string()),
+                    RouteKind::Link => {}
+                }
+                o
+            })
+            .chain([json!({"dst": "10.9.0.0/24", "dev": "eth0", "table": "main"})])
+            .collect();
+        let neighbours: Value = want
+            .neighbours
+            .iter()
+            .map(|n| json!({"dst": n.ip.to_string(), "dev": n.device, "lladdr": n.mac}))
+            .collect();
+        let links = json!([{"ifname": "tapm1port", "linkinfo": {"info_slave_data": {"hairpin": true}}},
+                           {"ifname": "tapclient", "linkinfo": {"info_slave_data": {"hairpin": false}}}]);
+        let read = parse_routing(&rules, &routes, &neighbours, &links);
+        assert_eq!(read, want, "tables {ta} {tb}");
+        // A VIP gone: its local route goes, nothing else moves.
+        let mut less = want.clone();
+        less.routes.retain(|r| r.kind != RouteKind::Local);
+        let lines = less.plan(&want);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("route del table"), "{lines:?}");
+    }
+}

@@ -700,3 +700,165 @@ fn openstack_cli_address_scopes_subnet_pools_and_rbac() {
     cli.ok(&["subnet", "pool", "delete", "pool4", "default-v4"]);
     cli.ok(&["address", "scope", "delete", "scope-v4"]);
 }
+
+/// python-octaviaclient's `openstack loadbalancer` commands against the same controller.
+#[test]
+fn octavia_cli_end_to_end() {
+    let Some(bin) = openstack() else {
+        isthmus_lab::skip("no openstack CLI (./test.sh installs python-octaviaclient in .venv)");
+        return;
+    };
+    let (_dir, _controller, cli) = Cli::with_controller(bin);
+    cli.ok(&["network", "create", "web"]);
+    cli.ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "web",
+        "--subnet-range",
+        "10.9.0.0/24",
+        "web-v4",
+    ]);
+
+    let lb = cli.json(&[
+        "loadbalancer",
+        "create",
+        "--name",
+        "lb1",
+        "--vip-subnet-id",
+        "web-v4",
+        "--wait",
+    ]);
+    assert_eq!(lb["provider"], "isthmus");
+    assert_eq!(lb["provisioning_status"], "ACTIVE");
+    let vip_port = lb["vip_port_id"].as_str().unwrap();
+    let port = cli.json(&["port", "show", vip_port]);
+    assert_eq!(port["device_owner"], "Octavia");
+    assert_eq!(port["fixed_ips"][0]["ip_address"], lb["vip_address"]);
+    assert!(cli
+        .ok(&["loadbalancer", "provider", "list"])
+        .contains("isthmus"));
+
+    let listener = cli.json(&[
+        "loadbalancer",
+        "listener",
+        "create",
+        "--name",
+        "l1",
+        "--protocol",
+        "TCP",
+        "--protocol-port",
+        "80",
+        "--allowed-cidr",
+        "10.0.0.0/8",
+        "lb1",
+        "--wait",
+    ]);
+    assert_eq!(listener["allowed_cidrs"], serde_json::json!(["10.0.0.0/8"]));
+    let (ok, _, err) = cli.run(&[
+        "loadbalancer",
+        "listener",
+        "create",
+        "--protocol",
+        "HTTP",
+        "--protocol-port",
+        "81",
+        "lb1",
+    ]);
+    assert!(
+        !ok && err.contains("does not support") && err.contains("501"),
+        "{err}"
+    );
+    let (ok, _, err) = cli.run(&[
+        "loadbalancer",
+        "listener",
+        "create",
+        "--protocol",
+        "TCP",
+        "--protocol-port",
+        "80",
+        "lb1",
+    ]);
+    assert!(!ok && err.contains("409"), "{err}");
+
+    let pool = cli.json(&[
+        "loadbalancer",
+        "pool",
+        "create",
+        "--name",
+        "p1",
+        "--listener",
+        "l1",
+        "--protocol",
+        "TCP",
+        "--lb-algorithm",
+        "SOURCE_IP",
+        "--session-persistence",
+        "type=SOURCE_IP",
+        "--wait",
+    ]);
+    assert_eq!(pool["lb_algorithm"], "SOURCE_IP");
+    for (name, address, weight) in [("m1", "10.9.0.10", "1"), ("m2", "10.9.0.11", "2")] {
+        cli.ok(&[
+            "loadbalancer",
+            "member",
+            "create",
+            "--name",
+            name,
+            "--address",
+            address,
+            "--protocol-port",
+            "8080",
+            "--weight",
+            weight,
+            "--subnet-id",
+            "web-v4",
+            "p1",
+            "--wait",
+        ]);
+    }
+    let members = cli.json(&["loadbalancer", "member", "list", "p1"]);
+    assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
+    let m2 = cli.json(&["loadbalancer", "member", "show", "p1", "m2"]);
+    assert_eq!(m2["weight"], 2);
+    cli.ok(&["loadbalancer", "member", "set", "--disable", "p1", "m2"]);
+    assert_eq!(
+        cli.json(&["loadbalancer", "member", "show", "p1", "m2"])["admin_state_up"],
+        false
+    );
+    let monitor = cli.json(&[
+        "loadbalancer",
+        "healthmonitor",
+        "create",
+        "--name",
+        "hm",
+        "--delay",
+        "2",
+        "--timeout",
+        "1",
+        "--max-retries",
+        "2",
+        "--type",
+        "TCP",
+        "p1",
+    ]);
+    assert_eq!(monitor["type"], "TCP");
+
+    // `status show` prints JSON by itself (and takes no -f).
+    let status: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["loadbalancer", "status", "show", "lb1"])).unwrap();
+    let tree = &status["loadbalancer"]["listeners"][0]["pools"][0];
+    assert_eq!(tree["members"].as_array().unwrap().len(), 2, "{status}");
+    assert_eq!(tree["health_monitor"]["type"], "TCP", "{status}");
+
+    let (ok, _, err) = cli.run(&["loadbalancer", "delete", "lb1"]);
+    assert!(!ok && err.contains("has children"), "{err}");
+    cli.ok(&["loadbalancer", "delete", "--cascade", "lb1", "--wait"]);
+    assert_eq!(cli.json(&["loadbalancer", "list"]), serde_json::json!([]));
+    assert_eq!(
+        cli.json(&["loadbalancer", "pool", "list"]),
+        serde_json::json!([])
+    );
+    let (ok, _, _) = cli.run(&["port", "show", vip_port]);
+    assert!(!ok, "the VIP port is deleted with its load balancer");
+}

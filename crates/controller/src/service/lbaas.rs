@@ -10,8 +10,8 @@ use isthmus_model::addr::IpVersion;
 use isthmus_model::input::{Input, Method};
 use isthmus_model::lbaas::load_balancer::{CreateRequest, VipRequest};
 use isthmus_model::lbaas::{
-    health_monitor, listener, load_balancer, member, pool, validation, HealthMonitor, Listener,
-    LoadBalancer, Member, Pool, VIP_OWNER,
+    health_monitor, listener, load_balancer, member, pool, unsupported, validation, HealthMonitor,
+    Listener, LoadBalancer, Member, Pool, VIP_OWNER,
 };
 use isthmus_model::meta::owner_project;
 use isthmus_model::resource::Resource;
@@ -306,6 +306,14 @@ impl Kind for LoadBalancer {
         let request = LoadBalancer::read_create(meta, &mut input)?;
         let (port_id, network_id, subnet_id, address, owned) =
             service.vip_port(caller, &request).await?;
+        if address.is_ipv6() {
+            if owned {
+                service.drop_vip_port(&port_id).await;
+            }
+            return Err(unsupported(
+                "IPv6 VIPs (the kernel data plane balances IPv4 for now)",
+            ));
+        }
         let lb = LoadBalancer::new(
             request,
             port_id.clone(),
