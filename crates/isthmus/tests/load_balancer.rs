@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use cloud::{
     add_router_interface, cloud, cni_add, cni_conf, create, ip_of, shared_network, wait_for, Cloud,
+    BIN,
 };
 use isthmus_lab::{Lab, Netns};
 use serde_json::{json, Value};
@@ -385,4 +386,104 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         );
     }
     assert!(count(&c1.ns, &vip, 80, 1).contains_key("<failed>"));
+}
+
+/// What a node's balancing holds, with nft rule handles (a rewritten rule gets a new one).
+fn balancing_state(lab: &Lab, node: usize) -> String {
+    let ns = &lab.nodes[node].ns;
+    let mut state = ns
+        .exec("nft", &["-a", "list", "table", "inet", "isthmus_lb"])
+        .unwrap();
+    for args in [
+        &["-4", "rule", "show"][..],
+        &["-4", "route", "show", "table", "all"],
+        &["-4", "neigh", "show", "nud", "permanent"],
+    ] {
+        let mut lines: Vec<String> = ns.ip(args).unwrap().lines().map(str::to_owned).collect();
+        lines.sort();
+        state.push_str(&lines.join("\n"));
+    }
+    state
+}
+
+/// An agent restart with 100 load balancers changes nothing in the kernel and loses no
+/// established connection.
+#[test]
+fn agent_restart_keeps_100_load_balancers_and_their_connections() {
+    let Some(mut cloud) = cloud(2) else {
+        return;
+    };
+    let lab = &cloud.lab;
+    let (net, sub) = shared_network(lab, "lb-many", "10.70.0.0/24");
+    let client_port = vm_port(lab, &net, 1, "client");
+    let client = lab
+        .add_vm_for_port(0, &client_port, 24, None, 1450)
+        .unwrap();
+    ipv4_only(&client.ns);
+    let member_port = vm_port(lab, &net, 2, "member");
+    let member = lab
+        .add_vm_for_port(1, &member_port, 24, None, 1450)
+        .unwrap();
+    ipv4_only(&member.ns);
+    let group = cloud::default_group(lab, Some("project-a"));
+    create(
+        lab,
+        "/v2.0/security-group-rules",
+        "security_group_rule",
+        json!({"security_group_id": group, "direction": "ingress", "protocol": "tcp",
+               "port_range_min": 8080, "port_range_max": 8080, "remote_ip_prefix": "0.0.0.0/0"}),
+    );
+    let _server = serve(&member.ns, "m");
+    let mut vips = Vec::new();
+    for i in 0..100 {
+        let lb = lbaas(
+            lab,
+            "loadbalancers",
+            "loadbalancer",
+            json!({"name": format!("lb{i}"), "vip_subnet_id": sub, "project_id": "project-a"}),
+        );
+        let listener = lbaas(
+            lab,
+            "listeners",
+            "listener",
+            json!({"loadbalancer_id": id(&lb), "protocol": "TCP", "protocol_port": 80}),
+        );
+        let pool = lbaas(
+            lab,
+            "pools",
+            "pool",
+            json!({"listener_id": id(&listener), "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}),
+        );
+        lbaas(
+            lab,
+            &format!("pools/{}/members", id(&pool)),
+            "member",
+            json!({"address": ip_of(&member_port), "protocol_port": 8080}),
+        );
+        vips.push(lb["vip_address"].as_str().unwrap().to_owned());
+    }
+    let (first, last) = (&vips[0], &vips[99]);
+    wait_served(&client.ns, last, 80);
+    let mut held = Held::open(&client.ns, first, 80);
+    assert_eq!(held.member, "m");
+    let before = balancing_state(lab, 0);
+    assert!(before.matches("svc-").count() >= 200, "{before}");
+
+    drop(std::mem::replace(
+        &mut cloud.agents[0],
+        lab.start_agent(BIN, 0).unwrap(),
+    ));
+    wait_for(
+        "the restarted agent's first pass",
+        Duration::from_secs(20),
+        || lab.api("GET", "/isthmus/v1/nodes/node1", None).1["node"]["alive"] == json!(true),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        balancing_state(lab, 0),
+        before,
+        "the restart rewrote the kernel"
+    );
+    assert_eq!(held.echo("after the restart"), "after the restart");
+    assert!(!count(&client.ns, last, 80, 5).contains_key("<failed>"));
 }
