@@ -8,6 +8,7 @@
 mod cni;
 mod dhcp;
 mod dns;
+mod health;
 pub mod http;
 pub mod inspect;
 pub mod kernel;
@@ -182,6 +183,8 @@ struct Shared {
     services: services::Services,
     /// Router advertisements being sent.
     advertisers: ra::Advertisers,
+    /// Health probes of the load-balancer members hosted here.
+    prober: health::Prober,
 }
 
 impl Shared {
@@ -241,6 +244,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         leases: watch::Sender::new(Arc::default()),
         services: services::Services::new(config.metadata.clone(), config.dns_upstream.clone()),
         advertisers: ra::Advertisers::default(),
+        prober: health::Prober::start(config.netns_dir.clone(), config.controller.clone()),
         config,
     });
     let leases = shared.leases.subscribe();
@@ -524,6 +528,9 @@ async fn reconcile(
     // Load balancing once the bridges and taps it routes over are in place.
     let balanced = isthmus_dataplane::lb::desired(view, node);
     known.lb = Some(lb::apply(&balanced, known.lb.take()).await?);
+    shared
+        .prober
+        .follow(isthmus_dataplane::lb::probes(view, node));
     report_status(shared, view, &links).await?;
     routed?;
     // Once their interfaces are on the bridges.

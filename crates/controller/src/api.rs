@@ -199,6 +199,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/isthmus/v1/nodes/{name}/heartbeat", put(heartbeat))
         .route("/isthmus/v1/ports/{id}/status", put(port_status))
+        .route("/isthmus/v1/members/{id}/status", put(member_status))
         .route(
             "/isthmus/v1/floatingips/{id}/status",
             put(floating_ip_status),
@@ -909,6 +910,19 @@ async fn port_status(
         .set_port_status(&caller, &id, parse_json(&body)?)
         .await?;
     Ok(Json(json!({ "port": port })).into_response())
+}
+
+async fn member_status(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let member = state
+        .service
+        .set_member_status(&caller, &id, parse_json(&body)?)
+        .await?;
+    Ok(Json(json!({ "member": member })).into_response())
 }
 
 async fn floating_ip_status(

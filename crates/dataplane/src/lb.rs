@@ -143,6 +143,29 @@ struct WireMember {
     backup: bool,
     admin_state_up: bool,
     operating_status: String,
+    #[serde(default)]
+    monitor_address: Option<IpAddr>,
+    #[serde(default)]
+    monitor_port: Option<u16>,
+}
+
+#[derive(Deserialize)]
+struct WirePoolMonitor {
+    members: Vec<IdOnly>,
+    healthmonitor_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMonitor {
+    #[serde(rename = "type")]
+    kind: String,
+    admin_state_up: bool,
+    delay: u32,
+    timeout: u32,
+    max_retries: u32,
+    max_retries_down: u32,
+    url_path: Option<String>,
+    expected_codes: Option<String>,
 }
 
 fn object<T: serde::de::DeserializeOwned>(view: &NodeView, kind: &str, id: &str) -> Option<T> {
@@ -249,6 +272,126 @@ fn service(view: &NodeView, vip: Ipv4Addr, network: &str, l: WireListener) -> Op
         connection_limit: u32::try_from(l.connection_limit).ok(),
         backends,
     })
+}
+
+/// What a health probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// An ICMP echo.
+    Ping,
+    /// A TCP connection opened and closed.
+    Tcp,
+    /// A UDP datagram that must not draw an ICMP port unreachable.
+    UdpConnect,
+    /// `GET path` answered with one of the expected codes (`200`, `200,202`, `200-204`).
+    Http {
+        /// URL path.
+        path: String,
+        /// Expected status codes.
+        expected: String,
+    },
+}
+
+/// One member this node probes (it hosts the member's port), from its network's DHCP
+/// namespace (the DHCP port's address is the probes' source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The member.
+    pub member_id: String,
+    /// Namespace the probe runs in.
+    pub namespace: String,
+    /// Where it goes (`monitor_address`/`monitor_port`, else the member's).
+    pub target: std::net::SocketAddrV4,
+    /// What it does.
+    pub kind: ProbeKind,
+    /// Seconds between probes.
+    pub delay: u32,
+    /// Seconds one probe may take.
+    pub timeout: u32,
+    /// Successes in a row that make the member ONLINE.
+    pub rise: u32,
+    /// Failures in a row that make it ERROR.
+    pub fall: u32,
+    /// Its `operating_status` as the view has it (what was last reported).
+    pub reported: String,
+}
+
+/// The members of monitored pools whose ports this node hosts, on networks with a DHCP
+/// namespace here (members elsewhere are their own nodes' to probe).
+pub fn probes(view: &NodeView, node: &NodeConfig) -> Vec<Probe> {
+    let mut out = Vec::new();
+    for ((kind, pool_id), _) in view.others.range(("pool".to_owned(), String::new())..) {
+        if kind != "pool" {
+            break;
+        }
+        let Some(pool) = object::<WirePoolMonitor>(view, "pool", pool_id) else {
+            continue;
+        };
+        let Some(monitor) = pool
+            .healthmonitor_id
+            .as_deref()
+            .and_then(|h| object::<WireMonitor>(view, "healthmonitor", h))
+            .filter(|m| m.admin_state_up)
+        else {
+            continue;
+        };
+        let probe_kind = match monitor.kind.as_str() {
+            "PING" => ProbeKind::Ping,
+            "TCP" => ProbeKind::Tcp,
+            "UDP-CONNECT" => ProbeKind::UdpConnect,
+            "HTTP" => ProbeKind::Http {
+                path: monitor.url_path.clone().unwrap_or_else(|| "/".to_owned()),
+                expected: monitor
+                    .expected_codes
+                    .clone()
+                    .unwrap_or_else(|| "200".to_owned()),
+            },
+            _ => continue,
+        };
+        for m in &pool.members {
+            let Some(member) = object::<WireMember>(view, "member", &m.id) else {
+                continue;
+            };
+            let IpAddr::V4(address) = member.address else {
+                continue;
+            };
+            if !member.admin_state_up {
+                continue;
+            }
+            let Some(port) = view.ports.values().find(|p| {
+                p.host_id == node.name
+                    && p.fixed_ips
+                        .iter()
+                        .any(|f| f.ip_address == IpAddr::V4(address))
+            }) else {
+                continue;
+            };
+            let has_namespace = crate::dhcp::dhcp_port(view, &port.network_id)
+                .is_some_and(|d| d.fixed_ips.iter().any(|f| f.ip_address.is_ipv4()));
+            if !has_namespace {
+                continue;
+            }
+            let target_ip = match member.monitor_address {
+                Some(IpAddr::V4(a)) => a,
+                _ => address,
+            };
+            out.push(Probe {
+                member_id: member.id,
+                namespace: crate::dhcp::namespace_name(&port.network_id),
+                target: std::net::SocketAddrV4::new(
+                    target_ip,
+                    member.monitor_port.unwrap_or(member.protocol_port),
+                ),
+                kind: probe_kind.clone(),
+                delay: monitor.delay,
+                timeout: monitor.timeout,
+                rise: monitor.max_retries,
+                fall: monitor.max_retries_down,
+                reported: member.operating_status,
+            });
+        }
+    }
+    out
 }
 
 /// The routing table of a network's bridge.
@@ -991,6 +1134,40 @@ mod tests {
             .unwrap()
             .insert("10.1.0.5".into());
         assert_eq!(d.inet.plan(&observed, INET_BASE), None);
+    }
+
+    #[test]
+    fn probes_members_hosted_here_from_the_dhcp_namespace() {
+        let mut v = view();
+        add(
+            &mut v,
+            "pool",
+            json!({"id": "pool", "admin_state_up": true, "lb_algorithm": "ROUND_ROBIN",
+            "session_persistence": null, "healthmonitor_id": "hm",
+            "members": [{"id": "member-1"}, {"id": "member-2"}]}),
+        );
+        add(
+            &mut v,
+            "healthmonitor",
+            json!({"id": "hm", "type": "HTTP", "admin_state_up": true,
+            "delay": 2, "timeout": 1, "max_retries": 2, "max_retries_down": 3,
+            "url_path": "/up", "expected_codes": "200-204"}),
+        );
+        // No DHCP port on the member's network: nowhere to probe from.
+        assert!(probes(&v, &node()).is_empty());
+        let dhcp = isthmus_model::port::dhcp_port_id("neta-000000");
+        add(
+            &mut v,
+            "port",
+            port(&dhcp, "neta-000000", "10.0.0.2", "", "network:dhcp", "dhcp"),
+        );
+        let p = probes(&v, &node());
+        assert_eq!(p.len(), 1, "member-2 is not hosted here: {p:?}");
+        assert_eq!(p[0].member_id, "member-1");
+        assert_eq!(p[0].namespace, crate::dhcp::namespace_name("neta-000000"));
+        assert_eq!(p[0].target.to_string(), "10.0.0.11:8080");
+        assert_eq!((p[0].rise, p[0].fall, p[0].delay), (2, 3, 2));
+        assert!(matches!(&p[0].kind, ProbeKind::Http { path, .. } if path == "/up"));
     }
 
     #[test]

@@ -169,7 +169,8 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         return;
     };
     let lab = &cloud.lab;
-    let (net_a, sub_a) = shared_network(lab, "lb-a", "10.50.0.0/24");
+    // DHCP on the members' network: its DHCP namespace is where health probes come from.
+    let (net_a, sub_a) = cloud::shared_network_with(lab, "lb-a", "10.50.0.0/24", true);
     let (net_b, sub_b) = shared_network(lab, "lb-b", "10.60.0.0/24");
     let router = create(
         lab,
@@ -216,7 +217,7 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
     ipv4_only(&m1.ns);
     let (p2, p2_ip) = pod(&cloud, 1, "p2");
     let (p3, p3_ip) = pod(&cloud, 2, "p3");
-    let _servers = [
+    let mut servers = vec![
         serve(&m1.ns, "m1"),
         serve(&p2.ns, "p2"),
         serve(&p3.ns, "p3"),
@@ -322,6 +323,75 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
     );
     assert_eq!(held.echo("still there"), "still there");
     drop(held);
+    put(
+        lab,
+        &format!("pools/{pool_id}/members/{}", members[taken.as_str()]),
+        json!({"member": {"admin_state_up": true}}),
+    );
+    put(
+        lab,
+        &format!("pools/{pool_id}"),
+        json!({"pool": {"session_persistence": null}}),
+    );
+
+    // A health monitor: a member whose server stops is ERROR and gets no new connection within
+    // delay x max_retries_down + 1 s; restarted, it is ONLINE and back.
+    lbaas(
+        lab,
+        "healthmonitors",
+        "healthmonitor",
+        json!({"pool_id": pool_id, "type": "TCP", "delay": 1, "timeout": 1, "max_retries": 1,
+                 "max_retries_down": 2}),
+    );
+    let member_status = |name: &str| -> String {
+        let (_, m) = lab.api(
+            "GET",
+            &format!("/v2/lbaas/pools/{pool_id}/members/{}", members[name]),
+            None,
+        );
+        m["member"]["operating_status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    wait_for("every member ONLINE", Duration::from_secs(10), || {
+        ["m1", "p2", "p3"]
+            .iter()
+            .all(|m| member_status(m) == "ONLINE")
+    });
+    servers.pop();
+    let stopped = std::time::Instant::now();
+    wait_for("p3 ERROR", Duration::from_secs(10), || {
+        member_status("p3") == "ERROR"
+    });
+    wait_for("p3 out of the data plane", Duration::from_secs(10), || {
+        !count(&c1.ns, &vip, 80, 6).contains_key("p3")
+    });
+    let gone = stopped.elapsed();
+    assert!(
+        gone < Duration::from_secs(3),
+        "p3 left after {gone:?} (budget: 1 s x 2 + 1 s)"
+    );
+    let counts = count(&c1.ns, &vip, 80, 30);
+    assert!(
+        !counts.contains_key("<failed>") && !counts.contains_key("p3"),
+        "{counts:?}"
+    );
+    let (_, status) = lab.api(
+        "GET",
+        &format!("/v2/lbaas/loadbalancers/{}/status", id(&lb)),
+        None,
+    );
+    let tree = &status["statuses"]["loadbalancer"];
+    assert_eq!(tree["operating_status"], "DEGRADED", "{status}");
+    assert_eq!(
+        tree["listeners"][0]["pools"][0]["operating_status"], "DEGRADED",
+        "{status}"
+    );
+    servers.push(serve(&p3.ns, "p3"));
+    wait_for("p3 ONLINE and back", Duration::from_secs(10), || {
+        member_status("p3") == "ONLINE" && count(&c1.ns, &vip, 80, 6).contains_key("p3")
+    });
 
     // allowed_cidrs: only the routed subnet may connect.
     put(

@@ -10,8 +10,8 @@ use isthmus_model::addr::IpVersion;
 use isthmus_model::input::{Input, Method};
 use isthmus_model::lbaas::load_balancer::{CreateRequest, VipRequest};
 use isthmus_model::lbaas::{
-    health_monitor, listener, load_balancer, member, pool, unsupported, validation, HealthMonitor,
-    Listener, LoadBalancer, Member, Pool, VIP_OWNER,
+    health_monitor, listener, load_balancer, member, operating, pool, unsupported, validation,
+    HealthMonitor, Listener, LoadBalancer, Member, Pool, VIP_OWNER,
 };
 use isthmus_model::meta::owner_project;
 use isthmus_model::resource::Resource;
@@ -228,6 +228,41 @@ impl Service {
         Ok(())
     }
 
+    /// An agent reports what its health probes found of a member it hosts:
+    /// `{"operating_status": "ONLINE" | "ERROR"}` (Isthmus's native API, agents only).
+    pub async fn set_member_status(
+        &self,
+        caller: &Caller,
+        id: &str,
+        body: Value,
+    ) -> Result<Object> {
+        isthmus_model::policy::authorize_caller("update_member:status", caller)?;
+        let status = body
+            .get("operating_status")
+            .and_then(Value::as_str)
+            .filter(|s| [operating::ONLINE, operating::ERROR].contains(s))
+            .ok_or_else(|| Error::invalid_attr("operating_status", "must be ONLINE or ERROR"))?
+            .to_owned();
+        self.retry(|| async {
+            let (mut member, rev) = self.must_load::<Member>(id).await?;
+            // A report racing the monitor's deletion must not undo its NO_MONITOR.
+            let monitored = match self.load::<Pool>(&member.pool_id).await? {
+                Some((pool, _)) => pool.healthmonitor_id.is_some(),
+                None => false,
+            };
+            if !monitored || member.operating_status == status {
+                return Ok(Attempt::Done(member.render(caller)));
+            }
+            member.operating_status = status.clone();
+            Ok(if self.write_back(id, rev, &member).await? {
+                Attempt::Done(member.render(caller))
+            } else {
+                Attempt::Retry
+            })
+        })
+        .await
+    }
+
     /// The pool a member belongs to, if the member exists.
     pub async fn member_pool(&self, id: &str) -> Result<Option<String>> {
         Ok(self.load::<Member>(id).await?.map(|(m, _)| m.pool_id))
@@ -248,22 +283,32 @@ impl Service {
                     pools.push(self.pool_status(&pool, caller).await?);
                 }
             }
+            let pool_states: Vec<&str> = pools
+                .iter()
+                .filter_map(|p| p["operating_status"].as_str())
+                .collect();
+            let own = shown["operating_status"].as_str().unwrap_or_default();
             listeners.push(json!({
                 "id": listener.meta.id, "name": listener.meta.name,
                 "provisioning_status": shown["provisioning_status"],
-                "operating_status": shown["operating_status"],
+                "operating_status": worst(own, &pool_states),
                 "pools": pools,
             }));
         }
+        let listener_states: Vec<&str> = listeners
+            .iter()
+            .filter_map(|l| l["operating_status"].as_str())
+            .collect();
         Ok(json!({"statuses": {"loadbalancer": {
             "id": lb.meta.id, "name": lb.meta.name,
             "provisioning_status": lb.provisioning_status,
-            "operating_status": lb.operating_status,
+            "operating_status": worst(&lb.operating_status, &listener_states),
             "listeners": listeners,
         }}}))
     }
 
     async fn pool_status(&self, pool: &Pool, caller: &Caller) -> Result<Value> {
+        // (The members' statuses decide the pool's, as Octavia's health manager does.)
         let shown = pool.render(caller);
         let mut members = Vec::new();
         for m in &pool.members {
@@ -280,7 +325,7 @@ impl Service {
         let mut status = json!({
             "id": pool.meta.id, "name": pool.meta.name,
             "provisioning_status": shown["provisioning_status"],
-            "operating_status": shown["operating_status"],
+            "operating_status": pool_operating(pool, &members),
             "members": members,
         });
         if let Some(h) = &pool.healthmonitor_id {
@@ -295,6 +340,38 @@ impl Service {
             }
         }
         Ok(status)
+    }
+}
+
+/// A pool's `operating_status` from its members': OFFLINE when disabled, ERROR when every
+/// monitored member is down, DEGRADED when some are, else ONLINE.
+fn pool_operating(pool: &Pool, members: &[Value]) -> &'static str {
+    if !pool.admin_state_up {
+        return operating::OFFLINE;
+    }
+    let down = members
+        .iter()
+        .filter(|m| m["operating_status"] == operating::ERROR)
+        .count();
+    match down {
+        0 => operating::ONLINE,
+        n if n == members.len() => operating::ERROR,
+        _ => operating::DEGRADED,
+    }
+}
+
+/// The status of something holding pools: its worst pool's, an ERROR pool making it DEGRADED.
+fn worst(own: &str, pools: &[&str]) -> String {
+    if own == operating::OFFLINE {
+        return own.to_owned();
+    }
+    if pools
+        .iter()
+        .any(|p| *p == operating::ERROR || *p == operating::DEGRADED)
+    {
+        operating::DEGRADED.to_owned()
+    } else {
+        own.to_owned()
     }
 }
 
@@ -693,6 +770,16 @@ impl Kind for HealthMonitor {
             return Ok(Txn::new());
         };
         pool.healthmonitor_id = None;
-        rewrite(Txn::new(), &pool, rev)
+        let mut txn = rewrite(Txn::new(), &pool, rev)?;
+        // Unmonitored members are NO_MONITOR again (and back in every node's data plane).
+        for m in &pool.members {
+            if let Some((mut member, member_rev)) = service.load::<Member>(m).await? {
+                if member.operating_status != operating::NO_MONITOR {
+                    member.operating_status = operating::NO_MONITOR.to_owned();
+                    txn = rewrite(txn, &member, member_rev)?;
+                }
+            }
+        }
+        Ok(txn)
     }
 }

@@ -116,14 +116,17 @@ pub struct HttpCheck {
 impl HttpCheck {
     /// Whether `code` is one of the expected ones.
     pub fn expects(&self, code: u16) -> bool {
-        self.expected_codes
-            .split(',')
-            .any(|part| match part.split_once('-') {
-                Some((a, b)) => matches!((a.trim().parse::<u16>(), b.trim().parse::<u16>()),
-                                     (Ok(a), Ok(b)) if (a..=b).contains(&code)),
-                None => part.trim().parse::<u16>() == Ok(code),
-            })
+        expects(&self.expected_codes, code)
     }
+}
+
+/// Whether the HTTP status `code` is among `expected` (`200`, `200,202`, `200-204`).
+pub fn expects(expected: &str, code: u16) -> bool {
+    expected.split(',').any(|part| match part.split_once('-') {
+        Some((a, b)) => matches!((a.trim().parse::<u16>(), b.trim().parse::<u16>()),
+                                 (Ok(a), Ok(b)) if (a..=b).contains(&code)),
+        None => part.trim().parse::<u16>() == Ok(code),
+    })
 }
 
 fn valid_codes(codes: &str) -> bool {
