@@ -366,6 +366,8 @@ struct Known {
     routers: Option<RouterState>,
     lb: Option<lb::Known>,
     per_bridge: bool,
+    /// The view revision last reported applied.
+    applied: u64,
 }
 
 async fn reconciler(shared: Arc<Shared>) {
@@ -535,7 +537,27 @@ async fn reconcile(
     routed?;
     // Once their interfaces are on the bridges.
     routers::announce(&shared.config.netns_dir, &announcements).await?;
-    report_floating_ips(shared, view).await
+    report_floating_ips(shared, view).await?;
+    if view.revision > known.applied {
+        report_applied(shared, view.revision).await?;
+        known.applied = view.revision;
+    }
+    Ok(())
+}
+
+/// Tells the controller the store revision this node's data plane now reflects (load
+/// balancers are ACTIVE once every node that needs them has applied them).
+async fn report_applied(shared: &Shared, revision: u64) -> Result<(), AgentError> {
+    let path = format!("/isthmus/v1/nodes/{}/applied", shared.config.node);
+    let (code, answer) = shared
+        .config
+        .controller
+        .request("PUT", &path, Some(&json!({ "revision": revision })))
+        .await?;
+    if code != 204 {
+        eprintln!("isthmus agent: reporting applied revision {revision}: {code} {answer}");
+    }
+    Ok(())
 }
 
 /// Tells the controller which floating IPs this node NATs (their routers are in place).

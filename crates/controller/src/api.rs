@@ -198,6 +198,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(show_node).delete(delete_node),
         )
         .route("/isthmus/v1/nodes/{name}/heartbeat", put(heartbeat))
+        .route("/isthmus/v1/nodes/{name}/applied", put(applied))
         .route("/isthmus/v1/ports/{id}/status", put(port_status))
         .route("/isthmus/v1/members/{id}/status", put(member_status))
         .route(
@@ -910,6 +911,19 @@ async fn port_status(
         .set_port_status(&caller, &id, parse_json(&body)?)
         .await?;
     Ok(Json(json!({ "port": port })).into_response())
+}
+
+async fn applied(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    state
+        .service
+        .set_applied(&caller, &name, parse_json(&body)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn member_status(

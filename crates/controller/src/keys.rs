@@ -163,6 +163,18 @@ pub fn last_segment(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
 
+/// The store revision a node's data plane has applied (value: the revision), written by its
+/// agent after each reconcile; kept out of every watch.
+pub const APPLIED: &str = "/isthmus/applied/";
+
+/// [`APPLIED`] of one node.
+pub fn applied(name: &str) -> String {
+    format!("{APPLIED}{name}")
+}
+
+/// Every node's last heartbeat.
+pub const HEARTBEATS: &str = "/isthmus/heartbeats/";
+
 /// Last heartbeat of a node (value: unix seconds), kept apart from the node so heartbeats do
 /// not wake every watcher.
 pub fn heartbeat(name: &str) -> String {

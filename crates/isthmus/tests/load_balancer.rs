@@ -257,7 +257,22 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         );
         members.insert(name, id(&m));
     }
-    wait_served(&c1.ns, &vip, 80);
+    // ACTIVE once every node that balances for the VIP has applied the whole tree: from then
+    // on every connection is served.
+    let (_, shown) = lab.api("GET", &format!("/v2/lbaas/loadbalancers/{}", id(&lb)), None);
+    assert_ne!(
+        shown["loadbalancer"]["provisioning_status"], "ERROR",
+        "{shown}"
+    );
+    wait_for("the load balancer ACTIVE", Duration::from_secs(20), || {
+        let (_, shown) = lab.api("GET", &format!("/v2/lbaas/loadbalancers/{}", id(&lb)), None);
+        shown["loadbalancer"]["provisioning_status"] == "ACTIVE"
+    });
+    let counts = count(&c1.ns, &vip, 80, 6);
+    assert!(
+        !counts.contains_key("<failed>"),
+        "ACTIVE but not served: {counts:?}"
+    );
 
     // 300 connections from the VM on node 1: a third each.
     let counts = count(&c1.ns, &vip, 80, 300);

@@ -393,6 +393,78 @@ impl Mirror {
         view
     }
 
+    /// The load balancer `key` (a load balancer, listener, pool, member or monitor) belongs to.
+    pub fn load_balancer_of(&self, key: &ObjectKey) -> Option<String> {
+        match self.get(key)? {
+            Object::LoadBalancer(l) => Some(l.meta.id.clone()),
+            Object::Listener(l) => Some(l.loadbalancer_id.clone()),
+            Object::Pool(p) => Some(p.loadbalancer_id.clone()),
+            Object::Member(m) => self.load_balancer_of(&(ObjectKind::Pool, m.pool_id.clone())),
+            Object::HealthMonitor(h) => {
+                self.load_balancer_of(&(ObjectKind::Pool, h.pool_id.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The nodes whose views hold load balancer `lb_id`: those with a port on its VIP's
+    /// network or on a network a router joins to it (as [`Mirror::node_view`] decides).
+    pub fn load_balancer_nodes(&self, lb_id: &str) -> BTreeSet<String> {
+        let Some(Object::LoadBalancer(lb)) =
+            self.get(&(ObjectKind::LoadBalancer, lb_id.to_owned()))
+        else {
+            return BTreeSet::new();
+        };
+        let mut networks = BTreeSet::from([lb.vip_network_id.clone()]);
+        for r in Self::ids(&self.routers_by_network, &lb.vip_network_id) {
+            if let Some(Object::Router(router)) = self.get(&(ObjectKind::Router, r.clone())) {
+                networks.extend(router.interfaces.iter().map(|i| i.network_id.clone()));
+            }
+        }
+        networks
+            .iter()
+            .flat_map(|n| Self::ids(&self.ports_by_network, n))
+            .filter_map(|p| match self.get(&(ObjectKind::Port, p.clone())) {
+                Some(Object::Port(port)) if !port.binding.host_id.is_empty() => {
+                    Some(port.binding.host_id.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The latest revision of `key` and of everything under it (a listener's pool, a pool's
+    /// members and monitor, a load balancer's all): what a node must have applied for the
+    /// object to be in place.
+    pub fn subtree_revision(&self, key: &ObjectKey) -> Option<u64> {
+        let own = self.revision(key)?;
+        let child = |kind: ObjectKind, id: &String| self.subtree_revision(&(kind, id.clone()));
+        let below = match self.get(key)? {
+            Object::LoadBalancer(l) => l
+                .listeners
+                .iter()
+                .filter_map(|i| child(ObjectKind::Listener, i))
+                .chain(l.pools.iter().filter_map(|p| child(ObjectKind::Pool, p)))
+                .max(),
+            Object::Listener(l) => l
+                .default_pool_id
+                .as_ref()
+                .and_then(|p| child(ObjectKind::Pool, p)),
+            Object::Pool(p) => p
+                .members
+                .iter()
+                .filter_map(|m| child(ObjectKind::Member, m))
+                .chain(
+                    p.healthmonitor_id
+                        .iter()
+                        .filter_map(|h| child(ObjectKind::HealthMonitor, h)),
+                )
+                .max(),
+            _ => None,
+        };
+        Some(own.max(below.unwrap_or(0)))
+    }
+
     /// Adds a load balancer and its listeners, pools, members and monitors to `view`.
     fn add_load_balancer(&self, view: &mut BTreeMap<ObjectKey, u64>, lb_id: &str) {
         let add = |view: &mut BTreeMap<ObjectKey, u64>, kind: ObjectKind, id: &str| {

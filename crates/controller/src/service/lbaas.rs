@@ -3,6 +3,7 @@
 //! its listeners and pools, a pool its members), so a concurrent change to a parent retries
 //! and no list ever names a missing child. The VIP is an ordinary Neutron port.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use async_trait::async_trait;
@@ -11,19 +12,130 @@ use isthmus_model::input::{Input, Method};
 use isthmus_model::lbaas::load_balancer::{CreateRequest, VipRequest};
 use isthmus_model::lbaas::{
     health_monitor, listener, load_balancer, member, operating, pool, unsupported, validation,
-    HealthMonitor, Listener, LoadBalancer, Member, Pool, VIP_OWNER,
+    HealthMonitor, Listener, LoadBalancer, Member, Pool, ACTIVE, VIP_OWNER,
 };
 use isthmus_model::meta::owner_project;
-use isthmus_model::resource::Resource;
+use isthmus_model::resource::{Resource, View};
+use isthmus_model::view::{Mirror, ObjectKind};
 use isthmus_model::{Caller, Error, Meta, Network, Port, Result, Subnet};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::{json, Value};
 
-use super::{encode, key_of, new_id, now, Attempt, Kind, Object, Service};
+use super::{encode, key_of, new_id, now, prefix_of, Attempt, Kind, Listed, Object, Service};
 
 /// Octavia's 400 for a related object that does not exist (or is not the caller's).
 fn invalid_subresource(kind: &str, id: &str) -> Error {
     Error::fault("InvalidSubresource", 400, format!("{kind} {id} not found."))
+}
+
+/// `provisioning_status` while a change is not yet in place on every node that needs it.
+const PENDING_CREATE: &str = "PENDING_CREATE";
+/// [`PENDING_CREATE`] of a change to an existing object.
+const PENDING_UPDATE: &str = "PENDING_UPDATE";
+
+/// What `provisioning_status` is computed from: the revision each live node has applied.
+pub(crate) struct Applied(HashMap<String, u64>);
+
+impl Applied {
+    /// ACTIVE once every live node whose view holds the object's load balancer has applied
+    /// the object and everything under it; PENDING_CREATE/PENDING_UPDATE until then. A node
+    /// that stops heartbeating stops counting, so nothing stays pending for a dead node.
+    fn status(&self, mirror: &Mirror, kind: ObjectKind, id: &str, revision_number: u64) -> String {
+        let pending = if revision_number <= 1 {
+            PENDING_CREATE
+        } else {
+            PENDING_UPDATE
+        };
+        let key = (kind, id.to_owned());
+        let (Some(revision), Some(lb)) =
+            (mirror.subtree_revision(&key), mirror.load_balancer_of(&key))
+        else {
+            return pending.to_owned();
+        };
+        let behind = mirror
+            .load_balancer_nodes(&lb)
+            .iter()
+            .any(|n| self.0.get(n).is_some_and(|applied| *applied < revision));
+        if behind { pending } else { ACTIVE }.to_owned()
+    }
+}
+
+/// An Octavia object whose `provisioning_status` the nodes decide.
+trait Provisioned: Resource {
+    /// Its kind in the mirror.
+    const KIND: ObjectKind;
+    /// Its `provisioning_status`, to set.
+    fn provisioning(&mut self) -> &mut String;
+}
+
+macro_rules! provisioned {
+    ($ty:ty, $kind:expr) => {
+        impl Provisioned for $ty {
+            const KIND: ObjectKind = $kind;
+            fn provisioning(&mut self) -> &mut String {
+                &mut self.provisioning_status
+            }
+        }
+    };
+}
+
+provisioned!(LoadBalancer, ObjectKind::LoadBalancer);
+provisioned!(Listener, ObjectKind::Listener);
+provisioned!(Pool, ObjectKind::Pool);
+provisioned!(Member, ObjectKind::Member);
+provisioned!(HealthMonitor, ObjectKind::HealthMonitor);
+
+impl Service {
+    /// What the nodes have applied, with the mirror caught up with this controller's writes.
+    pub(crate) async fn applied(&self) -> Result<Applied> {
+        let informer = self.informer().clone();
+        informer.ready().await?;
+        informer
+            .catch_up(self.last_write(), std::time::Duration::from_secs(1))
+            .await?;
+        Ok(Applied(self.applied_by_live_nodes().await?))
+    }
+
+    /// `objs` with their provisioning status as the nodes have it.
+    async fn provisioned<T: Provisioned>(&self, mut objs: Vec<T>) -> Result<Vec<T>> {
+        let applied = self.applied().await?;
+        for obj in &mut objs {
+            self.stamp(&applied, obj);
+        }
+        Ok(objs)
+    }
+
+    /// Sets `obj`'s provisioning status from `applied`.
+    fn stamp<T: Provisioned>(&self, applied: &Applied, obj: &mut T) {
+        let (id, revision_number) = (obj.meta().id.clone(), obj.meta().revision_number);
+        let status = applied.status(&self.informer().mirror(), T::KIND, &id, revision_number);
+        *obj.provisioning() = status;
+    }
+
+    /// One object as `caller` sees it, with its provisioning status.
+    async fn rendered<T: Provisioned>(&self, obj: T, caller: &Caller) -> Result<Object> {
+        let obj = self.provisioned(vec![obj]).await?.remove(0);
+        Ok(obj.render(caller))
+    }
+}
+
+/// Everything of kind `T` `caller` may see, with provisioning statuses.
+async fn list_provisioned<T: Provisioned + Kind>(
+    service: &Service,
+    caller: &Caller,
+) -> Result<Vec<Listed>> {
+    let mut visible = Vec::new();
+    for (obj, _) in service.load_all::<T>(&prefix_of::<T>()).await? {
+        if T::visible(service, caller, &obj).await? {
+            visible.push(obj);
+        }
+    }
+    Ok(service
+        .provisioned(visible)
+        .await?
+        .into_iter()
+        .map(|obj| Box::new(View::owned(obj, caller)) as Listed)
+        .collect())
 }
 
 /// Reads a create body's standard attributes; the owner is the caller's project (or, for
@@ -35,8 +147,10 @@ fn read_meta(caller: &Caller, input: &mut Input) -> Result<Meta> {
     Ok(meta)
 }
 
-/// `put` of `obj` over revision `rev`.
-fn rewrite<T: Resource + serde::Serialize>(txn: Txn, obj: &T, rev: u64) -> Result<Txn> {
+/// `put` of `obj` over revision `rev`, as a change (its revision number and `updated_at`
+/// move: a parent whose children change is PENDING_UPDATE until the nodes have them).
+fn rewrite<T: Resource + serde::Serialize>(txn: Txn, obj: &mut T, rev: u64) -> Result<Txn> {
+    obj.meta_mut().touch(&now());
     let key = key_of::<T>(&obj.meta().id);
     Ok(txn
         .when(Compare::mod_revision(key.clone(), rev))
@@ -270,17 +384,21 @@ impl Service {
 
     /// The status tree of a load balancer (`GET /loadbalancers/{id}/status`).
     pub async fn load_balancer_status(&self, caller: &Caller, id: &str) -> Result<Value> {
-        let (lb, _) = self.load_visible::<LoadBalancer>(caller, id).await?;
+        let (mut lb, _) = self.load_visible::<LoadBalancer>(caller, id).await?;
+        let applied = self.applied().await?;
+        self.stamp(&applied, &mut lb);
         let mut listeners = Vec::new();
         for l in &lb.listeners {
-            let Some((listener, _)) = self.load::<Listener>(l).await? else {
+            let Some((mut listener, _)) = self.load::<Listener>(l).await? else {
                 continue;
             };
+            self.stamp(&applied, &mut listener);
             let shown = listener.render(caller);
             let mut pools = Vec::new();
             if let Some(p) = &listener.default_pool_id {
-                if let Some((pool, _)) = self.load::<Pool>(p).await? {
-                    pools.push(self.pool_status(&pool, caller).await?);
+                if let Some((mut pool, _)) = self.load::<Pool>(p).await? {
+                    self.stamp(&applied, &mut pool);
+                    pools.push(self.pool_status(&pool, &applied, caller).await?);
                 }
             }
             let pool_states: Vec<&str> = pools
@@ -307,12 +425,13 @@ impl Service {
         }}}))
     }
 
-    async fn pool_status(&self, pool: &Pool, caller: &Caller) -> Result<Value> {
+    async fn pool_status(&self, pool: &Pool, applied: &Applied, caller: &Caller) -> Result<Value> {
         // (The members' statuses decide the pool's, as Octavia's health manager does.)
         let shown = pool.render(caller);
         let mut members = Vec::new();
         for m in &pool.members {
-            if let Some((member, _)) = self.load::<Member>(m).await? {
+            if let Some((mut member, _)) = self.load::<Member>(m).await? {
+                self.stamp(applied, &mut member);
                 members.push(json!({
                     "id": member.meta.id, "name": member.meta.name,
                     "address": member.address.to_string(),
@@ -329,7 +448,8 @@ impl Service {
             "members": members,
         });
         if let Some(h) = &pool.healthmonitor_id {
-            if let Some((monitor, _)) = self.load::<HealthMonitor>(h).await? {
+            if let Some((mut monitor, _)) = self.load::<HealthMonitor>(h).await? {
+                self.stamp(applied, &mut monitor);
                 let shown = monitor.render(caller);
                 status["health_monitor"] = json!({
                     "id": monitor.meta.id, "name": monitor.meta.name,
@@ -377,6 +497,14 @@ fn worst(own: &str, pools: &[&str]) -> String {
 
 #[async_trait]
 impl Kind for LoadBalancer {
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        list_provisioned::<Self>(service, caller).await
+    }
+
+    async fn complete(service: &Service, obj: Self) -> Result<Self> {
+        Ok(service.provisioned(vec![obj]).await?.remove(0))
+    }
+
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
         let mut input = load_balancer::input(body, Method::Create)?;
         let meta = read_meta(caller, &mut input)?;
@@ -404,7 +532,7 @@ impl Kind for LoadBalancer {
             service.drop_vip_port(&port_id).await;
         }
         match committed? {
-            true => Ok(lb.render(caller)),
+            true => service.rendered(lb, caller).await,
             false => Err(Error::Internal("load balancer id collision".to_owned())),
         }
     }
@@ -463,7 +591,7 @@ impl Service {
         if !pool.listeners.contains(&listener.meta.id) {
             pool.listeners.push(listener.meta.id.clone());
         }
-        rewrite(txn, &pool, rev)
+        rewrite(txn, &mut pool, rev)
     }
 
     /// Removes `listener_id` from the listeners of `pool_id` in `txn`.
@@ -472,12 +600,20 @@ impl Service {
             return Ok(txn);
         };
         pool.listeners.retain(|l| l != listener_id);
-        rewrite(txn, &pool, rev)
+        rewrite(txn, &mut pool, rev)
     }
 }
 
 #[async_trait]
 impl Kind for Listener {
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        list_provisioned::<Self>(service, caller).await
+    }
+
+    async fn complete(service: &Service, obj: Self) -> Result<Self> {
+        Ok(service.provisioned(vec![obj]).await?.remove(0))
+    }
+
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
         let mut input = listener::input(body, Method::Create)?;
         let meta = read_meta(caller, &mut input)?;
@@ -511,7 +647,7 @@ impl Kind for Listener {
                         txn = service.attach_pool(txn, &listener, pool_id).await?;
                     }
                     lb.listeners.push(listener.meta.id.clone());
-                    let txn = insert(rewrite(txn, &lb, lb_rev)?, &listener)?;
+                    let txn = insert(rewrite(txn, &mut lb, lb_rev)?, &listener)?;
                     Ok(if service.commit(txn).await? {
                         Attempt::Done(listener)
                     } else {
@@ -520,7 +656,7 @@ impl Kind for Listener {
                 }
             })
             .await?;
-        Ok(created.render(caller))
+        service.rendered(created, caller).await
     }
 
     async fn apply_update(
@@ -550,7 +686,7 @@ impl Kind for Listener {
         let mut txn = Txn::new();
         if let Some((mut lb, rev)) = service.load::<LoadBalancer>(&obj.loadbalancer_id).await? {
             lb.listeners.retain(|l| l != &obj.meta.id);
-            txn = rewrite(txn, &lb, rev)?;
+            txn = rewrite(txn, &mut lb, rev)?;
         }
         if let Some(pool_id) = &obj.default_pool_id {
             txn = service.detach_pool(txn, &obj.meta.id, pool_id).await?;
@@ -561,6 +697,14 @@ impl Kind for Listener {
 
 #[async_trait]
 impl Kind for Pool {
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        list_provisioned::<Self>(service, caller).await
+    }
+
+    async fn complete(service: &Service, obj: Self) -> Result<Self> {
+        Ok(service.provisioned(vec![obj]).await?.remove(0))
+    }
+
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
         let mut input = pool::input(body, Method::Create)?;
         let meta = read_meta(caller, &mut input)?;
@@ -600,12 +744,12 @@ impl Kind for Pool {
                         pool.loadbalancer_id = listener.loadbalancer_id.clone();
                         pool.listeners = vec![listener_id.clone()];
                         listener.default_pool_id = Some(pool.meta.id.clone());
-                        txn = rewrite(txn, &listener, rev)?;
+                        txn = rewrite(txn, &mut listener, rev)?;
                     }
                     let (mut lb, lb_rev) = service.parent_lb(caller, &pool.loadbalancer_id).await?;
                     pool.meta.project_id = lb.meta.project_id.clone();
                     lb.pools.push(pool.meta.id.clone());
-                    let txn = insert(rewrite(txn, &lb, lb_rev)?, &pool)?;
+                    let txn = insert(rewrite(txn, &mut lb, lb_rev)?, &pool)?;
                     Ok(if service.commit(txn).await? {
                         Attempt::Done(pool)
                     } else {
@@ -614,7 +758,7 @@ impl Kind for Pool {
                 }
             })
             .await?;
-        Ok(created.render(caller))
+        service.rendered(created, caller).await
     }
 
     fn apply_input(
@@ -630,12 +774,12 @@ impl Kind for Pool {
         let mut txn = Txn::new();
         if let Some((mut lb, rev)) = service.load::<LoadBalancer>(&obj.loadbalancer_id).await? {
             lb.pools.retain(|p| p != &obj.meta.id);
-            txn = rewrite(txn, &lb, rev)?;
+            txn = rewrite(txn, &mut lb, rev)?;
         }
         for l in &obj.listeners {
             if let Some((mut listener, rev)) = service.load::<Listener>(l).await? {
                 listener.default_pool_id = None;
-                txn = rewrite(txn, &listener, rev)?;
+                txn = rewrite(txn, &mut listener, rev)?;
             }
         }
         // Octavia deletes a pool's members and health monitor with it.
@@ -651,6 +795,14 @@ impl Kind for Pool {
 
 #[async_trait]
 impl Kind for Member {
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        list_provisioned::<Self>(service, caller).await
+    }
+
+    async fn complete(service: &Service, obj: Self) -> Result<Self> {
+        Ok(service.provisioned(vec![obj]).await?.remove(0))
+    }
+
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
         let mut input = member::input(body, Method::Create)?;
         let meta = read_meta(caller, &mut input)?;
@@ -691,7 +843,7 @@ impl Kind for Member {
                         }
                     }
                     pool.members.push(member.meta.id.clone());
-                    let txn = insert(rewrite(Txn::new(), &pool, rev)?, &member)?;
+                    let txn = insert(rewrite(Txn::new(), &mut pool, rev)?, &member)?;
                     Ok(if service.commit(txn).await? {
                         Attempt::Done(member)
                     } else {
@@ -700,7 +852,7 @@ impl Kind for Member {
                 }
             })
             .await?;
-        Ok(created.render(caller))
+        service.rendered(created, caller).await
     }
 
     fn apply_input(
@@ -717,12 +869,20 @@ impl Kind for Member {
             return Ok(Txn::new());
         };
         pool.members.retain(|m| m != &obj.meta.id);
-        rewrite(Txn::new(), &pool, rev)
+        rewrite(Txn::new(), &mut pool, rev)
     }
 }
 
 #[async_trait]
 impl Kind for HealthMonitor {
+    async fn list(service: &Service, caller: &Caller) -> Result<Vec<Listed>> {
+        list_provisioned::<Self>(service, caller).await
+    }
+
+    async fn complete(service: &Service, obj: Self) -> Result<Self> {
+        Ok(service.provisioned(vec![obj]).await?.remove(0))
+    }
+
     async fn create(service: &Service, caller: &Caller, body: Value) -> Result<Object> {
         let mut input = health_monitor::input(body, Method::Create)?;
         let meta = read_meta(caller, &mut input)?;
@@ -744,7 +904,7 @@ impl Kind for HealthMonitor {
                     }
                     monitor.meta.project_id = pool.meta.project_id.clone();
                     pool.healthmonitor_id = Some(monitor.meta.id.clone());
-                    let txn = insert(rewrite(Txn::new(), &pool, rev)?, &monitor)?;
+                    let txn = insert(rewrite(Txn::new(), &mut pool, rev)?, &monitor)?;
                     Ok(if service.commit(txn).await? {
                         Attempt::Done(monitor)
                     } else {
@@ -753,7 +913,7 @@ impl Kind for HealthMonitor {
                 }
             })
             .await?;
-        Ok(created.render(caller))
+        service.rendered(created, caller).await
     }
 
     fn apply_input(
@@ -770,13 +930,13 @@ impl Kind for HealthMonitor {
             return Ok(Txn::new());
         };
         pool.healthmonitor_id = None;
-        let mut txn = rewrite(Txn::new(), &pool, rev)?;
+        let mut txn = rewrite(Txn::new(), &mut pool, rev)?;
         // Unmonitored members are NO_MONITOR again (and back in every node's data plane).
         for m in &pool.members {
             if let Some((mut member, member_rev)) = service.load::<Member>(m).await? {
                 if member.operating_status != operating::NO_MONITOR {
                     member.operating_status = operating::NO_MONITOR.to_owned();
-                    txn = rewrite(txn, &member, member_rev)?;
+                    txn = rewrite(txn, &mut member, member_rev)?;
                 }
             }
         }

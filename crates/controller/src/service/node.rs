@@ -1,6 +1,7 @@
 //! Nodes: agent registration, heartbeats, their Neutron `agents` view, and port status
 //! reports from agents.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use isthmus_model::node::{Node, Registration, AGENT_DOWN_SECONDS};
@@ -164,7 +165,8 @@ impl Service {
             self.must_load_node(name).await?;
             let txn = Txn::new()
                 .then(Op::delete(keys::node(name)))
-                .then(Op::delete(keys::heartbeat(name)));
+                .then(Op::delete(keys::heartbeat(name)))
+                .then(Op::delete(keys::applied(name)));
             self.commit(txn).await?;
             let pooled = self
                 .load_all::<Port>(keys::PORTS)
@@ -180,6 +182,49 @@ impl Service {
             Ok(())
         })
         .await
+    }
+
+    /// An agent reports the store revision its node's data plane has applied:
+    /// `{"revision": N}` (what load balancers' `provisioning_status` waits for).
+    pub async fn set_applied(&self, caller: &Caller, name: &str, body: Value) -> Result<()> {
+        policy::authorize_caller("update_node", caller)?;
+        let revision = body
+            .get("revision")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Error::invalid_attr("revision", "a store revision is required"))?;
+        self.must_load_node(name).await?;
+        let txn = Txn::new().then(Op::put(keys::applied(name), revision.to_string()));
+        self.commit(txn).await?;
+        Ok(())
+    }
+
+    /// The store revision each live node has applied (a live node that never reported: 0).
+    pub(crate) async fn applied_by_live_nodes(&self) -> Result<HashMap<String, u64>> {
+        let beats = self
+            .store
+            .range(keys::HEARTBEATS)
+            .await
+            .map_err(store_error)?;
+        let applied = self.store.range(keys::APPLIED).await.map_err(store_error)?;
+        let number = |raw: &[u8]| -> u64 {
+            std::str::from_utf8(raw)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let now = unix_now();
+        let mut out: HashMap<String, u64> = beats
+            .kvs
+            .iter()
+            .filter(|kv| now.saturating_sub(number(&kv.value)) <= AGENT_DOWN_SECONDS)
+            .map(|kv| (keys::last_segment(&kv.key).to_owned(), 0))
+            .collect();
+        for kv in &applied.kvs {
+            if let Some(rev) = out.get_mut(keys::last_segment(&kv.key)) {
+                *rev = number(&kv.value);
+            }
+        }
+        Ok(out)
     }
 
     /// An agent reports a port's status: `{"status": "ACTIVE", "node": "<name>"}`. Only the

@@ -1,0 +1,264 @@
+//! The Octavia API on the in-process router: provisioning status follows what the nodes that
+//! need a load balancer report applied; Octavia's errors and policy.
+
+mod common;
+
+use common::{Api, As};
+use serde_json::{json, Value};
+
+async fn lbaas(api: &Api, who: As<'_>, path: &str, kind: &str, body: Value) -> Value {
+    let (s, v) = api
+        .call(
+            who,
+            "POST",
+            &format!("/v2/lbaas/{path}"),
+            Some(json!({ kind: body })),
+        )
+        .await;
+    assert_eq!(s, 201, "{path}: {v}");
+    v[kind].clone()
+}
+
+async fn status_of(api: &Api, path: &str, kind: &str) -> String {
+    let (s, v) = api
+        .call(As::Anonymous, "GET", &format!("/v2/lbaas/{path}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v[kind]["provisioning_status"].as_str().unwrap().to_owned()
+}
+
+async fn revision(api: &Api) -> u64 {
+    api.store.revision().await.unwrap()
+}
+
+#[tokio::test]
+async fn provisioning_waits_for_the_nodes_that_balance_the_vip() {
+    let api = Api::memory();
+    let (net, subnet) = api
+        .network_with_subnet(As::Member("p1"), "10.0.0.0/24")
+        .await;
+    // Node n1 hosts a port on the VIP's network; n2 hosts nothing there.
+    for (name, ip) in [("n1", "192.0.2.1"), ("n2", "192.0.2.2")] {
+        let (s, v) = api
+            .call(
+                As::Anonymous,
+                "POST",
+                "/isthmus/v1/nodes",
+                Some(json!({"node": {"name": name, "tunnel_ip": ip}})),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "{v}");
+    }
+    api.create(
+        As::Anonymous,
+        "ports",
+        "port",
+        json!({"network_id": net, "project_id": "p1", "binding:host_id": "n1"}),
+    )
+    .await;
+    let lb = lbaas(
+        &api,
+        As::Member("p1"),
+        "loadbalancers",
+        "loadbalancer",
+        json!({"vip_subnet_id": subnet}),
+    )
+    .await;
+    let lb_path = format!("loadbalancers/{}", lb["id"].as_str().unwrap());
+    assert_eq!(lb["provisioning_status"], "PENDING_CREATE", "{lb}");
+    let applied = |rev: u64, node: &'static str| {
+        let api = api.clone();
+        async move {
+            let (s, v) = api
+                .call(
+                    As::Anonymous,
+                    "PUT",
+                    &format!("/isthmus/v1/nodes/{node}/applied"),
+                    Some(json!({"revision": rev})),
+                )
+                .await;
+            assert_eq!(s, 204, "{v}");
+        }
+    };
+    // n2's report does not count: it does not need this load balancer.
+    applied(revision(&api).await, "n2").await;
+    assert_eq!(
+        status_of(&api, &lb_path, "loadbalancer").await,
+        "PENDING_CREATE"
+    );
+    applied(revision(&api).await, "n1").await;
+    assert_eq!(status_of(&api, &lb_path, "loadbalancer").await, "ACTIVE");
+
+    let listener = lbaas(
+        &api,
+        As::Member("p1"),
+        "listeners",
+        "listener",
+        json!({"loadbalancer_id": lb["id"], "protocol": "TCP", "protocol_port": 80}),
+    )
+    .await;
+    assert_eq!(listener["provisioning_status"], "PENDING_CREATE");
+    assert_eq!(
+        status_of(&api, &lb_path, "loadbalancer").await,
+        "PENDING_UPDATE"
+    );
+    applied(revision(&api).await, "n1").await;
+    assert_eq!(status_of(&api, &lb_path, "loadbalancer").await, "ACTIVE");
+    let (_, list) = api
+        .call(As::Member("p1"), "GET", "/v2/lbaas/listeners", None)
+        .await;
+    assert_eq!(
+        list["listeners"][0]["provisioning_status"], "ACTIVE",
+        "{list}"
+    );
+
+    // Reports are for agents; the wrong body is refused.
+    let (s, _) = api
+        .call(
+            As::Member("p1"),
+            "PUT",
+            "/isthmus/v1/nodes/n1/applied",
+            Some(json!({"revision": 1})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = api
+        .call(
+            As::Anonymous,
+            "PUT",
+            "/isthmus/v1/nodes/n1/applied",
+            Some(json!({"revision": "x"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn octavia_errors_and_policy() {
+    let api = Api::memory();
+    let (_, subnet) = api
+        .network_with_subnet(As::Member("p1"), "10.0.0.0/24")
+        .await;
+    let lb = lbaas(
+        &api,
+        As::Member("p1"),
+        "loadbalancers",
+        "loadbalancer",
+        json!({"vip_subnet_id": subnet}),
+    )
+    .await;
+    let id = lb["id"].as_str().unwrap();
+    // Another project sees nothing, in Octavia's words and format.
+    let (s, v) = api
+        .call(
+            As::Member("p2"),
+            "GET",
+            &format!("/v2/lbaas/loadbalancers/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(v["faultstring"], format!("Load Balancer {id} not found."));
+    assert_eq!(v["faultcode"], "Client");
+    // A reader reads but does not write.
+    let (s, _) = api
+        .call(
+            As::Reader("p1"),
+            "GET",
+            &format!("/v2.0/lbaas/loadbalancers/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = api
+        .call(
+            As::Reader("p1"),
+            "PUT",
+            &format!("/v2/lbaas/loadbalancers/{id}"),
+            Some(json!({"loadbalancer": {"name": "x"}})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(
+        v["faultstring"],
+        "Policy does not allow this request to be performed."
+    );
+    // Unknown attributes, L7 and TLS are refused before anything is made.
+    let (s, v) = api
+        .call(
+            As::Member("p1"),
+            "POST",
+            "/v2/lbaas/listeners",
+            Some(
+                json!({"listener": {"loadbalancer_id": id, "protocol": "TERMINATED_HTTPS",
+                                       "protocol_port": 443}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 501, "{v}");
+    let (s, _) = api
+        .call(
+            As::Member("p1"),
+            "POST",
+            "/v2/lbaas/listeners",
+            Some(
+                json!({"listener": {"loadbalancer_id": id, "protocol": "TCP", "protocol_port": 80,
+                                       "bogus": 1}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (_, listeners) = api
+        .call(As::Member("p1"), "GET", "/v2/lbaas/listeners", None)
+        .await;
+    assert_eq!(listeners["listeners"], json!([]));
+    // Members live under their pool only.
+    let (s, v) = api
+        .call(As::Member("p1"), "GET", "/v2/lbaas/members", None)
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert!(v["faultstring"].is_string(), "{v}");
+    // Without credentials a keystone-less controller still answers in Octavia's format.
+    let (s, v) = api
+        .call(As::Member("p1"), "PATCH", "/v2/lbaas/loadbalancers", None)
+        .await;
+    assert_eq!(s, 405, "{v}");
+    assert!(v["faultstring"].is_string(), "{v}");
+    // Deleting a load balancer with children needs cascade; cascade removes the VIP port too.
+    lbaas(
+        &api,
+        As::Member("p1"),
+        "listeners",
+        "listener",
+        json!({"loadbalancer_id": id, "protocol": "UDP", "protocol_port": 53}),
+    )
+    .await;
+    let (s, v) = api
+        .call(
+            As::Member("p1"),
+            "DELETE",
+            &format!("/v2/lbaas/loadbalancers/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = api
+        .call(
+            As::Member("p1"),
+            "DELETE",
+            &format!("/v2/lbaas/loadbalancers/{id}?cascade=true"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (_, ports) = api
+        .call(
+            As::Anonymous,
+            "GET",
+            "/v2.0/ports?device_owner=Octavia",
+            None,
+        )
+        .await;
+    assert_eq!(ports["ports"], json!([]));
+    assert!(api.keys("/isthmus/listeners/").await.is_empty());
+}
