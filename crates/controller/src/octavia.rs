@@ -105,6 +105,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     let lbaas = Router::new()
         .route("/providers", get(providers))
         .route("/loadbalancers/{id}/status", get(status))
+        .route("/{collection}/{id}/stats", get(stats))
         .route(
             "/pools/{pool_id}/members",
             get(list_members).post(create_member),
@@ -234,6 +235,26 @@ async fn status(
     Path(id): Path<String>,
 ) -> OctaviaResult {
     Ok(Json(state.service.load_balancer_status(&caller, &id).await?).into_response())
+}
+
+/// Statistics need per-node counters summed by the controller, which the nodes do not report
+/// yet: refused as a provider without them refuses them, never made up.
+async fn stats(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+    Path((collection, id)): Path<(String, String)>,
+) -> OctaviaResult {
+    if !matches!(collection.as_str(), "loadbalancers" | "listeners") {
+        return Err(Error::PathNotFound.into());
+    }
+    // 404 for what the caller cannot see, before the 501.
+    endpoint(&state, &collection)?
+        .show(&state.service, &caller, &id)
+        .await?;
+    Err(
+        isthmus_model::lbaas::unsupported("statistics (per-node counters are not collected yet)")
+            .into(),
+    )
 }
 
 /// Reads a member of `pool_id` (404 when the member is another pool's).

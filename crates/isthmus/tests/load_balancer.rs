@@ -165,18 +165,28 @@ fn pod(cloud: &Cloud, node: usize, name: &str) -> (isthmus_lab::Pod, String) {
 
 #[test]
 fn load_balancer_spreads_tracks_and_cleans_up() {
-    let Some(cloud) = cloud(3) else {
+    // Node 1 reaches the external network (the router's gateway, where a floating IP on the
+    // unbound VIP port is NATed).
+    let mapped: &[&str] = &["--physnet", isthmus_lab::PUBLIC_MAPPING];
+    let Some(cloud) = cloud::cloud_with(&[mapped, &[], &[]]) else {
         return;
     };
     let lab = &cloud.lab;
     // DHCP on the members' network: its DHCP namespace is where health probes come from.
     let (net_a, sub_a) = cloud::shared_network_with(lab, "lb-a", "10.50.0.0/24", true);
     let (net_b, sub_b) = shared_network(lab, "lb-b", "10.60.0.0/24");
+    wait_for("the agents", Duration::from_secs(20), || {
+        lab.api("GET", "/v2.0/agents", None).1["agents"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3)
+    });
+    let public = lab.create_public_network().unwrap();
     let router = create(
         lab,
         "/v2.0/routers",
         "router",
-        json!({"name": "r", "project_id": "project-a"}),
+        json!({"name": "r", "project_id": "project-a",
+               "external_gateway_info": {"network_id": public}}),
     );
     add_router_interface(lab, &id(&router), &sub_a);
     add_router_interface(lab, &id(&router), &sub_b);
@@ -288,6 +298,24 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
     );
     // A VM on another subnet, behind the router, on node 3.
     let counts = count(&c2.ns, &vip, 80, 30);
+    assert!(
+        !counts.contains_key("<failed>") && counts.len() == 3,
+        "{counts:?}"
+    );
+
+    // From outside, through a floating IP on the VIP port.
+    let fip = create(
+        lab,
+        "/v2.0/floatingips",
+        "floatingip",
+        json!({"floating_network_id": public, "port_id": lb["vip_port_id"], "project_id": "project-a"}),
+    );
+    let floating = fip["floating_ip_address"].as_str().unwrap().to_owned();
+    let outside = lab.add_outside_host("172.24.4.200/24").unwrap();
+    wait_for("the floating IP to answer", Duration::from_secs(20), || {
+        !count(&outside, &floating, 80, 3).contains_key("<failed>")
+    });
+    let counts = count(&outside, &floating, 80, 30);
     assert!(
         !counts.contains_key("<failed>") && counts.len() == 3,
         "{counts:?}"
