@@ -188,10 +188,17 @@ impl Table {
                 }
             }
         }
-        for name in observed.chains.keys() {
-            if !self.chains.contains_key(name) && !base(name) {
-                s.push_str(&format!("delete chain {family} {table} {name}\n"));
-            }
+        // Chains that go are emptied first: one may jump to another that goes with it.
+        let gone: Vec<&String> = observed
+            .chains
+            .keys()
+            .filter(|name| !self.chains.contains_key(*name) && !base(name))
+            .collect();
+        for name in &gone {
+            s.push_str(&format!("flush chain {family} {table} {name}\n"));
+        }
+        for name in &gone {
+            s.push_str(&format!("delete chain {family} {table} {name}\n"));
         }
         for name in observed.sets.keys() {
             if !self.sets.contains_key(name) {

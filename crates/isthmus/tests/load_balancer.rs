@@ -547,7 +547,7 @@ fn agent_restart_keeps_100_load_balancers_and_their_connections() {
                "port_range_min": 8080, "port_range_max": 8080, "remote_ip_prefix": "0.0.0.0/0"}),
     );
     let _server = serve(&member.ns, "m");
-    let mut vips = Vec::new();
+    let (mut vips, mut lbs) = (Vec::new(), Vec::new());
     for i in 0..100 {
         let lb = lbaas(
             lab,
@@ -574,6 +574,7 @@ fn agent_restart_keeps_100_load_balancers_and_their_connections() {
             json!({"address": ip_of(&member_port), "protocol_port": 8080}),
         );
         vips.push(lb["vip_address"].as_str().unwrap().to_owned());
+        lbs.push(id(&lb));
     }
     let (first, last) = (&vips[0], &vips[99]);
     wait_served(&client.ns, last, 80);
@@ -598,5 +599,20 @@ fn agent_restart_keeps_100_load_balancers_and_their_connections() {
         "the restart rewrote the kernel"
     );
     assert_eq!(held.echo("after the restart"), "after the restart");
+    assert!(!count(&client.ns, last, 80, 5).contains_key("<failed>"));
+
+    // One of them deleted: its chains go (each one jumps to the next), the rest stay.
+    let gone = &lbs[50];
+    let (s, v) = lab.api(
+        "DELETE",
+        &format!("/v2/lbaas/loadbalancers/{gone}?cascade=true"),
+        None,
+    );
+    assert_eq!(s, 204, "{v}");
+    wait_for("its chains to go", Duration::from_secs(10), || {
+        count(&client.ns, &vips[50], 80, 1).contains_key("<failed>")
+    });
+    let left = balancing_state(lab, 0);
+    assert_eq!(left.matches("chain svc-").count(), 99, "{left}");
     assert!(!count(&client.ns, last, 80, 5).contains_key("<failed>"));
 }
