@@ -23,12 +23,11 @@ use isthmus_model::addr::Cidr;
 use isthmus_model::network::bridge_name;
 use isthmus_model::port::tap_name;
 use isthmus_model::router::OWNER_INTERFACE;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::nft::{fnv64, Table};
 use crate::node::NodeConfig;
-use crate::view::NodeView;
+use crate::view::{Balancing, Listener, NodeView};
 
 /// Name of both load-balancing tables.
 pub const TABLE: &str = "isthmus_lb";
@@ -97,96 +96,12 @@ pub struct Service {
     pub backends: Vec<Backend>,
 }
 
-#[derive(Deserialize)]
-struct IdOnly {
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct WireLb {
-    vip_address: IpAddr,
-    vip_network_id: String,
-    admin_state_up: bool,
-    listeners: Vec<IdOnly>,
-}
-
-#[derive(Deserialize)]
-struct WireListener {
-    id: String,
-    protocol: String,
-    protocol_port: u16,
-    admin_state_up: bool,
-    default_pool_id: Option<String>,
-    connection_limit: i64,
-    allowed_cidrs: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-struct WirePersistence {
-    persistence_timeout: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct WirePool {
-    admin_state_up: bool,
-    lb_algorithm: String,
-    session_persistence: Option<WirePersistence>,
-    members: Vec<IdOnly>,
-}
-
-#[derive(Deserialize)]
-struct WireMember {
-    id: String,
-    address: IpAddr,
-    protocol_port: u16,
-    weight: u16,
-    backup: bool,
-    admin_state_up: bool,
-    operating_status: String,
-    #[serde(default)]
-    monitor_address: Option<IpAddr>,
-    #[serde(default)]
-    monitor_port: Option<u16>,
-}
-
-#[derive(Deserialize)]
-struct WirePoolMonitor {
-    members: Vec<IdOnly>,
-    healthmonitor_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireMonitor {
-    #[serde(rename = "type")]
-    kind: String,
-    admin_state_up: bool,
-    delay: u32,
-    timeout: u32,
-    max_retries: u32,
-    max_retries_down: u32,
-    url_path: Option<String>,
-    expected_codes: Option<String>,
-}
-
-fn object<T: serde::de::DeserializeOwned>(view: &NodeView, kind: &str, id: &str) -> Option<T> {
-    let raw: &Value = view.others.get(&(kind.to_owned(), id.to_owned()))?;
-    serde_json::from_value(raw.clone()).ok()
-}
-
 /// The services of every load balancer in the view (IPv4 VIPs; listeners or pools that are
 /// down, and members down, in ERROR or of weight 0, are left out).
 pub fn services(view: &NodeView) -> Vec<Service> {
+    let b = &view.balancing;
     let mut out = Vec::new();
-    for ((kind, id), _) in view
-        .others
-        .range(("loadbalancer".to_owned(), String::new())..)
-    {
-        if kind != "loadbalancer" {
-            break;
-        }
-        let Some(lb) = object::<WireLb>(view, "loadbalancer", id) else {
-            continue;
-        };
+    for lb in b.load_balancers.values() {
         let IpAddr::V4(vip) = lb.vip_address else {
             continue;
         };
@@ -194,10 +109,11 @@ pub fn services(view: &NodeView) -> Vec<Service> {
             continue;
         }
         for l in &lb.listeners {
-            let Some(listener) = object::<WireListener>(view, "listener", &l.id) else {
-                continue;
-            };
-            if let Some(service) = service(view, vip, &lb.vip_network_id, listener) {
+            if let Some(service) = b
+                .listeners
+                .get(&l.id)
+                .and_then(|listener| service(b, vip, &lb.vip_network_id, listener))
+            {
                 out.push(service);
             }
         }
@@ -205,7 +121,7 @@ pub fn services(view: &NodeView) -> Vec<Service> {
     out
 }
 
-fn service(view: &NodeView, vip: Ipv4Addr, network: &str, l: WireListener) -> Option<Service> {
+fn service(b: &Balancing, vip: Ipv4Addr, network: &str, l: &Listener) -> Option<Service> {
     if !l.admin_state_up {
         return None;
     }
@@ -218,9 +134,9 @@ fn service(view: &NodeView, vip: Ipv4Addr, network: &str, l: WireListener) -> Op
     let pool = l
         .default_pool_id
         .as_deref()
-        .and_then(|p| object::<WirePool>(view, "pool", p))
+        .and_then(|p| b.pools.get(p))
         .filter(|p| p.admin_state_up);
-    let (algorithm, persistence, mut members) = match &pool {
+    let (algorithm, persistence, mut members) = match pool {
         Some(pool) => (
             match pool.lb_algorithm.as_str() {
                 "SOURCE_IP" => Algorithm::SourceIp,
@@ -232,7 +148,7 @@ fn service(view: &NodeView, vip: Ipv4Addr, network: &str, l: WireListener) -> Op
                 .map(|p| p.persistence_timeout.unwrap_or(360)),
             pool.members
                 .iter()
-                .filter_map(|m| object::<WireMember>(view, "member", &m.id))
+                .filter_map(|m| b.members.get(&m.id))
                 .filter(|m| m.admin_state_up && m.weight > 0 && m.operating_status != "ERROR")
                 .collect::<Vec<_>>(),
         ),
@@ -245,7 +161,7 @@ fn service(view: &NodeView, vip: Ipv4Addr, network: &str, l: WireListener) -> Op
         .filter(|m| m.backup != primary)
         .filter_map(|m| match m.address {
             IpAddr::V4(address) => Some(Backend {
-                id: m.id,
+                id: m.id.clone(),
                 address,
                 port: m.protocol_port,
                 weight: m.weight,
@@ -255,13 +171,13 @@ fn service(view: &NodeView, vip: Ipv4Addr, network: &str, l: WireListener) -> Op
         .collect();
     let allowed = l
         .allowed_cidrs
-        .unwrap_or_default()
         .iter()
+        .flatten()
         .filter_map(|c| Cidr::parse_lenient(c))
         .filter(|c| c.version() == isthmus_model::addr::IpVersion::V4)
         .collect();
     Some(Service {
-        id: l.id,
+        id: l.id.clone(),
         vip,
         network_id: network.to_owned(),
         protocol,
@@ -319,18 +235,13 @@ pub struct Probe {
 /// The members of monitored pools whose ports this node hosts, on networks with a DHCP
 /// namespace here (members elsewhere are their own nodes' to probe).
 pub fn probes(view: &NodeView, node: &NodeConfig) -> Vec<Probe> {
+    let b = &view.balancing;
     let mut out = Vec::new();
-    for ((kind, pool_id), _) in view.others.range(("pool".to_owned(), String::new())..) {
-        if kind != "pool" {
-            break;
-        }
-        let Some(pool) = object::<WirePoolMonitor>(view, "pool", pool_id) else {
-            continue;
-        };
+    for pool in b.pools.values() {
         let Some(monitor) = pool
             .healthmonitor_id
             .as_deref()
-            .and_then(|h| object::<WireMonitor>(view, "healthmonitor", h))
+            .and_then(|h| b.monitors.get(h))
             .filter(|m| m.admin_state_up)
         else {
             continue;
@@ -349,7 +260,7 @@ pub fn probes(view: &NodeView, node: &NodeConfig) -> Vec<Probe> {
             _ => continue,
         };
         for m in &pool.members {
-            let Some(member) = object::<WireMember>(view, "member", &m.id) else {
+            let Some(member) = b.members.get(&m.id) else {
                 continue;
             };
             let IpAddr::V4(address) = member.address else {
@@ -376,7 +287,7 @@ pub fn probes(view: &NodeView, node: &NodeConfig) -> Vec<Probe> {
                 _ => address,
             };
             out.push(Probe {
-                member_id: member.id,
+                member_id: member.id.clone(),
                 namespace: crate::dhcp::namespace_name(&port.network_id),
                 target: std::net::SocketAddrV4::new(
                     target_ip,
@@ -387,7 +298,7 @@ pub fn probes(view: &NodeView, node: &NodeConfig) -> Vec<Probe> {
                 timeout: monitor.timeout,
                 rise: monitor.max_retries,
                 fall: monitor.max_retries_down,
-                reported: member.operating_status,
+                reported: member.operating_status.clone(),
             });
         }
     }
@@ -523,18 +434,33 @@ fn service_rules(s: &Service) -> Vec<String> {
             } else {
                 format!("{from}-{to}")
             };
-            format!("{range} : goto {}", backend_chain(&s.id, &b.id))
+            // With persistence a member has a chain (it records the client); without, the
+            // choice maps straight to the address, so a listener is one chain.
+            if s.persistence.is_some() {
+                format!("{range} : goto {}", backend_chain(&s.id, &b.id))
+            } else {
+                format!("{range} : {} . {}", b.address, b.port)
+            }
         })
         .collect();
     let pick = match s.algorithm {
         Algorithm::RoundRobin => format!("numgen inc mod {total}"),
         Algorithm::SourceIp => format!("jhash ip saddr mod {total}"),
-        Algorithm::SourceIpPort => format!(
-            "meta l4proto {} jhash ip saddr . th sport mod {total}",
-            s.protocol
-        ),
+        Algorithm::SourceIpPort => format!("jhash ip saddr . th sport mod {total}"),
     };
-    rules.push(format!("{pick} vmap {{ {} }}", arms.join(", ")));
+    // A port translation (and `th sport`) needs the protocol matched in its own rule.
+    let protocol = s.protocol;
+    if s.persistence.is_some() {
+        rules.push(format!(
+            "meta l4proto {protocol} {pick} vmap {{ {} }}",
+            arms.join(", ")
+        ));
+    } else {
+        rules.push(format!(
+            "meta l4proto {protocol} dnat ip to {pick} map {{ {} }}",
+            arms.join(", ")
+        ));
+    }
     rules
 }
 
@@ -629,25 +555,26 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
         chains.insert(chain, service_rules(s));
         vips.insert(s.vip.to_string());
         for b in &s.backends {
-            let mut rules = Vec::new();
-            if let Some(timeout) = s.persistence {
-                let set = affinity_set(&s.id, &b.id);
-                inet.sets.insert(
-                    set.clone(),
-                    (
-                        format!("type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;"),
-                        BTreeSet::new(),
-                    ),
-                );
-                rules.push(format!("update @{set} {{ ip saddr }}"));
-            }
-            // A port translation needs the protocol matched in its own rule.
-            rules.push(format!(
-                "meta l4proto {} dnat ip to {}:{}",
-                s.protocol, b.address, b.port
-            ));
-            chains.insert(backend_chain(&s.id, &b.id), rules);
             hairpin.insert(format!("{} . {}", b.address, b.address));
+            let Some(timeout) = s.persistence else {
+                continue;
+            };
+            let set = affinity_set(&s.id, &b.id);
+            inet.sets.insert(
+                set.clone(),
+                (
+                    format!("type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;"),
+                    BTreeSet::new(),
+                ),
+            );
+            let rules = vec![
+                format!("update @{set} {{ ip saddr }}"),
+                format!(
+                    "meta l4proto {} dnat ip to {}:{}",
+                    s.protocol, b.address, b.port
+                ),
+            ];
+            chains.insert(backend_chain(&s.id, &b.id), rules);
         }
     }
     chains.insert(
@@ -1070,11 +997,11 @@ mod tests {
         assert_eq!(svc[0], "ip saddr != { 10.1.0.0/24 } drop");
         assert_eq!(
             svc[1],
-            "numgen inc mod 3 vmap { 0 : goto be-listener-1-member-1, 1-2 : goto be-listener-1-member-2 }"
+            "meta l4proto tcp dnat ip to numgen inc mod 3 map { 0 : 10.0.0.11 . 8080, 1-2 : 10.0.0.12 . 8080 }"
         );
-        assert_eq!(
-            d.inet.chains["be-listener-1-member-2"],
-            ["meta l4proto tcp dnat ip to 10.0.0.12:8080"]
+        assert!(
+            !d.inet.chains.keys().any(|c| c.starts_with("be-")),
+            "no member chains without persistence"
         );
         assert_eq!(
             d.inet.maps["services"]["10.0.0.50 . tcp . 80"],
@@ -1122,6 +1049,13 @@ mod tests {
         assert_eq!(
             svc[2],
             "meta l4proto tcp jhash ip saddr . th sport mod 1 vmap { 0 : goto be-listener-1-member-1 }"
+        );
+        assert_eq!(
+            d.inet.chains["be-listener-1-member-1"],
+            [
+                "update @aff-listener-1-member-1 { ip saddr }",
+                "meta l4proto tcp dnat ip to 10.0.0.11:8080"
+            ]
         );
         assert!(d.inet.sets["aff-listener-1-member-1"]
             .0

@@ -265,6 +265,8 @@ pub struct NodeView {
     pub routers: BTreeMap<String, Router>,
     /// Floating IPs of those routers.
     pub floating_ips: BTreeMap<String, FloatingIp>,
+    /// Load balancers whose VIP local ports reach, with everything under them.
+    pub balancing: Balancing,
     /// Other objects (subnets, security groups), raw.
     pub others: BTreeMap<(String, String), Value>,
     /// Revision of the last line applied.
@@ -274,7 +276,141 @@ pub struct NodeView {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(object: &Value) -> Result<T, ViewError> {
-    serde_json::from_value(object.clone()).map_err(|e| ViewError::BadLine(e.to_string()))
+    T::deserialize(object).map_err(|e| ViewError::BadLine(e.to_string()))
+}
+
+/// `{"id": ...}`, how load balancers list what is under them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IdOnly {
+    /// The id.
+    pub id: String,
+}
+
+/// A load balancer as the data plane needs it (read once, when its line arrives).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LoadBalancer {
+    /// Id.
+    pub id: String,
+    /// The VIP.
+    pub vip_address: IpAddr,
+    /// The VIP's network.
+    pub vip_network_id: String,
+    /// Administrative state.
+    pub admin_state_up: bool,
+    /// Its listeners.
+    pub listeners: Vec<IdOnly>,
+}
+
+/// A listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Listener {
+    /// Id.
+    pub id: String,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+    /// Port on the VIP.
+    pub protocol_port: u16,
+    /// Administrative state.
+    pub admin_state_up: bool,
+    /// Its pool.
+    pub default_pool_id: Option<String>,
+    /// Most connections (-1: no limit).
+    pub connection_limit: i64,
+    /// Clients allowed (none: all).
+    pub allowed_cidrs: Option<Vec<String>>,
+}
+
+/// Source-IP persistence of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Persistence {
+    /// Seconds.
+    pub persistence_timeout: Option<u32>,
+}
+
+/// A pool.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Pool {
+    /// Id.
+    pub id: String,
+    /// Administrative state.
+    pub admin_state_up: bool,
+    /// `ROUND_ROBIN`, `SOURCE_IP` or `SOURCE_IP_PORT`.
+    pub lb_algorithm: String,
+    /// Persistence, if any.
+    pub session_persistence: Option<Persistence>,
+    /// Its members.
+    pub members: Vec<IdOnly>,
+    /// Its health monitor.
+    #[serde(default)]
+    pub healthmonitor_id: Option<String>,
+}
+
+/// A pool member.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Member {
+    /// Id.
+    pub id: String,
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub protocol_port: u16,
+    /// Share of new connections.
+    pub weight: u16,
+    /// Used only when no other member is up.
+    pub backup: bool,
+    /// Administrative state.
+    pub admin_state_up: bool,
+    /// What its probes found (`ERROR`: out of the data plane).
+    pub operating_status: String,
+    /// Where probes go instead of `address`.
+    #[serde(default)]
+    pub monitor_address: Option<IpAddr>,
+    /// Where probes go instead of `protocol_port`.
+    #[serde(default)]
+    pub monitor_port: Option<u16>,
+}
+
+/// A health monitor.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HealthMonitor {
+    /// Id.
+    pub id: String,
+    /// `PING`, `TCP`, `UDP-CONNECT` or `HTTP`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Administrative state.
+    pub admin_state_up: bool,
+    /// Seconds between probes.
+    pub delay: u32,
+    /// Seconds a probe may take.
+    pub timeout: u32,
+    /// Successes that bring a member up.
+    pub max_retries: u32,
+    /// Failures that take it down.
+    pub max_retries_down: u32,
+    /// HTTP path.
+    pub url_path: Option<String>,
+    /// HTTP codes.
+    pub expected_codes: Option<String>,
+}
+
+/// The load-balancing objects of a view, typed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Balancing {
+    /// Load balancers by id.
+    pub load_balancers: BTreeMap<String, LoadBalancer>,
+    /// Listeners by id.
+    pub listeners: BTreeMap<String, Listener>,
+    /// Pools by id.
+    pub pools: BTreeMap<String, Pool>,
+    /// Members by id.
+    pub members: BTreeMap<String, Member>,
+    /// Health monitors by id.
+    pub monitors: BTreeMap<String, HealthMonitor>,
+}
+
+fn replace<T: PartialEq + Clone>(map: &mut BTreeMap<String, T>, id: String, value: T) -> bool {
+    map.insert(id, value.clone()) != Some(value)
 }
 
 /// A subnet as the data plane needs it.
@@ -385,6 +521,26 @@ impl NodeView {
                         let f: FloatingIp = parse(object)?;
                         self.floating_ips.insert(f.id.clone(), f.clone()) != Some(f)
                     }
+                    "loadbalancer" => {
+                        let l: LoadBalancer = parse(object)?;
+                        replace(&mut self.balancing.load_balancers, l.id.clone(), l)
+                    }
+                    "listener" => {
+                        let l: Listener = parse(object)?;
+                        replace(&mut self.balancing.listeners, l.id.clone(), l)
+                    }
+                    "pool" => {
+                        let p: Pool = parse(object)?;
+                        replace(&mut self.balancing.pools, p.id.clone(), p)
+                    }
+                    "member" => {
+                        let m: Member = parse(object)?;
+                        replace(&mut self.balancing.members, m.id.clone(), m)
+                    }
+                    "healthmonitor" => {
+                        let h: HealthMonitor = parse(object)?;
+                        replace(&mut self.balancing.monitors, h.id.clone(), h)
+                    }
                     kind => {
                         let id = object.get("id").and_then(Value::as_str).unwrap_or_default();
                         self.others
@@ -403,6 +559,11 @@ impl NodeView {
                     "node" => self.nodes.remove(&id).is_some(),
                     "router" => self.routers.remove(&id).is_some(),
                     "floatingip" => self.floating_ips.remove(&id).is_some(),
+                    "loadbalancer" => self.balancing.load_balancers.remove(&id).is_some(),
+                    "listener" => self.balancing.listeners.remove(&id).is_some(),
+                    "pool" => self.balancing.pools.remove(&id).is_some(),
+                    "member" => self.balancing.members.remove(&id).is_some(),
+                    "healthmonitor" => self.balancing.monitors.remove(&id).is_some(),
                     kind => self.others.remove(&(kind.to_owned(), id)).is_some(),
                 };
                 Ok(removed)
