@@ -18,6 +18,13 @@ pub struct Known {
     routing: Routing,
 }
 
+impl Known {
+    /// The bridges that balance.
+    pub fn bridges(&self) -> std::collections::BTreeSet<&str> {
+        self.routing.bridges()
+    }
+}
+
 async fn ip_json(args: &[&str]) -> Result<serde_json::Value, AgentError> {
     let out = Command::new("ip").arg("-j").args(args).output().await?;
     if !out.status.success() {

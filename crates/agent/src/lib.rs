@@ -368,6 +368,8 @@ struct Known {
     per_bridge: bool,
     /// The view revision last reported applied.
     applied: u64,
+    /// The view generation of the last full pass.
+    generation: Option<u64>,
 }
 
 async fn reconciler(shared: Arc<Shared>) {
@@ -386,18 +388,71 @@ async fn reconciler(shared: Arc<Shared>) {
         if woken.is_err() {
             known = Known::default();
         }
-        let view = {
+        let pass = {
             let v = shared.view();
             if !v.synced {
                 continue;
             }
-            v.clone()
+            balancing_pass(&v, &node, &known).unwrap_or_else(|| Pass::Full(Box::new(v.clone())))
         };
-        if let Err(e) = reconcile(&shared, &view, &node, &mut known).await {
+        let done = match pass {
+            Pass::Full(view) => reconcile(&shared, &view, &node, &mut known)
+                .await
+                .map(|()| known.generation = Some(view.generation)),
+            Pass::Balancing(balanced, probes, revision) => {
+                rebalance(&shared, &balanced, probes, revision, &mut known).await
+            }
+        };
+        if let Err(e) = done {
             known = Known::default();
             eprintln!("isthmus agent: reconcile: {e}");
         }
     }
+}
+
+/// What one reconciler pass does.
+enum Pass {
+    /// Everything, from a copy of the view.
+    Full(Box<NodeView>),
+    /// Only load balancing (nothing else changed since the last full pass): its desired state,
+    /// probes and the view's revision, computed under the view's lock (no copy of the view).
+    Balancing(
+        isthmus_dataplane::lb::Desired,
+        Vec<isthmus_dataplane::lb::Probe>,
+        u64,
+    ),
+}
+
+/// A load-balancing-only pass, when only load balancers changed since the last full pass
+/// and the same bridges still balance (otherwise their netfilter switch must move: full).
+fn balancing_pass(view: &NodeView, node: &NodeConfig, known: &Known) -> Option<Pass> {
+    if known.generation != Some(view.generation) {
+        return None;
+    }
+    let balanced = isthmus_dataplane::lb::desired(view, node);
+    let same_bridges =
+        known.lb.as_ref().map(lb::Known::bridges) == Some(balanced.routing.bridges());
+    same_bridges.then(|| {
+        let probes = isthmus_dataplane::lb::probes(view, node);
+        Pass::Balancing(balanced, probes, view.revision)
+    })
+}
+
+/// Applies a load-balancing-only pass.
+async fn rebalance(
+    shared: &Shared,
+    balanced: &isthmus_dataplane::lb::Desired,
+    probes: Vec<isthmus_dataplane::lb::Probe>,
+    revision: u64,
+    known: &mut Known,
+) -> Result<(), AgentError> {
+    known.lb = Some(lb::apply(balanced, known.lb.take()).await?);
+    shared.prober.follow(probes);
+    if revision > known.applied {
+        report_applied(shared, revision).await?;
+        known.applied = revision;
+    }
+    Ok(())
 }
 
 async fn reconcile(

@@ -267,6 +267,9 @@ pub struct NodeView {
     pub floating_ips: BTreeMap<String, FloatingIp>,
     /// Load balancers whose VIP local ports reach, with everything under them.
     pub balancing: Balancing,
+    /// Bumped by every change to anything but [`NodeView::balancing`] (across relists too): a
+    /// reconciler that saw this generation needs only the load balancers redone.
+    pub generation: u64,
     /// Other objects (subnets, security groups), raw.
     pub others: BTreeMap<(String, String), Value>,
     /// Revision of the last line applied.
@@ -409,6 +412,14 @@ pub struct Balancing {
     pub monitors: BTreeMap<String, HealthMonitor>,
 }
 
+/// Whether objects of `kind` are load-balancing ones (kept in [`NodeView::balancing`]).
+fn is_balancing(kind: &str) -> bool {
+    matches!(
+        kind,
+        "loadbalancer" | "listener" | "pool" | "member" | "healthmonitor"
+    )
+}
+
 fn replace<T: PartialEq + Clone>(map: &mut BTreeMap<String, T>, id: String, value: T) -> bool {
     map.insert(id, value.clone()) != Some(value)
 }
@@ -484,7 +495,9 @@ impl NodeView {
                 Ok(false)
             }
             "RELIST" => {
+                let generation = self.generation + 1;
                 *self = NodeView::default();
+                self.generation = generation;
                 Ok(true)
             }
             "ADDED" | "MODIFIED" => {
@@ -549,6 +562,9 @@ impl NodeView {
                             != Some(object)
                     }
                 };
+                if changed && !is_balancing(field("kind")) {
+                    self.generation += 1;
+                }
                 Ok(changed)
             }
             "DELETED" => {
@@ -566,6 +582,9 @@ impl NodeView {
                     "healthmonitor" => self.balancing.monitors.remove(&id).is_some(),
                     kind => self.others.remove(&(kind.to_owned(), id)).is_some(),
                 };
+                if removed && !is_balancing(field("kind")) {
+                    self.generation += 1;
+                }
                 Ok(removed)
             }
             "ERROR" => Err(ViewError::BadLine(format!(
@@ -606,8 +625,22 @@ mod tests {
         assert!(view
             .apply(&json!({"type": "ADDED", "kind": "port", "object": {"id": "x"}}))
             .is_err());
+        // Load balancers change without moving the generation; anything else moves it, and a
+        // relist does too.
+        let generation = view.generation;
+        view.apply(&json!({"type": "ADDED", "kind": "member", "object": {
+            "id": "m", "address": "10.0.0.9", "protocol_port": 80, "weight": 1, "backup": false,
+            "admin_state_up": true, "operating_status": "NO_MONITOR"}}))
+            .unwrap();
+        assert_eq!(view.generation, generation);
+        assert_eq!(view.balancing.members["m"].protocol_port, 80);
+        view.apply(&json!({"type": "DELETED", "kind": "network", "id": "n1", "revision": 6}))
+            .unwrap();
+        assert_eq!(view.generation, generation + 1);
         view.apply(&json!({"type": "RELIST", "revision": 9}))
             .unwrap();
         assert!(view.networks.is_empty() && !view.synced);
+        assert!(view.balancing.members.is_empty());
+        assert_eq!(view.generation, generation + 2);
     }
 }
