@@ -417,7 +417,7 @@ enum Pass {
     /// Only load balancing (nothing else changed since the last full pass): its desired state,
     /// probes and the view's revision, computed under the view's lock (no copy of the view).
     Balancing(
-        isthmus_dataplane::lb::Desired,
+        Box<isthmus_dataplane::lb::Desired>,
         Vec<isthmus_dataplane::lb::Probe>,
         u64,
     ),
@@ -434,7 +434,7 @@ fn balancing_pass(view: &NodeView, node: &NodeConfig, known: &Known) -> Option<P
         known.lb.as_ref().map(lb::Known::bridges) == Some(balanced.routing.bridges());
     same_bridges.then(|| {
         let probes = isthmus_dataplane::lb::probes(view, node);
-        Pass::Balancing(balanced, probes, view.revision)
+        Pass::Balancing(Box::new(balanced), probes, view.revision)
     })
 }
 
