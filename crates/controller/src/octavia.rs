@@ -257,6 +257,14 @@ async fn stats(
     )
 }
 
+/// 404 unless `caller` may see pool `pool_id` (members are reached through it).
+async fn pool_visible(state: &AppState, caller: &Caller, pool_id: &str) -> Result<(), Error> {
+    endpoint(state, "pools")?
+        .show(&state.service, caller, pool_id)
+        .await
+        .map(drop)
+}
+
 /// Reads a member of `pool_id` (404 when the member is another pool's).
 async fn member_of(
     state: &AppState,
@@ -264,12 +272,7 @@ async fn member_of(
     pool_id: &str,
     id: &str,
 ) -> Result<serde_json::Map<String, Value>, Error> {
-    state
-        .octavia
-        .find("pools")
-        .ok_or(Error::PathNotFound)?
-        .show(&state.service, caller, pool_id)
-        .await?;
+    pool_visible(state, caller, pool_id).await?;
     let member = members(state)?.show(&state.service, caller, id).await?;
     let listed = state
         .service
@@ -289,12 +292,7 @@ async fn list_members(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> OctaviaResult {
-    state
-        .octavia
-        .find("pools")
-        .ok_or(Error::PathNotFound)?
-        .show(&state.service, &caller, &pool_id)
-        .await?;
+    pool_visible(&state, &caller, &pool_id).await?;
     let mut pairs = query_pairs(raw.as_deref());
     pairs.retain(|(k, _)| k != "pool_id");
     pairs.push(("pool_id".to_owned(), pool_id.clone()));

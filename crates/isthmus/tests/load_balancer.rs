@@ -10,8 +10,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::Duration;
 
 use cloud::{
-    add_router_interface, cloud, cni_add, cni_conf, create, ip_of, shared_network, wait_for, Cloud,
-    BIN,
+    add_router_interface, cloud, cni_add, cni_conf, create, ip_of, ipv4_only, shared_network,
+    wait_for, Cloud, BIN,
 };
 use isthmus_lab::{Lab, Netns};
 use serde_json::{json, Value};
@@ -97,16 +97,6 @@ impl Drop for Held {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn ipv4_only(ns: &Netns) {
-    for key in ["all", "default"] {
-        ns.exec(
-            "sysctl",
-            &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
-        )
-        .unwrap();
     }
 }
 

@@ -5,7 +5,7 @@ mod cloud;
 
 use std::time::Duration;
 
-use cloud::{cloud, cni_add, cni_conf, shared_network, wait_for, Cloud};
+use cloud::{cloud, cni_add, cni_conf, ipv4_only, shared_network, wait_for, Cloud};
 use isthmus_lab::{Lab, Netns};
 use serde_json::{json, Value};
 
@@ -24,18 +24,6 @@ fn pings(from: &Netns, to: &str, count: u32) -> bool {
         &["-c", &count.to_string(), "-i", "0.02", "-W", "1", to],
     )
     .is_ok()
-}
-
-/// No IPv6 in a guest: its router solicitations and multicast reports would be flooded to every
-/// node on its network at moments of their own, and this test counts packets.
-fn ipv4_only(ns: &Netns) {
-    for key in ["all", "default"] {
-        ns.exec(
-            "sysctl",
-            &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
-        )
-        .unwrap();
-    }
 }
 
 /// A port of project-a on `net_id` bound to node `node` (1-based name), as Nova makes it.

@@ -119,6 +119,17 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Commits `txn`: done with `value`, or retry when another writer got there first.
+    async fn attempt<T>(&self, txn: Txn, value: T) -> Result<Attempt<T>> {
+        Ok(if self.commit(txn).await? {
+            Attempt::Done(value)
+        } else {
+            Attempt::Retry
+        })
+    }
+}
+
 /// Everything of kind `T` `caller` may see, with provisioning statuses.
 async fn list_provisioned<T: Provisioned + Kind>(
     service: &Service,
@@ -648,11 +659,7 @@ impl Kind for Listener {
                     }
                     lb.listeners.push(listener.meta.id.clone());
                     let txn = insert(rewrite(txn, &mut lb, lb_rev)?, &listener)?;
-                    Ok(if service.commit(txn).await? {
-                        Attempt::Done(listener)
-                    } else {
-                        Attempt::Retry
-                    })
+                    service.attempt(txn, listener).await
                 }
             })
             .await?;
@@ -750,11 +757,7 @@ impl Kind for Pool {
                     pool.meta.project_id = lb.meta.project_id.clone();
                     lb.pools.push(pool.meta.id.clone());
                     let txn = insert(rewrite(txn, &mut lb, lb_rev)?, &pool)?;
-                    Ok(if service.commit(txn).await? {
-                        Attempt::Done(pool)
-                    } else {
-                        Attempt::Retry
-                    })
+                    service.attempt(txn, pool).await
                 }
             })
             .await?;
@@ -844,11 +847,7 @@ impl Kind for Member {
                     }
                     pool.members.push(member.meta.id.clone());
                     let txn = insert(rewrite(Txn::new(), &mut pool, rev)?, &member)?;
-                    Ok(if service.commit(txn).await? {
-                        Attempt::Done(member)
-                    } else {
-                        Attempt::Retry
-                    })
+                    service.attempt(txn, member).await
                 }
             })
             .await?;
@@ -905,11 +904,7 @@ impl Kind for HealthMonitor {
                     monitor.meta.project_id = pool.meta.project_id.clone();
                     pool.healthmonitor_id = Some(monitor.meta.id.clone());
                     let txn = insert(rewrite(Txn::new(), &mut pool, rev)?, &monitor)?;
-                    Ok(if service.commit(txn).await? {
-                        Attempt::Done(monitor)
-                    } else {
-                        Attempt::Retry
-                    })
+                    service.attempt(txn, monitor).await
                 }
             })
             .await?;

@@ -83,6 +83,18 @@ pub fn shared_network_with(lab: &Lab, name: &str, cidr: &str, dhcp: bool) -> (St
     (net_id, sub["subnet"]["id"].as_str().unwrap().to_owned())
 }
 
+/// No IPv6 in a guest: its router solicitations and multicast reports would be flooded to every
+/// node on its network at moments of their own, and tests count packets and connections.
+pub fn ipv4_only(ns: &isthmus_lab::Netns) {
+    for key in ["all", "default"] {
+        ns.exec(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
+        )
+        .unwrap();
+    }
+}
+
 /// The `isthmus-cni` plugin, built next to `isthmus` by `cargo test --workspace` (or
 /// `cargo build`).
 pub fn cni_plugin() -> PathBuf {

@@ -208,13 +208,7 @@ impl Listener {
         let loadbalancer_id = Input::required("loadbalancer_id", input.take("loadbalancer_id"))
             .and_then(|v| as_uuid("loadbalancer_id", &v))?;
         let protocol = Protocol::parse(&Input::required("protocol", input.take("protocol"))?)?;
-        let protocol_port = bounded(input, "protocol_port", 1, 65_535)?.ok_or_else(|| {
-            Error::fault(
-                "InvalidInput",
-                400,
-                "Invalid input for field/attribute protocol_port. Mandatory field missing.",
-            )
-        })? as u16;
+        let protocol_port = super::required_port(input, "protocol_port")?;
         let mut listener = Listener {
             meta,
             loadbalancer_id,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{admin_state, bounded, operating, ACTIVE};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::input::{as_bool, as_ip, as_uuid, Input, Method};
 use crate::meta::Meta;
 use crate::resource::{attr, Api, Definition, Rights};
@@ -102,13 +102,7 @@ impl Member {
             "address",
             &Input::required("address", input.take("address"))?,
         )?;
-        let protocol_port = bounded(input, "protocol_port", 1, 65_535)?.ok_or_else(|| {
-            Error::fault(
-                "InvalidInput",
-                400,
-                "Invalid input for field/attribute protocol_port. Mandatory field missing.",
-            )
-        })? as u16;
+        let protocol_port = super::required_port(input, "protocol_port")?;
         let subnet_id = input
             .take("subnet_id")
             .filter(|v| !v.is_null())

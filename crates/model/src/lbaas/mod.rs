@@ -134,6 +134,18 @@ pub fn bounded(input: &mut Input, key: &str, min: i64, max: i64) -> Result<Optio
     Ok(Some(n))
 }
 
+/// A required port number (`protocol_port`), 1 to 65535.
+pub fn required_port(input: &mut Input, key: &str) -> Result<u16> {
+    let port = bounded(input, key, 1, 65_535)?.ok_or_else(|| {
+        Error::fault(
+            "InvalidInput",
+            400,
+            format!("Invalid input for field/attribute {key}. Mandatory field missing."),
+        )
+    })?;
+    Ok(port as u16)
+}
+
 /// `admin_state_up`, `true` unless the body says otherwise.
 pub fn admin_state(input: &mut Input, current: bool) -> Result<bool> {
     Ok(input.boolean("admin_state_up")?.unwrap_or(current))
