@@ -26,6 +26,7 @@ mod sockopt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -185,6 +186,8 @@ struct Shared {
     advertisers: ra::Advertisers,
     /// Health probes of the load-balancer members hosted here.
     prober: health::Prober,
+    /// A link changed since the last full pass (taps plugged by a hypervisor or runtime).
+    links_changed: AtomicBool,
 }
 
 impl Shared {
@@ -245,6 +248,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         services: services::Services::new(config.metadata.clone(), config.dns_upstream.clone()),
         advertisers: ra::Advertisers::default(),
         prober: health::Prober::start(config.netns_dir.clone(), config.controller.clone()),
+        links_changed: AtomicBool::new(false),
         config,
     });
     let leases = shared.leases.subscribe();
@@ -299,6 +303,8 @@ async fn link_events(shared: Arc<Shared>) {
         if let Some(stdout) = child.stdout.take() {
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(_)) = lines.next_line().await {
+                // A link came or went outside the view: the next pass is a full one.
+                shared.links_changed.store(true, Ordering::Release);
                 shared.changed.notify_one();
             }
         }
@@ -393,7 +399,13 @@ async fn reconciler(shared: Arc<Shared>) {
             if !v.synced {
                 continue;
             }
-            balancing_pass(&v, &node, &known).unwrap_or_else(|| Pass::Full(Box::new(v.clone())))
+            // A link event needs a full pass (taps to attach); taken before the view is read,
+            // so an event during the pass brings another.
+            let links = shared.links_changed.swap(false, Ordering::AcqRel);
+            let balancing = (!links)
+                .then(|| balancing_pass(&v, &node, &known))
+                .flatten();
+            balancing.unwrap_or_else(|| Pass::Full(Box::new(v.clone())))
         };
         let done = match pass {
             Pass::Full(view) => reconcile(&shared, &view, &node, &mut known)
@@ -423,8 +435,8 @@ enum Pass {
     ),
 }
 
-/// A load-balancing-only pass, when only load balancers changed since the last full pass
-/// and the same bridges still balance (otherwise their netfilter switch must move: full).
+/// A load-balancing-only pass, when only load balancers changed in the view since the last
+/// full pass and the same bridges still balance (otherwise their netfilter switch must move).
 fn balancing_pass(view: &NodeView, node: &NodeConfig, known: &Known) -> Option<Pass> {
     if known.generation != Some(view.generation) {
         return None;
