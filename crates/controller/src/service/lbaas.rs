@@ -448,7 +448,7 @@ impl Service {
                     "address": member.address.to_string(),
                     "protocol_port": member.protocol_port,
                     "provisioning_status": member.provisioning_status,
-                    "operating_status": member.operating_status,
+                    "operating_status": member.shown_status(),
                 }));
             }
         }

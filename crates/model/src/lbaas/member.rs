@@ -27,7 +27,7 @@ pub static DEFINITION: Definition<Member> = Definition {
             Some(json!(m.provisioning_status))
         }),
         attr("operating_status", Rights::READ, |m, _| {
-            Some(json!(m.operating_status))
+            Some(json!(m.shown_status()))
         }),
         attr("admin_state_up", Rights::ALL, |m, _| {
             Some(json!(m.admin_state_up))
@@ -126,6 +126,15 @@ impl Member {
         Ok(member)
     }
 
+    /// Its `operating_status` as shown: OFFLINE while disabled, else what the probes found.
+    pub fn shown_status(&self) -> &str {
+        if self.admin_state_up {
+            &self.operating_status
+        } else {
+            operating::OFFLINE
+        }
+    }
+
     /// Applies the changeable attributes of a body (create or update).
     pub fn apply(&mut self, input: &mut Input) -> Result<()> {
         self.admin_state_up = admin_state(input, self.admin_state_up)?;
@@ -182,6 +191,9 @@ mod tests {
         .unwrap();
         assert_eq!((m.weight, m.backup, m.monitor_port), (2, true, Some(9000)));
         assert_eq!(m.operating_status, "NO_MONITOR");
+        let mut off = m.clone();
+        off.admin_state_up = false;
+        assert_eq!(off.shown_status(), "OFFLINE");
         assert!(
             read(json!({"address": "10.0.0.5", "protocol_port": 8080, "weight": 257})).is_err()
         );
