@@ -450,7 +450,7 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         "pool",
         json!({"listener_id": id(&udp), "protocol": "UDP", "lb_algorithm": "SOURCE_IP_PORT"}),
     );
-    lbaas(
+    let udp_member = lbaas(
         lab,
         &format!("pools/{}/members", id(&udp_pool)),
         "member",
@@ -460,6 +460,32 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         c1.ns
             .exec("python3", &[CLIENT, "udp", &vip, "53"])
             .is_ok_and(|answer| answer.trim() == "p3 hello")
+    });
+    // A UDP-CONNECT monitor: a datagram drawing an ICMP port unreachable is a failure.
+    lbaas(
+        lab,
+        "healthmonitors",
+        "healthmonitor",
+        json!({"pool_id": id(&udp_pool), "type": "UDP-CONNECT", "delay": 1, "timeout": 1,
+               "max_retries": 1, "max_retries_down": 2}),
+    );
+    let udp_status = || -> String {
+        let path = format!(
+            "/v2/lbaas/pools/{}/members/{}",
+            id(&udp_pool),
+            id(&udp_member)
+        );
+        lab.api("GET", &path, None).1["member"]["operating_status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    wait_for("the UDP member ONLINE", Duration::from_secs(10), || {
+        udp_status() == "ONLINE"
+    });
+    servers.pop();
+    wait_for("the UDP member ERROR", Duration::from_secs(10), || {
+        udp_status() == "ERROR"
     });
 
     // Cascade delete: no VIP port, no table, no rule, no route on any node.
