@@ -26,10 +26,10 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Starts probing in the namespaces pinned in `dir`, reporting to `controller`.
-    pub fn start(dir: PathBuf, controller: Endpoint) -> Prober {
+    /// Starts probing in the namespaces pinned in `dir`, reporting to `controller` as `node`.
+    pub fn start(dir: PathBuf, controller: Endpoint, node: String) -> Prober {
         let (probes, rx) = watch::channel(Vec::new());
-        tokio::spawn(manage(rx, dir, controller));
+        tokio::spawn(manage(rx, dir, controller, node));
         Prober { probes }
     }
 
@@ -53,7 +53,12 @@ fn settings(p: &Probe) -> Probe {
     }
 }
 
-async fn manage(mut rx: watch::Receiver<Vec<Probe>>, dir: PathBuf, controller: Endpoint) {
+async fn manage(
+    mut rx: watch::Receiver<Vec<Probe>>,
+    dir: PathBuf,
+    controller: Endpoint,
+    node: String,
+) {
     let mut running: HashMap<String, (Probe, watch::Sender<String>, JoinHandle<()>)> =
         HashMap::new();
     while rx.changed().await.is_ok() {
@@ -85,6 +90,7 @@ async fn manage(mut rx: watch::Receiver<Vec<Probe>>, dir: PathBuf, controller: E
                         reported_rx,
                         dir.clone(),
                         controller.clone(),
+                        node.clone(),
                     ));
                     running.insert(probe.member_id.clone(), (settings(probe), reported, task));
                 }
@@ -99,6 +105,7 @@ async fn track(
     reported: watch::Receiver<String>,
     dir: PathBuf,
     controller: Endpoint,
+    node: String,
 ) {
     let mut state: Option<&'static str> = match probe.reported.as_str() {
         operating::ONLINE => Some(operating::ONLINE),
@@ -127,18 +134,16 @@ async fn track(
         // another writer changed).
         if let Some(status) = state {
             if *reported.borrow() != status {
-                report(&controller, &probe.member_id, status).await;
+                report(&controller, &node, &probe.member_id, status).await;
             }
         }
     }
 }
 
-async fn report(controller: &Endpoint, member: &str, status: &str) {
+async fn report(controller: &Endpoint, node: &str, member: &str, status: &str) {
     let path = format!("/isthmus/v1/members/{member}/status");
-    match controller
-        .request("PUT", &path, Some(&json!({ "operating_status": status })))
-        .await
-    {
+    let body = json!({ "operating_status": status, "node": node });
+    match controller.request("PUT", &path, Some(&body)).await {
         // 404: the member is gone since this view was taken.
         Ok((200 | 404, _)) => {}
         Ok((code, answer)) => {

@@ -247,7 +247,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         leases: watch::Sender::new(Arc::default()),
         services: services::Services::new(config.metadata.clone(), config.dns_upstream.clone()),
         advertisers: ra::Advertisers::default(),
-        prober: health::Prober::start(config.netns_dir.clone(), config.controller.clone()),
+        prober: health::Prober::start(
+            config.netns_dir.clone(),
+            config.controller.clone(),
+            config.node.clone(),
+        ),
         links_changed: AtomicBool::new(false),
         config,
     });

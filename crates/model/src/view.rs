@@ -393,6 +393,14 @@ impl Mirror {
         view
     }
 
+    /// Whether `node` hosts a port with address `ip` (the node that probes a member at `ip`).
+    pub fn hosts_address(&self, node: &str, ip: std::net::IpAddr) -> bool {
+        Self::ids(&self.ports_by_host, node).any(|p| {
+            matches!(self.get(&(ObjectKind::Port, p.clone())),
+                     Some(Object::Port(port)) if port.fixed_ips.iter().any(|f| f.ip_address == ip))
+        })
+    }
+
     /// The load balancer `key` (a load balancer, listener, pool, member or monitor) belongs to.
     pub fn load_balancer_of(&self, key: &ObjectKey) -> Option<String> {
         match self.get(key)? {

@@ -11,8 +11,8 @@ use isthmus_model::addr::IpVersion;
 use isthmus_model::input::{Input, Method};
 use isthmus_model::lbaas::load_balancer::{CreateRequest, VipRequest};
 use isthmus_model::lbaas::{
-    health_monitor, listener, load_balancer, member, operating, pool, unsupported, validation,
-    HealthMonitor, Listener, LoadBalancer, Member, Pool, ACTIVE, VIP_OWNER,
+    health_monitor, listener, load_balancer, member, online, operating, pool, unsupported,
+    validation, HealthMonitor, Listener, LoadBalancer, Member, Pool, ACTIVE, VIP_OWNER,
 };
 use isthmus_model::meta::owner_project;
 use isthmus_model::resource::{Resource, View};
@@ -354,7 +354,8 @@ impl Service {
     }
 
     /// An agent reports what its health probes found of a member it hosts:
-    /// `{"operating_status": "ONLINE" | "ERROR"}` (Isthmus's native API, agents only).
+    /// `{"operating_status": "ONLINE" | "ERROR", "node": "<name>"}` (Isthmus's native API,
+    /// agents only); only the node hosting the member's port may report.
     pub async fn set_member_status(
         &self,
         caller: &Caller,
@@ -368,8 +369,22 @@ impl Service {
             .filter(|s| [operating::ONLINE, operating::ERROR].contains(s))
             .ok_or_else(|| Error::invalid_attr("operating_status", "must be ONLINE or ERROR"))?
             .to_owned();
+        let node = body
+            .get("node")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid_attr("node", "the reporting node is required"))?
+            .to_owned();
+        let informer = self.informer().clone();
+        informer.ready().await?;
         self.retry(|| async {
             let (mut member, rev) = self.must_load::<Member>(id).await?;
+            // Only the node hosting the member's port probes it.
+            if !informer.mirror().hosts_address(&node, member.address) {
+                return Err(Error::Conflict(format!(
+                    "Member {id} ({}) has no port on node '{node}'",
+                    member.address
+                )));
+            }
             // A report racing the monitor's deletion must not undo its NO_MONITOR.
             let monitored = match self.load::<Pool>(&member.pool_id).await? {
                 Some((pool, _)) => pool.healthmonitor_id.is_some(),
@@ -431,7 +446,7 @@ impl Service {
         Ok(json!({"statuses": {"loadbalancer": {
             "id": lb.meta.id, "name": lb.meta.name,
             "provisioning_status": lb.provisioning_status,
-            "operating_status": worst(&lb.operating_status, &listener_states),
+            "operating_status": worst(online(lb.admin_state_up), &listener_states),
             "listeners": listeners,
         }}}))
     }

@@ -151,7 +151,8 @@ pub struct HealthMonitor {
     pub pool_id: String,
     /// `admin_state_up`: down, members are not probed (and count as up).
     pub admin_state_up: bool,
-    /// `provisioning_status`.
+    /// `provisioning_status`: what the nodes have applied, computed on each read (never stored).
+    #[serde(skip)]
     pub provisioning_status: String,
     /// `type`.
     pub kind: Kind,

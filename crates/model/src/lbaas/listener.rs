@@ -118,7 +118,8 @@ pub struct Listener {
     pub loadbalancer_id: String,
     /// `admin_state_up`: down, it forwards nothing.
     pub admin_state_up: bool,
-    /// `provisioning_status`.
+    /// `provisioning_status`: what the nodes have applied, computed on each read (never stored).
+    #[serde(skip)]
     pub provisioning_status: String,
     /// TCP, UDP or SCTP.
     pub protocol: Protocol,

@@ -27,7 +27,7 @@ pub static DEFINITION: Definition<LoadBalancer> = Definition {
             Some(json!(l.provisioning_status))
         }),
         attr("operating_status", Rights::READ, |l, _| {
-            Some(json!(l.operating_status))
+            Some(json!(online(l.admin_state_up)))
         }),
         attr("admin_state_up", Rights::ALL, |l, _| {
             Some(json!(l.admin_state_up))
@@ -71,10 +71,9 @@ pub struct LoadBalancer {
     pub meta: Meta,
     /// `admin_state_up`: down, no listener of it forwards.
     pub admin_state_up: bool,
-    /// `provisioning_status`.
+    /// `provisioning_status`: what the nodes have applied, computed on each read (never stored).
+    #[serde(skip)]
     pub provisioning_status: String,
-    /// `operating_status`.
-    pub operating_status: String,
     /// The VIP's address (one of its port's fixed IPs).
     pub vip_address: IpAddr,
     /// The VIP's Neutron port.
@@ -209,7 +208,6 @@ impl LoadBalancer {
             meta: request.meta,
             admin_state_up: request.admin_state_up,
             provisioning_status: ACTIVE.to_owned(),
-            operating_status: online(request.admin_state_up).to_owned(),
             vip_address,
             vip_port_id,
             vip_subnet_id,
@@ -229,7 +227,6 @@ impl LoadBalancer {
             return Err(unsupported("vip_qos_policy_id"));
         }
         self.admin_state_up = admin_state(input, self.admin_state_up)?;
-        self.operating_status = online(self.admin_state_up).to_owned();
         Ok(())
     }
 

@@ -67,7 +67,8 @@ pub struct Member {
     pub pool_id: String,
     /// `admin_state_up`: down, it gets no new connection (open ones finish).
     pub admin_state_up: bool,
-    /// `provisioning_status`.
+    /// `provisioning_status`: what the nodes have applied, computed on each read (never stored).
+    #[serde(skip)]
     pub provisioning_status: String,
     /// `operating_status`: `NO_MONITOR` without a health monitor, else what the last probes
     /// found.

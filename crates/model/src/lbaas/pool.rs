@@ -179,7 +179,8 @@ pub struct Pool {
     pub listeners: Vec<String>,
     /// `admin_state_up`.
     pub admin_state_up: bool,
-    /// `provisioning_status`.
+    /// `provisioning_status`: what the nodes have applied, computed on each read (never stored).
+    #[serde(skip)]
     pub provisioning_status: String,
     /// Its protocol (its listeners').
     pub protocol: Protocol,
