@@ -258,14 +258,18 @@ impl Server {
         })?;
         self.status()
             .map_err(|e| try_again(e.msg, "the agent is starting"))?;
-        let key = self.select_network(request).await?;
-        let pooled = {
+        let (key, groups) = self.select_network(request).await?;
+        // Pools hold ports under their project's default group: a namespace bound to other
+        // groups gets a port made with them, never one that is open for a moment.
+        let pooled = if groups.is_empty() {
             let filtered = self.shared.filtered.borrow();
             self.shared.pools.take(&key, &filtered)
+        } else {
+            None
         };
         let port_id = match &pooled {
             Some(id) => id.clone(),
-            None => self.create_port(request, &key.0, &key.1).await?.id,
+            None => self.create_port(request, &key, &groups).await?.id,
         };
         // After this pod's own port, so a pod that found the pool empty still gets the
         // lowest free address.
@@ -397,13 +401,17 @@ impl Server {
         Ok(())
     }
 
-    /// The network (and project) for this pod: the configuration's `network`, else the
-    /// binding of the pod's namespace, else the agent's default pod network.
-    async fn select_network(&self, request: &Request) -> Result<(String, String), CniError> {
+    /// The network and project for this pod, and its security groups (empty: the project's
+    /// default): the configuration's `network`, else the binding of the pod's namespace, else
+    /// the agent's default pod network.
+    async fn select_network(
+        &self,
+        request: &Request,
+    ) -> Result<(PoolKey, Vec<String>), CniError> {
         let text = |k: &str| request.config.get(k).and_then(Value::as_str);
         let project = text("project").map(str::to_owned);
         if let Some(network) = text("network") {
-            return self.resolve_network(network, project).await;
+            return Ok((self.resolve_network(network, project).await?, Vec::new()));
         }
         if let Some(namespace) = request.args.get("K8S_POD_NAMESPACE") {
             // Bindings come with the node's view.
@@ -416,11 +424,20 @@ impl Server {
             if let Some(binding) = binding {
                 let network = binding["network_id"].as_str().unwrap_or_default();
                 let project = project.or_else(|| binding["project_id"].as_str().map(str::to_owned));
-                return self.resolve_network(network, project).await;
+                let groups = binding["security_group_ids"]
+                    .as_array()
+                    .map(|ids| {
+                        ids.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return Ok((self.resolve_network(network, project).await?, groups));
             }
         }
         match &self.shared.config.default_pod_network {
-            Some(network) => self.resolve_network(network, project).await,
+            Some(network) => Ok((self.resolve_network(network, project).await?, Vec::new())),
             None => Err(CniError::new(
                 code::INVALID_CONFIG,
                 "no network for this pod",
@@ -526,12 +543,15 @@ impl Server {
     async fn create_port(
         &self,
         request: &Request,
-        network_id: &str,
-        project_id: &str,
+        (network_id, project_id): &PoolKey,
+        groups: &[String],
     ) -> Result<PortRef, CniError> {
         let mut port = self.identity(request);
         port["network_id"] = json!(network_id);
         port["project_id"] = json!(project_id);
+        if !groups.is_empty() {
+            port["security_groups"] = json!(groups);
+        }
         port["device_owner"] = json!(POD_DEVICE_OWNER);
         port["binding:host_id"] = json!(self.shared.config.node);
         let body = json!({ "port": port });

@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod informer;
 pub mod keys;
+pub mod kubernetes;
 pub mod metrics;
 pub mod octavia;
 pub mod service;
@@ -29,6 +30,9 @@ pub enum ControllerError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The Kubernetes cluster cannot be reached as configured.
+    #[error("Kubernetes: {0}")]
+    Kubernetes(String),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
@@ -111,19 +115,24 @@ fn router_for(service: Arc<Service>, registry: Registry, auth: Auth) -> axum::Ro
 }
 
 /// Serves the Neutron and Octavia APIs on `listener` (and on `octavia`, a listener of its own
-/// for the load-balancer catalog entry), identifying callers with `auth`, until `shutdown`
-/// resolves.
+/// for the load-balancer catalog entry), identifying callers with `auth`, and watches the
+/// Kubernetes cluster of `kubernetes` if given, until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     octavia: Option<tokio::net::TcpListener>,
     store: SharedStore,
     config: Config,
     auth: Auth,
+    kubernetes: Option<kubernetes::Settings>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
     let service = Service::new(store, config).shared();
     tokio::spawn(sweep(service.clone()));
     tokio::spawn(compact(service.clone()));
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let watcher = kubernetes.map(|settings| {
+        tokio::spawn(kubernetes::run(service.clone(), settings, stop))
+    });
     let app = router_for(service, Registry::neutron(), auth);
     let mut shutdown = std::pin::pin!(shutdown);
     let (closing, closed) = tokio::sync::watch::channel(false);
@@ -153,6 +162,11 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
         }
+    }
+    // The Kubernetes watcher hands its lease over first, so another controller carries on.
+    let _ = stopping.send(true);
+    if let Some(watcher) = watcher {
+        let _ = tokio::time::timeout(GRACE, watcher).await;
     }
     // Requests in flight finish; streams that never end by themselves (node watches) get
     // `GRACE` and are then cut, so that a rolling restart never hangs.

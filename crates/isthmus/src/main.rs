@@ -62,6 +62,64 @@ struct KeystoneArgs {
     keystone_domain: String,
 }
 
+/// The Kubernetes cluster whose namespaces and pods the controller follows.
+#[derive(clap::Args)]
+struct KubernetesArgs {
+    /// Watch the cluster of this kubeconfig (its current context).
+    #[arg(long, conflicts_with = "kubernetes_in_cluster")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch the cluster this controller runs in (its pod's service account).
+    #[arg(long)]
+    kubernetes_in_cluster: bool,
+    /// Namespace of the Lease that makes one controller the cluster's writer.
+    #[arg(long, default_value = "kube-system")]
+    kubernetes_lease_namespace: String,
+    /// Seconds a silent leader keeps the Lease before another controller takes over.
+    #[arg(long, default_value_t = 15)]
+    kubernetes_lease_seconds: u64,
+    /// This controller's identity in the Lease (default: host name and process id).
+    #[arg(long)]
+    controller_id: Option<String>,
+    /// Seconds a pod's port outlives its pod (deleted from the cluster without its
+    /// runtime calling the CNI DEL) before it is deleted.
+    #[arg(long, default_value_t = 60)]
+    pod_port_grace_seconds: u64,
+}
+
+impl KubernetesArgs {
+    /// The watcher's settings, when a cluster is given.
+    async fn settings(&self) -> anyhow::Result<Option<isthmus_controller::kubernetes::Settings>> {
+        use isthmus_controller::kubernetes::{connect, Cluster, LeaseConfig, Settings};
+        let cluster = match (&self.kubeconfig, self.kubernetes_in_cluster) {
+            (Some(path), _) => Cluster::Kubeconfig(path.clone()),
+            (None, true) => Cluster::InCluster,
+            (None, false) => return Ok(None),
+        };
+        if self.kubernetes_lease_seconds < 2 {
+            bail!("--kubernetes-lease-seconds takes at least 2");
+        }
+        let identity = match &self.controller_id {
+            Some(id) => id.clone(),
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "isthmus".to_owned());
+                format!("{host}-{}", std::process::id())
+            }
+        };
+        Ok(Some(Settings {
+            client: connect(&cluster).await?,
+            lease: LeaseConfig {
+                namespace: self.kubernetes_lease_namespace.clone(),
+                name: "isthmus-controller".to_owned(),
+                identity,
+                duration: std::time::Duration::from_secs(self.kubernetes_lease_seconds),
+            },
+            pod_grace: std::time::Duration::from_secs(self.pod_port_grace_seconds),
+        }))
+    }
+}
+
 impl KeystoneArgs {
     /// The user and password, when a Keystone URL is given.
     fn credentials(&self) -> anyhow::Result<Option<(String, String)>> {
@@ -121,6 +179,8 @@ enum Command {
         /// outlives the token itself).
         #[arg(long, default_value_t = 300)]
         token_cache_seconds: u64,
+        #[command(flatten)]
+        kubernetes: KubernetesArgs,
     },
     /// Run a node agent: register the node and keep its kernel in line with the controller.
     Agent {
@@ -290,6 +350,7 @@ async fn main() -> anyhow::Result<()> {
             auth,
             keystone,
             token_cache_seconds,
+            kubernetes,
         } => {
             if underlay_mtu < 68 + 50 {
                 bail!("--underlay-mtu {underlay_mtu} is too small for VXLAN (needs at least 118)");
@@ -381,8 +442,17 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            isthmus_controller::serve(listener, octavia, store, config, auth, shutdown_signal())
-                .await?;
+            let kubernetes = kubernetes.settings().await?;
+            isthmus_controller::serve(
+                listener,
+                octavia,
+                store,
+                config,
+                auth,
+                kubernetes,
+                shutdown_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::Agent {

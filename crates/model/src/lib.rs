@@ -10,6 +10,7 @@ pub mod floating_ip;
 pub mod input;
 pub mod ipam;
 pub mod keystone;
+pub mod kubernetes;
 pub mod lbaas;
 pub mod mac;
 pub mod meta;

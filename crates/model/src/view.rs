@@ -160,6 +160,7 @@ pub struct Mirror {
     ports_by_host: HashMap<String, BTreeSet<String>>,
     ports_by_network: HashMap<String, BTreeSet<String>>,
     ports_by_group: HashMap<String, BTreeSet<String>>,
+    ports_by_device_owner: HashMap<String, BTreeSet<String>>,
     subnets_by_network: HashMap<String, BTreeSet<String>>,
     rules_by_group: HashMap<String, BTreeSet<String>>,
     routers_by_network: HashMap<String, BTreeSet<String>>,
@@ -191,6 +192,7 @@ impl Mirror {
                 for g in &p.security_groups {
                     index_remove(&mut self.ports_by_group, g, &p.meta.id);
                 }
+                index_remove(&mut self.ports_by_device_owner, &p.device_owner, &p.meta.id);
             }
             Object::Subnet(s) => {
                 index_remove(&mut self.subnets_by_network, &s.network_id, &s.meta.id)
@@ -225,6 +227,7 @@ impl Mirror {
                 for g in &p.security_groups {
                     index_add(&mut self.ports_by_group, g, &p.meta.id);
                 }
+                index_add(&mut self.ports_by_device_owner, &p.device_owner, &p.meta.id);
             }
             Object::Subnet(s) => index_add(&mut self.subnets_by_network, &s.network_id, &s.meta.id),
             Object::SecurityGroupRule(r) => {
@@ -245,6 +248,18 @@ impl Mirror {
             }
             _ => {}
         }
+    }
+
+    /// The ports whose `device_owner` is `owner` (e.g. every pod's).
+    pub fn ports_owned_by<'a>(&'a self, owner: &str) -> impl Iterator<Item = &'a Port> + 'a {
+        self.ports_by_device_owner
+            .get(owner)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| match self.get(&(ObjectKind::Port, id.clone())) {
+                Some(Object::Port(p)) => Some(p),
+                _ => None,
+            })
     }
 
     /// Stores an object written at `revision`, unless the mirror already has a newer one

@@ -365,6 +365,21 @@ impl Service {
         self.remove_port(None, id, None).await
     }
 
+    /// Deletes port `id` if it still belongs to the Kubernetes pod `pod_uid` and is at
+    /// `revision` (the watcher's collection of ports whose pod is gone); `false` when it
+    /// changed in between or is gone already.
+    pub async fn delete_pod_port(&self, id: &str, pod_uid: &str, revision: u64) -> Result<bool> {
+        match self.load::<Port>(id).await? {
+            Some((port, _)) if port.device_id == pod_uid => {}
+            _ => return Ok(false),
+        }
+        match self.remove_port(None, id, Some(revision)).await {
+            Ok(()) => Ok(true),
+            Err(Error::NotFound { .. } | Error::RevisionNumberConstraintFailed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes a port, releasing its addresses and MAC and disassociating its floating IPs in
     /// the same transaction. Through the API (`caller` given) ports the L3 service owns are
     /// refused.
