@@ -404,10 +404,7 @@ impl Server {
     /// The network and project for this pod, and its security groups (empty: the project's
     /// default): the configuration's `network`, else the binding of the pod's namespace, else
     /// the agent's default pod network.
-    async fn select_network(
-        &self,
-        request: &Request,
-    ) -> Result<(PoolKey, Vec<String>), CniError> {
+    async fn select_network(&self, request: &Request) -> Result<(PoolKey, Vec<String>), CniError> {
         let text = |k: &str| request.config.get(k).and_then(Value::as_str);
         let project = text("project").map(str::to_owned);
         if let Some(network) = text("network") {

@@ -130,9 +130,8 @@ pub async fn serve(
     tokio::spawn(sweep(service.clone()));
     tokio::spawn(compact(service.clone()));
     let (stopping, stop) = tokio::sync::watch::channel(false);
-    let watcher = kubernetes.map(|settings| {
-        tokio::spawn(kubernetes::run(service.clone(), settings, stop))
-    });
+    let watcher =
+        kubernetes.map(|settings| tokio::spawn(kubernetes::run(service.clone(), settings, stop)));
     let app = router_for(service, Registry::neutron(), auth);
     let mut shutdown = std::pin::pin!(shutdown);
     let (closing, closed) = tokio::sync::watch::channel(false);

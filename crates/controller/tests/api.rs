@@ -1002,8 +1002,27 @@ async fn namespace_bindings_pick_a_network_per_namespace() {
         (
             "web",
             json!({"namespace_binding": {"network_id": "nope"}}),
+            400,
+            "HTTPBadRequest",
+        ),
+        (
+            "web",
+            json!({"namespace_binding": {"network_id": "6b1f0b52-8a4c-4bd5-9a0e-2f3b1c0d9e11"}}),
             404,
             "NetworkNotFound",
+        ),
+        (
+            "web",
+            json!({"namespace_binding": {"network_id": net_id,
+                   "security_group_ids": ["6b1f0b52-8a4c-4bd5-9a0e-2f3b1c0d9e11"]}}),
+            404,
+            "SecurityGroupNotFound",
+        ),
+        (
+            "web",
+            json!({"namespace_binding": {"network_id": net_id, "security_group_ids": "x"}}),
+            400,
+            "HTTPBadRequest",
         ),
         (
             "web",

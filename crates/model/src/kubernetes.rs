@@ -209,7 +209,10 @@ mod tests {
                 (NETWORK_ANNOTATION, "n"),
                 (
                     SECURITY_GROUPS_ANNOTATION,
-                    &(0..33).map(|i| format!("g{i}")).collect::<Vec<_>>().join(","),
+                    &(0..33)
+                        .map(|i| format!("g{i}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
                 ),
             ]),
         ] {
@@ -274,7 +277,10 @@ mod tests {
     #[test]
     fn orphaned_ports_go_after_the_grace_period_and_not_before() {
         let mut orphans = Orphans::default();
-        let ports = [pod_port("gone", UID), pod_port("alive", "11111111-2222-4333-8444-555555555555")];
+        let ports = [
+            pod_port("gone", UID),
+            pod_port("alive", "11111111-2222-4333-8444-555555555555"),
+        ];
         let live = |uid: &str| uid.starts_with("1111");
         assert!(orphans.sweep(100, 30, &ports, live).is_empty());
         assert_eq!(orphans.pending(), 1);

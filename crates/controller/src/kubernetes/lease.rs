@@ -98,7 +98,9 @@ async fn attempt(
     observed: &mut Option<Observed>,
 ) -> Result<bool, kube::Error> {
     let now = MicroTime(Timestamp::now());
-    let seconds = i32::try_from(config.duration.as_secs()).unwrap_or(i32::MAX).max(1);
+    let seconds = i32::try_from(config.duration.as_secs())
+        .unwrap_or(i32::MAX)
+        .max(1);
     let Some(mut lease) = api.get_opt(&config.name).await? else {
         let lease = Lease {
             metadata: ObjectMeta {

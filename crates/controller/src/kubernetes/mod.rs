@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
-use isthmus_model::kubernetes::{pod_uid, port_annotation, NamespaceIntent, Orphans, PORT_ANNOTATION};
+use isthmus_model::kubernetes::{
+    pod_uid, port_annotation, NamespaceIntent, Orphans, PORT_ANNOTATION,
+};
 use isthmus_model::port::POD_DEVICE_OWNER;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, Patch, PatchParams};
@@ -81,7 +83,13 @@ struct Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
 
 impl<K> Cache<K>
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     /// Starts a metadata reflector on every `K` of the cluster; `changed` is notified after
     /// each event.
@@ -188,10 +196,9 @@ pub async fn run(service: Arc<Service>, settings: Settings, stop: watch::Receive
     };
     let mut revision = watcher.service.informer().subscribe();
     let mut stop = stop;
-    let mut collect = tokio::time::interval((settings.pod_grace / 4).clamp(
-        Duration::from_millis(500),
-        Duration::from_secs(15),
-    ));
+    let mut collect = tokio::time::interval(
+        (settings.pod_grace / 4).clamp(Duration::from_millis(500), Duration::from_secs(15)),
+    );
     let mut full = tokio::time::interval(FULL_PASS);
     loop {
         let mut sweep = false;
@@ -279,7 +286,9 @@ impl Watcher {
             let done = match outcome {
                 Ok(()) => Done::Applied(intent),
                 Err(e) => {
-                    eprintln!("isthmus controller: binding namespace {name} from its annotations: {e}");
+                    eprintln!(
+                        "isthmus controller: binding namespace {name} from its annotations: {e}"
+                    );
                     Done::Failed(intent, Instant::now())
                 }
             };
@@ -317,7 +326,11 @@ impl Watcher {
             for port in mirror.ports_owned_by(POD_DEVICE_OWNER) {
                 if let Some(uid) = pod_uid(port) {
                     // A pod with several attachments is annotated with its first (eth0).
-                    let first = port.binding.profile.get("cni_ifname").and_then(|v| v.as_str())
+                    let first = port
+                        .binding
+                        .profile
+                        .get("cni_ifname")
+                        .and_then(|v| v.as_str())
                         == Some("eth0");
                     if first || !ports.contains_key(uid) {
                         ports.insert(uid.to_owned(), port_annotation(port));
@@ -329,15 +342,20 @@ impl Watcher {
                     let meta = &pod.metadata;
                     let uid = meta.uid.as_ref()?;
                     let wanted = ports.get(uid)?;
-                    let current = meta.annotations.as_ref().and_then(|a| a.get(PORT_ANNOTATION));
-                    (current != Some(wanted) && self.annotated.get(uid) != Some(wanted)).then(|| {
-                        (
-                            meta.namespace.clone().unwrap_or_default(),
-                            meta.name.clone().unwrap_or_default(),
-                            uid.clone(),
-                            wanted.clone(),
-                        )
-                    })
+                    let current = meta
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(PORT_ANNOTATION));
+                    (current != Some(wanted) && self.annotated.get(uid) != Some(wanted)).then(
+                        || {
+                            (
+                                meta.namespace.clone().unwrap_or_default(),
+                                meta.name.clone().unwrap_or_default(),
+                                uid.clone(),
+                                wanted.clone(),
+                            )
+                        },
+                    )
                 })
                 .collect()
         };

@@ -38,7 +38,10 @@ impl Wanted {
     fn matches(&self, binding: &NamespaceBinding) -> bool {
         binding.origin == self.origin
             && binding.network_id == self.network
-            && self.project.as_ref().is_none_or(|p| *p == binding.project_id)
+            && self
+                .project
+                .as_ref()
+                .is_none_or(|p| *p == binding.project_id)
             && binding.security_group_ids == self.security_groups
     }
 }
@@ -197,10 +200,8 @@ impl Service {
 
     /// A security group by id, or by its name in `project`.
     async fn resolve_security_group(&self, reference: &str, project: &str) -> Result<String> {
-        if input::is_uuid(reference) {
-            if self.load::<SecurityGroup>(reference).await?.is_some() {
-                return Ok(reference.to_owned());
-            }
+        if input::is_uuid(reference) && self.load::<SecurityGroup>(reference).await?.is_some() {
+            return Ok(reference.to_owned());
         }
         let named: Vec<String> = self
             .load_all::<SecurityGroup>(keys::SECURITY_GROUPS)
@@ -240,7 +241,10 @@ impl Service {
                 .unwrap_or_else(|| network.meta.project_id.clone());
             let mut txn = Txn::new()
                 // The network and groups must still be there when the binding lands.
-                .when(Compare::mod_revision(keys::network(&wanted.network), net_rev));
+                .when(Compare::mod_revision(
+                    keys::network(&wanted.network),
+                    net_rev,
+                ));
             for id in &wanted.security_groups {
                 let (group, rev) = self.must_load::<SecurityGroup>(id).await?;
                 if group.meta.project_id != project {

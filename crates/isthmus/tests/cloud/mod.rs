@@ -33,18 +33,31 @@ pub fn cloud_with(agent_args: &[&[&str]]) -> Option<Cloud> {
     }
     let lab = Lab::new(agent_args.len()).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let controller = lab.start_controller(BIN, data.path()).unwrap();
+    Some(start_cloud(lab, data, &[], agent_args))
+}
+
+/// Starts a controller (with `controller_args` after noauth) and an agent per entry of
+/// `agent_args` in `lab`.
+pub fn start_cloud(
+    lab: Lab,
+    data: tempfile::TempDir,
+    controller_args: &[&str],
+    agent_args: &[&[&str]],
+) -> Cloud {
+    let mut args = vec!["--auth", "noauth"];
+    args.extend_from_slice(controller_args);
+    let controller = lab.start_controller_with(BIN, data.path(), &args).unwrap();
     let agents = agent_args
         .iter()
         .enumerate()
         .map(|(i, extra)| lab.start_agent_with(BIN, i, extra).unwrap())
         .collect();
-    Some(Cloud {
+    Cloud {
         agents,
         controller,
         data,
         lab,
-    })
+    }
 }
 
 pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
