@@ -568,6 +568,7 @@ fn snat_namespace(
             rules.push(format!(
                 "oifname \"{qg}\" ip saddr {fixed} snat to {floating}"
             ));
+            rules.extend(vip_masquerade(view, snat_ports, *fixed));
         }
         let external_v4 = gp.fixed_ips.iter().map(|f| f.ip_address).find(|ip| v4(*ip));
         if let (true, Some(address), false) = (ext.enable_snat, external_v4, tenant_v4.is_empty()) {
@@ -590,6 +591,32 @@ fn snat_namespace(
         snat.interfaces.insert(name, iface);
     }
     snat
+}
+
+/// For a floating IP on a load balancer's VIP: connections it brings in leave towards the VIP
+/// with this SNAT namespace's own address on the VIP's network as their source. The node
+/// balancing them may send them to a member on another network, whose replies would
+/// otherwise take the router's way out (another path, without either translation); to this
+/// address they come back through that node and this namespace (as kube-proxy masquerades
+/// external traffic). Members see this address, not the outside client's.
+fn vip_masquerade(view: &NodeView, snat_ports: &[&Port], fixed: IpAddr) -> Option<String> {
+    let lb = view
+        .balancing
+        .load_balancers
+        .values()
+        .find(|lb| lb.vip_address == fixed)?;
+    let sp = snat_ports
+        .iter()
+        .find(|p| p.network_id == lb.vip_network_id)?;
+    let own = sp
+        .fixed_ips
+        .iter()
+        .map(|f| f.ip_address)
+        .find(|ip| v4(*ip))?;
+    Some(format!(
+        "oifname \"sg-{}\" ip daddr {fixed} ct status dnat snat to {own}",
+        short(&sp.id)
+    ))
 }
 
 fn nat(dnat: Vec<String>, snat: Vec<String>) -> BTreeMap<String, NatChain> {
@@ -1157,6 +1184,26 @@ mod tests {
             v.apply(&p).unwrap();
         }
         v
+    }
+
+    #[test]
+    fn a_central_floating_ip_on_a_vip_comes_back_through_this_namespace() {
+        let mut v = view_with_gateway();
+        v.apply(&line(
+            "loadbalancer",
+            json!({"id": "lb1", "vip_address": "10.2.0.7", "vip_network_id": "net-b",
+                   "admin_state_up": true, "listeners": []}),
+        ))
+        .unwrap();
+        let snat = &desired(&v, &node("node1"))[&snat_namespace_name(R)];
+        assert_eq!(
+            snat.nat["outbound"].rules,
+            [
+                "oifname \"qg-e1000000000\" ip saddr 10.2.0.7 snat to 172.24.4.21",
+                "oifname \"sg-s2000000000\" ip daddr 10.2.0.7 ct status dnat snat to 10.2.0.3",
+                "oifname \"qg-e1000000000\" ip saddr { 10.1.0.0/24, 10.2.0.0/24 } snat to 172.24.4.10",
+            ]
+        );
     }
 
     #[test]

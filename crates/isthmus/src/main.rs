@@ -84,6 +84,15 @@ struct KubernetesArgs {
     /// runtime calling the CNI DEL) before it is deleted.
     #[arg(long, default_value_t = 60)]
     pod_port_grace_seconds: u64,
+    /// The Neutron subnet (id or name) whose CIDR is the cluster's service CIDR: Services
+    /// become load balancers with their cluster IP as VIP, claimed in it. Without it
+    /// Services are not followed.
+    #[arg(long)]
+    service_subnet: Option<String>,
+    /// The external network (id or name) whose floating IPs `type: LoadBalancer` Services
+    /// get.
+    #[arg(long, requires = "service_subnet")]
+    external_network: Option<String>,
 }
 
 impl KubernetesArgs {
@@ -116,6 +125,12 @@ impl KubernetesArgs {
                 duration: std::time::Duration::from_secs(self.kubernetes_lease_seconds),
             },
             pod_grace: std::time::Duration::from_secs(self.pod_port_grace_seconds),
+            services: self.service_subnet.clone().map(|subnet| {
+                isthmus_controller::kubernetes::ServiceSettings {
+                    subnet,
+                    external_network: self.external_network.clone(),
+                }
+            }),
         }))
     }
 }

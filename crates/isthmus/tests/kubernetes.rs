@@ -4,14 +4,19 @@
 
 mod apiserver;
 mod cloud;
+mod lb;
 mod support;
 
 use std::time::Duration;
 
 use apiserver::ApiServer;
-use cloud::{cni_add, cni_conf, shared_network, start_cloud, wait_for, Cloud};
+use cloud::{
+    add_router_interface, cni_add, cni_conf, create, ipv4_only, shared_network, start_cloud,
+    wait_for, Cloud,
+};
 use isthmus_lab::Lab;
 use isthmus_store::etcd_server::EtcdServer;
+use lb::{count, serve, within};
 use serde_json::{json, Value};
 use support::{free_port, Controller};
 
@@ -34,30 +39,25 @@ fn pod(namespace: &str, name: &str, node: &str) -> Value {
 }
 
 /// A lab whose controller watches the double (which listens in the fabric, where the
-/// controller runs).
-fn kube_cloud(nodes: usize, grace: &str) -> Option<(Cloud, ApiServer)> {
+/// controller runs), with `extra` controller arguments and an agent per entry of `agents`.
+fn kube_cloud(agents: &[&[&str]], extra: &[&str]) -> Option<(Cloud, ApiServer)> {
     if !isthmus_lab::runnable() {
         return None;
     }
-    let lab = Lab::new(nodes).unwrap();
+    let lab = Lab::new(agents.len()).unwrap();
     let apiserver = ApiServer::start(lab.fabric.listen_tcp("10.251.0.254:6443").unwrap());
     let data = tempfile::tempdir().unwrap();
     let kubeconfig = data.path().join("kubeconfig");
     apiserver.kubeconfig(&kubeconfig);
     let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
-    let cloud = start_cloud(
-        lab,
-        data,
-        &[
-            "--kubeconfig",
-            &kubeconfig,
-            "--kubernetes-lease-seconds",
-            "3",
-            "--pod-port-grace-seconds",
-            grace,
-        ],
-        &vec![&["--pool-size", "0"][..]; nodes],
-    );
+    let mut args = vec![
+        "--kubeconfig",
+        &kubeconfig,
+        "--kubernetes-lease-seconds",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    let cloud = start_cloud(lab, data, &args, agents);
     Some((cloud, apiserver))
 }
 
@@ -98,7 +98,9 @@ fn port_of(lab: &Lab, result: &Value) -> Value {
 
 #[test]
 fn namespaces_pods_and_leaked_ports_follow_the_cluster() {
-    let Some((cloud, k8s)) = kube_cloud(1, "2") else {
+    let Some((cloud, k8s)) =
+        kube_cloud(&[&["--pool-size", "0"]], &["--pod-port-grace-seconds", "2"])
+    else {
         return isthmus_lab::skip("needs root and the lab's kernel features");
     };
     let lab = &cloud.lab;
@@ -330,4 +332,251 @@ fn terminate(pid: u32) {
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
+}
+
+fn endpoints(pods: &[(&str, &str, &Value, bool, bool)]) -> Value {
+    Value::Array(
+        pods.iter()
+            .map(|(name, ip, pod, ready, terminating)| {
+                json!({
+                    "addresses": [ip],
+                    "conditions": {"ready": ready, "serving": ready | terminating, "terminating": terminating},
+                    "nodeName": pod["spec"]["nodeName"],
+                    "targetRef": {"kind": "Pod", "namespace": "team-b", "name": name,
+                                  "uid": pod["metadata"]["uid"]},
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Services are load balancers whose VIP is the cluster IP, balanced on every node from the
+/// Service and EndpointSlice objects; `type: LoadBalancer` adds a floating IP.
+#[test]
+fn services_are_balanced_in_every_node_kernel() {
+    let mapped: &[&str] = &["--physnet", isthmus_lab::PUBLIC_MAPPING, "--pool-size", "0"];
+    let plain: &[&str] = &["--pool-size", "0"];
+    let Some((cloud, k8s)) = kube_cloud(
+        &[mapped, plain, plain],
+        &[
+            "--service-subnet",
+            "service-cidr",
+            "--external-network",
+            "public",
+        ],
+    ) else {
+        return isthmus_lab::skip("needs root and the lab's kernel features");
+    };
+    let lab = &cloud.lab;
+    let (pods_net, pods_sub) = shared_network(lab, "pods", "10.70.0.0/24");
+    let (s, net) = lab.api(
+        "POST",
+        "/v2.0/networks",
+        Some(&json!({"network": {"name": "services"}})),
+    );
+    assert_eq!(s, 201, "{net}");
+    let service_sub = create(
+        lab,
+        "/v2.0/subnets",
+        "subnet",
+        json!({"name": "service-cidr", "network_id": net["network"]["id"], "ip_version": 4,
+               "cidr": "10.96.0.0/24", "enable_dhcp": false}),
+    );
+    let public = lab.create_public_network().unwrap();
+    let router = create(
+        lab,
+        "/v2.0/routers",
+        "router",
+        json!({"name": "cluster", "external_gateway_info": {"network_id": public}}),
+    );
+    let router = router["id"].as_str().unwrap().to_owned();
+    add_router_interface(lab, &router, &pods_sub);
+    add_router_interface(lab, &router, service_sub["id"].as_str().unwrap());
+    wait_for("the agents", Duration::from_secs(20), || {
+        lab.api("GET", "/v2.0/agents", None).1["agents"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3)
+    });
+
+    // Pods of team-b land on the pod network; the client is a VM on node 1.
+    k8s.create(namespace(
+        "team-b",
+        json!({"isthmus.io/network": "pods", "isthmus.io/project": "project-a"}),
+    ));
+    wait_binding(lab, "team-b", &pods_net);
+    let vm_port = create(
+        lab,
+        "/v2.0/ports",
+        "port",
+        json!({"network_id": pods_net, "project_id": "project-a", "binding:host_id": "node1",
+               "device_owner": "compute:nova", "name": "client"}),
+    );
+    let group = cloud::default_group(lab, Some("project-a"));
+    create(
+        lab,
+        "/v2.0/security-group-rules",
+        "security_group_rule",
+        json!({"security_group_id": group, "direction": "ingress", "protocol": "tcp",
+               "port_range_min": 8080, "port_range_max": 8080, "remote_ip_prefix": "0.0.0.0/0"}),
+    );
+    let client = lab
+        .add_vm_for_port(0, &vm_port, 24, Some("10.70.0.1"), 1450)
+        .unwrap();
+    ipv4_only(&client.ns);
+    let conf = |node: usize| cni_conf(&cloud, node, json!({}));
+    let mut pods = Vec::new();
+    let mut servers = Vec::new();
+    for (name, node) in [
+        ("web-1", 1),
+        ("web-2", 1),
+        ("web-3", 2),
+        ("web-4", 2),
+        ("web-5", 1),
+    ] {
+        let object = k8s.create(pod("team-b", name, &format!("node{}", node + 1)));
+        let uid = object["metadata"]["uid"].as_str().unwrap().to_owned();
+        let sandbox = lab.add_pod().unwrap();
+        ipv4_only(&sandbox.ns);
+        let args = format!("K8S_POD_NAMESPACE=team-b;K8S_POD_NAME={name};K8S_POD_UID={uid}");
+        let result = cni_add(&cloud, node, &sandbox, name, &args, &conf(node));
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        servers.push(serve(&sandbox.ns, name));
+        pods.push((name, ip, object, sandbox));
+    }
+    let ep = |i: usize, ready: bool, terminating: bool| {
+        let (name, ip, object, _) = &pods[i];
+        (*name, ip.as_str(), object, ready, terminating)
+    };
+
+    // A ClusterIP Service with 3 ready endpoints (pods on nodes 2 and 3).
+    let vip = "10.96.0.10";
+    k8s.create(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "team-b"},
+        "spec": {"type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip],
+                 "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http"}],
+                 "selector": {"app": "web"}, "sessionAffinity": "None"},
+        "status": {"loadBalancer": {}},
+    }));
+    k8s.create(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-7x2kq", "namespace": "team-b",
+                     "labels": {"kubernetes.io/service-name": "web",
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+        "endpoints": endpoints(&[ep(0, true, false), ep(1, true, false), ep(2, true, false)]),
+    }));
+    wait_for("the cluster IP to answer", Duration::from_secs(20), || {
+        !count(&client.ns, vip, 80, 6).contains_key("<failed>")
+    });
+    let lbs = lab.api("GET", "/v2/lbaas/loadbalancers", None).1;
+    assert_eq!(lbs["loadbalancers"][0]["vip_address"], vip, "{lbs}");
+    assert_eq!(lbs["loadbalancers"][0]["name"], "team-b/web");
+    let counts = count(&client.ns, vip, 80, 300);
+    for name in ["web-1", "web-2", "web-3"] {
+        assert!(within(&counts, name, 100, 30), "{counts:?}");
+    }
+
+    // Scaled to 5: the new pods get connections.
+    k8s.patch(
+        "EndpointSlice",
+        "team-b",
+        "web-7x2kq",
+        json!({"endpoints": endpoints(&[ep(0, true, false), ep(1, true, false), ep(2, true, false),
+                                         ep(3, true, false), ep(4, true, false)])}),
+    );
+    wait_for(
+        "the new endpoints to get connections",
+        Duration::from_secs(10),
+        || {
+            let c = count(&client.ns, vip, 80, 20);
+            c.contains_key("web-4") && c.contains_key("web-5")
+        },
+    );
+    // web-1 turns not ready: no new connections; web-2 terminates: it drains.
+    k8s.patch(
+        "EndpointSlice",
+        "team-b",
+        "web-7x2kq",
+        json!({"endpoints": endpoints(&[ep(0, false, false), ep(1, false, true), ep(2, true, false),
+                                         ep(3, true, false), ep(4, true, false)])}),
+    );
+    wait_for(
+        "web-1 and web-2 to get nothing new",
+        Duration::from_secs(10),
+        || {
+            let c = count(&client.ns, vip, 80, 30);
+            !c.contains_key("web-1") && !c.contains_key("web-2") && !c.contains_key("<failed>")
+        },
+    );
+    let counts = count(&client.ns, vip, 80, 90);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+
+    // ClientIP affinity pins the client to one endpoint.
+    k8s.patch(
+        "Service",
+        "team-b",
+        "web",
+        json!({"spec": {"sessionAffinity": "ClientIP",
+                        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}}),
+    );
+    wait_for(
+        "affinity to pin the client",
+        Duration::from_secs(10),
+        || count(&client.ns, vip, 80, 20).len() == 1,
+    );
+
+    // type LoadBalancer: a floating IP in the status, reachable from outside.
+    k8s.patch(
+        "Service",
+        "team-b",
+        "web",
+        json!({"spec": {"type": "LoadBalancer"}}),
+    );
+    let mut ingress = String::new();
+    wait_for(
+        "the Service's load-balancer status",
+        Duration::from_secs(15),
+        || {
+            ingress = k8s.get("Service", "team-b", "web").unwrap()["status"]["loadBalancer"]
+                ["ingress"][0]["ip"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            !ingress.is_empty()
+        },
+    );
+    let outside = lab.add_outside_host("172.24.4.200/24").unwrap();
+    wait_for(
+        "the floating IP to answer from outside",
+        Duration::from_secs(20),
+        || !count(&outside, &ingress, 80, 3).contains_key("<failed>"),
+    );
+
+    // The Service deleted: its load balancer, VIP port and floating IP go.
+    k8s.delete("Service", "team-b", "web");
+    wait_for("the load balancer to go", Duration::from_secs(15), || {
+        lab.api("GET", "/v2/lbaas/loadbalancers", None).1["loadbalancers"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    });
+    let fips = lab.api("GET", "/v2.0/floatingips", None).1;
+    assert_eq!(fips["floatingips"], json!([]), "{fips}");
+    let vip_ports = lab
+        .api(
+            "GET",
+            &format!("/v2.0/ports?fixed_ips=ip_address%3D{vip}"),
+            None,
+        )
+        .1;
+    assert_eq!(vip_ports["ports"], json!([]), "{vip_ports}");
+    assert!(count(&client.ns, vip, 80, 3).contains_key("<failed>"));
+    drop(servers);
 }

@@ -3,6 +3,7 @@
 //! behind a router; every node balances its own clients with nftables.
 
 mod cloud;
+mod lb;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -14,47 +15,8 @@ use cloud::{
     wait_for, Cloud, BIN,
 };
 use isthmus_lab::{Lab, Netns};
+use lb::{count, serve, within, CLIENT};
 use serde_json::{json, Value};
-
-const BACKEND: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/backend.py");
-const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/client.py");
-
-/// A member's server, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(ns: &Netns, name: &str) -> Server {
-    let mut child = ns
-        .command("python3")
-        .args([BACKEND, name, "8080"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), "ready");
-    Server(child)
-}
-
-/// Connections per member over `n` TCP connections from `ns` to `vip:port`.
-fn count(ns: &Netns, vip: &str, port: u16, n: u32) -> BTreeMap<String, u64> {
-    let out = ns
-        .exec(
-            "python3",
-            &[CLIENT, "count", vip, &port.to_string(), &n.to_string()],
-        )
-        .unwrap();
-    serde_json::from_str(&out).unwrap()
-}
 
 /// One held connection: the member that took it, and an echo through it.
 struct Held {
@@ -135,11 +97,6 @@ fn wait_served(ns: &Netns, vip: &str, port: u16) {
         let c = count(ns, vip, port, 6);
         !c.contains_key("<failed>")
     });
-}
-
-fn within(counts: &BTreeMap<String, u64>, member: &str, expected: u64, slack: u64) -> bool {
-    let got = counts.get(member).copied().unwrap_or(0);
-    got + slack >= expected && got <= expected + slack
 }
 
 fn pod(cloud: &Cloud, node: usize, name: &str) -> (isthmus_lab::Pod, String) {

@@ -165,6 +165,7 @@ pub struct Mirror {
     rules_by_group: HashMap<String, BTreeSet<String>>,
     routers_by_network: HashMap<String, BTreeSet<String>>,
     fips_by_router: HashMap<String, BTreeSet<String>>,
+    fips_by_port: HashMap<String, BTreeSet<String>>,
     lbs_by_network: HashMap<String, BTreeSet<String>>,
 }
 
@@ -208,6 +209,7 @@ impl Mirror {
             Object::FloatingIp(f) => {
                 if let Some(a) = &f.association {
                     index_remove(&mut self.fips_by_router, &a.router_id, &f.meta.id);
+                    index_remove(&mut self.fips_by_port, &a.port_id, &f.meta.id);
                 }
             }
             Object::LoadBalancer(l) => {
@@ -241,6 +243,7 @@ impl Mirror {
             Object::FloatingIp(f) => {
                 if let Some(a) = &f.association {
                     index_add(&mut self.fips_by_router, &a.router_id, &f.meta.id);
+                    index_add(&mut self.fips_by_port, &a.port_id, &f.meta.id);
                 }
             }
             Object::LoadBalancer(l) => {
@@ -248,6 +251,35 @@ impl Mirror {
             }
             _ => {}
         }
+    }
+
+    /// The load balancers whose VIP is on `network`.
+    pub fn load_balancers_on<'a>(
+        &'a self,
+        network: &str,
+    ) -> impl Iterator<Item = &'a LoadBalancer> + 'a {
+        self.lbs_by_network
+            .get(network)
+            .into_iter()
+            .flatten()
+            .filter_map(
+                |id| match self.get(&(ObjectKind::LoadBalancer, id.clone())) {
+                    Some(Object::LoadBalancer(l)) => Some(l),
+                    _ => None,
+                },
+            )
+    }
+
+    /// The floating IPs associated with `port`.
+    pub fn floating_ips_of<'a>(&'a self, port: &str) -> impl Iterator<Item = &'a FloatingIp> + 'a {
+        self.fips_by_port
+            .get(port)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| match self.get(&(ObjectKind::FloatingIp, id.clone())) {
+                Some(Object::FloatingIp(f)) => Some(f),
+                _ => None,
+            })
     }
 
     /// The ports whose `device_owner` is `owner` (e.g. every pod's).

@@ -7,6 +7,7 @@
 //! delays them.
 
 pub mod lease;
+mod services;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -28,6 +29,7 @@ use kube::{Client, Resource};
 use tokio::sync::{watch, Notify};
 
 pub use lease::LeaseConfig;
+pub use services::ServiceSettings;
 
 use crate::Service;
 
@@ -39,6 +41,8 @@ pub struct Settings {
     pub lease: LeaseConfig,
     /// How long a pod port outlives its pod before it is deleted.
     pub pod_grace: Duration,
+    /// Services as load balancers, when a service subnet is given.
+    pub services: Option<services::ServiceSettings>,
 }
 
 /// Where the cluster's API server is and how to authenticate to it.
@@ -77,7 +81,7 @@ const RETRY_FAILED: Duration = Duration::from_secs(5);
 
 /// A reflector's cache, and whether it holds a complete list yet.
 struct Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
-    store: Store<PartialObjectMeta<K>>,
+    store: Store<K>,
     ready: Arc<AtomicBool>,
 }
 
@@ -91,20 +95,18 @@ where
         + Sync
         + 'static,
 {
-    /// Starts a metadata reflector on every `K` of the cluster; `changed` is notified after
-    /// each event.
-    fn start(client: &Client, what: &'static str, changed: Arc<Notify>) -> Self {
+    /// Starts a reflector on `api` (every `K` of the cluster); `mark` sees each event before
+    /// `changed` is notified.
+    fn start(
+        api: Api<K>,
+        what: &'static str,
+        changed: Arc<Notify>,
+        mark: impl Fn(&watcher::Event<K>) + Send + 'static,
+    ) -> Self {
         let (store, writer) = reflector::store();
         let ready = Arc::new(AtomicBool::new(false));
-        let stream = reflector(
-            writer,
-            watcher(
-                Api::<PartialObjectMeta<K>>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff();
-        tokio::spawn(drive(stream, what, ready.clone(), changed));
+        let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+        tokio::spawn(drive(stream, what, ready.clone(), changed, mark));
         Cache { store, ready }
     }
 
@@ -119,6 +121,7 @@ async fn drive<K>(
     what: &'static str,
     ready: Arc<AtomicBool>,
     changed: Arc<Notify>,
+    mark: impl Fn(&watcher::Event<K>),
 ) {
     let mut stream = std::pin::pin!(stream);
     let mut failing = false;
@@ -132,6 +135,7 @@ async fn drive<K>(
                 if matches!(event, watcher::Event::InitDone) {
                     ready.store(true, Ordering::Release);
                 }
+                mark(&event);
                 changed.notify_one();
             }
             // The backoff paces the retries; say so once per outage.
@@ -161,8 +165,9 @@ struct Watcher {
     service: Arc<Service>,
     client: Client,
     pod_grace: Duration,
-    namespaces: Cache<Namespace>,
-    pods: Cache<Pod>,
+    namespaces: Cache<PartialObjectMeta<Namespace>>,
+    pods: Cache<PartialObjectMeta<Pod>>,
+    services: Option<services::Services>,
     /// Per namespace, what the last pass did.
     done: HashMap<String, Done>,
     /// Per pod UID, the port annotation last written.
@@ -185,8 +190,21 @@ pub async fn run(service: Arc<Service>, settings: Settings, stop: watch::Receive
     ));
     let changed = Arc::new(Notify::new());
     let mut watcher = Watcher {
-        namespaces: Cache::start(&settings.client, "namespaces", changed.clone()),
-        pods: Cache::start(&settings.client, "pods", changed.clone()),
+        namespaces: Cache::start(
+            Api::all(settings.client.clone()),
+            "namespaces",
+            changed.clone(),
+            |_| {},
+        ),
+        pods: Cache::start(
+            Api::all(settings.client.clone()),
+            "pods",
+            changed.clone(),
+            |_| {},
+        ),
+        services: settings
+            .services
+            .map(|s| services::Services::start(&settings.client, s, changed.clone())),
         service,
         client: settings.client,
         pod_grace: settings.pod_grace,
@@ -223,6 +241,9 @@ pub async fn run(service: Arc<Service>, settings: Settings, stop: watch::Receive
                 watcher.collect_orphans().await;
             }
         }
+        if let Some(services) = &mut watcher.services {
+            services.sync(&watcher.service, &watcher.client).await;
+        }
     }
 }
 
@@ -231,6 +252,9 @@ impl Watcher {
     fn forget(&mut self) {
         self.done.clear();
         self.annotated.clear();
+        if let Some(services) = &self.services {
+            services.mark_all();
+        }
     }
 
     /// Makes every namespace's binding what its annotations ask for.

@@ -7,6 +7,7 @@ mod floating_ip;
 mod ip_availability;
 mod kind;
 mod lbaas;
+mod lookup;
 mod namespace_binding;
 mod network;
 mod node;

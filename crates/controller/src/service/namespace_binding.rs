@@ -175,51 +175,6 @@ impl Service {
             .collect())
     }
 
-    /// A network by id, or by a name no other network has.
-    async fn resolve_network(&self, reference: &str) -> Result<Network> {
-        if input::is_uuid(reference) {
-            if let Some((network, _)) = self.load::<Network>(reference).await? {
-                return Ok(network);
-            }
-        }
-        let mut named: Vec<Network> = self
-            .load_all::<Network>(keys::NETWORKS)
-            .await?
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| n.meta.name == reference)
-            .collect();
-        match named.len() {
-            1 => Ok(named.remove(0)),
-            0 => Err(Error::not_found("Network", reference)),
-            _ => Err(Error::Conflict(format!(
-                "Several networks are named '{reference}'; use its id."
-            ))),
-        }
-    }
-
-    /// A security group by id, or by its name in `project`.
-    async fn resolve_security_group(&self, reference: &str, project: &str) -> Result<String> {
-        if input::is_uuid(reference) && self.load::<SecurityGroup>(reference).await?.is_some() {
-            return Ok(reference.to_owned());
-        }
-        let named: Vec<String> = self
-            .load_all::<SecurityGroup>(keys::SECURITY_GROUPS)
-            .await?
-            .into_iter()
-            .map(|(g, _)| g)
-            .filter(|g| g.meta.name == reference && g.meta.project_id == project)
-            .map(|g| g.meta.id)
-            .collect();
-        match named.as_slice() {
-            [id] => Ok(id.clone()),
-            [] => Err(Error::not_found("SecurityGroup", reference)),
-            _ => Err(Error::Conflict(format!(
-                "Several security groups of project {project} are named '{reference}'; use its id."
-            ))),
-        }
-    }
-
     /// Writes the binding of `namespace` (checked: network and groups exist, the groups
     /// belong to the binding's project).
     async fn bind_namespace(

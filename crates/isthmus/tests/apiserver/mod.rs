@@ -318,11 +318,14 @@ fn parse_path(path: &str) -> Option<Target> {
             namespace: Some((*ns).to_owned()),
             name: None,
         }),
-        ["namespaces", ns, plural, name] => Some(Target {
-            collection: find(plural)?,
-            namespace: Some((*ns).to_owned()),
-            name: Some((*name).to_owned()),
-        }),
+        // The status subresource: the double keeps it in the object, like the main resource.
+        ["namespaces", ns, plural, name] | ["namespaces", ns, plural, name, "status"] => {
+            Some(Target {
+                collection: find(plural)?,
+                namespace: Some((*ns).to_owned()),
+                name: Some((*name).to_owned()),
+            })
+        }
         [plural, name] => {
             let c = find(plural).filter(|c| !c.namespaced)?;
             Some(Target {

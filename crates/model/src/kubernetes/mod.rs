@@ -10,6 +10,8 @@ use serde_json::json;
 use crate::input::is_uuid;
 use crate::port::{Port, POD_DEVICE_OWNER};
 
+pub mod service;
+
 /// Namespace annotation: the network (name or id) its pods join.
 pub const NETWORK_ANNOTATION: &str = "isthmus.io/network";
 /// Namespace annotation: the project its pods' ports belong to.

@@ -1,0 +1,723 @@
+//! Services → load balancers. Reflectors on Services and EndpointSlices mark the Services an
+//! event touches; a pass computes each marked Service's load balancer (VIP = its cluster IP on
+//! the service subnet) and performs the steps from what the store holds, through the same
+//! Octavia and Neutron resource code the APIs use (as an admin of the service subnet's
+//! project). `type: LoadBalancer` adds a floating IP on the VIP port and writes it to the
+//! Service's status. Nothing here is per node: agents compute their rules from the objects.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use isthmus_model::kubernetes::service::{
+    current, plan, service_of, service_tag, Current, Endpoint, EndpointPort, EndpointSlice,
+    ListenerKey, ServicePort, ServiceSpec, Step, Wanted,
+};
+use isthmus_model::lbaas::Protocol;
+use isthmus_model::{Caller, Error, Result};
+use k8s_openapi::api::core::v1::Service as KubeService;
+use k8s_openapi::api::discovery::v1::EndpointSlice as KubeSlice;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::Client;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use super::{Cache, RETRY_FAILED};
+use crate::{Registry, Service};
+
+/// Where Services' load balancers go.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// The service subnet (id or name): a Neutron subnet whose CIDR is the cluster's service
+    /// CIDR; cluster IPs are claimed in it.
+    pub subnet: String,
+    /// The external network (id or name) floating IPs of `type: LoadBalancer` Services come
+    /// from.
+    pub external_network: Option<String>,
+}
+
+/// The label naming an EndpointSlice's Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when not given.
+const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
+/// (namespace, name) of a Service.
+type ServiceKey = (String, String);
+
+/// Services to look at in the next pass.
+#[derive(Default)]
+struct Dirty {
+    all: bool,
+    services: HashSet<ServiceKey>,
+}
+
+/// The Services part of the watcher.
+pub(super) struct Services {
+    settings: ServiceSettings,
+    services: Cache<KubeService>,
+    slices: Cache<KubeSlice>,
+    dirty: Arc<Mutex<Dirty>>,
+    /// Services whose last pass failed, and when (tried again after [`RETRY_FAILED`]).
+    failed: HashMap<ServiceKey, Instant>,
+    /// Why the service subnet could not be found last time (said once).
+    missing_subnet: Option<String>,
+    octavia: Registry,
+    neutron: Registry,
+}
+
+fn lock(dirty: &Mutex<Dirty>) -> MutexGuard<'_, Dirty> {
+    dirty.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One Service's pass, prepared under the mirror's lock.
+struct Job {
+    key: ServiceKey,
+    spec: ServiceSpec,
+    /// The addresses in `status.loadBalancer.ingress`.
+    ingress: Vec<String>,
+    wanted: Option<Wanted>,
+    current: Option<Current>,
+    /// Floating IPs on the VIP port: (id, address, made for this Service).
+    floating_ips: Vec<(String, IpAddr, bool)>,
+}
+
+impl Services {
+    /// Starts the reflectors.
+    pub(super) fn start(client: &Client, settings: ServiceSettings, changed: Arc<Notify>) -> Self {
+        let dirty = Arc::new(Mutex::new(Dirty {
+            all: true,
+            ..Dirty::default()
+        }));
+        let marks = dirty.clone();
+        let services = Cache::start(
+            Api::all(client.clone()),
+            "services",
+            changed.clone(),
+            move |event: &watcher::Event<KubeService>| {
+                let mut d = lock(&marks);
+                match event {
+                    watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+                        if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
+                            d.services.insert((ns.clone(), name.clone()));
+                        }
+                    }
+                    _ => d.all = true,
+                }
+            },
+        );
+        let marks = dirty.clone();
+        let slices = Cache::start(
+            Api::all(client.clone()),
+            "endpointslices",
+            changed,
+            move |event: &watcher::Event<KubeSlice>| {
+                let mut d = lock(&marks);
+                match event {
+                    watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+                        if let Some(key) = service_key(s) {
+                            d.services.insert(key);
+                        }
+                    }
+                    _ => d.all = true,
+                }
+            },
+        );
+        Services {
+            settings,
+            services,
+            slices,
+            dirty,
+            failed: HashMap::new(),
+            missing_subnet: None,
+            octavia: Registry::octavia(),
+            neutron: Registry::neutron(),
+        }
+    }
+
+    /// Makes the next pass look at every Service.
+    pub(super) fn mark_all(&self) {
+        lock(&self.dirty).all = true;
+    }
+
+    /// Brings the load balancers of the marked Services in line.
+    pub(super) async fn sync(&mut self, service: &Arc<Service>, client: &Client) {
+        if !self.services.ready() || !self.slices.ready() {
+            return;
+        }
+        let (all, mut keys) = {
+            let mut d = lock(&self.dirty);
+            (std::mem::take(&mut d.all), std::mem::take(&mut d.services))
+        };
+        self.failed.retain(|key, at| {
+            let due = at.elapsed() >= RETRY_FAILED;
+            if due {
+                keys.insert(key.clone());
+            }
+            !due
+        });
+        if !all && keys.is_empty() {
+            return;
+        }
+        let subnet = match service.resolve_subnet(&self.settings.subnet).await {
+            Ok(subnet) => {
+                self.missing_subnet = None;
+                subnet
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if self.missing_subnet.as_ref() != Some(&why) {
+                    eprintln!(
+                        "isthmus controller: service subnet {}: {why}; Services wait for it",
+                        self.settings.subnet
+                    );
+                    self.missing_subnet = Some(why);
+                }
+                let mut d = lock(&self.dirty);
+                d.all |= all;
+                d.services.extend(keys);
+                return;
+            }
+        };
+        let caller = Caller::admin(&subnet.meta.project_id);
+        let (jobs, orphans) = self.prepare(service, &subnet.network_id, all, &keys);
+        for lb in orphans {
+            if let Err(e) = self.delete_balancer(service, &caller, &lb).await {
+                eprintln!("isthmus controller: deleting the load balancer of a gone Service: {e}");
+            }
+        }
+        for job in jobs {
+            let key = job.key.clone();
+            let outcome = self
+                .apply(service, client, &caller, &subnet.meta.id, job)
+                .await;
+            if let Err(e) = outcome {
+                eprintln!("isthmus controller: Service {}/{}: {e}", key.0, key.1);
+                self.failed.insert(key, Instant::now());
+            }
+        }
+    }
+
+    /// The jobs of this pass and the load balancers whose Service is gone, read from the
+    /// reflectors and the mirror.
+    fn prepare(
+        &self,
+        service: &Service,
+        service_network: &str,
+        all: bool,
+        keys: &HashSet<ServiceKey>,
+    ) -> (Vec<Job>, Vec<Current>) {
+        let services: Vec<Arc<KubeService>> = if all {
+            self.services.store.state()
+        } else {
+            keys.iter()
+                .filter_map(|(ns, name)| self.services.store.get(&ObjectRef::new(name).within(ns)))
+                .collect()
+        };
+        let mut slices: HashMap<ServiceKey, Vec<EndpointSlice>> = HashMap::new();
+        for slice in self.slices.store.state() {
+            let Some(key) = service_key(&slice) else {
+                continue;
+            };
+            if all || keys.contains(&key) {
+                if let Some(s) = endpoint_slice(&slice) {
+                    slices.entry(key).or_default().push(s);
+                }
+            }
+        }
+        let mirror = service.informer().mirror();
+        let balancers: HashMap<String, Current> = mirror
+            .load_balancers_on(service_network)
+            .filter_map(|lb| service_of(lb).map(|uid| (uid.to_owned(), current(&mirror, lb))))
+            .collect();
+        let floating = |current: &Current, tag: &str| {
+            mirror
+                .floating_ips_of(&current.vip_port_id)
+                .map(|f| {
+                    (
+                        f.meta.id.clone(),
+                        f.floating_ip_address,
+                        f.meta.tags.iter().any(|t| t == tag),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut jobs = Vec::new();
+        for svc in &services {
+            let Some((spec, ingress)) = service_spec(svc) else {
+                continue;
+            };
+            let key = (spec.namespace.clone(), spec.name.clone());
+            let own: Vec<&EndpointSlice> = slices.get(&key).into_iter().flatten().collect();
+            let wanted = isthmus_model::kubernetes::service::wanted(&spec, &own);
+            let current = balancers.get(&spec.uid).cloned();
+            let floating_ips = current
+                .as_ref()
+                .map(|c| floating(c, &service_tag(&spec.uid)))
+                .unwrap_or_default();
+            jobs.push(Job {
+                key,
+                spec,
+                ingress,
+                wanted,
+                current,
+                floating_ips,
+            });
+        }
+        // A Service deleted (a marked key gone from the cache, or any on a full pass): load
+        // balancers of UIDs no longer in the cluster go.
+        let deleted = all || services.len() < keys.len();
+        let orphans = if deleted {
+            let live: HashSet<String> = self
+                .services
+                .store
+                .state()
+                .iter()
+                .filter_map(|s| s.metadata.uid.clone())
+                .collect();
+            balancers
+                .into_iter()
+                .filter(|(uid, _)| !live.contains(uid))
+                .map(|(_, c)| c)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (jobs, orphans)
+    }
+
+    /// One Service's pass.
+    async fn apply(
+        &self,
+        service: &Service,
+        client: &Client,
+        caller: &Caller,
+        subnet_id: &str,
+        job: Job,
+    ) -> Result<()> {
+        let mut current = job.current;
+        let Some(wanted) = &job.wanted else {
+            // Headless (or no cluster IP any more): no load balancer.
+            if let Some(c) = current {
+                self.delete_balancer(service, caller, &c).await?;
+            }
+            return Ok(());
+        };
+        if let Some(c) = current.take() {
+            if c.vip == wanted.vip {
+                current = Some(c);
+            } else {
+                self.delete_balancer(service, caller, &c).await?;
+            }
+        }
+        let mut floating_ips = job.floating_ips;
+        let current = match current {
+            Some(c) => c,
+            None => {
+                floating_ips.clear();
+                self.create_balancer(service, caller, subnet_id, &job.spec, wanted.vip)
+                    .await?
+            }
+        };
+        let mut pools: HashMap<ListenerKey, String> = current
+            .listeners
+            .iter()
+            .filter_map(|(k, l)| l.pool.as_ref().map(|p| (*k, p.pool_id.clone())))
+            .collect();
+        for step in plan(wanted, &current) {
+            self.perform(service, caller, &current.lb_id, &job.spec, &mut pools, step)
+                .await?;
+        }
+        self.expose(
+            service,
+            client,
+            caller,
+            &job.spec,
+            &job.ingress,
+            &current,
+            floating_ips,
+        )
+        .await
+    }
+
+    async fn create_balancer(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        subnet_id: &str,
+        spec: &ServiceSpec,
+        vip: IpAddr,
+    ) -> Result<Current> {
+        let body = json!({"loadbalancer": {
+            "name": format!("{}/{}", spec.namespace, spec.name),
+            "description": format!("Kubernetes Service {}/{}", spec.namespace, spec.name),
+            "vip_subnet_id": subnet_id,
+            "vip_address": vip.to_string(),
+            "tags": [service_tag(&spec.uid)],
+            "project_id": caller.project_id,
+        }});
+        let lb = self
+            .endpoint("loadbalancers")?
+            .create(service, caller, body)
+            .await?;
+        let text = |k: &str| {
+            lb.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Ok(Current {
+            lb_id: text("id"),
+            vip,
+            vip_port_id: text("vip_port_id"),
+            listeners: Default::default(),
+        })
+    }
+
+    /// Deletes a Service's load balancer with its floating IPs (the VIP port goes with it).
+    async fn delete_balancer(&self, service: &Service, caller: &Caller, c: &Current) -> Result<()> {
+        let fips: Vec<String> = service
+            .informer()
+            .mirror()
+            .floating_ips_of(&c.vip_port_id)
+            .map(|f| f.meta.id.clone())
+            .collect();
+        for fip in fips {
+            ignore_missing(
+                self.neutron_endpoint("floatingips")?
+                    .delete(service, caller, &fip, None)
+                    .await,
+            )?;
+        }
+        ignore_missing(service.delete_load_balancer_cascade(caller, &c.lb_id).await)
+    }
+
+    async fn perform(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        lb_id: &str,
+        spec: &ServiceSpec,
+        pools: &mut HashMap<ListenerKey, String>,
+        step: Step,
+    ) -> Result<()> {
+        let persistence = |timeout: Option<u32>| match timeout {
+            Some(t) => json!({"type": "SOURCE_IP", "persistence_timeout": t}),
+            None => Value::Null,
+        };
+        match step {
+            Step::CreateListener {
+                key: (protocol, port),
+                persistence: timeout,
+            } => {
+                let listener = self
+                    .endpoint("listeners")?
+                    .create(
+                        service,
+                        caller,
+                        json!({"listener": {
+                            "loadbalancer_id": lb_id,
+                            "name": format!("{}/{}:{port}", spec.namespace, spec.name),
+                            "protocol": protocol.as_str(),
+                            "protocol_port": port,
+                        }}),
+                    )
+                    .await?;
+                let pool = self
+                    .endpoint("pools")?
+                    .create(
+                        service,
+                        caller,
+                        json!({"pool": {
+                            "listener_id": listener["id"],
+                            "protocol": protocol.as_str(),
+                            "lb_algorithm": "ROUND_ROBIN",
+                            "session_persistence": persistence(timeout),
+                        }}),
+                    )
+                    .await?;
+                let pool_id = pool["id"].as_str().unwrap_or_default().to_owned();
+                pools.insert((protocol, port), pool_id);
+            }
+            Step::DeleteListener {
+                listener_id,
+                pool_id,
+            } => {
+                if let Some(pool) = pool_id {
+                    ignore_missing(
+                        self.endpoint("pools")?
+                            .delete(service, caller, &pool, None)
+                            .await,
+                    )?;
+                }
+                ignore_missing(
+                    self.endpoint("listeners")?
+                        .delete(service, caller, &listener_id, None)
+                        .await,
+                )?;
+            }
+            Step::SetPersistence {
+                pool_id,
+                persistence: timeout,
+            } => {
+                self.endpoint("pools")?
+                    .update(
+                        service,
+                        caller,
+                        &pool_id,
+                        json!({"pool": {"session_persistence": persistence(timeout)}}),
+                        None,
+                    )
+                    .await?;
+            }
+            Step::AddMember {
+                key,
+                member: (address, port),
+                weight,
+            } => {
+                let pool_id = pools
+                    .get(&key)
+                    .ok_or_else(|| Error::Internal(format!("no pool for listener {key:?}")))?;
+                self.endpoint("members")?
+                    .create(
+                        service,
+                        caller,
+                        json!({"member": {
+                            "pool_id": pool_id,
+                            "address": address.to_string(),
+                            "protocol_port": port,
+                            "weight": weight,
+                        }}),
+                    )
+                    .await?;
+            }
+            Step::SetWeight {
+                member_id, weight, ..
+            } => {
+                self.endpoint("members")?
+                    .update(
+                        service,
+                        caller,
+                        &member_id,
+                        json!({"member": {"weight": weight}}),
+                        None,
+                    )
+                    .await?;
+            }
+            Step::RemoveMember { member_id, .. } => {
+                ignore_missing(
+                    self.endpoint("members")?
+                        .delete(service, caller, &member_id, None)
+                        .await,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `type: LoadBalancer`: a floating IP on the VIP port (the one asked for, if any), shown
+    /// in the Service's status; other types have neither.
+    #[allow(clippy::too_many_arguments)]
+    async fn expose(
+        &self,
+        service: &Service,
+        client: &Client,
+        caller: &Caller,
+        spec: &ServiceSpec,
+        ingress: &[String],
+        current: &Current,
+        floating_ips: Vec<(String, IpAddr, bool)>,
+    ) -> Result<()> {
+        let tag = service_tag(&spec.uid);
+        let mut address = None;
+        for (id, ip, ours) in floating_ips {
+            let keep = match spec.external {
+                Some(asked) if ours => asked.is_none_or(|a| a == ip) && address.is_none(),
+                _ => false,
+            };
+            if keep {
+                address = Some(ip);
+            } else if ours {
+                ignore_missing(
+                    self.neutron_endpoint("floatingips")?
+                        .delete(service, caller, &id, None)
+                        .await,
+                )?;
+            }
+        }
+        if let (Some(asked), None) = (spec.external, address) {
+            let network = match &self.settings.external_network {
+                Some(n) => service.resolve_network(n).await?,
+                None => {
+                    return Err(Error::BadRequest(
+                        "type LoadBalancer needs the controller's --external-network".into(),
+                    ))
+                }
+            };
+            let mut body = json!({
+                "floating_network_id": network.meta.id,
+                "port_id": current.vip_port_id,
+                "project_id": caller.project_id,
+                "description": format!("Kubernetes Service {}/{}", spec.namespace, spec.name),
+                "tags": [tag],
+            });
+            if let Some(ip) = asked {
+                body["floating_ip_address"] = json!(ip.to_string());
+            }
+            let fip = self
+                .neutron_endpoint("floatingips")?
+                .create(service, caller, json!({ "floatingip": body }))
+                .await?;
+            address = fip["floating_ip_address"]
+                .as_str()
+                .and_then(|a| a.parse().ok());
+        }
+        let wanted: Vec<String> = address.iter().map(IpAddr::to_string).collect();
+        if wanted != ingress {
+            let ingress: Vec<Value> = wanted.iter().map(|ip| json!({"ip": ip})).collect();
+            let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+            Api::<KubeService>::namespaced(client.clone(), &spec.namespace)
+                .patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| Error::Internal(format!("writing the Service's status: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn endpoint(&self, collection: &str) -> Result<&dyn crate::Endpoint> {
+        self.octavia
+            .find(collection)
+            .ok_or_else(|| Error::Internal(format!("no Octavia collection {collection}")))
+    }
+
+    fn neutron_endpoint(&self, collection: &str) -> Result<&dyn crate::Endpoint> {
+        self.neutron
+            .find(collection)
+            .ok_or_else(|| Error::Internal(format!("no Neutron collection {collection}")))
+    }
+}
+
+/// Gone already is done.
+fn ignore_missing(result: Result<()>) -> Result<()> {
+    match result {
+        Err(Error::NotFound { .. }) => Ok(()),
+        other => other,
+    }
+}
+
+/// The Service an EndpointSlice belongs to.
+fn service_key(slice: &KubeSlice) -> Option<ServiceKey> {
+    let ns = slice.metadata.namespace.clone()?;
+    let name = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(SERVICE_NAME_LABEL)?
+        .clone();
+    Some((ns, name))
+}
+
+fn protocol(name: Option<&str>) -> Option<Protocol> {
+    match name.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// A Service as its load balancer sees it, and the addresses its status shows.
+fn service_spec(svc: &KubeService) -> Option<(ServiceSpec, Vec<String>)> {
+    let meta = &svc.metadata;
+    let spec = svc.spec.as_ref()?;
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let cluster_ip = match kind {
+        "ExternalName" => None,
+        _ => spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| *ip != "None")
+            .and_then(|ip| ip.parse().ok()),
+    };
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol: protocol(p.protocol.as_deref())?,
+                port: u16::try_from(p.port).ok()?,
+            })
+        })
+        .collect();
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    });
+    let external = (kind == "LoadBalancer").then(|| {
+        spec.load_balancer_ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+    });
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .map(|i| i.iter().filter_map(|i| i.ip.clone()).collect())
+        .unwrap_or_default();
+    Some((
+        ServiceSpec {
+            uid: meta.uid.clone()?,
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+            cluster_ip,
+            ports,
+            affinity,
+            external,
+        },
+        ingress,
+    ))
+}
+
+/// An EndpointSlice's ports and endpoints (FQDN slices have none a load balancer can use).
+fn endpoint_slice(slice: &KubeSlice) -> Option<EndpointSlice> {
+    if slice.address_type == "FQDN" {
+        return None;
+    }
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(EndpointPort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol: protocol(p.protocol.as_deref())?,
+                port: u16::try_from(p.port?).ok()?,
+            })
+        })
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .flatten()
+        .map(|e| {
+            let conditions = e.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            Endpoint {
+                addresses: e.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                ready,
+                serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+                terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            }
+        })
+        .collect();
+    Some(EndpointSlice { ports, endpoints })
+}
