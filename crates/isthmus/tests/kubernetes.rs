@@ -7,6 +7,7 @@ mod cloud;
 mod lb;
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use apiserver::ApiServer;
@@ -16,7 +17,7 @@ use cloud::{
 };
 use isthmus_lab::Lab;
 use isthmus_store::etcd_server::EtcdServer;
-use lb::{count, serve, within};
+use lb::{count, serve, serve_on, within};
 use serde_json::{json, Value};
 use support::{free_port, Controller};
 
@@ -578,5 +579,226 @@ fn services_are_balanced_in_every_node_kernel() {
         .1;
     assert_eq!(vip_ports["ports"], json!([]), "{vip_ports}");
     assert!(count(&client.ns, vip, 80, 3).contains_key("<failed>"));
+    drop(servers);
+}
+
+/// Whether one TCP connection from `from` to `ip:port` is answered (within a second: a
+/// connection a group drops never is).
+fn connects(from: &isthmus_lab::Netns, ip: &str, port: u16) -> bool {
+    const ONE: &str = "import socket, sys\n\
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)\n\
+        sys.exit(0 if s.makefile().readline() else 1)";
+    from.exec("python3", &["-c", ONE, ip, &port.to_string()])
+        .is_ok()
+}
+
+/// NetworkPolicies as security groups: real connections between pods in two namespaces and
+/// from a VM give exactly the allowed/blocked matrix Kubernetes defines.
+#[test]
+fn network_policies_give_the_kubernetes_truth_table() {
+    let Some((cloud, k8s)) = kube_cloud(&[&["--pool-size", "0"][..]; 3], &[]) else {
+        return isthmus_lab::skip("needs root and the lab's kernel features");
+    };
+    let lab = &cloud.lab;
+    let (pods_net, _) = shared_network(lab, "pods", "10.80.0.0/24");
+    wait_for("the agents", Duration::from_secs(20), || {
+        lab.api("GET", "/v2.0/agents", None).1["agents"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3)
+    });
+    // Pods outside any policy are open (their namespaces' group), as in Kubernetes.
+    let open = create(
+        lab,
+        "/v2.0/security-groups",
+        "security_group",
+        json!({"name": "open", "project_id": "project-a"}),
+    );
+    create(
+        lab,
+        "/v2.0/security-group-rules",
+        "security_group_rule",
+        json!({"security_group_id": open["id"], "direction": "ingress", "remote_ip_prefix": "0.0.0.0/0"}),
+    );
+    for (ns, team) in [("x", "x"), ("y", "y")] {
+        let mut object = namespace(
+            ns,
+            json!({"isthmus.io/network": "pods", "isthmus.io/project": "project-a",
+                   "isthmus.io/security-groups": "open"}),
+        );
+        object["metadata"]["labels"]["team"] = json!(team);
+        k8s.create(object);
+        wait_binding(lab, ns, &pods_net);
+    }
+    // The VM: node 1, in the project's default group (all egress).
+    let vm_port = create(
+        lab,
+        "/v2.0/ports",
+        "port",
+        json!({"network_id": pods_net, "project_id": "project-a", "binding:host_id": "node1",
+               "device_owner": "compute:nova", "name": "vm"}),
+    );
+    let vm = lab.add_vm_for_port(0, &vm_port, 24, None, 1450).unwrap();
+    ipv4_only(&vm.ns);
+    let mut sandboxes = BTreeMap::new();
+    let mut ips = BTreeMap::new();
+    let mut servers = Vec::new();
+    for (name, ns, app, node) in [
+        ("x-db", "x", "db", 1),
+        ("x-web", "x", "web", 2),
+        ("y-web", "y", "web", 1),
+        ("y-other", "y", "other", 2),
+    ] {
+        let mut object = pod(ns, name, &format!("node{}", node + 1));
+        object["metadata"]["labels"]["app"] = json!(app);
+        object["spec"]["containers"][0]["ports"] =
+            json!([{"name": "http", "containerPort": 80, "protocol": "TCP"}]);
+        let object = k8s.create(object);
+        let uid = object["metadata"]["uid"].as_str().unwrap().to_owned();
+        let sandbox = lab.add_pod().unwrap();
+        ipv4_only(&sandbox.ns);
+        let args = format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}");
+        let result = cni_add(
+            &cloud,
+            node,
+            &sandbox,
+            name,
+            &args,
+            &cni_conf(&cloud, node, json!({})),
+        );
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        servers.push(serve_on(&sandbox.ns, name, 80));
+        servers.push(serve_on(&sandbox.ns, name, 8080));
+        ips.insert(name, ip);
+        sandboxes.insert(name, sandbox);
+    }
+    let vm_ip = vm_port["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let policy = |ns: &str, name: &str, spec: Value| {
+        k8s.create(
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                          "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+        );
+    };
+    let matrix: &[(&str, &str, u16, bool)] = &[
+        ("vm", "x-db", 80, false),
+        ("vm", "x-web", 80, false),
+        ("y-web", "x-web", 80, true),
+        ("y-web", "x-db", 8080, true),
+        ("x-web", "x-db", 80, true),
+        ("x-web", "x-db", 8080, false),
+        ("y-other", "x-db", 80, false),
+        ("y-other", "y-web", 80, false),
+        ("x-db", "y-web", 80, true),
+        ("vm", "y-web", 8080, true),
+        ("vm", "y-other", 80, true),
+    ];
+    let run = || -> Vec<(String, bool)> {
+        matrix
+            .iter()
+            .map(|(from, to, port, _)| {
+                let ns = if *from == "vm" {
+                    &vm.ns
+                } else {
+                    &sandboxes[from].ns
+                };
+                (
+                    format!("{from} -> {to}:{port}"),
+                    connects(ns, &ips[to], *port),
+                )
+            })
+            .collect()
+    };
+    let expected: Vec<(String, bool)> = matrix
+        .iter()
+        .map(|(from, to, port, ok)| (format!("{from} -> {to}:{port}"), *ok))
+        .collect();
+    let converge = |expected: &[(String, bool)]| {
+        let mut got = Vec::new();
+        let converged = (0..40).any(|_| {
+            got = run();
+            got == expected || {
+                std::thread::sleep(Duration::from_millis(500));
+                false
+            }
+        });
+        assert!(converged, "expected {expected:?}\n     got {got:?}");
+    };
+    let open_matrix: Vec<(String, bool)> = expected
+        .iter()
+        .map(|(what, _)| (what.clone(), true))
+        .collect();
+    // Before any policy everything connects (so what the policies block, they block).
+    converge(&open_matrix);
+    // x: deny all ingress; x-db from namespace y (any port) and from x's web pods on the
+    // named port http (80); x-web from the pod network except the VM.
+    policy(
+        "x",
+        "deny-ingress",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    );
+    policy(
+        "x",
+        "db-from-y",
+        json!({
+        "podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "y"}}}]}]}),
+    );
+    policy(
+        "x",
+        "db-from-web",
+        json!({
+        "podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                     "ports": [{"protocol": "TCP", "port": "http"}]}]}),
+    );
+    policy(
+        "x",
+        "web-from-block",
+        json!({
+        "podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"ipBlock": {"cidr": "10.80.0.0/24", "except": [format!("{vm_ip}/32")]}}]}]}),
+    );
+    // y: y-other may send nothing.
+    policy(
+        "y",
+        "other-egress",
+        json!({
+        "podSelector": {"matchLabels": {"app": "other"}}, "policyTypes": ["Egress"], "egress": []}),
+    );
+
+    converge(&expected);
+    // The groups are ordinary Neutron groups.
+    let (_, groups) = lab.api("GET", "/v2.0/security-groups?project_id=project-a", None);
+    let names: Vec<&str> = groups["security_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    assert!(names.contains(&"k8s-np:x/db-from-y"), "{names:?}");
+
+    // The policies deleted: the pods are open again and the policy groups go.
+    for (ns, name) in [
+        ("x", "deny-ingress"),
+        ("x", "db-from-y"),
+        ("x", "db-from-web"),
+        ("x", "web-from-block"),
+        ("y", "other-egress"),
+    ] {
+        k8s.delete("NetworkPolicy", ns, name);
+    }
+    converge(&open_matrix);
+    wait_for("the policy groups to go", Duration::from_secs(20), || {
+        let (_, groups) = lab.api("GET", "/v2.0/security-groups?project_id=project-a", None);
+        !groups.to_string().contains("k8s-np:x/")
+    });
     drop(servers);
 }

@@ -7,6 +7,7 @@
 //! delays them.
 
 pub mod lease;
+mod policies;
 mod services;
 
 use std::collections::{HashMap, HashSet};
@@ -166,8 +167,9 @@ struct Watcher {
     client: Client,
     pod_grace: Duration,
     namespaces: Cache<PartialObjectMeta<Namespace>>,
-    pods: Cache<PartialObjectMeta<Pod>>,
+    pods: Cache<Pod>,
     services: Option<services::Services>,
+    policies: policies::Policies,
     /// Per namespace, what the last pass did.
     done: HashMap<String, Done>,
     /// Per pod UID, the port annotation last written.
@@ -205,6 +207,7 @@ pub async fn run(service: Arc<Service>, settings: Settings, stop: watch::Receive
         services: settings
             .services
             .map(|s| services::Services::start(&settings.client, s, changed.clone())),
+        policies: policies::Policies::start(&settings.client, changed.clone()),
         service,
         client: settings.client,
         pod_grace: settings.pod_grace,
@@ -241,6 +244,16 @@ pub async fn run(service: Arc<Service>, settings: Settings, stop: watch::Receive
                 watcher.collect_orphans().await;
             }
         }
+        if watcher.pods.ready() && watcher.namespaces.ready() {
+            watcher
+                .policies
+                .sync(
+                    &watcher.service,
+                    &watcher.pods.store,
+                    &watcher.namespaces.store,
+                )
+                .await;
+        }
         if let Some(services) = &mut watcher.services {
             services.sync(&watcher.service, &watcher.client).await;
         }
@@ -252,6 +265,7 @@ impl Watcher {
     fn forget(&mut self) {
         self.done.clear();
         self.annotated.clear();
+        self.policies.forget();
         if let Some(services) = &self.services {
             services.mark_all();
         }

@@ -164,6 +164,22 @@ impl Service {
         }
     }
 
+    /// The project of `namespace`'s pods, if it is bound.
+    pub(crate) async fn namespace_project(&self, namespace: &str) -> Result<Option<String>> {
+        Ok(self
+            .load_binding(namespace)
+            .await?
+            .map(|(b, _)| b.project_id))
+    }
+
+    /// The security groups of `namespace`'s binding, if it is bound.
+    pub(crate) async fn namespace_groups(&self, namespace: &str) -> Result<Option<Vec<String>>> {
+        Ok(self
+            .load_binding(namespace)
+            .await?
+            .map(|(b, _)| b.security_group_ids))
+    }
+
     /// The namespaces whose binding came from Kubernetes annotations.
     pub async fn annotated_namespaces(&self) -> Result<Vec<String>> {
         Ok(self

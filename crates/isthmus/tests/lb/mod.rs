@@ -23,9 +23,14 @@ impl Drop for Server {
 
 /// Starts `backend.py` in `ns`, answering `name` on port 8080.
 pub fn serve(ns: &Netns, name: &str) -> Server {
+    serve_on(ns, name, 8080)
+}
+
+/// Starts `backend.py` in `ns`, answering `name` on `port`.
+pub fn serve_on(ns: &Netns, name: &str, port: u16) -> Server {
     let mut child = ns
         .command("python3")
-        .args([BACKEND, name, "8080"])
+        .args([BACKEND, name, &port.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::input::is_uuid;
 use crate::port::{Port, POD_DEVICE_OWNER};
 
+pub mod policy;
 pub mod service;
 
 /// Namespace annotation: the network (name or id) its pods join.
