@@ -14,7 +14,7 @@ use isthmus_model::kubernetes::service::{
     current, plan, service_of, service_tag, Current, Endpoint, EndpointPort, EndpointSlice,
     ListenerKey, ServicePort, ServiceSpec, Step, Wanted,
 };
-use isthmus_model::lbaas::Protocol;
+use isthmus_model::lbaas::{LoadBalancer, Protocol};
 use isthmus_model::{Caller, Error, Result};
 use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::api::discovery::v1::EndpointSlice as KubeSlice;
@@ -228,9 +228,9 @@ impl Services {
             }
         }
         let mirror = service.informer().mirror();
-        let balancers: HashMap<String, Current> = mirror
+        let balancers: HashMap<&str, &LoadBalancer> = mirror
             .load_balancers_on(service_network)
-            .filter_map(|lb| service_of(lb).map(|uid| (uid.to_owned(), current(&mirror, lb))))
+            .filter_map(|lb| service_of(lb).map(|uid| (uid, lb)))
             .collect();
         let floating = |current: &Current, tag: &str| {
             mirror
@@ -252,7 +252,9 @@ impl Services {
             let key = (spec.namespace.clone(), spec.name.clone());
             let own: Vec<&EndpointSlice> = slices.get(&key).into_iter().flatten().collect();
             let wanted = isthmus_model::kubernetes::service::wanted(&spec, &own);
-            let current = balancers.get(&spec.uid).cloned();
+            let current = balancers
+                .get(spec.uid.as_str())
+                .map(|lb| current(&mirror, lb));
             let floating_ips = current
                 .as_ref()
                 .map(|c| floating(c, &service_tag(&spec.uid)))
@@ -279,8 +281,8 @@ impl Services {
                 .collect();
             balancers
                 .into_iter()
-                .filter(|(uid, _)| !live.contains(uid))
-                .map(|(_, c)| c)
+                .filter(|(uid, _)| !live.contains(*uid))
+                .map(|(_, lb)| current(&mirror, lb))
                 .collect()
         } else {
             Vec::new()
