@@ -258,7 +258,11 @@ impl Server {
         })?;
         self.status()
             .map_err(|e| try_again(e.msg, "the agent is starting"))?;
-        let (key, groups) = self.select_network(request).await?;
+        let Selected {
+            key,
+            groups,
+            search,
+        } = self.select_network(request).await?;
         // Pools hold ports under their project's default group: a namespace bound to other
         // groups gets a port made with them, never one that is open for a moment.
         let pooled = if groups.is_empty() {
@@ -286,7 +290,10 @@ impl Server {
         });
         let saved = self.save(&path, &record);
         let wired = match saved {
-            Ok(()) => self.wire(request, &port_id, netns).await,
+            Ok(()) => self
+                .wire(request, &port_id, netns)
+                .await
+                .map(|result| pod::with_search(result, &search)),
             Err(e) => Err(e),
         };
         match wired {
@@ -401,14 +408,18 @@ impl Server {
         Ok(())
     }
 
-    /// The network and project for this pod, and its security groups (empty: the project's
-    /// default): the configuration's `network`, else the binding of the pod's namespace, else
-    /// the agent's default pod network.
-    async fn select_network(&self, request: &Request) -> Result<(PoolKey, Vec<String>), CniError> {
+    /// The network and project for this pod, its security groups (empty: the project's
+    /// default) and DNS search domains: the configuration's `network`, else the binding of the
+    /// pod's namespace, else the agent's default pod network.
+    async fn select_network(&self, request: &Request) -> Result<Selected, CniError> {
         let text = |k: &str| request.config.get(k).and_then(Value::as_str);
         let project = text("project").map(str::to_owned);
         if let Some(network) = text("network") {
-            return Ok((self.resolve_network(network, project).await?, Vec::new()));
+            return Ok(Selected {
+                key: self.resolve_network(network, project).await?,
+                groups: Vec::new(),
+                search: Vec::new(),
+            });
         }
         if let Some(namespace) = request.args.get("K8S_POD_NAMESPACE") {
             // Bindings come with the node's view.
@@ -430,11 +441,23 @@ impl Server {
                             .collect()
                     })
                     .unwrap_or_default();
-                return Ok((self.resolve_network(network, project).await?, groups));
+                let search = binding["cluster_domain"]
+                    .as_str()
+                    .map(|domain| pod::cluster_search(namespace, domain))
+                    .unwrap_or_default();
+                return Ok(Selected {
+                    key: self.resolve_network(network, project).await?,
+                    groups,
+                    search,
+                });
             }
         }
         match &self.shared.config.default_pod_network {
-            Some(network) => Ok((self.resolve_network(network, project).await?, Vec::new())),
+            Some(network) => Ok(Selected {
+                key: self.resolve_network(network, project).await?,
+                groups: Vec::new(),
+                search: Vec::new(),
+            }),
             None => Err(CniError::new(
                 code::INVALID_CONFIG,
                 "no network for this pod",
@@ -756,6 +779,14 @@ fn pod_dns_name_ok(name: &str) -> bool {
         && name.len() <= 200
         && !name.bytes().any(|b| b.is_ascii_uppercase())
         && isthmus_model::port::check_dns_name(name).is_ok()
+}
+
+/// Where a pod goes: its network and project, its security groups (empty: the project's
+/// default) and the DNS search domains of its Kubernetes cluster.
+struct Selected {
+    key: PoolKey,
+    groups: Vec<String>,
+    search: Vec<String>,
 }
 
 #[cfg(test)]

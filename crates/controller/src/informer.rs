@@ -20,6 +20,7 @@ const SOURCES: &[(&str, ObjectKind)] = &[
     (keys::SECURITY_GROUP_RULES, ObjectKind::SecurityGroupRule),
     (keys::NODES, ObjectKind::Node),
     (keys::NAMESPACE_BINDINGS, ObjectKind::NamespaceBinding),
+    (keys::DNS_RECORDS, ObjectKind::DnsRecord),
     (keys::ROUTERS, ObjectKind::Router),
     (keys::FLOATING_IPS, ObjectKind::FloatingIp),
     (keys::ADDRESS_GROUPS, ObjectKind::AddressGroup),
@@ -52,6 +53,7 @@ fn decode(kind: ObjectKind, key: &str, raw: &[u8]) -> Result<Object, Error> {
         ObjectKind::NamespaceBinding => {
             Object::NamespaceBinding(serde_json::from_slice(raw).map_err(bad)?)
         }
+        ObjectKind::DnsRecord => Object::DnsRecord(serde_json::from_slice(raw).map_err(bad)?),
         ObjectKind::Router => Object::Router(serde_json::from_slice(raw).map_err(bad)?),
         ObjectKind::FloatingIp => Object::FloatingIp(serde_json::from_slice(raw).map_err(bad)?),
         ObjectKind::AddressGroup => Object::AddressGroup(serde_json::from_slice(raw).map_err(bad)?),

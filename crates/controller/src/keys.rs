@@ -34,6 +34,9 @@ pub const MEMBERS: &str = "/isthmus/members/";
 pub const HEALTH_MONITORS: &str = "/isthmus/healthmonitors/";
 /// Nodes, by name.
 pub const NODES: &str = "/isthmus/nodes/";
+/// Prefix of every DNS record (`<namespace>/<service>` after it).
+pub const DNS_RECORDS: &str = "/isthmus/dns-records/";
+
 /// Prefix of every namespace binding.
 pub const NAMESPACE_BINDINGS: &str = "/isthmus/namespace-bindings/";
 /// Prefix of VNI claims.
@@ -94,6 +97,11 @@ pub fn router_fip(router_id: &str, fip_id: &str) -> String {
 /// A node.
 pub fn node(name: &str) -> String {
     format!("{NODES}{name}")
+}
+
+/// A DNS record (`<namespace>/<service>`).
+pub fn dns_record(id: &str) -> String {
+    format!("{DNS_RECORDS}{id}")
 }
 
 /// The binding of a Kubernetes namespace.

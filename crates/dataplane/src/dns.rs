@@ -1,5 +1,5 @@
 //! Node-local DNS for instances (pure part): every port's `dns_assignment` names (A/AAAA and
-//! PTR), answered authoritatively on the DHCP port's addresses in each network's DHCP
+//! PTR) and Kubernetes Services' names (`dns_record`s), answered authoritatively on the DHCP port's addresses in each network's DHCP
 //! namespace; everything else is forwarded upstream by the agent. An instance sees the names
 //! of its own network and of the networks sharing a router with it (what it can reach by
 //! address anyway), not the whole node's.
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use isthmus_model::dns_record::DnsRecord;
 use isthmus_model::router::OWNER_INTERFACE;
 
 use crate::view::NodeView;
@@ -112,6 +113,29 @@ pub fn names(view: &NodeView) -> BTreeMap<String, Arc<Names>> {
                 .insert(a.ip_address);
             names.reverse.insert(a.ip_address, fqdn);
         }
+    }
+    // Kubernetes Services' names, in the routing domain of their service network.
+    for ((kind, _), raw) in &view.others {
+        if kind != "dns_record" {
+            continue;
+        }
+        let Ok(record) = serde_json::from_value::<DnsRecord>(raw.clone()) else {
+            continue;
+        };
+        let Some(&scope) = scope_of.get(record.network_id.as_str()) else {
+            continue;
+        };
+        let names = &mut built[scope];
+        let fqdn = normal(&record.fqdn);
+        names.domains.insert(normal(&record.zone));
+        for ip in &record.addresses {
+            names.reverse.entry(*ip).or_insert_with(|| fqdn.clone());
+        }
+        names
+            .forward
+            .entry(fqdn)
+            .or_default()
+            .extend(record.addresses.iter().copied());
     }
     let built: Vec<Arc<Names>> = built.into_iter().map(Arc::new).collect();
     scope_of
@@ -233,6 +257,74 @@ mod tests {
             Answer::Local(bytes) => Message::from_vec(&bytes).unwrap(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn services_resolve_in_the_routing_domain_of_their_network() {
+        let mut view = NodeView::default();
+        port(
+            &mut view,
+            "a",
+            "net-a",
+            "10.0.0.3",
+            "vm-a",
+            "compute:nova",
+            "i-a",
+        );
+        port(
+            &mut view,
+            "ra",
+            "net-a",
+            "10.0.0.1",
+            "gw-a",
+            OWNER_INTERFACE,
+            "r1",
+        );
+        port(
+            &mut view,
+            "rs",
+            "svc",
+            "10.96.0.1",
+            "gw-s",
+            OWNER_INTERFACE,
+            "r1",
+        );
+        port(
+            &mut view,
+            "c",
+            "net-c",
+            "10.2.0.3",
+            "vm-c",
+            "compute:nova",
+            "i-c",
+        );
+        view.apply(&json!({"type": "ADDED", "kind": "dns_record", "object": {
+            "id": "team-b/web", "fqdn": "web.team-b.svc.cluster.local.", "zone": "svc.cluster.local.",
+            "addresses": ["10.96.0.10"], "network_id": "svc"}}))
+            .unwrap();
+        let all = names(&view);
+        let a = &all["net-a"];
+        assert_eq!(
+            a.lookup("web.team-b.svc.cluster.local")
+                .unwrap()
+                .iter()
+                .next()
+                .unwrap()
+                .to_string(),
+            "10.96.0.10"
+        );
+        assert!(
+            all["net-c"]
+                .lookup("web.team-b.svc.cluster.local")
+                .is_none(),
+            "not routed there"
+        );
+        // Another name in the zone does not exist (it is not forwarded upstream).
+        let m = decode(answer(
+            a,
+            &query("db.team-b.svc.cluster.local.", RecordType::A),
+        ));
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     }
 
     #[test]

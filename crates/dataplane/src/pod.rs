@@ -165,6 +165,36 @@ fn cidr_text(c: &Cidr) -> String {
     format!("{}/{}", c.network, c.prefix)
 }
 
+/// The search domains of a pod of Kubernetes namespace `namespace` in the cluster of DNS
+/// domain `domain` (as the kubelet writes them).
+pub fn cluster_search(namespace: &str, domain: &str) -> Vec<String> {
+    let domain = domain.trim_end_matches('.');
+    vec![
+        format!("{namespace}.svc.{domain}"),
+        format!("svc.{domain}"),
+        domain.to_owned(),
+    ]
+}
+
+/// `result` with `search` before the search domains it has (when it names a resolver).
+pub fn with_search(mut result: Value, search: &[String]) -> Value {
+    if search.is_empty() || result["dns"]["nameservers"].is_null() {
+        return result;
+    }
+    let mut all: Vec<Value> = search.iter().map(|s| json!(s)).collect();
+    if let Some(existing) = result["dns"]["search"].as_array() {
+        all.extend(
+            existing
+                .iter()
+                .filter(|s| !all.contains(s))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+    }
+    result["dns"]["search"] = Value::Array(all);
+    result
+}
+
 /// The CNI result (1.0/1.1) for an interface wired as host `tap` and pod `ifname` in
 /// `sandbox`. The caller sets `cniVersion`.
 pub fn cni_result(iface: &PodInterface, tap: &str, ifname: &str, sandbox: &str) -> Value {
@@ -291,5 +321,30 @@ mod tests {
             pod_interface(&v, "p"),
             Err(PodError::UnknownSubnet(s, _)) if s == "s6"
         ));
+    }
+
+    #[test]
+    fn kubernetes_pods_search_their_cluster_domains_first() {
+        let search = cluster_search("team-b", "cluster.local.");
+        assert_eq!(
+            search,
+            [
+                "team-b.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
+        let result = json!({"dns": {"nameservers": ["10.0.0.2"], "search": ["openstack.local"]}});
+        assert_eq!(
+            with_search(result, &search)["dns"]["search"],
+            json!([
+                "team-b.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "openstack.local"
+            ])
+        );
+        let no_resolver = json!({"dns": {}});
+        assert_eq!(with_search(no_resolver.clone(), &search), no_resolver);
     }
 }

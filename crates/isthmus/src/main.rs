@@ -93,6 +93,10 @@ struct KubernetesArgs {
     /// get.
     #[arg(long, requires = "service_subnet")]
     external_network: Option<String>,
+    /// The cluster's DNS domain: the node-local resolvers answer `<svc>.<ns>.svc.<domain>`,
+    /// and pods search it.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 impl KubernetesArgs {
@@ -104,6 +108,19 @@ impl KubernetesArgs {
             (None, true) => Cluster::InCluster,
             (None, false) => return Ok(None),
         };
+        let label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if !self
+            .cluster_domain
+            .trim_end_matches('.')
+            .split('.')
+            .all(label)
+        {
+            bail!("--cluster-domain {} is not a DNS name", self.cluster_domain);
+        }
         if self.kubernetes_lease_seconds < 2 {
             bail!("--kubernetes-lease-seconds takes at least 2");
         }
@@ -131,6 +148,10 @@ impl KubernetesArgs {
                     external_network: self.external_network.clone(),
                 }
             }),
+            cluster_domain: self
+                .cluster_domain
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
         }))
     }
 }

@@ -6,7 +6,7 @@ mod cloud;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cloud::{add_router_interface, cloud, create, default_group, ip_of, wait_for, BIN};
+use cloud::{add_router_interface, cloud, create, default_group, ip_of, resolve, wait_for, BIN};
 use isthmus_lab::{Lab, Vm};
 use serde_json::{json, Value};
 
@@ -305,28 +305,6 @@ fn vms_get_their_ports_by_dhcp_from_their_own_node() {
     assert_eq!(lease["ip"], ip_of(&b));
 }
 
-/// What `nslookup NAME SERVER` (busybox) in `vm` says NAME is: its addresses (none when it
-/// does not exist).
-fn resolve(vm: &Vm, name: &str, server: &str) -> Vec<String> {
-    let out = vm
-        .ns
-        .command("busybox")
-        .args(["nslookup", "-type=a", name, server])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    // The server's own "Address:" line comes first, before "Name:".
-    text.split_once("Name:")
-        .map(|(_, answers)| {
-            answers
-                .lines()
-                .filter_map(|l| l.strip_prefix("Address:"))
-                .map(|a| a.trim().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Kills a process when the test ends.
 struct Killed(std::process::Child);
 
@@ -376,13 +354,13 @@ fn instance_names_follow_the_api_and_the_rest_is_forwarded() {
         .unwrap();
     let server = "10.62.0.2";
     wait_for("the node's DNS to answer", Duration::from_secs(10), || {
-        resolve(&vm, "asker.openstack.local", server) == [ip_of(&asker)]
+        resolve(&vm.ns, "asker.openstack.local", server) == [ip_of(&asker)]
     });
     // A new port's name resolves, a rename moves it, a delete removes it: each within 1 s.
     let web = bound_port(lab, &net, "node1", json!({"dns_name": "web"}));
     let web_id = web["id"].as_str().unwrap().to_owned();
     wait_for("a new name", Duration::from_secs(1), || {
-        resolve(&vm, "web.openstack.local", server) == [ip_of(&web)]
+        resolve(&vm.ns, "web.openstack.local", server) == [ip_of(&web)]
     });
     let (s, v) = lab.api(
         "PUT",
@@ -391,13 +369,13 @@ fn instance_names_follow_the_api_and_the_rest_is_forwarded() {
     );
     assert_eq!(s, 200, "{v}");
     wait_for("the renamed name", Duration::from_secs(1), || {
-        resolve(&vm, "www.openstack.local", server) == [ip_of(&web)]
-            && resolve(&vm, "web.openstack.local", server).is_empty()
+        resolve(&vm.ns, "www.openstack.local", server) == [ip_of(&web)]
+            && resolve(&vm.ns, "web.openstack.local", server).is_empty()
     });
     let (s, _) = lab.api("DELETE", &format!("/v2.0/ports/{web_id}"), None);
     assert_eq!(s, 204);
     wait_for("the deleted name to go", Duration::from_secs(1), || {
-        resolve(&vm, "www.openstack.local", server).is_empty()
+        resolve(&vm.ns, "www.openstack.local", server).is_empty()
     });
     // Names of other networks are not this one's; outside names come from upstream.
     let other = create(lab, "/v2.0/networks", "network", json!({"name": "other"}));
@@ -411,8 +389,8 @@ fn instance_names_follow_the_api_and_the_rest_is_forwarded() {
     );
     bound_port(lab, &other, "node1", json!({"dns_name": "elsewhere"}));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(resolve(&vm, "elsewhere.openstack.local", server).is_empty());
-    assert_eq!(resolve(&vm, "outside.example", server), ["192.0.2.7"]);
+    assert!(resolve(&vm.ns, "elsewhere.openstack.local", server).is_empty());
+    assert_eq!(resolve(&vm.ns, "outside.example", server), ["192.0.2.7"]);
 
     // This agent has no --metadata-url: the metadata address refuses connections.
     vm.ns

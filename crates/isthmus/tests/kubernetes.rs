@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use apiserver::ApiServer;
 use cloud::{
-    add_router_interface, cni_add, cni_conf, create, ipv4_only, shared_network, start_cloud,
-    wait_for, Cloud,
+    add_router_interface, cni_add, cni_conf, create, ip_of, ipv4_only, resolve, shared_network,
+    start_cloud, wait_for, Cloud,
 };
 use isthmus_lab::Lab;
 use isthmus_store::etcd_server::EtcdServer;
@@ -369,7 +369,8 @@ fn services_are_balanced_in_every_node_kernel() {
         return isthmus_lab::skip("needs root and the lab's kernel features");
     };
     let lab = &cloud.lab;
-    let (pods_net, pods_sub) = shared_network(lab, "pods", "10.70.0.0/24");
+    // DHCP on the pod network: its DHCP port's address is the resolver of VMs and pods.
+    let (pods_net, pods_sub) = cloud::shared_network_with(lab, "pods", "10.70.0.0/24", true);
     let (s, net) = lab.api(
         "POST",
         "/v2.0/networks",
@@ -410,7 +411,7 @@ fn services_are_balanced_in_every_node_kernel() {
         "/v2.0/ports",
         "port",
         json!({"network_id": pods_net, "project_id": "project-a", "binding:host_id": "node1",
-               "device_owner": "compute:nova", "name": "client"}),
+               "device_owner": "compute:nova", "name": "client", "dns_name": "client"}),
     );
     let group = cloud::default_group(lab, Some("project-a"));
     create(
@@ -440,6 +441,17 @@ fn services_are_balanced_in_every_node_kernel() {
         ipv4_only(&sandbox.ns);
         let args = format!("K8S_POD_NAMESPACE=team-b;K8S_POD_NAME={name};K8S_POD_UID={uid}");
         let result = cni_add(&cloud, node, &sandbox, name, &args, &conf(node));
+        // The cluster's search domains, as the kubelet writes them.
+        assert_eq!(
+            result["dns"]["search"],
+            json!([
+                "team-b.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "openstack.local"
+            ]),
+            "{result}"
+        );
         let ip = result["ips"][0]["address"]
             .as_str()
             .unwrap()
@@ -479,6 +491,58 @@ fn services_are_balanced_in_every_node_kernel() {
     });
     let lbs = lab.api("GET", "/v2/lbaas/loadbalancers", None).1;
     assert_eq!(lbs["loadbalancers"][0]["vip_address"], vip, "{lbs}");
+
+    // One resolver for VMs and pods: the VM resolves the Service, a pod resolves the VM, a
+    // headless Service resolves to its ready endpoints.
+    let (_, dhcp) = lab.api(
+        "GET",
+        &format!("/v2.0/ports?network_id={pods_net}&device_owner=network:dhcp"),
+        None,
+    );
+    let resolver = dhcp["ports"][0]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for("the Service's name", Duration::from_secs(10), || {
+        resolve(&client.ns, "web.team-b.svc.cluster.local", &resolver) == [vip]
+    });
+    assert_eq!(
+        resolve(&pods[2].3.ns, "client.openstack.local", &resolver),
+        [ip_of(&vm_port)]
+    );
+    k8s.create(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "db", "namespace": "team-b"},
+        "spec": {"clusterIP": "None", "clusterIPs": ["None"], "selector": {"app": "web"},
+                 "ports": [{"name": "http", "protocol": "TCP", "port": 80}]},
+    }));
+    k8s.create(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "db-q8v4m", "namespace": "team-b",
+                     "labels": {"kubernetes.io/service-name": "db"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+        "endpoints": endpoints(&[ep(0, true, false), ep(3, true, false), ep(4, false, false)]),
+    }));
+    let mut headless = vec![pods[0].1.clone(), pods[3].1.clone()];
+    headless.sort_by_key(|a| a.parse::<std::net::Ipv4Addr>().unwrap());
+    wait_for(
+        "the headless Service's name",
+        Duration::from_secs(10),
+        || {
+            let mut got = resolve(&pods[1].3.ns, "db.team-b.svc.cluster.local", &resolver);
+            got.sort_by_key(|a| a.parse::<std::net::Ipv4Addr>().unwrap());
+            got == headless
+        },
+    );
+    assert!(resolve(&client.ns, "nope.team-b.svc.cluster.local", &resolver).is_empty());
+    assert_eq!(
+        lab.api("GET", "/v2/lbaas/loadbalancers", None).1["loadbalancers"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "a headless Service has no load balancer"
+    );
     assert_eq!(lbs["loadbalancers"][0]["name"], "team-b/web");
     let counts = count(&client.ns, vip, 80, 300);
     for name in ["web-1", "web-2", "web-3"] {
@@ -561,8 +625,13 @@ fn services_are_balanced_in_every_node_kernel() {
         || !count(&outside, &ingress, 80, 3).contains_key("<failed>"),
     );
 
-    // The Service deleted: its load balancer, VIP port and floating IP go.
+    // The Services deleted: the load balancer, VIP port, floating IP and names go.
+    k8s.delete("Service", "team-b", "db");
     k8s.delete("Service", "team-b", "web");
+    wait_for("the names to go", Duration::from_secs(10), || {
+        resolve(&client.ns, "web.team-b.svc.cluster.local", &resolver).is_empty()
+            && resolve(&client.ns, "db.team-b.svc.cluster.local", &resolver).is_empty()
+    });
     wait_for("the load balancer to go", Duration::from_secs(15), || {
         lab.api("GET", "/v2/lbaas/loadbalancers", None).1["loadbalancers"]
             .as_array()

@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod address_group;
 pub mod address_scope;
+pub mod dns_record;
 pub mod error;
 pub mod floating_ip;
 pub mod input;

@@ -20,6 +20,10 @@ pub struct NamespaceBinding {
     /// present).
     #[serde(default)]
     pub origin: Origin,
+    /// The Kubernetes cluster's DNS domain (bindings from annotations): pods of the namespace
+    /// search `<namespace>.svc.<domain>`, `svc.<domain>` and `<domain>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
     /// When it was first set.
     pub created_at: String,
     /// When it last changed.
@@ -60,6 +64,9 @@ impl NamespaceBinding {
             Value::from(self.security_group_ids.clone()),
         );
         m.insert("origin".into(), Value::from(self.origin.as_str()));
+        if let Some(domain) = &self.cluster_domain {
+            m.insert("cluster_domain".into(), Value::from(domain.clone()));
+        }
         m.insert("created_at".into(), Value::String(self.created_at.clone()));
         m.insert("updated_at".into(), Value::String(self.updated_at.clone()));
         m

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 
+use crate::dns_record::DnsRecord;
 use crate::lbaas::{HealthMonitor, Listener, LoadBalancer, Member, Pool};
 use crate::namespace_binding::NamespaceBinding;
 use crate::node::Node;
@@ -35,6 +36,8 @@ pub enum Object {
     Node(Node),
     /// A namespace binding (keyed by namespace).
     NamespaceBinding(NamespaceBinding),
+    /// A name the node-local resolvers answer (keyed `<namespace>/<service>`).
+    DnsRecord(DnsRecord),
     /// A router.
     Router(Router),
     /// A floating IP.
@@ -70,6 +73,8 @@ pub enum ObjectKind {
     Node,
     /// `namespace_binding`.
     NamespaceBinding,
+    /// `dns_record`.
+    DnsRecord,
     /// `router`.
     Router,
     /// `floatingip`.
@@ -99,6 +104,7 @@ impl ObjectKind {
             ObjectKind::SecurityGroupRule => "security_group_rule",
             ObjectKind::Node => "node",
             ObjectKind::NamespaceBinding => "namespace_binding",
+            ObjectKind::DnsRecord => "dns_record",
             ObjectKind::Router => "router",
             ObjectKind::FloatingIp => "floatingip",
             ObjectKind::AddressGroup => "address_group",
@@ -125,6 +131,7 @@ impl Object {
             Object::SecurityGroupRule(r) => (ObjectKind::SecurityGroupRule, r.meta.id.clone()),
             Object::Node(n) => (ObjectKind::Node, n.name.clone()),
             Object::NamespaceBinding(b) => (ObjectKind::NamespaceBinding, b.namespace.clone()),
+            Object::DnsRecord(r) => (ObjectKind::DnsRecord, r.id.clone()),
             Object::Router(r) => (ObjectKind::Router, r.meta.id.clone()),
             Object::FloatingIp(f) => (ObjectKind::FloatingIp, f.meta.id.clone()),
             Object::AddressGroup(g) => (ObjectKind::AddressGroup, g.meta.id.clone()),
@@ -430,10 +437,14 @@ impl Mirror {
                 add(&mut view, ObjectKind::Port, p);
             }
         }
-        // Every node sees every node (tunnel endpoints) and every namespace binding (so a
-        // pod's ADD picks its network without asking the controller).
+        // Every node sees every node (tunnel endpoints), every namespace binding (so a pod's
+        // ADD picks its network without asking the controller) and every DNS record (its
+        // resolvers answer Services' names).
         for ((kind, id), (_, rev)) in &self.objects {
-            if matches!(kind, ObjectKind::Node | ObjectKind::NamespaceBinding) {
+            if matches!(
+                kind,
+                ObjectKind::Node | ObjectKind::NamespaceBinding | ObjectKind::DnsRecord
+            ) {
                 view.insert((*kind, id.clone()), *rev);
             }
         }
@@ -572,6 +583,7 @@ impl Mirror {
             Object::SecurityGroupRule(r) => r.render(Viewer::ADMIN),
             Object::Node(n) => n.render(true, None),
             Object::NamespaceBinding(b) => b.render(),
+            Object::DnsRecord(r) => r.render(),
             Object::Router(r) => r.render(Viewer::ADMIN),
             Object::FloatingIp(f) => f.render(Viewer::ADMIN),
             Object::AddressGroup(g) => g.render(Viewer::ADMIN),

@@ -44,6 +44,8 @@ pub struct Settings {
     pub pod_grace: Duration,
     /// Services as load balancers, when a service subnet is given.
     pub services: Option<services::ServiceSettings>,
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
 }
 
 /// Where the cluster's API server is and how to authenticate to it.
@@ -166,6 +168,7 @@ struct Watcher {
     service: Arc<Service>,
     client: Client,
     pod_grace: Duration,
+    cluster_domain: String,
     namespaces: Cache<PartialObjectMeta<Namespace>>,
     pods: Cache<Pod>,
     services: Option<services::Services>,
@@ -204,13 +207,19 @@ pub async fn run(service: Arc<Service>, settings: Settings, stop: watch::Receive
             changed.clone(),
             |_| {},
         ),
-        services: settings
-            .services
-            .map(|s| services::Services::start(&settings.client, s, changed.clone())),
+        services: settings.services.map(|s| {
+            services::Services::start(
+                &settings.client,
+                s,
+                &settings.cluster_domain,
+                changed.clone(),
+            )
+        }),
         policies: policies::Policies::start(&settings.client, changed.clone()),
         service,
         client: settings.client,
         pod_grace: settings.pod_grace,
+        cluster_domain: settings.cluster_domain.clone(),
         done: HashMap::new(),
         annotated: HashMap::new(),
         orphans: Orphans::default(),
@@ -312,7 +321,7 @@ impl Watcher {
             let outcome = match &intent {
                 Some(intent) => self
                     .service
-                    .bind_namespace_from_annotations(&name, intent)
+                    .bind_namespace_from_annotations(&name, intent, &self.cluster_domain)
                     .await
                     .map(|_| ()),
                 None => self

@@ -10,9 +10,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use isthmus_model::dns_record::DnsRecord;
 use isthmus_model::kubernetes::service::{
-    current, plan, service_of, service_tag, Current, Endpoint, EndpointPort, EndpointSlice,
-    ListenerKey, ServicePort, ServiceSpec, Step, Wanted,
+    current, name_addresses, plan, service_of, service_tag, Current, Endpoint, EndpointPort,
+    EndpointSlice, ListenerKey, ServicePort, ServiceSpec, Step, Wanted,
 };
 use isthmus_model::lbaas::{LoadBalancer, Protocol};
 use isthmus_model::{Caller, Error, Result};
@@ -57,6 +58,8 @@ struct Dirty {
 /// The Services part of the watcher.
 pub(super) struct Services {
     settings: ServiceSettings,
+    /// The zone Services' names are in: `svc.<cluster domain>.`.
+    zone: String,
     services: Cache<KubeService>,
     slices: Cache<KubeSlice>,
     dirty: Arc<Mutex<Dirty>>,
@@ -79,6 +82,8 @@ struct Job {
     /// The addresses in `status.loadBalancer.ingress`.
     ingress: Vec<String>,
     wanted: Option<Wanted>,
+    /// What its name resolves to.
+    addresses: Vec<IpAddr>,
     current: Option<Current>,
     /// Floating IPs on the VIP port: (id, address, made for this Service).
     floating_ips: Vec<(String, IpAddr, bool)>,
@@ -86,7 +91,12 @@ struct Job {
 
 impl Services {
     /// Starts the reflectors.
-    pub(super) fn start(client: &Client, settings: ServiceSettings, changed: Arc<Notify>) -> Self {
+    pub(super) fn start(
+        client: &Client,
+        settings: ServiceSettings,
+        cluster_domain: &str,
+        changed: Arc<Notify>,
+    ) -> Self {
         let dirty = Arc::new(Mutex::new(Dirty {
             all: true,
             ..Dirty::default()
@@ -127,6 +137,7 @@ impl Services {
         );
         Services {
             settings,
+            zone: format!("svc.{}.", cluster_domain.trim_end_matches('.')),
             services,
             slices,
             dirty,
@@ -188,16 +199,69 @@ impl Services {
                 eprintln!("isthmus controller: deleting the load balancer of a gone Service: {e}");
             }
         }
+        if let Err(e) = self.forget_names(service, all, &keys).await {
+            eprintln!("isthmus controller: removing the names of gone Services: {e}");
+        }
         for job in jobs {
             let key = job.key.clone();
-            let outcome = self
-                .apply(service, client, &caller, &subnet.meta.id, job)
-                .await;
+            let outcome = match self.name(service, &subnet.network_id, &job).await {
+                Ok(()) => {
+                    self.apply(service, client, &caller, &subnet.meta.id, job)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             if let Err(e) = outcome {
                 eprintln!("isthmus controller: Service {}/{}: {e}", key.0, key.1);
                 self.failed.insert(key, Instant::now());
             }
         }
+    }
+
+    /// Makes `<svc>.<ns>.svc.<domain>` resolve to what the Service's job says (or not at all).
+    async fn name(&self, service: &Service, network_id: &str, job: &Job) -> Result<()> {
+        let id = format!("{}/{}", job.key.0, job.key.1);
+        if job.addresses.is_empty() {
+            return service.delete_dns_record(&id).await;
+        }
+        service
+            .put_dns_record(&DnsRecord {
+                fqdn: format!("{}.{}.{}", job.key.1, job.key.0, self.zone).to_ascii_lowercase(),
+                zone: self.zone.clone(),
+                id,
+                addresses: job.addresses.clone(),
+                network_id: network_id.to_owned(),
+            })
+            .await
+    }
+
+    /// Removes the names of Services gone from the cluster: the marked ones, or (on a full
+    /// pass) every record without its Service.
+    async fn forget_names(
+        &self,
+        service: &Service,
+        all: bool,
+        keys: &HashSet<ServiceKey>,
+    ) -> Result<()> {
+        let live = |id: &str| {
+            id.split_once('/').is_some_and(|(ns, name)| {
+                self.services
+                    .store
+                    .get(&ObjectRef::new(name).within(ns))
+                    .is_some()
+            })
+        };
+        let candidates: Vec<String> = if all {
+            service.dns_record_ids().await?
+        } else {
+            keys.iter()
+                .map(|(ns, name)| format!("{ns}/{name}"))
+                .collect()
+        };
+        for id in candidates.iter().filter(|id| !live(id)) {
+            service.delete_dns_record(id).await?;
+        }
+        Ok(())
     }
 
     /// The jobs of this pass and the load balancers whose Service is gone, read from the
@@ -252,6 +316,7 @@ impl Services {
             let key = (spec.namespace.clone(), spec.name.clone());
             let own: Vec<&EndpointSlice> = slices.get(&key).into_iter().flatten().collect();
             let wanted = isthmus_model::kubernetes::service::wanted(&spec, &own);
+            let addresses = name_addresses(&spec, &own);
             let current = balancers
                 .get(spec.uid.as_str())
                 .map(|lb| current(&mirror, lb));
@@ -264,6 +329,7 @@ impl Services {
                 spec,
                 ingress,
                 wanted,
+                addresses,
                 current,
                 floating_ips,
             });
@@ -635,6 +701,7 @@ fn service_spec(svc: &KubeService) -> Option<(ServiceSpec, Vec<String>)> {
     let meta = &svc.metadata;
     let spec = svc.spec.as_ref()?;
     let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let headless = kind != "ExternalName" && spec.cluster_ip.as_deref() == Some("None");
     let cluster_ip = match kind {
         "ExternalName" => None,
         _ => spec
@@ -681,6 +748,7 @@ fn service_spec(svc: &KubeService) -> Option<(ServiceSpec, Vec<String>)> {
             namespace: meta.namespace.clone()?,
             name: meta.name.clone()?,
             cluster_ip,
+            headless,
             ports,
             affinity,
             external,

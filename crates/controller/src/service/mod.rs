@@ -3,6 +3,7 @@
 //! retrying from a fresh read when another writer got there first.
 
 mod dhcp;
+mod dns_record;
 mod floating_ip;
 mod ip_availability;
 mod kind;

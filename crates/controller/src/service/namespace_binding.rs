@@ -31,6 +31,7 @@ struct Wanted {
     project: Option<String>,
     security_groups: Vec<String>,
     origin: Origin,
+    cluster_domain: Option<String>,
 }
 
 impl Wanted {
@@ -43,6 +44,7 @@ impl Wanted {
                 .as_ref()
                 .is_none_or(|p| *p == binding.project_id)
             && binding.security_group_ids == self.security_groups
+            && binding.cluster_domain == self.cluster_domain
     }
 }
 
@@ -112,17 +114,20 @@ impl Service {
             project: text("project_id")?,
             security_groups,
             origin: Origin::Api,
+            cluster_domain: None,
         };
         let (created, binding) = self.bind_namespace(namespace, &wanted).await?;
         Ok((created, binding.render()))
     }
 
     /// Makes the binding of `namespace` what its Kubernetes annotations ask for (network and
-    /// groups by name or id); writes nothing when it already is. Returns whether it changed.
+    /// groups by name or id) in the cluster of DNS domain `cluster_domain`; writes nothing
+    /// when it already is. Returns whether it changed.
     pub async fn bind_namespace_from_annotations(
         &self,
         namespace: &str,
         intent: &NamespaceIntent,
+        cluster_domain: &str,
     ) -> Result<bool> {
         let network = self.resolve_network(&intent.network).await?;
         let project = intent
@@ -138,6 +143,7 @@ impl Service {
             project: Some(project),
             security_groups,
             origin: Origin::Kubernetes,
+            cluster_domain: Some(cluster_domain.to_owned()),
         };
         if let Some((current, _)) = self.load_binding(namespace).await? {
             if wanted.matches(&current) {
@@ -241,6 +247,7 @@ impl Service {
                 project_id: project,
                 security_group_ids: wanted.security_groups.clone(),
                 origin: wanted.origin,
+                cluster_domain: wanted.cluster_domain.clone(),
                 created_at: existing
                     .as_ref()
                     .map(|(b, _)| b.created_at.clone())

@@ -242,3 +242,24 @@ pub fn add_router_interface(lab: &Lab, router: &str, subnet: &str) {
     );
     assert_eq!(s, 200, "{v}");
 }
+
+/// What `nslookup NAME SERVER` (busybox) in `ns` says NAME is: its addresses (none when it
+/// does not exist).
+pub fn resolve(ns: &isthmus_lab::Netns, name: &str, server: &str) -> Vec<String> {
+    let out = ns
+        .command("busybox")
+        .args(["nslookup", "-type=a", name, server])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The server's own "Address:" line comes first, before "Name:".
+    text.split_once("Name:")
+        .map(|(_, answers)| {
+            answers
+                .lines()
+                .filter_map(|l| l.strip_prefix("Address:"))
+                .map(|a| a.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

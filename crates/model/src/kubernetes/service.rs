@@ -49,6 +49,8 @@ pub struct ServiceSpec {
     /// `spec.clusterIP`; `None` for headless Services (DNS only) and those without one
     /// (`ExternalName`).
     pub cluster_ip: Option<IpAddr>,
+    /// `clusterIP: None`: its name resolves to its ready endpoints.
+    pub headless: bool,
     /// `spec.ports`.
     pub ports: Vec<ServicePort>,
     /// `sessionAffinity: ClientIP`: its timeout in seconds.
@@ -163,6 +165,26 @@ pub fn wanted(service: &ServiceSpec, slices: &[&EndpointSlice]) -> Option<Wanted
         );
     }
     Some(Wanted { vip, listeners })
+}
+
+/// The addresses `<svc>.<ns>.svc.<domain>` resolves to: the cluster IP, or a headless
+/// Service's ready endpoints.
+pub fn name_addresses(service: &ServiceSpec, slices: &[&EndpointSlice]) -> Vec<IpAddr> {
+    if let Some(ip) = service.cluster_ip {
+        return vec![ip];
+    }
+    if !service.headless {
+        return Vec::new();
+    }
+    let mut out: Vec<IpAddr> = slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.ready)
+        .flat_map(|e| e.addresses.iter().copied())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A listener as it is.
@@ -388,6 +410,7 @@ mod tests {
                 .collect(),
             affinity,
             external: None,
+            headless: false,
         }
     }
 
@@ -465,10 +488,29 @@ mod tests {
     }
 
     #[test]
-    fn headless_services_have_no_load_balancer() {
+    fn headless_services_have_no_load_balancer_and_resolve_to_their_ready_endpoints() {
         let mut svc = service(&[("", Protocol::Tcp, 80)], None);
+        assert_eq!(name_addresses(&svc, &[]), [ip("10.96.0.10")]);
         svc.cluster_ip = None;
+        svc.headless = true;
         assert_eq!(wanted(&svc, &[]), None);
+        let s = slice(
+            &[("", Protocol::Tcp, 8080)],
+            vec![
+                endpoint("10.0.0.5", true, true, false),
+                endpoint("10.0.0.4", true, true, false),
+                endpoint("10.0.0.6", false, true, true),
+            ],
+        );
+        assert_eq!(
+            name_addresses(&svc, &[&s]),
+            [ip("10.0.0.4"), ip("10.0.0.5")]
+        );
+        svc.headless = false;
+        assert!(
+            name_addresses(&svc, &[&s]).is_empty(),
+            "ExternalName: no addresses"
+        );
     }
 
     fn current_of(w: &Wanted) -> Current {
