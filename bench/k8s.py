@@ -7,7 +7,9 @@ calls to the controller over another, probes over sockets made in the client VMs
 1. Service created -> first connection through its ClusterIP from a VM (Service + EndpointSlice
    written to the API server; the controller's watcher turns them into a load balancer), side
    by side with the same load balancer created through the Octavia API (rounds A B B A).
-2. With N Services present (each with 3 endpoints): one more added -> answered through its
+2. An endpoint added to a Service's EndpointSlice -> the first connection through the
+   ClusterIP that it answers, from a VM on every node.
+3. With N Services present (each with 3 endpoints): one more added -> answered through its
    ClusterIP by a client VM on every node; controller and agent RSS at N.
 """
 
@@ -77,6 +79,10 @@ def vip(i):
 NS = "/api/v1/namespaces/bench"
 
 
+def endpoints(members):
+    return [{"addresses": [m], "conditions": {"ready": True}} for m in members]
+
+
 def create_service(i):
     name = f"svc-{i}"
     call(kube, "POST", f"{NS}/services", {
@@ -90,8 +96,7 @@ def create_service(i):
                      "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
-        "endpoints": [{"addresses": [m], "conditions": {"ready": True}}
-                      for m in spec["members"]]})
+        "endpoints": endpoints(spec["members"])})
 
 
 def delete_service(i):
@@ -167,7 +172,33 @@ out["created_to_first_connection"] = {k: summary(v) for k, v in first.items()}
 print("created -> first connection", out["created_to_first_connection"], file=sys.stderr,
       flush=True)
 
-# 2. one Service added with N present, applied on every node.
+# 2. an endpoint added -> answered through the ClusterIP on every node.
+i, next_vip = next_vip, next_vip + 1
+create_service(i)
+wait_answered(clients, vip(i))
+slice_path = f"/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices/svc-{i}-abcde"
+times = []
+for _ in range(spec["samples"]):
+    t0 = time.monotonic()
+    call(kube, "PATCH", slice_path, {"endpoints": endpoints(spec["members"] + [spec["spare"]])},
+         content="application/merge-patch+json")
+    seen = set()
+    while len(seen) < len(clients):
+        for c in clients:
+            if c not in seen and greet(c, vip(i), 80, 0.2) == "spare":
+                seen.add(c)
+    times.append(time.monotonic() - t0)
+    call(kube, "PATCH", slice_path, {"endpoints": endpoints(spec["members"])},
+         content="application/merge-patch+json")
+    # Gone everywhere before the next sample.
+    while any(greet(c, vip(i), 80, 0.2) == "spare" for c in clients for _ in range(4)):
+        time.sleep(0.005)
+out["endpoint_added_to_answered_on_every_node"] = summary(times)
+print("endpoint added", out["endpoint_added_to_answered_on_every_node"], file=sys.stderr,
+      flush=True)
+delete_service(i)
+
+# 3. one Service added with N present, applied on every node.
 present = []
 for scale in spec["scales"]:
     t = time.monotonic()

@@ -1,43 +1,26 @@
 //! Kubernetes Services, measured in a lab of 3 nodes with the production shape (the
 //! controller's watcher on an API server double, agents watching, security groups on, default
 //! pool sizes): Service created -> first connection through its ClusterIP (beside the same
-//! load balancer made through the Octavia API), and one Service added with N present, applied
-//! on every node. The lab is built here; `bench/k8s.py` times everything with one clock.
+//! load balancer made through the Octavia API), an endpoint added -> answered on every node,
+//! and one Service added with N present, applied on every node. The lab is built here; `bench/k8s.py` times everything with one clock.
 //! Run as root: `cargo bench -p isthmus --bench kubernetes [-- SAMPLES SCALE...]`.
 
 #[path = "../tests/apiserver/mod.rs"]
 mod apiserver;
+#[allow(dead_code)]
+mod support;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use isthmus_lab::{unavailable, Lab, Netns, CONTROLLER_ADDR};
+use isthmus_lab::{unavailable, Lab, CONTROLLER_ADDR};
 use serde_json::json;
+use support::spawn;
 
 const BACKEND: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/backend.py");
 const DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/k8s.py");
 const APISERVER: &str = "10.251.0.254:6443";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(ns: &Netns, program: &str, args: &[&str]) -> Killed {
-    Killed(
-        ns.command(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn"),
-    )
-}
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
@@ -153,7 +136,7 @@ fn main() {
     );
     let mut servers = Vec::new();
     let mut members = Vec::new();
-    for (node, name) in [(1, "m1"), (2, "m2"), (1, "m3")] {
+    for (node, name) in [(1, "m1"), (2, "m2"), (1, "m3"), (2, "spare")] {
         let (server, ip) = vm(node, name);
         servers.push(spawn(&server.ns, "python3", &[BACKEND, name, "8080"]));
         members.push((server, ip));
@@ -166,7 +149,8 @@ fn main() {
         "service_subnet": service_sub["subnet"]["id"],
         "project": "bench",
         "clients": clients.iter().map(|c| c.ns.name()).collect::<Vec<_>>(),
-        "members": members.iter().map(|(_, ip)| ip.clone()).collect::<Vec<_>>(),
+        "members": members[..3].iter().map(|(_, ip)| ip.clone()).collect::<Vec<_>>(),
+        "spare": members[3].1,
         "samples": samples,
         "scales": scales,
         "controller_pid": controller.0.id(),

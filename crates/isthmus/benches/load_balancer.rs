@@ -8,35 +8,15 @@
 mod support;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use isthmus_lab::{Netns, CONTROLLER_ADDR};
+use isthmus_lab::CONTROLLER_ADDR;
 use serde_json::json;
-use support::cloud;
+use support::{cloud, spawn};
 
 const BACKEND: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/backend.py");
 const DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/lb.py");
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(ns: &Netns, program: &str, args: &[&str]) -> Killed {
-    Killed(
-        ns.command(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn"),
-    )
-}
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));

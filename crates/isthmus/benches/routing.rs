@@ -6,6 +6,7 @@
 //! (pinging every 2 ms). Needs root and iperf3.
 //! `cargo bench -p isthmus --bench routing [-- ROUNDS SECONDS ASSOCIATIONS]`
 
+#[allow(dead_code)]
 mod support;
 
 use std::io::{BufRead, BufReader};

@@ -4,6 +4,7 @@
 //! A B B A over rounds. Needs root and iperf3.
 //! `cargo bench -p isthmus --bench throughput [-- ROUNDS SECONDS]`
 
+#[allow(dead_code)]
 mod support;
 
 use std::process::Stdio;

@@ -548,6 +548,16 @@ fn services_are_balanced_in_every_node_kernel() {
     for name in ["web-1", "web-2", "web-3"] {
         assert!(within(&counts, name, 100, 30), "{counts:?}");
     }
+    // Pods reach the ClusterIP from every node (web-4 on node 3, web-5 on node 2, not yet
+    // endpoints; web-1 is one: hairpin).
+    for client in [3, 4, 0] {
+        let counts = count(&pods[client].3.ns, vip, 80, 9);
+        assert!(
+            !counts.contains_key("<failed>"),
+            "{}: {counts:?}",
+            pods[client].0
+        );
+    }
 
     // Scaled to 5: the new pods get connections.
     k8s.patch(

@@ -11,11 +11,11 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use isthmus_model::addr::{Cidr, IpVersion};
-use isthmus_model::kubernetes::pod_uid;
 use isthmus_model::kubernetes::policy::{
     group_rules, pod_groups, policy_tag, Direction, GroupRule, Helper, Operator, Peer, PodInfo,
     Policy, PortSpec, Requirement, Rule, Selector, POLICY_TAG_PREFIX,
 };
+use isthmus_model::kubernetes::{pod_uid, protocol};
 use isthmus_model::lbaas::Protocol;
 use isthmus_model::port::POD_DEVICE_OWNER;
 use isthmus_model::{Caller, Error, Result, SecurityGroup, SecurityGroupRule};
@@ -528,15 +528,6 @@ fn pod_infos(service: &Service, pods: &Store<Pod>) -> (Vec<PodInfo>, HashMap<Str
         .collect();
     infos.sort_by(|a, b| a.uid.cmp(&b.uid));
     (infos, ports)
-}
-
-fn protocol(name: Option<&str>) -> Option<Protocol> {
-    match name.unwrap_or("TCP") {
-        "TCP" => Some(Protocol::Tcp),
-        "UDP" => Some(Protocol::Udp),
-        "SCTP" => Some(Protocol::Sctp),
-        _ => None,
-    }
 }
 
 fn selector(s: &LabelSelector) -> Option<Selector> {

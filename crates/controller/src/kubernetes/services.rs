@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use isthmus_model::dns_record::DnsRecord;
+use isthmus_model::kubernetes::protocol;
 use isthmus_model::kubernetes::service::{
     current, name_addresses, plan, service_of, service_tag, Current, Endpoint, EndpointPort,
     EndpointSlice, ListenerKey, ServicePort, ServiceSpec, Step, Wanted,
 };
-use isthmus_model::lbaas::{LoadBalancer, Protocol};
+use isthmus_model::lbaas::LoadBalancer;
 use isthmus_model::{Caller, Error, Result};
 use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::api::discovery::v1::EndpointSlice as KubeSlice;
@@ -685,15 +686,6 @@ fn service_key(slice: &KubeSlice) -> Option<ServiceKey> {
         .get(SERVICE_NAME_LABEL)?
         .clone();
     Some((ns, name))
-}
-
-fn protocol(name: Option<&str>) -> Option<Protocol> {
-    match name.unwrap_or("TCP") {
-        "TCP" => Some(Protocol::Tcp),
-        "UDP" => Some(Protocol::Udp),
-        "SCTP" => Some(Protocol::Sctp),
-        _ => None,
-    }
 }
 
 /// A Service as its load balancer sees it, and the addresses its status shows.

@@ -1,8 +1,32 @@
 //! What the throughput benchmarks share: a lab with its controller and agents, an iperf3 run
 //! and medians.
 
+use std::process::{Child, Stdio};
+
 use isthmus_lab::{unavailable, Daemon, Lab, Netns};
 use serde_json::Value;
+
+/// A process killed when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program` in `ns` (output discarded), killed on drop.
+pub fn spawn(ns: &Netns, program: &str, args: &[&str]) -> Killed {
+    Killed(
+        ns.command(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    )
+}
 
 /// A lab with the controller and one agent per node. Fields drop in order: the daemons stop
 /// before the lab's namespaces go.

@@ -13,6 +13,17 @@ use crate::port::{Port, POD_DEVICE_OWNER};
 pub mod policy;
 pub mod service;
 
+/// A Kubernetes `protocol` (absent: TCP) as a load balancer's or rule's protocol.
+pub fn protocol(name: Option<&str>) -> Option<crate::lbaas::Protocol> {
+    use crate::lbaas::Protocol;
+    match name.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
 /// Namespace annotation: the network (name or id) its pods join.
 pub const NETWORK_ANNOTATION: &str = "isthmus.io/network";
 /// Namespace annotation: the project its pods' ports belong to.
