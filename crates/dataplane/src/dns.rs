@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use isthmus_model::dns_record::DnsRecord;
 use isthmus_model::router::OWNER_INTERFACE;
@@ -26,6 +26,8 @@ pub struct Names {
     forward: BTreeMap<String, BTreeSet<IpAddr>>,
     /// Address → FQDN.
     reverse: BTreeMap<IpAddr, String>,
+    /// `_<port>._<protocol>.<fqdn>` → (port, target FQDN).
+    services: BTreeMap<String, Vec<(u16, String)>>,
     /// The domains the names are in (`openstack.local.`): a name under one that is not known
     /// does not exist (it is not forwarded).
     domains: BTreeSet<String>,
@@ -131,6 +133,13 @@ pub fn names(view: &NodeView) -> BTreeMap<String, Arc<Names>> {
         for ip in &record.addresses {
             names.reverse.entry(*ip).or_insert_with(|| fqdn.clone());
         }
+        for p in &record.ports {
+            names
+                .services
+                .entry(format!("_{}._{}.{fqdn}", p.name, p.protocol).to_ascii_lowercase())
+                .or_default()
+                .push((p.port, fqdn.clone()));
+        }
         names
             .forward
             .entry(fqdn)
@@ -193,6 +202,18 @@ pub fn answer(names: &Names, query: &[u8]) -> Answer {
                     (IpAddr::V6(a), RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(*a)),
                     _ => return None,
                 };
+                Some(Record::from_rdata(name.clone(), TTL, rdata))
+            })
+            .collect();
+        return reply(&request, ResponseCode::NoError, records);
+    }
+    if let Some(targets) = names.services.get(&text) {
+        let records = targets
+            .iter()
+            .filter(|_| matches!(kind, RecordType::SRV | RecordType::ANY))
+            .filter_map(|(port, target)| {
+                let target = Name::from_ascii(target).ok()?;
+                let rdata = RData::SRV(SRV::new(0, 100, *port, target));
                 Some(Record::from_rdata(name.clone(), TTL, rdata))
             })
             .collect();
@@ -300,7 +321,8 @@ mod tests {
         );
         view.apply(&json!({"type": "ADDED", "kind": "dns_record", "object": {
             "id": "team-b/web", "fqdn": "web.team-b.svc.cluster.local.", "zone": "svc.cluster.local.",
-            "addresses": ["10.96.0.10"], "network_id": "svc"}}))
+            "addresses": ["10.96.0.10"], "network_id": "svc",
+            "ports": [{"name": "http", "protocol": "tcp", "port": 80}]}}))
             .unwrap();
         let all = names(&view);
         let a = &all["net-a"];
@@ -319,6 +341,18 @@ mod tests {
                 .is_none(),
             "not routed there"
         );
+        // Its named port.
+        let m = decode(answer(
+            a,
+            &query("_http._tcp.web.team-b.svc.cluster.local.", RecordType::SRV),
+        ));
+        match &m.answers[0].data {
+            RData::SRV(srv) => {
+                assert_eq!(srv.port, 80);
+                assert_eq!(srv.target.to_ascii(), "web.team-b.svc.cluster.local.");
+            }
+            other => panic!("{other:?}"),
+        }
         // Another name in the zone does not exist (it is not forwarded upstream).
         let m = decode(answer(
             a,

@@ -400,6 +400,25 @@ fn services_are_balanced_in_every_node_kernel() {
             .is_some_and(|a| a.len() == 3)
     });
 
+    // The pods' and VMs' resolver: the pod network's DHCP port (made in the background).
+    let mut resolver = String::new();
+    wait_for(
+        "the pod network's DHCP port",
+        Duration::from_secs(10),
+        || {
+            let (_, dhcp) = lab.api(
+                "GET",
+                &format!("/v2.0/ports?network_id={pods_net}&device_owner=network:dhcp"),
+                None,
+            );
+            resolver = dhcp["ports"][0]["fixed_ips"][0]["ip_address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            !resolver.is_empty()
+        },
+    );
+
     // Pods of team-b land on the pod network; the client is a VM on node 1.
     k8s.create(namespace(
         "team-b",
@@ -494,21 +513,29 @@ fn services_are_balanced_in_every_node_kernel() {
 
     // One resolver for VMs and pods: the VM resolves the Service, a pod resolves the VM, a
     // headless Service resolves to its ready endpoints.
-    let (_, dhcp) = lab.api(
-        "GET",
-        &format!("/v2.0/ports?network_id={pods_net}&device_owner=network:dhcp"),
-        None,
-    );
-    let resolver = dhcp["ports"][0]["fixed_ips"][0]["ip_address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     wait_for("the Service's name", Duration::from_secs(10), || {
         resolve(&client.ns, "web.team-b.svc.cluster.local", &resolver) == [vip]
     });
     assert_eq!(
         resolve(&pods[2].3.ns, "client.openstack.local", &resolver),
         [ip_of(&vm_port)]
+    );
+    // The named port as an SRV record.
+    let srv = client
+        .ns
+        .exec(
+            "busybox",
+            &[
+                "nslookup",
+                "-type=srv",
+                "_http._tcp.web.team-b.svc.cluster.local",
+                &resolver,
+            ],
+        )
+        .unwrap();
+    assert!(
+        srv.contains("0 100 80 web.team-b.svc.cluster.local"),
+        "{srv}"
     );
     k8s.create(json!({
         "apiVersion": "v1", "kind": "Service",

@@ -1,6 +1,7 @@
 //! Names outside Neutron's ports that the node-local resolvers answer: a Kubernetes Service's
 //! `<svc>.<ns>.svc.<cluster domain>` (its cluster IP, or a headless Service's ready endpoint
-//! addresses), answered to the instances of the networks routed to the service network.
+//! addresses, and SRV records for its named ports), answered to the instances of the networks
+//! routed to the service network.
 
 use std::net::IpAddr;
 
@@ -20,6 +21,20 @@ pub struct DnsRecord {
     pub addresses: Vec<IpAddr>,
     /// The network whose routing domain sees it (the service network).
     pub network_id: String,
+    /// Named ports, answered as SRV records `_<name>._<protocol>.<fqdn>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<NamedPort>,
+}
+
+/// A named port of a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedPort {
+    /// The port's name (a DNS label).
+    pub name: String,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// The port.
+    pub port: u16,
 }
 
 impl DnsRecord {

@@ -10,11 +10,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use isthmus_model::dns_record::DnsRecord;
+use isthmus_model::dns_record::{DnsRecord, NamedPort};
 use isthmus_model::kubernetes::protocol;
 use isthmus_model::kubernetes::service::{
-    current, name_addresses, plan, service_of, service_tag, Current, Endpoint, EndpointPort,
-    EndpointSlice, ListenerKey, ServicePort, ServiceSpec, Step, Wanted,
+    current, name_addresses, name_ports, plan, service_of, service_tag, Current, Endpoint,
+    EndpointPort, EndpointSlice, ListenerKey, ServicePort, ServiceSpec, Step, Wanted,
 };
 use isthmus_model::lbaas::LoadBalancer;
 use isthmus_model::{Caller, Error, Result};
@@ -85,6 +85,8 @@ struct Job {
     wanted: Option<Wanted>,
     /// What its name resolves to.
     addresses: Vec<IpAddr>,
+    /// Its named ports (SRV records).
+    named_ports: Vec<NamedPort>,
     current: Option<Current>,
     /// Floating IPs on the VIP port: (id, address, made for this Service).
     floating_ips: Vec<(String, IpAddr, bool)>,
@@ -232,6 +234,7 @@ impl Services {
                 id,
                 addresses: job.addresses.clone(),
                 network_id: network_id.to_owned(),
+                ports: job.named_ports.clone(),
             })
             .await
     }
@@ -318,6 +321,14 @@ impl Services {
             let own: Vec<&EndpointSlice> = slices.get(&key).into_iter().flatten().collect();
             let wanted = isthmus_model::kubernetes::service::wanted(&spec, &own);
             let addresses = name_addresses(&spec, &own);
+            let named_ports = name_ports(&spec, &own)
+                .into_iter()
+                .map(|(name, protocol, port)| NamedPort {
+                    name,
+                    protocol: protocol.as_str().to_ascii_lowercase(),
+                    port,
+                })
+                .collect();
             let current = balancers
                 .get(spec.uid.as_str())
                 .map(|lb| current(&mirror, lb));
@@ -331,6 +342,7 @@ impl Services {
                 ingress,
                 wanted,
                 addresses,
+                named_ports,
                 current,
                 floating_ips,
             });

@@ -187,6 +187,31 @@ pub fn name_addresses(service: &ServiceSpec, slices: &[&EndpointSlice]) -> Vec<I
     out
 }
 
+/// The named ports `_<name>._<protocol>.<svc>...` SRV records give: the Service's ports, or a
+/// headless Service's endpoint ports of those names.
+pub fn name_ports(
+    service: &ServiceSpec,
+    slices: &[&EndpointSlice],
+) -> Vec<(String, Protocol, u16)> {
+    service
+        .ports
+        .iter()
+        .filter(|p| !p.name.is_empty())
+        .filter_map(|p| {
+            let port = if service.cluster_ip.is_some() {
+                Some(p.port)
+            } else {
+                slices
+                    .iter()
+                    .flat_map(|s| &s.ports)
+                    .find(|e| e.name == p.name && e.protocol == p.protocol)
+                    .map(|e| e.port)
+            }?;
+            Some((p.name.clone(), p.protocol, port))
+        })
+        .collect()
+}
+
 /// A listener as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentListener {
