@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use isthmus_model::dns_record::{DnsRecord, NamedPort};
-use isthmus_model::kubernetes::protocol;
 use isthmus_model::kubernetes::service::{
     current, name_addresses, name_ports, plan, service_of, service_tag, Current, Endpoint,
     EndpointPort, EndpointSlice, ListenerKey, ServicePort, ServiceSpec, Step, Wanted,
 };
+use isthmus_model::kubernetes::{is_dns_label, protocol};
 use isthmus_model::lbaas::LoadBalancer;
 use isthmus_model::{Caller, Error, Result};
 use k8s_openapi::api::core::v1::Service as KubeService;
@@ -223,6 +223,11 @@ impl Services {
 
     /// Makes `<svc>.<ns>.svc.<domain>` resolve to what the Service's job says (or not at all).
     async fn name(&self, service: &Service, network_id: &str, job: &Job) -> Result<()> {
+        if !is_dns_label(&job.key.0) || !is_dns_label(&job.key.1) {
+            return Err(Error::BadRequest(
+                "the Service's name or namespace is not a DNS label".into(),
+            ));
+        }
         let id = format!("{}/{}", job.key.0, job.key.1);
         if job.addresses.is_empty() {
             return service.delete_dns_record(&id).await;

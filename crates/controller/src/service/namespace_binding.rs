@@ -4,7 +4,7 @@
 //! every node's watch carries them.
 
 use isthmus_model::input;
-use isthmus_model::kubernetes::NamespaceIntent;
+use isthmus_model::kubernetes::{is_dns_label, NamespaceIntent};
 use isthmus_model::namespace_binding::{NamespaceBinding, Origin};
 use isthmus_model::policy;
 use isthmus_model::{Caller, Error, Network, Result, SecurityGroup};
@@ -13,17 +13,6 @@ use serde_json::Value;
 
 use super::{encode, now, store_error, Attempt, Object, Service};
 use crate::keys;
-
-/// Kubernetes namespace names are DNS-1123 labels.
-fn valid_namespace(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
 
 /// A binding as asked for: the network and groups by id, the project when given.
 struct Wanted {
@@ -204,7 +193,7 @@ impl Service {
         namespace: &str,
         wanted: &Wanted,
     ) -> Result<(bool, NamespaceBinding)> {
-        if !valid_namespace(namespace) {
+        if !is_dns_label(namespace) {
             return Err(Error::invalid_attr(
                 "namespace",
                 format!("'{namespace}' is not a Kubernetes namespace name (DNS-1123 label)"),
@@ -316,19 +305,5 @@ impl Service {
             .then(Op::delete(key));
         self.commit(txn).await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_namespace;
-
-    #[test]
-    fn namespace_names_are_dns_labels() {
-        assert!(valid_namespace("team-a"));
-        assert!(!valid_namespace("Team"));
-        assert!(!valid_namespace("-a"));
-        assert!(!valid_namespace(""));
-        assert!(!valid_namespace(&"a".repeat(64)));
     }
 }

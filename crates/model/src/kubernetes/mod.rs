@@ -13,6 +13,18 @@ use crate::port::{Port, POD_DEVICE_OWNER};
 pub mod policy;
 pub mod service;
 
+/// Whether `name` is a DNS-1123 label, as Kubernetes namespace and Service names are (checked
+/// again here: they become store keys and DNS names).
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// A Kubernetes `protocol` (absent: TCP) as a load balancer's or rule's protocol.
 pub fn protocol(name: Option<&str>) -> Option<crate::lbaas::Protocol> {
     use crate::lbaas::Protocol;
@@ -191,6 +203,16 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!(is_dns_label("team-a"));
+        assert!(!is_dns_label("Team"));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("a/b"));
+        assert!(!is_dns_label(""));
+        assert!(!is_dns_label(&"a".repeat(64)));
     }
 
     #[test]
