@@ -73,6 +73,8 @@ pub(super) struct Policies {
     policies: Cache<NetworkPolicy>,
     /// Fingerprint of the inputs the last successful pass applied.
     applied: Option<u64>,
+    /// Why the last pass failed (said once; it is tried again on every change).
+    failing: Option<String>,
     neutron: Registry,
 }
 
@@ -82,6 +84,7 @@ impl Policies {
         Policies {
             policies: Cache::start(Api::all(client.clone()), "networkpolicies", changed, |_| {}),
             applied: None,
+            failing: None,
             neutron: Registry::neutron(),
         }
     }
@@ -143,9 +146,16 @@ impl Policies {
             .apply(service, &policies, &labels, &infos, &ports)
             .await
         {
-            Ok(()) => self.applied = Some(fingerprint),
+            Ok(()) => {
+                self.applied = Some(fingerprint);
+                self.failing = None;
+            }
             Err(e) => {
-                eprintln!("isthmus controller: applying NetworkPolicies: {e}");
+                let why = e.to_string();
+                if self.failing.as_ref() != Some(&why) {
+                    eprintln!("isthmus controller: applying NetworkPolicies: {why}");
+                    self.failing = Some(why);
+                }
                 self.applied = None;
             }
         }
