@@ -131,7 +131,7 @@ impl Policies {
             .collect();
         let (infos, ports) = pod_infos(service, pods);
         let mut hasher = DefaultHasher::new();
-        format!("{policies:?}{refused:?}{labels:?}{infos:?}").hash(&mut hasher);
+        (&policies, &refused, &labels, &infos).hash(&mut hasher);
         for (uid, port) in &ports {
             (uid, &port.id, &port.project, &port.groups).hash(&mut hasher);
         }
@@ -167,7 +167,7 @@ impl Policies {
         policies: &[Policy],
         labels: &BTreeMap<String, BTreeMap<String, String>>,
         infos: &[PodInfo],
-        ports: &HashMap<String, PodPort>,
+        ports: &BTreeMap<String, PodPort>,
     ) -> Result<()> {
         let groups: Vec<SecurityGroup> = service
             .load_all::<SecurityGroup>(keys::SECURITY_GROUPS)
@@ -201,12 +201,15 @@ impl Policies {
             };
             let tag = policy_tag(&policy.uid);
             let name = format!("k8s-np:{}/{}", policy.namespace, policy.name);
-            let id = match tagged(&groups, &tag, &project) {
-                Some(g) => g.meta.id.clone(),
-                None => self.create_group(service, &project, &name, &tag).await?,
+            let (id, fresh) = match tagged(&groups, &tag, &project) {
+                Some(g) => (g.meta.id.clone(), false),
+                None => (
+                    self.create_group(service, &project, &name, &tag).await?,
+                    true,
+                ),
             };
             let wanted = group_rules(policy, infos, labels);
-            self.set_rules(service, &project, &id, &wanted, &rules)
+            self.set_rules(service, &project, &id, &wanted, &rules, fresh)
                 .await?;
             policy_groups.insert(policy.uid.clone(), id);
         }
@@ -319,14 +322,14 @@ impl Policies {
         rules: &[SecurityGroupRule],
     ) -> Result<String> {
         let tag = helper_tag(helper);
-        let id = match tagged(groups, tag, project) {
-            Some(g) => g.meta.id.clone(),
+        let (id, fresh) = match tagged(groups, tag, project) {
+            Some(g) => (g.meta.id.clone(), false),
             None => {
                 let name = match helper {
                     Helper::AllIngress => "k8s-np:allow-all-ingress",
                     Helper::AllEgress => "k8s-np:allow-all-egress",
                 };
-                self.create_group(service, project, name, tag).await?
+                (self.create_group(service, project, name, tag).await?, true)
             }
         };
         let direction = match helper {
@@ -348,12 +351,14 @@ impl Policies {
             remote,
         })
         .collect();
-        self.set_rules(service, project, &id, &wanted, rules)
+        self.set_rules(service, project, &id, &wanted, rules, fresh)
             .await?;
         Ok(id)
     }
 
-    /// Makes group `id`'s rules exactly `wanted` (a new group's default egress rules go too).
+    /// Makes group `id`'s rules exactly `wanted`; `known` are the rules read at the start of
+    /// the pass, which a group made in this pass (`fresh`) is not in yet (its default egress
+    /// rules go too).
     async fn set_rules(
         &self,
         service: &Service,
@@ -361,6 +366,7 @@ impl Policies {
         id: &str,
         wanted: &BTreeSet<GroupRule>,
         known: &[SecurityGroupRule],
+        fresh: bool,
     ) -> Result<()> {
         let caller = Caller::admin(project);
         let mut have: Vec<(Option<GroupRule>, String)> = known
@@ -368,8 +374,7 @@ impl Policies {
             .filter(|r| r.security_group_id == id)
             .map(|r| (group_rule(r), r.meta.id.clone()))
             .collect();
-        if have.is_empty() {
-            // A group made in this pass: its default rules are not in `known`.
+        if fresh {
             have = service
                 .load_all::<SecurityGroupRule>(keys::SECURITY_GROUP_RULES)
                 .await?
@@ -474,9 +479,9 @@ fn group_rule(r: &SecurityGroupRule) -> Option<GroupRule> {
 }
 
 /// Every pod with a port: as policies see it, and its port.
-fn pod_infos(service: &Service, pods: &Store<Pod>) -> (Vec<PodInfo>, HashMap<String, PodPort>) {
+fn pod_infos(service: &Service, pods: &Store<Pod>) -> (Vec<PodInfo>, BTreeMap<String, PodPort>) {
     let mirror = service.informer().mirror();
-    let mut ports: HashMap<String, PodPort> = HashMap::new();
+    let mut ports: BTreeMap<String, PodPort> = BTreeMap::new();
     let mut ips: HashMap<String, Vec<std::net::IpAddr>> = HashMap::new();
     for port in mirror.ports_owned_by(POD_DEVICE_OWNER) {
         let Some(uid) = pod_uid(port) else { continue };

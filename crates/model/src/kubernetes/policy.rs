@@ -20,7 +20,7 @@ pub fn policy_tag(uid: &str) -> String {
 }
 
 /// A label selector's operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Operator {
     /// `In`.
     In,
@@ -33,7 +33,7 @@ pub enum Operator {
 }
 
 /// A `matchExpressions` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Requirement {
     /// The label.
     pub key: String,
@@ -44,7 +44,7 @@ pub struct Requirement {
 }
 
 /// A label selector (empty: everything).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Selector {
     /// `matchLabels`.
     pub labels: BTreeMap<String, String>,
@@ -69,7 +69,7 @@ impl Selector {
 }
 
 /// A pod as policies see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PodInfo {
     /// `metadata.uid`.
     pub uid: String,
@@ -84,7 +84,7 @@ pub struct PodInfo {
 }
 
 /// A peer of a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Peer {
     /// Pods: in the namespaces `namespaces` selects (`None`: the policy's own), matching
     /// `pods` (`None`: all of them).
@@ -104,7 +104,7 @@ pub enum Peer {
 }
 
 /// A port of a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PortSpec {
     /// Every port of the protocol.
     Any,
@@ -116,7 +116,7 @@ pub enum PortSpec {
 
 /// One `ingress` or `egress` rule: traffic with any of `peers` (none: anyone) on any of
 /// `ports` (none: any).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Rule {
     /// `from`/`to`.
     pub peers: Vec<Peer>,
@@ -125,7 +125,7 @@ pub struct Rule {
 }
 
 /// A NetworkPolicy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Policy {
     /// `metadata.uid`.
     pub uid: String,
