@@ -13,27 +13,14 @@ calls to the controller over another, probes over sockets made in the client VMs
    ClusterIP by a client VM on every node; controller and agent RSS at N.
 """
 
-import ctypes
 import http.client
 import json
-import os
-import socket
-import statistics
 import sys
 import time
 
-CLONE_NEWNET = 0x40000000
-libc = ctypes.CDLL("libc.so.6", use_errno=True)
+from labnet import enter, greet, summary
+
 spec = json.load(sys.stdin)
-_fds = {}
-
-
-def enter(ns):
-    fd = _fds.get(ns)
-    if fd is None:
-        fd = _fds[ns] = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
 
 
 def connection(addr):
@@ -56,20 +43,6 @@ def call(conn, method, path, body=None, content="application/json"):
     if r.status >= 300:
         raise RuntimeError(f"{method} {path}: {r.status} {raw[:300]!r}")
     return json.loads(raw) if raw else None
-
-
-def greet(ns, addr, port, timeout=0.2):
-    """The name a server greets a new connection with, or None."""
-    enter(ns)
-    s = socket.socket()
-    s.settimeout(timeout)
-    try:
-        s.connect((addr, port))
-        return s.makefile().readline().strip() or None
-    except OSError:
-        return None
-    finally:
-        s.close()
 
 
 def vip(i):
@@ -116,17 +89,6 @@ def octavia_lb(i):
         call(neutron, "POST", f"/v2/lbaas/pools/{pool['id']}/members",
              {"member": {"address": m, "protocol_port": 8080}})
     return lb["id"]
-
-
-def pct(values, p):
-    s = sorted(values)
-    return s[min(len(s) - 1, round((len(s) - 1) * p))]
-
-
-def summary(values):
-    return {"p50_ms": round(statistics.median(values) * 1e3, 2),
-            "p99_ms": round(pct(values, 0.99) * 1e3, 2),
-            "max_ms": round(max(values) * 1e3, 2), "n": len(values)}
 
 
 def rss_mb(pid):

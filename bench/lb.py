@@ -12,30 +12,16 @@ sockets made in the client VMs' namespaces (setns per socket).
    connections per second, rounds A B B A.
 """
 
-import ctypes
 import http.client
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
-CLONE_NEWNET = 0x40000000
-libc = ctypes.CDLL("libc.so.6", use_errno=True)
+from labnet import enter, greet, summary
+
 spec = json.load(sys.stdin)
-_fds = {}
-
-
-def enter(ns):
-    fd = _fds.get(ns)
-    if fd is None:
-        fd = _fds[ns] = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-
-
 enter(spec["fabric"])
 host, port = spec["controller"].split(":")
 api_conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -52,20 +38,6 @@ def api(method, path, body=None):
     return json.loads(raw) if raw else None
 
 
-def greet(ns, addr, port, timeout=0.2):
-    """The name a server greets a new connection with, or None."""
-    enter(ns)
-    s = socket.socket()
-    s.settimeout(timeout)
-    try:
-        s.connect((addr, port))
-        return s.makefile().readline().strip() or None
-    except OSError:
-        return None
-    finally:
-        s.close()
-
-
 def load_balancer(members, subnet, port=80, member_port=8080):
     lb = api("POST", "/v2/lbaas/loadbalancers",
              {"loadbalancer": {"vip_subnet_id": subnet, "project_id": "bench"}})["loadbalancer"]
@@ -77,17 +49,6 @@ def load_balancer(members, subnet, port=80, member_port=8080):
         api("POST", f"/v2/lbaas/pools/{pool['id']}/members",
             {"member": {"address": m, "protocol_port": member_port}})
     return lb, pool
-
-
-def pct(values, p):
-    s = sorted(values)
-    return s[min(len(s) - 1, round((len(s) - 1) * p))]
-
-
-def summary(values):
-    return {"p50_ms": round(statistics.median(values) * 1e3, 2),
-            "p99_ms": round(pct(values, 0.99) * 1e3, 2),
-            "max_ms": round(max(values) * 1e3, 2), "n": len(values)}
 
 
 out = {}

@@ -97,27 +97,8 @@ fn main() {
         );
         assert_eq!(s, 200, "{v}");
     }
-    let vm = |node: usize, name: &str| {
-        let p = api(
-            "/v2.0/ports",
-            json!({"port": {"network_id": net, "project_id": "bench", "name": name,
-                            "binding:host_id": format!("node{}", node + 1)}}),
-        );
-        let p = &p["port"];
-        let ip = p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned();
-        let vm = lab
-            .add_vm_for_port(node, p, 16, Some("10.80.0.1"), 1450)
-            .unwrap();
-        for key in ["all", "default"] {
-            vm.ns
-                .exec(
-                    "sysctl",
-                    &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
-                )
-                .unwrap();
-        }
-        (vm, ip)
-    };
+    let vm =
+        |node: usize, name: &str| support::vm(&lab, &net, "bench", node, name, Some("10.80.0.1"));
     let clients: Vec<_> = (0..3).map(|n| vm(n, &format!("client{n}")).0).collect();
     let (_, groups) = lab.api(
         "GET",

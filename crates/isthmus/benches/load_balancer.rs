@@ -41,29 +41,7 @@ fn main() {
         ),
     );
     let sub = sub["subnet"]["id"].as_str().unwrap().to_owned();
-    let vm = |node: usize, name: &str| {
-        let (s, p) = lab.api(
-            "POST",
-            "/v2.0/ports",
-            Some(
-                &json!({"port": {"network_id": net, "project_id": "bench", "name": name,
-                                   "binding:host_id": format!("node{}", node + 1)}}),
-            ),
-        );
-        assert_eq!(s, 201, "{p}");
-        let p = &p["port"];
-        let ip = p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned();
-        let vm = lab.add_vm_for_port(node, p, 16, None, 1450).unwrap();
-        for key in ["all", "default"] {
-            vm.ns
-                .exec(
-                    "sysctl",
-                    &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
-                )
-                .unwrap();
-        }
-        (vm, ip)
-    };
+    let vm = |node: usize, name: &str| support::vm(lab, &net, "bench", node, name, None);
     let clients: Vec<_> = (0..3).map(|n| vm(n, &format!("client{n}")).0).collect();
     // The project's default group (made with its first port) lets the members' ports in.
     let (_, groups) = lab.api(

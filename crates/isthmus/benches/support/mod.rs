@@ -3,7 +3,7 @@
 
 use std::process::{Child, Stdio};
 
-use isthmus_lab::{unavailable, Daemon, Lab, Netns};
+use isthmus_lab::{unavailable, Daemon, Lab, Netns, Vm};
 use serde_json::Value;
 
 /// A process killed when dropped.
@@ -84,4 +84,37 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// A VM on node `node` (0-based) with a new port on `net` of project `project` (IPv4 only, a
+/// /16, routed by `gateway` if given); the VM and its address.
+pub fn vm(
+    lab: &Lab,
+    net: &str,
+    project: &str,
+    node: usize,
+    name: &str,
+    gateway: Option<&str>,
+) -> (Vm, String) {
+    let (s, p) = lab.api(
+        "POST",
+        "/v2.0/ports",
+        Some(
+            &serde_json::json!({"port": {"network_id": net, "project_id": project, "name": name,
+                                          "binding:host_id": format!("node{}", node + 1)}}),
+        ),
+    );
+    assert_eq!(s, 201, "{p}");
+    let p = &p["port"];
+    let ip = p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned();
+    let vm = lab.add_vm_for_port(node, p, 16, gateway, 1450).unwrap();
+    for key in ["all", "default"] {
+        vm.ns
+            .exec(
+                "sysctl",
+                &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
+            )
+            .unwrap();
+    }
+    (vm, ip)
 }
