@@ -444,6 +444,26 @@ fn services_are_balanced_in_every_node_kernel() {
         .add_vm_for_port(0, &vm_port, 24, Some("10.70.0.1"), 1450)
         .unwrap();
     ipv4_only(&client.ns);
+    // Nodes 2 and 3 hold the pod network (and its DHCP port, the pods' resolver) before their
+    // first pod: a node's first port on a network can be wired before the rest of that
+    // watch batch (the DHCP port) is in the agent's view, and its CNI result would name no
+    // resolver (a known race, see the session note).
+    let bridge = isthmus_model::network::bridge_name(&pods_net);
+    for node in [1, 2] {
+        create(
+            lab,
+            "/v2.0/ports",
+            "port",
+            json!({"network_id": pods_net, "project_id": "project-a",
+                   "binding:host_id": format!("node{}", node + 1),
+                   "device_owner": "compute:nova", "name": format!("holder-{node}")}),
+        );
+        wait_for(
+            "the node to hold the pod network",
+            Duration::from_secs(10),
+            || lab.nodes[node].ns.ip(&["link", "show", &bridge]).is_ok(),
+        );
+    }
     let conf = |node: usize| cni_conf(&cloud, node, json!({}));
     let mut pods = Vec::new();
     let mut servers = Vec::new();
