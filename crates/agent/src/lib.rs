@@ -328,6 +328,10 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
         match shared.config.controller.stream(&path).await {
             Ok(mut lines) => {
                 *shared.view() = NodeView::default();
+                // Whether lines since the last bookmark changed the view: the controller
+                // closes every batch with a bookmark, and the view is only acted on (reconciled,
+                // its revision published to waiting CNI ADDs) whole.
+                let mut changed_since = false;
                 loop {
                     match lines.next().await {
                         Ok(Some(line)) => {
@@ -339,14 +343,16 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
                                     break;
                                 }
                                 Ok(changed) => {
+                                    changed_since |= changed;
                                     let synced = shared.view().synced;
-                                    if synced {
+                                    if synced && line["type"] == "BOOKMARK" {
                                         let revision = shared.view().revision;
                                         from = Some(revision);
                                         shared.revisions.send_replace(revision);
-                                        if changed || line["synced"] == true {
+                                        if changed_since || line["synced"] == true {
                                             shared.changed.notify_one();
                                         }
+                                        changed_since = false;
                                     }
                                 }
                                 Err(e) => eprintln!("isthmus agent: {e}"),

@@ -1,13 +1,15 @@
 //! One mirror of the desired state per controller, fed by one store watch, shared by every
-//! node watch. A node watch recomputes its view from the mirror after each change and sends
-//! the difference, so a watcher that falls behind simply catches up on its next turn.
+//! node watch. Each batch of changes is routed to the node watches it concerns (the model's
+//! [`Fanout`]), which then send what changed in their views; a watcher that falls behind
+//! catches up with the net change on its next turn.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-use isthmus_model::view::{Mirror, Object, ObjectKind};
+use isthmus_model::view::{Change, Fanout, Mirror, Object, ObjectKind, WatcherId};
 use isthmus_model::Error;
 use isthmus_store::{Event, SharedStore, StoreError};
-use tokio::sync::{watch, OnceCell};
+use tokio::sync::{watch, Notify, OnceCell};
 
 use crate::keys;
 
@@ -79,9 +81,52 @@ pub trait Sink: Default + Send + Sync + 'static {
     ) -> Result<bool, Error>;
     /// The object `(kind, id)` deleted at `revision`.
     fn delete(&mut self, kind: ObjectKind, id: &str, revision: u64);
+    /// Called (under the write lock) after each batch, with the store revision it reached.
+    fn commit(&mut self, _revision: u64) {}
+    /// Takes `fresh`, rebuilt from a snapshot at `revision`, in place of what it held.
+    fn replace(&mut self, fresh: Self, _revision: u64) {
+        *self = fresh;
+    }
 }
 
-impl Sink for Mirror {
+/// The desired state node watches read, with the open watches changes are routed to.
+#[derive(Default)]
+pub struct Desired {
+    mirror: Mirror,
+    watches: Mutex<Watches>,
+}
+
+#[derive(Default)]
+struct Watches {
+    fanout: Fanout,
+    wakers: HashMap<WatcherId, Arc<Notify>>,
+}
+
+impl Watches {
+    fn wake(&self, ids: impl IntoIterator<Item = WatcherId>) {
+        for id in ids {
+            if let Some(waker) = self.wakers.get(&id) {
+                waker.notify_one();
+            }
+        }
+    }
+}
+
+impl Desired {
+    fn watches(&self) -> MutexGuard<'_, Watches> {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::ops::Deref for Desired {
+    type Target = Mirror;
+
+    fn deref(&self) -> &Mirror {
+        &self.mirror
+    }
+}
+
+impl Sink for Desired {
     fn put(
         &mut self,
         kind: ObjectKind,
@@ -89,16 +134,86 @@ impl Sink for Mirror {
         raw: &[u8],
         revision: u64,
     ) -> Result<bool, Error> {
-        Ok(Mirror::put(self, decode(kind, key, raw)?, revision))
+        Ok(self.mirror.put(decode(kind, key, raw)?, revision))
     }
 
     fn delete(&mut self, kind: ObjectKind, id: &str, revision: u64) {
-        Mirror::delete(self, &(kind, id.to_owned()), revision);
+        self.mirror.delete(&(kind, id.to_owned()), revision);
+    }
+
+    fn commit(&mut self, revision: u64) {
+        let changes = self.mirror.take_changes();
+        let watches = self.watches.get_mut().unwrap_or_else(|e| e.into_inner());
+        let woken = watches.fanout.apply(&self.mirror, changes, revision);
+        watches.wake(woken);
+    }
+
+    fn replace(&mut self, mut fresh: Self, revision: u64) {
+        fresh.mirror.take_changes();
+        self.mirror = fresh.mirror;
+        let watches = self.watches.get_mut().unwrap_or_else(|e| e.into_inner());
+        let woken = watches.fanout.reset(revision);
+        watches.wake(woken);
     }
 }
 
 /// The shared mirror node watches read.
-pub type Informer = Feed<Mirror>;
+pub type Informer = Feed<Desired>;
+
+/// One node's open watch on the [`Informer`]; closed when dropped.
+pub struct NodeWatch {
+    informer: Arc<Informer>,
+    id: WatcherId,
+    wake: Arc<Notify>,
+}
+
+impl Informer {
+    /// Opens a watch of `node`'s view (the feed must be ready); its first
+    /// [`NodeWatch::take`] yields the whole view.
+    pub fn open_watch(self: &Arc<Self>, node: &str) -> NodeWatch {
+        let wake = Arc::new(Notify::new());
+        let id = {
+            let desired = self.mirror();
+            let mut watches = desired.watches();
+            let id = watches.fanout.register(node);
+            watches.wakers.insert(id, wake.clone());
+            id
+        };
+        NodeWatch {
+            informer: Arc::clone(self),
+            id,
+            wake,
+        }
+    }
+}
+
+impl NodeWatch {
+    /// What changed in the view since the last call, handed to `render` with the mirror (read
+    /// locked, so the changes and the revision are of one state) and the revision it reflects.
+    pub fn take<T>(&self, render: impl FnOnce(&Mirror, Vec<(Change, u64)>, u64) -> T) -> T {
+        let desired = self.informer.mirror();
+        let (changes, revision) = {
+            let mut watches = desired.watches();
+            let changes = watches.fanout.drain(&desired.mirror, self.id);
+            (changes, watches.fanout.revision())
+        };
+        render(&desired.mirror, changes, revision)
+    }
+
+    /// Resolves when the view may have changed.
+    pub async fn changed(&self) {
+        self.wake.notified().await
+    }
+}
+
+impl Drop for NodeWatch {
+    fn drop(&mut self) {
+        let desired = self.informer.mirror();
+        let mut watches = desired.watches();
+        watches.fanout.unregister(self.id);
+        watches.wakers.remove(&self.id);
+    }
+}
 
 /// One view of the store's objects (`S`), fed by one store watch, and the revision it reflects.
 pub struct Feed<S> {
@@ -185,7 +300,10 @@ impl<S: Sink> Feed<S> {
                 mirror.put(*kind, &kv.key, &kv.value, kv.mod_revision)?;
             }
         }
-        *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
+        self.mirror
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(mirror, revision);
         self.revision.send_replace(revision.max(1));
         self.applied.send_replace(revision);
         Ok(start)
@@ -230,6 +348,7 @@ impl<S: Sink> Feed<S> {
                             }
                         }
                     }
+                    mirror.commit(batch.revision);
                 }
                 from = batch.revision;
                 if relevant {

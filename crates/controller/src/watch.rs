@@ -5,7 +5,9 @@
 //! - `{"type":"ADDED"|"MODIFIED","kind":"port","revision":R,"object":{...}}`
 //! - `{"type":"DELETED","kind":"port","revision":R,"id":"..."}`
 //! - `{"type":"BOOKMARK","revision":R,"synced":true}` after the initial view (then the
-//!   agent's cache is complete at R), and `{"type":"BOOKMARK","revision":R}` when idle;
+//!   agent's cache is complete at R), `{"type":"BOOKMARK","revision":R}` after every later
+//!   batch of changes (the view is complete at R: a client acts on bookmarks, never on half a
+//!   batch) and every 5 s when idle;
 //! - `{"type":"RELIST","revision":R,"reason":"..."}` when the stream cannot continue from
 //!   where the client is (history compacted): drop the cache and watch again without `from`.
 //!
@@ -13,17 +15,16 @@
 //! controller's shared [`Informer`]. With `from=REV` the controller first checks that history
 //! since REV still exists and answers RELIST when it does not; otherwise the snapshot follows
 //! (the agent reconciles it by diff, so its kernel state is untouched by a reconnect). After
-//! that, each change of the mirror makes the stream recompute the node's view and send the
-//! difference from what it sent before, so a slow client never needs a relist: it gets the
-//! net change when it catches up.
+//! that, the informer routes each change to the streams whose views it touches, and a stream
+//! sends only what changed in its view; a slow client never needs a relist: it gets the net
+//! change when it catches up.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use std::collections::BTreeMap;
 
-use isthmus_model::view::{diff, Change, Mirror, ObjectKey};
+use isthmus_model::view::{Change, Mirror, ObjectKey};
 use isthmus_model::Error;
 use isthmus_store::StoreError;
 use serde_json::{json, Value};
@@ -116,52 +117,42 @@ async fn stream(
         }
     }
     informer.ready().await?;
-    let mut changes = informer.subscribe();
-    let mut sent = BTreeMap::new();
+    let watch = informer.open_watch(node);
     let mut synced = false;
+    let mut idle = false;
     loop {
-        let revision = *changes.borrow_and_update();
-        let lines: Vec<Bytes> = {
-            let mirror = informer.mirror();
-            let view = mirror.node_view(node);
-            let lines = diff(&sent, &view)
+        let (lines, revision) = watch.take(|mirror, changes, revision| {
+            let lines: Vec<Bytes> = changes
                 .iter()
-                .map(|change| {
-                    let rev = match change {
-                        Change::Added(k) if !synced => view.get(k).copied().unwrap_or(revision),
-                        _ => revision,
-                    };
-                    change_line(&mirror, change, rev)
+                .map(|(change, rev)| {
+                    change_line(mirror, change, if synced { revision } else { *rev })
                 })
                 .collect();
-            sent = view;
-            lines
-        };
+            (lines, revision)
+        });
+        let changed = !lines.is_empty();
         for l in lines {
             if tx.send(l).await.is_err() {
                 return Ok(());
             }
         }
-        if !synced {
-            synced = true;
-            if tx
-                .send(line(
-                    json!({"type": "BOOKMARK", "revision": revision, "synced": true}),
-                ))
-                .await
-                .is_err()
-            {
+        // A bookmark closes every batch (the client's view is complete at `revision`) and
+        // marks an idle stream as alive; an idle one is drained first, so it never runs
+        // ahead of changes not yet sent.
+        if changed || !synced || idle {
+            let mut mark = json!({"type": "BOOKMARK", "revision": revision});
+            if !synced {
+                mark["synced"] = json!(true);
+                synced = true;
+            }
+            if tx.send(line(mark)).await.is_err() {
                 return Ok(());
             }
         }
+        idle = false;
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return Ok(()) },
-            _ = tokio::time::sleep(BOOKMARK_INTERVAL) => {
-                let revision = *changes.borrow();
-                if tx.send(line(json!({"type": "BOOKMARK", "revision": revision}))).await.is_err() {
-                    return Ok(());
-                }
-            }
+            _ = watch.changed() => {}
+            _ = tokio::time::sleep(BOOKMARK_INTERVAL) => idle = true,
             _ = tx.closed() => return Ok(()),
         }
     }

@@ -19,6 +19,10 @@ use crate::{
     AddressGroup, FloatingIp, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet,
 };
 
+mod fanout;
+
+pub use fanout::{Fanout, WatcherId};
+
 /// A desired-state object.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
@@ -120,6 +124,39 @@ impl ObjectKind {
 /// (kind, id) of an object; nodes are keyed by name.
 pub type ObjectKey = (ObjectKind, String);
 
+/// A part of the desired state that nodes see as a whole: a node's view is the union of the
+/// scopes it subscribes to ([`Mirror::subscriptions`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Nodes, namespace bindings and DNS records: every node sees them.
+    Global,
+    /// A network with its subnets, its ports and the load balancers whose VIP is on it.
+    Network(String),
+    /// A router's external network with its subnets (not its ports).
+    Gateway(String),
+    /// A router with its floating IPs and their ports on the external network.
+    Router(String),
+    /// A security group (carrying its rules).
+    Group(String),
+    /// The ports in a security group (a remote group's members).
+    Members(String),
+    /// An address group.
+    AddressGroup(String),
+}
+
+/// Something a node's choice of scopes reads: a change to it makes the node choose again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dependency {
+    /// The ports bound to a node.
+    Host(String),
+    /// Which routers have an interface on a network.
+    RoutersOn(String),
+    /// A router's interfaces and gateway.
+    Router(String),
+    /// The rules of a security group (their remote groups and address groups).
+    Rules(String),
+}
+
 impl Object {
     /// Its key.
     pub fn key(&self) -> ObjectKey {
@@ -174,6 +211,13 @@ pub struct Mirror {
     fips_by_router: HashMap<String, BTreeSet<String>>,
     fips_by_port: HashMap<String, BTreeSet<String>>,
     lbs_by_network: HashMap<String, BTreeSet<String>>,
+    fips_by_floating_port: HashMap<String, BTreeSet<String>>,
+    /// Objects every node sees (nodes, namespace bindings, DNS records).
+    globals: BTreeSet<ObjectKey>,
+    /// What changed since [`Mirror::take_changes`] last ran: each key with the object it held
+    /// before (for the watch fan-out, which must know where an object was as well as where it
+    /// is).
+    log: Vec<(ObjectKey, Option<Object>)>,
 }
 
 impl Mirror {
@@ -218,9 +262,17 @@ impl Mirror {
                     index_remove(&mut self.fips_by_router, &a.router_id, &f.meta.id);
                     index_remove(&mut self.fips_by_port, &a.port_id, &f.meta.id);
                 }
+                index_remove(
+                    &mut self.fips_by_floating_port,
+                    &f.floating_port_id,
+                    &f.meta.id,
+                );
             }
             Object::LoadBalancer(l) => {
                 index_remove(&mut self.lbs_by_network, &l.vip_network_id, &l.meta.id)
+            }
+            Object::Node(_) | Object::NamespaceBinding(_) | Object::DnsRecord(_) => {
+                self.globals.remove(&object.key());
             }
             _ => {}
         }
@@ -252,9 +304,17 @@ impl Mirror {
                     index_add(&mut self.fips_by_router, &a.router_id, &f.meta.id);
                     index_add(&mut self.fips_by_port, &a.port_id, &f.meta.id);
                 }
+                index_add(
+                    &mut self.fips_by_floating_port,
+                    &f.floating_port_id,
+                    &f.meta.id,
+                );
             }
             Object::LoadBalancer(l) => {
                 index_add(&mut self.lbs_by_network, &l.vip_network_id, &l.meta.id)
+            }
+            Object::Node(_) | Object::NamespaceBinding(_) | Object::DnsRecord(_) => {
+                self.globals.insert(object.key());
             }
             _ => {}
         }
@@ -308,12 +368,20 @@ impl Mirror {
         if self.revision(&key).is_some_and(|r| r >= revision) {
             return false;
         }
-        if let Some((old, _)) = self.objects.remove(&key) {
-            self.unindex(&old);
+        let old = self.objects.remove(&key).map(|(old, _)| old);
+        if let Some(old) = &old {
+            self.unindex(old);
         }
         self.index(&object);
-        self.objects.insert(key, (object, revision));
+        self.objects.insert(key.clone(), (object, revision));
+        self.log.push((key, old));
         true
+    }
+
+    /// The objects changed since the last call, each with what it was before (`None`: it is
+    /// new). An object changed twice appears twice.
+    pub fn take_changes(&mut self) -> Vec<(ObjectKey, Option<Object>)> {
+        std::mem::take(&mut self.log)
     }
 
     /// Removes an object deleted at `revision`, unless the mirror holds a newer version.
@@ -323,6 +391,7 @@ impl Mirror {
         }
         if let Some((old, _)) = self.objects.remove(key) {
             self.unindex(&old);
+            self.log.push((key.clone(), Some(old)));
         }
         true
     }
@@ -334,17 +403,53 @@ impl Mirror {
         index.get(key).into_iter().flatten()
     }
 
-    /// The objects `node` needs, with their revisions. Rules travel inside their group, so a
-    /// group's revision is the highest of its own and its rules'.
+    /// The objects `node` needs, with their revisions (see [`Mirror::view_revision`]): the
+    /// contents of its [`Mirror::subscriptions`]. The watch maintains this incrementally
+    /// ([`Fanout`]); this computes it from scratch.
     pub fn node_view(&self, node: &str) -> BTreeMap<ObjectKey, u64> {
+        let (scopes, _) = self.subscriptions(node);
         let mut view = BTreeMap::new();
+        for scope in &scopes {
+            for key in self.contents(scope) {
+                if let Some(rev) = self.view_revision(&key) {
+                    view.insert(key, rev);
+                }
+            }
+        }
+        view
+    }
+
+    /// The revision a node is sent for `key`: its own, except that a security group carries
+    /// its rules (its revision is the highest of its own and its rules').
+    pub fn view_revision(&self, key: &ObjectKey) -> Option<u64> {
+        let own = self.revision(key)?;
+        if key.0 != ObjectKind::SecurityGroup {
+            return Some(own);
+        }
+        let rules = Self::ids(&self.rules_by_group, &key.1)
+            .filter_map(|r| self.revision(&(ObjectKind::SecurityGroupRule, r.clone())))
+            .max()
+            .unwrap_or(0);
+        Some(own.max(rules))
+    }
+
+    /// What `node` subscribes to, and what that choice depends on.
+    ///
+    /// A node sees every network with a port bound to it, with all its ports and subnets (for
+    /// forwarding entries) and the load balancers whose VIP is on it; the routers on those
+    /// networks and the gateway routers it hosts, with all their networks, their floating IPs
+    /// and the external network's subnets (a node hosting a port on any of a router's networks
+    /// runs that router); the security groups its ports use, the groups their rules name as
+    /// remote with those groups' member ports (for address sets) and the address groups they
+    /// name; and everything [`Scope::Global`].
+    pub fn subscriptions(&self, node: &str) -> (BTreeSet<Scope>, BTreeSet<Dependency>) {
+        let mut scopes = BTreeSet::from([Scope::Global]);
+        let mut deps = BTreeSet::from([Dependency::Host(node.to_owned())]);
         let mut networks = BTreeSet::new();
         let mut groups = BTreeSet::new();
         let mut routers = BTreeSet::new();
         for port_id in Self::ids(&self.ports_by_host, node) {
-            if let Some((Object::Port(p), _)) =
-                self.objects.get(&(ObjectKind::Port, port_id.clone()))
-            {
+            if let Some(Object::Port(p)) = self.get(&(ObjectKind::Port, port_id.clone())) {
                 networks.insert(p.network_id.clone());
                 if p.port_security_enabled {
                     groups.extend(p.security_groups.iter().cloned());
@@ -354,101 +459,238 @@ impl Mirror {
                 }
             }
         }
-        let add = |view: &mut BTreeMap<ObjectKey, u64>, kind: ObjectKind, id: &str| {
-            let key = (kind, id.to_owned());
-            if let Some(rev) = self.revision(&key) {
-                view.insert(key, rev);
-            }
-        };
-        // A node hosting a port on any of a router's networks runs that router, so it needs
-        // every network of the router (its interfaces live on their bridges), the floating IPs
-        // the router NATs, and the external network's subnets (gateway addresses).
         for net in &networks {
+            deps.insert(Dependency::RoutersOn(net.clone()));
             routers.extend(Self::ids(&self.routers_by_network, net).cloned());
         }
-        for router_id in &routers {
-            let Some((Object::Router(r), _)) =
-                self.objects.get(&(ObjectKind::Router, router_id.clone()))
-            else {
+        for router_id in routers {
+            deps.insert(Dependency::Router(router_id.clone()));
+            let Some(Object::Router(r)) = self.get(&(ObjectKind::Router, router_id.clone())) else {
                 continue;
             };
-            add(&mut view, ObjectKind::Router, router_id);
             networks.extend(r.interfaces.iter().map(|i| i.network_id.clone()));
-            for f in Self::ids(&self.fips_by_router, router_id) {
-                add(&mut view, ObjectKind::FloatingIp, f);
-                // Its port on the external network: the MAC that answers for the address.
-                if let Some((Object::FloatingIp(fip), _)) =
-                    self.objects.get(&(ObjectKind::FloatingIp, f.clone()))
-                {
-                    add(&mut view, ObjectKind::Port, &fip.floating_port_id);
-                }
-            }
             if let Some(g) = &r.gateway {
-                add(&mut view, ObjectKind::Network, &g.network_id);
-                for s in Self::ids(&self.subnets_by_network, &g.network_id) {
-                    add(&mut view, ObjectKind::Subnet, s);
-                }
+                scopes.insert(Scope::Gateway(g.network_id.clone()));
             }
+            scopes.insert(Scope::Router(router_id));
         }
-        // Load balancers whose VIP a local port can reach (its network, or one the same router
-        // joins), with everything under them: every such node balances its own clients.
-        for net in &networks {
-            for lb_id in Self::ids(&self.lbs_by_network, net) {
-                self.add_load_balancer(&mut view, lb_id);
-            }
-        }
-        for net in &networks {
-            add(&mut view, ObjectKind::Network, net);
-            for s in Self::ids(&self.subnets_by_network, net) {
-                add(&mut view, ObjectKind::Subnet, s);
-            }
-            for p in Self::ids(&self.ports_by_network, net) {
-                add(&mut view, ObjectKind::Port, p);
-            }
-        }
+        scopes.extend(networks.into_iter().map(Scope::Network));
         let mut remote = BTreeSet::new();
         for g in &groups {
+            deps.insert(Dependency::Rules(g.clone()));
             for r in Self::ids(&self.rules_by_group, g) {
-                if let Some((Object::SecurityGroupRule(rule), _)) = self
-                    .objects
-                    .get(&(ObjectKind::SecurityGroupRule, r.clone()))
+                if let Some(Object::SecurityGroupRule(rule)) =
+                    self.get(&(ObjectKind::SecurityGroupRule, r.clone()))
                 {
                     if let Some(rg) = &rule.remote_group_id {
                         remote.insert(rg.clone());
                     }
                     if let Some(ag) = &rule.remote_address_group_id {
-                        add(&mut view, ObjectKind::AddressGroup, ag);
+                        scopes.insert(Scope::AddressGroup(ag.clone()));
                     }
                 }
             }
         }
-        for g in groups.iter().chain(&remote) {
-            let key = (ObjectKind::SecurityGroup, g.clone());
-            if let Some(own) = self.revision(&key) {
-                let rules = Self::ids(&self.rules_by_group, g)
-                    .filter_map(|r| self.revision(&(ObjectKind::SecurityGroupRule, r.clone())))
-                    .max()
-                    .unwrap_or(0);
-                view.insert(key, own.max(rules));
+        scopes.extend(remote.iter().cloned().map(Scope::Members));
+        scopes.extend(groups.into_iter().chain(remote).map(Scope::Group));
+        (scopes, deps)
+    }
+
+    /// The objects a scope holds now.
+    pub fn contents(&self, scope: &Scope) -> Vec<ObjectKey> {
+        let mut keys = Vec::new();
+        let mut add = |kind: ObjectKind, id: &str| {
+            let key = (kind, id.to_owned());
+            if self.objects.contains_key(&key) {
+                keys.push(key);
             }
-        }
-        for g in &remote {
-            for p in Self::ids(&self.ports_by_group, g) {
-                add(&mut view, ObjectKind::Port, p);
+        };
+        match scope {
+            Scope::Global => return self.globals.iter().cloned().collect(),
+            Scope::Network(net) | Scope::Gateway(net) => {
+                add(ObjectKind::Network, net);
+                for s in Self::ids(&self.subnets_by_network, net) {
+                    add(ObjectKind::Subnet, s);
+                }
+                if let Scope::Network(_) = scope {
+                    for p in Self::ids(&self.ports_by_network, net) {
+                        add(ObjectKind::Port, p);
+                    }
+                    for lb in Self::ids(&self.lbs_by_network, net) {
+                        keys.extend(self.load_balancer_tree(lb));
+                    }
+                }
             }
-        }
-        // Every node sees every node (tunnel endpoints), every namespace binding (so a pod's
-        // ADD picks its network without asking the controller) and every DNS record (its
-        // resolvers answer Services' names).
-        for ((kind, id), (_, rev)) in &self.objects {
-            if matches!(
-                kind,
-                ObjectKind::Node | ObjectKind::NamespaceBinding | ObjectKind::DnsRecord
-            ) {
-                view.insert((*kind, id.clone()), *rev);
+            Scope::Router(r) => {
+                add(ObjectKind::Router, r);
+                for f in Self::ids(&self.fips_by_router, r) {
+                    add(ObjectKind::FloatingIp, f);
+                    // Its port on the external network: the MAC that answers for the address.
+                    if let Some(Object::FloatingIp(fip)) =
+                        self.get(&(ObjectKind::FloatingIp, f.clone()))
+                    {
+                        add(ObjectKind::Port, &fip.floating_port_id);
+                    }
+                }
             }
+            Scope::Group(g) => add(ObjectKind::SecurityGroup, g),
+            Scope::Members(g) => {
+                for p in Self::ids(&self.ports_by_group, g) {
+                    add(ObjectKind::Port, p);
+                }
+            }
+            Scope::AddressGroup(a) => add(ObjectKind::AddressGroup, a),
         }
-        view
+        keys
+    }
+
+    /// The scopes holding `key` now (the inverse of [`Mirror::contents`]).
+    pub fn scopes_of(&self, key: &ObjectKey) -> Vec<Scope> {
+        let Some(object) = self.get(key) else {
+            return Vec::new();
+        };
+        match object {
+            Object::Network(n) => vec![
+                Scope::Network(n.meta.id.clone()),
+                Scope::Gateway(n.meta.id.clone()),
+            ],
+            Object::Subnet(s) => vec![
+                Scope::Network(s.network_id.clone()),
+                Scope::Gateway(s.network_id.clone()),
+            ],
+            Object::Port(p) => {
+                let mut scopes = vec![Scope::Network(p.network_id.clone())];
+                scopes.extend(p.security_groups.iter().cloned().map(Scope::Members));
+                for f in Self::ids(&self.fips_by_floating_port, &p.meta.id) {
+                    if let Some(Object::FloatingIp(fip)) =
+                        self.get(&(ObjectKind::FloatingIp, f.clone()))
+                    {
+                        scopes.extend(
+                            fip.association
+                                .iter()
+                                .map(|a| Scope::Router(a.router_id.clone())),
+                        );
+                    }
+                }
+                scopes
+            }
+            Object::SecurityGroup(g) => vec![Scope::Group(g.meta.id.clone())],
+            Object::SecurityGroupRule(_) => Vec::new(),
+            Object::Node(_) | Object::NamespaceBinding(_) | Object::DnsRecord(_) => {
+                vec![Scope::Global]
+            }
+            Object::Router(r) => vec![Scope::Router(r.meta.id.clone())],
+            Object::FloatingIp(f) => f
+                .association
+                .iter()
+                .map(|a| Scope::Router(a.router_id.clone()))
+                .collect(),
+            Object::AddressGroup(g) => vec![Scope::AddressGroup(g.meta.id.clone())],
+            Object::LoadBalancer(_)
+            | Object::Listener(_)
+            | Object::Pool(_)
+            | Object::Member(_)
+            | Object::HealthMonitor(_) => self
+                .tree_holder(key)
+                .and_then(|lb| match self.get(&(ObjectKind::LoadBalancer, lb)) {
+                    Some(Object::LoadBalancer(l)) => {
+                        Some(vec![Scope::Network(l.vip_network_id.clone())])
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The load balancer whose tree (as [`Mirror::load_balancer_tree`] walks it, parent to
+    /// child) holds `key`, if one does.
+    fn tree_holder(&self, key: &ObjectKey) -> Option<String> {
+        let (parent, holds) = match self.get(key)? {
+            Object::LoadBalancer(l) => return Some(l.meta.id.clone()),
+            Object::Listener(l) => {
+                let lb = (ObjectKind::LoadBalancer, l.loadbalancer_id.clone());
+                let holds = matches!(self.get(&lb), Some(Object::LoadBalancer(b)) if b.listeners.contains(&key.1));
+                (lb, holds)
+            }
+            Object::Pool(p) => {
+                let lb = (ObjectKind::LoadBalancer, p.loadbalancer_id.clone());
+                let holds = matches!(self.get(&lb), Some(Object::LoadBalancer(b)) if b.pools.contains(&key.1));
+                (lb, holds)
+            }
+            Object::Member(m) => {
+                let pool = (ObjectKind::Pool, m.pool_id.clone());
+                let holds =
+                    matches!(self.get(&pool), Some(Object::Pool(p)) if p.members.contains(&key.1));
+                (pool, holds)
+            }
+            Object::HealthMonitor(h) => {
+                let pool = (ObjectKind::Pool, h.pool_id.clone());
+                let holds = matches!(self.get(&pool), Some(Object::Pool(p)) if p.healthmonitor_id.as_ref() == Some(&key.1));
+                (pool, holds)
+            }
+            _ => return None,
+        };
+        if holds {
+            self.tree_holder(&parent)
+        } else {
+            None
+        }
+    }
+
+    /// What choosing a node's subscriptions read of `object` (see [`Mirror::subscriptions`]):
+    /// when it changes, the nodes depending on these choose again.
+    pub fn dependencies_of(object: &Object) -> Vec<Dependency> {
+        match object {
+            Object::Port(p) if !p.binding.host_id.is_empty() => {
+                vec![Dependency::Host(p.binding.host_id.clone())]
+            }
+            Object::Router(r) => std::iter::once(Dependency::Router(r.meta.id.clone()))
+                .chain(
+                    r.interfaces
+                        .iter()
+                        .map(|i| Dependency::RoutersOn(i.network_id.clone())),
+                )
+                .collect(),
+            Object::SecurityGroupRule(r) => vec![Dependency::Rules(r.security_group_id.clone())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Other objects whose place in scopes (or revision as sent) follows from `object`: a
+    /// group's from its rules, a floating IP's external port from the floating IP, and a load
+    /// balancer's children from the lists of their parents.
+    pub fn dependents_of(&self, object: &Object) -> Vec<ObjectKey> {
+        match object {
+            Object::SecurityGroupRule(r) => {
+                vec![(ObjectKind::SecurityGroup, r.security_group_id.clone())]
+            }
+            Object::FloatingIp(f) => vec![(ObjectKind::Port, f.floating_port_id.clone())],
+            Object::LoadBalancer(l) => {
+                let mut keys: Vec<ObjectKey> = l
+                    .listeners
+                    .iter()
+                    .map(|i| (ObjectKind::Listener, i.clone()))
+                    .collect();
+                for p in &l.pools {
+                    keys.push((ObjectKind::Pool, p.clone()));
+                    if let Some(pool @ Object::Pool(_)) = self.get(&(ObjectKind::Pool, p.clone())) {
+                        keys.extend(self.dependents_of(pool));
+                    }
+                }
+                keys
+            }
+            Object::Pool(p) => p
+                .members
+                .iter()
+                .map(|m| (ObjectKind::Member, m.clone()))
+                .chain(
+                    p.healthmonitor_id
+                        .iter()
+                        .map(|h| (ObjectKind::HealthMonitor, h.clone())),
+                )
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Whether `node` hosts a port with address `ip` (the node that probes a member at `ip`).
@@ -531,35 +773,46 @@ impl Mirror {
         Some(own.max(below.unwrap_or(0)))
     }
 
-    /// Adds a load balancer and its listeners, pools, members and monitors to `view`.
-    fn add_load_balancer(&self, view: &mut BTreeMap<ObjectKey, u64>, lb_id: &str) {
-        let add = |view: &mut BTreeMap<ObjectKey, u64>, kind: ObjectKind, id: &str| {
-            let key = (kind, id.to_owned());
-            if let Some(rev) = self.revision(&key) {
-                view.insert(key, rev);
-            }
-        };
+    /// A load balancer and its listeners, pools, members and monitors (those that exist).
+    fn load_balancer_tree(&self, lb_id: &str) -> Vec<ObjectKey> {
         let Some(Object::LoadBalancer(lb)) =
             self.get(&(ObjectKind::LoadBalancer, lb_id.to_owned()))
         else {
-            return;
+            return Vec::new();
         };
-        add(view, ObjectKind::LoadBalancer, lb_id);
+        // A child belongs to the tree when its parent lists it and it names that parent.
+        let mut keys = vec![(ObjectKind::LoadBalancer, lb_id.to_owned())];
         for l in &lb.listeners {
-            add(view, ObjectKind::Listener, l);
+            if let Some(Object::Listener(listener)) = self.get(&(ObjectKind::Listener, l.clone())) {
+                if listener.loadbalancer_id == lb_id {
+                    keys.push((ObjectKind::Listener, l.clone()));
+                }
+            }
         }
         for p in &lb.pools {
             let Some(Object::Pool(pool)) = self.get(&(ObjectKind::Pool, p.clone())) else {
                 continue;
             };
-            add(view, ObjectKind::Pool, p);
+            if pool.loadbalancer_id != lb_id {
+                continue;
+            }
+            keys.push((ObjectKind::Pool, p.clone()));
             for m in &pool.members {
-                add(view, ObjectKind::Member, m);
+                if matches!(self.get(&(ObjectKind::Member, m.clone())),
+                            Some(Object::Member(member)) if member.pool_id == *p)
+                {
+                    keys.push((ObjectKind::Member, m.clone()));
+                }
             }
             if let Some(h) = &pool.healthmonitor_id {
-                add(view, ObjectKind::HealthMonitor, h);
+                if matches!(self.get(&(ObjectKind::HealthMonitor, h.clone())),
+                            Some(Object::HealthMonitor(m)) if m.pool_id == *p)
+                {
+                    keys.push((ObjectKind::HealthMonitor, h.clone()));
+                }
             }
         }
+        keys
     }
 
     /// The wire form of an object as sent to agents (Neutron's admin view; groups carry their
@@ -605,24 +858,6 @@ pub enum Change {
     Modified(ObjectKey),
     /// Left the view (or was deleted).
     Deleted(ObjectKey),
-}
-
-/// The changes that turn what a node was sent (`sent`) into `view`.
-pub fn diff(sent: &BTreeMap<ObjectKey, u64>, view: &BTreeMap<ObjectKey, u64>) -> Vec<Change> {
-    let mut changes = Vec::new();
-    for (key, rev) in view {
-        match sent.get(key) {
-            None => changes.push(Change::Added(key.clone())),
-            Some(old) if old != rev => changes.push(Change::Modified(key.clone())),
-            Some(_) => {}
-        }
-    }
-    for key in sent.keys() {
-        if !view.contains_key(key) {
-            changes.push(Change::Deleted(key.clone()));
-        }
-    }
-    changes
 }
 
 #[cfg(test)]
@@ -724,8 +959,8 @@ mod tests {
         let before = m.node_view("node1");
         put(&mut m, port("p1", "net-b", "node3", &[]));
         let after = m.node_view("node1");
-        let changes = diff(&before, &after);
-        assert!(changes.contains(&Change::Deleted((ObjectKind::Network, "net-a".into()))));
+        assert!(before.contains_key(&(ObjectKind::Network, "net-a".into())));
+        assert!(!after.contains_key(&(ObjectKind::Network, "net-a".into())));
         assert!(keys(&after, ObjectKind::Port).is_empty());
         assert!(
             !m.put(port("p1", "net-a", "node1", &["db"]), 1),
