@@ -216,7 +216,17 @@ impl Endpoint {
 
     /// Opens a streaming GET; lines are read with [`Lines::next`].
     pub async fn stream(&self, path: &str) -> Result<Lines, AgentError> {
-        let (head, mut reader) = self.send("GET", path, None).await?;
+        self.stream_with("GET", path, None).await
+    }
+
+    /// Opens a streaming request with a body (a resumed watch).
+    pub async fn stream_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Lines, AgentError> {
+        let (head, mut reader) = self.send(method, path, body).await?;
         let (status, chunked) = (head.status, head.chunked);
         if status != 200 {
             let mut raw = Vec::new();

@@ -316,18 +316,30 @@ async fn link_events(shared: Arc<Shared>) {
     }
 }
 
-/// Follows the watch, reconnecting; each connection starts from a fresh snapshot, and the
-/// kernel is not touched until that snapshot is complete.
+/// Follows the watch, reconnecting. The first connection starts from a snapshot, and the
+/// kernel is not touched until it is complete; later ones resume from what the view holds
+/// (the controller, this one or another, sends only what differs), while the kernel keeps
+/// what it has.
 async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
-    let mut from: Option<u64> = None;
+    // Whether the view is complete from an earlier connection.
+    let mut resume = false;
     loop {
-        let path = match from {
-            Some(rev) => format!("/isthmus/v1/watch?node={}&from={rev}", shared.config.node),
-            None => format!("/isthmus/v1/watch?node={}", shared.config.node),
+        let path = format!("/isthmus/v1/watch?node={}", shared.config.node);
+        let connected = if resume {
+            let held = shared.view().held();
+            shared
+                .config
+                .controller
+                .stream_with("POST", &path, Some(&held))
+                .await
+        } else {
+            shared.config.controller.stream(&path).await
         };
-        match shared.config.controller.stream(&path).await {
+        match connected {
             Ok(mut lines) => {
-                *shared.view() = NodeView::default();
+                if !resume {
+                    *shared.view() = NodeView::default();
+                }
                 // Whether lines since the last bookmark changed the view: the controller
                 // closes every batch with a bookmark, and the view is only acted on (reconciled,
                 // its revision published to waiting CNI ADDs) whole.
@@ -339,15 +351,15 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
                             let applied = shared.view().apply(&line);
                             match applied {
                                 Ok(_) if relist => {
-                                    from = None;
+                                    resume = false;
                                     break;
                                 }
                                 Ok(changed) => {
                                     changed_since |= changed;
                                     let synced = shared.view().synced;
                                     if synced && line["type"] == "BOOKMARK" {
+                                        resume = true;
                                         let revision = shared.view().revision;
-                                        from = Some(revision);
                                         shared.revisions.send_replace(revision);
                                         if changed_since || line["synced"] == true {
                                             shared.changed.notify_one();
@@ -366,7 +378,13 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
                     }
                 }
             }
-            Err(e) => eprintln!("isthmus agent: cannot watch: {e}"),
+            Err(e) => {
+                // A controller that refuses the resume (an older one) gets a fresh watch next.
+                if matches!(e, AgentError::Controller(_)) {
+                    resume = false;
+                }
+                eprintln!("isthmus agent: cannot watch: {e}");
+            }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -36,6 +36,9 @@ pub struct AppState {
     pub octavia: Registry,
     /// How callers are identified.
     pub auth: Auth,
+    /// Turns true when the controller stops: open node watches end then, so that agents move
+    /// to another controller and the process exits at once.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -215,7 +218,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(put_namespace_binding)
                 .delete(delete_namespace_binding),
         )
-        .route("/isthmus/v1/watch", get(watch))
+        .route("/isthmus/v1/watch", get(watch).post(resume_watch))
         .merge(crate::octavia::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -1002,6 +1005,10 @@ async fn delete_namespace_binding(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Largest body of a resumed watch: what an agent holds, ~50 bytes per object.
+const RESUME_LIMIT: usize = 64 << 20;
+
+/// `GET /isthmus/v1/watch?node=NAME[&from=REV]`: a node's view from a snapshot.
 async fn watch(
     Extension(caller): Extension<Caller>,
     State(state): Shared,
@@ -1009,31 +1016,68 @@ async fn watch(
 ) -> ApiResult {
     isthmus_model::policy::authorize_caller("watch_node", &caller)?;
     let pairs = query_pairs(raw.as_deref());
-    let param = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let node = param("node")
+    let from = pairs
+        .iter()
+        .find(|(k, _)| k == "from")
+        .map(|(_, f)| {
+            f.parse::<u64>()
+                .map(crate::watch::Resume::From)
+                .map_err(|_| {
+                    ApiError(Error::BadRequest(format!(
+                        "'from' must be a revision, not '{f}'"
+                    )))
+                })
+        })
+        .transpose()?;
+    stream_view(&state, &pairs, from.unwrap_or(crate::watch::Resume::Fresh)).await
+}
+
+/// `POST /isthmus/v1/watch?node=NAME` with `{"held": {kind: {id: revision}}}`: a node's view
+/// for an agent that holds part of it already (it reconnects): only what differs is sent.
+async fn resume_watch(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+    RawQuery(raw): RawQuery,
+    request: Request,
+) -> ApiResult {
+    // The caller is checked before its (possibly large) body is read.
+    isthmus_model::policy::authorize_caller("watch_node", &caller)?;
+    let pairs = query_pairs(raw.as_deref());
+    let body = axum::body::to_bytes(request.into_body(), RESUME_LIMIT)
+        .await
+        .map_err(|_| {
+            ApiError(Error::BadRequest(
+                "the held objects are unreadable or too large".into(),
+            ))
+        })?;
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|_| ApiError(Error::BadRequest("the body must be JSON".into())))?;
+    stream_view(&state, &pairs, crate::watch::Resume::holding(&body)?).await
+}
+
+async fn stream_view(
+    state: &AppState,
+    pairs: &[(String, String)],
+    from: crate::watch::Resume,
+) -> ApiResult {
+    let node = pairs
+        .iter()
+        .find(|(k, _)| k == "node")
+        .map(|(_, v)| v.clone())
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
             ApiError(Error::BadRequest(
                 "the 'node' query parameter is required".into(),
             ))
-        })?
-        .to_owned();
-    let from = param("from")
-        .map(|f| {
-            f.parse::<u64>().map_err(|_| {
-                ApiError(Error::BadRequest(format!(
-                    "'from' must be a revision, not '{f}'"
-                )))
-            })
-        })
-        .transpose()?;
-    let lines =
-        crate::watch::start(state.service.clone(), state.informer.clone(), node, from).await?;
+        })?;
+    let lines = crate::watch::start(
+        state.service.clone(),
+        state.informer.clone(),
+        node,
+        from,
+        state.closing.clone(),
+    )
+    .await?;
     let stream = futures_util::stream::unfold(lines, |mut lines| async move {
         lines
             .recv()

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-use isthmus_model::view::{Change, Fanout, Mirror, Object, ObjectKind, WatcherId};
+use isthmus_model::view::{Change, Fanout, Mirror, Object, ObjectKey, ObjectKind, WatcherId};
 use isthmus_model::Error;
 use isthmus_store::{Event, SharedStore, StoreError};
 use tokio::sync::{watch, Notify, OnceCell};
@@ -168,14 +168,15 @@ pub struct NodeWatch {
 }
 
 impl Informer {
-    /// Opens a watch of `node`'s view (the feed must be ready); its first
-    /// [`NodeWatch::take`] yields the whole view.
-    pub fn open_watch(self: &Arc<Self>, node: &str) -> NodeWatch {
+    /// Opens a watch of `node`'s view (the feed must be ready) for a client holding `held`
+    /// (key → view revision; empty for a new client); its first [`NodeWatch::take`] yields
+    /// what differs: the whole view for a new client.
+    pub fn open_watch(self: &Arc<Self>, node: &str, held: HashMap<ObjectKey, u64>) -> NodeWatch {
         let wake = Arc::new(Notify::new());
         let id = {
             let desired = self.mirror();
             let mut watches = desired.watches();
-            let id = watches.fanout.register(node);
+            let id = watches.fanout.resume(node, held);
             watches.wakers.insert(id, wake.clone());
             id
         };

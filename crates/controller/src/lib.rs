@@ -56,7 +56,14 @@ pub fn app_full(
     registry: Registry,
     auth: Auth,
 ) -> axum::Router {
-    router_for(Service::new(store, config).shared(), registry, auth)
+    // Never closing: the sender goes now, which watches read as "runs until dropped".
+    let (_, closing) = tokio::sync::watch::channel(false);
+    router_for(
+        Service::new(store, config).shared(),
+        registry,
+        auth,
+        closing,
+    )
 }
 
 /// How often the controller looks for L3 service ports whose router is gone.
@@ -102,8 +109,14 @@ async fn compact(service: Arc<Service>) {
     }
 }
 
-fn router_for(service: Arc<Service>, registry: Registry, auth: Auth) -> axum::Router {
+fn router_for(
+    service: Arc<Service>,
+    registry: Registry,
+    auth: Auth,
+    closing: tokio::sync::watch::Receiver<bool>,
+) -> axum::Router {
     let state = Arc::new(api::AppState {
+        closing,
         informer: service.informer().clone(),
         service,
         metrics: metrics::Metrics::default(),
@@ -132,9 +145,9 @@ pub async fn serve(
     let (stopping, stop) = tokio::sync::watch::channel(false);
     let watcher =
         kubernetes.map(|settings| tokio::spawn(kubernetes::run(service.clone(), settings, stop)));
-    let app = router_for(service, Registry::neutron(), auth);
-    let mut shutdown = std::pin::pin!(shutdown);
     let (closing, closed) = tokio::sync::watch::channel(false);
+    let app = router_for(service, Registry::neutron(), auth, closed.clone());
+    let mut shutdown = std::pin::pin!(shutdown);
     let mut connections = tokio::task::JoinSet::new();
     let accept_octavia = || async {
         match &octavia {
@@ -167,8 +180,8 @@ pub async fn serve(
     if let Some(watcher) = watcher {
         let _ = tokio::time::timeout(GRACE, watcher).await;
     }
-    // Requests in flight finish; streams that never end by themselves (node watches) get
-    // `GRACE` and are then cut, so that a rolling restart never hangs.
+    // Node watches end now (agents move to another controller); requests in flight get
+    // `GRACE` to finish and are then cut, so that a rolling restart never hangs.
     let _ = closing.send(true);
     let _ = tokio::time::timeout(GRACE, async {
         while connections.join_next().await.is_some() {}

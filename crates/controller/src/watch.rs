@@ -19,16 +19,17 @@
 //! sends only what changed in its view; a slow client never needs a relist: it gets the net
 //! change when it catches up.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use isthmus_model::view::{Change, Mirror, ObjectKey};
+use isthmus_model::view::{Change, Mirror, ObjectKey, ObjectKind};
 use isthmus_model::Error;
 use isthmus_store::StoreError;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::informer::Informer;
 use crate::service::Service;
@@ -41,7 +42,9 @@ fn line(value: Value) -> Bytes {
     Bytes::from(out)
 }
 
-fn change_line(mirror: &Mirror, change: &Change, revision: u64) -> Bytes {
+/// A change as a line: additions and modifications carry the object and its view revision
+/// (what a client keeps to resume), deletions the revision of the batch.
+fn change_line(mirror: &Mirror, change: &Change, revision: u64, batch: u64) -> Bytes {
     let (kind, key): (&str, &ObjectKey) = match change {
         Change::Added(k) => ("ADDED", k),
         Change::Modified(k) => ("MODIFIED", k),
@@ -49,10 +52,11 @@ fn change_line(mirror: &Mirror, change: &Change, revision: u64) -> Bytes {
     };
     match (change, mirror.render(key)) {
         (Change::Deleted(_), _) | (_, None) => line(json!({
-            "type": "DELETED", "kind": key.0.as_str(), "revision": revision, "id": key.1,
+            "type": "DELETED", "kind": key.0.as_str(), "revision": batch, "id": key.1,
         })),
         (_, Some(object)) => line(json!({
-            "type": kind, "kind": key.0.as_str(), "revision": revision, "object": object,
+            "type": kind, "kind": key.0.as_str(), "revision": revision, "id": key.1,
+            "object": object,
         })),
     }
 }
@@ -61,18 +65,54 @@ fn relist(revision: u64, reason: &str) -> Bytes {
     line(json!({"type": "RELIST", "revision": revision, "reason": reason}))
 }
 
-/// Starts streaming `node`'s view; the receiver yields NDJSON lines until the client goes away
-/// or the stream must be re-listed.
+/// Where a watch starts.
+pub enum Resume {
+    /// From nothing: the whole view.
+    Fresh,
+    /// `from=REV`: the whole view, or RELIST when history since REV is compacted.
+    From(u64),
+    /// From what the client holds (key → view revision, as its lines carried them): only
+    /// what differs, whatever controller it watched before and however long ago.
+    Holding(HashMap<ObjectKey, u64>),
+}
+
+impl Resume {
+    /// The held objects of a resume request's body,
+    /// `{"held": {"<kind>": {"<id>": <revision>, ...}, ...}}`; kinds this controller does not
+    /// know are left out (it never sent them, so the client drops them on its own).
+    pub fn holding(body: &Value) -> Result<Resume, Error> {
+        let bad = || Error::BadRequest("'held' must map kinds to {id: revision}".into());
+        let kinds = body
+            .get("held")
+            .and_then(Value::as_object)
+            .ok_or_else(bad)?;
+        let mut held = HashMap::new();
+        for (kind, ids) in kinds {
+            let ids = ids.as_object().ok_or_else(bad)?;
+            let Some(kind) = ObjectKind::parse(kind) else {
+                continue;
+            };
+            for (id, revision) in ids {
+                held.insert((kind, id.clone()), revision.as_u64().ok_or_else(bad)?);
+            }
+        }
+        Ok(Resume::Holding(held))
+    }
+}
+
+/// Starts streaming `node`'s view; the receiver yields NDJSON lines until the client goes
+/// away, the stream must be re-listed, or `closing` turns true (the controller stops).
 pub async fn start(
     service: Arc<Service>,
     informer: Arc<Informer>,
     node: String,
-    from: Option<u64>,
+    from: Resume,
+    closing: watch::Receiver<bool>,
 ) -> Result<mpsc::Receiver<Bytes>, Error> {
     service.must_load_node(&node).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(1024);
     tokio::spawn(async move {
-        if let Err(e) = stream(&service, &informer, &node, from, &tx).await {
+        if let Err(e) = stream(&service, &informer, &node, from, &tx, closing).await {
             let _ = tx
                 .send(line(json!({"type": "ERROR", "message": e.to_string()})))
                 .await;
@@ -85,10 +125,16 @@ async fn stream(
     service: &Service,
     informer: &Arc<Informer>,
     node: &str,
-    from: Option<u64>,
+    from: Resume,
     tx: &mpsc::Sender<Bytes>,
+    mut closing: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let store = service.store();
+    let (from, held) = match from {
+        Resume::Fresh => (None, HashMap::new()),
+        Resume::From(revision) => (Some(revision), HashMap::new()),
+        Resume::Holding(held) => (None, held),
+    };
     if let Some(from) = from.filter(|f| *f > 0) {
         // Backends report a compacted start either at once (memory, embedded) or as the
         // stream's first message (etcd).
@@ -117,16 +163,14 @@ async fn stream(
         }
     }
     informer.ready().await?;
-    let watch = informer.open_watch(node);
+    let watch = informer.open_watch(node, held);
     let mut synced = false;
     let mut idle = false;
     loop {
         let (lines, revision) = watch.take(|mirror, changes, revision| {
             let lines: Vec<Bytes> = changes
                 .iter()
-                .map(|(change, rev)| {
-                    change_line(mirror, change, if synced { revision } else { *rev })
-                })
+                .map(|(change, rev)| change_line(mirror, change, *rev, revision))
                 .collect();
             (lines, revision)
         });
@@ -154,6 +198,8 @@ async fn stream(
             _ = watch.changed() => {}
             _ = tokio::time::sleep(BOOKMARK_INTERVAL) => idle = true,
             _ = tx.closed() => return Ok(()),
+            // The controller stops: the stream ends (a dropped sender means it never does).
+            Ok(_) = closing.wait_for(|c| *c) => return Ok(()),
         }
     }
 }

@@ -276,6 +276,9 @@ pub struct NodeView {
     pub revision: u64,
     /// Whether the initial view is complete (a synced bookmark was seen).
     pub synced: bool,
+    /// Every object held, (kind, id) → the revision its line carried: what a reconnecting
+    /// agent tells the controller, which then sends only what differs ([`NodeView::held`]).
+    pub revisions: BTreeMap<(String, String), u64>,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(object: &Value) -> Result<T, ViewError> {
@@ -480,6 +483,21 @@ impl NodeView {
         Some((prefix, gateway))
     }
 
+    /// What the view holds, as the body of a resumed watch
+    /// (`POST /isthmus/v1/watch`): `{"held": {kind: {id: revision}}}`.
+    pub fn held(&self) -> Value {
+        let mut kinds = serde_json::Map::new();
+        for ((kind, id), revision) in &self.revisions {
+            if let Value::Object(ids) = kinds
+                .entry(kind.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()))
+            {
+                ids.insert(id.clone(), Value::from(*revision));
+            }
+        }
+        serde_json::json!({ "held": kinds })
+    }
+
     /// Applies one watch line. Returns `Ok(true)` when the view changed. A `RELIST` line
     /// clears the view (the caller reconnects and receives a fresh snapshot).
     pub fn apply(&mut self, line: &Value) -> Result<bool, ViewError> {
@@ -504,6 +522,10 @@ impl NodeView {
                 let object = line
                     .get("object")
                     .ok_or_else(|| ViewError::BadLine("no object".into()))?;
+                let id = match field("id") {
+                    "" => object.get("id").and_then(Value::as_str).unwrap_or_default(),
+                    id => id,
+                };
                 // A change the data plane does not see (a port renamed) changes nothing here.
                 let changed = match field("kind") {
                     "network" => {
@@ -555,7 +577,6 @@ impl NodeView {
                         replace(&mut self.balancing.monitors, h.id.clone(), h)
                     }
                     kind => {
-                        let id = object.get("id").and_then(Value::as_str).unwrap_or_default();
                         self.others
                             .insert((kind.to_owned(), id.to_owned()), object.clone())
                             .as_ref()
@@ -565,10 +586,15 @@ impl NodeView {
                 if changed && !is_balancing(field("kind")) {
                     self.generation += 1;
                 }
+                let revision = line.get("revision").and_then(Value::as_u64).unwrap_or(0);
+                self.revisions
+                    .insert((field("kind").to_owned(), id.to_owned()), revision);
                 Ok(changed)
             }
             "DELETED" => {
                 let id = field("id").to_owned();
+                self.revisions
+                    .remove(&(field("kind").to_owned(), id.clone()));
                 let removed = match field("kind") {
                     "network" => self.networks.remove(&id).is_some(),
                     "port" => self.ports.remove(&id).is_some(),
@@ -600,6 +626,23 @@ impl NodeView {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_view_knows_what_it_holds() {
+        let mut view = NodeView::default();
+        let port = json!({"type": "ADDED", "kind": "namespace_binding", "revision": 4, "id": "ns1",
+            "object": {"namespace": "ns1", "network_id": "n1"}});
+        view.apply(&port).unwrap();
+        assert_eq!(
+            view.held(),
+            json!({"held": {"namespace_binding": {"ns1": 4}}})
+        );
+        view.apply(
+            &json!({"type": "DELETED", "kind": "namespace_binding", "id": "ns1", "revision": 6}),
+        )
+        .unwrap();
+        assert_eq!(view.held(), json!({"held": {}}));
+    }
 
     #[test]
     fn applies_watch_lines() {

@@ -98,6 +98,31 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
+    /// Every kind.
+    pub const ALL: [ObjectKind; 16] = [
+        ObjectKind::Network,
+        ObjectKind::Subnet,
+        ObjectKind::Port,
+        ObjectKind::SecurityGroup,
+        ObjectKind::SecurityGroupRule,
+        ObjectKind::Node,
+        ObjectKind::NamespaceBinding,
+        ObjectKind::DnsRecord,
+        ObjectKind::Router,
+        ObjectKind::FloatingIp,
+        ObjectKind::AddressGroup,
+        ObjectKind::LoadBalancer,
+        ObjectKind::Listener,
+        ObjectKind::Pool,
+        ObjectKind::Member,
+        ObjectKind::HealthMonitor,
+    ];
+
+    /// The kind named `name` on the wire.
+    pub fn parse(name: &str) -> Option<ObjectKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The name on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -195,6 +195,22 @@ impl Watch {
         }
     }
 
+    /// A resumed watch: `POST` with what the client holds.
+    pub async fn resume(api: &Api, query: &str, held: &Value) -> Watch {
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("/isthmus/v1/watch?{query}"))
+            .header("content-type", "application/json")
+            .body(Body::from(held.to_string()))
+            .unwrap();
+        let response = api.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        Watch {
+            body: response.into_body().into_data_stream(),
+            buffer: Vec::new(),
+        }
+    }
+
     pub async fn next(&mut self) -> Value {
         loop {
             if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
