@@ -1,17 +1,97 @@
-//! A minimal HTTP/1.1 client for the controller: JSON requests and the chunked NDJSON watch,
-//! with a Keystone token when the controller authenticates (noauth headers otherwise).
+//! The agent's HTTP client for the controller (hyper, with keep-alive): JSON requests and the
+//! NDJSON watch, with a Keystone token when the controller authenticates (noauth headers
+//! otherwise). Several controllers may be given; a connection that fails moves the agent to
+//! the next. Every exchange has a deadline, and a watch that stays silent for three bookmark
+//! intervals is dead.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use crate::AgentError;
 
-/// How long one exchange with Keystone may take.
-const KEYSTONE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to a controller or Keystone may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a request may take, answer included (a watch: until its response head).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Silence after which a watch is dead: three of the controller's 5 s bookmark intervals.
+pub const WATCH_SILENCE: Duration = Duration::from_secs(15);
+
+type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> Client {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    // Dead peers on idle pooled connections are found by the kernel too.
+    connector.set_keepalive(Some(Duration::from_secs(30)));
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// Why an exchange failed: before anything was sent (the peer is out of reach: another
+/// controller may do) or later.
+enum Failure {
+    Unreachable(String),
+    Broken(String),
+}
+
+impl From<Failure> for AgentError {
+    fn from(f: Failure) -> AgentError {
+        match f {
+            Failure::Unreachable(e) | Failure::Broken(e) => AgentError::Controller(e),
+        }
+    }
+}
+
+/// Sends one request to `authority` and waits (at most [`REQUEST_TIMEOUT`]) for the head of
+/// its answer.
+async fn exchange(
+    client: &Client,
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<hyper::Response<Incoming>, Failure> {
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{authority}{path}"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+        .map_err(|e| Failure::Broken(format!("bad request {method} {path}: {e}")))?;
+    match tokio::time::timeout(REQUEST_TIMEOUT, client.request(request)).await {
+        Err(_) => Err(Failure::Broken(format!(
+            "{authority} did not answer {method} {path} within {REQUEST_TIMEOUT:?}"
+        ))),
+        Ok(Err(e)) if e.is_connect() => Err(Failure::Unreachable(format!("{authority}: {e}"))),
+        Ok(Err(e)) => Err(Failure::Broken(format!("{authority}: {e}"))),
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+/// Reads a whole answer body (within [`REQUEST_TIMEOUT`]).
+async fn read_all(response: hyper::Response<Incoming>) -> Result<Bytes, AgentError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, response.into_body().collect())
+        .await
+        .map_err(|_| AgentError::Controller("the answer did not arrive in time".into()))?
+        .map(|b| b.to_bytes())
+        .map_err(|e| AgentError::Controller(format!("reading the answer: {e}")))
+}
 
 /// The Keystone user an agent calls the controller as (it needs the `service` role), and its
 /// current token, renewed at 80% of its life or when the controller refuses it.
@@ -68,7 +148,7 @@ impl KeystoneLogin {
     }
 
     /// The current token; a new one when `renew` or when it is due.
-    async fn token(&self, renew: bool) -> Result<String, AgentError> {
+    async fn token(&self, client: &Client, renew: bool) -> Result<String, AgentError> {
         let mut current = self.token.lock().await;
         if let Some((token, renew_at)) = current.as_ref() {
             if !renew && Instant::now() < *renew_at {
@@ -82,23 +162,29 @@ impl KeystoneLogin {
             &self.domain,
         );
         let path = format!("{}/auth/tokens", self.path);
-        let exchange = async {
-            let mut reader =
-                send_raw(&self.authority, "POST", &path, &[], Some(&body.to_string())).await?;
-            let head = read_head(&mut reader).await?;
-            let raw = read_body(&mut reader, head.chunked).await?;
-            Ok::<_, AgentError>((head, raw))
-        };
-        let (head, raw) = tokio::time::timeout(KEYSTONE_TIMEOUT, exchange)
-            .await
-            .map_err(|_| AgentError::Controller("Keystone did not answer in time".into()))?
-            .map_err(|e| AgentError::Controller(format!("Keystone at {}: {e}", self.authority)))?;
-        match head.status {
+        let response = exchange(
+            client,
+            &self.authority,
+            "POST",
+            &path,
+            &[],
+            Some(&body.to_string()),
+        )
+        .await
+        .map_err(|e| AgentError::Controller(format!("Keystone: {}", AgentError::from(e))))?;
+        let status = response.status().as_u16();
+        let subject_token = response
+            .headers()
+            .get("x-subject-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let raw = read_all(response).await?;
+        match status {
             201 => {}
             400..=499 => {
                 return Err(AgentError::Refused(format!(
                     "Keystone refused {}@{}: HTTP {}",
-                    self.user, self.project, head.status
+                    self.user, self.project, status
                 )))
             }
             status => {
@@ -108,8 +194,7 @@ impl KeystoneLogin {
                 )))
             }
         }
-        let token = head
-            .subject_token
+        let token = subject_token
             .ok_or_else(|| AgentError::Controller("Keystone sent no X-Subject-Token".into()))?;
         let issued = serde_json::from_slice(&raw)
             .ok()
@@ -127,12 +212,24 @@ impl KeystoneLogin {
     }
 }
 
-/// The controller's address, from `http://host:port`, and how to authenticate to it.
-#[derive(Debug, Clone)]
+/// The controllers (one or several, `http://host:port` each) and how to authenticate to
+/// them. Clones share the connection pool and which controller is current.
+#[derive(Clone)]
 pub struct Endpoint {
-    /// `host:port`.
-    pub authority: String,
+    authorities: Arc<Vec<String>>,
+    current: Arc<AtomicUsize>,
     keystone: Option<Arc<KeystoneLogin>>,
+    client: Client,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("controllers", &self.authorities)
+            .field("current", &self.authority())
+            .field("keystone", &self.keystone)
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -142,41 +239,68 @@ impl Endpoint {
         self
     }
 
-    /// Parses `http://host[:port]` (port 9696 by default).
-    pub fn parse(url: &str) -> Result<Endpoint, AgentError> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            AgentError::Config(format!(
-                "controller URL must be http://host:port, not '{url}'"
-            ))
-        })?;
-        let authority = rest.trim_end_matches('/');
-        if authority.is_empty() || authority.contains('/') {
-            return Err(AgentError::Config(format!("bad controller URL '{url}'")));
-        }
-        let authority = if authority.contains(':') {
-            authority.to_owned()
-        } else {
-            format!("{authority}:9696")
-        };
+    /// Parses `http://host[:port]` (port 9696 by default), or several such URLs separated by
+    /// commas: controllers the agent fails over between.
+    pub fn parse(urls: &str) -> Result<Endpoint, AgentError> {
+        let authorities = urls
+            .split(',')
+            .map(|url| {
+                let url = url.trim();
+                let rest = url.strip_prefix("http://").ok_or_else(|| {
+                    AgentError::Config(format!(
+                        "controller URL must be http://host:port, not '{url}'"
+                    ))
+                })?;
+                let authority = rest.trim_end_matches('/');
+                if authority.is_empty() || authority.contains('/') {
+                    return Err(AgentError::Config(format!("bad controller URL '{url}'")));
+                }
+                Ok(if authority.contains(':') {
+                    authority.to_owned()
+                } else {
+                    format!("{authority}:9696")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Endpoint {
-            authority,
+            authorities: Arc::new(authorities),
+            current: Arc::new(AtomicUsize::new(0)),
             keystone: None,
+            client: client(),
         })
     }
 
-    /// Sends a request with the agent's identity; a refused token is renewed and the request
-    /// sent once more.
+    /// The controller (`host:port`) requests go to now.
+    pub fn authority(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.authorities.len();
+        &self.authorities[i]
+    }
+
+    /// Moves to the next controller (after `failed`, unless another caller already moved).
+    pub fn fail_over(&self, failed: &str) {
+        let i = self.current.load(Ordering::Relaxed);
+        if self.authorities.len() > 1 && self.authorities[i % self.authorities.len()] == failed {
+            let _ = self
+                .current
+                .compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a request with the agent's identity to the current controller, moving on to the
+    /// next when one is out of reach; a refused token is renewed and the request sent once
+    /// more.
     async fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(Head, BufReader<TcpStream>), AgentError> {
+    ) -> Result<hyper::Response<Incoming>, AgentError> {
         let payload = body.map(|b| b.to_string());
         let mut renew = false;
+        let mut tries = 0;
         loop {
             let token = match &self.keystone {
-                Some(login) => Some(login.token(renew).await?),
+                Some(login) => Some(login.token(&self.client, renew).await?),
                 None => None,
             };
             let headers: Vec<(&str, &str)> = match &token {
@@ -184,14 +308,32 @@ impl Endpoint {
                 // noauth: a service, as Neutron expects of whoever binds ports (Nova, agents).
                 None => vec![("X-Roles", "service"), ("X-Project-Id", "service")],
             };
-            let mut reader =
-                send_raw(&self.authority, method, path, &headers, payload.as_deref()).await?;
-            let head = read_head(&mut reader).await?;
-            if head.status == 401 && token.is_some() && !renew {
+            let authority = self.authority().to_owned();
+            let sent = exchange(
+                &self.client,
+                &authority,
+                method,
+                path,
+                &headers,
+                payload.as_deref(),
+            )
+            .await;
+            let response = match sent {
+                Err(Failure::Unreachable(e)) => {
+                    tries += 1;
+                    self.fail_over(&authority);
+                    if tries < self.authorities.len() {
+                        continue;
+                    }
+                    return Err(AgentError::Controller(e));
+                }
+                other => other?,
+            };
+            if response.status() == 401 && token.is_some() && !renew {
                 renew = true;
                 continue;
             }
-            return Ok((head, reader));
+            return Ok(response);
         }
     }
 
@@ -202,9 +344,9 @@ impl Endpoint {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), AgentError> {
-        let (head, mut reader) = self.send(method, path, body).await?;
-        let status = head.status;
-        let raw = read_body(&mut reader, head.chunked).await?;
+        let response = self.send(method, path, body).await?;
+        let status = response.status().as_u16();
+        let raw = read_all(response).await?;
         let value = if raw.is_empty() {
             Value::Null
         } else {
@@ -226,127 +368,31 @@ impl Endpoint {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Lines, AgentError> {
-        let (head, mut reader) = self.send(method, path, body).await?;
-        let (status, chunked) = (head.status, head.chunked);
+        let response = self.send(method, path, body).await?;
+        let status = response.status().as_u16();
         if status != 200 {
-            let mut raw = Vec::new();
-            reader.read_to_end(&mut raw).await?;
+            let raw = read_all(response).await.unwrap_or_default();
             return Err(AgentError::Controller(format!(
                 "watch answered {status}: {}",
                 String::from_utf8_lossy(&raw)
             )));
         }
         Ok(Lines {
-            reader,
-            chunked,
+            body: response.into_body(),
             buffer: Vec::new(),
         })
     }
 }
 
-/// Writes one request with `Connection: close`.
-async fn send_raw(
-    authority: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    payload: Option<&str>,
-) -> Result<BufReader<TcpStream>, AgentError> {
-    let mut stream = TcpStream::connect(authority).await?;
-    stream.set_nodelay(true)?;
-    let payload = payload.unwrap_or_default();
-    let extra: String = headers
-        .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
-    // Head and body in one write: one segment for small requests.
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-        payload.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    Ok(BufReader::new(stream))
-}
-
-/// What the agent reads of a response head.
-struct Head {
-    status: u16,
-    chunked: bool,
-    /// Keystone's `X-Subject-Token`.
-    subject_token: Option<String>,
-}
-
-async fn read_head(reader: &mut BufReader<TcpStream>) -> Result<Head, AgentError> {
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| AgentError::Controller(format!("bad status line '{}'", line.trim())))?;
-    let mut head = Head {
-        status,
-        chunked: false,
-        subject_token: None,
-    };
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).await? == 0 || line == "\r\n" {
-            break;
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            head.chunked |= value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("x-subject-token") {
-            head.subject_token = Some(value.to_owned());
-        }
-    }
-    Ok(head)
-}
-
-async fn read_body(
-    reader: &mut BufReader<TcpStream>,
-    chunked: bool,
-) -> Result<Vec<u8>, AgentError> {
-    let mut raw = Vec::new();
-    if chunked {
-        while let Some(chunk) = read_chunk(reader).await? {
-            raw.extend_from_slice(&chunk);
-        }
-    } else {
-        reader.read_to_end(&mut raw).await?;
-    }
-    Ok(raw)
-}
-
-async fn read_chunk(reader: &mut BufReader<TcpStream>) -> Result<Option<Vec<u8>>, AgentError> {
-    let mut size = String::new();
-    if reader.read_line(&mut size).await? == 0 {
-        return Ok(None);
-    }
-    let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
-        .map_err(|_| AgentError::Controller(format!("bad chunk size '{}'", size.trim())))?;
-    if n == 0 {
-        return Ok(None);
-    }
-    let mut chunk = vec![0; n + 2];
-    reader.read_exact(&mut chunk).await?;
-    chunk.truncate(n);
-    Ok(Some(chunk))
-}
-
 /// NDJSON lines of a streaming response.
 pub struct Lines {
-    reader: BufReader<TcpStream>,
-    chunked: bool,
+    body: Incoming,
     buffer: Vec<u8>,
 }
 
 impl Lines {
-    /// The next line as JSON, or `None` when the stream ended.
+    /// The next line as JSON, or `None` when the stream ended; an error when nothing arrived
+    /// for [`WATCH_SILENCE`] (the controller or the path to it is gone without a word).
     pub async fn next(&mut self) -> Result<Option<Value>, AgentError> {
         loop {
             if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
@@ -355,17 +401,21 @@ impl Lines {
                     .map(Some)
                     .map_err(|e| AgentError::Controller(format!("bad watch line: {e}")));
             }
-            let more = if self.chunked {
-                read_chunk(&mut self.reader).await?
-            } else {
-                let mut buf = vec![0; 64 * 1024];
-                let n = self.reader.read(&mut buf).await?;
-                buf.truncate(n);
-                (n > 0).then_some(buf)
-            };
-            match more {
-                Some(data) => self.buffer.extend_from_slice(&data),
+            let frame = tokio::time::timeout(WATCH_SILENCE, self.body.frame())
+                .await
+                .map_err(|_| {
+                    AgentError::Controller(format!(
+                        "the watch was silent for {WATCH_SILENCE:?}: dead"
+                    ))
+                })?;
+            match frame {
                 None => return Ok(None),
+                Some(Err(e)) => return Err(AgentError::Controller(format!("watch broke: {e}"))),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
             }
         }
     }

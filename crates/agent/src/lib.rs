@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use isthmus_dataplane::l2::{self, bridge_name, tap_name, NodeConfig};
 use isthmus_dataplane::router::{self, RouterState};
@@ -323,8 +323,10 @@ async fn link_events(shared: Arc<Shared>) {
 async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
     // Whether the view is complete from an earlier connection.
     let mut resume = false;
+    let mut backoff = Backoff::default();
     loop {
         let path = format!("/isthmus/v1/watch?node={}", shared.config.node);
+        let controller = shared.config.controller.authority().to_owned();
         let connected = if resume {
             let held = shared.view().held();
             shared
@@ -359,6 +361,7 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
                                     let synced = shared.view().synced;
                                     if synced && line["type"] == "BOOKMARK" {
                                         resume = true;
+                                        backoff = Backoff::default();
                                         let revision = shared.view().revision;
                                         shared.revisions.send_replace(revision);
                                         if changed_since || line["synced"] == true {
@@ -370,9 +373,12 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
                                 Err(e) => eprintln!("isthmus agent: {e}"),
                             }
                         }
-                        Ok(None) => break,
+                        Ok(None) => {
+                            eprintln!("isthmus agent: {controller} ended the watch");
+                            break;
+                        }
                         Err(e) => {
-                            eprintln!("isthmus agent: watch broke: {e}");
+                            eprintln!("isthmus agent: watch of {controller} broke: {e}");
                             break;
                         }
                     }
@@ -386,7 +392,30 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
                 eprintln!("isthmus agent: cannot watch: {e}");
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A controller that ended or lost the watch is likely going away: the next one is
+        // tried (the kernel keeps its state meanwhile).
+        shared.config.controller.fail_over(&controller);
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+/// Exponential reconnect delays with jitter (so that agents do not reconnect in step when a
+/// controller restarts): 100 ms doubling up to 5 s, each drawn between half and all of it.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        use std::hash::BuildHasher;
+        let current = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+        current / 2 + current.mul_f64((random % 1000) as f64 / 2000.0)
     }
 }
 

@@ -33,6 +33,26 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// An etcd client error: `Unavailable` when etcd cannot answer now (no quorum, no member
+/// reachable, the request timed out), so callers can say "try again" instead of "broken".
+fn etcd_error(e: etcd_client::Error) -> StoreError {
+    // gRPC codes CANCELLED (1), DEADLINE_EXCEEDED (4), ABORTED (10), UNAVAILABLE (14).
+    const RETRYABLE: [i32; 4] = [1, 4, 10, 14];
+    match &e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        etcd_client::Error::GRpcStatus(status) if RETRYABLE.contains(&i32::from(status.code())) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => backend(e),
+    }
+}
+
+/// How long one etcd request may take before it is answered as unavailable (a cluster that
+/// lost quorum does not fail requests: it holds them).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> u64 {
     header.map_or(0, |h| h.revision().max(0) as u64)
 }
@@ -41,7 +61,16 @@ impl EtcdStore {
     /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`); every key is stored under `root`
     /// (use "" for none).
     pub async fn connect(endpoints: &[String], root: &str) -> Result<Self, StoreError> {
-        let client = Client::connect(endpoints, None).await.map_err(backend)?;
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(3),
+            );
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(etcd_error)?;
         let store = EtcdStore {
             client,
             root: root.to_owned(),
@@ -86,7 +115,7 @@ impl EtcdStore {
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let mut client = self.client.kv_client();
-        let response = client.get(self.full(key), None).await.map_err(backend)?;
+        let response = client.get(self.full(key), None).await.map_err(etcd_error)?;
         response.kvs().first().map(|kv| self.to_kv(kv)).transpose()
     }
 
@@ -97,7 +126,7 @@ impl Store for EtcdStore {
         let response = client
             .get(full, Some(GetOptions::new().with_range(end)))
             .await
-            .map_err(backend)?;
+            .map_err(etcd_error)?;
         self.to_range(&response)
     }
 
@@ -116,7 +145,7 @@ impl Store for EtcdStore {
                 Some(GetOptions::new().with_range(end).with_limit(limit as i64)),
             )
             .await
-            .map_err(backend)?;
+            .map_err(etcd_error)?;
         self.to_range(&response)
     }
 
@@ -164,7 +193,7 @@ impl Store for EtcdStore {
         let response = client
             .txn(EtcdTxn::new().when(compares).and_then(ops))
             .await
-            .map_err(backend)?;
+            .map_err(etcd_error)?;
         Ok(TxnResult {
             succeeded: response.succeeded(),
             revision: revision_of(response.header()),
@@ -178,7 +207,10 @@ impl Store for EtcdStore {
         let options = WatchOptions::new()
             .with_range(end)
             .with_start_revision(after_revision as i64 + 1);
-        let mut stream = client.watch(full, Some(options)).await.map_err(backend)?;
+        let mut stream = client
+            .watch(full, Some(options))
+            .await
+            .map_err(etcd_error)?;
         let (tx, rx) = mpsc::channel(256);
         let store = self.clone();
         tokio::spawn(async move {
@@ -255,7 +287,7 @@ impl Store for EtcdStore {
         client
             .compact(revision as i64, None)
             .await
-            .map_err(backend)?;
+            .map_err(etcd_error)?;
         Ok(())
     }
 
@@ -265,7 +297,7 @@ impl Store for EtcdStore {
         let response = client
             .get("\0isthmus-revision-probe", None)
             .await
-            .map_err(backend)?;
+            .map_err(etcd_error)?;
         Ok(revision_of(response.header()))
     }
 }

@@ -229,6 +229,9 @@ pub enum StoreError {
     /// The backend failed (I/O, network, corrupt data).
     #[error("store backend error: {0}")]
     Backend(String),
+    /// The backend cannot answer now (etcd without quorum or out of reach); worth retrying.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// The store is closed.
     #[error("store is closed")]
     Closed,

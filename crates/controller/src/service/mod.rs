@@ -103,7 +103,15 @@ impl std::fmt::Debug for Service {
 
 /// Maps a store failure to Neutron's 500.
 pub(crate) fn store_error(e: StoreError) -> Error {
-    Error::Internal(e.to_string())
+    match e {
+        // Logged by the API layer under the request id, like any internal error.
+        StoreError::Unavailable(_) => Error::Fault {
+            kind: "HTTPServiceUnavailable",
+            status: 503,
+            message: "The service's store cannot be reached; try again later.".to_owned(),
+        },
+        e => Error::Internal(e.to_string()),
+    }
 }
 
 /// Current time in Neutron's format.
