@@ -226,7 +226,8 @@ enum Command {
         /// Underlay address VXLAN tunnels use.
         #[arg(long)]
         tunnel_ip: std::net::IpAddr,
-        /// Controller URL.
+        /// Controller URL, or several separated by commas (controllers sharing one etcd): the
+        /// agent moves to the next when one fails or its watch goes silent.
         #[arg(long, default_value = "http://127.0.0.1:9696")]
         controller: String,
         /// Physical network mapping NAME:IFACE (repeatable).

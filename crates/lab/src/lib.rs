@@ -645,7 +645,19 @@ impl Lab {
         body: Option<&serde_json::Value>,
         headers: &[&str],
     ) -> (u16, serde_json::Value) {
-        let url = format!("http://{CONTROLLER_ADDR}{path}");
+        self.api_at(CONTROLLER_ADDR, method, path, body, headers)
+    }
+
+    /// [`Lab::api_with`] against the controller at `addr` (`host:port`, in the fabric).
+    pub fn api_at(
+        &self,
+        addr: &str,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        headers: &[&str],
+    ) -> (u16, serde_json::Value) {
+        let url = format!("http://{addr}{path}");
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let mut args = vec![
             "-s",
@@ -685,9 +697,21 @@ impl Lab {
         data_dir: &std::path::Path,
         extra: &[&str],
     ) -> Result<Daemon> {
+        self.start_controller_at(bin, CONTROLLER_ADDR, data_dir, extra)
+    }
+
+    /// [`Lab::start_controller_with`] listening on `listen` (`host:port` in the fabric): one
+    /// of several controllers.
+    pub fn start_controller_at(
+        &self,
+        bin: &str,
+        listen: &str,
+        data_dir: &std::path::Path,
+        extra: &[&str],
+    ) -> Result<Daemon> {
         let mut command = self.fabric.command(bin);
         command
-            .args(["controller", "--listen", CONTROLLER_ADDR, "--data-dir"])
+            .args(["controller", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra);
         self.daemon_output(&mut command, "controller");
@@ -697,7 +721,7 @@ impl Lab {
         })?;
         let daemon = Daemon(child);
         for _ in 0..400 {
-            if self.api("GET", "/healthz", None).0 == 200 {
+            if self.api_at(listen, "GET", "/healthz", None, &[]).0 == 200 {
                 return Ok(daemon);
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -713,7 +737,8 @@ impl Lab {
         self.start_agent_with(bin, index, &[])
     }
 
-    /// The same with extra agent arguments (`--default-pod-network NET`, `--pool-size N`...).
+    /// The same with extra agent arguments (`--default-pod-network NET`, `--pool-size N`...;
+    /// `--controller URLS` in place of the lab controller's).
     pub fn start_agent_with(&self, bin: &str, index: usize, extra: &[&str]) -> Result<Daemon> {
         let node = &self.nodes[index];
         // Not `ip netns exec`: its private mount namespace would take the router namespaces
@@ -731,7 +756,17 @@ impl Lab {
                 "--tunnel-ip",
                 &node.underlay_ip.to_string(),
             ])
-            .args(["--controller", &format!("http://{CONTROLLER_ADDR}")])
+            .args(
+                (!extra.contains(&"--controller"))
+                    .then(|| {
+                        [
+                            "--controller".to_owned(),
+                            format!("http://{CONTROLLER_ADDR}"),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--state-dir")
             .arg(&node.state_dir)
             .arg("--cni-socket")
