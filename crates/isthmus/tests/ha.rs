@@ -189,7 +189,7 @@ fn controllers_and_etcd_members_fail_without_losing_writes_or_packets() {
     let ping = vms[0]
         .ns
         .command("ping")
-        .args(["-i", "0.01", "-W", "1", peer])
+        .args(["-q", "-i", "0.01", "-W", "1", peer])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
