@@ -188,6 +188,20 @@ struct Shared {
     prober: health::Prober,
     /// A link changed since the last full pass (taps plugged by a hypervisor or runtime).
     links_changed: AtomicBool,
+    /// What the controller should be told; the reporter sends it, so that the kernel side
+    /// never waits for the controller.
+    reports: watch::Sender<Reports>,
+}
+
+/// What the node has to tell the controller, as of the last reconcile.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Reports {
+    /// Local ports whose status in the view is not what the kernel shows: id → status.
+    ports: BTreeMap<String, &'static str>,
+    /// Floating IPs this node NATs that the view does not show ACTIVE yet.
+    floating_ips: BTreeSet<String>,
+    /// The view revision the data plane reflects.
+    applied: u64,
 }
 
 impl Shared {
@@ -253,6 +267,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             config.node.clone(),
         ),
         links_changed: AtomicBool::new(false),
+        reports: watch::Sender::new(Reports::default()),
         config,
     });
     let leases = shared.leases.subscribe();
@@ -270,6 +285,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     tokio::spawn(heartbeats(shared.clone()));
     tokio::spawn(link_events(shared.clone()));
     tokio::spawn(reconciler(shared.clone()));
+    tokio::spawn(reporter(shared.clone()));
     follow(shared).await
 }
 
@@ -429,8 +445,6 @@ struct Known {
     routers: Option<RouterState>,
     lb: Option<lb::Known>,
     per_bridge: bool,
-    /// The view revision last reported applied.
-    applied: u64,
     /// The view generation of the last full pass.
     generation: Option<u64>,
 }
@@ -517,10 +531,11 @@ async fn rebalance(
 ) -> Result<(), AgentError> {
     known.lb = Some(lb::apply(balanced, known.lb.take()).await?);
     shared.prober.follow(probes);
-    if revision > known.applied {
-        report_applied(shared, revision).await?;
-        known.applied = revision;
-    }
+    shared.reports.send_if_modified(|r| {
+        let behind = r.applied < revision;
+        r.applied = r.applied.max(revision);
+        behind
+    });
     Ok(())
 }
 
@@ -657,16 +672,85 @@ async fn reconcile(
     shared
         .prober
         .follow(isthmus_dataplane::lb::probes(view, node));
-    report_status(shared, view, &links).await?;
+    let ports = port_reports(shared, view, &links);
+    shared.reports.send_if_modified(|r| {
+        let changed = r.ports != ports;
+        r.ports = ports;
+        changed
+    });
     routed?;
     // Once their interfaces are on the bridges.
     routers::announce(&shared.config.netns_dir, &announcements).await?;
-    report_floating_ips(shared, view).await?;
-    if view.revision > known.applied {
-        report_applied(shared, view.revision).await?;
-        known.applied = view.revision;
-    }
+    let floating_ips = floating_ip_reports(shared, view);
+    shared.reports.send_if_modified(|r| {
+        let changed = r.floating_ips != floating_ips || r.applied < view.revision;
+        r.floating_ips = floating_ips;
+        r.applied = r.applied.max(view.revision);
+        changed
+    });
     Ok(())
+}
+
+/// Sends the controller what [`Reports`] says, the latest first, retrying with backoff when
+/// it does not answer; what it accepted is not sent again.
+async fn reporter(shared: Arc<Shared>) {
+    let mut wanted = shared.reports.subscribe();
+    let mut ports_sent: BTreeMap<String, &'static str> = BTreeMap::new();
+    let mut floating_ips_sent: BTreeSet<String> = BTreeSet::new();
+    let mut applied_sent = 0;
+    let mut backoff = Backoff::default();
+    loop {
+        let want = wanted.borrow_and_update().clone();
+        ports_sent.retain(|id, status| want.ports.get(id) == Some(status));
+        floating_ips_sent.retain(|f| want.floating_ips.contains(f));
+        let mut failed = None;
+        for (id, status) in &want.ports {
+            if ports_sent.get(id) == Some(status) {
+                continue;
+            }
+            match report_port(&shared, id, status).await {
+                Ok(()) => {
+                    ports_sent.insert(id.clone(), status);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        for id in want.floating_ips.iter().filter(|_| failed.is_none()) {
+            if floating_ips_sent.contains(id) {
+                continue;
+            }
+            match report_floating_ip(&shared, id).await {
+                Ok(()) => {
+                    floating_ips_sent.insert(id.clone());
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if failed.is_none() && want.applied > applied_sent {
+            match report_applied(&shared, want.applied).await {
+                Ok(()) => applied_sent = want.applied,
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            None => {
+                backoff = Backoff::default();
+                if wanted.changed().await.is_err() {
+                    return;
+                }
+            }
+            Some(e) => {
+                eprintln!("isthmus agent: reporting to the controller: {e}");
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    }
 }
 
 /// Tells the controller the store revision this node's data plane now reflects (load
@@ -678,47 +762,62 @@ async fn report_applied(shared: &Shared, revision: u64) -> Result<(), AgentError
         .controller
         .request("PUT", &path, Some(&json!({ "revision": revision })))
         .await?;
+    if code >= 500 {
+        return Err(AgentError::Controller(format!(
+            "reporting applied revision {revision} answered {code}"
+        )));
+    }
     if code != 204 {
         eprintln!("isthmus agent: reporting applied revision {revision}: {code} {answer}");
     }
     Ok(())
 }
 
-/// Tells the controller which floating IPs this node NATs (their routers are in place).
-async fn report_floating_ips(shared: &Shared, view: &NodeView) -> Result<(), AgentError> {
+/// The floating IPs this node NATs (their routers are in place) that the view does not show
+/// ACTIVE yet.
+fn floating_ip_reports(shared: &Shared, view: &NodeView) -> BTreeSet<String> {
     let node = &shared.config.node;
-    for fip in view.floating_ips.values() {
-        if fip.status == "ACTIVE" || router::nat_node(view, fip).as_ref() != Some(node) {
-            continue;
-        }
-        let body = json!({"status": "ACTIVE", "node": node});
-        let path = format!("/isthmus/v1/floatingips/{}/status", fip.id);
-        let (code, answer) = shared
-            .config
-            .controller
-            .request("PUT", &path, Some(&body))
-            .await?;
-        // 404/409: deleted or disassociated since this view was taken.
-        if code != 200 && code != 404 && code != 409 {
-            eprintln!(
-                "isthmus agent: status of floating IP {} answered {code}: {answer}",
-                fip.id
-            );
-        }
+    view.floating_ips
+        .values()
+        .filter(|fip| fip.status != "ACTIVE" && router::nat_node(view, fip).as_ref() == Some(node))
+        .map(|fip| fip.id.clone())
+        .collect()
+}
+
+/// Tells the controller this node NATs floating IP `id`.
+async fn report_floating_ip(shared: &Shared, id: &str) -> Result<(), AgentError> {
+    let body = json!({"status": "ACTIVE", "node": shared.config.node});
+    let path = format!("/isthmus/v1/floatingips/{id}/status");
+    let (code, answer) = shared
+        .config
+        .controller
+        .request("PUT", &path, Some(&body))
+        .await?;
+    // 404/409: deleted or disassociated since this view was taken.
+    if code >= 500 {
+        return Err(AgentError::Controller(format!(
+            "status of floating IP {id} answered {code}"
+        )));
+    }
+    if code != 200 && code != 404 && code != 409 {
+        eprintln!("isthmus agent: status of floating IP {id} answered {code}: {answer}");
     }
     Ok(())
 }
 
-/// Tells the controller which local ports are plugged (tap attached to its bridge and up).
-async fn report_status(
+/// Which local ports are plugged (tap attached to its bridge and up), published for CNI
+/// ADDs; returns the local ports whose status in the view is not that.
+fn port_reports(
     shared: &Shared,
     view: &NodeView,
     links: &[netlink::Link],
-) -> Result<(), AgentError> {
-    let plugged: BTreeSet<String> = view
-        .ports
-        .values()
-        .filter(|p| p.host_id == shared.config.node)
+) -> BTreeMap<String, &'static str> {
+    let local = || {
+        view.ports
+            .values()
+            .filter(|p| p.host_id == shared.config.node)
+    };
+    let plugged: BTreeSet<String> = local()
         .filter(|p| {
             let tap = tap_name(&p.id);
             let bridge = bridge_name(&p.network_id);
@@ -735,32 +834,35 @@ async fn report_status(
         }
         changed
     });
-    for port in view
-        .ports
-        .values()
-        .filter(|p| p.host_id == shared.config.node)
-    {
-        let status = if plugged.contains(&port.id) {
-            "ACTIVE"
-        } else {
-            "DOWN"
-        };
-        if port.status != status {
-            let body = json!({"status": status, "node": shared.config.node});
-            let path = format!("/isthmus/v1/ports/{}/status", port.id);
-            let (code, answer) = shared
-                .config
-                .controller
-                .request("PUT", &path, Some(&body))
-                .await?;
-            // 404: the port was deleted since this view was taken.
-            if code != 200 && code != 404 {
-                eprintln!(
-                    "isthmus agent: status of {} answered {code}: {answer}",
-                    port.id
-                );
-            }
-        }
+    local()
+        .filter_map(|port| {
+            let status = if plugged.contains(&port.id) {
+                "ACTIVE"
+            } else {
+                "DOWN"
+            };
+            (port.status != status).then(|| (port.id.clone(), status))
+        })
+        .collect()
+}
+
+/// Tells the controller port `id`'s status.
+async fn report_port(shared: &Shared, id: &str, status: &str) -> Result<(), AgentError> {
+    let body = json!({"status": status, "node": shared.config.node});
+    let path = format!("/isthmus/v1/ports/{id}/status");
+    let (code, answer) = shared
+        .config
+        .controller
+        .request("PUT", &path, Some(&body))
+        .await?;
+    if code >= 500 {
+        return Err(AgentError::Controller(format!(
+            "status of port {id} answered {code}"
+        )));
+    }
+    // 404: the port was deleted since this view was taken.
+    if code != 200 && code != 404 {
+        eprintln!("isthmus agent: status of {id} answered {code}: {answer}");
     }
     Ok(())
 }

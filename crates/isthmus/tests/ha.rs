@@ -252,8 +252,55 @@ fn controllers_and_etcd_members_fail_without_losing_writes_or_packets() {
     // watch silent within three bookmark intervals and move to A.
     drop(a);
     let _a = controller(&lab, A, &dir.path().join("a"), &endpoints);
+    let later: Vec<_> = (0..2)
+        .map(|_| {
+            let (s, p) = lab.api_at(
+                B,
+                "POST",
+                "/v2.0/ports",
+                Some(
+                    &json!({"port": {"network_id": net, "binding:host_id": "node1",
+                                      "port_security_enabled": false}}),
+                ),
+                &[],
+            );
+            assert_eq!(s, 201, "{p}");
+            p["port"].clone()
+        })
+        .collect();
+    let ip = |p: &serde_json::Value| p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_owned();
+    wait_for(
+        "node 1 to have the new ports",
+        Duration::from_secs(5),
+        || {
+            later
+                .iter()
+                .all(|p| forwards(&lab, 1, vni, p["mac_address"].as_str().unwrap()))
+        },
+    );
     signal(&b.0, "-STOP");
     let stopped = Instant::now();
+    // Meanwhile the kernel side goes on without the controller: VMs plugged one after the
+    // other are wired at once, though their status reports cannot get through.
+    for p in &later {
+        let vm = lab.add_vm_for_port(0, p, 24, None, 1450).unwrap();
+        let plugged = Instant::now();
+        wait_for(
+            "a VM plugged while the controller hangs",
+            Duration::from_secs(3),
+            || {
+                vms[0]
+                    .ns
+                    .exec("ping", &["-c", "1", "-W", "1", &ip(p)])
+                    .is_ok()
+            },
+        );
+        eprintln!(
+            "VM plugged with the controller stopped: reachable in {:?}",
+            plugged.elapsed()
+        );
+        vms.push(vm);
+    }
     let mac = remote_port(&lab, A, &net);
     wait_for(
         "node 1 to move to controller A",
