@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # API benchmark on the embedded store (release build): the shared Neutron harness
-# (../shared/bench/neutron_api_bench.py, same as Neutron's baseline), then the time to list
-# 10,000 ports and the controller's memory at 100,000 ports.
-# Usage: bench/api.sh [--ports N] [--repeat R]   (all traffic on 127.0.0.1)
+# (../shared/bench/neutron_api_bench.py, same as Neutron's baseline), first with no agent
+# watching, then with W agents watching (the production shape: each agent's node has a port
+# under the project's default group, so every port the harness makes is in every agent's
+# view, as in a one-project cloud); then the time to list 10,000 ports and the controller's
+# memory at 100,000 ports (agents gone).
+# Usage: bench/api.sh [--ports N] [--repeat R] [--watchers W]   (all traffic on 127.0.0.1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ports=2000 repeat=1
+ports=2000 repeat=1 watchers=10
 while (($#)); do
     case "$1" in
         --ports) ports=$2; shift 2 ;;
         --repeat) repeat=$2; shift 2 ;;
+        --watchers) watchers=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -19,15 +23,36 @@ data=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ./target/release/isthmus controller --listen "127.0.0.1:$port" --data-dir "$data" 2>/dev/null &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
+watch_pids=()
+trap 'kill "${watch_pids[@]}" $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
 ep="http://127.0.0.1:$port"
 until curl -sf "$ep/healthz" >/dev/null; do sleep 0.1; done
 # Quotas stay enforced (usage is counted on every create); the project may hold this many.
 curl -sf -X PUT -H 'X-Project-Id: bench' -H 'X-Roles: admin' -H 'Content-Type: application/json' \
     -d '{"quota": {"network": 1000000, "subnet": 1000000, "port": 1000000}}' "$ep/v2.0/quotas/bench" >/dev/null
 
-python3 "$harness" --endpoint "$ep" --header 'X-Project-Id: bench' --header 'X-Roles: admin' \
-    --ports "$ports" --concurrency 1,8,32 --repeat "$repeat" | sed -n '/^endpoint/,$p'
+bench() {
+    python3 "$harness" --endpoint "$ep" --header 'X-Project-Id: bench' --header 'X-Roles: admin' \
+        --ports "$ports" --concurrency 1,8,32 --repeat "$repeat" | sed -n '/^endpoint/,$p'
+}
+api() {  # METHOD PATH [BODY]: as the bench project's admin; prints the answer
+    curl -sf -X "$1" -H 'X-Project-Id: bench' -H 'X-Roles: admin' -H 'Content-Type: application/json' \
+        ${3:+-d "$3"} "$ep$2"
+}
+echo "== no agent watching"
+bench
+echo "== $watchers agents watching"
+net=$(api POST /v2.0/networks '{"network": {"name": "agents"}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["network"]["id"])')
+api POST /v2.0/subnets "{\"subnet\": {\"network_id\": \"$net\", \"ip_version\": 4, \"cidr\": \"10.250.0.0/16\"}}" >/dev/null
+for i in $(seq "$watchers"); do
+    api POST /isthmus/v1/nodes "{\"node\": {\"name\": \"agent$i\", \"tunnel_ip\": \"10.255.0.$i\"}}" >/dev/null
+    api POST /v2.0/ports "{\"port\": {\"network_id\": \"$net\", \"binding:host_id\": \"agent$i\"}}" >/dev/null
+    curl -sN -H 'X-Project-Id: bench' -H 'X-Roles: admin' "$ep/isthmus/v1/watch?node=agent$i" >/dev/null &
+    watch_pids+=($!)
+done
+bench
+kill "${watch_pids[@]}" 2>/dev/null || true
+watch_pids=()
 
 list_ms() {  # median of 9 full GETs of the network's ports, in ms
     for _ in $(seq 9); do
