@@ -92,6 +92,22 @@ async fn sweep(service: Arc<Service>) {
     }
 }
 
+/// Moves the gateways of silent nodes (see [`Service::reschedule_gateways`]), checking every
+/// second.
+async fn gateway_failover(service: Arc<Service>) {
+    let down_after = service.config().gateway_down_seconds;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Err(e) = service.reschedule_gateways(now, down_after).await {
+            eprintln!("isthmus controller: moving the gateways of silent nodes failed: {e}");
+        }
+    }
+}
+
 /// How often the controller compacts the store's history.
 const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -142,6 +158,7 @@ pub async fn serve(
     let service = Service::new(store, config).shared();
     tokio::spawn(sweep(service.clone()));
     tokio::spawn(compact(service.clone()));
+    tokio::spawn(gateway_failover(service.clone()));
     let (stopping, stop) = tokio::sync::watch::channel(false);
     let watcher =
         kubernetes.map(|settings| tokio::spawn(kubernetes::run(service.clone(), settings, stop)));

@@ -205,6 +205,11 @@ enum Command {
         /// DNS domain of ports whose network has none.
         #[arg(long, default_value = "openstack.local.")]
         dns_domain: String,
+        /// Seconds without a heartbeat after which a node's router gateways (SNAT, central
+        /// floating IPs) move to another node mapping the physnet (agents beat every
+        /// --heartbeat-seconds, 10 by default).
+        #[arg(long, default_value_t = 30)]
+        gateway_down_seconds: u64,
         /// How callers are identified: Keystone tokens, or Neutron's noauth headers (the
         /// default on a loopback address; elsewhere it must be asked for).
         #[arg(long, value_enum)]
@@ -384,6 +389,7 @@ async fn main() -> anyhow::Result<()> {
             etcd_prefix,
             underlay_mtu,
             dns_domain,
+            gateway_down_seconds,
             auth,
             keystone,
             token_cache_seconds,
@@ -416,6 +422,7 @@ async fn main() -> anyhow::Result<()> {
             let config = Config {
                 underlay_mtu,
                 dns_domain,
+                gateway_down_seconds,
                 ..Config::default()
             };
             let auth = match (auth, keystone.credentials()?) {

@@ -856,3 +856,79 @@ fn keepalived_moves_a_floating_ip_between_vms_on_different_nodes() {
         );
     }
 }
+
+#[test]
+fn a_lost_gateway_node_hands_snat_and_floating_ips_to_another() {
+    use isthmus_lab::PUBLIC_MAPPING;
+    if !isthmus_lab::runnable() {
+        return;
+    }
+    // Heartbeats every second, gateways moved after 3 silent seconds (defaults: 10 and 30).
+    let beat: &[&str] = &["--heartbeat-seconds", "1"];
+    let mapped: &[&str] = &["--physnet", PUBLIC_MAPPING, "--heartbeat-seconds", "1"];
+    let lab = Lab::new(3).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut cloud = cloud::start_cloud(
+        lab,
+        data,
+        &["--gateway-down-seconds", "3"],
+        &[mapped, mapped, beat],
+    );
+    let lab = &cloud.lab;
+    wait_agents(lab, 3);
+    let ext = lab.create_public_network().unwrap();
+    let Routed {
+        router_id,
+        vm3,
+        vm3_port,
+        ..
+    } = routed(&cloud, Some(&ext));
+    let gateway_host = || {
+        lab.api(
+            "GET",
+            &format!("/v2.0/ports?device_owner=network:router_gateway&device_id={router_id}"),
+            None,
+        )
+        .1["ports"][0]["binding:host_id"]
+            .clone()
+    };
+    assert_eq!(gateway_host(), "node1");
+    allow_icmp_from_anywhere(lab);
+    let outside = lab.add_outside_host("172.24.4.200/24").unwrap();
+    // VM 3's node does not map the physnet: the gateway node NATs its floating IP.
+    post(
+        lab,
+        "/v2.0/floatingips",
+        json!({"floatingip": {"floating_network_id": ext, "floating_ip_address": "172.24.4.51",
+        "port_id": vm3_port["id"]}}),
+    );
+    wait_for("SNAT through node 1", Duration::from_secs(20), || {
+        pings(&vm3.ns, "172.24.4.200", 1)
+    });
+    wait_for(
+        "the floating IP through node 1",
+        Duration::from_secs(20),
+        || pings(&outside, "172.24.4.51", 1),
+    );
+
+    // Node 1 dies: its agent stops and its links go down.
+    let _ = cloud.agents[0].0.kill();
+    let _ = cloud.agents[0].0.wait();
+    for link in ["eth0", "eth1"] {
+        lab.nodes[0].ns.ip(&["link", "set", link, "down"]).unwrap();
+    }
+    let lost = std::time::Instant::now();
+    wait_for("SNAT through another node", Duration::from_secs(10), || {
+        pings(&vm3.ns, "172.24.4.200", 1)
+    });
+    wait_for(
+        "the floating IP through another node",
+        Duration::from_secs(10).saturating_sub(lost.elapsed()),
+        || pings(&outside, "172.24.4.51", 1),
+    );
+    eprintln!(
+        "SNAT and the floating IP work again {:?} after node 1 was lost",
+        lost.elapsed()
+    );
+    assert_eq!(gateway_host(), "node2");
+}

@@ -374,6 +374,17 @@ impl Mirror {
             })
     }
 
+    /// Every node.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> + '_ {
+        self.globals
+            .iter()
+            .filter(|(kind, _)| *kind == ObjectKind::Node)
+            .filter_map(|key| match self.get(key) {
+                Some(Object::Node(n)) => Some(n),
+                _ => None,
+            })
+    }
+
     /// The ports whose `device_owner` is `owner` (e.g. every pod's).
     pub fn ports_owned_by<'a>(&'a self, owner: &str) -> impl Iterator<Item = &'a Port> + 'a {
         self.ports_by_device_owner

@@ -50,6 +50,8 @@ pub struct Config {
     pub dns_domain: String,
     /// VNIs handed out automatically (inclusive).
     pub vni_range: (u32, u32),
+    /// Seconds without a heartbeat after which a node's gateways move to another node.
+    pub gateway_down_seconds: u64,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             underlay_mtu: 1500,
             dns_domain: "openstack.local.".to_owned(),
             vni_range: (1, isthmus_model::network::MAX_VNI),
+            gateway_down_seconds: 30,
         }
     }
 }

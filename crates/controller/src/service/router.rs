@@ -22,7 +22,7 @@ use isthmus_model::{Caller, Error, Meta, Network, Port, Result, Router, Subnet};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::{json, Value};
 
-use super::{check_revision, encode, new_id, now, Attempt, Kind, Object, Service};
+use super::{check_revision, encode, new_id, now, store_error, Attempt, Kind, Object, Service};
 use crate::keys;
 
 /// The caller the service acts as for the ports it owns.
@@ -161,6 +161,110 @@ impl Service {
                 node.name
             );
         }
+    }
+
+    /// Moves the gateways (with their SNAT ports) of nodes silent for `down_after` seconds to
+    /// the live node mapping their external network's physnet that has the fewest gateways;
+    /// their SNAT and central floating IPs follow (agents derive both from the gateway port's
+    /// node). Several controllers may run it: each move is conditional on the port's
+    /// revision, so a gateway moves once. Returns the routers moved.
+    pub async fn reschedule_gateways(&self, now: u64, down_after: u64) -> Result<Vec<String>> {
+        let beats: BTreeMap<String, u64> = self
+            .store
+            .range(keys::HEARTBEATS)
+            .await
+            .map_err(store_error)?
+            .kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let name = kv.key.strip_prefix(keys::HEARTBEATS)?.to_owned();
+                let beat = std::str::from_utf8(&kv.value).ok()?.parse().ok()?;
+                Some((name, beat))
+            })
+            .collect();
+        let alive = |name: &str| {
+            beats
+                .get(name)
+                .is_some_and(|b| now.saturating_sub(*b) <= down_after)
+        };
+        // From the mirror: a scan of the store every second would grow with the cloud.
+        self.informer().ready().await?;
+        let (nodes, mut gateways, stranded) = {
+            let mirror = self.informer().mirror();
+            let nodes: Vec<Node> = mirror.nodes().cloned().collect();
+            let mut gateways: BTreeMap<String, usize> = BTreeMap::new();
+            let mut stranded = Vec::new();
+            for port in mirror.ports_owned_by(OWNER_GATEWAY) {
+                *gateways.entry(port.binding.host_id.clone()).or_default() += 1;
+                if port.binding.host_id.is_empty() || alive(&port.binding.host_id) {
+                    continue;
+                }
+                let router = (
+                    isthmus_model::view::ObjectKind::Router,
+                    port.device_id.clone(),
+                );
+                if let Some(isthmus_model::view::Object::Router(router)) = mirror.get(&router) {
+                    stranded.push((router.clone(), port.clone()));
+                }
+            }
+            (nodes, gateways, stranded)
+        };
+        let mut moved = Vec::new();
+        for (router, port) in stranded {
+            let Some(gateway) = &router.gateway else {
+                continue;
+            };
+            let Some((network, _)) = self.load::<Network>(&gateway.network_id).await? else {
+                continue;
+            };
+            let Some(physnet) = &network.physical_network else {
+                continue;
+            };
+            let Some(target) = nodes
+                .iter()
+                .filter(|n| n.physnets.contains_key(physnet) && alive(&n.name))
+                .min_by_key(|n| (gateways.get(&n.name).copied().unwrap_or(0), n.name.clone()))
+                .map(|n| n.name.clone())
+            else {
+                // No live node maps the physnet: the gateway waits where it is.
+                continue;
+            };
+            let caller = service_caller(&router.meta.project_id);
+            let bind = json!({"port": {"binding:host_id": target}});
+            match <Port as Kind>::update(
+                self,
+                &caller,
+                &port.meta.id,
+                bind.clone(),
+                Some(port.meta.revision_number),
+            )
+            .await
+            {
+                Ok(_) => {}
+                // Another controller moved it first.
+                Err(Error::RevisionNumberConstraintFailed { .. } | Error::NotFound { .. }) => {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+            for snat in router
+                .interfaces
+                .iter()
+                .filter_map(|i| i.snat_port_id.as_ref())
+            {
+                match <Port as Kind>::update(self, &caller, snat, bind.clone(), None).await {
+                    Ok(_) | Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            *gateways.entry(target.clone()).or_default() += 1;
+            eprintln!(
+                "isthmus controller: router {}'s gateway moved from silent node {} to {target}",
+                router.meta.id, port.binding.host_id
+            );
+            moved.push(router.meta.id.clone());
+        }
+        Ok(moved)
     }
 
     /// An external network a router may use as gateway.
