@@ -757,20 +757,7 @@ async fn reporter(shared: Arc<Shared>) {
 /// balancers are ACTIVE once every node that needs them has applied them).
 async fn report_applied(shared: &Shared, revision: u64) -> Result<(), AgentError> {
     let path = format!("/isthmus/v1/nodes/{}/applied", shared.config.node);
-    let (code, answer) = shared
-        .config
-        .controller
-        .request("PUT", &path, Some(&json!({ "revision": revision })))
-        .await?;
-    if code >= 500 {
-        return Err(AgentError::Controller(format!(
-            "reporting applied revision {revision} answered {code}"
-        )));
-    }
-    if code != 204 {
-        eprintln!("isthmus agent: reporting applied revision {revision}: {code} {answer}");
-    }
-    Ok(())
+    report(shared, &path, &json!({ "revision": revision }), &[204]).await
 }
 
 /// The floating IPs this node NATs (their routers are in place) that the view does not show
@@ -788,19 +775,30 @@ fn floating_ip_reports(shared: &Shared, view: &NodeView) -> BTreeSet<String> {
 async fn report_floating_ip(shared: &Shared, id: &str) -> Result<(), AgentError> {
     let body = json!({"status": "ACTIVE", "node": shared.config.node});
     let path = format!("/isthmus/v1/floatingips/{id}/status");
+    // 404/409: deleted or disassociated since this view was taken.
+    report(shared, &path, &body, &[200, 404, 409]).await
+}
+
+/// Sends one report; a 5xx is an error (sent again later), another answer than `expected`
+/// is logged (retrying would not change it).
+async fn report(
+    shared: &Shared,
+    path: &str,
+    body: &serde_json::Value,
+    expected: &[u16],
+) -> Result<(), AgentError> {
     let (code, answer) = shared
         .config
         .controller
-        .request("PUT", &path, Some(&body))
+        .request("PUT", path, Some(body))
         .await?;
-    // 404/409: deleted or disassociated since this view was taken.
     if code >= 500 {
         return Err(AgentError::Controller(format!(
-            "status of floating IP {id} answered {code}"
+            "PUT {path} answered {code}"
         )));
     }
-    if code != 200 && code != 404 && code != 409 {
-        eprintln!("isthmus agent: status of floating IP {id} answered {code}: {answer}");
+    if !expected.contains(&code) {
+        eprintln!("isthmus agent: PUT {path} answered {code}: {answer}");
     }
     Ok(())
 }
@@ -849,20 +847,12 @@ fn port_reports(
 /// Tells the controller port `id`'s status.
 async fn report_port(shared: &Shared, id: &str, status: &str) -> Result<(), AgentError> {
     let body = json!({"status": status, "node": shared.config.node});
-    let path = format!("/isthmus/v1/ports/{id}/status");
-    let (code, answer) = shared
-        .config
-        .controller
-        .request("PUT", &path, Some(&body))
-        .await?;
-    if code >= 500 {
-        return Err(AgentError::Controller(format!(
-            "status of port {id} answered {code}"
-        )));
-    }
     // 404: the port was deleted since this view was taken.
-    if code != 200 && code != 404 {
-        eprintln!("isthmus agent: status of {id} answered {code}: {answer}");
-    }
-    Ok(())
+    report(
+        shared,
+        &format!("/isthmus/v1/ports/{id}/status"),
+        &body,
+        &[200, 404],
+    )
+    .await
 }

@@ -929,7 +929,8 @@ mod tests {
         })
     }
 
-    fn network(id: &str) -> Object {
+    /// A network object as the API makes it (fan-out tests use it too).
+    pub(super) fn network(id: &str) -> Object {
         let body = serde_json::json!({"network": {}});
         let caller = crate::Caller::admin("p");
         let limits = crate::NetworkLimits { underlay_mtu: 1500 };

@@ -264,9 +264,8 @@ mod tests {
     use crate::port::{Binding, FixedIp};
     use crate::router::{Gateway, Interface, OWNER_GATEWAY};
     use crate::security_group::Direction;
-    use crate::{
-        AddressGroup, FloatingIp, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet,
-    };
+    use crate::view::tests::network;
+    use crate::{AddressGroup, FloatingIp, Port, Router, SecurityGroup, SecurityGroupRule, Subnet};
 
     fn meta(id: &str) -> Meta {
         Meta::new(id.into(), "p".into(), "t")
@@ -298,17 +297,6 @@ mod tests {
     const GROUPS: &[&str] = &["g1", "g2", "g3"];
     const PORTS: &[&str] = &["p1", "p2", "p3", "p4", "p5", "p6", "fp1", "fp2"];
     const ROUTERS: &[&str] = &["r1", "r2"];
-
-    fn network(id: &str) -> Object {
-        let body = serde_json::json!({"network": {}});
-        let caller = crate::Caller::admin("p");
-        let limits = crate::NetworkLimits { underlay_mtu: 1500 };
-        Object::Network(
-            Network::parse_create(body, &caller, limits, id.into(), "t")
-                .unwrap()
-                .network,
-        )
-    }
 
     /// A random object of a random kind, over a small set of ids so that objects meet.
     fn random_object(rng: &mut Rng) -> Object {
