@@ -378,8 +378,15 @@ impl Server {
         let mut revisions = self.shared.revisions.subscribe();
         let wait = async {
             loop {
-                let derived = pod::pod_interface(&self.shared.view(), port_id);
-                if let Ok(iface) = derived {
+                // Only a whole batch: half of one may hold the port but not yet its network's
+                // DHCP port (the pod's resolver).
+                let derived = {
+                    let view = self.shared.view();
+                    view.settled
+                        .then(|| pod::pod_interface(&view, port_id).ok())
+                        .flatten()
+                };
+                if let Some(iface) = derived {
                     return Ok(iface);
                 }
                 if revisions.changed().await.is_err() {

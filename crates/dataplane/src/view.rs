@@ -276,6 +276,9 @@ pub struct NodeView {
     pub revision: u64,
     /// Whether the initial view is complete (a synced bookmark was seen).
     pub synced: bool,
+    /// Whether the view is whole: synced, and no change applied since the last bookmark (the
+    /// controller closes every batch with one, so a view read now is not half a batch).
+    pub settled: bool,
     /// Every object held, (kind, id) → the revision its line carried: what a reconnecting
     /// agent tells the controller, which then sends only what differs ([`NodeView::held`]).
     pub revisions: BTreeMap<(String, String), u64>,
@@ -510,6 +513,7 @@ impl NodeView {
                 if line.get("synced").and_then(Value::as_bool) == Some(true) {
                     self.synced = true;
                 }
+                self.settled = self.synced;
                 Ok(false)
             }
             "RELIST" => {
@@ -519,6 +523,7 @@ impl NodeView {
                 Ok(true)
             }
             "ADDED" | "MODIFIED" => {
+                self.settled = false;
                 let object = line
                     .get("object")
                     .ok_or_else(|| ViewError::BadLine("no object".into()))?;
@@ -592,6 +597,7 @@ impl NodeView {
                 Ok(changed)
             }
             "DELETED" => {
+                self.settled = false;
                 let id = field("id").to_owned();
                 self.revisions
                     .remove(&(field("kind").to_owned(), id.clone()));
@@ -626,6 +632,24 @@ impl NodeView {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_view_is_settled_only_between_batches() {
+        let mut view = NodeView::default();
+        let node = json!({"type": "ADDED", "kind": "dns_record", "revision": 2, "id": "a/b",
+            "object": {"id": "a/b"}});
+        view.apply(&node).unwrap();
+        assert!(!view.settled, "not synced yet");
+        view.apply(&json!({"type": "BOOKMARK", "revision": 2, "synced": true}))
+            .unwrap();
+        assert!(view.settled);
+        view.apply(&json!({"type": "DELETED", "kind": "dns_record", "id": "a/b", "revision": 3}))
+            .unwrap();
+        assert!(!view.settled, "half a batch");
+        view.apply(&json!({"type": "BOOKMARK", "revision": 3}))
+            .unwrap();
+        assert!(view.settled, "the batch is closed");
+    }
 
     #[test]
     fn the_view_knows_what_it_holds() {
