@@ -108,18 +108,17 @@ async fn gateway_failover(service: Arc<Service>) {
     }
 }
 
-/// How often the controller compacts the store's history.
-const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// Revisions of history kept: a watcher further behind re-lists.
-pub const HISTORY_KEPT: u64 = 100_000;
-
-/// Compacts the store's history now and then, so that heartbeats and every other write do not
-/// grow etcd's history until its space alarm (several controllers may all do it).
+/// Compacts the store's history every [`Config::compact_every`], keeping
+/// [`Config::history_kept`] revisions, so that heartbeats and every other write do not grow
+/// etcd's history until its space alarm (several controllers may all do it).
 async fn compact(service: Arc<Service>) {
+    let (every, kept) = (
+        service.config().compact_every,
+        service.config().history_kept,
+    );
     loop {
-        tokio::time::sleep(COMPACT_EVERY).await;
-        if let Err(e) = service.compact_history(HISTORY_KEPT).await {
+        tokio::time::sleep(every).await;
+        if let Err(e) = service.compact_history(kept).await {
             eprintln!("isthmus controller: compacting the store's history failed: {e}");
         }
     }

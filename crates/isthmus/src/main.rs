@@ -210,6 +210,12 @@ enum Command {
         /// --heartbeat-seconds, 10 by default).
         #[arg(long, default_value_t = 30)]
         gateway_down_seconds: u64,
+        /// Seconds between compactions of the store's history.
+        #[arg(long, default_value_t = 300)]
+        compact_every_seconds: u64,
+        /// Revisions of history compaction keeps (a watch resuming from further back re-lists).
+        #[arg(long, default_value_t = 100_000)]
+        history_kept: u64,
         /// How callers are identified: Keystone tokens, or Neutron's noauth headers (the
         /// default on a loopback address; elsewhere it must be asked for).
         #[arg(long, value_enum)]
@@ -390,6 +396,8 @@ async fn main() -> anyhow::Result<()> {
             underlay_mtu,
             dns_domain,
             gateway_down_seconds,
+            compact_every_seconds,
+            history_kept,
             auth,
             keystone,
             token_cache_seconds,
@@ -423,6 +431,8 @@ async fn main() -> anyhow::Result<()> {
                 underlay_mtu,
                 dns_domain,
                 gateway_down_seconds,
+                compact_every: std::time::Duration::from_secs(compact_every_seconds.max(1)),
+                history_kept,
                 ..Config::default()
             };
             let auth = match (auth, keystone.credentials()?) {

@@ -62,6 +62,12 @@ fn etcd_binary() -> Option<String> {
 impl EtcdServer {
     /// Starts etcd and waits until its client port accepts connections.
     pub fn start() -> Result<Self, EtcdServerError> {
+        Self::start_with(&[])
+    }
+
+    /// [`EtcdServer::start`] with extra etcd flags (e.g. `--unsafe-no-fsync` for a test that
+    /// measures volume, not durability).
+    pub fn start_with(extra: &[&str]) -> Result<Self, EtcdServerError> {
         let binary = etcd_binary().ok_or(EtcdServerError::NotInstalled)?;
         let dir = tempfile::tempdir().map_err(|e| EtcdServerError::Failed(e.to_string()))?;
         let client_port = free_port()?;
@@ -77,6 +83,7 @@ impl EtcdServer {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=isthmus-test={peer}"))
             .arg("--log-level=error")
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -108,7 +115,12 @@ impl EtcdServer {
     /// Starts etcd for a test. When etcd is not installed the test is skipped with a printed
     /// reason, except under CI (`CI` set), where a missing etcd fails the test.
     pub fn start_or_skip() -> Option<EtcdServer> {
-        match EtcdServer::start() {
+        Self::start_or_skip_with(&[])
+    }
+
+    /// [`EtcdServer::start_or_skip`] with extra etcd flags.
+    pub fn start_or_skip_with(extra: &[&str]) -> Option<EtcdServer> {
+        match EtcdServer::start_with(extra) {
             Ok(server) => Some(server),
             Err(EtcdServerError::NotInstalled) if std::env::var_os("CI").is_none() => {
                 eprintln!("SKIP: etcd is not installed (apt-get install etcd-server)");

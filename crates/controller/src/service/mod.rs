@@ -38,8 +38,10 @@ pub use kind::{key_of, prefix_of, Endpoint, Kind, Registry, TagOp};
 /// Most attempts of one operation against concurrent writers before giving up with 409.
 const MAX_ATTEMPTS: usize = 64;
 
-/// Attempts of a whole bulk request before it answers 409.
-const BULK_ATTEMPTS: usize = 5;
+/// Attempts of a whole bulk request (or another all-or-nothing change, as an interface added
+/// to a router) before it answers 409; they pause a growing, jittered while between tries, so
+/// that requests changing one router at once all land.
+const BULK_ATTEMPTS: usize = 16;
 
 /// Controller settings the service needs.
 #[derive(Debug, Clone)]
@@ -52,6 +54,10 @@ pub struct Config {
     pub vni_range: (u32, u32),
     /// Seconds without a heartbeat after which a node's gateways move to another node.
     pub gateway_down_seconds: u64,
+    /// How often the store's history is compacted.
+    pub compact_every: std::time::Duration,
+    /// Revisions of history kept by compaction: a watcher further behind re-lists.
+    pub history_kept: u64,
 }
 
 impl Default for Config {
@@ -61,6 +67,8 @@ impl Default for Config {
             dns_domain: "openstack.local.".to_owned(),
             vni_range: (1, isthmus_model::network::MAX_VNI),
             gateway_down_seconds: 30,
+            compact_every: std::time::Duration::from_secs(300),
+            history_kept: 100_000,
         }
     }
 }
@@ -285,7 +293,11 @@ impl Service {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        for _ in 0..BULK_ATTEMPTS {
+        for attempt in 0..BULK_ATTEMPTS {
+            if attempt > 0 {
+                let jitter = uuid::Uuid::new_v4().as_bytes()[0] as u64 % 8;
+                tokio::time::sleep(Duration::from_millis(attempt as u64 * 2 + jitter)).await;
+            }
             let (result, stage) = crate::staged::Staged::scope(work()).await;
             let (txn, held) = stage.into_txn();
             let committed = match result {
