@@ -79,7 +79,7 @@ pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(), AgentError> {
         .filter_map(|r| r["port_id"].as_str().map(str::to_owned))
         .collect();
     pool::adopt(&shared, &in_use).await;
-    eprintln!("isthmus agent: CNI socket {}", socket.display());
+    tracing::info!("CNI socket {}", socket.display());
     let server = Arc::new(Server {
         reaper: Reaper::start(shared.netlink.clone()),
         shared,
@@ -105,7 +105,7 @@ pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(), AgentError> {
         let server = server.clone();
         tokio::spawn(async move {
             if let Err(e) = server.connection(stream).await {
-                eprintln!("isthmus agent: CNI connection: {e}");
+                tracing::warn!("CNI connection: {e}");
             }
         });
     }
@@ -146,8 +146,8 @@ impl Server {
         let server = self.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = server.undo(&record).await {
-                eprintln!(
-                    "isthmus agent: CNI: tearing down {}: {e} (retried at the next DEL, GC or agent start)",
+                tracing::warn!(
+                    "CNI: tearing down {}: {e} (retried at the next DEL, GC or agent start)",
                     record.path.display()
                 );
             }
@@ -180,7 +180,7 @@ impl Server {
             )),
         };
         if let Err(e) = &outcome {
-            eprintln!("isthmus agent: CNI: {e}");
+            tracing::warn!("CNI: {e}");
         }
         let mut answer = isthmus_cni::answer(outcome).to_string();
         answer.push('\n');
@@ -307,12 +307,17 @@ impl Server {
                     let id = port_id.clone();
                     let naming = tokio::spawn(async move {
                         let path = format!("/v2.0/ports/{port_id}");
-                        match shared.config.controller.request("PUT", &path, Some(&body)).await {
+                        match shared
+                            .config
+                            .controller
+                            .request("PUT", &path, Some(&body))
+                            .await
+                        {
                             Ok((200, _)) => {}
-                            Ok((status, answer)) => eprintln!(
-                                "isthmus agent: naming pod port {port_id} answered {status}: {answer}"
+                            Ok((status, answer)) => tracing::warn!(
+                                "naming pod port {port_id} answered {status}: {answer}"
                             ),
-                            Err(e) => eprintln!("isthmus agent: naming pod port {port_id}: {e}"),
+                            Err(e) => tracing::warn!("naming pod port {port_id}: {e}"),
                         }
                     });
                     self.naming().insert(id, naming);
@@ -325,7 +330,7 @@ impl Server {
                     value: record,
                 };
                 if let Err(undo) = self.undo(&record).await {
-                    eprintln!("isthmus agent: CNI: undoing a failed ADD: {undo}");
+                    tracing::warn!("CNI: undoing a failed ADD: {undo}");
                 }
                 Err(e)
             }

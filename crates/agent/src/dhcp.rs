@@ -173,7 +173,7 @@ pub async fn serve(leases: watch::Receiver<Arc<Tables>>) -> io::Result<()> {
         let (n, index, kind) = match ready.try_io(|fd| receive(fd.get_ref(), &mut buf)) {
             Ok(Ok(got)) => got,
             Ok(Err(e)) => {
-                eprintln!("isthmus agent: DHCP receive: {e}");
+                tracing::warn!("DHCP receive: {e}");
                 continue;
             }
             Err(_would_block) => continue,
@@ -193,7 +193,7 @@ pub async fn serve(leases: watch::Receiver<Arc<Tables>>) -> io::Result<()> {
             match answer(lease, payload) {
                 Ok(reply) => Some((reply_frame(lease, &reply), reply.dst_mac, ETH_P_IP)),
                 Err(e) => {
-                    eprintln!("isthmus agent: DHCP request on {tap} not answered: {e}");
+                    tracing::warn!("DHCP request on {tap} not answered: {e}");
                     None
                 }
             }
@@ -213,7 +213,7 @@ pub async fn serve(leases: watch::Receiver<Arc<Tables>>) -> io::Result<()> {
         };
         if let Some((out, dst, protocol)) = reply {
             if let Err(e) = send(fd.get_ref(), index, dst, protocol, &out) {
-                eprintln!("isthmus agent: DHCP reply to {tap}: {e}");
+                tracing::warn!("DHCP reply to {tap}: {e}");
             }
         }
     }

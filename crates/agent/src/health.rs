@@ -147,9 +147,9 @@ async fn report(controller: &Endpoint, node: &str, member: &str, status: &str) {
         // 404: the member is gone since this view was taken.
         Ok((200 | 404, _)) => {}
         Ok((code, answer)) => {
-            eprintln!("isthmus agent: member {member} status {status}: {code} {answer}")
+            tracing::warn!("member {member} status {status}: {code} {answer}")
         }
-        Err(e) => eprintln!("isthmus agent: member {member} status {status}: {e}"),
+        Err(e) => tracing::warn!("member {member} status {status}: {e}"),
     }
 }
 

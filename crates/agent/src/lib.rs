@@ -35,7 +35,6 @@ use isthmus_dataplane::router::{self, RouterState};
 use isthmus_dataplane::view::NodeView;
 use isthmus_dataplane::{filter, nft};
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::{watch, Notify};
 
 pub use http::Endpoint;
@@ -85,8 +84,11 @@ pub struct Config {
     pub cni_socket: PathBuf,
     /// The network (id or name) of pods whose configuration and namespace name none.
     pub default_pod_network: Option<String>,
-    /// Pod ports kept ready per (network, project) in use on this node.
+    /// Pod ports kept ready at least per (network, project) in use on this node (0: no
+    /// pools).
     pub pool_size: usize,
+    /// Pod ports a pool grows to at most under bursts of ADDs.
+    pub pool_max: usize,
     /// Where router namespaces are pinned.
     pub netns_dir: PathBuf,
     /// Whether br_netfilter's namespace-wide switches are the agent's to turn off (see
@@ -243,13 +245,13 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             Ok(()) => break,
             Err(e @ AgentError::Refused(_)) => return Err(e),
             Err(e) => {
-                eprintln!("isthmus agent: cannot register yet ({e}); retrying");
+                tracing::warn!("cannot register yet ({e}); retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
     }
-    eprintln!("isthmus agent: node {} registered", config.node);
+    tracing::info!("node {} registered", config.node);
     let shared = Arc::new(Shared {
         view: Mutex::new(NodeView::default()),
         changed: Notify::new(),
@@ -257,7 +259,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         plugged: watch::Sender::new(BTreeSet::new()),
         netlink: netlink::Netlink::connect()?,
         filtered: watch::Sender::new(BTreeSet::new()),
-        pools: pool::Pools::new(config.pool_size),
+        pools: pool::Pools::new(config.pool_size, config.pool_max),
         leases: watch::Sender::new(Arc::default()),
         services: services::Services::new(config.metadata.clone(), config.dns_upstream.clone()),
         advertisers: ra::Advertisers::default(),
@@ -273,16 +275,17 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let leases = shared.leases.subscribe();
     tokio::spawn(async move {
         if let Err(e) = dhcp::serve(leases).await {
-            eprintln!("isthmus agent: the DHCP server stopped: {e}");
+            tracing::warn!("the DHCP server stopped: {e}");
         }
     });
     let server = shared.clone();
     tokio::spawn(async move {
         if let Err(e) = cni::serve(server).await {
-            eprintln!("isthmus agent: the CNI server stopped: {e}");
+            tracing::warn!("the CNI server stopped: {e}");
         }
     });
     tokio::spawn(heartbeats(shared.clone()));
+    tokio::spawn(pool::shrink_idle_pools(shared.clone()));
     tokio::spawn(link_events(shared.clone()));
     tokio::spawn(reconciler(shared.clone()));
     tokio::spawn(reporter(shared.clone()));
@@ -298,37 +301,37 @@ async fn heartbeats(shared: Arc<Shared>) {
                 let _ = register(&shared.config).await;
             }
             Ok(_) => {}
-            Err(e) => eprintln!("isthmus agent: heartbeat failed: {e}"),
+            Err(e) => tracing::warn!("heartbeat failed: {e}"),
         }
     }
 }
 
 /// Wakes the reconciler on every link change (a hypervisor creating a tap, a device going
-/// away), so plugging needs no polling.
+/// away), so plugging needs no polling: the kernel's link multicast group, read on a netlink
+/// socket of the agent's namespace.
 async fn link_events(shared: Arc<Shared>) {
+    use futures_util::StreamExt;
     loop {
-        let child = tokio::process::Command::new("ip")
-            .args(["-o", "monitor", "link"])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("isthmus agent: cannot monitor links: {e}");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                continue;
-            }
-        };
-        if let Some(stdout) = child.stdout.take() {
-            let mut lines = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(_)) = lines.next_line().await {
-                // A link came or went outside the view: the next pass is a full one.
-                shared.links_changed.store(true, Ordering::Release);
-                shared.changed.notify_one();
-            }
+        let (connection, _handle, mut events) =
+            match rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link]) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("cannot monitor links: {e}");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+        let connection = tokio::spawn(connection);
+        while events.next().await.is_some() {
+            // A link came or went outside the view: the next pass is a full one.
+            shared.links_changed.store(true, Ordering::Release);
+            shared.changed.notify_one();
         }
-        let _ = child.wait().await;
+        connection.abort();
+        // The socket failed (its buffer overran, say): what was missed counts as a change.
+        shared.links_changed.store(true, Ordering::Release);
+        shared.changed.notify_one();
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -386,15 +389,15 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
                                         changed_since = false;
                                     }
                                 }
-                                Err(e) => eprintln!("isthmus agent: {e}"),
+                                Err(e) => tracing::warn!("{e}"),
                             }
                         }
                         Ok(None) => {
-                            eprintln!("isthmus agent: {controller} ended the watch");
+                            tracing::warn!("{controller} ended the watch");
                             break;
                         }
                         Err(e) => {
-                            eprintln!("isthmus agent: watch of {controller} broke: {e}");
+                            tracing::warn!("watch of {controller} broke: {e}");
                             break;
                         }
                     }
@@ -405,7 +408,7 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
                 if matches!(e, AgentError::Controller(_)) {
                     resume = false;
                 }
-                eprintln!("isthmus agent: cannot watch: {e}");
+                tracing::warn!("cannot watch: {e}");
             }
         }
         // A controller that ended or lost the watch is likely going away: the next one is
@@ -488,7 +491,7 @@ async fn reconciler(shared: Arc<Shared>) {
         };
         if let Err(e) = done {
             known = Known::default();
-            eprintln!("isthmus agent: reconcile: {e}");
+            tracing::warn!("reconcile: {e}");
         }
     }
 }
@@ -746,7 +749,7 @@ async fn reporter(shared: Arc<Shared>) {
                 }
             }
             Some(e) => {
-                eprintln!("isthmus agent: reporting to the controller: {e}");
+                tracing::warn!("reporting to the controller: {e}");
                 tokio::time::sleep(backoff.next()).await;
             }
         }
@@ -798,7 +801,7 @@ async fn report(
         )));
     }
     if !expected.contains(&code) {
-        eprintln!("isthmus agent: PUT {path} answered {code}: {answer}");
+        tracing::warn!("PUT {path} answered {code}: {answer}");
     }
     Ok(())
 }

@@ -58,7 +58,7 @@ pub async fn serve(listener: TcpListener, network_id: String, proxy: Arc<Proxy>)
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                eprintln!("isthmus agent: metadata accept: {e}");
+                tracing::warn!("metadata accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -133,11 +133,11 @@ async fn handle(
     let response = match answer {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
-            eprintln!("isthmus agent: metadata for {address} on {network}: {e}");
+            tracing::warn!("metadata for {address} on {network}: {e}");
             return plain(StatusCode::BAD_GATEWAY, "Metadata service unavailable");
         }
         Err(_) => {
-            eprintln!("isthmus agent: metadata for {address} on {network}: no answer in time");
+            tracing::warn!("metadata for {address} on {network}: no answer in time");
             return plain(
                 StatusCode::GATEWAY_TIMEOUT,
                 "Metadata service did not answer",
@@ -148,7 +148,7 @@ async fn handle(
     let body = match Limited::new(body, BODY_LIMIT).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
-            eprintln!("isthmus agent: metadata answer for {address}: {e}");
+            tracing::warn!("metadata answer for {address}: {e}");
             return plain(
                 StatusCode::BAD_GATEWAY,
                 "Metadata service answer unreadable",

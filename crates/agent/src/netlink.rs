@@ -331,7 +331,7 @@ impl Reaper {
                 {
                     Ok(()) => {}
                     Err(e) if is_absent(&e) => {}
-                    Err(e) => eprintln!("isthmus agent: deleting doomed devices: {e}"),
+                    Err(e) => tracing::warn!("deleting doomed devices: {e}"),
                 }
                 runner.rounds.send_modify(|r| *r += 1);
             }

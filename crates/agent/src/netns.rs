@@ -4,36 +4,23 @@
 //! restarts; the directory is configurable so that several agents can share one machine (the
 //! lab) without their `qrouter-<id>` names colliding.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 
 use crate::AgentError;
 
-/// `statfs` type of nsfs, the filesystem of namespace files.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
-
-fn c_path(path: &Path) -> Result<CString, AgentError> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| AgentError::Kernel(format!("{} contains a NUL byte", path.display())))
-}
-
-fn os_error(what: &str) -> AgentError {
-    AgentError::Kernel(format!("{what}: {}", io::Error::last_os_error()))
+fn os_error(what: &str, e: nix::Error) -> AgentError {
+    AgentError::Kernel(format!("{what}: {e}"))
 }
 
 /// Whether `path` is a pinned namespace (a bind mount of an nsfs file).
 pub fn is_pinned(path: &Path) -> bool {
-    let Ok(c) = c_path(path) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path and `stat` is a plain out-parameter.
-    unsafe {
-        let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == NSFS_MAGIC
-    }
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// Creates the namespace `name` pinned at `dir/name`, unless it already exists. Returns its
@@ -45,29 +32,21 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, AgentError> {
     }
     std::fs::create_dir_all(dir)?;
     File::create(&path)?;
-    let target = c_path(&path)?;
+    let target = path.clone();
     // A dedicated thread moves into a fresh namespace and pins it; the thread then ends, so no
     // other work ever runs in the wrong namespace.
     let pinned = std::thread::spawn(move || -> Result<(), AgentError> {
-        // SAFETY: unshare affects only this thread; the source path is NUL-terminated.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                return Err(os_error("unshare(CLONE_NEWNET)"));
-            }
-            let source = CString::new(format!("/proc/self/task/{}/ns/net", libc::gettid()))
-                .map_err(|_| AgentError::Kernel("namespace path".into()))?;
-            if libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(os_error("pinning the namespace"));
-            }
-        }
-        Ok(())
+        // unshare(2) moves only the calling thread.
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| os_error("unshare(CLONE_NEWNET)", e))?;
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| os_error("pinning the namespace", e))
     })
     .join()
     .map_err(|_| AgentError::Kernel("the namespace thread panicked".into()))?;
@@ -83,11 +62,8 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, AgentError> {
 pub fn delete(dir: &Path, name: &str) -> Result<(), AgentError> {
     let path = dir.join(name);
     if is_pinned(&path) {
-        let c = c_path(&path)?;
-        // SAFETY: `c` is a valid NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            return Err(os_error(&format!("unpinning {}", path.display())));
-        }
+        nix::mount::umount2(&path, MntFlags::MNT_DETACH)
+            .map_err(|e| os_error(&format!("unpinning {}", path.display()), e))?;
     }
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
@@ -122,12 +98,8 @@ pub fn open(dir: &Path, name: &str) -> Result<File, AgentError> {
 /// Moves the calling thread into the network namespace of `netns` (a namespace switch is per
 /// thread): only for threads made for the purpose, which end in it.
 pub fn enter(netns: &File) -> Result<(), AgentError> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setns(2) on an open namespace file; it changes only the calling thread.
-    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(os_error("entering a network namespace"));
-    }
-    Ok(())
+    nix::sched::setns(netns, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| os_error("entering a network namespace", e))
 }
 
 /// Runs `f` inside the pinned namespace `dir/name` on a thread of its own and returns what it

@@ -1,14 +1,17 @@
-//! Port pools: a few ports per (network, project) created ahead of time and bound to this
-//! node, so a pod's ADD takes one instead of waiting for the controller (and for the port's
-//! filters: pool ports are in the node's view and filtered before any pod needs them). A
+//! Port pools: ports per (network, project) created ahead of time and bound to this node, so
+//! a pod's ADD takes one instead of waiting for the controller (and for the port's filters:
+//! pool ports are in the node's view and filtered before any pod needs them). Each pool's
+//! size follows its ADDs (see [`PoolDemand`]): bursts grow it, quiet shrinks it back. A
 //! pool port is an ordinary Neutron port marked `device_id = "isthmus-pool"`: the agent
 //! adopts its own after a restart and the controller deletes them with their node, so none
 //! is leaked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use isthmus_dataplane::pod::POOL_DEVICE_ID;
+use isthmus_dataplane::pool::PoolDemand;
 use serde_json::{json, Value};
 
 use crate::reply::{self, Ports};
@@ -18,44 +21,67 @@ use isthmus_dataplane::pod::POD_DEVICE_OWNER;
 /// (network id, project id).
 pub(crate) type PoolKey = (String, String);
 
+/// One pool: its ready ports and how many it aims at.
+struct Pool {
+    free: Vec<String>,
+    demand: PoolDemand,
+}
+
 /// The pools of one agent.
 #[derive(Default)]
 pub(crate) struct Pools {
-    /// Ports kept ready per key.
-    target: usize,
-    free: Mutex<BTreeMap<PoolKey, Vec<String>>>,
+    /// Ports each pool keeps at least (0: no pools).
+    floor: usize,
+    /// Ports a pool grows to at most.
+    ceiling: usize,
+    pools: Mutex<BTreeMap<PoolKey, Pool>>,
     /// Keys with a refill under way (one at a time per key).
     refilling: Mutex<BTreeSet<PoolKey>>,
 }
 
 impl Pools {
-    /// Pools keeping `target` ports ready per key.
-    pub(crate) fn new(target: usize) -> Pools {
+    /// Pools keeping between `floor` and `ceiling` ports ready per key, as ADDs ask.
+    pub(crate) fn new(floor: usize, ceiling: usize) -> Pools {
         Pools {
-            target,
+            floor,
+            ceiling,
             ..Pools::default()
         }
     }
 
-    fn free(&self) -> MutexGuard<'_, BTreeMap<PoolKey, Vec<String>>> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    fn pools(&self) -> MutexGuard<'_, BTreeMap<PoolKey, Pool>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pool<'a>(&self, pools: &'a mut BTreeMap<PoolKey, Pool>, key: &PoolKey) -> &'a mut Pool {
+        pools.entry(key.clone()).or_insert_with(|| Pool {
+            free: Vec::new(),
+            demand: PoolDemand::new(self.floor, self.ceiling, Instant::now()),
+        })
     }
 
     /// A port for `key`, if the pool has one: the oldest whose filters are in place
-    /// (`filtered`), else the oldest.
+    /// (`filtered`), else the oldest. Every ask counts towards the pool's size.
     pub(crate) fn take(&self, key: &PoolKey, filtered: &BTreeSet<String>) -> Option<String> {
-        let mut free = self.free();
-        let ports = free.get_mut(key)?;
-        let at = ports.iter().position(|p| filtered.contains(p)).unwrap_or(0);
-        (at < ports.len()).then(|| ports.remove(at))
+        let mut pools = self.pools();
+        let pool = self.pool(&mut pools, key);
+        let at = pool
+            .free
+            .iter()
+            .position(|p| filtered.contains(p))
+            .unwrap_or(0);
+        let taken = (at < pool.free.len()).then(|| pool.free.remove(at));
+        pool.demand
+            .took(Instant::now(), taken.is_some(), pool.free.len());
+        taken
     }
 
     /// Returns a port to its pool; `false` when the pool is full (delete it instead).
     pub(crate) fn give_back(&self, key: &PoolKey, port_id: String) -> bool {
-        let mut free = self.free();
-        let ports = free.entry(key.clone()).or_default();
-        if ports.len() < self.target {
-            ports.push(port_id);
+        let mut pools = self.pools();
+        let pool = self.pool(&mut pools, key);
+        if pool.free.len() < pool.demand.target() {
+            pool.free.push(port_id);
             true
         } else {
             false
@@ -64,9 +90,52 @@ impl Pools {
 
     /// Whether the pool of `key` has room for one more port.
     pub(crate) fn has_room(&self, key: &PoolKey) -> bool {
-        self.free().get(key).map_or(0, Vec::len) < self.target
+        self.missing(key) > 0
+    }
+
+    /// Ports the pool of `key` lacks.
+    fn missing(&self, key: &PoolKey) -> usize {
+        let mut pools = self.pools();
+        let pool = self.pool(&mut pools, key);
+        pool.demand.target().saturating_sub(pool.free.len())
+    }
+
+    /// Shrinks the pools no ADD asked for a while; returns the ports they no longer keep.
+    fn shrink(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut extra = Vec::new();
+        for pool in self.pools().values_mut() {
+            if pool.demand.idle(now) && pool.free.len() > pool.demand.target() {
+                extra.extend(pool.free.drain(pool.demand.target()..));
+            }
+        }
+        extra
     }
 }
+
+/// Deletes the ports of pools that shrank, checking every few seconds.
+pub(crate) async fn shrink_idle_pools(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(SHRINK_CHECK).await;
+        for id in shared.pools.shrink() {
+            let deleted = shared
+                .config
+                .controller
+                .request("DELETE", &format!("/v2.0/ports/{id}"), None)
+                .await;
+            match deleted {
+                Ok((204 | 404, _)) => {}
+                Ok((status, answer)) => {
+                    tracing::warn!("deleting pool port {id} answered {status}: {answer}")
+                }
+                Err(e) => tracing::warn!("deleting pool port {id}: {e}"),
+            }
+        }
+    }
+}
+
+/// How often idle pools are looked for.
+const SHRINK_CHECK: Duration = Duration::from_secs(10);
 
 /// The body that turns a port into a pool port (or creates one).
 pub(crate) fn pool_attributes(shared: &Shared) -> Value {
@@ -89,29 +158,29 @@ pub(crate) async fn adopt(shared: &Shared, in_use: &BTreeSet<String>) {
     match shared.config.controller.request("GET", &path, None).await {
         Ok((200, body)) => match reply::read::<Ports>(&body, None) {
             Ok(listed) => {
-                let mut free = shared.pools.free();
+                let pools = &shared.pools;
+                let mut all = pools.pools();
                 for port in listed.ports {
                     if in_use.contains(&port.id) {
                         continue;
                     }
-                    free.entry((port.network_id, port.project_id))
-                        .or_default()
-                        .push(port.id);
+                    let key = (port.network_id, port.project_id);
+                    pools.pool(&mut all, &key).free.push(port.id);
                 }
             }
-            Err(why) => eprintln!("isthmus agent: listing pool ports: {why}"),
+            Err(why) => tracing::warn!("listing pool ports: {why}"),
         },
         Ok((status, body)) => {
-            eprintln!("isthmus agent: listing pool ports answered {status}: {body}")
+            tracing::warn!("listing pool ports answered {status}: {body}")
         }
-        Err(e) => eprintln!("isthmus agent: listing pool ports: {e}"),
+        Err(e) => tracing::warn!("listing pool ports: {e}"),
     }
 }
 
 /// Tops up the pool of `key` in the background.
 pub(crate) fn refill(shared: &Arc<Shared>, key: &PoolKey) {
     let pools = &shared.pools;
-    if pools.target == 0 {
+    if pools.floor == 0 {
         return;
     }
     {
@@ -124,10 +193,7 @@ pub(crate) fn refill(shared: &Arc<Shared>, key: &PoolKey) {
     let key = key.clone();
     tokio::spawn(async move {
         loop {
-            let missing = shared
-                .pools
-                .target
-                .saturating_sub(shared.pools.free().get(&key).map_or(0, Vec::len));
+            let missing = shared.pools.missing(&key);
             if missing == 0 {
                 break;
             }
@@ -156,13 +222,11 @@ pub(crate) fn refill(shared: &Arc<Shared>, key: &PoolKey) {
                     }
                 }
                 Ok((status, answer)) => {
-                    eprintln!(
-                        "isthmus agent: refilling the pool of {key:?} answered {status}: {answer}"
-                    );
+                    tracing::warn!("refilling the pool of {key:?} answered {status}: {answer}");
                     break;
                 }
                 Err(e) => {
-                    eprintln!("isthmus agent: refilling the pool of {key:?}: {e}");
+                    tracing::warn!("refilling the pool of {key:?}: {e}");
                     break;
                 }
             }

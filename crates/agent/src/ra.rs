@@ -53,9 +53,10 @@ impl Advertisers {
                 Ok(task) => {
                     running.insert(key, (adv, task));
                 }
-                Err(e) => eprintln!(
-                    "isthmus agent: router advertisements on {} in {}: {e}",
-                    adv.device, adv.namespace
+                Err(e) => tracing::warn!(
+                    "router advertisements on {} in {}: {e}",
+                    adv.device,
+                    adv.namespace
                 ),
             }
         }
@@ -129,7 +130,7 @@ fn start(dir: &Path, adv: &Advertisement) -> Result<AbortHandle, crate::AgentErr
         let mut buf = [0u8; 1500];
         loop {
             if let Err(e) = socket.send_to(&packet, all_nodes).await {
-                eprintln!("isthmus agent: router advertisement: {e}");
+                tracing::warn!("router advertisement: {e}");
             }
             // Until the next period, or a solicitation.
             let _ = tokio::time::timeout(INTERVAL, socket.recv_from(&mut buf)).await;

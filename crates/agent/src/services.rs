@@ -74,7 +74,7 @@ impl Services {
                 Ok(tasks) => {
                     running.insert(name.clone(), tasks);
                 }
-                Err(e) => eprintln!("isthmus agent: {node}: services of {name} not started: {e}"),
+                Err(e) => tracing::warn!("{node}: services of {name} not started: {e}"),
             }
         }
     }

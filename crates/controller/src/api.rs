@@ -294,9 +294,12 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
         response = neutron_format(response);
     }
     if let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>() {
-        eprintln!(
-            "isthmus controller: {request_id} {method} {path} answered {}: {detail}",
-            response.status().as_u16()
+        tracing::error!(
+            request_id = %request_id,
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            "request failed: {detail}"
         );
     }
     if let Ok(id) = request_id.parse() {
@@ -467,7 +470,7 @@ async fn healthz(State(state): Shared) -> Response {
     match state.service.store().revision().await {
         Ok(rev) => (StatusCode::OK, format!("ok revision={rev}\n")).into_response(),
         Err(e) => {
-            eprintln!("isthmus controller: health check: store unavailable: {e}");
+            tracing::warn!("health check: store unavailable: {e}");
             (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
         }
     }

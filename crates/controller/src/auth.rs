@@ -326,7 +326,7 @@ impl Keystone {
         let mut renew = false;
         for _ in 0..2 {
             let service = self.service_token(renew).await.map_err(|e| {
-                eprintln!("isthmus controller: cannot authenticate to Keystone: {e}");
+                tracing::warn!("cannot authenticate to Keystone: {e}");
                 unavailable()
             })?;
             let request = hyper::Request::get(format!(
@@ -338,7 +338,7 @@ impl Keystone {
             .body(Full::new(Bytes::new()))
             .map_err(|_| unauthorized())?;
             let (status, _, body) = send(&self.client, request).await.map_err(|e| {
-                eprintln!("isthmus controller: Keystone token validation failed: {e}");
+                tracing::warn!("Keystone token validation failed: {e}");
                 unavailable()
             })?;
             let ttl_end = Instant::now() + self.config.cache_ttl;
@@ -366,9 +366,7 @@ impl Keystone {
                     return Err(unauthorized());
                 }
                 other => {
-                    eprintln!(
-                        "isthmus controller: Keystone answered {other} to a token validation"
-                    );
+                    tracing::warn!("Keystone answered {other} to a token validation");
                     return Err(unavailable());
                 }
             }

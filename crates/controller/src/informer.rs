@@ -341,7 +341,7 @@ impl<S: Sink> Feed<S> {
                                 if let Err(e) =
                                     mirror.put(kind, &kv.key, &kv.value, kv.mod_revision)
                                 {
-                                    eprintln!("informer: skipping {e}");
+                                    tracing::warn!("skipping {e}");
                                 }
                             }
                             Event::Delete { mod_revision, .. } => {
@@ -371,7 +371,7 @@ impl<S: Sink> Feed<S> {
             match self.resync().await {
                 Ok(from) => return from,
                 Err(e) => {
-                    eprintln!("informer: resync failed, retrying: {e}");
+                    tracing::warn!("resync failed, retrying: {e}");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }

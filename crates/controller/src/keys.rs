@@ -180,14 +180,17 @@ pub fn applied(name: &str) -> String {
     format!("{APPLIED}{name}")
 }
 
-/// Every node's last heartbeat.
+/// Every live node's heartbeat key.
 pub const HEARTBEATS: &str = "/isthmus/heartbeats/";
 
-/// Last heartbeat of a node (value: unix seconds), kept apart from the node so heartbeats do
-/// not wake every watcher.
+/// A node's heartbeat key (value: the id of the lease it lives under, which the node's
+/// heartbeats renew), kept apart from the node so heartbeats do not wake every watcher.
 pub fn heartbeat(name: &str) -> String {
     format!("/isthmus/heartbeats/{name}")
 }
+
+/// The controller that runs the singletons (value: its identity), under its lease.
+pub const LEADER: &str = "/isthmus/leader";
 
 /// Prefix of every RBAC policy.
 pub const RBAC_POLICIES: &str = "/isthmus/rbac-policies/";

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod informer;
 pub mod keys;
 pub mod kubernetes;
+pub mod leader;
 pub mod metrics;
 pub mod octavia;
 pub mod service;
@@ -70,56 +71,54 @@ pub fn app_full(
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Deletes leftover router service ports and repairs DHCP ports now and then (see
-/// [`Service::sweep_router_ports`], [`Service::sweep_dhcp_ports`]); several controllers may
-/// all do it.
-async fn sweep(service: Arc<Service>) {
+/// [`Service::sweep_router_ports`], [`Service::sweep_dhcp_ports`]), while leading.
+async fn sweep(service: Arc<Service>, mut leader: leader::Leadership) {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
+        leader.wait().await;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         match service.sweep_router_ports(now, SWEEP_EVERY.as_secs()).await {
             Ok(0) => {}
-            Ok(n) => eprintln!("isthmus controller: deleted {n} router ports whose router is gone"),
-            Err(e) => eprintln!("isthmus controller: router port sweep failed: {e}"),
+            Ok(n) => tracing::info!("deleted {n} router ports whose router is gone"),
+            Err(e) => tracing::warn!("router port sweep failed: {e}"),
         }
         match service.sweep_dhcp_ports().await {
             Ok(0) => {}
-            Ok(n) => eprintln!("isthmus controller: repaired the DHCP ports of {n} networks"),
-            Err(e) => eprintln!("isthmus controller: DHCP port sweep failed: {e}"),
+            Ok(n) => tracing::info!("repaired the DHCP ports of {n} networks"),
+            Err(e) => tracing::warn!("DHCP port sweep failed: {e}"),
         }
     }
 }
 
 /// Moves the gateways of silent nodes (see [`Service::reschedule_gateways`]), checking every
-/// second.
-async fn gateway_failover(service: Arc<Service>) {
-    let down_after = service.config().gateway_down_seconds;
+/// second while leading.
+async fn gateway_failover(service: Arc<Service>, mut leader: leader::Leadership) {
+    let down_after = std::time::Duration::from_secs(service.config().gateway_down_seconds);
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if let Err(e) = service.reschedule_gateways(now, down_after).await {
-            eprintln!("isthmus controller: moving the gateways of silent nodes failed: {e}");
+        leader.wait().await;
+        if let Err(e) = service.reschedule_gateways(down_after).await {
+            tracing::warn!("moving the gateways of silent nodes failed: {e}");
         }
     }
 }
 
 /// Compacts the store's history every [`Config::compact_every`], keeping
 /// [`Config::history_kept`] revisions, so that heartbeats and every other write do not grow
-/// etcd's history until its space alarm (several controllers may all do it).
-async fn compact(service: Arc<Service>) {
+/// etcd's history until its space alarm (while leading).
+async fn compact(service: Arc<Service>, mut leader: leader::Leadership) {
     let (every, kept) = (
         service.config().compact_every,
         service.config().history_kept,
     );
     loop {
         tokio::time::sleep(every).await;
+        leader.wait().await;
         if let Err(e) = service.compact_history(kept).await {
-            eprintln!("isthmus controller: compacting the store's history failed: {e}");
+            tracing::warn!("compacting the store's history failed: {e}");
         }
     }
 }
@@ -154,11 +153,20 @@ pub async fn serve(
     kubernetes: Option<kubernetes::Settings>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
-    let service = Service::new(store, config).shared();
-    tokio::spawn(sweep(service.clone()));
-    tokio::spawn(compact(service.clone()));
-    tokio::spawn(gateway_failover(service.clone()));
     let (stopping, stop) = tokio::sync::watch::channel(false);
+    let me = format!(
+        "{}:{}:{}",
+        hostname(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let (leadership, campaign) =
+        leader::campaign(store.clone(), me, config.leader_lease, stop.clone());
+    let campaign = tokio::spawn(campaign);
+    let service = Service::new(store, config).shared();
+    tokio::spawn(sweep(service.clone(), leadership.clone()));
+    tokio::spawn(compact(service.clone(), leadership.clone()));
+    tokio::spawn(gateway_failover(service.clone(), leadership));
     let watcher =
         kubernetes.map(|settings| tokio::spawn(kubernetes::run(service.clone(), settings, stop)));
     let (closing, closed) = tokio::sync::watch::channel(false);
@@ -183,7 +191,7 @@ pub async fn serve(
                 }
                 // Out of descriptors and the like: the listener itself stays usable.
                 Err(e) => {
-                    eprintln!("isthmus controller: accepting a connection failed: {e}");
+                    tracing::warn!("accepting a connection failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
@@ -191,11 +199,13 @@ pub async fn serve(
             () = &mut shutdown => break,
         }
     }
-    // The Kubernetes watcher hands its lease over first, so another controller carries on.
+    // The Kubernetes watcher and the leader hand their leases over first, so another
+    // controller carries on.
     let _ = stopping.send(true);
     if let Some(watcher) = watcher {
         let _ = tokio::time::timeout(GRACE, watcher).await;
     }
+    let _ = tokio::time::timeout(GRACE, campaign).await;
     // Node watches end now (agents move to another controller); requests in flight get
     // `GRACE` to finish and are then cut, so that a rolling restart never hangs.
     let _ = closing.send(true);
@@ -204,6 +214,13 @@ pub async fn serve(
     })
     .await;
     Ok(())
+}
+
+/// This machine's name, for telling controllers apart in the leader key.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "controller".to_owned())
 }
 
 /// How long open connections get to finish once the controller stops.

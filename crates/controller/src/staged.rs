@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use isthmus_store::{
-    Compare, KeyValue, Op, RangeResult, SharedStore, Store, StoreError, Txn, TxnResult, WatchStream,
+    Compare, KeyValue, LeaseId, LeaseTtl, Op, RangeResult, SharedStore, Store, StoreError, Txn,
+    TxnResult, WatchStream,
 };
 
 /// Revisions of staged writes start here: far above any store revision, so a compare that
@@ -58,10 +59,7 @@ impl Stage {
             .pending
             .into_iter()
             .map(|(key, kv)| match kv {
-                Some(kv) => Op::Put {
-                    key,
-                    value: kv.value,
-                },
+                Some(kv) => Op::put(key, kv.value),
                 None => Op::Delete { key },
             })
             .collect();
@@ -209,6 +207,12 @@ impl Staged {
         }
         let mut existing = Vec::with_capacity(txn.ops.len());
         for op in &txn.ops {
+            if let Op::Put { lease: Some(_), .. } = op {
+                // Nothing all-or-nothing writes under a lease (liveness is not staged).
+                return Err(StoreError::Backend(
+                    "a leased write cannot be staged".into(),
+                ));
+            }
             if let Op::Put { key, .. } = op {
                 let before = match Self::pending(key) {
                     Some(staged) => staged.map(|kv| kv.create_revision),
@@ -226,7 +230,7 @@ impl Staged {
                 let mut existing = existing.into_iter();
                 for op in txn.ops {
                     match op {
-                        Op::Put { key, value } => {
+                        Op::Put { key, value, .. } => {
                             let create_revision = existing.next().flatten().unwrap_or(revision);
                             let kv = KeyValue {
                                 key: key.clone(),
@@ -362,6 +366,22 @@ impl Store for Staged {
 
     async fn revision(&self) -> Result<u64, StoreError> {
         self.base.revision().await
+    }
+
+    async fn grant_lease(&self, ttl: std::time::Duration) -> Result<LeaseId, StoreError> {
+        self.base.grant_lease(ttl).await
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
+        self.base.keep_alive(lease).await
+    }
+
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<LeaseTtl>, StoreError> {
+        self.base.lease_ttl(lease).await
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.base.revoke_lease(lease).await
     }
 }
 

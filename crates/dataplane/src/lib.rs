@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod nft;
 pub mod node;
 pub mod pod;
+pub mod pool;
 pub mod ra;
 pub mod router;
 pub mod view;

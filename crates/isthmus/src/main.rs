@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use isthmus_controller::Config;
-use isthmus_store::{EmbeddedStore, EtcdStore, SharedStore};
+use isthmus_store::{EmbeddedStore, EtcdStore, EtcdTls, SharedStore};
 
 // The controller's hot paths (JSON decode, render, encode of thousands of objects per list)
 // are allocation-bound; mimalloc halves their cost against glibc malloc.
@@ -23,6 +23,32 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: text, or one JSON object per line (for a log
+    /// shipper). Levels come from RUST_LOG (e.g. `info`, `isthmus_agent=debug`; default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// `2026-12-05T07:00:00.000000Z  INFO isthmus_agent: node n1 registered`.
+    Text,
+    /// `{"timestamp":...,"level":"INFO","fields":{"message":...},"target":...}`.
+    Json,
+}
+
+/// Logs of every subcommand go to stderr, filtered by RUST_LOG (default: info).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -199,6 +225,16 @@ enum Command {
         /// Key prefix in etcd (several deployments can share a cluster).
         #[arg(long, default_value = "")]
         etcd_prefix: String,
+        /// CA certificate (PEM) that signed etcd's server certificate: talk to etcd over TLS
+        /// (`https://` endpoints).
+        #[arg(long)]
+        etcd_cacert: Option<PathBuf>,
+        /// Client certificate (PEM) for etcd's `--client-cert-auth` (with --etcd-key).
+        #[arg(long, requires = "etcd_key", requires = "etcd_cacert")]
+        etcd_cert: Option<PathBuf>,
+        /// Private key (PEM) of --etcd-cert.
+        #[arg(long, requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
         /// MTU of the underlay; VXLAN networks get 50 bytes less.
         #[arg(long, default_value_t = 1500)]
         underlay_mtu: u32,
@@ -216,6 +252,10 @@ enum Command {
         /// Revisions of history compaction keeps (a watch resuming from further back re-lists).
         #[arg(long, default_value_t = 100_000)]
         history_kept: u64,
+        /// Time to live of the leader's lease: the controller that leads runs the sweeps,
+        /// compaction and gateway failover; when it dies another takes over after about this.
+        #[arg(long, default_value_t = 5)]
+        leader_lease_seconds: u64,
         /// How callers are identified: Keystone tokens, or Neutron's noauth headers (the
         /// default on a loopback address; elsewhere it must be asked for).
         #[arg(long, value_enum)]
@@ -256,9 +296,13 @@ enum Command {
         /// Network (id or name) for pods whose CNI configuration and namespace name none.
         #[arg(long)]
         default_pod_network: Option<String>,
-        /// Pod ports kept ready per (network, project) used on this node (0: no pool).
+        /// Pod ports kept ready at least per (network, project) used on this node (0: no
+        /// pool); a pool doubles when ADDs drain it and halves after a minute without ADDs.
         #[arg(long, default_value_t = 2)]
         pool_size: usize,
+        /// Pod ports a pool grows to at most.
+        #[arg(long, default_value_t = 64)]
+        pool_max: usize,
         /// Where router namespaces are pinned (`ip netns` uses /run/netns; one directory per
         /// agent on a shared machine).
         #[arg(long, default_value = isthmus_agent::DEFAULT_NETNS_DIR)]
@@ -385,6 +429,7 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Controller {
             listen,
@@ -393,11 +438,15 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             etcd_endpoints,
             etcd_prefix,
+            etcd_cacert,
+            etcd_cert,
+            etcd_key,
             underlay_mtu,
             dns_domain,
             gateway_down_seconds,
             compact_every_seconds,
             history_kept,
+            leader_lease_seconds,
             auth,
             keystone,
             token_cache_seconds,
@@ -406,22 +455,38 @@ async fn main() -> anyhow::Result<()> {
             if underlay_mtu < 68 + 50 {
                 bail!("--underlay-mtu {underlay_mtu} is too small for VXLAN (needs at least 118)");
             }
-            let store: SharedStore =
-                match store {
-                    StoreKind::Embedded => {
-                        let path = data_dir.join("isthmus.redb");
-                        Arc::new(EmbeddedStore::open(&path).with_context(|| {
+            let store: SharedStore = match store {
+                StoreKind::Embedded => {
+                    let path = data_dir.join("isthmus.redb");
+                    Arc::new(
+                        EmbeddedStore::open(&path).with_context(|| {
                             format!("opening embedded store {}", path.display())
-                        })?)
-                    }
-                    StoreKind::Etcd => Arc::new(
-                        EtcdStore::connect(&etcd_endpoints, &etcd_prefix)
+                        })?,
+                    )
+                }
+                StoreKind::Etcd => {
+                    let read = |path: &PathBuf| {
+                        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+                    };
+                    let tls = match (&etcd_cacert, &etcd_cert, &etcd_key) {
+                        (Some(ca), cert, key) => Some(EtcdTls {
+                            ca: read(ca)?,
+                            identity: match (cert, key) {
+                                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                                _ => None,
+                            },
+                        }),
+                        (None, _, _) => None,
+                    };
+                    Arc::new(
+                        EtcdStore::connect_with(&etcd_endpoints, &etcd_prefix, tls.as_ref())
                             .await
                             .with_context(|| {
                                 format!("connecting to etcd at {}", etcd_endpoints.join(","))
                             })?,
-                    ),
-                };
+                    )
+                }
+            };
             let dns_domain = if dns_domain.ends_with('.') {
                 dns_domain
             } else {
@@ -433,6 +498,7 @@ async fn main() -> anyhow::Result<()> {
                 gateway_down_seconds,
                 compact_every: std::time::Duration::from_secs(compact_every_seconds.max(1)),
                 history_kept,
+                leader_lease: std::time::Duration::from_secs(leader_lease_seconds.max(1)),
                 ..Config::default()
             };
             let auth = match (auth, keystone.credentials()?) {
@@ -458,14 +524,14 @@ async fn main() -> anyhow::Result<()> {
                 }
                 (Some(AuthKind::Noauth), _) => {
                     if let Some(addr) = octavia_listen.filter(|a| !a.ip().is_loopback()) {
-                        eprintln!(
-                            "isthmus controller: WARNING: noauth on {addr}: anyone who reaches \
+                        tracing::warn!(
+                            "noauth on {addr}: anyone who reaches \
                              this address acts as whatever project and role they claim"
                         );
                     }
                     if !listen.ip().is_loopback() {
-                        eprintln!(
-                            "isthmus controller: WARNING: noauth on {listen}: anyone who reaches \
+                        tracing::warn!(
+                            "noauth on {listen}: anyone who reaches \
                              this address acts as whatever project and role they claim"
                         );
                     }
@@ -485,13 +551,13 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            eprintln!("isthmus controller: Neutron v2.0 API on http://{listen}/v2.0, Octavia v2 API on http://{listen}/v2/lbaas");
+            tracing::info!("Neutron v2.0 API on http://{listen}/v2.0, Octavia v2 API on http://{listen}/v2/lbaas");
             let octavia = match octavia_listen {
                 Some(addr) => {
                     let l = tokio::net::TcpListener::bind(addr)
                         .await
                         .with_context(|| format!("cannot listen on {addr}"))?;
-                    eprintln!("isthmus controller: Octavia v2 API also on http://{addr}/v2/lbaas");
+                    tracing::info!("Octavia v2 API also on http://{addr}/v2/lbaas");
                     Some(l)
                 }
                 None => None,
@@ -519,6 +585,7 @@ async fn main() -> anyhow::Result<()> {
             cni_socket,
             default_pod_network,
             pool_size,
+            pool_max,
             netns_dir,
             keystone,
             own_br_netfilter,
@@ -550,6 +617,7 @@ async fn main() -> anyhow::Result<()> {
                 cni_socket,
                 default_pod_network,
                 pool_size,
+                pool_max,
                 netns_dir,
                 own_br_netfilter,
                 metadata: match (metadata_url, metadata_secret_file) {

@@ -156,15 +156,12 @@ impl Netns {
     /// A TCP listener bound to `addr` inside the namespace, for a server the test process
     /// itself runs there (the socket keeps its namespace; the process stays where it is).
     pub fn listen_tcp(&self, addr: &str) -> Result<std::net::TcpListener> {
-        use std::os::fd::AsRawFd;
         let path = format!("/run/netns/{}", self.name);
         let target = addr.to_owned();
         let bound = std::thread::spawn(move || -> std::io::Result<std::net::TcpListener> {
             let ns = std::fs::File::open(&path)?;
-            // SAFETY: a valid namespace descriptor; only this thread moves, and it ends here.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            // Only this thread moves, and it ends here.
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
             std::net::TcpListener::bind(&target)
         })
         .join()

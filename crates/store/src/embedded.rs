@@ -5,10 +5,11 @@
 //! the whole group) and only then applies them in memory and answers the callers. Under load
 //! this amortises the fsync; at rest a lone transaction is committed at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,20 +17,33 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::engine::{Engine, Entry, Plan};
-use crate::memory::DEFAULT_HISTORY;
-use crate::{Event, KeyValue, RangeResult, Store, StoreError, Txn, TxnResult, WatchStream};
+use crate::memory::{DEFAULT_HISTORY, LEASE_CHECK};
+use crate::{
+    Event, KeyValue, LeaseId, LeaseTtl, RangeResult, Store, StoreError, Txn, TxnResult, WatchStream,
+};
 
 /// key → 8 bytes create_revision ‖ 8 bytes mod_revision ‖ value.
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 /// "revision" → the store revision.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// key → (lease id, its time to live in seconds), for keys that live under a lease.
+const KEY_LEASE: TableDefinition<&str, (i64, u64)> = TableDefinition::new("key_lease");
 const REVISION_KEY: &str = "revision";
 /// Most transactions folded into one commit.
 const MAX_GROUP: usize = 512;
 
-struct Request {
-    txn: Txn,
-    reply: oneshot::Sender<Result<TxnResult, StoreError>>,
+/// What the committer is asked to do.
+enum Request {
+    /// Apply a transaction.
+    Txn {
+        txn: Txn,
+        reply: oneshot::Sender<Result<TxnResult, StoreError>>,
+    },
+    /// End a lease, deleting its keys.
+    Revoke {
+        lease: LeaseId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// A durable single-file store.
@@ -74,8 +88,8 @@ impl EmbeddedStore {
             .set_cache_size(16 << 20)
             .create(path)
             .map_err(backend)?;
-        let (entries, revision) = load(&db)?;
-        let engine = Arc::new(Engine::new(entries, revision, DEFAULT_HISTORY));
+        let (entries, ttls, revision) = load(&db)?;
+        let engine = Arc::new(Engine::new(entries, &ttls, revision, DEFAULT_HISTORY));
         let (requests, inbox) = std_mpsc::channel::<Request>();
         let committer_engine = Arc::clone(&engine);
         let committer = thread::Builder::new()
@@ -91,11 +105,15 @@ impl EmbeddedStore {
     }
 }
 
-fn load(db: &Database) -> Result<(BTreeMap<String, Entry>, u64), StoreError> {
+/// The keys, the time to live of their leases and the store revision.
+type Loaded = (BTreeMap<String, Entry>, HashMap<LeaseId, Duration>, u64);
+
+fn load(db: &Database) -> Result<Loaded, StoreError> {
     let write = db.begin_write().map_err(backend)?;
     // Create the tables on first open so reads below never fail on a fresh file.
     write.open_table(KV).map_err(backend)?;
     write.open_table(META).map_err(backend)?;
+    write.open_table(KEY_LEASE).map_err(backend)?;
     write.commit().map_err(backend)?;
 
     let read = db.begin_read().map_err(backend)?;
@@ -124,19 +142,35 @@ fn load(db: &Database) -> Result<(BTreeMap<String, Entry>, u64), StoreError> {
                 value: Bytes::copy_from_slice(data),
                 create_revision,
                 mod_revision,
+                lease: None,
             },
         );
     }
-    Ok((entries, revision))
+    let mut ttls = HashMap::new();
+    for row in read
+        .open_table(KEY_LEASE)
+        .map_err(backend)?
+        .iter()
+        .map_err(backend)?
+    {
+        let (key, value) = row.map_err(backend)?;
+        let (lease, ttl) = value.value();
+        if let Some(entry) = entries.get_mut(key.value()) {
+            entry.lease = Some(lease);
+            ttls.insert(lease, Duration::from_secs(ttl));
+        }
+    }
+    Ok((entries, ttls, revision))
 }
 
-fn persist(db: &Database, plan: &Plan) -> Result<(), StoreError> {
+fn persist(db: &Database, engine: &Engine, plan: &Plan) -> Result<(), StoreError> {
     let Some(revision) = plan.final_revision() else {
         return Ok(());
     };
     let write = db.begin_write().map_err(backend)?;
     {
         let mut table = write.open_table(KV).map_err(backend)?;
+        let mut leased = write.open_table(KEY_LEASE).map_err(backend)?;
         let mut record = Vec::new();
         for batch in &plan.batches {
             for event in &batch.events {
@@ -149,9 +183,16 @@ fn persist(db: &Database, plan: &Plan) -> Result<(), StoreError> {
                         table
                             .insert(kv.key.as_str(), record.as_slice())
                             .map_err(backend)?;
+                        let lease = plan.leases.get(&kv.key).copied().flatten();
+                        match lease.and_then(|l| Some((l, engine.granted_ttl(l)?.as_secs()))) {
+                            Some(record) => leased.insert(kv.key.as_str(), record),
+                            None => leased.remove(kv.key.as_str()),
+                        }
+                        .map_err(backend)?;
                     }
                     Event::Delete { key, .. } => {
                         table.remove(key.as_str()).map_err(backend)?;
+                        leased.remove(key.as_str()).map_err(backend)?;
                     }
                 }
             }
@@ -162,26 +203,62 @@ fn persist(db: &Database, plan: &Plan) -> Result<(), StoreError> {
     write.commit().map_err(backend)
 }
 
+/// Ends a lease as the writer: deletes its keys durably (when the write fails the lease
+/// stays, expired, and the next check tries again).
+fn end_lease(db: &Database, engine: &Engine, lease: LeaseId) -> Result<(), StoreError> {
+    let Some(txn) = engine.lease_keys(lease) else {
+        return Ok(());
+    };
+    let plan = engine.plan([&txn]);
+    persist(db, engine, &plan)?;
+    engine.drop_lease(lease);
+    engine.apply(&plan);
+    Ok(())
+}
+
 fn commit_loop(db: Database, engine: Arc<Engine>, inbox: std_mpsc::Receiver<Request>) {
-    while let Ok(first) = inbox.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match inbox.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
+    let mut checked = Instant::now();
+    loop {
+        let first = match inbox.recv_timeout(LEASE_CHECK) {
+            Ok(first) => Some(first),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        if checked.elapsed() >= LEASE_CHECK {
+            checked = Instant::now();
+            for lease in engine.expired_leases() {
+                if let Err(e) = end_lease(&db, &engine, lease) {
+                    tracing::warn!("deleting the keys of ended lease {lease}: {e}");
+                }
             }
         }
-        let plan = engine.plan(group.iter().map(|r| &r.txn));
-        match persist(&db, &plan) {
+        let mut group = Vec::new();
+        let mut next = first;
+        while let Some(request) = next.take() {
+            match request {
+                Request::Txn { txn, reply } => group.push((txn, reply)),
+                Request::Revoke { lease, reply } => {
+                    let _ = reply.send(end_lease(&db, &engine, lease));
+                }
+            }
+            if group.len() < MAX_GROUP {
+                next = inbox.try_recv().ok();
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let plan = engine.plan(group.iter().map(|(txn, _)| txn));
+        match persist(&db, &engine, &plan) {
             Ok(()) => {
                 engine.apply(&plan);
-                for (request, result) in group.into_iter().zip(plan.results) {
-                    let _ = request.reply.send(Ok(result));
+                for ((_, reply), result) in group.into_iter().zip(plan.results) {
+                    let _ = reply.send(result);
                 }
             }
             Err(error) => {
-                for request in group {
-                    let _ = request.reply.send(Err(error.clone()));
+                for (_, reply) in group {
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }
@@ -212,7 +289,7 @@ impl Store for EmbeddedStore {
         self.requests
             .as_ref()
             .ok_or(StoreError::Closed)?
-            .send(Request { txn, reply })
+            .send(Request::Txn { txn, reply })
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -228,5 +305,27 @@ impl Store for EmbeddedStore {
 
     async fn revision(&self) -> Result<u64, StoreError> {
         Ok(self.engine.revision())
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        Ok(self.engine.grant_lease(ttl))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
+        Ok(self.engine.keep_alive(lease))
+    }
+
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<LeaseTtl>, StoreError> {
+        Ok(self.engine.lease_ttl(lease))
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(Request::Revoke { lease, reply })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 }

@@ -5,14 +5,16 @@
 //! `apply` it. Readers never observe a plan that was not applied, so an embedded store never
 //! shows data that is not yet durable.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    Compare, Event, KeyValue, Op, RangeResult, StoreError, Txn, TxnResult, WatchBatch, WatchStream,
+    Compare, Event, KeyValue, LeaseId, LeaseTtl, Op, RangeResult, StoreError, Txn, TxnResult,
+    WatchBatch, WatchStream,
 };
 
 /// How many batches a watch stream buffers before its task waits for the reader.
@@ -24,6 +26,24 @@ pub(crate) struct Entry {
     pub value: bytes::Bytes,
     pub create_revision: u64,
     pub mod_revision: u64,
+    /// The lease the key lives under.
+    pub lease: Option<LeaseId>,
+}
+
+/// A live lease.
+#[derive(Debug)]
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
+    /// Keys that live under it.
+    keys: BTreeSet<String>,
+}
+
+/// Every live lease.
+#[derive(Debug, Default)]
+struct Leases {
+    next: LeaseId,
+    live: HashMap<LeaseId, Lease>,
 }
 
 #[derive(Debug, Default)]
@@ -47,9 +67,11 @@ const HISTORY_EVENTS: usize = 60_000;
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     /// One result per planned transaction, in order.
-    pub results: Vec<TxnResult>,
+    pub results: Vec<Result<TxnResult, StoreError>>,
     /// One batch per successful transaction that wrote something.
     pub batches: Vec<Arc<WatchBatch>>,
+    /// The lease (or none) of every key the plan puts, as its last put left it.
+    pub leases: HashMap<String, Option<LeaseId>>,
 }
 
 impl Plan {
@@ -65,14 +87,42 @@ pub(crate) struct Engine {
     state: RwLock<State>,
     revision_tx: watch::Sender<u64>,
     history_limit: usize,
+    leases: Mutex<Leases>,
 }
 
 impl Engine {
     /// An engine holding `entries` at `revision`, keeping at most `history_limit` revisions of
     /// watch history.
-    pub fn new(entries: BTreeMap<String, Entry>, revision: u64, history_limit: usize) -> Self {
+    /// Leases of the keys in `entries` are live again for their whole time to live (`ttls`),
+    /// as etcd renews them when its leader changes.
+    pub fn new(
+        entries: BTreeMap<String, Entry>,
+        ttls: &HashMap<LeaseId, Duration>,
+        revision: u64,
+        history_limit: usize,
+    ) -> Self {
         let (revision_tx, _) = watch::channel(revision);
+        let now = Instant::now();
+        let mut leases = Leases {
+            next: ttls.keys().copied().max().unwrap_or(0) + 1,
+            live: HashMap::new(),
+        };
+        for (key, entry) in &entries {
+            let Some(id) = entry.lease else { continue };
+            let ttl = ttls.get(&id).copied().unwrap_or(Duration::from_secs(1));
+            leases
+                .live
+                .entry(id)
+                .or_insert_with(|| Lease {
+                    ttl,
+                    deadline: now + ttl,
+                    keys: BTreeSet::new(),
+                })
+                .keys
+                .insert(key.clone());
+        }
         Engine {
+            leases: Mutex::new(leases),
             state: RwLock::new(State {
                 map: entries,
                 revision,
@@ -93,6 +143,82 @@ impl Engine {
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn leases(&self) -> MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Grants a lease of `ttl` (whole seconds, at least one).
+    pub fn grant_lease(&self, ttl: Duration) -> LeaseId {
+        let ttl = Duration::from_secs(ttl.as_secs_f64().ceil().max(1.0) as u64);
+        let mut leases = self.leases();
+        let id = leases.next;
+        leases.next += 1;
+        leases.live.insert(
+            id,
+            Lease {
+                ttl,
+                deadline: Instant::now() + ttl,
+                keys: BTreeSet::new(),
+            },
+        );
+        id
+    }
+
+    /// Renews a lease; `false` when it has ended.
+    pub fn keep_alive(&self, id: LeaseId) -> bool {
+        let mut leases = self.leases();
+        match leases.live.get_mut(&id) {
+            Some(lease) => {
+                lease.deadline = Instant::now() + lease.ttl;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What is left of a lease.
+    pub fn lease_ttl(&self, id: LeaseId) -> Option<LeaseTtl> {
+        let leases = self.leases();
+        let lease = leases.live.get(&id)?;
+        Some(LeaseTtl {
+            granted: lease.ttl,
+            remaining: lease.deadline.saturating_duration_since(Instant::now()),
+        })
+    }
+
+    /// The time to live of a lease (for persisting the keys under it).
+    pub fn granted_ttl(&self, id: LeaseId) -> Option<Duration> {
+        self.leases().live.get(&id).map(|l| l.ttl)
+    }
+
+    /// Leases whose time is up.
+    pub fn expired_leases(&self) -> Vec<LeaseId> {
+        let now = Instant::now();
+        self.leases()
+            .live
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The transaction deleting a lease's keys. Only the single writer ends leases (this,
+    /// then [`Engine::drop_lease`] once the deletion is durable, then `apply`), so no put is
+    /// ever planned on a lease that ends before the put applies.
+    pub fn lease_keys(&self, id: LeaseId) -> Option<Txn> {
+        let leases = self.leases();
+        let lease = leases.live.get(&id)?;
+        Some(Txn {
+            compares: Vec::new(),
+            ops: lease.keys.iter().map(Op::delete).collect(),
+        })
+    }
+
+    /// Forgets a lease whose keys' deletion is planned (and durable).
+    pub fn drop_lease(&self, id: LeaseId) {
+        self.leases().live.remove(&id);
     }
 
     pub fn get(&self, key: &str) -> Option<KeyValue> {
@@ -141,16 +267,27 @@ impl Engine {
         let mut overlay: HashMap<String, Option<Entry>> = HashMap::new();
         let mut revision = state.revision;
         let mut plan = Plan::default();
+        let leases = self.leases();
         for txn in txns {
+            let missing = txn.ops.iter().find_map(|op| match op {
+                Op::Put {
+                    lease: Some(id), ..
+                } if !leases.live.contains_key(id) => Some(*id),
+                _ => None,
+            });
+            if let Some(id) = missing {
+                plan.results.push(Err(StoreError::LeaseNotFound(id)));
+                continue;
+            }
             let holds = txn
                 .compares
                 .iter()
                 .all(|c| compare_holds(&state.map, &overlay, c));
             if !holds {
-                plan.results.push(TxnResult {
+                plan.results.push(Ok(TxnResult {
                     succeeded: false,
                     revision,
-                });
+                }));
                 continue;
             }
             let next = revision + 1;
@@ -158,13 +295,15 @@ impl Engine {
             for op in &txn.ops {
                 let current = lookup(&state.map, &overlay, op_key(op)).cloned();
                 match op {
-                    Op::Put { key, value } => {
+                    Op::Put { key, value, lease } => {
                         let entry = Entry {
                             value: value.clone(),
                             create_revision: current.map_or(next, |e| e.create_revision),
                             mod_revision: next,
+                            lease: *lease,
                         };
                         events.push(Event::Put(to_kv(key, &entry)));
+                        plan.leases.insert(key.clone(), *lease);
                         overlay.insert(key.clone(), Some(entry));
                     }
                     Op::Delete { key } => {
@@ -185,10 +324,10 @@ impl Engine {
                     events,
                 }));
             }
-            plan.results.push(TxnResult {
+            plan.results.push(Ok(TxnResult {
                 succeeded: true,
                 revision,
-            });
+            }));
         }
         plan
     }
@@ -200,22 +339,30 @@ impl Engine {
         };
         {
             let mut state = self.write();
+            let mut leases = self.leases();
             for batch in &plan.batches {
                 for event in &batch.events {
-                    match event {
+                    let (old, lease) = match event {
                         Event::Put(kv) => {
-                            state.map.insert(
-                                kv.key.clone(),
-                                Entry {
-                                    value: kv.value.clone(),
-                                    create_revision: kv.create_revision,
-                                    mod_revision: kv.mod_revision,
-                                },
-                            );
+                            let lease = plan.leases.get(&kv.key).copied().flatten();
+                            let entry = Entry {
+                                value: kv.value.clone(),
+                                create_revision: kv.create_revision,
+                                mod_revision: kv.mod_revision,
+                                lease,
+                            };
+                            (state.map.insert(kv.key.clone(), entry), lease)
                         }
-                        Event::Delete { key, .. } => {
-                            state.map.remove(key);
+                        Event::Delete { key, .. } => (state.map.remove(key), None),
+                    };
+                    let key = event.key();
+                    if let Some(old) = old.and_then(|e| e.lease).filter(|l| Some(*l) != lease) {
+                        if let Some(l) = leases.live.get_mut(&old) {
+                            l.keys.remove(key);
                         }
+                    }
+                    if let Some(l) = lease.and_then(|l| leases.live.get_mut(&l)) {
+                        l.keys.insert(key.to_owned());
                     }
                 }
                 state.history_events += batch.events.len();

@@ -1,16 +1,21 @@
 //! The etcd v3 backend, for several controllers sharing one store.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, Txn as EtcdTxn, TxnOp,
-    WatchOptions,
+    Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, PutOptions, Txn as EtcdTxn,
+    TxnOp, WatchOptions,
 };
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::mpsc;
 
 use crate::{
-    prefix_end, Compare, Event, KeyValue, Op, RangeResult, Store, StoreError, Txn, TxnResult,
-    WatchBatch, WatchStream,
+    prefix_end, Compare, Event, KeyValue, LeaseId, LeaseTtl, Op, RangeResult, Store, StoreError,
+    Txn, TxnResult, WatchBatch, WatchStream,
 };
 
 /// A store on an etcd v3 cluster. Every key is kept under `root` so several stores (tests,
@@ -19,7 +24,19 @@ use crate::{
 pub struct EtcdStore {
     client: Client,
     root: String,
+    keepers: Arc<std::sync::Mutex<HashMap<LeaseId, Arc<Keeper>>>>,
 }
+
+/// A lease's keep-alive stream, kept open between renewals (opening one per renewal costs
+/// more than the renewal).
+struct Keeper {
+    stream: tokio::sync::Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
+    /// When it last renewed (streams of leases nobody renews any more are closed).
+    used: std::sync::Mutex<Instant>,
+}
+
+/// A keep-alive stream unused this long is closed.
+const KEEPER_IDLE: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,27 +74,90 @@ fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> u64 {
     header.map_or(0, |h| h.revision().max(0) as u64)
 }
 
+/// TLS to etcd: the CA that signed etcd's certificate and, for etcd's `--client-cert-auth`,
+/// this client's certificate and key (all PEM).
+#[derive(Clone, Default)]
+pub struct EtcdTls {
+    /// CA certificate(s) trusted for etcd's server certificate.
+    pub ca: Vec<u8>,
+    /// Client certificate and private key, when etcd asks for one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
+}
+
 impl EtcdStore {
     /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`); every key is stored under `root`
     /// (use "" for none).
     pub async fn connect(endpoints: &[String], root: &str) -> Result<Self, StoreError> {
-        let options = etcd_client::ConnectOptions::new()
+        Self::connect_with(endpoints, root, None).await
+    }
+
+    /// [`EtcdStore::connect`] over TLS when `tls` is given (`https://` endpoints).
+    pub async fn connect_with(
+        endpoints: &[String],
+        root: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self, StoreError> {
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(3),
             );
+        if let Some(tls) = tls {
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(etcd_error)?;
         let store = EtcdStore {
             client,
             root: root.to_owned(),
+            keepers: Arc::default(),
         };
         // Fail at start-up, not on the first request, when nothing answers.
         store.revision().await?;
         Ok(store)
+    }
+
+    /// The keep-alive stream of `lease` (opened on first use), closing those left unused.
+    fn keeper(&self, lease: LeaseId) -> Arc<Keeper> {
+        let mut keepers = self.keepers.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        keepers.retain(|id, k| {
+            *id == lease
+                || now.duration_since(*k.used.lock().unwrap_or_else(|e| e.into_inner()))
+                    < KEEPER_IDLE
+        });
+        let keeper = keepers.entry(lease).or_insert_with(|| {
+            Arc::new(Keeper {
+                stream: tokio::sync::Mutex::new(None),
+                used: std::sync::Mutex::new(now),
+            })
+        });
+        *keeper.used.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        keeper.clone()
+    }
+
+    fn forget_keeper(&self, lease: LeaseId) {
+        self.keepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&lease);
     }
 
     fn full(&self, key: &str) -> String {
@@ -185,15 +265,30 @@ impl Store for EtcdStore {
             .ops
             .iter()
             .map(|op| match op {
-                Op::Put { key, value } => TxnOp::put(self.full(key), value.to_vec(), None),
+                Op::Put { key, value, lease } => TxnOp::put(
+                    self.full(key),
+                    value.to_vec(),
+                    lease.map(|l| PutOptions::new().with_lease(l)),
+                ),
                 Op::Delete { key } => TxnOp::delete(self.full(key), None),
             })
             .collect();
         let mut client = self.client.kv_client();
+        let lease = txn.ops.iter().find_map(|op| match op {
+            Op::Put { lease, .. } => *lease,
+            Op::Delete { .. } => None,
+        });
         let response = client
             .txn(EtcdTxn::new().when(compares).and_then(ops))
             .await
-            .map_err(etcd_error)?;
+            .map_err(|e| match (lease, &e) {
+                (Some(lease), etcd_client::Error::GRpcStatus(status))
+                    if status.message().contains("lease not found") =>
+                {
+                    StoreError::LeaseNotFound(lease)
+                }
+                _ => etcd_error(e),
+            })?;
         Ok(TxnResult {
             succeeded: response.succeeded(),
             revision: revision_of(response.header()),
@@ -299,5 +394,76 @@ impl Store for EtcdStore {
             .await
             .map_err(etcd_error)?;
         Ok(revision_of(response.header()))
+    }
+
+    async fn grant_lease(&self, ttl: std::time::Duration) -> Result<LeaseId, StoreError> {
+        let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
+        let mut client = self.client.lease_client();
+        let response = client.grant(seconds, None).await.map_err(etcd_error)?;
+        Ok(response.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
+        let keeper = self.keeper(lease);
+        let mut stream = keeper.stream.lock().await;
+        // The client's timeout covers opening the stream, not its messages.
+        let renewed = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            if stream.is_none() {
+                let mut client = self.client.lease_client();
+                *stream = Some(client.keep_alive(lease).await.map_err(etcd_error)?);
+            }
+            let Some((keeper, answers)) = stream.as_mut() else {
+                return Err(StoreError::Closed);
+            };
+            keeper.keep_alive().await.map_err(etcd_error)?;
+            match answers.message().await.map_err(etcd_error)? {
+                // etcd answers a lease that has ended with TTL 0.
+                Some(answer) => Ok(answer.ttl() > 0),
+                None => Err(StoreError::Unavailable(
+                    "etcd closed the lease keep-alive stream".into(),
+                )),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("lease keep-alive timed out".into())));
+        let renewed = match renewed {
+            // etcd 3.4 ends the stream with this error rather than answering TTL 0.
+            Err(StoreError::Backend(why)) if why.contains("lease not found") => Ok(false),
+            other => other,
+        };
+        if !matches!(renewed, Ok(true)) {
+            // A broken stream is opened afresh next time; an ended lease needs none.
+            *stream = None;
+            drop(stream);
+            self.forget_keeper(lease);
+        }
+        renewed
+    }
+
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<LeaseTtl>, StoreError> {
+        let mut client = self.client.lease_client();
+        let response = client.time_to_live(lease, None).await.map_err(etcd_error)?;
+        // etcd answers -1 for a lease it does not know.
+        if response.ttl() < 0 {
+            return Ok(None);
+        }
+        Ok(Some(LeaseTtl {
+            granted: std::time::Duration::from_secs(response.granted_ttl().max(0) as u64),
+            remaining: std::time::Duration::from_secs(response.ttl() as u64),
+        }))
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.forget_keeper(lease);
+        let mut client = self.client.lease_client();
+        match client.revoke(lease).await {
+            Ok(_) => Ok(()),
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.message().contains("lease not found") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(etcd_error(e)),
+        }
     }
 }

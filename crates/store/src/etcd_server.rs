@@ -33,6 +33,98 @@ fn free_port() -> Result<u16, EtcdServerError> {
         .map_err(|e| EtcdServerError::Failed(e.to_string()))
 }
 
+/// A throwaway certificate authority with a server certificate for 127.0.0.1 and a client
+/// certificate, made with the `openssl` command, for etcd over TLS in tests.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// Makes the CA and both certificates (each key RSA 2048, valid one day).
+    pub fn generate() -> Result<Self, EtcdServerError> {
+        let dir = tempfile::tempdir().map_err(|e| EtcdServerError::Failed(e.to_string()))?;
+        let run = |args: &[&str]| -> Result<(), EtcdServerError> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .map_err(|e| EtcdServerError::Failed(format!("openssl: {e}")))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(EtcdServerError::Failed(format!(
+                    "openssl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                )))
+            }
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=isthmus-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])?;
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .map_err(|e| EtcdServerError::Failed(e.to_string()))?;
+        std::fs::write(
+            dir.path().join("client.ext"),
+            "extendedKeyUsage=clientAuth\n",
+        )
+        .map_err(|e| EtcdServerError::Failed(e.to_string()))?;
+        for name in ["server", "client"] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN=isthmus-{name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ])?;
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ])?;
+        }
+        Ok(TestPki { dir })
+    }
+
+    /// Path of a file the PKI holds: `ca.pem`, `server.pem`, `server.key`, `client.pem`,
+    /// `client.key`.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
 /// Whether etcd on `port` says it is healthy: it has elected itself leader and serves
 /// requests (an open port alone is not enough; requests before that fail).
 fn healthy(port: u16) -> bool {
@@ -68,12 +160,35 @@ impl EtcdServer {
     /// [`EtcdServer::start`] with extra etcd flags (e.g. `--unsafe-no-fsync` for a test that
     /// measures volume, not durability).
     pub fn start_with(extra: &[&str]) -> Result<Self, EtcdServerError> {
+        Self::launch(None, extra)
+    }
+
+    /// Starts etcd serving clients over TLS only, with `pki`'s server certificate, and
+    /// requiring a client certificate signed by its CA (`--client-cert-auth`).
+    pub fn start_tls(pki: &TestPki) -> Result<Self, EtcdServerError> {
+        Self::launch(Some(pki), &[])
+    }
+
+    fn launch(pki: Option<&TestPki>, extra: &[&str]) -> Result<Self, EtcdServerError> {
         let binary = etcd_binary().ok_or(EtcdServerError::NotInstalled)?;
         let dir = tempfile::tempdir().map_err(|e| EtcdServerError::Failed(e.to_string()))?;
         let client_port = free_port()?;
         let peer_port = free_port()?;
-        let endpoint = format!("http://127.0.0.1:{client_port}");
+        // Health is asked over plain HTTP on a port of its own, whatever clients speak.
+        let metrics_port = free_port()?;
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
+        let mut tls = Vec::new();
+        if let Some(pki) = pki {
+            tls.push(format!("--cert-file={}", pki.path("server.pem").display()));
+            tls.push(format!("--key-file={}", pki.path("server.key").display()));
+            tls.push(format!(
+                "--trusted-ca-file={}",
+                pki.path("ca.pem").display()
+            ));
+            tls.push("--client-cert-auth".to_owned());
+        }
         let child = Command::new(binary)
             .arg("--name=isthmus-test")
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
@@ -82,7 +197,11 @@ impl EtcdServer {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=isthmus-test={peer}"))
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{metrics_port}"
+            ))
             .arg("--log-level=error")
+            .args(tls)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -95,7 +214,7 @@ impl EtcdServer {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if healthy(client_port) {
+            if healthy(metrics_port) {
                 return Ok(server);
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use embedded::EmbeddedStore;
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdStore, EtcdTls};
 pub use memory::MemoryStore;
 
 /// A key with its value and the revisions that created and last modified it.
@@ -100,6 +100,9 @@ pub enum Op {
         key: String,
         /// New value.
         value: Bytes,
+        /// The lease the key lives under (deleted when the lease ends); `None` detaches it
+        /// from any lease, as etcd does.
+        lease: Option<LeaseId>,
     },
     /// Delete a key (no-op if absent).
     Delete {
@@ -114,6 +117,16 @@ impl Op {
         Op::Put {
             key: key.into(),
             value: value.into(),
+            lease: None,
+        }
+    }
+    /// A put of a key that lives as long as `lease` (a transaction naming a lease that is
+    /// gone fails with [`StoreError::LeaseNotFound`]).
+    pub fn put_leased(key: impl Into<String>, value: impl Into<Bytes>, lease: LeaseId) -> Self {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: Some(lease),
         }
     }
     /// A delete.
@@ -215,6 +228,27 @@ pub struct WatchBatch {
 /// A live watch: batches in revision order; an `Err(StoreError::Compacted)` ends it.
 pub type WatchStream = mpsc::Receiver<Result<WatchBatch, StoreError>>;
 
+/// A lease: keys written under it are deleted (with a delete event, at a new revision) when
+/// nobody keeps it alive for its time to live. Keeping it alive writes nothing, so a node's
+/// liveness costs no history.
+pub type LeaseId = i64;
+
+/// What is left of a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTtl {
+    /// Its time to live as granted (and renewed by every keep-alive).
+    pub granted: std::time::Duration,
+    /// Time left before it ends unless kept alive.
+    pub remaining: std::time::Duration,
+}
+
+impl LeaseTtl {
+    /// How long ago it was last granted or kept alive.
+    pub fn since_renewed(&self) -> std::time::Duration {
+        self.granted.saturating_sub(self.remaining)
+    }
+}
+
 /// Errors at the store boundary.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -232,6 +266,9 @@ pub enum StoreError {
     /// The backend cannot answer now (etcd without quorum or out of reach); worth retrying.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A put named a lease that has ended (or never was).
+    #[error("lease {0} not found")]
+    LeaseNotFound(LeaseId),
     /// The store is closed.
     #[error("store is closed")]
     Closed,
@@ -261,6 +298,15 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self, revision: u64) -> Result<(), StoreError>;
     /// Current revision of the store.
     async fn revision(&self) -> Result<u64, StoreError>;
+    /// Grants a lease living `ttl` (rounded up to whole seconds; etcd may raise it to its
+    /// minimum) unless kept alive.
+    async fn grant_lease(&self, ttl: std::time::Duration) -> Result<LeaseId, StoreError>;
+    /// Renews a lease for its whole time to live; `false` when it has already ended.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<bool, StoreError>;
+    /// What is left of a lease, `None` when it has ended.
+    async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<LeaseTtl>, StoreError>;
+    /// Ends a lease now, deleting its keys (no-op when it has already ended).
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
 }
 
 /// A shared store handle.

@@ -314,7 +314,76 @@ async fn concurrent_cas_never_double_allocates(store: Arc<dyn Store>) {
     );
 }
 
+async fn leases_end_their_keys_and_renewals_cost_no_revision(store: Arc<dyn Store>) {
+    let lease = store.grant_lease(Duration::from_secs(1)).await.unwrap();
+    let ttl = store
+        .lease_ttl(lease)
+        .await
+        .unwrap()
+        .expect("a granted lease");
+    assert!(ttl.granted >= Duration::from_secs(1), "{ttl:?}");
+    let start = store.revision().await.unwrap();
+    let mut events = store.watch("/lease/", start).await.unwrap();
+    store
+        .txn(Txn::new().then(Op::put_leased("/lease/beat", "n1", lease)))
+        .await
+        .unwrap();
+    expect_batch(&mut events).await;
+    let written = store.revision().await.unwrap();
+    // Renewed for three times its time to live: the key stays, and no renewal is a write.
+    let until = tokio::time::Instant::now() + ttl.granted * 3;
+    while tokio::time::Instant::now() < until {
+        assert!(store.keep_alive(lease).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(store.get("/lease/beat").await.unwrap().is_some());
+    assert_eq!(store.revision().await.unwrap(), written);
+    // Left alone, it ends: the key goes with a delete event.
+    let ended = tokio::time::timeout(ttl.granted + Duration::from_secs(8), events.recv())
+        .await
+        .expect("the key outlived its lease")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(&ended.events[..], [Event::Delete { key, .. }] if key == "/lease/beat"));
+    assert!(!store.keep_alive(lease).await.unwrap());
+    assert!(store.lease_ttl(lease).await.unwrap().is_none());
+    let late = store
+        .txn(Txn::new().then(Op::put_leased("/lease/late", "x", lease)))
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::LeaseNotFound(l)) if l == lease),
+        "{late:?}"
+    );
+    assert!(store.get("/lease/late").await.unwrap().is_none());
+
+    // Revoked, a lease's keys go at once, in one revision; a plain put detaches a key.
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    store
+        .txn(
+            Txn::new()
+                .then(Op::put_leased("/lease/a", "1", lease))
+                .then(Op::put_leased("/lease/b", "2", lease))
+                .then(Op::put_leased("/lease/c", "3", lease)),
+        )
+        .await
+        .unwrap();
+    store
+        .txn(Txn::new().then(Op::put("/lease/c", "kept")))
+        .await
+        .unwrap();
+    let before = store.revision().await.unwrap();
+    store.revoke_lease(lease).await.unwrap();
+    assert!(store.get("/lease/a").await.unwrap().is_none());
+    assert!(store.get("/lease/b").await.unwrap().is_none());
+    assert_eq!(store.get("/lease/c").await.unwrap().unwrap().value, "kept");
+    assert_eq!(store.revision().await.unwrap(), before + 1);
+    assert!(store.lease_ttl(lease).await.unwrap().is_none());
+    // Revoking twice is no error.
+    store.revoke_lease(lease).await.unwrap();
+}
+
 async fn run_suite(make: impl Fn() -> Arc<dyn Store>) {
+    leases_end_their_keys_and_renewals_cost_no_revision(make()).await;
     basic_get_put_range(make()).await;
     watch_delivers_every_event_in_order(make()).await;
     compaction_tells_watcher_to_relist(make()).await;
@@ -343,6 +412,11 @@ async fn embedded_backend_survives_reopen() {
     let path = dir.path().join("store.redb");
     let (revision, kv) = {
         let store = EmbeddedStore::open(&path).unwrap();
+        let lease = store.grant_lease(Duration::from_secs(2)).await.unwrap();
+        store
+            .txn(Txn::new().then(Op::put_leased("/beat/n1", "x", lease)))
+            .await
+            .unwrap();
         for i in 0..10 {
             store
                 .txn(Txn::new().then(Op::put(format!("/k/{i}"), format!("v{i}"))))
@@ -361,6 +435,18 @@ async fn embedded_backend_survives_reopen() {
     let store = EmbeddedStore::open(&path).unwrap();
     assert_eq!(store.revision().await.unwrap(), revision);
     assert_eq!(store.get("/k/5").await.unwrap().unwrap(), kv);
+    // A leased key lives on for its lease's whole time to live after the reopen, then goes.
+    assert!(store.get("/beat/n1").await.unwrap().is_some());
+    let mut gone = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if store.get("/beat/n1").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "a leased key outlived its lease after a reopen");
+    let revision = store.revision().await.unwrap();
     assert!(store.get("/k/3").await.unwrap().is_none());
     assert_eq!(store.range("/k/").await.unwrap().kvs.len(), 9);
     // History before the reopen is gone: such a watcher must re-list.
@@ -386,7 +472,7 @@ async fn etcd_backend_conforms() {
     };
     let endpoints = vec![server.endpoint.clone()];
     let mut stores = Vec::new();
-    for i in 0..4 {
+    for i in 0..5 {
         stores.push(Arc::new(
             EtcdStore::connect(&endpoints, &format!("/suite{i}"))
                 .await
@@ -395,4 +481,41 @@ async fn etcd_backend_conforms() {
     }
     let stores = std::sync::Mutex::new(stores);
     run_suite(|| stores.lock().unwrap().remove(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_takes_only_clients_with_a_certificate_of_its_ca() {
+    use isthmus_store::etcd_server::TestPki;
+    use isthmus_store::EtcdTls;
+    if EtcdServer::start_or_skip().is_none() {
+        return;
+    }
+    let pki = TestPki::generate().unwrap();
+    let server = EtcdServer::start_tls(&pki).unwrap();
+    assert!(server.endpoint.starts_with("https://"));
+    let endpoints = vec![server.endpoint.clone()];
+    let read = |name: &str| std::fs::read(pki.path(name)).unwrap();
+    let tls = EtcdTls {
+        ca: read("ca.pem"),
+        identity: Some((read("client.pem"), read("client.key"))),
+    };
+    let store: Arc<dyn Store> = Arc::new(
+        EtcdStore::connect_with(&endpoints, "/tls", Some(&tls))
+            .await
+            .unwrap(),
+    );
+    basic_get_put_range(store).await;
+
+    // Without a client certificate, or without TLS, etcd takes nothing.
+    let anonymous = EtcdTls {
+        ca: read("ca.pem"),
+        identity: None,
+    };
+    assert!(
+        EtcdStore::connect_with(&endpoints, "/tls", Some(&anonymous))
+            .await
+            .is_err()
+    );
+    let plain = vec![server.endpoint.replace("https://", "http://")];
+    assert!(EtcdStore::connect(&plain, "/tls").await.is_err());
 }

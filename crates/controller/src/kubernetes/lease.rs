@@ -65,16 +65,13 @@ pub async fn elect(
         match attempt(&api, &config, &mut observed).await {
             Ok(true) => renewed = Some(Instant::now()),
             Ok(false) => renewed = None,
-            Err(e) => eprintln!(
-                "isthmus controller: Kubernetes lease {}/{}: {e}",
-                config.namespace, config.name
-            ),
+            Err(e) => tracing::warn!("Kubernetes lease {}/{}: {e}", config.namespace, config.name),
         }
         let leading = renewed.is_some_and(|at| at.elapsed() < config.renew_deadline());
         leader.send_if_modified(|was| {
             if *was != leading {
-                eprintln!(
-                    "isthmus controller: {} the Kubernetes lease {}/{} as {}",
+                tracing::info!(
+                    "{} the Kubernetes lease {}/{} as {}",
                     if leading { "holds" } else { "does not hold" },
                     config.namespace,
                     config.name,
@@ -182,7 +179,7 @@ async fn release(api: &Api<Lease>, config: &LeaseConfig) {
         .replace(&config.name, &PostParams::default(), &lease)
         .await
     {
-        eprintln!("isthmus controller: releasing the Kubernetes lease: {e}");
+        tracing::info!("releasing the Kubernetes lease: {e}");
     }
 }
 

@@ -132,7 +132,7 @@ async fn drive<K>(
         match event {
             Ok(event) => {
                 if failing {
-                    eprintln!("isthmus controller: watching Kubernetes {what} again");
+                    tracing::info!("watching Kubernetes {what} again");
                     failing = false;
                 }
                 if matches!(event, watcher::Event::InitDone) {
@@ -144,7 +144,7 @@ async fn drive<K>(
             // The backoff paces the retries; say so once per outage.
             Err(e) => {
                 if !failing {
-                    eprintln!("isthmus controller: watching Kubernetes {what}: {e}");
+                    tracing::warn!("watching Kubernetes {what}: {e}");
                     failing = true;
                 }
             }
@@ -183,7 +183,7 @@ struct Watcher {
 /// Runs the watcher until `stop` turns true.
 pub async fn run(service: Arc<Service>, settings: Settings, stop: watch::Receiver<bool>) {
     while let Err(e) = service.informer().ready().await {
-        eprintln!("isthmus controller: Kubernetes watcher waits for the store: {e}");
+        tracing::warn!("Kubernetes watcher waits for the store: {e}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let (leader_tx, mut leader) = watch::channel(false);
@@ -296,9 +296,7 @@ impl Watcher {
                 Err(why) => {
                     let done = Done::Malformed(why.clone());
                     if self.done.get(&name) != Some(&done) {
-                        eprintln!(
-                            "isthmus controller: namespace {name}: {why}; its binding is left as it is"
-                        );
+                        tracing::warn!("namespace {name}: {why}; its binding is left as it is");
                         self.done.insert(name, done);
                     }
                     continue;
@@ -333,9 +331,7 @@ impl Watcher {
             let done = match outcome {
                 Ok(()) => Done::Applied(intent),
                 Err(e) => {
-                    eprintln!(
-                        "isthmus controller: binding namespace {name} from its annotations: {e}"
-                    );
+                    tracing::warn!("binding namespace {name} from its annotations: {e}");
                     Done::Failed(intent, Instant::now())
                 }
             };
@@ -351,7 +347,7 @@ impl Watcher {
         if full {
             match self.service.annotated_namespaces().await {
                 Ok(bound) => gone.extend(bound.into_iter().filter(|n| !present.contains(n))),
-                Err(e) => eprintln!("isthmus controller: listing namespace bindings: {e}"),
+                Err(e) => tracing::warn!("listing namespace bindings: {e}"),
             }
         }
         for name in gone {
@@ -359,7 +355,7 @@ impl Watcher {
                 Ok(_) => {
                     self.done.remove(&name);
                 }
-                Err(e) => eprintln!("isthmus controller: unbinding namespace {name}: {e}"),
+                Err(e) => tracing::warn!("unbinding namespace {name}: {e}"),
             }
         }
     }
@@ -423,7 +419,7 @@ impl Watcher {
                 }
                 // Deleted meanwhile: nothing to annotate.
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => eprintln!("isthmus controller: annotating pod {namespace}/{name}: {e}"),
+                Err(e) => tracing::warn!("annotating pod {namespace}/{name}: {e}"),
             }
         }
     }
@@ -456,15 +452,13 @@ impl Watcher {
                 .delete_pod_port(&orphan.port_id, &orphan.pod_uid, orphan.revision)
                 .await
             {
-                Ok(true) => eprintln!(
-                    "isthmus controller: deleted port {} of pod {}, gone from the cluster",
-                    orphan.port_id, orphan.pod_uid
+                Ok(true) => tracing::info!(
+                    "deleted port {} of pod {}, gone from the cluster",
+                    orphan.port_id,
+                    orphan.pod_uid
                 ),
                 Ok(false) => {}
-                Err(e) => eprintln!(
-                    "isthmus controller: deleting port {} of a gone pod: {e}",
-                    orphan.port_id
-                ),
+                Err(e) => tracing::warn!("deleting port {} of a gone pod: {e}", orphan.port_id),
             }
         }
     }

@@ -140,7 +140,7 @@ impl Policies {
             return;
         }
         for why in &refused {
-            eprintln!("isthmus controller: {why}; not applied");
+            tracing::warn!("{why}; not applied");
         }
         match self
             .apply(service, &policies, &labels, &infos, &ports)
@@ -153,7 +153,7 @@ impl Policies {
             Err(e) => {
                 let why = e.to_string();
                 if self.failing.as_ref() != Some(&why) {
-                    eprintln!("isthmus controller: applying NetworkPolicies: {why}");
+                    tracing::warn!("applying NetworkPolicies: {why}");
                     self.failing = Some(why);
                 }
                 self.applied = None;

@@ -183,8 +183,8 @@ impl Services {
             Err(e) => {
                 let why = e.to_string();
                 if self.missing_subnet.as_ref() != Some(&why) {
-                    eprintln!(
-                        "isthmus controller: service subnet {}: {why}; Services wait for it",
+                    tracing::warn!(
+                        "service subnet {}: {why}; Services wait for it",
                         self.settings.subnet
                     );
                     self.missing_subnet = Some(why);
@@ -199,11 +199,11 @@ impl Services {
         let (jobs, orphans) = self.prepare(service, &subnet.network_id, all, &keys);
         for lb in orphans {
             if let Err(e) = self.delete_balancer(service, &caller, &lb).await {
-                eprintln!("isthmus controller: deleting the load balancer of a gone Service: {e}");
+                tracing::warn!("deleting the load balancer of a gone Service: {e}");
             }
         }
         if let Err(e) = self.forget_names(service, all, &keys).await {
-            eprintln!("isthmus controller: removing the names of gone Services: {e}");
+            tracing::warn!("removing the names of gone Services: {e}");
         }
         for job in jobs {
             let key = job.key.clone();
@@ -215,7 +215,7 @@ impl Services {
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {
-                eprintln!("isthmus controller: Service {}/{}: {e}", key.0, key.1);
+                tracing::warn!("Service {}/{}: {e}", key.0, key.1);
                 self.failed.insert(key, Instant::now());
             }
         }

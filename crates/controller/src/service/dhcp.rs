@@ -108,7 +108,7 @@ impl Service {
     /// (the subnet stands; the sweep tries again).
     pub(super) async fn sync_dhcp_port_logged(&self, network_id: &str) {
         if let Err(e) = self.sync_dhcp_port(network_id).await {
-            eprintln!("isthmus controller: DHCP port of network {network_id} not synced: {e}");
+            tracing::warn!("DHCP port of network {network_id} not synced: {e}");
         }
     }
 
@@ -140,7 +140,7 @@ impl Service {
             let id = &network.meta.id;
             let before = self.dhcp_port(id).await?.map(|(_, r)| r);
             if let Err(e) = self.sync_dhcp_port(id).await {
-                eprintln!("isthmus controller: DHCP port of network {id} not repaired: {e}");
+                tracing::warn!("DHCP port of network {id} not repaired: {e}");
                 continue;
             }
             let after = self.dhcp_port(id).await?.map(|(_, r)| r);

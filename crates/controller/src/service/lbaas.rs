@@ -295,7 +295,7 @@ impl Service {
     async fn drop_vip_port(&self, port_id: &str) {
         if let Err(e) = self.delete_port_unchecked(port_id).await {
             if !matches!(e, Error::NotFound { .. }) {
-                eprintln!("isthmus controller: VIP port {port_id} not deleted: {e}");
+                tracing::warn!("VIP port {port_id} not deleted: {e}");
             }
         }
     }

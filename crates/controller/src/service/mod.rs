@@ -58,6 +58,8 @@ pub struct Config {
     pub compact_every: std::time::Duration,
     /// Revisions of history kept by compaction: a watcher further behind re-lists.
     pub history_kept: u64,
+    /// Time to live of the leader's lease: a leader that dies is replaced after about this.
+    pub leader_lease: std::time::Duration,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             gateway_down_seconds: 30,
             compact_every: std::time::Duration::from_secs(300),
             history_kept: 100_000,
+            leader_lease: std::time::Duration::from_secs(5),
         }
     }
 }

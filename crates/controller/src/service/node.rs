@@ -2,14 +2,14 @@
 //! reports from agents.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use isthmus_model::node::{Node, Registration, AGENT_DOWN_SECONDS};
 use isthmus_model::policy;
 use isthmus_model::port::POOL_DEVICE_ID;
 use isthmus_model::resource::Resource;
 use isthmus_model::{Caller, Error, Port, Result};
-use isthmus_store::{Compare, Op, Txn};
+use isthmus_store::{Compare, LeaseId, Op, Txn};
 use serde_json::Value;
 
 use super::{encode, new_id, now, store_error, Attempt, Object, Service};
@@ -17,6 +17,11 @@ use crate::keys;
 
 /// Port states an agent may report.
 const PORT_STATES: &[&str] = &["ACTIVE", "DOWN", "ERROR", "BUILD"];
+
+/// The lease a heartbeat key names.
+pub(crate) fn lease_of(value: &[u8]) -> Option<LeaseId> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -44,20 +49,64 @@ impl Service {
             .ok_or_else(|| Error::not_found("Node", name))
     }
 
-    /// When the node last sent a heartbeat (unix seconds).
-    async fn heartbeat_of(&self, name: &str) -> Result<Option<u64>> {
-        Ok(self
+    /// How long ago the node last sent a heartbeat; `None` when it has been silent for
+    /// [`AGENT_DOWN_SECONDS`] (its heartbeat lease has ended) or never beat.
+    pub(crate) async fn silence_of(&self, name: &str) -> Result<Option<Duration>> {
+        let Some(kv) = self
             .store
             .get(&keys::heartbeat(name))
             .await
             .map_err(store_error)?
-            .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok()))
+        else {
+            return Ok(None);
+        };
+        let Some(lease) = lease_of(&kv.value) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .lease_ttl(lease)
+            .await
+            .map_err(store_error)?
+            .map(|ttl| ttl.since_renewed()))
     }
 
     async fn liveness(&self, name: &str) -> Result<(bool, Option<String>)> {
-        let beat = self.heartbeat_of(name).await?;
-        let alive = beat.is_some_and(|b| unix_now().saturating_sub(b) <= AGENT_DOWN_SECONDS);
-        Ok((alive, beat.map(isthmus_model::time::rfc3339)))
+        let silence = self.silence_of(name).await?;
+        let beat = silence.map(|s| unix_now().saturating_sub(s.as_secs()));
+        Ok((beat.is_some(), beat.map(isthmus_model::time::rfc3339)))
+    }
+
+    /// Records a heartbeat of a registered node (404 `NodeNotFound` for another): renews the
+    /// node's heartbeat lease, which writes nothing to the store's history. Only when the
+    /// lease has ended (or on the first beat) is there a new lease and the key under it, put
+    /// conditionally so that controllers racing to do it leave one.
+    async fn beat(&self, name: &str) -> Result<()> {
+        let key = keys::heartbeat(name);
+        let current = self.store.get(&key).await.map_err(store_error)?;
+        // A heartbeat key goes with its node, so a live one needs no look at the node.
+        if let Some(lease) = current.as_ref().and_then(|kv| lease_of(&kv.value)) {
+            if self.store.keep_alive(lease).await.map_err(store_error)? {
+                return Ok(());
+            }
+        }
+        self.must_load_node(name).await?;
+        let lease = self
+            .store
+            .grant_lease(Duration::from_secs(AGENT_DOWN_SECONDS))
+            .await
+            .map_err(store_error)?;
+        let txn = Txn::new()
+            .when(Compare::mod_revision(
+                &key,
+                current.map_or(0, |kv| kv.mod_revision),
+            ))
+            .then(Op::put_leased(&key, lease.to_string(), lease));
+        if !self.commit(txn).await? {
+            // Another controller recorded this beat under its lease first.
+            self.store.revoke_lease(lease).await.map_err(store_error)?;
+        }
+        Ok(())
     }
 
     /// Registers (or re-registers, on agent restart) a node; returns whether it is new.
@@ -96,8 +145,7 @@ impl Service {
                 };
                 let txn = Txn::new()
                     .when(compare)
-                    .then(Op::put(keys::node(&node.name), encode(&node)?))
-                    .then(Op::put(keys::heartbeat(&node.name), unix_now().to_string()));
+                    .then(Op::put(keys::node(&node.name), encode(&node)?));
                 Ok(if self.commit(txn).await? {
                     Attempt::Done((created, node))
                 } else {
@@ -105,6 +153,7 @@ impl Service {
                 })
             })
             .await?;
+        self.beat(&node.name).await?;
         if !node.physnets.is_empty() {
             self.adopt_waiting_gateways(&node).await;
         }
@@ -115,10 +164,7 @@ impl Service {
     /// Records a heartbeat of a registered node.
     pub async fn heartbeat(&self, caller: &Caller, name: &str) -> Result<()> {
         policy::authorize_caller("update_node", caller)?;
-        self.must_load_node(name).await?;
-        let txn = Txn::new().then(Op::put(keys::heartbeat(name), unix_now().to_string()));
-        self.commit(txn).await?;
-        Ok(())
+        self.beat(name).await
     }
 
     /// Every node with its liveness.
@@ -161,6 +207,12 @@ impl Service {
     /// transaction as the node (all or nothing, retried whole when the store changed).
     pub async fn delete_node(&self, caller: &Caller, name: &str) -> Result<()> {
         policy::authorize_caller("delete_node", caller)?;
+        let beat = self
+            .store
+            .get(&keys::heartbeat(name))
+            .await
+            .map_err(store_error)?
+            .and_then(|kv| lease_of(&kv.value));
         self.atomically(|| async {
             self.must_load_node(name).await?;
             let txn = Txn::new()
@@ -181,7 +233,14 @@ impl Service {
             }
             Ok(())
         })
-        .await
+        .await?;
+        if let Some(lease) = beat {
+            // Its key is gone with the node; the lease would only linger until it ends.
+            if let Err(e) = self.store.revoke_lease(lease).await {
+                tracing::warn!("revoking the heartbeat lease of {name}: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// An agent reports the store revision its node's data plane has applied:
@@ -212,11 +271,11 @@ impl Service {
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(0)
         };
-        let now = unix_now();
+        // A heartbeat key lives while its node beats (its lease ends after
+        // AGENT_DOWN_SECONDS of silence).
         let mut out: HashMap<String, u64> = beats
             .kvs
             .iter()
-            .filter(|kv| now.saturating_sub(number(&kv.value)) <= AGENT_DOWN_SECONDS)
             .map(|kv| (keys::last_segment(&kv.key).to_owned(), 0))
             .collect();
         for kv in &applied.kvs {

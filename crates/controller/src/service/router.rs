@@ -7,6 +7,7 @@
 //! no port behind.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use isthmus_model::addr::IpVersion;
@@ -22,7 +23,7 @@ use isthmus_model::{Caller, Error, Meta, Network, Port, Result, Router, Subnet};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::{json, Value};
 
-use super::{check_revision, encode, new_id, now, store_error, Attempt, Kind, Object, Service};
+use super::{check_revision, encode, new_id, now, Attempt, Kind, Object, Service};
 use crate::keys;
 
 /// The caller the service acts as for the ports it owns.
@@ -88,7 +89,7 @@ impl Service {
         for id in ids {
             if let Err(e) = self.delete_port_unchecked(&id).await {
                 if !matches!(e, Error::NotFound { .. }) {
-                    eprintln!("isthmus controller: could not delete service port {id}: {e}");
+                    tracing::warn!("could not delete service port {id}: {e}");
                 }
             }
         }
@@ -156,10 +157,7 @@ impl Service {
             Ok::<(), Error>(())
         };
         if let Err(e) = adopted.await {
-            eprintln!(
-                "isthmus controller: binding waiting gateways to {}: {e}",
-                node.name
-            );
+            tracing::warn!("binding waiting gateways to {}: {e}", node.name);
         }
     }
 
@@ -168,35 +166,31 @@ impl Service {
     /// their SNAT and central floating IPs follow (agents derive both from the gateway port's
     /// node). Several controllers may run it: each move is conditional on the port's
     /// revision, so a gateway moves once. Returns the routers moved.
-    pub async fn reschedule_gateways(&self, now: u64, down_after: u64) -> Result<Vec<String>> {
-        let beats: BTreeMap<String, u64> = self
-            .store
-            .range(keys::HEARTBEATS)
-            .await
-            .map_err(store_error)?
-            .kvs
-            .into_iter()
-            .filter_map(|kv| {
-                let name = kv.key.strip_prefix(keys::HEARTBEATS)?.to_owned();
-                let beat = std::str::from_utf8(&kv.value).ok()?.parse().ok()?;
-                Some((name, beat))
-            })
-            .collect();
-        let alive = |name: &str| {
-            beats
-                .get(name)
-                .is_some_and(|b| now.saturating_sub(*b) <= down_after)
+    pub async fn reschedule_gateways(&self, down_after: Duration) -> Result<Vec<String>> {
+        // Each node's silence, asked of the store once per call and only for the nodes that
+        // host gateways or could take one over.
+        let mut silences: BTreeMap<String, Option<Duration>> = BTreeMap::new();
+        let mut alive = async |name: &str| -> Result<bool> {
+            let silence = match silences.get(name) {
+                Some(s) => *s,
+                None => {
+                    let s = self.silence_of(name).await?;
+                    silences.insert(name.to_owned(), s);
+                    s
+                }
+            };
+            Ok(silence.is_some_and(|s| s <= down_after))
         };
         // From the mirror: a scan of the store every second would grow with the cloud.
         self.informer().ready().await?;
-        let (nodes, mut gateways, stranded) = {
+        let (nodes, mut gateways, hosted) = {
             let mirror = self.informer().mirror();
             let nodes: Vec<Node> = mirror.nodes().cloned().collect();
             let mut gateways: BTreeMap<String, usize> = BTreeMap::new();
-            let mut stranded = Vec::new();
+            let mut hosted = Vec::new();
             for port in mirror.ports_owned_by(OWNER_GATEWAY) {
                 *gateways.entry(port.binding.host_id.clone()).or_default() += 1;
-                if port.binding.host_id.is_empty() || alive(&port.binding.host_id) {
+                if port.binding.host_id.is_empty() {
                     continue;
                 }
                 let router = (
@@ -204,11 +198,17 @@ impl Service {
                     port.device_id.clone(),
                 );
                 if let Some(isthmus_model::view::Object::Router(router)) = mirror.get(&router) {
-                    stranded.push((router.clone(), port.clone()));
+                    hosted.push((router.clone(), port.clone()));
                 }
             }
-            (nodes, gateways, stranded)
+            (nodes, gateways, hosted)
         };
+        let mut stranded = Vec::new();
+        for (router, port) in hosted {
+            if !alive(&port.binding.host_id).await? {
+                stranded.push((router, port));
+            }
+        }
         let mut moved = Vec::new();
         for (router, port) in stranded {
             let Some(gateway) = &router.gateway else {
@@ -220,9 +220,14 @@ impl Service {
             let Some(physnet) = &network.physical_network else {
                 continue;
             };
-            let Some(target) = nodes
-                .iter()
-                .filter(|n| n.physnets.contains_key(physnet) && alive(&n.name))
+            let mut candidates = Vec::new();
+            for node in nodes.iter().filter(|n| n.physnets.contains_key(physnet)) {
+                if alive(&node.name).await? {
+                    candidates.push(node);
+                }
+            }
+            let Some(target) = candidates
+                .into_iter()
                 .min_by_key(|n| (gateways.get(&n.name).copied().unwrap_or(0), n.name.clone()))
                 .map(|n| n.name.clone())
             else {
@@ -258,9 +263,10 @@ impl Service {
                 }
             }
             *gateways.entry(target.clone()).or_default() += 1;
-            eprintln!(
-                "isthmus controller: router {}'s gateway moved from silent node {} to {target}",
-                router.meta.id, port.binding.host_id
+            tracing::warn!(
+                "router {}'s gateway moved from silent node {} to {target}",
+                router.meta.id,
+                port.binding.host_id
             );
             moved.push(router.meta.id.clone());
         }
@@ -586,10 +592,7 @@ impl Service {
             let body = json!({"port": {"device_owner": "", "device_id": ""}});
             let admin = service_caller(&port.meta.project_id);
             if let Err(e) = <Port as Kind>::update(self, &admin, &port.meta.id, body, None).await {
-                eprintln!(
-                    "isthmus controller: could not release port {}: {e}",
-                    port.meta.id
-                );
+                tracing::warn!("could not release port {}: {e}", port.meta.id);
             }
         }
     }
