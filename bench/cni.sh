@@ -5,17 +5,18 @@
 # namespace per pod; here the host namespace also runs an Isthmus controller and agent, so
 # ADD goes plugin -> agent socket -> controller (port, IPAM) -> kernel, as on a real node.
 #
-# Usage (root): bench/cni.sh [-n PODS] [-w WORKERS] [-r ROUNDS] [-p POOL_SIZE]
-#   POOL_SIZE: the agent's --pool-size (ports kept ready per network; 0 = every ADD creates
-#   its port through the controller).
+# Usage (root): bench/cni.sh [-n PODS] [-w WORKERS] [-r ROUNDS] [-p POOL_SIZE] [-m POOL_MAX]
+#   POOL_SIZE: the agent's --pool-size (ports kept ready at least per network; 0 = every ADD
+#   creates its port through the controller); POOL_MAX: its --pool-max (how far a pool grows
+#   under bursts; default 64, the agent's; -m POOL_SIZE = a fixed pool).
 # Needs: containernetworking-plugins (Debian), a release build (cargo build --release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HARNESS=${HARNESS:-../shared/bench/cni}
-PODS=200 WORKERS=4 ROUNDS=3 POOL=2
-while getopts n:w:r:p: o; do
+PODS=200 WORKERS=4 ROUNDS=3 POOL=2 POOL_MAX=64
+while getopts n:w:r:p:m: o; do
 	case $o in
-	n) PODS=$OPTARG ;; w) WORKERS=$OPTARG ;; r) ROUNDS=$OPTARG ;; p) POOL=$OPTARG ;;
+	n) PODS=$OPTARG ;; w) WORKERS=$OPTARG ;; r) ROUNDS=$OPTARG ;; p) POOL=$OPTARG ;; m) POOL_MAX=$OPTARG ;;
 	*) exit 2 ;;
 	esac
 done
@@ -55,7 +56,7 @@ net=$(api POST /v2.0/networks '{"network": {"name": "bench"}}' |
 	python3 -c 'import json,sys; print(json.load(sys.stdin)["network"]["id"])')
 api POST /v2.0/subnets "{\"subnet\": {\"network_id\": \"$net\", \"ip_version\": 4, \"cidr\": \"10.250.0.0/16\"}}" >/dev/null
 ip netns exec $HOST "$BIN/isthmus" agent --node bench --tunnel-ip 10.252.0.1 \
-	--controller http://127.0.0.1:9696 --state-dir "$WORK/agent" --cni-socket "$WORK/cni.sock" --pool-size "$POOL" \
+	--controller http://127.0.0.1:9696 --state-dir "$WORK/agent" --cni-socket "$WORK/cni.sock" --pool-size "$POOL" --pool-max "$POOL_MAX" \
 	>"$WORK/agent.log" 2>&1 &
 for _ in $(seq 100); do [ -S "$WORK/cni.sock" ] && break; sleep 0.1; done
 
@@ -68,5 +69,5 @@ CONF
 python3 "$HARNESS/bench.py" --host-netns $HOST --pod-prefix $PFX --pods "$PODS" \
 	--workers "$WORKERS" --rounds "$ROUNDS" --out "$OUT" \
 	--case "ref=/usr/lib/cni:$HARNESS/conf/bridge.conf" \
-	--case "isthmus-pool$POOL=$WORK:$WORK/isthmus.conf"
+	--case "isthmus-pool$POOL-max$POOL_MAX=$WORK:$WORK/isthmus.conf"
 python3 "$HARNESS/summarize.py" "$OUT" | tee "${OUT%.jsonl}.summary.md"
