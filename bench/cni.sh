@@ -10,6 +10,8 @@
 #   creates its port through the controller); POOL_MAX: its --pool-max (how far a pool grows
 #   under bursts; default 64, the agent's; -m POOL_SIZE = a fixed pool).
 # Needs: containernetworking-plugins (Debian), a release build (cargo build --release).
+# With RUST_LOG=isthmus_agent::cni=debug and AGENT_LOG=FILE, the agent's log (each ADD's time
+# per step) is kept in FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HARNESS=${HARNESS:-../shared/bench/cni}
@@ -28,6 +30,9 @@ OUT=$PWD/bench/results/cni-$(date +%Y%m%d-%H%M%S).jsonl
 mkdir -p bench/results
 
 teardown() {
+	if [ -n "${AGENT_LOG:-}" ] && [ -n "${WORK:-}" ] && [ -f "$WORK/agent.log" ]; then
+		cp "$WORK/agent.log" "$AGENT_LOG"
+	fi
 	ip netns pids $HOST 2>/dev/null | xargs -r kill 2>/dev/null || true
 	sleep 0.2
 	for ns in $(ip netns list | awk '{print $1}' | grep -E "^($PFX[0-9]+|$HOST)\$" || true); do

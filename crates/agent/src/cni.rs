@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use isthmus_cni::{code, CniError, Command, Request};
 use isthmus_dataplane::l2::{bridge_name, tap_name};
@@ -240,6 +240,7 @@ impl Server {
     }
 
     async fn add(&self, request: &Request) -> Result<Value, CniError> {
+        let started = Instant::now();
         let path = self.record_path(&request.container_id, &request.ifname);
         self.settle(&path).await;
         // A repeated ADD (the runtime retrying after a timeout) answers what the first did.
@@ -275,6 +276,8 @@ impl Server {
             Some(id) => id.clone(),
             None => self.create_port(request, &key, &groups).await?.id,
         };
+        let mut phases = Phases::new(started);
+        phases.mark("port");
         // After this pod's own port, so a pod that found the pool empty still gets the
         // lowest free address.
         pool::refill(&self.shared, &key);
@@ -291,7 +294,7 @@ impl Server {
         let saved = self.save(&path, &record);
         let wired = match saved {
             Ok(()) => self
-                .wire(request, &port_id, netns)
+                .wire(request, &port_id, netns, &mut phases)
                 .await
                 .map(|result| pod::with_search(result, &search)),
             Err(e) => Err(e),
@@ -300,6 +303,14 @@ impl Server {
             Ok(result) => {
                 record["result"] = result.clone();
                 self.save(&path, &record)?;
+                phases.mark("saved");
+                tracing::debug!(
+                    container = %request.container_id,
+                    port = %port_id,
+                    pooled = pooled.is_some(),
+                    phases = %phases,
+                    "CNI ADD"
+                );
                 if pooled.is_some() {
                     // The port becomes the pod's in the API after the pod has its network.
                     let body = json!({"port": self.identity(request)});
@@ -338,17 +349,26 @@ impl Server {
     }
 
     /// Plugs port `port_id` into the pod and waits for the data plane.
-    async fn wire(&self, request: &Request, port_id: &str, netns: File) -> Result<Value, CniError> {
+    async fn wire(
+        &self,
+        request: &Request,
+        port_id: &str,
+        netns: File,
+        phases: &mut Phases,
+    ) -> Result<Value, CniError> {
         let iface = self.wait_interface(port_id).await?;
+        phases.mark("view");
         let tap = tap_name(port_id);
         self.shared
             .netlink
             .add_veth(&tap, &request.ifname, &iface.mac, iface.mtu, &netns)
             .await
             .map_err(|e| io_failure("cannot create the pod's veth", e))?;
+        phases.mark("veth");
         netlink::configure_pod(netns, request.ifname.clone(), iface.clone())
             .await
             .map_err(|e| io_failure("cannot configure the pod's interface", e))?;
+        phases.mark("pod");
         // A port whose filters are already in place (a pool port) is attached right here;
         // any other waits for the reconciler, which installs its filters first.
         let network = self
@@ -370,6 +390,7 @@ impl Server {
         if !attached {
             self.wait_plugged(port_id).await?;
         }
+        phases.mark(if attached { "attach" } else { "plugged" });
         Ok(pod::cni_result(
             &iface,
             &tap,
@@ -799,6 +820,38 @@ struct Selected {
     key: PoolKey,
     groups: Vec<String>,
     search: Vec<String>,
+}
+
+/// How long each step of an ADD took (logged at debug level: where a slow ADD spent its time).
+struct Phases {
+    last: Instant,
+    spent: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new(started: Instant) -> Self {
+        Phases {
+            last: started,
+            spent: Vec::new(),
+        }
+    }
+
+    /// Ends the step `name` now.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.spent.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, took)) in self.spent.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={:.1}ms", took.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -103,8 +103,11 @@ impl Service {
             ))
             .then(Op::put_leased(&key, lease.to_string(), lease));
         if !self.commit(txn).await? {
-            // Another controller recorded this beat under its lease first.
-            self.store.revoke_lease(lease).await.map_err(store_error)?;
+            // Another controller recorded this beat under its lease first; this lease would
+            // only linger, empty, until it ends.
+            if let Err(e) = self.store.revoke_lease(lease).await {
+                tracing::warn!("revoking a spare heartbeat lease of {name}: {e}");
+            }
         }
         Ok(())
     }
