@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Isthmus test suite. On a fresh Debian machine it first installs what the tests
-# need (as root): etcd (store conformance, two controllers on one etcd), protoc (the etcd
+# need (as root): etcd (store conformance, two controllers on one etcd), openssl (a throwaway
+# CA and certificates for etcd over TLS), protoc (the etcd
 # client's build), python3-venv + python-openstackclient and python-octaviaclient (the real Neutron and
 # Octavia clients), iproute2 and
 # iputils-ping, nftables, conntrack and curl (kernel tests in network namespaces, which need root), podman,
@@ -12,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(etcd-server protobuf-compiler python3-venv python3-dev gcc iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived cpio dnsmasq-base)
+packages=(etcd-server openssl protobuf-compiler python3-venv python3-dev gcc iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived cpio dnsmasq-base)
 # QEMU without its recommends (firmware for other architectures, GUI helpers); the guest's
 # kernel is downloaded (not installed) from Debian by tools/guest-image.sh.
 lean=(qemu-system-x86 isc-dhcp-client)

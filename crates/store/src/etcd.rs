@@ -138,19 +138,20 @@ impl EtcdStore {
     fn keeper(&self, lease: LeaseId) -> Arc<Keeper> {
         let mut keepers = self.keepers.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        keepers.retain(|id, k| {
-            *id == lease
-                || now.duration_since(*k.used.lock().unwrap_or_else(|e| e.into_inner()))
-                    < KEEPER_IDLE
+        if let Some(keeper) = keepers.get(&lease) {
+            *keeper.used.lock().unwrap_or_else(|e| e.into_inner()) = now;
+            return keeper.clone();
+        }
+        // Only when a stream opens are the idle ones looked for: a renewal stays O(1).
+        keepers.retain(|_, k| {
+            now.duration_since(*k.used.lock().unwrap_or_else(|e| e.into_inner())) < KEEPER_IDLE
         });
-        let keeper = keepers.entry(lease).or_insert_with(|| {
-            Arc::new(Keeper {
-                stream: tokio::sync::Mutex::new(None),
-                used: std::sync::Mutex::new(now),
-            })
+        let keeper = Arc::new(Keeper {
+            stream: tokio::sync::Mutex::new(None),
+            used: std::sync::Mutex::new(now),
         });
-        *keeper.used.lock().unwrap_or_else(|e| e.into_inner()) = now;
-        keeper.clone()
+        keepers.insert(lease, keeper.clone());
+        keeper
     }
 
     fn forget_keeper(&self, lease: LeaseId) {

@@ -239,7 +239,16 @@ impl EtcdServer {
 
     /// [`EtcdServer::start_or_skip`] with extra etcd flags.
     pub fn start_or_skip_with(extra: &[&str]) -> Option<EtcdServer> {
-        match EtcdServer::start_with(extra) {
+        Self::or_skip(EtcdServer::start_with(extra))
+    }
+
+    /// [`EtcdServer::start_tls`], skipped (outside CI) like [`EtcdServer::start_or_skip`].
+    pub fn start_tls_or_skip(pki: &TestPki) -> Option<EtcdServer> {
+        Self::or_skip(EtcdServer::start_tls(pki))
+    }
+
+    fn or_skip(started: Result<EtcdServer, EtcdServerError>) -> Option<EtcdServer> {
+        match started {
             Ok(server) => Some(server),
             Err(EtcdServerError::NotInstalled) if std::env::var_os("CI").is_none() => {
                 eprintln!("SKIP: etcd is not installed (apt-get install etcd-server)");
