@@ -138,6 +138,7 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("router-admin-state-down-before-update", "Enforce Router's Admin State Down Before Update Extension", "Ensure that the admin state of a router is down (admin_state_up=False) before updating the distributed attribute"),
     ("fip-port-details", "Floating IP Port Details Extension", "Add port_details attribute to Floating IP resource"),
     ("floatingip-pools", "Floating IP Pools Extension", "Provides a floating IP pools API."),
+    ("floating-ip-router-writable", "Floating IP Router (writable)", "Provides a writable router_id attribute for a floating IP resource."),
     ("port-mac-address-regenerate", "Neutron Port MAC address regenerate", "Network port MAC address regenerate"),
     ("extra_dhcp_opt", "Neutron Extra DHCP options", "Extra options configuration for DHCP. For example PXE boot options to DHCP clients can be specified (e.g. tftp-server, server-ip-address, bootfile-name)"),
     ("availability_zone", "Availability Zone", "The availability zone extension."),

@@ -905,3 +905,154 @@ async fn a_failed_router_interface_leaves_no_port_and_leftovers_are_swept() {
         .await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn a_floating_ip_takes_the_router_it_names() {
+    let api = Api::memory();
+    let (ext, _) = external(&api).await;
+    let (net, sub) = api.network_with_subnet(ALICE, "10.4.0.0/24").await;
+    let mut routers = Vec::new();
+    for name in ["r1", "r2", "r3"] {
+        let r = api
+            .create(ALICE, "routers", "router", json!({"name": name}))
+            .await;
+        routers.push(r["id"].as_str().unwrap().to_owned());
+    }
+    // r1 holds the subnet's gateway, r2 another address of it; r3 only a gateway.
+    let second = api
+        .create(
+            ALICE,
+            "ports",
+            "port",
+            json!({"network_id": net, "fixed_ips": [{"subnet_id": sub, "ip_address": "10.4.0.254"}]}),
+        )
+        .await;
+    for (router, body) in [
+        (&routers[0], json!({"subnet_id": sub})),
+        (&routers[1], json!({"port_id": second["id"]})),
+    ] {
+        let (s, v) = put(
+            &api,
+            ALICE,
+            &format!("/v2.0/routers/{router}/add_router_interface"),
+            body,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    for router in &routers {
+        let (s, _) = put(
+            &api,
+            ALICE,
+            &format!("/v2.0/routers/{router}"),
+            json!({"router": {"external_gateway_info": {"network_id": ext}}}),
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let vm = api
+        .create(ALICE, "ports", "port", json!({"network_id": net}))
+        .await;
+    let fip = api
+        .create(
+            ALICE,
+            "floatingips",
+            "floatingip",
+            json!({"floating_network_id": ext, "port_id": vm["id"], "router_id": routers[1]}),
+        )
+        .await;
+    assert_eq!(fip["router_id"], json!(routers[1]));
+    let path = format!("/v2.0/floatingips/{}", fip["id"].as_str().unwrap());
+
+    // A router alone moves the association; the port stays.
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &path,
+        json!({"floatingip": {"router_id": routers[0]}}),
+    )
+    .await;
+    assert_eq!(
+        (
+            s,
+            v["floatingip"]["router_id"].clone(),
+            v["floatingip"]["port_id"].clone()
+        ),
+        (200, json!(routers[0]), vm["id"].clone())
+    );
+    // A router that does not reach the port's subnet.
+    let (s, v) = put(
+        &api,
+        ALICE,
+        &path,
+        json!({"floatingip": {"router_id": routers[2]}}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["NeutronError"]["type"].clone()),
+        (400, json!("HTTPBadRequest")),
+        "{v}"
+    );
+    let (_, v) = api.call(ALICE, "GET", &path, None).await;
+    assert_eq!(v["floatingip"]["router_id"], json!(routers[0]), "unchanged");
+    // Unknown routers, other projects' routers.
+    let (s, _) = put(
+        &api,
+        ALICE,
+        &path,
+        json!({"floatingip": {"router_id": "11111111-2222-3333-4444-555555555555"}}),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let theirs = api
+        .create(
+            As::Member("mallory"),
+            "routers",
+            "router",
+            json!({"name": "m"}),
+        )
+        .await;
+    let (s, _) = put(
+        &api,
+        ALICE,
+        &path,
+        json!({"floatingip": {"router_id": theirs["id"]}}),
+    )
+    .await;
+    assert_eq!(s, 404);
+    // No port: nothing to route.
+    let (s, v) = api
+        .call(
+            ALICE,
+            "POST",
+            "/v2.0/floatingips",
+            Some(json!({"floatingip": {"floating_network_id": ext, "router_id": routers[0]}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (_, v) = put(&api, ALICE, &path, json!({"floatingip": {"port_id": null}})).await;
+    assert_eq!(v["floatingip"]["router_id"], Value::Null);
+    let (s, _) = put(
+        &api,
+        ALICE,
+        &path,
+        json!({"floatingip": {"router_id": routers[0]}}),
+    )
+    .await;
+    assert_eq!(s, 400, "an unassociated floating IP has no port to route");
+    // Without router_id the service still chooses.
+    let (_, v) = put(
+        &api,
+        ALICE,
+        &path,
+        json!({"floatingip": {"port_id": vm["id"]}}),
+    )
+    .await;
+    assert!(routers[..2].contains(&v["floatingip"]["router_id"].as_str().unwrap().to_owned()));
+    let (_, v) = api.call(ALICE, "GET", "/v2.0/extensions", None).await;
+    assert!(v["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["alias"] == "floating-ip-router-writable"));
+}

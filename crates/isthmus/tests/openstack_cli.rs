@@ -341,6 +341,26 @@ fn openstack_cli_routers_and_floating_ips() {
     cli.ok(&["floating", "ip", "unset", "--port", &address]);
     cli.ok(&["floating", "ip", "delete", &address]);
 
+    // floating-ip-router-writable: the router named is the one used, and must reach the port.
+    let fip = cli.json(&[
+        "floating", "ip", "create", "--port", "vm", "--router", "r1", "public",
+    ]);
+    assert_eq!(fip["router_id"], router["id"]);
+    let address = fip["floating_ip_address"].as_str().unwrap().to_owned();
+    cli.json(&["router", "create", "r-far"]);
+    cli.ok(&["router", "set", "--external-gateway", "public", "r-far"]);
+    let (ok, _, err) = cli.run(&[
+        "floating", "ip", "set", "--port", "vm", "--router", "r-far", &address,
+    ]);
+    assert!(!ok && err.contains("has no interface on subnet"), "{err}");
+    assert_eq!(
+        cli.json(&["floating", "ip", "show", &address])["router_id"],
+        router["id"]
+    );
+    cli.ok(&["floating", "ip", "delete", &address]);
+    cli.ok(&["router", "unset", "--external-gateway", "r-far"]);
+    cli.ok(&["router", "delete", "r-far"]);
+
     let (ok, _, err) = cli.run(&["router", "delete", "r1"]);
     assert!(!ok && err.contains("still has ports"), "{err}");
     cli.ok(&["router", "remove", "subnet", "r1", "private-v4"]);

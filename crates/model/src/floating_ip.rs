@@ -29,7 +29,7 @@ pub static DEFINITION: Definition<FloatingIp> = Definition {
         attr("floating_network_id", Rights::CREATE_QUERY, |f, _| {
             Some(json!(f.floating_network_id))
         }),
-        attr("router_id", Rights::READ, |f, _| {
+        attr("router_id", Rights::ALL, |f, _| {
             Some(json!(f.association.as_ref().map(|a| &a.router_id)))
         }),
         attr("port_id", Rights::ALL, |f, _| {
@@ -107,6 +107,9 @@ pub struct FloatingIpRequest {
     pub port_id: Option<Option<String>>,
     /// `fixed_ip_address`.
     pub fixed_ip_address: Option<IpAddr>,
+    /// `router_id` (`floating-ip-router-writable`): the router that NATs the association,
+    /// when several reach its port; `None` (or null) lets the service choose.
+    pub router_id: Option<String>,
     /// `description`.
     pub description: Option<String>,
     /// `tags` (create only).
@@ -149,6 +152,19 @@ impl FloatingIpRequest {
             None | Some(Value::Null) => None,
             Some(v) => Some(as_ip("fixed_ip_address", &v)?),
         };
+        req.router_id = match input.take("router_id") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(as_uuid("router_id", &v)?),
+        };
+        // On update the association being changed may be the existing one (checked there).
+        if method == Method::Create
+            && req.router_id.is_some()
+            && !matches!(req.port_id, Some(Some(_)))
+        {
+            return Err(Error::BadRequest(
+                "router_id cannot be specified without a port_id".into(),
+            ));
+        }
         if req.fixed_ip_address.is_some() && !matches!(req.port_id, Some(Some(_))) {
             return Err(Error::BadRequest(format!(
                 "fixed_ip_address cannot be specified without a port_id{}",

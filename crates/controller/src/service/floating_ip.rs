@@ -11,7 +11,7 @@ use isthmus_model::policy;
 use isthmus_model::port::FixedIpRequest;
 use isthmus_model::resource::{Resource, View};
 use isthmus_model::router::OWNER_FLOATING_IP;
-use isthmus_model::{Caller, Error, FloatingIp, Meta, Network, Port, Result};
+use isthmus_model::{Caller, Error, FloatingIp, Meta, Network, Port, Result, Router};
 use isthmus_store::{Compare, Op, Txn};
 use serde_json::{json, Value};
 
@@ -69,7 +69,12 @@ impl Service {
         fip: &FloatingIp,
         port_id: &str,
         fixed_ip: Option<IpAddr>,
+        router: Option<&str>,
     ) -> Result<(Association, u64)> {
+        if let Some(id) = router {
+            // A router the caller cannot see is as good as absent.
+            self.load_visible::<Router>(caller, id).await?;
+        }
         let (port, port_rev) = self.load_owned::<Port>(caller, port_id).await?;
         let v4: Vec<IpAddr> = port
             .fixed_ips
@@ -95,7 +100,7 @@ impl Service {
             },
         };
         let router_id = self
-            .router_for_floating_ip(&fip.floating_network_id, &port, ip)
+            .router_for_floating_ip(&fip.floating_network_id, &port, ip, router)
             .await?;
         Ok((
             Association {
@@ -298,7 +303,13 @@ impl Kind for FloatingIp {
                 let mut planned = None;
                 if let Some(Some(port_id)) = &req.port_id {
                     let (a, port_rev) = service
-                        .plan_association(caller, &fip, port_id, req.fixed_ip_address)
+                        .plan_association(
+                            caller,
+                            &fip,
+                            port_id,
+                            req.fixed_ip_address,
+                            req.router_id.as_deref(),
+                        )
                         .await?;
                     txn = Service::associate(txn, &fip, &a, port_rev);
                     fip.association = Some(a.clone());
@@ -343,18 +354,54 @@ impl Kind for FloatingIp {
                     fip.meta.description = v.clone();
                 }
                 let mut planned = None;
-                if let Some(wanted) = &req.port_id {
+                // A router alone re-plans the current association through it.
+                let wanted = match (&req.port_id, &req.router_id, &fip.association) {
+                    (Some(wanted), _, _) => {
+                        Some(wanted.as_ref().map(|p| (p.clone(), req.fixed_ip_address)))
+                    }
+                    (None, Some(_), Some(a)) => {
+                        Some(Some((a.port_id.clone(), Some(a.fixed_ip_address))))
+                    }
+                    (None, Some(_), None) => {
+                        return Err(bad_fip("router_id cannot be specified without a port_id"))
+                    }
+                    (None, None, _) => None,
+                };
+                if let Some(wanted) = wanted {
                     let plan = match wanted {
-                        Some(port_id) => Some(
+                        Some((port_id, fixed_ip)) => Some(
                             service
-                                .plan_association(caller, &fip, port_id, req.fixed_ip_address)
+                                .plan_association(
+                                    caller,
+                                    &fip,
+                                    &port_id,
+                                    fixed_ip,
+                                    req.router_id.as_deref(),
+                                )
                                 .await?,
                         ),
                         None => None,
                     };
                     let unchanged =
                         matches!((&plan, &fip.association), (Some((a, _)), Some(b)) if a == b);
-                    if !unchanged {
+                    // Only the router changes: the address claim is already this floating
+                    // IP's (written with it, under the revision compared above).
+                    let rerouted = match (&plan, &fip.association) {
+                        (Some((a, _)), Some(b))
+                            if !unchanged
+                                && a.port_id == b.port_id
+                                && a.fixed_ip_address == b.fixed_ip_address =>
+                        {
+                            Some((a.clone(), b.router_id.clone()))
+                        }
+                        _ => None,
+                    };
+                    if let Some((a, old_router)) = rerouted {
+                        txn = txn
+                            .then(Op::delete(keys::router_fip(&old_router, id)))
+                            .then(Op::put(keys::router_fip(&a.router_id, id), ""));
+                        fip.association = Some(a);
+                    } else if !unchanged {
                         for op in Service::disassociate(&mut fip) {
                             txn = txn.then(op);
                         }

@@ -710,6 +710,7 @@ impl Service {
         external_network_id: &str,
         port: &Port,
         ip: std::net::IpAddr,
+        wanted: Option<&str>,
     ) -> Result<String> {
         let subnet_id = port
             .fixed_ips
@@ -717,16 +718,27 @@ impl Service {
             .find(|f| f.ip_address == ip)
             .map(|f| f.subnet_id.clone())
             .unwrap_or_default();
+        let reaches = |r: &Router| {
+            r.gateway
+                .as_ref()
+                .is_some_and(|g| g.network_id == external_network_id)
+                && r.interface_on(&subnet_id).is_some()
+        };
+        if let Some(id) = wanted {
+            let (router, _) = self.must_load::<Router>(id).await?;
+            return if reaches(&router) {
+                Ok(router.meta.id)
+            } else {
+                Err(Error::BadRequest(format!(
+                    "Bad floatingip request: Router {id} has no interface on subnet {subnet_id} and a gateway on external network {external_network_id}."
+                )))
+            };
+        }
         let routers = self.load_all::<Router>(keys::ROUTERS).await?;
         routers
             .into_iter()
             .map(|(r, _)| r)
-            .find(|r| {
-                r.gateway
-                    .as_ref()
-                    .is_some_and(|g| g.network_id == external_network_id)
-                    && r.interface_on(&subnet_id).is_some()
-            })
+            .find(|r| reaches(r))
             .map(|r| r.meta.id)
             .ok_or_else(|| {
                 Error::fault(
