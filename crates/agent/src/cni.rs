@@ -459,23 +459,16 @@ impl Server {
             let binding = self
                 .shared
                 .view()
-                .others
-                .get(&("namespace_binding".to_owned(), namespace.clone()))
+                .namespace_bindings
+                .get(namespace)
                 .cloned();
             if let Some(binding) = binding {
-                let network = binding["network_id"].as_str().unwrap_or_default();
-                let project = project.or_else(|| binding["project_id"].as_str().map(str::to_owned));
-                let groups = binding["security_group_ids"]
-                    .as_array()
-                    .map(|ids| {
-                        ids.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let search = binding["cluster_domain"]
-                    .as_str()
+                let network = &binding.network_id;
+                let project = project.or(Some(binding.project_id));
+                let groups = binding.security_group_ids;
+                let search = binding
+                    .cluster_domain
+                    .as_deref()
                     .map(|domain| pod::cluster_search(namespace, domain))
                     .unwrap_or_default();
                 return Ok(Selected {

@@ -16,9 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use dhcproto::v4::{self, DhcpOption, MessageType, OptionCode, UnknownOption};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
-use isthmus_model::addr::Cidr;
 use isthmus_model::port::{dhcp_port_id, OWNER_DHCP};
-use serde::Deserialize;
 
 use crate::node::{tap_name, NodeConfig};
 use crate::router::{Namespace, RouterState};
@@ -43,27 +41,6 @@ pub fn namespace_name(network_id: &str) -> String {
 /// The namespace-side device of a DHCP port.
 pub fn interface_name(port_id: &str) -> String {
     format!("ns-{}", port_id.get(..11).unwrap_or(port_id))
-}
-
-/// A subnet's DHCP settings, from its wire form.
-#[derive(Debug, Clone, Deserialize)]
-struct SubnetDhcp {
-    network_id: String,
-    cidr: String,
-    #[serde(default)]
-    gateway_ip: Option<IpAddr>,
-    #[serde(default)]
-    enable_dhcp: bool,
-    #[serde(default)]
-    dns_nameservers: Vec<IpAddr>,
-    #[serde(default)]
-    host_routes: Vec<HostRoute>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct HostRoute {
-    destination: String,
-    nexthop: IpAddr,
 }
 
 /// The network's DHCP port, if the view has it.
@@ -164,7 +141,7 @@ fn lease_of(view: &NodeView, port: &Port) -> Option<Lease> {
     let network = view.networks.get(&port.network_id)?;
     port.fixed_ips.iter().find_map(|fixed| {
         let ip = v4(fixed.ip_address)?;
-        let s = view.subnet_as::<SubnetDhcp>(&fixed.subnet_id)?;
+        let s = view.subnet_info(&fixed.subnet_id)?;
         if !s.enable_dhcp || s.network_id != port.network_id {
             return None;
         }
@@ -173,8 +150,8 @@ fn lease_of(view: &NodeView, port: &Port) -> Option<Lease> {
             .iter()
             .find(|f| f.subnet_id == fixed.subnet_id)
             .and_then(|f| v4(f.ip_address))?;
-        let cidr = Cidr::parse_lenient(&s.cidr)?;
-        let router = s.gateway_ip.and_then(v4);
+        let cidr = s.cidr;
+        let router = s.gateway.and_then(v4);
         let dns: Vec<Ipv4Addr> = s.dns_nameservers.iter().copied().filter_map(v4).collect();
         let dns = if dns.is_empty() { vec![server_ip] } else { dns };
         let assignment = port
@@ -193,8 +170,7 @@ fn lease_of(view: &NodeView, port: &Port) -> Option<Lease> {
             routes.push((Ipv4Addr::UNSPECIFIED, 0, gw));
         }
         for r in &s.host_routes {
-            let (Some(dst), Some(hop)) = (Cidr::parse_lenient(&r.destination), v4(r.nexthop))
-            else {
+            let (dst, Some(hop)) = (r.destination, v4(r.nexthop)) else {
                 continue;
             };
             if let Some(net) = v4(dst.network) {

@@ -11,7 +11,6 @@ use dhcproto::v6::{self, DhcpOption, DhcpOptions, IAAddr, MessageType, OptionCod
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use hickory_proto::rr::Name;
 use isthmus_model::addr::Cidr;
-use serde::Deserialize;
 
 use crate::dhcp::{checksum, dhcp_port, LEASE_SECONDS};
 use crate::node::{tap_name, NodeConfig};
@@ -64,17 +63,6 @@ pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
     }
 }
 
-#[derive(Deserialize)]
-struct Subnet6 {
-    network_id: String,
-    #[serde(default)]
-    enable_dhcp: bool,
-    #[serde(default)]
-    ipv6_address_mode: Option<String>,
-    #[serde(default)]
-    dns_nameservers: Vec<IpAddr>,
-}
-
 /// The DHCPv6 leases `node` serves, by tap: its ports with an address on a DHCPv6 subnet.
 pub fn leases(view: &NodeView, node: &NodeConfig) -> BTreeMap<String, Lease6> {
     view.ports
@@ -98,7 +86,7 @@ fn lease_of(view: &NodeView, port: &Port) -> Option<Lease6> {
         let IpAddr::V6(address) = fixed.ip_address else {
             continue;
         };
-        let Some(subnet) = view.subnet_as::<Subnet6>(&fixed.subnet_id) else {
+        let Some(subnet) = view.subnet_info(&fixed.subnet_id) else {
             continue;
         };
         if !subnet.enable_dhcp || subnet.network_id != port.network_id {

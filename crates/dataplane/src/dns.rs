@@ -11,7 +11,6 @@ use std::sync::Arc;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use isthmus_model::dns_record::DnsRecord;
 use isthmus_model::router::OWNER_INTERFACE;
 
 use crate::view::NodeView;
@@ -117,13 +116,7 @@ pub fn names(view: &NodeView) -> BTreeMap<String, Arc<Names>> {
         }
     }
     // Kubernetes Services' names, in the routing domain of their service network.
-    for ((kind, _), raw) in &view.others {
-        if kind != "dns_record" {
-            continue;
-        }
-        let Ok(record) = serde_json::from_value::<DnsRecord>(raw.clone()) else {
-            continue;
-        };
+    for record in view.dns_records.values() {
         let Some(&scope) = scope_of.get(record.network_id.as_str()) else {
             continue;
         };

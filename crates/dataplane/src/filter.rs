@@ -28,11 +28,10 @@ use isthmus_model::port::TAP_PREFIX;
 
 use crate::dhcp::{CLIENT_PORT as DHCP_CLIENT_PORT, SERVER_PORT as DHCP_SERVER_PORT};
 use isthmus_model::security_group::protocol_number;
-use serde_json::Value;
 
 use crate::nft::{Observed, Table};
 use crate::node::{bridge_name, guarded_ports, NodeConfig};
-use crate::view::{NodeView, Port};
+use crate::view::{Direction, NodeView, Port, SecurityGroupRule};
 
 /// Both tables' name.
 pub const TABLE: &str = "isthmus";
@@ -59,9 +58,9 @@ fn is_stateless(view: &NodeView, port: &Port) -> bool {
     let mut groups = port
         .security_groups
         .iter()
-        .filter_map(|g| view.others.get(&("security_group".to_owned(), g.clone())))
+        .filter_map(|g| view.security_groups.get(g))
         .peekable();
-    groups.peek().is_some() && groups.all(|g| g["stateful"] == Value::Bool(false))
+    groups.peek().is_some() && groups.all(|g| !g.stateful)
 }
 
 /// The egress and ingress chains of a security group.
@@ -195,15 +194,12 @@ pub fn group_set(group_id: &str, v6: bool) -> String {
 }
 
 /// One group rule as nft match expressions, or `None` for a rule nft cannot express here.
-fn rule_match(rule: &Value) -> Option<(bool, String)> {
-    let ingress = rule["direction"] == "ingress";
-    let v6 = rule["ethertype"] == "IPv6";
+fn rule_match(rule: &SecurityGroupRule) -> Option<(bool, String)> {
+    let ingress = rule.direction == Direction::Ingress;
+    let v6 = rule.is_v6();
     let mut parts = vec![format!("meta nfproto {}", if v6 { "ipv6" } else { "ipv4" })];
-    let (min, max) = (
-        rule["port_range_min"].as_u64(),
-        rule["port_range_max"].as_u64(),
-    );
-    if let Some(proto) = rule["protocol"].as_str() {
+    let (min, max) = (rule.port_range_min, rule.port_range_max);
+    if let Some(proto) = rule.protocol.as_deref() {
         let number = protocol_number(proto)?;
         match number {
             1 | 58 => {
@@ -235,13 +231,13 @@ fn rule_match(rule: &Value) -> Option<(bool, String)> {
         if v6 { "ip6" } else { "ip" },
         if ingress { "saddr" } else { "daddr" },
     );
-    if let Some(prefix) = rule["remote_ip_prefix"].as_str() {
+    if let Some(prefix) = &rule.remote_ip_prefix {
         parts.push(format!("{family} {side} {prefix}"));
     }
-    if let Some(group) = rule["remote_group_id"].as_str() {
+    if let Some(group) = &rule.remote_group_id {
         parts.push(format!("{family} {side} @{}", group_set(group, v6)));
     }
-    if let Some(group) = rule["remote_address_group_id"].as_str() {
+    if let Some(group) = &rule.remote_address_group_id {
         parts.push(format!("{family} {side} @{}", address_set(group, v6)));
     }
     Some((ingress, parts.join(" ")))
@@ -255,15 +251,10 @@ pub fn address_set(group_id: &str, v6: bool) -> String {
 /// An address group's prefixes from the view, v4 and v6 (empty until it arrives), merged
 /// where they overlap (an interval set refuses overlapping elements).
 fn address_group_members(view: &NodeView, group_id: &str) -> (BTreeSet<String>, BTreeSet<String>) {
-    let prefixes: Vec<Cidr> = view
-        .others
-        .get(&("address_group".to_owned(), group_id.to_owned()))
-        .and_then(|g| g["addresses"].as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .filter_map(Cidr::parse_lenient)
-        .collect();
+    let prefixes: &[Cidr] = view
+        .address_groups
+        .get(group_id)
+        .map_or(&[], |g| &g.addresses);
     let family = |version: IpVersion| -> BTreeSet<String> {
         let of_family: Vec<Cidr> = prefixes
             .iter()
@@ -490,10 +481,7 @@ pub fn desired(
         // The groups' rules live in one chain pair per group, shared by the node's ports, so
         // a rule change rewrites one small chain whatever the number of ports using it.
         for group_id in &port.security_groups {
-            if view
-                .others
-                .contains_key(&("security_group".to_owned(), group_id.clone()))
-            {
+            if view.security_groups.contains_key(group_id) {
                 let (out, inb) = group_chains(group_id);
                 egress.push(format!("jump {out}"));
                 ingress.push(format!("jump {inb}"));
@@ -518,23 +506,16 @@ pub fn desired(
             .insert(format!("0x{:08x}", u32::from(id) << 16), ing);
     }
     for group_id in &used_groups {
-        let Some(group) = view
-            .others
-            .get(&("security_group".to_owned(), group_id.clone()))
-        else {
+        let Some(group) = view.security_groups.get(group_id) else {
             continue;
         };
         let (mut out, mut inb) = (Vec::new(), Vec::new());
-        for rule in group["security_group_rules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            if let Some(remote) = rule["remote_group_id"].as_str() {
-                remote_groups.insert(remote.to_owned());
+        for rule in &group.security_group_rules {
+            if let Some(remote) = &rule.remote_group_id {
+                remote_groups.insert(remote.clone());
             }
-            if let Some(remote) = rule["remote_address_group_id"].as_str() {
-                address_groups.insert(remote.to_owned());
+            if let Some(remote) = &rule.remote_address_group_id {
+                address_groups.insert(remote.clone());
             }
             match rule_match(rule) {
                 Some((true, m)) => inb.push(format!("{m} accept")),
@@ -634,11 +615,12 @@ mod tests {
             "remote-port3".into(),
             port("remote-port3", "b", "10.0.0.4", &["db"], true),
         );
-        v.others.insert(("security_group".into(), "web".into()), json!({"id": "web", "security_group_rules": [
+        v.apply(&json!({"type": "ADDED", "kind": "security_group", "object": {"id": "web", "security_group_rules": [
             {"direction": "egress", "ethertype": "IPv4", "protocol": null, "port_range_min": null, "port_range_max": null, "remote_ip_prefix": null, "remote_group_id": null},
             {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 80, "port_range_max": 80, "remote_ip_prefix": null, "remote_group_id": "db"},
             {"direction": "ingress", "ethertype": "IPv4", "protocol": "icmp", "port_range_min": null, "port_range_max": null, "remote_ip_prefix": "192.168.0.0/16", "remote_group_id": null},
-        ]}));
+        ]}}))
+        .unwrap();
         v
     }
 
@@ -806,9 +788,7 @@ mod tests {
     #[test]
     fn stateless_groups_are_not_tracked() {
         let mut v = view();
-        v.others
-            .get_mut(&("security_group".to_owned(), "web".to_owned()))
-            .unwrap()["stateful"] = json!(false);
+        v.security_groups.get_mut("web").unwrap().stateful = false;
         let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
         let ids = port_ids(&taps, &Observed::default());
         let f = desired(&v, &node(), &ids, &DhcpServed::default());
@@ -834,14 +814,14 @@ mod tests {
     #[test]
     fn address_groups_are_sets_kept_in_step() {
         let mut v = view();
-        let web = v
-            .others
-            .get_mut(&("security_group".to_owned(), "web".to_owned()))
-            .unwrap();
-        web["security_group_rules"].as_array_mut().unwrap().push(
-            json!({"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+        let web = v.security_groups.get_mut("web").unwrap();
+        web.security_group_rules.push(
+            serde_json::from_value(
+                json!({"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
                          "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": null,
                          "remote_group_id": null, "remote_address_group_id": "ag-1"}),
+            )
+            .unwrap(),
         );
         let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
         let ids = port_ids(&taps, &Observed::default());
@@ -851,10 +831,9 @@ mod tests {
             .iter()
             .any(|r| r == "meta nfproto ipv4 meta l4proto 6 th dport 22 ip saddr @ag4_ag1 accept"));
         assert!(f.inet.sets["ag4_ag1"].1.is_empty());
-        v.others.insert(
-            ("address_group".into(), "ag-1".into()),
-            json!({"id": "ag-1", "addresses": ["10.1.0.0/24", "10.1.0.7/32", "10.2.0.1/32", "2001:db8::/64"]}),
-        );
+        v.apply(&json!({"type": "ADDED", "kind": "address_group", "object":
+            {"id": "ag-1", "addresses": ["10.1.0.0/24", "10.1.0.7/32", "10.2.0.1/32", "2001:db8::/64"]}}))
+        .unwrap();
         let f = desired(&v, &node(), &ids, &DhcpServed::default());
         assert_eq!(
             f.inet.sets["ag4_ag1"].1.iter().collect::<Vec<_>>(),

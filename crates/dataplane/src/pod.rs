@@ -7,7 +7,6 @@ use std::net::IpAddr;
 pub use isthmus_model::port::{POD_DEVICE_OWNER, POOL_DEVICE_ID};
 
 use isthmus_model::addr::Cidr;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::view::NodeView;
@@ -64,24 +63,6 @@ pub struct PodInterface {
     pub domain: String,
 }
 
-#[derive(Deserialize)]
-struct HostRoute {
-    destination: String,
-    nexthop: IpAddr,
-}
-
-#[derive(Deserialize)]
-struct Subnet {
-    cidr: String,
-    gateway_ip: Option<IpAddr>,
-    #[serde(default)]
-    dns_nameservers: Vec<String>,
-    #[serde(default)]
-    host_routes: Vec<HostRoute>,
-    #[serde(default)]
-    enable_dhcp: bool,
-}
-
 /// The interface of local port `port_id`, from the node's view.
 pub fn pod_interface(view: &NodeView, port_id: &str) -> Result<PodInterface, PodError> {
     let port = view
@@ -104,20 +85,17 @@ pub fn pod_interface(view: &NodeView, port_id: &str) -> Result<PodInterface, Pod
     let mut host_routes = Vec::new();
     for fixed in &port.fixed_ips {
         let unknown = |why: String| PodError::UnknownSubnet(fixed.subnet_id.clone(), why);
-        let raw = view
-            .others
-            .get(&("subnet".to_owned(), fixed.subnet_id.clone()))
+        let subnet = view
+            .subnet_info(&fixed.subnet_id)
             .ok_or_else(|| unknown("absent".into()))?;
-        let subnet: Subnet =
-            serde_json::from_value(raw.clone()).map_err(|e| unknown(e.to_string()))?;
-        let cidr = Cidr::parse(&subnet.cidr).map_err(|e| unknown(format!("{e:?}")))?;
+        let cidr = subnet.cidr;
         iface.addresses.push(PodAddress {
             ip: fixed.ip_address,
             prefix: cidr.prefix,
-            gateway: subnet.gateway_ip,
+            gateway: subnet.gateway,
         });
         // One default route per IP version: the first subnet with a gateway gives it.
-        if let Some(gw) = subnet.gateway_ip {
+        if let Some(gw) = subnet.gateway {
             let default = Cidr {
                 network: if gw.is_ipv4() {
                     IpAddr::from([0u8; 4])
@@ -133,25 +111,21 @@ pub fn pod_interface(view: &NodeView, port_id: &str) -> Result<PodInterface, Pod
                 });
             }
         }
-        for r in subnet.host_routes {
-            if let Ok(destination) = Cidr::parse(&r.destination) {
-                host_routes.push(PodRoute {
-                    destination,
-                    gateway: r.nexthop,
-                });
-            }
-        }
+        host_routes.extend(subnet.host_routes.iter().map(|r| PodRoute {
+            destination: r.destination,
+            gateway: r.nexthop,
+        }));
         let own = subnet
             .enable_dhcp
             .then(|| dhcp.and_then(|d| d.fixed_ips.iter().find(|f| f.subnet_id == fixed.subnet_id)))
             .flatten()
-            .map(|f| f.ip_address.to_string());
+            .map(|f| f.ip_address);
         let servers = if subnet.dns_nameservers.is_empty() {
             own.into_iter().collect()
         } else {
-            subnet.dns_nameservers
+            subnet.dns_nameservers.clone()
         };
-        for ns in servers {
+        for ns in servers.iter().map(IpAddr::to_string) {
             if !iface.nameservers.contains(&ns) {
                 iface.nameservers.push(ns);
             }
@@ -242,10 +216,10 @@ mod tests {
         for line in [
             json!({"type": "ADDED", "kind": "network", "object": {"id": "n", "mtu": 1450,
                 "provider:network_type": "vxlan", "provider:segmentation_id": 5, "provider:physical_network": null}}),
-            json!({"type": "ADDED", "kind": "subnet", "object": {"id": "s4", "cidr": "192.168.100.0/24",
+            json!({"type": "ADDED", "kind": "subnet", "object": {"id": "s4", "network_id": "n", "cidr": "192.168.100.0/24",
                 "gateway_ip": "192.168.100.1", "ip_version": 4, "dns_nameservers": ["192.168.100.53"],
                 "host_routes": [{"destination": "10.9.0.0/16", "nexthop": "192.168.100.254"}]}}),
-            json!({"type": "ADDED", "kind": "subnet", "object": {"id": "s6", "cidr": "fd00:1::/64",
+            json!({"type": "ADDED", "kind": "subnet", "object": {"id": "s6", "network_id": "n", "cidr": "fd00:1::/64",
                 "gateway_ip": "fd00:1::1", "ip_version": 6, "dns_nameservers": [], "host_routes": []}}),
             json!({"type": "ADDED", "kind": "port", "object": {"id": "p", "network_id": "n",
                 "mac_address": "fa:16:3e:00:00:07", "binding:host_id": "node2", "security_groups": [],
@@ -288,7 +262,7 @@ mod tests {
     fn without_name_servers_the_dhcp_port_answers() {
         let mut v = view();
         for line in [
-            json!({"type": "ADDED", "kind": "subnet", "object": {"id": "s4", "cidr": "192.168.100.0/24",
+            json!({"type": "ADDED", "kind": "subnet", "object": {"id": "s4", "network_id": "n", "cidr": "192.168.100.0/24",
                 "gateway_ip": "192.168.100.1", "ip_version": 4, "dns_nameservers": [], "enable_dhcp": true}}),
             json!({"type": "ADDED", "kind": "port", "object": {"id": isthmus_model::port::dhcp_port_id("n"), "network_id": "n",
                 "mac_address": "fa:16:3e:00:00:02", "port_security_enabled": false, "status": "ACTIVE",
@@ -316,7 +290,7 @@ mod tests {
             pod_interface(&v, "q"),
             Err(PodError::UnknownPort("q".into()))
         );
-        v.others.remove(&("subnet".into(), "s6".into()));
+        v.subnets.remove("s6");
         assert!(matches!(
             pod_interface(&v, "p"),
             Err(PodError::UnknownSubnet(s, _)) if s == "s6"

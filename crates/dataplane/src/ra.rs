@@ -6,9 +6,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use isthmus_model::addr::Cidr;
 use isthmus_model::router::OWNER_INTERFACE;
-use serde::Deserialize;
 
 use crate::router::{interface_name, namespace_name, RouterState};
 use crate::view::NodeView;
@@ -50,13 +48,6 @@ pub struct Advertisement {
     pub prefixes: Vec<Prefix>,
 }
 
-#[derive(Deserialize)]
-struct Ipv6Subnet {
-    cidr: String,
-    #[serde(default)]
-    ipv6_ra_mode: Option<String>,
-}
-
 /// The advertisements of the routers `routers` (what the node runs) for `view`.
 pub fn advertisements(view: &NodeView, routers: &RouterState) -> Vec<Advertisement> {
     let mut out = Vec::new();
@@ -88,11 +79,10 @@ pub fn advertisements(view: &NodeView, routers: &RouterState) -> Vec<Advertiseme
             let IpAddr::V6(_) = fixed.ip_address else {
                 continue;
             };
-            let Some(subnet) = view.subnet_as::<Ipv6Subnet>(&fixed.subnet_id) else {
+            let Some(subnet) = view.subnet_info(&fixed.subnet_id) else {
                 continue;
             };
-            let (Some(mode), Some(cidr)) = (subnet.ipv6_ra_mode, Cidr::parse_lenient(&subnet.cidr))
-            else {
+            let (Some(mode), cidr) = (&subnet.ipv6_ra_mode, subnet.cidr) else {
                 continue;
             };
             let IpAddr::V6(network) = cidr.network else {

@@ -317,10 +317,8 @@ pub fn nat_node(view: &NodeView, fip: &FloatingIp) -> Option<String> {
 }
 
 /// The external subnet holding `ip` on `network`.
-fn external_subnet(view: &NodeView, network: &str, ip: IpAddr) -> Option<Subnet> {
-    view.subnets_of(network)
-        .into_iter()
-        .find(|s| s.cidr.contains(ip))
+fn external_subnet<'a>(view: &'a NodeView, network: &'a str, ip: IpAddr) -> Option<&'a Subnet> {
+    view.subnets_of(network).find(|s| s.cidr.contains(ip))
 }
 
 fn v4(ip: IpAddr) -> bool {

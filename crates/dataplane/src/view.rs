@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use isthmus_model::addr::Cidr;
+pub use isthmus_model::dns_record::DnsRecord;
+pub use isthmus_model::namespace_binding::NamespaceBinding;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -251,8 +253,7 @@ pub struct Node {
     pub physnets: BTreeMap<String, String>,
 }
 
-/// Everything the node was sent, by kind and id. Objects the data plane reads only in part
-/// (subnets, security groups) are kept raw.
+/// Everything the node was sent, by kind and id, typed as the data plane reads it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeView {
     /// Networks with a local port.
@@ -270,8 +271,16 @@ pub struct NodeView {
     /// Bumped by every change to anything but [`NodeView::balancing`] (across relists too): a
     /// reconciler that saw this generation needs only the load balancers redone.
     pub generation: u64,
-    /// Other objects (subnets, security groups), raw.
-    pub others: BTreeMap<(String, String), Value>,
+    /// Subnets of the networks.
+    pub subnets: BTreeMap<String, Subnet>,
+    /// Security groups of the ports, and the groups their rules name.
+    pub security_groups: BTreeMap<String, SecurityGroup>,
+    /// Address groups the rules name.
+    pub address_groups: BTreeMap<String, AddressGroup>,
+    /// Kubernetes namespaces' networks, by namespace.
+    pub namespace_bindings: BTreeMap<String, NamespaceBinding>,
+    /// Names the node's resolvers answer, by `<namespace>/<service>`.
+    pub dns_records: BTreeMap<String, DnsRecord>,
     /// Revision of the last line applied.
     pub revision: u64,
     /// Whether the initial view is complete (a synced bookmark was seen).
@@ -431,7 +440,7 @@ fn replace<T: PartialEq + Clone>(map: &mut BTreeMap<String, T>, id: String, valu
 }
 
 /// A subnet as the data plane needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Subnet {
     /// Id.
     pub id: String,
@@ -440,50 +449,117 @@ pub struct Subnet {
     /// Its prefix.
     pub cidr: Cidr,
     /// Its gateway address.
+    #[serde(rename = "gateway_ip", default)]
     pub gateway: Option<IpAddr>,
+    /// Whether the network's DHCP port serves it.
+    #[serde(default)]
+    pub enable_dhcp: bool,
+    /// Name servers handed out (none: the DHCP port's resolver).
+    #[serde(default)]
+    pub dns_nameservers: Vec<IpAddr>,
+    /// Extra routes handed out.
+    #[serde(default)]
+    pub host_routes: Vec<HostRoute>,
+    /// IPv6: who sends router advertisements (`slaac`, `dhcpv6-stateful`, ...).
+    #[serde(default)]
+    pub ipv6_ra_mode: Option<String>,
+    /// IPv6: how instances get their addresses.
+    #[serde(default)]
+    pub ipv6_address_mode: Option<String>,
+}
+
+/// A route a subnet hands out.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HostRoute {
+    /// Destination prefix.
+    pub destination: Cidr,
+    /// Next hop.
+    pub nexthop: IpAddr,
+}
+
+/// Direction of a security group rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// To the port.
+    Ingress,
+    /// From the port.
+    Egress,
+}
+
+/// A security group rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SecurityGroupRule {
+    /// Direction.
+    pub direction: Direction,
+    /// `IPv4` or `IPv6`.
+    pub ethertype: String,
+    /// Protocol name or number (none: any).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Lowest port (ICMP: type).
+    #[serde(default)]
+    pub port_range_min: Option<u32>,
+    /// Highest port (ICMP: code).
+    #[serde(default)]
+    pub port_range_max: Option<u32>,
+    /// Remote prefix.
+    #[serde(default)]
+    pub remote_ip_prefix: Option<String>,
+    /// Remote security group.
+    #[serde(default)]
+    pub remote_group_id: Option<String>,
+    /// Remote address group.
+    #[serde(default)]
+    pub remote_address_group_id: Option<String>,
+}
+
+impl SecurityGroupRule {
+    /// Whether the rule matches IPv6.
+    pub fn is_v6(&self) -> bool {
+        self.ethertype == "IPv6"
+    }
+}
+
+/// A security group with its rules.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SecurityGroup {
+    /// Id.
+    pub id: String,
+    /// Whether its ports' connections are tracked.
+    #[serde(default = "up")]
+    pub stateful: bool,
+    /// Its rules.
+    #[serde(default)]
+    pub security_group_rules: Vec<SecurityGroupRule>,
+}
+
+/// An address group: the remote of rules that name it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AddressGroup {
+    /// Id.
+    pub id: String,
+    /// Addresses or prefixes.
+    #[serde(default)]
+    pub addresses: Vec<Cidr>,
 }
 
 impl NodeView {
     /// A subnet, when the view has it.
-    pub fn subnet_info(&self, id: &str) -> Option<Subnet> {
-        let raw = self.others.get(&("subnet".to_owned(), id.to_owned()))?;
-        Some(Subnet {
-            id: id.to_owned(),
-            network_id: raw.get("network_id")?.as_str()?.to_owned(),
-            cidr: Cidr::parse_lenient(raw.get("cidr")?.as_str()?)?,
-            gateway: raw
-                .get("gateway_ip")
-                .and_then(Value::as_str)
-                .and_then(|g| g.parse().ok()),
-        })
-    }
-
-    /// A subnet's wire form read as `T` (the attributes one consumer needs), when the view has
-    /// it and it reads.
-    pub fn subnet_as<T: serde::de::DeserializeOwned>(&self, id: &str) -> Option<T> {
-        let raw = self.others.get(&("subnet".to_owned(), id.to_owned()))?;
-        serde_json::from_value(raw.clone()).ok()
+    pub fn subnet_info(&self, id: &str) -> Option<&Subnet> {
+        self.subnets.get(id)
     }
 
     /// The subnets of a network the view has.
-    pub fn subnets_of(&self, network_id: &str) -> Vec<Subnet> {
-        self.others
-            .keys()
-            .filter(|(kind, _)| kind == "subnet")
-            .filter_map(|(_, id)| self.subnet_info(id))
-            .filter(|s| s.network_id == network_id)
-            .collect()
+    pub fn subnets_of<'a>(&'a self, network_id: &'a str) -> impl Iterator<Item = &'a Subnet> + 'a {
+        self.subnets
+            .values()
+            .filter(move |s| s.network_id == network_id)
     }
 
     /// The prefix length and gateway of a subnet, when the view has it.
     pub fn subnet(&self, id: &str) -> Option<(u8, Option<IpAddr>)> {
-        let raw = self.others.get(&("subnet".to_owned(), id.to_owned()))?;
-        let prefix = raw.get("cidr")?.as_str()?.split_once('/')?.1.parse().ok()?;
-        let gateway = raw
-            .get("gateway_ip")
-            .and_then(Value::as_str)
-            .and_then(|g| g.parse().ok());
-        Some((prefix, gateway))
+        self.subnets.get(id).map(|s| (s.cidr.prefix, s.gateway))
     }
 
     /// What the view holds, as the body of a resumed watch
@@ -581,12 +657,28 @@ impl NodeView {
                         let h: HealthMonitor = parse(object)?;
                         replace(&mut self.balancing.monitors, h.id.clone(), h)
                     }
-                    kind => {
-                        self.others
-                            .insert((kind.to_owned(), id.to_owned()), object.clone())
-                            .as_ref()
-                            != Some(object)
+                    "subnet" => {
+                        let v: Subnet = parse(object)?;
+                        replace(&mut self.subnets, v.id.clone(), v)
                     }
+                    "security_group" => {
+                        let v: SecurityGroup = parse(object)?;
+                        replace(&mut self.security_groups, v.id.clone(), v)
+                    }
+                    "address_group" => {
+                        let v: AddressGroup = parse(object)?;
+                        replace(&mut self.address_groups, v.id.clone(), v)
+                    }
+                    "namespace_binding" => {
+                        let v: NamespaceBinding = parse(object)?;
+                        replace(&mut self.namespace_bindings, v.namespace.clone(), v)
+                    }
+                    "dns_record" => {
+                        let v: DnsRecord = parse(object)?;
+                        replace(&mut self.dns_records, id.to_owned(), v)
+                    }
+                    // A kind this agent does not know (a newer controller's): nothing to do.
+                    _ => false,
                 };
                 if changed && !is_balancing(field("kind")) {
                     self.generation += 1;
@@ -612,7 +704,12 @@ impl NodeView {
                     "pool" => self.balancing.pools.remove(&id).is_some(),
                     "member" => self.balancing.members.remove(&id).is_some(),
                     "healthmonitor" => self.balancing.monitors.remove(&id).is_some(),
-                    kind => self.others.remove(&(kind.to_owned(), id)).is_some(),
+                    "subnet" => self.subnets.remove(&id).is_some(),
+                    "security_group" => self.security_groups.remove(&id).is_some(),
+                    "address_group" => self.address_groups.remove(&id).is_some(),
+                    "namespace_binding" => self.namespace_bindings.remove(&id).is_some(),
+                    "dns_record" => self.dns_records.remove(&id).is_some(),
+                    _ => false,
                 };
                 if removed && !is_balancing(field("kind")) {
                     self.generation += 1;
@@ -637,7 +734,8 @@ mod tests {
     fn the_view_is_settled_only_between_batches() {
         let mut view = NodeView::default();
         let node = json!({"type": "ADDED", "kind": "dns_record", "revision": 2, "id": "a/b",
-            "object": {"id": "a/b"}});
+            "object": {"id": "a/b", "fqdn": "b.a.svc.cluster.local.", "zone": "cluster.local.",
+                "addresses": [], "network_id": "svc"}});
         view.apply(&node).unwrap();
         assert!(!view.settled, "not synced yet");
         view.apply(&json!({"type": "BOOKMARK", "revision": 2, "synced": true}))
@@ -655,7 +753,8 @@ mod tests {
     fn the_view_knows_what_it_holds() {
         let mut view = NodeView::default();
         let port = json!({"type": "ADDED", "kind": "namespace_binding", "revision": 4, "id": "ns1",
-            "object": {"namespace": "ns1", "network_id": "n1"}});
+            "object": {"namespace": "ns1", "network_id": "n1", "project_id": "p",
+                "created_at": "2026-12-05T00:00:00Z", "updated_at": "2026-12-05T00:00:00Z"}});
         view.apply(&port).unwrap();
         assert_eq!(
             view.held(),
