@@ -118,9 +118,15 @@ pub fn br_netfilter_per_bridge() -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Applies an nft script as one transaction.
-pub async fn nft(script: &str) -> Result<(), AgentError> {
-    feed("nft", &["-f", "-"], script).await
+/// Applies table plans (none: nothing to do) as one transaction.
+pub async fn nft(
+    plans: impl IntoIterator<Item = isthmus_dataplane::nft::Plan>,
+) -> Result<(), AgentError> {
+    let script: String = plans.into_iter().map(|p| p.to_string()).collect();
+    if script.is_empty() {
+        return Ok(());
+    }
+    feed("nft", &["-f", "-"], &script).await
 }
 
 /// `nft list table FAMILY NAME` as text (with counters), or `None` when it does not exist.

@@ -81,16 +81,15 @@ pub async fn apply(want: &Desired, have: Option<Known>) -> Result<Known, AgentEr
         batch.push('\n');
         kernel::feed("ip", &["-batch", "-"], &batch).await?;
     }
-    let script: String = [
-        want.inet.plan(&have.inet, lb::INET_BASE),
-        want.bridge.plan(&have.bridge, lb::BRIDGE_BASE),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if !script.is_empty() {
-        kernel::nft(&script).await?;
-    }
+    kernel::nft(
+        [
+            want.inet.plan(&have.inet, lb::INET_BASE),
+            want.bridge.plan(&have.bridge, lb::BRIDGE_BASE),
+        ]
+        .into_iter()
+        .flatten(),
+    )
+    .await?;
     Ok(Known {
         inet: want.inet.as_observed(),
         bridge: want.bridge.as_observed(),

@@ -571,16 +571,15 @@ async fn reconcile(
         v6: tables.v6.keys().cloned().collect(),
     };
     let wanted = filter::desired(view, node, &filter::port_ids(&taps, &inet), &served);
-    let script: String = [
-        wanted.bridge.plan(&bridge, filter::BRIDGE_BASE),
-        wanted.inet.plan(&inet, filter::INET_BASE),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if !script.is_empty() {
-        kernel::nft(&script).await?;
-    }
+    kernel::nft(
+        [
+            wanted.bridge.plan(&bridge, filter::BRIDGE_BASE),
+            wanted.inet.plan(&inet, filter::INET_BASE),
+        ]
+        .into_iter()
+        .flatten(),
+    )
+    .await?;
     known.tables = Some((wanted.bridge.as_observed(), wanted.inet.as_observed()));
     let local: BTreeSet<String> = view
         .ports

@@ -119,25 +119,20 @@ async fn read_nat(path: &Path) -> Result<BTreeMap<String, NatChain>, AgentError>
         .collect())
 }
 
-/// Applies NAT chain changes in the namespace pinned at `path`, one transaction.
+/// Applies NAT table changes in the namespace pinned at `path`, one transaction.
 async fn write_nat(path: &Path, ops: &[Op]) -> Result<(), AgentError> {
-    let chains: Vec<(&str, &[String])> = ops
+    let script: String = ops
         .iter()
         .filter_map(|op| match op {
-            Op::SetNat { chain, rules, .. } => Some((chain.as_str(), rules.as_slice())),
+            Op::Nat { plan, .. } => Some(plan.to_string()),
             _ => None,
         })
         .collect();
-    if chains.is_empty() {
+    if script.is_empty() {
         return Ok(());
     }
     let netns = format!("--net={}", path.display());
-    crate::kernel::feed(
-        "nsenter",
-        &[netns.as_str(), "nft", "-f", "-"],
-        &router::nat_script(&chains),
-    )
-    .await
+    crate::kernel::feed("nsenter", &[netns.as_str(), "nft", "-f", "-"], &script).await
 }
 
 async fn read_namespace(handle: &Handle) -> Result<Namespace, AgentError> {
@@ -565,7 +560,7 @@ async fn apply_inside(handle: &Handle, op: &Op) -> Result<(), AgentError> {
             }
             Ok(())
         }
-        Op::SetNat { .. } => Ok(()),
+        Op::Nat { .. } => Ok(()),
     }
 }
 

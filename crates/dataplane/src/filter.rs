@@ -692,7 +692,11 @@ mod tests {
             &"meta nfproto ipv4 meta mark set meta mark or 0x00008000 return".to_owned()
         ));
         // New chains are created before any rule jumps to them.
-        let script = f.inet.plan(&Observed::default(), INET_BASE).unwrap();
+        let script = f
+            .inet
+            .plan(&Observed::default(), INET_BASE)
+            .unwrap()
+            .to_string();
         let created = script.find("add chain inet isthmus sgi_web").unwrap();
         let jumped = script.find("jump sgi_web").unwrap();
         assert!(created < jumped, "{script}");
@@ -705,7 +709,11 @@ mod tests {
             f.inet.maps["ingress"]["0x00010000"],
             "ingress_taplocal-port-"
         );
-        let first = f.inet.plan(&Observed::default(), INET_BASE).unwrap();
+        let first = f
+            .inet
+            .plan(&Observed::default(), INET_BASE)
+            .unwrap()
+            .to_string();
         assert!(first.contains("add set inet isthmus rg4_db"));
         // No network in the view: no zone; the node's own tunnel packets stay untracked.
         assert_eq!(
@@ -734,7 +742,10 @@ mod tests {
         for (table, base) in [(&f.bridge, BRIDGE_BASE), (&f.inet, INET_BASE)] {
             assert!(table.absent && table.chains.is_empty());
             assert_eq!(
-                table.plan(&existing, base).as_deref(),
+                table
+                    .plan(&existing, base)
+                    .map(|p| p.to_string())
+                    .as_deref(),
                 Some(format!("delete table {} isthmus\n", table.family).as_str())
             );
             assert_eq!(table.plan(&Observed::default(), base), None);

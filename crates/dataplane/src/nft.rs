@@ -85,15 +85,16 @@ impl Table {
         }
     }
 
-    /// The script (one transaction) turning `observed` into this table; `None` if equal.
+    /// The changes (one transaction) turning `observed` into this table; `None` if equal.
     /// `base_chains` are the skeleton's chain names: declared by the skeleton, never created or
     /// deleted as regular chains.
-    pub fn plan(&self, observed: &Observed, base_chains: &[&str]) -> Option<String> {
-        let (family, table) = (self.family, self.name);
+    pub fn plan(&self, observed: &Observed, base_chains: &[&str]) -> Option<Plan> {
+        let mut changes = Vec::new();
         if self.absent {
-            return observed
-                .exists
-                .then(|| format!("delete table {family} {table}\n"));
+            if observed.exists {
+                changes.push(Change::DeleteTable);
+            }
+            return Plan::of(self, changes);
         }
         let stale = |name: &str| {
             let want = self
@@ -102,13 +103,12 @@ impl Table {
                 .and_then(|rules| Self::chain_version(rules));
             observed.chains.get(name).cloned().flatten() != want
         };
-        let mut s = String::new();
         if !observed.exists || base_chains.iter().any(|name| stale(name)) {
-            s.push_str(&format!("table {family} {table} {{\n{}}}\n", self.skeleton));
+            changes.push(Change::Declare(self.skeleton.clone()));
         }
         for (name, (decl, _)) in &self.sets {
             if !observed.sets.contains_key(name) {
-                s.push_str(&format!("add set {family} {table} {name} {{ {decl} }}\n"));
+                changes.push(Change::AddSet(name.clone(), decl.clone()));
             }
         }
         for (name, (decl, elements)) in &self.sets {
@@ -117,49 +117,40 @@ impl Table {
                 continue;
             }
             let have = observed.sets.get(name).cloned().unwrap_or_default();
-            let add: Vec<&String> = elements.difference(&have).collect();
-            let del: Vec<&String> = have.difference(elements).collect();
+            let add: Vec<String> = elements.difference(&have).cloned().collect();
+            let del: Vec<String> = have.difference(elements).cloned().collect();
             if !add.is_empty() {
-                s.push_str(&format!(
-                    "add element {family} {table} {name} {{ {} }}\n",
-                    join(&add)
-                ));
+                changes.push(Change::AddElements(name.clone(), add));
             }
             if !del.is_empty() {
-                s.push_str(&format!(
-                    "delete element {family} {table} {name} {{ {} }}\n",
-                    join(&del)
-                ));
+                changes.push(Change::DeleteElements(name.clone(), del));
             }
         }
         // Every new chain first: rules of one chain may jump to another new one.
         let base = |name: &str| base_chains.contains(&name);
         for name in self.chains.keys() {
             if !observed.chains.contains_key(name) && !base(name) {
-                s.push_str(&format!("add chain {family} {table} {name}\n"));
+                changes.push(Change::AddChain(name.clone()));
             }
         }
         // A base chain this table leaves without rules is emptied, never deleted.
         for name in base_chains {
             if !self.chains.contains_key(*name) && stale(name) {
-                s.push_str(&format!("flush chain {family} {table} {name}\n"));
+                changes.push(Change::FlushChain((*name).to_owned()));
             }
         }
         for (name, rules) in &self.chains {
             if stale(name) {
                 if observed.chains.contains_key(name) {
-                    s.push_str(&format!("flush chain {family} {table} {name}\n"));
+                    changes.push(Change::FlushChain(name.clone()));
                 }
                 let version = Self::version(rules);
                 for (i, rule) in rules.iter().enumerate() {
-                    let comment = if i == 0 {
-                        format!(" comment \"{VERSION_TAG}{version}\"")
-                    } else {
-                        String::new()
-                    };
-                    s.push_str(&format!(
-                        "add rule {family} {table} {name} {rule}{comment}\n"
-                    ));
+                    changes.push(Change::AddRule {
+                        chain: name.clone(),
+                        rule: rule.clone(),
+                        version: (i == 0).then(|| version.clone()),
+                    });
                 }
             }
         }
@@ -168,13 +159,13 @@ impl Table {
             for (key, target) in elements {
                 if have.get(key) != Some(target) {
                     if have.contains_key(key) {
-                        s.push_str(&format!(
-                            "delete element {family} {table} {map} {{ {key} }}\n"
-                        ));
+                        changes.push(Change::DeleteMapElement(map.clone(), key.clone()));
                     }
-                    s.push_str(&format!(
-                        "add element {family} {table} {map} {{ {key} : jump {target} }}\n"
-                    ));
+                    changes.push(Change::AddMapElement {
+                        map: map.clone(),
+                        key: key.clone(),
+                        chain: target.clone(),
+                    });
                 }
             }
         }
@@ -182,9 +173,7 @@ impl Table {
             let want = self.maps.get(map);
             for key in have.keys() {
                 if want.is_none_or(|w| !w.contains_key(key)) {
-                    s.push_str(&format!(
-                        "delete element {family} {table} {map} {{ {key} }}\n"
-                    ));
+                    changes.push(Change::DeleteMapElement(map.clone(), key.clone()));
                 }
             }
         }
@@ -194,27 +183,129 @@ impl Table {
             .keys()
             .filter(|name| !self.chains.contains_key(*name) && !base(name))
             .collect();
-        for name in &gone {
-            s.push_str(&format!("flush chain {family} {table} {name}\n"));
-        }
-        for name in &gone {
-            s.push_str(&format!("delete chain {family} {table} {name}\n"));
-        }
+        changes.extend(gone.iter().map(|name| Change::FlushChain((*name).clone())));
+        changes.extend(gone.iter().map(|name| Change::DeleteChain((*name).clone())));
         for name in observed.sets.keys() {
             if !self.sets.contains_key(name) {
-                s.push_str(&format!("delete set {family} {table} {name}\n"));
+                changes.push(Change::DeleteSet(name.clone()));
             }
         }
-        (!s.is_empty()).then_some(s)
+        Plan::of(self, changes)
     }
 }
 
-fn join(items: &[&String]) -> String {
-    items
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+/// One change to a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Declare the table with its skeleton (what exists is left alone).
+    Declare(String),
+    /// Add a set: name, declaration.
+    AddSet(String, String),
+    /// Add elements to a set.
+    AddElements(String, Vec<String>),
+    /// Remove elements from a set.
+    DeleteElements(String, Vec<String>),
+    /// Add a regular chain.
+    AddChain(String),
+    /// Empty a chain.
+    FlushChain(String),
+    /// Append a rule; the first of a chain carries the chain's content hash.
+    AddRule {
+        /// Chain.
+        chain: String,
+        /// Rule, nft syntax.
+        rule: String,
+        /// The chain's content hash, on its first rule.
+        version: Option<String>,
+    },
+    /// Map a key to a chain.
+    AddMapElement {
+        /// Verdict map.
+        map: String,
+        /// Key.
+        key: String,
+        /// Chain jumped to.
+        chain: String,
+    },
+    /// Remove a key from a map.
+    DeleteMapElement(String, String),
+    /// Delete an (emptied) chain.
+    DeleteChain(String),
+    /// Delete a set.
+    DeleteSet(String),
+    /// Delete the whole table.
+    DeleteTable,
+}
+
+/// The changes to one table, applied as one transaction (`nft -f` of its [`Display`] form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// `bridge`, `inet`, `ip`.
+    pub family: &'static str,
+    /// Table name.
+    pub table: &'static str,
+    /// The changes, in order.
+    pub changes: Vec<Change>,
+}
+
+impl Plan {
+    fn of(table: &Table, changes: Vec<Change>) -> Option<Plan> {
+        (!changes.is_empty()).then_some(Plan {
+            family: table.family,
+            table: table.name,
+            changes,
+        })
+    }
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (family, table) = (self.family, self.table);
+        for change in &self.changes {
+            match change {
+                Change::Declare(skeleton) => {
+                    writeln!(f, "table {family} {table} {{\n{skeleton}}}")?
+                }
+                Change::AddSet(name, decl) => {
+                    writeln!(f, "add set {family} {table} {name} {{ {decl} }}")?
+                }
+                Change::AddElements(set, elements) => writeln!(
+                    f,
+                    "add element {family} {table} {set} {{ {} }}",
+                    elements.join(", ")
+                )?,
+                Change::DeleteElements(set, elements) => writeln!(
+                    f,
+                    "delete element {family} {table} {set} {{ {} }}",
+                    elements.join(", ")
+                )?,
+                Change::AddChain(name) => writeln!(f, "add chain {family} {table} {name}")?,
+                Change::FlushChain(name) => writeln!(f, "flush chain {family} {table} {name}")?,
+                Change::AddRule {
+                    chain,
+                    rule,
+                    version,
+                } => match version {
+                    Some(v) => writeln!(
+                        f,
+                        "add rule {family} {table} {chain} {rule} comment \"{VERSION_TAG}{v}\""
+                    )?,
+                    None => writeln!(f, "add rule {family} {table} {chain} {rule}")?,
+                },
+                Change::AddMapElement { map, key, chain } => writeln!(
+                    f,
+                    "add element {family} {table} {map} {{ {key} : jump {chain} }}"
+                )?,
+                Change::DeleteMapElement(map, key) => {
+                    writeln!(f, "delete element {family} {table} {map} {{ {key} }}")?
+                }
+                Change::DeleteChain(name) => writeln!(f, "delete chain {family} {table} {name}")?,
+                Change::DeleteSet(name) => writeln!(f, "delete set {family} {table} {name}")?,
+                Change::DeleteTable => writeln!(f, "delete table {family} {table}")?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A concatenation (`10.0.0.3 . tcp . 80`) as written in scripts.
@@ -343,7 +434,7 @@ mod tests {
     #[test]
     fn plans_only_differences() {
         let t = table();
-        let first = t.plan(&Observed::default(), &[]).unwrap();
+        let first = t.plan(&Observed::default(), &[]).unwrap().to_string();
         assert!(first.starts_with("table inet t {"));
         let applied = Observed {
             exists: true,
@@ -356,7 +447,7 @@ mod tests {
         let mut changed = t.clone();
         changed.sets.get_mut("s").unwrap().1 = BTreeSet::from(["10.0.0.2".to_owned()]);
         assert_eq!(
-            changed.plan(&applied, &[]).unwrap(),
+            changed.plan(&applied, &[]).unwrap().to_string(),
             "add element inet t s { 10.0.0.2 }\ndelete element inet t s { 10.0.0.1 }\n"
         );
     }
@@ -367,12 +458,15 @@ mod tests {
         t.skeleton
             .push_str("  chain forward {\n    type filter hook forward priority filter;\n  }\n");
         t.chains.insert("forward".into(), vec!["jump c1".into()]);
-        let first = t.plan(&Observed::default(), &["forward"]).unwrap();
+        let first = t
+            .plan(&Observed::default(), &["forward"])
+            .unwrap()
+            .to_string();
         assert!(!first.contains("add chain inet t forward"), "{first}");
         // An older agent's table: the base chain's rules carry no version.
         let mut old = t.as_observed();
         old.chains.insert("forward".into(), Some(String::new()));
-        let upgrade = t.plan(&old, &["forward"]).unwrap();
+        let upgrade = t.plan(&old, &["forward"]).unwrap().to_string();
         assert!(upgrade.starts_with("table inet t {\n"), "{upgrade}");
         assert!(
             upgrade.contains("flush chain inet t forward\nadd rule inet t forward jump c1 comment")
@@ -380,7 +474,10 @@ mod tests {
         assert_eq!(t.plan(&t.as_observed(), &["forward"]), None);
         let mut emptied = t.clone();
         emptied.chains.remove("forward");
-        let script = emptied.plan(&t.as_observed(), &["forward"]).unwrap();
+        let script = emptied
+            .plan(&t.as_observed(), &["forward"])
+            .unwrap()
+            .to_string();
         assert!(script.contains("flush chain inet t forward\n"), "{script}");
         assert!(!script.contains("delete chain inet t forward"), "{script}");
     }

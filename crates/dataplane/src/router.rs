@@ -675,14 +675,12 @@ pub enum Op {
     AddRule(String, Rule),
     /// Remove a policy rule.
     DelRule(String, Rule),
-    /// Replace the content of a NAT chain (one transaction per namespace).
-    SetNat {
+    /// Change the namespace's NAT table (one transaction).
+    Nat {
         /// Namespace.
         namespace: String,
-        /// `inbound` or `outbound`.
-        chain: String,
-        /// Its rules.
-        rules: Vec<String>,
+        /// The changes, planned like every other table.
+        plan: crate::nft::Plan,
     },
     /// Delete a namespace and everything in it.
     DelNamespace(String),
@@ -697,7 +695,7 @@ impl Op {
             | Op::DelInterface { namespace, .. }
             | Op::AddAddress { namespace, .. }
             | Op::DelAddress { namespace, .. }
-            | Op::SetNat { namespace, .. } => namespace,
+            | Op::Nat { namespace, .. } => namespace,
             Op::AddNeighbour(ns, _)
             | Op::DelNeighbour(ns, _)
             | Op::AddRoute(ns, _)
@@ -745,30 +743,44 @@ pub fn announcements(ops: &[Op], desired: &RouterState) -> Vec<Announcement> {
         .collect()
 }
 
-/// The nft script (one transaction) setting a namespace's NAT chains; the first rule of each
-/// chain carries the chain's content hash, which is what is read back.
-pub fn nat_script(chains: &[(&str, &[String])]) -> String {
-    // Declarations without rules are idempotent: the table and chains are made when missing
-    // and left alone otherwise.
-    let mut s = format!("add table ip {NAT_TABLE}\n");
-    for (chain, hook) in NAT_CHAINS {
-        s.push_str(&format!("add chain ip {NAT_TABLE} {chain} {{ {hook} }}\n"));
+/// The NAT table of a namespace holding `want`, planned against what it holds (`have`, the
+/// chains' content hashes as read back) by the same planner as every other table.
+fn nat_plan(
+    want: &BTreeMap<String, NatChain>,
+    have: &BTreeMap<String, NatChain>,
+) -> Option<crate::nft::Plan> {
+    // A namespace that translates nothing needs no table.
+    if have.is_empty() && want.values().all(|c| c.rules.is_empty()) {
+        return None;
     }
-    for (chain, rules) in chains {
-        s.push_str(&format!("flush chain ip {NAT_TABLE} {chain}\n"));
-        let version = NatChain::new(rules.to_vec()).version;
-        for (i, rule) in rules.iter().enumerate() {
-            let comment = if i == 0 {
-                format!(" comment \"{}{version}\"", crate::nft::VERSION_TAG)
-            } else {
-                String::new()
-            };
-            s.push_str(&format!(
-                "add rule ip {NAT_TABLE} {chain} {rule}{comment}\n"
-            ));
-        }
-    }
-    s
+    let table = crate::nft::Table {
+        family: "ip",
+        name: NAT_TABLE,
+        skeleton: NAT_CHAINS
+            .iter()
+            .map(|(chain, hook)| format!("  chain {chain} {{\n    {hook}\n  }}\n"))
+            .collect(),
+        chains: want
+            .iter()
+            .map(|(name, c)| (name.clone(), c.rules.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let observed = crate::nft::Observed {
+        exists: !have.is_empty(),
+        chains: have
+            .iter()
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    (!c.version.is_empty()).then(|| c.version.clone()),
+                )
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let base: Vec<&str> = NAT_CHAINS.iter().map(|(chain, _)| *chain).collect();
+    table.plan(&observed, &base)
 }
 
 /// The changes that turn `observed` into `desired`. Only differences: an agent restart with
@@ -868,17 +880,11 @@ pub fn plan(desired: &RouterState, observed: &RouterState) -> Vec<Op> {
         for r in have.rules.difference(&want.rules) {
             ops.push(Op::DelRule(ns_name.clone(), r.clone()));
         }
-        let chains: BTreeSet<&String> = want.nat.keys().chain(have.nat.keys()).collect();
-        for chain in chains {
-            let want_chain = want.nat.get(chain).cloned().unwrap_or_default();
-            let have_version = have.nat.get(chain).map(|c| c.version.as_str());
-            if have_version.unwrap_or_default() != want_chain.version {
-                ops.push(Op::SetNat {
-                    namespace: ns_name.clone(),
-                    chain: chain.clone(),
-                    rules: want_chain.rules,
-                });
-            }
+        if let Some(plan) = nat_plan(&want.nat, &have.nat) {
+            ops.push(Op::Nat {
+                namespace: ns_name.clone(),
+                plan,
+            });
         }
     }
     for ns_name in observed.keys() {
@@ -1304,7 +1310,7 @@ mod tests {
         assert_eq!(
             plan(&one, &have)
                 .iter()
-                .filter(|o| matches!(o, Op::SetNat { .. }))
+                .filter(|o| matches!(o, Op::Nat { .. }))
                 .count(),
             1
         );
@@ -1324,7 +1330,19 @@ mod tests {
             rules,
             &["oifname \"qg-e1000000000\" ip saddr 10.2.0.7 snat to 172.24.4.21"]
         );
-        let script = nat_script(&[("outbound", &snat.nat["outbound"].rules)]);
+        let mut stale = one.clone();
+        stale
+            .get_mut(&snat_namespace_name(R))
+            .unwrap()
+            .nat
+            .insert("outbound".into(), NatChain::new(vec!["accept".into()]));
+        let script = plan(&one, &stale)
+            .into_iter()
+            .find_map(|o| match o {
+                Op::Nat { plan, .. } => Some(plan.to_string()),
+                _ => None,
+            })
+            .unwrap();
         assert!(
             script.contains("flush chain ip isthmus outbound\n"),
             "{script}"
