@@ -4,26 +4,18 @@
 //! this node serves is answered out of that same tap, from the network's DHCP port. Requests
 //! from anywhere else (a tunnel, a port bound elsewhere) are not this node's to answer.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use isthmus_dataplane::dhcp::{answer, reply_frame, request_payload, Lease};
-use isthmus_dataplane::dhcp6::{self, Lease6};
+use isthmus_dataplane::dhcp::{answer, reply_frame, request_payload};
+use isthmus_dataplane::dhcp6;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::sockopt::set;
 
-/// The leases this node answers, by tap.
-#[derive(Debug, Default, PartialEq)]
-pub struct Tables {
-    /// DHCPv4.
-    pub v4: BTreeMap<String, Lease>,
-    /// DHCPv6.
-    pub v6: BTreeMap<String, Lease6>,
-}
+pub use isthmus_dataplane::dhcp::Tables;
 
 /// The leases, replaced whole at each reconcile.
 pub type Leases = watch::Sender<Arc<Tables>>;

@@ -3,27 +3,11 @@
 //! ports) through one `ip -batch` per change; the bridges that balance forward without
 //! reverse-path filtering.
 
-use isthmus_dataplane::lb::{self, Desired, Routing};
-use isthmus_dataplane::nft::Observed;
+use isthmus_dataplane::lb::{self, Observed, Plan};
 use tokio::process::Command;
 
 use crate::kernel;
 use crate::AgentError;
-
-/// What the agent last wrote.
-#[derive(Debug, Clone)]
-pub struct Known {
-    inet: Observed,
-    bridge: Observed,
-    routing: Routing,
-}
-
-impl Known {
-    /// The bridges that balance.
-    pub fn bridges(&self) -> std::collections::BTreeSet<&str> {
-        self.routing.bridges()
-    }
-}
 
 async fn ip_json(args: &[&str]) -> Result<serde_json::Value, AgentError> {
     let out = Command::new("ip").arg("-j").args(args).output().await?;
@@ -43,12 +27,12 @@ async fn ip_json(args: &[&str]) -> Result<serde_json::Value, AgentError> {
 }
 
 /// Reads what the kernel holds.
-pub async fn observe() -> Result<Known, AgentError> {
+pub async fn observe() -> Result<Observed, AgentError> {
     let rules = ip_json(&["-4", "rule", "show"]).await?;
     let routes = ip_json(&["-4", "route", "show", "table", "all"]).await?;
     let neighbours = ip_json(&["-4", "neigh", "show", "nud", "permanent"]).await?;
     let links = ip_json(&["-d", "link", "show", "type", "bridge_slave"]).await?;
-    Ok(Known {
+    Ok(Observed {
         inet: kernel::observe_nft_table("inet", lb::TABLE).await?,
         bridge: kernel::observe_nft_table("bridge", lb::TABLE).await?,
         routing: lb::parse_routing(&rules, &routes, &neighbours, &links),
@@ -63,36 +47,17 @@ fn sysctl(bridge: &str, key: &str, value: &str) -> Result<(), AgentError> {
     }
 }
 
-/// Applies `want` over `have` (read by [`observe`] when unknown); returns what the kernel
-/// then holds.
-pub async fn apply(want: &Desired, have: Option<Known>) -> Result<Known, AgentError> {
-    let have = match have {
-        Some(have) => have,
-        None => observe().await?,
-    };
-    // Routes first: a VIP's first connection is routed as soon as its DNAT rule exists.
-    for bridge in want.routing.bridges() {
+/// Applies a plan; returns what the kernel then holds.
+pub async fn apply(plan: Plan) -> Result<Observed, AgentError> {
+    for bridge in &plan.bridges {
         sysctl(bridge, "forwarding", "1")?;
         sysctl(bridge, "rp_filter", "0")?;
     }
-    let lines = want.routing.plan(&have.routing);
-    if !lines.is_empty() {
-        let mut batch = lines.join("\n");
+    if !plan.routing.is_empty() {
+        let mut batch = plan.routing.join("\n");
         batch.push('\n');
         kernel::feed("ip", &["-batch", "-"], &batch).await?;
     }
-    kernel::nft(
-        [
-            want.inet.plan(&have.inet, lb::INET_BASE),
-            want.bridge.plan(&have.bridge, lb::BRIDGE_BASE),
-        ]
-        .into_iter()
-        .flatten(),
-    )
-    .await?;
-    Ok(Known {
-        inet: want.inet.as_observed(),
-        bridge: want.bridge.as_observed(),
-        routing: want.routing.clone(),
-    })
+    kernel::nft(plan.tables).await?;
+    Ok(plan.after)
 }

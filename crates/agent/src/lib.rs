@@ -30,10 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use isthmus_dataplane::l2::{self, bridge_name, tap_name, NodeConfig};
-use isthmus_dataplane::router::{self, RouterState};
+use isthmus_dataplane::l2::{self, NodeConfig};
+use isthmus_dataplane::router::RouterState;
 use isthmus_dataplane::view::NodeView;
-use isthmus_dataplane::{filter, nft};
+use isthmus_dataplane::{filter, nft, plan};
 use serde_json::json;
 use tokio::sync::{watch, Notify};
 
@@ -439,14 +439,14 @@ impl Backoff {
 }
 
 /// What this agent last wrote: its filter tables, the forwarding entries on its VXLAN
-/// devices and bridge ports, its router namespaces, and whether br_netfilter is per bridge.
-/// `None` parts are read from the kernel on the next pass.
+/// devices and bridge ports, its router namespaces, its load balancing, and whether
+/// br_netfilter is per bridge. `None` parts are read from the kernel on the next pass.
 #[derive(Default)]
 struct Known {
     tables: Option<(nft::Observed, nft::Observed)>,
     fdb: Option<(BTreeSet<l2::Fdb>, BTreeSet<l2::Pin>)>,
     routers: Option<RouterState>,
-    lb: Option<lb::Known>,
+    lb: Option<isthmus_dataplane::lb::Observed>,
     per_bridge: bool,
     /// The view generation of the last full pass.
     generation: Option<u64>,
@@ -485,8 +485,8 @@ async fn reconciler(shared: Arc<Shared>) {
             Pass::Full(view) => reconcile(&shared, &view, &node, &mut known)
                 .await
                 .map(|()| known.generation = Some(view.generation)),
-            Pass::Balancing(balanced, probes, revision) => {
-                rebalance(&shared, &balanced, probes, revision, &mut known).await
+            Pass::Balancing(plan, probes, revision) => {
+                rebalance(&shared, *plan, probes, revision, &mut known).await
             }
         };
         if let Err(e) = done {
@@ -500,10 +500,10 @@ async fn reconciler(shared: Arc<Shared>) {
 enum Pass {
     /// Everything, from a copy of the view.
     Full(Box<NodeView>),
-    /// Only load balancing (nothing else changed since the last full pass): its desired state,
-    /// probes and the view's revision, computed under the view's lock (no copy of the view).
+    /// Only load balancing (nothing else changed since the last full pass): its plan, probes
+    /// and the view's revision, computed under the view's lock (no copy of the view).
     Balancing(
-        Box<isthmus_dataplane::lb::Desired>,
+        Box<isthmus_dataplane::lb::Plan>,
         Vec<isthmus_dataplane::lb::Probe>,
         u64,
     ),
@@ -515,24 +515,26 @@ fn balancing_pass(view: &NodeView, node: &NodeConfig, known: &Known) -> Option<P
     if known.generation != Some(view.generation) {
         return None;
     }
-    let balanced = isthmus_dataplane::lb::desired(view, node);
-    let same_bridges =
-        known.lb.as_ref().map(lb::Known::bridges) == Some(balanced.routing.bridges());
-    same_bridges.then(|| {
-        let probes = isthmus_dataplane::lb::probes(view, node);
-        Pass::Balancing(Box::new(balanced), probes, view.revision)
-    })
+    let have = known.lb.as_ref()?;
+    let (plan, probes) = isthmus_dataplane::plan::balancing(view, node, have);
+    (plan
+        .bridges
+        .iter()
+        .map(String::as_str)
+        .collect::<BTreeSet<_>>()
+        == have.bridges())
+    .then(|| Pass::Balancing(Box::new(plan), probes, view.revision))
 }
 
 /// Applies a load-balancing-only pass.
 async fn rebalance(
     shared: &Shared,
-    balanced: &isthmus_dataplane::lb::Desired,
+    plan: isthmus_dataplane::lb::Plan,
     probes: Vec<isthmus_dataplane::lb::Probe>,
     revision: u64,
     known: &mut Known,
 ) -> Result<(), AgentError> {
-    known.lb = Some(lb::apply(balanced, known.lb.take()).await?);
+    known.lb = Some(lb::apply(plan).await?);
     shared.prober.follow(probes);
     shared.reports.send_if_modified(|r| {
         let behind = r.applied < revision;
@@ -542,14 +544,8 @@ async fn rebalance(
     Ok(())
 }
 
-async fn reconcile(
-    shared: &Shared,
-    view: &NodeView,
-    node: &NodeConfig,
-    known: &mut Known,
-) -> Result<(), AgentError> {
-    // Filters first, so a tap is never attached without its chains; both tables change in
-    // one transaction.
+/// What the kernel holds: what this agent last wrote where it knows, read back otherwise.
+async fn observe(shared: &Shared, known: &mut Known) -> Result<plan::Observed, AgentError> {
     let (bridge, inet) = match known.tables.take() {
         Some(tables) => tables,
         None => (
@@ -557,140 +553,108 @@ async fn reconcile(
             kernel::observe_nft_table("inet", filter::TABLE).await?,
         ),
     };
-    let taps = isthmus_dataplane::node::guarded_ports(view, node)
-        .into_keys()
-        .collect();
-    // The leases decide both what the DHCP server answers and whose requests stop at their
-    // tap: derived once.
-    let tables = dhcp::Tables {
-        v4: isthmus_dataplane::dhcp::leases(view, node),
-        v6: isthmus_dataplane::dhcp6::leases(view, node),
-    };
-    let served = filter::DhcpServed {
-        v4: tables.v4.keys().cloned().collect(),
-        v6: tables.v6.keys().cloned().collect(),
-    };
-    let wanted = filter::desired(view, node, &filter::port_ids(&taps, &inet), &served);
-    kernel::nft(
-        [
-            wanted.bridge.plan(&bridge, filter::BRIDGE_BASE),
-            wanted.inet.plan(&inet, filter::INET_BASE),
-        ]
-        .into_iter()
-        .flatten(),
-    )
-    .await?;
-    known.tables = Some((wanted.bridge.as_observed(), wanted.inet.as_observed()));
-    let local: BTreeSet<String> = view
-        .ports
-        .values()
-        .filter(|p| p.host_id == node.name)
-        .map(|p| p.id.clone())
-        .collect();
-    shared.filtered.send_if_modified(|old| {
-        let changed = *old != local;
-        if changed {
-            *old = local;
-        }
-        changed
-    });
-
-    // Router namespaces before L2: their taps must exist to be attached.
-    let routers = router::desired(view, node);
-    let have = match known.routers.take() {
+    let routers = match known.routers.take() {
         Some(have) => have,
         None => routers::observe(&shared.config.netns_dir).await?,
     };
-    let ops = router::plan(&routers, &have);
-    let announcements = router::announcements(&ops, &routers);
-    // A router that cannot be set up must not hold back the rest of the node: its failure is
-    // reported after L2 (the next pass reads the kernel again).
-    let routed = routers::apply(&shared.netlink, &shared.config.netns_dir, &ops).await;
-    if routed.is_ok() {
-        known.routers = Some(routers.clone());
-    }
-    shared.services.follow(
-        &shared.config.netns_dir,
-        &routers,
-        isthmus_dataplane::metadata::instances(view, node),
-        isthmus_dataplane::dns::names(view),
-        &shared.config.node,
-    );
-    services::replace_if_changed(&shared.leases, tables);
-    shared.advertisers.follow(
-        &shared.config.netns_dir,
-        isthmus_dataplane::ra::advertisements(view, &routers),
-    );
-
-    let want = l2::desired(view, node, &routers);
-    let (mut observed, mut links) = shared.netlink.links().await?;
-    (observed.fdb, observed.pins) = match known.fdb.take() {
+    let (mut l2, _) = shared.netlink.links().await?;
+    (l2.fdb, l2.pins) = match known.fdb.take() {
         // Entries live on devices: keep only those whose device is still there.
         Some((fdb, pins)) => (
             fdb.into_iter()
-                .filter(|f| observed.vxlans.contains_key(&f.device))
+                .filter(|f| l2.vxlans.contains_key(&f.device))
                 .collect(),
             pins.into_iter()
-                .filter(|p| observed.devices.contains_key(&p.device))
+                .filter(|p| l2.devices.contains_key(&p.device))
                 .collect(),
         ),
-        None => shared.netlink.fdb(&observed).await?,
+        None => shared.netlink.fdb(&l2).await?,
     };
-    let ops = l2::plan(&want, &observed);
-    if !ops.is_empty() {
-        kernel::apply(&shared.netlink, &ops).await?;
-        // Reflect what was just applied instead of reading the links back.
-        for op in &ops {
-            match op {
-                l2::Op::Attach {
-                    device,
-                    bridge,
-                    mtu,
-                    up,
-                } => {
-                    if let Some(link) = links.iter_mut().find(|l| &l.name == device) {
-                        link.master = Some(bridge.clone());
-                        link.mtu = *mtu;
-                        link.up = *up;
-                    }
-                }
-                l2::Op::Detach { device } => {
-                    if let Some(link) = links.iter_mut().find(|l| &l.name == device) {
-                        link.master = None;
-                    }
-                }
-                _ => {}
-            }
-        }
+    let balancing = match known.lb.take() {
+        Some(have) => have,
+        None => lb::observe().await?,
+    };
+    Ok(plan::Observed {
+        bridge,
+        inet,
+        routers,
+        l2,
+        balancing,
+    })
+}
+
+/// One full pass: the kernel read (or known), the node's plan made in one call, and the plan
+/// applied in its order.
+async fn reconcile(
+    shared: &Shared,
+    view: &NodeView,
+    node: &NodeConfig,
+    known: &mut Known,
+) -> Result<(), AgentError> {
+    let observed = observe(shared, known).await?;
+    let plan = plan::node(view, node, &observed);
+    apply(shared, plan, known).await
+}
+
+/// Applies a node plan, recording what the kernel then holds in `known`.
+async fn apply(shared: &Shared, plan: plan::NodePlan, known: &mut Known) -> Result<(), AgentError> {
+    let dir = &shared.config.netns_dir;
+    kernel::nft(plan.filter).await?;
+    known.tables = Some(plan.filter_after);
+    publish(&shared.filtered, plan.filtered);
+
+    // A router that cannot be set up must not hold back the rest of the node: its failure is
+    // reported after L2 (the next pass reads the kernel again).
+    let routed = routers::apply(&shared.netlink, dir, &plan.router_ops).await;
+    let services = plan.services;
+    shared.services.follow(
+        dir,
+        &plan.routers,
+        services.instances,
+        services.names,
+        &shared.config.node,
+    );
+    services::replace_if_changed(&shared.leases, services.leases);
+    shared.advertisers.follow(dir, services.advertisements);
+    if routed.is_ok() {
+        known.routers = Some(plan.routers);
     }
+
+    kernel::apply(&shared.netlink, &plan.l2_ops).await?;
     if shared.config.own_br_netfilter && !known.per_bridge {
         kernel::br_netfilter_per_bridge()?;
         known.per_bridge = true;
     }
-    known.fdb = Some((want.fdb.clone(), want.pins.clone()));
-    // Load balancing once the bridges and taps it routes over are in place.
-    let balanced = isthmus_dataplane::lb::desired(view, node);
-    known.lb = Some(lb::apply(&balanced, known.lb.take()).await?);
-    shared
-        .prober
-        .follow(isthmus_dataplane::lb::probes(view, node));
-    let ports = port_reports(shared, view, &links);
+    known.fdb = Some((plan.l2.fdb, plan.l2.pins));
+    known.lb = Some(lb::apply(plan.balancing).await?);
+    shared.prober.follow(plan.probes);
+    publish(&shared.plugged, plan.plugged);
     shared.reports.send_if_modified(|r| {
-        let changed = r.ports != ports;
-        r.ports = ports;
+        let changed = r.ports != plan.port_status;
+        r.ports = plan.port_status;
         changed
     });
     routed?;
     // Once their interfaces are on the bridges.
-    routers::announce(&shared.config.netns_dir, &announcements).await?;
-    let floating_ips = floating_ip_reports(shared, view);
+    routers::announce(dir, &plan.announcements).await?;
     shared.reports.send_if_modified(|r| {
-        let changed = r.floating_ips != floating_ips || r.applied < view.revision;
-        r.floating_ips = floating_ips;
-        r.applied = r.applied.max(view.revision);
+        let changed = r.floating_ips != plan.floating_ips || r.applied < plan.revision;
+        r.floating_ips = plan.floating_ips;
+        r.applied = r.applied.max(plan.revision);
         changed
     });
     Ok(())
+}
+
+/// Replaces a published set when it differs (waiters wake only on a change).
+fn publish(sender: &watch::Sender<BTreeSet<String>>, value: BTreeSet<String>) {
+    sender.send_if_modified(|old| {
+        let changed = *old != value;
+        if changed {
+            *old = value;
+        }
+        changed
+    });
 }
 
 /// Sends the controller what [`Reports`] says, the latest first, retrying with backoff when
@@ -762,17 +726,6 @@ async fn report_applied(shared: &Shared, revision: u64) -> Result<(), AgentError
     report(shared, &path, &json!({ "revision": revision }), &[204]).await
 }
 
-/// The floating IPs this node NATs (their routers are in place) that the view does not show
-/// ACTIVE yet.
-fn floating_ip_reports(shared: &Shared, view: &NodeView) -> BTreeSet<String> {
-    let node = &shared.config.node;
-    view.floating_ips
-        .values()
-        .filter(|fip| fip.status != "ACTIVE" && router::nat_node(view, fip).as_ref() == Some(node))
-        .map(|fip| fip.id.clone())
-        .collect()
-}
-
 /// Tells the controller this node NATs floating IP `id`.
 async fn report_floating_ip(shared: &Shared, id: &str) -> Result<(), AgentError> {
     let body = json!({"status": "ACTIVE", "node": shared.config.node});
@@ -803,47 +756,6 @@ async fn report(
         tracing::warn!("PUT {path} answered {code}: {answer}");
     }
     Ok(())
-}
-
-/// Which local ports are plugged (tap attached to its bridge and up), published for CNI
-/// ADDs; returns the local ports whose status in the view is not that.
-fn port_reports(
-    shared: &Shared,
-    view: &NodeView,
-    links: &[netlink::Link],
-) -> BTreeMap<String, &'static str> {
-    let local = || {
-        view.ports
-            .values()
-            .filter(|p| p.host_id == shared.config.node)
-    };
-    let plugged: BTreeSet<String> = local()
-        .filter(|p| {
-            let tap = tap_name(&p.id);
-            let bridge = bridge_name(&p.network_id);
-            links
-                .iter()
-                .any(|l| l.name == tap && l.up && l.master.as_deref() == Some(bridge.as_str()))
-        })
-        .map(|p| p.id.clone())
-        .collect();
-    shared.plugged.send_if_modified(|old| {
-        let changed = *old != plugged;
-        if changed {
-            old.clone_from(&plugged);
-        }
-        changed
-    });
-    local()
-        .filter_map(|port| {
-            let status = if plugged.contains(&port.id) {
-                "ACTIVE"
-            } else {
-                "DOWN"
-            };
-            (port.status != status).then(|| (port.id.clone(), status))
-        })
-        .collect()
 }
 
 /// Tells the controller port `id`'s status.

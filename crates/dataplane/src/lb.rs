@@ -381,6 +381,65 @@ pub struct Desired {
     pub routing: Routing,
 }
 
+/// What the kernel holds of a node's load balancing (read back, or what the agent last wrote).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// `table inet isthmus_lb`.
+    pub inet: crate::nft::Observed,
+    /// `table bridge isthmus_lb`.
+    pub bridge: crate::nft::Observed,
+    /// Routing for bridged DNAT.
+    pub routing: Routing,
+}
+
+impl Observed {
+    /// The bridges that balance.
+    pub fn bridges(&self) -> BTreeSet<&str> {
+        self.routing.bridges()
+    }
+}
+
+/// The changes that bring a node's load balancing to what it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Bridges that balance: they forward, without reverse-path filtering.
+    pub bridges: BTreeSet<String>,
+    /// Routing changes, `ip -batch` lines, first: a VIP's first connection is routed as soon
+    /// as its DNAT rule exists.
+    pub routing: Vec<String>,
+    /// Table changes (inet, then bridge), one transaction.
+    pub tables: Vec<crate::nft::Plan>,
+    /// What the kernel holds once applied.
+    pub after: Observed,
+}
+
+impl Desired {
+    /// The changes turning `have` into this.
+    pub fn plan(&self, have: &Observed) -> Plan {
+        Plan {
+            bridges: self
+                .routing
+                .bridges()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            routing: self.routing.plan(&have.routing),
+            tables: [
+                self.inet.plan(&have.inet, INET_BASE),
+                self.bridge.plan(&have.bridge, BRIDGE_BASE),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            after: Observed {
+                inet: self.inet.as_observed(),
+                bridge: self.bridge.as_observed(),
+                routing: self.routing.clone(),
+            },
+        }
+    }
+}
+
 fn short(id: &str) -> &str {
     id.get(..11).unwrap_or(id)
 }

@@ -12,6 +12,7 @@ pub mod lb;
 pub mod metadata;
 pub mod nft;
 pub mod node;
+pub mod plan;
 pub mod pod;
 pub mod pool;
 pub mod ra;
