@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use isthmus_model::addr::Cidr;
 pub use isthmus_model::dns_record::DnsRecord;
 pub use isthmus_model::namespace_binding::NamespaceBinding;
+pub use isthmus_model::port::{AddressPair, DhcpOption, DnsAssignment, FixedIp};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -42,24 +43,6 @@ pub struct Network {
     /// Administrative state: none of a network's ports passes traffic while it is down.
     #[serde(default = "up")]
     pub admin_state_up: bool,
-}
-
-/// One address of a port.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct FixedIp {
-    /// Its subnet.
-    pub subnet_id: String,
-    /// The address.
-    pub ip_address: IpAddr,
-}
-
-/// An allowed address pair.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct AddressPair {
-    /// Address or prefix.
-    pub ip_address: String,
-    /// MAC.
-    pub mac_address: String,
 }
 
 /// A port as the data plane needs it.
@@ -104,28 +87,6 @@ pub struct Port {
     /// Extra DHCP options.
     #[serde(default)]
     pub extra_dhcp_opts: Vec<DhcpOption>,
-}
-
-/// One name of a port.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct DnsAssignment {
-    /// Host name.
-    pub hostname: String,
-    /// The address it names.
-    pub ip_address: IpAddr,
-    /// Fully qualified name, with the trailing dot.
-    pub fqdn: String,
-}
-
-/// One extra DHCP option of a port.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct DhcpOption {
-    /// Name or number.
-    pub opt_name: String,
-    /// Value.
-    pub opt_value: String,
-    /// 4 or 6.
-    pub ip_version: u8,
 }
 
 impl Port {
