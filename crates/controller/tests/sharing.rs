@@ -145,6 +145,139 @@ async fn a_network_shared_with_one_project_through_rbac() {
 }
 
 #[tokio::test]
+async fn shared_is_the_wildcard_policy() {
+    let api = Api::memory();
+    let admin = As::Admin("project-a");
+    let (s, v) = api
+        .call(
+            admin,
+            "POST",
+            "/v2.0/networks",
+            Some(json!({"network": {"name": "pub", "shared": true}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let net = id(&v["network"]);
+    let path = format!("/v2.0/networks/{net}");
+    let wildcards = || async {
+        let (_, v) = api
+            .call(
+                admin,
+                "GET",
+                &format!("/v2.0/rbac-policies?object_id={net}&target_tenant=*"),
+                None,
+            )
+            .await;
+        v["rbac_policies"].as_array().unwrap().clone()
+    };
+    // Neutron shows a shared network's sharing as its policy.
+    let made = wildcards().await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["action"], "access_as_shared");
+    assert_eq!(made[0]["project_id"], "project-a");
+
+    // B uses it; neither unsharing nor deleting the policy may cut B off.
+    let (s, _) = api
+        .call(
+            admin,
+            "POST",
+            "/v2.0/subnets",
+            Some(json!({"subnet": {"network_id": net, "cidr": "10.9.0.0/24", "ip_version": 4}})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = api
+        .call(
+            B,
+            "POST",
+            "/v2.0/ports",
+            Some(json!({"port": {"network_id": net}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let port = id(&v["port"]);
+    let (s, v) = api
+        .call(
+            admin,
+            "PUT",
+            &path,
+            Some(json!({"network": {"shared": false}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (409, "InvalidSharedSetting"));
+    let policy_path = format!("/v2.0/rbac-policies/{}", id(&made[0]));
+    let (s, v) = api.call(admin, "DELETE", &policy_path, None).await;
+    assert_eq!((s, fault(&v)), (409, "RbacPolicyInUse"));
+    assert_eq!(api.call(B, "GET", &path, None).await.0, 200);
+
+    // Once B is gone, deleting the policy unshares the network.
+    assert_eq!(
+        api.call(B, "DELETE", &format!("/v2.0/ports/{port}"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(api.call(admin, "DELETE", &policy_path, None).await.0, 204);
+    let (_, v) = api.call(admin, "GET", &path, None).await;
+    assert_eq!(v["network"]["shared"], false);
+    assert_eq!(api.call(B, "GET", &path, None).await.0, 404);
+
+    // A wildcard policy shares it again, and `shared` says so; the flag removes it again.
+    let (s, v) = policy(
+        &api,
+        admin,
+        json!({"object_type": "network", "object_id": net,
+               "action": "access_as_shared", "target_tenant": "*"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (_, v) = api.call(B, "GET", &path, None).await;
+    assert_eq!(v["network"]["shared"], true);
+    let (s, v) = api
+        .call(
+            admin,
+            "PUT",
+            &path,
+            Some(json!({"network": {"shared": false}})),
+        )
+        .await;
+    assert_eq!((s, v["network"]["shared"].clone()), (200, json!(false)));
+    assert!(wildcards().await.is_empty());
+    let (s, _) = api
+        .call(
+            admin,
+            "PUT",
+            &path,
+            Some(json!({"network": {"shared": true}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(wildcards().await.len(), 1);
+    // Retargeting the wildcard to one project unshares it for the others.
+    let wildcard = id(&wildcards().await[0]);
+    let (s, _) = api
+        .call(
+            admin,
+            "PUT",
+            &format!("/v2.0/rbac-policies/{wildcard}"),
+            Some(json!({"rbac_policy": {"target_tenant": "project-b"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, v) = api.call(admin, "GET", &path, None).await;
+    assert_eq!(v["network"]["shared"], false);
+    assert_eq!(api.call(B, "GET", &path, None).await.0, 200);
+    assert_eq!(
+        api.call(As::Member("project-c"), "GET", &path, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(api.call(admin, "DELETE", &path, None).await.0, 204);
+    assert!(api.keys("/isthmus/rbac").await.is_empty());
+}
+
+#[tokio::test]
 async fn rbac_refuses_what_neutron_refuses() {
     let api = Api::memory();
     let (net, _) = api.network_with_subnet(A, "10.0.0.0/24").await;

@@ -556,7 +556,24 @@ fn openstack_cli_address_scopes_subnet_pools_and_rbac() {
         None,
     );
     assert_eq!(status, 200, "{v}");
+    assert_eq!(cli.json(&["network", "show", "to-share"])["shared"], true);
     cli.ok(&["network", "rbac", "delete", &rbac_id]);
+    assert_eq!(cli.json(&["network", "show", "to-share"])["shared"], false);
+    // `--share` is that same wildcard policy, and `--no-share` removes it.
+    let open = cli.json(&["network", "create", "--share", "open"]);
+    let open_id = open["id"].as_str().unwrap();
+    let listed = cli.json(&["network", "rbac", "list", "--long"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["Object ID"] == open_id && p["Action"] == "access_as_shared"),
+        "{listed}"
+    );
+    cli.ok(&["network", "set", "--no-share", "open"]);
+    assert!(!cli.ok(&["network", "rbac", "list"]).contains(open_id));
+    cli.ok(&["network", "delete", "open"]);
     let (status, _) = controller.http_as(
         "project-b",
         "GET",

@@ -163,10 +163,13 @@ impl Kind for Network {
                             keys::flat(network.physical_network.as_deref().unwrap_or_default())
                         }
                     };
-                    let txn = Txn::new()
+                    let mut txn = Txn::new()
                         .when(Compare::absent(&claim))
                         .then(Op::put(claim.clone(), network.meta.id.clone()))
                         .then(Op::put(keys::network(&network.meta.id), encode(&network)?));
+                    if network.shared {
+                        txn = Service::share_network(txn, &network)?;
+                    }
                     let committed = service.commit(txn).await;
                     if let Some(v) = picked {
                         service.release_vni(v);
@@ -204,6 +207,7 @@ impl Kind for Network {
         network: &mut Network,
         body: Value,
     ) -> Result<Txn> {
+        let was_shared = network.shared;
         network.apply_update(body, service.limits(), &now())?;
         // Its subnets' families bound the MTU; the network's revision covers its subnet list.
         for subnet_id in &network.subnets {
@@ -211,7 +215,12 @@ impl Kind for Network {
                 super::subnet::check_mtu(network, subnet.version())?;
             }
         }
-        Ok(Txn::new())
+        // Sharing with everyone is a wildcard RBAC policy, made or removed with the flag.
+        match (was_shared, network.shared) {
+            (false, true) => Service::share_network(Txn::new(), network),
+            (true, false) => service.unshare_network(Txn::new(), &network.meta.id).await,
+            _ => Ok(Txn::new()),
+        }
     }
 
     async fn delete_txn(service: &Service, _caller: &Caller, network: &Network) -> Result<Txn> {

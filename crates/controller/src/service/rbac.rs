@@ -221,6 +221,103 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Adds to `txn` the wildcard `access_as_shared` policy of a network being shared (what
+    /// `shared: true` is in Neutron: the policy `network rbac list` shows, whose deletion
+    /// unshares the network).
+    pub(crate) fn share_network(txn: Txn, network: &Network) -> Result<Txn> {
+        let policy = RbacPolicy {
+            meta: Meta::new(new_id(), network.meta.project_id.clone(), &now()),
+            object_type: ObjectType::Network,
+            object_id: network.meta.id.clone(),
+            action: Action::AccessAsShared,
+            target_tenant: WILDCARD.to_owned(),
+        };
+        let claim = claim(&policy);
+        Ok(txn
+            .when(Compare::absent(&claim))
+            .then(Op::put(
+                key_of::<RbacPolicy>(&policy.meta.id),
+                encode(&policy)?,
+            ))
+            .then(Op::put(
+                keys::rbac_object(&policy.object_id, &policy.meta.id),
+                "",
+            ))
+            .then(Op::put(claim, policy.meta.id.clone())))
+    }
+
+    /// Adds to `txn` the removal of a network's wildcard `access_as_shared` policy, refused
+    /// while another project uses the network through it alone.
+    pub(crate) async fn unshare_network(&self, txn: Txn, network_id: &str) -> Result<Txn> {
+        let policies = self.versioned_policies_on(network_id).await?;
+        let Some((wildcard, rev)) = policies
+            .iter()
+            .find(|(p, _)| is_shared_wildcard(p))
+            .cloned()
+        else {
+            return Ok(txn);
+        };
+        let remaining: Vec<RbacPolicy> = policies
+            .iter()
+            .filter(|(p, _)| p.meta.id != wildcard.meta.id)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mark = self.use_mark(network_id).await?;
+        self.check_not_in_use(&wildcard, &remaining)
+            .await
+            .map_err(|_| {
+                Error::fault(
+                    "InvalidSharedSetting",
+                    409,
+                    format!(
+                        "Unable to reconfigure sharing settings for network {network_id}. Multiple tenants are using it."
+                    ),
+                )
+            })?;
+        Ok(txn
+            .when(mark)
+            .when(Compare::mod_revision(
+                key_of::<RbacPolicy>(&wildcard.meta.id),
+                rev,
+            ))
+            .then(Op::delete(key_of::<RbacPolicy>(&wildcard.meta.id)))
+            .then(Op::delete(keys::rbac_object(network_id, &wildcard.meta.id)))
+            .then(Op::delete(claim(&wildcard))))
+    }
+
+    /// When `before` → `after` changes whether a network is shared with everyone, adds the
+    /// network's new `shared` flag (under its revision) to `txn`.
+    async fn follow_sharing(
+        &self,
+        txn: Txn,
+        before: Option<&RbacPolicy>,
+        after: Option<&RbacPolicy>,
+    ) -> Result<Txn> {
+        let was = before.is_some_and(is_shared_wildcard);
+        let is = after.is_some_and(is_shared_wildcard);
+        let Some(policy) = before.or(after).filter(|_| was != is) else {
+            return Ok(txn);
+        };
+        let (mut network, rev) = self.must_load::<Network>(&policy.object_id).await?;
+        network.shared = is;
+        let key = key_of::<Network>(&network.meta.id);
+        Ok(txn
+            .when(Compare::mod_revision(key.clone(), rev))
+            .then(Op::put(key, encode(&network)?)))
+    }
+}
+
+/// Who a wildcard policy targets.
+const WILDCARD: &str = "*";
+
+/// Whether a policy shares a network with every project: the network's `shared` flag.
+fn is_shared_wildcard(p: &RbacPolicy) -> bool {
+    p.object_type == ObjectType::Network
+        && p.action == Action::AccessAsShared
+        && p.target_tenant == WILDCARD
+}
+
 /// The claim that makes (object, action, target) unique.
 fn claim(p: &RbacPolicy) -> String {
     keys::rbac_claim(&p.object_id, p.action.as_str(), &p.target_tenant)
@@ -289,7 +386,10 @@ impl Kind for RbacPolicy {
                         return Err(duplicate());
                     }
                     let key = key_of::<RbacPolicy>(&policy.meta.id);
-                    let txn = Txn::new()
+                    // A network shared with everyone is rewritten with its `shared` flag.
+                    let txn = service
+                        .follow_sharing(Txn::new(), None, Some(&policy))
+                        .await?
                         .when(Compare::mod_revision(object_key, object_rev))
                         .when(Compare::absent(&claim))
                         .when(Compare::absent(&key))
@@ -340,7 +440,10 @@ impl Kind for RbacPolicy {
         {
             return Err(duplicate());
         }
-        Ok(Txn::new()
+        let txn = service
+            .follow_sharing(Txn::new(), Some(&before), Some(policy))
+            .await?;
+        Ok(txn
             .when(mark)
             .when(Compare::absent(&new_claim))
             .then(Op::delete(claim(&before)))
@@ -359,7 +462,9 @@ impl Kind for RbacPolicy {
         service.check_not_in_use(policy, &remaining).await?;
         // A new use or a change to the object's policies between this check and the commit
         // retries it.
-        let mut txn = Txn::new()
+        let mut txn = service
+            .follow_sharing(Txn::new(), Some(policy), None)
+            .await?
             .when(mark)
             .then(Op::delete(keys::rbac_object(
                 &policy.object_id,
