@@ -152,6 +152,8 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("subnet-service-types", "Subnet service types", "Provides ability to set the subnet service_types field"),
     ("quotas", "Quota management support", "Expose functions for quotas management per project"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
+    ("quota-check-limit", "Quota engine limit check", "Support for checking the resource usage before applying a new quota limit"),
+    ("quota-check-limit-default", "Quota engine limit check by default", "By default, the Neutron quota engine checks the resource usage before applying a new quota limit"),
 ];
 
 /// The API router.

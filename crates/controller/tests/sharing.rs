@@ -820,6 +820,39 @@ async fn quotas_limit_what_a_project_creates() {
     let port = api
         .create(A, "ports", "port", json!({"network_id": net}))
         .await;
+    // A limit under what is used is refused unless forced (quota-check-limit-default);
+    // `check_limit` is accepted, as the CLI sends it.
+    let (s, v) = api
+        .call(
+            ADMIN,
+            "PUT",
+            "/v2.0/quotas/project-a",
+            Some(json!({"quota": {"port": 1, "check_limit": true}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (400, "HTTPBadRequest"), "{v}");
+    assert_eq!(
+        v["NeutronError"]["message"],
+        "Quota limit 1 for port must be greater than or equal to already used 2"
+    );
+    let (s, v) = api
+        .call(
+            ADMIN,
+            "PUT",
+            "/v2.0/quotas/project-a",
+            Some(json!({"quota": {"port": 1, "force": true}})),
+        )
+        .await;
+    assert_eq!((s, v["quota"]["port"].clone()), (200, json!(1)));
+    let (s, _) = api
+        .call(
+            ADMIN,
+            "PUT",
+            "/v2.0/quotas/project-a",
+            Some(json!({"quota": {"port": 2, "check_limit": true}})),
+        )
+        .await;
+    assert_eq!(s, 200);
     // Another project is not affected; an admin creating for project-a is counted there.
     let (b_net, _) = api.network_with_subnet(B, "10.1.0.0/24").await;
     assert_eq!(

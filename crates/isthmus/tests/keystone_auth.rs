@@ -494,6 +494,7 @@ fn the_openstack_cli_authenticates_through_keystones_catalog() {
         return;
     };
     ks.user("carol", "demo", "member");
+    ks.user("dave", "other", "member");
     let data = tempfile::tempdir().unwrap();
     let c = controller(&ks, data.path(), 300);
     ks.register_network(&format!("http://127.0.0.1:{}", c.port));
@@ -616,6 +617,46 @@ fn the_openstack_cli_authenticates_through_keystones_catalog() {
         "{err}\nKeystone's log:\n{}",
         ks.log_tail()
     );
+
+    // With an identity API the CLI resolves project names: a grant to one project, and quotas.
+    let dave = |args: &[&str]| run("dave", "other", args);
+    let net_id = net["id"].as_str().unwrap();
+    let (ok, _, _) = cli("dave", "other", &["network", "show", net_id]);
+    assert!(!ok, "not shared yet");
+    let grant = admin(&[
+        "network",
+        "rbac",
+        "create",
+        "--target-project",
+        "other",
+        "--action",
+        "access_as_shared",
+        "--type",
+        "network",
+        net_id,
+    ]);
+    assert_eq!(dave(&["network", "show", net_id])["id"], net["id"]);
+    dave(&["port", "create", "--network", net_id, "dave-port"]);
+    let grant_id = grant["id"].as_str().unwrap();
+    let (ok, _, err) = cli("admin", "admin", &["network", "rbac", "delete", grant_id]);
+    assert!(
+        !ok && err.contains("cannot be removed because other objects depend on it"),
+        "{err}"
+    );
+    let (ok, _, err) = cli("dave", "other", &["port", "delete", "dave-port"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli("admin", "admin", &["network", "rbac", "delete", grant_id]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli("admin", "admin", &["quota", "set", "--ports", "7", "other"]);
+    assert!(ok, "{err}");
+    // `quota show` lists {Resource, Limit} rows.
+    let ports = |rows: Value| {
+        rows.as_array()
+            .and_then(|rows| rows.iter().find(|r| r["Resource"] == "ports"))
+            .map(|r| r["Limit"].clone())
+    };
+    assert_eq!(ports(admin(&["quota", "show", "other"])), Some(json!(7)));
+    assert_eq!(ports(dave(&["quota", "show"])), Some(json!(7)), "its own");
 }
 
 /// A token from Keystone at `url`, asked from inside the lab's fabric.

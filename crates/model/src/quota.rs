@@ -55,12 +55,27 @@ impl Quota {
     }
 
     /// Applies `{"quota": {"network": 10, ...}}`: each a whole number, `-1` for unlimited.
-    pub fn apply_update(&mut self, body: Value) -> Result<()> {
-        let Some(Value::Object(changes)) = body.get("quota").cloned() else {
+    /// Returns whether the caller asked to `force` limits under what is already used;
+    /// `check_limit` is accepted and means nothing (usage is always checked, as in Neutron
+    /// since 2025.1, `quota-check-limit-default`).
+    pub fn apply_update(&mut self, body: Value) -> Result<bool> {
+        let Some(Value::Object(mut changes)) = body.get("quota").cloned() else {
             return Err(Error::BadRequest(
                 "Unable to find 'quota' in request body".to_owned(),
             ));
         };
+        let mut flag = |name: &str| -> Result<bool> {
+            match changes.remove(name) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(b),
+                Some(other) => Err(Error::invalid_attr(
+                    name,
+                    format!("'{}' is not a valid boolean value", show(&other)),
+                )),
+            }
+        };
+        let force = flag("force")?;
+        flag("check_limit")?;
         let unknown: Vec<&str> = changes
             .keys()
             .map(String::as_str)
@@ -82,7 +97,7 @@ impl Quota {
             }
             self.limits.insert(resource.clone(), limit);
         }
-        Ok(())
+        Ok(force)
     }
 
     /// `{"network": 100, ...}` with every resource.

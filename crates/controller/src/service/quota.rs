@@ -256,6 +256,35 @@ impl Service {
         Ok(json!({ "quotas": quotas }))
     }
 
+    /// Refuses (400, as Neutron) a limit lowered under what the project already uses.
+    async fn check_new_limits(
+        &self,
+        project_id: &str,
+        before: &Quota,
+        after: &Quota,
+    ) -> Result<()> {
+        for (resource, &limit) in &after.limits {
+            let Ok(wanted) = usize::try_from(limit) else {
+                continue; // -1: unlimited
+            };
+            if before.limits.get(resource) == Some(&limit) {
+                continue;
+            }
+            let Some(kind) = kind_of(resource) else {
+                continue;
+            };
+            self.usage.ready().await?;
+            self.usage.catch_up(self.last_write(), CATCH_UP).await?;
+            let used = self.usage.mirror().count(kind, project_id);
+            if used > wanted {
+                return Err(Error::BadRequest(format!(
+                    "Quota limit {limit} for {resource} must be greater than or equal to already used {used}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `PUT /v2.0/quotas/{project}` (admin).
     pub async fn update_quota(
         &self,
@@ -271,7 +300,10 @@ impl Service {
                 let key = key.clone();
                 async move {
                     let (mut quota, rev) = self.load_quota(project_id).await?;
-                    quota.apply_update(body)?;
+                    let before = quota.clone();
+                    if !quota.apply_update(body)? {
+                        self.check_new_limits(project_id, &before, &quota).await?;
+                    }
                     let txn = Txn::new()
                         .when(match rev {
                             Some(r) => Compare::mod_revision(key.clone(), r),
