@@ -564,6 +564,29 @@ impl Serialize for ListBody<'_> {
     }
 }
 
+/// `{singular: object}` with the `fields` the query asks for (Neutron's and Octavia's show).
+pub(crate) async fn show_one(
+    service: &Service,
+    caller: &Caller,
+    kind: &dyn Endpoint,
+    id: &str,
+    raw_query: Option<&str>,
+) -> Result<Response, Error> {
+    let query = ListQuery::parse(&query_pairs(raw_query), kind.schema())?;
+    let object = kind.show(service, caller, id).await?;
+    Ok(one(kind, query.project_one(object)))
+}
+
+/// `{singular: object}`.
+pub(crate) fn one(kind: &dyn Endpoint, object: impl Serialize) -> Response {
+    Json(json!({ kind.singular(): object })).into_response()
+}
+
+/// 201 `{singular: object}`.
+pub(crate) fn created_one(kind: &dyn Endpoint, object: impl Serialize) -> Response {
+    (StatusCode::CREATED, one(kind, object)).into_response()
+}
+
 async fn show(
     Extension(caller): Extension<Caller>,
     State(state): Shared,
@@ -571,9 +594,7 @@ async fn show(
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     let kind = endpoint(&state, &collection)?;
-    let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.schema())?;
-    let object = kind.show(&state.service, &caller, &id).await?;
-    Ok(Json(json!({ kind.singular(): query.project_one(object) })).into_response())
+    Ok(show_one(&state.service, &caller, kind, &id, raw.as_deref()).await?)
 }
 
 async fn create(
@@ -596,11 +617,7 @@ async fn create(
         return Ok((StatusCode::CREATED, Json(json!({ kind.plural(): created }))).into_response());
     }
     let object = kind.create(&state.service, &caller, value).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ kind.singular(): object })),
-    )
-        .into_response())
+    Ok(created_one(kind, object))
 }
 
 /// A bulk create: every item or none, in one store transaction.
@@ -648,7 +665,7 @@ async fn update(
     let object = kind
         .update(&state.service, &caller, &id, value, if_match(&headers)?)
         .await?;
-    Ok(Json(json!({ kind.singular(): object })).into_response())
+    Ok(one(kind, object))
 }
 
 async fn remove(
@@ -763,27 +780,101 @@ async fn remove_tag(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_ip_availabilities(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-) -> ApiResult {
-    let all = state.service.list_ip_availabilities(&caller).await?;
-    Ok(Json(json!({ "network_ip_availabilities": all })).into_response())
+/// Native handlers: the caller, then the path's id and the JSON body when named, handed to
+/// one service method; its value answered by `$answer` ([`under`], [`whole`],
+/// [`no_content`], [`created_under`]).
+macro_rules! native {
+    ($name:ident() => $method:ident($($extra:expr),*), $answer:expr) => {
+        async fn $name(Extension(caller): Extension<Caller>, State(state): Shared) -> ApiResult {
+            let value = state.service.$method(&caller $(, $extra)*).await?;
+            Ok(($answer)(value))
+        }
+    };
+    ($name:ident(body) => $method:ident, $answer:expr) => {
+        async fn $name(
+            Extension(caller): Extension<Caller>,
+            State(state): Shared,
+            body: Bytes,
+        ) -> ApiResult {
+            let value = state.service.$method(&caller, parse_json(&body)?).await?;
+            Ok(($answer)(value))
+        }
+    };
+    ($name:ident(path) => $method:ident, $answer:expr) => {
+        async fn $name(
+            Extension(caller): Extension<Caller>,
+            State(state): Shared,
+            Path(id): Path<String>,
+        ) -> ApiResult {
+            let value = state.service.$method(&caller, &id).await?;
+            Ok(($answer)(value))
+        }
+    };
+    ($name:ident(path, body) => $method:ident, $answer:expr) => {
+        async fn $name(
+            Extension(caller): Extension<Caller>,
+            State(state): Shared,
+            Path(id): Path<String>,
+            body: Bytes,
+        ) -> ApiResult {
+            let value = state
+                .service
+                .$method(&caller, &id, parse_json(&body)?)
+                .await?;
+            Ok(($answer)(value))
+        }
+    };
 }
 
-async fn show_ip_availability(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let one = state.service.show_ip_availability(&caller, &id).await?;
-    Ok(Json(json!({ "network_ip_availability": one })).into_response())
+/// `{key: value}`.
+fn under<V: Serialize>(key: &'static str) -> impl Fn(V) -> Response {
+    move |value| Json(json!({ key: value })).into_response()
 }
 
-async fn list_quotas(Extension(caller): Extension<Caller>, State(state): Shared) -> ApiResult {
-    let quotas = state.service.list_quotas(&caller).await?;
-    Ok(Json(quotas).into_response())
+/// The value as it is.
+fn whole(value: Value) -> Response {
+    Json(value).into_response()
 }
+
+/// 204.
+fn no_content((): ()) -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `{key: value}`, 201 when the call created it, else 200.
+fn created_under<V: Serialize>(key: &'static str) -> impl Fn((bool, V)) -> Response {
+    move |(created, value)| {
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        (status, Json(json!({ key: value }))).into_response()
+    }
+}
+
+native!(list_ip_availabilities() => list_ip_availabilities(), under("network_ip_availabilities"));
+native!(show_ip_availability(path) => show_ip_availability, under("network_ip_availability"));
+native!(list_quotas() => list_quotas(), whole);
+native!(quota_details(path) => quota_details, whole);
+native!(update_quota(path, body) => update_quota, whole);
+native!(delete_quota(path) => delete_quota, no_content);
+native!(list_floating_ip_pools() => floating_ip_pools(), under("floatingip_pools"));
+native!(list_agents() => list_nodes(true), under("agents"));
+native!(show_agent(path) => show_agent, under("agent"));
+native!(list_nodes() => list_nodes(false), under("nodes"));
+native!(register_node(body) => register_node, created_under("node"));
+native!(show_node(path) => show_node, under("node"));
+native!(delete_node(path) => delete_node, no_content);
+native!(heartbeat(path) => heartbeat, no_content);
+native!(port_status(path, body) => set_port_status, under("port"));
+native!(applied(path, body) => set_applied, no_content);
+native!(member_status(path, body) => set_member_status, under("member"));
+native!(floating_ip_status(path, body) => set_floating_ip_status, under("floatingip"));
+native!(list_namespace_bindings() => list_namespace_bindings(), under("namespace_bindings"));
+native!(show_namespace_binding(path) => show_namespace_binding, under("namespace_binding"));
+native!(put_namespace_binding(path, body) => put_namespace_binding, created_under("namespace_binding"));
+native!(delete_namespace_binding(path) => delete_namespace_binding, no_content);
 
 async fn show_quota(
     Extension(caller): Extension<Caller>,
@@ -795,47 +886,8 @@ async fn show_quota(
     Ok(Json(quota).into_response())
 }
 
-async fn quota_details(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(project): Path<String>,
-) -> ApiResult {
-    let quota = state.service.quota_details(&caller, &project).await?;
-    Ok(Json(quota).into_response())
-}
-
 async fn default_quota(State(state): Shared, Path(project): Path<String>) -> ApiResult {
     Ok(Json(state.service.default_quota(&project).await?).into_response())
-}
-
-async fn update_quota(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(project): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let quota = state
-        .service
-        .update_quota(&caller, &project, parse_json(&body)?)
-        .await?;
-    Ok(Json(quota).into_response())
-}
-
-async fn delete_quota(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(project): Path<String>,
-) -> ApiResult {
-    state.service.delete_quota(&caller, &project).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn list_floating_ip_pools(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-) -> ApiResult {
-    let pools = state.service.floating_ip_pools(&caller).await?;
-    Ok(Json(json!({ "floatingip_pools": pools })).into_response())
 }
 
 /// The one zone every network and router is in.
@@ -844,171 +896,6 @@ async fn list_availability_zones() -> Json<Value> {
         {"name": "nova", "resource": "network", "state": "available"},
         {"name": "nova", "resource": "router", "state": "available"},
     ]}))
-}
-
-async fn list_agents(Extension(caller): Extension<Caller>, State(state): Shared) -> ApiResult {
-    let agents = state.service.list_nodes(&caller, true).await?;
-    Ok(Json(json!({ "agents": agents })).into_response())
-}
-
-async fn show_agent(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let agent = state.service.show_agent(&caller, &id).await?;
-    Ok(Json(json!({ "agent": agent })).into_response())
-}
-
-async fn list_nodes(Extension(caller): Extension<Caller>, State(state): Shared) -> ApiResult {
-    let nodes = state.service.list_nodes(&caller, false).await?;
-    Ok(Json(json!({ "nodes": nodes })).into_response())
-}
-
-async fn register_node(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    body: Bytes,
-) -> ApiResult {
-    let (created, node) = state
-        .service
-        .register_node(&caller, parse_json(&body)?)
-        .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(json!({ "node": node }))).into_response())
-}
-
-async fn show_node(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(name): Path<String>,
-) -> ApiResult {
-    let node = state.service.show_node(&caller, &name).await?;
-    Ok(Json(json!({ "node": node })).into_response())
-}
-
-async fn delete_node(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(name): Path<String>,
-) -> ApiResult {
-    state.service.delete_node(&caller, &name).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn heartbeat(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(name): Path<String>,
-) -> ApiResult {
-    state.service.heartbeat(&caller, &name).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn port_status(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let port = state
-        .service
-        .set_port_status(&caller, &id, parse_json(&body)?)
-        .await?;
-    Ok(Json(json!({ "port": port })).into_response())
-}
-
-async fn applied(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    state
-        .service
-        .set_applied(&caller, &name, parse_json(&body)?)
-        .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn member_status(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let member = state
-        .service
-        .set_member_status(&caller, &id, parse_json(&body)?)
-        .await?;
-    Ok(Json(json!({ "member": member })).into_response())
-}
-
-async fn floating_ip_status(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let fip = state
-        .service
-        .set_floating_ip_status(&caller, &id, parse_json(&body)?)
-        .await?;
-    Ok(Json(json!({ "floatingip": fip })).into_response())
-}
-
-async fn list_namespace_bindings(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-) -> ApiResult {
-    let bindings = state.service.list_namespace_bindings(&caller).await?;
-    Ok(Json(json!({ "namespace_bindings": bindings })).into_response())
-}
-
-async fn show_namespace_binding(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(namespace): Path<String>,
-) -> ApiResult {
-    let binding = state
-        .service
-        .show_namespace_binding(&caller, &namespace)
-        .await?;
-    Ok(Json(json!({ "namespace_binding": binding })).into_response())
-}
-
-async fn put_namespace_binding(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(namespace): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let (created, binding) = state
-        .service
-        .put_namespace_binding(&caller, &namespace, parse_json(&body)?)
-        .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(json!({ "namespace_binding": binding }))).into_response())
-}
-
-async fn delete_namespace_binding(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(namespace): Path<String>,
-) -> ApiResult {
-    state
-        .service
-        .delete_namespace_binding(&caller, &namespace)
-        .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Largest body of a resumed watch: what an agent holds, ~50 bytes per object.

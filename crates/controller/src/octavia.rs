@@ -14,11 +14,10 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use isthmus_model::input::parse_json;
 use isthmus_model::lbaas::{PROVIDER, PROVIDER_DESCRIPTION};
-use isthmus_model::query::ListQuery;
 use isthmus_model::{Caller, Error};
 use serde_json::{json, Value};
 
-use crate::api::{list_response, query_pairs, AppState};
+use crate::api::{created_one, list_response, one, query_pairs, show_one, AppState};
 use crate::service::Endpoint;
 
 type Shared = State<Arc<AppState>>;
@@ -172,9 +171,7 @@ async fn show(
     RawQuery(raw): RawQuery,
 ) -> OctaviaResult {
     let kind = endpoint(&state, &collection)?;
-    let query = ListQuery::parse(&query_pairs(raw.as_deref()), kind.schema())?;
-    let object = kind.show(&state.service, &caller, &id).await?;
-    Ok(Json(json!({ kind.singular(): query.project_one(object) })).into_response())
+    Ok(show_one(&state.service, &caller, kind, &id, raw.as_deref()).await?)
 }
 
 async fn create(
@@ -187,11 +184,7 @@ async fn create(
     let object = kind
         .create(&state.service, &caller, parse_json(&body)?)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ kind.singular(): object })),
-    )
-        .into_response())
+    Ok(created_one(kind, object))
 }
 
 async fn update(
@@ -204,7 +197,7 @@ async fn update(
     let object = kind
         .update(&state.service, &caller, &id, parse_json(&body)?, None)
         .await?;
-    Ok(Json(json!({ kind.singular(): object })).into_response())
+    Ok(one(kind, object))
 }
 
 async fn remove(
