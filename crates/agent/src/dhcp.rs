@@ -15,10 +15,10 @@ use tokio::sync::watch;
 
 use crate::sockopt::set;
 
-pub use isthmus_dataplane::dhcp::Tables;
+pub use isthmus_dataplane::plan::DhcpTables;
 
 /// The leases, replaced whole at each reconcile.
-pub type Leases = watch::Sender<Arc<Tables>>;
+pub type Leases = watch::Sender<Arc<DhcpTables>>;
 
 /// `ETH_P_ALL` in network order: a socket for every protocol sees frames before the bridge
 /// takes them (a socket for IPv4 only would not see frames on bridge ports).
@@ -155,7 +155,7 @@ fn send(fd: &OwnedFd, index: i32, dst: [u8; 6], protocol: u16, frame: &[u8]) -> 
 }
 
 /// Serves DHCP until the process ends.
-pub async fn serve(leases: watch::Receiver<Arc<Tables>>) -> io::Result<()> {
+pub async fn serve(leases: watch::Receiver<Arc<DhcpTables>>) -> io::Result<()> {
     // SAFETY: the descriptor is owned by the OwnedFd the AsyncFd holds, never replaced or
     // closed while registered.
     let fd = unsafe { AsyncFd::register(packet_socket()?) }.map_err(io::Error::from)?;

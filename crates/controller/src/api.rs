@@ -22,6 +22,9 @@ use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::service::{Endpoint, Listed, Registry, Service, TagOp};
 
+/// Octavia's v2 API on the same state (its own routes, errors and policy).
+mod octavia;
+
 /// What the handlers share.
 pub struct AppState {
     /// The service layer.
@@ -222,7 +225,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(delete_namespace_binding),
         )
         .route("/isthmus/v1/watch", get(watch).post(resume_watch))
-        .merge(crate::octavia::routes())
+        .merge(octavia::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(Error::PathNotFound) })
@@ -291,8 +294,8 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
             }
         }
     };
-    if crate::octavia::is_octavia(&path) {
-        response = crate::octavia::format(response).await;
+    if octavia::is_octavia(&path) {
+        response = octavia::format(response).await;
     } else if !public {
         response = neutron_format(response);
     }

@@ -7,7 +7,6 @@ pub mod keys;
 pub mod kubernetes;
 pub mod leader;
 pub mod metrics;
-pub mod octavia;
 pub mod service;
 pub mod staged;
 pub mod watch;

@@ -43,15 +43,6 @@ pub fn interface_name(port_id: &str) -> String {
     format!("ns-{}", port_id.get(..11).unwrap_or(port_id))
 }
 
-/// The leases a node answers, by tap.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Tables {
-    /// DHCPv4.
-    pub v4: BTreeMap<String, Lease>,
-    /// DHCPv6.
-    pub v6: BTreeMap<String, crate::dhcp6::Lease6>,
-}
-
 /// The network's DHCP port, if the view has it.
 pub fn dhcp_port<'a>(view: &'a NodeView, network_id: &str) -> Option<&'a Port> {
     view.ports

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::dhcp::Tables;
 use crate::l2::{self, L2State};
 use crate::lb;
 use crate::metadata::Instance;
@@ -32,11 +31,28 @@ pub struct Observed {
     pub balancing: lb::Observed,
 }
 
+/// The DHCP leases a node answers, by tap.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DhcpTables {
+    /// DHCPv4.
+    pub v4: BTreeMap<String, dhcp::Lease>,
+    /// DHCPv6.
+    pub v6: BTreeMap<String, dhcp6::Lease6>,
+}
+
+/// The namespaces `view` implies for `node`: its routers' and its networks' DHCP
+/// namespaces, kept by one planner.
+pub fn namespaces(view: &NodeView, node: &NodeConfig) -> RouterState {
+    let mut state = router::desired(view, node);
+    state.extend(dhcp::namespaces(view, node));
+    state
+}
+
 /// What the node's own servers answer: DHCP, metadata, DNS, router advertisements.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Services {
     /// DHCP leases by tap.
-    pub leases: Tables,
+    pub leases: DhcpTables,
     /// Who may ask for metadata, by (DHCP namespace, address).
     pub instances: BTreeMap<(String, IpAddr), Instance>,
     /// What each network resolves.
@@ -87,7 +103,7 @@ pub fn node(view: &NodeView, node: &NodeConfig, observed: &Observed) -> NodePlan
     let taps: BTreeSet<String> = guarded_ports(view, node).into_keys().collect();
     // The leases decide both what the DHCP server answers and whose requests stop at their
     // tap: derived once.
-    let leases = Tables {
+    let leases = DhcpTables {
         v4: dhcp::leases(view, node),
         v6: dhcp6::leases(view, node),
     };
@@ -110,7 +126,7 @@ pub fn node(view: &NodeView, node: &NodeConfig, observed: &Observed) -> NodePlan
     .collect();
     let local = || view.ports.values().filter(|p| p.host_id == node.name);
 
-    let routers = router::desired(view, node);
+    let routers = namespaces(view, node);
     let router_ops = router::plan(&routers, &observed.routers);
     let announcements = router::announcements(&router_ops, &routers);
     let services = Services {

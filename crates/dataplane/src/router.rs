@@ -346,8 +346,8 @@ impl<'a> RouterPorts<'a> {
     }
 }
 
-/// The router namespaces `view` implies for `node`, and its DHCP namespaces (see
-/// [`crate::dhcp`]), which the same planner keeps.
+/// The router namespaces `view` implies for `node` ([`crate::plan::namespaces`] adds the
+/// DHCP namespaces, which the same planner keeps).
 pub fn desired(view: &NodeView, node: &NodeConfig) -> RouterState {
     let hosts = hosts(view);
     let mut state = RouterState::new();
@@ -365,7 +365,6 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> RouterState {
         }
         state.insert(namespace_name(router_id), ns);
     }
-    state.extend(crate::dhcp::namespaces(view, node));
     state
 }
 

@@ -24,6 +24,7 @@ pub mod query;
 pub mod quota;
 pub mod rbac;
 pub mod resource;
+pub mod roles;
 pub mod router;
 pub mod security_group;
 pub mod subnet;

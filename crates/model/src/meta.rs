@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::input::Input;
-use crate::policy::Roles;
+use crate::roles::Roles;
 
 /// The caller of an API request (from noauth headers or a validated token).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -64,7 +64,7 @@ fn a_node_with_a_port_runs_the_networks_dhcp_namespace() {
         "no local port, no namespace"
     );
     // The router planner keeps it, and L2 attaches and pins its tap.
-    let routers = crate::router::desired(&view, &node("n1"));
+    let routers = crate::plan::namespaces(&view, &node("n1"));
     assert!(routers.contains_key(&namespace_name(NET)));
     let l2 = crate::l2::desired(&view, &node("n1"), &routers);
     assert!(l2.attachments.contains_key(&tap_name(&dhcp())));

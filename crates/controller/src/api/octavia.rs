@@ -17,7 +17,7 @@ use isthmus_model::lbaas::{PROVIDER, PROVIDER_DESCRIPTION};
 use isthmus_model::{Caller, Error};
 use serde_json::{json, Value};
 
-use crate::api::{created_one, list_response, one, query_pairs, show_one, AppState};
+use super::{created_one, list_response, one, query_pairs, show_one, AppState};
 use crate::service::Endpoint;
 
 type Shared = State<Arc<AppState>>;
