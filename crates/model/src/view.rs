@@ -7,19 +7,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::dns_record::DnsRecord;
 use crate::lbaas::{HealthMonitor, Listener, LoadBalancer, Member, Pool};
 use crate::namespace_binding::NamespaceBinding;
 use crate::node::Node;
-use crate::resource::{Resource, Viewer};
+
 use crate::router::OWNER_GATEWAY;
 use crate::{
     AddressGroup, FloatingIp, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet,
 };
 
 mod fanout;
+pub mod node;
 
 pub use fanout::{Fanout, WatcherId};
 
@@ -851,15 +852,18 @@ impl Mirror {
         keys
     }
 
-    /// The wire form of an object as sent to agents (Neutron's admin view; groups carry their
-    /// rules).
-    pub fn render(&self, key: &ObjectKey) -> Option<Map<String, Value>> {
+    /// An object as sent to agents: its [`node`] type (groups carry their rules).
+    pub fn render(&self, key: &ObjectKey) -> Option<Value> {
+        fn sent<T: serde::Serialize>(object: T) -> Value {
+            // The node types are plain data: serialising them cannot fail.
+            serde_json::to_value(object).unwrap_or(Value::Null)
+        }
         Some(match self.get(key)? {
-            Object::Network(n) => n.render(Viewer::ADMIN),
-            Object::Subnet(s) => s.render(Viewer::ADMIN),
-            Object::Port(p) => p.render(Viewer::ADMIN),
+            Object::Network(n) => sent(node::Network::from(n)),
+            Object::Subnet(s) => sent(node::Subnet::from(s)),
+            Object::Port(p) => sent(node::Port::from(p)),
             Object::SecurityGroup(g) => {
-                let rules = Self::ids(&self.rules_by_group, &g.meta.id)
+                let rules: Vec<SecurityGroupRule> = Self::ids(&self.rules_by_group, &g.meta.id)
                     .filter_map(
                         |r| match self.get(&(ObjectKind::SecurityGroupRule, r.clone())) {
                             Some(Object::SecurityGroupRule(rule)) => Some(rule.clone()),
@@ -867,20 +871,20 @@ impl Mirror {
                         },
                     )
                     .collect();
-                g.clone().with_rules(rules).render(Viewer::ADMIN)
+                sent(node::SecurityGroup::of(g, &rules))
             }
-            Object::SecurityGroupRule(r) => r.render(Viewer::ADMIN),
-            Object::Node(n) => n.render(true, None),
-            Object::NamespaceBinding(b) => b.render(),
-            Object::DnsRecord(r) => r.render(),
-            Object::Router(r) => r.render(Viewer::ADMIN),
-            Object::FloatingIp(f) => f.render(Viewer::ADMIN),
-            Object::AddressGroup(g) => g.render(Viewer::ADMIN),
-            Object::LoadBalancer(l) => l.render(Viewer::ADMIN),
-            Object::Listener(l) => l.render(Viewer::ADMIN),
-            Object::Pool(p) => p.render(Viewer::ADMIN),
-            Object::Member(m) => m.render(Viewer::ADMIN),
-            Object::HealthMonitor(h) => h.render(Viewer::ADMIN),
+            Object::SecurityGroupRule(r) => sent(node::SecurityGroupRule::from(r)),
+            Object::Node(n) => sent(node::Node::from(n)),
+            Object::NamespaceBinding(b) => Value::Object(b.render()),
+            Object::DnsRecord(r) => Value::Object(r.render()),
+            Object::Router(r) => sent(node::Router::from(r)),
+            Object::FloatingIp(f) => sent(node::FloatingIp::from(f)),
+            Object::AddressGroup(g) => sent(node::AddressGroup::from(g)),
+            Object::LoadBalancer(l) => sent(node::LoadBalancer::from(l)),
+            Object::Listener(l) => sent(node::Listener::from(l)),
+            Object::Pool(p) => sent(node::Pool::from(p)),
+            Object::Member(m) => sent(node::Member::from(m)),
+            Object::HealthMonitor(h) => sent(node::HealthMonitor::from(h)),
         })
     }
 }
