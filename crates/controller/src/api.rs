@@ -167,10 +167,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2.0/", get(resources))
         .route("/v2.0/extensions", get(list_extensions))
         .route("/v2.0/extensions/{alias}", get(show_extension))
-        .route("/v2.0/{collection}", get(list).post(create))
+        .route("/v2.0/{collection}", get(list).post(create::<Neutron>))
         .route(
             "/v2.0/{collection}/{id}",
-            get(show).put(update).delete(remove),
+            get(show::<Neutron>).put(update::<Neutron>).delete(remove),
         )
         .route("/v2.0/{collection}/{id}/{action}", put(member_action))
         .route(
@@ -367,10 +367,31 @@ fn base_url(headers: &HeaderMap) -> String {
 }
 
 fn endpoint<'a>(state: &'a AppState, collection: &str) -> Result<&'a dyn Endpoint, ApiError> {
-    state
-        .registry
-        .find(collection)
-        .ok_or(ApiError(Error::PathNotFound))
+    Ok(Neutron::endpoint(state, collection)?)
+}
+
+/// What differs between the two APIs the generic handlers serve.
+pub(crate) trait Flavor: Send + Sync + 'static {
+    /// Its error answer.
+    type Error: From<Error> + IntoResponse + Send + 'static;
+    /// Whether `{"<plural>": [...]}` creates many (Neutron's bulk create).
+    const BULK: bool;
+    /// Whether `If-Match: revision_number=N` is honoured.
+    const CONDITIONAL: bool;
+    /// The kind serving `collection`.
+    fn endpoint<'a>(state: &'a AppState, collection: &str) -> Result<&'a dyn Endpoint, Error>;
+}
+
+/// The Neutron API.
+pub(crate) struct Neutron;
+
+impl Flavor for Neutron {
+    type Error = ApiError;
+    const BULK: bool = true;
+    const CONDITIONAL: bool = true;
+    fn endpoint<'a>(state: &'a AppState, collection: &str) -> Result<&'a dyn Endpoint, Error> {
+        state.registry.find(collection).ok_or(Error::PathNotFound)
+    }
 }
 
 /// Decodes `a=b&c=d` with percent-encoding and `+` for space.
@@ -406,6 +427,14 @@ pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
             None => (decode(p), String::new()),
         })
         .collect()
+}
+
+/// Parses `If-Match: revision_number=N` where the API honours it.
+fn if_match_of<F: Flavor>(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    if !F::CONDITIONAL {
+        return Ok(None);
+    }
+    if_match(headers).map_err(|ApiError(e)| e)
 }
 
 /// Parses `If-Match: revision_number=N`.
@@ -590,31 +619,31 @@ pub(crate) fn created_one(kind: &dyn Endpoint, object: impl Serialize) -> Respon
     (StatusCode::CREATED, one(kind, object)).into_response()
 }
 
-async fn show(
+pub(crate) async fn show<F: Flavor>(
     Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
-) -> ApiResult {
-    let kind = endpoint(&state, &collection)?;
+) -> Result<Response, F::Error> {
+    let kind = F::endpoint(&state, &collection)?;
     Ok(show_one(&state.service, &caller, kind, &id, raw.as_deref()).await?)
 }
 
-async fn create(
+pub(crate) async fn create<F: Flavor>(
     Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path(collection): Path<String>,
     body: Bytes,
-) -> ApiResult {
-    let kind = endpoint(&state, &collection)?;
+) -> Result<Response, F::Error> {
+    let kind = F::endpoint(&state, &collection)?;
     let mut value = parse_json(&body)?;
     // Bulk create: `{"ports": [...]}`, all or nothing.
-    if let Some(items) = value.get_mut(kind.plural()).map(Value::take) {
+    if let Some(items) = F::BULK
+        .then(|| value.get_mut(kind.plural()).map(Value::take))
+        .flatten()
+    {
         let Value::Array(items) = items else {
-            return Err(ApiError(Error::BadRequest(format!(
-                "'{}' must be a list",
-                kind.plural()
-            ))));
+            return Err(Error::BadRequest(format!("'{}' must be a list", kind.plural())).into());
         };
         let created = bulk_create(&state.service, kind, &caller, items).await?;
         return Ok((StatusCode::CREATED, Json(json!({ kind.plural(): created }))).into_response());
@@ -629,7 +658,7 @@ async fn bulk_create(
     kind: &dyn Endpoint,
     caller: &Caller,
     items: Vec<Value>,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Value>, Error> {
     // Items come bare (`{"ports": [{...}]}`) or wrapped (`{"ports": [{"port": {...}}]}`),
     // both as Neutron accepts them.
     let items: Vec<Value> = items
@@ -644,7 +673,7 @@ async fn bulk_create(
         })
         .collect();
     let items = &items;
-    Ok(service
+    service
         .atomically(|| async move {
             let mut created = Vec::with_capacity(items.len());
             for item in items {
@@ -653,20 +682,26 @@ async fn bulk_create(
             }
             Ok(created)
         })
-        .await?)
+        .await
 }
 
-async fn update(
+pub(crate) async fn update<F: Flavor>(
     Extension(caller): Extension<Caller>,
     State(state): Shared,
     Path((collection, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult {
-    let kind = endpoint(&state, &collection)?;
+) -> Result<Response, F::Error> {
+    let kind = F::endpoint(&state, &collection)?;
     let value = parse_json(&body)?;
     let object = kind
-        .update(&state.service, &caller, &id, value, if_match(&headers)?)
+        .update(
+            &state.service,
+            &caller,
+            &id,
+            value,
+            if_match_of::<F>(&headers)?,
+        )
         .await?;
     Ok(one(kind, object))
 }

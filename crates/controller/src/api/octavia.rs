@@ -17,7 +17,7 @@ use isthmus_model::lbaas::{PROVIDER, PROVIDER_DESCRIPTION};
 use isthmus_model::{Caller, Error};
 use serde_json::{json, Value};
 
-use super::{created_one, list_response, one, query_pairs, show_one, AppState};
+use super::{create, list_response, query_pairs, show, update, AppState, Flavor};
 use crate::service::Endpoint;
 
 type Shared = State<Arc<AppState>>;
@@ -113,20 +113,35 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/pools/{pool_id}/members/{id}",
             get(show_member).put(update_member).delete(delete_member),
         )
-        .route("/{collection}", get(list).post(create))
-        .route("/{collection}/{id}", get(show).put(update).delete(remove));
+        .route("/{collection}", get(list).post(create::<Octavia>))
+        .route(
+            "/{collection}/{id}",
+            get(show::<Octavia>).put(update::<Octavia>).delete(remove),
+        );
     Router::new()
         .nest("/v2/lbaas", lbaas.clone())
         .nest("/v2.0/lbaas", lbaas)
 }
 
-/// A top-level collection (members live under their pool).
+/// The Octavia API: no bulk create, no `If-Match`.
+struct Octavia;
+
+impl Flavor for Octavia {
+    type Error = OctaviaError;
+    const BULK: bool = false;
+    const CONDITIONAL: bool = false;
+    /// A top-level collection (members live under their pool).
+    fn endpoint<'a>(state: &'a AppState, collection: &str) -> Result<&'a dyn Endpoint, Error> {
+        state
+            .octavia
+            .find(collection)
+            .filter(|k| k.collection() != "members")
+            .ok_or(Error::PathNotFound)
+    }
+}
+
 fn endpoint<'a>(state: &'a AppState, collection: &str) -> Result<&'a dyn Endpoint, Error> {
-    state
-        .octavia
-        .find(collection)
-        .filter(|k| k.collection() != "members")
-        .ok_or(Error::PathNotFound)
+    Octavia::endpoint(state, collection)
 }
 
 fn members(state: &AppState) -> Result<&dyn Endpoint, Error> {
@@ -162,42 +177,6 @@ async fn list(
         &base,
     )
     .await?)
-}
-
-async fn show(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path((collection, id)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-) -> OctaviaResult {
-    let kind = endpoint(&state, &collection)?;
-    Ok(show_one(&state.service, &caller, kind, &id, raw.as_deref()).await?)
-}
-
-async fn create(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path(collection): Path<String>,
-    body: Bytes,
-) -> OctaviaResult {
-    let kind = endpoint(&state, &collection)?;
-    let object = kind
-        .create(&state.service, &caller, parse_json(&body)?)
-        .await?;
-    Ok(created_one(kind, object))
-}
-
-async fn update(
-    Extension(caller): Extension<Caller>,
-    State(state): Shared,
-    Path((collection, id)): Path<(String, String)>,
-    body: Bytes,
-) -> OctaviaResult {
-    let kind = endpoint(&state, &collection)?;
-    let object = kind
-        .update(&state.service, &caller, &id, parse_json(&body)?, None)
-        .await?;
-    Ok(one(kind, object))
 }
 
 async fn remove(
