@@ -482,7 +482,7 @@ impl Service {
                 (Some(ids), true) => ids.clone(),
                 (None, true) => vec![service.ensure_default_group(&project).await?],
             };
-            let groups = service.groups_for_port(caller, &project, &group_ids).await?;
+            let (groups, group_guards) = service.groups_for_port(caller, &project, &group_ids).await?;
             if !port_security && req.allowed_address_pairs.as_ref().is_some_and(|p| !p.is_empty()) {
                 return Err(Error::AddressPairAndPortSecurityRequired);
             }
@@ -530,6 +530,7 @@ impl Service {
 
             let mut txn = grant
                 .unwrap_or_default()
+                .and(group_guards)
                 .when(Compare::mod_revision(keys::network(&network.meta.id), net_rev))
                 .when(Compare::absent(keys::port(&id)))
                 .when(Compare::absent(keys::mac(&network.meta.id, &port.mac_address)))
@@ -738,7 +739,10 @@ impl Kind for Port {
                 .filter(|g| !old.security_groups.contains(g))
                 .cloned()
                 .collect();
-            for (group_id, group_rev) in service.groups_for_port(caller, &port.meta.project_id, &added).await? {
+            let (added, group_guards) =
+                service.groups_for_port(caller, &port.meta.project_id, &added).await?;
+            txn = txn.and(group_guards);
+            for (group_id, group_rev) in added {
                 txn = txn
                     .when(Compare::mod_revision(keys::security_group(&group_id), group_rev))
                     .then(Op::put(keys::group_port(&group_id, id), ""));

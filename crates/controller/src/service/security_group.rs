@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use isthmus_model::input::Input;
-use isthmus_model::rbac::{granted, Action};
+use isthmus_model::rbac::Action;
 use isthmus_model::resource::{Resource, View};
 use isthmus_model::security_group::DefaultRule;
 use isthmus_model::AddressGroup;
@@ -131,23 +131,26 @@ impl Service {
         caller: &Caller,
         project_id: &str,
         ids: &[String],
-    ) -> Result<Vec<(String, u64)>> {
+    ) -> Result<(Vec<(String, u64)>, Txn)> {
         let mut out = Vec::with_capacity(ids.len());
+        // A group used through a grant holds the grant until the port is written (its
+        // revocation compares the use mark this rewrites, as for a shared network's ports).
+        let mut guards = Txn::new();
         let mut kinds = HashSet::new();
         for id in ids {
             let Some((g, rev)) = self.load::<SecurityGroup>(id).await? else {
                 return Err(Error::not_found("SecurityGroup", id));
             };
             kinds.insert(g.stateful);
-            if !caller.is_admin()
-                && g.meta.project_id != project_id
-                && !granted(
-                    &self.policies_on(id).await?,
-                    project_id,
-                    Action::AccessAsShared,
-                )
-            {
-                return Err(Error::not_found("SecurityGroup", id));
+            if g.meta.project_id != project_id {
+                match self
+                    .grant_guard(project_id, id, Action::AccessAsShared)
+                    .await?
+                {
+                    Some(guard) => guards = guards.and(guard),
+                    None if caller.is_admin() => {}
+                    None => return Err(Error::not_found("SecurityGroup", id)),
+                }
             }
             out.push((id.clone(), rev));
         }
@@ -158,7 +161,7 @@ impl Service {
                 "Error Security group conflict: Cannot apply both stateful and stateless security groups on the same port at the same time.",
             ));
         }
-        Ok(out)
+        Ok((out, guards))
     }
 
     async fn rules_of(&self, group_id: &str) -> Result<Vec<SecurityGroupRule>> {
