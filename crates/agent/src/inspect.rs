@@ -19,7 +19,7 @@ pub async fn report(
     controller: Option<&Endpoint>,
     netns_dir: &Path,
 ) -> Result<String, AgentError> {
-    let (observed, links) = kernel::observe(&crate::netlink::Netlink::connect()?).await?;
+    let observed = kernel::observe(&crate::netlink::Netlink::connect()?).await?;
     let mut out = String::new();
     let _ = writeln!(out, "bridges");
     if observed.bridges.is_empty() {
@@ -39,12 +39,13 @@ pub async fn report(
                 v.vni, v.local, v.mtu
             );
         }
-        for link in links
+        for (device, d) in observed
+            .devices
             .iter()
-            .filter(|l| l.master.as_deref() == Some(name.as_str()) && !l.name.starts_with("vxlan-"))
+            .filter(|(_, d)| d.bridge.as_deref() == Some(name.as_str()))
         {
-            let state = if link.up { "up" } else { "down" };
-            let _ = writeln!(out, "    {}  {state}  mtu {}", link.name, link.mtu);
+            let state = if d.up { "up" } else { "down" };
+            let _ = writeln!(out, "    {device}  {state}  mtu {}", d.mtu);
         }
     }
     let _ = writeln!(out, "forwarding entries (static, per VXLAN device)");
@@ -81,7 +82,7 @@ pub async fn report(
                 .filter_map(|f| f["ip_address"].as_str())
                 .collect();
             let tap = tap_name(id);
-            let present = if links.iter().any(|l| l.name == tap) {
+            let present = if observed.devices.contains_key(&tap) {
                 ""
             } else {
                 " (no device yet)"

@@ -11,14 +11,14 @@ use isthmus_dataplane::l2::{Observed, Op};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::netlink::{Link, Netlink};
+use crate::netlink::Netlink;
 use crate::AgentError;
 
-/// Reads the managed L2 state and every link, all over netlink.
-pub async fn observe(netlink: &Netlink) -> Result<(Observed, Vec<Link>), AgentError> {
-    let (mut observed, links) = netlink.links().await?;
+/// Reads the managed L2 state and every other link, all over netlink.
+pub async fn observe(netlink: &Netlink) -> Result<Observed, AgentError> {
+    let mut observed = netlink.links().await?;
     (observed.fdb, observed.pins) = netlink.fdb(&observed).await?;
-    Ok((observed, links))
+    Ok(observed)
 }
 
 /// Applies ops in order over netlink, one request each (no process spawned); runs of

@@ -49,7 +49,7 @@ fn sysctl(bridge: &str, key: &str, value: &str) -> Result<(), AgentError> {
 
 /// Applies a plan; returns what the kernel then holds.
 pub async fn apply(plan: Plan) -> Result<Observed, AgentError> {
-    for bridge in &plan.bridges {
+    for bridge in plan.after.bridges() {
         sysctl(bridge, "forwarding", "1")?;
         sysctl(bridge, "rp_filter", "0")?;
     }

@@ -517,13 +517,8 @@ fn balancing_pass(view: &NodeView, node: &NodeConfig, known: &Known) -> Option<P
     }
     let have = known.lb.as_ref()?;
     let (plan, probes) = isthmus_dataplane::plan::balancing(view, node, have);
-    (plan
-        .bridges
-        .iter()
-        .map(String::as_str)
-        .collect::<BTreeSet<_>>()
-        == have.bridges())
-    .then(|| Pass::Balancing(Box::new(plan), probes, view.revision))
+    (plan.after.bridges() == have.bridges())
+        .then(|| Pass::Balancing(Box::new(plan), probes, view.revision))
 }
 
 /// Applies a load-balancing-only pass.
@@ -557,7 +552,7 @@ async fn observe(shared: &Shared, known: &mut Known) -> Result<plan::Observed, A
         Some(have) => have,
         None => routers::observe(&shared.config.netns_dir).await?,
     };
-    let (mut l2, _) = shared.netlink.links().await?;
+    let mut l2 = shared.netlink.links().await?;
     (l2.fdb, l2.pins) = match known.fdb.take() {
         // Entries live on devices: keep only those whose device is still there.
         Some((fdb, pins)) => (

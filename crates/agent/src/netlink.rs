@@ -35,19 +35,6 @@ fn kernel(what: &str, e: impl std::fmt::Display) -> AgentError {
     AgentError::Kernel(format!("{what}: {e}"))
 }
 
-/// One link as read back: name, MTU, bridge it is attached to, and whether it is up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    /// Name.
-    pub name: String,
-    /// MTU.
-    pub mtu: u32,
-    /// Bridge it is attached to.
-    pub master: Option<String>,
-    /// Administratively up.
-    pub up: bool,
-}
-
 /// Whether a netlink error is "no such device" (the thing is already gone).
 fn is_absent(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m)
@@ -137,10 +124,9 @@ impl Netlink {
         Ok(link_index(&self.handle, name).await?.is_some())
     }
 
-    /// Reads every link in one dump: the bridges and VXLAN devices the agent manages, the
-    /// other devices with their bridge and MTU, and all links (for port status). Forwarding
-    /// entries are not read here.
-    pub async fn links(&self) -> Result<(Observed, Vec<Link>), AgentError> {
+    /// Reads every link in one dump: the bridges and VXLAN devices the agent manages, and the
+    /// other devices with their bridge, MTU and state. Forwarding entries are not read here.
+    pub async fn links(&self) -> Result<Observed, AgentError> {
         let mut messages = Vec::new();
         let mut dump = self.handle.link().get().execute();
         while let Some(m) = dump
@@ -155,7 +141,6 @@ impl Netlink {
             .filter_map(|m| link_name(m).map(|n| (m.header.index, n.to_owned())))
             .collect();
         let mut observed = Observed::default();
-        let mut links = Vec::with_capacity(messages.len());
         for m in &messages {
             let Some(name) = link_name(m).map(str::to_owned) else {
                 continue;
@@ -227,23 +212,17 @@ impl Netlink {
                 }
                 _ => {
                     observed.devices.insert(
-                        name.clone(),
+                        name,
                         Device {
-                            bridge: master.clone(),
+                            bridge: master,
                             mtu,
                             up,
                         },
                     );
                 }
             }
-            links.push(Link {
-                name,
-                mtu,
-                master,
-                up,
-            });
         }
-        Ok((observed, links))
+        Ok(observed)
     }
 
     /// Sets a device's bridge (`Some`, with whether the device is up) or detaches it

@@ -597,7 +597,7 @@ impl Serialize for ListBody<'_> {
 }
 
 /// `{singular: object}` with the `fields` the query asks for (Neutron's and Octavia's show).
-pub(crate) async fn show_one(
+async fn show_one(
     service: &Service,
     caller: &Caller,
     kind: &dyn Endpoint,
@@ -610,12 +610,12 @@ pub(crate) async fn show_one(
 }
 
 /// `{singular: object}`.
-pub(crate) fn one(kind: &dyn Endpoint, object: impl Serialize) -> Response {
+fn one(kind: &dyn Endpoint, object: impl Serialize) -> Response {
     Json(json!({ kind.singular(): object })).into_response()
 }
 
 /// 201 `{singular: object}`.
-pub(crate) fn created_one(kind: &dyn Endpoint, object: impl Serialize) -> Response {
+fn created_one(kind: &dyn Endpoint, object: impl Serialize) -> Response {
     (StatusCode::CREATED, one(kind, object)).into_response()
 }
 

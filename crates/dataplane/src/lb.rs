@@ -402,14 +402,13 @@ impl Observed {
 /// The changes that bring a node's load balancing to what it should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// Bridges that balance: they forward, without reverse-path filtering.
-    pub bridges: BTreeSet<String>,
     /// Routing changes, `ip -batch` lines, first: a VIP's first connection is routed as soon
     /// as its DNAT rule exists.
     pub routing: Vec<String>,
     /// Table changes (inet, then bridge), one transaction.
     pub tables: Vec<crate::nft::Plan>,
-    /// What the kernel holds once applied.
+    /// What the kernel holds once applied (its bridges balance: they forward, without
+    /// reverse-path filtering).
     pub after: Observed,
 }
 
@@ -417,12 +416,6 @@ impl Desired {
     /// The changes turning `have` into this.
     pub fn plan(&self, have: &Observed) -> Plan {
         Plan {
-            bridges: self
-                .routing
-                .bridges()
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
             routing: self.routing.plan(&have.routing),
             tables: [
                 self.inet.plan(&have.inet, INET_BASE),

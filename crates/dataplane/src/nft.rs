@@ -59,7 +59,7 @@ impl Table {
     }
 
     /// The content hash a chain's first rule carries; an empty chain carries none.
-    fn chain_version(rules: &[String]) -> Option<String> {
+    pub fn chain_version(rules: &[String]) -> Option<String> {
         (!rules.is_empty()).then(|| Self::version(rules))
     }
 

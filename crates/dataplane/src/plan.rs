@@ -2,6 +2,7 @@
 //! holds) to every change the agent applies, in the order it applies them, and to what the
 //! agent then serves and reports.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -139,6 +140,7 @@ pub fn node(view: &NodeView, node: &NodeConfig, observed: &Observed) -> NodePlan
     let l2 = l2::desired(view, node, &routers);
     let devices = devices_after(&observed.l2, &router_ops, &observed.routers);
     let l2_ops = l2::plan(&l2, &devices);
+    let (balancing, probes) = balancing(view, node, &observed.balancing);
     let plugged: BTreeSet<String> = local()
         .filter(|p| {
             let tap = tap_name(&p.id);
@@ -172,8 +174,8 @@ pub fn node(view: &NodeView, node: &NodeConfig, observed: &Observed) -> NodePlan
         services,
         l2_ops,
         l2,
-        balancing: lb::desired(view, node).plan(&observed.balancing),
-        probes: lb::probes(view, node),
+        balancing,
+        probes,
         announcements,
         plugged,
         port_status,
@@ -196,11 +198,24 @@ pub fn balancing(
 
 /// The L2 devices once `router_ops` are applied over `routers`: each interface made brings its
 /// node-side end (up, on no bridge yet), each one removed (or whose namespace goes) takes it.
-fn devices_after(
-    observed: &l2::Observed,
+fn devices_after<'a>(
+    observed: &'a l2::Observed,
     router_ops: &[router::Op],
     routers: &RouterState,
-) -> l2::Observed {
+) -> Cow<'a, l2::Observed> {
+    let touches = |op: &router::Op| {
+        matches!(
+            op,
+            router::Op::AddInterface { .. }
+                | router::Op::DelInterface { .. }
+                | router::Op::DelNamespace(_)
+        )
+    };
+    // Most passes change no interface: the kernel's state (with the forwarding entries of
+    // every remote port) is then used as it is, not copied.
+    if !router_ops.iter().any(touches) {
+        return Cow::Borrowed(observed);
+    }
     let mut after = observed.clone();
     for op in router_ops {
         match op {
@@ -231,7 +246,7 @@ fn devices_after(
     }
     let present = |device: &String| after.devices.contains_key(device);
     after.pins.retain(|p| present(&p.device));
-    after
+    Cow::Owned(after)
 }
 
 #[cfg(test)]
@@ -349,7 +364,7 @@ mod tests {
             &RouterState::new(),
         );
         assert_eq!(made.devices["tapabc"].bridge, None);
-        observed = made;
+        observed = made.into_owned();
         let mut held = RouterState::new();
         held.entry("qrouter-r".into())
             .or_default()

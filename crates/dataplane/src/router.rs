@@ -27,7 +27,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use isthmus_model::addr::{to_u128, Cidr};
 use isthmus_model::router::{OWNER_FLOATING_IP, OWNER_GATEWAY, OWNER_INTERFACE, OWNER_SNAT};
 
-use crate::nft::fnv64;
 use crate::node::{bridge_name, tap_name, NodeConfig};
 use crate::view::{FloatingIp, Gateway, NodeView, Port, Router, Subnet};
 
@@ -157,11 +156,8 @@ pub struct NatChain {
 impl NatChain {
     /// A chain with these rules.
     pub fn new(rules: Vec<String>) -> NatChain {
-        let version = if rules.is_empty() {
-            String::new()
-        } else {
-            fnv64(&rules.join("\n"))
-        };
+        // The hash the table planner writes on the chain's first rule.
+        let version = crate::nft::Table::chain_version(&rules).unwrap_or_default();
         NatChain { version, rules }
     }
 }

@@ -2,7 +2,6 @@
 //! [`isthmus_model::view::node`], the same types the controller writes them from.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 pub use isthmus_model::dns_record::DnsRecord;
 pub use isthmus_model::namespace_binding::NamespaceBinding;
@@ -103,11 +102,6 @@ impl NodeView {
         self.subnets
             .values()
             .filter(move |s| s.network_id == network_id)
-    }
-
-    /// The prefix length and gateway of a subnet, when the view has it.
-    pub fn subnet(&self, id: &str) -> Option<(u8, Option<IpAddr>)> {
-        self.subnets.get(id).map(|s| (s.cidr.prefix, s.gateway))
     }
 
     /// What the view holds, as the body of a resumed watch

@@ -71,10 +71,11 @@ impl Service {
         fixed_ip: Option<IpAddr>,
         router: Option<&str>,
     ) -> Result<(Association, u64)> {
-        if let Some(id) = router {
-            // A router the caller cannot see is as good as absent.
-            self.load_visible::<Router>(caller, id).await?;
-        }
+        // A router the caller cannot see is as good as absent.
+        let router = match router {
+            Some(id) => Some(self.load_visible::<Router>(caller, id).await?.0),
+            None => None,
+        };
         let (port, port_rev) = self.load_owned::<Port>(caller, port_id).await?;
         let v4: Vec<IpAddr> = port
             .fixed_ips
@@ -100,7 +101,7 @@ impl Service {
             },
         };
         let router_id = self
-            .router_for_floating_ip(&fip.floating_network_id, &port, ip, router)
+            .router_for_floating_ip(&fip.floating_network_id, &port, ip, router.as_ref())
             .await?;
         Ok((
             Association {

@@ -263,20 +263,24 @@ impl Service {
         before: &Quota,
         after: &Quota,
     ) -> Result<()> {
-        for (resource, &limit) in &after.limits {
-            let Ok(wanted) = usize::try_from(limit) else {
-                continue; // -1: unlimited
-            };
-            if before.limits.get(resource) == Some(&limit) {
-                continue;
-            }
-            let Some(kind) = kind_of(resource) else {
-                continue;
-            };
-            self.usage.ready().await?;
-            self.usage.catch_up(self.last_write(), CATCH_UP).await?;
-            let used = self.usage.mirror().count(kind, project_id);
-            if used > wanted {
+        // The changed limits (-1, unlimited, needs no check) of counted resources.
+        let lowered: Vec<(&String, usize, ObjectKind)> = after
+            .limits
+            .iter()
+            .filter(|(resource, limit)| before.limits.get(*resource) != Some(limit))
+            .filter_map(|(resource, &limit)| {
+                Some((resource, usize::try_from(limit).ok()?, kind_of(resource)?))
+            })
+            .collect();
+        if lowered.is_empty() {
+            return Ok(());
+        }
+        self.usage.ready().await?;
+        self.usage.catch_up(self.last_write(), CATCH_UP).await?;
+        let mirror = self.usage.mirror();
+        for (resource, limit, kind) in lowered {
+            let used = mirror.count(kind, project_id);
+            if used > limit {
                 return Err(Error::BadRequest(format!(
                     "Quota limit {limit} for {resource} must be greater than or equal to already used {used}"
                 )));

@@ -100,14 +100,8 @@ impl Service {
     /// Ops deleting every policy on `object_id` (with their index and claims), for the
     /// object's own delete.
     pub(crate) async fn drop_policies(&self, txn: Txn, object_id: &str) -> Result<Txn> {
-        let mut txn = txn.then(Op::delete(keys::rbac_use(object_id)));
-        for p in self.policies_on(object_id).await? {
-            txn = txn
-                .then(Op::delete(key_of::<RbacPolicy>(&p.meta.id)))
-                .then(Op::delete(keys::rbac_object(object_id, &p.meta.id)))
-                .then(Op::delete(claim(&p)));
-        }
-        Ok(txn)
+        let txn = txn.then(Op::delete(keys::rbac_use(object_id)));
+        Ok(self.policies_on(object_id).await?.iter().fold(txn, forget))
     }
 
     /// The owner, key and revision of the object a policy shares, checking `caller` may
@@ -233,18 +227,7 @@ impl Service {
             action: Action::AccessAsShared,
             target_tenant: WILDCARD.to_owned(),
         };
-        let claim = claim(&policy);
-        Ok(txn
-            .when(Compare::absent(&claim))
-            .then(Op::put(
-                key_of::<RbacPolicy>(&policy.meta.id),
-                encode(&policy)?,
-            ))
-            .then(Op::put(
-                keys::rbac_object(&policy.object_id, &policy.meta.id),
-                "",
-            ))
-            .then(Op::put(claim, policy.meta.id.clone())))
+        record(txn, &policy)
     }
 
     /// Adds to `txn` the removal of a network's wildcard `access_as_shared` policy, refused
@@ -264,26 +247,27 @@ impl Service {
             .map(|(p, _)| p.clone())
             .collect();
         let mark = self.use_mark(network_id).await?;
+        // Only the in-use refusal becomes Neutron's network error; a store failure stays one.
         self.check_not_in_use(&wildcard, &remaining)
             .await
-            .map_err(|_| {
-                Error::fault(
+            .map_err(|e| match e {
+                Error::Fault {
+                    kind: "RbacPolicyInUse",
+                    ..
+                } => Error::fault(
                     "InvalidSharedSetting",
                     409,
                     format!(
                         "Unable to reconfigure sharing settings for network {network_id}. Multiple tenants are using it."
                     ),
-                )
+                ),
+                other => other,
             })?;
-        Ok(txn
-            .when(mark)
-            .when(Compare::mod_revision(
-                key_of::<RbacPolicy>(&wildcard.meta.id),
-                rev,
-            ))
-            .then(Op::delete(key_of::<RbacPolicy>(&wildcard.meta.id)))
-            .then(Op::delete(keys::rbac_object(network_id, &wildcard.meta.id)))
-            .then(Op::delete(claim(&wildcard))))
+        let txn = txn.when(mark).when(Compare::mod_revision(
+            key_of::<RbacPolicy>(&wildcard.meta.id),
+            rev,
+        ));
+        Ok(forget(txn, &wildcard))
     }
 
     /// When `before` → `after` changes whether a network is shared with everyone, adds the
@@ -316,6 +300,33 @@ fn is_shared_wildcard(p: &RbacPolicy) -> bool {
     p.object_type == ObjectType::Network
         && p.action == Action::AccessAsShared
         && p.target_tenant == WILDCARD
+}
+
+/// Adds a new policy to `txn`: the policy, its object's index entry and its claim (which
+/// must be free).
+fn record(txn: Txn, policy: &RbacPolicy) -> Result<Txn> {
+    let claim = claim(policy);
+    Ok(txn
+        .when(Compare::absent(&claim))
+        .then(Op::put(
+            key_of::<RbacPolicy>(&policy.meta.id),
+            encode(policy)?,
+        ))
+        .then(Op::put(
+            keys::rbac_object(&policy.object_id, &policy.meta.id),
+            "",
+        ))
+        .then(Op::put(claim, policy.meta.id.clone())))
+}
+
+/// Adds the removal of a policy to `txn`: the policy, its index entry and its claim.
+fn forget(txn: Txn, policy: &RbacPolicy) -> Txn {
+    txn.then(Op::delete(key_of::<RbacPolicy>(&policy.meta.id)))
+        .then(Op::delete(keys::rbac_object(
+            &policy.object_id,
+            &policy.meta.id,
+        )))
+        .then(Op::delete(claim(policy)))
 }
 
 /// The claim that makes (object, action, target) unique.
@@ -385,20 +396,13 @@ impl Kind for RbacPolicy {
                     {
                         return Err(duplicate());
                     }
-                    let key = key_of::<RbacPolicy>(&policy.meta.id);
                     // A network shared with everyone is rewritten with its `shared` flag.
                     let txn = service
                         .follow_sharing(Txn::new(), None, Some(&policy))
                         .await?
                         .when(Compare::mod_revision(object_key, object_rev))
-                        .when(Compare::absent(&claim))
-                        .when(Compare::absent(&key))
-                        .then(Op::put(key, encode(&policy)?))
-                        .then(Op::put(
-                            keys::rbac_object(&policy.object_id, &policy.meta.id),
-                            "",
-                        ))
-                        .then(Op::put(claim, policy.meta.id.clone()));
+                        .when(Compare::absent(key_of::<RbacPolicy>(&policy.meta.id)));
+                    let txn = record(txn, &policy)?;
                     Ok(if service.commit(txn).await? {
                         Attempt::Done(policy)
                     } else {

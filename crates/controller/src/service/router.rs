@@ -704,13 +704,14 @@ impl Service {
     }
 
     /// The router that NATs a floating IP of `external_network_id` for `ip` of `port`: one
-    /// with a gateway on that network and an interface on the address's subnet.
+    /// with a gateway on that network and an interface on the address's subnet (`wanted`, the
+    /// one the client named, must be such a router).
     pub(super) async fn router_for_floating_ip(
         &self,
         external_network_id: &str,
         port: &Port,
         ip: std::net::IpAddr,
-        wanted: Option<&str>,
+        wanted: Option<&Router>,
     ) -> Result<String> {
         let subnet_id = port
             .fixed_ips
@@ -724,13 +725,13 @@ impl Service {
                 .is_some_and(|g| g.network_id == external_network_id)
                 && r.interface_on(&subnet_id).is_some()
         };
-        if let Some(id) = wanted {
-            let (router, _) = self.must_load::<Router>(id).await?;
-            return if reaches(&router) {
-                Ok(router.meta.id)
+        if let Some(router) = wanted {
+            return if reaches(router) {
+                Ok(router.meta.id.clone())
             } else {
                 Err(Error::BadRequest(format!(
-                    "Bad floatingip request: Router {id} has no interface on subnet {subnet_id} and a gateway on external network {external_network_id}."
+                    "Bad floatingip request: Router {} has no interface on subnet {subnet_id} and a gateway on external network {external_network_id}.",
+                    router.meta.id
                 )))
             };
         }
