@@ -152,6 +152,8 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("security-groups-default-rules", "Default rules for security groups", "Configure set of security group rules used as default rules for every new security group"),
     ("security-groups-normalized-cidr", "Normalized CIDR field for security group rules", "Add new field with normalized remote_ip_prefix cidr in SG rule"),
     ("address-group", "Address group", "Support address group"),
+    ("trunk", "Trunk Extension", "Provides support for trunk ports"),
+    ("trunk-details", "Trunk port details", "Expose trunk port details"),
     ("subnet-service-types", "Subnet service types", "Provides ability to set the subnet service_types field"),
     ("quotas", "Quota management support", "Expose functions for quotas management per project"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
@@ -172,7 +174,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v2.0/{collection}/{id}",
             get(show::<Neutron>).put(update::<Neutron>).delete(remove),
         )
-        .route("/v2.0/{collection}/{id}/{action}", put(member_action))
+        .route(
+            "/v2.0/{collection}/{id}/{action}",
+            get(member_read).put(member_action),
+        )
         .route(
             "/v2.0/{collection}/{id}/tags",
             get(show_tags).put(replace_tags).delete(clear_tags),
@@ -728,6 +733,18 @@ async fn member_action(
 ) -> ApiResult {
     let answer = endpoint(&state, &collection)?
         .action(&state.service, &caller, &id, &action, parse_json(&body)?)
+        .await?;
+    Ok(Json(answer).into_response())
+}
+
+/// `GET /v2.0/{collection}/{id}/{action}`: a kind's member read (`get_subports`).
+async fn member_read(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+    Path((collection, id, action)): Path<(String, String, String)>,
+) -> ApiResult {
+    let answer = endpoint(&state, &collection)?
+        .read_action(&state.service, &caller, &id, &action)
         .await?;
     Ok(Json(answer).into_response())
 }

@@ -36,16 +36,13 @@ async fn discovery_documents() {
     for l3 in ["router", "ext-gw-mode", "extraroute", "dvr"] {
         assert!(aliases.contains(&l3), "{l3}");
     }
-    assert!(
-        !aliases.contains(&"trunk"),
-        "trunks come with pods in VMs: not advertised yet"
-    );
+    assert!(aliases.contains(&"trunk") && aliases.contains(&"trunk-details"));
     let (s, _) = api
         .call(As::Anonymous, "GET", "/v2.0/extensions/binding", None)
         .await;
     assert_eq!(s, 200);
     let (s, v) = api
-        .call(As::Anonymous, "GET", "/v2.0/extensions/trunk", None)
+        .call(As::Anonymous, "GET", "/v2.0/extensions/qos", None)
         .await;
     assert_eq!((s, fault(&v)), (404, "ExtensionNotFound"));
     let (s, body) = api.call(As::Anonymous, "GET", "/metrics", None).await;
@@ -146,7 +143,7 @@ async fn bad_input_is_400_in_neutron_format_never_500() {
             404,
             "NetworkNotFound",
         ),
-        ("GET", "/v2.0/trunks", None, 404, "HTTPNotFound"),
+        ("GET", "/v2.0/qos/policies", None, 404, "HTTPNotFound"),
         ("GET", "/v2.0/networks?bogus=1", None, 400, "HTTPBadRequest"),
         (
             "GET",

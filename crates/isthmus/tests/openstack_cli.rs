@@ -738,6 +738,122 @@ fn openstack_cli_address_scopes_subnet_pools_and_rbac() {
     cli.ok(&["address", "scope", "delete", "scope-v4"]);
 }
 
+/// `openstack network trunk` and `network subport` (trunk, trunk-details).
+#[test]
+fn openstack_cli_trunks() {
+    let Some(bin) = openstack() else {
+        isthmus_lab::skip("no openstack CLI (./test.sh installs python-openstackclient in .venv)");
+        return;
+    };
+    let (_dir, _controller, cli) = Cli::with_controller(bin);
+    let failure = |args: &[&str], wanted: &str| {
+        let (ok, out, err) = cli.run(args);
+        assert!(
+            !ok && err.contains(wanted),
+            "openstack {args:?}: {out}\n{err}"
+        );
+        assert!(!err.contains("Traceback"), "{err}");
+    };
+    for (net, cidr) in [
+        ("vms", "10.0.0.0/24"),
+        ("pods-a", "10.1.0.0/24"),
+        ("pods-b", "10.2.0.0/24"),
+    ] {
+        cli.ok(&["network", "create", net]);
+        cli.ok(&[
+            "subnet",
+            "create",
+            "--network",
+            net,
+            "--subnet-range",
+            cidr,
+            net,
+        ]);
+    }
+    cli.ok(&["port", "create", "--network", "vms", "vm-port"]);
+    let a = cli.json(&["port", "create", "--network", "pods-a", "pod-a"]);
+    cli.ok(&["port", "create", "--network", "pods-b", "pod-b"]);
+
+    let trunk = cli.json(&[
+        "network",
+        "trunk",
+        "create",
+        "--parent-port",
+        "vm-port",
+        "--subport",
+        "port=pod-a,segmentation-type=vlan,segmentation-id=101",
+        "t1",
+    ]);
+    assert_eq!(trunk["status"], "DOWN");
+    assert_eq!(trunk["is_admin_state_up"], true);
+    cli.ok(&[
+        "network",
+        "trunk",
+        "set",
+        "--subport",
+        "port=pod-b,segmentation-type=vlan,segmentation-id=102",
+        "t1",
+    ]);
+    let subports = cli.json(&["network", "subport", "list", "--trunk", "t1"]);
+    let vlans: Vec<u64> = subports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Segmentation ID"].as_u64().unwrap())
+        .collect();
+    assert_eq!(vlans, [101, 102]);
+    let parent = cli.json(&["port", "show", "vm-port"]);
+    assert_eq!(parent["trunk_details"]["trunk_id"], trunk["id"]);
+    assert_eq!(
+        parent["trunk_details"]["sub_ports"][0]["mac_address"],
+        a["mac_address"]
+    );
+    // Subports show up as ports owned by the trunk.
+    let owned = cli.json(&["port", "list", "--device-owner", "trunk:subport"]);
+    assert_eq!(owned.as_array().unwrap().len(), 2);
+    assert!(cli.ok(&["network", "trunk", "list"]).contains("t1"));
+
+    failure(
+        &[
+            "network",
+            "trunk",
+            "set",
+            "--subport",
+            "port=vm-port,segmentation-type=vlan,segmentation-id=7",
+            "t1",
+        ],
+        "is not eligible for use as a parent port",
+    );
+    failure(
+        &["port", "delete", "pod-a"],
+        "is currently a subport for trunk",
+    );
+    failure(
+        &["network", "trunk", "create", "--parent-port", "pod-a", "t2"],
+        "is in use by another trunk",
+    );
+    cli.ok(&["network", "trunk", "unset", "--subport", "pod-a", "t1"]);
+    let shown = cli.json(&["network", "trunk", "show", "t1"]);
+    assert_eq!(shown["sub_ports"].as_array().unwrap().len(), 1);
+    cli.ok(&["port", "delete", "pod-a"]);
+    cli.ok(&[
+        "network",
+        "trunk",
+        "set",
+        "--disable",
+        "--name",
+        "t1-off",
+        "t1",
+    ]);
+    failure(
+        &["network", "trunk", "unset", "--subport", "pod-b", "t1-off"],
+        "is currently disabled",
+    );
+    cli.ok(&["network", "trunk", "set", "--enable", "t1-off"]);
+    cli.ok(&["network", "trunk", "delete", "t1-off"]);
+    cli.ok(&["port", "delete", "vm-port", "pod-b"]);
+}
+
 /// python-octaviaclient's `openstack loadbalancer` commands against the same controller.
 #[test]
 fn octavia_cli_end_to_end() {

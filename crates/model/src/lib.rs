@@ -30,6 +30,7 @@ pub mod security_group;
 pub mod subnet;
 pub mod subnet_pool;
 pub mod time;
+pub mod trunk;
 pub mod view;
 pub mod wire;
 
@@ -45,3 +46,4 @@ pub use router::Router;
 pub use security_group::{SecurityGroup, SecurityGroupRule};
 pub use subnet::Subnet;
 pub use subnet_pool::SubnetPool;
+pub use trunk::Trunk;

@@ -75,6 +75,9 @@ pub static DEFINITION: Definition<Port> = Definition {
         attr("ip_allocation", Rights::READ, |_, _| {
             Some(json!("immediate"))
         }),
+        attr("trunk_details", Rights::NONE, |p, _| {
+            crate::trunk::details(p)
+        }),
     ],
 };
 /// Neutron's default `max_allowed_address_pair`.
@@ -340,6 +343,9 @@ pub struct Port {
     pub binding: Binding,
     /// `DOWN` until the node's agent reports it `ACTIVE`.
     pub status: String,
+    /// Its part in a trunk, if any (written with the trunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<crate::trunk::TrunkRole>,
 }
 
 /// Everything a create or update body may ask for, validated but not yet resolved against the
@@ -738,6 +744,7 @@ mod tests {
             dns_domain: "openstack.local.".into(),
             binding: Binding::default(),
             status: "DOWN".into(),
+            trunk: None,
         };
         assert_eq!(port.dns_assignment()[0].fqdn, "hello.openstack.local.");
         port.dns_name.clear();

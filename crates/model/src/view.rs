@@ -930,6 +930,7 @@ mod tests {
                 ..Binding::default()
             },
             status: "DOWN".into(),
+            trunk: None,
         })
     }
 

@@ -202,6 +202,17 @@ pub trait Kind: Resource + Serialize + DeserializeOwned + Clone {
         Err(Error::PathNotFound)
     }
 
+    /// A member read (`GET /v2.0/<collection>/<id>/<action>`, as a trunk's `get_subports`):
+    /// the whole response body. Kinds without one answer 404.
+    async fn read_action(
+        _service: &Service,
+        _caller: &Caller,
+        _id: &str,
+        _action: &str,
+    ) -> Result<Value> {
+        Err(Error::PathNotFound)
+    }
+
     /// What else deleting `obj` compares and removes in its transaction (index keys,
     /// claims, cascades); never `obj`'s own key.
     async fn delete_txn(_service: &Service, _caller: &Caller, _obj: &Self) -> Result<Txn> {
@@ -453,6 +464,14 @@ pub trait Endpoint: Send + Sync {
         action: &str,
         body: Value,
     ) -> Result<Value>;
+    /// A member read on one object.
+    async fn read_action(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        action: &str,
+    ) -> Result<Value>;
     /// The tags of one object.
     async fn tags(&self, service: &Service, caller: &Caller, id: &str) -> Result<Vec<String>>;
     /// Changes the tags of one object and returns them.
@@ -609,6 +628,18 @@ impl<T: Kind> Endpoint for Handle<T> {
         T::action(service, caller, id, action, body).await
     }
 
+    async fn read_action(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        id: &str,
+        action: &str,
+    ) -> Result<Value> {
+        let (obj, _) = service.load_visible::<T>(caller, id).await?;
+        service.authorize(caller, action, &obj).await?;
+        T::read_action(service, caller, id, action).await
+    }
+
     async fn tags(&self, service: &Service, caller: &Caller, id: &str) -> Result<Vec<String>> {
         if !definition::<T>().tagged {
             return Err(Error::PathNotFound);
@@ -712,6 +743,7 @@ impl Registry {
             .with::<isthmus_model::RbacPolicy>()
             .with::<isthmus_model::security_group::DefaultRule>()
             .with::<isthmus_model::AddressGroup>()
+            .with::<isthmus_model::Trunk>()
     }
 
     /// Octavia's resources (`/v2/lbaas/`).

@@ -20,6 +20,7 @@ mod router;
 mod security_group;
 mod subnet;
 mod subnet_pool;
+mod trunk;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -405,6 +405,9 @@ impl Service {
                 ));
             }
             check_revision(&port.meta, if_match)?;
+            if let Some(role) = &port.trunk {
+                return Err(role.in_use(id));
+            }
             let mut txn = Txn::new()
                 .when(Compare::mod_revision(keys::port(id), rev))
                 .then(Op::delete(keys::port(id)))
@@ -526,6 +529,7 @@ impl Service {
                     vnic_type: "normal".to_owned(),
                 },
                 status: "DOWN".to_owned(),
+                trunk: None,
             };
 
             let mut txn = grant
@@ -791,6 +795,7 @@ impl Kind for Port {
             }
             port.dns_domain = service.dns_domain_of(&network).to_owned();
             port.meta.touch(&now());
+            txn = service.trunk_follows_port(&old, &port, txn).await?;
             txn = txn.then(Op::put(keys::port(id), encode(&port)?));
             if service.commit(txn).await? {
                 for released in old.fixed_ips.iter().filter(|f| !port.fixed_ips.contains(f)) {

@@ -284,6 +284,7 @@ mod tests {
                 vnic_type: "normal".into(),
             },
             status: "ACTIVE".into(),
+            trunk: None,
         }
     }
 

@@ -349,6 +349,7 @@ mod tests {
                         ..Binding::default()
                     },
                     status: "DOWN".into(),
+                    trunk: None,
                 })
             }
             4 => Object::SecurityGroup(SecurityGroup::default_for(

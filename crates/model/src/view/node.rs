@@ -83,6 +83,18 @@ pub struct Port {
     /// Extra DHCP options.
     #[serde(default)]
     pub extra_dhcp_opts: Vec<DhcpOption>,
+    /// When it is a trunk's subport: the parent whose device carries its frames, tagged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subport_of: Option<SubportOf>,
+}
+
+/// Where a subport's frames travel: on its trunk parent's device, with a VLAN tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubportOf {
+    /// The parent port.
+    pub port_id: String,
+    /// The VLAN id.
+    pub segmentation_id: u16,
 }
 
 impl Port {
@@ -142,6 +154,7 @@ impl Default for Port {
             admin_state_up: true,
             dns_assignment: Vec::new(),
             extra_dhcp_opts: Vec::new(),
+            subport_of: None,
         }
     }
 }
@@ -446,6 +459,17 @@ impl From<&crate::Port> for Port {
             admin_state_up: p.admin_state_up,
             dns_assignment: p.dns_assignment(),
             extra_dhcp_opts: p.extra_dhcp_opts.clone(),
+            subport_of: match &p.trunk {
+                Some(crate::trunk::TrunkRole::Sub {
+                    parent_port_id,
+                    segmentation_id,
+                    ..
+                }) => Some(SubportOf {
+                    port_id: parent_port_id.clone(),
+                    segmentation_id: *segmentation_id,
+                }),
+                _ => None,
+            },
         }
     }
 }
