@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds the lab's real guest from Debian packages only: Debian's kernel (linux-image-amd64,
 # downloaded and unpacked, not installed) and an initramfs of busybox-static with the virtio
-# network modules. Usage: tools/guest-image.sh OUT_DIR. Writes OUT_DIR/vmlinuz and
+# network modules and 802.1q (VLAN subinterfaces on trunk parents). Usage: tools/guest-image.sh OUT_DIR. Writes OUT_DIR/vmlinuz and
 # OUT_DIR/base.cpio.gz (its /init runs /test.sh from a second cpio appended at boot, then
 # powers off). Idempotent: an existing image is kept.
 set -euo pipefail
 out=${1:?usage: guest-image.sh OUT_DIR}
-[ -s "$out/vmlinuz" ] && [ -s "$out/base.cpio.gz" ] && exit 0
+# The module list is part of the image: an image with another list is built again.
+wanted="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net llc stp garp mrp 8021q"
+[ -s "$out/vmlinuz" ] && [ -s "$out/base.cpio.gz" ] && [ "$(cat "$out/modules" 2>/dev/null)" = "$wanted" ] && exit 0
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -26,7 +28,7 @@ for applet in $("$root/bin/busybox" --list); do
 done
 # Load order matters: each module needs the ones before it.
 order=""
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do
+for m in $wanted; do
     file=$(find "$modules" -name "$m.ko" | head -1)
     [ -n "$file" ] || { echo "module $m not in $pkg" >&2; exit 1; }
     cp "$file" "$root/modules/"
@@ -67,3 +69,4 @@ chmod +x "$root/etc/udhcpc/default.script"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/base.cpio.gz"
 cp "$work/pkg/boot/vmlinuz-$release" "$out/vmlinuz"
 mv "$work/base.cpio.gz" "$out/base.cpio.gz"
+echo "$wanted" > "$out/modules"

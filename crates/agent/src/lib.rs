@@ -22,6 +22,7 @@ mod reply;
 pub mod routers;
 mod services;
 mod sockopt;
+mod trunk;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -188,6 +189,8 @@ struct Shared {
     advertisers: ra::Advertisers,
     /// Health probes of the load-balancer members hosted here.
     prober: health::Prober,
+    /// Trunk subports' veths and BPF programs (only the reconciler takes it).
+    trunks: tokio::sync::Mutex<trunk::Trunks>,
     /// A link changed since the last full pass (taps plugged by a hypervisor or runtime).
     links_changed: AtomicBool,
     /// What the controller should be told; the reporter sends it, so that the kernel side
@@ -268,6 +271,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             config.controller.clone(),
             config.node.clone(),
         ),
+        trunks: tokio::sync::Mutex::default(),
         links_changed: AtomicBool::new(false),
         reports: watch::Sender::new(Reports::default()),
         config,
@@ -615,6 +619,14 @@ async fn apply(shared: &Shared, plan: plan::NodePlan, known: &mut Known) -> Resu
         known.routers = Some(plan.routers);
     }
 
+    // Subport veths before L2: the link events of new ones bring the pass that attaches them.
+    // Like a router, a trunk that cannot be wired does not hold back the rest of the node.
+    let trunked = shared
+        .trunks
+        .lock()
+        .await
+        .apply(&shared.netlink, &plan.trunks)
+        .await;
     kernel::apply(&shared.netlink, &plan.l2_ops).await?;
     if shared.config.own_br_netfilter && !known.per_bridge {
         kernel::br_netfilter_per_bridge()?;
@@ -630,6 +642,7 @@ async fn apply(shared: &Shared, plan: plan::NodePlan, known: &mut Known) -> Resu
         changed
     });
     routed?;
+    trunked?;
     // Once their interfaces are on the bridges.
     routers::announce(dir, &plan.announcements).await?;
     shared.reports.send_if_modified(|r| {

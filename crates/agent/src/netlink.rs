@@ -108,6 +108,32 @@ impl Netlink {
             .map_err(|e| kernel(&format!("creating veth {host} / {ifname}"), e))
     }
 
+    /// Creates a veth with both ends in this namespace: `node_end` up, `bridge_end` left down
+    /// (the L2 plan attaches it to its bridge, up, once its filters are in place).
+    pub async fn add_pair(
+        &self,
+        node_end: &str,
+        bridge_end: &str,
+        mtu: u32,
+    ) -> Result<(), AgentError> {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(bridge_end.to_owned())
+            .mtu(mtu)
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(node_end.to_owned())
+            .mtu(mtu)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.handle
+            .link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(|e| kernel(&format!("creating veth {node_end} / {bridge_end}"), e))
+    }
+
     /// Deletes a link (a veth with its peer, wherever that is); absent is not an error.
     pub async fn delete_link(&self, name: &str) -> Result<(), AgentError> {
         let Some(index) = link_index(&self.handle, name).await? else {
@@ -117,6 +143,11 @@ impl Netlink {
             Err(e) if !is_absent(&e) => Err(kernel(&format!("deleting {name}"), e)),
             _ => Ok(()),
         }
+    }
+
+    /// A link's index, if it exists.
+    pub async fn find(&self, name: &str) -> Result<Option<u32>, AgentError> {
+        link_index(&self.handle, name).await
     }
 
     /// Whether a link exists.

@@ -17,4 +17,5 @@ pub mod pod;
 pub mod pool;
 pub mod ra;
 pub mod router;
+pub mod trunk;
 pub mod view;

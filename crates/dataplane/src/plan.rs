@@ -15,7 +15,7 @@ use crate::node::{guarded_ports, tap_name, NodeConfig};
 use crate::ra::Advertisement;
 use crate::router::{self, Announcement, RouterState};
 use crate::view::NodeView;
-use crate::{dhcp, dhcp6, dns, filter, metadata, ra};
+use crate::{dhcp, dhcp6, dns, filter, metadata, ra, trunk};
 
 /// What a node's kernel holds, as far as plans go: read back, or what the agent last wrote.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -97,6 +97,8 @@ pub struct NodePlan {
     pub floating_ips: BTreeSet<String>,
     /// The view revision the plan brings the kernel to.
     pub revision: u64,
+    /// The subport veths to make and remove, and the subports wired after.
+    pub trunks: trunk::Plan,
 }
 
 /// The node's whole plan.
@@ -141,6 +143,8 @@ pub fn node(view: &NodeView, node: &NodeConfig, observed: &Observed) -> NodePlan
     let devices = devices_after(&observed.l2, &router_ops, &observed.routers);
     let l2_ops = l2::plan(&l2, &devices);
     let (balancing, probes) = balancing(view, node, &observed.balancing);
+    let present: BTreeSet<String> = devices.devices.keys().cloned().collect();
+    let trunks = trunk::plan(&trunk::desired(view, node, &present), &present);
     let plugged: BTreeSet<String> = local()
         .filter(|p| {
             let tap = tap_name(&p.id);
@@ -181,6 +185,7 @@ pub fn node(view: &NodeView, node: &NodeConfig, observed: &Observed) -> NodePlan
         port_status,
         floating_ips,
         revision: view.revision,
+        trunks,
     }
 }
 

@@ -1,0 +1,304 @@
+//! Trunks on the real kernel with a real guest: a QEMU guest on node 1 whose port is a trunk
+//! parent carries two subports of two networks as VLANs 101 and 102 (802.1q subinterfaces in
+//! the guest; tc BPF on the host, which has no VLAN devices), each reaching a VM and a pod of
+//! its network on node 2, under its own security groups; the parent's untagged traffic stays on
+//! the parent's network; removing a subport cuts it off; an agent restart loses nothing.
+
+mod cloud;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cloud::{cloud, cni_add, cni_conf, create, default_group, ip_of, wait_for};
+use isthmus_lab::guest::{self, Guest, GuestImage};
+use serde_json::{json, Value};
+
+fn image() -> Option<GuestImage> {
+    if !guest::qemu_available() {
+        isthmus_lab::skip("QEMU (qemu-system-x86) is not installed");
+        return None;
+    }
+    Some(guest::image(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest")).unwrap())
+}
+
+/// Runs `command` in the guest; its output, after asserting it succeeded.
+fn sh(guest: &mut Guest, command: &str) -> String {
+    let (out, status) = guest.run(command, Duration::from_secs(60)).unwrap();
+    assert_eq!(status, 0, "guest: {command}\n{out}");
+    out
+}
+
+/// Whether the guest reaches `ip` (through `via`, an interface, when given).
+fn reaches(guest: &mut Guest, ip: &str, via: Option<&str>) -> bool {
+    let via = via.map(|i| format!("-I {i} ")).unwrap_or_default();
+    let (_, status) = guest
+        .run(
+            &format!("ping -c 2 -W 2 {via}{ip} >/dev/null"),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    status == 0
+}
+
+/// Whether a namespace reaches `ip` with one ping.
+fn pings(ns: &isthmus_lab::Netns, ip: &str) -> bool {
+    ns.exec("ping", &["-c", "1", "-W", "2", ip]).is_ok()
+}
+
+/// Packets sent and received by a finished `ping -q`.
+fn ping_counts(summary: &str) -> (u64, u64) {
+    let line = summary
+        .lines()
+        .find(|l| l.contains("packet loss"))
+        .unwrap_or_default();
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    (
+        n.first().copied().unwrap_or(0),
+        n.get(1).copied().unwrap_or(0),
+    )
+}
+
+#[test]
+fn a_guest_carries_two_networks_on_vlan_subports() {
+    let Some(mut cloud) = cloud(2) else { return };
+    let Some(image) = image() else { return };
+    let lab = &cloud.lab;
+    let project = "nested";
+    let mut nets = Vec::new();
+    for (name, cidr) in [
+        ("vms", "10.80.0.0/24"),
+        ("pods-a", "10.81.0.0/24"),
+        ("pods-b", "10.82.0.0/24"),
+    ] {
+        let net = create(
+            lab,
+            "/v2.0/networks",
+            "network",
+            json!({"name": name, "project_id": project}),
+        );
+        let net = net["id"].as_str().unwrap().to_owned();
+        create(
+            lab,
+            "/v2.0/subnets",
+            "subnet",
+            json!({"network_id": net, "ip_version": 4, "cidr": cidr, "project_id": project}),
+        );
+        nets.push(net);
+    }
+    let port = |net: &str, host: &str, extra: Value| {
+        let mut body = json!({"network_id": net, "project_id": project, "binding:host_id": host});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        create(lab, "/v2.0/ports", "port", body)
+    };
+    let parent = port(
+        &nets[0],
+        "node1",
+        json!({"device_owner": "compute:nova", "device_id": "7d0c1e2f-0000-4000-8000-0000000000a1"}),
+    );
+    let sub_a = port(&nets[1], "", json!({"name": "pod-a-in-vm"}));
+    let sub_b = port(&nets[2], "", json!({"name": "pod-b-in-vm"}));
+    let default = default_group(lab, Some(project));
+    create(
+        lab,
+        "/v2.0/security-group-rules",
+        "security_group_rule",
+        json!({"security_group_id": default, "direction": "ingress", "protocol": "icmp"}),
+    );
+    let trunk = create(
+        lab,
+        "/v2.0/trunks",
+        "trunk",
+        json!({"name": "vm-trunk", "port_id": parent["id"], "project_id": project, "sub_ports": [
+            {"port_id": sub_a["id"], "segmentation_type": "vlan", "segmentation_id": 101},
+            {"port_id": sub_b["id"], "segmentation_type": "vlan", "segmentation_id": 102},
+        ]}),
+    );
+    let trunk_id = trunk["id"].as_str().unwrap().to_owned();
+
+    // On node 2: a VM on each network, and a bare-metal pod on pods-a.
+    let peer = |net: &str| port(net, "node2", json!({"device_owner": "compute:nova"}));
+    let (vm_p, vm_a, vm_b) = (peer(&nets[0]), peer(&nets[1]), peer(&nets[2]));
+    let vms: Vec<_> = [&vm_p, &vm_a, &vm_b]
+        .iter()
+        .map(|p| lab.add_vm_for_port(1, p, 24, None, 1450).unwrap())
+        .collect();
+    let pod = lab.add_pod().unwrap();
+    let conf = cni_conf(&cloud, 1, json!({"network": nets[1], "project": project}));
+    let added = cni_add(
+        &cloud,
+        1,
+        &pod,
+        "bare-pod",
+        "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=bare;K8S_POD_UID=uid-bare",
+        &conf,
+    );
+    let pod_ip = added["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // The guest: its own address untagged on eth0, and one 802.1q subinterface per subport
+    // with the subport's MAC and address (what the nested CNI plugin will set up per pod).
+    let scratch = tempfile::tempdir().unwrap();
+    let console = scratch.path().join("console");
+    let mut guest = lab
+        .boot_interactive_guest(0, &parent, &image, &console)
+        .unwrap();
+    sh(
+        &mut guest,
+        &format!("ip addr add {}/24 dev eth0", ip_of(&parent)),
+    );
+    for (sub, vlan) in [(&sub_a, 101), (&sub_b, 102)] {
+        sh(
+            &mut guest,
+            &format!(
+                "ip link add link eth0 name eth0.{vlan} type vlan id {vlan} && \
+                 ip link set eth0.{vlan} address {mac} && \
+                 ip addr add {ip}/24 dev eth0.{vlan} && ip link set eth0.{vlan} up",
+                mac = sub["mac_address"].as_str().unwrap(),
+                ip = ip_of(sub)
+            ),
+        );
+    }
+    wait_for("the trunk to be ACTIVE", Duration::from_secs(30), || {
+        let (_, v) = lab.api("GET", &format!("/v2.0/trunks/{trunk_id}"), None);
+        v["trunk"]["status"] == "ACTIVE"
+    });
+    // The subports are plugged on node 1 like any port: veth pairs, the bridge end on the
+    // subport network's bridge.
+    let links = lab.nodes[0].ns.ip(&["-br", "link"]).unwrap();
+    for sub in [&sub_a, &sub_b] {
+        let id = sub["id"].as_str().unwrap();
+        assert!(links.contains(&format!("spt{}", &id[..11])), "{links}");
+        assert!(links.contains(&format!("tap{}", &id[..11])), "{links}");
+    }
+
+    assert!(
+        reaches(&mut guest, &ip_of(&vm_a), None),
+        "VLAN 101 → VM on pods-a"
+    );
+    assert!(
+        reaches(&mut guest, &pod_ip, None),
+        "VLAN 101 → bare-metal pod on pods-a"
+    );
+    assert!(
+        reaches(&mut guest, &ip_of(&vm_b), None),
+        "VLAN 102 → VM on pods-b"
+    );
+    assert!(
+        reaches(&mut guest, &ip_of(&vm_p), None),
+        "untagged → VM on the parent's network"
+    );
+    // VLAN 101 is pods-a only: pods-b's VM is not on it.
+    assert!(!reaches(&mut guest, &ip_of(&vm_b), Some("eth0.101")));
+    // From node 2, each subport answers on its own network.
+    assert!(pings(&vms[1].ns, &ip_of(&sub_a)));
+    assert!(pings(&vms[2].ns, &ip_of(&sub_b)));
+
+    // A security group on a subport is that subport's alone: pods-b's subport in a group that
+    // admits nothing stops answering, the other and the parent go on.
+    let closed = create(
+        lab,
+        "/v2.0/security-groups",
+        "security_group",
+        json!({"name": "closed", "project_id": project}),
+    );
+    let (s, v) = lab.api(
+        "PUT",
+        &format!("/v2.0/ports/{}", sub_b["id"].as_str().unwrap()),
+        Some(&json!({"port": {"security_groups": [closed["id"]]}})),
+    );
+    assert_eq!(s, 200, "{v}");
+    wait_for(
+        "pods-b's subport to refuse pings",
+        Duration::from_secs(10),
+        || !pings(&vms[2].ns, &ip_of(&sub_b)),
+    );
+    assert!(pings(&vms[1].ns, &ip_of(&sub_a)));
+    assert!(pings(&vms[0].ns, &ip_of(&parent)));
+
+    // An agent restart loses no packet on a subport: a 0.01 s ping from node 2 to the guest's
+    // VLAN 101 address while node 1's agent is replaced.
+    let pinger = vms[1]
+        .ns
+        .command("ping")
+        .args(["-q", "-i", "0.01", "-w", "5", &ip_of(&sub_a)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(std::mem::replace(
+        &mut cloud.agents[0],
+        lab.start_agent(cloud::BIN, 0).unwrap(),
+    ));
+    let summary = String::from_utf8_lossy(&pinger.wait_with_output().unwrap().stdout).into_owned();
+    let (sent, received) = ping_counts(&summary);
+    eprintln!("ping to a subport during an agent restart: {summary}");
+    assert!(sent > 200, "{summary}");
+    assert_eq!(sent, received, "packets lost on the subport: {summary}");
+    assert!(
+        reaches(&mut guest, &ip_of(&vm_a), None),
+        "after the restart"
+    );
+
+    // Deleting the trunk while it carries subports is refused; removing a subport cuts it off
+    // within a second.
+    let (s, v) = lab.api("DELETE", &format!("/v2.0/trunks/{trunk_id}"), None);
+    assert_eq!(
+        (s, v["NeutronError"]["type"].as_str()),
+        (409, Some("TrunkInUse"))
+    );
+    let (s, v) = lab.api(
+        "PUT",
+        &format!("/v2.0/trunks/{trunk_id}/remove_subports"),
+        Some(&json!({"sub_ports": [{"port_id": sub_a["id"]}]})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let removed = Instant::now();
+    wait_for("VLAN 101 to be cut off", Duration::from_secs(1), || {
+        vms[1]
+            .ns
+            .exec("ping", &["-c", "1", "-W", "0.2", &ip_of(&sub_a)])
+            .is_err()
+    });
+    eprintln!(
+        "subport cut off {:?} after remove_subports",
+        removed.elapsed()
+    );
+    let id = sub_a["id"].as_str().unwrap();
+    wait_for("its veth pair to go", Duration::from_secs(10), || {
+        !lab.nodes[0]
+            .ns
+            .ip(&["-br", "link"])
+            .unwrap()
+            .contains(&format!("spt{}", &id[..11]))
+    });
+    assert!(
+        reaches(&mut guest, &ip_of(&vm_p), None),
+        "the parent is untouched"
+    );
+    let (s, _) = lab.api(
+        "PUT",
+        &format!("/v2.0/trunks/{trunk_id}/remove_subports"),
+        Some(&json!({"sub_ports": [{"port_id": sub_b["id"]}]})),
+    );
+    assert_eq!(s, 200);
+    let (s, _) = lab.api("DELETE", &format!("/v2.0/trunks/{trunk_id}"), None);
+    assert_eq!(s, 204);
+    wait_for("every subport veth to go", Duration::from_secs(10), || {
+        !lab.nodes[0]
+            .ns
+            .ip(&["-br", "link"])
+            .unwrap()
+            .contains("spt")
+    });
+    drop(guest);
+}
