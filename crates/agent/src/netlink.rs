@@ -41,6 +41,12 @@ fn is_absent(e: &rtnetlink::Error) -> bool {
         if m.code.is_some_and(|c| c.get() == -libc::ENODEV))
 }
 
+/// Whether a netlink error is "file exists" (the thing is there already).
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.is_some_and(|c| c.get() == -libc::EEXIST))
+}
+
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(mac: &str) -> Result<Vec<u8>, AgentError> {
     let bytes: Vec<u8> = mac
@@ -818,21 +824,25 @@ pub async fn configure_pod(
                 .map_err(|e| kernel("building a route", e))?
                 .output_interface(index)
                 .build();
-            handle
-                .route()
-                .add(route)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| {
-                    kernel(
-                        &format!(
-                            "adding route {}/{} via {}",
-                            r.destination.network, r.destination.prefix, r.gateway
-                        ),
-                        e,
-                    )
-                })?;
+            let add = handle.route().add(route);
+            // A pod with several attachments keeps the default route of its first one (as
+            // Multus's secondary networks do); the others bring only their own routes.
+            if r.destination.prefix == 0 {
+                match add.execute().await {
+                    Err(e) if is_exists(&e) => continue,
+                    done => done.map_err(|e| kernel("adding the default route", e))?,
+                }
+                continue;
+            }
+            add.replace().execute().await.map_err(|e| {
+                kernel(
+                    &format!(
+                        "adding route {}/{} via {}",
+                        r.destination.network, r.destination.prefix, r.gateway
+                    ),
+                    e,
+                )
+            })?;
         }
         Ok(())
     })

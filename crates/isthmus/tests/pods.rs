@@ -761,3 +761,121 @@ fn pools_serve_adds_survive_agent_restarts_and_go_with_their_node() {
     assert_eq!(pooled(&cloud.lab, &net_id), 0);
     assert_eq!(used_ips(&cloud.lab, &net_id), 0);
 }
+
+/// A multi-homed pod, Multus-style: one CNI ADD per attachment (`CNI_IFNAME` eth0 and net1),
+/// each with its own network's configuration, each its own port. The pod reaches a VM on both
+/// networks, keeps its first attachment's default route, and loses only the second one when it
+/// is deleted.
+#[test]
+fn a_pod_with_two_attachments_reaches_both_networks() {
+    let Some(cloud) = cloud(2) else { return };
+    let lab = &cloud.lab;
+    wait_agents(lab, 2);
+    let (net_a, _) = shared_network(lab, "front", "10.91.0.0/24");
+    let (net_b, _) = shared_network(lab, "back", "10.92.0.0/24");
+    let mut vms = Vec::new();
+    for net in [&net_a, &net_b] {
+        let (s, p) = lab.api(
+            "POST",
+            "/v2.0/ports",
+            Some(&json!({"port": {"network_id": net, "project_id": "multi",
+                "binding:host_id": "node1", "port_security_enabled": false}})),
+        );
+        assert_eq!(s, 201, "{p}");
+        vms.push((
+            p["port"].clone(),
+            lab.add_vm_for_port(0, &p["port"], 24, None, 1450).unwrap(),
+        ));
+    }
+    let pod = lab.add_pod().unwrap();
+    let netns = pod.netns_path();
+    let args = "K8S_POD_NAMESPACE=multi;K8S_POD_NAME=both;K8S_POD_UID=uid-both";
+    let mut results = Vec::new();
+    for (ifname, net) in [("eth0", &net_a), ("net1", &net_b)] {
+        let conf = cni_conf(&cloud, 1, json!({"network": net, "project": "multi"}));
+        let out = cni(
+            &cloud,
+            1,
+            CniCall {
+                command: "ADD",
+                container_id: "multi01",
+                netns: &netns,
+                ifname,
+                args,
+            },
+            &conf,
+        );
+        assert!(out.success, "ADD {ifname}: {} {}", out.stdout, out.stderr);
+        assert_eq!(out.stdout["interfaces"][1]["name"], ifname);
+        results.push((conf, out.stdout));
+    }
+    let address = |i: usize| {
+        results[i].1["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(address(0).starts_with("10.91.0."), "{}", results[0].1);
+    assert!(address(1).starts_with("10.92.0."), "{}", results[1].1);
+    for (ifname, i) in [("eth0", 0), ("net1", 1)] {
+        let inside = pod.ns.ip(&["-o", "addr", "show", ifname]).unwrap();
+        assert!(inside.contains(&address(i)), "{inside}");
+    }
+    let routes = pod.ns.ip(&["route", "show", "default"]).unwrap();
+    assert!(
+        routes.contains("via 10.91.0.1 dev eth0") && !routes.contains("net1"),
+        "{routes}"
+    );
+    // Two ports for one pod, one per attachment.
+    for (net, i) in [(&net_a, 0), (&net_b, 1)] {
+        let (_, v) = lab.api(
+            "GET",
+            &format!("/v2.0/ports?network_id={net}&device_id=uid-both"),
+            None,
+        );
+        let ports = v["ports"].as_array().unwrap();
+        assert_eq!(ports.len(), 1, "{v}");
+        assert_eq!(ports[0]["fixed_ips"][0]["ip_address"], address(i).as_str());
+        assert_eq!(ports[0]["device_id"], "uid-both");
+    }
+    for (port, _) in &vms {
+        let ip = port["fixed_ips"][0]["ip_address"].as_str().unwrap();
+        wait_for(
+            "the pod to reach both networks",
+            Duration::from_secs(10),
+            || pings(&pod.ns, ip),
+        );
+    }
+
+    // Deleting the second attachment leaves the first.
+    let out = cni(
+        &cloud,
+        1,
+        CniCall {
+            command: "DEL",
+            container_id: "multi01",
+            netns: &netns,
+            ifname: "net1",
+            args,
+        },
+        &results[1].0,
+    );
+    assert!(out.success, "DEL net1: {} {}", out.stdout, out.stderr);
+    wait_for("net1's port to go", Duration::from_secs(10), || {
+        lab.api(
+            "GET",
+            &format!("/v2.0/ports?network_id={net_b}&device_id=uid-both"),
+            None,
+        )
+        .1["ports"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+    });
+    assert!(pod.ns.ip(&["link", "show", "net1"]).is_err());
+    let first = vms[0].0["fixed_ips"][0]["ip_address"].as_str().unwrap();
+    assert!(pings(&pod.ns, first));
+    del(&cloud, 1, &pod, "multi01", &results[0].0);
+}
