@@ -112,6 +112,51 @@ pub(crate) async fn serve(shared: Arc<Shared>) -> Result<(), AgentError> {
 }
 
 /// An attachment as recorded in the state directory.
+/// Waits until the port, its network and subnets are in this node's view.
+pub(crate) async fn wait_interface(
+    shared: &Shared,
+    port_id: &str,
+) -> Result<PodInterface, CniError> {
+    let mut revisions = shared.revisions.subscribe();
+    let wait = async {
+        loop {
+            // Only a whole batch: half of one may hold the port but not yet its network's
+            // DHCP port (the pod's resolver).
+            let derived = {
+                let view = shared.view();
+                view.settled
+                    .then(|| pod::pod_interface(&view, port_id).ok())
+                    .flatten()
+            };
+            if let Some(iface) = derived {
+                return Ok(iface);
+            }
+            if revisions.changed().await.is_err() {
+                return Err(try_again("the agent is stopping", ""));
+            }
+        }
+    };
+    tokio::time::timeout(READY_TIMEOUT, wait)
+        .await
+        .map_err(|_| {
+            let why = pod::pod_interface(&shared.view(), port_id)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            try_again("the port did not reach this node's view in time", why)
+        })?
+}
+
+/// Waits until the reconciler reports the port's tap attached (filters in place).
+pub(crate) async fn wait_plugged(shared: &Shared, port_id: &str) -> Result<(), CniError> {
+    let mut plugged = shared.plugged.subscribe();
+    tokio::time::timeout(READY_TIMEOUT, plugged.wait_for(|p| p.contains(port_id)))
+        .await
+        .map_err(|_| try_again("the port's tap was not attached in time", port_id))?
+        .map_err(|_| try_again("the agent is stopping", ""))?;
+    Ok(())
+}
+
 struct Record {
     path: PathBuf,
     value: Value,
@@ -356,7 +401,7 @@ impl Server {
         netns: File,
         phases: &mut Phases,
     ) -> Result<Value, CniError> {
-        let iface = self.wait_interface(port_id).await?;
+        let iface = wait_interface(&self.shared, port_id).await?;
         phases.mark("view");
         let tap = tap_name(port_id);
         self.shared
@@ -388,7 +433,7 @@ impl Server {
             _ => false,
         };
         if !attached {
-            self.wait_plugged(port_id).await?;
+            wait_plugged(&self.shared, port_id).await?;
         }
         phases.mark(if attached { "attach" } else { "plugged" });
         Ok(pod::cni_result(
@@ -397,48 +442,6 @@ impl Server {
             &request.ifname,
             &request.netns,
         ))
-    }
-
-    /// Waits until the port, its network and subnets are in this node's view.
-    async fn wait_interface(&self, port_id: &str) -> Result<PodInterface, CniError> {
-        let mut revisions = self.shared.revisions.subscribe();
-        let wait = async {
-            loop {
-                // Only a whole batch: half of one may hold the port but not yet its network's
-                // DHCP port (the pod's resolver).
-                let derived = {
-                    let view = self.shared.view();
-                    view.settled
-                        .then(|| pod::pod_interface(&view, port_id).ok())
-                        .flatten()
-                };
-                if let Some(iface) = derived {
-                    return Ok(iface);
-                }
-                if revisions.changed().await.is_err() {
-                    return Err(try_again("the agent is stopping", ""));
-                }
-            }
-        };
-        tokio::time::timeout(READY_TIMEOUT, wait)
-            .await
-            .map_err(|_| {
-                let why = pod::pod_interface(&self.shared.view(), port_id)
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default();
-                try_again("the port did not reach this node's view in time", why)
-            })?
-    }
-
-    /// Waits until the reconciler reports the port's tap attached (filters in place).
-    async fn wait_plugged(&self, port_id: &str) -> Result<(), CniError> {
-        let mut plugged = self.shared.plugged.subscribe();
-        tokio::time::timeout(READY_TIMEOUT, plugged.wait_for(|p| p.contains(port_id)))
-            .await
-            .map_err(|_| try_again("the port's tap was not attached in time", port_id))?
-            .map_err(|_| try_again("the agent is stopping", ""))?;
-        Ok(())
     }
 
     /// The network and project for this pod, its security groups (empty: the project's

@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod kernel;
 mod lb;
 mod metadata;
+mod nested;
 pub mod netlink;
 pub mod netns;
 mod pool;
@@ -276,6 +277,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         reports: watch::Sender::new(Reports::default()),
         config,
     });
+    shared.services.serve_nested(nested::Nested::new(
+        Arc::downgrade(&shared),
+        shared.services.instances(),
+    ));
     let leases = shared.leases.subscribe();
     tokio::spawn(async move {
         if let Err(e) = dhcp::serve(leases).await {

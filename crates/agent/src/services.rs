@@ -1,13 +1,14 @@
 //! What the agent runs inside the node's DHCP namespaces (`qdhcp-<network>`), started when a
 //! namespace appears and stopped when it goes: DNS on port 53 of the DHCP port's addresses,
-//! the metadata proxy on 169.254.169.254:80 (with `--metadata-url`), and a sink for DHCP
+//! the metadata proxy on 169.254.169.254:80 (with `--metadata-url`), the nested CNI on
+//! 169.254.169.254:9697 (pods inside VMs ask for their subports there), and a sink for DHCP
 //! requests sent to the DHCP port's address (renewals are answered from the tap they came in
 //! on; the namespace must not answer them with an ICMP port unreachable).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use isthmus_dataplane::dhcp::{METADATA_IP, NAMESPACE_PREFIX, SERVER_PORT};
 use isthmus_dataplane::router::RouterState;
@@ -16,6 +17,7 @@ use tokio::task::AbortHandle;
 
 use crate::dns::NameTable;
 use crate::metadata::{Instances, Proxy};
+use crate::nested::Nested;
 use crate::{AgentError, MetadataConfig};
 
 /// The tasks serving each DHCP namespace.
@@ -24,6 +26,7 @@ pub struct Services {
     instances: watch::Sender<Arc<Instances>>,
     names: watch::Sender<Arc<NameTable>>,
     proxy: Option<Arc<Proxy>>,
+    nested: OnceLock<Arc<Nested>>,
     upstream: Arc<Vec<SocketAddr>>,
 }
 
@@ -37,8 +40,19 @@ impl Services {
             instances,
             names: watch::Sender::new(Arc::default()),
             proxy,
+            nested: OnceLock::new(),
             upstream: Arc::new(upstream),
         }
+    }
+
+    /// Who may ask for metadata (and nested subports), as [`Services::follow`] last set it.
+    pub fn instances(&self) -> watch::Receiver<Arc<Instances>> {
+        self.instances.subscribe()
+    }
+
+    /// Serves the nested CNI with `nested` in every DHCP namespace started from now on.
+    pub fn serve_nested(&self, nested: Nested) {
+        let _ = self.nested.set(Arc::new(nested));
     }
 
     /// Starts what is missing in the DHCP namespaces of `namespaces` and stops what runs in
@@ -81,7 +95,7 @@ impl Services {
 
     fn start(&self, dir: &Path, name: &str) -> Result<Vec<AbortHandle>, AgentError> {
         let with_metadata = self.proxy.is_some();
-        let (sink, dns, metadata) = crate::netns::run_in(dir, name, move || {
+        let (sink, dns, metadata, nested) = crate::netns::run_in(dir, name, move || {
             let sink =
                 std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, SERVER_PORT)))?;
             sink.set_nonblocking(true)?;
@@ -97,7 +111,12 @@ impl Services {
             } else {
                 None
             };
-            Ok((sink, dns, metadata))
+            let nested = std::net::TcpListener::bind(SocketAddr::from((
+                METADATA_IP,
+                isthmus_cni::NESTED_PORT,
+            )))?;
+            nested.set_nonblocking(true)?;
+            Ok((sink, dns, metadata, nested))
         })?;
         let network = name.trim_start_matches(NAMESPACE_PREFIX).to_owned();
         let sink = tokio::net::UdpSocket::from_std(sink)?;
@@ -116,6 +135,17 @@ impl Services {
                     network.clone(),
                     self.names.subscribe(),
                     self.upstream.clone(),
+                ))
+                .abort_handle(),
+            );
+        }
+        if let Some(handler) = self.nested.get() {
+            let listener = tokio::net::TcpListener::from_std(nested)?;
+            tasks.push(
+                tokio::spawn(crate::nested::serve(
+                    listener,
+                    network.clone(),
+                    handler.clone(),
                 ))
                 .abort_handle(),
             );

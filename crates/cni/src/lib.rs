@@ -11,6 +11,11 @@ use serde_json::{json, Map, Value};
 pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
 /// The newest supported version.
 pub const LATEST_VERSION: &str = "1.1.0";
+/// Where a VM's node agent serves the nested CNI (in the VM's network, like the metadata
+/// address), unless the configuration's `"nested"` says `"agent"`.
+pub const NESTED_AGENT: &str = "169.254.169.254:9697";
+/// The nested CNI's port on the metadata address.
+pub const NESTED_PORT: u16 = 9697;
 /// Where the agent listens unless the network configuration says `"socket"`.
 pub const DEFAULT_SOCKET: &str = "/run/isthmus/cni.sock";
 
@@ -367,11 +372,18 @@ impl Request {
                 .collect(),
             _ => BTreeMap::new(),
         };
+        let (container_id, ifname) = (text("containerId"), text("ifname"));
+        // The same rules as an invocation's: the request may come from a guest (nested).
+        if matches!(command, Command::Add | Command::Del | Command::Check)
+            && !(valid_container_id(container_id) && valid_ifname(ifname))
+        {
+            return Err(bad("containerId or ifname"));
+        }
         Ok(Request {
             command,
-            container_id: text("containerId").to_owned(),
+            container_id: container_id.to_owned(),
             netns: text("netns").to_owned(),
-            ifname: text("ifname").to_owned(),
+            ifname: ifname.to_owned(),
             args,
             config,
         })

@@ -1,6 +1,9 @@
 //! `isthmus-cni`: exec'd by a container runtime per the CNI spec. It validates the invocation,
 //! forwards it to the node agent's unix socket and prints the agent's answer. VERSION is
-//! answered here; everything else is the agent's.
+//! answered here; everything else is the agent's. Inside a VM (`"nested"` in the
+//! configuration) it asks the VM's node agent over the network and wires the pod itself.
+
+mod nested;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -27,13 +30,22 @@ fn forward(request: &Request) -> Result<Value, CniError> {
             format!("{socket}: {e}"),
         )
     };
-    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    let stream = UnixStream::connect(socket).map_err(unreachable)?;
+    read_answer(&exchange(stream, request, unreachable)?)
+}
+
+/// Sends `request` as one line on `stream` and reads the agent's whole answer.
+pub(crate) fn exchange<S: Read + Write + ReadTimeout>(
+    mut stream: S,
+    request: &Request,
+    unreachable: impl Fn(std::io::Error) -> CniError,
+) -> Result<Value, CniError> {
     stream
-        .set_read_timeout(Some(ANSWER_TIMEOUT))
-        .map_err(unreachable)?;
+        .set_answer_timeout(ANSWER_TIMEOUT)
+        .map_err(&unreachable)?;
     let mut line = request.to_json().to_string();
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(unreachable)?;
+    stream.write_all(line.as_bytes()).map_err(&unreachable)?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).map_err(|e| {
         CniError::new(
@@ -42,14 +54,31 @@ fn forward(request: &Request) -> Result<Value, CniError> {
             e.to_string(),
         )
     })?;
-    let reply: Value = serde_json::from_slice(&reply).map_err(|e| {
+    serde_json::from_slice(&reply).map_err(|e| {
         CniError::new(
             code::IO_FAILURE,
             "unreadable answer from the isthmus agent",
             e.to_string(),
         )
-    })?;
-    read_answer(&reply)
+    })
+}
+
+/// A stream whose reads can time out.
+pub(crate) trait ReadTimeout {
+    /// Gives reads `timeout`.
+    fn set_answer_timeout(&self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl ReadTimeout for UnixStream {
+    fn set_answer_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+impl ReadTimeout for std::net::TcpStream {
+    fn set_answer_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
 }
 
 fn main() -> ExitCode {
@@ -70,7 +99,11 @@ fn main() -> ExitCode {
         )),
         Ok(_) => Request::from_invocation(env, &stdin).and_then(|r| {
             let version = r.version();
-            forward(&r).map(|v| (v, version))
+            match nested::config(&r)? {
+                Some(nested) => nested::run(&r, &nested),
+                None => forward(&r),
+            }
+            .map(|v| (v, version))
         }),
     };
     match outcome {

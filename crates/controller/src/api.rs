@@ -9,7 +9,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use isthmus_model::input::parse_json;
 use isthmus_model::query::ListQuery;
@@ -214,6 +214,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/isthmus/v1/nodes/{name}/heartbeat", put(heartbeat))
         .route("/isthmus/v1/nodes/{name}/applied", put(applied))
         .route("/isthmus/v1/ports/{id}/status", put(port_status))
+        .route("/isthmus/v1/ports/{id}/subports", post(nested_subport))
+        .route(
+            "/isthmus/v1/ports/{id}/subports/{container_id}/{ifname}",
+            delete(release_nested_subport),
+        )
         .route("/isthmus/v1/members/{id}/status", put(member_status))
         .route(
             "/isthmus/v1/floatingips/{id}/status",
@@ -924,6 +929,20 @@ native!(delete_node(path) => delete_node, no_content);
 native!(heartbeat(path) => heartbeat, no_content);
 native!(port_status(path, body) => set_port_status, under("port"));
 native!(applied(path, body) => set_applied, no_content);
+native!(nested_subport(path, body) => nested_subport, created_under("subport"));
+
+/// `DELETE /isthmus/v1/ports/{parent}/subports/{container_id}/{ifname}`: the nested CNI's DEL.
+async fn release_nested_subport(
+    Extension(caller): Extension<Caller>,
+    State(state): Shared,
+    Path((parent, container_id, ifname)): Path<(String, String, String)>,
+) -> ApiResult {
+    state
+        .service
+        .release_nested_subport(&caller, &parent, &container_id, &ifname)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
 native!(member_status(path, body) => set_member_status, under("member"));
 native!(floating_ip_status(path, body) => set_floating_ip_status, under("floatingip"));
 native!(list_namespace_bindings() => list_namespace_bindings(), under("namespace_bindings"));

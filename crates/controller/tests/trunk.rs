@@ -470,3 +470,100 @@ async fn bad_trunks_get_neutrons_errors_and_change_nothing() {
     let v = show(&api, &format!("/v2.0/ports/{a}")).await;
     assert_eq!(v["port"]["device_owner"], "");
 }
+
+#[tokio::test]
+async fn nested_attachments_get_subports_on_the_lowest_free_vlan() {
+    let api = Api::memory();
+    let me = As::Member(P);
+    let (vm_net, _) = api.network_with_subnet(me, "10.0.0.0/24").await;
+    let (pods_net, _) = api.network_with_subnet(me, "10.1.0.0/24").await;
+    let parent = port(&api, me, &vm_net, "vm").await;
+    let lonely = port(&api, me, &vm_net, "no-trunk").await;
+    let trunk = api
+        .create(me, "trunks", "trunk", json!({"port_id": parent}))
+        .await;
+    let trunk_id = trunk["id"].as_str().unwrap().to_owned();
+    let ask = |parent: String, container: &'static str, ifname: &'static str| {
+        let api = api.clone();
+        let net = pods_net.clone();
+        async move {
+            api.call(
+                As::Anonymous,
+                "POST",
+                &format!("/isthmus/v1/ports/{parent}/subports"),
+                Some(
+                    json!({"subport": {"network": net, "container_id": container,
+                    "ifname": ifname, "name": "demo/web"}}),
+                ),
+            )
+            .await
+        }
+    };
+    let (s, first) = ask(parent.clone(), "c1", "eth0").await;
+    assert_eq!(s, 201, "{first}");
+    assert_eq!(first["subport"]["segmentation_id"], 1);
+    assert_eq!(first["subport"]["trunk_id"], trunk_id);
+    let sub = first["subport"]["port"].clone();
+    assert_eq!(sub["device_owner"], "trunk:subport");
+    assert_eq!(sub["project_id"], P);
+    assert_eq!(sub["name"], "demo/web");
+    // The same attachment again is the same subport; another takes the next VLAN.
+    let (s, again) = ask(parent.clone(), "c1", "eth0").await;
+    assert_eq!((s, &again["subport"]["port"]["id"]), (200, &sub["id"]));
+    let (s, second) = ask(parent.clone(), "c1", "net1").await;
+    assert_eq!(
+        (s, second["subport"]["segmentation_id"].clone()),
+        (201, json!(2))
+    );
+    // Only trunk parents get subports, and only services ask.
+    let (s, v) = ask(lonely, "c2", "eth0").await;
+    assert_eq!(s, 409, "{v}");
+    let (s, _) = api
+        .call(
+            me,
+            "POST",
+            &format!("/isthmus/v1/ports/{parent}/subports"),
+            Some(json!({"subport": {"network": pods_net, "container_id": "c3", "ifname": "eth0"}})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, v) = api
+        .call(
+            As::Anonymous,
+            "POST",
+            &format!("/isthmus/v1/ports/{parent}/subports"),
+            Some(json!({"subport": {"network": "no-such-network", "container_id": "c4", "ifname": "eth0"}})),
+        )
+        .await;
+    assert_eq!((s, fault(&v)), (404, "NetworkNotFound"));
+
+    // Release: out of the trunk and deleted; twice is fine.
+    for _ in 0..2 {
+        let (s, _) = api
+            .call(
+                As::Anonymous,
+                "DELETE",
+                &format!("/isthmus/v1/ports/{parent}/subports/c1/eth0"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 204);
+    }
+    let (s, _) = api
+        .call(
+            As::Anonymous,
+            "GET",
+            &format!("/v2.0/ports/{}", sub["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let v = show(&api, &format!("/v2.0/trunks/{trunk_id}")).await;
+    assert_eq!(v["trunk"]["sub_ports"].as_array().unwrap().len(), 1);
+    // The freed VLAN is the next one handed out.
+    let (s, third) = ask(parent.clone(), "c5", "eth0").await;
+    assert_eq!(
+        (s, third["subport"]["segmentation_id"].clone()),
+        (201, json!(1))
+    );
+}

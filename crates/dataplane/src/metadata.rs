@@ -20,6 +20,8 @@ pub struct Instance {
     pub instance_id: String,
     /// Its project.
     pub project_id: String,
+    /// The port the address is on (a trunk parent asks for its pods' subports through it).
+    pub port_id: String,
 }
 
 /// The node's own instances by (network, address): a request to the metadata address in a
@@ -36,6 +38,7 @@ pub fn instances(view: &NodeView, node: &NodeConfig) -> BTreeMap<(String, IpAddr
                 Instance {
                     instance_id: port.device_id.clone(),
                     project_id: port.project_id.clone(),
+                    port_id: port.id.clone(),
                 },
             );
         }

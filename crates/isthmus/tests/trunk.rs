@@ -302,3 +302,209 @@ fn a_guest_carries_two_networks_on_vlan_subports() {
     });
     drop(guest);
 }
+
+/// A dynamically linked program and the libraries it loads (`ldd`), for copying into a guest.
+fn with_libraries(program: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .unwrap();
+    let mut files = vec![program.to_owned()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(std::path::PathBuf::from);
+        files.extend(path);
+    }
+    files
+}
+
+/// Pods inside a guest, the nested way: `isthmus-cni` in the guest asks its node's agent (at
+/// 169.254.169.254:9697 in the guest's network) for a subport of the guest's trunk per pod,
+/// then makes the pod's 802.1q interface itself. The pods reach a VM of their network on
+/// another node; DEL gives the subport back.
+#[test]
+fn pods_inside_a_guest_get_subports_through_the_nested_cni() {
+    let Some(cloud) = cloud(2) else { return };
+    let Some(image) = image() else { return };
+    let lab = &cloud.lab;
+    let project = "nested-cni";
+    let mut nets = Vec::new();
+    for (name, cidr) in [("k8s-nodes", "10.85.0.0/24"), ("k8s-pods", "10.86.0.0/24")] {
+        let net = create(
+            lab,
+            "/v2.0/networks",
+            "network",
+            json!({"name": name, "project_id": project}),
+        );
+        let net = net["id"].as_str().unwrap().to_owned();
+        create(
+            lab,
+            "/v2.0/subnets",
+            "subnet",
+            json!({"network_id": net, "ip_version": 4, "cidr": cidr, "project_id": project}),
+        );
+        nets.push(net);
+    }
+    let parent = create(
+        lab,
+        "/v2.0/ports",
+        "port",
+        json!({"network_id": nets[0], "project_id": project, "binding:host_id": "node1",
+            "device_owner": "compute:nova", "device_id": "7d0c1e2f-0000-4000-8000-0000000000b7"}),
+    );
+    let default = default_group(lab, Some(project));
+    create(
+        lab,
+        "/v2.0/security-group-rules",
+        "security_group_rule",
+        json!({"security_group_id": default, "direction": "ingress", "protocol": "icmp"}),
+    );
+    let trunk = create(
+        lab,
+        "/v2.0/trunks",
+        "trunk",
+        json!({"name": "k8s-node-1", "port_id": parent["id"], "project_id": project}),
+    );
+    let trunk_id = trunk["id"].as_str().unwrap().to_owned();
+    let peer = create(
+        lab,
+        "/v2.0/ports",
+        "port",
+        json!({"network_id": nets[1], "project_id": project, "binding:host_id": "node2",
+            "device_owner": "compute:nova"}),
+    );
+    let _vm = lab.add_vm_for_port(1, &peer, 24, None, 1450).unwrap();
+    let (_, dhcp) = lab.api(
+        "GET",
+        &format!(
+            "/v2.0/ports?network_id={}&device_owner=network:dhcp",
+            nets[0]
+        ),
+        None,
+    );
+    let dhcp_ip = ip_of(&dhcp["ports"][0]);
+
+    let plugin = cloud::cni_plugin();
+    let files: Vec<std::path::PathBuf> = with_libraries(&plugin);
+    let mut copies: Vec<(&std::path::Path, String)> = files
+        .iter()
+        .skip(1)
+        .map(|f| (f.as_path(), f.display().to_string()))
+        .collect();
+    copies.push((files[0].as_path(), "/isthmus-cni".to_owned()));
+    let copies: Vec<(&std::path::Path, &str)> =
+        copies.iter().map(|(h, g)| (*h, g.as_str())).collect();
+    let scratch = tempfile::tempdir().unwrap();
+    let console = scratch.path().join("console");
+    let mut guest = lab
+        .boot_interactive_guest_with(0, &parent, &image, &console, &copies)
+        .unwrap();
+    sh(
+        &mut guest,
+        &format!("ip addr add {}/24 dev eth0", ip_of(&parent)),
+    );
+    sh(
+        &mut guest,
+        &format!("ip route add 169.254.169.254 via {dhcp_ip}"),
+    );
+    let conf = json!({"cniVersion": "1.1.0", "name": "k8s-pods", "type": "isthmus",
+        "network": "k8s-pods", "nested": {"interface": "eth0"}});
+    sh(&mut guest, &format!("echo '{conf}' > /nested.json"));
+
+    // Two pods, each in a network namespace of its own in the guest.
+    let mut pods = Vec::new();
+    for name in ["nested-a", "nested-b"] {
+        let pid = sh(
+            &mut guest,
+            "unshare -n sleep 100000 >/dev/null 2>&1 & echo $!",
+        );
+        let pid = pid.trim().to_owned();
+        let started = Instant::now();
+        let added = sh(
+            &mut guest,
+            &format!(
+                "CNI_COMMAND=ADD CNI_CONTAINERID={name} CNI_NETNS=/proc/{pid}/ns/net \
+                 CNI_IFNAME=eth0 CNI_PATH=/ CNI_ARGS='K8S_POD_NAMESPACE=demo;K8S_POD_NAME={name}' \
+                 /isthmus-cni < /nested.json"
+            ),
+        );
+        eprintln!("nested ADD of {name} in the guest: {:?}", started.elapsed());
+        let result: Value = serde_json::from_str(added.trim())
+            .unwrap_or_else(|e| panic!("not a CNI result ({e}): {added}"));
+        let address = result["ips"][0]["address"].as_str().unwrap().to_owned();
+        assert!(address.starts_with("10.86.0."), "{result}");
+        assert_eq!(result["interfaces"][0]["name"], "eth0");
+        let inside = sh(
+            &mut guest,
+            &format!("nsenter -t {pid} -n ip -o addr show eth0"),
+        );
+        assert!(inside.contains(&address), "{inside}");
+        pods.push((name, pid, address));
+    }
+    for (name, pid, _) in &pods {
+        let (out, status) = guest
+            .run(
+                &format!("nsenter -t {pid} -n ping -c 2 -W 2 {}", ip_of(&peer)),
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!(
+            status, 0,
+            "{name} cannot reach the VM on its network:\n{out}"
+        );
+    }
+    // In the API: two subports on VLANs 1 and 2, named after their pods.
+    let (_, v) = lab.api("GET", &format!("/v2.0/trunks/{trunk_id}"), None);
+    let vlans: Vec<u64> = v["trunk"]["sub_ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["segmentation_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(vlans, [1, 2], "{v}");
+    let (_, ports) = lab.api(
+        "GET",
+        &format!(
+            "/v2.0/ports?network_id={}&device_owner=trunk:subport",
+            nets[1]
+        ),
+        None,
+    );
+    let mut names: Vec<&str> = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["demo/nested-a", "demo/nested-b"]);
+
+    // DEL gives the subport back (twice is fine); the other pod goes on.
+    let (name, pid, _) = &pods[0];
+    for _ in 0..2 {
+        sh(
+            &mut guest,
+            &format!(
+                "CNI_COMMAND=DEL CNI_CONTAINERID={name} CNI_NETNS=/proc/{pid}/ns/net \
+                 CNI_IFNAME=eth0 CNI_PATH=/ /isthmus-cni < /nested.json"
+            ),
+        );
+    }
+    let (_, v) = lab.api("GET", &format!("/v2.0/trunks/{trunk_id}"), None);
+    assert_eq!(v["trunk"]["sub_ports"].as_array().unwrap().len(), 1, "{v}");
+    let (_, status) = guest
+        .run(
+            &format!("nsenter -t {pid} -n ip link show eth0"),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_ne!(status, 0, "the pod's interface is gone");
+    let (_, pid_b, _) = &pods[1];
+    sh(
+        &mut guest,
+        &format!("nsenter -t {pid_b} -n ping -c 1 -W 2 {}", ip_of(&peer)),
+    );
+}

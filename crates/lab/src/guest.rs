@@ -99,29 +99,32 @@ impl Guest {
             .as_mut()
             .ok_or_else(|| failed("the guest has no console shell".into()))?;
         self.commands += 1;
-        // The tty echoes the line as typed; only the shell's evaluation prints the number,
-        // so the echo never looks like the end marker.
+        // The tty echoes the line as typed (and the shell's line editor may redraw it, in
+        // pieces): only the shell's evaluation prints the numbers, so the output is what lies
+        // between the evaluated begin and end markers, whatever the echo looked like.
         let n = self.commands;
+        let begin = format!("__ISTHMUS_B{}__", 100_000 + n);
         let marker = format!("__ISTHMUS_{}__", 100_000 + n);
         shell
-            .write_all(format!("{command}; echo __ISTHMUS_$((100000+{n}))__ $?\n").as_bytes())
+            .write_all(
+                format!(
+                    "echo __ISTHMUS_B$((100000+{n}))__; {command}; echo __ISTHMUS_$((100000+{n}))__ $?\n"
+                )
+                .as_bytes(),
+            )
             .map_err(|e| failed(e.to_string()))?;
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
             let text = String::from_utf8_lossy(&seen).replace('\r', "");
-            if let Some(at) = text.find(&marker) {
+            if let (Some(from), Some(at)) = (text.find(&format!("{begin}\n")), text.find(&marker)) {
                 let status = text[at + marker.len()..]
                     .split_whitespace()
                     .next()
                     .and_then(|s| s.parse().ok());
-                if let Some(status) = status {
-                    // Drop the echoed command line.
-                    let output = text[..at]
-                        .split_once('\n')
-                        .map(|(_, rest)| rest.to_owned())
-                        .unwrap_or_default();
+                if let Some(status) = status.filter(|_| from < at) {
+                    let output = text[from + begin.len() + 1..at].to_owned();
                     return Ok((output, status));
                 }
             }
@@ -189,7 +192,7 @@ impl Lab {
         image: &GuestImage,
     ) -> Result<Guest> {
         let (node, tap, mac, dir) = self.prepare_guest(node, port)?;
-        let initrd = boot_initramfs(&dir, image, script)?;
+        let initrd = boot_initramfs(&dir, image, script, &[])?;
         let console = dir.join("console.log");
         let child = spawn(
             node,
@@ -218,8 +221,21 @@ impl Lab {
         image: &GuestImage,
         console: &Path,
     ) -> Result<Guest> {
+        self.boot_interactive_guest_with(node, port, image, console, &[])
+    }
+
+    /// [`Lab::boot_interactive_guest`] with host files copied into the guest: (host path,
+    /// absolute path in the guest). A dynamically linked program brings its libraries.
+    pub fn boot_interactive_guest_with(
+        &self,
+        node: usize,
+        port: &serde_json::Value,
+        image: &GuestImage,
+        console: &Path,
+        files: &[(&Path, &str)],
+    ) -> Result<Guest> {
         let (node, tap, mac, dir) = self.prepare_guest(node, port)?;
-        let initrd = boot_initramfs(&dir, image, "ip link set eth0 up\nexec sh")?;
+        let initrd = boot_initramfs(&dir, image, "ip link set eth0 up\nexec sh", files)?;
         let _ = std::fs::remove_file(console);
         let serial = format!("unix:{},server=on,wait=off", console.display());
         let child = spawn(node, image, &initrd, &serial, &tap, mac)?;
@@ -246,6 +262,9 @@ impl Lab {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if guest.run("true", Duration::from_secs(2)).is_ok() {
+                // The shell's line editor wraps at the console's width (80 unless told), and
+                // a wrapped echo is not one line: long commands need a wide console.
+                guest.run("stty cols 4096", Duration::from_secs(5))?;
                 return Ok(guest);
             }
         }
@@ -290,8 +309,14 @@ fn spawn(
         })
 }
 
-/// The base initramfs with `/test.sh` appended as a second archive (the kernel unpacks both).
-fn boot_initramfs(dir: &Path, image: &GuestImage, script: &str) -> Result<PathBuf> {
+/// The base initramfs with `/test.sh` (and `files`: host path, guest path) appended as a
+/// second archive (the kernel unpacks both).
+fn boot_initramfs(
+    dir: &Path,
+    image: &GuestImage,
+    script: &str,
+    files: &[(&Path, &str)],
+) -> Result<PathBuf> {
     let io = |source| LabError::Spawn {
         command: "initramfs".into(),
         source,
@@ -300,11 +325,19 @@ fn boot_initramfs(dir: &Path, image: &GuestImage, script: &str) -> Result<PathBu
     std::fs::create_dir_all(&extra).map_err(io)?;
     std::fs::write(extra.join("test.sh"), format!("#!/bin/sh\n{script}\n")).map_err(io)?;
     run("chmod", &["755", &extra.join("test.sh").to_string_lossy()])?;
+    for (host, guest) in files {
+        let to = extra.join(guest.trim_start_matches('/'));
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::copy(host, &to).map_err(io)?;
+    }
     let archive = dir.join("extra.cpio");
+    // Directories before what is in them, as cpio wants.
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "cd '{}' && echo test.sh | cpio -o -H newc --quiet > '{}'",
+            "cd '{}' && find . -mindepth 1 | sed 's|^[.]/||' | sort | cpio -o -H newc --quiet > '{}'",
             extra.display(),
             archive.display()
         ))

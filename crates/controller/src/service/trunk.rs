@@ -262,6 +262,162 @@ impl Service {
         ))
     }
 
+    /// The trunk whose parent is port `parent_id`, or 409 when the port is no trunk parent.
+    async fn trunk_of_parent(&self, parent_id: &str) -> Result<(Port, Trunk)> {
+        let (parent, _) = self.must_load::<Port>(parent_id).await?;
+        let Some(TrunkRole::Parent { trunk_id, .. }) = &parent.trunk else {
+            return Err(Error::Conflict(format!(
+                "Port {parent_id} is not the parent port of a trunk"
+            )));
+        };
+        let (trunk, _) = self.must_load::<Trunk>(trunk_id).await?;
+        Ok((parent, trunk))
+    }
+
+    /// The subport of `trunk` made for attachment (`container_id`, `ifname`), if any.
+    async fn attachment_subport(
+        &self,
+        trunk: &Trunk,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<(Port, u16)>> {
+        for s in &trunk.sub_ports {
+            let Some((port, _)) = self.load::<Port>(&s.port_id).await? else {
+                continue;
+            };
+            let profile = &port.binding.profile;
+            if profile.get("cni_container_id").and_then(Value::as_str) == Some(container_id)
+                && profile.get("cni_ifname").and_then(Value::as_str) == Some(ifname)
+            {
+                return Ok(Some((port, s.segmentation_id)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A subport for a pod inside the VM whose port is `parent_id` (the nested CNI path, asked
+    /// by that VM's node agent): `{"subport": {"network": name or id, "container_id",
+    /// "ifname", "name"}}` makes a port on the network in the parent's project and adds it to
+    /// the parent's trunk at the lowest VLAN free there; the same attachment asked again gets
+    /// the same subport. Answers whether it was made, and `{"port", "segmentation_id",
+    /// "trunk_id"}`.
+    pub async fn nested_subport(
+        &self,
+        caller: &Caller,
+        parent_id: &str,
+        body: Value,
+    ) -> Result<(bool, Value)> {
+        isthmus_model::policy::authorize_caller("create_subport", caller)?;
+        let field = |name: &str| {
+            body.get("subport")
+                .and_then(|s| s.get(name))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| Error::invalid_attr(name, "a string is required"))
+        };
+        let (network, container_id, ifname) =
+            (field("network")?, field("container_id")?, field("ifname")?);
+        let name = field("name").unwrap_or_else(|_| container_id.clone());
+        let (parent, trunk) = self.trunk_of_parent(parent_id).await?;
+        let answer = |port: Port, vlan: u16, trunk_id: &str| {
+            serde_json::json!({
+                "port": port.render(caller),
+                "segmentation_id": vlan,
+                "trunk_id": trunk_id,
+            })
+        };
+        if let Some((port, vlan)) = self
+            .attachment_subport(&trunk, &container_id, &ifname)
+            .await?
+        {
+            return Ok((false, answer(port, vlan, &trunk.meta.id)));
+        }
+        let network = self.resolve_network(&network).await?;
+        let created = self
+            .create_port(
+                caller,
+                serde_json::json!({"port": {
+                    "network_id": network.meta.id,
+                    "project_id": parent.meta.project_id,
+                    "name": name,
+                    "binding:profile": {"cni_container_id": container_id, "cni_ifname": ifname},
+                }}),
+                new_id(),
+            )
+            .await?;
+        let port_id = created
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let admin = Caller::admin(&parent.meta.project_id);
+        // Concurrent attachments race for the lowest free VLAN: the loser takes the next.
+        let mut outcome = Err(Error::Conflict("no VLAN left on the trunk".to_owned()));
+        for _ in 0..16 {
+            let (_, trunk) = self.trunk_of_parent(parent_id).await?;
+            let Some(vlan) =
+                (1..=4094u16).find(|v| !trunk.sub_ports.iter().any(|s| s.segmentation_id == *v))
+            else {
+                break;
+            };
+            let request = serde_json::json!({"sub_ports": [
+                {"port_id": port_id, "segmentation_type": "vlan", "segmentation_id": vlan}
+            ]});
+            outcome = self
+                .add_sub_ports(&admin, &trunk.meta.id, request)
+                .await
+                .map(|_| (vlan, trunk.meta.id));
+            match &outcome {
+                Err(e) if e.type_name() == "DuplicateSubPort" => continue,
+                _ => break,
+            }
+        }
+        match outcome {
+            Ok((vlan, trunk_id)) => {
+                let (port, _) = self.must_load::<Port>(&port_id).await?;
+                Ok((true, answer(port, vlan, &trunk_id)))
+            }
+            Err(e) => {
+                // Nothing half-done: the port made for it goes again.
+                if let Err(cleanup) = self.delete_port_unchecked(&port_id).await {
+                    tracing::warn!("removing port {port_id} of a failed subport: {cleanup}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Releases the subport made for attachment (`container_id`, `ifname`) of the VM whose
+    /// port is `parent_id`: it leaves the trunk and is deleted. Nothing there is fine (a DEL
+    /// may come twice).
+    pub async fn release_nested_subport(
+        &self,
+        caller: &Caller,
+        parent_id: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<()> {
+        isthmus_model::policy::authorize_caller("delete_subport", caller)?;
+        let (parent, trunk) = self.trunk_of_parent(parent_id).await?;
+        let Some((port, _)) = self
+            .attachment_subport(&trunk, container_id, ifname)
+            .await?
+        else {
+            return Ok(());
+        };
+        let admin = Caller::admin(&parent.meta.project_id);
+        let request = serde_json::json!({"sub_ports": [{"port_id": port.meta.id}]});
+        match self.remove_sub_ports(&admin, &trunk.meta.id, request).await {
+            Ok(_) => {}
+            Err(e) if e.type_name() == "SubPortNotFound" => {}
+            Err(e) => return Err(e),
+        }
+        match self.delete_port_unchecked(&port.meta.id).await {
+            Err(Error::NotFound { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// What a port update must also write when it changes a port in a trunk: a parent's new
     /// binding moves its subports with it; a subport's binding follows its parent's only;
     /// a subport's new MAC shows in its parent's `trunk_details`.
