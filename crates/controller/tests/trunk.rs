@@ -566,4 +566,23 @@ async fn nested_attachments_get_subports_on_the_lowest_free_vlan() {
         (s, third["subport"]["segmentation_id"].clone()),
         (201, json!(1))
     );
+
+    // The VM's project pays for its pods' ports: at its quota, no more subports.
+    let (_, ports) = api
+        .call(As::Anonymous, "GET", &format!("/v2.0/ports?project_id={P}"), None)
+        .await;
+    let used = ports["ports"].as_array().unwrap().len();
+    let (s, v) = api
+        .call(
+            As::Anonymous,
+            "PUT",
+            &format!("/v2.0/quotas/{P}"),
+            Some(json!({"quota": {"port": used}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = ask(parent.clone(), "c6", "eth0").await;
+    assert_eq!((s, fault(&v)), (409, "OverQuota"), "{v}");
+    let v = show(&api, &format!("/v2.0/trunks/{trunk_id}")).await;
+    assert_eq!(v["trunk"]["sub_ports"].as_array().unwrap().len(), 2);
 }

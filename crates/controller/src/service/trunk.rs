@@ -333,18 +333,15 @@ impl Service {
             return Ok((false, answer(port, vlan, &trunk.meta.id)));
         }
         let network = self.resolve_network(&network).await?;
-        let created = self
-            .create_port(
-                caller,
-                serde_json::json!({"port": {
-                    "network_id": network.meta.id,
-                    "project_id": parent.meta.project_id,
-                    "name": name,
-                    "binding:profile": {"cni_container_id": container_id, "cni_ifname": ifname},
-                }}),
-                new_id(),
-            )
-            .await?;
+        let port = serde_json::json!({"port": {
+            "network_id": network.meta.id,
+            "project_id": parent.meta.project_id,
+            "name": name,
+            "binding:profile": {"cni_container_id": container_id, "cni_ifname": ifname},
+        }});
+        // The VM's project pays for its pods' ports, as for any other.
+        self.check_quota(caller, "ports", "port", &port).await?;
+        let created = self.create_port(caller, port, new_id()).await?;
         let port_id = created
             .get("id")
             .and_then(Value::as_str)
