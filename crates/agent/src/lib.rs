@@ -280,6 +280,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     shared.services.serve_nested(nested::Nested::new(
         Arc::downgrade(&shared),
         shared.services.instances(),
+        shared.config.pool_size,
+        &shared.config.state_dir,
     ));
     let leases = shared.leases.subscribe();
     tokio::spawn(async move {

@@ -6,9 +6,17 @@
 //! this node, and anti-spoofing guarantees it is that port's. The agent makes the subport
 //! through the controller (which checks that the port is a trunk parent), waits until it is
 //! plugged here, and answers with the CNI result and the VLAN the plugin tags in the guest.
+//!
+//! Like bare-metal pods' ports, subports are pooled: per (parent port, network) the agent
+//! keeps `--pool-size` subports made ahead, already on the trunk and wired here, so an ADD
+//! that finds one only names it after its pod. The pool is kept in `--state-dir`
+//! (`nested-pool.json`) across agent restarts; an entry whose port went meanwhile is dropped
+//! when it is taken.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Weak};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use isthmus_cni::{code, CniError, Command, Request};
@@ -29,16 +37,82 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The controller refused the subport (as the CNI socket's code for a refused port).
 const SUBPORT_REFUSED: u32 = 100;
 
+/// `cni_container_id` of pooled subports (followed by a unique suffix).
+const POOL_CONTAINER: &str = "isthmus-pool-";
+
+/// A subport ready in a pool: its port and VLAN.
+type Ready = (String, u64);
+/// (parent port, network id).
+type PoolKey = (String, String);
+
 /// What every DHCP namespace's nested CNI listener shares.
 pub struct Nested {
     shared: Weak<Shared>,
     instances: watch::Receiver<Arc<Instances>>,
+    /// Subports kept ready per pool (0: none).
+    pool_size: usize,
+    pools: Mutex<BTreeMap<PoolKey, Vec<Ready>>>,
+    /// Pools being topped up (one refill at a time per pool).
+    refilling: Mutex<BTreeSet<PoolKey>>,
+    /// Where the pools are kept.
+    pool_file: PathBuf,
 }
 
 impl Nested {
-    /// A handler for `shared`'s node, knowing its ports from `instances`.
-    pub fn new(shared: Weak<Shared>, instances: watch::Receiver<Arc<Instances>>) -> Nested {
-        Nested { shared, instances }
+    /// A handler for `shared`'s node, knowing its ports from `instances`, keeping `pool_size`
+    /// subports ready per pool, in `state_dir`.
+    pub fn new(
+        shared: Weak<Shared>,
+        instances: watch::Receiver<Arc<Instances>>,
+        pool_size: usize,
+        state_dir: &std::path::Path,
+    ) -> Nested {
+        let pool_file = state_dir.join("nested-pool.json");
+        let pools = std::fs::read(&pool_file)
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<Vec<(PoolKey, Vec<Ready>)>>(&raw).ok())
+            .map(|entries| entries.into_iter().collect())
+            .unwrap_or_default();
+        Nested {
+            shared,
+            instances,
+            pool_size,
+            pools: Mutex::new(pools),
+            refilling: Mutex::default(),
+            pool_file,
+        }
+    }
+
+    fn pools(&self) -> MutexGuard<'_, BTreeMap<PoolKey, Vec<Ready>>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a ready subport of `key`, keeping the pool file in step.
+    fn take(&self, key: &PoolKey) -> Option<Ready> {
+        let mut pools = self.pools();
+        let taken = pools.get_mut(key).and_then(Vec::pop);
+        if taken.is_some() {
+            self.save(&pools);
+        }
+        taken
+    }
+
+    fn put(&self, key: &PoolKey, ready: Ready) {
+        let mut pools = self.pools();
+        pools.entry(key.clone()).or_default().push(ready);
+        self.save(&pools);
+    }
+
+    fn save(&self, pools: &BTreeMap<PoolKey, Vec<Ready>>) {
+        let entries: Vec<(&PoolKey, &Vec<Ready>)> = pools.iter().collect();
+        let tmp = self.pool_file.with_extension("tmp");
+        let written = serde_json::to_vec(&entries)
+            .map_err(std::io::Error::other)
+            .and_then(|raw| std::fs::write(&tmp, raw))
+            .and_then(|()| std::fs::rename(&tmp, &self.pool_file));
+        if let Err(e) = written {
+            tracing::warn!("writing {}: {e}", self.pool_file.display());
+        }
     }
 }
 
@@ -148,7 +222,7 @@ async fn handle(
         .upgrade()
         .ok_or_else(|| CniError::new(code::TRY_AGAIN_LATER, "the agent is stopping", ""))?;
     match request.command {
-        Command::Add => add(&shared, &parent, &request).await,
+        Command::Add => add(nested, &shared, &parent, &request).await,
         Command::Del => release(&shared, &parent, &request)
             .await
             .map(|()| (Value::Null, None)),
@@ -167,9 +241,11 @@ async fn handle(
     }
 }
 
-/// ADD: the attachment's subport (made, or found again for a retried ADD), once plugged.
+/// ADD: the attachment's subport (from the pool, made, or found again for a retried ADD),
+/// once plugged.
 async fn add(
-    shared: &Shared,
+    nested: &Nested,
+    shared: &Arc<Shared>,
     parent: &str,
     request: &Request,
 ) -> Result<(Value, Option<Value>), CniError> {
@@ -191,41 +267,34 @@ async fn add(
         (Some(namespace), Some(pod)) => format!("{namespace}/{pod}"),
         _ => request.container_id.clone(),
     };
-    let body = json!({"subport": {
-        "network": network,
-        "container_id": request.container_id,
-        "ifname": request.ifname,
-        "name": name,
-    }});
-    let path = format!("/isthmus/v1/ports/{parent}/subports");
-    let (status, answer) = shared
-        .config
-        .controller
-        .request("POST", &path, Some(&body))
-        .await
-        .map_err(|e| {
-            CniError::new(
-                code::TRY_AGAIN_LATER,
-                "the controller is not reachable",
-                e.to_string(),
-            )
-        })?;
-    if !(200..300).contains(&status) {
-        let why = answer["NeutronError"]["message"]
-            .as_str()
-            .map_or_else(|| answer.to_string(), str::to_owned);
-        return Err(CniError::new(
-            SUBPORT_REFUSED,
-            format!("the controller refused the subport ({status})"),
-            why,
-        ));
+    let attachment = (
+        request.container_id.as_str(),
+        request.ifname.as_str(),
+        name.as_str(),
+    );
+    // A pooled subport of this network, when the view tells which network it is: offered to
+    // the controller, which gives it to this attachment unless the attachment has one already
+    // (a retried ADD).
+    let key = local_network(shared, network).map(|id| (parent.to_owned(), id));
+    let offered = key.as_ref().and_then(|k| nested.take(k));
+    let (made, outcome) = make(
+        shared,
+        parent,
+        network,
+        attachment,
+        offered.as_ref().map(|(port, _)| port.as_str()),
+    )
+    .await
+    .inspect_err(|_| {
+        if let (Some(key), Some(ready)) = (&key, &offered) {
+            nested.put(key, ready.clone());
+        }
+    })?;
+    if let (Some(key), Some(ready), Some("kept")) = (&key, offered, outcome.as_deref()) {
+        nested.put(key, ready);
     }
-    let subport = &answer["subport"];
-    let port_id = subport["port"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let vlan = subport["segmentation_id"].as_u64().unwrap_or_default();
+    let (port_id, vlan, network_id) = made;
+    refill(nested, shared.clone(), (parent.to_owned(), network_id));
     let iface = wait_interface(shared, &port_id).await?;
     wait_plugged(shared, &port_id).await?;
     let mut result = pod::cni_result(&iface, "", &request.ifname, &request.netns);
@@ -244,28 +313,143 @@ async fn add(
     ))
 }
 
+/// The id of the network `reference` (an id, or a name only one network has) names in this
+/// node's view; `None` when the view cannot tell (the controller resolves it then).
+fn local_network(shared: &Shared, reference: &str) -> Option<String> {
+    let view = shared.view();
+    let mut found = view
+        .networks
+        .values()
+        .filter(|n| n.id == reference || n.name == reference);
+    match (found.next(), found.next()) {
+        (Some(one), None) => Some(one.id.clone()),
+        _ => None,
+    }
+}
+
+/// Has the controller make (or find again) the subport of an attachment, offering the pooled
+/// subport `pooled`: (port, VLAN, network id) and what became of the offer (`"taken"`,
+/// `"kept"`, `"invalid"`; `None` without an offer).
+async fn make(
+    shared: &Shared,
+    parent: &str,
+    network: &str,
+    attachment: (&str, &str, &str),
+    pooled: Option<&str>,
+) -> Result<((String, u64, String), Option<String>), CniError> {
+    let (container_id, ifname, name) = attachment;
+    let mut body = json!({"subport": {
+        "network": network,
+        "container_id": container_id,
+        "ifname": ifname,
+        "name": name,
+    }});
+    if let Some(pooled) = pooled {
+        body["subport"]["pooled"] = json!(pooled);
+    }
+    let path = format!("/isthmus/v1/ports/{parent}/subports");
+    let answer = controller(shared, "POST", &path, Some(&body)).await?;
+    let subport = &answer["subport"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    Ok((
+        (
+            text(&subport["port"]["id"]),
+            subport["segmentation_id"].as_u64().unwrap_or_default(),
+            text(&subport["port"]["network_id"]),
+        ),
+        subport["pool"].as_str().map(str::to_owned),
+    ))
+}
+
+/// Tops up the pool of `key` in the background.
+fn refill(nested: &Nested, shared: Arc<Shared>, key: PoolKey) {
+    let size = nested.pool_size;
+    let have = nested.pools().get(&key).map_or(0, Vec::len);
+    if size == 0 || have >= size {
+        return;
+    }
+    if !nested
+        .refilling
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key.clone())
+    {
+        return;
+    }
+    let Some(handler) = shared.services.nested() else {
+        return;
+    };
+    tokio::spawn(async move {
+        for n in have..size {
+            let container = format!("{POOL_CONTAINER}{}", unique());
+            let attachment = (container.as_str(), "pool", "isthmus-pool");
+            match make(&shared, &key.0, &key.1, attachment, None).await {
+                Ok(((port, vlan, _), _)) => handler.put(&key, (port, vlan)),
+                Err(e) => {
+                    tracing::warn!(
+                        "subport pool of {} on {}: {e} ({n} of {size})",
+                        key.0,
+                        key.1
+                    );
+                    break;
+                }
+            }
+        }
+        handler
+            .refilling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    });
+}
+
+/// A suffix no other pool container id of this node has.
+fn unique() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{nanos:x}-{n}")
+}
+
+/// A controller call that must succeed (2xx): its answer, or the CNI error for the plugin.
+async fn controller(
+    shared: &Shared,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, CniError> {
+    let (status, answer) = shared
+        .config
+        .controller
+        .request(method, path, body)
+        .await
+        .map_err(|e| {
+            CniError::new(
+                code::TRY_AGAIN_LATER,
+                "the controller is not reachable",
+                e.to_string(),
+            )
+        })?;
+    if (200..300).contains(&status) {
+        return Ok(answer);
+    }
+    let why = answer["NeutronError"]["message"]
+        .as_str()
+        .map_or_else(|| answer.to_string(), str::to_owned);
+    Err(CniError::new(
+        SUBPORT_REFUSED,
+        format!("the controller refused the subport ({status})"),
+        why,
+    ))
+}
+
 /// DEL: the attachment's subport leaves the trunk and goes (nothing there is fine).
 async fn release(shared: &Shared, parent: &str, request: &Request) -> Result<(), CniError> {
     let path = format!(
         "/isthmus/v1/ports/{parent}/subports/{}/{}",
         request.container_id, request.ifname
     );
-    match shared
-        .config
-        .controller
-        .request("DELETE", &path, None)
-        .await
-    {
-        Ok((204, _)) => Ok(()),
-        Ok((status, answer)) => Err(CniError::new(
-            SUBPORT_REFUSED,
-            format!("the controller refused to release the subport ({status})"),
-            answer.to_string(),
-        )),
-        Err(e) => Err(CniError::new(
-            code::TRY_AGAIN_LATER,
-            "the controller is not reachable",
-            e.to_string(),
-        )),
-    }
+    controller(shared, "DELETE", &path, None).await.map(|_| ())
 }

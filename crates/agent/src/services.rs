@@ -55,6 +55,11 @@ impl Services {
         let _ = self.nested.set(Arc::new(nested));
     }
 
+    /// The nested CNI's handler, once served.
+    pub fn nested(&self) -> Option<Arc<Nested>> {
+        self.nested.get().cloned()
+    }
+
     /// Starts what is missing in the DHCP namespaces of `namespaces` and stops what runs in
     /// namespaces no longer there; `instances` is who may ask for metadata, `names` what each
     /// network resolves. A namespace whose sockets cannot be made yet is tried again at the

@@ -567,9 +567,61 @@ async fn nested_attachments_get_subports_on_the_lowest_free_vlan() {
         (201, json!(1))
     );
 
+    // Pools: a subport made ahead (container "isthmus-pool-...") is offered for an attachment
+    // and becomes its; offered again for the same attachment it stays the pool's; a port that
+    // is no pool subport is refused and a new subport made.
+    let (s, pool) = ask(parent.clone(), "isthmus-pool-1", "pool").await;
+    assert_eq!(s, 201);
+    let pooled = pool["subport"]["port"]["id"].as_str().unwrap().to_owned();
+    let (s, spare) = ask(parent.clone(), "isthmus-pool-2", "pool").await;
+    assert_eq!(s, 201);
+    let spare = spare["subport"]["port"]["id"].as_str().unwrap().to_owned();
+    let offer = |container: &'static str, offered: String| {
+        let api = api.clone();
+        let (net, parent) = (pods_net.clone(), parent.clone());
+        async move {
+            api.call(
+                As::Anonymous,
+                "POST",
+                &format!("/isthmus/v1/ports/{parent}/subports"),
+                Some(
+                    json!({"subport": {"network": net, "container_id": container,
+                    "ifname": "eth0", "name": "demo/pooled", "pooled": offered}}),
+                ),
+            )
+            .await
+        }
+    };
+    let (s, taken) = offer("c7", pooled.clone()).await;
+    assert_eq!(
+        (s, taken["subport"]["pool"].as_str()),
+        (200, Some("taken")),
+        "{taken}"
+    );
+    assert_eq!(taken["subport"]["port"]["id"], pooled.as_str());
+    assert_eq!(taken["subport"]["port"]["name"], "demo/pooled");
+    assert_eq!(
+        taken["subport"]["port"]["binding:profile"],
+        json!({"cni_container_id": "c7", "cni_ifname": "eth0"})
+    );
+    let (s, kept) = offer("c7", spare.clone()).await;
+    assert_eq!((s, kept["subport"]["pool"].as_str()), (200, Some("kept")));
+    assert_eq!(kept["subport"]["port"]["id"], pooled.as_str());
+    let (s, invalid) = offer("c8", pooled.clone()).await;
+    assert_eq!(
+        (s, invalid["subport"]["pool"].as_str()),
+        (201, Some("invalid"))
+    );
+    assert_ne!(invalid["subport"]["port"]["id"], pooled.as_str());
+
     // The VM's project pays for its pods' ports: at its quota, no more subports.
     let (_, ports) = api
-        .call(As::Anonymous, "GET", &format!("/v2.0/ports?project_id={P}"), None)
+        .call(
+            As::Anonymous,
+            "GET",
+            &format!("/v2.0/ports?project_id={P}"),
+            None,
+        )
         .await;
     let used = ports["ports"].as_array().unwrap().len();
     let (s, v) = api
@@ -584,5 +636,5 @@ async fn nested_attachments_get_subports_on_the_lowest_free_vlan() {
     let (s, v) = ask(parent.clone(), "c6", "eth0").await;
     assert_eq!((s, fault(&v)), (409, "OverQuota"), "{v}");
     let v = show(&api, &format!("/v2.0/trunks/{trunk_id}")).await;
-    assert_eq!(v["trunk"]["sub_ports"].as_array().unwrap().len(), 2);
+    assert_eq!(v["trunk"]["sub_ports"].as_array().unwrap().len(), 5);
 }

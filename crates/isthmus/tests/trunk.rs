@@ -414,9 +414,39 @@ fn pods_inside_a_guest_get_subports_through_the_nested_cni() {
         "network": "k8s-pods", "nested": {"interface": "eth0"}});
     sh(&mut guest, &format!("echo '{conf}' > /nested.json"));
 
-    // Two pods, each in a network namespace of its own in the guest.
+    let subports = || {
+        let (_, ports) = lab.api(
+            "GET",
+            &format!(
+                "/v2.0/ports?network_id={}&device_owner=trunk:subport",
+                nets[1]
+            ),
+            None,
+        );
+        let mut named: Vec<(String, String)> = ports["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let text = |k: &str| p[k].as_str().unwrap().to_owned();
+                (text("name"), text("id"))
+            })
+            .collect();
+        named.sort();
+        named
+    };
+    let names = || subports().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+
+    // Two pods, each in a network namespace of its own in the guest. The first ADD makes its
+    // subport (VLAN 1) and has the agent make its pool of two (VLANs 2 and 3, --pool-size);
+    // the second takes one of those.
     let mut pods = Vec::new();
     for name in ["nested-a", "nested-b"] {
+        if name == "nested-b" {
+            wait_for("the pool to be made", Duration::from_secs(20), || {
+                names() == ["demo/nested-a", "isthmus-pool", "isthmus-pool"]
+            });
+        }
         let pid = sh(
             &mut guest,
             "unshare -n sleep 100000 >/dev/null 2>&1 & echo $!",
@@ -456,31 +486,32 @@ fn pods_inside_a_guest_get_subports_through_the_nested_cni() {
             "{name} cannot reach the VM on its network:\n{out}"
         );
     }
-    // In the API: two subports on VLANs 1 and 2, named after their pods.
+    // In the API: a subport per pod, named after it; the pool topped up again.
+    wait_for("the pool to be topped up", Duration::from_secs(20), || {
+        names()
+            == [
+                "demo/nested-a",
+                "demo/nested-b",
+                "isthmus-pool",
+                "isthmus-pool",
+            ]
+    });
     let (_, v) = lab.api("GET", &format!("/v2.0/trunks/{trunk_id}"), None);
-    let vlans: Vec<u64> = v["trunk"]["sub_ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["segmentation_id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(vlans, [1, 2], "{v}");
-    let (_, ports) = lab.api(
-        "GET",
-        &format!(
-            "/v2.0/ports?network_id={}&device_owner=trunk:subport",
-            nets[1]
-        ),
-        None,
+    let vlan_of = |port: &str| {
+        v["trunk"]["sub_ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["port_id"] == port)
+            .and_then(|s| s["segmentation_id"].as_u64())
+    };
+    let all = subports();
+    assert_eq!(vlan_of(&all[0].1), Some(1), "{v}");
+    assert!(
+        matches!(vlan_of(&all[1].1), Some(2 | 3)),
+        "the second pod's subport came from the pool: {v}"
     );
-    let mut names: Vec<&str> = ports["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["demo/nested-a", "demo/nested-b"]);
+    assert!(lab.nodes[0].state_dir.join("nested-pool.json").exists());
 
     // DEL gives the subport back (twice is fine); the other pod goes on.
     let (name, pid, _) = &pods[0];
@@ -494,7 +525,8 @@ fn pods_inside_a_guest_get_subports_through_the_nested_cni() {
         );
     }
     let (_, v) = lab.api("GET", &format!("/v2.0/trunks/{trunk_id}"), None);
-    assert_eq!(v["trunk"]["sub_ports"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["trunk"]["sub_ports"].as_array().unwrap().len(), 3, "{v}");
+    assert!(!names().contains(&"demo/nested-a".to_owned()));
     let (_, status) = guest
         .run(
             &format!("nsenter -t {pid} -n ip link show eth0"),

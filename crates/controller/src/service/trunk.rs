@@ -19,6 +19,9 @@ use super::kind::{key_of, prefix_of};
 use super::{encode, new_id, now, Attempt, Kind, Listed, Object, Service};
 use crate::keys;
 
+/// `cni_container_id` of the subports an agent keeps in its pools (a unique suffix follows).
+pub const POOL_CONTAINER: &str = "isthmus-pool-";
+
 /// Neutron's `PortInUse`: a port already attached to a device cannot become a subport.
 fn port_in_use(port: &Port) -> Error {
     Error::fault(
@@ -299,8 +302,10 @@ impl Service {
     /// by that VM's node agent): `{"subport": {"network": name or id, "container_id",
     /// "ifname", "name"}}` makes a port on the network in the parent's project and adds it to
     /// the parent's trunk at the lowest VLAN free there; the same attachment asked again gets
-    /// the same subport. Answers whether it was made, and `{"port", "segmentation_id",
-    /// "trunk_id"}`.
+    /// the same subport; `"pooled": <port id>` offers a subport the agent made ahead (with a
+    /// `cni_container_id` starting `isthmus-pool-`), which becomes the attachment's. Answers
+    /// whether it was made, and `{"port", "segmentation_id", "trunk_id"}` (with `"pool"`: what
+    /// became of the offered subport).
     pub async fn nested_subport(
         &self,
         caller: &Caller,
@@ -326,11 +331,28 @@ impl Service {
                 "trunk_id": trunk_id,
             })
         };
+        let pooled = field("pooled").ok();
+        // What became of the pool subport offered: "kept" (still the pool's), "taken" (this
+        // attachment's now) or "invalid" (no pool subport of this trunk: the agent drops it).
+        let pool = |mut body: Value, outcome: &str| {
+            if pooled.is_some() {
+                body["pool"] = Value::from(outcome);
+            }
+            body
+        };
         if let Some((port, vlan)) = self
             .attachment_subport(&trunk, &container_id, &ifname)
             .await?
         {
-            return Ok((false, answer(port, vlan, &trunk.meta.id)));
+            return Ok((false, pool(answer(port, vlan, &trunk.meta.id), "kept")));
+        }
+        if let Some(offered) = &pooled {
+            if let Some((port, vlan)) = self
+                .take_pooled(&trunk, offered, &container_id, &ifname, &name)
+                .await?
+            {
+                return Ok((false, pool(answer(port, vlan, &trunk.meta.id), "taken")));
+            }
         }
         let network = self.resolve_network(&network).await?;
         let port = serde_json::json!({"port": {
@@ -372,7 +394,7 @@ impl Service {
         match outcome {
             Ok((vlan, trunk_id)) => {
                 let (port, _) = self.must_load::<Port>(&port_id).await?;
-                Ok((true, answer(port, vlan, &trunk_id)))
+                Ok((true, pool(answer(port, vlan, &trunk_id), "invalid")))
             }
             Err(e) => {
                 // Nothing half-done: the port made for it goes again.
@@ -382,6 +404,52 @@ impl Service {
                 Err(e)
             }
         }
+    }
+
+    /// Pool subport `port_id` of `trunk`, renamed and re-profiled for an attachment; `None`
+    /// when it is no pool subport of the trunk (any more).
+    async fn take_pooled(
+        &self,
+        trunk: &Trunk,
+        port_id: &str,
+        container_id: &str,
+        ifname: &str,
+        name: &str,
+    ) -> Result<Option<(Port, u16)>> {
+        let Some(vlan) = trunk
+            .sub_ports
+            .iter()
+            .find(|s| s.port_id == port_id)
+            .map(|s| s.segmentation_id)
+        else {
+            return Ok(None);
+        };
+        self.retry(|| async {
+            let Some((mut port, rev)) = self.load::<Port>(port_id).await? else {
+                return Ok(Attempt::Done(None));
+            };
+            let pooled = port
+                .binding
+                .profile
+                .get("cni_container_id")
+                .and_then(Value::as_str)
+                .is_some_and(|c| c.starts_with(POOL_CONTAINER));
+            if !pooled {
+                return Ok(Attempt::Done(None));
+            }
+            port.meta.name = name.to_owned();
+            port.binding.profile = serde_json::Map::from_iter([
+                ("cni_container_id".to_owned(), Value::from(container_id)),
+                ("cni_ifname".to_owned(), Value::from(ifname)),
+            ]);
+            port.meta.touch(&now());
+            Ok(if self.write_back(port_id, rev, &port).await? {
+                Attempt::Done(Some((port, vlan)))
+            } else {
+                Attempt::Retry
+            })
+        })
+        .await
     }
 
     /// Releases the subport made for attachment (`container_id`, `ifname`) of the VM whose
