@@ -10,11 +10,13 @@
 # from PyPI to the authentication tests), qemu-system-x86 and cpio (real guests: Debian's kernel
 # with a busybox initramfs, see tools/guest-image.sh), dnsmasq-base (an upstream DNS server) and
 # isc-dhcp-client (dhclient -6, a real DHCPv6 client), clang and libbpf-dev (the agent's tc BPF
-# programs for trunk subports, compiled by its build).
+# programs for trunk subports, compiled by its build), containerd and containernetworking-plugins
+# (its CRI plugin runs a pod sandbox through the CNI plugin as kubelet asks it, with the
+# reference loopback plugin).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(etcd-server openssl protobuf-compiler python3-venv python3-dev gcc iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived cpio dnsmasq-base clang libbpf-dev)
+packages=(etcd-server openssl protobuf-compiler python3-venv python3-dev gcc iproute2 iputils-ping nftables conntrack curl podman runc busybox-static keepalived cpio dnsmasq-base clang libbpf-dev containerd containernetworking-plugins)
 # QEMU without its recommends (firmware for other architectures, GUI helpers); the guest's
 # kernel is downloaded (not installed) from Debian by tools/guest-image.sh.
 lean=(qemu-system-x86 isc-dhcp-client)

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the lab's real guest from Debian packages only: Debian's kernel (linux-image-amd64,
 # downloaded and unpacked, not installed) and an initramfs of busybox-static with the virtio
-# network modules and 802.1q (VLAN subinterfaces on trunk parents). Usage: tools/guest-image.sh OUT_DIR. Writes OUT_DIR/vmlinuz and
-# OUT_DIR/base.cpio.gz (its /init runs /test.sh from a second cpio appended at boot, then
-# powers off). Idempotent: an existing image is kept.
+# network modules, virtio-rng (entropy from the host: under TCG a guest that waits for its own
+# hangs in getrandom) and 802.1q (VLAN subinterfaces on trunk parents).
+# Usage: tools/guest-image.sh OUT_DIR. Writes OUT_DIR/vmlinuz and OUT_DIR/base.cpio.gz (its
+# /init runs /test.sh from a second cpio appended at boot, then powers off). Idempotent: an
+# existing image with the same modules is kept.
 set -euo pipefail
 out=${1:?usage: guest-image.sh OUT_DIR}
 # The module list is part of the image: an image with another list is built again.
-wanted="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net llc stp garp mrp 8021q"
+wanted="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio-rng llc stp garp mrp 8021q"
 [ -s "$out/vmlinuz" ] && [ -s "$out/base.cpio.gz" ] && [ "$(cat "$out/modules" 2>/dev/null)" = "$wanted" ] && exit 0
 mkdir -p "$out"
 work=$(mktemp -d)

@@ -29,11 +29,15 @@ fn sh(guest: &mut Guest, command: &str) -> String {
 }
 
 /// Whether the guest reaches `ip` (through `via`, an interface, when given).
-fn reaches(guest: &mut Guest, ip: &str, via: Option<&str>) -> bool {
-    let via = via.map(|i| format!("-I {i} ")).unwrap_or_default();
+/// Whether the guest reaches `ip`, from the pod (network namespace) of process `pod` when
+/// given.
+fn reaches(guest: &mut Guest, ip: &str, pod: Option<&str>) -> bool {
+    let inside = pod
+        .map(|p| format!("nsenter -t {p} -n "))
+        .unwrap_or_default();
     let (_, status) = guest
         .run(
-            &format!("ping -c 2 -W 2 {via}{ip} >/dev/null"),
+            &format!("{inside}ping -c 2 -W 2 {ip} >/dev/null"),
             Duration::from_secs(30),
         )
         .unwrap();
@@ -67,7 +71,7 @@ fn a_guest_carries_two_networks_on_vlan_subports() {
     let Some(image) = image() else { return };
     let lab = &cloud.lab;
     let project = "nested";
-    let mut nets = Vec::new();
+    let (mut nets, mut subnets) = (Vec::new(), Vec::new());
     for (name, cidr) in [
         ("vms", "10.80.0.0/24"),
         ("pods-a", "10.81.0.0/24"),
@@ -80,12 +84,13 @@ fn a_guest_carries_two_networks_on_vlan_subports() {
             json!({"name": name, "project_id": project}),
         );
         let net = net["id"].as_str().unwrap().to_owned();
-        create(
+        let subnet = create(
             lab,
             "/v2.0/subnets",
             "subnet",
             json!({"network_id": net, "ip_version": 4, "cidr": cidr, "project_id": project}),
         );
+        subnets.push(subnet["id"].as_str().unwrap().to_owned());
         nets.push(net);
     }
     let port = |net: &str, host: &str, extra: Value| {
@@ -145,8 +150,8 @@ fn a_guest_carries_two_networks_on_vlan_subports() {
         .unwrap()
         .to_owned();
 
-    // The guest: its own address untagged on eth0, and one 802.1q subinterface per subport
-    // with the subport's MAC and address (what the nested CNI plugin will set up per pod).
+    // The guest: its own address untagged on eth0, and two pods (network namespaces), each
+    // with an 802.1q subinterface of eth0 with its subport's MAC and address.
     let scratch = tempfile::tempdir().unwrap();
     let console = scratch.path().join("console");
     let mut guest = lab
@@ -156,18 +161,27 @@ fn a_guest_carries_two_networks_on_vlan_subports() {
         &mut guest,
         &format!("ip addr add {}/24 dev eth0", ip_of(&parent)),
     );
+    let mut pods = Vec::new();
     for (sub, vlan) in [(&sub_a, 101), (&sub_b, 102)] {
+        let pid = sh(
+            &mut guest,
+            "unshare -n sleep 100000 >/dev/null 2>&1 & echo $!",
+        );
+        let pid = pid.trim().to_owned();
         sh(
             &mut guest,
             &format!(
                 "ip link add link eth0 name eth0.{vlan} type vlan id {vlan} && \
-                 ip link set eth0.{vlan} address {mac} && \
-                 ip addr add {ip}/24 dev eth0.{vlan} && ip link set eth0.{vlan} up",
+                 ip link set eth0.{vlan} address {mac} && ip link set eth0.{vlan} netns {pid} && \
+                 nsenter -t {pid} -n ip addr add {ip}/24 dev eth0.{vlan} && \
+                 nsenter -t {pid} -n ip link set eth0.{vlan} up",
                 mac = sub["mac_address"].as_str().unwrap(),
                 ip = ip_of(sub)
             ),
         );
+        pods.push(pid);
     }
+    let (pod_a, pod_b) = (Some(pods[0].as_str()), Some(pods[1].as_str()));
     wait_for("the trunk to be ACTIVE", Duration::from_secs(30), || {
         let (_, v) = lab.api("GET", &format!("/v2.0/trunks/{trunk_id}"), None);
         v["trunk"]["status"] == "ACTIVE"
@@ -182,23 +196,50 @@ fn a_guest_carries_two_networks_on_vlan_subports() {
     }
 
     assert!(
-        reaches(&mut guest, &ip_of(&vm_a), None),
-        "VLAN 101 → VM on pods-a"
+        reaches(&mut guest, &ip_of(&vm_a), pod_a),
+        "pod A (VLAN 101) → VM on pods-a"
     );
     assert!(
-        reaches(&mut guest, &pod_ip, None),
-        "VLAN 101 → bare-metal pod on pods-a"
+        reaches(&mut guest, &pod_ip, pod_a),
+        "pod A (VLAN 101) → bare-metal pod on pods-a"
     );
     assert!(
-        reaches(&mut guest, &ip_of(&vm_b), None),
-        "VLAN 102 → VM on pods-b"
+        reaches(&mut guest, &ip_of(&vm_b), pod_b),
+        "pod B (VLAN 102) → VM on pods-b"
     );
     assert!(
         reaches(&mut guest, &ip_of(&vm_p), None),
-        "untagged → VM on the parent's network"
+        "the guest, untagged → VM on the parent's network"
     );
-    // VLAN 101 is pods-a only: pods-b's VM is not on it.
-    assert!(!reaches(&mut guest, &ip_of(&vm_b), Some("eth0.101")));
+    // Pod A is on pods-a only: pods-b is reached through a router, not otherwise.
+    assert!(!reaches(&mut guest, &ip_of(&vm_b), pod_a));
+    let router = create(
+        lab,
+        "/v2.0/routers",
+        "router",
+        json!({"name": "pods-r", "project_id": project}),
+    );
+    let router = router["id"].as_str().unwrap().to_owned();
+    for subnet in &subnets[1..] {
+        cloud::add_router_interface(lab, &router, subnet);
+    }
+    sh(
+        &mut guest,
+        &format!(
+            "nsenter -t {} -n ip route add default via 10.81.0.1",
+            pods[0]
+        ),
+    );
+    // The VM on pods-b answers through the router too.
+    vms[2]
+        .ns
+        .ip(&["route", "add", "default", "via", "10.82.0.1"])
+        .unwrap();
+    wait_for(
+        "pod A to reach pods-b through the router",
+        Duration::from_secs(20),
+        || reaches(&mut guest, &ip_of(&vm_b), pod_a),
+    );
     // From node 2, each subport answers on its own network.
     assert!(pings(&vms[1].ns, &ip_of(&sub_a)));
     assert!(pings(&vms[2].ns, &ip_of(&sub_b)));
@@ -245,7 +286,7 @@ fn a_guest_carries_two_networks_on_vlan_subports() {
     assert!(sent > 200, "{summary}");
     assert_eq!(sent, received, "packets lost on the subport: {summary}");
     assert!(
-        reaches(&mut guest, &ip_of(&vm_a), None),
+        reaches(&mut guest, &ip_of(&vm_a), pod_a),
         "after the restart"
     );
 
@@ -301,24 +342,6 @@ fn a_guest_carries_two_networks_on_vlan_subports() {
             .contains("spt")
     });
     drop(guest);
-}
-
-/// A dynamically linked program and the libraries it loads (`ldd`), for copying into a guest.
-fn with_libraries(program: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let out = std::process::Command::new("ldd")
-        .arg(program)
-        .output()
-        .unwrap();
-    let mut files = vec![program.to_owned()];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
-        let path = line
-            .split_whitespace()
-            .find(|w| w.starts_with('/'))
-            .map(std::path::PathBuf::from);
-        files.extend(path);
-    }
-    files
 }
 
 /// Pods inside a guest, the nested way: `isthmus-cni` in the guest asks its node's agent (at
@@ -388,15 +411,11 @@ fn pods_inside_a_guest_get_subports_through_the_nested_cni() {
     let dhcp_ip = ip_of(&dhcp["ports"][0]);
 
     let plugin = cloud::cni_plugin();
-    let files: Vec<std::path::PathBuf> = with_libraries(&plugin);
-    let mut copies: Vec<(&std::path::Path, String)> = files
+    let files = guest::programs_with_libraries(&[&plugin]).unwrap();
+    let copies: Vec<(&std::path::Path, &str)> = files
         .iter()
-        .skip(1)
-        .map(|f| (f.as_path(), f.display().to_string()))
+        .map(|(h, g)| (h.as_path(), g.as_str()))
         .collect();
-    copies.push((files[0].as_path(), "/isthmus-cni".to_owned()));
-    let copies: Vec<(&std::path::Path, &str)> =
-        copies.iter().map(|(h, g)| (*h, g.as_str())).collect();
     let scratch = tempfile::tempdir().unwrap();
     let console = scratch.path().join("console");
     let mut guest = lab

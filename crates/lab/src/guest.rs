@@ -44,6 +44,33 @@ pub fn image(dir: &Path) -> Result<GuestImage> {
     })
 }
 
+/// Host files to copy into a guest for `programs` to run there: each program (as
+/// `/<its file name>`) and the libraries it loads (`ldd`), at their own paths.
+pub fn programs_with_libraries(programs: &[&Path]) -> Result<Vec<(PathBuf, String)>> {
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    for program in programs {
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| LabError::Failed {
+                command: "ldd".into(),
+                stderr: format!("{} is no program", program.display()),
+            })?;
+        files.push((program.to_path_buf(), format!("/{name}")));
+        let out = run("ldd", &[&program.to_string_lossy()])?;
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", "/lib64/ld-linux... (0x...)"
+        for library in out
+            .lines()
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        {
+            if !files.iter().any(|(_, guest)| guest == library) {
+                files.push((PathBuf::from(library), library.to_owned()));
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// A running guest; killed when dropped.
 #[derive(Debug)]
 pub struct Guest {
@@ -299,6 +326,9 @@ fn spawn(
         .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
         .arg("-device")
         .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+        // Entropy from the host: under TCG the guest's own gathers slowly, and a program that
+        // waits for it (getrandom) hangs.
+        .args(["-device", "virtio-rng-pci"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
