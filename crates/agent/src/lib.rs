@@ -642,10 +642,22 @@ async fn apply(shared: &Shared, plan: plan::NodePlan, known: &mut Known) -> Resu
     known.fdb = Some((plan.l2.fdb, plan.l2.pins));
     known.lb = Some(lb::apply(plan.balancing).await?);
     shared.prober.follow(plan.probes);
+    let mut port_status = plan.port_status;
+    if trunked.is_err() {
+        // A subport its node failed to wire is in error (its trunk DEGRADED), not just down.
+        for s in plan
+            .trunks
+            .wired
+            .iter()
+            .filter(|s| !plan.plugged.contains(&s.port_id))
+        {
+            port_status.insert(s.port_id.clone(), "ERROR");
+        }
+    }
     publish(&shared.plugged, plan.plugged);
     shared.reports.send_if_modified(|r| {
-        let changed = r.ports != plan.port_status;
-        r.ports = plan.port_status;
+        let changed = r.ports != port_status;
+        r.ports = port_status;
         changed
     });
     routed?;
