@@ -18,7 +18,18 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn forward(request: &Request) -> Result<Value, CniError> {
     let socket = request.socket();
-    let unreachable = |e: std::io::Error| {
+    let unreachable = unreachable(request, socket);
+    let stream = UnixStream::connect(socket).map_err(&unreachable)?;
+    read_answer(&exchange(stream, request, unreachable)?)
+}
+
+/// The error of an agent at `at` that does not answer: for STATUS, the plugin is not
+/// available; otherwise the runtime should try again later.
+pub(crate) fn unreachable<'a>(
+    request: &'a Request,
+    at: &'a str,
+) -> impl Fn(std::io::Error) -> CniError + 'a {
+    move |e| {
         let code = if request.command == Command::Status {
             code::NOT_AVAILABLE
         } else {
@@ -27,11 +38,9 @@ fn forward(request: &Request) -> Result<Value, CniError> {
         CniError::new(
             code,
             "the isthmus agent is not reachable",
-            format!("{socket}: {e}"),
+            format!("{at}: {e}"),
         )
-    };
-    let stream = UnixStream::connect(socket).map_err(unreachable)?;
-    read_answer(&exchange(stream, request, unreachable)?)
+    }
 }
 
 /// Sends `request` as one line on `stream` and reads the agent's whole answer.

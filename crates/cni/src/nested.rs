@@ -85,24 +85,13 @@ pub fn run(request: &Request, nested: &Nested) -> Result<Value, CniError> {
 
 /// One exchange with the node agent over TCP.
 fn ask(agent: &str, request: &Request) -> Result<Value, CniError> {
-    let unreachable = |e: std::io::Error| {
-        let code = if request.command == Command::Status {
-            code::NOT_AVAILABLE
-        } else {
-            code::TRY_AGAIN_LATER
-        };
-        CniError::new(
-            code,
-            "the node's isthmus agent is not reachable",
-            format!("{agent}: {e}"),
-        )
-    };
+    let unreachable = crate::unreachable(request, agent);
     let address = agent
         .to_socket_addrs()
-        .map_err(unreachable)?
+        .map_err(&unreachable)?
         .next()
         .ok_or_else(|| unreachable(std::io::ErrorKind::NotFound.into()))?;
-    let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(unreachable)?;
+    let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).map_err(&unreachable)?;
     crate::exchange(stream, request, unreachable)
 }
 

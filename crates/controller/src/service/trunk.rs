@@ -202,16 +202,7 @@ impl Service {
                 macs.extend(known_macs(&parent));
                 trunk.sub_ports.extend(added);
                 parent.trunk = Some(parent_role(id, &trunk.sub_ports, &macs));
-                trunk.meta.touch(&now());
-                let key = key_of::<Trunk>(id);
-                let txn = put_port(txn, &parent, parent_rev)?
-                    .when(Compare::mod_revision(key.clone(), rev))
-                    .then(Op::put(key, encode(&trunk)?));
-                Ok(if self.commit(txn).await? {
-                    Attempt::Done(trunk)
-                } else {
-                    Attempt::Retry
-                })
+                self.write_trunk(trunk, rev, &parent, parent_rev, txn).await
             })
             .await?;
         self.trunk_body(caller, trunk).await
@@ -243,19 +234,32 @@ impl Service {
                 trunk.sub_ports.retain(|s| !removals.contains(&s.port_id));
                 let (mut parent, parent_rev) = self.must_load::<Port>(&trunk.port_id).await?;
                 parent.trunk = Some(parent_role(id, &trunk.sub_ports, &known_macs(&parent)));
-                trunk.meta.touch(&now());
-                let key = key_of::<Trunk>(id);
-                let txn = put_port(txn, &parent, parent_rev)?
-                    .when(Compare::mod_revision(key.clone(), rev))
-                    .then(Op::put(key, encode(&trunk)?));
-                Ok(if self.commit(txn).await? {
-                    Attempt::Done(trunk)
-                } else {
-                    Attempt::Retry
-                })
+                self.write_trunk(trunk, rev, &parent, parent_rev, txn).await
             })
             .await?;
         self.trunk_body(caller, trunk).await
+    }
+
+    /// Writes a changed `trunk` (read at `rev`) with its `parent` (read at `parent_rev`) and
+    /// what `txn` already holds (its subports' ports).
+    async fn write_trunk(
+        &self,
+        mut trunk: Trunk,
+        rev: u64,
+        parent: &Port,
+        parent_rev: u64,
+        txn: Txn,
+    ) -> Result<Attempt<Trunk>> {
+        trunk.meta.touch(&now());
+        let key = key_of::<Trunk>(&trunk.meta.id);
+        let txn = put_port(txn, parent, parent_rev)?
+            .when(Compare::mod_revision(key.clone(), rev))
+            .then(Op::put(key, encode(&trunk)?));
+        Ok(if self.commit(txn).await? {
+            Attempt::Done(trunk)
+        } else {
+            Attempt::Retry
+        })
     }
 
     /// The trunk as `add_subports` and `remove_subports` answer: unwrapped.
