@@ -420,24 +420,23 @@ async fn controller(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Value, CniError> {
+    // The asker is a guest: it hears Neutron's own messages, never how the controller is
+    // reached (that is logged here).
     let (status, answer) = shared
         .config
         .controller
         .request(method, path, body)
         .await
         .map_err(|e| {
-            CniError::new(
-                code::TRY_AGAIN_LATER,
-                "the controller is not reachable",
-                e.to_string(),
-            )
+            tracing::warn!("nested CNI: {method} {path}: {e}");
+            CniError::new(code::TRY_AGAIN_LATER, "the controller is not reachable", "")
         })?;
     if (200..300).contains(&status) {
         return Ok(answer);
     }
     let why = answer["NeutronError"]["message"]
         .as_str()
-        .map_or_else(|| answer.to_string(), str::to_owned);
+        .unwrap_or_default();
     Err(CniError::new(
         SUBPORT_REFUSED,
         format!("the controller refused the subport ({status})"),

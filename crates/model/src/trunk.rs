@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::input::{as_bool, is_uuid, show, Input, Method};
+use crate::input::{is_uuid, show, Input};
 use crate::meta::Meta;
 use crate::port::Port;
 use crate::resource::{attr, defaulted, Definition, Rights};
@@ -140,13 +140,6 @@ pub enum TrunkRole {
 }
 
 impl TrunkRole {
-    /// The trunk it belongs to.
-    pub fn trunk_id(&self) -> &str {
-        match self {
-            TrunkRole::Parent { trunk_id, .. } | TrunkRole::Sub { trunk_id, .. } => trunk_id,
-        }
-    }
-
     /// Why `port_id` cannot be deleted while it has this role (Neutron's
     /// `PortInUseAsTrunkParent` / `PortInUseAsSubPort`).
     pub fn in_use(&self, port_id: &str) -> Error {
@@ -312,21 +305,20 @@ pub fn parse_sub_ports(value: &Value) -> std::result::Result<Vec<SubPortRequest>
     Ok(out)
 }
 
-/// The port ids of a `remove_subports` body (`{"sub_ports": [{"port_id": ...}]}`).
-pub fn parse_removals(body: &Value) -> Result<Vec<String>> {
-    let list = body
-        .get("sub_ports")
-        .ok_or_else(|| Error::InvalidInput("A list of subports is required".to_owned()))?;
-    let requests = parse_sub_ports(list).map_err(Error::InvalidInput)?;
-    Ok(requests.into_iter().map(|r| r.port_id).collect())
-}
-
-/// The subports of an `add_subports` body.
+/// The subports of an `add_subports` body (`{"sub_ports": [...]}`).
 pub fn parse_additions(body: &Value) -> Result<Vec<SubPortRequest>> {
     let list = body
         .get("sub_ports")
         .ok_or_else(|| Error::InvalidInput("A list of subports is required".to_owned()))?;
     parse_sub_ports(list).map_err(Error::InvalidInput)
+}
+
+/// The port ids of a `remove_subports` body (`{"sub_ports": [{"port_id": ...}]}`).
+pub fn parse_removals(body: &Value) -> Result<Vec<String>> {
+    Ok(parse_additions(body)?
+        .into_iter()
+        .map(|r| r.port_id)
+        .collect())
 }
 
 /// Checks one requested subport the way Neutron's `SubPortsValidator` does, in its order:
@@ -414,10 +406,7 @@ pub struct TrunkRequest {
 impl TrunkRequest {
     /// Reads the rest of a create body.
     pub fn from_input(input: &mut Input) -> Result<TrunkRequest> {
-        let admin_state_up = match input.take("admin_state_up") {
-            None => true,
-            Some(v) => as_bool("admin_state_up", &v)?,
-        };
+        let admin_state_up = input.boolean("admin_state_up")?.unwrap_or(true);
         let port_id = Input::required("port_id", input.take("port_id"))?;
         let port_id = crate::input::as_uuid("port_id", &port_id)?;
         let sub_ports = match input.take("sub_ports") {
@@ -435,17 +424,6 @@ impl TrunkRequest {
 }
 
 impl Trunk {
-    /// Applies an update body: name, description and `admin_state_up`.
-    pub fn apply_update(&mut self, body: Value, now: &str) -> Result<()> {
-        let mut input = Input::for_kind(body, &DEFINITION, Method::Update)?;
-        self.meta.read_common(&mut input)?;
-        if let Some(v) = input.boolean("admin_state_up")? {
-            self.admin_state_up = v;
-        }
-        self.meta.touch(now);
-        Ok(())
-    }
-
     /// The response of `get_subports`.
     pub fn sub_ports_body(&self) -> Value {
         json!({ "sub_ports": self.sub_ports })

@@ -604,14 +604,16 @@ impl Kind for Trunk {
         Ok(Trunk::complete(service, trunk).await?.render(caller))
     }
 
-    async fn apply_update(
+    fn apply_input(
         _service: &Service,
         _caller: &Caller,
         trunk: &mut Trunk,
-        body: Value,
-    ) -> Result<Txn> {
-        trunk.apply_update(body, &now())?;
-        Ok(Txn::new())
+        input: &mut Input,
+    ) -> Result<()> {
+        if let Some(up) = input.boolean("admin_state_up")? {
+            trunk.admin_state_up = up;
+        }
+        Ok(())
     }
 
     async fn action(
