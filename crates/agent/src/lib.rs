@@ -25,7 +25,7 @@ mod services;
 mod sockopt;
 mod trunk;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -333,7 +333,11 @@ async fn link_events(shared: Arc<Shared>) {
                 }
             };
         let connection = tokio::spawn(connection);
-        while events.next().await.is_some() {
+        let mut seen = HashMap::new();
+        while let Some((message, _)) = events.next().await {
+            if !link_changed(&mut seen, message) {
+                continue;
+            }
             // A link came or went outside the view: the next pass is a full one.
             shared.links_changed.store(true, Ordering::Release);
             shared.changed.notify_one();
@@ -344,6 +348,49 @@ async fn link_events(shared: Arc<Shared>) {
         shared.changed.notify_one();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What a full pass reads of a link: its name, bridge, MTU, flags and operational state.
+type LinkSummary = (
+    Option<String>,
+    Option<u32>,
+    Option<u32>,
+    u32,
+    Option<rtnetlink::packet_route::link::State>,
+);
+
+/// Whether a link event changes what a full pass reads: a link new or gone, or its
+/// [`LinkSummary`] different from the last event of that link. Events that change nothing of
+/// it (a bridge port's hairpin flag, which the agent's own load balancing sets) are not
+/// worth a full pass.
+fn link_changed(
+    seen: &mut HashMap<(u8, u32), LinkSummary>,
+    message: rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+) -> bool {
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    let (link, new) = match message.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (l, true),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => (l, false),
+        _ => return true,
+    };
+    let key = (u8::from(link.header.interface_family), link.header.index);
+    if !new {
+        seen.remove(&key);
+        return true;
+    }
+    let mut summary: LinkSummary = (None, None, None, link.header.flags.bits(), None);
+    for a in link.attributes {
+        match a {
+            LinkAttribute::IfName(n) => summary.0 = Some(n),
+            LinkAttribute::Controller(c) => summary.1 = Some(c),
+            LinkAttribute::Mtu(m) => summary.2 = Some(m),
+            LinkAttribute::OperState(s) => summary.4 = Some(s),
+            _ => {}
+        }
+    }
+    seen.insert(key, summary.clone()) != Some(summary)
 }
 
 /// Follows the watch, reconnecting. The first connection starts from a snapshot, and the
@@ -387,6 +434,13 @@ async fn follow(shared: Arc<Shared>) -> Result<(), AgentError> {
                                     break;
                                 }
                                 Ok(changed) => {
+                                    if changed {
+                                        tracing::debug!(
+                                            kind = line["kind"].as_str(),
+                                            id = line["id"].as_str(),
+                                            "view changed"
+                                        );
+                                    }
                                     changed_since |= changed;
                                     let synced = shared.view().synced;
                                     if synced && line["type"] == "BOOKMARK" {
@@ -458,6 +512,8 @@ struct Known {
     fdb: Option<(BTreeSet<l2::Fdb>, BTreeSet<l2::Pin>)>,
     routers: Option<RouterState>,
     lb: Option<isthmus_dataplane::lb::Observed>,
+    /// What the load balancing of the last pass was computed from.
+    memo: Option<isthmus_dataplane::lb::Memo>,
     per_bridge: bool,
     /// The view generation of the last full pass.
     generation: Option<u64>,
@@ -479,27 +535,41 @@ async fn reconciler(shared: Arc<Shared>) {
         if woken.is_err() {
             known = Known::default();
         }
+        let started = Instant::now();
         let pass = {
-            let v = shared.view();
+            let mut v = shared.view();
             if !v.synced {
                 continue;
             }
+            // Every pass takes the listeners changed so far: a full one redoes them all.
+            let changed = std::mem::take(&mut v.balancing.changed);
             // A link event needs a full pass (taps to attach); taken before the view is read,
             // so an event during the pass brings another.
             let links = shared.links_changed.swap(false, Ordering::AcqRel);
             let balancing = (!links)
-                .then(|| balancing_pass(&v, &node, &known))
+                .then(|| balancing_pass(&v, &node, &mut known, &changed))
                 .flatten();
             balancing.unwrap_or_else(|| Pass::Full(Box::new(v.clone())))
         };
-        let done = match pass {
-            Pass::Full(view) => reconcile(&shared, &view, &node, &mut known)
-                .await
-                .map(|()| known.generation = Some(view.generation)),
-            Pass::Balancing(plan, probes, revision) => {
-                rebalance(&shared, *plan, probes, revision, &mut known).await
-            }
+        let planned = started.elapsed();
+        let (kind, done) = match pass {
+            Pass::Full(view) => (
+                "full",
+                reconcile(&shared, &view, &node, &mut known)
+                    .await
+                    .map(|()| known.generation = Some(view.generation)),
+            ),
+            Pass::Balancing(plan, probes, revision) => (
+                "balancing",
+                rebalance(&shared, *plan, probes, revision, &mut known).await,
+            ),
         };
+        tracing::debug!(
+            kind,
+            planned_us = planned.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "pass"
+        );
         if let Err(e) = done {
             known = Known::default();
             tracing::warn!("reconcile: {e}");
@@ -521,15 +591,29 @@ enum Pass {
 }
 
 /// A load-balancing-only pass, when only load balancers changed in the view since the last
-/// full pass and the same bridges still balance (otherwise their netfilter switch must move).
-fn balancing_pass(view: &NodeView, node: &NodeConfig, known: &Known) -> Option<Pass> {
+/// full pass: the services of the `changed` listeners redone, as long as the same bridges
+/// still balance (otherwise their netfilter switch must move).
+fn balancing_pass(
+    view: &NodeView,
+    node: &NodeConfig,
+    known: &mut Known,
+    changed: &BTreeSet<String>,
+) -> Option<Pass> {
     if known.generation != Some(view.generation) {
         return None;
     }
-    let have = known.lb.as_ref()?;
-    let (plan, probes) = isthmus_dataplane::plan::balancing(view, node, have);
-    (plan.after.bridges() == have.bridges())
-        .then(|| Pass::Balancing(Box::new(plan), probes, view.revision))
+    let memo = known.memo.as_mut()?;
+    let have = known.lb.take()?;
+    match memo.update(view, node, have, changed) {
+        Ok(plan) => {
+            let probes = isthmus_dataplane::lb::probes(view, node);
+            Some(Pass::Balancing(Box::new(plan), probes, view.revision))
+        }
+        Err(have) => {
+            known.lb = Some(*have);
+            None
+        }
+    }
 }
 
 /// Applies a load-balancing-only pass.
@@ -640,7 +724,10 @@ async fn apply(shared: &Shared, plan: plan::NodePlan, known: &mut Known) -> Resu
         known.per_bridge = true;
     }
     known.fdb = Some((plan.l2.fdb, plan.l2.pins));
-    known.lb = Some(lb::apply(plan.balancing).await?);
+    let mut balancing = plan.balancing;
+    let memo = balancing.memo.take();
+    known.lb = Some(lb::apply(balancing).await?);
+    known.memo = memo;
     shared.prober.follow(plan.probes);
     let mut port_status = plan.port_status;
     if trunked.is_err() {

@@ -379,6 +379,8 @@ pub struct Desired {
     pub bridge: Table,
     /// Routing for bridged DNAT.
     pub routing: Routing,
+    /// What it was computed from, for the passes that redo only some listeners.
+    pub memo: Memo,
 }
 
 /// What the kernel holds of a node's load balancing (read back, or what the agent last wrote).
@@ -410,6 +412,9 @@ pub struct Plan {
     /// What the kernel holds once applied (its bridges balance: they forward, without
     /// reverse-path filtering).
     pub after: Observed,
+    /// What a whole plan was computed from (a plan of [`Memo::update`] has updated its memo
+    /// in place).
+    pub memo: Option<Memo>,
 }
 
 impl Desired {
@@ -429,6 +434,7 @@ impl Desired {
                 bridge: self.bridge.as_observed(),
                 routing: self.routing.clone(),
             },
+            memo: Some(self.memo.clone()),
         }
     }
 }
@@ -448,6 +454,48 @@ fn backend_chain(service: &str, backend: &str) -> String {
 
 fn affinity_set(service: &str, backend: &str) -> String {
     format!("aff-{}-{}", short(service), short(backend))
+}
+
+/// What one service puts in `table inet isthmus_lb`.
+struct Parts {
+    /// Its chains (the listener's, and with persistence one per member), with their rules.
+    chains: Vec<(String, Vec<String>)>,
+    /// Its persistence sets (filled by the kernel): name, declaration.
+    sets: Vec<(String, String)>,
+    /// Its key in the `services` verdict map (`VIP . protocol . port`, to its chain).
+    key: String,
+}
+
+fn parts(s: &Service) -> Parts {
+    let mut chains = vec![(service_chain(&s.id), service_rules(s))];
+    let mut sets = Vec::new();
+    if let Some(timeout) = s.persistence {
+        for b in &s.backends {
+            let set = affinity_set(&s.id, &b.id);
+            let rules = vec![
+                format!("update @{set} {{ ip saddr }}"),
+                format!(
+                    "meta l4proto {} dnat ip to {}:{}",
+                    s.protocol, b.address, b.port
+                ),
+            ];
+            chains.push((backend_chain(&s.id, &b.id), rules));
+            sets.push((
+                set,
+                format!("type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;"),
+            ));
+        }
+    }
+    Parts {
+        chains,
+        sets,
+        key: format!("{} . {} . {}", s.vip, s.protocol, s.port),
+    }
+}
+
+/// The `hairpin` element of a member: its connections to itself through a VIP.
+fn hairpin_element(address: Ipv4Addr) -> String {
+    format!("{address} . {address}")
 }
 
 /// The rules of a listener's chain.
@@ -588,6 +636,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
             inet,
             bridge,
             routing: Routing::default(),
+            memo: Memo::default(),
         };
     }
     let services: Vec<&Service> = services
@@ -599,35 +648,14 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
     let mut hairpin = BTreeSet::new();
     let mut vips = BTreeSet::new();
     for s in &services {
-        let chain = service_chain(&s.id);
-        vmap.insert(
-            format!("{} . {} . {}", s.vip, s.protocol, s.port),
-            chain.clone(),
-        );
-        chains.insert(chain, service_rules(s));
-        vips.insert(s.vip.to_string());
-        for b in &s.backends {
-            hairpin.insert(format!("{} . {}", b.address, b.address));
-            let Some(timeout) = s.persistence else {
-                continue;
-            };
-            let set = affinity_set(&s.id, &b.id);
-            inet.sets.insert(
-                set.clone(),
-                (
-                    format!("type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;"),
-                    BTreeSet::new(),
-                ),
-            );
-            let rules = vec![
-                format!("update @{set} {{ ip saddr }}"),
-                format!(
-                    "meta l4proto {} dnat ip to {}:{}",
-                    s.protocol, b.address, b.port
-                ),
-            ];
-            chains.insert(backend_chain(&s.id, &b.id), rules);
+        let parts = parts(s);
+        vmap.insert(parts.key, service_chain(&s.id));
+        chains.extend(parts.chains);
+        for (set, decl) in parts.sets {
+            inet.sets.insert(set, (decl, BTreeSet::new()));
         }
+        vips.insert(s.vip.to_string());
+        hairpin.extend(s.backends.iter().map(|b| hairpin_element(b.address)));
     }
     chains.insert(
         "prerouting".to_owned(),
@@ -666,7 +694,298 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
         inet,
         bridge,
         routing: routing(view, node, &balancing, &services),
+        memo: Memo::new(&balancing, &services),
     }
+}
+
+/// What a node's load balancing was last computed from: the services it balances and how
+/// many of them use each network, VIP and member address. A pass where only some listeners
+/// changed redoes just their services with it ([`Memo::update`]), not every load balancer's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memo {
+    /// The services balanced, by listener id.
+    services: BTreeMap<String, Service>,
+    /// The networks whose bridges balance.
+    balancing: BTreeSet<String>,
+    /// Services by VIP network.
+    networks: BTreeMap<String, usize>,
+    /// Services by VIP.
+    vips: BTreeMap<Ipv4Addr, usize>,
+    /// Services by member address.
+    backends: BTreeMap<Ipv4Addr, usize>,
+}
+
+fn count<K: Ord + Clone>(map: &mut BTreeMap<K, usize>, key: &K, up: bool) {
+    if up {
+        *map.entry(key.clone()).or_default() += 1;
+    } else if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+impl Memo {
+    fn new(balancing: &BTreeSet<&str>, services: &[&Service]) -> Memo {
+        let mut memo = Memo {
+            balancing: balancing.iter().map(|n| (*n).to_owned()).collect(),
+            ..Memo::default()
+        };
+        for s in services {
+            memo.count(s, true);
+            memo.services.insert(s.id.clone(), (*s).clone());
+        }
+        memo
+    }
+
+    fn count(&mut self, s: &Service, up: bool) {
+        count(&mut self.networks, &s.network_id, up);
+        count(&mut self.vips, &s.vip, up);
+        for b in &s.backends {
+            count(&mut self.backends, &b.address, up);
+        }
+    }
+
+    /// The plan that redoes the services of the `changed` listeners over `have` (what the
+    /// kernel holds as this memo was made or last updated), touching nothing else; the memo
+    /// follows. `Err(have)`, the memo untouched, when that is not enough: the set of networks
+    /// with balanced VIPs would change (so might the bridges that balance), or the tables are
+    /// not there.
+    pub fn update(
+        &mut self,
+        view: &NodeView,
+        node: &NodeConfig,
+        mut have: Observed,
+        changed: &BTreeSet<String>,
+    ) -> Result<Plan, Box<Observed>> {
+        if !have.inet.exists || !have.bridge.exists {
+            return Err(Box::new(have));
+        }
+        let redone: Vec<(String, Option<Service>)> = changed
+            .iter()
+            .map(|id| {
+                let s = service_of(view, id).filter(|s| {
+                    self.balancing
+                        .iter()
+                        .any(|n| reaches(view, n, &s.network_id))
+                });
+                (id.clone(), s)
+            })
+            .filter(|(id, s)| self.services.get(id) != s.as_ref())
+            .collect();
+        let mut delta: BTreeMap<&str, isize> = BTreeMap::new();
+        for (id, new) in &redone {
+            if let Some(old) = self.services.get(id) {
+                *delta.entry(&old.network_id).or_default() -= 1;
+            }
+            if let Some(new) = new {
+                *delta.entry(&new.network_id).or_default() += 1;
+            }
+        }
+        let had = |net: &str| self.networks.get(net).copied().unwrap_or(0) as isize;
+        if delta
+            .iter()
+            .any(|(net, d)| (had(net) == 0) != (had(net) + d == 0))
+        {
+            return Err(Box::new(have));
+        }
+
+        // The parts of the tables and routing these services touch: as the kernel has them,
+        // and as they become.
+        let mut before = Observed::default();
+        let mut inet = Table {
+            family: "inet",
+            name: TABLE,
+            ..Table::default()
+        };
+        let mut bridge = Table {
+            family: "bridge",
+            name: TABLE,
+            ..Table::default()
+        };
+        let mut after_routing = Routing::default();
+        let mut addresses = BTreeSet::new();
+        let mut vips = BTreeMap::new();
+        let mut touched = |s: &Service, before: &mut Observed| {
+            let parts = parts(s);
+            for (chain, _) in &parts.chains {
+                if let Some(version) = have.inet.chains.get(chain) {
+                    before.inet.chains.insert(chain.clone(), version.clone());
+                }
+            }
+            for (set, _) in &parts.sets {
+                if let Some(elements) = have.inet.sets.get(set) {
+                    before.inet.sets.insert(set.clone(), elements.clone());
+                }
+            }
+            if let Some(target) = have
+                .inet
+                .maps
+                .get("services")
+                .and_then(|m| m.get(&parts.key))
+            {
+                before
+                    .inet
+                    .maps
+                    .entry("services".to_owned())
+                    .or_default()
+                    .insert(parts.key.clone(), target.clone());
+            }
+            addresses.extend(s.backends.iter().map(|b| b.address));
+            vips.insert(s.vip, s.network_id.clone());
+            parts
+        };
+        for (id, new) in redone {
+            if let Some(old) = self.services.remove(&id) {
+                touched(&old, &mut before);
+                self.count(&old, false);
+            }
+            if let Some(new) = new {
+                let parts = touched(&new, &mut before);
+                inet.maps
+                    .entry("services".to_owned())
+                    .or_default()
+                    .insert(parts.key, service_chain(&new.id));
+                inet.chains.extend(parts.chains);
+                for (set, decl) in parts.sets {
+                    inet.sets.insert(set, (decl, BTreeSet::new()));
+                }
+                self.count(&new, true);
+                self.services.insert(id, new);
+            }
+        }
+        let present = |set: &BTreeSet<String>, element: &String| set.contains(element);
+        let hairpin: Vec<String> = addresses.iter().map(|a| hairpin_element(*a)).collect();
+        let have_hairpin = have.inet.sets.get("hairpin").cloned().unwrap_or_default();
+        before.inet.exists = true;
+        before.inet.sets.insert(
+            "hairpin".to_owned(),
+            hairpin
+                .iter()
+                .filter(|e| present(&have_hairpin, e))
+                .cloned()
+                .collect(),
+        );
+        inet.sets.insert(
+            "hairpin".to_owned(),
+            (
+                "type ipv4_addr . ipv4_addr;".to_owned(),
+                addresses
+                    .iter()
+                    .filter(|a| self.backends.contains_key(a))
+                    .map(|a| hairpin_element(*a))
+                    .collect(),
+            ),
+        );
+        let have_vips = have.bridge.sets.get("vips").cloned().unwrap_or_default();
+        before.bridge.exists = true;
+        before.bridge.sets.insert(
+            "vips".to_owned(),
+            vips.keys()
+                .map(Ipv4Addr::to_string)
+                .filter(|v| present(&have_vips, v))
+                .collect(),
+        );
+        bridge.sets.insert(
+            "vips".to_owned(),
+            (
+                "type ipv4_addr;".to_owned(),
+                vips.keys()
+                    .filter(|v| self.vips.contains_key(v))
+                    .map(Ipv4Addr::to_string)
+                    .collect(),
+            ),
+        );
+        for (vip, net) in &vips {
+            if !self.balancing.contains(net) {
+                continue;
+            }
+            let route = vip_route(view, net, *vip);
+            if have.routing.routes.contains(&route) {
+                before.routing.routes.insert(route.clone());
+            }
+            if self.vips.contains_key(vip) {
+                after_routing.routes.insert(route);
+            }
+        }
+        for address in &addresses {
+            for tap in local_taps(view, node, &self.balancing, *address) {
+                if have.routing.hairpin.contains(&tap) {
+                    before.routing.hairpin.insert(tap.clone());
+                }
+                if self.backends.contains_key(address) {
+                    after_routing.hairpin.insert(tap);
+                }
+            }
+        }
+
+        let plan = Plan {
+            routing: after_routing.plan(&before.routing),
+            tables: [
+                inet.plan(&before.inet, INET_BASE),
+                bridge.plan(&before.bridge, BRIDGE_BASE),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            after: Observed::default(),
+            memo: None,
+        };
+        have.inet.replace_part(&before.inet, &inet.as_observed());
+        have.bridge
+            .replace_part(&before.bridge, &bridge.as_observed());
+        have.routing.replace_part(&before.routing, &after_routing);
+        Ok(Plan {
+            after: have,
+            ..plan
+        })
+    }
+}
+
+/// The service of one listener, if it balances anything (see [`services`]).
+fn service_of(view: &NodeView, listener_id: &str) -> Option<Service> {
+    let b = &view.balancing;
+    let listener = b.listeners.get(listener_id)?;
+    let lb = b
+        .load_balancers
+        .values()
+        .find(|lb| lb.listeners.iter().any(|l| l.id == listener_id))?;
+    match lb.vip_address {
+        IpAddr::V4(vip) if lb.admin_state_up => service(b, vip, &lb.vip_network_id, listener),
+        _ => None,
+    }
+}
+
+/// The local route that makes a VIP an address of its network's bridge table.
+fn vip_route(view: &NodeView, network_id: &str, vip: Ipv4Addr) -> RouteEntry {
+    RouteEntry {
+        table: route_table(view, network_id),
+        destination: Cidr::host(IpAddr::V4(vip)),
+        kind: RouteKind::Local,
+        device: Some(bridge_name(network_id)),
+    }
+}
+
+/// The taps of this node's ports on balancing networks holding `address` (a member's taps
+/// are in hairpin mode, so that it reaches its own VIP).
+fn local_taps(
+    view: &NodeView,
+    node: &NodeConfig,
+    balancing: &BTreeSet<String>,
+    address: Ipv4Addr,
+) -> Vec<String> {
+    view.ports
+        .values()
+        .filter(|p| p.host_id == node.name && balancing.contains(&p.network_id))
+        .filter(|p| p.device_owner != isthmus_model::lbaas::VIP_OWNER)
+        .filter(|p| {
+            p.fixed_ips
+                .iter()
+                .any(|f| f.ip_address == IpAddr::V4(address))
+        })
+        .map(|p| tap_name(&p.id))
+        .collect()
 }
 
 fn routing(
@@ -705,8 +1024,7 @@ fn routing(
             }
         }
         for s in services.iter().filter(|s| s.network_id == *net) {
-            r.routes
-                .insert(route(Cidr::host(IpAddr::V4(s.vip)), RouteKind::Local));
+            r.routes.insert(vip_route(view, net, s.vip));
         }
         r.routes
             .insert(route(Cidr::default_v4(), RouteKind::Unreachable));
@@ -781,6 +1099,20 @@ impl Routing {
             }
         }
         lines
+    }
+
+    /// Replaces `old`, a part of this, with `new`.
+    fn replace_part(&mut self, old: &Routing, new: &Routing) {
+        fn swap<T: Ord + Clone>(set: &mut BTreeSet<T>, old: &BTreeSet<T>, new: &BTreeSet<T>) {
+            for x in old {
+                set.remove(x);
+            }
+            set.extend(new.iter().cloned());
+        }
+        swap(&mut self.rules, &old.rules, &new.rules);
+        swap(&mut self.routes, &old.routes, &new.routes);
+        swap(&mut self.neighbours, &old.neighbours, &new.neighbours);
+        swap(&mut self.hairpin, &old.hairpin, &new.hairpin);
     }
 
     /// The bridges whose tables these are (they forward, without reverse-path filtering).
@@ -1228,5 +1560,209 @@ mod tests {
         let lines = less.plan(&want);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].starts_with("route del table"), "{lines:?}");
+    }
+
+    /// The full plan's lines and the incremental one's, sorted (their order within a
+    /// transaction may differ).
+    fn lines(plan: &Plan) -> Vec<String> {
+        let mut out: Vec<String> = plan.routing.clone();
+        for t in &plan.tables {
+            out.extend(t.to_string().lines().map(str::to_owned));
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_pass_over_changed_listeners_plans_what_a_whole_one_does() {
+        let mut v = view();
+        let n = node();
+        // Ten more load balancers on net a, one with persistence; a local port is a member.
+        for i in 0..10 {
+            add(
+                &mut v,
+                "loadbalancer",
+                json!({"id": format!("lb{i}"),
+                "vip_address": format!("10.0.0.{}", 60 + i), "vip_network_id": "neta-000000",
+                "admin_state_up": true, "listeners": [{"id": format!("l{i}")}]}),
+            );
+            add(
+                &mut v,
+                "listener",
+                json!({"id": format!("l{i}"), "protocol": "TCP",
+                "protocol_port": 80, "admin_state_up": true, "default_pool_id": format!("p{i}"),
+                "connection_limit": -1, "allowed_cidrs": []}),
+            );
+            let persistence =
+                (i == 3).then(|| json!({"type": "SOURCE_IP", "persistence_timeout": 60}));
+            add(
+                &mut v,
+                "pool",
+                json!({"id": format!("p{i}"), "admin_state_up": true,
+                "lb_algorithm": "ROUND_ROBIN", "session_persistence": persistence,
+                "members": [{"id": format!("m{i}a")}, {"id": format!("m{i}b")}]}),
+            );
+            add(
+                &mut v,
+                "member",
+                member(&format!("m{i}a"), "10.0.0.21", 1, false, "NO_MONITOR"),
+            );
+            add(
+                &mut v,
+                "member",
+                member(
+                    &format!("m{i}b"),
+                    &format!("10.0.0.{}", 30 + i),
+                    1,
+                    false,
+                    "NO_MONITOR",
+                ),
+            );
+        }
+        let full = desired(&v, &n);
+        let mut have = full.plan(&Observed::default()).after;
+        let mut memo = full.memo;
+        v.balancing.changed.clear();
+        let delete = |v: &mut NodeView, kind: &str, id: &str| {
+            v.apply(&json!({"type": "DELETED", "kind": kind, "id": id}))
+                .unwrap();
+        };
+        type Step<'a> = Box<dyn Fn(&mut NodeView) + 'a>;
+        let steps: Vec<(&str, Step)> = vec![
+            (
+                "a member added",
+                Box::new(|v| {
+                    add(
+                        v,
+                        "member",
+                        member("m0c", "10.0.0.11", 3, false, "NO_MONITOR"),
+                    );
+                    add(
+                        v,
+                        "pool",
+                        json!({"id": "p0", "admin_state_up": true, "lb_algorithm": "ROUND_ROBIN",
+                    "session_persistence": null, "members": [{"id": "m0a"}, {"id": "m0b"}, {"id": "m0c"}]}),
+                    );
+                }),
+            ),
+            (
+                "a member of a local port goes to ERROR",
+                Box::new(|v| {
+                    add(v, "member", member("m0c", "10.0.0.11", 3, false, "ERROR"));
+                }),
+            ),
+            (
+                "a persistent pool's member removed",
+                Box::new(move |v| {
+                    add(
+                        v,
+                        "pool",
+                        json!({"id": "p3", "admin_state_up": true, "lb_algorithm": "ROUND_ROBIN",
+                    "session_persistence": {"type": "SOURCE_IP", "persistence_timeout": 60},
+                    "members": [{"id": "m3a"}]}),
+                    );
+                    delete(v, "member", "m3b");
+                }),
+            ),
+            (
+                "a listener disabled",
+                Box::new(|v| {
+                    add(
+                        v,
+                        "listener",
+                        json!({"id": "l5", "protocol": "TCP", "protocol_port": 80,
+                    "admin_state_up": false, "default_pool_id": "p5", "connection_limit": -1,
+                    "allowed_cidrs": []}),
+                    );
+                }),
+            ),
+            (
+                "a load balancer deleted",
+                Box::new(move |v| {
+                    delete(v, "loadbalancer", "lb6");
+                    delete(v, "listener", "l6");
+                    delete(v, "pool", "p6");
+                }),
+            ),
+            (
+                "a load balancer added",
+                Box::new(|v| {
+                    add(
+                        v,
+                        "loadbalancer",
+                        json!({"id": "lbx", "vip_address": "10.0.0.99",
+                    "vip_network_id": "neta-000000", "admin_state_up": true,
+                    "listeners": [{"id": "lx"}, {"id": "ly"}]}),
+                    );
+                    add(
+                        v,
+                        "listener",
+                        json!({"id": "lx", "protocol": "UDP", "protocol_port": 53,
+                    "admin_state_up": true, "default_pool_id": "p1", "connection_limit": 10,
+                    "allowed_cidrs": ["10.1.0.0/24"]}),
+                    );
+                    add(
+                        v,
+                        "listener",
+                        json!({"id": "ly", "protocol": "TCP", "protocol_port": 53,
+                    "admin_state_up": true, "default_pool_id": null, "connection_limit": -1,
+                    "allowed_cidrs": []}),
+                    );
+                }),
+            ),
+            (
+                "the only member of a local address removed",
+                Box::new(|v| {
+                    add(
+                        v,
+                        "pool",
+                        json!({"id": "p0", "admin_state_up": true, "lb_algorithm": "SOURCE_IP",
+                    "session_persistence": null, "members": [{"id": "m0a"}, {"id": "m0b"}]}),
+                    );
+                    delete(v, "member", "m0c");
+                }),
+            ),
+        ];
+        for (what, step) in steps {
+            step(&mut v);
+            let changed = std::mem::take(&mut v.balancing.changed);
+            assert!(!changed.is_empty(), "{what}: nothing marked changed");
+            let whole = desired(&v, &n);
+            let expected = whole.plan(&have);
+            let plan = memo
+                .update(&v, &n, have, &changed)
+                .unwrap_or_else(|_| panic!("{what}: fell back"));
+            assert!(!plan.tables.is_empty(), "{what}: nothing planned");
+            assert_eq!(lines(&plan), lines(&expected), "{what}");
+            assert_eq!(plan.after, expected.after, "{what}");
+            assert_eq!(memo, whole.memo, "{what}");
+            have = plan.after;
+        }
+
+        // A VIP on a network no balanced VIP was on: the bridges that balance may change.
+        add(
+            &mut v,
+            "network",
+            json!({"id": "netc-000000", "mtu": 1450,
+            "provider:network_type": "vxlan", "provider:segmentation_id": 12,
+            "provider:physical_network": null}),
+        );
+        let before = memo.clone();
+        add(
+            &mut v,
+            "loadbalancer",
+            json!({"id": "lbc", "vip_address": "10.1.0.77",
+            "vip_network_id": "netb-000000", "admin_state_up": true, "listeners": [{"id": "lc"}]}),
+        );
+        add(
+            &mut v,
+            "listener",
+            json!({"id": "lc", "protocol": "TCP", "protocol_port": 80,
+            "admin_state_up": true, "default_pool_id": "p1", "connection_limit": -1,
+            "allowed_cidrs": []}),
+        );
+        let changed = std::mem::take(&mut v.balancing.changed);
+        assert!(memo.update(&v, &n, have.clone(), &changed).is_err());
+        assert_eq!(memo, before, "a fallen-back update changes nothing");
     }
 }

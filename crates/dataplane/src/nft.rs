@@ -53,6 +53,42 @@ pub struct Observed {
     pub sets: BTreeMap<String, BTreeSet<String>>,
 }
 
+impl Observed {
+    /// Replaces `old`, a part of this table (some of its chains, map keys, sets and set
+    /// elements), with `new`: what the kernel holds once a plan from `old` to `new` is applied.
+    pub fn replace_part(&mut self, old: &Observed, new: &Observed) {
+        for chain in old.chains.keys() {
+            self.chains.remove(chain);
+        }
+        self.chains
+            .extend(new.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (map, keys) in &old.maps {
+            if let Some(m) = self.maps.get_mut(map) {
+                for key in keys.keys() {
+                    m.remove(key);
+                }
+            }
+        }
+        for (map, elements) in &new.maps {
+            let m = self.maps.entry(map.clone()).or_default();
+            m.extend(elements.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for (set, elements) in &old.sets {
+            if !new.sets.contains_key(set) {
+                self.sets.remove(set);
+            } else if let Some(have) = self.sets.get_mut(set) {
+                for e in elements {
+                    have.remove(e);
+                }
+            }
+        }
+        for (set, elements) in &new.sets {
+            let have = self.sets.entry(set.clone()).or_default();
+            have.extend(elements.iter().cloned());
+        }
+    }
+}
+
 impl Table {
     fn version(rules: &[String]) -> String {
         fnv64(&rules.join("\n"))

@@ -189,8 +189,8 @@ pub fn node(view: &NodeView, node: &NodeConfig, observed: &Observed) -> NodePlan
     }
 }
 
-/// The load balancing of a pass where nothing else changed.
-pub fn balancing(
+/// The load balancing of a whole pass.
+fn balancing(
     view: &NodeView,
     node: &NodeConfig,
     observed: &lb::Observed,

@@ -1,7 +1,7 @@
 //! A node's view, built from the lines of `GET /isthmus/v1/watch`: the typed objects of
 //! [`isthmus_model::view::node`], the same types the controller writes them from.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use isthmus_model::dns_record::DnsRecord;
 pub use isthmus_model::namespace_binding::NamespaceBinding;
@@ -77,6 +77,46 @@ pub struct Balancing {
     pub members: BTreeMap<String, Member>,
     /// Health monitors by id.
     pub monitors: BTreeMap<String, HealthMonitor>,
+    /// Listeners whose service may have changed since a reconciler last took this set (a
+    /// listener, its load balancer, its pool or one of the pool's members changed): a
+    /// load-balancing-only pass redoes just these.
+    pub changed: BTreeSet<String>,
+}
+
+impl Balancing {
+    /// The listeners whose service an object of `kind` with `id` takes part in.
+    fn listeners_of(&self, kind: &str, id: &str) -> Vec<String> {
+        let of_pools = |pools: &[&str]| -> Vec<String> {
+            self.listeners
+                .values()
+                .filter(|l| {
+                    l.default_pool_id
+                        .as_deref()
+                        .is_some_and(|p| pools.contains(&p))
+                })
+                .map(|l| l.id.clone())
+                .collect()
+        };
+        match kind {
+            "listener" => vec![id.to_owned()],
+            "loadbalancer" => self
+                .load_balancers
+                .get(id)
+                .map(|lb| lb.listeners.iter().map(|l| l.id.clone()).collect())
+                .unwrap_or_default(),
+            "pool" => of_pools(&[id]),
+            "member" => {
+                let pools: Vec<&str> = self
+                    .pools
+                    .values()
+                    .filter(|p| p.members.iter().any(|m| m.id == id))
+                    .map(|p| p.id.as_str())
+                    .collect();
+                of_pools(&pools)
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Whether objects of `kind` are load-balancing ones (kept in [`NodeView::balancing`]).
@@ -140,15 +180,45 @@ impl NodeView {
                 self.generation = generation;
                 Ok(true)
             }
+            "ADDED" | "MODIFIED" | "DELETED" if is_balancing(field("kind")) => {
+                // Both what the object was part of and what it is part of now.
+                let (kind, id) = (field("kind"), Self::line_id(line));
+                let before = self.balancing.listeners_of(kind, id);
+                let changed = self.apply_object(line)?;
+                if changed {
+                    let after = self.balancing.listeners_of(kind, id);
+                    self.balancing
+                        .changed
+                        .extend(before.into_iter().chain(after));
+                }
+                Ok(changed)
+            }
+            _ => self.apply_object(line),
+        }
+    }
+
+    /// The id a watch line is about.
+    fn line_id(line: &Value) -> &str {
+        match line.get("id").and_then(Value::as_str).unwrap_or_default() {
+            "" => line
+                .get("object")
+                .and_then(|o| o.get("id"))
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            id => id,
+        }
+    }
+
+    /// Applies an `ADDED`, `MODIFIED` or `DELETED` line (or fails on an `ERROR` one).
+    fn apply_object(&mut self, line: &Value) -> Result<bool, ViewError> {
+        let field = |name: &str| line.get(name).and_then(Value::as_str).unwrap_or_default();
+        match field("type") {
             "ADDED" | "MODIFIED" => {
                 self.settled = false;
                 let object = line
                     .get("object")
                     .ok_or_else(|| ViewError::BadLine("no object".into()))?;
-                let id = match field("id") {
-                    "" => object.get("id").and_then(Value::as_str).unwrap_or_default(),
-                    id => id,
-                };
+                let id = Self::line_id(line);
                 // A change the data plane does not see (a port renamed) changes nothing here.
                 let changed = match field("kind") {
                     "network" => {
