@@ -39,6 +39,38 @@ pub async fn observe() -> Result<Observed, AgentError> {
     })
 }
 
+/// The load-balancing counters (`nft -j list counters`), or `None` when this node balances
+/// nothing (no table).
+pub async fn counters() -> Result<Option<serde_json::Value>, AgentError> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "counters", "table", "inet", lb::TABLE])
+        .output()
+        .await?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(AgentError::Kernel(format!(
+            "nft list counters: {}",
+            err.trim()
+        )));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map(Some)
+        .map_err(|e| AgentError::Kernel(format!("nft list counters: {e}")))
+}
+
+/// The connections conntrack tracks in the agent's namespace (the text of
+/// `/proc/net/nf_conntrack`); empty, with a warning, where the kernel does not offer it.
+pub fn conntrack() -> String {
+    const PATH: &str = "/proc/self/net/nf_conntrack";
+    std::fs::read_to_string(PATH).unwrap_or_else(|e| {
+        tracing::warn!("{PATH}: {e}: active connections are not counted");
+        String::new()
+    })
+}
+
 fn sysctl(bridge: &str, key: &str, value: &str) -> Result<(), AgentError> {
     let path = format!("/proc/sys/net/ipv4/conf/{bridge}/{key}");
     match std::fs::read_to_string(&path) {

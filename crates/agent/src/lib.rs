@@ -305,6 +305,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
 async fn heartbeats(shared: Arc<Shared>) {
     let path = format!("/isthmus/v1/nodes/{}/heartbeat", shared.config.node);
+    let mut reported = None;
     loop {
         tokio::time::sleep(shared.config.heartbeat).await;
         match shared.config.controller.request("PUT", &path, None).await {
@@ -314,7 +315,31 @@ async fn heartbeats(shared: Arc<Shared>) {
             Ok(_) => {}
             Err(e) => tracing::warn!("heartbeat failed: {e}"),
         }
+        // Load balancer statistics ride on the heartbeat's cadence (as an amphora's do).
+        if let Err(e) = report_stats(&shared, &mut reported).await {
+            tracing::warn!("cannot report load balancer statistics: {e}");
+        }
     }
+}
+
+/// Reports the statistics of the listeners this node balances, when they changed since
+/// `reported` (the last report).
+async fn report_stats(
+    shared: &Shared,
+    reported: &mut Option<BTreeMap<String, isthmus_model::lbaas::Stats>>,
+) -> Result<(), AgentError> {
+    let Some(counters) = lb::counters().await? else {
+        return Ok(());
+    };
+    let conntrack = lb::conntrack();
+    let stats = isthmus_dataplane::lb::listener_stats(&shared.view(), &counters, &conntrack);
+    if reported.as_ref() == Some(&stats) {
+        return Ok(());
+    }
+    let path = format!("/isthmus/v1/nodes/{}/lb-stats", shared.config.node);
+    report(shared, &path, &json!({ "listeners": stats }), &[204]).await?;
+    *reported = Some(stats);
+    Ok(())
 }
 
 /// Wakes the reconciler on every link change (a hypervisor creating a tap, a device going

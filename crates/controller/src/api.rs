@@ -213,6 +213,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/isthmus/v1/nodes/{name}/heartbeat", put(heartbeat))
         .route("/isthmus/v1/nodes/{name}/applied", put(applied))
+        .route("/isthmus/v1/nodes/{name}/lb-stats", put(lb_stats))
         .route("/isthmus/v1/ports/{id}/status", put(port_status))
         .route("/isthmus/v1/ports/{id}/subports", post(nested_subport))
         .route(
@@ -929,6 +930,7 @@ native!(delete_node(path) => delete_node, no_content);
 native!(heartbeat(path) => heartbeat, no_content);
 native!(port_status(path, body) => set_port_status, under("port"));
 native!(applied(path, body) => set_applied, no_content);
+native!(lb_stats(path, body) => set_lb_stats, no_content);
 native!(nested_subport(path, body) => nested_subport, created_under("subport"));
 
 /// `DELETE /isthmus/v1/ports/{parent}/subports/{container_id}/{ifname}`: the nested CNI's DEL.

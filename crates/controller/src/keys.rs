@@ -180,6 +180,15 @@ pub fn applied(name: &str) -> String {
     format!("{APPLIED}{name}")
 }
 
+/// What each node's load balancing counted (value: `{"listeners": {id: Stats}}`), written by
+/// its agent when it changes; kept out of every watch.
+pub const LB_STATS: &str = "/isthmus/lb-stats/";
+
+/// [`LB_STATS`] of one node.
+pub fn lb_stats(name: &str) -> String {
+    format!("{LB_STATS}{name}")
+}
+
 /// Every live node's heartbeat key.
 pub const HEARTBEATS: &str = "/isthmus/heartbeats/";
 

@@ -262,3 +262,127 @@ async fn octavia_errors_and_policy() {
     assert_eq!(ports["ports"], json!([]));
     assert!(api.keys("/isthmus/listeners/").await.is_empty());
 }
+
+#[tokio::test]
+async fn statistics_are_the_nodes_reports_summed() {
+    let api = Api::memory();
+    let (_, subnet) = api
+        .network_with_subnet(As::Member("p1"), "10.0.0.0/24")
+        .await;
+    for (name, ip) in [("n1", "192.0.2.1"), ("n2", "192.0.2.2")] {
+        let (s, v) = api
+            .call(
+                As::Anonymous,
+                "POST",
+                "/isthmus/v1/nodes",
+                Some(json!({"node": {"name": name, "tunnel_ip": ip}})),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "{v}");
+    }
+    let lb = lbaas(
+        &api,
+        As::Member("p1"),
+        "loadbalancers",
+        "loadbalancer",
+        json!({"vip_subnet_id": subnet}),
+    )
+    .await;
+    let mut listeners = Vec::new();
+    for port in [80, 81] {
+        let l = lbaas(
+            &api,
+            As::Member("p1"),
+            "listeners",
+            "listener",
+            json!({"loadbalancer_id": lb["id"], "protocol": "TCP", "protocol_port": port}),
+        )
+        .await;
+        listeners.push(l["id"].as_str().unwrap().to_owned());
+    }
+    let stats = |bytes: u64, active: u64| {
+        json!({"bytes_in": bytes, "bytes_out": 2 * bytes, "active_connections": active,
+               "total_connections": 10, "request_errors": 1})
+    };
+    let report = |node: &'static str, body: Value| {
+        let api = api.clone();
+        async move {
+            api.call(
+                As::Anonymous,
+                "PUT",
+                &format!("/isthmus/v1/nodes/{node}/lb-stats"),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (a, b) = (&listeners[0], &listeners[1]);
+    let (s, v) = report(
+        "n1",
+        json!({"listeners": {a: stats(100, 2), b: stats(5, 1)}}),
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = report("n2", json!({"listeners": {a: stats(50, 7)}})).await;
+    assert_eq!(s, 204, "{v}");
+    let get = |path: String| {
+        let api = api.clone();
+        async move { api.call(As::Reader("p1"), "GET", &path, None).await }
+    };
+    let (s, v) = get(format!("/v2/lbaas/listeners/{a}/stats")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["stats"],
+        json!({"bytes_in": 150, "bytes_out": 300, "active_connections": 9,
+               "total_connections": 20, "request_errors": 2})
+    );
+    let (s, v) = get(format!(
+        "/v2/lbaas/loadbalancers/{}/stats",
+        lb["id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["stats"],
+        json!({"bytes_in": 155, "bytes_out": 310, "active_connections": 10,
+               "total_connections": 30, "request_errors": 3})
+    );
+    // A node deleted takes its reports with it.
+    let (s, _) = api
+        .call(As::Anonymous, "DELETE", "/isthmus/v1/nodes/n2", None)
+        .await;
+    assert_eq!(s, 204);
+    let (_, v) = get(format!("/v2/lbaas/listeners/{a}/stats")).await;
+    assert_eq!(v["stats"]["bytes_in"], 100, "{v}");
+    // A report replaces the node's last one.
+    report("n1", json!({"listeners": {}})).await;
+    let (_, v) = get(format!("/v2/lbaas/listeners/{b}/stats")).await;
+    assert_eq!(v["stats"]["bytes_in"], 0, "{v}");
+
+    // Another project sees nothing; pools have no statistics; only agents report.
+    let (s, v) = api
+        .call(
+            As::Member("p2"),
+            "GET",
+            &format!("/v2/lbaas/listeners/{a}/stats"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert!(v["faultstring"].is_string(), "{v}");
+    let (s, _) = get(format!("/v2/lbaas/pools/{a}/stats")).await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .call(
+            As::Member("p1"),
+            "PUT",
+            "/isthmus/v1/nodes/n1/lb-stats",
+            Some(json!({"listeners": {}})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = report("n1", json!({"listeners": {a: {"bytes_in": -1}}})).await;
+    assert_eq!(s, 400);
+    let (s, _) = report("nobody", json!({"listeners": {}})).await;
+    assert_eq!(s, 404);
+}

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use isthmus_model::addr::Cidr;
+use isthmus_model::lbaas::Stats;
 use isthmus_model::network::bridge_name;
 use isthmus_model::port::tap_name;
 use isthmus_model::router::OWNER_INTERFACE;
@@ -32,7 +33,13 @@ use crate::view::{Balancing, Listener, NodeView};
 /// Name of both load-balancing tables.
 pub const TABLE: &str = "isthmus_lb";
 /// Base chains of the inet table.
-pub const INET_BASE: &[&str] = &["prerouting", "postrouting", "input"];
+pub const INET_BASE: &[&str] = &[
+    "prerouting",
+    "postrouting",
+    "input",
+    "count_in",
+    "count_out",
+];
 /// Base chains of the bridge table.
 pub const BRIDGE_BASE: &[&str] = &["forward"];
 /// Priority of the `iif brq… lookup T` rules (before the main table's).
@@ -43,7 +50,21 @@ pub const VXLAN_TABLES: u32 = 0x1000_0000;
 /// First routing table number of a flat network.
 pub const FLAT_TABLES: u32 = 0x1100_0000;
 
-const INET_SKELETON: &str = "  map services {\n    type ipv4_addr . inet_proto . inet_service : verdict\n  }\n  set hairpin {\n    type ipv4_addr . ipv4_addr\n  }\n  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n  }\n  chain input {\n    type filter hook input priority filter; policy accept;\n  }\n";
+const INET_SKELETON: &str = "  map services {\n    type ipv4_addr . inet_proto . inet_service : verdict\n  }\n  set hairpin {\n    type ipv4_addr . ipv4_addr\n  }\n  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n  }\n  chain input {\n    type filter hook input priority filter; policy accept;\n  }\n  map bytes_in {\n    type ipv4_addr . inet_proto . inet_service : counter\n  }\n  map bytes_out {\n    type ipv4_addr . inet_proto . inet_service : counter\n  }\n  map connections {\n    type ipv4_addr . inet_proto . inet_service : counter\n  }\n  map refusals {\n    type ipv4_addr . inet_proto . inet_service : counter\n  }\n  chain count_in {\n    type filter hook prerouting priority -150; policy accept;\n  }\n  chain count_out {\n    type filter hook postrouting priority 300; policy accept;\n  }\n";
+
+/// The counter maps, keyed like `services` (`VIP . protocol . port`), and the prefix of
+/// each listener's counter in them: bytes from clients, bytes to clients, new connections
+/// (counted before DNAT, refused ones too) and connections refused (not in `allowed_cidrs`,
+/// over `connection_limit`, or no member up).
+const COUNTERS: [(&str, &str); 4] = [
+    ("bytes_in", "in"),
+    ("bytes_out", "out"),
+    ("connections", "new"),
+    ("refusals", "refused"),
+];
+
+/// Where connections refused by a listener go: counted, dropped.
+const REFUSE: &str = "refuse";
 
 const BRIDGE_SKELETON: &str = "  set vips {\n    type ipv4_addr\n  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n  }\n";
 
@@ -305,6 +326,87 @@ pub fn probes(view: &NodeView, node: &NodeConfig) -> Vec<Probe> {
     out
 }
 
+/// The statistics of the listeners this node balances, by listener id: their counters in
+/// `counters` (what `nft -j list counters table inet isthmus_lb` prints) and their open
+/// connections in `conntrack` (the text of `/proc/net/nf_conntrack`). Listeners without
+/// counters here (balanced by other nodes only) are left out.
+pub fn listener_stats(
+    view: &NodeView,
+    counters: &Value,
+    conntrack: &str,
+) -> BTreeMap<String, Stats> {
+    let mut values: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for item in counters["nftables"].as_array().into_iter().flatten() {
+        let c = &item["counter"];
+        if let Some(name) = c["name"].as_str() {
+            let number = |key: &str| c[key].as_u64().unwrap_or(0);
+            values.insert(name, (number("packets"), number("bytes")));
+        }
+    }
+    let active = open_connections(conntrack);
+    let mut out = BTreeMap::new();
+    for s in services(view) {
+        let read =
+            |map: &str| counter(map, &s.id).and_then(|name| values.get(name.as_str()).copied());
+        let (Some(bytes_in), Some(bytes_out), Some(made), Some(refused)) = (
+            read("bytes_in"),
+            read("bytes_out"),
+            read("connections"),
+            read("refusals"),
+        ) else {
+            continue;
+        };
+        let key = service_key(s.vip, s.protocol, s.port);
+        out.insert(
+            s.id.clone(),
+            Stats {
+                bytes_in: bytes_in.1,
+                bytes_out: bytes_out.1,
+                active_connections: active.get(&key).copied().unwrap_or(0),
+                total_connections: made.0,
+                request_errors: refused.0,
+            },
+        );
+    }
+    out
+}
+
+/// Open connections through DNAT by original destination (`VIP . protocol . port`), from the
+/// text of `/proc/net/nf_conntrack`: TCP and SCTP ones established, every UDP flow.
+fn open_connections(conntrack: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in conntrack.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() != Some(&"ipv4") || words.len() < 6 {
+            continue;
+        }
+        let protocol = words[2];
+        let open = match protocol {
+            "tcp" | "sctp" => words[5] == "ESTABLISHED",
+            "udp" => true,
+            _ => false,
+        };
+        let values = |key: &str| -> Vec<&str> {
+            words
+                .iter()
+                .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .collect()
+        };
+        let (src, dst, dport) = (values("src"), values("dst"), values("dport"));
+        // The reply comes from another address than the client asked for: translated.
+        let (Some(vip), Some(port), Some(member)) = (dst.first(), dport.first(), src.get(1)) else {
+            continue;
+        };
+        let (Ok(vip), Ok(port)) = (vip.parse::<Ipv4Addr>(), port.parse::<u16>()) else {
+            continue;
+        };
+        if open && *member != dst[0] {
+            *out.entry(service_key(vip, protocol, port)).or_default() += 1;
+        }
+    }
+    out
+}
+
 /// The routing table of a network's bridge.
 pub fn route_table(view: &NodeView, network_id: &str) -> u32 {
     match view
@@ -462,8 +564,19 @@ struct Parts {
     chains: Vec<(String, Vec<String>)>,
     /// Its persistence sets (filled by the kernel): name, declaration.
     sets: Vec<(String, String)>,
-    /// Its key in the `services` verdict map (`VIP . protocol . port`, to its chain).
+    /// Its key in the `services` verdict map (`VIP . protocol . port`, to its chain) and in
+    /// the counter maps.
     key: String,
+    /// Its counters: (counter map, counter).
+    counters: Vec<(&'static str, String)>,
+}
+
+/// A listener's counter in the counter map `map`.
+fn counter(map: &str, listener_id: &str) -> Option<String> {
+    COUNTERS
+        .iter()
+        .find(|(m, _)| *m == map)
+        .map(|(_, prefix)| format!("{prefix}-{}", short(listener_id)))
 }
 
 fn parts(s: &Service) -> Parts {
@@ -489,8 +602,17 @@ fn parts(s: &Service) -> Parts {
     Parts {
         chains,
         sets,
-        key: format!("{} . {} . {}", s.vip, s.protocol, s.port),
+        key: service_key(s.vip, s.protocol, s.port),
+        counters: COUNTERS
+            .iter()
+            .filter_map(|(map, _)| Some((*map, counter(map, &s.id)?)))
+            .collect(),
     }
+}
+
+/// A service's key in the `services` map and the counter maps.
+fn service_key(vip: Ipv4Addr, protocol: &str, port: u16) -> String {
+    format!("{vip} . {protocol} . {port}")
 }
 
 /// The `hairpin` element of a member: its connections to itself through a VIP.
@@ -503,13 +625,16 @@ fn service_rules(s: &Service) -> Vec<String> {
     let mut rules = Vec::new();
     if !s.allowed.is_empty() {
         let cidrs: Vec<String> = s.allowed.iter().map(Cidr::to_string).collect();
-        rules.push(format!("ip saddr != {{ {} }} drop", cidrs.join(", ")));
+        rules.push(format!(
+            "ip saddr != {{ {} }} goto {REFUSE}",
+            cidrs.join(", ")
+        ));
     }
     if let Some(limit) = s.connection_limit {
-        rules.push(format!("ct count over {limit} drop"));
+        rules.push(format!("ct count over {limit} goto {REFUSE}"));
     }
     if s.backends.is_empty() {
-        rules.push("drop".to_owned());
+        rules.push(format!("goto {REFUSE}"));
         return rules;
     }
     if s.persistence.is_some() {
@@ -649,10 +774,17 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
     let mut vips = BTreeSet::new();
     for s in &services {
         let parts = parts(s);
-        vmap.insert(parts.key, service_chain(&s.id));
+        vmap.insert(parts.key.clone(), service_chain(&s.id));
         chains.extend(parts.chains);
         for (set, decl) in parts.sets {
             inet.sets.insert(set, (decl, BTreeSet::new()));
+        }
+        for (map, counter) in parts.counters {
+            inet.counter_maps
+                .entry(map.to_owned())
+                .or_default()
+                .insert(parts.key.clone(), counter.clone());
+            inet.counters.insert(counter);
         }
         vips.insert(s.vip.to_string());
         hairpin.extend(s.backends.iter().map(|b| hairpin_element(b.address)));
@@ -660,6 +792,30 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
     chains.insert(
         "prerouting".to_owned(),
         vec!["ip daddr . meta l4proto . th dport vmap @services".to_owned()],
+    );
+    // Counted before DNAT (the VIP still the destination) and after the reply's un-DNAT
+    // (the VIP the source again).
+    let by_destination = "ip daddr . meta l4proto . th dport";
+    chains.insert(
+        "count_in".to_owned(),
+        vec![
+            format!("counter name {by_destination} map @bytes_in"),
+            format!("ct state new counter name {by_destination} map @connections"),
+        ],
+    );
+    chains.insert(
+        "count_out".to_owned(),
+        vec![
+            "ct direction reply counter name ip saddr . meta l4proto . th sport map @bytes_out"
+                .to_owned(),
+        ],
+    );
+    chains.insert(
+        REFUSE.to_owned(),
+        vec![
+            format!("counter name {by_destination} map @refusals"),
+            "drop".to_owned(),
+        ],
     );
     chains.insert(
         "postrouting".to_owned(),
@@ -832,6 +988,24 @@ impl Memo {
                     .or_default()
                     .insert(parts.key.clone(), target.clone());
             }
+            for (map, counter) in &parts.counters {
+                if have.inet.counters.contains(counter) {
+                    before.inet.counters.insert(counter.clone());
+                }
+                if let Some(c) = have
+                    .inet
+                    .counter_maps
+                    .get(*map)
+                    .and_then(|m| m.get(&parts.key))
+                {
+                    before
+                        .inet
+                        .counter_maps
+                        .entry((*map).to_owned())
+                        .or_default()
+                        .insert(parts.key.clone(), c.clone());
+                }
+            }
             addresses.extend(s.backends.iter().map(|b| b.address));
             vips.insert(s.vip, s.network_id.clone());
             parts
@@ -843,6 +1017,13 @@ impl Memo {
             }
             if let Some(new) = new {
                 let parts = touched(&new, &mut before);
+                for (map, counter) in parts.counters {
+                    inet.counter_maps
+                        .entry(map.to_owned())
+                        .or_default()
+                        .insert(parts.key.clone(), counter.clone());
+                    inet.counters.insert(counter);
+                }
                 inet.maps
                     .entry("services".to_owned())
                     .or_default()
@@ -1378,7 +1559,7 @@ mod tests {
     fn renders_the_service_chains_and_bridge_routing() {
         let d = desired(&view(), &node());
         let svc = &d.inet.chains[&service_chain("listener-1")];
-        assert_eq!(svc[0], "ip saddr != { 10.1.0.0/24 } drop");
+        assert_eq!(svc[0], "ip saddr != { 10.1.0.0/24 } goto refuse");
         assert_eq!(
             svc[1],
             "meta l4proto tcp dnat ip to numgen inc mod 3 map { 0 : 10.0.0.11 . 8080, 1-2 : 10.0.0.12 . 8080 }"
@@ -1392,6 +1573,12 @@ mod tests {
             service_chain("listener-1")
         );
         assert!(d.inet.sets["hairpin"].1.contains("10.0.0.11 . 10.0.0.11"));
+        // Its counters, one per counter map, under the same key.
+        for (map, prefix) in COUNTERS {
+            let counter = format!("{prefix}-{}", short("listener-1"));
+            assert_eq!(d.inet.counter_maps[map]["10.0.0.50 . tcp . 80"], counter);
+            assert!(d.inet.counters.contains(&counter));
+        }
         // Both local networks balance: the client's (behind the router) and the member's.
         let ta = route_table(&view(), "neta-000000");
         let tb = route_table(&view(), "netb-000000");
@@ -1764,5 +1951,36 @@ mod tests {
         let changed = std::mem::take(&mut v.balancing.changed);
         assert!(memo.update(&v, &n, have.clone(), &changed).is_err());
         assert_eq!(memo, before, "a fallen-back update changes nothing");
+    }
+
+    #[test]
+    fn stats_come_from_the_listeners_counters_and_open_translated_connections() {
+        let v = view();
+        let id = short("listener-1");
+        let counters = json!({"nftables": [
+            {"counter": {"name": format!("in-{id}"), "packets": 10, "bytes": 1000}},
+            {"counter": {"name": format!("out-{id}"), "packets": 8, "bytes": 4000}},
+            {"counter": {"name": format!("new-{id}"), "packets": 3, "bytes": 180}},
+            {"counter": {"name": format!("refused-{id}"), "packets": 1, "bytes": 60}},
+        ]});
+        let conntrack = "\
+ipv4     2 tcp      6 431999 ESTABLISHED src=10.1.0.5 dst=10.0.0.50 sport=40000 dport=80 src=10.0.0.11 dst=10.1.0.5 sport=8080 dport=40000 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 119 TIME_WAIT src=10.1.0.5 dst=10.0.0.50 sport=40001 dport=80 src=10.0.0.12 dst=10.1.0.5 sport=8080 dport=40001 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 431999 ESTABLISHED src=10.1.0.5 dst=10.0.0.11 sport=40002 dport=80 src=10.0.0.11 dst=10.1.0.5 sport=80 dport=40002 [ASSURED] mark=0 zone=0 use=2
+ipv6     10 tcp      6 431999 ESTABLISHED src=fd00::1 dst=fd00::2 sport=1 dport=80 src=fd00::2 dst=fd00::1 sport=80 dport=1 mark=0 zone=0 use=2
+";
+        let stats = listener_stats(&v, &counters, conntrack);
+        assert_eq!(
+            stats["listener-1"],
+            Stats {
+                bytes_in: 1000,
+                bytes_out: 4000,
+                active_connections: 1,
+                total_connections: 3,
+                request_errors: 1,
+            },
+            "one established connection was translated; TIME_WAIT and direct ones are not open"
+        );
+        assert!(listener_stats(&v, &json!({"nftables": []}), conntrack).is_empty());
     }
 }

@@ -312,6 +312,25 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         "{counts:?}"
     );
     assert_eq!(held.echo("still there"), "still there");
+    // Statistics: what each node counted of its own clients, reported with its heartbeats
+    // (every 10 s) and summed; the held connection is open.
+    let stats =
+        |path: String| lab.api("GET", &format!("/v2/lbaas/{path}/stats"), None).1["stats"].clone();
+    let listener_stats = || stats(format!("listeners/{}", id(&listener)));
+    wait_for("statistics", Duration::from_secs(25), || {
+        let s = listener_stats();
+        s["total_connections"].as_u64() >= Some(600) && s["active_connections"].as_u64() >= Some(1)
+    });
+    let s = listener_stats();
+    assert!(
+        s["bytes_in"].as_u64() > Some(0) && s["bytes_out"].as_u64() > Some(0),
+        "{s}"
+    );
+    let whole = stats(format!("loadbalancers/{}", id(&lb)));
+    assert!(
+        whole["total_connections"].as_u64() >= s["total_connections"].as_u64(),
+        "{whole} {s}"
+    );
     drop(held);
     put(
         lab,
@@ -393,6 +412,9 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         count(&c1.ns, &vip, 80, 1).contains_key("<failed>")
     });
     assert!(!count(&c2.ns, &vip, 80, 5).contains_key("<failed>"));
+    wait_for("the refusals counted", Duration::from_secs(25), || {
+        listener_stats()["request_errors"].as_u64() >= Some(1)
+    });
 
     // A UDP listener with its own pool.
     let udp = lbaas(

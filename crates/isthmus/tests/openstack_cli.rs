@@ -1003,6 +1003,12 @@ fn octavia_cli_end_to_end() {
     let tree = &status["loadbalancer"]["listeners"][0]["pools"][0];
     assert_eq!(tree["members"].as_array().unwrap().len(), 2, "{status}");
     assert_eq!(tree["health_monitor"]["type"], "TCP", "{status}");
+    // Statistics, as the client shows them (no node carried traffic here).
+    let stats = cli.json(&["loadbalancer", "stats", "show", "lb1"]);
+    assert_eq!(stats["total_connections"], 0, "{stats}");
+    assert_eq!(stats["bytes_in"], 0, "{stats}");
+    let stats = cli.json(&["loadbalancer", "listener", "stats", "show", "l1"]);
+    assert_eq!(stats["active_connections"], 0, "{stats}");
 
     let (ok, _, err) = cli.run(&["loadbalancer", "delete", "lb1"]);
     assert!(!ok && err.contains("has children"), "{err}");

@@ -209,8 +209,9 @@ async fn status(
     Ok(Json(state.service.load_balancer_status(&caller, &id).await?).into_response())
 }
 
-/// Statistics need per-node counters summed by the controller, which the nodes do not report
-/// yet: refused as a provider without them refuses them, never made up.
+/// `GET /{loadbalancers,listeners}/{id}/stats`: what the nodes' load balancing counted, as
+/// their agents last reported it (each node counts its own clients' connections), summed; a
+/// load balancer's are its listeners'.
 async fn stats(
     Extension(caller): Extension<Caller>,
     State(state): Shared,
@@ -219,14 +220,22 @@ async fn stats(
     if !matches!(collection.as_str(), "loadbalancers" | "listeners") {
         return Err(Error::PathNotFound.into());
     }
-    // 404 for what the caller cannot see, before the 501.
-    endpoint(&state, &collection)?
+    let object = endpoint(&state, &collection)?
         .show(&state.service, &caller, &id)
         .await?;
-    Err(
-        isthmus_model::lbaas::unsupported("statistics (per-node counters are not collected yet)")
-            .into(),
-    )
+    let listeners: Vec<String> = if collection == "listeners" {
+        vec![id]
+    } else {
+        object
+            .get("listeners")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let stats = state.service.listener_stats(&listeners).await?;
+    Ok(Json(json!({ "stats": stats })).into_response())
 }
 
 /// 404 unless `caller` may see pool `pool_id` (members are reached through it).

@@ -1,9 +1,10 @@
 //! Nodes: agent registration, heartbeats, their Neutron `agents` view, and port status
 //! reports from agents.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use isthmus_model::lbaas::Stats;
 use isthmus_model::node::{Node, Registration, AGENT_DOWN_SECONDS};
 use isthmus_model::policy;
 use isthmus_model::port::POOL_DEVICE_ID;
@@ -221,7 +222,8 @@ impl Service {
             let txn = Txn::new()
                 .then(Op::delete(keys::node(name)))
                 .then(Op::delete(keys::heartbeat(name)))
-                .then(Op::delete(keys::applied(name)));
+                .then(Op::delete(keys::applied(name)))
+                .then(Op::delete(keys::lb_stats(name)));
             self.commit(txn).await?;
             let pooled = self
                 .load_all::<Port>(keys::PORTS)
@@ -258,6 +260,45 @@ impl Service {
         let txn = Txn::new().then(Op::put(keys::applied(name), revision.to_string()));
         self.commit(txn).await?;
         Ok(())
+    }
+
+    /// An agent reports what its load balancing counted, per listener (its whole report:
+    /// listeners it no longer balances are left out).
+    pub async fn set_lb_stats(&self, caller: &Caller, name: &str, body: Value) -> Result<()> {
+        policy::authorize_caller("update_node", caller)?;
+        let listeners: BTreeMap<String, Stats> = body
+            .get("listeners")
+            .cloned()
+            .and_then(|l| serde_json::from_value(l).ok())
+            .ok_or_else(|| {
+                Error::invalid_attr("listeners", "statistics by listener id are required")
+            })?;
+        self.must_load_node(name).await?;
+        let value = serde_json::to_vec(&listeners).map_err(|e| Error::Internal(e.to_string()))?;
+        self.commit(Txn::new().then(Op::put(keys::lb_stats(name), value)))
+            .await?;
+        Ok(())
+    }
+
+    /// The statistics of `listeners` summed over the nodes' last reports.
+    pub(crate) async fn listener_stats(&self, listeners: &[String]) -> Result<Stats> {
+        let reports = self
+            .store
+            .range(keys::LB_STATS)
+            .await
+            .map_err(store_error)?;
+        let mut total = Stats::default();
+        for kv in &reports.kvs {
+            let Ok(report) = serde_json::from_slice::<BTreeMap<String, Stats>>(&kv.value) else {
+                continue;
+            };
+            for id in listeners {
+                if let Some(s) = report.get(id) {
+                    total += *s;
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// The store revision each live node has applied (a live node that never reported: 0).

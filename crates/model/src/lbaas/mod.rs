@@ -24,6 +24,32 @@ pub use load_balancer::LoadBalancer;
 pub use member::Member;
 pub use pool::Pool;
 
+/// Octavia's statistics of a listener (a load balancer's are its listeners' summed), as one
+/// node counts its own clients' connections and as the controller sums the nodes'.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Bytes from clients.
+    pub bytes_in: u64,
+    /// Bytes to clients.
+    pub bytes_out: u64,
+    /// Connections open now (TCP and SCTP established, UDP flows conntrack still holds).
+    pub active_connections: u64,
+    /// Connections made, refused ones included.
+    pub total_connections: u64,
+    /// Connections refused: not in `allowed_cidrs`, over `connection_limit`, or no member up.
+    pub request_errors: u64,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, other: Stats) {
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.active_connections += other.active_connections;
+        self.total_connections += other.total_connections;
+        self.request_errors += other.request_errors;
+    }
+}
+
 /// The one provider: every load balancer is distributed in the nodes' kernels.
 pub const PROVIDER: &str = "isthmus";
 
