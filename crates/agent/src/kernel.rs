@@ -76,7 +76,7 @@ pub async fn observe_nft_table(
     family: &str,
     name: &str,
 ) -> Result<isthmus_dataplane::nft::Observed, AgentError> {
-    let Some(text) = nft_list(&["-j"], family, name).await? else {
+    let Some(text) = list_nft_table_json(family, name).await? else {
         return Ok(isthmus_dataplane::nft::Observed::default());
     };
     let json: serde_json::Value = serde_json::from_str(&text)
@@ -132,6 +132,11 @@ pub async fn nft(
 /// `nft list table FAMILY NAME` as text (with counters), or `None` when it does not exist.
 pub async fn list_nft_table(family: &str, name: &str) -> Result<Option<String>, AgentError> {
     nft_list(&[], family, name).await
+}
+
+/// `nft -j list table FAMILY NAME`, or `None` when it does not exist.
+pub async fn list_nft_table_json(family: &str, name: &str) -> Result<Option<String>, AgentError> {
+    nft_list(&["-j"], family, name).await
 }
 
 async fn nft_list(flags: &[&str], family: &str, name: &str) -> Result<Option<String>, AgentError> {

@@ -39,26 +39,15 @@ pub async fn observe() -> Result<Observed, AgentError> {
     })
 }
 
-/// The load-balancing counters (`nft -j list counters`), or `None` when this node balances
-/// nothing (no table).
-pub async fn counters() -> Result<Option<serde_json::Value>, AgentError> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "counters", "table", "inet", lb::TABLE])
-        .output()
-        .await?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") {
-            return Ok(None);
-        }
-        return Err(AgentError::Kernel(format!(
-            "nft list counters: {}",
-            err.trim()
-        )));
-    }
-    serde_json::from_slice(&out.stdout)
+/// The load-balancing table with its counting sets' counters (`nft -j list table`), or
+/// `None` when this node balances nothing (no table).
+pub async fn counted() -> Result<Option<serde_json::Value>, AgentError> {
+    let Some(text) = kernel::list_nft_table_json("inet", lb::TABLE).await? else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| AgentError::Kernel(format!("nft list counters: {e}")))
+        .map_err(|e| AgentError::Kernel(format!("nft -j list table: {e}")))
 }
 
 /// The connections conntrack tracks in the agent's namespace (the text of

@@ -328,11 +328,11 @@ async fn report_stats(
     shared: &Shared,
     reported: &mut Option<BTreeMap<String, isthmus_model::lbaas::Stats>>,
 ) -> Result<(), AgentError> {
-    let Some(counters) = lb::counters().await? else {
+    let Some(table) = lb::counted().await? else {
         return Ok(());
     };
     let conntrack = lb::conntrack();
-    let stats = isthmus_dataplane::lb::listener_stats(&shared.view(), &counters, &conntrack);
+    let stats = isthmus_dataplane::lb::listener_stats(&shared.view(), &table, &conntrack);
     if reported.as_ref() == Some(&stats) {
         return Ok(());
     }

@@ -50,18 +50,18 @@ pub const VXLAN_TABLES: u32 = 0x1000_0000;
 /// First routing table number of a flat network.
 pub const FLAT_TABLES: u32 = 0x1100_0000;
 
-const INET_SKELETON: &str = "  map services {\n    type ipv4_addr . inet_proto . inet_service : verdict\n  }\n  set hairpin {\n    type ipv4_addr . ipv4_addr\n  }\n  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n  }\n  chain input {\n    type filter hook input priority filter; policy accept;\n  }\n  map bytes_in {\n    type ipv4_addr . inet_proto . inet_service : counter\n  }\n  map bytes_out {\n    type ipv4_addr . inet_proto . inet_service : counter\n  }\n  map connections {\n    type ipv4_addr . inet_proto . inet_service : counter\n  }\n  map refusals {\n    type ipv4_addr . inet_proto . inet_service : counter\n  }\n  chain count_in {\n    type filter hook prerouting priority -150; policy accept;\n  }\n  chain count_out {\n    type filter hook postrouting priority 300; policy accept;\n  }\n";
+const INET_SKELETON: &str = "  map services {\n    type ipv4_addr . inet_proto . inet_service : verdict\n  }\n  set hairpin {\n    type ipv4_addr . ipv4_addr\n  }\n  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n  }\n  chain input {\n    type filter hook input priority filter; policy accept;\n  }\n  set bytes_in {\n    type ipv4_addr . inet_proto . inet_service\n    counter\n  }\n  set bytes_out {\n    type ipv4_addr . inet_proto . inet_service\n    counter\n  }\n  set connections {\n    type ipv4_addr . inet_proto . inet_service\n    counter\n  }\n  set refusals {\n    type ipv4_addr . inet_proto . inet_service\n    counter\n  }\n  chain count_in {\n    type filter hook prerouting priority -150; policy accept;\n  }\n  chain count_out {\n    type filter hook postrouting priority 300; policy accept;\n  }\n";
 
-/// The counter maps, keyed like `services` (`VIP . protocol . port`), and the prefix of
-/// each listener's counter in them: bytes from clients, bytes to clients, new connections
-/// (counted before DNAT, refused ones too) and connections refused (not in `allowed_cidrs`,
-/// over `connection_limit`, or no member up).
-const COUNTERS: [(&str, &str); 4] = [
-    ("bytes_in", "in"),
-    ("bytes_out", "out"),
-    ("connections", "new"),
-    ("refusals", "refused"),
-];
+/// The counting sets: each listener's key (as in `services`, `VIP . protocol . port`) is an
+/// element of each, whose counter the kernel updates on every lookup that finds it: bytes
+/// from clients, bytes to clients, new connections (counted before DNAT, refused ones too) and
+/// connections refused (not in `allowed_cidrs`, over `connection_limit`, or no member up).
+/// Element counters, not named counter objects: nft reads every object of the ruleset before
+/// each transaction, which would make every change cost more the more listeners there are.
+const COUNTING: [&str; 4] = ["bytes_in", "bytes_out", "connections", "refusals"];
+
+/// A counting set's declaration.
+const COUNTING_DECL: &str = "type ipv4_addr . inet_proto . inet_service; counter;";
 
 /// Where connections refused by a listener go: counted, dropped.
 const REFUSE: &str = "refuse";
@@ -326,28 +326,41 @@ pub fn probes(view: &NodeView, node: &NodeConfig) -> Vec<Probe> {
     out
 }
 
-/// The statistics of the listeners this node balances, by listener id: their counters in
-/// `counters` (what `nft -j list counters table inet isthmus_lb` prints) and their open
-/// connections in `conntrack` (the text of `/proc/net/nf_conntrack`). Listeners without
-/// counters here (balanced by other nodes only) are left out.
-pub fn listener_stats(
-    view: &NodeView,
-    counters: &Value,
-    conntrack: &str,
-) -> BTreeMap<String, Stats> {
-    let mut values: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for item in counters["nftables"].as_array().into_iter().flatten() {
-        let c = &item["counter"];
-        if let Some(name) = c["name"].as_str() {
-            let number = |key: &str| c[key].as_u64().unwrap_or(0);
-            values.insert(name, (number("packets"), number("bytes")));
+/// The statistics of the listeners this node balances, by listener id: their elements'
+/// counters in the counting sets of `table` (what `nft -j list table inet isthmus_lb` prints)
+/// and their open connections in `conntrack` (the text of `/proc/net/nf_conntrack`).
+/// Listeners not counted here (balanced by other nodes only) are left out.
+pub fn listener_stats(view: &NodeView, table: &Value, conntrack: &str) -> BTreeMap<String, Stats> {
+    // (set, key) → (packets, bytes)
+    let mut counted: BTreeMap<(&str, String), (u64, u64)> = BTreeMap::new();
+    for item in table["nftables"].as_array().into_iter().flatten() {
+        let set = &item["set"];
+        let Some(name) = set["name"].as_str().filter(|n| COUNTING.contains(n)) else {
+            continue;
+        };
+        for element in set["elem"].as_array().into_iter().flatten() {
+            let element = &element["elem"];
+            let parts: Option<Vec<String>> = element["val"]["concat"].as_array().map(|parts| {
+                parts
+                    .iter()
+                    .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+                    .collect()
+            });
+            if let Some(parts) = parts {
+                let counter = &element["counter"];
+                let number = |key: &str| counter[key].as_u64().unwrap_or(0);
+                counted.insert(
+                    (name, parts.join(" . ")),
+                    (number("packets"), number("bytes")),
+                );
+            }
         }
     }
     let active = open_connections(conntrack);
     let mut out = BTreeMap::new();
     for s in services(view) {
-        let read =
-            |map: &str| counter(map, &s.id).and_then(|name| values.get(name.as_str()).copied());
+        let key = service_key(s.vip, s.protocol, s.port);
+        let read = |set: &'static str| counted.get(&(set, key.clone())).copied();
         let (Some(bytes_in), Some(bytes_out), Some(made), Some(refused)) = (
             read("bytes_in"),
             read("bytes_out"),
@@ -356,7 +369,6 @@ pub fn listener_stats(
         ) else {
             continue;
         };
-        let key = service_key(s.vip, s.protocol, s.port);
         out.insert(
             s.id.clone(),
             Stats {
@@ -564,19 +576,9 @@ struct Parts {
     chains: Vec<(String, Vec<String>)>,
     /// Its persistence sets (filled by the kernel): name, declaration.
     sets: Vec<(String, String)>,
-    /// Its key in the `services` verdict map (`VIP . protocol . port`, to its chain) and in
-    /// the counter maps.
+    /// Its key in the `services` verdict map (`VIP . protocol . port`, to its chain) and its
+    /// element in the counting sets.
     key: String,
-    /// Its counters: (counter map, counter).
-    counters: Vec<(&'static str, String)>,
-}
-
-/// A listener's counter in the counter map `map`.
-fn counter(map: &str, listener_id: &str) -> Option<String> {
-    COUNTERS
-        .iter()
-        .find(|(m, _)| *m == map)
-        .map(|(_, prefix)| format!("{prefix}-{}", short(listener_id)))
 }
 
 fn parts(s: &Service) -> Parts {
@@ -603,14 +605,10 @@ fn parts(s: &Service) -> Parts {
         chains,
         sets,
         key: service_key(s.vip, s.protocol, s.port),
-        counters: COUNTERS
-            .iter()
-            .filter_map(|(map, _)| Some((*map, counter(map, &s.id)?)))
-            .collect(),
     }
 }
 
-/// A service's key in the `services` map and the counter maps.
+/// A service's key in the `services` map and its element in the counting sets.
 fn service_key(vip: Ipv4Addr, protocol: &str, port: u16) -> String {
     format!("{vip} . {protocol} . {port}")
 }
@@ -772,6 +770,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
     let mut vmap = BTreeMap::new();
     let mut hairpin = BTreeSet::new();
     let mut vips = BTreeSet::new();
+    let mut counting: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for s in &services {
         let parts = parts(s);
         vmap.insert(parts.key.clone(), service_chain(&s.id));
@@ -779,12 +778,8 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
         for (set, decl) in parts.sets {
             inet.sets.insert(set, (decl, BTreeSet::new()));
         }
-        for (map, counter) in parts.counters {
-            inet.counter_maps
-                .entry(map.to_owned())
-                .or_default()
-                .insert(parts.key.clone(), counter.clone());
-            inet.counters.insert(counter);
+        for set in COUNTING {
+            counting.entry(set).or_default().insert(parts.key.clone());
         }
         vips.insert(s.vip.to_string());
         hairpin.extend(s.backends.iter().map(|b| hairpin_element(b.address)));
@@ -793,29 +788,23 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
         "prerouting".to_owned(),
         vec!["ip daddr . meta l4proto . th dport vmap @services".to_owned()],
     );
-    // Counted before DNAT (the VIP still the destination) and after the reply's un-DNAT
-    // (the VIP the source again).
+    // Counted (a lookup that finds a listener's element counts it) before DNAT, the VIP
+    // still the destination, and after the reply's un-DNAT, the VIP the source again.
     let by_destination = "ip daddr . meta l4proto . th dport";
     chains.insert(
         "count_in".to_owned(),
         vec![
-            format!("counter name {by_destination} map @bytes_in"),
-            format!("ct state new counter name {by_destination} map @connections"),
+            format!("{by_destination} @bytes_in"),
+            format!("ct state new {by_destination} @connections"),
         ],
     );
     chains.insert(
         "count_out".to_owned(),
-        vec![
-            "ct direction reply counter name ip saddr . meta l4proto . th sport map @bytes_out"
-                .to_owned(),
-        ],
+        vec!["ct direction reply ip saddr . meta l4proto . th sport @bytes_out".to_owned()],
     );
     chains.insert(
         REFUSE.to_owned(),
-        vec![
-            format!("counter name {by_destination} map @refusals"),
-            "drop".to_owned(),
-        ],
+        vec![format!("{by_destination} @refusals"), "drop".to_owned()],
     );
     chains.insert(
         "postrouting".to_owned(),
@@ -839,6 +828,15 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
         "hairpin".to_owned(),
         ("type ipv4_addr . ipv4_addr;".to_owned(), hairpin),
     );
+    for set in COUNTING {
+        inet.sets.insert(
+            set.to_owned(),
+            (
+                COUNTING_DECL.to_owned(),
+                counting.remove(set).unwrap_or_default(),
+            ),
+        );
+    }
     bridge.chains.insert(
         "forward".to_owned(),
         vec!["arp operation request arp daddr ip @vips drop".to_owned()],
@@ -869,6 +867,8 @@ pub struct Memo {
     vips: BTreeMap<Ipv4Addr, usize>,
     /// Services by member address.
     backends: BTreeMap<Ipv4Addr, usize>,
+    /// Services by key (`VIP . protocol . port`).
+    keys: BTreeMap<String, usize>,
 }
 
 fn count<K: Ord + Clone>(map: &mut BTreeMap<K, usize>, key: &K, up: bool) {
@@ -898,6 +898,7 @@ impl Memo {
     fn count(&mut self, s: &Service, up: bool) {
         count(&mut self.networks, &s.network_id, up);
         count(&mut self.vips, &s.vip, up);
+        count(&mut self.keys, &service_key(s.vip, s.protocol, s.port), up);
         for b in &s.backends {
             count(&mut self.backends, &b.address, up);
         }
@@ -963,6 +964,7 @@ impl Memo {
         let mut after_routing = Routing::default();
         let mut addresses = BTreeSet::new();
         let mut vips = BTreeMap::new();
+        let mut keys = BTreeSet::new();
         let mut touched = |s: &Service, before: &mut Observed| {
             let parts = parts(s);
             for (chain, _) in &parts.chains {
@@ -988,24 +990,7 @@ impl Memo {
                     .or_default()
                     .insert(parts.key.clone(), target.clone());
             }
-            for (map, counter) in &parts.counters {
-                if have.inet.counters.contains(counter) {
-                    before.inet.counters.insert(counter.clone());
-                }
-                if let Some(c) = have
-                    .inet
-                    .counter_maps
-                    .get(*map)
-                    .and_then(|m| m.get(&parts.key))
-                {
-                    before
-                        .inet
-                        .counter_maps
-                        .entry((*map).to_owned())
-                        .or_default()
-                        .insert(parts.key.clone(), c.clone());
-                }
-            }
+            keys.insert(parts.key.clone());
             addresses.extend(s.backends.iter().map(|b| b.address));
             vips.insert(s.vip, s.network_id.clone());
             parts
@@ -1017,13 +1002,6 @@ impl Memo {
             }
             if let Some(new) = new {
                 let parts = touched(&new, &mut before);
-                for (map, counter) in parts.counters {
-                    inet.counter_maps
-                        .entry(map.to_owned())
-                        .or_default()
-                        .insert(parts.key.clone(), counter.clone());
-                    inet.counters.insert(counter);
-                }
                 inet.maps
                     .entry("services".to_owned())
                     .or_default()
@@ -1036,16 +1014,34 @@ impl Memo {
                 self.services.insert(id, new);
             }
         }
-        let present = |set: &BTreeSet<String>, element: &String| set.contains(element);
-        let hairpin: Vec<String> = addresses.iter().map(|a| hairpin_element(*a)).collect();
-        let have_hairpin = have.inet.sets.get("hairpin").cloned().unwrap_or_default();
+        // Only the touched elements of the shared sets: never the whole of them.
+        let held = |set: Option<&BTreeSet<String>>, element: &String| {
+            set.is_some_and(|s| s.contains(element))
+        };
         before.inet.exists = true;
+        for set in COUNTING {
+            let have_set = have.inet.sets.get(set);
+            before.inet.sets.insert(
+                set.to_owned(),
+                keys.iter().filter(|k| held(have_set, k)).cloned().collect(),
+            );
+            inet.sets.insert(
+                set.to_owned(),
+                (
+                    COUNTING_DECL.to_owned(),
+                    keys.iter()
+                        .filter(|k| self.keys.contains_key(*k))
+                        .cloned()
+                        .collect(),
+                ),
+            );
+        }
         before.inet.sets.insert(
             "hairpin".to_owned(),
-            hairpin
+            addresses
                 .iter()
-                .filter(|e| present(&have_hairpin, e))
-                .cloned()
+                .map(|a| hairpin_element(*a))
+                .filter(|e| held(have.inet.sets.get("hairpin"), e))
                 .collect(),
         );
         inet.sets.insert(
@@ -1059,13 +1055,12 @@ impl Memo {
                     .collect(),
             ),
         );
-        let have_vips = have.bridge.sets.get("vips").cloned().unwrap_or_default();
         before.bridge.exists = true;
         before.bridge.sets.insert(
             "vips".to_owned(),
             vips.keys()
                 .map(Ipv4Addr::to_string)
-                .filter(|v| present(&have_vips, v))
+                .filter(|v| held(have.bridge.sets.get("vips"), v))
                 .collect(),
         );
         bridge.sets.insert(
@@ -1573,11 +1568,9 @@ mod tests {
             service_chain("listener-1")
         );
         assert!(d.inet.sets["hairpin"].1.contains("10.0.0.11 . 10.0.0.11"));
-        // Its counters, one per counter map, under the same key.
-        for (map, prefix) in COUNTERS {
-            let counter = format!("{prefix}-{}", short("listener-1"));
-            assert_eq!(d.inet.counter_maps[map]["10.0.0.50 . tcp . 80"], counter);
-            assert!(d.inet.counters.contains(&counter));
+        // Its element in every counting set, under the same key.
+        for set in COUNTING {
+            assert!(d.inet.sets[set].1.contains("10.0.0.50 . tcp . 80"), "{set}");
         }
         // Both local networks balance: the client's (behind the router) and the member's.
         let ta = route_table(&view(), "neta-000000");
@@ -1956,12 +1949,20 @@ mod tests {
     #[test]
     fn stats_come_from_the_listeners_counters_and_open_translated_connections() {
         let v = view();
-        let id = short("listener-1");
+        let counted = |set: &str, packets: u64, bytes: u64| {
+            json!({"set": {"name": set, "elem": [
+                {"elem": {"val": {"concat": ["10.0.0.99", "tcp", 80]},
+                          "counter": {"packets": 99, "bytes": 99}}},
+                {"elem": {"val": {"concat": ["10.0.0.50", "tcp", 80]},
+                          "counter": {"packets": packets, "bytes": bytes}}},
+            ]}})
+        };
         let counters = json!({"nftables": [
-            {"counter": {"name": format!("in-{id}"), "packets": 10, "bytes": 1000}},
-            {"counter": {"name": format!("out-{id}"), "packets": 8, "bytes": 4000}},
-            {"counter": {"name": format!("new-{id}"), "packets": 3, "bytes": 180}},
-            {"counter": {"name": format!("refused-{id}"), "packets": 1, "bytes": 60}},
+            counted("bytes_in", 10, 1000),
+            counted("bytes_out", 8, 4000),
+            counted("connections", 3, 180),
+            counted("refusals", 1, 60),
+            {"set": {"name": "hairpin", "elem": ["10.0.0.11 . 10.0.0.11"]}},
         ]});
         let conntrack = "\
 ipv4     2 tcp      6 431999 ESTABLISHED src=10.1.0.5 dst=10.0.0.50 sport=40000 dport=80 src=10.0.0.11 dst=10.1.0.5 sport=8080 dport=40000 [ASSURED] mark=0 zone=0 use=2

@@ -35,11 +35,6 @@ pub struct Table {
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
     /// Named sets: name → (declaration inside `set NAME { ... }`, elements).
     pub sets: BTreeMap<String, (String, BTreeSet<String>)>,
-    /// Named counters (their values are the kernel's: a counter is created once, never
-    /// replaced).
-    pub counters: BTreeSet<String>,
-    /// Counter map elements: map → key → counter.
-    pub counter_maps: BTreeMap<String, BTreeMap<String, String>>,
     /// The table should not exist at all (its base chains, even empty, would still be hooks
     /// every packet crosses).
     pub absent: bool,
@@ -56,60 +51,6 @@ pub struct Observed {
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
     /// Set elements.
     pub sets: BTreeMap<String, BTreeSet<String>>,
-    /// Named counters.
-    pub counters: BTreeSet<String>,
-    /// Counter map elements.
-    pub counter_maps: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-/// Replaces the keys of `old` in `maps` with `new`'s.
-fn replace_keys(
-    maps: &mut BTreeMap<String, BTreeMap<String, String>>,
-    old: &BTreeMap<String, BTreeMap<String, String>>,
-    new: &BTreeMap<String, BTreeMap<String, String>>,
-) {
-    for (map, keys) in old {
-        if let Some(m) = maps.get_mut(map) {
-            for key in keys.keys() {
-                m.remove(key);
-            }
-        }
-    }
-    for (map, elements) in new {
-        let m = maps.entry(map.clone()).or_default();
-        m.extend(elements.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-}
-
-/// The changes turning the elements of `have` into `want`'s: each key whose value differs
-/// (re)added with `add`, then the keys no longer wanted removed.
-fn map_changes(
-    want: &BTreeMap<String, BTreeMap<String, String>>,
-    have: &BTreeMap<String, BTreeMap<String, String>>,
-    add: impl Fn(&str, &str, &str) -> Change,
-) -> Vec<Change> {
-    let mut changes = Vec::new();
-    for (map, elements) in want {
-        let had = have.get(map);
-        for (key, value) in elements {
-            let old = had.and_then(|h| h.get(key));
-            if old != Some(value) {
-                if old.is_some() {
-                    changes.push(Change::DeleteMapElement(map.clone(), key.clone()));
-                }
-                changes.push(add(map, key, value));
-            }
-        }
-    }
-    for (map, had) in have {
-        let want = want.get(map);
-        for key in had.keys() {
-            if want.is_none_or(|w| !w.contains_key(key)) {
-                changes.push(Change::DeleteMapElement(map.clone(), key.clone()));
-            }
-        }
-    }
-    changes
 }
 
 impl Observed {
@@ -121,12 +62,17 @@ impl Observed {
         }
         self.chains
             .extend(new.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
-        replace_keys(&mut self.maps, &old.maps, &new.maps);
-        replace_keys(&mut self.counter_maps, &old.counter_maps, &new.counter_maps);
-        for counter in &old.counters {
-            self.counters.remove(counter);
+        for (map, keys) in &old.maps {
+            if let Some(m) = self.maps.get_mut(map) {
+                for key in keys.keys() {
+                    m.remove(key);
+                }
+            }
         }
-        self.counters.extend(new.counters.iter().cloned());
+        for (map, elements) in &new.maps {
+            let m = self.maps.entry(map.clone()).or_default();
+            m.extend(elements.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         for (set, elements) in &old.sets {
             if !new.sets.contains_key(set) {
                 self.sets.remove(set);
@@ -172,8 +118,6 @@ impl Table {
                 .iter()
                 .map(|(name, (_, elements))| (name.clone(), elements.clone()))
                 .collect(),
-            counters: self.counters.clone(),
-            counter_maps: self.counter_maps.clone(),
         }
     }
 
@@ -202,9 +146,6 @@ impl Table {
             if !observed.sets.contains_key(name) {
                 changes.push(Change::AddSet(name.clone(), decl.clone()));
             }
-        }
-        for name in self.counters.difference(&observed.counters) {
-            changes.push(Change::AddCounter(name.clone()));
         }
         for (name, (decl, elements)) in &self.sets {
             // The kernel fills dynamic sets itself (`update @set`): never diffed.
@@ -249,24 +190,29 @@ impl Table {
                 }
             }
         }
-        changes.extend(map_changes(
-            &self.maps,
-            &observed.maps,
-            |map, key, chain| Change::AddMapElement {
-                map: map.to_owned(),
-                key: key.to_owned(),
-                chain: chain.to_owned(),
-            },
-        ));
-        changes.extend(map_changes(
-            &self.counter_maps,
-            &observed.counter_maps,
-            |map, key, counter| Change::AddCounterElement {
-                map: map.to_owned(),
-                key: key.to_owned(),
-                counter: counter.to_owned(),
-            },
-        ));
+        for (map, elements) in &self.maps {
+            let have = observed.maps.get(map).cloned().unwrap_or_default();
+            for (key, target) in elements {
+                if have.get(key) != Some(target) {
+                    if have.contains_key(key) {
+                        changes.push(Change::DeleteMapElement(map.clone(), key.clone()));
+                    }
+                    changes.push(Change::AddMapElement {
+                        map: map.clone(),
+                        key: key.clone(),
+                        chain: target.clone(),
+                    });
+                }
+            }
+        }
+        for (map, have) in &observed.maps {
+            let want = self.maps.get(map);
+            for key in have.keys() {
+                if want.is_none_or(|w| !w.contains_key(key)) {
+                    changes.push(Change::DeleteMapElement(map.clone(), key.clone()));
+                }
+            }
+        }
         // Chains that go are emptied first: one may jump to another that goes with it.
         let gone: Vec<&String> = observed
             .chains
@@ -279,10 +225,6 @@ impl Table {
             if !self.sets.contains_key(name) {
                 changes.push(Change::DeleteSet(name.clone()));
             }
-        }
-        // Once no map element names them.
-        for name in observed.counters.difference(&self.counters) {
-            changes.push(Change::DeleteCounter(name.clone()));
         }
         Plan::of(self, changes)
     }
@@ -323,19 +265,6 @@ pub enum Change {
     },
     /// Remove a key from a map.
     DeleteMapElement(String, String),
-    /// Add a named counter.
-    AddCounter(String),
-    /// Map a key to a named counter.
-    AddCounterElement {
-        /// Counter map.
-        map: String,
-        /// Key.
-        key: String,
-        /// Counter.
-        counter: String,
-    },
-    /// Delete a named counter.
-    DeleteCounter(String),
     /// Delete an (emptied) chain.
     DeleteChain(String),
     /// Delete a set.
@@ -405,14 +334,6 @@ impl std::fmt::Display for Plan {
                 )?,
                 Change::DeleteMapElement(map, key) => {
                     writeln!(f, "delete element {family} {table} {map} {{ {key} }}")?
-                }
-                Change::AddCounter(name) => writeln!(f, "add counter {family} {table} {name}")?,
-                Change::AddCounterElement { map, key, counter } => writeln!(
-                    f,
-                    "add element {family} {table} {map} {{ {key} : \"{counter}\" }}"
-                )?,
-                Change::DeleteCounter(name) => {
-                    writeln!(f, "delete counter {family} {table} {name}")?
                 }
                 Change::DeleteChain(name) => writeln!(f, "delete chain {family} {table} {name}")?,
                 Change::DeleteSet(name) => writeln!(f, "delete set {family} {table} {name}")?,
@@ -494,26 +415,17 @@ pub fn parse_observed(json: &serde_json::Value) -> Observed {
             }
         }
         if let Some(map) = item.get("map") {
-            let name = map["name"].as_str().unwrap_or_default().to_owned();
-            let counters = map["map"] == "counter";
-            let entry = if counters {
-                observed.counter_maps.entry(name).or_default()
-            } else {
-                observed.maps.entry(name).or_default()
-            };
+            let entry = observed
+                .maps
+                .entry(map["name"].as_str().unwrap_or_default().to_owned())
+                .or_default();
             for elem in map["elem"].as_array().into_iter().flatten() {
-                let value = if counters {
-                    elem[1].as_str()
-                } else {
-                    elem[1]["jump"]["target"].as_str()
-                };
-                if let (Some(key), Some(value)) = (key_of(&elem[0]), value) {
-                    entry.insert(key, value.to_owned());
+                if let (Some(key), Some(target)) =
+                    (key_of(&elem[0]), elem[1]["jump"]["target"].as_str())
+                {
+                    entry.insert(key, target.to_owned());
                 }
             }
-        }
-        if let Some(name) = item.get("counter").and_then(|c| c["name"].as_str()) {
-            observed.counters.insert(name.to_owned());
         }
         if let Some(set) = item.get("set") {
             let entry = observed
@@ -538,8 +450,7 @@ mod tests {
         Table {
             family: "inet",
             name: "t",
-            skeleton: "  map m {\n    type mark : verdict\n  }\n  map cm {\n    type mark : counter\n  }\n"
-                .into(),
+            skeleton: "  map m {\n    type mark : verdict\n  }\n".into(),
             chains: BTreeMap::from([("c1".to_owned(), vec!["accept".to_owned()])]),
             maps: BTreeMap::from([(
                 "m".to_owned(),
@@ -551,11 +462,6 @@ mod tests {
                     "type ipv4_addr; flags interval;".to_owned(),
                     BTreeSet::from(["10.0.0.1".to_owned()]),
                 ),
-            )]),
-            counters: BTreeSet::from(["c".to_owned()]),
-            counter_maps: BTreeMap::from([(
-                "cm".to_owned(),
-                BTreeMap::from([("0x00000001".to_owned(), "c".to_owned())]),
             )]),
             absent: false,
         }
@@ -571,8 +477,6 @@ mod tests {
             chains: BTreeMap::from([("c1".to_owned(), Some(Table::version(&t.chains["c1"])))]),
             maps: t.maps.clone(),
             sets: BTreeMap::from([("s".to_owned(), t.sets["s"].1.clone())]),
-            counters: t.counters.clone(),
-            counter_maps: t.counter_maps.clone(),
         };
         assert_eq!(t.plan(&applied, &[]), None);
         assert_eq!(t.as_observed(), applied, "what an applied plan leaves");
@@ -639,36 +543,5 @@ mod tests {
             Some(""),
             "a base chain holding rules no agent versioned"
         );
-    }
-
-    #[test]
-    fn counters_come_before_their_map_elements_and_go_after_them() {
-        let t = table();
-        let first = t.plan(&Observed::default(), &[]).unwrap().to_string();
-        let counter = first.find("add counter inet t c\n").unwrap();
-        let element = first
-            .find("add element inet t cm { 0x00000001 : \"c\" }\n")
-            .unwrap();
-        assert!(counter < element, "{first}");
-        let mut gone = t.clone();
-        gone.counters.clear();
-        gone.counter_maps.clear();
-        let script = gone.plan(&t.as_observed(), &[]).unwrap().to_string();
-        assert_eq!(
-            script,
-            "delete element inet t cm { 0x00000001 }\ndelete counter inet t c\n"
-        );
-        let json = serde_json::json!({"nftables": [
-            {"table": {"family": "inet", "name": "t"}},
-            {"counter": {"family": "inet", "name": "c", "table": "t", "packets": 3, "bytes": 9}},
-            {"map": {"family": "inet", "name": "cm", "table": "t", "type": "mark", "map": "counter",
-                     "elem": [[1, "c"]]}},
-            {"map": {"family": "inet", "name": "m", "table": "t", "type": "mark", "map": "verdict",
-                     "elem": [[1, {"jump": {"target": "c1"}}]]}},
-        ]});
-        let observed = parse_observed(&json);
-        assert_eq!(observed.counters, t.counters);
-        assert_eq!(observed.counter_maps, t.counter_maps);
-        assert_eq!(observed.maps, t.maps);
     }
 }
