@@ -6,8 +6,9 @@
 use isthmus_dataplane::lb::{self, Observed, Plan};
 use tokio::process::Command;
 
-use crate::kernel;
+use crate::netlink::Netlink;
 use crate::AgentError;
+use crate::{kernel, routers};
 
 async fn ip_json(args: &[&str]) -> Result<serde_json::Value, AgentError> {
     let out = Command::new("ip").arg("-j").args(args).output().await?;
@@ -69,7 +70,7 @@ fn sysctl(bridge: &str, key: &str, value: &str) -> Result<(), AgentError> {
 }
 
 /// Applies a plan; returns what the kernel then holds.
-pub async fn apply(plan: Plan) -> Result<Observed, AgentError> {
+pub async fn apply(netlink: &Netlink, plan: Plan) -> Result<Observed, AgentError> {
     for bridge in plan.after.bridges() {
         sysctl(bridge, "forwarding", "1")?;
         sysctl(bridge, "rp_filter", "0")?;
@@ -80,5 +81,13 @@ pub async fn apply(plan: Plan) -> Result<Observed, AgentError> {
         kernel::feed("ip", &["-batch", "-"], &batch).await?;
     }
     kernel::nft(plan.tables).await?;
+    // A client that asked for a VIP before it was there learns it now, not at its next ARP
+    // retry a second later: a gratuitous ARP from the bridge (the bridge table's output chain
+    // keeps it to the node's own ports).
+    for (bridge, vip) in &plan.announce {
+        if let Some((index, mac)) = netlink.index_and_mac(bridge).await? {
+            routers::gratuitous_arp(index, &mac, *vip)?;
+        }
+    }
     Ok(plan.after)
 }

@@ -158,11 +158,13 @@ impl std::fmt::Debug for MetadataConfig {
 /// Parses `NAME:IFACE`.
 pub fn parse_physnet(s: &str) -> Result<(String, String), AgentError> {
     match s.split_once(':') {
-        Some((name, iface)) if !name.is_empty() && !iface.is_empty() => {
+        Some((name, iface))
+            if !name.is_empty() && isthmus_model::network::is_interface_name(iface) =>
+        {
             Ok((name.to_owned(), iface.to_owned()))
         }
         _ => Err(AgentError::Config(format!(
-            "--physnet takes NAME:IFACE, not '{s}'"
+            "--physnet takes NAME:IFACE (IFACE an interface name), not '{s}'"
         ))),
     }
 }
@@ -649,7 +651,7 @@ async fn rebalance(
     revision: u64,
     known: &mut Known,
 ) -> Result<(), AgentError> {
-    known.lb = Some(lb::apply(plan).await?);
+    known.lb = Some(lb::apply(&shared.netlink, plan).await?);
     shared.prober.follow(probes);
     shared.reports.send_if_modified(|r| {
         let behind = r.applied < revision;
@@ -751,7 +753,7 @@ async fn apply(shared: &Shared, plan: plan::NodePlan, known: &mut Known) -> Resu
     known.fdb = Some((plan.l2.fdb, plan.l2.pins));
     let mut balancing = plan.balancing;
     let memo = balancing.memo.take();
-    known.lb = Some(lb::apply(balancing).await?);
+    known.lb = Some(lb::apply(&shared.netlink, balancing).await?);
     known.memo = memo;
     shared.prober.follow(plan.probes);
     let mut port_status = plan.port_status;

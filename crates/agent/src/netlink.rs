@@ -156,6 +156,18 @@ impl Netlink {
         link_index(&self.handle, name).await
     }
 
+    /// A link's index and MAC address, if it exists.
+    pub async fn index_and_mac(&self, name: &str) -> Result<Option<(u32, Vec<u8>)>, AgentError> {
+        let Some(link) = link_message(&self.handle, name).await? else {
+            return Ok(None);
+        };
+        let mac = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(bytes) => Some(bytes.clone()),
+            _ => None,
+        });
+        Ok(mac.map(|mac| (link.header.index, mac)))
+    }
+
     /// Whether a link exists.
     pub async fn has_link(&self, name: &str) -> Result<bool, AgentError> {
         Ok(link_index(&self.handle, name).await?.is_some())

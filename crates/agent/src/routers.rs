@@ -590,7 +590,11 @@ pub async fn announce(dir: &Path, announcements: &[Announcement]) -> Result<(), 
 
 /// Sends an ARP request for `ip` from `ip` (a gratuitous ARP) out of interface `index` of the
 /// current thread's namespace.
-fn gratuitous_arp(index: u32, mac: &[u8], ip: std::net::Ipv4Addr) -> Result<(), AgentError> {
+pub(crate) fn gratuitous_arp(
+    index: u32,
+    mac: &[u8],
+    ip: std::net::Ipv4Addr,
+) -> Result<(), AgentError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     const BROADCAST: [u8; 6] = [0xff; 6];
     let mut frame = Vec::with_capacity(60);

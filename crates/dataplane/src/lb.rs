@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use isthmus_model::addr::Cidr;
 use isthmus_model::lbaas::Stats;
-use isthmus_model::network::bridge_name;
+use isthmus_model::network::{bridge_name, is_interface_name};
 use isthmus_model::port::tap_name;
 use isthmus_model::router::OWNER_INTERFACE;
 use serde_json::Value;
@@ -41,7 +41,7 @@ pub const INET_BASE: &[&str] = &[
     "count_out",
 ];
 /// Base chains of the bridge table.
-pub const BRIDGE_BASE: &[&str] = &["forward"];
+pub const BRIDGE_BASE: &[&str] = &["forward", "output"];
 /// Priority of the `iif brq… lookup T` rules (before the main table's).
 pub const RULE_PRIORITY: u32 = 900;
 /// First routing table number of a VXLAN network (plus its VNI); flat networks use a hash
@@ -66,7 +66,7 @@ const COUNTING_DECL: &str = "type ipv4_addr . inet_proto . inet_service; counter
 /// Where connections refused by a listener go: counted, dropped.
 const REFUSE: &str = "refuse";
 
-const BRIDGE_SKELETON: &str = "  set vips {\n    type ipv4_addr\n  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n  }\n";
+const BRIDGE_SKELETON: &str = "  set vips {\n    type ipv4_addr\n  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n  }\n  chain output {\n    type filter hook output priority filter; policy accept;\n  }\n";
 
 /// How a listener picks a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -529,6 +529,8 @@ pub struct Plan {
     /// What a whole plan was computed from (a plan of [`Memo::update`] has updated its memo
     /// in place).
     pub memo: Option<Memo>,
+    /// VIPs that become local addresses of a bridge: (bridge, VIP), to announce once applied.
+    pub announce: Vec<(String, Ipv4Addr)>,
 }
 
 impl Desired {
@@ -549,6 +551,7 @@ impl Desired {
                 routing: self.routing.clone(),
             },
             memo: Some(self.memo.clone()),
+            announce: self.routing.new_vips(&have.routing),
         }
     }
 }
@@ -841,6 +844,22 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
         "forward".to_owned(),
         vec!["arp operation request arp daddr ip @vips drop".to_owned()],
     );
+    // The node announces a new VIP on its bridges (a client that asked before it was there
+    // gets its answer then, not at its next ARP retry a second later), to its own ports only.
+    let mut output = vec!["oifname \"vxlan-*\" arp daddr ip @vips drop".to_owned()];
+    let uplinks: Vec<String> = node
+        .physnets
+        .values()
+        .filter(|i| is_interface_name(i))
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    if !uplinks.is_empty() {
+        output.push(format!(
+            "oifname {{ {} }} arp daddr ip @vips drop",
+            uplinks.join(", ")
+        ));
+    }
+    bridge.chains.insert("output".to_owned(), output);
     bridge
         .sets
         .insert("vips".to_owned(), ("type ipv4_addr;".to_owned(), vips));
@@ -1107,6 +1126,7 @@ impl Memo {
             .collect(),
             after: Observed::default(),
             memo: None,
+            announce: after_routing.new_vips(&before.routing),
         };
         have.inet.replace_part(&before.inet, &inet.as_observed());
         have.bridge
@@ -1275,6 +1295,18 @@ impl Routing {
             }
         }
         lines
+    }
+
+    /// The VIPs local here and not in `before`: (bridge, VIP).
+    fn new_vips(&self, before: &Routing) -> Vec<(String, Ipv4Addr)> {
+        self.routes
+            .difference(&before.routes)
+            .filter(|r| r.kind == RouteKind::Local)
+            .filter_map(|r| match (&r.device, r.destination.network) {
+                (Some(device), IpAddr::V4(vip)) => Some((device.clone(), vip)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Replaces `old`, a part of this, with `new`.
@@ -1568,6 +1600,11 @@ mod tests {
             service_chain("listener-1")
         );
         assert!(d.inet.sets["hairpin"].1.contains("10.0.0.11 . 10.0.0.11"));
+        // A new VIP's announcement stays off the tunnels.
+        assert_eq!(
+            d.bridge.chains["output"],
+            ["oifname \"vxlan-*\" arp daddr ip @vips drop"]
+        );
         // Its element in every counting set, under the same key.
         for set in COUNTING {
             assert!(d.inet.sets[set].1.contains("10.0.0.50 . tcp . 80"), "{set}");
@@ -1915,6 +1952,11 @@ mod tests {
             assert!(!plan.tables.is_empty(), "{what}: nothing planned");
             assert_eq!(lines(&plan), lines(&expected), "{what}");
             assert_eq!(plan.after, expected.after, "{what}");
+            assert_eq!(plan.announce, expected.announce, "{what}");
+            if what == "a load balancer added" {
+                let vip: Ipv4Addr = "10.0.0.99".parse().unwrap();
+                assert_eq!(plan.announce, [(bridge_name("neta-000000"), vip)]);
+            }
             assert_eq!(memo, whole.memo, "{what}");
             have = plan.after;
         }
@@ -1983,5 +2025,20 @@ ipv6     10 tcp      6 431999 ESTABLISHED src=fd00::1 dst=fd00::2 sport=1 dport=
             "one established connection was translated; TIME_WAIT and direct ones are not open"
         );
         assert!(listener_stats(&v, &json!({"nftables": []}), conntrack).is_empty());
+    }
+
+    #[test]
+    fn vip_announcements_stay_off_the_uplinks_and_names_are_checked() {
+        let mut n = node();
+        n.physnets.insert("public".into(), "eth1".into());
+        n.physnets.insert("odd".into(), "x\"; flush".into());
+        let d = desired(&view(), &n);
+        assert_eq!(
+            d.bridge.chains["output"],
+            [
+                "oifname \"vxlan-*\" arp daddr ip @vips drop",
+                "oifname { \"eth1\" } arp daddr ip @vips drop"
+            ]
+        );
     }
 }

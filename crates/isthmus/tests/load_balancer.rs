@@ -8,7 +8,7 @@ mod lb;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cloud::{
     add_router_interface, cloud, cni_add, cni_conf, create, ip_of, ipv4_only, shared_network,
@@ -369,7 +369,7 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
             .all(|m| member_status(m) == "ONLINE")
     });
     servers.pop();
-    let stopped = std::time::Instant::now();
+    let stopped = Instant::now();
     wait_for("p3 ERROR", Duration::from_secs(10), || {
         member_status("p3") == "ERROR"
     });
@@ -466,6 +466,74 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
     wait_for("the UDP member ERROR", Duration::from_secs(10), || {
         udp_status() == "ERROR"
     });
+
+    // A client that asks for a VIP before it exists is answered as soon as its node has the
+    // VIP (the node announces it), not at its next ARP retry a second after its first ask.
+    let early = "10.50.0.222";
+    let (early_lb, asked, active, connected, answer) = std::thread::scope(|scope| {
+        let asked = Instant::now();
+        let client = scope.spawn(|| {
+            let answer = c1.ns.exec("python3", &[CLIENT, "count", early, "80", "1"]);
+            (Instant::now(), answer)
+        });
+        // Its first ARP request goes unanswered.
+        std::thread::sleep(Duration::from_millis(100));
+        let lb = lbaas(
+            lab,
+            "loadbalancers",
+            "loadbalancer",
+            json!({"vip_subnet_id": sub_a, "vip_address": early, "project_id": "project-a"}),
+        );
+        let listener = lbaas(
+            lab,
+            "listeners",
+            "listener",
+            json!({"loadbalancer_id": id(&lb), "protocol": "TCP", "protocol_port": 80}),
+        );
+        let pool = lbaas(
+            lab,
+            "pools",
+            "pool",
+            json!({"listener_id": id(&listener), "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}),
+        );
+        lbaas(
+            lab,
+            &format!("pools/{}/members", id(&pool)),
+            "member",
+            json!({"address": ip_of(&m1_port), "protocol_port": 8080}),
+        );
+        wait_for(
+            "the early load balancer ACTIVE",
+            Duration::from_secs(10),
+            || {
+                let (_, shown) =
+                    lab.api("GET", &format!("/v2/lbaas/loadbalancers/{}", id(&lb)), None);
+                shown["loadbalancer"]["provisioning_status"] == "ACTIVE"
+            },
+        );
+        let active = Instant::now();
+        let (connected, answer) = client.join().unwrap();
+        (id(&lb), asked, active, connected, answer)
+    });
+    let answer = answer.unwrap();
+    assert!(answer.contains("m1"), "{answer}");
+    assert!(
+        active - asked < Duration::from_millis(800),
+        "the load balancer took {:?} to be ACTIVE: too long to tell an announced VIP from an ARP retry",
+        active - asked
+    );
+    assert!(
+        connected - asked < Duration::from_millis(950),
+        "answered {:?} after the first ask (ACTIVE after {:?}): the VIP was not announced",
+        connected - asked,
+        active - asked
+    );
+    let (s, v) = lab.api(
+        "DELETE",
+        &format!("/v2/lbaas/loadbalancers/{early_lb}?cascade=true"),
+        None,
+    );
+    assert_eq!(s, 204, "{v}");
 
     // Cascade delete: no VIP port, no table, no rule, no route on any node.
     let (s, v) = lab.api(

@@ -144,6 +144,19 @@ pub struct NetworkCreate {
     pub network: Network,
 }
 
+/// Whether `name` is a network interface name the kernel accepts (1–15 bytes; not `.` or
+/// `..`; no `/`, `:` or whitespace) that is also safe to quote in nft and `ip` scripts
+/// (printable ASCII, no quote or backslash).
+pub fn is_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | ':' | '"' | '\\' | '\''))
+}
+
 /// Linux bridge of a network on every node (`brq` + first 11 characters of its id), as
 /// Neutron's linuxbridge agent names it so Nova's os-vif plugs into it.
 pub fn bridge_name(network_id: &str) -> String {
