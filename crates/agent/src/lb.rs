@@ -3,6 +3,8 @@
 //! ports) through one `ip -batch` per change; the bridges that balance forward without
 //! reverse-path filtering.
 
+use std::collections::BTreeMap;
+
 use isthmus_dataplane::lb::{self, Observed, Plan};
 use tokio::process::Command;
 
@@ -84,10 +86,16 @@ pub async fn apply(netlink: &Netlink, plan: Plan) -> Result<Observed, AgentError
     // A client that asked for a VIP before it was there learns it now, not at its next ARP
     // retry a second later: a gratuitous ARP from the bridge (the bridge table's output chain
     // keeps it to the node's own ports).
+    let mut bridges = BTreeMap::new();
+    let mut arps = Vec::new();
     for (bridge, vip) in &plan.announce {
-        if let Some((index, mac)) = netlink.index_and_mac(bridge).await? {
-            routers::gratuitous_arp(index, &mac, *vip)?;
+        if !bridges.contains_key(bridge) {
+            bridges.insert(bridge, netlink.index_and_mac(bridge).await?);
+        }
+        if let Some(Some((index, mac))) = bridges.get(bridge) {
+            arps.push((*index, mac.clone(), *vip));
         }
     }
+    routers::gratuitous_arps(&arps)?;
     Ok(plan.after)
 }

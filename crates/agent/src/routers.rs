@@ -577,65 +577,73 @@ pub async fn announce(dir: &Path, announcements: &[Announcement]) -> Result<(), 
     for (name, list) in by_namespace {
         let file = netns::open(dir, name)?;
         in_netns(file, move |handle| async move {
+            let mut arps = Vec::new();
             for a in &list {
-                let i = index(&handle, &a.device).await?;
-                gratuitous_arp(i, &parse_mac(&a.mac)?, a.ip)?;
+                arps.push((index(&handle, &a.device).await?, parse_mac(&a.mac)?, a.ip));
             }
-            Ok(())
+            gratuitous_arps(&arps)
         })
         .await?;
     }
     Ok(())
 }
 
-/// Sends an ARP request for `ip` from `ip` (a gratuitous ARP) out of interface `index` of the
-/// current thread's namespace.
-pub(crate) fn gratuitous_arp(
-    index: u32,
-    mac: &[u8],
-    ip: std::net::Ipv4Addr,
+/// Sends a gratuitous ARP (an ARP request for `ip` from `ip`) for each `(index, mac, ip)`,
+/// out of interface `index` of the current thread's namespace, through one packet socket:
+/// closing one waits for the kernel's RCU grace period, so a socket per announcement would
+/// cost that much each.
+pub(crate) fn gratuitous_arps(
+    announcements: &[(u32, Vec<u8>, std::net::Ipv4Addr)],
 ) -> Result<(), AgentError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     const BROADCAST: [u8; 6] = [0xff; 6];
-    let mut frame = Vec::with_capacity(60);
-    frame.extend_from_slice(&BROADCAST);
-    frame.extend_from_slice(mac);
-    frame.extend_from_slice(&(libc::ETH_P_ARP as u16).to_be_bytes());
-    // Ethernet, IPv4, 6-byte and 4-byte addresses, request.
-    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    frame.extend_from_slice(mac);
-    frame.extend_from_slice(&ip.octets());
-    frame.extend_from_slice(&[0; 6]);
-    frame.extend_from_slice(&ip.octets());
-    frame.resize(60, 0);
-    // SAFETY: a raw packet socket owned by `fd` (closed on drop); `addr` is a zeroed,
-    // filled-in sockaddr_ll whose size is passed along; `frame` outlives the call.
-    let sent = unsafe {
+    if announcements.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: a new raw packet socket, owned by `fd` (closed on drop).
+    let fd = unsafe {
         let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
         if raw < 0 {
             return Err(kernel("packet socket", std::io::Error::last_os_error()));
         }
-        let fd = OwnedFd::from_raw_fd(raw);
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
-        addr.sll_ifindex = index as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&BROADCAST);
-        libc::sendto(
-            fd.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
+        OwnedFd::from_raw_fd(raw)
     };
-    if sent < 0 {
-        return Err(kernel(
-            "sending a gratuitous ARP",
-            std::io::Error::last_os_error(),
-        ));
+    for (index, mac, ip) in announcements {
+        let mut frame = Vec::with_capacity(60);
+        frame.extend_from_slice(&BROADCAST);
+        frame.extend_from_slice(mac);
+        frame.extend_from_slice(&(libc::ETH_P_ARP as u16).to_be_bytes());
+        // Ethernet, IPv4, 6-byte and 4-byte addresses, request.
+        frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        frame.extend_from_slice(mac);
+        frame.extend_from_slice(&ip.octets());
+        frame.extend_from_slice(&[0; 6]);
+        frame.extend_from_slice(&ip.octets());
+        frame.resize(60, 0);
+        // SAFETY: `addr` is a zeroed, filled-in sockaddr_ll whose size is passed along;
+        // `frame` outlives the call.
+        let sent = unsafe {
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+            addr.sll_ifindex = *index as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&BROADCAST);
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(kernel(
+                "sending a gratuitous ARP",
+                std::io::Error::last_os_error(),
+            ));
+        }
     }
     Ok(())
 }
