@@ -54,11 +54,16 @@ pub async fn counted() -> Result<Option<serde_json::Value>, AgentError> {
 }
 
 /// The connections conntrack tracks in the agent's namespace (the text of
-/// `/proc/net/nf_conntrack`); empty, with a warning, where the kernel does not offer it.
+/// `/proc/net/nf_conntrack`); empty, with a warning the first time, where the kernel does not
+/// offer it.
 pub fn conntrack() -> String {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
     const PATH: &str = "/proc/self/net/nf_conntrack";
     std::fs::read_to_string(PATH).unwrap_or_else(|e| {
-        tracing::warn!("{PATH}: {e}: active connections are not counted");
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!("{PATH}: {e}: open connections are not counted");
+        }
         String::new()
     })
 }
