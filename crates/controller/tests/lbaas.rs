@@ -31,13 +31,8 @@ async fn revision(api: &Api) -> u64 {
     api.store.revision().await.unwrap()
 }
 
-#[tokio::test]
-async fn provisioning_waits_for_the_nodes_that_balance_the_vip() {
-    let api = Api::memory();
-    let (net, subnet) = api
-        .network_with_subnet(As::Member("p1"), "10.0.0.0/24")
-        .await;
-    // Node n1 hosts a port on the VIP's network; n2 hosts nothing there.
+/// Registers nodes n1 and n2.
+async fn register_nodes(api: &Api) {
     for (name, ip) in [("n1", "192.0.2.1"), ("n2", "192.0.2.2")] {
         let (s, v) = api
             .call(
@@ -49,6 +44,16 @@ async fn provisioning_waits_for_the_nodes_that_balance_the_vip() {
             .await;
         assert!(s == 201 || s == 200, "{v}");
     }
+}
+
+#[tokio::test]
+async fn provisioning_waits_for_the_nodes_that_balance_the_vip() {
+    let api = Api::memory();
+    let (net, subnet) = api
+        .network_with_subnet(As::Member("p1"), "10.0.0.0/24")
+        .await;
+    // Node n1 hosts a port on the VIP's network; n2 hosts nothing there.
+    register_nodes(&api).await;
     api.create(
         As::Anonymous,
         "ports",
@@ -269,17 +274,7 @@ async fn statistics_are_the_nodes_reports_summed() {
     let (_, subnet) = api
         .network_with_subnet(As::Member("p1"), "10.0.0.0/24")
         .await;
-    for (name, ip) in [("n1", "192.0.2.1"), ("n2", "192.0.2.2")] {
-        let (s, v) = api
-            .call(
-                As::Anonymous,
-                "POST",
-                "/isthmus/v1/nodes",
-                Some(json!({"node": {"name": name, "tunnel_ip": ip}})),
-            )
-            .await;
-        assert!(s == 201 || s == 200, "{v}");
-    }
+    register_nodes(&api).await;
     let lb = lbaas(
         &api,
         As::Member("p1"),

@@ -82,6 +82,31 @@ fn lbaas(lab: &Lab, path: &str, kind: &str, body: Value) -> Value {
     v[kind].clone()
 }
 
+/// A load balancer (`body`) with a TCP listener on port 80 whose round-robin pool has one
+/// member, `member`:8080.
+fn tcp_balancer(lab: &Lab, body: Value, member: &str) -> Value {
+    let lb = lbaas(lab, "loadbalancers", "loadbalancer", body);
+    let listener = lbaas(
+        lab,
+        "listeners",
+        "listener",
+        json!({"loadbalancer_id": id(&lb), "protocol": "TCP", "protocol_port": 80}),
+    );
+    let pool = lbaas(
+        lab,
+        "pools",
+        "pool",
+        json!({"listener_id": id(&listener), "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}),
+    );
+    lbaas(
+        lab,
+        &format!("pools/{}/members", id(&pool)),
+        "member",
+        json!({"address": member, "protocol_port": 8080}),
+    );
+    lb
+}
+
 fn put(lab: &Lab, path: &str, body: Value) {
     let (s, v) = lab.api("PUT", &format!("/v2/lbaas/{path}"), Some(&body));
     assert_eq!(s, 200, "{path}: {v}");
@@ -478,29 +503,10 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         });
         // Its first ARP request goes unanswered.
         std::thread::sleep(Duration::from_millis(100));
-        let lb = lbaas(
+        let lb = tcp_balancer(
             lab,
-            "loadbalancers",
-            "loadbalancer",
             json!({"vip_subnet_id": sub_a, "vip_address": early, "project_id": "project-a"}),
-        );
-        let listener = lbaas(
-            lab,
-            "listeners",
-            "listener",
-            json!({"loadbalancer_id": id(&lb), "protocol": "TCP", "protocol_port": 80}),
-        );
-        let pool = lbaas(
-            lab,
-            "pools",
-            "pool",
-            json!({"listener_id": id(&listener), "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}),
-        );
-        lbaas(
-            lab,
-            &format!("pools/{}/members", id(&pool)),
-            "member",
-            json!({"address": ip_of(&m1_port), "protocol_port": 8080}),
+            &ip_of(&m1_port),
         );
         wait_for(
             "the early load balancer ACTIVE",
@@ -612,29 +618,10 @@ fn agent_restart_keeps_100_load_balancers_and_their_connections() {
     let _server = serve(&member.ns, "m");
     let (mut vips, mut lbs) = (Vec::new(), Vec::new());
     for i in 0..100 {
-        let lb = lbaas(
+        let lb = tcp_balancer(
             lab,
-            "loadbalancers",
-            "loadbalancer",
             json!({"name": format!("lb{i}"), "vip_subnet_id": sub, "project_id": "project-a"}),
-        );
-        let listener = lbaas(
-            lab,
-            "listeners",
-            "listener",
-            json!({"loadbalancer_id": id(&lb), "protocol": "TCP", "protocol_port": 80}),
-        );
-        let pool = lbaas(
-            lab,
-            "pools",
-            "pool",
-            json!({"listener_id": id(&listener), "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}),
-        );
-        lbaas(
-            lab,
-            &format!("pools/{}/members", id(&pool)),
-            "member",
-            json!({"address": ip_of(&member_port), "protocol_port": 8080}),
+            &ip_of(&member_port),
         );
         vips.push(lb["vip_address"].as_str().unwrap().to_owned());
         lbs.push(id(&lb));
