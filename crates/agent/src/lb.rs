@@ -76,6 +76,9 @@ fn sysctl(bridge: &str, key: &str, value: &str) -> Result<(), AgentError> {
     }
 }
 
+/// The packet socket VIPs are announced through, made once in the agent's namespace.
+static ANNOUNCER: std::sync::Mutex<Option<routers::PacketSocket>> = std::sync::Mutex::new(None);
+
 /// Applies a plan; returns what the kernel then holds.
 pub async fn apply(netlink: &Netlink, plan: Plan) -> Result<Observed, AgentError> {
     for bridge in plan.after.bridges() {
@@ -101,6 +104,14 @@ pub async fn apply(netlink: &Netlink, plan: Plan) -> Result<Observed, AgentError
             arps.push((*index, mac.clone(), *vip));
         }
     }
-    routers::gratuitous_arps(&arps)?;
+    if !arps.is_empty() {
+        let mut socket = ANNOUNCER.lock().unwrap_or_else(|e| e.into_inner());
+        if socket.is_none() {
+            *socket = Some(routers::PacketSocket::new()?);
+        }
+        if let Some(socket) = socket.as_ref() {
+            socket.gratuitous_arps(&arps)?;
+        }
+    }
     Ok(plan.after)
 }

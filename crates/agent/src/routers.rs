@@ -581,69 +581,78 @@ pub async fn announce(dir: &Path, announcements: &[Announcement]) -> Result<(), 
             for a in &list {
                 arps.push((index(&handle, &a.device).await?, parse_mac(&a.mac)?, a.ip));
             }
-            gratuitous_arps(&arps)
+            // A router's announcements are rare (a floating IP moving): a socket per pass.
+            PacketSocket::new()?.gratuitous_arps(&arps)
         })
         .await?;
     }
     Ok(())
 }
 
-/// Sends a gratuitous ARP (an ARP request for `ip` from `ip`) for each `(index, mac, ip)`,
-/// out of interface `index` of the current thread's namespace, through one packet socket:
-/// closing one waits for the kernel's RCU grace period, so a socket per announcement would
-/// cost that much each.
-pub(crate) fn gratuitous_arps(
-    announcements: &[(u32, Vec<u8>, std::net::Ipv4Addr)],
-) -> Result<(), AgentError> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    const BROADCAST: [u8; 6] = [0xff; 6];
-    if announcements.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: a new raw packet socket, owned by `fd` (closed on drop).
-    let fd = unsafe {
-        let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        if raw < 0 {
-            return Err(kernel("packet socket", std::io::Error::last_os_error()));
-        }
-        OwnedFd::from_raw_fd(raw)
-    };
-    for (index, mac, ip) in announcements {
-        let mut frame = Vec::with_capacity(60);
-        frame.extend_from_slice(&BROADCAST);
-        frame.extend_from_slice(mac);
-        frame.extend_from_slice(&(libc::ETH_P_ARP as u16).to_be_bytes());
-        // Ethernet, IPv4, 6-byte and 4-byte addresses, request.
-        frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-        frame.extend_from_slice(mac);
-        frame.extend_from_slice(&ip.octets());
-        frame.extend_from_slice(&[0; 6]);
-        frame.extend_from_slice(&ip.octets());
-        frame.resize(60, 0);
-        // SAFETY: `addr` is a zeroed, filled-in sockaddr_ll whose size is passed along;
-        // `frame` outlives the call.
-        let sent = unsafe {
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
-            addr.sll_ifindex = *index as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&BROADCAST);
-            libc::sendto(
-                fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(kernel(
-                "sending a gratuitous ARP",
-                std::io::Error::last_os_error(),
-            ));
+/// A raw packet socket of the namespace it was made in, for gratuitous ARPs (protocol 0: it
+/// receives nothing). Closing one waits for the kernel's RCU grace period (about 10 ms), so
+/// one is kept, never one made per announcement.
+pub(crate) struct PacketSocket(std::os::fd::OwnedFd);
+
+impl PacketSocket {
+    /// A socket in the current thread's namespace.
+    pub(crate) fn new() -> Result<PacketSocket, AgentError> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a new raw packet socket, owned by the returned value (closed on drop).
+        unsafe {
+            let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            if raw < 0 {
+                return Err(kernel("packet socket", std::io::Error::last_os_error()));
+            }
+            Ok(PacketSocket(std::os::fd::OwnedFd::from_raw_fd(raw)))
         }
     }
-    Ok(())
+
+    /// Sends a gratuitous ARP (an ARP request for `ip` from `ip`) for each `(index, mac, ip)`
+    /// out of interface `index`.
+    pub(crate) fn gratuitous_arps(
+        &self,
+        announcements: &[(u32, Vec<u8>, std::net::Ipv4Addr)],
+    ) -> Result<(), AgentError> {
+        use std::os::fd::AsRawFd;
+        const BROADCAST: [u8; 6] = [0xff; 6];
+        for (index, mac, ip) in announcements {
+            let mut frame = Vec::with_capacity(60);
+            frame.extend_from_slice(&BROADCAST);
+            frame.extend_from_slice(mac);
+            frame.extend_from_slice(&(libc::ETH_P_ARP as u16).to_be_bytes());
+            // Ethernet, IPv4, 6-byte and 4-byte addresses, request.
+            frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            frame.extend_from_slice(mac);
+            frame.extend_from_slice(&ip.octets());
+            frame.extend_from_slice(&[0; 6]);
+            frame.extend_from_slice(&ip.octets());
+            frame.resize(60, 0);
+            // SAFETY: `addr` is a zeroed, filled-in sockaddr_ll whose size is passed along;
+            // `frame` outlives the call.
+            let sent = unsafe {
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+                addr.sll_ifindex = *index as i32;
+                addr.sll_halen = 6;
+                addr.sll_addr[..6].copy_from_slice(&BROADCAST);
+                libc::sendto(
+                    self.0.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if sent < 0 {
+                return Err(kernel(
+                    "sending a gratuitous ARP",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -529,7 +529,9 @@ pub struct Plan {
     /// What a whole plan was computed from (a plan of [`Memo::update`] has updated its memo
     /// in place).
     pub memo: Option<Memo>,
-    /// VIPs that become local addresses of a bridge: (bridge, VIP), to announce once applied.
+    /// VIPs to announce on their bridge once applied, (bridge, VIP): those of services that
+    /// have members and whose chain this plan writes (a client that asked for the VIP before
+    /// it could be answered need not wait for its next ARP retry).
     pub announce: Vec<(String, Ipv4Addr)>,
 }
 
@@ -551,7 +553,24 @@ impl Desired {
                 routing: self.routing.clone(),
             },
             memo: Some(self.memo.clone()),
-            announce: self.routing.new_vips(&have.routing),
+            announce: self.routing.local_vips(
+                &self
+                    .memo
+                    .services
+                    .values()
+                    .filter(|s| !s.backends.is_empty())
+                    .filter(|s| {
+                        let chain = service_chain(&s.id);
+                        let want = self
+                            .inet
+                            .chains
+                            .get(&chain)
+                            .and_then(|r| Table::chain_version(r));
+                        have.inet.chains.get(&chain).cloned().flatten() != want
+                    })
+                    .map(|s| s.vip)
+                    .collect(),
+            ),
         }
     }
 }
@@ -984,6 +1003,7 @@ impl Memo {
         let mut addresses = BTreeSet::new();
         let mut vips = BTreeMap::new();
         let mut keys = BTreeSet::new();
+        let mut announced = BTreeSet::new();
         let mut touched = |s: &Service, before: &mut Observed| {
             let parts = parts(s);
             for (chain, _) in &parts.chains {
@@ -1028,6 +1048,9 @@ impl Memo {
                 inet.chains.extend(parts.chains);
                 for (set, decl) in parts.sets {
                     inet.sets.insert(set, (decl, BTreeSet::new()));
+                }
+                if !new.backends.is_empty() {
+                    announced.insert(new.vip);
                 }
                 self.count(&new, true);
                 self.services.insert(id, new);
@@ -1126,7 +1149,7 @@ impl Memo {
             .collect(),
             after: Observed::default(),
             memo: None,
-            announce: after_routing.new_vips(&before.routing),
+            announce: after_routing.local_vips(&announced),
         };
         have.inet.replace_part(&before.inet, &inet.as_observed());
         have.bridge
@@ -1297,11 +1320,12 @@ impl Routing {
         lines
     }
 
-    /// The VIPs local here and not in `before`: (bridge, VIP).
-    fn new_vips(&self, before: &Routing) -> Vec<(String, Ipv4Addr)> {
+    /// Those of `vips` that are local addresses of a bridge here: (bridge, VIP).
+    fn local_vips(&self, vips: &BTreeSet<Ipv4Addr>) -> Vec<(String, Ipv4Addr)> {
         self.routes
-            .difference(&before.routes)
+            .iter()
             .filter(|r| r.kind == RouteKind::Local)
+            .filter(|r| matches!(r.destination.network, IpAddr::V4(v) if vips.contains(&v)))
             .filter_map(|r| match (&r.device, r.destination.network) {
                 (Some(device), IpAddr::V4(vip)) => Some((device.clone(), vip)),
                 _ => None,

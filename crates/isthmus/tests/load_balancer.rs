@@ -492,8 +492,17 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         udp_status() == "ERROR"
     });
 
-    // A client that asks for a VIP before it exists is answered as soon as its node has the
-    // VIP (the node announces it), not at its next ARP retry a second after its first ask.
+    // A client that asks for a VIP before it can be answered is answered as soon as its node
+    // can: the node announces the VIP once its service has members. Not at the client's next
+    // ARP retry (made 3 s here, so that a missed announcement cannot hide behind it), nor at
+    // its next SYN a second later (an announcement before the members would release its
+    // first SYN into a listener that refuses it).
+    c1.ns
+        .exec(
+            "sysctl",
+            &["-qw", "net.ipv4.neigh.eth0.retrans_time_ms=3000"],
+        )
+        .unwrap();
     let early = "10.50.0.222";
     let (early_lb, asked, active, connected, answer) = std::thread::scope(|scope| {
         let asked = Instant::now();
@@ -503,10 +512,31 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         });
         // Its first ARP request goes unanswered.
         std::thread::sleep(Duration::from_millis(100));
-        let lb = tcp_balancer(
+        let lb = lbaas(
             lab,
+            "loadbalancers",
+            "loadbalancer",
             json!({"vip_subnet_id": sub_a, "vip_address": early, "project_id": "project-a"}),
-            &ip_of(&m1_port),
+        );
+        let listener = lbaas(
+            lab,
+            "listeners",
+            "listener",
+            json!({"loadbalancer_id": id(&lb), "protocol": "TCP", "protocol_port": 80}),
+        );
+        // The nodes make the VIP theirs with a listener that has no member yet.
+        std::thread::sleep(Duration::from_millis(200));
+        let pool = lbaas(
+            lab,
+            "pools",
+            "pool",
+            json!({"listener_id": id(&listener), "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}),
+        );
+        lbaas(
+            lab,
+            &format!("pools/{}/members", id(&pool)),
+            "member",
+            json!({"address": ip_of(&m1_port), "protocol_port": 8080}),
         );
         wait_for(
             "the early load balancer ACTIVE",
@@ -524,13 +554,13 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
     let answer = answer.unwrap();
     assert!(answer.contains("m1"), "{answer}");
     assert!(
-        active - asked < Duration::from_millis(800),
-        "the load balancer took {:?} to be ACTIVE: too long to tell an announced VIP from an ARP retry",
+        active - asked < Duration::from_millis(900),
+        "the load balancer took {:?} to be ACTIVE: too long to tell an announced VIP from a SYN retry",
         active - asked
     );
     assert!(
-        connected - asked < Duration::from_millis(950),
-        "answered {:?} after the first ask (ACTIVE after {:?}): the VIP was not announced",
+        connected - asked < Duration::from_millis(980),
+        "answered {:?} after the first ask (ACTIVE after {:?}): the VIP was not announced once it could be answered",
         connected - asked,
         active - asked
     );
