@@ -334,7 +334,9 @@ async fn report_stats(
         return Ok(());
     };
     let conntrack = lb::conntrack();
-    let stats = isthmus_dataplane::lb::listener_stats(&shared.view(), &table, &conntrack);
+    // Only the services are read under the view's lock; the kernel's text is parsed after.
+    let services = isthmus_dataplane::lb::services(&shared.view());
+    let stats = isthmus_dataplane::lb::listener_stats(&services, &table, &conntrack);
     if reported.as_ref() == Some(&stats) {
         return Ok(());
     }

@@ -326,11 +326,15 @@ pub fn probes(view: &NodeView, node: &NodeConfig) -> Vec<Probe> {
     out
 }
 
-/// The statistics of the listeners this node balances, by listener id: their elements'
+/// The statistics of `services` (the view's, [`services`]), by listener id: their elements'
 /// counters in the counting sets of `table` (what `nft -j list table inet isthmus_lb` prints)
 /// and their open connections in `conntrack` (the text of `/proc/net/nf_conntrack`).
 /// Listeners not counted here (balanced by other nodes only) are left out.
-pub fn listener_stats(view: &NodeView, table: &Value, conntrack: &str) -> BTreeMap<String, Stats> {
+pub fn listener_stats(
+    services: &[Service],
+    table: &Value,
+    conntrack: &str,
+) -> BTreeMap<String, Stats> {
     // (set, key) → (packets, bytes)
     let mut counted: BTreeMap<(&str, String), (u64, u64)> = BTreeMap::new();
     for item in table["nftables"].as_array().into_iter().flatten() {
@@ -358,7 +362,7 @@ pub fn listener_stats(view: &NodeView, table: &Value, conntrack: &str) -> BTreeM
     }
     let active = open_connections(conntrack);
     let mut out = BTreeMap::new();
-    for s in services(view) {
+    for s in services {
         let key = service_key(s.vip, s.protocol, s.port);
         let read = |set: &'static str| counted.get(&(set, key.clone())).copied();
         let (Some(bytes_in), Some(bytes_out), Some(made), Some(refused)) = (
@@ -2036,7 +2040,7 @@ ipv4     2 tcp      6 119 TIME_WAIT src=10.1.0.5 dst=10.0.0.50 sport=40001 dport
 ipv4     2 tcp      6 431999 ESTABLISHED src=10.1.0.5 dst=10.0.0.11 sport=40002 dport=80 src=10.0.0.11 dst=10.1.0.5 sport=80 dport=40002 [ASSURED] mark=0 zone=0 use=2
 ipv6     10 tcp      6 431999 ESTABLISHED src=fd00::1 dst=fd00::2 sport=1 dport=80 src=fd00::2 dst=fd00::1 sport=80 dport=1 mark=0 zone=0 use=2
 ";
-        let stats = listener_stats(&v, &counters, conntrack);
+        let stats = listener_stats(&services(&v), &counters, conntrack);
         assert_eq!(
             stats["listener-1"],
             Stats {
@@ -2048,7 +2052,7 @@ ipv6     10 tcp      6 431999 ESTABLISHED src=fd00::1 dst=fd00::2 sport=1 dport=
             },
             "one established connection was translated; TIME_WAIT and direct ones are not open"
         );
-        assert!(listener_stats(&v, &json!({"nftables": []}), conntrack).is_empty());
+        assert!(listener_stats(&services(&v), &json!({"nftables": []}), conntrack).is_empty());
     }
 
     #[test]

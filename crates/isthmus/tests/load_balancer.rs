@@ -82,15 +82,13 @@ fn lbaas(lab: &Lab, path: &str, kind: &str, body: Value) -> Value {
     v[kind].clone()
 }
 
-/// A load balancer (`body`) with a TCP listener on port 80 whose round-robin pool has one
-/// member, `member`:8080.
-fn tcp_balancer(lab: &Lab, body: Value, member: &str) -> Value {
-    let lb = lbaas(lab, "loadbalancers", "loadbalancer", body);
+/// A TCP listener on port 80 of load balancer `lb`, with a round-robin pool.
+fn tcp_listener_and_pool(lab: &Lab, lb: &Value) -> (Value, Value) {
     let listener = lbaas(
         lab,
         "listeners",
         "listener",
-        json!({"loadbalancer_id": id(&lb), "protocol": "TCP", "protocol_port": 80}),
+        json!({"loadbalancer_id": id(lb), "protocol": "TCP", "protocol_port": 80}),
     );
     let pool = lbaas(
         lab,
@@ -98,6 +96,14 @@ fn tcp_balancer(lab: &Lab, body: Value, member: &str) -> Value {
         "pool",
         json!({"listener_id": id(&listener), "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}),
     );
+    (listener, pool)
+}
+
+/// A load balancer (`body`) with a TCP listener on port 80 whose round-robin pool has one
+/// member, `member`:8080.
+fn tcp_balancer(lab: &Lab, body: Value, member: &str) -> Value {
+    let lb = lbaas(lab, "loadbalancers", "loadbalancer", body);
+    let (_, pool) = tcp_listener_and_pool(lab, &lb);
     lbaas(
         lab,
         &format!("pools/{}/members", id(&pool)),
@@ -212,18 +218,7 @@ fn load_balancer_spreads_tracks_and_cleans_up() {
         json!({"name": "web", "vip_subnet_id": sub_a, "project_id": "project-a"}),
     );
     let vip = lb["vip_address"].as_str().unwrap().to_owned();
-    let listener = lbaas(
-        lab,
-        "listeners",
-        "listener",
-        json!({"loadbalancer_id": id(&lb), "protocol": "TCP", "protocol_port": 80}),
-    );
-    let pool = lbaas(
-        lab,
-        "pools",
-        "pool",
-        json!({"listener_id": id(&listener), "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}),
-    );
+    let (listener, pool) = tcp_listener_and_pool(lab, &lb);
     let pool_id = id(&pool);
     let mut members = BTreeMap::new();
     for (name, ip) in [
