@@ -186,6 +186,11 @@ for scale in spec["scales"]:
         create_service(i)
         times.append(wait_answered(clients, vip(i)) - t0)
         delete_service(i)
+        # One change measured at a time: the deletion is in the store and applied (its
+        # nft transaction waits for the kernel's RCU grace period) before the next add.
+        while len(call(neutron, "GET", "/v2/lbaas/loadbalancers?fields=id")["loadbalancers"]) > scale:
+            time.sleep(0.01)
+        time.sleep(0.3)
     out[f"service_add_at_{scale}"] = summary(times)
     out[f"rss_mb_at_{scale}"] = {"controller": rss_mb(spec["controller_pid"]),
                                  "agents": [rss_mb(p) for p in spec["agent_pids"]]}

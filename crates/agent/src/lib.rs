@@ -565,12 +565,12 @@ async fn reconciler(shared: Arc<Shared>) {
             known = Known::default();
         }
         let started = Instant::now();
-        let pass = {
+        let (changed, balancing) = {
             let mut v = shared.view();
             if !v.synced {
                 continue;
             }
-            // Every pass takes the listeners changed so far: a full one redoes them all.
+            // Every pass takes the listeners changed so far.
             let changed = std::mem::take(&mut v.balancing.changed);
             // A link event needs a full pass (taps to attach); taken before the view is read,
             // so an event during the pass brings another.
@@ -578,24 +578,14 @@ async fn reconciler(shared: Arc<Shared>) {
             let balancing = (!links)
                 .then(|| balancing_pass(&v, &node, &mut known, &changed))
                 .flatten();
-            balancing.unwrap_or_else(|| Pass::Full(Box::new(v.clone())))
+            (changed, balancing)
         };
-        let planned = started.elapsed();
-        let (kind, done) = match pass {
-            Pass::Full(view) => (
-                "full",
-                reconcile(&shared, &view, &node, &mut known)
-                    .await
-                    .map(|()| known.generation = Some(view.generation)),
-            ),
-            Pass::Balancing(plan, probes, revision) => (
-                "balancing",
-                rebalance(&shared, *plan, probes, revision, &mut known).await,
-            ),
+        let (kind, done) = match balancing {
+            Some(pass) => ("balancing", rebalance(&shared, pass, &mut known).await),
+            None => ("full", reconcile(&shared, &node, &mut known, changed).await),
         };
         tracing::debug!(
             kind,
-            planned_us = planned.as_micros() as u64,
             total_us = started.elapsed().as_micros() as u64,
             "pass"
         );
@@ -606,17 +596,12 @@ async fn reconciler(shared: Arc<Shared>) {
     }
 }
 
-/// What one reconciler pass does.
-enum Pass {
-    /// Everything, from a copy of the view.
-    Full(Box<NodeView>),
-    /// Only load balancing (nothing else changed since the last full pass): its plan, probes
-    /// and the view's revision, computed under the view's lock (no copy of the view).
-    Balancing(
-        Box<isthmus_dataplane::lb::Plan>,
-        Vec<isthmus_dataplane::lb::Probe>,
-        u64,
-    ),
+/// A load-balancing-only pass (nothing else changed since the last full pass): its plan,
+/// probes and the view's revision, computed under the view's lock (no copy of the view).
+struct Balancing {
+    plan: isthmus_dataplane::lb::Plan,
+    probes: Vec<isthmus_dataplane::lb::Probe>,
+    revision: u64,
 }
 
 /// A load-balancing-only pass, when only load balancers changed in the view since the last
@@ -627,17 +612,18 @@ fn balancing_pass(
     node: &NodeConfig,
     known: &mut Known,
     changed: &BTreeSet<String>,
-) -> Option<Pass> {
+) -> Option<Balancing> {
     if known.generation != Some(view.generation) {
         return None;
     }
     let memo = known.memo.as_mut()?;
     let have = known.lb.take()?;
-    match memo.update(view, node, have, changed) {
-        Ok(plan) => {
-            let probes = isthmus_dataplane::lb::probes(view, node);
-            Some(Pass::Balancing(Box::new(plan), probes, view.revision))
-        }
+    match memo.update(view, have, changed) {
+        Ok(plan) => Some(Balancing {
+            plan,
+            probes: isthmus_dataplane::lb::probes(view, node),
+            revision: view.revision,
+        }),
         Err(have) => {
             known.lb = Some(*have);
             None
@@ -646,13 +632,12 @@ fn balancing_pass(
 }
 
 /// Applies a load-balancing-only pass.
-async fn rebalance(
-    shared: &Shared,
-    plan: isthmus_dataplane::lb::Plan,
-    probes: Vec<isthmus_dataplane::lb::Probe>,
-    revision: u64,
-    known: &mut Known,
-) -> Result<(), AgentError> {
+async fn rebalance(shared: &Shared, pass: Balancing, known: &mut Known) -> Result<(), AgentError> {
+    let Balancing {
+        plan,
+        probes,
+        revision,
+    } = pass;
     known.lb = Some(lb::apply(&shared.netlink, plan).await?);
     shared.prober.follow(probes);
     shared.reports.send_if_modified(|r| {
@@ -703,16 +688,34 @@ async fn observe(shared: &Shared, known: &mut Known) -> Result<plan::Observed, A
 }
 
 /// One full pass: the kernel read (or known), the node's plan made in one call, and the plan
-/// applied in its order.
+/// applied in its order. With the last pass's load-balancing memo, only the listeners
+/// `changed` since are redone, and the plan is made under the view's lock (no copy of the
+/// view); without, from a copy.
 async fn reconcile(
     shared: &Shared,
-    view: &NodeView,
     node: &NodeConfig,
     known: &mut Known,
+    mut changed: BTreeSet<String>,
 ) -> Result<(), AgentError> {
+    // The memo describes the kernel only with what this agent last wrote there.
+    let memo = known.lb.is_some().then(|| known.memo.take()).flatten();
     let observed = observe(shared, known).await?;
-    let plan = plan::node(view, node, &observed);
-    apply(shared, plan, known).await
+    let (plan, generation) = {
+        let mut v = shared.view();
+        changed.extend(std::mem::take(&mut v.balancing.changed));
+        if memo.is_some() {
+            let earlier = plan::Earlier { memo, changed };
+            (plan::node(&v, node, observed, earlier), v.generation)
+        } else {
+            let view = v.clone();
+            drop(v);
+            let earlier = plan::Earlier { memo, changed };
+            (plan::node(&view, node, observed, earlier), view.generation)
+        }
+    };
+    apply(shared, plan, known).await?;
+    known.generation = Some(generation);
+    Ok(())
 }
 
 /// Applies a node plan, recording what the kernel then holds in `known`.

@@ -135,8 +135,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig, routers: &RouterState) -> L2S
         .map(|p| p.network_id.as_str())
         .collect();
     // Bridged DNAT of load-balanced connections needs netfilter on their bridges too.
-    let services = crate::lb::services(view);
-    let balancing = crate::lb::balancing_networks(view, node, &services);
+    let balancing = crate::lb::balancing_networks(view, node, &crate::lb::vip_networks(view));
     for net_id in &local_networks {
         let Some(net) = view.networks.get(*net_id) else {
             continue;

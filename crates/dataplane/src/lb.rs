@@ -142,16 +142,38 @@ pub fn services(view: &NodeView) -> Vec<Service> {
     out
 }
 
+/// The networks of the VIPs that have a service (see [`services`]), without making them.
+pub fn vip_networks(view: &NodeView) -> BTreeSet<&str> {
+    let b = &view.balancing;
+    b.load_balancers
+        .values()
+        .filter(|lb| lb.admin_state_up && lb.vip_address.is_ipv4())
+        .filter(|lb| {
+            lb.listeners.iter().any(|l| {
+                b.listeners
+                    .get(&l.id)
+                    .is_some_and(|l| l.admin_state_up && nft_protocol(&l.protocol).is_some())
+            })
+        })
+        .map(|lb| lb.vip_network_id.as_str())
+        .collect()
+}
+
+/// A listener's protocol as nft names it (`None`: not balanced in the kernel).
+fn nft_protocol(protocol: &str) -> Option<&'static str> {
+    match protocol {
+        "TCP" => Some("tcp"),
+        "UDP" => Some("udp"),
+        "SCTP" => Some("sctp"),
+        _ => None,
+    }
+}
+
 fn service(b: &Balancing, vip: Ipv4Addr, network: &str, l: &Listener) -> Option<Service> {
     if !l.admin_state_up {
         return None;
     }
-    let protocol = match l.protocol.as_str() {
-        "TCP" => "tcp",
-        "UDP" => "udp",
-        "SCTP" => "sctp",
-        _ => return None,
-    };
+    let protocol = nft_protocol(l.protocol.as_str())?;
     let pool = l
         .default_pool_id
         .as_deref()
@@ -747,19 +769,138 @@ fn router_gateways(view: &NodeView, from: &str, to: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// The networks with local ports whose clients reach some VIP: their bridges balance (and so
-/// hand bridged traffic to netfilter).
+/// The networks with local ports whose clients reach a VIP on one of `vip_networks`: their
+/// bridges balance (and so hand bridged traffic to netfilter).
 pub fn balancing_networks<'a>(
     view: &'a NodeView,
     node: &NodeConfig,
-    services: &[Service],
+    vip_networks: &BTreeSet<&str>,
 ) -> BTreeSet<&'a str> {
     view.ports
         .values()
         .filter(|p| p.host_id == node.name)
         .map(|p| p.network_id.as_str())
-        .filter(|n| services.iter().any(|s| reaches(view, n, &s.network_id)))
+        .filter(|n| vip_networks.iter().any(|v| reaches(view, n, v)))
         .collect()
+}
+
+/// What a node's load balancing reads from outside the load balancers: the networks whose
+/// bridges balance, the routing they need whatever the services are, and the local taps a
+/// member's address would put in hairpin mode. While these stay the same, a pass redoes only
+/// the services of the listeners that changed ([`pass`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Surroundings {
+    /// The networks whose bridges balance.
+    balancing: BTreeSet<String>,
+    /// The routing of no service: rules, subnet and router routes, the unreachable default,
+    /// neighbours.
+    base: Routing,
+    /// This node's taps on balancing networks (VIP ports aside), by address.
+    taps: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+}
+
+impl Surroundings {
+    fn of(view: &NodeView, node: &NodeConfig, vip_networks: &BTreeSet<&str>) -> Surroundings {
+        let balancing = balancing_networks(view, node, vip_networks);
+        let mut r = Routing::default();
+        let mut taps: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+        for net in &balancing {
+            let device = bridge_name(net);
+            let table = route_table(view, net);
+            r.rules.insert((device.clone(), table));
+            let route = |destination: Cidr, kind: RouteKind| RouteEntry {
+                table,
+                destination,
+                device: (kind != RouteKind::Unreachable).then(|| device.clone()),
+                kind,
+            };
+            for s in view.subnets_of(net) {
+                if s.cidr.version() == isthmus_model::addr::IpVersion::V4 {
+                    r.routes.insert(route(s.cidr, RouteKind::Link));
+                }
+            }
+            for other in view.networks.keys().filter(|n| n.as_str() != *net) {
+                if let Some(gw) = router_gateways(view, net, other).first() {
+                    for s in view.subnets_of(other) {
+                        if s.cidr.version() == isthmus_model::addr::IpVersion::V4 {
+                            r.routes.insert(route(s.cidr, RouteKind::Via(*gw)));
+                        }
+                    }
+                }
+            }
+            r.routes
+                .insert(route(Cidr::default_v4(), RouteKind::Unreachable));
+            for p in view.ports.values().filter(|p| p.network_id == *net) {
+                if p.device_owner == isthmus_model::lbaas::VIP_OWNER {
+                    continue;
+                }
+                for f in &p.fixed_ips {
+                    if let IpAddr::V4(ip) = f.ip_address {
+                        r.neighbours.insert(Neighbour {
+                            device: device.clone(),
+                            ip,
+                            mac: p.mac_address.to_ascii_lowercase(),
+                        });
+                        if p.host_id == node.name {
+                            taps.entry(ip).or_default().insert(tap_name(&p.id));
+                        }
+                    }
+                }
+            }
+        }
+        Surroundings {
+            balancing: balancing.into_iter().map(str::to_owned).collect(),
+            base: r,
+            taps,
+        }
+    }
+
+    /// The routing of `services`: the base, their VIPs' local routes, their members' taps in
+    /// hairpin mode.
+    fn routing(&self, view: &NodeView, services: &[&Service]) -> Routing {
+        let mut r = self.base.clone();
+        for s in services {
+            if self.balancing.contains(&s.network_id) {
+                r.routes.insert(vip_route(view, &s.network_id, s.vip));
+            }
+            for b in &s.backends {
+                r.hairpin
+                    .extend(self.taps.get(&b.address).into_iter().flatten().cloned());
+            }
+        }
+        r
+    }
+
+    /// Whether clients on a balancing network reach `network` (a service's VIP network).
+    fn reached(&self, view: &NodeView, network: &str) -> bool {
+        self.balancing.iter().any(|n| reaches(view, n, network))
+    }
+}
+
+/// The load balancing of a full pass over `have` (what the kernel holds): with `memo` (the
+/// last pass's) and the same surroundings, only the services of the `changed` listeners are
+/// redone ([`Memo::update`]); otherwise every load balancer's, as [`desired`] has them.
+pub fn pass(
+    view: &NodeView,
+    node: &NodeConfig,
+    have: Observed,
+    memo: Option<Memo>,
+    changed: &BTreeSet<String>,
+) -> Plan {
+    let mut have = have;
+    if let Some(mut memo) = memo {
+        let vip_networks: BTreeSet<&str> = memo.networks.keys().map(String::as_str).collect();
+        if memo.surroundings == Surroundings::of(view, node, &vip_networks) {
+            match memo.update(view, have, changed) {
+                Ok(mut plan) => {
+                    plan.memo = Some(memo);
+                    return plan;
+                }
+                Err(back) => have = *back,
+            }
+        }
+    }
+    desired(view, node).plan(&have)
 }
 
 /// The node's load-balancing state for `view`.
@@ -777,8 +918,9 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
         skeleton: BRIDGE_SKELETON.to_owned(),
         ..Table::default()
     };
-    let balancing = balancing_networks(view, node, &services);
-    if balancing.is_empty() {
+    let vip_networks = services.iter().map(|s| s.network_id.as_str()).collect();
+    let surroundings = Surroundings::of(view, node, &vip_networks);
+    if surroundings.balancing.is_empty() {
         inet.absent = true;
         bridge.absent = true;
         return Desired {
@@ -790,7 +932,7 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
     }
     let services: Vec<&Service> = services
         .iter()
-        .filter(|s| balancing.iter().any(|n| reaches(view, n, &s.network_id)))
+        .filter(|s| surroundings.reached(view, &s.network_id))
         .collect();
     let mut chains = BTreeMap::new();
     let mut vmap = BTreeMap::new();
@@ -889,8 +1031,8 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
     Desired {
         inet,
         bridge,
-        routing: routing(view, node, &balancing, &services),
-        memo: Memo::new(&balancing, &services),
+        routing: surroundings.routing(view, &services),
+        memo: Memo::new(surroundings, &services),
     }
 }
 
@@ -901,8 +1043,8 @@ pub fn desired(view: &NodeView, node: &NodeConfig) -> Desired {
 pub struct Memo {
     /// The services balanced, by listener id.
     services: BTreeMap<String, Service>,
-    /// The networks whose bridges balance.
-    balancing: BTreeSet<String>,
+    /// What they were computed in.
+    surroundings: Surroundings,
     /// Services by VIP network.
     networks: BTreeMap<String, usize>,
     /// Services by VIP.
@@ -925,9 +1067,9 @@ fn count<K: Ord + Clone>(map: &mut BTreeMap<K, usize>, key: &K, up: bool) {
 }
 
 impl Memo {
-    fn new(balancing: &BTreeSet<&str>, services: &[&Service]) -> Memo {
+    fn new(surroundings: Surroundings, services: &[&Service]) -> Memo {
         let mut memo = Memo {
-            balancing: balancing.iter().map(|n| (*n).to_owned()).collect(),
+            surroundings,
             ..Memo::default()
         };
         for s in services {
@@ -954,7 +1096,6 @@ impl Memo {
     pub fn update(
         &mut self,
         view: &NodeView,
-        node: &NodeConfig,
         mut have: Observed,
         changed: &BTreeSet<String>,
     ) -> Result<Plan, Box<Observed>> {
@@ -964,11 +1105,8 @@ impl Memo {
         let redone: Vec<(String, Option<Service>)> = changed
             .iter()
             .map(|id| {
-                let s = service_of(view, id).filter(|s| {
-                    self.balancing
-                        .iter()
-                        .any(|n| reaches(view, n, &s.network_id))
-                });
+                let s =
+                    service_of(view, id).filter(|s| self.surroundings.reached(view, &s.network_id));
                 (id.clone(), s)
             })
             .filter(|(id, s)| self.services.get(id) != s.as_ref())
@@ -1120,7 +1258,7 @@ impl Memo {
             ),
         );
         for (vip, net) in &vips {
-            if !self.balancing.contains(net) {
+            if !self.surroundings.balancing.contains(net) {
                 continue;
             }
             let route = vip_route(view, net, *vip);
@@ -1132,12 +1270,12 @@ impl Memo {
             }
         }
         for address in &addresses {
-            for tap in local_taps(view, node, &self.balancing, *address) {
-                if have.routing.hairpin.contains(&tap) {
+            for tap in self.surroundings.taps.get(address).into_iter().flatten() {
+                if have.routing.hairpin.contains(tap) {
                     before.routing.hairpin.insert(tap.clone());
                 }
                 if self.backends.contains_key(address) {
-                    after_routing.hairpin.insert(tap);
+                    after_routing.hairpin.insert(tap.clone());
                 }
             }
         }
@@ -1188,88 +1326,6 @@ fn vip_route(view: &NodeView, network_id: &str, vip: Ipv4Addr) -> RouteEntry {
         kind: RouteKind::Local,
         device: Some(bridge_name(network_id)),
     }
-}
-
-/// The taps of this node's ports on balancing networks holding `address` (a member's taps
-/// are in hairpin mode, so that it reaches its own VIP).
-fn local_taps(
-    view: &NodeView,
-    node: &NodeConfig,
-    balancing: &BTreeSet<String>,
-    address: Ipv4Addr,
-) -> Vec<String> {
-    view.ports
-        .values()
-        .filter(|p| p.host_id == node.name && balancing.contains(&p.network_id))
-        .filter(|p| p.device_owner != isthmus_model::lbaas::VIP_OWNER)
-        .filter(|p| {
-            p.fixed_ips
-                .iter()
-                .any(|f| f.ip_address == IpAddr::V4(address))
-        })
-        .map(|p| tap_name(&p.id))
-        .collect()
-}
-
-fn routing(
-    view: &NodeView,
-    node: &NodeConfig,
-    balancing: &BTreeSet<&str>,
-    services: &[&Service],
-) -> Routing {
-    let mut r = Routing::default();
-    let backends: BTreeSet<Ipv4Addr> = services
-        .iter()
-        .flat_map(|s| s.backends.iter().map(|b| b.address))
-        .collect();
-    for net in balancing {
-        let device = bridge_name(net);
-        let table = route_table(view, net);
-        r.rules.insert((device.clone(), table));
-        let route = |destination: Cidr, kind: RouteKind| RouteEntry {
-            table,
-            destination,
-            device: (kind != RouteKind::Unreachable).then(|| device.clone()),
-            kind,
-        };
-        for s in view.subnets_of(net) {
-            if s.cidr.version() == isthmus_model::addr::IpVersion::V4 {
-                r.routes.insert(route(s.cidr, RouteKind::Link));
-            }
-        }
-        for other in view.networks.keys().filter(|n| n.as_str() != *net) {
-            if let Some(gw) = router_gateways(view, net, other).first() {
-                for s in view.subnets_of(other) {
-                    if s.cidr.version() == isthmus_model::addr::IpVersion::V4 {
-                        r.routes.insert(route(s.cidr, RouteKind::Via(*gw)));
-                    }
-                }
-            }
-        }
-        for s in services.iter().filter(|s| s.network_id == *net) {
-            r.routes.insert(vip_route(view, net, s.vip));
-        }
-        r.routes
-            .insert(route(Cidr::default_v4(), RouteKind::Unreachable));
-        for p in view.ports.values().filter(|p| p.network_id == *net) {
-            if p.device_owner == isthmus_model::lbaas::VIP_OWNER {
-                continue;
-            }
-            for f in &p.fixed_ips {
-                if let IpAddr::V4(ip) = f.ip_address {
-                    r.neighbours.insert(Neighbour {
-                        device: device.clone(),
-                        ip,
-                        mac: p.mac_address.to_ascii_lowercase(),
-                    });
-                    if p.host_id == node.name && backends.contains(&ip) {
-                        r.hairpin.insert(tap_name(&p.id));
-                    }
-                }
-            }
-        }
-    }
-    r
 }
 
 impl Routing {
@@ -1975,7 +2031,7 @@ mod tests {
             let whole = desired(&v, &n);
             let expected = whole.plan(&have);
             let plan = memo
-                .update(&v, &n, have, &changed)
+                .update(&v, have, &changed)
                 .unwrap_or_else(|_| panic!("{what}: fell back"));
             assert!(!plan.tables.is_empty(), "{what}: nothing planned");
             assert_eq!(lines(&plan), lines(&expected), "{what}");
@@ -2012,8 +2068,118 @@ mod tests {
             "allowed_cidrs": []}),
         );
         let changed = std::mem::take(&mut v.balancing.changed);
-        assert!(memo.update(&v, &n, have.clone(), &changed).is_err());
+        assert!(memo.update(&v, have.clone(), &changed).is_err());
         assert_eq!(memo, before, "a fallen-back update changes nothing");
+    }
+
+    #[test]
+    fn a_full_pass_redoes_only_changed_listeners_while_the_surroundings_hold() {
+        let mut v = view();
+        let n = node();
+        let first = pass(&v, &n, Observed::default(), None, &BTreeSet::new());
+        let mut have = first.after;
+        let mut memo = first.memo;
+        v.balancing.changed.clear();
+        let lb = |v: &mut NodeView, id: &str, vip: &str, address: &str| {
+            add(
+                v,
+                "loadbalancer",
+                json!({"id": id, "vip_address": vip, "vip_network_id": "neta-000000",
+                "admin_state_up": true, "listeners": [{"id": format!("l-{id}")}]}),
+            );
+            add(
+                v,
+                "listener",
+                json!({"id": format!("l-{id}"), "protocol": "TCP", "protocol_port": 80,
+                "admin_state_up": true, "default_pool_id": format!("p-{id}"),
+                "connection_limit": -1, "allowed_cidrs": []}),
+            );
+            add(
+                v,
+                "pool",
+                json!({"id": format!("p-{id}"), "admin_state_up": true,
+                "lb_algorithm": "ROUND_ROBIN", "session_persistence": null,
+                "members": [{"id": format!("m-{id}")}]}),
+            );
+            add(
+                v,
+                "member",
+                member(&format!("m-{id}"), address, 1, false, "NO_MONITOR"),
+            );
+        };
+        type Step = Box<dyn Fn(&mut NodeView)>;
+        let steps: Vec<(&str, bool, Step)> = vec![
+            (
+                // A Service's VIP port and tree in one batch: nothing it does not own moved.
+                "a VIP port and its load balancer",
+                true,
+                Box::new(move |v| {
+                    add(
+                        v,
+                        "port",
+                        port("vip2", "neta-000000", "10.0.0.51", "", "Octavia", "lb-2"),
+                    );
+                    lb(v, "lb2", "10.0.0.51", "10.0.0.11");
+                }),
+            ),
+            (
+                // A local port on a balancing network: a neighbour, and a member's tap.
+                "a local member port with its load balancer",
+                false,
+                Box::new(move |v| {
+                    add(
+                        v,
+                        "port",
+                        port(
+                            "m3port",
+                            "neta-000000",
+                            "10.0.0.33",
+                            "n1",
+                            "compute:nova",
+                            "",
+                        ),
+                    );
+                    lb(v, "lb3", "10.0.0.52", "10.0.0.33");
+                }),
+            ),
+            (
+                "a remote port on a network that does not balance",
+                true,
+                Box::new(|v| {
+                    add(
+                        v,
+                        "network",
+                        json!({"id": "netz-000000", "mtu": 1450,
+                        "provider:network_type": "vxlan", "provider:segmentation_id": 30,
+                        "provider:physical_network": null}),
+                    );
+                    add(
+                        v,
+                        "port",
+                        port("far", "netz-000000", "10.9.0.5", "n2", "compute:nova", ""),
+                    );
+                }),
+            ),
+        ];
+        for (what, incremental, step) in steps {
+            step(&mut v);
+            let changed = std::mem::take(&mut v.balancing.changed);
+            let whole = desired(&v, &n);
+            let expected = whole.plan(&have);
+            let kept = memo.clone().map(|m| m.surroundings);
+            let plan = pass(&v, &n, have, memo, &changed);
+            assert_eq!(lines(&plan), lines(&expected), "{what}");
+            assert_eq!(plan.after, expected.after, "{what}");
+            assert_eq!(plan.announce, expected.announce, "{what}");
+            assert_eq!(plan.memo.as_ref(), Some(&whole.memo), "{what}");
+            assert_eq!(
+                kept == plan.memo.as_ref().map(|m| m.surroundings.clone()),
+                incremental,
+                "{what}: surroundings"
+            );
+            have = plan.after;
+            memo = plan.memo;
+        }
     }
 
     #[test]

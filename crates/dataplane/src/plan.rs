@@ -101,8 +101,23 @@ pub struct NodePlan {
     pub trunks: trunk::Plan,
 }
 
-/// The node's whole plan.
-pub fn node(view: &NodeView, node: &NodeConfig, observed: &Observed) -> NodePlan {
+/// What a pass has from the passes before it.
+#[derive(Debug, Default)]
+pub struct Earlier {
+    /// What the last pass's load balancing was computed from, if it was applied.
+    pub memo: Option<lb::Memo>,
+    /// The listeners whose services may have changed since that pass.
+    pub changed: BTreeSet<String>,
+}
+
+/// The node's whole plan (its load balancing redone only where `earlier` allows, see
+/// [`lb::pass`]).
+pub fn node(
+    view: &NodeView,
+    node: &NodeConfig,
+    mut observed: Observed,
+    earlier: Earlier,
+) -> NodePlan {
     let taps: BTreeSet<String> = guarded_ports(view, node).into_keys().collect();
     // The leases decide both what the DHCP server answers and whose requests stop at their
     // tap: derived once.
@@ -142,7 +157,14 @@ pub fn node(view: &NodeView, node: &NodeConfig, observed: &Observed) -> NodePlan
     let l2 = l2::desired(view, node, &routers);
     let devices = devices_after(&observed.l2, &router_ops, &observed.routers);
     let l2_ops = l2::plan(&l2, &devices);
-    let (balancing, probes) = balancing(view, node, &observed.balancing);
+    let balancing = lb::pass(
+        view,
+        node,
+        std::mem::take(&mut observed.balancing),
+        earlier.memo,
+        &earlier.changed,
+    );
+    let probes = lb::probes(view, node);
     let present: BTreeSet<String> = devices.devices.keys().cloned().collect();
     let trunks = trunk::plan(&trunk::desired(view, node, &present), &present);
     let plugged: BTreeSet<String> = local()
@@ -187,18 +209,6 @@ pub fn node(view: &NodeView, node: &NodeConfig, observed: &Observed) -> NodePlan
         revision: view.revision,
         trunks,
     }
-}
-
-/// The load balancing of a whole pass.
-fn balancing(
-    view: &NodeView,
-    node: &NodeConfig,
-    observed: &lb::Observed,
-) -> (lb::Plan, Vec<lb::Probe>) {
-    (
-        lb::desired(view, node).plan(observed),
-        lb::probes(view, node),
-    )
 }
 
 /// The L2 devices once `router_ops` are applied over `routers`: each interface made brings its
@@ -303,7 +313,7 @@ mod tests {
                 up: false,
             },
         );
-        let plan = node(&v, &config(), &observed);
+        let plan = node(&v, &config(), observed.clone(), Earlier::default());
         assert!(
             plan.l2_ops.iter().any(|op| matches!(op,
             l2::Op::Attach { device, up: true, .. } if *device == tap_name("aaaaaaaa-port-1"))),
@@ -341,7 +351,7 @@ mod tests {
                 };
             }
         }
-        let again = node(&v, &config(), &after);
+        let again = node(&v, &config(), after, Earlier::default());
         assert!(again.filter.is_empty(), "{:?}", again.filter);
         assert!(again.router_ops.is_empty());
         assert!(again.l2_ops.is_empty(), "{:?}", again.l2_ops);

@@ -176,8 +176,12 @@ impl NodeView {
             }
             "RELIST" => {
                 let generation = self.generation + 1;
+                // Every listener held may be gone or different once the snapshot is in.
+                let mut changed = std::mem::take(&mut self.balancing.changed);
+                changed.extend(std::mem::take(&mut self.balancing.listeners).into_keys());
                 *self = NodeView::default();
                 self.generation = generation;
+                self.balancing.changed = changed;
                 Ok(true)
             }
             "ADDED" | "MODIFIED" | "DELETED" if is_balancing(field("kind")) => {
@@ -415,10 +419,17 @@ mod tests {
         view.apply(&json!({"type": "DELETED", "kind": "network", "id": "n1", "revision": 6}))
             .unwrap();
         assert_eq!(view.generation, generation + 1);
+        view.apply(&json!({"type": "ADDED", "kind": "listener", "object": {
+            "id": "l", "protocol": "TCP", "protocol_port": 80, "admin_state_up": true,
+            "default_pool_id": null, "connection_limit": -1, "allowed_cidrs": []}}))
+            .unwrap();
+        view.balancing.changed.clear();
         view.apply(&json!({"type": "RELIST", "revision": 9}))
             .unwrap();
         assert!(view.networks.is_empty() && !view.synced);
         assert!(view.balancing.members.is_empty());
+        // What the snapshot no longer holds must be redone by the next pass.
+        assert!(view.balancing.changed.contains("l"));
         assert_eq!(view.generation, generation + 2);
     }
 }

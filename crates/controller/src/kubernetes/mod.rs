@@ -74,7 +74,10 @@ pub async fn connect(cluster: &Cluster) -> Result<Client, crate::ControllerError
     Client::try_from(config).map_err(|e| failed(e.to_string()))
 }
 
-/// Changes are gathered this long before a pass, so a burst costs one pass.
+/// A pass starts once the cluster's events have paused this long, so that a burst (a Service
+/// and its EndpointSlice) costs one pass...
+const QUIET: Duration = Duration::from_millis(3);
+/// ...or this long after the first of them, whichever comes first.
 const SETTLE: Duration = Duration::from_millis(20);
 /// How often a full pass re-reads everything (bindings changed behind the watcher's back,
 /// networks renamed).
@@ -240,7 +243,7 @@ pub async fn run(service: Arc<Service>, settings: Settings, stop: watch::Receive
             _ = full.tick() => watcher.forget(),
             _ = stop.changed() => return,
         }
-        tokio::time::sleep(SETTLE).await;
+        settle(&changed).await;
         if !*leader.borrow() {
             continue;
         }
@@ -265,6 +268,21 @@ pub async fn run(service: Arc<Service>, settings: Settings, stop: watch::Receive
         }
         if let Some(services) = &mut watcher.services {
             services.sync(&watcher.service, &watcher.client).await;
+        }
+    }
+}
+
+/// Waits for the cluster's events to pause ([`QUIET`]), for [`SETTLE`] at most.
+async fn settle(changed: &Notify) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero()
+            || tokio::time::timeout(QUIET.min(left), changed.notified())
+                .await
+                .is_err()
+        {
+            return;
         }
     }
 }

@@ -207,13 +207,16 @@ impl Services {
         }
         for job in jobs {
             let key = job.key.clone();
-            let outcome = match self.name(service, &subnet.network_id, &job).await {
-                Ok(()) => {
-                    self.apply(service, client, &caller, &subnet.meta.id, job)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
+            let outcome = self
+                .apply(
+                    service,
+                    client,
+                    &caller,
+                    &subnet.meta.id,
+                    &subnet.network_id,
+                    job,
+                )
+                .await;
             if let Err(e) = outcome {
                 tracing::warn!("Service {}/{}: {e}", key.0, key.1);
                 self.failed.insert(key, Instant::now());
@@ -374,22 +377,54 @@ impl Services {
         (jobs, orphans)
     }
 
-    /// One Service's pass.
+    /// One Service's pass: its name, load balancer tree and floating IP written in one
+    /// transaction (nodes see the whole Service at once, and a failure leaves nothing half
+    /// made), then its status.
     async fn apply(
         &self,
         service: &Service,
         client: &Client,
         caller: &Caller,
         subnet_id: &str,
+        network_id: &str,
         job: Job,
     ) -> Result<()> {
-        let mut current = job.current;
+        let address = service
+            .atomically(|| self.write(service, caller, subnet_id, network_id, &job))
+            .await?;
+        let wanted: Vec<String> = address.iter().map(IpAddr::to_string).collect();
+        if wanted != job.ingress {
+            let ingress: Vec<Value> = wanted.iter().map(|ip| json!({"ip": ip})).collect();
+            let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+            Api::<KubeService>::namespaced(client.clone(), &job.spec.namespace)
+                .patch_status(
+                    &job.spec.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map_err(|e| Error::Internal(format!("writing the Service's status: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The store side of a Service's pass; returns the address its status shows.
+    async fn write(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        subnet_id: &str,
+        network_id: &str,
+        job: &Job,
+    ) -> Result<Option<IpAddr>> {
+        self.name(service, network_id, job).await?;
+        let mut current = job.current.clone();
         let Some(wanted) = &job.wanted else {
             // Headless (or no cluster IP any more): no load balancer.
             if let Some(c) = current {
                 self.delete_balancer(service, caller, &c).await?;
             }
-            return Ok(());
+            return Ok(None);
         };
         if let Some(c) = current.take() {
             if c.vip == wanted.vip {
@@ -398,7 +433,7 @@ impl Services {
                 self.delete_balancer(service, caller, &c).await?;
             }
         }
-        let mut floating_ips = job.floating_ips;
+        let mut floating_ips = job.floating_ips.clone();
         let current = match current {
             Some(c) => c,
             None => {
@@ -416,16 +451,8 @@ impl Services {
             self.perform(service, caller, &current.lb_id, &job.spec, &mut pools, step)
                 .await?;
         }
-        self.expose(
-            service,
-            client,
-            caller,
-            &job.spec,
-            &job.ingress,
-            &current,
-            floating_ips,
-        )
-        .await
+        self.expose(service, caller, &job.spec, &current, floating_ips)
+            .await
     }
 
     async fn create_balancer(
@@ -603,19 +630,16 @@ impl Services {
         Ok(())
     }
 
-    /// `type: LoadBalancer`: a floating IP on the VIP port (the one asked for, if any), shown
-    /// in the Service's status; other types have neither.
-    #[allow(clippy::too_many_arguments)]
+    /// `type: LoadBalancer`: a floating IP on the VIP port (the one asked for, if any), the
+    /// address the Service's status shows; other types have neither.
     async fn expose(
         &self,
         service: &Service,
-        client: &Client,
         caller: &Caller,
         spec: &ServiceSpec,
-        ingress: &[String],
         current: &Current,
         floating_ips: Vec<(String, IpAddr, bool)>,
-    ) -> Result<()> {
+    ) -> Result<Option<IpAddr>> {
         let tag = service_tag(&spec.uid);
         let mut address = None;
         for (id, ip, ours) in floating_ips {
@@ -660,16 +684,7 @@ impl Services {
                 .as_str()
                 .and_then(|a| a.parse().ok());
         }
-        let wanted: Vec<String> = address.iter().map(IpAddr::to_string).collect();
-        if wanted != ingress {
-            let ingress: Vec<Value> = wanted.iter().map(|ip| json!({"ip": ip})).collect();
-            let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
-            Api::<KubeService>::namespaced(client.clone(), &spec.namespace)
-                .patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| Error::Internal(format!("writing the Service's status: {e}")))?;
-        }
-        Ok(())
+        Ok(address)
     }
 
     fn endpoint(&self, collection: &str) -> Result<&dyn crate::Endpoint> {

@@ -305,6 +305,8 @@ impl Service {
             let (result, stage) = crate::staged::Staged::scope(work()).await;
             let (txn, held) = stage.into_txn();
             let committed = match result {
+                // Nothing to write: what was read is the answer.
+                Ok(value) if txn.ops.is_empty() => Ok(Some(value)),
                 Ok(value) => self.commit(txn).await.map(|ok| ok.then_some(value)),
                 Err(e) => Err(e),
             };
