@@ -79,8 +79,13 @@ fn sysctl(bridge: &str, key: &str, value: &str) -> Result<(), AgentError> {
 /// The packet socket VIPs are announced through, made once in the agent's namespace.
 static ANNOUNCER: std::sync::Mutex<Option<routers::PacketSocket>> = std::sync::Mutex::new(None);
 
-/// Applies a plan; returns what the kernel then holds.
-pub async fn apply(netlink: &Netlink, plan: Plan) -> Result<Observed, AgentError> {
+/// Applies a plan, its tables in one transaction after the `before` ones (the filter tables'
+/// changes of the same pass); returns what the kernel then holds.
+pub async fn apply(
+    netlink: &Netlink,
+    plan: Plan,
+    before: Vec<isthmus_dataplane::nft::Plan>,
+) -> Result<Observed, AgentError> {
     for bridge in plan.after.bridges() {
         sysctl(bridge, "forwarding", "1")?;
         sysctl(bridge, "rp_filter", "0")?;
@@ -90,7 +95,7 @@ pub async fn apply(netlink: &Netlink, plan: Plan) -> Result<Observed, AgentError
         batch.push('\n');
         kernel::feed("ip", &["-batch", "-"], &batch).await?;
     }
-    kernel::nft(plan.tables).await?;
+    kernel::nft(before.into_iter().chain(plan.tables)).await?;
     // A client that asked for a VIP before it was there learns it now, not at its next ARP
     // retry a second later: a gratuitous ARP from the bridge (the bridge table's output chain
     // keeps it to the node's own ports).

@@ -638,7 +638,7 @@ async fn rebalance(shared: &Shared, pass: Balancing, known: &mut Known) -> Resul
         probes,
         revision,
     } = pass;
-    known.lb = Some(lb::apply(&shared.netlink, plan).await?);
+    known.lb = Some(lb::apply(&shared.netlink, plan, Vec::new()).await?);
     shared.prober.follow(probes);
     shared.reports.send_if_modified(|r| {
         let behind = r.applied < revision;
@@ -721,9 +721,20 @@ async fn reconcile(
 /// Applies a node plan, recording what the kernel then holds in `known`.
 async fn apply(shared: &Shared, plan: plan::NodePlan, known: &mut Known) -> Result<(), AgentError> {
     let dir = &shared.config.netns_dir;
-    kernel::nft(plan.filter).await?;
-    known.tables = Some(plan.filter_after);
-    publish(&shared.filtered, plan.filtered);
+    // Filters go first (a tap is filtered before it is plugged) and load balancing last (it
+    // routes over the bridges and taps). A pass that makes or removes no device (a Service
+    // added, a remote port) writes both in one nft transaction: one process and one read of
+    // the ruleset instead of two.
+    let devices_stay = plan.router_ops.is_empty()
+        && plan.l2_ops.is_empty()
+        && plan.trunks.add.is_empty()
+        && plan.trunks.remove.is_empty();
+    let mut filter = plan.filter;
+    let mut filtered = Some((plan.filter_after, plan.filtered));
+    if !devices_stay {
+        kernel::nft(std::mem::take(&mut filter)).await?;
+        filters_in_place(shared, known, &mut filtered);
+    }
 
     // A router that cannot be set up must not hold back the rest of the node: its failure is
     // reported after L2 (the next pass reads the kernel again).
@@ -758,8 +769,9 @@ async fn apply(shared: &Shared, plan: plan::NodePlan, known: &mut Known) -> Resu
     known.fdb = Some((plan.l2.fdb, plan.l2.pins));
     let mut balancing = plan.balancing;
     let memo = balancing.memo.take();
-    known.lb = Some(lb::apply(&shared.netlink, balancing).await?);
+    known.lb = Some(lb::apply(&shared.netlink, balancing, filter).await?);
     known.memo = memo;
+    filters_in_place(shared, known, &mut filtered);
     shared.prober.follow(plan.probes);
     let mut port_status = plan.port_status;
     if trunked.is_err() {
@@ -790,6 +802,19 @@ async fn apply(shared: &Shared, plan: plan::NodePlan, known: &mut Known) -> Resu
         changed
     });
     Ok(())
+}
+
+/// Records the filter tables a pass wrote (once): what the kernel holds, and the ports they
+/// guard.
+fn filters_in_place(
+    shared: &Shared,
+    known: &mut Known,
+    filtered: &mut Option<((nft::Observed, nft::Observed), BTreeSet<String>)>,
+) {
+    if let Some((tables, ports)) = filtered.take() {
+        known.tables = Some(tables);
+        publish(&shared.filtered, ports);
+    }
 }
 
 /// Replaces a published set when it differs (waiters wake only on a change).
