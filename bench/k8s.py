@@ -37,8 +37,19 @@ kube = connection(spec["apiserver"])
 
 def call(conn, method, path, body=None, content="application/json"):
     data = json.dumps(body).encode() if body is not None else None
-    conn.request(method, path, body=data, headers={"Content-Type": content})
-    r = conn.getresponse()
+    try:
+        conn.request(method, path, body=data, headers={"Content-Type": content})
+        r = conn.getresponse()
+    except (http.client.RemoteDisconnected, ConnectionError):
+        # A keep-alive connection left idle (while probes ran) may have been closed by the
+        # server: reads are asked again on a new one.
+        if method != "GET":
+            raise
+        conn.close()
+        enter(spec["fabric"])
+        conn.connect()
+        conn.request(method, path, body=data, headers={"Content-Type": content})
+        r = conn.getresponse()
     raw = r.read()
     if r.status >= 300:
         raise RuntimeError(f"{method} {path}: {r.status} {raw[:300]!r}")

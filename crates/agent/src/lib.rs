@@ -324,8 +324,12 @@ async fn heartbeats(shared: Arc<Shared>) {
     }
 }
 
-/// Reports the statistics of the listeners this node balances, when they changed since
-/// `reported` (the last report).
+/// Most listeners one statistics report carries (a bigger change goes in several).
+const STATS_PER_REPORT: usize = 1000;
+
+/// Reports the statistics of the listeners this node balances that changed since `reported`
+/// (the last report the controller took; `None`: none yet, so the first report replaces
+/// whatever the node's statistics were).
 async fn report_stats(
     shared: &Shared,
     reported: &mut Option<BTreeMap<String, isthmus_model::lbaas::Stats>>,
@@ -336,12 +340,40 @@ async fn report_stats(
     let conntrack = lb::conntrack();
     // Only the services are read under the view's lock; the kernel's text is parsed after.
     let services = isthmus_dataplane::lb::services(&shared.view());
-    let stats = isthmus_dataplane::lb::listener_stats(&services, &table, &conntrack);
-    if reported.as_ref() == Some(&stats) {
+    let mut stats = isthmus_dataplane::lb::listener_stats(&services, &table, &conntrack);
+    stats.retain(|_, s| !s.is_zero());
+    let empty = BTreeMap::new();
+    let before = reported.as_ref().unwrap_or(&empty);
+    let mut changes: Vec<(&String, Option<&isthmus_model::lbaas::Stats>)> = stats
+        .iter()
+        .filter(|(id, s)| before.get(*id) != Some(s))
+        .map(|(id, s)| (id, Some(s)))
+        .collect();
+    changes.extend(
+        before
+            .keys()
+            .filter(|id| !stats.contains_key(*id))
+            .map(|id| (id, None)),
+    );
+    let mut replace = reported.is_none();
+    if changes.is_empty() && !replace {
         return Ok(());
     }
     let path = format!("/isthmus/v1/nodes/{}/lb-stats", shared.config.node);
-    report(shared, &path, &json!({ "listeners": stats }), &[204]).await?;
+    for part in changes.chunks(STATS_PER_REPORT).map(Some).chain([None]) {
+        let listeners: serde_json::Map<String, serde_json::Value> = part
+            .into_iter()
+            .flatten()
+            .map(|(id, s)| ((*id).clone(), json!(s)))
+            .collect();
+        // An empty last part only when nothing else carried the replacement.
+        if listeners.is_empty() && !replace {
+            break;
+        }
+        let body = json!({ "listeners": listeners, "replace": replace });
+        report(shared, &path, &body, &[204]).await?;
+        replace = false;
+    }
     *reported = Some(stats);
     Ok(())
 }

@@ -180,13 +180,21 @@ pub fn applied(name: &str) -> String {
     format!("{APPLIED}{name}")
 }
 
-/// What each node's load balancing counted (value: `{"listeners": {id: Stats}}`), written by
-/// its agent when it changes; kept out of every watch.
+/// What each node's load balancing counted, in [`STATS_SHARDS`] keys per node (value:
+/// `{listener id: Stats}`, listeners that counted nothing left out), written by its agent
+/// when it changes; kept out of every watch.
+///
+/// [`STATS_SHARDS`]: isthmus_model::lbaas::STATS_SHARDS
 pub const LB_STATS: &str = "/isthmus/lb-stats/";
 
-/// [`LB_STATS`] of one node.
+/// The prefix of one node's [`LB_STATS`] shards.
 pub fn lb_stats(name: &str) -> String {
-    format!("{LB_STATS}{name}")
+    format!("{LB_STATS}{name}/")
+}
+
+/// One shard of a node's [`LB_STATS`].
+pub fn lb_stats_shard(name: &str, shard: u8) -> String {
+    format!("{LB_STATS}{name}/{shard:x}")
 }
 
 /// Every live node's heartbeat key.

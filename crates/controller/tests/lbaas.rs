@@ -349,10 +349,30 @@ async fn statistics_are_the_nodes_reports_summed() {
     assert_eq!(s, 204);
     let (_, v) = get(format!("/v2/lbaas/listeners/{a}/stats")).await;
     assert_eq!(v["stats"]["bytes_in"], 100, "{v}");
-    // A report replaces the node's last one.
-    report("n1", json!({"listeners": {}})).await;
-    let (_, v) = get(format!("/v2/lbaas/listeners/{b}/stats")).await;
-    assert_eq!(v["stats"]["bytes_in"], 0, "{v}");
+    // A report carries what changed: a listener gone (null) goes, the others stay; one with
+    // `replace` starts the node's statistics afresh.
+    let bytes_in = |listener: String| {
+        let get = get.clone();
+        async move { get(format!("/v2/lbaas/listeners/{listener}/stats")).await.1["stats"]["bytes_in"].clone() }
+    };
+    let (s, v) = report("n1", json!({"listeners": {b: null}})).await;
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(bytes_in(b.clone()).await, 0);
+    assert_eq!(bytes_in(a.clone()).await, 100);
+    // Thousands of listeners in one report (spread over the node's shards) and a change to one.
+    let mut many: serde_json::Map<String, Value> = (0..3000)
+        .map(|i| (format!("other-{i}"), stats(1, 0)))
+        .collect();
+    many.insert(a.clone(), stats(7, 0));
+    let (s, v) = report("n1", json!({ "listeners": many })).await;
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(bytes_in(a.clone()).await, 7);
+    let (s, v) = report("n1", json!({"listeners": {b: stats(3, 0)}, "replace": true})).await;
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(bytes_in(a.clone()).await, 0);
+    assert_eq!(bytes_in(b.clone()).await, 3);
+    let (s, _) = report("n1", json!({"listeners": {}, "replace": "yes"})).await;
+    assert_eq!(s, 400);
 
     // Another project sees nothing; pools have no statistics; only agents report.
     let (s, v) = api

@@ -229,6 +229,8 @@ pub struct Mirror {
     objects: HashMap<ObjectKey, (Object, u64)>,
     ports_by_host: HashMap<String, BTreeSet<String>>,
     ports_by_network: HashMap<String, BTreeSet<String>>,
+    /// Per network, the hosts its bound ports are on, with how many ports each.
+    hosts_by_network: HashMap<String, BTreeMap<String, usize>>,
     ports_by_group: HashMap<String, BTreeSet<String>>,
     ports_by_device_owner: HashMap<String, BTreeSet<String>>,
     subnets_by_network: HashMap<String, BTreeSet<String>>,
@@ -267,6 +269,20 @@ impl Mirror {
             Object::Port(p) => {
                 index_remove(&mut self.ports_by_host, &p.binding.host_id, &p.meta.id);
                 index_remove(&mut self.ports_by_network, &p.network_id, &p.meta.id);
+                if !p.binding.host_id.is_empty() {
+                    let hosts = self.hosts_by_network.get_mut(&p.network_id);
+                    if let Some(hosts) = hosts {
+                        if let Some(n) = hosts.get_mut(&p.binding.host_id) {
+                            *n -= 1;
+                            if *n == 0 {
+                                hosts.remove(&p.binding.host_id);
+                            }
+                        }
+                        if hosts.is_empty() {
+                            self.hosts_by_network.remove(&p.network_id);
+                        }
+                    }
+                }
                 for g in &p.security_groups {
                     index_remove(&mut self.ports_by_group, g, &p.meta.id);
                 }
@@ -309,6 +325,12 @@ impl Mirror {
             Object::Port(p) => {
                 if !p.binding.host_id.is_empty() {
                     index_add(&mut self.ports_by_host, &p.binding.host_id, &p.meta.id);
+                    *self
+                        .hosts_by_network
+                        .entry(p.network_id.clone())
+                        .or_default()
+                        .entry(p.binding.host_id.clone())
+                        .or_default() += 1;
                 }
                 index_add(&mut self.ports_by_network, &p.network_id, &p.meta.id);
                 for g in &p.security_groups {
@@ -768,14 +790,17 @@ impl Mirror {
         }
         networks
             .iter()
-            .flat_map(|n| Self::ids(&self.ports_by_network, n))
-            .filter_map(|p| match self.get(&(ObjectKind::Port, p.clone())) {
-                Some(Object::Port(port)) if !port.binding.host_id.is_empty() => {
-                    Some(port.binding.host_id.clone())
-                }
-                _ => None,
-            })
+            .flat_map(|n| self.hosts_on(n))
+            .map(str::to_owned)
             .collect()
+    }
+
+    /// The hosts with a port bound on `network_id`.
+    pub fn hosts_on(&self, network_id: &str) -> impl Iterator<Item = &str> {
+        self.hosts_by_network
+            .get(network_id)
+            .into_iter()
+            .flat_map(|hosts| hosts.keys().map(String::as_str))
     }
 
     /// The latest revision of `key` and of everything under it (a listener's pool, a pool's
@@ -951,6 +976,28 @@ mod tests {
             .filter(|(k, _)| *k == kind)
             .map(|(_, id)| id.clone())
             .collect()
+    }
+
+    #[test]
+    fn hosts_on_a_network_follow_its_bound_ports() {
+        let mut m = Mirror::new();
+        fn hosts(m: &Mirror) -> Vec<&str> {
+            m.hosts_on("net-a").collect()
+        }
+        m.put(port("p1", "net-a", "node1", &[]), 1);
+        m.put(port("p2", "net-a", "node2", &[]), 2);
+        m.put(port("p3", "net-a", "node2", &[]), 3);
+        m.put(port("vip", "net-a", "", &[]), 4);
+        m.put(port("b", "net-b", "node4", &[]), 5);
+        assert_eq!(hosts(&m), ["node1", "node2"]);
+        m.put(port("p1", "net-a", "node3", &[]), 6);
+        assert_eq!(hosts(&m), ["node2", "node3"]);
+        m.delete(&(ObjectKind::Port, "p2".into()), 7);
+        assert_eq!(hosts(&m), ["node2", "node3"]);
+        m.delete(&(ObjectKind::Port, "p3".into()), 8);
+        m.put(port("p1", "net-b", "node3", &[]), 9);
+        assert!(hosts(&m).is_empty());
+        assert!(!m.hosts_by_network.contains_key("net-a"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use isthmus_model::lbaas::Stats;
+use isthmus_model::lbaas::{merge_stats, stats_shard, Stats, STATS_SHARDS};
 use isthmus_model::node::{Node, Registration, AGENT_DOWN_SECONDS};
 use isthmus_model::policy;
 use isthmus_model::port::POOL_DEVICE_ID;
@@ -219,11 +219,13 @@ impl Service {
             .and_then(|kv| lease_of(&kv.value));
         self.atomically(|| async {
             self.must_load_node(name).await?;
-            let txn = Txn::new()
+            let mut txn = Txn::new()
                 .then(Op::delete(keys::node(name)))
                 .then(Op::delete(keys::heartbeat(name)))
-                .then(Op::delete(keys::applied(name)))
-                .then(Op::delete(keys::lb_stats(name)));
+                .then(Op::delete(keys::applied(name)));
+            for shard in 0..STATS_SHARDS {
+                txn = txn.then(Op::delete(keys::lb_stats_shard(name, shard)));
+            }
             self.commit(txn).await?;
             let pooled = self
                 .load_all::<Port>(keys::PORTS)
@@ -262,22 +264,65 @@ impl Service {
         Ok(())
     }
 
-    /// An agent reports what its load balancing counted, per listener (its whole report:
-    /// listeners it no longer balances are left out).
+    /// An agent reports what its load balancing counted: `{"listeners": {id: Stats | null},
+    /// "replace": bool}`, the listeners whose statistics changed since its last report
+    /// (`null`: no longer balanced there); `replace` starts the node's statistics afresh (an
+    /// agent's first report). Only the shards the listeners are in are rewritten.
     pub async fn set_lb_stats(&self, caller: &Caller, name: &str, body: Value) -> Result<()> {
         policy::authorize_caller("update_node", caller)?;
-        let listeners: BTreeMap<String, Stats> = body
+        let changes: BTreeMap<String, Option<Stats>> = body
             .get("listeners")
             .cloned()
             .and_then(|l| serde_json::from_value(l).ok())
             .ok_or_else(|| {
                 Error::invalid_attr("listeners", "statistics by listener id are required")
             })?;
+        let replace = match body.get("replace") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(Error::invalid_attr("replace", "must be a boolean")),
+        };
         self.must_load_node(name).await?;
-        let value = serde_json::to_vec(&listeners).map_err(|e| Error::Internal(e.to_string()))?;
-        self.commit(Txn::new().then(Op::put(keys::lb_stats(name), value)))
-            .await?;
-        Ok(())
+        if changes.is_empty() && !replace {
+            return Ok(());
+        }
+        let mut by_shard: BTreeMap<u8, Vec<(&String, &Option<Stats>)>> = BTreeMap::new();
+        for change in &changes {
+            by_shard.entry(stats_shard(change.0)).or_default().push(change);
+        }
+        self.retry(|| async {
+            let mut txn = Txn::new();
+            for shard in 0..STATS_SHARDS {
+                let touched = by_shard.get(&shard);
+                if touched.is_none() && !replace {
+                    continue;
+                }
+                let key = keys::lb_stats_shard(name, shard);
+                let held = self.store.get(&key).await.map_err(store_error)?;
+                let mut stats: BTreeMap<String, Stats> = match (&held, replace) {
+                    (Some(kv), false) => serde_json::from_slice(&kv.value).unwrap_or_default(),
+                    _ => BTreeMap::new(),
+                };
+                merge_stats(&mut stats, touched.into_iter().flatten().copied());
+                txn = match &held {
+                    Some(kv) => txn.when(Compare::mod_revision(key.clone(), kv.mod_revision)),
+                    None => txn.when(Compare::absent(&key)),
+                };
+                txn = if stats.is_empty() {
+                    txn.then(Op::delete(key))
+                } else {
+                    let value =
+                        serde_json::to_vec(&stats).map_err(|e| Error::Internal(e.to_string()))?;
+                    txn.then(Op::put(key, value))
+                };
+            }
+            Ok(if self.commit(txn).await? {
+                Attempt::Done(())
+            } else {
+                Attempt::Retry
+            })
+        })
+        .await
     }
 
     /// The statistics of `listeners` summed over the nodes' last reports.

@@ -50,6 +50,44 @@ impl std::ops::AddAssign for Stats {
     }
 }
 
+impl Stats {
+    /// Whether nothing was counted (a listener with such statistics is not stored).
+    pub fn is_zero(&self) -> bool {
+        *self == Stats::default()
+    }
+}
+
+/// How many store keys a node's statistics are spread over, by listener: a node balancing
+/// tens of thousands of listeners stays far below a store's value size limit (etcd's is
+/// 1.5 MiB), and a report rewrites only the shards its listeners are in.
+pub const STATS_SHARDS: u8 = 16;
+
+/// The shard of a listener's statistics.
+pub fn stats_shard(listener_id: &str) -> u8 {
+    let h = listener_id
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    (h % u32::from(STATS_SHARDS)) as u8
+}
+
+/// Applies a report's `changes` to one shard: a listener's new statistics, or `None` when
+/// the node no longer balances it (nothing counted is not kept either).
+pub fn merge_stats<'a>(
+    shard: &mut std::collections::BTreeMap<String, Stats>,
+    changes: impl IntoIterator<Item = (&'a String, &'a Option<Stats>)>,
+) {
+    for (id, stats) in changes {
+        match stats {
+            Some(s) if !s.is_zero() => {
+                shard.insert(id.clone(), *s);
+            }
+            _ => {
+                shard.remove(id);
+            }
+        }
+    }
+}
+
 /// The one provider: every load balancer is distributed in the nodes' kernels.
 pub const PROVIDER: &str = "isthmus";
 
