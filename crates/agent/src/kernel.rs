@@ -131,18 +131,28 @@ pub async fn nft(
 
 /// `nft list table FAMILY NAME` as text (with counters), or `None` when it does not exist.
 pub async fn list_nft_table(family: &str, name: &str) -> Result<Option<String>, AgentError> {
-    nft_list(&[], family, name).await
+    nft_list(&[], &["table", family, name]).await
 }
 
 /// `nft -j list table FAMILY NAME`, or `None` when it does not exist.
 pub async fn list_nft_table_json(family: &str, name: &str) -> Result<Option<String>, AgentError> {
-    nft_list(&["-j"], family, name).await
+    nft_list(&["-j"], &["table", family, name]).await
 }
 
-async fn nft_list(flags: &[&str], family: &str, name: &str) -> Result<Option<String>, AgentError> {
+/// `nft -j list set FAMILY TABLE SET`, or `None` when it does not exist.
+pub async fn list_nft_set_json(
+    family: &str,
+    table: &str,
+    set: &str,
+) -> Result<Option<String>, AgentError> {
+    nft_list(&["-j"], &["set", family, table, set]).await
+}
+
+async fn nft_list(flags: &[&str], what: &[&str]) -> Result<Option<String>, AgentError> {
     let out = Command::new("nft")
         .args(flags)
-        .args(["list", "table", family, name])
+        .arg("list")
+        .args(what)
         .output()
         .await?;
     if out.status.success() {

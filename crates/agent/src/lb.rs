@@ -42,15 +42,23 @@ pub async fn observe() -> Result<Observed, AgentError> {
     })
 }
 
-/// The load-balancing table with its counting sets' counters (`nft -j list table`), or
-/// `None` when this node balances nothing (no table).
+/// The load-balancing table's counting sets with their counters (`nft -j list set` of each,
+/// as one `{"nftables": [...]}`), or `None` when this node balances nothing (no table). Sets
+/// one by one: listing the whole table would also read every listener's chain (3.5 s of
+/// nft at 10,000 listeners, against 0.13 s per set).
 pub async fn counted() -> Result<Option<serde_json::Value>, AgentError> {
-    let Some(text) = kernel::list_nft_table_json("inet", lb::TABLE).await? else {
-        return Ok(None);
-    };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| AgentError::Kernel(format!("nft -j list table: {e}")))
+    let mut items = Vec::new();
+    for set in lb::COUNTING {
+        let Some(text) = kernel::list_nft_set_json("inet", lb::TABLE, set).await? else {
+            return Ok(None);
+        };
+        let mut listed: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| AgentError::Kernel(format!("nft -j list set {set}: {e}")))?;
+        if let Some(listed) = listed["nftables"].as_array_mut() {
+            items.append(listed);
+        }
+    }
+    Ok(Some(serde_json::json!({ "nftables": items })))
 }
 
 /// The connections conntrack tracks in the agent's namespace (the text of

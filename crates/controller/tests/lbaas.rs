@@ -351,9 +351,8 @@ async fn statistics_are_the_nodes_reports_summed() {
     assert_eq!(v["stats"]["bytes_in"], 100, "{v}");
     // A report carries what changed: a listener gone (null) goes, the others stay; one with
     // `replace` starts the node's statistics afresh.
-    let bytes_in = |listener: String| {
-        let get = get.clone();
-        async move { get(format!("/v2/lbaas/listeners/{listener}/stats")).await.1["stats"]["bytes_in"].clone() }
+    let bytes_in = |listener: String| async move {
+        get(format!("/v2/lbaas/listeners/{listener}/stats")).await.1["stats"]["bytes_in"].clone()
     };
     let (s, v) = report("n1", json!({"listeners": {b: null}})).await;
     assert_eq!(s, 204, "{v}");
@@ -367,7 +366,11 @@ async fn statistics_are_the_nodes_reports_summed() {
     let (s, v) = report("n1", json!({ "listeners": many })).await;
     assert_eq!(s, 204, "{v}");
     assert_eq!(bytes_in(a.clone()).await, 7);
-    let (s, v) = report("n1", json!({"listeners": {b: stats(3, 0)}, "replace": true})).await;
+    let (s, v) = report(
+        "n1",
+        json!({"listeners": {b: stats(3, 0)}, "replace": true}),
+    )
+    .await;
     assert_eq!(s, 204, "{v}");
     assert_eq!(bytes_in(a.clone()).await, 0);
     assert_eq!(bytes_in(b.clone()).await, 3);

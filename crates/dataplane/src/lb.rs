@@ -58,7 +58,7 @@ const INET_SKELETON: &str = "  map services {\n    type ipv4_addr . inet_proto .
 /// connections refused (not in `allowed_cidrs`, over `connection_limit`, or no member up).
 /// Element counters, not named counter objects: nft reads every object of the ruleset before
 /// each transaction, which would make every change cost more the more listeners there are.
-const COUNTING: [&str; 4] = ["bytes_in", "bytes_out", "connections", "refusals"];
+pub const COUNTING: [&str; 4] = ["bytes_in", "bytes_out", "connections", "refusals"];
 
 /// A counting set's declaration.
 const COUNTING_DECL: &str = "type ipv4_addr . inet_proto . inet_service; counter;";

@@ -56,6 +56,52 @@ struct Dirty {
     services: HashSet<ServiceKey>,
 }
 
+/// (namespace, name) of an EndpointSlice.
+type SliceId = (String, String);
+
+/// Which EndpointSlices each Service has, as the reflector's events tell: a pass reads its
+/// marked Services' slices, not every slice of the cluster.
+#[derive(Default)]
+struct SliceIndex {
+    by_service: HashMap<ServiceKey, HashSet<SliceId>>,
+    service_of: HashMap<SliceId, ServiceKey>,
+}
+
+impl SliceIndex {
+    fn apply(&mut self, slice: &KubeSlice) {
+        let Some(id) = slice_id(slice) else {
+            return;
+        };
+        self.remove(&id);
+        if let Some(key) = service_key(slice) {
+            self.by_service
+                .entry(key.clone())
+                .or_default()
+                .insert(id.clone());
+            self.service_of.insert(id, key);
+        }
+    }
+
+    fn remove(&mut self, id: &SliceId) {
+        let Some(key) = self.service_of.remove(id) else {
+            return;
+        };
+        if let Some(ids) = self.by_service.get_mut(&key) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_service.remove(&key);
+            }
+        }
+    }
+}
+
+/// The slice index, and the one a relist is building.
+#[derive(Default)]
+struct Slices {
+    index: SliceIndex,
+    relisting: Option<SliceIndex>,
+}
+
 /// The Services part of the watcher.
 pub(super) struct Services {
     settings: ServiceSettings,
@@ -63,6 +109,7 @@ pub(super) struct Services {
     zone: String,
     services: Cache<KubeService>,
     slices: Cache<KubeSlice>,
+    slice_index: Arc<Mutex<Slices>>,
     dirty: Arc<Mutex<Dirty>>,
     /// Services whose last pass failed, and when (tried again after [`RETRY_FAILED`]).
     failed: HashMap<ServiceKey, Instant>,
@@ -72,8 +119,8 @@ pub(super) struct Services {
     neutron: Registry,
 }
 
-fn lock(dirty: &Mutex<Dirty>) -> MutexGuard<'_, Dirty> {
-    dirty.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One Service's pass, prepared under the mirror's lock.
@@ -122,11 +169,34 @@ impl Services {
             },
         );
         let marks = dirty.clone();
+        let slice_index = Arc::new(Mutex::new(Slices::default()));
+        let indexed = slice_index.clone();
         let slices = Cache::start(
             Api::all(client.clone()),
             "endpointslices",
             changed,
             move |event: &watcher::Event<KubeSlice>| {
+                let mut i = lock(&indexed);
+                match event {
+                    watcher::Event::Apply(s) => i.index.apply(s),
+                    watcher::Event::Delete(s) => {
+                        if let Some(id) = slice_id(s) {
+                            i.index.remove(&id);
+                        }
+                    }
+                    watcher::Event::Init => i.relisting = Some(SliceIndex::default()),
+                    watcher::Event::InitApply(s) => {
+                        if let Some(relisting) = &mut i.relisting {
+                            relisting.apply(s);
+                        }
+                    }
+                    watcher::Event::InitDone => {
+                        if let Some(relisting) = i.relisting.take() {
+                            i.index = relisting;
+                        }
+                    }
+                }
+                drop(i);
                 let mut d = lock(&marks);
                 match event {
                     watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
@@ -143,6 +213,7 @@ impl Services {
             zone: format!("svc.{}.", cluster_domain.trim_end_matches('.')),
             services,
             slices,
+            slice_index,
             dirty,
             failed: HashMap::new(),
             missing_subnet: None,
@@ -293,13 +364,24 @@ impl Services {
                 .collect()
         };
         let mut slices: HashMap<ServiceKey, Vec<EndpointSlice>> = HashMap::new();
-        for slice in self.slices.store.state() {
-            let Some(key) = service_key(&slice) else {
-                continue;
-            };
-            if all || keys.contains(&key) {
-                if let Some(s) = endpoint_slice(&slice) {
-                    slices.entry(key).or_default().push(s);
+        let mut add = |slice: &KubeSlice| {
+            if let (Some(key), Some(s)) = (service_key(slice), endpoint_slice(slice)) {
+                slices.entry(key).or_default().push(s);
+            }
+        };
+        if all {
+            for slice in self.slices.store.state() {
+                add(&slice);
+            }
+        } else {
+            let index = lock(&self.slice_index);
+            for key in keys {
+                for (ns, name) in index.index.by_service.get(key).into_iter().flatten() {
+                    let slice = self.slices.store.get(&ObjectRef::new(name).within(ns));
+                    // The store may be a step ahead of the index: its label decides.
+                    if let Some(slice) = slice.filter(|s| service_key(s).as_ref() == Some(key)) {
+                        add(&slice);
+                    }
                 }
             }
         }
@@ -708,6 +790,14 @@ fn ignore_missing(result: Result<()>) -> Result<()> {
     }
 }
 
+/// An EndpointSlice's (namespace, name).
+fn slice_id(slice: &KubeSlice) -> Option<SliceId> {
+    Some((
+        slice.metadata.namespace.clone()?,
+        slice.metadata.name.clone()?,
+    ))
+}
+
 /// The Service an EndpointSlice belongs to.
 fn service_key(slice: &KubeSlice) -> Option<ServiceKey> {
     let ns = slice.metadata.namespace.clone()?;
@@ -814,4 +904,54 @@ fn endpoint_slice(slice: &KubeSlice) -> Option<EndpointSlice> {
         })
         .collect();
     Some(EndpointSlice { ports, endpoints })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    fn slice(name: &str, service: Option<&str>) -> KubeSlice {
+        KubeSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                labels: service.map(|s| [(SERVICE_NAME_LABEL.to_owned(), s.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: None,
+            ports: None,
+        }
+    }
+
+    #[test]
+    fn the_slice_index_follows_slices_and_their_services() {
+        let mut index = SliceIndex::default();
+        let of = |index: &SliceIndex, service: &str| {
+            let mut names: Vec<String> = index
+                .by_service
+                .get(&("ns".to_owned(), service.to_owned()))
+                .into_iter()
+                .flatten()
+                .map(|(_, n)| n.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        index.apply(&slice("web-1", Some("web")));
+        index.apply(&slice("web-2", Some("web")));
+        index.apply(&slice("db-1", Some("db")));
+        index.apply(&slice("loose", None));
+        assert_eq!(of(&index, "web"), ["web-1", "web-2"]);
+        // Relabelled: it moves; deleted: it goes, and so does an emptied Service.
+        index.apply(&slice("web-2", Some("db")));
+        assert_eq!(of(&index, "web"), ["web-1"]);
+        assert_eq!(of(&index, "db"), ["db-1", "web-2"]);
+        index.remove(&("ns".into(), "web-1".into()));
+        assert!(!index.by_service.contains_key(&("ns".into(), "web".into())));
+        index.apply(&slice("db-1", None));
+        assert_eq!(of(&index, "db"), ["web-2"]);
+        assert_eq!(index.service_of.len(), 1);
+    }
 }

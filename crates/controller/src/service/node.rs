@@ -288,7 +288,10 @@ impl Service {
         }
         let mut by_shard: BTreeMap<u8, Vec<(&String, &Option<Stats>)>> = BTreeMap::new();
         for change in &changes {
-            by_shard.entry(stats_shard(change.0)).or_default().push(change);
+            by_shard
+                .entry(stats_shard(change.0))
+                .or_default()
+                .push(change);
         }
         self.retry(|| async {
             let mut txn = Txn::new();

@@ -64,9 +64,9 @@ pub const STATS_SHARDS: u8 = 16;
 
 /// The shard of a listener's statistics.
 pub fn stats_shard(listener_id: &str) -> u8 {
-    let h = listener_id
-        .bytes()
-        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let h = listener_id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     (h % u32::from(STATS_SHARDS)) as u8
 }
 
