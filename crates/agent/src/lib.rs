@@ -735,15 +735,16 @@ async fn reconcile(
     let (plan, generation) = {
         let mut v = shared.view();
         changed.extend(std::mem::take(&mut v.balancing.changed));
-        if memo.is_some() {
-            let earlier = plan::Earlier { memo, changed };
-            (plan::node(&v, node, observed, earlier), v.generation)
+        let copy;
+        let view = if memo.is_some() {
+            &*v
         } else {
-            let view = v.clone();
+            copy = v.clone();
             drop(v);
-            let earlier = plan::Earlier { memo, changed };
-            (plan::node(&view, node, observed, earlier), view.generation)
-        }
+            &copy
+        };
+        let earlier = plan::Earlier { memo, changed };
+        (plan::node(view, node, observed, earlier), view.generation)
     };
     apply(shared, plan, known).await?;
     known.generation = Some(generation);

@@ -883,11 +883,10 @@ impl Surroundings {
 pub fn pass(
     view: &NodeView,
     node: &NodeConfig,
-    have: Observed,
+    mut have: Observed,
     memo: Option<Memo>,
     changed: &BTreeSet<String>,
 ) -> Plan {
-    let mut have = have;
     if let Some(mut memo) = memo {
         let vip_networks: BTreeSet<&str> = memo.networks.keys().map(String::as_str).collect();
         if memo.surroundings == Surroundings::of(view, node, &vip_networks) {

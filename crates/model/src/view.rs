@@ -223,6 +223,23 @@ fn index_remove(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &s
     }
 }
 
+/// Counts bound port `p` in (`up`) or out of its network's hosts.
+fn count_host(index: &mut HashMap<String, BTreeMap<String, usize>>, p: &Port, up: bool) {
+    let hosts = index.entry(p.network_id.clone()).or_default();
+    let n = hosts.entry(p.binding.host_id.clone()).or_default();
+    if up {
+        *n += 1;
+    } else {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            hosts.remove(&p.binding.host_id);
+        }
+    }
+    if hosts.is_empty() {
+        index.remove(&p.network_id);
+    }
+}
+
 /// All objects with their revisions, indexed for view computation.
 #[derive(Debug, Default)]
 pub struct Mirror {
@@ -270,18 +287,7 @@ impl Mirror {
                 index_remove(&mut self.ports_by_host, &p.binding.host_id, &p.meta.id);
                 index_remove(&mut self.ports_by_network, &p.network_id, &p.meta.id);
                 if !p.binding.host_id.is_empty() {
-                    let hosts = self.hosts_by_network.get_mut(&p.network_id);
-                    if let Some(hosts) = hosts {
-                        if let Some(n) = hosts.get_mut(&p.binding.host_id) {
-                            *n -= 1;
-                            if *n == 0 {
-                                hosts.remove(&p.binding.host_id);
-                            }
-                        }
-                        if hosts.is_empty() {
-                            self.hosts_by_network.remove(&p.network_id);
-                        }
-                    }
+                    count_host(&mut self.hosts_by_network, p, false);
                 }
                 for g in &p.security_groups {
                     index_remove(&mut self.ports_by_group, g, &p.meta.id);
@@ -325,12 +331,7 @@ impl Mirror {
             Object::Port(p) => {
                 if !p.binding.host_id.is_empty() {
                     index_add(&mut self.ports_by_host, &p.binding.host_id, &p.meta.id);
-                    *self
-                        .hosts_by_network
-                        .entry(p.network_id.clone())
-                        .or_default()
-                        .entry(p.binding.host_id.clone())
-                        .or_default() += 1;
+                    count_host(&mut self.hosts_by_network, p, true);
                 }
                 index_add(&mut self.ports_by_network, &p.network_id, &p.meta.id);
                 for g in &p.security_groups {

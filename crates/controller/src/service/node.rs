@@ -294,6 +294,11 @@ impl Service {
                 .push(change);
         }
         self.retry(|| async {
+            let shards = self
+                .store
+                .range(&keys::lb_stats(name))
+                .await
+                .map_err(store_error)?;
             let mut txn = Txn::new();
             for shard in 0..STATS_SHARDS {
                 let touched = by_shard.get(&shard);
@@ -301,13 +306,13 @@ impl Service {
                     continue;
                 }
                 let key = keys::lb_stats_shard(name, shard);
-                let held = self.store.get(&key).await.map_err(store_error)?;
+                let held = shards.kvs.iter().find(|kv| kv.key == key);
                 let mut stats: BTreeMap<String, Stats> = match (&held, replace) {
                     (Some(kv), false) => serde_json::from_slice(&kv.value).unwrap_or_default(),
                     _ => BTreeMap::new(),
                 };
                 merge_stats(&mut stats, touched.into_iter().flatten().copied());
-                txn = match &held {
+                txn = match held {
                     Some(kv) => txn.when(Compare::mod_revision(key.clone(), kv.mod_revision)),
                     None => txn.when(Compare::absent(&key)),
                 };
