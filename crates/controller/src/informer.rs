@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
+use bytes::Bytes;
+
 use isthmus_model::view::{Change, Fanout, Mirror, Object, ObjectKey, ObjectKind, WatcherId};
 use isthmus_model::Error;
 use isthmus_store::{Event, SharedStore, StoreError};
@@ -76,7 +78,7 @@ pub trait Sink: Default + Send + Sync + 'static {
         &mut self,
         kind: ObjectKind,
         key: &str,
-        raw: &[u8],
+        raw: &Bytes,
         revision: u64,
     ) -> Result<bool, Error>;
     /// The object `(kind, id)` deleted at `revision`.
@@ -131,10 +133,12 @@ impl Sink for Desired {
         &mut self,
         kind: ObjectKind,
         key: &str,
-        raw: &[u8],
+        raw: &Bytes,
         revision: u64,
     ) -> Result<bool, Error> {
-        Ok(self.mirror.put(decode(kind, key, raw)?, revision))
+        Ok(self
+            .mirror
+            .put_stored(decode(kind, key, raw)?, raw.clone(), revision))
     }
 
     fn delete(&mut self, kind: ObjectKind, id: &str, revision: u64) {

@@ -10,7 +10,9 @@ use isthmus_controller::Config;
 use isthmus_store::{EmbeddedStore, EtcdStore, EtcdTls, SharedStore};
 
 // The controller's hot paths (JSON decode, render, encode of thousands of objects per list)
-// are allocation-bound; mimalloc halves their cost against glibc malloc.
+// are allocation-bound; mimalloc halves their cost against glibc malloc. Built without
+// transparent huge pages (`no_thp`): with them its arenas are backed by 2 MiB pages that a
+// half-used 64 KiB page keeps resident (23 MB more RSS at 100,000 ports).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -5,8 +5,10 @@
 //! their rules name as remote and the member ports of those remote groups (for address sets),
 //! and every node (for tunnel endpoints).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::dns_record::DnsRecord;
@@ -207,6 +209,16 @@ impl Object {
     }
 }
 
+/// Whether the mirror indexes the ports of `owner` (see [`Mirror::ports_owned_by`]).
+fn owner_indexed(owner: &str) -> bool {
+    owner.starts_with("network:") || owner == crate::port::POD_DEVICE_OWNER
+}
+
+/// A port from its stored JSON (decoded once already, when the mirror took it).
+fn decode_port(raw: &[u8]) -> Option<Port> {
+    serde_json::from_slice(raw).ok()
+}
+
 fn index_add(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
     index
         .entry(key.to_owned())
@@ -240,10 +252,21 @@ fn count_host(index: &mut HashMap<String, BTreeMap<String, usize>>, p: &Port, up
     }
 }
 
+/// How the mirror holds an object.
+#[derive(Debug)]
+enum Held {
+    /// Decoded.
+    Decoded(Box<Object>),
+    /// A port as the store holds it: its JSON, shared with the store's own copy. Ports are
+    /// the kind counted in hundreds of thousands, and a decoded one costs about twice its
+    /// JSON (1.2 KB against 0.6 KB) on top of the store's; it is decoded when read.
+    Port(Bytes),
+}
+
 /// All objects with their revisions, indexed for view computation.
 #[derive(Debug, Default)]
 pub struct Mirror {
-    objects: HashMap<ObjectKey, (Object, u64)>,
+    objects: HashMap<ObjectKey, (Held, u64)>,
     ports_by_host: HashMap<String, BTreeSet<String>>,
     ports_by_network: HashMap<String, BTreeSet<String>>,
     /// Per network, the hosts its bound ports are on, with how many ports each.
@@ -276,9 +299,40 @@ impl Mirror {
         self.objects.get(key).map(|(_, r)| *r)
     }
 
-    /// The mirrored object.
-    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
-        self.objects.get(key).map(|(o, _)| o)
+    /// The mirrored object (a port is decoded from its stored JSON).
+    pub fn get(&self, key: &ObjectKey) -> Option<Cow<'_, Object>> {
+        match &self.objects.get(key)?.0 {
+            Held::Decoded(object) => Some(Cow::Borrowed(object)),
+            Held::Port(raw) => Some(Cow::Owned(Object::Port(decode_port(raw)?))),
+        }
+    }
+
+    /// A mirrored object the mirror keeps decoded: anything but a port read from the store
+    /// (`None` for such a port, which [`Mirror::get`] and [`Mirror::port`] decode).
+    pub fn decoded(&self, key: &ObjectKey) -> Option<&Object> {
+        match &self.objects.get(key)?.0 {
+            Held::Decoded(object) => Some(object),
+            Held::Port(_) => None,
+        }
+    }
+
+    /// The mirrored port `id`.
+    pub fn port(&self, id: &str) -> Option<Port> {
+        match &self.objects.get(&(ObjectKind::Port, id.to_owned()))?.0 {
+            Held::Decoded(object) => match &**object {
+                Object::Port(p) => Some(p.clone()),
+                _ => None,
+            },
+            Held::Port(raw) => decode_port(raw),
+        }
+    }
+
+    /// Takes `key` out of the map, decoded.
+    fn take(&mut self, key: &ObjectKey) -> Option<Object> {
+        match self.objects.remove(key)?.0 {
+            Held::Decoded(object) => Some(*object),
+            Held::Port(raw) => decode_port(&raw).map(Object::Port),
+        }
     }
 
     fn unindex(&mut self, object: &Object) {
@@ -292,7 +346,9 @@ impl Mirror {
                 for g in &p.security_groups {
                     index_remove(&mut self.ports_by_group, g, &p.meta.id);
                 }
-                index_remove(&mut self.ports_by_device_owner, &p.device_owner, &p.meta.id);
+                if owner_indexed(&p.device_owner) {
+                    index_remove(&mut self.ports_by_device_owner, &p.device_owner, &p.meta.id);
+                }
             }
             Object::Subnet(s) => {
                 index_remove(&mut self.subnets_by_network, &s.network_id, &s.meta.id)
@@ -337,7 +393,9 @@ impl Mirror {
                 for g in &p.security_groups {
                     index_add(&mut self.ports_by_group, g, &p.meta.id);
                 }
-                index_add(&mut self.ports_by_device_owner, &p.device_owner, &p.meta.id);
+                if owner_indexed(&p.device_owner) {
+                    index_add(&mut self.ports_by_device_owner, &p.device_owner, &p.meta.id);
+                }
             }
             Object::Subnet(s) => index_add(&mut self.subnets_by_network, &s.network_id, &s.meta.id),
             Object::SecurityGroupRule(r) => {
@@ -379,7 +437,7 @@ impl Mirror {
             .into_iter()
             .flatten()
             .filter_map(
-                |id| match self.get(&(ObjectKind::LoadBalancer, id.clone())) {
+                |id| match self.decoded(&(ObjectKind::LoadBalancer, id.clone())) {
                     Some(Object::LoadBalancer(l)) => Some(l),
                     _ => None,
                 },
@@ -392,10 +450,12 @@ impl Mirror {
             .get(port)
             .into_iter()
             .flatten()
-            .filter_map(|id| match self.get(&(ObjectKind::FloatingIp, id.clone())) {
-                Some(Object::FloatingIp(f)) => Some(f),
-                _ => None,
-            })
+            .filter_map(
+                |id| match self.decoded(&(ObjectKind::FloatingIp, id.clone())) {
+                    Some(Object::FloatingIp(f)) => Some(f),
+                    _ => None,
+                },
+            )
     }
 
     /// Every node.
@@ -403,37 +463,50 @@ impl Mirror {
         self.globals
             .iter()
             .filter(|(kind, _)| *kind == ObjectKind::Node)
-            .filter_map(|key| match self.get(key) {
+            .filter_map(|key| match self.decoded(key) {
                 Some(Object::Node(n)) => Some(n),
                 _ => None,
             })
     }
 
-    /// The ports whose `device_owner` is `owner` (e.g. every pod's).
-    pub fn ports_owned_by<'a>(&'a self, owner: &str) -> impl Iterator<Item = &'a Port> + 'a {
+    /// The ports whose `device_owner` is `owner`, decoded: network service ports (`network:*`)
+    /// and pods' (the owners indexed; not VMs', the bulk of a cloud that nothing asks for).
+    pub fn ports_owned_by<'a>(&'a self, owner: &str) -> impl Iterator<Item = Port> + 'a {
+        debug_assert!(owner_indexed(owner), "ports of {owner} are not indexed");
         self.ports_by_device_owner
             .get(owner)
             .into_iter()
             .flatten()
-            .filter_map(|id| match self.get(&(ObjectKind::Port, id.clone())) {
-                Some(Object::Port(p)) => Some(p),
-                _ => None,
-            })
+            .filter_map(|id| self.port(id))
     }
 
     /// Stores an object written at `revision`, unless the mirror already has a newer one
     /// (events replayed after a snapshot are ignored). Returns whether it was applied.
     pub fn put(&mut self, object: Object, revision: u64) -> bool {
+        self.put_held(object, None, revision)
+    }
+
+    /// [`Mirror::put`] of an object read from the store as `raw` (its stored JSON, which
+    /// the mirror keeps instead of the object when it is a port).
+    pub fn put_stored(&mut self, object: Object, raw: Bytes, revision: u64) -> bool {
+        self.put_held(object, Some(raw), revision)
+    }
+
+    fn put_held(&mut self, object: Object, raw: Option<Bytes>, revision: u64) -> bool {
         let key = object.key();
         if self.revision(&key).is_some_and(|r| r >= revision) {
             return false;
         }
-        let old = self.objects.remove(&key).map(|(old, _)| old);
+        let old = self.take(&key);
         if let Some(old) = &old {
             self.unindex(old);
         }
         self.index(&object);
-        self.objects.insert(key.clone(), (object, revision));
+        let held = match (&object, raw) {
+            (Object::Port(_), Some(raw)) => Held::Port(raw),
+            _ => Held::Decoded(Box::new(object)),
+        };
+        self.objects.insert(key.clone(), (held, revision));
         self.log.push((key, old));
         true
     }
@@ -449,7 +522,7 @@ impl Mirror {
         if self.revision(key).is_none_or(|r| r > revision) {
             return false;
         }
-        if let Some((old, _)) = self.objects.remove(key) {
+        if let Some(old) = self.take(key) {
             self.unindex(&old);
             self.log.push((key.clone(), Some(old)));
         }
@@ -509,7 +582,7 @@ impl Mirror {
         let mut groups = BTreeSet::new();
         let mut routers = BTreeSet::new();
         for port_id in Self::ids(&self.ports_by_host, node) {
-            if let Some(Object::Port(p)) = self.get(&(ObjectKind::Port, port_id.clone())) {
+            if let Some(p) = self.port(port_id) {
                 networks.insert(p.network_id.clone());
                 if p.port_security_enabled {
                     groups.extend(p.security_groups.iter().cloned());
@@ -525,7 +598,8 @@ impl Mirror {
         }
         for router_id in routers {
             deps.insert(Dependency::Router(router_id.clone()));
-            let Some(Object::Router(r)) = self.get(&(ObjectKind::Router, router_id.clone())) else {
+            let Some(Object::Router(r)) = self.decoded(&(ObjectKind::Router, router_id.clone()))
+            else {
                 continue;
             };
             networks.extend(r.interfaces.iter().map(|i| i.network_id.clone()));
@@ -540,7 +614,7 @@ impl Mirror {
             deps.insert(Dependency::Rules(g.clone()));
             for r in Self::ids(&self.rules_by_group, g) {
                 if let Some(Object::SecurityGroupRule(rule)) =
-                    self.get(&(ObjectKind::SecurityGroupRule, r.clone()))
+                    self.decoded(&(ObjectKind::SecurityGroupRule, r.clone()))
                 {
                     if let Some(rg) = &rule.remote_group_id {
                         remote.insert(rg.clone());
@@ -587,7 +661,7 @@ impl Mirror {
                     add(ObjectKind::FloatingIp, f);
                     // Its port on the external network: the MAC that answers for the address.
                     if let Some(Object::FloatingIp(fip)) =
-                        self.get(&(ObjectKind::FloatingIp, f.clone()))
+                        self.decoded(&(ObjectKind::FloatingIp, f.clone()))
                     {
                         add(ObjectKind::Port, &fip.floating_port_id);
                     }
@@ -609,7 +683,7 @@ impl Mirror {
         let Some(object) = self.get(key) else {
             return Vec::new();
         };
-        match object {
+        match &*object {
             Object::Network(n) => vec![
                 Scope::Network(n.meta.id.clone()),
                 Scope::Gateway(n.meta.id.clone()),
@@ -623,7 +697,7 @@ impl Mirror {
                 scopes.extend(p.security_groups.iter().cloned().map(Scope::Members));
                 for f in Self::ids(&self.fips_by_floating_port, &p.meta.id) {
                     if let Some(Object::FloatingIp(fip)) =
-                        self.get(&(ObjectKind::FloatingIp, f.clone()))
+                        self.decoded(&(ObjectKind::FloatingIp, f.clone()))
                     {
                         scopes.extend(
                             fip.association
@@ -652,7 +726,7 @@ impl Mirror {
             | Object::Member(_)
             | Object::HealthMonitor(_) => self
                 .tree_holder(key)
-                .and_then(|lb| match self.get(&(ObjectKind::LoadBalancer, lb)) {
+                .and_then(|lb| match self.decoded(&(ObjectKind::LoadBalancer, lb)) {
                     Some(Object::LoadBalancer(l)) => {
                         Some(vec![Scope::Network(l.vip_network_id.clone())])
                     }
@@ -665,27 +739,26 @@ impl Mirror {
     /// The load balancer whose tree (as [`Mirror::load_balancer_tree`] walks it, parent to
     /// child) holds `key`, if one does.
     fn tree_holder(&self, key: &ObjectKey) -> Option<String> {
-        let (parent, holds) = match self.get(key)? {
+        let (parent, holds) = match self.decoded(key)? {
             Object::LoadBalancer(l) => return Some(l.meta.id.clone()),
             Object::Listener(l) => {
                 let lb = (ObjectKind::LoadBalancer, l.loadbalancer_id.clone());
-                let holds = matches!(self.get(&lb), Some(Object::LoadBalancer(b)) if b.listeners.contains(&key.1));
+                let holds = matches!(self.decoded(&lb), Some(Object::LoadBalancer(b)) if b.listeners.contains(&key.1));
                 (lb, holds)
             }
             Object::Pool(p) => {
                 let lb = (ObjectKind::LoadBalancer, p.loadbalancer_id.clone());
-                let holds = matches!(self.get(&lb), Some(Object::LoadBalancer(b)) if b.pools.contains(&key.1));
+                let holds = matches!(self.decoded(&lb), Some(Object::LoadBalancer(b)) if b.pools.contains(&key.1));
                 (lb, holds)
             }
             Object::Member(m) => {
                 let pool = (ObjectKind::Pool, m.pool_id.clone());
-                let holds =
-                    matches!(self.get(&pool), Some(Object::Pool(p)) if p.members.contains(&key.1));
+                let holds = matches!(self.decoded(&pool), Some(Object::Pool(p)) if p.members.contains(&key.1));
                 (pool, holds)
             }
             Object::HealthMonitor(h) => {
                 let pool = (ObjectKind::Pool, h.pool_id.clone());
-                let holds = matches!(self.get(&pool), Some(Object::Pool(p)) if p.healthmonitor_id.as_ref() == Some(&key.1));
+                let holds = matches!(self.decoded(&pool), Some(Object::Pool(p)) if p.healthmonitor_id.as_ref() == Some(&key.1));
                 (pool, holds)
             }
             _ => return None,
@@ -733,7 +806,9 @@ impl Mirror {
                     .collect();
                 for p in &l.pools {
                     keys.push((ObjectKind::Pool, p.clone()));
-                    if let Some(pool @ Object::Pool(_)) = self.get(&(ObjectKind::Pool, p.clone())) {
+                    if let Some(pool @ Object::Pool(_)) =
+                        self.decoded(&(ObjectKind::Pool, p.clone()))
+                    {
                         keys.extend(self.dependents_of(pool));
                     }
                 }
@@ -756,14 +831,14 @@ impl Mirror {
     /// Whether `node` hosts a port with address `ip` (the node that probes a member at `ip`).
     pub fn hosts_address(&self, node: &str, ip: std::net::IpAddr) -> bool {
         Self::ids(&self.ports_by_host, node).any(|p| {
-            matches!(self.get(&(ObjectKind::Port, p.clone())),
-                     Some(Object::Port(port)) if port.fixed_ips.iter().any(|f| f.ip_address == ip))
+            self.port(p)
+                .is_some_and(|port| port.fixed_ips.iter().any(|f| f.ip_address == ip))
         })
     }
 
     /// The load balancer `key` (a load balancer, listener, pool, member or monitor) belongs to.
     pub fn load_balancer_of(&self, key: &ObjectKey) -> Option<String> {
-        match self.get(key)? {
+        match self.decoded(key)? {
             Object::LoadBalancer(l) => Some(l.meta.id.clone()),
             Object::Listener(l) => Some(l.loadbalancer_id.clone()),
             Object::Pool(p) => Some(p.loadbalancer_id.clone()),
@@ -779,13 +854,13 @@ impl Mirror {
     /// network or on a network a router joins to it (as [`Mirror::node_view`] decides).
     pub fn load_balancer_nodes(&self, lb_id: &str) -> BTreeSet<String> {
         let Some(Object::LoadBalancer(lb)) =
-            self.get(&(ObjectKind::LoadBalancer, lb_id.to_owned()))
+            self.decoded(&(ObjectKind::LoadBalancer, lb_id.to_owned()))
         else {
             return BTreeSet::new();
         };
         let mut networks = BTreeSet::from([lb.vip_network_id.clone()]);
         for r in Self::ids(&self.routers_by_network, &lb.vip_network_id) {
-            if let Some(Object::Router(router)) = self.get(&(ObjectKind::Router, r.clone())) {
+            if let Some(Object::Router(router)) = self.decoded(&(ObjectKind::Router, r.clone())) {
                 networks.extend(router.interfaces.iter().map(|i| i.network_id.clone()));
             }
         }
@@ -810,18 +885,18 @@ impl Mirror {
     pub fn subtree_revision(&self, key: &ObjectKey) -> Option<u64> {
         let own = self.revision(key)?;
         let child = |kind: ObjectKind, id: &String| self.subtree_revision(&(kind, id.clone()));
-        let below = match self.get(key)? {
-            Object::LoadBalancer(l) => l
+        let below = match self.decoded(key) {
+            Some(Object::LoadBalancer(l)) => l
                 .listeners
                 .iter()
                 .filter_map(|i| child(ObjectKind::Listener, i))
                 .chain(l.pools.iter().filter_map(|p| child(ObjectKind::Pool, p)))
                 .max(),
-            Object::Listener(l) => l
+            Some(Object::Listener(l)) => l
                 .default_pool_id
                 .as_ref()
                 .and_then(|p| child(ObjectKind::Pool, p)),
-            Object::Pool(p) => p
+            Some(Object::Pool(p)) => p
                 .members
                 .iter()
                 .filter_map(|m| child(ObjectKind::Member, m))
@@ -839,21 +914,23 @@ impl Mirror {
     /// A load balancer and its listeners, pools, members and monitors (those that exist).
     fn load_balancer_tree(&self, lb_id: &str) -> Vec<ObjectKey> {
         let Some(Object::LoadBalancer(lb)) =
-            self.get(&(ObjectKind::LoadBalancer, lb_id.to_owned()))
+            self.decoded(&(ObjectKind::LoadBalancer, lb_id.to_owned()))
         else {
             return Vec::new();
         };
         // A child belongs to the tree when its parent lists it and it names that parent.
         let mut keys = vec![(ObjectKind::LoadBalancer, lb_id.to_owned())];
         for l in &lb.listeners {
-            if let Some(Object::Listener(listener)) = self.get(&(ObjectKind::Listener, l.clone())) {
+            if let Some(Object::Listener(listener)) =
+                self.decoded(&(ObjectKind::Listener, l.clone()))
+            {
                 if listener.loadbalancer_id == lb_id {
                     keys.push((ObjectKind::Listener, l.clone()));
                 }
             }
         }
         for p in &lb.pools {
-            let Some(Object::Pool(pool)) = self.get(&(ObjectKind::Pool, p.clone())) else {
+            let Some(Object::Pool(pool)) = self.decoded(&(ObjectKind::Pool, p.clone())) else {
                 continue;
             };
             if pool.loadbalancer_id != lb_id {
@@ -861,14 +938,14 @@ impl Mirror {
             }
             keys.push((ObjectKind::Pool, p.clone()));
             for m in &pool.members {
-                if matches!(self.get(&(ObjectKind::Member, m.clone())),
+                if matches!(self.decoded(&(ObjectKind::Member, m.clone())),
                             Some(Object::Member(member)) if member.pool_id == *p)
                 {
                     keys.push((ObjectKind::Member, m.clone()));
                 }
             }
             if let Some(h) = &pool.healthmonitor_id {
-                if matches!(self.get(&(ObjectKind::HealthMonitor, h.clone())),
+                if matches!(self.decoded(&(ObjectKind::HealthMonitor, h.clone())),
                             Some(Object::HealthMonitor(m)) if m.pool_id == *p)
                 {
                     keys.push((ObjectKind::HealthMonitor, h.clone()));
@@ -884,18 +961,18 @@ impl Mirror {
             // The node types are plain data: serialising them cannot fail.
             serde_json::to_value(object).unwrap_or(Value::Null)
         }
-        Some(match self.get(key)? {
+        Some(match &*self.get(key)? {
             Object::Network(n) => sent(node::Network::from(n)),
             Object::Subnet(s) => sent(node::Subnet::from(s)),
             Object::Port(p) => sent(node::Port::from(p)),
             Object::SecurityGroup(g) => {
                 let rules: Vec<SecurityGroupRule> = Self::ids(&self.rules_by_group, &g.meta.id)
-                    .filter_map(
-                        |r| match self.get(&(ObjectKind::SecurityGroupRule, r.clone())) {
+                    .filter_map(|r| {
+                        match self.decoded(&(ObjectKind::SecurityGroupRule, r.clone())) {
                             Some(Object::SecurityGroupRule(rule)) => Some(rule.clone()),
                             _ => None,
-                        },
-                    )
+                        }
+                    })
                     .collect();
                 sent(node::SecurityGroup::of(g, &rules))
             }
@@ -977,6 +1054,52 @@ mod tests {
             .filter(|(k, _)| *k == kind)
             .map(|(_, id)| id.clone())
             .collect()
+    }
+
+    #[test]
+    fn ports_from_the_store_are_held_as_their_json_and_read_decoded() {
+        let mut m = Mirror::new();
+        let stored = |o: &Object| match o {
+            Object::Port(p) => Bytes::from(serde_json::to_vec(p).unwrap()),
+            _ => unreachable!(),
+        };
+        let mut pod = port("p1", "net-a", "node1", &["g1"]);
+        if let Object::Port(p) = &mut pod {
+            p.device_owner = crate::port::POD_DEVICE_OWNER.into();
+        }
+        let raw = stored(&pod);
+        assert!(m.put_stored(pod.clone(), raw.clone(), 5));
+        let key = (ObjectKind::Port, "p1".to_owned());
+        assert!(
+            matches!(&m.objects[&key], (Held::Port(held), 5) if held.as_ptr() == raw.as_ptr()),
+            "the store's buffer itself, not a copy"
+        );
+        assert_eq!(m.get(&key).as_deref(), Some(&pod));
+        assert_eq!(m.port("p1").map(Object::Port), Some(pod.clone()));
+        assert!(m.decoded(&key).is_none());
+        assert_eq!(m.ports_owned_by(crate::port::POD_DEVICE_OWNER).count(), 1);
+        assert!(m.hosts_address("node1", "10.0.0.2".parse().unwrap()));
+        assert!(m.node_view("node1").contains_key(&key));
+        assert_eq!(
+            m.scopes_of(&key),
+            [Scope::Network("net-a".into()), Scope::Members("g1".into())]
+        );
+        m.take_changes();
+
+        // Moved: its old self is logged decoded and leaves the old network's indexes.
+        let moved = port("p1", "net-b", "node2", &[]);
+        assert!(m.put_stored(moved.clone(), stored(&moved), 6));
+        assert_eq!(m.take_changes(), [(key.clone(), Some(pod))]);
+        assert!(m.contents(&Scope::Network("net-a".into())).is_empty());
+        assert_eq!(
+            m.contents(&Scope::Network("net-b".into())),
+            std::slice::from_ref(&key)
+        );
+        assert_eq!(m.ports_owned_by(crate::port::POD_DEVICE_OWNER).count(), 0);
+        assert!(m.node_view("node1").is_empty());
+        assert!(m.delete(&key, 7));
+        assert_eq!(m.take_changes(), [(key.clone(), Some(moved))]);
+        assert!(m.get(&key).is_none());
     }
 
     #[test]

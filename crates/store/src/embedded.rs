@@ -5,7 +5,7 @@
 //! the whole group) and only then applies them in memory and answers the callers. Under load
 //! this amortises the fsync; at rest a lone transaction is committed at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread;
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use crate::engine::{Engine, Entry, Plan};
+use crate::engine::{Engine, Entry, Map, Plan};
 use crate::memory::{DEFAULT_HISTORY, LEASE_CHECK};
 use crate::{
     Event, KeyValue, LeaseId, LeaseTtl, RangeResult, Store, StoreError, Txn, TxnResult, WatchStream,
@@ -84,8 +84,10 @@ impl EmbeddedStore {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
         let db = Database::builder()
-            // Everything is also held in memory by the engine; redb's cache only helps writes.
-            .set_cache_size(16 << 20)
+            // Everything is also held in memory by the engine; redb's cache only helps writes,
+            // which touch the tree's upper pages (a few MB at 100,000 ports) and leaves that
+            // random keys spread over the whole file whatever the cache.
+            .set_cache_size(4 << 20)
             .create(path)
             .map_err(backend)?;
         let (entries, ttls, revision) = load(&db)?;
@@ -106,7 +108,7 @@ impl EmbeddedStore {
 }
 
 /// The keys, the time to live of their leases and the store revision.
-type Loaded = (BTreeMap<String, Entry>, HashMap<LeaseId, Duration>, u64);
+type Loaded = (Map, HashMap<LeaseId, Duration>, u64);
 
 fn load(db: &Database) -> Result<Loaded, StoreError> {
     let write = db.begin_write().map_err(backend)?;
@@ -123,7 +125,7 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         .map_err(backend)?
         .map_or(0, |v| v.value());
     let table = read.open_table(KV).map_err(backend)?;
-    let mut entries = BTreeMap::new();
+    let mut entries = Map::new();
     for row in table.iter().map_err(backend)? {
         let (key, value) = row.map_err(backend)?;
         let raw = value.value();
@@ -137,13 +139,13 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         let create_revision = u64::from_be_bytes(revs[..8].try_into().map_err(backend)?);
         let mod_revision = u64::from_be_bytes(revs[8..].try_into().map_err(backend)?);
         entries.insert(
-            key.value().to_owned(),
-            Entry {
-                value: Bytes::copy_from_slice(data),
+            key.value().into(),
+            Entry::new(
+                Bytes::copy_from_slice(data),
                 create_revision,
                 mod_revision,
-                lease: None,
-            },
+                None,
+            ),
         );
     }
     let mut ttls = HashMap::new();
@@ -156,7 +158,7 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         let (key, value) = row.map_err(backend)?;
         let (lease, ttl) = value.value();
         if let Some(entry) = entries.get_mut(key.value()) {
-            entry.lease = Some(lease);
+            entry.set_lease(lease);
             ttls.insert(lease, Duration::from_secs(ttl));
         }
     }

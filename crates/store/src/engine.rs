@@ -6,6 +6,7 @@
 //! shows data that is not yet durable.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::num::NonZeroI64;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -26,9 +27,40 @@ pub(crate) struct Entry {
     pub value: bytes::Bytes,
     pub create_revision: u64,
     pub mod_revision: u64,
-    /// The lease the key lives under.
-    pub lease: Option<LeaseId>,
+    /// The lease the key lives under (8 bytes, not `Option<LeaseId>`'s 16: there is one
+    /// entry per key, hundreds of thousands of them; lease ids start at 1, as etcd's).
+    lease: Option<NonZeroI64>,
 }
+
+impl Entry {
+    /// A key's state, under `lease` if any.
+    pub fn new(
+        value: bytes::Bytes,
+        create_revision: u64,
+        mod_revision: u64,
+        lease: Option<LeaseId>,
+    ) -> Self {
+        Entry {
+            value,
+            create_revision,
+            mod_revision,
+            lease: lease.and_then(NonZeroI64::new),
+        }
+    }
+
+    /// The lease the key lives under.
+    pub fn lease(&self) -> Option<LeaseId> {
+        self.lease.map(NonZeroI64::get)
+    }
+
+    /// Puts the key under `lease`.
+    pub fn set_lease(&mut self, lease: LeaseId) {
+        self.lease = NonZeroI64::new(lease);
+    }
+}
+
+/// Every key's state, by key (boxed: 16 bytes a key in the tree's nodes, not a `String`'s 24).
+pub(crate) type Map = BTreeMap<Box<str>, Entry>;
 
 /// A live lease.
 #[derive(Debug)]
@@ -48,7 +80,7 @@ struct Leases {
 
 #[derive(Debug, Default)]
 struct State {
-    map: BTreeMap<String, Entry>,
+    map: Map,
     revision: u64,
     /// Every revision <= this one has left the history.
     compact_revision: u64,
@@ -96,7 +128,7 @@ impl Engine {
     /// Leases of the keys in `entries` are live again for their whole time to live (`ttls`),
     /// as etcd renews them when its leader changes.
     pub fn new(
-        entries: BTreeMap<String, Entry>,
+        entries: Map,
         ttls: &HashMap<LeaseId, Duration>,
         revision: u64,
         history_limit: usize,
@@ -108,7 +140,7 @@ impl Engine {
             live: HashMap::new(),
         };
         for (key, entry) in &entries {
-            let Some(id) = entry.lease else { continue };
+            let Some(id) = entry.lease() else { continue };
             let ttl = ttls.get(&id).copied().unwrap_or(Duration::from_secs(1));
             leases
                 .live
@@ -119,7 +151,7 @@ impl Engine {
                     keys: BTreeSet::new(),
                 })
                 .keys
-                .insert(key.clone());
+                .insert(key.to_string());
         }
         Engine {
             leases: Mutex::new(leases),
@@ -296,12 +328,18 @@ impl Engine {
                 let current = lookup(&state.map, &overlay, op_key(op)).cloned();
                 match op {
                     Op::Put { key, value, lease } => {
-                        let entry = Entry {
-                            value: value.clone(),
-                            create_revision: current.map_or(next, |e| e.create_revision),
-                            mod_revision: next,
-                            lease: *lease,
-                        };
+                        let entry = Entry::new(
+                            // A copy made here, by the one writer thread, which allocates
+                            // little besides what the store keeps: the caller's buffer was
+                            // allocated among its request's short-lived ones, and keeping it
+                            // pinned their allocator pages (at 100,000 ports, 375 MB of RSS
+                            // for 250 MB of live memory). The store, its history and watchers
+                            // share this copy.
+                            bytes::Bytes::copy_from_slice(value),
+                            current.map_or(next, |e| e.create_revision),
+                            next,
+                            *lease,
+                        );
                         events.push(Event::Put(to_kv(key, &entry)));
                         plan.leases.insert(key.clone(), *lease);
                         overlay.insert(key.clone(), Some(entry));
@@ -345,18 +383,18 @@ impl Engine {
                     let (old, lease) = match event {
                         Event::Put(kv) => {
                             let lease = plan.leases.get(&kv.key).copied().flatten();
-                            let entry = Entry {
-                                value: kv.value.clone(),
-                                create_revision: kv.create_revision,
-                                mod_revision: kv.mod_revision,
+                            let entry = Entry::new(
+                                kv.value.clone(),
+                                kv.create_revision,
+                                kv.mod_revision,
                                 lease,
-                            };
-                            (state.map.insert(kv.key.clone(), entry), lease)
+                            );
+                            (state.map.insert(kv.key.as_str().into(), entry), lease)
                         }
-                        Event::Delete { key, .. } => (state.map.remove(key), None),
+                        Event::Delete { key, .. } => (state.map.remove(key.as_str()), None),
                     };
                     let key = event.key();
-                    if let Some(old) = old.and_then(|e| e.lease).filter(|l| Some(*l) != lease) {
+                    if let Some(old) = old.and_then(|e| e.lease()).filter(|l| Some(*l) != lease) {
                         if let Some(l) = leases.live.get_mut(&old) {
                             l.keys.remove(key);
                         }
@@ -488,7 +526,7 @@ fn op_key(op: &Op) -> &str {
 }
 
 fn lookup<'a>(
-    map: &'a BTreeMap<String, Entry>,
+    map: &'a Map,
     overlay: &'a HashMap<String, Option<Entry>>,
     key: &str,
 ) -> Option<&'a Entry> {
@@ -498,11 +536,7 @@ fn lookup<'a>(
     }
 }
 
-fn compare_holds(
-    map: &BTreeMap<String, Entry>,
-    overlay: &HashMap<String, Option<Entry>>,
-    compare: &Compare,
-) -> bool {
+fn compare_holds(map: &Map, overlay: &HashMap<String, Option<Entry>>, compare: &Compare) -> bool {
     match compare {
         Compare::ModRevision { key, revision } => {
             lookup(map, overlay, key).map_or(0, |e| e.mod_revision) == *revision
@@ -517,7 +551,7 @@ fn compare_holds(
             map.range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
                 .take_while(|(k, _)| k.starts_with(prefix.as_str()))
                 .filter(|(k, _)| compare.covers(k))
-                .all(|(k, _)| matches!(overlay.get(k), Some(None)))
+                .all(|(k, _)| matches!(overlay.get(&**k), Some(None)))
         }
     }
 }

@@ -385,7 +385,7 @@ impl Watcher {
             let mirror = self.service.informer().mirror();
             let mut ports = HashMap::new();
             for port in mirror.ports_owned_by(POD_DEVICE_OWNER) {
-                if let Some(uid) = pod_uid(port) {
+                if let Some(uid) = pod_uid(&port) {
                     // A pod with several attachments is annotated with its first (eth0).
                     let first = port
                         .binding
@@ -394,7 +394,7 @@ impl Watcher {
                         .and_then(|v| v.as_str())
                         == Some("eth0");
                     if first || !ports.contains_key(uid) {
-                        ports.insert(uid.to_owned(), port_annotation(port));
+                        ports.insert(uid.to_owned(), port_annotation(&port));
                     }
                 }
             }

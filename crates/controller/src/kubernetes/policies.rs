@@ -484,7 +484,7 @@ fn pod_infos(service: &Service, pods: &Store<Pod>) -> (Vec<PodInfo>, BTreeMap<St
     let mut ports: BTreeMap<String, PodPort> = BTreeMap::new();
     let mut ips: HashMap<String, Vec<std::net::IpAddr>> = HashMap::new();
     for port in mirror.ports_owned_by(POD_DEVICE_OWNER) {
-        let Some(uid) = pod_uid(port) else { continue };
+        let Some(uid) = pod_uid(&port) else { continue };
         // A pod's first attachment (eth0) is the one policies govern.
         let first = port
             .binding

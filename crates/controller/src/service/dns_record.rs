@@ -13,8 +13,7 @@ impl Service {
     /// Writes `record` unless the store already holds exactly it.
     pub async fn put_dns_record(&self, record: &DnsRecord) -> Result<()> {
         let key = (ObjectKind::DnsRecord, record.id.clone());
-        let same =
-            matches!(self.informer().mirror().get(&key), Some(Object::DnsRecord(r)) if r == record);
+        let same = matches!(self.informer().mirror().decoded(&key), Some(Object::DnsRecord(r)) if r == record);
         if !same {
             let txn = Txn::new().then(Op::put(keys::dns_record(&record.id), encode(record)?));
             self.commit(txn).await?;

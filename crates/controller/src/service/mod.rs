@@ -259,6 +259,24 @@ impl Service {
             .collect()
     }
 
+    /// The objects under `prefix` that `keep` selects, decoded one at a time: a scan that
+    /// keeps few of many (100,000 ports) does not hold them all decoded at once.
+    pub(crate) async fn load_where<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<(T, u64)>> {
+        let range = self.store.range(prefix).await.map_err(store_error)?;
+        let mut kept = Vec::new();
+        for kv in &range.kvs {
+            let object = decode(&kv.key, &kv.value)?;
+            if keep(&object) {
+                kept.push((object, kv.mod_revision));
+            }
+        }
+        Ok(kept)
+    }
+
     /// Ids stored under an index prefix.
     pub(crate) async fn index(&self, prefix: &str) -> Result<Vec<String>> {
         let range = self.store.range(prefix).await.map_err(store_error)?;

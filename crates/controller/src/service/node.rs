@@ -228,10 +228,10 @@ impl Service {
             }
             self.commit(txn).await?;
             let pooled = self
-                .load_all::<Port>(keys::PORTS)
-                .await?
-                .into_iter()
-                .filter(|(p, _)| p.binding.host_id == name && p.device_id == POOL_DEVICE_ID);
+                .load_where::<Port>(keys::PORTS, |p| {
+                    p.binding.host_id == name && p.device_id == POOL_DEVICE_ID
+                })
+                .await?;
             for (port, _) in pooled {
                 match self.remove_port(Some(caller), &port.meta.id, None).await {
                     Ok(()) | Err(Error::NotFound { .. }) => {}

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Deserialize;
 
 use isthmus_model::policy;
@@ -80,7 +81,7 @@ fn uuid_bytes(id: &str) -> Option<[u8; 16]> {
 /// The feed replays events in order after its snapshot, so the last word on an object is
 /// always its latest: no revision needs keeping per object.
 impl Sink for Usage {
-    fn put(&mut self, kind: ObjectKind, key: &str, raw: &[u8], _revision: u64) -> Result<bool> {
+    fn put(&mut self, kind: ObjectKind, key: &str, raw: &Bytes, _revision: u64) -> Result<bool> {
         // Objects without a project (nodes, bindings) count for nobody.
         let Ok(owned) = serde_json::from_slice::<Owned>(raw) else {
             return Ok(false);
@@ -355,7 +356,7 @@ mod tests {
         let put = |u: &mut Usage, id: &str, project: &str, rev: u64| {
             let raw = format!(r#"{{"meta": {{"id": "{id}", "project_id": "{project}"}}}}"#);
             let key = format!("/isthmus/ports/{id}");
-            Sink::put(u, ObjectKind::Port, &key, raw.as_bytes(), rev).unwrap()
+            Sink::put(u, ObjectKind::Port, &key, &Bytes::from(raw), rev).unwrap()
         };
         let counts = |u: &Usage| {
             (
@@ -372,7 +373,7 @@ mod tests {
         Sink::delete(&mut usage, ObjectKind::Port, P3, 9);
         Sink::delete(&mut usage, ObjectKind::Port, P3, 10);
         assert_eq!(counts(&usage), (1, 1), "a second delete changes nothing");
-        let node = br#"{"name": "n"}"#;
+        let node = &Bytes::from_static(br#"{"name": "n"}"#);
         assert!(!Sink::put(&mut usage, ObjectKind::Node, "/isthmus/nodes/n", node, 10).unwrap());
         assert_eq!(usage.count(ObjectKind::Network, "a"), 0);
     }

@@ -107,11 +107,12 @@ impl Service {
             .filter(|(n, _)| n.physnets.contains_key(physnet))
             .map(|(n, _)| (n.name, 0))
             .collect();
-        for (port, _) in self.load_all::<Port>(keys::PORTS).await? {
-            if port.device_owner == OWNER_GATEWAY {
-                if let Some(count) = load.get_mut(&port.binding.host_id) {
-                    *count += 1;
-                }
+        // From the mirror's index by owner: decoding every port of the cloud would cost
+        // far more than the few gateways read.
+        self.informer().ready().await?;
+        for port in self.informer().mirror().ports_owned_by(OWNER_GATEWAY) {
+            if let Some(count) = load.get_mut(&port.binding.host_id) {
+                *count += 1;
             }
         }
         Ok(load
@@ -197,8 +198,8 @@ impl Service {
                     isthmus_model::view::ObjectKind::Router,
                     port.device_id.clone(),
                 );
-                if let Some(isthmus_model::view::Object::Router(router)) = mirror.get(&router) {
-                    hosted.push((router.clone(), port.clone()));
+                if let Some(isthmus_model::view::Object::Router(router)) = mirror.decoded(&router) {
+                    hosted.push((router.clone(), port));
                 }
             }
             (nodes, gateways, hosted)
@@ -878,18 +879,27 @@ impl Service {
     pub async fn sweep_router_ports(&self, now_unix: u64, grace_seconds: u64) -> Result<usize> {
         let cutoff = isthmus_model::time::rfc3339(now_unix.saturating_sub(grace_seconds));
         let mut swept = 0;
-        for (port, _) in self.load_all::<Port>(keys::PORTS).await? {
-            let l3 =
-                [OWNER_INTERFACE, OWNER_GATEWAY, OWNER_SNAT].contains(&port.device_owner.as_str());
+        // From the mirror's index by owner (not a decode of every port in the store).
+        self.informer().ready().await?;
+        let l3: Vec<Port> = {
+            let mirror = self.informer().mirror();
+            [OWNER_INTERFACE, OWNER_GATEWAY, OWNER_SNAT]
+                .iter()
+                .flat_map(|owner| mirror.ports_owned_by(owner))
+                .collect()
+        };
+        for port in l3 {
             // RFC 3339 UTC times of one format compare as text.
-            if !l3 || port.meta.created_at > cutoff {
+            if port.meta.created_at > cutoff {
                 continue;
             }
             if self.load::<Router>(&port.device_id).await?.is_some() {
                 continue;
             }
             match self.remove_port(None, &port.meta.id, None).await {
-                Ok(()) | Err(Error::NotFound { .. }) => swept += 1,
+                Ok(()) => swept += 1,
+                // Gone already (the mirror may lag behind its deletion).
+                Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -155,16 +155,17 @@ impl Orphans {
     /// Looks at `ports` at second `now`, with `live` telling whether a pod UID exists in the
     /// cluster: returns the ports orphaned for at least `grace` seconds. A port whose
     /// pod shows up again, or that is gone, is forgotten.
-    pub fn sweep<'a>(
+    pub fn sweep(
         &mut self,
         now: u64,
         grace: u64,
-        ports: impl IntoIterator<Item = &'a Port>,
+        ports: impl IntoIterator<Item = impl std::borrow::Borrow<Port>>,
         live: impl Fn(&str) -> bool,
     ) -> Vec<Orphan> {
         let mut seen: HashMap<String, (String, u64)> = HashMap::new();
         let mut expired = Vec::new();
         for port in ports {
+            let port = port.borrow();
             let Some(uid) = pod_uid(port) else { continue };
             if live(uid) {
                 continue;

@@ -249,12 +249,12 @@ pub struct Current {
 pub fn current(mirror: &Mirror, lb: &LoadBalancer) -> Current {
     let mut listeners = BTreeMap::new();
     for id in &lb.listeners {
-        let Some(Object::Listener(listener)) = mirror.get(&(ObjectKind::Listener, id.clone()))
+        let Some(Object::Listener(listener)) = mirror.decoded(&(ObjectKind::Listener, id.clone()))
         else {
             continue;
         };
         let pool = listener.default_pool_id.as_ref().and_then(|p| {
-            match mirror.get(&(ObjectKind::Pool, p.clone())) {
+            match mirror.decoded(&(ObjectKind::Pool, p.clone())) {
                 Some(Object::Pool(pool)) => Some(current_pool(mirror, pool)),
                 _ => None,
             }
@@ -279,10 +279,12 @@ fn current_pool(mirror: &Mirror, pool: &Pool) -> CurrentPool {
     let members = pool
         .members
         .iter()
-        .filter_map(|id| match mirror.get(&(ObjectKind::Member, id.clone())) {
-            Some(Object::Member(m)) => Some(member_entry(m)),
-            _ => None,
-        })
+        .filter_map(
+            |id| match mirror.decoded(&(ObjectKind::Member, id.clone())) {
+                Some(Object::Member(m)) => Some(member_entry(m)),
+                _ => None,
+            },
+        )
         .collect();
     CurrentPool {
         pool_id: pool.meta.id.clone(),

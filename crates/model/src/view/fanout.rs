@@ -35,28 +35,30 @@ struct Watcher {
 pub struct Fanout {
     next: u64,
     watchers: HashMap<WatcherId, Watcher>,
-    subscribers: HashMap<Scope, BTreeSet<WatcherId>>,
-    dependents: HashMap<Dependency, BTreeSet<WatcherId>>,
-    holders: HashMap<ObjectKey, BTreeSet<WatcherId>>,
+    subscribers: HashMap<Scope, Watchers>,
+    dependents: HashMap<Dependency, Watchers>,
+    holders: HashMap<ObjectKey, Watchers>,
     revision: u64,
 }
 
-fn link<K: std::hash::Hash + Eq + Clone>(
-    index: &mut HashMap<K, BTreeSet<WatcherId>>,
-    key: &K,
-    id: WatcherId,
-) {
-    index.entry(key.clone()).or_default().insert(id);
+/// The watchers an index entry names, sorted: most name one or a few, and a vector of one
+/// costs 8 bytes where a `BTreeSet`'s node costs about 100 (there is an entry per object in
+/// any view: 100,000 ports watched are 10 MB less).
+type Watchers = Vec<WatcherId>;
+
+fn link<K: std::hash::Hash + Eq + Clone>(index: &mut HashMap<K, Watchers>, key: &K, id: WatcherId) {
+    let watchers = index.entry(key.clone()).or_default();
+    if let Err(at) = watchers.binary_search(&id) {
+        watchers.insert(at, id);
+    }
 }
 
-fn unlink<K: std::hash::Hash + Eq>(
-    index: &mut HashMap<K, BTreeSet<WatcherId>>,
-    key: &K,
-    id: WatcherId,
-) {
-    if let Some(set) = index.get_mut(key) {
-        set.remove(&id);
-        if set.is_empty() {
+fn unlink<K: std::hash::Hash + Eq>(index: &mut HashMap<K, Watchers>, key: &K, id: WatcherId) {
+    if let Some(watchers) = index.get_mut(key) {
+        if let Ok(at) = watchers.binary_search(&id) {
+            watchers.remove(at);
+        }
+        if watchers.is_empty() {
             index.remove(key);
         }
     }
@@ -129,7 +131,7 @@ impl Fanout {
         let mut woken = BTreeSet::new();
         for (key, old) in changes {
             let new = mirror.get(&key);
-            for object in old.iter().chain(new) {
+            for object in old.iter().chain(new.as_deref()) {
                 for d in Mirror::dependencies_of(object) {
                     for id in self.dependents.get(&d).into_iter().flatten() {
                         if let Some(w) = self.watchers.get_mut(id) {
@@ -140,7 +142,7 @@ impl Fanout {
                 }
             }
             let mut affected = vec![key];
-            for object in old.iter().chain(new) {
+            for object in old.iter().chain(new.as_deref()) {
                 affected.extend(mirror.dependents_of(object));
             }
             for k in affected {
