@@ -142,7 +142,8 @@ impl Sink for Desired {
     }
 
     fn delete(&mut self, kind: ObjectKind, id: &str, revision: u64) {
-        self.mirror.delete(&(kind, id.to_owned()), revision);
+        self.mirror
+            .delete(&isthmus_model::view::object_key(kind, id), revision);
     }
 
     fn commit(&mut self, revision: u64) {

@@ -52,10 +52,10 @@ fn change_line(mirror: &Mirror, change: &Change, revision: u64, batch: u64) -> B
     };
     match (change, mirror.render(key)) {
         (Change::Deleted(_), _) | (_, None) => line(json!({
-            "type": "DELETED", "kind": key.0.as_str(), "revision": batch, "id": key.1,
+            "type": "DELETED", "kind": key.0.as_str(), "revision": batch, "id": &*key.1,
         })),
         (_, Some(object)) => line(json!({
-            "type": kind, "kind": key.0.as_str(), "revision": revision, "id": key.1,
+            "type": kind, "kind": key.0.as_str(), "revision": revision, "id": &*key.1,
             "object": object,
         })),
     }
@@ -93,7 +93,10 @@ impl Resume {
                 continue;
             };
             for (id, revision) in ids {
-                held.insert((kind, id.clone()), revision.as_u64().ok_or_else(bad)?);
+                held.insert(
+                    (kind, id.as_str().into()),
+                    revision.as_u64().ok_or_else(bad)?,
+                );
             }
         }
         Ok(Resume::Holding(held))

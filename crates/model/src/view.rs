@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -149,8 +150,17 @@ impl ObjectKind {
     }
 }
 
-/// (kind, id) of an object; nodes are keyed by name.
-pub type ObjectKey = (ObjectKind, String);
+/// An object's id (nodes: their name), shared: the mirror's map, its indexes and every
+/// watch's record of what it sent hold one allocation per object, not a string each.
+pub type Id = Arc<str>;
+
+/// (kind, id) of an object.
+pub type ObjectKey = (ObjectKind, Id);
+
+/// The key of object `id` of `kind`.
+pub fn object_key(kind: ObjectKind, id: &str) -> ObjectKey {
+    (kind, Id::from(id))
+}
 
 /// A part of the desired state that nodes see as a whole: a node's view is the union of the
 /// scopes it subscribes to ([`Mirror::subscriptions`]).
@@ -189,22 +199,22 @@ impl Object {
     /// Its key.
     pub fn key(&self) -> ObjectKey {
         match self {
-            Object::Network(n) => (ObjectKind::Network, n.meta.id.clone()),
-            Object::Subnet(s) => (ObjectKind::Subnet, s.meta.id.clone()),
-            Object::Port(p) => (ObjectKind::Port, p.meta.id.clone()),
-            Object::SecurityGroup(g) => (ObjectKind::SecurityGroup, g.meta.id.clone()),
-            Object::SecurityGroupRule(r) => (ObjectKind::SecurityGroupRule, r.meta.id.clone()),
-            Object::Node(n) => (ObjectKind::Node, n.name.clone()),
-            Object::NamespaceBinding(b) => (ObjectKind::NamespaceBinding, b.namespace.clone()),
-            Object::DnsRecord(r) => (ObjectKind::DnsRecord, r.id.clone()),
-            Object::Router(r) => (ObjectKind::Router, r.meta.id.clone()),
-            Object::FloatingIp(f) => (ObjectKind::FloatingIp, f.meta.id.clone()),
-            Object::AddressGroup(g) => (ObjectKind::AddressGroup, g.meta.id.clone()),
-            Object::LoadBalancer(l) => (ObjectKind::LoadBalancer, l.meta.id.clone()),
-            Object::Listener(l) => (ObjectKind::Listener, l.meta.id.clone()),
-            Object::Pool(p) => (ObjectKind::Pool, p.meta.id.clone()),
-            Object::Member(m) => (ObjectKind::Member, m.meta.id.clone()),
-            Object::HealthMonitor(h) => (ObjectKind::HealthMonitor, h.meta.id.clone()),
+            Object::Network(n) => object_key(ObjectKind::Network, &n.meta.id),
+            Object::Subnet(s) => object_key(ObjectKind::Subnet, &s.meta.id),
+            Object::Port(p) => object_key(ObjectKind::Port, &p.meta.id),
+            Object::SecurityGroup(g) => object_key(ObjectKind::SecurityGroup, &g.meta.id),
+            Object::SecurityGroupRule(r) => object_key(ObjectKind::SecurityGroupRule, &r.meta.id),
+            Object::Node(n) => object_key(ObjectKind::Node, &n.name),
+            Object::NamespaceBinding(b) => object_key(ObjectKind::NamespaceBinding, &b.namespace),
+            Object::DnsRecord(r) => object_key(ObjectKind::DnsRecord, &r.id),
+            Object::Router(r) => object_key(ObjectKind::Router, &r.meta.id),
+            Object::FloatingIp(f) => object_key(ObjectKind::FloatingIp, &f.meta.id),
+            Object::AddressGroup(g) => object_key(ObjectKind::AddressGroup, &g.meta.id),
+            Object::LoadBalancer(l) => object_key(ObjectKind::LoadBalancer, &l.meta.id),
+            Object::Listener(l) => object_key(ObjectKind::Listener, &l.meta.id),
+            Object::Pool(p) => object_key(ObjectKind::Pool, &p.meta.id),
+            Object::Member(m) => object_key(ObjectKind::Member, &m.meta.id),
+            Object::HealthMonitor(h) => object_key(ObjectKind::HealthMonitor, &h.meta.id),
         }
     }
 }
@@ -219,14 +229,17 @@ fn decode_port(raw: &[u8]) -> Option<Port> {
     serde_json::from_slice(raw).ok()
 }
 
-fn index_add(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+/// Ids by what they are indexed under.
+type Index = HashMap<String, BTreeSet<Id>>;
+
+fn index_add(index: &mut Index, key: &str, id: &Id) {
     index
         .entry(key.to_owned())
         .or_default()
-        .insert(id.to_owned());
+        .insert(Arc::clone(id));
 }
 
-fn index_remove(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+fn index_remove(index: &mut Index, key: &str, id: &str) {
     if let Some(set) = index.get_mut(key) {
         set.remove(id);
         if set.is_empty() {
@@ -267,19 +280,19 @@ enum Held {
 #[derive(Debug, Default)]
 pub struct Mirror {
     objects: HashMap<ObjectKey, (Held, u64)>,
-    ports_by_host: HashMap<String, BTreeSet<String>>,
-    ports_by_network: HashMap<String, BTreeSet<String>>,
+    ports_by_host: Index,
+    ports_by_network: Index,
     /// Per network, the hosts its bound ports are on, with how many ports each.
     hosts_by_network: HashMap<String, BTreeMap<String, usize>>,
-    ports_by_group: HashMap<String, BTreeSet<String>>,
-    ports_by_device_owner: HashMap<String, BTreeSet<String>>,
-    subnets_by_network: HashMap<String, BTreeSet<String>>,
-    rules_by_group: HashMap<String, BTreeSet<String>>,
-    routers_by_network: HashMap<String, BTreeSet<String>>,
-    fips_by_router: HashMap<String, BTreeSet<String>>,
-    fips_by_port: HashMap<String, BTreeSet<String>>,
-    lbs_by_network: HashMap<String, BTreeSet<String>>,
-    fips_by_floating_port: HashMap<String, BTreeSet<String>>,
+    ports_by_group: Index,
+    ports_by_device_owner: Index,
+    subnets_by_network: Index,
+    rules_by_group: Index,
+    routers_by_network: Index,
+    fips_by_router: Index,
+    fips_by_port: Index,
+    lbs_by_network: Index,
+    fips_by_floating_port: Index,
     /// Objects every node sees (nodes, namespace bindings, DNS records).
     globals: BTreeSet<ObjectKey>,
     /// What changed since [`Mirror::take_changes`] last ran: each key with the object it held
@@ -318,7 +331,7 @@ impl Mirror {
 
     /// The mirrored port `id`.
     pub fn port(&self, id: &str) -> Option<Port> {
-        match &self.objects.get(&(ObjectKind::Port, id.to_owned()))?.0 {
+        match &self.objects.get(&object_key(ObjectKind::Port, id))?.0 {
             Held::Decoded(object) => match &**object {
                 Object::Port(p) => Some(p.clone()),
                 _ => None,
@@ -382,46 +395,42 @@ impl Mirror {
         }
     }
 
-    fn index(&mut self, object: &Object) {
+    /// Indexes `object`, whose key (with the id allocation it shares) is `key`.
+    fn index(&mut self, object: &Object, key: &ObjectKey) {
+        let id = &key.1;
         match object {
             Object::Port(p) => {
                 if !p.binding.host_id.is_empty() {
-                    index_add(&mut self.ports_by_host, &p.binding.host_id, &p.meta.id);
+                    index_add(&mut self.ports_by_host, &p.binding.host_id, id);
                     count_host(&mut self.hosts_by_network, p, true);
                 }
-                index_add(&mut self.ports_by_network, &p.network_id, &p.meta.id);
+                index_add(&mut self.ports_by_network, &p.network_id, id);
                 for g in &p.security_groups {
-                    index_add(&mut self.ports_by_group, g, &p.meta.id);
+                    index_add(&mut self.ports_by_group, g, id);
                 }
                 if owner_indexed(&p.device_owner) {
-                    index_add(&mut self.ports_by_device_owner, &p.device_owner, &p.meta.id);
+                    index_add(&mut self.ports_by_device_owner, &p.device_owner, id);
                 }
             }
-            Object::Subnet(s) => index_add(&mut self.subnets_by_network, &s.network_id, &s.meta.id),
+            Object::Subnet(s) => index_add(&mut self.subnets_by_network, &s.network_id, id),
             Object::SecurityGroupRule(r) => {
-                index_add(&mut self.rules_by_group, &r.security_group_id, &r.meta.id)
+                index_add(&mut self.rules_by_group, &r.security_group_id, id)
             }
             Object::Router(r) => {
                 for i in &r.interfaces {
-                    index_add(&mut self.routers_by_network, &i.network_id, &r.meta.id);
+                    index_add(&mut self.routers_by_network, &i.network_id, id);
                 }
             }
             Object::FloatingIp(f) => {
                 if let Some(a) = &f.association {
-                    index_add(&mut self.fips_by_router, &a.router_id, &f.meta.id);
-                    index_add(&mut self.fips_by_port, &a.port_id, &f.meta.id);
+                    index_add(&mut self.fips_by_router, &a.router_id, id);
+                    index_add(&mut self.fips_by_port, &a.port_id, id);
                 }
-                index_add(
-                    &mut self.fips_by_floating_port,
-                    &f.floating_port_id,
-                    &f.meta.id,
-                );
+                index_add(&mut self.fips_by_floating_port, &f.floating_port_id, id);
             }
-            Object::LoadBalancer(l) => {
-                index_add(&mut self.lbs_by_network, &l.vip_network_id, &l.meta.id)
-            }
+            Object::LoadBalancer(l) => index_add(&mut self.lbs_by_network, &l.vip_network_id, id),
             Object::Node(_) | Object::NamespaceBinding(_) | Object::DnsRecord(_) => {
-                self.globals.insert(object.key());
+                self.globals.insert(key.clone());
             }
             _ => {}
         }
@@ -437,7 +446,7 @@ impl Mirror {
             .into_iter()
             .flatten()
             .filter_map(
-                |id| match self.decoded(&(ObjectKind::LoadBalancer, id.clone())) {
+                |id| match self.decoded(&object_key(ObjectKind::LoadBalancer, id)) {
                     Some(Object::LoadBalancer(l)) => Some(l),
                     _ => None,
                 },
@@ -451,7 +460,7 @@ impl Mirror {
             .into_iter()
             .flatten()
             .filter_map(
-                |id| match self.decoded(&(ObjectKind::FloatingIp, id.clone())) {
+                |id| match self.decoded(&object_key(ObjectKind::FloatingIp, id)) {
                     Some(Object::FloatingIp(f)) => Some(f),
                     _ => None,
                 },
@@ -501,7 +510,7 @@ impl Mirror {
         if let Some(old) = &old {
             self.unindex(old);
         }
-        self.index(&object);
+        self.index(&object, &key);
         let held = match (&object, raw) {
             (Object::Port(_), Some(raw)) => Held::Port(raw),
             _ => Held::Decoded(Box::new(object)),
@@ -529,10 +538,7 @@ impl Mirror {
         true
     }
 
-    fn ids<'a>(
-        index: &'a HashMap<String, BTreeSet<String>>,
-        key: &str,
-    ) -> impl Iterator<Item = &'a String> {
+    fn ids<'a>(index: &'a Index, key: &str) -> impl Iterator<Item = &'a Id> {
         index.get(key).into_iter().flatten()
     }
 
@@ -560,7 +566,7 @@ impl Mirror {
             return Some(own);
         }
         let rules = Self::ids(&self.rules_by_group, &key.1)
-            .filter_map(|r| self.revision(&(ObjectKind::SecurityGroupRule, r.clone())))
+            .filter_map(|r| self.revision(&(ObjectKind::SecurityGroupRule, Arc::clone(r))))
             .max()
             .unwrap_or(0);
         Some(own.max(rules))
@@ -594,11 +600,11 @@ impl Mirror {
         }
         for net in &networks {
             deps.insert(Dependency::RoutersOn(net.clone()));
-            routers.extend(Self::ids(&self.routers_by_network, net).cloned());
+            routers.extend(Self::ids(&self.routers_by_network, net).map(|r| r.to_string()));
         }
         for router_id in routers {
             deps.insert(Dependency::Router(router_id.clone()));
-            let Some(Object::Router(r)) = self.decoded(&(ObjectKind::Router, router_id.clone()))
+            let Some(Object::Router(r)) = self.decoded(&object_key(ObjectKind::Router, &router_id))
             else {
                 continue;
             };
@@ -614,7 +620,7 @@ impl Mirror {
             deps.insert(Dependency::Rules(g.clone()));
             for r in Self::ids(&self.rules_by_group, g) {
                 if let Some(Object::SecurityGroupRule(rule)) =
-                    self.decoded(&(ObjectKind::SecurityGroupRule, r.clone()))
+                    self.decoded(&(ObjectKind::SecurityGroupRule, Arc::clone(r)))
                 {
                     if let Some(rg) = &rule.remote_group_id {
                         remote.insert(rg.clone());
@@ -633,22 +639,22 @@ impl Mirror {
     /// The objects a scope holds now.
     pub fn contents(&self, scope: &Scope) -> Vec<ObjectKey> {
         let mut keys = Vec::new();
-        let mut add = |kind: ObjectKind, id: &str| {
-            let key = (kind, id.to_owned());
-            if self.objects.contains_key(&key) {
-                keys.push(key);
+        // The map's own key, with the id allocation it shares (an index's ids are those).
+        let mut add = |key: ObjectKey| {
+            if let Some((key, _)) = self.objects.get_key_value(&key) {
+                keys.push(key.clone());
             }
         };
         match scope {
             Scope::Global => return self.globals.iter().cloned().collect(),
             Scope::Network(net) | Scope::Gateway(net) => {
-                add(ObjectKind::Network, net);
+                add(object_key(ObjectKind::Network, net));
                 for s in Self::ids(&self.subnets_by_network, net) {
-                    add(ObjectKind::Subnet, s);
+                    add((ObjectKind::Subnet, Arc::clone(s)));
                 }
                 if let Scope::Network(_) = scope {
                     for p in Self::ids(&self.ports_by_network, net) {
-                        add(ObjectKind::Port, p);
+                        add((ObjectKind::Port, Arc::clone(p)));
                     }
                     for lb in Self::ids(&self.lbs_by_network, net) {
                         keys.extend(self.load_balancer_tree(lb));
@@ -656,24 +662,24 @@ impl Mirror {
                 }
             }
             Scope::Router(r) => {
-                add(ObjectKind::Router, r);
+                add(object_key(ObjectKind::Router, r));
                 for f in Self::ids(&self.fips_by_router, r) {
-                    add(ObjectKind::FloatingIp, f);
+                    add((ObjectKind::FloatingIp, Arc::clone(f)));
                     // Its port on the external network: the MAC that answers for the address.
                     if let Some(Object::FloatingIp(fip)) =
-                        self.decoded(&(ObjectKind::FloatingIp, f.clone()))
+                        self.decoded(&(ObjectKind::FloatingIp, Arc::clone(f)))
                     {
-                        add(ObjectKind::Port, &fip.floating_port_id);
+                        add(object_key(ObjectKind::Port, &fip.floating_port_id));
                     }
                 }
             }
-            Scope::Group(g) => add(ObjectKind::SecurityGroup, g),
+            Scope::Group(g) => add(object_key(ObjectKind::SecurityGroup, g)),
             Scope::Members(g) => {
                 for p in Self::ids(&self.ports_by_group, g) {
-                    add(ObjectKind::Port, p);
+                    add((ObjectKind::Port, Arc::clone(p)));
                 }
             }
-            Scope::AddressGroup(a) => add(ObjectKind::AddressGroup, a),
+            Scope::AddressGroup(a) => add(object_key(ObjectKind::AddressGroup, a)),
         }
         keys
     }
@@ -697,7 +703,7 @@ impl Mirror {
                 scopes.extend(p.security_groups.iter().cloned().map(Scope::Members));
                 for f in Self::ids(&self.fips_by_floating_port, &p.meta.id) {
                     if let Some(Object::FloatingIp(fip)) =
-                        self.decoded(&(ObjectKind::FloatingIp, f.clone()))
+                        self.decoded(&(ObjectKind::FloatingIp, Arc::clone(f)))
                     {
                         scopes.extend(
                             fip.association
@@ -726,12 +732,14 @@ impl Mirror {
             | Object::Member(_)
             | Object::HealthMonitor(_) => self
                 .tree_holder(key)
-                .and_then(|lb| match self.decoded(&(ObjectKind::LoadBalancer, lb)) {
-                    Some(Object::LoadBalancer(l)) => {
-                        Some(vec![Scope::Network(l.vip_network_id.clone())])
-                    }
-                    _ => None,
-                })
+                .and_then(
+                    |lb| match self.decoded(&object_key(ObjectKind::LoadBalancer, &lb)) {
+                        Some(Object::LoadBalancer(l)) => {
+                            Some(vec![Scope::Network(l.vip_network_id.clone())])
+                        }
+                        _ => None,
+                    },
+                )
                 .unwrap_or_default(),
         }
     }
@@ -742,23 +750,23 @@ impl Mirror {
         let (parent, holds) = match self.decoded(key)? {
             Object::LoadBalancer(l) => return Some(l.meta.id.clone()),
             Object::Listener(l) => {
-                let lb = (ObjectKind::LoadBalancer, l.loadbalancer_id.clone());
-                let holds = matches!(self.decoded(&lb), Some(Object::LoadBalancer(b)) if b.listeners.contains(&key.1));
+                let lb = object_key(ObjectKind::LoadBalancer, &l.loadbalancer_id);
+                let holds = matches!(self.decoded(&lb), Some(Object::LoadBalancer(b)) if b.listeners.iter().any(|l| **l == *key.1));
                 (lb, holds)
             }
             Object::Pool(p) => {
-                let lb = (ObjectKind::LoadBalancer, p.loadbalancer_id.clone());
-                let holds = matches!(self.decoded(&lb), Some(Object::LoadBalancer(b)) if b.pools.contains(&key.1));
+                let lb = object_key(ObjectKind::LoadBalancer, &p.loadbalancer_id);
+                let holds = matches!(self.decoded(&lb), Some(Object::LoadBalancer(b)) if b.pools.iter().any(|p| **p == *key.1));
                 (lb, holds)
             }
             Object::Member(m) => {
-                let pool = (ObjectKind::Pool, m.pool_id.clone());
-                let holds = matches!(self.decoded(&pool), Some(Object::Pool(p)) if p.members.contains(&key.1));
+                let pool = object_key(ObjectKind::Pool, &m.pool_id);
+                let holds = matches!(self.decoded(&pool), Some(Object::Pool(p)) if p.members.iter().any(|m| **m == *key.1));
                 (pool, holds)
             }
             Object::HealthMonitor(h) => {
-                let pool = (ObjectKind::Pool, h.pool_id.clone());
-                let holds = matches!(self.decoded(&pool), Some(Object::Pool(p)) if p.healthmonitor_id.as_ref() == Some(&key.1));
+                let pool = object_key(ObjectKind::Pool, &h.pool_id);
+                let holds = matches!(self.decoded(&pool), Some(Object::Pool(p)) if p.healthmonitor_id.as_deref() == Some(&*key.1));
                 (pool, holds)
             }
             _ => return None,
@@ -795,19 +803,19 @@ impl Mirror {
     pub fn dependents_of(&self, object: &Object) -> Vec<ObjectKey> {
         match object {
             Object::SecurityGroupRule(r) => {
-                vec![(ObjectKind::SecurityGroup, r.security_group_id.clone())]
+                vec![object_key(ObjectKind::SecurityGroup, &r.security_group_id)]
             }
-            Object::FloatingIp(f) => vec![(ObjectKind::Port, f.floating_port_id.clone())],
+            Object::FloatingIp(f) => vec![object_key(ObjectKind::Port, &f.floating_port_id)],
             Object::LoadBalancer(l) => {
                 let mut keys: Vec<ObjectKey> = l
                     .listeners
                     .iter()
-                    .map(|i| (ObjectKind::Listener, i.clone()))
+                    .map(|i| object_key(ObjectKind::Listener, i))
                     .collect();
                 for p in &l.pools {
-                    keys.push((ObjectKind::Pool, p.clone()));
+                    keys.push(object_key(ObjectKind::Pool, p));
                     if let Some(pool @ Object::Pool(_)) =
-                        self.decoded(&(ObjectKind::Pool, p.clone()))
+                        self.decoded(&object_key(ObjectKind::Pool, p))
                     {
                         keys.extend(self.dependents_of(pool));
                     }
@@ -817,11 +825,11 @@ impl Mirror {
             Object::Pool(p) => p
                 .members
                 .iter()
-                .map(|m| (ObjectKind::Member, m.clone()))
+                .map(|m| object_key(ObjectKind::Member, m))
                 .chain(
                     p.healthmonitor_id
                         .iter()
-                        .map(|h| (ObjectKind::HealthMonitor, h.clone())),
+                        .map(|h| object_key(ObjectKind::HealthMonitor, h)),
                 )
                 .collect(),
             _ => Vec::new(),
@@ -842,9 +850,9 @@ impl Mirror {
             Object::LoadBalancer(l) => Some(l.meta.id.clone()),
             Object::Listener(l) => Some(l.loadbalancer_id.clone()),
             Object::Pool(p) => Some(p.loadbalancer_id.clone()),
-            Object::Member(m) => self.load_balancer_of(&(ObjectKind::Pool, m.pool_id.clone())),
+            Object::Member(m) => self.load_balancer_of(&object_key(ObjectKind::Pool, &m.pool_id)),
             Object::HealthMonitor(h) => {
-                self.load_balancer_of(&(ObjectKind::Pool, h.pool_id.clone()))
+                self.load_balancer_of(&object_key(ObjectKind::Pool, &h.pool_id))
             }
             _ => None,
         }
@@ -854,13 +862,14 @@ impl Mirror {
     /// network or on a network a router joins to it (as [`Mirror::node_view`] decides).
     pub fn load_balancer_nodes(&self, lb_id: &str) -> BTreeSet<String> {
         let Some(Object::LoadBalancer(lb)) =
-            self.decoded(&(ObjectKind::LoadBalancer, lb_id.to_owned()))
+            self.decoded(&object_key(ObjectKind::LoadBalancer, lb_id))
         else {
             return BTreeSet::new();
         };
         let mut networks = BTreeSet::from([lb.vip_network_id.clone()]);
         for r in Self::ids(&self.routers_by_network, &lb.vip_network_id) {
-            if let Some(Object::Router(router)) = self.decoded(&(ObjectKind::Router, r.clone())) {
+            if let Some(Object::Router(router)) = self.decoded(&(ObjectKind::Router, Arc::clone(r)))
+            {
                 networks.extend(router.interfaces.iter().map(|i| i.network_id.clone()));
             }
         }
@@ -884,7 +893,7 @@ impl Mirror {
     /// object to be in place.
     pub fn subtree_revision(&self, key: &ObjectKey) -> Option<u64> {
         let own = self.revision(key)?;
-        let child = |kind: ObjectKind, id: &String| self.subtree_revision(&(kind, id.clone()));
+        let child = |kind: ObjectKind, id: &String| self.subtree_revision(&object_key(kind, id));
         let below = match self.decoded(key) {
             Some(Object::LoadBalancer(l)) => l
                 .listeners
@@ -914,41 +923,41 @@ impl Mirror {
     /// A load balancer and its listeners, pools, members and monitors (those that exist).
     fn load_balancer_tree(&self, lb_id: &str) -> Vec<ObjectKey> {
         let Some(Object::LoadBalancer(lb)) =
-            self.decoded(&(ObjectKind::LoadBalancer, lb_id.to_owned()))
+            self.decoded(&object_key(ObjectKind::LoadBalancer, lb_id))
         else {
             return Vec::new();
         };
         // A child belongs to the tree when its parent lists it and it names that parent.
-        let mut keys = vec![(ObjectKind::LoadBalancer, lb_id.to_owned())];
+        let mut keys = vec![object_key(ObjectKind::LoadBalancer, lb_id)];
         for l in &lb.listeners {
             if let Some(Object::Listener(listener)) =
-                self.decoded(&(ObjectKind::Listener, l.clone()))
+                self.decoded(&object_key(ObjectKind::Listener, l))
             {
                 if listener.loadbalancer_id == lb_id {
-                    keys.push((ObjectKind::Listener, l.clone()));
+                    keys.push(object_key(ObjectKind::Listener, l));
                 }
             }
         }
         for p in &lb.pools {
-            let Some(Object::Pool(pool)) = self.decoded(&(ObjectKind::Pool, p.clone())) else {
+            let Some(Object::Pool(pool)) = self.decoded(&object_key(ObjectKind::Pool, p)) else {
                 continue;
             };
             if pool.loadbalancer_id != lb_id {
                 continue;
             }
-            keys.push((ObjectKind::Pool, p.clone()));
+            keys.push(object_key(ObjectKind::Pool, p));
             for m in &pool.members {
-                if matches!(self.decoded(&(ObjectKind::Member, m.clone())),
+                if matches!(self.decoded(&object_key(ObjectKind::Member, m)),
                             Some(Object::Member(member)) if member.pool_id == *p)
                 {
-                    keys.push((ObjectKind::Member, m.clone()));
+                    keys.push(object_key(ObjectKind::Member, m));
                 }
             }
             if let Some(h) = &pool.healthmonitor_id {
-                if matches!(self.decoded(&(ObjectKind::HealthMonitor, h.clone())),
+                if matches!(self.decoded(&object_key(ObjectKind::HealthMonitor, h)),
                             Some(Object::HealthMonitor(m)) if m.pool_id == *p)
                 {
-                    keys.push((ObjectKind::HealthMonitor, h.clone()));
+                    keys.push(object_key(ObjectKind::HealthMonitor, h));
                 }
             }
         }
@@ -968,7 +977,7 @@ impl Mirror {
             Object::SecurityGroup(g) => {
                 let rules: Vec<SecurityGroupRule> = Self::ids(&self.rules_by_group, &g.meta.id)
                     .filter_map(|r| {
-                        match self.decoded(&(ObjectKind::SecurityGroupRule, r.clone())) {
+                        match self.decoded(&(ObjectKind::SecurityGroupRule, Arc::clone(r))) {
                             Some(Object::SecurityGroupRule(rule)) => Some(rule.clone()),
                             _ => None,
                         }
@@ -1052,7 +1061,7 @@ mod tests {
     fn keys(view: &BTreeMap<ObjectKey, u64>, kind: ObjectKind) -> Vec<String> {
         view.keys()
             .filter(|(k, _)| *k == kind)
-            .map(|(_, id)| id.clone())
+            .map(|(_, id)| id.to_string())
             .collect()
     }
 
@@ -1069,7 +1078,7 @@ mod tests {
         }
         let raw = stored(&pod);
         assert!(m.put_stored(pod.clone(), raw.clone(), 5));
-        let key = (ObjectKind::Port, "p1".to_owned());
+        let key = object_key(ObjectKind::Port, "p1");
         assert!(
             matches!(&m.objects[&key], (Held::Port(held), 5) if held.as_ptr() == raw.as_ptr()),
             "the store's buffer itself, not a copy"
@@ -1091,6 +1100,14 @@ mod tests {
         assert!(m.put_stored(moved.clone(), stored(&moved), 6));
         assert_eq!(m.take_changes(), [(key.clone(), Some(pod))]);
         assert!(m.contents(&Scope::Network("net-a".into())).is_empty());
+        // One id allocation for the map, its indexes and the keys it hands out.
+        let (held_key, _) = m.objects.get_key_value(&key).unwrap();
+        let listed = &m.contents(&Scope::Network("net-b".into()))[0];
+        assert!(Arc::ptr_eq(&held_key.1, &listed.1));
+        assert!(Arc::ptr_eq(
+            &held_key.1,
+            m.ports_by_network["net-b"].first().unwrap()
+        ));
         assert_eq!(
             m.contents(&Scope::Network("net-b".into())),
             std::slice::from_ref(&key)

@@ -2,7 +2,7 @@
 //! written by the Kubernetes watcher; every node's watch carries them.
 
 use isthmus_model::dns_record::DnsRecord;
-use isthmus_model::view::{Object, ObjectKind};
+use isthmus_model::view::{object_key, Object, ObjectKind};
 use isthmus_model::Result;
 use isthmus_store::{Op, Txn};
 
@@ -12,7 +12,7 @@ use crate::keys;
 impl Service {
     /// Writes `record` unless the store already holds exactly it.
     pub async fn put_dns_record(&self, record: &DnsRecord) -> Result<()> {
-        let key = (ObjectKind::DnsRecord, record.id.clone());
+        let key = object_key(ObjectKind::DnsRecord, &record.id);
         let same = matches!(self.informer().mirror().decoded(&key), Some(Object::DnsRecord(r)) if r == record);
         if !same {
             let txn = Txn::new().then(Op::put(keys::dns_record(&record.id), encode(record)?));
@@ -23,7 +23,7 @@ impl Service {
 
     /// Removes record `id` if there is one.
     pub async fn delete_dns_record(&self, id: &str) -> Result<()> {
-        let key = (ObjectKind::DnsRecord, id.to_owned());
+        let key = object_key(ObjectKind::DnsRecord, id);
         if self.informer().mirror().get(&key).is_some() {
             self.commit(Txn::new().then(Op::delete(keys::dns_record(id))))
                 .await?;

@@ -46,7 +46,7 @@ impl Applied {
         } else {
             PENDING_UPDATE
         };
-        let key = (kind, id.to_owned());
+        let key = isthmus_model::view::object_key(kind, id);
         let (Some(revision), Some(lb)) =
             (mirror.subtree_revision(&key), mirror.load_balancer_of(&key))
         else {

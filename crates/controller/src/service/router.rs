@@ -194,9 +194,9 @@ impl Service {
                 if port.binding.host_id.is_empty() {
                     continue;
                 }
-                let router = (
+                let router = isthmus_model::view::object_key(
                     isthmus_model::view::ObjectKind::Router,
-                    port.device_id.clone(),
+                    &port.device_id,
                 );
                 if let Some(isthmus_model::view::Object::Router(router)) = mirror.decoded(&router) {
                     hosted.push((router.clone(), port));

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::lbaas::{LoadBalancer, Member, Pool, Protocol};
-use crate::view::{Mirror, Object, ObjectKind};
+use crate::view::{object_key, Mirror, Object, ObjectKind};
 
 /// What a Service's load balancer's tags start with (then the Service's UID).
 pub const SERVICE_TAG_PREFIX: &str = "k8s-service:";
@@ -249,12 +249,13 @@ pub struct Current {
 pub fn current(mirror: &Mirror, lb: &LoadBalancer) -> Current {
     let mut listeners = BTreeMap::new();
     for id in &lb.listeners {
-        let Some(Object::Listener(listener)) = mirror.decoded(&(ObjectKind::Listener, id.clone()))
+        let Some(Object::Listener(listener)) =
+            mirror.decoded(&object_key(ObjectKind::Listener, id))
         else {
             continue;
         };
         let pool = listener.default_pool_id.as_ref().and_then(|p| {
-            match mirror.decoded(&(ObjectKind::Pool, p.clone())) {
+            match mirror.decoded(&object_key(ObjectKind::Pool, p)) {
                 Some(Object::Pool(pool)) => Some(current_pool(mirror, pool)),
                 _ => None,
             }
@@ -280,7 +281,7 @@ fn current_pool(mirror: &Mirror, pool: &Pool) -> CurrentPool {
         .members
         .iter()
         .filter_map(
-            |id| match mirror.decoded(&(ObjectKind::Member, id.clone())) {
+            |id| match mirror.decoded(&object_key(ObjectKind::Member, id)) {
                 Some(Object::Member(m)) => Some(member_entry(m)),
                 _ => None,
             },
