@@ -9,9 +9,12 @@
 //! With `--bulk TOTAL`: TOTAL ports created 1,000 per request into the target network, with
 //! and without its node watching; total time and controller RSS after (at once and 2 s later).
 //!
+//! `--bulk-watchers N` adds N more nodes watching, which do not see the target network (their
+//! ports are in a group of their own, so the bulk's are not even remote-group members).
+//!
 //! `cargo bench -p isthmus --bench watch_fanout -- [N...] [--ports P] [--rounds R]
-//!  [--bulk TOTAL] [--baseline BIN]` (default N = 10 500, P = 200, R = 3). `--baseline` runs
-//! another isthmus binary (e.g. an older build) side by side, interleaved.
+//!  [--bulk TOTAL [--bulk-watchers N]] [--baseline BIN]` (default N = 10 500, P = 200, R = 3).
+//! `--baseline` runs another isthmus binary (e.g. an older build) side by side, interleaved.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -145,6 +148,50 @@ impl Controller {
         id
     }
 
+    /// Nodes `w0`..`w{n-1}`, each with a port on `network` (in `group`, or the default one).
+    async fn nodes_on(&self, network: &str, group: Option<&str>, n: usize) {
+        for i in 0..n {
+            self.node(&format!("w{i}"), i).await;
+        }
+        for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+            let batch: Vec<Value> = chunk
+                .iter()
+                .map(|i| {
+                    let mut port =
+                        json!({"network_id": network, "binding:host_id": format!("w{i}")});
+                    if let Some(group) = group {
+                        port["security_groups"] = json!([group]);
+                    }
+                    port
+                })
+                .collect();
+            self.call("POST", "/v2.0/ports", json!({ "ports": batch }))
+                .await;
+        }
+    }
+
+    /// Simulated agents of nodes `w0`..`w{n-1}`; counts the lines they read.
+    async fn watch_nodes(&self, n: usize) -> Arc<Mutex<u64>> {
+        let lines = Arc::new(Mutex::new(0u64));
+        for i in 0..n {
+            watch(&self.api, &format!("w{i}"), lines.clone(), None).await;
+        }
+        lines
+    }
+
+    /// A new security group (Neutron's: egress rules only, no remote group).
+    async fn group(&self, name: &str) -> String {
+        self.call(
+            "POST",
+            "/v2.0/security-groups",
+            json!({"security_group": {"name": name}}),
+        )
+        .await["security_group"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     async fn node(&self, name: &str, index: usize) {
         let ip = format!("10.255.{}.{}", index / 250, index % 250 + 1);
         self.call(
@@ -208,28 +255,9 @@ async fn fanout_round(bin: &str, watchers: usize, ports: usize) -> Fanout {
     c.raise_quota().await;
     let shared = c.network("shared", "10.0.0.0/16").await;
     let target = c.network("target", "10.1.0.0/16").await;
-    let group = c
-        .call(
-            "POST",
-            "/v2.0/security-groups",
-            json!({"security_group": {"name": "target"}}),
-        )
-        .await["security_group"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for i in 0..watchers {
-        c.node(&format!("w{i}"), i).await;
-    }
+    let group = c.group("target").await;
+    c.nodes_on(&shared, None, watchers).await;
     c.node("interested", watchers).await;
-    for chunk in (0..watchers).collect::<Vec<_>>().chunks(100) {
-        let batch: Vec<Value> = chunk
-            .iter()
-            .map(|i| json!({"network_id": shared, "binding:host_id": format!("w{i}")}))
-            .collect();
-        c.call("POST", "/v2.0/ports", json!({ "ports": batch }))
-            .await;
-    }
     c.call(
         "POST",
         "/v2.0/ports",
@@ -237,10 +265,7 @@ async fn fanout_round(bin: &str, watchers: usize, ports: usize) -> Fanout {
                         "security_groups": [group]}}),
     )
     .await;
-    let others = Arc::new(Mutex::new(0u64));
-    for i in 0..watchers {
-        watch(&c.api, &format!("w{i}"), others.clone(), None).await;
-    }
+    let others = c.watch_nodes(watchers).await;
     let (tx, mut arrivals) = mpsc::unbounded_channel();
     watch(&c.api, "interested", Arc::new(Mutex::new(0)), Some(tx)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -288,14 +313,22 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Creates `total` ports, 1,000 per request, into a network `interested` watches (or not);
-/// returns (seconds, controller RSS MB at once after, and 2 s later: the allocator returns
-/// freed pages to the system after a delay of its own).
-async fn bulk_round(bin: &str, total: usize, watched: bool) -> (f64, f64, f64) {
+/// Creates `total` ports, 1,000 per request, into a network `interested` watches (or not),
+/// with `others` more nodes watching that do not see it; returns (seconds, controller RSS MB
+/// at once after, and 2 s later: the allocator returns freed pages after a delay of its own).
+async fn bulk_round(bin: &str, total: usize, watched: bool, others: usize) -> (f64, f64, f64) {
     let c = Controller::start(bin).await;
     c.raise_quota().await;
     let target = c.network("target", "10.0.0.0/12").await;
-    c.node("interested", 0).await;
+    if others > 0 {
+        // In a group of their own: the bulk's ports (in the default group) are then in no
+        // view of theirs, not even as remote-group members.
+        let shared = c.network("shared", "10.16.0.0/16").await;
+        let group = c.group("others").await;
+        c.nodes_on(&shared, Some(&group), others).await;
+    }
+    let _others_lines = c.watch_nodes(others).await;
+    c.node("interested", others).await;
     c.call(
         "POST",
         "/v2.0/ports",
@@ -328,6 +361,7 @@ async fn bulk_round(bin: &str, total: usize, watched: bool) -> (f64, f64, f64) {
 async fn main() {
     let mut counts = Vec::new();
     let (mut ports, mut rounds, mut bulk, mut binaries) = (200, 3, 0, Vec::new());
+    let mut bulk_watchers = 0;
     binaries.push(("this".to_owned(), env!("CARGO_BIN_EXE_isthmus").to_owned()));
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -338,6 +372,12 @@ async fn main() {
                     .next()
                     .and_then(|v| v.parse().ok())
                     .expect("--rounds R")
+            }
+            "--bulk-watchers" => {
+                bulk_watchers = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--bulk-watchers N");
             }
             "--bulk" => {
                 bulk = args
@@ -392,8 +432,10 @@ async fn main() {
     if bulk > 0 {
         for (name, bin) in &binaries {
             for watched in [false, true] {
-                let (seconds, at_once, settled) = bulk_round(bin, bulk, watched).await;
+                let (seconds, at_once, settled) =
+                    bulk_round(bin, bulk, watched, bulk_watchers).await;
                 let row = json!({"binary": name, "bulk_ports": bulk, "watched": watched,
+                                 "other_watchers": bulk_watchers,
                                  "seconds": seconds, "controller_rss_mb": at_once,
                                  "controller_rss_mb_2s_later": settled});
                 println!("{row}");

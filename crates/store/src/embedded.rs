@@ -84,9 +84,8 @@ impl EmbeddedStore {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
         let db = Database::builder()
-            // Everything is also held in memory by the engine; redb's cache only helps writes,
-            // which touch the tree's upper pages (a few MB at 100,000 ports) and leaves that
-            // random keys spread over the whole file whatever the cache.
+            // Everything is also held in memory by the engine; redb's cache only helps writes
+            // (100,000 ports were created as fast with 4 MB as with 16: 22.8 s and 23.2 s).
             .set_cache_size(4 << 20)
             .create(path)
             .map_err(backend)?;

@@ -42,8 +42,8 @@ pub struct Fanout {
 }
 
 /// The watchers an index entry names, sorted: most name one or a few, and a vector of one
-/// costs 8 bytes where a `BTreeSet`'s node costs about 100 (there is an entry per object in
-/// any view: 100,000 ports watched are 10 MB less).
+/// costs 8 bytes where a `BTreeSet`'s node costs about 100 (and there is an entry per object
+/// in any view).
 type Watchers = Vec<WatcherId>;
 
 fn link<K: std::hash::Hash + Eq + Clone>(index: &mut HashMap<K, Watchers>, key: &K, id: WatcherId) {
