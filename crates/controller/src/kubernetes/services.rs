@@ -102,6 +102,31 @@ struct Slices {
     relisting: Option<SliceIndex>,
 }
 
+impl Slices {
+    /// Follows one event of the EndpointSlice reflector.
+    fn follow(&mut self, event: &watcher::Event<KubeSlice>) {
+        match event {
+            watcher::Event::Apply(s) => self.index.apply(s),
+            watcher::Event::Delete(s) => {
+                if let Some(id) = slice_id(s) {
+                    self.index.remove(&id);
+                }
+            }
+            watcher::Event::Init => self.relisting = Some(SliceIndex::default()),
+            watcher::Event::InitApply(s) => {
+                if let Some(relisting) = &mut self.relisting {
+                    relisting.apply(s);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(relisting) = self.relisting.take() {
+                    self.index = relisting;
+                }
+            }
+        }
+    }
+}
+
 /// The Services part of the watcher.
 pub(super) struct Services {
     settings: ServiceSettings,
@@ -176,27 +201,7 @@ impl Services {
             "endpointslices",
             changed,
             move |event: &watcher::Event<KubeSlice>| {
-                let mut i = lock(&indexed);
-                match event {
-                    watcher::Event::Apply(s) => i.index.apply(s),
-                    watcher::Event::Delete(s) => {
-                        if let Some(id) = slice_id(s) {
-                            i.index.remove(&id);
-                        }
-                    }
-                    watcher::Event::Init => i.relisting = Some(SliceIndex::default()),
-                    watcher::Event::InitApply(s) => {
-                        if let Some(relisting) = &mut i.relisting {
-                            relisting.apply(s);
-                        }
-                    }
-                    watcher::Event::InitDone => {
-                        if let Some(relisting) = i.relisting.take() {
-                            i.index = relisting;
-                        }
-                    }
-                }
-                drop(i);
+                lock(&indexed).follow(event);
                 let mut d = lock(&marks);
                 match event {
                     watcher::Event::Apply(s) | watcher::Event::Delete(s) => {

@@ -251,12 +251,7 @@ impl Service {
         &self,
         prefix: &str,
     ) -> Result<Vec<(T, u64)>> {
-        let range = self.store.range(prefix).await.map_err(store_error)?;
-        range
-            .kvs
-            .iter()
-            .map(|kv| Ok((decode(&kv.key, &kv.value)?, kv.mod_revision)))
-            .collect()
+        self.load_where(prefix, |_| true).await
     }
 
     /// The objects under `prefix` that `keep` selects, decoded one at a time: a scan that

@@ -319,9 +319,7 @@ impl Service {
                 txn = if stats.is_empty() {
                     txn.then(Op::delete(key))
                 } else {
-                    let value =
-                        serde_json::to_vec(&stats).map_err(|e| Error::Internal(e.to_string()))?;
-                    txn.then(Op::put(key, value))
+                    txn.then(Op::put(key, encode(&stats)?))
                 };
             }
             Ok(if self.commit(txn).await? {
