@@ -206,7 +206,7 @@ fn agents_build_the_overlay_from_the_api() {
     let pinger = vms[0]
         .ns
         .command("ping")
-        .args(["-q", "-i", "0.01", "-w", "4", "192.168.100.3"])
+        .args(["-q", "-i", "0.01", "-c", "260", "-w", "10", "192.168.100.3"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -342,7 +342,7 @@ fn subnets_are_routed_on_the_source_node_and_never_through_a_third() {
     let pinger = vm1
         .ns
         .command("ping")
-        .args(["-q", "-i", "0.01", "-w", "5", &pod_ip])
+        .args(["-q", "-i", "0.01", "-c", "330", "-w", "10", &pod_ip])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -267,11 +267,12 @@ fn a_guest_carries_two_networks_on_vlan_subports() {
     assert!(pings(&vms[0].ns, &ip_of(&parent)));
 
     // An agent restart loses no packet on a subport: a 0.01 s ping from node 2 to the guest's
-    // VLAN 101 address while node 1's agent is replaced.
+    // VLAN 101 address while node 1's agent is replaced. A count, not a bare deadline: with `-w`
+    // alone the echo sent at the deadline is still in flight when ping exits and counts as lost.
     let pinger = vms[1]
         .ns
         .command("ping")
-        .args(["-q", "-i", "0.01", "-w", "5", &ip_of(&sub_a)])
+        .args(["-q", "-i", "0.01", "-c", "330", "-w", "10", &ip_of(&sub_a)])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
