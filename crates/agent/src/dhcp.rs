@@ -5,32 +5,28 @@
 //! from anywhere else (a tunnel, a port bound elsewhere) are not this node's to answer.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use isthmus_dataplane::dhcp::{answer, reply_frame, request_payload};
 use isthmus_dataplane::dhcp6;
+use nix::net::if_::if_indextoname;
+use nix::sys::socket::{
+    recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, LinkAddr, MsgFlags, SockFlag,
+    SockProtocol, SockType,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-use crate::sockopt::set;
+use crate::sockopt::{AttachFilter, PacketIgnoreOutgoing};
 
 pub use isthmus_dataplane::plan::DhcpTables;
 
 /// The leases, replaced whole at each reconcile.
 pub type Leases = watch::Sender<Arc<DhcpTables>>;
 
-/// `ETH_P_ALL` in network order: a socket for every protocol sees frames before the bridge
-/// takes them (a socket for IPv4 only would not see frames on bridge ports).
-const ETH_P_ALL: u16 = 0x0003;
-/// `ETH_P_IP`.
-const ETH_P_IP: u16 = 0x0800;
-/// `ETH_P_IPV6`.
-const ETH_P_IPV6: u16 = 0x86dd;
-/// `PACKET_IGNORE_OUTGOING` (Linux 4.20): frames the node sends are not copied to the socket.
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 /// Receive buffer of the packet socket (bytes; each request takes a few KiB of it).
-const RECEIVE_BUFFER: libc::c_int = 8 << 20;
+const RECEIVE_BUFFER: usize = 8 << 20;
 /// `PACKET_OUTGOING` in `sll_pkttype`.
 const PACKET_OUTGOING: u8 = 4;
 
@@ -60,100 +56,37 @@ const fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
+/// A packet socket for every protocol (`ETH_P_ALL`): it sees frames before the bridge takes
+/// them, which a socket for IPv4 only would not on bridge ports.
 fn packet_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the descriptor is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            libc::c_int::from(ETH_P_ALL.to_be()),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        SockProtocol::EthAll,
+    )?;
     let program = libc::sock_fprog {
         len: FILTER.len() as u16,
         filter: FILTER.as_ptr().cast_mut(),
     };
-    set(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &program)?;
+    setsockopt(&fd, AttachFilter, &program)?;
     // A node's guests all asking at once (a host reboot) must not overflow the default
     // buffer: room for thousands of requests (root may exceed rmem_max). Best effort.
-    let buffer: libc::c_int = RECEIVE_BUFFER;
-    if set(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &buffer).is_err() {
-        let _ = set(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &buffer);
+    if setsockopt(&fd, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &RECEIVE_BUFFER);
     }
     // Best effort: without it (kernels before 4.20) outgoing copies are skipped below.
-    let _ = set(
-        &fd,
-        libc::SOL_PACKET,
-        PACKET_IGNORE_OUTGOING,
-        &1 as &libc::c_int,
-    );
+    let _ = setsockopt(&fd, PacketIgnoreOutgoing, &true);
     Ok(fd)
 }
 
-fn interface_name(index: i32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    let index = u32::try_from(index).ok()?;
-    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
-    let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if name.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
-}
-
-/// One received frame and the interface it came in on.
-fn receive(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, i32, u8)> {
-    // SAFETY: a zeroed sockaddr_ll is valid; recvfrom(2) writes at most `len` bytes into it
-    // and at most `buf.len()` into `buf`.
-    unsafe {
-        let mut from: libc::sockaddr_ll = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        let n = libc::recvfrom(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            0,
-            (&mut from as *mut libc::sockaddr_ll).cast(),
-            &mut len,
-        );
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((n as usize, from.sll_ifindex, from.sll_pkttype))
+/// One received frame and where it came from (the interface, and whether it was outgoing).
+fn receive(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, LinkAddr)> {
+    match recvfrom::<LinkAddr>(fd.as_raw_fd(), buf)? {
+        (n, Some(from)) => Ok((n, from)),
+        (_, None) => Err(io::Error::other("a frame without a link address")),
     }
 }
-
-fn send(fd: &OwnedFd, index: i32, dst: [u8; 6], protocol: u16, frame: &[u8]) -> io::Result<()> {
-    // SAFETY: a zeroed sockaddr_ll is valid; sendto(2) reads `frame` and the address.
-    unsafe {
-        let mut to: libc::sockaddr_ll = std::mem::zeroed();
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_protocol = protocol.to_be();
-        to.sll_ifindex = index;
-        to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&dst);
-        let n = libc::sendto(
-            fd.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&to as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        );
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Serves DHCP until the process ends.
 pub async fn serve(leases: watch::Receiver<Arc<DhcpTables>>) -> io::Result<()> {
     // SAFETY: the descriptor is owned by the OwnedFd the AsyncFd holds, never replaced or
@@ -162,7 +95,7 @@ pub async fn serve(leases: watch::Receiver<Arc<DhcpTables>>) -> io::Result<()> {
     let mut buf = vec![0u8; 2048];
     loop {
         let mut ready = fd.readable().await?;
-        let (n, index, kind) = match ready.try_io(|fd| receive(fd.get_ref(), &mut buf)) {
+        let (n, from) = match ready.try_io(|fd| receive(fd.get_ref(), &mut buf)) {
             Ok(Ok(got)) => got,
             Ok(Err(e)) => {
                 tracing::warn!("DHCP receive: {e}");
@@ -170,41 +103,41 @@ pub async fn serve(leases: watch::Receiver<Arc<DhcpTables>>) -> io::Result<()> {
             }
             Err(_would_block) => continue,
         };
-        if kind == PACKET_OUTGOING {
+        if from.pkttype() == PACKET_OUTGOING {
             continue;
         }
         let frame = &buf[..n];
-        let Some(tap) = interface_name(index) else {
+        let Some(tap) = u32::try_from(from.ifindex())
+            .ok()
+            .and_then(|index| if_indextoname(index).ok())
+        else {
             continue;
         };
+        let tap = tap.to_string_lossy();
         let tables = leases.borrow().clone();
         let reply = if let Some(payload) = request_payload(frame) {
-            let Some(lease) = tables.v4.get(&tap) else {
+            let Some(lease) = tables.v4.get(tap.as_ref()) else {
                 continue;
             };
             match answer(lease, payload) {
-                Ok(reply) => Some((reply_frame(lease, &reply), reply.dst_mac, ETH_P_IP)),
+                Ok(reply) => Some(reply_frame(lease, &reply)),
                 Err(e) => {
                     tracing::warn!("DHCP request on {tap} not answered: {e}");
                     None
                 }
             }
         } else if let Some((client, payload)) = dhcp6::request_payload(frame) {
-            let Some(lease) = tables.v6.get(&tap) else {
+            let Some(lease) = tables.v6.get(tap.as_ref()) else {
                 continue;
             };
-            dhcp6::answer(lease, payload).map(|message| {
-                (
-                    dhcp6::reply_frame(lease, client, &message),
-                    lease.mac,
-                    ETH_P_IPV6,
-                )
-            })
+            dhcp6::answer(lease, payload).map(|message| dhcp6::reply_frame(lease, client, &message))
         } else {
             None
         };
-        if let Some((out, dst, protocol)) = reply {
-            if let Err(e) = send(fd.get_ref(), index, dst, protocol, &out) {
+        // Out of the tap it came in on (a raw packet socket sends the frame as built; of the
+        // address only the interface and the protocol, the request's own, are used).
+        if let Some(out) = reply {
+            if let Err(e) = sendto(fd.get_ref().as_raw_fd(), &out, &from, MsgFlags::empty()) {
                 tracing::warn!("DHCP reply to {tap}: {e}");
             }
         }

@@ -122,7 +122,7 @@ pub async fn apply(
         if socket.is_none() {
             *socket = Some(routers::PacketSocket::new()?);
         }
-        if let Some(socket) = socket.as_ref() {
+        if let Some(socket) = socket.as_mut() {
             socket.gratuitous_arps(&arps)?;
         }
     }

@@ -4,23 +4,23 @@
 //! changes, stopped when the interface goes.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use isthmus_dataplane::ra::{message, Advertisement};
+use nix::net::if_::if_nametoindex;
+use nix::sys::socket::{setsockopt, sockopt, AddressFamily, SockFlag, SockProtocol, SockType};
 use tokio::task::AbortHandle;
 
-use crate::sockopt::set;
+use crate::sockopt::{Icmp6Filter, Ipv6MulticastIf, Ipv6MulticastLoop};
 
 /// Time between unsolicited advertisements (radvd's MaxRtrAdvInterval as Neutron sets it is
 /// 100 s; solicitations are answered at once).
 pub const INTERVAL: Duration = Duration::from_secs(30);
-/// `ICMP6_FILTER` (linux/icmpv6.h), not in the libc crate.
-const ICMP6_FILTER: libc::c_int = 1;
 /// Router Solicitation.
 const ROUTER_SOLICITATION: u32 = 133;
 
@@ -66,54 +66,24 @@ impl Advertisers {
 /// A raw ICMPv6 socket on `device` (made inside the router namespace): hop limit 255 as
 /// neighbour discovery requires, solicitations only.
 fn socket(device: &str) -> io::Result<(std::net::UdpSocket, u32)> {
-    let name = std::ffi::CString::new(device)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "device name"))?;
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: plain socket(2); the descriptor is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET6,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMPV6,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let hops: libc::c_int = 255;
-    set(&fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, &hops)?;
-    set(&fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &hops)?;
-    set(
-        &fd,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_MULTICAST_LOOP,
-        &0 as &libc::c_int,
+    let index = if_nametoindex(device)?;
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Inet6,
+        SockType::Raw,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        SockProtocol::IcmpV6,
     )?;
-    let index_int = index as libc::c_int;
-    set(&fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &index_int)?;
+    setsockopt(&fd, sockopt::Ipv6MulticastHops, &255)?;
+    setsockopt(&fd, sockopt::Ipv6Ttl, &255)?;
+    setsockopt(&fd, Ipv6MulticastLoop, &false)?;
+    let index_int = libc::c_int::try_from(index)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
+    setsockopt(&fd, Ipv6MulticastIf, &index_int)?;
     // Pass router solicitations only (a set bit blocks its type).
     let mut filter = [u32::MAX; 8];
     filter[(ROUTER_SOLICITATION >> 5) as usize] &= !(1 << (ROUTER_SOLICITATION & 31));
-    set(&fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &filter)?;
-    // SAFETY: a NUL-terminated name of at most IFNAMSIZ bytes.
-    let bound = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            name.as_ptr().cast(),
-            name.as_bytes().len() as libc::socklen_t,
-        )
-    };
-    if bound != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    setsockopt(&fd, Icmp6Filter, &filter)?;
+    setsockopt(&fd, sockopt::BindToDevice, &OsString::from(device))?;
     let socket = std::net::UdpSocket::from(fd);
     // All routers (ff02::2) hear solicitations.
     socket.join_multicast_v6(&Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2), index)?;

@@ -3,8 +3,9 @@
 //! is entered once per pass, on a thread of its own, with a netlink connection opened inside
 //! it; its NAT chains change in one `nft` transaction run inside it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use futures_util::TryStreamExt;
@@ -12,6 +13,8 @@ use isthmus_dataplane::router::{
     self, Announcement, Interface, Namespace, NatChain, Neighbour, Op, Route, RouterState, Rule,
     NAMESPACE_PREFIX, NAT_TABLE, SNAT_PREFIX,
 };
+use nix::ifaddrs::getifaddrs;
+use nix::sys::socket::{sendto, socket, LinkAddr, MsgFlags, SockFlag, SockType};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{
@@ -592,35 +595,62 @@ pub async fn announce(dir: &Path, announcements: &[Announcement]) -> Result<(), 
 /// A raw packet socket of the namespace it was made in, for gratuitous ARPs (protocol 0: it
 /// receives nothing). Closing one waits for the kernel's RCU grace period (about 10 ms), so
 /// one is kept, never one made per announcement.
-pub(crate) struct PacketSocket(std::os::fd::OwnedFd);
+pub(crate) struct PacketSocket {
+    fd: OwnedFd,
+    /// The namespace's interfaces' link addresses by index, as `getifaddrs` reports them: of a
+    /// raw packet socket's destination only the index counts (the frame carries the rest), and
+    /// the kernel takes the protocol from the frame when the address has none.
+    links: HashMap<usize, LinkAddr>,
+}
 
 impl PacketSocket {
     /// A socket in the current thread's namespace.
     pub(crate) fn new() -> Result<PacketSocket, AgentError> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: a new raw packet socket, owned by the returned value (closed on drop).
-        unsafe {
-            let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            if raw < 0 {
-                return Err(kernel("packet socket", std::io::Error::last_os_error()));
-            }
-            Ok(PacketSocket(std::os::fd::OwnedFd::from_raw_fd(raw)))
+        let fd = socket(
+            nix::sys::socket::AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| kernel("packet socket", e))?;
+        Ok(PacketSocket {
+            fd,
+            links: HashMap::new(),
+        })
+    }
+
+    /// The link address of interface `index`, the namespace's interfaces read again when it is
+    /// not known yet (made since the last read).
+    fn link(&mut self, index: u32) -> Result<LinkAddr, AgentError> {
+        let index = index as usize;
+        if !self.links.contains_key(&index) {
+            let interfaces = getifaddrs().map_err(|e| kernel("listing interfaces", e))?;
+            self.links = interfaces
+                .filter_map(|i| i.address?.as_link_addr().copied())
+                .map(|link| (link.ifindex(), link))
+                .collect();
         }
+        self.links.get(&index).copied().ok_or_else(|| {
+            kernel(
+                "sending a gratuitous ARP",
+                std::io::Error::other(format!("no interface with index {index}")),
+            )
+        })
     }
 
     /// Sends a gratuitous ARP (an ARP request for `ip` from `ip`) for each `(index, mac, ip)`
     /// out of interface `index`.
     pub(crate) fn gratuitous_arps(
-        &self,
+        &mut self,
         announcements: &[(u32, Vec<u8>, std::net::Ipv4Addr)],
     ) -> Result<(), AgentError> {
-        use std::os::fd::AsRawFd;
         const BROADCAST: [u8; 6] = [0xff; 6];
+        const ETH_P_ARP: u16 = 0x0806;
         for (index, mac, ip) in announcements {
             let mut frame = Vec::with_capacity(60);
             frame.extend_from_slice(&BROADCAST);
             frame.extend_from_slice(mac);
-            frame.extend_from_slice(&(libc::ETH_P_ARP as u16).to_be_bytes());
+            frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
             // Ethernet, IPv4, 6-byte and 4-byte addresses, request.
             frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
             frame.extend_from_slice(mac);
@@ -628,30 +658,9 @@ impl PacketSocket {
             frame.extend_from_slice(&[0; 6]);
             frame.extend_from_slice(&ip.octets());
             frame.resize(60, 0);
-            // SAFETY: `addr` is a zeroed, filled-in sockaddr_ll whose size is passed along;
-            // `frame` outlives the call.
-            let sent = unsafe {
-                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
-                addr.sll_ifindex = *index as i32;
-                addr.sll_halen = 6;
-                addr.sll_addr[..6].copy_from_slice(&BROADCAST);
-                libc::sendto(
-                    self.0.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            if sent < 0 {
-                return Err(kernel(
-                    "sending a gratuitous ARP",
-                    std::io::Error::last_os_error(),
-                ));
-            }
+            let to = self.link(*index)?;
+            sendto(self.fd.as_raw_fd(), &frame, &to, MsgFlags::empty())
+                .map_err(|e| kernel("sending a gratuitous ARP", e))?;
         }
         Ok(())
     }

@@ -1,29 +1,53 @@
-//! Socket options on raw descriptors (packet and raw ICMPv6 sockets, which the standard
-//! library does not make).
+//! Socket options the `nix` crate does not define, declared through its own
+//! `sockopt_impl!` so they are set with `nix::sys::socket::setsockopt` like the rest.
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use nix::{setsockopt_impl, sockopt_impl};
 
-/// Sets option `name` at `level` to `value` (setsockopt(2)).
-pub(crate) fn set<T>(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: setsockopt(2) reads `size_of::<T>()` bytes from a live value.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
+sockopt_impl!(
+    /// `SO_ATTACH_FILTER`: a classic BPF program deciding which frames reach the socket.
+    AttachFilter,
+    SetOnly,
+    libc::SOL_SOCKET,
+    libc::SO_ATTACH_FILTER,
+    libc::sock_fprog
+);
+
+sockopt_impl!(
+    /// `PACKET_IGNORE_OUTGOING` (Linux 4.20): frames the node sends are not copied to a
+    /// packet socket.
+    PacketIgnoreOutgoing,
+    SetOnly,
+    libc::SOL_PACKET,
+    libc::PACKET_IGNORE_OUTGOING,
+    bool
+);
+
+sockopt_impl!(
+    /// `ICMP6_FILTER` (linux/icmpv6.h): one bit per ICMPv6 type, a set bit blocks it.
+    Icmp6Filter,
+    SetOnly,
+    libc::IPPROTO_ICMPV6,
+    ICMP6_FILTER,
+    [u32; 8]
+);
+
+sockopt_impl!(
+    /// `IPV6_MULTICAST_LOOP`: whether the socket's own multicast comes back to it.
+    Ipv6MulticastLoop,
+    SetOnly,
+    libc::IPPROTO_IPV6,
+    libc::IPV6_MULTICAST_LOOP,
+    bool
+);
+
+sockopt_impl!(
+    /// `IPV6_MULTICAST_IF`: the interface (by index) multicast leaves through.
+    Ipv6MulticastIf,
+    SetOnly,
+    libc::IPPROTO_IPV6,
+    libc::IPV6_MULTICAST_IF,
+    libc::c_int
+);
+
+/// `ICMP6_FILTER`'s number, which the libc crate does not carry.
+const ICMP6_FILTER: libc::c_int = 1;
