@@ -210,6 +210,7 @@ impl Server {
     }
 
     async fn connection(self: &Arc<Self>, stream: UnixStream) -> Result<(), AgentError> {
+        let accepted = Instant::now();
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
         BufReader::new(read).read_line(&mut line).await?;
@@ -231,6 +232,10 @@ impl Server {
         answer.push('\n');
         write.write_all(answer.as_bytes()).await?;
         write.shutdown().await?;
+        tracing::debug!(
+            total_us = accepted.elapsed().as_micros() as u64,
+            "CNI request answered"
+        );
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use std::os::fd::AsRawFd;
 use futures_util::{StreamExt, TryStreamExt};
 use isthmus_dataplane::l2::{Bridge, Device, Fdb, Observed, Op, Pin, Vxlan, VXLAN_PORT};
 use isthmus_dataplane::pod::PodInterface;
+use nix::sys::socket::{setsockopt, sockopt};
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
     NLM_F_REQUEST,
@@ -79,14 +80,14 @@ pub struct Netlink {
 impl Netlink {
     /// Opens the connection (its reader runs on the current tokio runtime).
     pub fn connect() -> Result<Netlink, AgentError> {
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(connection);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle: open_connection()?,
+        })
     }
 
-    /// Creates a veth whose host side is `host` (left down: the reconciler attaches it once
-    /// its filters are in place) and whose other side is created directly inside `netns` (a
-    /// pod's or a router's) as `ifname` with `mac` and `mtu`.
+    /// Creates a veth whose host side is `host` (left down: it is attached once its filters
+    /// are in place) and whose other side is created directly inside `netns` (a pod's or a
+    /// router's) as `ifname` with `mac` and `mtu`.
     pub async fn add_veth(
         &self,
         host: &str,
@@ -320,6 +321,16 @@ fn disable_ipv6(device: &str) -> Result<(), AgentError> {
     }
 }
 
+/// How long a netlink answer is awaited where a lost one would hold up more than its caller.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The answer to a netlink request, or an error when none came within [`ANSWER_TIMEOUT`].
+async fn answered<T>(request: impl Future<Output = T>) -> Result<T, AgentError> {
+    tokio::time::timeout(ANSWER_TIMEOUT, request)
+        .await
+        .map_err(|_| AgentError::Kernel("netlink gave no answer in time".into()))
+}
+
 /// The link group of devices waiting to be deleted ("ISTH").
 const DOOMED_GROUP: u32 = 0x4953_5448;
 
@@ -373,23 +384,27 @@ impl Reaper {
         reaper
     }
 
-    /// Deletes the devices `batch` (by index) in one request.
+    /// Deletes the devices `batch` (by index) in one request. Each answer is awaited for
+    /// [`ANSWER_TIMEOUT`] at most: the reaper serves every deletion of the node, and the devices
+    /// of a round whose answer was lost are looked for again by their callers.
     async fn reap(&self, batch: &[u32]) {
         let link = self.netlink.handle.link();
         for &index in batch {
             let mut doom = LinkUnspec::new_with_index(index).build();
             doom.attributes.push(LinkAttribute::Group(DOOMED_GROUP));
-            match link.set(doom).execute().await {
-                Ok(()) => {}
-                Err(e) if is_absent(&e) => {}
+            match answered(link.set(doom).execute()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if is_absent(&e) => {}
+                Ok(Err(e)) => tracing::warn!("marking device {index} for deletion: {e}"),
                 Err(e) => tracing::warn!("marking device {index} for deletion: {e}"),
             }
         }
         let mut message = LinkMessageBuilder::<LinkUnspec>::new().build();
         message.attributes.push(LinkAttribute::Group(DOOMED_GROUP));
-        match link.del_with_message(message).execute().await {
-            Ok(()) => {}
-            Err(e) if is_absent(&e) => {}
+        match answered(link.del_with_message(message).execute()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if is_absent(&e) => {}
+            Ok(Err(e)) => tracing::warn!("deleting doomed devices: {e}"),
             Err(e) => tracing::warn!("deleting doomed devices: {e}"),
         }
     }
@@ -403,7 +418,7 @@ impl Reaper {
             .nocontroller()
             .down()
             .build();
-        match self.netlink.handle.link().set(doom).execute().await {
+        match answered(self.netlink.handle.link().set(doom).execute()).await? {
             Ok(()) => {}
             Err(e) if is_absent(&e) => return Ok(()),
             Err(e) => return Err(kernel(&format!("taking {name} down for deletion"), e)),
@@ -587,11 +602,17 @@ impl Netlink {
     /// speak on the tenant network (router solicitations and multicast reports flooded to every
     /// node of the network).
     pub async fn apply(&self, op: &Op) -> Result<(), AgentError> {
-        self.apply_change(op).await?;
         match op {
-            Op::AddBridge { name, .. } | Op::AddVxlan { name, .. } => disable_ipv6(name),
-            Op::Attach { device, .. } => disable_ipv6(device),
-            _ => Ok(()),
+            // Before it is up: an attached device never speaks at all.
+            Op::Attach { device, .. } => {
+                disable_ipv6(device)?;
+                self.apply_change(op).await
+            }
+            Op::AddBridge { name, .. } | Op::AddVxlan { name, .. } => {
+                self.apply_change(op).await?;
+                disable_ipv6(name)
+            }
+            _ => self.apply_change(op).await,
         }
     }
 
@@ -767,6 +788,28 @@ pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32
     Ok(link_message(handle, name).await?.map(|l| l.header.index))
 }
 
+/// Receive buffer of the agent's netlink sockets (bytes). Every request of a connection is
+/// answered on its one socket, and the kernel drops an answer that finds the socket's queue
+/// full, leaving its request waiting forever: a dump of every link (hundreds of kilobytes on a
+/// node with hundreds of pods) must fit beside the acknowledgements of requests made meanwhile.
+/// Measured: with the default 208 KiB, 4 CNI workers lost 59 acknowledgements in a few minutes
+/// and the device reaper waited forever on one of them.
+const NETLINK_RECEIVE_BUFFER: usize = 8 << 20;
+
+/// A netlink connection of the current thread's namespace, its reader spawned on the current
+/// runtime, with room for [`NETLINK_RECEIVE_BUFFER`] bytes of answers (root may exceed
+/// `rmem_max`; without it, best effort).
+fn open_connection() -> Result<Handle, AgentError> {
+    use rtnetlink::sys::AsyncSocket;
+    let (mut connection, handle, _) = rtnetlink::new_connection()?;
+    let socket = connection.socket_mut().socket_mut();
+    if setsockopt(&*socket, sockopt::RcvBufForce, &NETLINK_RECEIVE_BUFFER).is_err() {
+        let _ = setsockopt(&*socket, sockopt::RcvBuf, &NETLINK_RECEIVE_BUFFER);
+    }
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
 /// Runs `f` with a netlink connection opened inside `netns`, on a thread of its own (a
 /// namespace switch is per thread, so the agent's runtime never leaves its namespace).
 pub(crate) async fn in_netns<T, F, Fut>(netns: File, f: F) -> Result<T, AgentError>
@@ -785,11 +828,7 @@ where
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_io()
                     .build()?;
-                runtime.block_on(async {
-                    let (connection, handle, _) = rtnetlink::new_connection()?;
-                    tokio::spawn(connection);
-                    f(handle).await
-                })
+                runtime.block_on(async { f(open_connection()?).await })
             })();
             let _ = tx.send(outcome);
         })?;
@@ -808,6 +847,7 @@ pub async fn configure_pod(
         let index = link_index(&handle, &ifname)
             .await?
             .ok_or_else(|| AgentError::Kernel(format!("{ifname} did not arrive in the pod")))?;
+        // Not at creation: a veth end cannot be up before its peer exists.
         handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())

@@ -38,8 +38,8 @@ impl PoolDemand {
         self.target
     }
 
-    /// An ADD asked the pool for a port: `hit` whether it had one, `left` how many it holds
-    /// after. Returns whether the target grew.
+    /// An ADD asked the pool for a port: `hit` whether it had one ready, `left` how many
+    /// ready ones it holds after. Returns whether the target grew.
     pub fn took(&mut self, now: Instant, hit: bool, left: usize) -> bool {
         self.since = now;
         let first = !std::mem::replace(&mut self.asked, true);
