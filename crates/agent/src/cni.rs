@@ -429,12 +429,15 @@ impl Server {
             .map(|p| (p.network_id.clone(), p.admin_state_up));
         let filtered = self.shared.filtered.borrow().contains(port_id);
         let attached = match network {
-            Some((network, up)) if filtered => self
-                .shared
-                .netlink
-                .set_link(&tap, Some((&bridge_name(&network), up)), Some(iface.mtu))
-                .await
-                .is_ok(),
+            Some((network, up)) if filtered => {
+                let netlink = &self.shared.netlink;
+                let bridge = bridge_name(&network);
+                netlink.without_ipv6_addresses(&tap).await.is_ok()
+                    && netlink
+                        .set_link(&tap, Some((&bridge, up)), Some(iface.mtu))
+                        .await
+                        .is_ok()
+            }
             _ => false,
         };
         if !attached {

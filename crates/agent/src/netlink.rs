@@ -19,8 +19,8 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
-    InfoBridge, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoData, InfoKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -273,6 +273,26 @@ impl Netlink {
             }
         }
         Ok(observed)
+    }
+
+    /// Keeps `device` (still down) from ever giving itself an IPv6 address: no link-local, so
+    /// it sends no router solicitation nor report onto the tenant network once attached. One
+    /// request, where the `disable_ipv6` sysctl retries for the kernel's rtnl lock in a loop
+    /// while other requests hold it (as concurrent ADDs do).
+    pub async fn without_ipv6_addresses(&self, device: &str) -> Result<(), AgentError> {
+        let Some(index) = link_index(&self.handle, device).await? else {
+            return Ok(());
+        };
+        let mut message = LinkUnspec::new_with_index(index).build();
+        message
+            .attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
+        match self.handle.link().set(message).execute().await {
+            Err(e) if !is_absent(&e) => Err(kernel(&format!("setting {device}'s IPv6"), e)),
+            _ => Ok(()),
+        }
     }
 
     /// Sets a device's bridge (`Some`, with whether the device is up) or detaches it

@@ -688,6 +688,14 @@ fn pools_serve_adds_survive_agent_restarts_and_go_with_their_node() {
         .unwrap()
         .to_owned();
     assert!(waiting.contains(&ip), "{ip} not from the pool {waiting:?}");
+    // Its tap is node plumbing: no IPv6 address of its own (no link-local, so no router
+    // solicitations or reports on the network), whoever attached it.
+    let tap = result["interfaces"][0]["name"].as_str().unwrap();
+    let addresses = cloud.lab.nodes[0]
+        .ns
+        .ip(&["-6", "-o", "addr", "show", "dev", tap])
+        .unwrap();
+    assert_eq!(addresses.trim(), "", "IPv6 on {tap}");
     wait_for(
         "the pooled port named after its pod",
         Duration::from_secs(10),
