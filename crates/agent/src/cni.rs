@@ -150,6 +150,7 @@ pub(crate) async fn wait_interface(
 /// Waits until the reconciler reports the port's tap attached (filters in place).
 pub(crate) async fn wait_plugged(shared: &Shared, port_id: &str) -> Result<(), CniError> {
     let mut plugged = shared.plugged.subscribe();
+    shared.urgent.notify_one();
     tokio::time::timeout(READY_TIMEOUT, plugged.wait_for(|p| p.contains(port_id)))
         .await
         .map_err(|_| try_again("the port's tap was not attached in time", port_id))?

@@ -51,6 +51,7 @@ pub async fn apply(netlink: &Netlink, ops: &[Op]) -> Result<(), AgentError> {
 
 /// Runs `program args` with `script` on its standard input.
 pub(crate) async fn feed(program: &str, args: &[&str], script: &str) -> Result<(), AgentError> {
+    let started = std::time::Instant::now();
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -61,6 +62,13 @@ pub(crate) async fn feed(program: &str, args: &[&str], script: &str) -> Result<(
         stdin.write_all(script.as_bytes()).await?;
     }
     let out = child.wait_with_output().await?;
+    tracing::debug!(
+        program,
+        bytes = script.len(),
+        took_us = started.elapsed().as_micros() as u64,
+        "fed"
+    );
+    tracing::trace!(script, "fed script");
     if !out.status.success() {
         return Err(AgentError::Kernel(format!(
             "{program} {}: {}",

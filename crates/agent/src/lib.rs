@@ -174,6 +174,9 @@ struct Shared {
     view: Mutex<NodeView>,
     /// Wakes the reconciler.
     changed: Notify,
+    /// Cuts the reconciler's rest after a full pass short: someone waits for a tap to be
+    /// attached.
+    urgent: Notify,
     /// The view's revision, for whoever waits for an object to arrive (CNI ADD).
     revisions: watch::Sender<u64>,
     /// Local ports whose tap is attached to its bridge and up.
@@ -261,6 +264,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let shared = Arc::new(Shared {
         view: Mutex::new(NodeView::default()),
         changed: Notify::new(),
+        urgent: Notify::new(),
         revisions: watch::Sender::new(0),
         plugged: watch::Sender::new(BTreeSet::new()),
         netlink: netlink::Netlink::connect()?,
@@ -625,6 +629,24 @@ async fn reconciler(shared: Arc<Shared>) {
             known = Known::default();
             tracing::warn!("reconcile: {e}");
         }
+        if kind == "full" {
+            rest(&shared, started.elapsed()).await;
+        }
+    }
+}
+
+/// The longest rest after a full pass.
+const MAX_REST: Duration = Duration::from_millis(100);
+
+/// Rests as long as the last full pass took (at most [`MAX_REST`]) unless someone waits for
+/// a tap. Under a stream of changes (a CNI burst: each pod's port, its renaming, its status,
+/// its links) full passes would otherwise run back to back, a whole core of nft runs and
+/// planning taken from the pods being wired; resting keeps the reconciler to half a core and
+/// lets each pass take in the changes of the rest. A lone change finds the rest over.
+async fn rest(shared: &Shared, pass: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(pass.min(MAX_REST)) => {}
+        () = shared.urgent.notified() => {}
     }
 }
 
@@ -731,7 +753,9 @@ async fn reconcile(
 ) -> Result<(), AgentError> {
     // The memo describes the kernel only with what this agent last wrote there.
     let memo = known.lb.is_some().then(|| known.memo.take()).flatten();
+    let started = Instant::now();
     let observed = observe(shared, known).await?;
+    let observed_at = Instant::now();
     let (plan, generation) = {
         let mut v = shared.view();
         changed.extend(std::mem::take(&mut v.balancing.changed));
@@ -746,8 +770,15 @@ async fn reconcile(
         let earlier = plan::Earlier { memo, changed };
         (plan::node(view, node, observed, earlier), view.generation)
     };
+    let planned_at = Instant::now();
     apply(shared, plan, known).await?;
     known.generation = Some(generation);
+    tracing::debug!(
+        observe_us = (observed_at - started).as_micros() as u64,
+        plan_us = (planned_at - observed_at).as_micros() as u64,
+        apply_us = planned_at.elapsed().as_micros() as u64,
+        "full pass"
+    );
     Ok(())
 }
 

@@ -178,7 +178,7 @@ impl Netlink {
     /// other devices with their bridge, MTU and state. Forwarding entries are not read here.
     pub async fn links(&self) -> Result<Observed, AgentError> {
         let mut messages = Vec::new();
-        let mut dump = self.handle.link().get().execute();
+        let mut dump = links_without_stats(&self.handle).execute();
         while let Some(m) = dump
             .try_next()
             .await
@@ -794,8 +794,20 @@ pub(crate) fn link_name(m: &LinkMessage) -> Option<&str> {
     })
 }
 
+/// A link request whose answers leave out the counters (link, IPv6 and ICMPv6 statistics):
+/// more than half of each link's message, which a full pass would read for every link on
+/// the node and never use.
+pub(crate) fn links_without_stats(handle: &Handle) -> rtnetlink::LinkGetRequest {
+    handle.link().get().set_filter_mask(
+        AddressFamily::Unspec,
+        vec![rtnetlink::packet_route::link::LinkExtentMask::SkipStats],
+    )
+}
+
 async fn link_message(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, AgentError> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    let mut links = links_without_stats(handle)
+        .match_name(name.to_owned())
+        .execute();
     match links.try_next().await {
         Ok(link) => Ok(link),
         Err(e) if is_absent(&e) => Ok(None),

@@ -141,7 +141,7 @@ async fn write_nat(path: &Path, ops: &[Op]) -> Result<(), AgentError> {
 async fn read_namespace(handle: &Handle) -> Result<Namespace, AgentError> {
     let mut ns = Namespace::default();
     let mut names = BTreeMap::new();
-    let mut links = handle.link().get().execute();
+    let mut links = crate::netlink::links_without_stats(handle).execute();
     while let Some(link) = links
         .try_next()
         .await

@@ -69,8 +69,85 @@ pub fn group_chains(group_id: &str) -> (String, String) {
     (format!("sge_{id}"), format!("sgi_{id}"))
 }
 
-/// Neighbour discovery must pass whatever the groups say (as in Neutron).
-const ND_TYPES: &str = "{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query, mld-listener-report, mld2-listener-report }";
+/// Neighbour discovery must pass whatever the groups say (as in Neutron): the inet table's
+/// set of these ICMPv6 types.
+const ND_TYPES: &str = "nd_types";
+/// The bridge table's set of DHCPv4 server-to-client and client-to-server port pairs (see
+/// [`from_port_rules`]).
+const DHCP4_GUARD: &str = "dhcp4_guard";
+/// The same for DHCPv6.
+const DHCP6_GUARD: &str = "dhcp6_guard";
+
+/// The named sets every guarded node's tables hold. Every port chain used to carry these as
+/// anonymous sets of its own, and each anonymous set is a kernel object that nft reads back
+/// before every transaction and the kernel names by scanning all others: at 200 pods they
+/// made most of each transaction's time, growing with every pod.
+fn constant_sets(bridge: &mut Table, inet: &mut Table) {
+    let pairs = |server: u16, client: u16| {
+        let pairs = [
+            format!("{server} . {client}"),
+            format!("{client} . {server}"),
+        ];
+        (
+            "type inet_service . inet_service;".to_owned(),
+            BTreeSet::from(pairs),
+        )
+    };
+    bridge.sets.insert(
+        DHCP4_GUARD.to_owned(),
+        pairs(DHCP_SERVER_PORT, DHCP_CLIENT_PORT),
+    );
+    bridge.sets.insert(
+        DHCP6_GUARD.to_owned(),
+        pairs(crate::dhcp6::SERVER_PORT, crate::dhcp6::CLIENT_PORT),
+    );
+    let nd = [
+        "nd-router-solicit",
+        "nd-router-advert",
+        "nd-neighbor-solicit",
+        "nd-neighbor-advert",
+        "mld-listener-query",
+        "mld-listener-report",
+        "mld2-listener-report",
+    ];
+    inet.sets.insert(
+        ND_TYPES.to_owned(),
+        (
+            "type icmpv6_type;".to_owned(),
+            nd.into_iter().map(str::to_owned).collect(),
+        ),
+    );
+}
+
+/// Up to this many values a port's "none of" test is written as plain comparisons, not as an
+/// anonymous set (see [`constant_sets`] for why sets per port cost).
+const INLINE_MAX: usize = 4;
+
+/// A match of `selector` against any of `items`: a plain comparison for one item.
+fn any_of(selector: &str, items: &BTreeSet<String>) -> String {
+    if items.len() == 1 {
+        format!("{selector} {}", set_items(items))
+    } else {
+        format!("{selector} {}", set(items))
+    }
+}
+
+/// A match of `selector` against none of `items`: plain comparisons for a few items.
+fn none_of(selector: &str, items: &BTreeSet<String>) -> String {
+    if items.len() <= INLINE_MAX {
+        items
+            .iter()
+            .map(|i| format!("{selector} != {i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else {
+        format!("{selector} != {}", set(items))
+    }
+}
+
+fn set_items(items: &BTreeSet<String>) -> String {
+    items.iter().cloned().collect::<Vec<_>>().join(", ")
+}
 
 /// The two tables a node should have.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,10 +159,7 @@ pub struct Filter {
 }
 
 fn set(items: &BTreeSet<String>) -> String {
-    format!(
-        "{{ {} }}",
-        items.iter().cloned().collect::<Vec<_>>().join(", ")
-    )
+    format!("{{ {} }}", set_items(items))
 }
 
 /// The taps whose DHCP requests the node's own DHCP answers (see [`crate::dhcp`]), by
@@ -123,28 +197,28 @@ fn from_port_rules(
     // rule accepting the port's own IPv4, the IPv6 ones before IPv6 is accepted.
     let (s4, c4) = (DHCP_SERVER_PORT, DHCP_CLIENT_PORT);
     let mut rules = vec![if served.v4 {
-        format!("ether type ip udp sport . udp dport {{ {s4} . {c4}, {c4} . {s4} }} counter drop")
+        format!("ether type ip udp sport . udp dport @{DHCP4_GUARD} counter drop")
     } else {
         format!("ether type ip udp sport {s4} udp dport {c4} counter drop")
     }];
     if !v4.is_empty() {
         rules.push(format!(
-            "ether saddr {} ip saddr {} {mark} accept",
-            set(macs),
-            set(v4)
+            "{} {} {mark} accept",
+            any_of("ether saddr", macs),
+            any_of("ip saddr", v4)
         ));
     }
-    rules.push(format!("ether saddr != {} counter drop", set(macs)));
+    rules.push(format!("{} counter drop", none_of("ether saddr", macs)));
     rules.push(format!(
-        "ether type arp arp saddr ether != {} counter drop",
-        set(macs)
+        "ether type arp {} counter drop",
+        none_of("arp saddr ether", macs)
     ));
     // ARP probes (duplicate address detection) use sender 0.0.0.0.
     let mut arp_ips = v4.clone();
     arp_ips.insert("0.0.0.0".to_owned());
     rules.push(format!(
-        "ether type arp arp saddr ip != {} counter drop",
-        set(&arp_ips)
+        "ether type arp {} counter drop",
+        none_of("arp saddr ip", &arp_ips)
     ));
     rules.push(
         format!("ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport {DHCP_CLIENT_PORT} udp dport {DHCP_SERVER_PORT} accept"),
@@ -155,12 +229,12 @@ fn from_port_rules(
     v6.insert("fe80::/10".to_owned());
     v6.insert("::".to_owned());
     rules.push(format!(
-        "ether type ip6 ip6 saddr != {} counter drop",
-        set(&v6)
+        "ether type ip6 {} counter drop",
+        none_of("ip6 saddr", &v6)
     ));
     let (s6, c6) = (crate::dhcp6::SERVER_PORT, crate::dhcp6::CLIENT_PORT);
     rules.push(if served.v6 {
-        format!("ether type ip6 udp sport . udp dport {{ {s6} . {c6}, {c6} . {s6} }} counter drop")
+        format!("ether type ip6 udp sport . udp dport @{DHCP6_GUARD} counter drop")
     } else {
         format!("ether type ip6 udp sport {s6} udp dport {c6} counter drop")
     });
@@ -473,10 +547,10 @@ pub fn desired(
             )
         };
         egress.push(format!(
-            "meta l4proto ipv6-icmp icmpv6 type {ND_TYPES} return"
+            "meta l4proto ipv6-icmp icmpv6 type @{ND_TYPES} return"
         ));
         ingress.push(format!(
-            "meta l4proto ipv6-icmp icmpv6 type {ND_TYPES} accept"
+            "meta l4proto ipv6-icmp icmpv6 type @{ND_TYPES} accept"
         ));
         // The groups' rules live in one chain pair per group, shared by the node's ports, so
         // a rule change rewrites one small chain whatever the number of ports using it.
@@ -540,6 +614,7 @@ pub fn desired(
     }
     bridge.chains.extend(bridge_base);
     inet.chains.extend(inet_base);
+    constant_sets(&mut bridge, &mut inet);
     for group in address_groups {
         let (v4, v6) = address_group_members(view, &group);
         inet.sets.insert(
@@ -633,6 +708,39 @@ mod tests {
     }
 
     #[test]
+    fn port_chains_hold_no_anonymous_sets_for_a_few_values() {
+        let mut v = view();
+        // A pod's port: one MAC, one address.
+        let port = v.ports.get_mut("local-port-1").unwrap();
+        port.allowed_address_pairs.clear();
+        let served = DhcpServed {
+            v4: ["taplocal-port-".to_owned()].into(),
+            v6: ["taplocal-port-".to_owned()].into(),
+        };
+        let taps = guarded_ports(&v, &node()).into_keys().collect();
+        let ids = port_ids(&taps, &Observed::default());
+        let f = desired(&v, &node(), &ids, &served);
+        for (name, rules) in f.bridge.chains.iter().chain(&f.inet.chains) {
+            if name.contains("tap") {
+                assert!(rules.iter().all(|r| !r.contains('{')), "{name}: {rules:?}");
+            }
+        }
+        assert_eq!(f.inet.sets[ND_TYPES].1.len(), 7);
+        assert_eq!(f.bridge.sets[DHCP6_GUARD].1.len(), 2);
+        // Many allowed pairs: one set lookup rather than a long run of comparisons.
+        let port = v.ports.get_mut("local-port-1").unwrap();
+        port.allowed_address_pairs = (10..16)
+            .map(|i| AddressPair {
+                ip_address: format!("10.0.0.{i}"),
+                mac_address: "fa:16:3e:00:00:09".into(),
+            })
+            .collect();
+        let f = desired(&v, &node(), &ids, &served);
+        let from = &f.bridge.chains["from_taplocal-port-"];
+        assert!(from[4].starts_with("ether type arp arp saddr ip != { 0.0.0.0, 10.0.0.10, "));
+    }
+
+    #[test]
     fn renders_both_tables() {
         let v = view();
         let taps: BTreeSet<String> = guarded_ports(&v, &node()).into_keys().collect();
@@ -650,9 +758,14 @@ mod tests {
             "ether saddr { fa:16:3e:00:00:01, fa:16:3e:00:00:09 } ip saddr { 10.0.0.2, 10.0.0.50 } meta mark set meta mark or 0x00000001 accept",
             "the port's own IPv4 is decided by the rule after that guard"
         );
+        // A few values are plain comparisons, not an anonymous set per port.
         assert_eq!(
             from[2],
-            "ether saddr != { fa:16:3e:00:00:01, fa:16:3e:00:00:09 } counter drop"
+            "ether saddr != fa:16:3e:00:00:01 ether saddr != fa:16:3e:00:00:09 counter drop"
+        );
+        assert_eq!(
+            from[4],
+            "ether type arp arp saddr ip != 0.0.0.0 arp saddr ip != 10.0.0.2 arp saddr ip != 10.0.0.50 counter drop"
         );
         assert_eq!(from[6], "ether type ip counter drop");
         assert!(

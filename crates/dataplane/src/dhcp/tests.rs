@@ -1,5 +1,6 @@
 use super::*;
 use serde_json::json;
+use std::collections::BTreeSet;
 
 const NET: &str = "11111111-2222-3333-4444-555555555555";
 /// The network's DHCP port id (derived from the network's).
@@ -91,7 +92,11 @@ fn a_node_with_a_port_runs_the_networks_dhcp_namespace() {
     let filter = crate::filter::desired(&view, &node("n1"), &ids, &served);
     assert_eq!(
         filter.bridge.chains["from_tapaaaaaaaa-00"][0],
-        "ether type ip udp sport . udp dport { 67 . 68, 68 . 67 } counter drop"
+        "ether type ip udp sport . udp dport @dhcp4_guard counter drop"
+    );
+    assert_eq!(
+        filter.bridge.sets["dhcp4_guard"].1,
+        BTreeSet::from(["67 . 68".to_owned(), "68 . 67".to_owned()])
     );
     let unserved = self::view(false);
     let served = crate::filter::DhcpServed {
