@@ -35,6 +35,10 @@ teardown() {
 	fi
 	ip netns pids $HOST 2>/dev/null | xargs -r kill 2>/dev/null || true
 	sleep 0.2
+	# The agent's DHCP namespace for the bench network (an agent leaves its kernel state).
+	if [ -n "${WORK:-}" ] && [ -f "$WORK/network" ]; then
+		ip netns del "qdhcp-$(cat "$WORK/network")" 2>/dev/null || true
+	fi
 	for ns in $(ip netns list | awk '{print $1}' | grep -E "^($PFX[0-9]+|$HOST)\$" || true); do
 		ip netns del "$ns"
 	done
@@ -59,6 +63,7 @@ api() { ip netns exec $HOST curl -sf -X "$1" -H 'Content-Type: application/json'
 for _ in $(seq 100); do api GET /healthz >/dev/null 2>&1 && break; sleep 0.1; done
 net=$(api POST /v2.0/networks '{"network": {"name": "bench"}}' |
 	python3 -c 'import json,sys; print(json.load(sys.stdin)["network"]["id"])')
+echo "$net" >"$WORK/network"
 api POST /v2.0/subnets "{\"subnet\": {\"network_id\": \"$net\", \"ip_version\": 4, \"cidr\": \"10.250.0.0/16\"}}" >/dev/null
 ip netns exec $HOST "$BIN/isthmus" agent --node bench --tunnel-ip 10.252.0.1 \
 	--controller http://127.0.0.1:9696 --state-dir "$WORK/agent" --cni-socket "$WORK/cni.sock" --pool-size "$POOL" --pool-max "$POOL_MAX" \

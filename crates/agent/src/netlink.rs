@@ -280,10 +280,8 @@ impl Netlink {
     /// request, where the `disable_ipv6` sysctl retries for the kernel's rtnl lock in a loop
     /// while other requests hold it (as concurrent ADDs do).
     pub async fn without_ipv6_addresses(&self, device: &str) -> Result<(), AgentError> {
-        let Some(index) = link_index(&self.handle, device).await? else {
-            return Ok(());
-        };
-        let mut message = LinkUnspec::new_with_index(index).build();
+        // By name: the kernel finds the device itself (no lookup request first).
+        let mut message = LinkUnspec::new_with_name(device).build();
         message
             .attributes
             .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
@@ -303,10 +301,7 @@ impl Netlink {
         bridge: Option<(&str, bool)>,
         mtu: Option<u32>,
     ) -> Result<(), AgentError> {
-        let Some(index) = link_index(&self.handle, device).await? else {
-            return Ok(());
-        };
-        let mut message = LinkUnspec::new_with_index(index);
+        let mut message = LinkUnspec::new_with_name(device);
         if let Some(mtu) = mtu {
             message = message.mtu(mtu);
         }
@@ -372,6 +367,18 @@ pub struct Reaper {
 /// ADDs up to 70 ms at 4 workers).
 const REAP_BATCH: usize = 16;
 
+/// Logs a reaper request that failed, or went unanswered, other than for its device being
+/// gone already.
+fn warn_failed(what: &str, answer: Result<Result<(), rtnetlink::Error>, AgentError>) {
+    let error = match answer {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) if is_absent(&e) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!("{what}: {error}");
+}
+
 impl Reaper {
     /// A reaper; its loop runs on the current runtime until the process ends.
     pub fn start(netlink: Netlink) -> std::sync::Arc<Reaper> {
@@ -412,21 +419,13 @@ impl Reaper {
         for &index in batch {
             let mut doom = LinkUnspec::new_with_index(index).build();
             doom.attributes.push(LinkAttribute::Group(DOOMED_GROUP));
-            match answered(link.set(doom).execute()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if is_absent(&e) => {}
-                Ok(Err(e)) => tracing::warn!("marking device {index} for deletion: {e}"),
-                Err(e) => tracing::warn!("marking device {index} for deletion: {e}"),
-            }
+            let answer = answered(link.set(doom).execute()).await;
+            warn_failed(&format!("marking device {index} for deletion"), answer);
         }
         let mut message = LinkMessageBuilder::<LinkUnspec>::new().build();
         message.attributes.push(LinkAttribute::Group(DOOMED_GROUP));
-        match answered(link.del_with_message(message).execute()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if is_absent(&e) => {}
-            Ok(Err(e)) => tracing::warn!("deleting doomed devices: {e}"),
-            Err(e) => tracing::warn!("deleting doomed devices: {e}"),
-        }
+        let answer = answered(link.del_with_message(message).execute()).await;
+        warn_failed("deleting doomed devices", answer);
     }
 
     /// Deletes `name` (and its veth peer, wherever it is); returns when it is gone.
